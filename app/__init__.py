@@ -1,0 +1,47 @@
+"""The web side: Flask app factory. ``gunicorn 'app:create_app()'`` serves it."""
+
+from __future__ import annotations
+
+import redis
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from sync import logs
+from sync.intake import Intake
+from sync.services import Services
+from sync.settings import Settings
+
+
+def create_app(settings: Settings | None = None, *, redis_connection: redis.Redis | None = None) -> Flask:
+    """Build the web app from ``settings`` (default: the environment).
+
+    Fails with ``ConfigurationError`` when the configuration cannot work (no webhook secret).
+    Nothing connects to the database or Redis until a request needs it.
+    """
+    settings = settings or Settings.from_env()
+    settings.require_webhook_secret()
+    logs.configure(settings.log_level)
+    services = Services.build(settings, redis_connection)
+
+    app = Flask(__name__)
+    # Werkzeug refuses larger bodies with 413 from Content-Length, or while streaming a chunked
+    # body, without reading it all.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["partnero"] = services
+    app.extensions["partnero.intake"] = Intake(services.inbox, services.jobs)
+
+    from app import ops, webhooks
+
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(ops.bp)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return jsonify(error=exc.name.lower()), exc.code
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception):
+        app.logger.exception("unhandled error")
+        return jsonify(error="internal error"), 500
+
+    return app

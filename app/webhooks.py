@@ -1,0 +1,51 @@
+"""``POST /webhooks/partnero``: verify, store durably, enqueue, answer 202."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app, jsonify, request
+
+from sync import envelope, signature
+from sync.envelope import HANDLED_EVENTS, MalformedDelivery
+from sync.errors import TransientError
+from sync.inbox import IGNORED, PENDING, Delivery
+
+log = logging.getLogger(__name__)
+bp = Blueprint("webhooks", __name__)
+
+
+@bp.post("/webhooks/partnero")
+def receive():
+    services = current_app.extensions["partnero"]
+    intake = current_app.extensions["partnero.intake"]
+    # The raw bytes, exactly as signed; raises 413 past MAX_CONTENT_LENGTH.
+    body = request.get_data(cache=False)
+
+    verdict = signature.verify(
+        body, signature.header_values(request.headers), services.settings.webhook_secrets
+    )
+    if not verdict.ok:
+        log.warning("refused delivery from %s: %s", request.remote_addr, verdict.value)
+        return _error(401, verdict.value)
+
+    try:
+        _, event = envelope.read_event(body)
+    except MalformedDelivery as exc:
+        log.warning("refused signed delivery: %s", exc)
+        return _error(400, str(exc))
+
+    status = PENDING if event in HANDLED_EVENTS else IGNORED
+    try:
+        receipt = intake.submit(Delivery(body=body, event_type=event, status=status))
+    except TransientError as exc:
+        log.error("could not store %s delivery, answering 503: %s", event, exc)
+        response = _error(503, "could not store the delivery; try again")
+        response[0].headers["Retry-After"] = "30"
+        return response
+    log.info("inbox #%s %s: %s", receipt.id, event, receipt.status)
+    return jsonify(status=receipt.status, id=receipt.id), 202
+
+
+def _error(code: int, message: str):
+    return jsonify(error=message), code

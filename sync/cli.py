@@ -1,0 +1,176 @@
+"""The ``partnero-sync`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import click
+
+from sync import db, logs
+from sync.errors import ConfigurationError, SyncError
+from sync.settings import Settings, redact_url
+
+log = logging.getLogger(__name__)
+
+
+class _Group(click.Group):
+    """Turns configuration and connection problems into one clear line and exit status 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            click.echo(f"partnero-sync: configuration error: {exc}", err=True)
+            sys.exit(2)
+        except SyncError as exc:
+            click.echo(f"partnero-sync: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """partnero-sync: Partnero webhooks into Salesforce and a SQL warehouse.
+
+    Configured from the environment: PARTNERO_WEBHOOK_SECRET, DATABASE_URL (default
+    sqlite:///partnero-sync.db), REDIS_URL (default redis://localhost:6379/0), MAPPINGS_DIR
+    (default mappings), LOG_LEVEL (default INFO).
+    """
+
+
+def _settings() -> Settings:
+    settings = Settings.from_env()
+    logs.configure(settings.log_level)
+    return settings
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (the Procfile's release step).
+
+    Safe to run any number of times: it only adds what is missing.
+    """
+    settings = _settings()
+    created = db.create_schema(db.engine_for(settings.database_url))
+    where = redact_url(settings.database_url)
+    if created:
+        click.echo(f"created tables {', '.join(created)} in {where}")
+    else:
+        click.echo(f"schema of {where} is up to date")
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Stop once the queue is empty (for scripts and tests).")
+@click.option(
+    "--sweep-every",
+    default=60,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Seconds between sweeps for stored deliveries whose job was lost.",
+)
+def worker(burst: bool, sweep_every: int) -> None:
+    """Run an RQ worker on the 'partnero' queue, with RQ's scheduler for delayed retries.
+
+    On SIGTERM (a PaaS stopping the process) it finishes the job in hand, then exits.
+    """
+    from sync.worker import run_worker
+
+    run_worker(_settings(), burst=burst, sweep_every=sweep_every)
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    default=60,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Only rows stored at least this many seconds ago.",
+)
+def sweep(older_than: int) -> None:
+    """Enqueue stored deliveries that are still pending and have no job (e.g. Redis was down)."""
+    from sync.services import Services
+    from sync.sweeper import sweep as run_sweep
+
+    services = Services.build(_settings())
+    count = run_sweep(services.inbox, services.jobs, timedelta(seconds=older_than))
+    click.echo(f"re-enqueued {count} pending deliveries")
+
+
+@main.command()
+def status() -> None:
+    """Show how many stored deliveries are pending, processed, ignored and failed."""
+    from sync.services import Services
+
+    services = Services.build(_settings())
+    counts = services.inbox.counts()
+    width = max(len(name) for name in counts)
+    for name, count in counts.items():
+        click.echo(f"{name:<{width}}  {count}")
+
+
+@main.command("send-test")
+@click.option(
+    "--url",
+    default="http://127.0.0.1:5000/webhooks/partnero",
+    show_default=True,
+    help="The receiver to post to.",
+)
+@click.option(
+    "--event", default="partner.created", show_default=True, help="Event type of the sample delivery."
+)
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Send this saved delivery (JSON) instead of a generated sample.",
+)
+def send_test(url: str, event: str, path: Path | None) -> None:
+    """Sign a delivery with PARTNERO_WEBHOOK_SECRET and POST it, as Partnero would."""
+    from sync.samples import sample_delivery
+    from sync.signature import sign
+
+    settings = _settings()
+    secret = settings.require_webhook_secret()[0]
+    body = path.read_bytes() if path else json.dumps(sample_delivery(event)).encode()
+    status, answer = _post(url, body, {"Signature": sign(body, secret)})
+    click.echo(f"{status} {answer}")
+    if status >= 300:
+        sys.exit(1)
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", **headers}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+    except OSError as exc:
+        raise SyncError(f"could not reach {url}: {exc}") from exc
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+def dev(host: str, port: int) -> None:
+    """Run web and worker together on this machine, on the embedded defaults.
+
+    Creates the schema, then serves the receiver and runs a worker. Without
+    PARTNERO_WEBHOOK_SECRET a development secret is used and printed. Where no Redis answers
+    at REDIS_URL, an in-process stand-in is used (one process, nothing kept on exit).
+    """
+    from sync.local import run_dev
+
+    run_dev(host=host, port=port)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

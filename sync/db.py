@@ -1,0 +1,82 @@
+"""The SQL engine: one per process, safe across the fork of an RQ work horse or gunicorn worker."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from sync.errors import TransientError
+
+metadata = sa.MetaData()
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def make_engine(url: str) -> Engine:
+    """A new engine for ``url`` with the settings this service relies on."""
+    kwargs: dict[str, object] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        # Many threads share one file: wait for the writer instead of failing at once.
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    elif url.startswith("postgresql"):
+        # A database that does not answer must fail the request (503) well inside Partnero's
+        # five seconds, not hang it.
+        kwargs["connect_args"] = {"connect_timeout": 3}
+        kwargs["pool_size"] = 10
+        kwargs["max_overflow"] = 10
+    engine = sa.create_engine(url, **kwargs)
+    # A forked child (an RQ work horse, a gunicorn worker) must open its own connections and
+    # leave the parent's alone.
+    os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
+    if url.startswith("sqlite"):
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def engine_for(url: str) -> Engine:
+    """The engine of this process for ``url``, made on first use."""
+    engine = _engines.get(url)
+    if engine is None:
+        with _lock:
+            engine = _engines.get(url)
+            if engine is None:
+                engine = _engines[url] = make_engine(url)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers (health checks, the sweeper) run beside the writer; FULL sync keeps every
+    # acknowledged delivery on disk.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_schema(engine: Engine) -> list[str]:
+    """Create whatever tables are missing; safe to run any number of times.
+
+    Returns the names of the tables it created.
+    """
+    # Import for the side effect of defining the tables on ``metadata``.
+    import sync.inbox  # noqa: F401
+
+    existing = set(sa.inspect(engine).get_table_names())
+    metadata.create_all(engine, checkfirst=True)
+    return [t.name for t in metadata.sorted_tables if t.name not in existing]
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error means "try again later" (the server is away or busy)."""
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(
+            exc, sa.exc.OperationalError | sa.exc.InterfaceError
+        )
+    return isinstance(exc, sa.exc.TimeoutError | ConnectionError | TimeoutError)

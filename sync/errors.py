@@ -1,0 +1,23 @@
+"""One root error and its three kinds, so each failure is classified once and acted on once.
+
+Adapters (inbox, queue, later the warehouse and the CRM) raise these; ``sync.jobs`` decides what
+a kind means for RQ (retry later, fail once), and start-up stops on a ``ConfigurationError``.
+"""
+
+from __future__ import annotations
+
+
+class SyncError(Exception):
+    """Root of every error partnero-sync raises on purpose."""
+
+
+class TransientError(SyncError):
+    """Retry later: timeouts, lost connections, a database or server that is briefly away."""
+
+
+class PermanentError(SyncError):
+    """Give up on this record: retrying the same input cannot succeed."""
+
+
+class ConfigurationError(SyncError):
+    """The configuration is wrong; the process must not start until a person fixes it."""

@@ -1,0 +1,235 @@
+"""The inbox: every genuine delivery, stored once, with what became of it.
+
+A row is written before Partnero gets its 2xx; the fingerprint (sha256 of the raw body) is UNIQUE,
+so the same bytes delivered again find the row already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from sync.db import is_transient, metadata
+from sync.errors import PermanentError, TransientError
+
+PENDING = "pending"
+PROCESSED = "processed"
+IGNORED = "ignored"
+FAILED = "failed"
+STATUSES = (PENDING, PROCESSED, IGNORED, FAILED)
+
+webhook_events = sa.Table(
+    "webhook_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),
+    sa.Column("event_type", sa.String(100), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("processed_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_webhook_events_status_received", "status", "received_at"),
+)
+
+
+def _dialect_insert(dialect: str):
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def fingerprint(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A verified delivery on its way into the inbox."""
+
+    body: bytes
+    event_type: str
+    status: str  # PENDING for events we handle, IGNORED for the rest
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.body)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What storing one delivery came to: its row id, and whether this call created it."""
+
+    id: int
+    created: bool
+    status: str
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    event_type: str
+    body: bytes
+    status: str
+    attempts: int
+    received_at: datetime
+
+
+class Inbox:
+    """The ``webhook_events`` table, behind the few operations the service needs."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    # -- intake ---------------------------------------------------------------------------
+
+    def store_many(self, deliveries: Sequence[Delivery]) -> dict[str, Stored]:
+        """Store deliveries in one transaction; returns the outcome by fingerprint.
+
+        Duplicates (within the batch or of rows already stored) create nothing. Raises
+        ``TransientError`` when the database cannot be reached, so nothing is acknowledged.
+        """
+        unique: dict[str, Delivery] = {}
+        for delivery in deliveries:
+            unique.setdefault(delivery.fingerprint, delivery)
+        # A fixed order of inserts keeps two batches with common fingerprints from deadlocking.
+        ordered = sorted(unique.items())
+        now = utcnow()
+        rows = [
+            {
+                "fingerprint": fp,
+                "event_type": d.event_type,
+                "body": d.body,
+                "received_at": now,
+                "status": d.status,
+                "attempts": 0,
+            }
+            for fp, d in ordered
+        ]
+        with self._transaction() as conn:
+            created = self._insert_new(conn, rows)
+            missing = [fp for fp in unique if fp not in created]
+            existing = self._lookup(conn, missing) if missing else {}
+        result = {fp: Stored(id=i, created=True, status=s) for fp, (i, s) in created.items()}
+        result.update({fp: Stored(id=i, created=False, status=s) for fp, (i, s) in existing.items()})
+        return result
+
+    def _insert_new(self, conn: Connection, rows: list[dict]) -> dict[str, tuple[int, str]]:
+        """Insert the rows not stored yet; returns the new ones as fingerprint -> (id, status)."""
+        t = webhook_events
+        dialect = conn.dialect.name
+        if dialect in ("postgresql", "sqlite"):
+            insert = _dialect_insert(dialect)
+            stmt = (
+                insert(t)
+                .on_conflict_do_nothing(index_elements=["fingerprint"])
+                .returning(t.c.fingerprint, t.c.id, t.c.status)
+            )
+            # One statement per batch: SQLAlchemy sends the rows as multi-row VALUES.
+            return {fp: (i, s) for fp, i, s in conn.execute(stmt, rows)}
+        # Other dialects: one savepoint per row, a unique violation meaning "already there".
+        created: dict[str, tuple[int, str]] = {}
+        for row in rows:
+            try:
+                with conn.begin_nested():
+                    result = conn.execute(t.insert().values(row))
+            except sa.exc.IntegrityError:
+                continue
+            created[row["fingerprint"]] = (result.inserted_primary_key[0], row["status"])
+        return created
+
+    def _lookup(self, conn: Connection, fingerprints: list[str]) -> dict[str, tuple[int, str]]:
+        t = webhook_events
+        query = sa.select(t.c.fingerprint, t.c.id, t.c.status).where(t.c.fingerprint.in_(fingerprints))
+        return {fp: (i, s) for fp, i, s in conn.execute(query)}
+
+    # -- processing -----------------------------------------------------------------------
+
+    def begin_attempt(self, event_id: int) -> Event:
+        """Count an attempt at processing ``event_id`` and return the row."""
+        t = webhook_events
+        with self._transaction() as conn:
+            conn.execute(t.update().where(t.c.id == event_id).values(attempts=t.c.attempts + 1))
+            row = conn.execute(
+                sa.select(
+                    t.c.id, t.c.event_type, t.c.body, t.c.status, t.c.attempts, t.c.received_at
+                ).where(t.c.id == event_id)
+            ).one_or_none()
+        if row is None:
+            raise PermanentError(f"inbox row {event_id} does not exist")
+        return Event(*row)
+
+    def mark_processed(self, event_id: int) -> None:
+        self._set(event_id, status=PROCESSED, last_error=None, processed_at=utcnow())
+
+    def mark_failed(self, event_id: int, reason: str) -> None:
+        self._set(event_id, status=FAILED, last_error=reason[:2000])
+
+    def record_error(self, event_id: int, reason: str) -> None:
+        """Note why an attempt failed; the row stays as it is, to be tried again."""
+        self._set(event_id, last_error=reason[:2000])
+
+    def _set(self, event_id: int, **values: object) -> None:
+        with self._transaction() as conn:
+            conn.execute(webhook_events.update().where(webhook_events.c.id == event_id).values(**values))
+
+    # -- sweeping and reporting ----------------------------------------------------------
+
+    def stale_pending(
+        self, older_than: timedelta, limit: int = 1000, after_id: int = 0
+    ) -> list[tuple[int, str]]:
+        """Pending rows received more than ``older_than`` ago, by id, as (id, event type)."""
+        t = webhook_events
+        cutoff = utcnow() - older_than
+        query = (
+            sa.select(t.c.id, t.c.event_type)
+            .where(t.c.status == PENDING, t.c.received_at < cutoff, t.c.id > after_id)
+            .order_by(t.c.id)
+            .limit(limit)
+        )
+        with self._transaction() as conn:
+            return [(i, e) for i, e in conn.execute(query)]
+
+    def counts(self) -> dict[str, int]:
+        t = webhook_events
+        query = sa.select(t.c.status, sa.func.count()).group_by(t.c.status)
+        with self._transaction() as conn:
+            found = dict(conn.execute(query).all())
+        return {status: found.get(status, 0) for status in STATUSES}
+
+    def ping(self) -> None:
+        """Raise unless the database answers and holds the inbox table."""
+        with self._transaction() as conn:
+            conn.execute(sa.select(webhook_events.c.id).limit(0)).all()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """``engine.begin()`` that turns "the database is away" into ``TransientError``."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            if is_transient(exc):
+                raise TransientError(f"database unavailable: {_describe(exc)}") from exc
+            raise
+
+
+def _describe(exc: BaseException) -> str:
+    """The error's class and first line: enough to act on, never a statement's parameters."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -1,0 +1,129 @@
+"""``partnero-sync dev``: the whole service on one machine, on embedded defaults."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import threading
+
+import click
+import redis
+
+from sync import db, logs, queue
+from sync.settings import Settings, redact_url
+
+log = logging.getLogger(__name__)
+
+#: Used when PARTNERO_WEBHOOK_SECRET is unset, and only by ``dev``: never in production.
+DEV_SECRET = "partnero-dev-secret"
+
+
+def run_dev(host: str, port: int) -> None:
+    settings = Settings.from_env()
+    logs.configure(settings.log_level)
+    if not settings.webhook_secrets:
+        settings = settings.with_overrides(webhook_secrets=(DEV_SECRET,))
+        os.environ["PARTNERO_WEBHOOK_SECRET"] = DEV_SECRET  # for the child processes below
+        click.echo(f"PARTNERO_WEBHOOK_SECRET is not set: using the development secret {DEV_SECRET!r}")
+
+    created = db.create_schema(db.engine_for(settings.database_url))
+    click.echo(
+        f"database: {redact_url(settings.database_url)}"
+        + (f" (created {', '.join(created)})" if created else " (schema up to date)")
+    )
+    url = f"http://{host}:{port}/webhooks/partnero"
+    if _redis_answers(settings.redis_url):
+        click.echo(f"redis: {redact_url(settings.redis_url)}")
+        _print_howto(url, settings.webhook_secrets[0])
+        _run_processes(host, port)
+    else:
+        click.echo(
+            f"redis: nothing answers at {redact_url(settings.redis_url)}; using an in-process "
+            "stand-in (one process, queue lost on exit). Production needs a real REDIS_URL."
+        )
+        _print_howto(url, settings.webhook_secrets[0])
+        _run_in_process(settings, host, port)
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return bool(queue.connect(url).ping())
+    except redis.RedisError:
+        return False
+
+
+def _print_howto(url: str, secret: str) -> None:
+    env = "" if secret != DEV_SECRET else f"PARTNERO_WEBHOOK_SECRET={DEV_SECRET} "
+    click.echo(
+        "\nReceiver: " + url + "\n"
+        "Send a signed test delivery from another terminal:\n"
+        f"    {env}.venv/bin/partnero-sync send-test --url {url}\n"
+        "or with curl:\n"
+        "    body='{\"event\":\"partner.created\",\"created_at\":\"2026-03-14T10:15:31.000000Z\","
+        "\"data\":{\"id\":\"ptn_1\",\"email\":\"maria@example.com\"}}'\n"
+        f"    sig=$(printf %s \"$body\" | openssl dgst -sha256 -hmac {shlex.quote(secret)} | sed 's/^.* //')\n"
+        f"    curl -i -X POST {url} -H \"Signature: $sig\" -H 'Content-Type: application/json' "
+        "--data-binary \"$body\"\n"
+        "Then: .venv/bin/partnero-sync status\n"
+    )
+
+
+def _run_processes(host: str, port: int) -> None:
+    """Web (gunicorn) and worker as child processes, as the Procfile runs them."""
+    bin_dir = os.path.dirname(sys.executable)
+    commands = [
+        [os.path.join(bin_dir, "gunicorn"), "app:create_app()", "--config", "python:app.gunicorn_config",
+         "--bind", f"{host}:{port}"],
+        [os.path.join(bin_dir, "partnero-sync"), "worker"],
+    ]
+    children = [subprocess.Popen(command) for command in commands]
+    try:
+        while all(child.poll() is None for child in children):
+            try:
+                children[0].wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            child.wait(timeout=30)
+
+
+def _run_in_process(settings: Settings, host: str, port: int) -> None:
+    """Web in a thread and a worker in the main thread, sharing one in-memory Redis."""
+    import fakeredis
+    from rq.scheduler import RQScheduler
+    from werkzeug.serving import make_server
+
+    from app import create_app
+    from sync.queue import InProcessWorker
+    from sync.worker import build_worker
+
+    connection = fakeredis.FakeRedis()
+    server = make_server(host, port, create_app(settings, redis_connection=connection), threaded=True)
+    threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
+
+    worker = build_worker(settings, connection, sweep_every=5, worker_class=InProcessWorker)
+    scheduler = RQScheduler([worker.queues[0]], connection=connection)
+    services_sweep = worker.housekeeping
+
+    def housekeeping() -> None:
+        # No separate scheduler process can share an in-memory Redis: move due retries here.
+        if scheduler.acquire_locks():
+            scheduler.enqueue_scheduled_jobs()
+        if services_sweep is not None:
+            services_sweep()
+
+    worker.housekeeping = housekeeping
+    try:
+        worker.work(with_scheduler=False, logging_level=settings.log_level)
+    finally:
+        server.shutdown()
+

@@ -1,0 +1,111 @@
+"""The one settings object, built from the environment and shared by web, worker and CLI.
+
+This is the only module that reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sync.errors import ConfigurationError
+
+DEFAULT_DATABASE_URL = "sqlite:///partnero-sync.db"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_MAPPINGS_DIR = "mappings"
+
+#: Bodies larger than this are refused with 413 before they are read.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the processes need to know, read once at start."""
+
+    webhook_secrets: tuple[str, ...] = ()
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    mappings_dir: Path = Path(DEFAULT_MAPPINGS_DIR)
+    log_level: str = "INFO"
+    max_body_bytes: int = MAX_BODY_BYTES
+    #: Pending inbox rows older than this are re-enqueued by the sweeper.
+    sweep_after_seconds: int = 60
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        secrets = parse_secrets(env.get("PARTNERO_WEBHOOK_SECRET", ""))
+        level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigurationError(
+                f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (got {level!r})"
+            )
+        return cls(
+            webhook_secrets=secrets,
+            database_url=normalize_database_url(
+                env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
+            ),
+            redis_url=_redis_url(env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL),
+            mappings_dir=Path(env.get("MAPPINGS_DIR", "").strip() or DEFAULT_MAPPINGS_DIR),
+            log_level=level,
+        )
+
+    def require_webhook_secret(self) -> tuple[str, ...]:
+        """The configured secrets; the web process cannot verify anything without one."""
+        if not self.webhook_secrets:
+            raise ConfigurationError(
+                "PARTNERO_WEBHOOK_SECRET is not set: it must hold the webhook signing secret "
+                "(several may be given, separated by commas, while rotating)"
+            )
+        return self.webhook_secrets
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)
+
+    def __repr__(self) -> str:  # never show the secrets
+        return (
+            f"Settings(webhook_secrets=<{len(self.webhook_secrets)} set>, "
+            f"database_url={redact_url(self.database_url)!r}, "
+            f"redis_url={redact_url(self.redis_url)!r}, mappings_dir={str(self.mappings_dir)!r})"
+        )
+
+
+def parse_secrets(raw: str) -> tuple[str, ...]:
+    """Comma-separated secrets, blanks dropped; order kept (the first is the current one)."""
+    return tuple(s.strip() for s in raw.split(",") if s.strip())
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the PaaS form ``postgres://`` and pick the psycopg (v3) driver for PostgreSQL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigurationError(
+            f"DATABASE_URL must look like postgresql://user@host/db or sqlite:///file.db "
+            f"(got {redact_url(url)!r})"
+        )
+    if scheme in ("postgres", "postgresql"):
+        return f"postgresql+psycopg://{rest}"
+    if scheme in ("mysql", "mariadb"):
+        return f"mysql+pymysql://{rest}"
+    return url
+
+
+def _redis_url(url: str) -> str:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigurationError(
+            f"REDIS_URL must start with redis://, rediss:// or unix:// (got {redact_url(url)!r})"
+        )
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, fit for logs and error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
