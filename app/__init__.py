@@ -24,9 +24,10 @@ def create_app(settings: Settings | None = None, *, redis_connection: redis.Redi
     services = Services.build(settings, redis_connection)
 
     app = Flask(__name__)
-    # Werkzeug refuses larger bodies with 413 from Content-Length, or while streaming a chunked
-    # body, without reading it all.
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # Werkzeug answers 413 from Content-Length alone, and stops a chunked body one byte past
+    # the limit, so the receiver can tell "exactly the limit" from "too large" without reading
+    # more than that.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.extensions["partnero"] = services
     app.extensions["partnero.intake"] = Intake(services.inbox, services.jobs)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from sync import envelope, signature
 from sync.envelope import HANDLED_EVENTS, MalformedDelivery
@@ -19,8 +20,13 @@ bp = Blueprint("webhooks", __name__)
 def receive():
     services = current_app.extensions["partnero"]
     intake = current_app.extensions["partnero.intake"]
-    # The raw bytes, exactly as signed; raises 413 past MAX_CONTENT_LENGTH.
+    limit = services.settings.max_body_bytes
+    if (request.content_length or 0) > limit:
+        raise RequestEntityTooLarge()  # from the header alone: the body is never read
+    # The raw bytes, exactly as signed. A chunked body is cut one byte past the limit.
     body = request.get_data(cache=False)
+    if len(body) > limit:
+        raise RequestEntityTooLarge()
 
     verdict = signature.verify(
         body, signature.header_values(request.headers), services.settings.webhook_secrets

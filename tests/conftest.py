@@ -1,0 +1,128 @@
+"""Fixtures: real Redis (an empty db index, flushed around each test), real PostgreSQL, SQLite.
+
+Without Redis or PostgreSQL the tests that need them are skipped, except under CI=true, where
+they fail: CI must never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+import sqlalchemy as sa
+from werkzeug.serving import make_server
+
+from sync import db, services
+from sync.settings import Settings, normalize_database_url
+from sync.signature import sign
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_TEST_DB = "partnero_sync_test"
+SECRETS = ("whsec_current", "whsec_previous")
+#: Nothing listens here: connections are refused at once.
+DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
+DEAD_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
+
+
+def _unavailable(what: str, exc: Exception):
+    message = f"{what} is not available: {exc}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + " (CI=true: a test that needs it must fail, not skip)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        _unavailable("Redis", exc)
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_conn(redis_server_url) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(redis_server_url)
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """A fresh PostgreSQL database for this test session, with the schema."""
+    admin_url = normalize_database_url(PG_ADMIN_URL)
+    try:
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {PG_TEST_DB} WITH (FORCE)"))
+            conn.execute(sa.text(f"CREATE DATABASE {PG_TEST_DB}"))
+    except sa.exc.OperationalError as exc:
+        _unavailable("PostgreSQL", exc)
+    url = admin_url.rsplit("/", 1)[0] + f"/{PG_TEST_DB}"
+    db.create_schema(db.engine_for(url))
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """Each test that takes this runs on SQLite and on PostgreSQL, on empty tables."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+        db.create_schema(db.engine_for(url))
+        return url
+    url = request.getfixturevalue("pg_url")
+    _empty_tables(url)
+    return url
+
+
+def _empty_tables(url: str) -> None:
+    with db.engine_for(url).begin() as conn:
+        names = ", ".join(t.name for t in db.metadata.sorted_tables)
+        conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def settings(database_url, redis_server_url) -> Settings:
+    return Settings(webhook_secrets=SECRETS, database_url=database_url, redis_url=redis_server_url)
+
+
+@pytest.fixture
+def app(settings, redis_conn):
+    from app import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_services():
+    yield
+    services._current = None
+
+
+@pytest.fixture
+def live_server(app) -> Iterator[str]:
+    """The app on a real threaded HTTP server on a free loopback port; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+def signed(document: dict | bytes, secret: str = SECRETS[0], header: str = "Signature") -> tuple[bytes, dict]:
+    """A body and the headers Partnero would send with it."""
+    body = document if isinstance(document, bytes) else json.dumps(document).encode()
+    return body, {header: sign(body, secret), "Content-Type": "application/json"}

@@ -1,0 +1,62 @@
+import pytest
+
+from sync.errors import ConfigurationError
+from sync.settings import Settings, normalize_database_url, redact_url
+
+
+def test_defaults():
+    settings = Settings.from_env({})
+    assert settings.database_url == "sqlite:///partnero-sync.db"
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert str(settings.mappings_dir) == "mappings"
+    assert settings.webhook_secrets == ()
+
+
+def test_secrets_are_comma_separated_for_rotation():
+    settings = Settings.from_env({"PARTNERO_WEBHOOK_SECRET": " new , old ,, "})
+    assert settings.webhook_secrets == ("new", "old")
+
+
+def test_missing_secret_names_the_variable():
+    with pytest.raises(ConfigurationError, match="PARTNERO_WEBHOOK_SECRET"):
+        Settings.from_env({}).require_webhook_secret()
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("postgres://u:p@h:5432/d", "postgresql+psycopg://u:p@h:5432/d"),
+        ("postgresql://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("postgresql+psycopg://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+    ],
+)
+def test_database_url_forms(given, expected):
+    assert normalize_database_url(given) == expected
+
+
+@pytest.mark.parametrize(
+    "env, variable",
+    [
+        ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ],
+)
+def test_malformed_values_name_the_variable(env, variable):
+    with pytest.raises(ConfigurationError, match=variable):
+        Settings.from_env(env)
+
+
+def test_secrets_and_passwords_never_show():
+    settings = Settings.from_env(
+        {"PARTNERO_WEBHOOK_SECRET": "whsec_topsecret", "DATABASE_URL": "postgres://app:hunter2@db/x"}
+    )
+    text = repr(settings) + str(settings)
+    assert "whsec_topsecret" not in text and "hunter2" not in text
+    assert "app:***@db" in text
+
+
+def test_redact_url_keeps_urls_without_password():
+    assert redact_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
+    assert redact_url("redis://:pw@host:1/0") == "redis://:***@host:1/0"
