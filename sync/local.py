@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -80,6 +81,7 @@ def _run_processes(host: str, port: int) -> None:
         [os.path.join(bin_dir, "partnero-sync"), "worker"],
     ]
     children = [subprocess.Popen(command) for command in commands]
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while all(child.poll() is None for child in children):
             try:
@@ -94,6 +96,10 @@ def _run_processes(host: str, port: int) -> None:
                 child.terminate()
         for child in children:
             child.wait(timeout=30)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _run_in_process(settings: Settings, host: str, port: int) -> None:

@@ -99,6 +99,8 @@ class _Housekeeping:
         if self.housekeeping is not None:
             try:
                 self.housekeeping()
+            except TransientError as exc:
+                self.log.warning("housekeeping skipped, will try again: %s", exc)
             except Exception:  # housekeeping must never stop the worker
                 self.log.exception("housekeeping failed; will try again at the next interval")
 

@@ -1,0 +1,528 @@
+"""Receiver benchmark: how much the durable inbox costs next to a bare Flask app and a naive
+verify-and-enqueue receiver, served the same way and driven by the same load.
+
+    .venv/bin/python bench/receiver.py            # all three, ~1.5 minutes
+    .venv/bin/python bench/receiver.py --help
+
+Targets, each served by gunicorn with ``--config python:app.gunicorn_config`` and the same
+workers and threads:
+
+  hello     (a) bench.apps:hello_app()  - a bare Flask POST endpoint
+  naive     (b) bench.apps:naive_app()  - verify the signature, RQ ``Queue.enqueue`` per request
+  receiver  (c) app:create_app()        - ours: verify, inbox row in PostgreSQL (group commit),
+                                          RQ job, 202
+
+The load generator (bench/loadgen.py, a separate process) keeps N keep-alive connections busy,
+each posting a new signed Partnero-shaped delivery as soon as the previous answer is in. After
+(c) the script checks that every 202 has its row in ``webhook_events`` (and its RQ job).
+
+It creates the PostgreSQL database ``partnero_bench`` (dropped first if left over), uses Redis db
+13 (flushed before and after), binds only to 127.0.0.1 on free ports, and removes all of it on
+exit, Ctrl-C or error. See bench/README.md for figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout whose app/ and sync/ are measured
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TARGETS = {
+    "hello": ("a", "bench.apps:hello_app()", "bare Flask hello-world POST"),
+    "naive": ("b", "bench.apps:naive_app()", "verify + rq enqueue per request"),
+    "receiver": ("c", "app:create_app()", "ours: verify + PG inbox (group commit) + RQ"),
+}
+PATH = "/webhooks/partnero"
+SECRET = "bench-secret-not-for-production"
+
+
+class BenchError(Exception):
+    pass
+
+
+def _terminate(signum, frame):  # SIGTERM/SIGHUP: unwind like Ctrl-C so cleanup runs
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# -- resources ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Postgres:
+    """The bench database: created fresh, schema by ``sync.db.create_schema``, dropped at the end."""
+
+    def __init__(self, admin_dsn: str, name: str):
+        if "bench" not in name:
+            raise BenchError(f"refusing to drop/recreate database {name!r}: its name must contain 'bench'")
+        self.admin_dsn = admin_dsn
+        self.name = name
+        self.created = False
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql)
+
+    def recreate(self) -> str:
+        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self._admin(f'CREATE DATABASE "{self.name}"')
+        self.created = True
+        url = self.url()
+        from sync import db
+
+        engine = db.make_engine(_sqlalchemy_url(url))
+        try:
+            db.create_schema(engine)
+        finally:
+            engine.dispose()
+        return url
+
+    def url(self) -> str:
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = conninfo_to_dict(self.admin_dsn)
+        user = info.get("user", "postgres")
+        password = f":{info['password']}" if info.get("password") else ""
+        host = info.get("host", "127.0.0.1")
+        port = info.get("port", "5432")
+        return f"postgresql://{user}{password}@{host}:{port}/{self.name}"
+
+    def count_rows(self) -> dict[str, int]:
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=5) as conn:
+            rows = conn.execute("SELECT status, count(*) FROM webhook_events GROUP BY status").fetchall()
+            total = conn.execute("SELECT count(*), count(DISTINCT fingerprint) FROM webhook_events").fetchone()
+        return {"total": total[0], "distinct_fingerprints": total[1], **{s: n for s, n in rows}}
+
+    def drop(self) -> None:
+        if self.created:
+            self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            self.created = False
+
+
+def _sqlalchemy_url(url: str) -> str:
+    from sync.settings import normalize_database_url
+
+    return normalize_database_url(url)
+
+
+class RedisDb:
+    """The dedicated Redis db index: flushed before and after use."""
+
+    def __init__(self, url: str):
+        import redis
+
+        self.url = url
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
+        db = self.client.connection_pool.connection_kwargs.get("db", 0)
+        if int(db) == 0:
+            raise BenchError("refusing to flush Redis db 0: give --redis-url a dedicated db index, e.g. /13")
+
+    def flush(self) -> None:
+        self.client.flushdb()
+
+    def queue_count(self, name: str) -> int:
+        from rq import Queue
+
+        return Queue(name, connection=self.client).count
+
+
+class Gunicorn:
+    """One gunicorn master (its own process group), killed whatever happens."""
+
+    def __init__(self, app: str, env: dict, workers: int, threads: int, extra: list[str], log: Path):
+        self.port = free_port()
+        self.workers = workers
+        self.log_path = log
+        self.cmd = [
+            sys.executable, "-m", "gunicorn", app,
+            "--config", "python:app.gunicorn_config",
+            "--bind", f"127.0.0.1:{self.port}",
+            "--workers", str(workers), "--threads", str(threads),
+            "--chdir", str(ROOT), "--no-control-socket",
+            *extra,
+        ]
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, ready_path: str, timeout: float = 30.0) -> None:
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            self.cmd, env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"gunicorn exited with {self.proc.returncode}:\n{self.tail()}")
+            booted = self.log_path.read_bytes().count(b"Booting worker with pid")
+            if booted >= self.workers and self._answers(ready_path):
+                return
+            time.sleep(0.1)
+        raise BenchError(f"gunicorn not ready after {timeout}s:\n{self.tail()}")
+
+    def _answers(self, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.status == 200
+        except urllib.error.HTTPError as exc:
+            return path == "/" and exc.code == 404  # the baselines have no health check
+        except OSError:
+            return False
+
+    def worker_pids(self) -> list[int]:
+        if self.proc is None:
+            return []
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return []
+        return [int(p) for p in children]
+
+    def cpu_seconds(self) -> float:
+        """User+system CPU of the workers so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.worker_pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)  # master and workers: their own group
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # any worker left behind
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=5)
+        self.proc = None
+        self._log.close()
+
+
+def background_busy(seconds: float = 1.0) -> float:
+    """How busy the machine is (percent of all cores) with nothing of ours running."""
+    before = machine_cpu()
+    time.sleep(seconds)
+    after = machine_cpu()
+    return 100 * (after[0] - before[0]) / max(after[1] - before[1], 1)
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+# -- one target -----------------------------------------------------------------------------------
+
+
+def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, cleanup: list) -> dict:
+    letter, app, _ = TARGETS[name]
+    env = {k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "GUNICORN_CMD_ARGS")}
+    env.update(
+        PARTNERO_WEBHOOK_SECRET=SECRET,
+        REDIS_URL=args.redis_url,
+        PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
+    for item in args.env:
+        key, _, value = item.partition("=")
+        env[key] = value
+    database_url = None
+    idle_busy = background_busy()
+    if idle_busy > 10:
+        print(f" [machine already {idle_busy:.0f}% busy before start]", end="", flush=True)
+    rds.flush()
+    if name == "receiver":
+        database_url = pg.recreate()
+        env["DATABASE_URL"] = database_url
+    server = Gunicorn(app, env, args.workers, args.threads, args.gunicorn_arg,
+                      workdir / f"gunicorn-{name}.log")
+    cleanup.append(server.stop)
+    loadgen = None
+    try:
+        server.start("/healthz" if name == "receiver" else "/")
+        config = {
+            "host": "127.0.0.1", "port": server.port, "path": PATH, "secret": SECRET,
+            "connections": args.connections, "warmup": args.warmup, "duration": args.duration,
+            "max_requests": args.max_requests, "request_timeout": args.request_timeout,
+        }
+        cpu_before, busy_before = server.cpu_seconds(), machine_cpu()
+        loadgen = subprocess.Popen(
+            [sys.executable, "-m", "bench.loadgen", json.dumps(config)],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        limit = args.warmup + args.duration + args.request_timeout + 30
+        try:
+            out, err = loadgen.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"load generator still running after {limit}s")
+        if loadgen.returncode != 0:
+            raise BenchError(f"load generator failed ({loadgen.returncode}):\n{err.decode(errors='replace')}")
+        result = json.loads(out)
+        cpu_after, busy_after = server.cpu_seconds(), machine_cpu()
+        answered = max(result["answered"], 1)
+        result["server_cpu_us_per_request"] = (cpu_after - cpu_before) / answered * 1e6
+        busy = (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1)
+        result["machine_cpu_busy_pct"] = busy * 100
+        result["background_busy_pct"] = idle_busy
+        result["target"], result["letter"], result["app"] = name, letter, app
+        result["server_log_errors"] = [
+            line for line in server.tail(2000).splitlines()
+            if " ERROR " in line or "Traceback" in line or "[CRITICAL]" in line
+        ][:5]
+        time.sleep(0.5)  # let a last enqueue land before counting
+        if name == "receiver":
+            rows = pg.count_rows()
+            result["durability"] = {
+                "accepted_202": result["accepted_202"],
+                "rows": rows["total"],
+                "distinct_fingerprints": rows["distinct_fingerprints"],
+                "pending_rows": rows.get("pending", 0),
+                "rq_jobs_queued": rds.queue_count("partnero"),
+                "ok": rows["total"] == result["accepted_202"],
+            }
+        elif name == "naive":
+            result["rq_jobs_queued"] = rds.queue_count("partnero-bench")
+        return result
+    finally:
+        if loadgen is not None and loadgen.poll() is None:
+            try:
+                os.killpg(loadgen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            loadgen.wait(timeout=5)
+        server.stop()
+        cleanup.remove(server.stop)
+        rds.flush()
+        if name == "receiver":
+            pg.drop()
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def table(results: list[dict], args) -> str:
+    head = (f"{'':3}{'target':<10}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+            f"{'errors':>8}{'requests':>10}{'srv CPU us/req':>16}{'box CPU %':>11}{'idle before %':>15}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        m = r["measured"]
+        lines.append(
+            f"{r['letter'] + ')':3}{r['target']:<10}{m['rps']:>9.0f}{m['p50_ms']:>9.1f}"
+            f"{m['p90_ms']:>9.1f}{m['p99_ms']:>9.1f}{m['max_ms']:>9.1f}{m['errors']:>8d}"
+            f"{m['requests']:>10d}{r['server_cpu_us_per_request']:>16.0f}"
+            f"{r['machine_cpu_busy_pct']:>11.0f}{r['background_busy_pct']:>15.0f}"
+        )
+    return "\n".join(lines)
+
+
+def summarize(results: list[dict], args) -> tuple[str, bool]:
+    by = {r["target"]: r for r in results}
+    out = [table(results, args), ""]
+    ok = True
+    for r in results:
+        m = r["measured"]
+        if m["errors"] or r["transport_errors"]:
+            ok = False
+            out.append(f"ERRORS in {r['target']}: measured statuses {m['statuses']}, "
+                       f"transport errors {r['transport_errors']}, samples {r['error_samples']}")
+        if r["server_log_errors"]:
+            out.append(f"server log of {r['target']}: {r['server_log_errors']}")
+    c = by.get("receiver")
+    if c:
+        for base in ("hello", "naive"):
+            if base in by:
+                ratio = c["measured"]["rps"] / max(by[base]["measured"]["rps"], 1e-9)
+                out.append(f"c/{TARGETS[base][0]} (receiver/{base}) throughput: {ratio:.2f}")
+        p99 = c["measured"]["p99_ms"]
+        d = c["durability"]
+        if "naive" in by:
+            ratio = c["measured"]["rps"] / max(by["naive"]["measured"]["rps"], 1e-9)
+            out.append(f"goal c/b >= 1.00: {'met' if ratio >= 1.0 else 'NOT met'} ({ratio:.2f}); "
+                       f"goal p99 < 50 ms: {'met' if p99 < 50 else 'NOT met'} ({p99:.1f} ms)")
+        out.append(
+            f"durability (c): {d['accepted_202']} answers 202, {d['rows']} rows in webhook_events "
+            f"({d['distinct_fingerprints']} distinct), {d['rq_jobs_queued']} RQ jobs queued: "
+            + ("OK, every 202 has its row" if d["ok"] else "MISMATCH")
+        )
+        if not d["ok"]:
+            ok = False
+    return "\n".join(out), ok
+
+
+def _defaults() -> tuple[int, int]:
+    from app import gunicorn_config
+
+    workers = int(os.environ.get("WEB_CONCURRENCY", getattr(gunicorn_config, "workers", 1)))
+    return workers, int(getattr(gunicorn_config, "threads", 1))
+
+
+def parse_args(argv=None):
+    workers, threads = _defaults()
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds per target")
+    p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target (not measured)")
+    p.add_argument("--connections", "-c", type=int, default=16, help="concurrent keep-alive connections")
+    p.add_argument("--workers", "-w", type=int, default=workers,
+                   help="gunicorn workers (from WEB_CONCURRENCY or app.gunicorn_config)")
+    p.add_argument("--threads", "-t", type=int, default=threads,
+                   help="gunicorn threads per worker (from app.gunicorn_config)")
+    p.add_argument("--targets", default="hello,naive,receiver",
+                   help="comma-separated subset of hello,naive,receiver, run in that order")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the targets this many times (interleaved); the table shows every round")
+    p.add_argument("--max-requests", type=int, default=400_000,
+                   help="cap on requests per target (warm-up included)")
+    p.add_argument("--request-timeout", type=float, default=10.0,
+                   help="seconds before an unanswered request counts as an error")
+    p.add_argument("--pg-admin-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                   help="where to create the bench database")
+    p.add_argument("--db-name", default="partnero_bench", help="bench database (dropped and recreated)")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/13",
+                   help="Redis with a dedicated db index (flushed before and after)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the servers, e.g. LOG_LEVEL=WARNING (repeatable)")
+    p.add_argument("--gunicorn-arg", action="append", default=[], metavar="ARG",
+                   help="extra gunicorn argument for every target (repeatable; use --gunicorn-arg=--x)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="write all results here (when not given: bench/results/receiver-<time>.json)")
+    p.add_argument("--keep-logs", action="store_true", help="keep the gunicorn logs (path printed)")
+    args = p.parse_args(argv)
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in args.targets if t not in TARGETS]
+    if unknown:
+        p.error(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
+    if not (1 <= args.connections <= 1000 and args.duration > 0 and args.warmup >= 0):
+        p.error("need 1..1000 connections, a positive duration and a non-negative warm-up")
+    if args.duration + args.warmup > 600 or args.max_requests > 5_000_000:
+        p.error("bounded: at most 600 s and 5,000,000 requests per target")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    workdir = Path(tempfile.mkdtemp(prefix="partnero-bench-"))
+    cleanup: list = []
+    pg = rds = None
+    results: list[dict] = []
+    started = datetime.now(timezone.utc)
+    exit_code = 1
+    try:
+        import sync
+
+        if not Path(sync.__file__).resolve().is_relative_to(ROOT):
+            raise BenchError(f"sync is imported from {sync.__file__}, not from {ROOT}")
+        pg = Postgres(args.pg_admin_dsn, args.db_name)
+        rds = RedisDb(args.redis_url)
+        print(f"partnero-sync receiver benchmark, {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+              f"code from {ROOT}")
+        print(f"gunicorn --config python:app.gunicorn_config --workers {args.workers} --threads "
+              f"{args.threads} {' '.join(args.gunicorn_arg)}; {args.connections} connections; "
+              f"{args.warmup:g}s warm-up + {args.duration:g}s measured per target"
+              + (f"; env {' '.join(args.env)}" if args.env else ""))
+        for round_no in range(1, args.rounds + 1):
+            for name in args.targets:
+                print(f"  [{round_no}/{args.rounds}] {TARGETS[name][0]}) {name}: {TARGETS[name][2]} ...",
+                      end="", flush=True)
+                r = run_target(name, args, workdir, pg, rds, cleanup)
+                r["round"] = round_no
+                results.append(r)
+                m = r["measured"]
+                print(f" {m['rps']:.0f} req/s, p99 {m['p99_ms']:.1f} ms, {m['errors']} errors", flush=True)
+            if args.rounds > 1:
+                print()
+                text, ok = summarize([r for r in results if r["round"] == round_no], args)
+                print(f"round {round_no}:\n{text}\n")
+        text, ok = summarize(results, args) if args.rounds == 1 else (None, True)
+        if args.rounds == 1:
+            print()
+            print(text)
+        else:
+            ok = all(summarize([r for r in results if r["round"] == n], args)[1]
+                     for n in range(1, args.rounds + 1))
+        exit_code = 0 if ok else 3
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        exit_code = 130
+    except BenchError as exc:
+        print(f"\nbench failed: {exc}", file=sys.stderr)
+        exit_code = 2
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        for stop in reversed(cleanup):
+            try:
+                stop()
+            except Exception as exc:  # keep cleaning up
+                print(f"cleanup: {exc!r}", file=sys.stderr)
+        for what in (lambda: rds and rds.flush(), lambda: pg and pg.drop()):
+            try:
+                what()
+            except Exception as exc:
+                print(f"cleanup: {exc!r}", file=sys.stderr)
+        if args.keep_logs:
+            print(f"gunicorn logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if results:
+        path = args.json or ROOT / "bench" / "results" / f"receiver-{started:%Y%m%dT%H%M%S}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"started": started.isoformat(), "cores": os.cpu_count(), "root": str(ROOT),
+                "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+        path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        print(f"results: {path}")
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The job and the worker, run by real RQ workers against real Redis, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from sync import db, jobs
+from sync.errors import TransientError
+from sync.inbox import PENDING, Delivery, Inbox, webhook_events
+from sync.queue import QUEUE_NAME, InProcessWorker, JobQueue, PartneroWorker, job_id
+from sync.samples import sample_delivery
+from sync.worker import build_worker
+from tests.conftest import DEAD_PG_URL
+
+
+def store(settings, *documents, enqueue_to=None) -> list[int]:
+    inbox = Inbox(db.engine_for(settings.database_url))
+    deliveries = [Delivery(json.dumps(d).encode(), d["event"], PENDING) for d in documents]
+    stored = inbox.store_many(deliveries)
+    ids = [stored[d.fingerprint].id for d in deliveries]
+    if enqueue_to is not None:
+        JobQueue(enqueue_to).enqueue_events([(i, d.event_type) for i, d in zip(ids, deliveries)])
+    return ids
+
+
+def row(settings, event_id: int) -> dict:
+    with db.engine_for(settings.database_url).connect() as conn:
+        return dict(conn.execute(sa.select(webhook_events).where(webhook_events.c.id == event_id)).one()._mapping)
+
+
+def run_burst(settings, redis_conn, worker_class=InProcessWorker):
+    worker = build_worker(settings, redis_conn, worker_class=worker_class)
+    worker.work(burst=True)
+    return worker
+
+
+def test_a_stored_delivery_is_processed_and_recorded(settings, redis_conn):
+    [event_id] = store(settings, sample_delivery("partner.created"), enqueue_to=redis_conn)
+    run_burst(settings, redis_conn)
+    processed = row(settings, event_id)
+    assert processed["status"] == "processed"
+    assert processed["attempts"] == 1
+    assert processed["last_error"] is None
+    assert processed["processed_at"] is not None
+    assert Job.fetch(job_id(event_id), connection=redis_conn).get_status() == JobStatus.FINISHED
+
+
+def test_the_forking_paas_worker_processes_deliveries(settings, redis_conn):
+    ids = store(
+        settings,
+        *(sample_delivery("customer.created", key=f"acct_{i}") for i in range(5)),
+        enqueue_to=redis_conn,
+    )
+    run_burst(settings, redis_conn, worker_class=PartneroWorker)
+    assert [row(settings, i)["status"] for i in ids] == ["processed"] * 5
+
+
+def test_running_a_job_twice_changes_nothing(settings, redis_conn):
+    [event_id] = store(settings, sample_delivery("partner.updated"))
+    build_worker(settings, redis_conn)  # installs the services jobs use
+    assert jobs.process_event(event_id) == "processed"
+    first = row(settings, event_id)
+    assert jobs.process_event(event_id) == "already processed"
+    second = row(settings, event_id)
+    assert second["status"] == "processed" and second["processed_at"] == first["processed_at"]
+
+
+def test_database_down_means_retry_later_with_backoff(settings, redis_conn, caplog):
+    [event_id] = store(settings, sample_delivery("partner.created"), enqueue_to=redis_conn)
+    down = settings.with_overrides(database_url=DEAD_PG_URL)
+    before = datetime.now(timezone.utc).replace(microsecond=0)  # RQ keeps whole seconds
+    with caplog.at_level(logging.WARNING, logger="sync.jobs"):
+        run_burst(down, redis_conn)
+
+    queue = Queue(QUEUE_NAME, connection=redis_conn)
+    job = Job.fetch(job_id(event_id), connection=redis_conn)
+    assert job.get_status() == JobStatus.SCHEDULED
+    assert job.number_of_retries == 1
+    due = queue.scheduled_job_registry.get_scheduled_time(job)
+    first_delay = jobs.RETRY_DELAYS[0]
+    assert before + timedelta(seconds=first_delay) <= due
+    assert due <= datetime.now(timezone.utc) + timedelta(seconds=first_delay * 1.2 + 1)
+    # RQ does not record why a job asked for a retry; our log line does.
+    assert any("database unavailable" in r.getMessage() and "retry 1 of" in r.getMessage() for r in caplog.records)
+    assert row(settings, event_id)["status"] == "pending"
+
+    # The database is back and the retry falls due: processed.
+    queue.scheduled_job_registry.remove(job)
+    queue.enqueue_job(job)
+    run_burst(settings, redis_conn)
+    assert row(settings, event_id)["status"] == "processed"
+
+
+def test_a_transient_failure_is_noted_on_the_row_and_gives_up_after_the_last_retry(
+    settings, redis_conn, monkeypatch
+):
+    def sink_unavailable(_delivery):
+        raise TransientError("sink unavailable: connection reset")
+
+    monkeypatch.setattr(jobs, "_apply", sink_unavailable)
+    [event_id] = store(settings, sample_delivery("partner.created"), enqueue_to=redis_conn)
+    run_burst(settings, redis_conn)
+    retrying = row(settings, event_id)
+    assert retrying["status"] == "pending"
+    assert retrying["last_error"] == "sink unavailable: connection reset"
+
+    job = Job.fetch(job_id(event_id), connection=redis_conn)
+    job.number_of_retries = len(jobs.RETRY_DELAYS)
+    job.save()
+    queue = Queue(QUEUE_NAME, connection=redis_conn)
+    queue.scheduled_job_registry.remove(job)
+    queue.enqueue_job(job)
+    run_burst(settings, redis_conn)
+
+    assert Job.fetch(job_id(event_id), connection=redis_conn).get_status() == JobStatus.FAILED
+    failed = row(settings, event_id)
+    assert failed["status"] == "failed"
+    assert failed["last_error"].startswith(f"still failing after {len(jobs.RETRY_DELAYS)} retries")
+
+
+def test_a_permanent_failure_fails_once_with_its_reason(settings, redis_conn, caplog):
+    [event_id] = store(settings, {"event": "partner.created", "data": "not an object"}, enqueue_to=redis_conn)
+    with caplog.at_level(logging.ERROR, logger="sync.jobs"):
+        run_burst(settings, redis_conn)
+
+    queue = Queue(QUEUE_NAME, connection=redis_conn)
+    assert queue.failed_job_registry.get_job_ids() == [job_id(event_id)]
+    assert queue.scheduled_job_registry.get_job_ids() == []
+    failed = row(settings, event_id)
+    assert failed["status"] == "failed" and failed["attempts"] == 1
+    assert failed["last_error"] == 'delivery has no "data" object'
+    assert any('delivery has no "data" object' in r.getMessage() for r in caplog.records)
+
+
+def test_an_unexpected_error_fails_the_delivery_visibly(settings, redis_conn, monkeypatch):
+    def broken(_delivery):
+        raise KeyError("amount")
+
+    monkeypatch.setattr(jobs, "_apply", broken)
+    [event_id] = store(settings, sample_delivery("transaction.created"), enqueue_to=redis_conn)
+    run_burst(settings, redis_conn)
+    failed = row(settings, event_id)
+    assert failed["status"] == "failed"
+    assert failed["last_error"] == "unexpected KeyError: 'amount'"
+    assert Queue(QUEUE_NAME, connection=redis_conn).failed_job_registry.count == 1
+
+
+def test_a_delivery_is_given_up_after_too_many_attempts(settings, redis_conn):
+    [event_id] = store(settings, sample_delivery("partner.created"), enqueue_to=redis_conn)
+    with db.engine_for(settings.database_url).begin() as conn:
+        conn.execute(webhook_events.update().values(attempts=jobs.MAX_ATTEMPTS))
+    run_burst(settings, redis_conn)
+    failed = row(settings, event_id)
+    assert failed["status"] == "failed"
+    assert failed["last_error"] == f"gave up after {jobs.MAX_ATTEMPTS} attempts"
+
+
+def test_the_worker_sweeps_lost_deliveries_and_processes_them(settings, redis_conn):
+    # Stored while Redis was down: no job exists.
+    lost, fresh = store(settings, sample_delivery("partner.created"), sample_delivery("partner.updated"))
+    with db.engine_for(settings.database_url).begin() as conn:
+        an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+        conn.execute(webhook_events.update().where(webhook_events.c.id == lost).values(received_at=an_hour_ago))
+    run_burst(settings, redis_conn)
+    assert row(settings, lost)["status"] == "processed"
+    # Younger than a minute: its job may still be on its way; the next sweep will see.
+    assert row(settings, fresh)["status"] == "pending"
+
+
+@pytest.mark.parametrize("retries, low, high", [(0, 10, 12), (3, 300, 360), (20, 3600, 4320)])
+def test_backoff_grows_with_jitter(retries, low, high):
+    delays = {jobs.backoff(retries) for _ in range(200)}
+    assert min(delays) >= low and max(delays) <= high
+    assert len(delays) > 1
