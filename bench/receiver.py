@@ -273,7 +273,11 @@ def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, clean
         env[key] = value
     database_url = None
     idle_busy = background_busy()
-    if idle_busy > 10:
+    waited = 0.0
+    while idle_busy > args.quiet_pct and waited < args.wait_quiet:
+        idle_busy = background_busy()  # something else is using the machine: give it a moment
+        waited += 1.0
+    if idle_busy > args.quiet_pct:
         print(f" [machine already {idle_busy:.0f}% busy before start]", end="", flush=True)
     rds.flush()
     if name == "receiver":
@@ -296,6 +300,8 @@ def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, clean
             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
+        profilers = _start_profilers(args, server, name) if args.profile else []
+        cleanup.extend(p.kill for p in profilers)
         limit = args.warmup + args.duration + args.request_timeout + 30
         try:
             out, err = loadgen.communicate(timeout=limit)
@@ -304,6 +310,12 @@ def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, clean
         if loadgen.returncode != 0:
             raise BenchError(f"load generator failed ({loadgen.returncode}):\n{err.decode(errors='replace')}")
         result = json.loads(out)
+        for prof in profilers:
+            try:
+                prof.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                prof.kill()
+            cleanup.remove(prof.kill)
         cpu_after, busy_after = server.cpu_seconds(), machine_cpu()
         answered = max(result["answered"], 1)
         result["server_cpu_us_per_request"] = (cpu_after - cpu_before) / answered * 1e6
@@ -341,6 +353,21 @@ def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, clean
         rds.flush()
         if name == "receiver":
             pg.drop()
+
+
+def _start_profilers(args, server: Gunicorn, name: str) -> list[subprocess.Popen]:
+    """py-spy on every worker for the measured window; collapsed stacks in --profile DIR."""
+    args.profile.mkdir(parents=True, exist_ok=True)
+    time.sleep(args.warmup)
+    procs = []
+    for pid in server.worker_pids():
+        out = args.profile / f"{name}-w{args.workers}t{args.threads}-{pid}.txt"
+        procs.append(subprocess.Popen(
+            [args.py_spy, "record", "--pid", str(pid), "--duration", str(int(args.duration)),
+             "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        ))
+    return procs
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -432,8 +459,15 @@ def parse_args(argv=None):
                    help="extra environment for the servers, e.g. LOG_LEVEL=WARNING (repeatable)")
     p.add_argument("--gunicorn-arg", action="append", default=[], metavar="ARG",
                    help="extra gunicorn argument for every target (repeatable; use --gunicorn-arg=--x)")
+    p.add_argument("--wait-quiet", type=float, default=20.0,
+                   help="before each target, wait up to this many seconds for the machine to be "
+                        "less than --quiet-pct busy (other processes skew the figures)")
+    p.add_argument("--quiet-pct", type=float, default=15.0, help="see --wait-quiet")
     p.add_argument("--json", type=Path, default=None,
                    help="write all results here (when not given: bench/results/receiver-<time>.json)")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="run py-spy on the workers during the measured window; stacks go to DIR")
+    p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy executable")
     p.add_argument("--keep-logs", action="store_true", help="keep the gunicorn logs (path printed)")
     args = p.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]

@@ -285,3 +285,37 @@ def _settings(database_url: str, redis_url: str):
     from sync.settings import Settings
 
     return Settings(webhook_secrets=SECRETS, database_url=database_url, redis_url=redis_url)
+
+
+def test_copies_racing_through_two_web_processes_store_one_row(settings, redis_conn):
+    """Two apps, two inbox writers, separate connections: the UNIQUE fingerprint decides."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    servers = [make_server("127.0.0.1", 0, create_app(settings), threaded=True) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        deliveries = [signed(sample_delivery("partner.updated", id=f"ptn_{i}")) for i in range(10)]
+        calls = [(servers[n % 2].server_port, deliveries[n % 10]) for n in range(100)]
+
+        def post(call):
+            port, (body, headers) = call
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("POST", URL, body=body, headers=headers)
+            response = conn.getresponse()
+            answer = response.status, json.loads(response.read())
+            conn.close()
+            return answer
+
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            answers = list(pool.map(post, calls))
+    finally:
+        for server in servers:
+            server.shutdown()
+
+    assert {status for status, _ in answers} == {202}
+    assert sorted(a["status"] for _, a in answers).count("queued") == 10
+    assert len(rows(settings.database_url)) == 10
+    assert len(queued_ids(redis_conn)) == 10
