@@ -15,8 +15,8 @@ from sync.settings import Settings
 def create_app(settings: Settings | None = None, *, redis_connection: redis.Redis | None = None) -> Flask:
     """Build the web app from ``settings`` (default: the environment).
 
-    Fails with ``ConfigurationError`` when the configuration cannot work (no webhook secret).
-    Nothing connects to the database or Redis until a request needs it.
+    Fails with ``ConfigurationError`` when the configuration cannot work (no webhook secret, a
+    mapping file with problems). Nothing connects to the database or Redis until a request needs it.
     """
     settings = settings or Settings.from_env()
     settings.require_webhook_secret()

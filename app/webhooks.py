@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from sync import envelope, signature
-from sync.envelope import HANDLED_EVENTS, MalformedDelivery
+from sync.envelope import MalformedDelivery
 from sync.errors import TransientError
 from sync.inbox import IGNORED, PENDING, Delivery
 
@@ -41,7 +41,7 @@ def receive():
         log.warning("refused signed delivery: %s", exc)
         return _error(400, str(exc))
 
-    status = PENDING if event in HANDLED_EVENTS else IGNORED
+    status = PENDING if event in services.mappings.events else IGNORED
     try:
         receipt = intake.submit(Delivery(body=body, event_type=event, status=status))
     except TransientError as exc:

@@ -364,7 +364,8 @@ def _start_profilers(args, server: Gunicorn, name: str) -> list[subprocess.Popen
         out = args.profile / f"{name}-w{args.workers}t{args.threads}-{pid}.txt"
         procs.append(subprocess.Popen(
             [args.py_spy, "record", "--pid", str(pid), "--duration", str(int(args.duration)),
-             "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(out)],
+             "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(out),
+             *(["--gil"] if args.profile_gil else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
         ))
     return procs
@@ -467,6 +468,8 @@ def parse_args(argv=None):
                    help="write all results here (when not given: bench/results/receiver-<time>.json)")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="run py-spy on the workers during the measured window; stacks go to DIR")
+    p.add_argument("--profile-gil", action="store_true",
+                   help="profile only the thread holding the GIL (where a worker's CPU goes)")
     p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy executable")
     p.add_argument("--keep-logs", action="store_true", help="keep the gunicorn logs (path printed)")
     args = p.parse_args(argv)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from sync import db, logs
+from sync import logs
 from sync.errors import ConfigurationError, SyncError
 from sync.settings import Settings, redact_url
 
@@ -51,15 +51,17 @@ def _settings() -> Settings:
 def migrate() -> None:
     """Create or upgrade the database schema (the Procfile's release step).
 
-    Safe to run any number of times: it only adds what is missing.
+    Creates missing tables and adds columns that mappings gained. Never drops or converts a
+    column: a column that left the mappings is kept (and reported), one whose type changed
+    stops the migration with an explanation. Safe to run any number of times.
     """
+    from sync.services import Services
+
     settings = _settings()
-    created = db.create_schema(db.engine_for(settings.database_url))
-    where = redact_url(settings.database_url)
-    if created:
-        click.echo(f"created tables {', '.join(created)} in {where}")
-    else:
-        click.echo(f"schema of {where} is up to date")
+    done = Services.build(settings).migrate()
+    for line in done:
+        click.echo(line)
+    click.echo(f"schema of {redact_url(settings.database_url)} is up to date")
 
 
 @main.command()
@@ -155,6 +157,78 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
         return exc.code, exc.read().decode("utf-8", "replace")
     except OSError as exc:
         raise SyncError(f"could not reach {url}: {exc}") from exc
+
+
+@main.group()
+def mappings() -> None:
+    """Check the mapping files, or preview what a delivery would become."""
+
+
+@mappings.command("check")
+@click.option("--dir", "directory", type=click.Path(path_type=Path),
+              help="The mapping directory (default: MAPPINGS_DIR, else ./mappings).")
+def mappings_check(directory: Path | None) -> None:
+    """Load and check every mapping file; list every problem with file, line and field.
+
+    Exit status 1 when there are problems.
+    """
+    from sync.mapping import MappingError, load_mappings
+
+    directory = directory or _settings().mappings_dir
+    try:
+        loaded = load_mappings(directory)
+    except MappingError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    for mapping in loaded.mappings:
+        target = mapping.warehouse
+        click.echo(
+            f"{mapping.path}: {mapping.entity}: {len(mapping.events)} events -> table {target.table} "
+            f"({len(target.column_types())} columns)" + (", ledger" if mapping.ledger else "")
+        )
+    click.echo("mappings OK")
+
+
+@mappings.command("preview")
+@click.argument("delivery", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dir", "directory", type=click.Path(path_type=Path),
+              help="The mapping directory (default: MAPPINGS_DIR, else ./mappings).")
+def mappings_preview(delivery: Path, directory: Path | None) -> None:
+    """Print what DELIVERY (a saved delivery, JSON) would write to each target. Writes nothing."""
+    from sync.mapping import load_mappings
+    from sync.preview import render
+
+    directory = directory or _settings().mappings_dir
+    click.echo(render(load_mappings(directory), delivery.read_bytes()))
+
+
+@main.command()
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+              help="Only deliveries received from this date (UTC) on.")
+@click.option("--event", "event_type", metavar="TYPE", help="Only deliveries of this event type.")
+def replay(since, event_type: str | None) -> None:
+    """Apply stored deliveries again, oldest first; e.g. after a mapping gained a column.
+
+    Idempotent: what is already in the warehouse stays as it is, newer states still win, and no
+    commission is booked twice. Deliveries that fail are reported and left as failed.
+    """
+    from datetime import timezone
+
+    from sync.replay import replay as run_replay
+    from sync.services import Services
+
+    services = Services.build(_settings())
+    services.migrate()
+    since_utc = since.replace(tzinfo=timezone.utc) if since else None
+    result = run_replay(services, since=since_utc, event_type=event_type)
+    click.echo(
+        f"replayed {result.total}: {result.processed} processed, {result.ignored} ignored, "
+        f"{len(result.failed)} failed"
+    )
+    for event_id, reason in result.failed[:20]:
+        click.echo(f"  inbox #{event_id}: {reason}", err=True)
+    if result.failed:
+        sys.exit(1)
 
 
 @main.command()

@@ -6,7 +6,7 @@ import os
 import threading
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from sync.errors import TransientError
 
@@ -28,12 +28,18 @@ def make_engine(url: str) -> Engine:
         kwargs["connect_args"] = {"connect_timeout": 3}
         kwargs["pool_size"] = 10
         kwargs["max_overflow"] = 10
+    if url.startswith("mysql"):
+        kwargs["connect_args"] = {"connect_timeout": 3, "charset": "utf8mb4"}
+        kwargs["isolation_level"] = "READ COMMITTED"
     engine = sa.create_engine(url, **kwargs)
     # A forked child (an RQ work horse, a gunicorn worker) must open its own connections and
     # leave the parent's alone.
     os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
     if url.startswith("sqlite"):
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+        # Take the write lock when a transaction begins, not at its first write: two workers
+        # that read a record and then write it must take turns, as row locks make them elsewhere.
+        sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     return engine
 
 
@@ -49,6 +55,8 @@ def engine_for(url: str) -> Engine:
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # pysqlite's own transaction handling would BEGIN lazily; we BEGIN IMMEDIATE ourselves.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL lets readers (health checks, the sweeper) run beside the writer; FULL sync keeps every
     # acknowledged delivery on disk.
@@ -65,10 +73,40 @@ def create_schema(engine: Engine) -> list[str]:
     """
     # Import for the side effect of defining the tables on ``metadata``.
     import sync.inbox  # noqa: F401
+    import sync.ledger  # noqa: F401
 
     existing = set(sa.inspect(engine).get_table_names())
     metadata.create_all(engine, checkfirst=True)
     return [t.name for t in metadata.sorted_tables if t.name not in existing]
+
+
+def insert_ignore(conn: Connection, table: sa.Table, rows: list[dict]) -> None:
+    """Insert ``rows``, skipping those whose unique key is already there, on every dialect."""
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        conn.execute(insert(table).on_conflict_do_nothing(), rows)
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+
+        conn.execute(insert(table).on_conflict_do_nothing(), rows)
+    elif dialect in ("mysql", "mariadb"):
+        from sqlalchemy.dialects.mysql import insert
+
+        # Not INSERT IGNORE: that would also turn truncated values into warnings.
+        pk = next(iter(table.primary_key.columns))
+        stmt = insert(table)
+        conn.execute(stmt.on_duplicate_key_update({pk.name: table.c[pk.name]}), rows)
+    else:
+        for row in rows:
+            try:
+                with conn.begin_nested():
+                    conn.execute(table.insert().values(row))
+            except sa.exc.IntegrityError:
+                pass
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -1,47 +1,20 @@
 """Reading a Partnero delivery's envelope: pure functions, no I/O.
 
 A delivery is ``{"event", "url", "webhook_key", "created_at", "data"}``; an older form carries
-``timestamp`` instead of ``created_at``.
+``timestamp`` instead of ``created_at``. What ``data`` becomes is the mappings' business.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-
-#: The event types partnero-sync acts on. Anything else is stored as ``ignored``.
-HANDLED_EVENTS = frozenset(
-    {
-        "partner.created",
-        "partner.updated",
-        "partner.deleted",
-        "partner.approved",
-        "partner.rejected",
-        "partner.archived",
-        "customer.created",
-        "customer.updated",
-        "customer.deleted",
-        "transaction.created",
-        "transaction.updated",
-        "transaction.deleted",
-    }
-)
 
 MAX_EVENT_LENGTH = 100
 
 
 class MalformedDelivery(ValueError):
     """The body is not a delivery we can read; the message says why, in a short sentence."""
-
-
-@dataclass(frozen=True)
-class Envelope:
-    event: str
-    data: dict[str, Any]
-    created_at: datetime | None
-    webhook_key: str | None
 
 
 def read_event(body: bytes) -> tuple[dict[str, Any], str]:
@@ -61,21 +34,6 @@ def read_event(body: bytes) -> tuple[dict[str, Any], str]:
     if len(event) > MAX_EVENT_LENGTH or not event.isprintable():
         raise MalformedDelivery('"event" is not a Partnero event type')
     return document, event
-
-
-def parse(body: bytes) -> Envelope:
-    """The whole envelope, as the worker needs it."""
-    document, event = read_event(body)
-    data = document.get("data")
-    if not isinstance(data, dict):
-        raise MalformedDelivery('delivery has no "data" object')
-    webhook_key = document.get("webhook_key")
-    return Envelope(
-        event=event,
-        data=data,
-        created_at=parse_timestamp(document.get("created_at") or document.get("timestamp")),
-        webhook_key=webhook_key if isinstance(webhook_key, str) else None,
-    )
 
 
 def parse_timestamp(value: Any) -> datetime | None:

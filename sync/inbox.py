@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from sync.db import is_transient, metadata
 from sync.errors import PermanentError, TransientError
+from sync.sqltypes import UTCDateTime
 
 PENDING = "pending"
 PROCESSED = "processed"
@@ -32,12 +33,23 @@ webhook_events = sa.Table(
     sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),
     sa.Column("event_type", sa.String(100), nullable=False),
     sa.Column("body", sa.LargeBinary, nullable=False),
-    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text),
-    sa.Column("processed_at", sa.DateTime(timezone=True)),
+    sa.Column("processed_at", UTCDateTime()),
     sa.Index("ix_webhook_events_status_received", "status", "received_at"),
+)
+
+
+_EVENT_COLUMNS = (
+    webhook_events.c.id,
+    webhook_events.c.event_type,
+    webhook_events.c.body,
+    webhook_events.c.status,
+    webhook_events.c.attempts,
+    webhook_events.c.received_at,
+    webhook_events.c.fingerprint,
 )
 
 
@@ -87,6 +99,7 @@ class Event:
     status: str
     attempts: int
     received_at: datetime
+    fingerprint: str
 
 
 class Inbox:
@@ -165,16 +178,48 @@ class Inbox:
         with self._transaction() as conn:
             conn.execute(t.update().where(t.c.id == event_id).values(attempts=t.c.attempts + 1))
             row = conn.execute(
-                sa.select(
-                    t.c.id, t.c.event_type, t.c.body, t.c.status, t.c.attempts, t.c.received_at
-                ).where(t.c.id == event_id)
+                sa.select(*_EVENT_COLUMNS).where(t.c.id == event_id)
             ).one_or_none()
         if row is None:
             raise PermanentError(f"inbox row {event_id} does not exist")
         return Event(*row)
 
-    def mark_processed(self, event_id: int) -> None:
-        self._set(event_id, status=PROCESSED, last_error=None, processed_at=utcnow())
+    def mark_processed(self, event_id: int, conn: Connection | None = None, status: str = PROCESSED) -> None:
+        """Record success; pass ``conn`` to make it part of the transaction that did the work."""
+        values = {"status": status, "last_error": None, "processed_at": utcnow()}
+        if conn is None:
+            self._set(event_id, **values)
+        else:
+            conn.execute(webhook_events.update().where(webhook_events.c.id == event_id).values(**values))
+
+    def events(
+        self, since: datetime | None = None, event_type: str | None = None, batch: int = 500
+    ) -> Iterator[Event]:
+        """Stored deliveries, oldest first, optionally from ``since`` and of one type."""
+        t = webhook_events
+        after_id = 0
+        while True:
+            query = sa.select(*_EVENT_COLUMNS).where(t.c.id > after_id).order_by(t.c.id).limit(batch)
+            if since is not None:
+                query = query.where(t.c.received_at >= since)
+            if event_type is not None:
+                query = query.where(t.c.event_type == event_type)
+            with self._transaction() as conn:
+                found = [Event(*row) for row in conn.execute(query)]
+            yield from found
+            if len(found) < batch:
+                return
+            after_id = found[-1].id
+
+    def count(self, since: datetime | None = None, event_type: str | None = None) -> int:
+        t = webhook_events
+        query = sa.select(sa.func.count()).select_from(t)
+        if since is not None:
+            query = query.where(t.c.received_at >= since)
+        if event_type is not None:
+            query = query.where(t.c.event_type == event_type)
+        with self._transaction() as conn:
+            return conn.execute(query).scalar_one()
 
     def mark_failed(self, event_id: int, reason: str) -> None:
         self._set(event_id, status=FAILED, last_error=reason[:2000])

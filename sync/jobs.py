@@ -11,7 +11,7 @@ import random
 
 from rq import Retry, get_current_job
 
-from sync import envelope, services
+from sync import services
 from sync.envelope import MalformedDelivery
 from sync.errors import PermanentError, TransientError
 from sync.inbox import IGNORED, PROCESSED
@@ -28,16 +28,14 @@ MAX_ATTEMPTS = 3 * len(RETRY_DELAYS)
 
 def process_event(event_id: int) -> Retry | str:
     """Process inbox row ``event_id``; the RQ job for every stored delivery."""
-    inbox = services.current().inbox
+    current = services.current()
     try:
-        event = inbox.begin_attempt(event_id)
+        event = current.inbox.begin_attempt(event_id)
         if event.status in (PROCESSED, IGNORED):
             return f"already {event.status}"
         if event.attempts > MAX_ATTEMPTS:
             raise PermanentError(f"gave up after {event.attempts - 1} attempts")
-        delivery = envelope.parse(event.body)
-        _apply(delivery)
-        inbox.mark_processed(event_id)
+        status = current.processor.process(event)
     except TransientError as exc:
         return _retry_or_fail(event_id, exc)
     except (PermanentError, MalformedDelivery) as exc:
@@ -46,12 +44,8 @@ def process_event(event_id: int) -> Retry | str:
     except Exception as exc:  # a bug: fail this delivery once, visibly, and keep the worker
         _fail(event_id, f"unexpected {type(exc).__name__}: {exc}")
         raise
-    log.info("inbox #%s %s: processed", event_id, delivery.event)
-    return "processed"
-
-
-def _apply(delivery: envelope.Envelope) -> None:
-    """Turn a parsed delivery into writes. The mapping engine plugs in here."""
+    log.info("inbox #%s %s: %s", event_id, event.event_type, status)
+    return status
 
 
 def _retry_or_fail(event_id: int, exc: TransientError) -> Retry:

@@ -13,7 +13,7 @@ import threading
 import click
 import redis
 
-from sync import db, logs, queue
+from sync import logs, queue
 from sync.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,12 @@ def run_dev(host: str, port: int) -> None:
         os.environ["PARTNERO_WEBHOOK_SECRET"] = DEV_SECRET  # for the child processes below
         click.echo(f"PARTNERO_WEBHOOK_SECRET is not set: using the development secret {DEV_SECRET!r}")
 
-    created = db.create_schema(db.engine_for(settings.database_url))
-    click.echo(
-        f"database: {redact_url(settings.database_url)}"
-        + (f" (created {', '.join(created)})" if created else " (schema up to date)")
-    )
+    from sync.services import Services
+
+    done = Services.build(settings, redis_connection=queue.connect(settings.redis_url)).migrate()
+    click.echo(f"database: {redact_url(settings.database_url)}")
+    for line in done:
+        click.echo(f"  {line}")
     url = f"http://{host}:{port}/webhooks/partnero"
     if _redis_answers(settings.redis_url):
         click.echo(f"redis: {redact_url(settings.redis_url)}")

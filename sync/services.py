@@ -8,8 +8,11 @@ import redis
 
 from sync import db, queue
 from sync.inbox import Inbox
+from sync.mapping import MappingSet, load_mappings
+from sync.processor import Processor
 from sync.queue import JobQueue
 from sync.settings import Settings
+from sync.warehouse import Warehouse
 
 
 @dataclass
@@ -17,16 +20,42 @@ class Services:
     settings: Settings
     inbox: Inbox
     jobs: JobQueue
+    mappings: MappingSet
+    warehouse: Warehouse
+    processor: Processor
 
     @classmethod
-    def build(cls, settings: Settings, redis_connection: redis.Redis | None = None) -> Services:
-        """Wire the adapters; nothing connects until first used."""
-        connection = redis_connection or queue.connect(settings.redis_url)
+    def build(
+        cls,
+        settings: Settings,
+        redis_connection: redis.Redis | None = None,
+        mappings: MappingSet | None = None,
+    ) -> Services:
+        """Wire the adapters; nothing connects until first used.
+
+        Loads and checks the mapping files unless ``mappings`` is given: a bad file raises
+        ``MappingError`` listing every problem, and the process must not start.
+        """
+        mappings = mappings or load_mappings(settings.mappings_dir)
+        engine = db.engine_for(settings.database_url)
+        inbox = Inbox(engine)
+        warehouse = Warehouse(mappings)
         return cls(
             settings=settings,
-            inbox=Inbox(db.engine_for(settings.database_url)),
-            jobs=JobQueue(connection),
+            inbox=inbox,
+            jobs=JobQueue(redis_connection or queue.connect(settings.redis_url)),
+            mappings=mappings,
+            warehouse=warehouse,
+            processor=Processor(engine, inbox, mappings, warehouse),
         )
+
+    def migrate(self) -> list[str]:
+        """Create or extend every table (inbox, ledger, mapped tables); returns what it did."""
+        engine = self.inbox.engine
+        created = db.create_schema(engine)
+        lines = [f"created table {name}" for name in created]
+        lines += self.warehouse.migrate(engine).lines()
+        return lines
 
 
 _current: Services | None = None

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import redis
+import sqlalchemy as sa
 
+from sync import db
 from sync import services as services_module
 from sync.queue import PartneroWorker
 from sync.services import Services
 from sync.settings import Settings, redact_url
 from sync.sweeper import sweep
 
+log = logging.getLogger(__name__)
+
 
 def build_worker(settings: Settings, connection: redis.Redis | None = None, *, sweep_every: int = 60,
                  worker_class: type[PartneroWorker] = PartneroWorker) -> PartneroWorker:
     services = Services.build(settings, connection)
     services_module.install(services)
+    # A mapping that gained a field gains its column at the next start.
+    try:
+        for line in services.migrate():
+            log.info("schema: %s", line)
+    except sa.exc.SQLAlchemyError as exc:
+        if not db.is_transient(exc):
+            raise
+        # Jobs retry until the database is back; the release step or next start migrates.
+        log.warning("could not check the schema, the database is unavailable: %s", type(exc).__name__)
     worker = worker_class(
         [services.jobs.queue],
         connection=services.jobs.connection,

@@ -10,6 +10,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -66,7 +67,7 @@ def pg_url() -> str:
     except sa.exc.OperationalError as exc:
         _unavailable("PostgreSQL", exc)
     url = admin_url.rsplit("/", 1)[0] + f"/{PG_TEST_DB}"
-    db.create_schema(db.engine_for(url))
+    migrate(url)
     return url
 
 
@@ -75,22 +76,39 @@ def database_url(request, tmp_path) -> str:
     """Each test that takes this runs on SQLite and on PostgreSQL, on empty tables."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'test.db'}"
-        db.create_schema(db.engine_for(url))
+        migrate(url)
         return url
     url = request.getfixturevalue("pg_url")
-    _empty_tables(url)
+    empty_tables(url)
     return url
 
 
-def _empty_tables(url: str) -> None:
-    with db.engine_for(url).begin() as conn:
-        names = ", ".join(t.name for t in db.metadata.sorted_tables)
+def migrate(url: str) -> None:
+    """The whole schema: inbox, ledger and the tables of the default mappings."""
+    from sync.mapping import load_mappings
+    from sync.warehouse import Warehouse
+
+    engine = db.engine_for(url)
+    db.create_schema(engine)
+    Warehouse(load_mappings(MAPPINGS)).migrate(engine)
+
+
+def empty_tables(url: str) -> None:
+    engine = db.engine_for(url)
+    names = ", ".join(sa.inspect(engine).get_table_names())
+    with engine.begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+ROOT = Path(__file__).resolve().parent.parent
+MAPPINGS = ROOT / "mappings"
 
 
 @pytest.fixture
 def settings(database_url, redis_server_url) -> Settings:
-    return Settings(webhook_secrets=SECRETS, database_url=database_url, redis_url=redis_server_url)
+    return Settings(
+        webhook_secrets=SECRETS, database_url=database_url, redis_url=redis_server_url, mappings_dir=MAPPINGS
+    )
 
 
 @pytest.fixture

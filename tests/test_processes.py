@@ -39,6 +39,7 @@ def procfile() -> dict[str, str]:
 def environment(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "PARTNERO_"))}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["MAPPINGS_DIR"] = str(ROOT / "mappings")
     env.update(extra)
     return env
 
@@ -108,7 +109,8 @@ def stop(process: subprocess.Popen, timeout: float = 30) -> str:
 
 def test_the_procfile_runs_the_service(pg_url, redis_server_url, redis_conn, tmp_path):
     with db.engine_for(pg_url).begin() as conn:
-        conn.execute(sa.text("DROP TABLE webhook_events"))  # release must create it
+        for table in sa.inspect(conn).get_table_names():  # release must create them all
+            conn.execute(sa.text(f"DROP TABLE {table} CASCADE"))
     port = free_port()
     env = environment(
         DATABASE_URL=pg_url.replace("postgresql+psycopg", "postgres"),

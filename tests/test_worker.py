@@ -16,6 +16,7 @@ from sync.errors import TransientError
 from sync.inbox import PENDING, Delivery, Inbox, webhook_events
 from sync.queue import QUEUE_NAME, InProcessWorker, JobQueue, PartneroWorker, job_id
 from sync.samples import sample_delivery
+from sync.processor import Processor
 from sync.worker import build_worker
 from tests.conftest import DEAD_PG_URL
 
@@ -104,7 +105,7 @@ def test_a_transient_failure_is_noted_on_the_row_and_gives_up_after_the_last_ret
     def sink_unavailable(_delivery):
         raise TransientError("sink unavailable: connection reset")
 
-    monkeypatch.setattr(jobs, "_apply", sink_unavailable)
+    monkeypatch.setattr(Processor, "process", lambda self, event: sink_unavailable(event))
     [event_id] = store(settings, sample_delivery("partner.created"), enqueue_to=redis_conn)
     run_burst(settings, redis_conn)
     retrying = row(settings, event_id)
@@ -143,7 +144,7 @@ def test_an_unexpected_error_fails_the_delivery_visibly(settings, redis_conn, mo
     def broken(_delivery):
         raise KeyError("amount")
 
-    monkeypatch.setattr(jobs, "_apply", broken)
+    monkeypatch.setattr(Processor, "process", lambda self, event: broken(event))
     [event_id] = store(settings, sample_delivery("transaction.created"), enqueue_to=redis_conn)
     run_burst(settings, redis_conn)
     failed = row(settings, event_id)

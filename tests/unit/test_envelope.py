@@ -2,7 +2,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from sync.envelope import MalformedDelivery, parse, parse_timestamp, read_event
+from sync.envelope import MalformedDelivery, parse_timestamp, read_event
 
 
 @pytest.mark.parametrize(
@@ -24,27 +24,6 @@ from sync.envelope import MalformedDelivery, parse, parse_timestamp, read_event
 def test_read_event_refuses(body, reason):
     with pytest.raises(MalformedDelivery, match=reason):
         read_event(body)
-
-
-def test_parse_reads_the_envelope():
-    envelope = parse(
-        b'{"event":"partner.updated","webhook_key":"whk_1",'
-        b'"created_at":"2025-05-07T10:30:00.000000Z","data":{"id":"ptn_1"}}'
-    )
-    assert envelope.event == "partner.updated"
-    assert envelope.data == {"id": "ptn_1"}
-    assert envelope.webhook_key == "whk_1"
-    assert envelope.created_at == datetime(2025, 5, 7, 10, 30, tzinfo=timezone.utc)
-
-
-def test_parse_falls_back_to_timestamp():
-    envelope = parse(b'{"event":"customer.created","timestamp":1746613800,"data":{}}')
-    assert envelope.created_at == datetime(2025, 5, 7, 10, 30, tzinfo=timezone.utc)
-
-
-def test_parse_needs_a_data_object():
-    with pytest.raises(MalformedDelivery, match='no "data"'):
-        parse(b'{"event":"partner.created","data":[1]}')
 
 
 @pytest.mark.parametrize(

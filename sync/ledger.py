@@ -1,0 +1,112 @@
+"""The commission ledger: entries are only ever added, and constraints make booking twice impossible.
+
+A commission is booked once per reward of a transaction; a refund adds one reversal per booked
+commission, copying it with the amount negated. A partner's commission owed is the sum of their
+entries whose reward status is not ``rejected``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from sync import db
+from sync.mapping import Reward
+from sync.sqltypes import KEY, Money, UTCDateTime
+
+COMMISSION = "commission"
+REVERSAL = "reversal"
+
+commission_entries = sa.Table(
+    "commission_entries",
+    db.metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("entry_type", sa.String(16), nullable=False),
+    sa.Column("transaction_key", KEY, nullable=False),
+    sa.Column("reward_ref", KEY, nullable=False),
+    sa.Column("partner_id", KEY, nullable=False),
+    sa.Column("amount", Money(), nullable=False),
+    sa.Column("currency", sa.String(16)),
+    sa.Column("reward_status", sa.String(64)),
+    sa.Column("occurred_at", UTCDateTime()),
+    sa.Column("recorded_at", UTCDateTime(), nullable=False),
+    sa.Column("event_id", sa.BigInteger),
+    sa.UniqueConstraint("entry_type", "transaction_key", "reward_ref", name="uq_commission_entries_once"),
+    sa.Index("ix_commission_entries_partner", "partner_id"),
+)
+
+
+def book(conn: Connection, transaction_key: str, rewards: Iterable[Reward], event_id: int | None) -> None:
+    """Book one commission per reward; a reward booked before is left as it was."""
+    now = datetime.now(timezone.utc)
+    rows = [
+        {
+            "entry_type": COMMISSION,
+            "transaction_key": transaction_key,
+            "reward_ref": reward.ref,
+            "partner_id": reward.partner_id,
+            "amount": reward.amount,
+            "currency": reward.currency,
+            "reward_status": reward.status,
+            "occurred_at": reward.occurred_at,
+            "recorded_at": now,
+            "event_id": event_id,
+        }
+        for reward in rewards
+    ]
+    db.insert_ignore(conn, commission_entries, rows)
+
+
+def reverse(conn: Connection, transaction_key: str, refunded_at: datetime | None, event_id: int | None) -> int:
+    """Add the missing reversal of every commission booked for the transaction; returns how many.
+
+    What is reversed is what was booked, read from the ledger, whatever the refund's payload says.
+    """
+    t = commission_entries
+    booked = conn.execute(
+        sa.select(t).where(t.c.transaction_key == transaction_key, t.c.entry_type == COMMISSION)
+    ).all()
+    reversed_refs = set(
+        conn.execute(
+            sa.select(t.c.reward_ref).where(t.c.transaction_key == transaction_key, t.c.entry_type == REVERSAL)
+        ).scalars()
+    )
+    now = datetime.now(timezone.utc)
+    rows = [
+        {
+            "entry_type": REVERSAL,
+            "transaction_key": transaction_key,
+            "reward_ref": entry.reward_ref,
+            "partner_id": entry.partner_id,
+            "amount": -entry.amount,
+            "currency": entry.currency,
+            "reward_status": entry.reward_status,
+            "occurred_at": refunded_at or now,
+            "recorded_at": now,
+            "event_id": event_id,
+        }
+        for entry in booked
+        if entry.reward_ref not in reversed_refs
+    ]
+    db.insert_ignore(conn, commission_entries, rows)
+    return len(rows)
+
+
+def commission_owed(conn: Connection, partner_ids: Iterable[str] | None = None) -> dict[str, Decimal]:
+    """Net commission owed per partner: the sum of entries whose reward status is not rejected.
+
+    Summed here, exactly, so SQLite (which keeps amounts as text) agrees with PostgreSQL.
+    """
+    t = commission_entries
+    # Exactly the documented SQL: SUM(amount) WHERE reward_status <> 'rejected'.
+    query = sa.select(t.c.partner_id, t.c.amount).where(t.c.reward_status != "rejected")
+    if partner_ids is not None:
+        query = query.where(t.c.partner_id.in_(list(partner_ids)))
+    totals: dict[str, Decimal] = {}
+    for partner_id, amount in conn.execute(query):
+        totals[partner_id] = totals.get(partner_id, Decimal(0)) + amount
+    return totals

@@ -1,0 +1,135 @@
+"""Applying a mapping to a delivery: a pure function from the delivery to the writes it implies."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from sync.errors import PermanentError
+from sync.mapping.spec import Field, Mapping
+from sync.mapping.transforms import ExactFloat, ValueProblem
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+#: A delivery's rank: what a delete says about the record's fields counts only until a real
+#: state (created, updated…) arrives, whatever the times say.
+RANK_DELETE, RANK_STATE = 0, 1
+
+
+class FieldProblem(PermanentError):
+    """A delivery's value does not fit its mapping; names the file, field and value."""
+
+
+@dataclass(frozen=True, order=True)
+class Version:
+    """Orders the deliveries of one record; the greatest wins, so any order converges."""
+
+    rank: int
+    at: datetime
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class RecordChange:
+    table: str
+    key_column: str
+    key: str
+    deleting: bool
+    values: dict[str, Any]  # the record's columns as this delivery tells them
+    tombstone: dict[str, Any]  # what a delete sets, kept once set (empty for other events)
+    version: Version
+
+
+@dataclass(frozen=True)
+class Reward:
+    ref: str  # identifies the reward within its transaction
+    partner_id: str
+    amount: Decimal
+    currency: str | None
+    status: str | None
+    occurred_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one delivery means for the warehouse and the ledger."""
+
+    mapping: Mapping
+    event: str
+    change: RecordChange | None
+    rewards: tuple[Reward, ...]  # commissions to book
+    reverses: bool  # a refund: reverse whatever was booked for this record
+
+
+def parse_document(body: bytes) -> Any:
+    """The delivery's JSON, keeping every number's digits exact."""
+    return json.loads(body, parse_float=ExactFloat)
+
+
+def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str) -> Plan:
+    event = document["event"]
+    deleting = event in mapping.deletes
+    key = _value(mapping, mapping.identity, document, "identity")
+    if key is None or key == "":
+        raise FieldProblem(f"{mapping.path.name}: identity: {mapping.identity.source} is empty in this delivery")
+    at = _value(mapping, mapping.version, document, "version") or EPOCH
+    version = Version(RANK_DELETE if deleting else RANK_STATE, at, fingerprint)
+
+    change = None
+    if mapping.warehouse is not None:
+        target = mapping.warehouse
+        values = {f.name: _value(mapping, f, document, f"warehouse.columns.{f.name}") for f in target.columns}
+        tombstone = (
+            {f.name: _value(mapping, f, document, f"warehouse.on_delete.{f.name}") for f in target.on_delete}
+            if deleting
+            else {}
+        )
+        change = RecordChange(target.table, target.key, str(key), deleting, values, tombstone, version)
+
+    rewards: tuple[Reward, ...] = ()
+    ledger = mapping.ledger
+    if ledger is not None and event in ledger.book_on:
+        rewards = _rewards(mapping, document)
+    reverses = ledger is not None and deleting
+    return Plan(mapping, event, change, rewards, reverses)
+
+
+def _rewards(mapping: Mapping, document: Any) -> tuple[Reward, ...]:
+    ledger = mapping.ledger
+    found = ledger.rewards.search(document)
+    if found is None:
+        return ()
+    if not isinstance(found, list):
+        raise FieldProblem(f"{mapping.path.name}: ledger.rewards: {ledger.rewards_source} is not a list")
+    rewards = []
+    seen: dict[str, int] = {}
+    for position, item in enumerate(found):
+        values = {name: _value(mapping, f, item, f"ledger.{name}") for name, f in ledger.fields.items()}
+        if not values["partner"]:
+            raise FieldProblem(f"{mapping.path.name}: ledger.partner: reward {position + 1} has no partner")
+        if values["amount"] is None:
+            raise FieldProblem(f"{mapping.path.name}: ledger.amount: reward {position + 1} has no amount")
+        partner = str(values["partner"])
+        seen[partner] = seen.get(partner, 0) + 1
+        rewards.append(
+            Reward(
+                ref=f"{partner}#{seen[partner]}",
+                partner_id=partner,
+                amount=values["amount"],
+                currency=values["currency"],
+                status=values["status"],
+                occurred_at=values["occurred_at"],
+            )
+        )
+    return tuple(rewards)
+
+
+def _value(mapping: Mapping, field: Field, document: Any, where: str) -> Any:
+    try:
+        return field.evaluate(document)
+    except ValueProblem as exc:
+        raise FieldProblem(f"{mapping.path.name}: {where}: {exc}") from exc
+    except Exception as exc:  # a JMESPath function given the wrong kind of value, for one
+        raise FieldProblem(f"{mapping.path.name}: {where}: {type(exc).__name__}: {exc}") from exc

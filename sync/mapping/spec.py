@@ -1,0 +1,469 @@
+"""Mapping files, checked once into typed objects; every problem is reported with file and line."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jmespath
+import jmespath.exceptions
+from jmespath.parser import ParsedResult
+
+from sync.errors import ConfigurationError
+from sync.mapping.loader import LineDict, YamlProblem, load_yaml
+from sync.mapping.transforms import (
+    ANY,
+    BUILDERS,
+    COERCE,
+    TYPES,
+    Transform,
+    compatible,
+    literal_type,
+)
+
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+EVENT = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+#: Tables partnero-sync keeps for itself.
+RESERVED_TABLES = frozenset({"webhook_events", "commission_entries"})
+#: Prefix of the bookkeeping columns partnero-sync adds to every warehouse table.
+SYSTEM_PREFIX = "sync_"
+DEFAULT_VERSION = "data.updated_at || created_at || timestamp"
+LEDGER_FIELDS = ("partner", "amount", "currency", "status", "occurred_at")
+LEDGER_TYPES = {"partner": "string", "amount": "decimal", "currency": "string", "status": "string",
+                "occurred_at": "datetime"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    line: int
+    where: str  # the field, as a dotted path
+    message: str
+
+    def __str__(self) -> str:
+        where = f" {self.where}:" if self.where else ""
+        return f"{self.path}:{self.line}:{where} {self.message}"
+
+
+class MappingError(ConfigurationError):
+    """One or more mapping files are wrong; ``problems`` lists every one."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"{count} in the mapping files:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One output value: an expression (or a constant), transforms, and the type it is stored as."""
+
+    name: str
+    source: str  # the expression text, or the constant written in the file
+    expression: ParsedResult | None
+    constant: Any
+    transforms: tuple[Transform, ...]
+    type: str
+    line: int
+
+    def evaluate(self, document: Any) -> Any:
+        value = self.constant if self.expression is None else self.expression.search(document)
+        for transform in self.transforms:
+            value = transform.apply(value)
+        return COERCE[self.type](value)
+
+
+@dataclass(frozen=True)
+class WarehouseTarget:
+    table: str
+    key: str
+    columns: tuple[Field, ...]
+    on_delete: tuple[Field, ...]
+
+    def column_types(self) -> dict[str, str]:
+        types = {f.name: f.type for f in self.columns}
+        types.update({f.name: f.type for f in self.on_delete})
+        return types
+
+
+@dataclass(frozen=True)
+class LedgerSpec:
+    rewards: ParsedResult
+    rewards_source: str
+    fields: dict[str, Field]
+    book_on: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Mapping:
+    path: Path
+    entity: str
+    events: frozenset[str]
+    deletes: frozenset[str]
+    identity: Field
+    version: Field
+    warehouse: WarehouseTarget | None
+    ledger: LedgerSpec | None
+
+
+@dataclass(frozen=True)
+class MappingSet:
+    mappings: tuple[Mapping, ...]
+    _by_event: dict[str, Mapping] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for mapping in self.mappings:
+            for event in mapping.events:
+                self._by_event[event] = mapping
+
+    def for_event(self, event: str) -> Mapping | None:
+        return self._by_event.get(event)
+
+    @property
+    def events(self) -> frozenset[str]:
+        return frozenset(self._by_event)
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def load_mappings(directory: Path) -> MappingSet:
+    """Load and check every ``*.yml``/``*.yaml`` in ``directory``; raises ``MappingError``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MappingError([Problem(directory, 0, "", "mapping directory not found (set MAPPINGS_DIR)")])
+    paths = sorted(p for p in directory.iterdir() if p.suffix in (".yml", ".yaml") and p.is_file())
+    if not paths:
+        raise MappingError([Problem(directory, 0, "", "no mapping files (*.yml) here")])
+    problems: list[Problem] = []
+    mappings = [m for m in (_load_one(path, problems) for path in paths) if m is not None]
+    _check_across(mappings, problems)
+    if problems:
+        raise MappingError(problems)
+    return MappingSet(tuple(mappings))
+
+
+def load_mapping_file(path: Path) -> Mapping:
+    problems: list[Problem] = []
+    mapping = _load_one(Path(path), problems)
+    if problems or mapping is None:
+        raise MappingError(problems)
+    return mapping
+
+
+def _load_one(path: Path, problems: list[Problem]) -> Mapping | None:
+    try:
+        raw = load_yaml(path)
+    except YamlProblem as exc:
+        problems.append(Problem(path, exc.line, "", exc.message))
+        return None
+    before = len(problems)
+    mapping = _Checker(path, problems).mapping(raw)
+    return mapping if len(problems) == before else None
+
+
+def _check_across(mappings: list[Mapping], problems: list[Problem]) -> None:
+    seen_entities: dict[str, Mapping] = {}
+    seen_events: dict[str, Mapping] = {}
+    seen_tables: dict[str, Mapping] = {}
+    for mapping in mappings:
+        if mapping.entity in seen_entities:
+            problems.append(Problem(mapping.path, 1, "entity",
+                                    f"entity {mapping.entity!r} is also mapped in {seen_entities[mapping.entity].path.name}"))
+        seen_entities.setdefault(mapping.entity, mapping)
+        for event in sorted(mapping.events):
+            if event in seen_events:
+                problems.append(Problem(mapping.path, 1, "events",
+                                        f"{event} is also handled by {seen_events[event].path.name}"))
+            seen_events.setdefault(event, mapping)
+        if mapping.warehouse is not None:
+            table = mapping.warehouse.table
+            if table in seen_tables:
+                problems.append(Problem(mapping.path, 1, "warehouse.table",
+                                        f"table {table!r} is also written by {seen_tables[table].path.name}"))
+            seen_tables.setdefault(table, mapping)
+
+
+class _Checker:
+    """Walks one file's YAML, building typed objects and noting every problem on the way."""
+
+    TOP = {"entity", "events", "deletes", "identity", "version", "warehouse", "ledger"}
+
+    def __init__(self, path: Path, problems: list[Problem]):
+        self.path = path
+        self.problems = problems
+
+    def problem(self, node: Any, key: Any, where: str, message: str) -> None:
+        line = node.line_of(key) if isinstance(node, LineDict) else getattr(node, "line", 0)
+        self.problems.append(Problem(self.path, line, where, message))
+
+    def mapping(self, raw: Any) -> Mapping | None:
+        if not isinstance(raw, LineDict):
+            self.problems.append(Problem(self.path, 1, "", "a mapping file must be a YAML mapping (key: value)"))
+            return None
+        self.duplicates(raw, "")
+        self.unknown_keys(raw, self.TOP, "")
+        entity = self.required(raw, "entity", "")
+        if entity is not None and not (isinstance(entity, str) and IDENTIFIER.match(entity)):
+            self.problem(raw, "entity", "entity", "must be a lower-case name such as partner")
+            entity = None
+        events = self.event_list(raw, "events", required=True)
+        deletes = self.event_list(raw, "deletes", required=False)
+        for event in sorted(deletes - events):
+            self.problem(raw, "deletes", "deletes", f"{event} is not in events")
+        identity = None
+        if self.required(raw, "identity", "") is not None:
+            identity = self.field(raw, "identity", "identity", default_type="string")
+        version = self.field(raw, "version", "version", default_type="datetime") if "version" in raw else \
+            self.field(LineDict(version=DEFAULT_VERSION), "version", "version", default_type="datetime")
+        warehouse = self.warehouse(raw["warehouse"]) if "warehouse" in raw else None
+        if "warehouse" not in raw:
+            self.problem(raw, "warehouse", "", "nothing to write: add a warehouse section")
+        ledger = self.ledger(raw["ledger"], events) if "ledger" in raw else None
+        if None in (entity, identity, version) or ("warehouse" in raw and warehouse is None):
+            return None
+        return Mapping(self.path, entity, frozenset(events), frozenset(deletes), identity, version, warehouse, ledger)
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def duplicates(self, node: LineDict, where: str) -> None:
+        for key, line in node.duplicates:
+            self.problems.append(Problem(self.path, line, _join(where, key), "written twice"))
+
+    def unknown_keys(self, node: LineDict, known: set[str], where: str) -> None:
+        for key in node:
+            if key not in known:
+                self.problem(node, key, _join(where, key), f"unknown key (expected one of: {', '.join(sorted(known))})")
+
+    def required(self, node: LineDict, key: str, where: str) -> Any:
+        if key not in node or node[key] is None:
+            self.problem(node, key, _join(where, key), "missing" if key not in node else "is empty")
+            return None
+        return node[key]
+
+    def event_list(self, node: LineDict, key: str, required: bool) -> set[str]:
+        if key not in node:
+            if required:
+                self.problem(node, key, key, "missing: list the events this file handles")
+            return set()
+        value = node[key]
+        if not isinstance(value, list) or (required and not value):
+            self.problem(node, key, key, "must be a list of event types such as partner.created")
+            return set()
+        events = set()
+        for item in value:
+            if not isinstance(item, str) or not EVENT.match(item):
+                self.problem(node, key, key, f"{item!r} is not an event type such as partner.created")
+            else:
+                events.add(item)
+        return events
+
+    def expression(self, node: Any, key: Any, where: str, text: Any) -> ParsedResult | None:
+        if not isinstance(text, str) or not text.strip():
+            self.problem(node, key, where, "expression must be a non-empty string")
+            return None
+        try:
+            return jmespath.compile(text)
+        except jmespath.exceptions.JMESPathError as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.problem(node, key, where, f"bad expression {text!r}: {message}")
+            return None
+
+    def field(self, node: LineDict, key: str, where: str, default_type: str = "string") -> Field | None:
+        raw = node[key]
+        line = node.line_of(key)
+        if isinstance(raw, str):
+            expression = self.expression(node, key, where, raw)
+            if expression is None:
+                return None
+            return Field(str(key), raw, expression, None, (), default_type, line)
+        if not isinstance(raw, LineDict):
+            self.problem(node, key, where, "must be an expression (text) or a mapping with from/value")
+            return None
+        self.duplicates(raw, where)
+        self.unknown_keys(raw, {"from", "value", "type", "transforms"}, where)
+        expression, constant, source = None, None, ""
+        if ("from" in raw) == ("value" in raw):
+            self.problem(raw, "from", where, "give exactly one of from (an expression) or value (a constant)")
+            return None
+        if "from" in raw:
+            expression = self.expression(raw, "from", _join(where, "from"), raw["from"])
+            if expression is None:
+                return None
+            source = raw["from"]
+        else:
+            constant = raw["value"]
+            source = repr(constant)
+        transforms = self.transforms(raw, where)
+        if transforms is None:
+            return None
+        produced = ANY if expression is not None else literal_type(constant)
+        for transform in transforms:
+            if transform.produces != ANY:
+                produced = transform.produces
+        declared = raw.get("type")
+        if declared is None:
+            declared = produced if produced != ANY else default_type
+        elif declared not in TYPES:
+            self.problem(raw, "type", _join(where, "type"), f"unknown type {declared!r} (known: {', '.join(TYPES)})")
+            return None
+        elif not compatible(produced, declared):
+            self.problem(raw, "type", _join(where, "type"),
+                         f"type clash: the value is {produced} but the column is declared {declared}")
+            return None
+        return Field(str(key), source, expression, constant, tuple(transforms), declared, line)
+
+    def transforms(self, raw: LineDict, where: str) -> list[Transform] | None:
+        items = raw.get("transforms", [])
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            self.problem(raw, "transforms", _join(where, "transforms"), "must be a list")
+            return None
+        built: list[Transform] = []
+        ok = True
+        for item in items:
+            if isinstance(item, str):
+                name, argument, has_argument = item, None, False
+            elif isinstance(item, LineDict) and len(item) == 1:
+                name, argument = next(iter(item.items()))
+                has_argument = True
+            else:
+                self.problem(raw, "transforms", _join(where, "transforms"),
+                             f"{item!r}: a transform is a name (lower) or name: argument (default: x)")
+                ok = False
+                continue
+            spec = BUILDERS.get(name)
+            if spec is None:
+                self.problem(raw, "transforms", _join(where, "transforms"),
+                             f"unknown transform {name!r} (known: {', '.join(sorted(BUILDERS))})")
+                ok = False
+                continue
+            needs_argument, produces, build = spec
+            if needs_argument != has_argument:
+                self.problem(raw, "transforms", _join(where, "transforms"),
+                             f"{name} {'needs an argument, as ' + name + ': …' if needs_argument else 'takes no argument'}")
+                ok = False
+                continue
+            if name == "map" and not isinstance(argument, dict):
+                self.problem(raw, "transforms", _join(where, "transforms"), "map needs a mapping of values, as map: {a: b}")
+                ok = False
+                continue
+            if name == "join" and not isinstance(argument, str):
+                self.problem(raw, "transforms", _join(where, "transforms"), "join needs a separator text, as join: ', '")
+                ok = False
+                continue
+            if name in ("default", "constant"):
+                produces = ANY
+            built.append(Transform(name, argument, produces, build(argument)))
+        return built if ok else None
+
+    def columns(self, node: LineDict, key: str, where: str, required: bool) -> list[Field] | None:
+        raw = node.get(key)
+        if raw is None:
+            if required:
+                self.problem(node, key, where, "missing: list the columns to write")
+                return None
+            return []
+        if not isinstance(raw, LineDict) or (required and not raw):
+            self.problem(node, key, where, "must be a mapping of column: expression")
+            return None
+        self.duplicates(raw, where)
+        fields = []
+        ok = True
+        for name in raw:
+            column_where = _join(where, name)
+            if not isinstance(name, str) or not IDENTIFIER.match(name):
+                self.problem(raw, name, column_where, "a column name is lower-case letters, digits and _")
+                ok = False
+                continue
+            if name.startswith(SYSTEM_PREFIX):
+                self.problem(raw, name, column_where, f"names starting with {SYSTEM_PREFIX} are kept for partnero-sync")
+                ok = False
+                continue
+            built = self.field(raw, name, column_where)
+            if built is None:
+                ok = False
+            else:
+                fields.append(built)
+        return fields if ok else None
+
+    def warehouse(self, raw: Any) -> WarehouseTarget | None:
+        where = "warehouse"
+        if not isinstance(raw, LineDict):
+            self.problems.append(Problem(self.path, getattr(raw, "line", 1), where, "must be a mapping"))
+            return None
+        self.duplicates(raw, where)
+        self.unknown_keys(raw, {"table", "key", "columns", "on_delete"}, where)
+        table = self.required(raw, "table", where)
+        if table is not None and not (isinstance(table, str) and IDENTIFIER.match(table)):
+            self.problem(raw, "table", "warehouse.table", "a table name is lower-case letters, digits and _")
+            table = None
+        elif table in RESERVED_TABLES:
+            self.problem(raw, "table", "warehouse.table", f"{table} is partnero-sync's own table")
+            table = None
+        key = self.required(raw, "key", where)
+        if key is not None and not (isinstance(key, str) and IDENTIFIER.match(key)):
+            self.problem(raw, "key", "warehouse.key", "a column name is lower-case letters, digits and _")
+            key = None
+        columns = self.columns(raw, "columns", "warehouse.columns", required=True)
+        on_delete = self.columns(raw, "on_delete", "warehouse.on_delete", required=False)
+        if None in (table, key, columns, on_delete):
+            return None
+        ok = True
+        for f in [*columns, *on_delete]:
+            if f.name == key:
+                self.problems.append(Problem(self.path, f.line, f"warehouse.columns.{f.name}",
+                                             "duplicate column: the key column is filled from identity"))
+                ok = False
+        types = {f.name: f for f in columns}
+        for f in on_delete:
+            other = types.get(f.name)
+            if other is not None and other.type != f.type:
+                self.problems.append(Problem(self.path, f.line, f"warehouse.on_delete.{f.name}",
+                                             f"type clash: {f.type} here, {other.type} in columns"))
+                ok = False
+        return WarehouseTarget(table, key, tuple(columns), tuple(on_delete)) if ok else None
+
+    def ledger(self, raw: Any, events: set[str]) -> LedgerSpec | None:
+        where = "ledger"
+        if not isinstance(raw, LineDict):
+            self.problems.append(Problem(self.path, getattr(raw, "line", 1), where, "must be a mapping"))
+            return None
+        self.duplicates(raw, where)
+        self.unknown_keys(raw, {"rewards", "book_on", *LEDGER_FIELDS}, where)
+        rewards = None
+        if self.required(raw, "rewards", where) is not None:
+            rewards = self.expression(raw, "rewards", "ledger.rewards", raw["rewards"])
+        book_on = self.event_list(raw, "book_on", required=True)
+        for event in sorted(book_on - events):
+            self.problem(raw, "book_on", "ledger.book_on", f"{event} is not in events")
+        fields: dict[str, Field] = {}
+        ok = rewards is not None
+        for name in LEDGER_FIELDS:
+            if self.required(raw, name, where) is None:
+                ok = False
+                continue
+            built = self.field(raw, name, f"ledger.{name}", default_type=LEDGER_TYPES[name])
+            if built is None:
+                ok = False
+            elif built.type != LEDGER_TYPES[name]:
+                self.problem(raw, name, f"ledger.{name}", f"type clash: must be {LEDGER_TYPES[name]}, not {built.type}")
+                ok = False
+            else:
+                fields[name] = built
+        if not ok:
+            return None
+        return LedgerSpec(rewards, raw["rewards"], fields, frozenset(book_on))
+
+
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def describe(problems: Iterable[Problem]) -> str:
+    return "\n".join(str(p) for p in problems)

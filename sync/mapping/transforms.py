@@ -1,0 +1,221 @@
+"""The named transforms a mapping field may apply, and the column types values end up as."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sync.envelope import parse_timestamp
+
+#: Column types a field may declare.
+TYPES = ("string", "text", "integer", "decimal", "boolean", "datetime", "json")
+ANY = "any"
+
+_TRUE = {"true", "yes", "y", "1", "on", "t"}
+_FALSE = {"false", "no", "n", "0", "off", "f", ""}
+
+
+class ValueProblem(ValueError):
+    """A value the field cannot take; the message says what and why."""
+
+
+class ExactFloat(float):
+    """A JSON number as a float that remembers the digits it was written with."""
+
+    text: str
+
+    def __new__(cls, text: str) -> ExactFloat:
+        value = super().__new__(cls, text)
+        value.text = text
+        return value
+
+
+def to_string(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, ExactFloat):
+        return value.text
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def to_decimal(value: Any) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueProblem(f"{value!r} is not a number")
+    if isinstance(value, Decimal):
+        result = value
+    else:
+        text = value.text if isinstance(value, ExactFloat) else str(value).strip()
+        try:
+            result = Decimal(text)
+        except InvalidOperation as exc:
+            raise ValueProblem(f"{_short(value)} is not a number") from exc
+    if not result.is_finite():
+        raise ValueProblem(f"{_short(value)} is not a finite number")
+    return result
+
+
+#: Money and other decimals are stored as NUMERIC(18, 6): 12 digits before the point, 6 after.
+DECIMAL_PLACES = 6
+DECIMAL_DIGITS = 18
+
+
+def to_decimal_column(value: Any) -> Decimal | None:
+    """A decimal that fits NUMERIC(18, 6) exactly; anything else is refused, never rounded."""
+    number = to_decimal(value)
+    if number is None:
+        return None
+    if number.as_tuple().exponent < -DECIMAL_PLACES and number != number.quantize(Decimal(1).scaleb(-DECIMAL_PLACES)):
+        raise ValueProblem(f"{_short(value)} has more than {DECIMAL_PLACES} decimal places")
+    if abs(number) >= Decimal(10) ** (DECIMAL_DIGITS - DECIMAL_PLACES):
+        raise ValueProblem(f"{_short(value)} is too large for NUMERIC({DECIMAL_DIGITS}, {DECIMAL_PLACES})")
+    return number
+
+
+def to_integer(value: Any) -> int | None:
+    number = to_decimal(value)
+    if number is None:
+        return None
+    if number != number.to_integral_value():
+        raise ValueProblem(f"{_short(value)} is not a whole number")
+    return int(number)
+
+
+def to_boolean(value: Any) -> bool | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float, Decimal)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ValueProblem(f"{_short(value)} is not true or false")
+
+
+def to_datetime(value: Any) -> datetime | None:
+    if value is None or value == "":
+        return None
+    parsed = parse_timestamp(value)
+    if parsed is None:
+        raise ValueProblem(f"{_short(value)} is not a date and time")
+    return parsed
+
+
+def to_json(value: Any) -> Any:
+    return value
+
+
+COERCE: dict[str, Callable[[Any], Any]] = {
+    "string": to_string,
+    "text": to_string,
+    "integer": to_integer,
+    "decimal": to_decimal_column,
+    "boolean": to_boolean,
+    "datetime": to_datetime,
+    "json": to_json,
+}
+
+
+def _short(value: Any) -> str:
+    text = repr(value.text if isinstance(value, ExactFloat) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One step of a field: a name, its argument, the type it produces, and what it does."""
+
+    name: str
+    argument: Any
+    produces: str  # a type from TYPES, or ANY when it keeps or depends on the input
+    apply: Callable[[Any], Any]
+
+
+def _string_op(op: Callable[[str], str]) -> Callable[[Any], Any]:
+    def run(value: Any) -> Any:
+        text = to_string(value)
+        return None if text is None else op(text)
+
+    return run
+
+
+def _default(argument: Any) -> Callable[[Any], Any]:
+    return lambda value: argument if value is None or value == "" else value
+
+
+def _map(argument: dict) -> Callable[[Any], Any]:
+    table = {to_string(k): v for k, v in argument.items()}
+
+    def run(value: Any) -> Any:
+        key = to_string(value)
+        return table[key] if key in table else value
+
+    return run
+
+
+def _join(argument: str) -> Callable[[Any], Any]:
+    def run(value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            return to_string(value)
+        return argument.join(to_string(v) for v in value if v is not None)
+
+    return run
+
+
+#: name -> (needs an argument, the type it produces, how to build the function from its argument)
+BUILDERS: dict[str, tuple[bool, str, Callable[[Any], Callable[[Any], Any]]]] = {
+    "lower": (False, "string", lambda _: _string_op(str.lower)),
+    "upper": (False, "string", lambda _: _string_op(str.upper)),
+    "strip": (False, "string", lambda _: _string_op(str.strip)),
+    "string": (False, "string", lambda _: to_string),
+    "decimal": (False, "decimal", lambda _: to_decimal),
+    "integer": (False, "integer", lambda _: to_integer),
+    "datetime": (False, "datetime", lambda _: to_datetime),
+    "bool": (False, "boolean", lambda _: to_boolean),
+    "default": (True, ANY, _default),
+    "map": (True, ANY, _map),
+    "join": (True, "string", _join),
+    "constant": (True, ANY, lambda argument: (lambda _value: argument)),
+}
+
+
+def literal_type(value: Any) -> str:
+    """The column type a literal from a mapping file (constant, default, map value) would need."""
+    if value is None:
+        return ANY
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "decimal"
+    if isinstance(value, (dict, list)):
+        return "json"
+    if isinstance(value, datetime):
+        return "datetime"
+    return "string"
+
+
+def compatible(produced: str, declared: str) -> bool:
+    """Whether a value of type ``produced`` can be stored in a column of type ``declared``."""
+    if produced == ANY or produced == declared or declared == "json":
+        return True
+    if declared in ("string", "text"):
+        return True  # anything has a text form
+    return declared == "decimal" and produced == "integer"

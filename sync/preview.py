@@ -1,0 +1,57 @@
+"""`partnero-sync mappings preview`: what a delivery would write, computed without writing."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from datetime import datetime
+from typing import Any
+
+from sync.envelope import MalformedDelivery, read_event
+from sync.inbox import fingerprint
+from sync.mapping import MappingSet, parse_document, plan
+
+
+def render(mappings: MappingSet, body: bytes) -> str:
+    """A readable account of the writes ``body`` implies, or why it implies none."""
+    try:
+        _, event = read_event(body)
+    except MalformedDelivery as exc:
+        return f"not a delivery: {exc}"
+    mapping = mappings.for_event(event)
+    if mapping is None:
+        return f"{event}: no mapping handles this event; it would be stored as ignored"
+    document = parse_document(body)
+    if not isinstance(document.get("data"), dict):
+        return f'{event}: delivery has no "data" object; it would fail'
+    what = plan(mapping, document, fingerprint(body))
+    lines = [f"{event} -> {mapping.path.name} ({mapping.entity})"]
+    change = what.change
+    if change is not None:
+        action = "tombstone" if change.deleting else "upsert"
+        lines.append(f"warehouse {change.table}: {action} {change.key_column} = {change.key!r}")
+        lines.append(f"  version {_show(change.version.at)}" + (" (a delete: its fields count only until a real state arrives)" if change.deleting else ""))
+        for name, value in change.values.items():
+            lines.append(f"  {name} = {_show(value)}")
+        for name, value in change.tombstone.items():
+            lines.append(f"  {name} = {_show(value)}  (kept: set by the delete)")
+    if what.rewards:
+        lines.append(f"ledger commission_entries: book {len(what.rewards)} commission(s), once each")
+        for reward in what.rewards:
+            lines.append(
+                f"  commission {reward.ref}: partner {reward.partner_id} amount {_show(reward.amount)} "
+                f"{reward.currency or ''} status {reward.status}"
+            )
+    if what.reverses:
+        lines.append("ledger commission_entries: reverse every commission booked for this transaction, once")
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return repr(value)

@@ -1,0 +1,45 @@
+"""Which state of a record wins: a pure merge that any order of deliveries converges through.
+
+A record's columns come from the delivery with the greatest version (rank, time, fingerprint):
+a real state (created, updated…) outranks what a delete payload says, the newer outranks the
+older, and the fingerprint settles exact ties. A delete also sets its tombstone columns; the
+tombstone is kept for good, so a late, older update cannot bring the record back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sync.mapping.evaluate import RecordChange, Version
+
+
+@dataclass(frozen=True)
+class RecordState:
+    values: dict[str, Any] = field(default_factory=dict)
+    version: Version | None = None
+    deleted: tuple[datetime, str] | None = None  # the winning delete's (time, fingerprint)
+
+    @property
+    def tombstoned(self) -> bool:
+        return self.deleted is not None
+
+
+def merge(state: RecordState, change: RecordChange, tombstone_columns: Iterable[str]) -> RecordState:
+    """The record after ``change``; equal to ``state`` when the change is old news."""
+    values = dict(state.values)
+    version, deleted = state.version, state.deleted
+    if version is None or change.version > version:
+        values.update(change.values)
+        version = change.version
+        if deleted is not None:
+            for column in tombstone_columns:  # what the delete set stays set
+                values[column] = state.values.get(column)
+    if change.deleting:
+        candidate = (change.version.at, change.version.fingerprint)
+        if deleted is None or candidate > deleted:
+            values.update(change.tombstone)
+            deleted = candidate
+    return RecordState(values, version, deleted)

@@ -1,0 +1,206 @@
+"""The warehouse tables the mappings describe: creating, extending, and writing records."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from sync import db
+from sync.errors import ConfigurationError
+from sync.mapping import MappingSet, RecordChange, Version
+from sync.mapping.spec import Mapping
+from sync.records import RecordState, merge
+from sync.sqltypes import FINGERPRINT, KEY, UTCDateTime, column_type
+
+log = logging.getLogger(__name__)
+
+#: Bookkeeping columns on every mapped table (the prefix is reserved in mapping files).
+SYSTEM_COLUMNS = (
+    "sync_rank",
+    "sync_version",
+    "sync_fingerprint",
+    "sync_deleted_version",
+    "sync_deleted_fingerprint",
+    "sync_event_id",
+    "sync_updated_at",
+)
+
+
+def _system_columns() -> list[sa.Column]:
+    return [
+        sa.Column("sync_rank", sa.SmallInteger),
+        sa.Column("sync_version", UTCDateTime()),
+        sa.Column("sync_fingerprint", FINGERPRINT),
+        sa.Column("sync_deleted_version", UTCDateTime()),
+        sa.Column("sync_deleted_fingerprint", FINGERPRINT),
+        sa.Column("sync_event_id", sa.BigInteger),
+        sa.Column("sync_updated_at", UTCDateTime()),
+    ]
+
+
+@dataclass
+class Table:
+    """One mapped table: its SQLAlchemy object and the mapping behind it."""
+
+    mapping: Mapping
+    table: sa.Table
+    tombstone_columns: tuple[str, ...]
+    data_columns: tuple[str, ...]
+
+
+@dataclass
+class MigrationReport:
+    created_tables: list[str] = field(default_factory=list)
+    added_columns: list[str] = field(default_factory=list)  # "table.column"
+    unmapped_columns: list[str] = field(default_factory=list)  # kept, never dropped
+
+    def lines(self) -> list[str]:
+        lines = [f"created table {t}" for t in self.created_tables]
+        lines += [f"added column {c}" for c in self.added_columns]
+        lines += [
+            f"column {c} is no longer in any mapping: kept with its data (drop it by hand if unwanted)"
+            for c in self.unmapped_columns
+        ]
+        return lines
+
+
+class Warehouse:
+    """The mapped tables, built from a ``MappingSet``."""
+
+    def __init__(self, mappings: MappingSet):
+        self.metadata = sa.MetaData()
+        self.tables: dict[str, Table] = {}
+        for mapping in mappings.mappings:
+            if mapping.warehouse is None:
+                continue
+            target = mapping.warehouse
+            types = target.column_types()
+            columns = [sa.Column(target.key, KEY, primary_key=True)]
+            columns += [sa.Column(name, column_type(kind)) for name, kind in types.items()]
+            table = sa.Table(target.table, self.metadata, *columns, *_system_columns())
+            self.tables[target.table] = Table(
+                mapping,
+                table,
+                tombstone_columns=tuple(f.name for f in target.on_delete),
+                data_columns=tuple(types),
+            )
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def migrate(self, engine: Engine) -> MigrationReport:
+        """Create missing tables and add missing columns; never drops or retypes anything.
+
+        Raises ``ConfigurationError`` when a mapped column exists with another type.
+        """
+        report = MigrationReport()
+        clashes = []
+        with engine.begin() as conn:
+            inspector = sa.inspect(conn)
+            existing = set(inspector.get_table_names())
+            for name, mapped in self.tables.items():
+                if name not in existing:
+                    mapped.table.create(conn)
+                    report.created_tables.append(name)
+                    continue
+                found = {c["name"]: c for c in inspector.get_columns(name)}
+                for column in mapped.table.columns:
+                    if column.name not in found:
+                        _add_column(conn, name, column)
+                        report.added_columns.append(f"{name}.{column.name}")
+                        continue
+                    expected = _family(column.type.compile(dialect=engine.dialect))
+                    actual = _family(found[column.name]["type"].compile(dialect=engine.dialect))
+                    if expected != actual:
+                        clashes.append(
+                            f"{name}.{column.name} is {actual} in the database but "
+                            f"{expected} in {mapped.mapping.path.name}"
+                        )
+                wanted = {c.name for c in mapped.table.columns}
+                report.unmapped_columns += [f"{name}.{c}" for c in found if c not in wanted]
+        if clashes:
+            raise ConfigurationError(
+                "mapped columns changed type; partnero-sync never converts or drops a column by "
+                "itself. Rename the column in the mapping, or convert it by hand:\n  "
+                + "\n  ".join(clashes)
+            )
+        for line in report.lines():
+            log.info("warehouse: %s", line)
+        return report
+
+    # -- records -----------------------------------------------------------------------------
+
+    def apply(self, conn: Connection, change: RecordChange, event_id: int | None) -> RecordState:
+        """Merge ``change`` into its record, under a row lock; returns the record's new state."""
+        mapped = self.tables[change.table]
+        table = mapped.table
+        key_column = table.c[change.key_column]
+        # Make sure the row exists, so that it can be locked: concurrent deliveries for the same
+        # record then take turns, and each merges into what the previous one committed.
+        db.insert_ignore(conn, table, [{change.key_column: change.key}])
+        row = conn.execute(
+            sa.select(table).where(key_column == change.key).with_for_update()
+        ).one()._mapping
+        state = _state(row, mapped.data_columns)
+        merged = merge(state, change, mapped.tombstone_columns)
+        if merged != state:
+            values = dict(merged.values)
+            values.update(
+                sync_rank=merged.version.rank if merged.version else None,
+                sync_version=merged.version.at if merged.version else None,
+                sync_fingerprint=merged.version.fingerprint if merged.version else None,
+                sync_deleted_version=merged.deleted[0] if merged.deleted else None,
+                sync_deleted_fingerprint=merged.deleted[1] if merged.deleted else None,
+                sync_updated_at=datetime.now(timezone.utc),
+            )
+            if merged.version != state.version:
+                values["sync_event_id"] = event_id
+            conn.execute(table.update().where(key_column == change.key).values(**values))
+        return merged
+
+    def read(self, conn: Connection, table: str, key: str) -> dict[str, Any] | None:
+        mapped = self.tables[table]
+        key_column = mapped.table.c[mapped.mapping.warehouse.key]
+        row = conn.execute(sa.select(mapped.table).where(key_column == key)).one_or_none()
+        return dict(row._mapping) if row is not None else None
+
+
+def _state(row, data_columns: tuple[str, ...]) -> RecordState:
+    version = None
+    if row["sync_version"] is not None:
+        version = Version(row["sync_rank"], row["sync_version"], row["sync_fingerprint"])
+    deleted = None
+    if row["sync_deleted_version"] is not None:
+        deleted = (row["sync_deleted_version"], row["sync_deleted_fingerprint"])
+    return RecordState({c: row[c] for c in data_columns}, version, deleted)
+
+
+def _add_column(conn: Connection, table: str, column: sa.Column) -> None:
+    preparer = conn.dialect.identifier_preparer
+    kind = column.type.compile(dialect=conn.dialect)
+    conn.execute(sa.text(
+        f"ALTER TABLE {preparer.quote(table)} ADD COLUMN {preparer.quote(column.name)} {kind}"
+    ))
+
+
+def _family(type_name: str) -> str:
+    """A type's family, so NUMERIC(18, 6) and DECIMAL(18,6), or TEXT and VARCHAR, compare equal."""
+    name = re.sub(r"\(.*\)", "", type_name).strip().upper()
+    if name in ("TINYINT", "BOOL", "BOOLEAN"):
+        return "boolean"
+    if "INT" in name:
+        return "integer"
+    if name in ("NUMERIC", "DECIMAL"):
+        return "decimal"
+    if "CHAR" in name or "TEXT" in name or "CLOB" in name or "JSON" in name:
+        return "text"
+    if "TIME" in name or name == "DATE":
+        return "datetime"
+    if "JSON" in name:
+        return "text"  # MariaDB keeps JSON as LONGTEXT
+    return name.lower()
