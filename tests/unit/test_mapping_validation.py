@@ -1,0 +1,184 @@
+"""The mapping checker: every problem, with file, line and field, reported together."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from sync.mapping import MappingError, load_mappings
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = """\
+entity: partner
+events: [partner.created, partner.deleted]
+deletes: [partner.deleted]
+identity: data.id
+warehouse:
+  table: partners
+  key: partner_id
+  columns:
+    email: {from: data.email, transforms: [lower]}
+    approved: {from: data.approved, type: boolean}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "partner.yml") -> Path:
+    (tmp_path / name).write_text(textwrap.dedent(text))
+    return tmp_path
+
+
+def problems(tmp_path: Path) -> list[str]:
+    with pytest.raises(MappingError) as info:
+        load_mappings(tmp_path)
+    return [str(p) for p in info.value.problems]
+
+
+def test_a_good_file_loads(tmp_path):
+    loaded = load_mappings(write(tmp_path, GOOD))
+    [mapping] = loaded.mappings
+    assert mapping.entity == "partner"
+    assert loaded.events == {"partner.created", "partner.deleted"}
+    assert mapping.warehouse.column_types() == {"email": "string", "approved": "boolean"}
+
+
+CASES = [
+    # (what, replace this, with this, the problem expected: "line: field: message")
+    ("unknown transform", "transforms: [lower]", "transforms: [lowercase]",
+     "9: warehouse.columns.email.transforms: unknown transform 'lowercase' (known: bool, constant, "
+     "datetime, decimal, default, integer, join, lower, map, string, strip, upper)"),
+    ("bad expression", "from: data.email,", "from: 'data.[email',",
+     "9: warehouse.columns.email.from: bad expression 'data.[email'"),
+    ("missing identity", "identity: data.id\n", "",
+     "1: identity: missing"),
+    ("type clash", "approved: {from: data.approved, type: boolean}",
+     "approved: {from: data.approved, type: boolean, transforms: [lower]}",
+     "10: warehouse.columns.approved.type: type clash: the value is string but the column is declared boolean"),
+    ("unknown type", "type: boolean", "type: bool",
+     "10: warehouse.columns.approved.type: unknown type 'bool' (known: string, text, integer, decimal, boolean, "
+     "datetime, json)"),
+    ("duplicate column", "    approved:", "    email: data.other\n    approved:",
+     "10: warehouse.columns.email: written twice"),
+    ("key as a column", "    approved:", "    partner_id: data.id\n    approved:",
+     "10: warehouse.columns.partner_id: duplicate column: the key column is filled from identity"),
+    ("system column", "    approved:", "    sync_version: data.x\n    approved:",
+     "10: warehouse.columns.sync_version: names starting with sync_ are kept for partnero-sync"),
+    ("unknown key", "identity: data.id", "identity: data.id\nidentiy: data.key",
+     "5: identiy: unknown key (expected one of: deletes, entity, events, identity, ledger, version, warehouse)"),
+    ("delete not an event", "deletes: [partner.deleted]", "deletes: [partner.removed]",
+     "3: deletes: partner.removed is not in events"),
+    ("bad event name", "events: [partner.created, partner.deleted]", "events: [partner.created, Partner Deleted]",
+     "2: events: 'Partner Deleted' is not an event type such as partner.created"),
+    ("reserved table", "table: partners", "table: webhook_events",
+     "6: warehouse.table: webhook_events is partnero-sync's own table"),
+    ("from and value", "email: {from: data.email, transforms: [lower]}", "email: {from: data.email, value: x}",
+     "9: warehouse.columns.email: give exactly one of from (an expression) or value (a constant)"),
+    ("transform needs argument", "transforms: [lower]", "transforms: [default]",
+     "9: warehouse.columns.email.transforms: default needs an argument, as default: …"),
+    ("transform takes none", "transforms: [lower]", "transforms: [{lower: 1}]",
+     "9: warehouse.columns.email.transforms: lower takes no argument"),
+    ("map needs mapping", "transforms: [lower]", "transforms: [{map: [a, b]}]",
+     "9: warehouse.columns.email.transforms: map needs a mapping of values, as map: {a: b}"),
+    ("no columns", "  columns:\n    email: {from: data.email, transforms: [lower]}\n"
+     "    approved: {from: data.approved, type: boolean}\n", "  columns: {}\n",
+     "8: warehouse.columns: must be a mapping of column: expression"),
+    ("not yaml", "entity: partner", "entity: [partner",
+     "2: not valid YAML: expected ',' or ']', but got ':'"),
+]
+
+
+@pytest.mark.parametrize("old, new, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_each_problem_names_file_line_and_field(tmp_path, old, new, expected):
+    assert old in GOOD
+    found = problems(write(tmp_path, GOOD.replace(old, new, 1)))
+    path = tmp_path / "partner.yml"
+    assert any(p.startswith(f"{path}:{expected}") for p in found), found
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    broken = (
+        GOOD.replace("transforms: [lower]", "transforms: [lowercase]")
+        .replace("type: boolean", "type: bool")
+        .replace("identity: data.id\n", "")
+    )
+    write(tmp_path, broken)
+    with pytest.raises(MappingError) as info:
+        load_mappings(tmp_path)
+    assert len(info.value.problems) == 3
+    message = str(info.value)
+    assert message.startswith("3 problems in the mapping files:\n")
+    assert "identity: missing" in message and "lowercase" in message and "'bool'" in message
+
+
+def test_problems_across_files(tmp_path):
+    write(tmp_path, GOOD, "partner.yml")
+    write(tmp_path, GOOD.replace("entity: partner", "entity: affiliate"), "affiliate.yml")
+    found = problems(tmp_path)
+    assert any("partner.yml:1: events: partner.created is also handled by affiliate.yml" in p for p in found)
+    assert any("partner.yml:1: warehouse.table: table 'partners' is also written by affiliate.yml" in p for p in found)
+
+
+def test_an_empty_or_missing_directory_is_a_problem(tmp_path):
+    assert problems(tmp_path) == [f"{tmp_path}:0: no mapping files (*.yml) here"]
+    assert "mapping directory not found" in problems(tmp_path / "nowhere")[0]
+
+
+LEDGER = """\
+ledger:
+  rewards: data.rewards
+  book_on: [partner.created]
+  partner: partner
+  amount: {from: amount, type: decimal}
+  currency: amount_units
+  status: status
+  occurred_at: {from: created_at, type: datetime}
+"""
+
+
+def test_a_ledger_section_is_checked_too(tmp_path):
+    broken = LEDGER.replace("book_on: [partner.created]", "book_on: [transaction.created]").replace(
+        "amount: {from: amount, type: decimal}", "amount: {from: amount, type: boolean}"
+    ).replace("  status: status\n", "")
+    found = problems(write(tmp_path, GOOD + broken))
+    assert f"{tmp_path}/partner.yml:13: ledger.book_on: transaction.created is not in events" in found
+    assert f"{tmp_path}/partner.yml:15: ledger.amount: type clash: must be decimal, not boolean" in found
+    assert f"{tmp_path}/partner.yml:12: ledger.status: missing" in found
+
+
+def test_the_shipped_mappings_load():
+    loaded = load_mappings(ROOT / "mappings")
+    assert {m.entity for m in loaded.mappings} == {"partner", "customer", "transaction"}
+    tables = {m.warehouse.table: m.warehouse for m in loaded.mappings}
+    assert set(tables["partners"].column_types()) >= {
+        "partner_key", "email", "first_name", "last_name", "status", "approved", "created_at", "updated_at",
+        "deleted_at",
+    }
+    assert tables["partners"].key == "partner_id"
+    assert set(tables["customers"].column_types()) >= {
+        "partner_id", "email", "first_name", "last_name", "status", "created_at", "updated_at", "deleted_at",
+    }
+    assert tables["customers"].key == "customer_key"
+    transactions = tables["transactions"].column_types()
+    assert tables["transactions"].key == "transaction_key"
+    assert set(transactions) >= {
+        "customer_key", "partner_id", "action", "amount", "currency", "created_at", "deleted_at", "refunded",
+    }
+    assert transactions["amount"] == "decimal" and transactions["refunded"] == "boolean"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "mappings").glob("*.yml")), ids=lambda p: p.name)
+def test_every_shipped_mapping_file_matches_the_json_schema(path):
+    schema = json.loads((ROOT / "mappings" / "schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+
+
+def test_the_json_schema_refuses_what_the_checker_refuses():
+    schema = json.loads((ROOT / "mappings" / "schema.json").read_text())
+    document = yaml.safe_load(GOOD.replace("transforms: [lower]", "transforms: [lowercase]"))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, schema)

@@ -1,0 +1,92 @@
+"""Driving deliveries through the real processor into a real database, and reading the result."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from sync import db
+from sync.inbox import PENDING, Delivery, Event, Inbox, webhook_events
+from sync.ledger import commission_entries, commission_owed
+from sync.mapping import load_mappings
+from sync.processor import Processor
+from sync.warehouse import Warehouse
+from tests.conftest import MAPPINGS
+
+VOLATILE = {"sync_updated_at", "sync_event_id"}
+
+
+class Pipe:
+    """Store deliveries in the inbox and process them, as the worker does, minus the queue."""
+
+    def __init__(self, database_url: str):
+        self.engine = db.engine_for(database_url)
+        self.inbox = Inbox(self.engine)
+        self.mappings = load_mappings(MAPPINGS)
+        self.warehouse = Warehouse(self.mappings)
+        self.processor = Processor(self.engine, self.inbox, self.mappings, self.warehouse)
+
+    def store(self, document: dict | bytes) -> Event:
+        body = document if isinstance(document, bytes) else json.dumps(document).encode()
+        event_type = json.loads(body)["event"]
+        stored = self.inbox.store_many([Delivery(body, event_type, PENDING)])
+        [outcome] = stored.values()
+        return self.inbox.begin_attempt(outcome.id)
+
+    def deliver(self, *documents: dict | bytes) -> list[str]:
+        return [self.processor.process(self.store(d)) for d in documents]
+
+    def row(self, table: str, key: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            return self.warehouse.read(conn, table, key)
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        t = self.warehouse.tables[table].table
+        with self.engine.connect() as conn:
+            found = [dict(r._mapping) for r in conn.execute(sa.select(t))]
+        return sorted(
+            ({k: v for k, v in r.items() if k not in VOLATILE} for r in found),
+            key=lambda r: str(r[t.primary_key.columns[0].name]),
+        )
+
+    def ledger(self, with_times: bool = True) -> list[tuple]:
+        t = commission_entries
+        with self.engine.connect() as conn:
+            entries = conn.execute(sa.select(t)).all()
+        return sorted(
+            (
+                e.entry_type, e.transaction_key, e.reward_ref, e.partner_id, e.amount, e.currency,
+                e.reward_status, *((e.occurred_at,) if with_times and e.entry_type == "commission" else ()),
+            )
+            for e in entries
+        )
+
+    def owed(self) -> dict[str, Decimal]:
+        with self.engine.connect() as conn:
+            return commission_owed(conn)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "tables": {name: self.rows(name) for name in sorted(self.warehouse.tables)},
+            "ledger": self.ledger(),
+            "owed": self.owed(),
+        }
+
+    def reset(self) -> None:
+        with self.engine.begin() as conn:
+            for table in (commission_entries, webhook_events, *(t.table for t in self.warehouse.tables.values())):
+                conn.execute(table.delete())
+
+
+def envelope(event: str, sent_at: str, /, **data: Any) -> dict[str, Any]:
+    """A delivery of ``event`` sent at ``sent_at`` (the envelope's created_at) carrying ``data``."""
+    return {
+        "event": event,
+        "url": "https://example.com/webhooks/partnero",
+        "webhook_key": "whk_test",
+        "created_at": sent_at,
+        "data": data,
+    }
