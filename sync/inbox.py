@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from sync.db import is_transient, metadata
 from sync.errors import PermanentError, TransientError
-from sync.sqltypes import UTCDateTime
+from sync.sqltypes import BODY, UTCDateTime
 
 PENDING = "pending"
 PROCESSED = "processed"
@@ -32,7 +32,7 @@ webhook_events = sa.Table(
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
     sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),
     sa.Column("event_type", sa.String(100), nullable=False),
-    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("body", BODY, nullable=False),
     sa.Column("received_at", UTCDateTime(), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),

@@ -31,7 +31,9 @@ def merge(state: RecordState, change: RecordChange, tombstone_columns: Iterable[
     """The record after ``change``; equal to ``state`` when the change is old news."""
     values = dict(state.values)
     version, deleted = state.version, state.deleted
-    if version is None or change.version > version:
+    # Equal versions are the same delivery (same fingerprint): applying it again re-reads it
+    # through the current mappings, which is what a replay after a mapping change needs.
+    if version is None or change.version >= version:
         values.update(change.values)
         version = change.version
         if deleted is not None:
@@ -39,7 +41,7 @@ def merge(state: RecordState, change: RecordChange, tombstone_columns: Iterable[
                 values[column] = state.values.get(column)
     if change.deleting:
         candidate = (change.version.at, change.version.fingerprint)
-        if deleted is None or candidate > deleted:
+        if deleted is None or candidate >= deleted:
             values.update(change.tombstone)
             deleted = candidate
     return RecordState(values, version, deleted)

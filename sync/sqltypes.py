@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.mysql
 from sqlalchemy.types import TypeDecorator
 
 
@@ -40,6 +41,13 @@ class UTCDateTime(TypeDecorator):
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
+    def load_dialect_impl(self, dialect):
+        if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import DATETIME
+
+            return dialect.type_descriptor(DATETIME(fsp=6))  # keep the microseconds
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
     def process_bind_param(self, value: datetime | None, dialect):
         if value is None:
             return None
@@ -71,4 +79,6 @@ def column_type(kind: str) -> sa.types.TypeEngine:
 
 
 KEY = sa.String(255)
+#: Raw bodies up to the 1 MiB limit (MySQL's plain BLOB stops at 64 KiB).
+BODY = sa.LargeBinary().with_variant(sa.dialects.mysql.LONGBLOB(), "mysql", "mariadb")
 FINGERPRINT = sa.String(64)

@@ -24,6 +24,8 @@ from sync.signature import sign
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_TEST_DB = "partnero_sync_test"
+MARIADB_ADMIN_URL = os.environ.get("TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test")
+MARIADB_TEST_DB = "partnero_sync_test"
 SECRETS = ("whsec_current", "whsec_previous")
 #: Nothing listens here: connections are refused at once.
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
@@ -71,8 +73,38 @@ def pg_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def mariadb_url() -> str:
+    """A fresh MariaDB (MySQL) database for this test session, with the schema."""
+    admin_url = normalize_database_url(MARIADB_ADMIN_URL)
+    try:
+        admin = sa.create_engine(admin_url, connect_args={"connect_timeout": 3})
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {MARIADB_TEST_DB}"))
+            conn.execute(sa.text(f"CREATE DATABASE {MARIADB_TEST_DB} CHARACTER SET utf8mb4"))
+    except sa.exc.OperationalError as exc:
+        _unavailable("MariaDB", exc)
+    url = admin_url.rsplit("/", 1)[0] + f"/{MARIADB_TEST_DB}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def warehouse_url(request, tmp_path) -> str:
+    """Like database_url, and on MariaDB as well: the warehouse must not be PostgreSQL-only."""
+    if request.param == "mariadb":
+        url = request.getfixturevalue("mariadb_url")
+        empty_tables(url)
+        return url
+    return _fresh(request, tmp_path)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path) -> str:
+    return _fresh(request, tmp_path)
+
+
+def _fresh(request, tmp_path) -> str:
     """Each test that takes this runs on SQLite and on PostgreSQL, on empty tables."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'test.db'}"
@@ -95,9 +127,13 @@ def migrate(url: str) -> None:
 
 def empty_tables(url: str) -> None:
     engine = db.engine_for(url)
-    names = ", ".join(sa.inspect(engine).get_table_names())
+    names = sa.inspect(engine).get_table_names()
     with engine.begin() as conn:
-        conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
+        else:
+            for name in names:
+                conn.execute(sa.text(f"DELETE FROM {name}"))
 
 
 ROOT = Path(__file__).resolve().parent.parent

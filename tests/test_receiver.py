@@ -283,8 +283,9 @@ def test_the_web_app_refuses_to_start_without_a_secret(settings):
 
 def _settings(database_url: str, redis_url: str):
     from sync.settings import Settings
+    from tests.conftest import MAPPINGS
 
-    return Settings(webhook_secrets=SECRETS, database_url=database_url, redis_url=redis_url)
+    return Settings(webhook_secrets=SECRETS, database_url=database_url, redis_url=redis_url, mappings_dir=MAPPINGS)
 
 
 def test_copies_racing_through_two_web_processes_store_one_row(settings, redis_conn):
@@ -319,3 +320,19 @@ def test_copies_racing_through_two_web_processes_store_one_row(settings, redis_c
     assert sorted(a["status"] for _, a in answers).count("queued") == 10
     assert len(rows(settings.database_url)) == 10
     assert len(queued_ids(redis_conn)) == 10
+
+
+def test_the_inbox_works_on_mariadb_too(mariadb_url, redis_server_url, redis_conn):
+    from tests.conftest import empty_tables
+
+    empty_tables(mariadb_url)
+    app = create_app(_settings(mariadb_url, redis_server_url))
+    client = app.test_client()
+    document = sample_delivery("partner.created")
+    document["pad"] = "x" * (200 * 1024)  # past MySQL's 64 KiB BLOB
+    body, headers = signed(document)
+    first = client.post(URL, data=body, headers=headers).get_json()
+    again = client.post(URL, data=body, headers=headers).get_json()
+    assert first["status"] == "queued" and again == {"status": "duplicate", "id": first["id"]}
+    [row] = rows(mariadb_url)
+    assert row["body"] == body

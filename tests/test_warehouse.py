@@ -14,8 +14,8 @@ from tests.warehouse_helpers import Pipe, envelope
 
 
 @pytest.fixture
-def pipe(database_url) -> Pipe:
-    return Pipe(database_url)
+def pipe(warehouse_url) -> Pipe:
+    return Pipe(warehouse_url)
 
 
 def utc(text: str) -> datetime:
