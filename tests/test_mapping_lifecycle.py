@@ -152,7 +152,7 @@ def test_replay_can_pick_a_date_and_an_event(tmp_path, redis_server_url):
 
 def test_a_bad_mapping_stops_the_web_and_the_worker_naming_file_and_field(mappings_dir, tmp_path):
     path = mappings_dir / "customer.yml"
-    path.write_text(path.read_text().replace("identity: data.key", "identity: 'data.[key'"))
+    path.write_text(path.read_text().replace("identity: data.key || data.id", "identity: 'data.[key'"))
     env = {
         "PATH": f"{BIN}:/usr/bin:/bin",
         "MAPPINGS_DIR": str(mappings_dir),
