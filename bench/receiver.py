@@ -249,6 +249,24 @@ def background_busy(seconds: float = 1.0) -> float:
     return 100 * (after[0] - before[0]) / max(after[1] - before[1], 1)
 
 
+def cpu_by_program(names=("postgres", "redis-server")) -> dict[str, float]:
+    """CPU seconds used so far by every process of each named program (any owner)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = dict.fromkeys(names, 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, _, rest = (entry / "stat").read_text().rpartition(")")
+        except OSError:
+            continue
+        comm = head.partition("(")[2]
+        if comm in totals:
+            fields = rest.split()
+            totals[comm] += (int(fields[11]) + int(fields[12])) / tick
+    return totals
+
+
 def machine_cpu() -> tuple[int, int]:
     """(busy, total) jiffies of the whole machine from /proc/stat."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -294,7 +312,7 @@ def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, clean
             "connections": args.connections, "warmup": args.warmup, "duration": args.duration,
             "max_requests": args.max_requests, "request_timeout": args.request_timeout,
         }
-        cpu_before, busy_before = server.cpu_seconds(), machine_cpu()
+        cpu_before, busy_before, others_before = server.cpu_seconds(), machine_cpu(), cpu_by_program()
         loadgen = subprocess.Popen(
             [sys.executable, "-m", "bench.loadgen", json.dumps(config)],
             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -316,9 +334,14 @@ def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, clean
             except subprocess.TimeoutExpired:
                 prof.kill()
             cleanup.remove(prof.kill)
-        cpu_after, busy_after = server.cpu_seconds(), machine_cpu()
+        cpu_after, busy_after, others_after = server.cpu_seconds(), machine_cpu(), cpu_by_program()
         answered = max(result["answered"], 1)
         result["server_cpu_us_per_request"] = (cpu_after - cpu_before) / answered * 1e6
+        result["cpu_us_per_request"] = {
+            "gunicorn workers": result["server_cpu_us_per_request"],
+            **{prog: (others_after[prog] - others_before[prog]) / answered * 1e6 for prog in others_after},
+            "load generator": result["loadgen_cpu_seconds"] / answered * 1e6,
+        }
         busy = (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1)
         result["machine_cpu_busy_pct"] = busy * 100
         result["background_busy_pct"] = idle_busy
@@ -386,6 +409,11 @@ def table(results: list[dict], args) -> str:
             f"{m['requests']:>10d}{r['server_cpu_us_per_request']:>16.0f}"
             f"{r['machine_cpu_busy_pct']:>11.0f}{r['background_busy_pct']:>15.0f}"
         )
+    lines += ["", "CPU per request (us), whole run incl. warm-up:"]
+    for r in results:
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in r["cpu_us_per_request"].items())
+        total = sum(r["cpu_us_per_request"].values())
+        lines.append(f"  {r['letter']}) {r['target']:<9} {parts}; total {total:.0f}")
     return "\n".join(lines)
 
 

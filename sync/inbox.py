@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from datetime import datetime, timedelta, timezone
@@ -174,23 +174,59 @@ class Inbox:
 
     def begin_attempt(self, event_id: int) -> Event:
         """Count an attempt at processing ``event_id`` and return the row."""
-        t = webhook_events
-        with self._transaction() as conn:
-            conn.execute(t.update().where(t.c.id == event_id).values(attempts=t.c.attempts + 1))
-            row = conn.execute(
-                sa.select(*_EVENT_COLUMNS).where(t.c.id == event_id)
-            ).one_or_none()
-        if row is None:
+        found = self.begin_attempts([event_id])
+        if not found:
             raise PermanentError(f"inbox row {event_id} does not exist")
-        return Event(*row)
+        return found[0]
+
+    def begin_attempts(self, event_ids: Sequence[int]) -> list[Event]:
+        """Count an attempt at each row and return the rows that exist, by id."""
+        t = webhook_events
+        ids = sorted(set(event_ids))
+        with self._transaction() as conn:
+            conn.execute(t.update().where(t.c.id.in_(ids)).values(attempts=t.c.attempts + 1))
+            rows = conn.execute(sa.select(*_EVENT_COLUMNS).where(t.c.id.in_(ids)).order_by(t.c.id)).all()
+        return [Event(*row) for row in rows]
 
     def mark_processed(self, event_id: int, conn: Connection | None = None, status: str = PROCESSED) -> None:
         """Record success; pass ``conn`` to make it part of the transaction that did the work."""
-        values = {"status": status, "last_error": None, "processed_at": utcnow()}
+        self.mark_done([event_id], conn, status)
+
+    def mark_done(self, event_ids: Sequence[int], conn: Connection | None = None, status: str = PROCESSED) -> None:
+        if not event_ids:
+            return
+        t = webhook_events
+        statement = (
+            t.update()
+            .where(t.c.id.in_(sorted(event_ids)))
+            .values(status=status, last_error=None, processed_at=utcnow())
+        )
         if conn is None:
-            self._set(event_id, **values)
+            with self._transaction() as own:
+                own.execute(statement)
         else:
-            conn.execute(webhook_events.update().where(webhook_events.c.id == event_id).values(**values))
+            conn.execute(statement)
+
+    def mark_failures(self, failures: dict[int, str], conn: Connection | None = None) -> None:
+        """Mark rows failed, each with its reason; a row already processed or ignored stays so."""
+        if not failures:
+            return
+        t = webhook_events
+        with (nullcontext(conn) if conn is not None else self._transaction()) as use:
+            for event_id, reason in sorted(failures.items()):
+                use.execute(
+                    t.update()
+                    .where(t.c.id == event_id, t.c.status.in_((PENDING, FAILED)))
+                    .values(status=FAILED, last_error=reason[:2000])
+                )
+
+    def record_errors(self, event_ids: Sequence[int], reason: str) -> None:
+        """Note why an attempt failed; pending rows stay pending, to be tried again."""
+        t = webhook_events
+        with self._transaction() as conn:
+            conn.execute(
+                t.update().where(t.c.id.in_(sorted(event_ids)), t.c.status == PENDING).values(last_error=reason[:2000])
+            )
 
     def events(
         self, since: datetime | None = None, event_type: str | None = None, batch: int = 500
@@ -222,17 +258,7 @@ class Inbox:
             return conn.execute(query).scalar_one()
 
     def mark_failed(self, event_id: int, reason: str) -> None:
-        self._set(event_id, status=FAILED, last_error=reason[:2000])
-
-    def record_error(self, event_id: int, reason: str) -> None:
-        """Note why an attempt failed; the row stays as it is, to be tried again."""
-        self._set(event_id, last_error=reason[:2000])
-
-    def _set(self, event_id: int, **values: object) -> None:
-        with self._transaction() as conn:
-            conn.execute(webhook_events.update().where(webhook_events.c.id == event_id).values(**values))
-
-    # -- sweeping and reporting ----------------------------------------------------------
+        self.mark_failures({event_id: reason})
 
     def stale_pending(
         self, older_than: timedelta, limit: int = 1000, after_id: int = 0

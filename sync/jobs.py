@@ -1,7 +1,8 @@
 """What RQ runs, and the one place where an error's kind becomes "retry later" or "fail".
 
-A job names an inbox row. It records every attempt and its outcome on the row, so the inbox,
-not Redis, says what became of each delivery.
+A job carries a batch of inbox rows (one row when deliveries arrive one at a time). Every
+attempt and outcome is recorded on each row, so the inbox, not Redis, says what became of each
+delivery; a job's description names its rows.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import random
 from rq import Retry, get_current_job
 
 from sync import services
-from sync.envelope import MalformedDelivery
 from sync.errors import PermanentError, TransientError
 from sync.inbox import IGNORED, PROCESSED
 
@@ -26,41 +26,51 @@ RETRY_DELAYS = (10, 30, 90, 300, 900, 1800, 3600, 3600, 3600)
 MAX_ATTEMPTS = 3 * len(RETRY_DELAYS)
 
 
-def process_event(event_id: int) -> Retry | str:
-    """Process inbox row ``event_id``; the RQ job for every stored delivery."""
+def process_events(event_ids: list[int]) -> Retry | str:
+    """Process the inbox rows ``event_ids``: the RQ job for stored deliveries."""
     current = services.current()
     try:
-        event = current.inbox.begin_attempt(event_id)
-        if event.status in (PROCESSED, IGNORED):
-            return f"already {event.status}"
-        if event.attempts > MAX_ATTEMPTS:
-            raise PermanentError(f"gave up after {event.attempts - 1} attempts")
-        status = current.processor.process(event)
+        events = current.inbox.begin_attempts(event_ids)
+        missing = set(event_ids) - {e.id for e in events}
+        if missing:
+            log.warning("inbox rows %s do not exist; skipped", sorted(missing))
+        todo = [e for e in events if e.status not in (PROCESSED, IGNORED)]
+        given_up = {e.id: f"gave up after {e.attempts - 1} attempts" for e in todo if e.attempts > MAX_ATTEMPTS}
+        current.inbox.mark_failures(given_up)
+        result = current.processor.process_batch([e for e in todo if e.id not in given_up])
     except TransientError as exc:
-        return _retry_or_fail(event_id, exc)
-    except (PermanentError, MalformedDelivery) as exc:
-        _fail(event_id, str(exc))
+        return _retry_or_fail(event_ids, exc)
+    except Exception as exc:  # a bug: fail these deliveries once, visibly, and keep the worker
+        _fail(event_ids, f"unexpected {type(exc).__name__}: {exc}")
         raise
-    except Exception as exc:  # a bug: fail this delivery once, visibly, and keep the worker
-        _fail(event_id, f"unexpected {type(exc).__name__}: {exc}")
-        raise
-    log.info("inbox #%s %s: %s", event_id, event.event_type, status)
-    return status
+    failed = {**given_up, **result.failed}
+    types = {e.id: e.event_type for e in events}
+    for event_id in result.processed:
+        log.info("inbox #%s %s: processed", event_id, types[event_id])
+    for event_id in result.ignored:
+        log.info("inbox #%s %s: ignored (no mapping handles it)", event_id, types[event_id])
+    for event_id, reason in sorted(failed.items()):
+        log.error("inbox #%s %s failed: %s", event_id, types[event_id], reason)
+    summary = f"{len(result.processed)} processed, {len(result.ignored)} ignored, {len(failed)} failed"
+    if failed:
+        # The others are committed; this puts the job, with its reasons, in RQ's failed registry.
+        raise PermanentError(summary + ": " + "; ".join(f"#{i}: {r}" for i, r in sorted(failed.items())))
+    return summary
 
 
-def _retry_or_fail(event_id: int, exc: TransientError) -> Retry:
+def _retry_or_fail(event_ids: list[int], exc: TransientError) -> Retry:
     job = get_current_job()
     retries = (job.number_of_retries or 0) if job is not None else 0
     if retries >= len(RETRY_DELAYS):
-        _fail(event_id, f"still failing after {retries} retries: {exc}")
+        _fail(event_ids, f"still failing after {retries} retries: {exc}")
         raise exc
     delay = backoff(retries)
     # RQ does not record why a job asked to be retried: say it here.
     log.warning(
-        "inbox #%s: %s; retry %d of %d in %ds", event_id, exc, retries + 1, len(RETRY_DELAYS), delay
+        "inbox %s: %s; retry %d of %d in %ds", _rows(event_ids), exc, retries + 1, len(RETRY_DELAYS), delay
     )
     try:
-        services.current().inbox.record_error(event_id, str(exc))
+        services.current().inbox.record_errors(event_ids, str(exc))
     except TransientError:
         pass  # the database is the thing that is away; the log line above has the reason
     return Retry(max=len(RETRY_DELAYS), interval=delay)
@@ -72,9 +82,13 @@ def backoff(retries: int) -> int:
     return base + random.randint(0, base // 5)
 
 
-def _fail(event_id: int, reason: str) -> None:
-    log.error("inbox #%s failed: %s", event_id, reason)
+def _fail(event_ids: list[int], reason: str) -> None:
+    log.error("inbox %s failed: %s", _rows(event_ids), reason)
     try:
-        services.current().inbox.mark_failed(event_id, reason)
+        services.current().inbox.mark_failures({i: reason for i in event_ids})
     except TransientError:
-        log.error("inbox #%s: could not record the failure; the sweeper will retry it", event_id)
+        log.error("inbox %s: could not record the failure; the sweeper will retry", _rows(event_ids))
+
+
+def _rows(event_ids: list[int]) -> str:
+    return "#" + ", #".join(str(i) for i in event_ids[:10]) + (" …" if len(event_ids) > 10 else "")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
 import redis
@@ -28,44 +30,52 @@ def connect(url: str) -> redis.Redis:
     )
 
 
-def job_id(event_id: int) -> str:
-    return f"partnero-event-{event_id}"
+#: Redis key naming the job that carries an inbox row, so the sweeper can tell a lost row from
+#: one that is waiting its turn.
+ROW_KEY = "partnero-sync:inbox-row:{}"
+#: Deliveries per job at most: a job's writes share one SQL transaction.
+BATCH_SIZE = 200
 
 
 class JobQueue:
-    """The ``partnero`` queue of inbox rows to process."""
+    """The ``partnero`` queue: jobs that each process a batch of inbox rows."""
 
     def __init__(self, connection: redis.Redis, name: str = QUEUE_NAME):
         self.connection = connection
         self.queue = Queue(name, connection=connection)
 
-    def enqueue_events(self, events: Sequence[tuple[int, str]]) -> None:
-        """Enqueue one job per (row id, event type), in one round trip.
+    def enqueue_events(self, events: Sequence[tuple[int, str]]) -> list[str]:
+        """Enqueue jobs for (row id, event type) pairs, up to BATCH_SIZE rows a job, in one round trip.
 
-        Raises ``TransientError`` when Redis cannot take them; the rows stay pending for the sweeper.
+        Returns the job ids. Raises ``TransientError`` when Redis cannot take them; the rows then
+        stay pending for the sweeper.
         """
         if not events:
-            return
-        from sync.jobs import process_event
+            return []
+        from sync.jobs import process_events
 
-        data = [
-            Queue.prepare_data(
-                process_event,
-                args=(event_id,),
-                job_id=job_id(event_id),
-                # What the dashboard shows: the row and its type, never payload text.
-                description=f"{event_type} (inbox #{event_id})",
+        batches = [list(events[i : i + BATCH_SIZE]) for i in range(0, len(events), BATCH_SIZE)]
+        data = []
+        for batch in batches:
+            ids = [event_id for event_id, _ in batch]
+            data.append(Queue.prepare_data(
+                process_events,
+                args=(ids,),
+                job_id=f"partnero-{uuid.uuid4().hex[:16]}",
+                description=describe(batch),
                 timeout=JOB_TIMEOUT,
                 result_ttl=RESULT_TTL,
-            )
-            for event_id, event_type in events
-        ]
+            ))
         try:
             with self.connection.pipeline() as pipe:
-                self.queue.enqueue_many(data, pipeline=pipe)
+                jobs = self.queue.enqueue_many(data, pipeline=pipe)
+                for job, batch in zip(jobs, batches):
+                    for event_id, _ in batch:
+                        pipe.set(ROW_KEY.format(event_id), job.id, ex=RESULT_TTL)
                 pipe.execute()
         except redis.RedisError as exc:
-            raise TransientError(f"could not enqueue {len(events)} job(s): {exc}") from exc
+            raise TransientError(f"could not enqueue {len(events)} deliveries: {exc}") from exc
+        return [job.id for job in jobs]
 
     def waiting(self, event_ids: Iterable[int]) -> set[int]:
         """The rows among ``event_ids`` whose job is still queued, running or scheduled."""
@@ -73,9 +83,11 @@ class JobQueue:
         if not ids:
             return set()
         try:
-            jobs = Job.fetch_many([job_id(i) for i in ids], connection=self.connection)
+            job_ids = self.connection.mget([ROW_KEY.format(i) for i in ids])
+            known = [(i, j.decode()) for i, j in zip(ids, job_ids) if j is not None]
+            jobs = Job.fetch_many([j for _, j in known], connection=self.connection)
             alive = set()
-            for event_id, job in zip(ids, jobs):
+            for (event_id, _), job in zip(known, jobs):
                 if job is not None and job.get_status(refresh=False) in _ALIVE:
                     alive.add(event_id)
             return alive
@@ -87,6 +99,15 @@ class JobQueue:
             self.connection.ping()
         except redis.RedisError as exc:
             raise TransientError(f"redis unavailable: {exc}") from exc
+
+
+def describe(batch: Sequence[tuple[int, str]]) -> str:
+    """What the dashboard shows for a job: event types and inbox rows, never payload text."""
+    ids = [event_id for event_id, _ in batch]
+    if len(batch) == 1:
+        return f"{batch[0][1]} (inbox #{ids[0]})"
+    kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(Counter(t for _, t in batch).items()))
+    return f"{len(batch)} deliveries: {kinds} (inbox #{min(ids)}..#{max(ids)})"
 
 
 class _Housekeeping:

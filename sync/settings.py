@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sync.errors import ConfigurationError
@@ -18,6 +18,103 @@ DEFAULT_MAPPINGS_DIR = "mappings"
 
 #: Bodies larger than this are refused with 413 before they are read.
 MAX_BODY_BYTES = 1024 * 1024
+
+
+SALESFORCE_VARIABLES = (
+    "SALESFORCE_INSTANCE_URL",
+    "SALESFORCE_SESSION_ID",
+    "SALESFORCE_USERNAME",
+    "SALESFORCE_PASSWORD",
+    "SALESFORCE_SECURITY_TOKEN",
+    "SALESFORCE_DOMAIN",
+    "SALESFORCE_CONSUMER_KEY",
+    "SALESFORCE_CONSUMER_SECRET",
+    "SALESFORCE_PRIVATE_KEY",
+    "SALESFORCE_PRIVATE_KEY_FILE",
+)
+#: The ways to connect, each with the variables it needs (SALESFORCE_DOMAIN is optional for
+#: password and JWT logins: it defaults to "login").
+SALESFORCE_MODES = {
+    "session": ("SALESFORCE_INSTANCE_URL", "SALESFORCE_SESSION_ID"),
+    "password": ("SALESFORCE_USERNAME", "SALESFORCE_PASSWORD", "SALESFORCE_SECURITY_TOKEN"),
+    "jwt": ("SALESFORCE_USERNAME", "SALESFORCE_CONSUMER_KEY", "SALESFORCE_PRIVATE_KEY or SALESFORCE_PRIVATE_KEY_FILE"),
+    "client_credentials": ("SALESFORCE_CONSUMER_KEY", "SALESFORCE_CONSUMER_SECRET", "SALESFORCE_DOMAIN"),
+}
+
+
+@dataclass(frozen=True)
+class SalesforceSettings:
+    """How to reach Salesforce; ``mode`` is None when CRM sync is off."""
+
+    mode: str | None = None
+    instance_url: str | None = None
+    session_id: str | None = field(default=None, repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    security_token: str | None = field(default=None, repr=False)
+    domain: str | None = None
+    consumer_key: str | None = None
+    consumer_secret: str | None = field(default=None, repr=False)
+    private_key: str | None = field(default=None, repr=False)
+    private_key_file: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode is not None
+
+    @property
+    def renewable(self) -> bool:
+        """Whether an expired session can be replaced by logging in again."""
+        return self.mode not in (None, "session")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SalesforceSettings:
+        given = {name: env[name].strip() for name in SALESFORCE_VARIABLES if env.get(name, "").strip()}
+        if not given:
+            return cls()
+
+        def has(requirement: str) -> bool:
+            return any(name in given for name in requirement.split(" or "))
+
+        complete = [mode for mode, needs in SALESFORCE_MODES.items() if all(has(n) for n in needs)]
+        if not complete:
+            # Name what is missing for the way of connecting the given variables come closest to.
+            def closeness(mode: str) -> tuple[int, int]:
+                needs = SALESFORCE_MODES[mode]
+                return (sum(has(n) for n in needs), -len(needs))
+
+            mode = max(SALESFORCE_MODES, key=closeness)
+            missing = [n for n in SALESFORCE_MODES[mode] if not has(n)]
+            raise ConfigurationError(
+                f"Salesforce is half configured ({', '.join(sorted(given))} set): for the "
+                f"{mode.replace('_', ' ')} login, also set {' and '.join(missing)}. Leave every "
+                "SALESFORCE_ variable unset to run without CRM sync."
+            )
+        mode = complete[0]
+        domain = given.get("SALESFORCE_DOMAIN")
+        if mode in ("password", "jwt") and domain is None:
+            domain = "login"
+        return cls(
+            mode=mode,
+            instance_url=given.get("SALESFORCE_INSTANCE_URL"),
+            session_id=given.get("SALESFORCE_SESSION_ID"),
+            username=given.get("SALESFORCE_USERNAME"),
+            password=given.get("SALESFORCE_PASSWORD"),
+            security_token=given.get("SALESFORCE_SECURITY_TOKEN"),
+            domain=domain,
+            consumer_key=given.get("SALESFORCE_CONSUMER_KEY"),
+            consumer_secret=given.get("SALESFORCE_CONSUMER_SECRET"),
+            private_key=given.get("SALESFORCE_PRIVATE_KEY"),
+            private_key_file=given.get("SALESFORCE_PRIVATE_KEY_FILE"),
+        )
+
+    def describe(self) -> str:
+        """One line for logs and /healthz, without any secret."""
+        if not self.enabled:
+            return "off (no SALESFORCE_ variables set): only the warehouse is synced"
+        where = self.instance_url or f"{self.domain}.salesforce.com"
+        who = f" as {self.username}" if self.username else ""
+        return f"on: {self.mode.replace('_', ' ')} login to {where}{who}"
 
 
 @dataclass(frozen=True)
@@ -32,6 +129,7 @@ class Settings:
     max_body_bytes: int = MAX_BODY_BYTES
     #: Pending inbox rows older than this are re-enqueued by the sweeper.
     sweep_after_seconds: int = 60
+    salesforce: SalesforceSettings = field(default_factory=SalesforceSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -51,6 +149,7 @@ class Settings:
             redis_url=_redis_url(env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL),
             mappings_dir=Path(env.get("MAPPINGS_DIR", "").strip() or DEFAULT_MAPPINGS_DIR),
             log_level=level,
+            salesforce=SalesforceSettings.from_env(env),
         )
 
     def require_webhook_secret(self) -> tuple[str, ...]:
@@ -69,7 +168,8 @@ class Settings:
         return (
             f"Settings(webhook_secrets=<{len(self.webhook_secrets)} set>, "
             f"database_url={redact_url(self.database_url)!r}, "
-            f"redis_url={redact_url(self.redis_url)!r}, mappings_dir={str(self.mappings_dir)!r})"
+            f"redis_url={redact_url(self.redis_url)!r}, mappings_dir={str(self.mappings_dir)!r}, "
+            f"salesforce={self.salesforce.describe()!r})"
         )
 
 

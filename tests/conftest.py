@@ -180,3 +180,24 @@ def signed(document: dict | bytes, secret: str = SECRETS[0], header: str = "Sign
     """A body and the headers Partnero would send with it."""
     body = document if isinstance(document, bytes) else json.dumps(document).encode()
     return body, {header: sign(body, secret), "Content-Type": "application/json"}
+
+
+def job_for_row(connection: redis.Redis, event_id: int):
+    """The RQ job that carries inbox row ``event_id``."""
+    from rq.job import Job
+
+    from sync.queue import ROW_KEY
+
+    job_id = connection.get(ROW_KEY.format(event_id))
+    assert job_id is not None, f"no job carries inbox row {event_id}"
+    return Job.fetch(job_id.decode(), connection=connection)
+
+
+def queued_rows(connection: redis.Redis) -> list[int]:
+    """The inbox rows carried by the jobs waiting in the queue."""
+    from rq import Queue
+
+    from sync.queue import QUEUE_NAME
+
+    queue = Queue(QUEUE_NAME, connection=connection)
+    return sorted(i for job in queue.get_jobs() for i in job.args[0])

@@ -14,11 +14,11 @@ from rq.job import Job, JobStatus
 from sync import db, jobs
 from sync.errors import TransientError
 from sync.inbox import PENDING, Delivery, Inbox, webhook_events
-from sync.queue import QUEUE_NAME, InProcessWorker, JobQueue, PartneroWorker, job_id
+from sync.queue import QUEUE_NAME, InProcessWorker, JobQueue, PartneroWorker
 from sync.samples import sample_delivery
 from sync.processor import Processor
 from sync.worker import build_worker
-from tests.conftest import DEAD_PG_URL
+from tests.conftest import DEAD_PG_URL, job_for_row
 
 
 def store(settings, *documents, enqueue_to=None) -> list[int]:
@@ -50,7 +50,7 @@ def test_a_stored_delivery_is_processed_and_recorded(settings, redis_conn):
     assert processed["attempts"] == 1
     assert processed["last_error"] is None
     assert processed["processed_at"] is not None
-    assert Job.fetch(job_id(event_id), connection=redis_conn).get_status() == JobStatus.FINISHED
+    assert Job.fetch(job_for_row(redis_conn, event_id).id, connection=redis_conn).get_status() == JobStatus.FINISHED
 
 
 def test_the_forking_paas_worker_processes_deliveries(settings, redis_conn):
@@ -66,9 +66,9 @@ def test_the_forking_paas_worker_processes_deliveries(settings, redis_conn):
 def test_running_a_job_twice_changes_nothing(settings, redis_conn):
     [event_id] = store(settings, sample_delivery("partner.updated"))
     build_worker(settings, redis_conn)  # installs the services jobs use
-    assert jobs.process_event(event_id) == "processed"
+    assert jobs.process_events([event_id]) == "1 processed, 0 ignored, 0 failed"
     first = row(settings, event_id)
-    assert jobs.process_event(event_id) == "already processed"
+    assert jobs.process_events([event_id]) == "0 processed, 0 ignored, 0 failed"
     second = row(settings, event_id)
     assert second["status"] == "processed" and second["processed_at"] == first["processed_at"]
 
@@ -81,7 +81,7 @@ def test_database_down_means_retry_later_with_backoff(settings, redis_conn, capl
         run_burst(down, redis_conn)
 
     queue = Queue(QUEUE_NAME, connection=redis_conn)
-    job = Job.fetch(job_id(event_id), connection=redis_conn)
+    job = Job.fetch(job_for_row(redis_conn, event_id).id, connection=redis_conn)
     assert job.get_status() == JobStatus.SCHEDULED
     assert job.number_of_retries == 1
     due = queue.scheduled_job_registry.get_scheduled_time(job)
@@ -105,14 +105,14 @@ def test_a_transient_failure_is_noted_on_the_row_and_gives_up_after_the_last_ret
     def sink_unavailable(_delivery):
         raise TransientError("sink unavailable: connection reset")
 
-    monkeypatch.setattr(Processor, "process", lambda self, event: sink_unavailable(event))
+    monkeypatch.setattr(Processor, "process_batch", lambda self, events: sink_unavailable(events))
     [event_id] = store(settings, sample_delivery("partner.created"), enqueue_to=redis_conn)
     run_burst(settings, redis_conn)
     retrying = row(settings, event_id)
     assert retrying["status"] == "pending"
     assert retrying["last_error"] == "sink unavailable: connection reset"
 
-    job = Job.fetch(job_id(event_id), connection=redis_conn)
+    job = Job.fetch(job_for_row(redis_conn, event_id).id, connection=redis_conn)
     job.number_of_retries = len(jobs.RETRY_DELAYS)
     job.save()
     queue = Queue(QUEUE_NAME, connection=redis_conn)
@@ -120,7 +120,7 @@ def test_a_transient_failure_is_noted_on_the_row_and_gives_up_after_the_last_ret
     queue.enqueue_job(job)
     run_burst(settings, redis_conn)
 
-    assert Job.fetch(job_id(event_id), connection=redis_conn).get_status() == JobStatus.FAILED
+    assert Job.fetch(job_for_row(redis_conn, event_id).id, connection=redis_conn).get_status() == JobStatus.FAILED
     failed = row(settings, event_id)
     assert failed["status"] == "failed"
     assert failed["last_error"].startswith(f"still failing after {len(jobs.RETRY_DELAYS)} retries")
@@ -132,7 +132,7 @@ def test_a_permanent_failure_fails_once_with_its_reason(settings, redis_conn, ca
         run_burst(settings, redis_conn)
 
     queue = Queue(QUEUE_NAME, connection=redis_conn)
-    assert queue.failed_job_registry.get_job_ids() == [job_id(event_id)]
+    assert queue.failed_job_registry.get_job_ids() == [job_for_row(redis_conn, event_id).id]
     assert queue.scheduled_job_registry.get_job_ids() == []
     failed = row(settings, event_id)
     assert failed["status"] == "failed" and failed["attempts"] == 1
@@ -144,7 +144,7 @@ def test_an_unexpected_error_fails_the_delivery_visibly(settings, redis_conn, mo
     def broken(_delivery):
         raise KeyError("amount")
 
-    monkeypatch.setattr(Processor, "process", lambda self, event: broken(event))
+    monkeypatch.setattr(Processor, "process_batch", lambda self, events: broken(events))
     [event_id] = store(settings, sample_delivery("transaction.created"), enqueue_to=redis_conn)
     run_burst(settings, redis_conn)
     failed = row(settings, event_id)

@@ -1,0 +1,1 @@
+"""Stand-ins for outside services, used by the tests."""
