@@ -24,4 +24,7 @@ def healthz():
         else:
             report[name] = "ok"
     healthy = all(value == "ok" for value in report.values())
-    return jsonify(status="ok" if healthy else "unavailable", checks=report), 200 if healthy else 503
+    salesforce = services.settings.salesforce.describe()
+    return jsonify(status="ok" if healthy else "unavailable", checks=report, salesforce=salesforce), (
+        200 if healthy else 503
+    )

@@ -103,7 +103,8 @@ def sweep(older_than: int) -> None:
 
 @main.command()
 def status() -> None:
-    """Show how many stored deliveries are pending, processed, ignored and failed."""
+    """Show the inbox by status and, with Salesforce on, the CRM outbox by object and status."""
+    from sync.crm.outbox import STATUSES, Outbox
     from sync.services import Services
 
     services = Services.build(_settings())
@@ -111,6 +112,60 @@ def status() -> None:
     width = max(len(name) for name in counts)
     for name, count in counts.items():
         click.echo(f"{name:<{width}}  {count}")
+    click.echo(f"salesforce: {services.settings.salesforce.describe()}")
+    if services.settings.salesforce.enabled:
+        with services.inbox.engine.connect() as conn:
+            outbox = Outbox().counts(conn)
+        for obj, by_status in sorted(outbox.items()):
+            click.echo(f"  {obj}: " + ", ".join(f"{by_status[s]} {s}" for s in STATUSES))
+
+
+@main.command("crm-errors")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+def crm_errors(limit: int) -> None:
+    """List the records Salesforce refused (failed) or that wait for their parent (waiting),
+    newest first, with Salesforce's error code and message."""
+    from sync.crm.outbox import Outbox
+    from sync.services import Services
+
+    services = Services.build(_settings())
+    with services.inbox.engine.connect() as conn:
+        errors = Outbox().errors(conn, limit)
+    if not errors:
+        click.echo("no Salesforce errors")
+        return
+    for e in errors:
+        when = e["error_at"].strftime("%Y-%m-%d %H:%M:%S") if e["error_at"] else "-"
+        click.echo(f"{when}  {e['status']:<7}  {e['object']} {e['external_id']}: {e['error_code']}: {e['error_message']}")
+
+
+@main.command("crm-retry")
+@click.option("--object", "object_name", metavar="SOBJECT", help="Only records of this Salesforce object.")
+def crm_retry(object_name: str | None) -> None:
+    """Send refused and waiting records again (after fixing the cause in Salesforce or a mapping)."""
+    from sync.crm.outbox import Outbox
+    from sync.services import Services
+
+    services = Services.build(_settings())
+    if not services.settings.salesforce.enabled:
+        raise ConfigurationError("Salesforce sync is off: no SALESFORCE_ variables are set")
+    with services.inbox.engine.begin() as conn:
+        count = Outbox().retry_failed(conn, object_name)
+    services.jobs.request_flush()
+    click.echo(f"{count} records will be sent again")
+
+
+@main.command("crm-flush")
+def crm_flush() -> None:
+    """Send what waits in the CRM outbox to Salesforce now, in this process, with progress."""
+    from sync.services import Services
+
+    services = Services.build(_settings())
+    flusher = services.flusher()
+    if flusher is None:
+        raise ConfigurationError("Salesforce sync is off: no SALESFORCE_ variables are set")
+    report = flusher.flush(on_progress=lambda r: click.echo(f"  {r.summary()}", err=True))
+    click.echo(report.summary())
 
 
 @main.command("send-test")

@@ -72,6 +72,7 @@ def create_schema(engine: Engine) -> list[str]:
     Returns the names of the tables it created.
     """
     # Import for the side effect of defining the tables on ``metadata``.
+    import sync.crm.outbox  # noqa: F401
     import sync.inbox  # noqa: F401
     import sync.ledger  # noqa: F401
 

@@ -52,6 +52,11 @@ def process_events(event_ids: list[int]) -> Retry | str:
     for event_id, reason in sorted(failed.items()):
         log.error("inbox #%s %s failed: %s", event_id, types[event_id], reason)
     summary = f"{len(result.processed)} processed, {len(result.ignored)} ignored, {len(failed)} failed"
+    if result.processed and current.processor.outbox is not None:
+        try:
+            current.jobs.request_flush()
+        except TransientError as exc:  # the worker's housekeeping asks again
+            log.warning("%s", exc)
     if failed:
         # The others are committed; this puts the job, with its reasons, in RQ's failed registry.
         raise PermanentError(summary + ": " + "; ".join(f"#{i}: {r}" for i, r in sorted(failed.items())))
@@ -92,3 +97,38 @@ def _fail(event_ids: list[int], reason: str) -> None:
 
 def _rows(event_ids: list[int]) -> str:
     return "#" + ", #".join(str(i) for i in event_ids[:10]) + (" …" if len(event_ids) > 10 else "")
+
+
+def flush_crm() -> Retry | str:
+    """Send the CRM outbox to Salesforce: the RQ job behind every flush."""
+    current = services.current()
+    flusher = current.flusher()
+    if flusher is None:
+        return "Salesforce sync is off"
+    current.jobs.flush_started()
+    lock = current.jobs.flush_lock()
+    if not lock.acquire():
+        # Another flush is sending; look again shortly, for what it may not have seen.
+        current.jobs.request_flush(delay=2)
+        return "another flush is running"
+    try:
+        report = flusher.flush()
+    except TransientError as exc:
+        return _retry_flush(exc)
+    finally:
+        try:
+            lock.release()
+        except Exception:  # the lock expired: nothing to release
+            pass
+    log.info("Salesforce flush: %s", report.summary())
+    return report.summary()
+
+
+def _retry_flush(exc: TransientError) -> Retry:
+    job = get_current_job()
+    retries = (job.number_of_retries or 0) if job is not None else 0
+    delay = backoff(min(retries, len(RETRY_DELAYS) - 1))
+    log.warning("Salesforce flush: %s; retry in %ds (the records wait in the outbox)", exc, delay)
+    # This retry is the flush on its way: no other is needed until it runs.
+    services.current().jobs.hold_flush_request(delay + 60)
+    return Retry(max=10_000, interval=delay)

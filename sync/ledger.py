@@ -61,8 +61,10 @@ def book(conn: Connection, transaction_key: str, rewards: Iterable[Reward], even
     db.insert_ignore(conn, commission_entries, rows)
 
 
-def reverse(conn: Connection, transaction_key: str, refunded_at: datetime | None, event_id: int | None) -> int:
-    """Add the missing reversal of every commission booked for the transaction; returns how many.
+def reverse(conn: Connection, transaction_key: str, refunded_at: datetime | None, event_id: int | None) -> set[str]:
+    """Add the missing reversal of every commission booked for the transaction.
+
+    Returns the partners whose commission this changed.
 
     What is reversed is what was booked, read from the ledger, whatever the refund's payload says.
     """
@@ -93,7 +95,7 @@ def reverse(conn: Connection, transaction_key: str, refunded_at: datetime | None
         if entry.reward_ref not in reversed_refs
     ]
     db.insert_ignore(conn, commission_entries, rows)
-    return len(rows)
+    return {row["partner_id"] for row in rows}
 
 
 def commission_owed(conn: Connection, partner_ids: Iterable[str] | None = None) -> dict[str, Decimal]:

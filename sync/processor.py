@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sync import ledger
+from sync.crm.outbox import Outbox
 from sync.db import is_transient
 from sync.envelope import MalformedDelivery
 from sync.errors import PermanentError, TransientError
@@ -41,6 +42,8 @@ class Processor:
     inbox: Inbox
     mappings: MappingSet
     warehouse: Warehouse
+    #: Where Salesforce writes wait to be sent; None while CRM sync is off.
+    outbox: Outbox | None = None
 
     def process(self, event: Event) -> str:
         """Apply one delivery; returns its new status. Raises when it cannot be applied."""
@@ -107,11 +110,19 @@ class Processor:
         if change is None:
             return
         state = self.warehouse.apply(conn, change, event.id)
+        partners: set[str] = set()
         if planned.rewards:
             ledger.book(conn, change.key, planned.rewards, event.id)
+            partners.update(r.partner_id for r in planned.rewards)
         if planned.mapping.ledger is not None and state.tombstoned:
             # Also when the sale arrives after its refund: it is reversed at once.
-            ledger.reverse(conn, change.key, state.deleted[0], event.id)
+            partners.update(ledger.reverse(conn, change.key, state.deleted[0], event.id))
+        if self.outbox is not None:
+            if planned.crm is not None:
+                target = planned.mapping.salesforce
+                self.outbox.apply(conn, planned.crm, planned.mapping.entity, [f.name for f in target.on_delete])
+            if partners:
+                self.outbox.note_commission_change(conn, partners)
 
 
 def _lock_order(planned: Plan) -> tuple:

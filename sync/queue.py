@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
@@ -35,6 +36,10 @@ def connect(url: str) -> redis.Redis:
 ROW_KEY = "partnero-sync:inbox-row:{}"
 #: Deliveries per job at most: a job's writes share one SQL transaction.
 BATCH_SIZE = 200
+FLUSH_REQUESTED = "partnero-sync:crm-flush-requested"
+FLUSH_LOCK = "partnero-sync:crm-flush-lock"
+FLUSH_REQUEST_TTL = 600
+FLUSH_TIMEOUT = 1800
 
 
 class JobQueue:
@@ -93,6 +98,36 @@ class JobQueue:
             return alive
         except redis.RedisError as exc:
             raise TransientError(f"could not read job states: {exc}") from exc
+
+    def request_flush(self, delay: float | None = None) -> bool:
+        """Make sure a Salesforce flush job is on its way; True when this call enqueued one.
+
+        At most one flush waits in the queue at a time: the flush clears the request as it
+        starts, so changes committed while it runs ask for the next one.
+        """
+        from sync.jobs import flush_crm
+
+        try:
+            if not self.connection.set(FLUSH_REQUESTED, "1", nx=True, ex=FLUSH_REQUEST_TTL):
+                return False
+            options = {"description": "Salesforce flush", "job_timeout": FLUSH_TIMEOUT, "result_ttl": RESULT_TTL}
+            if delay:
+                self.queue.enqueue_in(timedelta(seconds=delay), flush_crm, **options)
+            else:
+                self.queue.enqueue(flush_crm, **options)
+            return True
+        except redis.RedisError as exc:
+            raise TransientError(f"could not enqueue a Salesforce flush: {exc}") from exc
+
+    def hold_flush_request(self, seconds: float) -> None:
+        self.connection.set(FLUSH_REQUESTED, "1", ex=int(seconds))
+
+    def flush_started(self) -> None:
+        self.connection.delete(FLUSH_REQUESTED)
+
+    def flush_lock(self):
+        """A lock so that one flush at a time talks to Salesforce."""
+        return self.connection.lock(FLUSH_LOCK, timeout=FLUSH_TIMEOUT, blocking=False)
 
     def ping(self) -> None:
         try:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 import redis
 
 from sync import db, queue
+from sync.crm.client import SalesforceClient
+from sync.crm.flush import Flusher
+from sync.crm.outbox import Outbox
 from sync.inbox import Inbox
 from sync.mapping import MappingSet, load_mappings
 from sync.processor import Processor
 from sync.queue import JobQueue
 from sync.settings import Settings
+from sync.sweeper import sweep
 from sync.warehouse import Warehouse
 
 
@@ -23,6 +28,7 @@ class Services:
     mappings: MappingSet
     warehouse: Warehouse
     processor: Processor
+    _flusher: Flusher | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -40,14 +46,33 @@ class Services:
         engine = db.engine_for(settings.database_url)
         inbox = Inbox(engine)
         warehouse = Warehouse(mappings)
+        outbox = Outbox() if settings.salesforce.enabled else None
         return cls(
             settings=settings,
             inbox=inbox,
             jobs=JobQueue(redis_connection or queue.connect(settings.redis_url)),
             mappings=mappings,
             warehouse=warehouse,
-            processor=Processor(engine, inbox, mappings, warehouse),
+            processor=Processor(engine, inbox, mappings, warehouse, outbox),
         )
+
+    def flusher(self) -> Flusher | None:
+        """The Salesforce flush, or None while CRM sync is off."""
+        if not self.settings.salesforce.enabled:
+            return None
+        if self._flusher is None:
+            self._flusher = Flusher(self.inbox.engine, self.mappings, SalesforceClient(self.settings.salesforce))
+        return self._flusher
+
+    def housekeeping(self) -> None:
+        """What the worker does every interval: sweep lost deliveries, and make sure a flush is
+        coming while Salesforce writes wait (after an outage, the backlog drains by itself)."""
+        sweep(self.inbox, self.jobs, timedelta(seconds=self.settings.sweep_after_seconds))
+        if self.settings.salesforce.enabled:
+            with self.inbox.engine.connect() as conn:
+                waiting = Outbox().backlog(conn)
+            if waiting:
+                self.jobs.request_flush()
 
     def migrate(self) -> list[str]:
         """Create or extend every table (inbox, ledger, mapped tables); returns what it did."""

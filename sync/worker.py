@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 import redis
 import sqlalchemy as sa
@@ -13,7 +12,6 @@ from sync import services as services_module
 from sync.queue import PartneroWorker
 from sync.services import Services
 from sync.settings import Settings, redact_url
-from sync.sweeper import sweep
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +34,7 @@ def build_worker(settings: Settings, connection: redis.Redis | None = None, *, s
         connection=services.jobs.connection,
         maintenance_interval=sweep_every,
     )
-    older_than = timedelta(seconds=settings.sweep_after_seconds)
-    worker.housekeeping = lambda: sweep(services.inbox, services.jobs, older_than)
+    worker.housekeeping = services.housekeeping
     return worker
 
 
@@ -45,9 +42,10 @@ def run_worker(settings: Settings, *, burst: bool = False, sweep_every: int = 60
                connection: redis.Redis | None = None, with_scheduler: bool = True) -> bool:
     worker = build_worker(settings, connection, sweep_every=sweep_every)
     worker.log.info(
-        "partnero-sync worker: database %s, redis %s",
+        "partnero-sync worker: database %s, redis %s, Salesforce %s",
         redact_url(settings.database_url),
         redact_url(settings.redis_url),
+        settings.salesforce.describe(),
     )
     return worker.work(burst=burst, with_scheduler=with_scheduler and not burst,
                        logging_level=settings.log_level)

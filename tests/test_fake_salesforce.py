@@ -284,6 +284,11 @@ def test_query(fake_salesforce, sf):
     with pytest.raises(SalesforceMalformedRequest) as unknown:
         sf.query("SELECT Id FROM Nope__c")
     assert error_code(unknown) == "INVALID_TYPE"
+    with pytest.raises(SalesforceMalformedRequest) as bad_limit:
+        sf.query("SELECT Id FROM Contact LIMIT many")
+    assert error_code(bad_limit) == "MALFORMED_QUERY"
+    with pytest.raises(SalesforceMalformedRequest):
+        sf.query("SELECT Id FROM Contact WHERE LastName = 'a' OR LastName = 'b'")
 
 
 def test_query_all_follows_next_records_url(fake_salesforce, sf):
@@ -402,6 +407,12 @@ def test_expired_session_logs_in_again_in_login_mode(fake_salesforce, connect):
     assert sf.session_id != old
     assert [(c.kind, c.status) for c in fake_salesforce.calls] == [
         ("login", 200), ("upsert", 401), ("login", 200), ("upsert", 201)]
+
+
+def test_keep_alive_reuses_one_connection(fake_salesforce, sf):
+    for _ in range(5):
+        sf.limits()
+    assert fake_salesforce.connections_accepted == 1
 
 
 def test_a_missing_token_is_refused(fake_salesforce):

@@ -45,8 +45,8 @@ def test_check_reports_ok_for_the_shipped_files():
 
 def test_check_lists_every_problem_and_exits_1(mappings_dir):
     path = mappings_dir / "partner.yml"
-    path.write_text(path.read_text().replace("transforms: [strip, lower]", "transforms: [strip, lowercase]")
-                    .replace("type: boolean", "type: flag"))
+    path.write_text(path.read_text().replace("transforms: [strip, lower]", "transforms: [strip, lowercase]", 1)
+                    .replace("type: boolean", "type: flag", 1))
     result = run("mappings", "check", env={"MAPPINGS_DIR": str(mappings_dir)})
     assert result.exit_code == 1
     assert "2 problems in the mapping files" in result.output

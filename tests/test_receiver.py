@@ -249,7 +249,9 @@ def test_redis_down_still_acknowledges_and_the_sweeper_enqueues_later(settings, 
 def test_healthz_reports_what_it_checked(client):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
+    body = response.get_json()
+    assert body["status"] == "ok" and body["checks"] == {"database": "ok", "redis": "ok"}
+    assert body["salesforce"].startswith("off")
 
 
 def test_healthz_is_503_when_redis_is_down(settings):

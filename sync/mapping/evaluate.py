@@ -61,6 +61,7 @@ class Plan:
     change: RecordChange | None
     rewards: tuple[Reward, ...]  # commissions to book
     reverses: bool  # a refund: reverse whatever was booked for this record
+    crm: RecordChange | None = None  # what the Salesforce record should say
 
 
 def parse_document(body: bytes) -> Any:
@@ -93,7 +94,21 @@ def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str) -> Plan:
     if ledger is not None and event in ledger.book_on:
         rewards = _rewards(mapping, document)
     reverses = ledger is not None and deleting
-    return Plan(mapping, event, change, rewards, reverses)
+
+    crm = None
+    if mapping.salesforce is not None:
+        target = mapping.salesforce
+        values = {f.name: _value(mapping, f, document, f"salesforce.fields.{f.name}") for f in target.fields}
+        for reference in target.references:
+            parent = _value(mapping, reference.value, document, f"salesforce.references.{reference.name}")
+            values[reference.name] = None if parent in (None, "") else {reference.external_id: parent}
+        tombstone = (
+            {f.name: _value(mapping, f, document, f"salesforce.on_delete.{f.name}") for f in target.on_delete}
+            if deleting
+            else {}
+        )
+        crm = RecordChange(target.object, target.external_id, str(key), deleting, values, tombstone, version)
+    return Plan(mapping, event, change, rewards, reverses, crm)
 
 
 def _rewards(mapping: Mapping, document: Any) -> tuple[Reward, ...]:

@@ -25,6 +25,7 @@ from sync.mapping.transforms import (
 )
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+SF_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 EVENT = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 #: Tables partnero-sync keeps for itself.
 RESERVED_TABLES = frozenset({"webhook_events", "commission_entries"})
@@ -99,6 +100,29 @@ class LedgerSpec:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """A lookup to a parent record by its external id, e.g. Partnero_Partner__r -> Contact."""
+
+    name: str  # the relationship name, ending in __r
+    object: str
+    external_id: str
+    value: Field
+
+
+@dataclass(frozen=True)
+class SalesforceTarget:
+    object: str
+    external_id: str
+    fields: tuple[Field, ...]
+    on_delete: tuple[Field, ...]
+    references: tuple[Reference, ...]
+    #: The field that receives the record's net commission owed, from the ledger.
+    commission_total: str | None
+    #: Whether a delete also deletes the Salesforce record (off: it is only updated).
+    hard_delete: bool
+
+
+@dataclass(frozen=True)
 class Mapping:
     path: Path
     entity: str
@@ -108,6 +132,7 @@ class Mapping:
     version: Field
     warehouse: WarehouseTarget | None
     ledger: LedgerSpec | None
+    salesforce: SalesforceTarget | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +151,23 @@ class MappingSet:
     @property
     def events(self) -> frozenset[str]:
         return frozenset(self._by_event)
+
+    def salesforce_objects(self) -> list[Mapping]:
+        """Mappings with a Salesforce target, parents before the children that refer to them."""
+        targets = {m.salesforce.object: m for m in self.mappings if m.salesforce is not None}
+        ordered: list[Mapping] = []
+
+        def visit(obj: str, path: tuple[str, ...]) -> None:
+            mapping = targets.get(obj)
+            if mapping is None or mapping in ordered or obj in path:
+                return
+            for reference in mapping.salesforce.references:
+                visit(reference.object, (*path, obj))
+            ordered.append(mapping)
+
+        for obj in sorted(targets):
+            visit(obj, ())
+        return ordered
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -191,7 +233,7 @@ def _check_across(mappings: list[Mapping], problems: list[Problem]) -> None:
 class _Checker:
     """Walks one file's YAML, building typed objects and noting every problem on the way."""
 
-    TOP = {"entity", "events", "deletes", "identity", "version", "warehouse", "ledger"}
+    TOP = {"entity", "events", "deletes", "identity", "version", "warehouse", "ledger", "salesforce"}
 
     def __init__(self, path: Path, problems: list[Problem]):
         self.path = path
@@ -224,9 +266,13 @@ class _Checker:
         if "warehouse" not in raw:
             self.problem(raw, "warehouse", "", "nothing to write: add a warehouse section")
         ledger = self.ledger(raw["ledger"], events) if "ledger" in raw else None
+        salesforce = self.salesforce(raw["salesforce"]) if "salesforce" in raw else None
         if None in (entity, identity, version) or ("warehouse" in raw and warehouse is None):
             return None
-        return Mapping(self.path, entity, frozenset(events), frozenset(deletes), identity, version, warehouse, ledger)
+        if ("ledger" in raw and ledger is None) or ("salesforce" in raw and salesforce is None):
+            return None
+        return Mapping(self.path, entity, frozenset(events), frozenset(deletes), identity, version, warehouse,
+                       ledger, salesforce)
 
     # -- pieces ------------------------------------------------------------------------------
 
@@ -459,6 +505,111 @@ class _Checker:
         if not ok:
             return None
         return LedgerSpec(rewards, raw["rewards"], fields, frozenset(book_on))
+
+
+    def salesforce(self, raw: Any) -> SalesforceTarget | None:
+        where = "salesforce"
+        if not isinstance(raw, LineDict):
+            self.problems.append(Problem(self.path, getattr(raw, "line", 1), where, "must be a mapping"))
+            return None
+        self.duplicates(raw, where)
+        self.unknown_keys(raw, {"object", "external_id", "fields", "on_delete", "references",
+                                "commission_total", "hard_delete"}, where)
+        ok = True
+        names = {}
+        for key in ("object", "external_id"):
+            value = self.required(raw, key, where)
+            if value is not None and not (isinstance(value, str) and SF_NAME.match(value)):
+                self.problem(raw, key, f"{where}.{key}", "a Salesforce API name such as Contact or Partnero_Id__c")
+                value = None
+            names[key] = value
+            ok &= value is not None
+        fields = self.sf_fields(raw, "fields", f"{where}.fields", required=True)
+        on_delete = self.sf_fields(raw, "on_delete", f"{where}.on_delete", required=False)
+        references = self.references(raw, f"{where}.references")
+        total = raw.get("commission_total")
+        if total is not None and not (isinstance(total, str) and SF_NAME.match(total)):
+            self.problem(raw, "commission_total", f"{where}.commission_total", "a Salesforce field name")
+            ok = False
+        hard_delete = raw.get("hard_delete", False)
+        if not isinstance(hard_delete, bool):
+            self.problem(raw, "hard_delete", f"{where}.hard_delete", "must be true or false")
+            ok = False
+        if not ok or fields is None or on_delete is None or references is None:
+            return None
+        taken: dict[str, str] = {}
+        for label, name in [*((f"fields.{f.name}", f.name) for f in fields),
+                            *((f"references.{r.name}", r.name) for r in references),
+                            *((("commission_total", total),) if total else ())]:
+            if name in taken or name == names["external_id"]:
+                self.problem(raw, label.split(".")[0], f"{where}.{label}",
+                             "duplicate field" + (": the external id is filled from identity"
+                                                  if name == names["external_id"] else f" (also {taken[name]})"))
+                ok = False
+            taken.setdefault(name, label)
+        if not ok:
+            return None
+        return SalesforceTarget(names["object"], names["external_id"], tuple(fields), tuple(on_delete),
+                                tuple(references), total, hard_delete)
+
+    def sf_fields(self, node: LineDict, key: str, where: str, required: bool) -> list[Field] | None:
+        raw = node.get(key)
+        if raw is None:
+            if required:
+                self.problem(node, key, where, "missing: list the Salesforce fields to write")
+                return None
+            return []
+        if not isinstance(raw, LineDict):
+            self.problem(node, key, where, "must be a mapping of Field__c: expression")
+            return None
+        self.duplicates(raw, where)
+        fields, ok = [], True
+        for name in raw:
+            if not isinstance(name, str) or not SF_NAME.match(name):
+                self.problem(raw, name, _join(where, name), "a Salesforce field name such as Email or Status__c")
+                ok = False
+                continue
+            built = self.field(raw, name, _join(where, name), default_type="json")
+            ok &= built is not None
+            if built is not None:
+                fields.append(built)
+        return fields if ok else None
+
+    def references(self, node: LineDict, where: str) -> list[Reference] | None:
+        raw = node.get("references")
+        if raw is None:
+            return []
+        if not isinstance(raw, LineDict):
+            self.problem(node, "references", where, "must be a mapping of Parent__r: {object, external_id, from}")
+            return None
+        self.duplicates(raw, where)
+        built, ok = [], True
+        for name, spec in raw.items():
+            here = _join(where, name)
+            if not isinstance(name, str) or not name.endswith("__r") or not SF_NAME.match(name):
+                self.problem(raw, name, here, "a relationship name ends in __r, such as Partnero_Partner__r")
+                ok = False
+                continue
+            if not isinstance(spec, LineDict):
+                self.problem(raw, name, here, "must be a mapping with object, external_id and from")
+                ok = False
+                continue
+            self.unknown_keys(spec, {"object", "external_id", "from", "type", "transforms", "value"}, here)
+            obj, ext = spec.get("object"), spec.get("external_id")
+            for key, value in (("object", obj), ("external_id", ext)):
+                if not (isinstance(value, str) and SF_NAME.match(value)):
+                    self.problem(spec, key, _join(here, key), "missing, or not a Salesforce API name")
+                    ok = False
+            value_spec = LineDict({k: v for k, v in spec.items() if k not in ("object", "external_id")})
+            value_spec.line, value_spec.lines = spec.line, spec.lines
+            holder = LineDict({name: value_spec})
+            holder.line, holder.lines = raw.line, raw.lines
+            value = self.field(holder, name, here, default_type="string")
+            if value is None:
+                ok = False
+            elif ok:
+                built.append(Reference(name, obj, ext, value))
+        return built if ok else None
 
 
 def _join(where: str, key: Any) -> str:

@@ -58,10 +58,13 @@ Behaviour modelled (switches are thread-safe and may change while clients run):
   (``"Rel__r": {"Ext__c": "v"}``) resolved to the lookup field, duplicate external ids within a
   collection, ``allOrNone`` roll-back, the 200-record collection limit (EXCEEDED_ID_LIMIT).
 
-Observing: ``calls`` (list of :class:`Call`: method, path, records, kind, status, detail),
+Observing: ``calls`` (the newest ``max_calls`` requests as :class:`Call`: method, path, records,
+kind, status, detail; login-host prefixes and query strings are not part of ``path``),
 ``count(kind)`` for kinds ``login``, ``upsert``, ``collections``, ``query``, ``limits``, ``get``,
 ``create``, ``update``, ``delete``, ``describe``, ``outage``, ``rest``; ``records(obj)``,
-``get(obj, field, value)``, ``get_by_id(id)``; seed data with ``add(obj, fields)``.
+``get(obj, field, value)``, ``get_by_id(id)`` (stored records carry ``Id``, ``CreatedDate``,
+``LastModifiedDate`` and ``SystemModstamp`` besides their fields); seed data with
+``add(obj, fields)``; ``connections_accepted``; ``reset()``.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ import struct
 import tempfile
 import threading
 import xml.etree.ElementTree as ET
-from collections import OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -470,12 +473,15 @@ def _parse_soql(text: str) -> _Soql:
             if peek() != ("punct", ","):
                 break
             pos += 1
-    limit = None
-    offset = 0
-    if keyword("LIMIT"):
-        limit = int(take("word"))
-    if keyword("OFFSET"):
-        offset = int(take("word"))
+
+    def count() -> int:
+        word = take("word")
+        if not word.isdigit():
+            raise _malformed(f"expected a number, not {word!r}, in: {text}")
+        return int(word)
+
+    limit = count() if keyword("LIMIT") else None
+    offset = count() if keyword("OFFSET") else 0
     if pos != len(tokens):
         raise _malformed(f"unexpected token {tokens[pos][1]!r} in: {text}")
     return _Soql(fields, sobject, where, order, limit, offset)
@@ -640,6 +646,7 @@ class FakeSalesforce:
         max_connections: int = 64,
         idle_timeout: float = 15.0,
         max_body: int = 20 * 1024 * 1024,
+        max_calls: int = 100_000,
     ):
         self.username = username
         self.password = password
@@ -666,7 +673,8 @@ class FakeSalesforce:
         self._canon: dict[str, dict[str, str]] = {}
         self._indexes: dict[str, dict[str, dict[str, list[str]]]] = {}
         self._tokens: set[str] = set()
-        self._calls: list[Call] = []
+        self._calls: deque[Call] = deque(maxlen=max_calls)  # the newest calls
+        self._counts: Counter[tuple[str, int]] = Counter()    # every call, by (kind, status)
         self._rejections: list[Rejection] = []
         self._cursors: OrderedDict[str, tuple[str, list[dict], int]] = OrderedDict()
         self._api_used = 0
@@ -684,7 +692,7 @@ class FakeSalesforce:
         self._serve_thread: threading.Thread | None = None
         self._conns: set = set()
         self._threads: set[threading.Thread] = set()
-        self._thread_counter = 0
+        self._thread_counter = 0  # connections accepted
         self._tmpdir: Path | None = None
         self._started = False
         self.port = 0
@@ -794,6 +802,12 @@ class FakeSalesforce:
                 socket.socket.shutdown(conn, socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    @property
+    def connections_accepted(self) -> int:
+        """TLS connections accepted so far (keep-alive clients reuse theirs)."""
+        with self._conn_lock:
+            return self._thread_counter
 
     # ---------------------------------------------------------------- addresses and sessions
 
@@ -999,13 +1013,15 @@ class FakeSalesforce:
             return list(self._calls)
 
     def count(self, kind: str | None = None, *, status: int | None = None) -> int:
+        """How many requests of that kind (and status) were answered, ever or since clear_calls()."""
         with self._lock:
-            return sum(1 for call in self._calls
-                       if (kind is None or call.kind == kind) and (status is None or call.status == status))
+            return sum(n for (k, s), n in self._counts.items()
+                       if (kind is None or k == kind) and (status is None or s == status))
 
     def clear_calls(self) -> None:
         with self._lock:
             self._calls.clear()
+            self._counts.clear()
 
     def records(self, sobject: str) -> list[dict]:
         with self._lock:
@@ -1038,6 +1054,7 @@ class FakeSalesforce:
                 self._store[name].clear()
                 self._indexes[name].clear()
             self._calls.clear()
+            self._counts.clear()
             self._tokens.clear()
             self._rejections.clear()
             self._cursors.clear()
@@ -1294,12 +1311,17 @@ class FakeSalesforce:
             except _HttpError as exc:
                 reply = _reply(exc.status, exc.payload, kind=getattr(exc, "kind", "rest"),
                                detail=exc.detail)
+            except Exception as exc:  # noqa: BLE001 - a bug in the fake must still answer
+                reply = _reply(500, [{"errorCode": "UNKNOWN_EXCEPTION",
+                                      "message": f"FakeSalesforce failed: {exc!r}"}],
+                               detail="UNKNOWN_EXCEPTION")
         self._log(method, path, reply.records, reply.kind, reply.status, reply.detail)
         return reply
 
     def _log(self, method: str, path: str, records: int, kind: str, status: int, detail: str) -> None:
         with self._lock:
             self._calls.append(Call(method, path, records, kind, status, detail))
+            self._counts[(kind, status)] += 1
 
     def _route(self, method: str, path: str, query: dict, headers, body: bytes) -> _Reply:
         soap = _SOAP_PATH.match(path)

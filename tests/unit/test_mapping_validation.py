@@ -68,7 +68,7 @@ CASES = [
     ("system column", "    approved:", "    sync_version: data.x\n    approved:",
      "10: warehouse.columns.sync_version: names starting with sync_ are kept for partnero-sync"),
     ("unknown key", "identity: data.id", "identity: data.id\nidentiy: data.key",
-     "5: identiy: unknown key (expected one of: deletes, entity, events, identity, ledger, version, warehouse)"),
+     "5: identiy: unknown key (expected one of: deletes, entity, events, identity, ledger, salesforce, version, warehouse)"),
     ("delete not an event", "deletes: [partner.deleted]", "deletes: [partner.removed]",
      "3: deletes: partner.removed is not in events"),
     ("bad event name", "events: [partner.created, partner.deleted]", "events: [partner.created, Partner Deleted]",

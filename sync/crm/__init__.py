@@ -1,0 +1,1 @@
+"""Salesforce: the outbox committed with the warehouse, the client, and the flush."""

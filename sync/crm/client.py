@@ -1,0 +1,170 @@
+"""The only code that speaks to Salesforce: simple-salesforce, and what its errors mean for us."""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import quote
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from simple_salesforce import Salesforce
+from simple_salesforce import exceptions as sf_errors
+
+from sync.errors import ConfigurationError, PermanentError, TransientError
+from sync.settings import SalesforceSettings
+
+log = logging.getLogger(__name__)
+
+#: sObject Collections take at most this many records a call.
+COLLECTION_LIMIT = 200
+TIMEOUT = 30
+#: Per-record error codes worth trying again by themselves (after a pause).
+TRANSIENT_CODES = frozenset({
+    "UNABLE_TO_LOCK_ROW", "REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "API_CURRENTLY_DISABLED",
+    "TXN_SECURITY_METERING_ERROR", "QUERY_TIMEOUT",
+})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What Salesforce said about one record."""
+
+    success: bool
+    id: str | None = None
+    created: bool | None = None
+    code: str | None = None
+    message: str | None = None
+
+    @property
+    def missing_parent(self) -> bool:
+        """Salesforce does not have the parent this record refers to (yet)."""
+        return self.code == "INVALID_FIELD" and "foreign key external id" in (self.message or "").lower()
+
+    @property
+    def transient(self) -> bool:
+        return self.code in TRANSIENT_CODES
+
+
+class SalesforceClient:
+    """A connection to one org, logged in lazily and again when the session expires."""
+
+    def __init__(self, settings: SalesforceSettings, session: requests.Session | None = None):
+        if not settings.enabled:
+            raise ConfigurationError("Salesforce is not configured")
+        self.settings = settings
+        # requests honours REQUESTS_CA_BUNDLE, so a private CA can be trusted; verification stays on.
+        self.session = session or requests.Session()
+        self._sf: Salesforce | None = None
+
+    def connect(self) -> Salesforce:
+        if self._sf is None:
+            self._sf = self._login()
+        return self._sf
+
+    def _login(self) -> Salesforce:
+        s = self.settings
+        common = {"session": self.session}
+        try:
+            if s.mode == "session":
+                return Salesforce(instance_url=s.instance_url, session_id=s.session_id, **common)
+            if s.mode == "password":
+                return Salesforce(username=s.username, password=s.password, security_token=s.security_token,
+                                  domain=s.domain, **common)
+            if s.mode == "jwt":
+                key = {"privatekey": s.private_key} if s.private_key else {"privatekey_file": s.private_key_file}
+                return Salesforce(username=s.username, consumer_key=s.consumer_key, domain=s.domain, **key, **common)
+            return Salesforce(consumer_key=s.consumer_key, consumer_secret=s.consumer_secret, domain=s.domain,
+                              **common)
+        except sf_errors.SalesforceAuthenticationFailed as exc:
+            if str(exc.code).isdigit() and int(exc.code) >= 500:
+                raise TransientError(f"Salesforce could not log in just now (HTTP {exc.code})") from exc
+            raise ConfigurationError(f"Salesforce refused the {s.mode.replace('_', ' ')} login: {exc}") from exc
+        except requests.RequestException as exc:
+            raise TransientError(f"could not reach Salesforce to log in: {type(exc).__name__}") from exc
+
+    def upsert(self, object_name: str, external_id_field: str, records: Sequence[dict[str, Any]]) -> list[Outcome]:
+        """Upsert up to 200 records by external id in one call; one outcome per record, in order.
+
+        ``allOrNone`` is false: one bad record never holds back the others. Raises
+        ``TransientError`` when the call as a whole should be tried again later.
+        """
+        if not records:
+            return []
+        if len(records) > COLLECTION_LIMIT:
+            raise ValueError(f"at most {COLLECTION_LIMIT} records a call")
+        body = {
+            "allOrNone": False,
+            "records": [{"attributes": {"type": object_name}, **record} for record in records],
+        }
+        answer = self._call("PATCH", f"composite/sobjects/{object_name}/{external_id_field}", body)
+        if not isinstance(answer, list) or len(answer) != len(records):
+            raise TransientError(f"unexpected answer from Salesforce for {len(records)} {object_name} records")
+        return [_outcome(item) for item in answer]
+
+    def delete(self, object_name: str, external_id_field: str, value: str) -> Outcome:
+        """Delete one record by external id; a record Salesforce does not have counts as deleted."""
+        try:
+            self._call("DELETE", f"sobjects/{object_name}/{external_id_field}/{quote(value, safe='')}", None)
+        except PermanentError as exc:
+            if "has no" in str(exc):
+                return Outcome(True)
+            return Outcome(False, code="DELETE_FAILED", message=str(exc))
+        return Outcome(True)
+
+    def limits(self) -> dict[str, Any]:
+        return self._call("GET", "limits", None) or {}
+
+    def _call(self, method: str, path: str, body: Any) -> Any:
+        sf = self.connect()
+        kwargs: dict[str, Any] = {"timeout": TIMEOUT}
+        if body is not None:
+            kwargs["data"] = json.dumps(body)
+        try:
+            return sf.restful(path, method=method, **kwargs)
+        except sf_errors.SalesforceExpiredSession as exc:
+            # simple-salesforce logs in again by itself where it can; here it could not.
+            if not self.settings.renewable:
+                raise ConfigurationError(
+                    "the Salesforce session expired and SALESFORCE_SESSION_ID cannot be renewed: set a new "
+                    "one, or configure a login (password, JWT or client credentials)"
+                ) from exc
+            self._sf = None
+            raise TransientError("Salesforce session expired; logging in again") from exc
+        except sf_errors.SalesforceRefusedRequest as exc:
+            code = _first_code(exc.content)
+            if code == "REQUEST_LIMIT_EXCEEDED":
+                raise TransientError("Salesforce API request limit reached") from exc
+            raise PermanentError(f"Salesforce refused the request: {code}: {_first_message(exc.content)}") from exc
+        except sf_errors.SalesforceMalformedRequest as exc:
+            raise PermanentError(f"Salesforce rejected {path}: {_first_code(exc.content)}: "
+                                 f"{_first_message(exc.content)}") from exc
+        except sf_errors.SalesforceResourceNotFound as exc:
+            raise PermanentError(f"Salesforce has no {path}: {_first_message(exc.content)}") from exc
+        except sf_errors.SalesforceError as exc:  # 5xx and the rest: Salesforce is having trouble
+            raise TransientError(f"Salesforce answered {exc.status} to {path}") from exc
+        except requests.RequestException as exc:
+            raise TransientError(f"could not reach Salesforce: {type(exc).__name__}") from exc
+
+
+def _outcome(item: dict[str, Any]) -> Outcome:
+    if item.get("success"):
+        return Outcome(True, id=item.get("id"), created=item.get("created"))
+    errors = item.get("errors") or [{}]
+    first = errors[0]
+    return Outcome(False, id=item.get("id"), code=first.get("statusCode") or first.get("errorCode") or "UNKNOWN",
+                   message=first.get("message") or "")
+
+
+def _first_code(content: Any) -> str:
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return str(content[0].get("errorCode") or content[0].get("statusCode") or "ERROR")
+    return "ERROR"
+
+
+def _first_message(content: Any) -> str:
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return str(content[0].get("message", ""))[:500]
+    return str(content)[:500]

@@ -1,0 +1,275 @@
+"""The CRM outbox: the latest wanted state of each Salesforce record, committed with the warehouse.
+
+A delivery's warehouse rows and its outbox row commit in one transaction, so a crash between the
+two loses nothing. The outbox keeps one row per Salesforce record, merged by the same rules as the
+warehouse (newest state wins, deletes stick), so versions pending at once collapse into one write.
+A flush sends due rows and records each one's outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from sync import db
+from sync.mapping import RecordChange, Version
+from sync.mapping.transforms import ExactFloat
+from sync.records import RecordState, merge
+from sync.sqltypes import FINGERPRINT, KEY, UTCDateTime
+
+PENDING = "pending"  # to be sent
+WAITING = "waiting"  # Salesforce does not have its parent yet: sent again once the parent is
+SYNCED = "synced"
+FAILED = "failed"  # refused for good: not sent again until the record changes or crm-retry
+STATUSES = (PENDING, WAITING, SYNCED, FAILED)
+
+crm_outbox = sa.Table(
+    "crm_outbox",
+    db.metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("object", sa.String(80), nullable=False),
+    sa.Column("external_id", KEY, nullable=False),
+    sa.Column("entity", sa.String(64), nullable=False),
+    sa.Column("fields", sa.JSON),
+    sa.Column("sync_rank", sa.SmallInteger),
+    sa.Column("sync_version", UTCDateTime()),
+    sa.Column("sync_fingerprint", FINGERPRINT),
+    sa.Column("sync_deleted_version", UTCDateTime()),
+    sa.Column("sync_deleted_fingerprint", FINGERPRINT),
+    sa.Column("generation", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("status", sa.String(16), nullable=False, server_default=PENDING),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime()),
+    sa.Column("changed_at", UTCDateTime()),
+    sa.Column("salesforce_id", sa.String(18)),
+    sa.Column("synced_at", UTCDateTime()),
+    sa.Column("synced_generation", sa.BigInteger),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("error_at", UTCDateTime()),
+    sa.UniqueConstraint("object", "external_id", name="uq_crm_outbox_record"),
+    sa.Index("ix_crm_outbox_due", "status", "next_attempt_at"),
+)
+
+#: Partners whose commission changed, appended by the worker, folded into the outbox by a flush.
+#: Appending (rather than updating the partner's outbox row) keeps sales from contending for the
+#: partner's row lock.
+crm_commission_changes = sa.Table(
+    "crm_commission_changes",
+    db.metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("partner_id", KEY, nullable=False),
+    sa.Column("changed_at", UTCDateTime(), nullable=False),
+)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A due outbox row, as read for sending."""
+
+    id: int
+    object: str
+    external_id: str
+    entity: str
+    fields: dict[str, Any]
+    generation: int
+    attempts: int
+    tombstoned: bool
+
+
+def wire(value: Any) -> Any:
+    """A value as Salesforce's JSON wants it: numbers as numbers (exact), times in ISO 8601."""
+    if isinstance(value, ExactFloat):
+        return wire(Decimal(value.text))
+    if isinstance(value, Decimal):
+        as_float = float(value)
+        # A float that prints back as the same decimal is sent as a number; otherwise as text.
+        return as_float if Decimal(repr(as_float)) == value else format(value, "f")
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {k: wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [wire(v) for v in value]
+    return value
+
+
+def _wire_change(change: RecordChange) -> RecordChange:
+    return RecordChange(
+        change.table, change.key_column, change.key, change.deleting,
+        wire(change.values), wire(change.tombstone), change.version,
+    )
+
+
+class Outbox:
+    """The ``crm_outbox`` table."""
+
+    def apply(self, conn: Connection, change: RecordChange, entity: str, tombstone_columns: Iterable[str]) -> bool:
+        """Merge ``change`` into its record's outbox row under a row lock; True when it changed."""
+        change = _wire_change(change)
+        t = crm_outbox
+        db.insert_ignore(conn, t, [{
+            "object": change.table, "external_id": change.key, "entity": entity, "fields": {},
+            "generation": 0, "status": PENDING, "attempts": 0,
+        }])
+        row = conn.execute(
+            sa.select(t).where(t.c.object == change.table, t.c.external_id == change.key).with_for_update()
+        ).one()
+        state = _state(row)
+        merged = merge(state, change, tombstone_columns)
+        if merged == state:
+            return False
+        conn.execute(t.update().where(t.c.id == row.id).values(
+            fields=merged.values,
+            sync_rank=merged.version.rank if merged.version else None,
+            sync_version=merged.version.at if merged.version else None,
+            sync_fingerprint=merged.version.fingerprint if merged.version else None,
+            sync_deleted_version=merged.deleted[0] if merged.deleted else None,
+            sync_deleted_fingerprint=merged.deleted[1] if merged.deleted else None,
+            **_changed(row.generation),
+        ))
+        return True
+
+    def note_commission_change(self, conn: Connection, partner_ids: Iterable[str]) -> None:
+        rows = [{"partner_id": p, "changed_at": now()} for p in sorted(set(partner_ids))]
+        if rows:
+            conn.execute(crm_commission_changes.insert(), rows)
+
+    def fold_commission_changes(self, conn: Connection, object_name: str, entity: str) -> int:
+        """Mark the outbox rows of partners whose commission changed as due; returns how many."""
+        t, changes = crm_outbox, crm_commission_changes
+        last = conn.execute(sa.select(sa.func.max(changes.c.id))).scalar()
+        if last is None:
+            return 0
+        partners = sorted(set(conn.execute(sa.select(changes.c.partner_id).where(changes.c.id <= last)).scalars()))
+        # A partner Salesforce has not heard of yet gets a row with no state: it goes out once the
+        # partner's own delivery arrives, the commission total with it.
+        db.insert_ignore(conn, t, [
+            {"object": object_name, "external_id": p, "entity": entity, "fields": {}, "generation": 0,
+             "status": PENDING, "attempts": 0}
+            for p in partners
+        ])
+        for chunk in _chunks(partners, 500):
+            conn.execute(
+                t.update()
+                .where(t.c.object == object_name, t.c.external_id.in_(chunk))
+                .values(**_changed(t.c.generation))
+            )
+        conn.execute(changes.delete().where(changes.c.id <= last))
+        return len(partners)
+
+    def due(self, conn: Connection, object_name: str, limit: int = 200) -> list[Pending]:
+        """Rows of ``object_name`` to send now: pending or waiting, their time come, with a state."""
+        t = crm_outbox
+        rows = conn.execute(
+            sa.select(t)
+            .where(
+                t.c.object == object_name,
+                t.c.status.in_((PENDING, WAITING)),
+                sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= now()),
+                t.c.sync_version.is_not(None),
+            )
+            .order_by(t.c.id)
+            .limit(limit)
+        ).all()
+        return [
+            Pending(r.id, r.object, r.external_id, r.entity, dict(r.fields or {}), r.generation, r.attempts,
+                    r.sync_deleted_version is not None)
+            for r in rows
+        ]
+
+    def synced(self, conn: Connection, row: Pending, salesforce_id: str | None) -> None:
+        t = crm_outbox
+        conn.execute(
+            t.update()
+            .where(t.c.id == row.id, t.c.generation == row.generation)  # unless it changed meanwhile
+            .values(status=SYNCED, salesforce_id=salesforce_id, synced_at=now(), synced_generation=row.generation,
+                    attempts=0, next_attempt_at=None, error_code=None, error_message=None, error_at=None)
+        )
+
+    def refused(self, conn: Connection, row: Pending, status: str, code: str, message: str,
+                retry_in: float | None) -> None:
+        """Record Salesforce's error; ``retry_in`` seconds until the next try (None: not by itself)."""
+        t = crm_outbox
+        conn.execute(
+            t.update()
+            .where(t.c.id == row.id, t.c.generation == row.generation)
+            .values(status=status, attempts=row.attempts + 1, error_code=code[:64], error_message=message[:2000],
+                    error_at=now(), next_attempt_at=None if retry_in is None else now() + timedelta(seconds=retry_in))
+        )
+
+    def postpone(self, conn: Connection, rows: Sequence[Pending], seconds: float, reason: str) -> None:
+        """A whole call failed (timeout, outage): try these rows again later."""
+        t = crm_outbox
+        for row in rows:
+            conn.execute(
+                t.update().where(t.c.id == row.id, t.c.generation == row.generation)
+                .values(attempts=row.attempts + 1, next_attempt_at=now() + timedelta(seconds=seconds),
+                        error_code="UNAVAILABLE", error_message=reason[:2000], error_at=now())
+            )
+
+    def wake_waiting(self, conn: Connection) -> int:
+        """Children waiting for a parent: try them now, since a parent just arrived."""
+        t = crm_outbox
+        return conn.execute(t.update().where(t.c.status == WAITING).values(next_attempt_at=None)).rowcount
+
+    def retry_failed(self, conn: Connection, object_name: str | None = None) -> int:
+        """Make failed (and waiting) rows due again: ``partnero-sync crm-retry``."""
+        t = crm_outbox
+        query = t.update().where(t.c.status.in_((FAILED, WAITING)))
+        if object_name:
+            query = query.where(t.c.object == object_name)
+        return conn.execute(query.values(status=PENDING, next_attempt_at=None, attempts=0)).rowcount
+
+    def counts(self, conn: Connection) -> dict[str, dict[str, int]]:
+        t = crm_outbox
+        found: dict[str, dict[str, int]] = {}
+        query = sa.select(t.c.object, t.c.status, sa.func.count()).where(t.c.sync_version.is_not(None)) \
+            .group_by(t.c.object, t.c.status)
+        for obj, status, count in conn.execute(query):
+            found.setdefault(obj, dict.fromkeys(STATUSES, 0))[status] = count
+        return found
+
+    def errors(self, conn: Connection, limit: int = 100) -> list[dict[str, Any]]:
+        t = crm_outbox
+        rows = conn.execute(
+            sa.select(t.c.object, t.c.external_id, t.c.status, t.c.error_code, t.c.error_message, t.c.error_at,
+                      t.c.attempts, t.c.next_attempt_at)
+            .where(t.c.status.in_((FAILED, WAITING)))
+            .order_by(t.c.error_at.desc())
+            .limit(limit)
+        ).all()
+        return [dict(r._mapping) for r in rows]
+
+    def backlog(self, conn: Connection) -> int:
+        t = crm_outbox
+        return conn.execute(
+            sa.select(sa.func.count()).select_from(t)
+            .where(t.c.status.in_((PENDING, WAITING)), t.c.sync_version.is_not(None))
+        ).scalar_one()
+
+
+def _changed(generation) -> dict[str, Any]:
+    return {"generation": generation + 1, "status": PENDING, "attempts": 0, "next_attempt_at": None,
+            "changed_at": now()}
+
+
+def _state(row) -> RecordState:
+    version = Version(row.sync_rank, row.sync_version, row.sync_fingerprint) if row.sync_version else None
+    deleted = (row.sync_deleted_version, row.sync_deleted_fingerprint) if row.sync_deleted_version else None
+    return RecordState(dict(row.fields or {}), version, deleted)
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,296 @@
+"""Salesforce sync through simple-salesforce's real code path, against the local HTTPS stand-in."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from rq import Queue
+
+from sync.cli import main
+from sync.crm.outbox import crm_outbox
+from sync.errors import ConfigurationError, TransientError
+from sync.inbox import PENDING, Delivery
+from sync.queue import QUEUE_NAME, InProcessWorker
+from sync.samples import CUSTOMER, PARTNER, TRANSACTION, sample_delivery
+from sync.services import Services
+from sync.settings import SalesforceSettings
+from sync.worker import build_worker
+from tests.fakes.salesforce import FakeSalesforce
+from tests.warehouse_helpers import envelope
+
+RELATIONSHIPS = {
+    ("Account", "Partnero_Partner__r"): ("Contact", "Partnero_Partner_Id__c"),
+    ("Partnero_Transaction__c", "Partnero_Customer__r"): ("Account", "Partnero_Customer_Key__c"),
+    ("Partnero_Transaction__c", "Partnero_Partner__r"): ("Contact", "Partnero_Partner_Id__c"),
+}
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    with FakeSalesforce(relationships=RELATIONSHIPS) as fake:
+        fake.define_object("Partnero_Transaction__c")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_bundle)
+        yield fake
+
+
+def password_login(fake: FakeSalesforce) -> SalesforceSettings:
+    return SalesforceSettings(mode="password", username=fake.username, password=fake.password,
+                              security_token=fake.security_token, domain=fake.login_domain)
+
+
+@pytest.fixture
+def services(settings, fake, redis_conn) -> Services:
+    return Services.build(settings.with_overrides(salesforce=password_login(fake)), redis_conn)
+
+
+def deliver(services: Services, *documents) -> None:
+    bodies = [json.dumps(d).encode() for d in documents]
+    stored = services.inbox.store_many([Delivery(b, json.loads(b)["event"], PENDING) for b in bodies])
+    events = services.inbox.begin_attempts([s.id for s in stored.values()])
+    result = services.processor.process_batch(events)
+    assert not result.failed, result.failed
+
+
+def outbox_rows(services: Services) -> dict[tuple[str, str], dict]:
+    with services.inbox.engine.connect() as conn:
+        return {(r.object, r.external_id): dict(r._mapping) for r in conn.execute(sa.select(crm_outbox))}
+
+
+def make_due(services: Services) -> None:
+    """Let the retry delays pass."""
+    with services.inbox.engine.begin() as conn:
+        conn.execute(crm_outbox.update().values(next_attempt_at=None))
+
+
+def partner(**changes):
+    return envelope("partner.created", "2026-03-14T09:21:06.000000Z", **{**PARTNER, **changes})
+
+
+def test_the_three_entities_become_their_salesforce_records(services, fake):
+    deliver(services, partner(), envelope("customer.created", "2026-03-14T10:02:54Z", **CUSTOMER),
+            envelope("transaction.created", "2026-03-14T10:15:31Z", **TRANSACTION))
+    report = services.flusher().flush()
+    assert report.synced == 3 and report.calls == 3
+
+    contact = fake.get("Contact", "Partnero_Partner_Id__c", "ptn_8c1e6f0a")
+    assert contact["Email"] == "maria@techreviews.io"
+    assert (contact["FirstName"], contact["LastName"]) == ("Maria", "Lopez")
+    assert contact["Partnero_Status__c"] == "active"
+    assert contact["Partnero_Commission_Total__c"] == 44.7
+
+    account = fake.get("Account", "Partnero_Customer_Key__c", "acct_000481")
+    assert account["Name"] == "Daniel Kim" and account["Partnero_Email__c"] == "daniel.kim@northwind.dev"
+    assert account["Partnero_Partner__c"] == contact["Id"]
+
+    sale = fake.get("Partnero_Transaction__c", "Partnero_Transaction_Key__c", TRANSACTION["key"])
+    assert sale["Amount__c"] == 149.0 and sale["Currency__c"] == "USD" and sale["Action__c"] == "sale"
+    assert sale["Status__c"] == "Active"
+    assert sale["Partnero_Customer__c"] == account["Id"] and sale["Partnero_Partner__c"] == contact["Id"]
+
+    rows = outbox_rows(services)
+    assert {r["status"] for r in rows.values()} == {"synced"}
+    assert rows[("Contact", "ptn_8c1e6f0a")]["salesforce_id"] == contact["Id"]
+
+
+def test_a_refund_marks_the_sale_refunded_and_lowers_the_commission_total(services, fake):
+    deliver(services, partner(), envelope("customer.created", "2026-03-14T10:02:54Z", **CUSTOMER),
+            envelope("transaction.created", "2026-03-14T10:15:31Z", **TRANSACTION))
+    services.flusher().flush()
+    deliver(services, envelope("transaction.deleted", "2026-03-20T00:00:00Z", key=TRANSACTION["key"]))
+    services.flusher().flush()
+    sale = fake.get("Partnero_Transaction__c", "Partnero_Transaction_Key__c", TRANSACTION["key"])
+    assert sale["Status__c"] == "Refunded" and sale["Amount__c"] == 149.0
+    assert fake.get("Contact", "Partnero_Partner_Id__c", "ptn_8c1e6f0a")["Partnero_Commission_Total__c"] == 0
+    assert fake.count("delete") == 0  # nothing is hard-deleted by default
+
+
+def test_an_empty_surname_falls_back_for_the_required_last_name(services, fake):
+    deliver(services, partner(surname=""), partner(id="ptn_2", name=None, surname=None, email="x@y.io"))
+    services.flusher().flush()
+    assert fake.get("Contact", "Partnero_Partner_Id__c", "ptn_8c1e6f0a")["LastName"] == "Maria"
+    assert fake.get("Contact", "Partnero_Partner_Id__c", "ptn_2")["LastName"] == "x@y.io"
+
+
+def test_parents_go_first_within_a_flush(services, fake):
+    # Delivered child first: the flush still sends Contact, then Account, then the transaction.
+    deliver(services, envelope("transaction.created", "2026-03-14T10:15:31Z", **TRANSACTION),
+            envelope("customer.created", "2026-03-14T10:02:54Z", **CUSTOMER), partner())
+    report = services.flusher().flush()
+    assert (report.synced, report.waiting, report.calls) == (3, 0, 3)
+    kinds = [call.path.split("/")[-2] for call in fake.calls if call.kind == "collections"]
+    assert kinds == ["Contact", "Account", "Partnero_Transaction__c"]
+
+
+def test_a_child_whose_parent_has_not_arrived_waits_and_follows_it(services, fake):
+    deliver(services, envelope("customer.created", "2026-03-14T10:02:54Z", **CUSTOMER))
+    report = services.flusher().flush()
+    assert report.waiting == 1 and report.synced == 0
+    row = outbox_rows(services)[("Account", "acct_000481")]
+    assert row["status"] == "waiting" and row["error_code"] == "INVALID_FIELD"
+    assert "Foreign key external ID: ptn_8c1e6f0a not found" in row["error_message"]
+    assert row["next_attempt_at"] is not None  # tried again by itself later
+
+    deliver(services, partner())  # the parent arrives
+    report = services.flusher().flush()
+    assert report.synced == 2  # the partner, then the customer it woke
+    assert fake.get("Account", "Partnero_Customer_Key__c", "acct_000481")["Partnero_Partner__c"]
+
+
+def test_records_go_in_collections_of_200_and_versions_collapse(services, fake):
+    deliver(services, *(partner(id=f"ptn_{i}", updated_at=f"2026-03-14T09:21:{i % 60:02d}.000000Z")
+                        for i in range(450)))
+    # Five versions of one partner pending at once: one write, the newest.
+    deliver(services, *(partner(id="ptn_7", name=f"v{n}", updated_at=f"2026-04-0{n}T00:00:00.000000Z")
+                        for n in range(1, 6)))
+    report = services.flusher().flush()
+    assert report.calls == 3 and report.synced == 450
+    sizes = [call.records for call in fake.calls if call.kind == "collections"]
+    assert sizes == [200, 200, 50]
+    assert fake.get("Contact", "Partnero_Partner_Id__c", "ptn_7")["FirstName"] == "v5"
+    assert services.flusher().flush().calls == 0  # nothing left
+
+
+def test_one_refused_record_never_holds_back_the_others(services, fake):
+    fake.reject(lambda r: r.get("Partnero_Partner_Id__c") == "ptn_bad", "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+                "Partners from this domain are not allowed")
+    deliver(services, *(partner(id=f"ptn_{i}") for i in range(5)), partner(id="ptn_bad"))
+    report = services.flusher().flush()
+    assert (report.synced, report.failed) == (5, 1)
+    row = outbox_rows(services)[("Contact", "ptn_bad")]
+    assert row["status"] == "failed" and row["error_code"] == "FIELD_CUSTOM_VALIDATION_EXCEPTION"
+    assert row["error_message"] == "Partners from this domain are not allowed"
+
+    calls = fake.count("collections")
+    make_due(services)
+    assert services.flusher().flush().calls == 0 and fake.count("collections") == calls  # not retried
+
+    fake.unreject()
+    deliver(services, partner(id="ptn_bad", name="Changed", updated_at="2026-05-01T00:00:00.000000Z"))
+    assert services.flusher().flush().synced == 1  # the record changed: sent again
+
+
+def test_cli_lists_crm_errors_and_retries_them(services, fake, settings):
+    fake.reject(lambda r: True, "REQUIRED_FIELD_MISSING", "Required fields are missing: [Region__c]", times=1)
+    deliver(services, partner())
+    services.flusher().flush()
+    env = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url, "MAPPINGS_DIR": str(settings.mappings_dir),
+           "SALESFORCE_USERNAME": fake.username, "SALESFORCE_PASSWORD": fake.password,
+           "SALESFORCE_SECURITY_TOKEN": fake.security_token, "SALESFORCE_DOMAIN": fake.login_domain}
+    listed = CliRunner().invoke(main, ["crm-errors"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert "failed   Contact ptn_8c1e6f0a: REQUIRED_FIELD_MISSING: Required fields are missing: [Region__c]" in listed.output
+    status = CliRunner().invoke(main, ["status"], env=env)
+    assert "salesforce: on: password login" in status.output and "Contact: 0 pending, 0 waiting, 0 synced, 1 failed" in status.output
+    retried = CliRunner().invoke(main, ["crm-retry"], env=env)
+    assert retried.exit_code == 0 and "1 records will be sent again" in retried.output
+    flushed = CliRunner().invoke(main, ["crm-flush"], env=env)
+    assert flushed.exit_code == 0 and "1 synced" in flushed.output
+    assert "no Salesforce errors" in CliRunner().invoke(main, ["crm-errors"], env=env).output
+
+
+def test_transient_refusals_are_retried_later(services, fake):
+    fake.fail_with = "UNABLE_TO_LOCK_ROW"
+    fake.fail_rate = 1.0
+    deliver(services, partner())
+    report = services.flusher().flush()
+    assert report.retrying == 1
+    row = outbox_rows(services)[("Contact", "ptn_8c1e6f0a")]
+    assert row["status"] == "pending" and row["error_code"] == "UNABLE_TO_LOCK_ROW" and row["next_attempt_at"]
+    fake.fail_rate = 0.0
+    assert services.flusher().flush().synced == 0  # not due yet: it waits its backoff
+    make_due(services)
+    assert services.flusher().flush().synced == 1
+
+
+@pytest.mark.parametrize("outage", ["503", "refuse"])
+def test_an_outage_leaves_a_backlog_that_drains_afterwards(services, fake, outage):
+    deliver(services, *(partner(id=f"ptn_{i}") for i in range(30)))
+    fake.outage = outage
+    with pytest.raises(TransientError):
+        services.flusher().flush()
+    assert {r["status"] for r in outbox_rows(services).values()} == {"pending"}
+    fake.outage = None
+    make_due(services)
+    assert services.flusher().flush().synced == 30
+    assert len(fake.records("Contact")) == 30
+
+
+def test_an_expired_session_is_renewed_and_the_call_repeated(services, fake):
+    deliver(services, partner())
+    services.flusher().flush()
+    logins = fake.count("login")
+    fake.expire_sessions()
+    deliver(services, partner(id="ptn_2"))
+    assert services.flusher().flush().synced == 1
+    assert fake.count("login") == logins + 1
+
+
+def test_a_fixed_session_that_expires_says_what_to_do(settings, fake, redis_conn):
+    session = SalesforceSettings(mode="session", instance_url=fake.instance_url, session_id=fake.issue_session())
+    services = Services.build(settings.with_overrides(salesforce=session), redis_conn)
+    deliver(services, partner())
+    fake.expire_sessions()
+    with pytest.raises(ConfigurationError, match="SALESFORCE_SESSION_ID cannot be renewed"):
+        services.flusher().flush()
+
+
+def test_tls_is_always_verified(services, fake, monkeypatch):
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    deliver(services, partner())
+    with pytest.raises(TransientError, match="could not reach Salesforce"):
+        services.flusher().flush()
+    assert fake.count("collections") == 0
+
+
+def test_the_worker_flushes_after_processing(settings, fake, redis_conn):
+    crm = settings.with_overrides(salesforce=password_login(fake))
+    services = Services.build(crm, redis_conn)
+    bodies = [json.dumps(d).encode() for d in (partner(), sample_delivery("customer.created"))]
+    stored = services.inbox.store_many([Delivery(b, json.loads(b)["event"], PENDING) for b in bodies])
+    services.jobs.enqueue_events([(s.id, "x") for s in stored.values()])
+    build_worker(crm, redis_conn, worker_class=InProcessWorker).work(burst=True)
+    assert fake.get("Account", "Partnero_Customer_Key__c", "acct_000481") is not None
+    queue = Queue(QUEUE_NAME, connection=redis_conn)
+    assert queue.failed_job_registry.count == 0
+
+
+def test_with_salesforce_off_only_the_warehouse_syncs(settings, redis_conn, client):
+    services = Services.build(settings, redis_conn)
+    assert services.flusher() is None and services.processor.outbox is None
+    deliver(services, partner())
+    assert outbox_rows(services) == {}
+    health = client.get("/healthz").get_json()
+    assert health["salesforce"] == "off (no SALESFORCE_ variables set): only the warehouse is synced"
+
+
+def test_a_mapping_may_opt_in_to_hard_deletes(settings, fake, redis_conn, tmp_path):
+    import shutil
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(settings.mappings_dir, mappings)
+    path = mappings / "partner.yml"
+    path.write_text(path.read_text().replace("  commission_total:", "  hard_delete: true\n  commission_total:"))
+    services = Services.build(settings.with_overrides(salesforce=password_login(fake), mappings_dir=mappings),
+                              redis_conn)
+    deliver(services, partner())
+    services.flusher().flush()
+    assert fake.get("Contact", "Partnero_Partner_Id__c", "ptn_8c1e6f0a") is not None
+    deliver(services, envelope("partner.deleted", "2026-04-01T00:00:00Z", id="ptn_8c1e6f0a"))
+    services.flusher().flush()
+    assert fake.get("Contact", "Partnero_Partner_Id__c", "ptn_8c1e6f0a") is None
+
+
+def test_money_goes_out_exact(services, fake):
+    deliver(services, partner(), envelope("customer.created", "2026-03-14T10:02:54Z", **CUSTOMER), envelope("transaction.created", "2026-03-14T10:15:31Z",
+                                          **{**TRANSACTION, "amount": 0.1, "rewards": [
+                                              {**TRANSACTION["rewards"][0], "amount": 29.997},
+                                              {**TRANSACTION["rewards"][0], "amount": 0.003}]}))
+    services.flusher().flush()
+    contact = fake.get("Contact", "Partnero_Partner_Id__c", "ptn_8c1e6f0a")
+    assert Decimal(repr(contact["Partnero_Commission_Total__c"])) == Decimal("30")
+    sale = fake.get("Partnero_Transaction__c", "Partnero_Transaction_Key__c", TRANSACTION["key"])
+    assert Decimal(repr(sale["Amount__c"])) == Decimal("0.1")
