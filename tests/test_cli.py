@@ -54,8 +54,9 @@ def test_status_counts_the_inbox(client, settings):
         assert client.post("/webhooks/partnero", data=body, headers=headers).status_code == 202
     result = run("status", env={"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url})
     assert result.exit_code == 0
-    lines = dict(line.split() for line in result.output.splitlines())
-    assert lines == {"pending": "2", "processed": "0", "ignored": "1", "failed": "0"}
+    lines = result.output.splitlines()
+    assert dict(line.split() for line in lines[:4]) == {"pending": "2", "processed": "0", "ignored": "1", "failed": "0"}
+    assert lines[4] == "salesforce: off (no SALESFORCE_ variables set): only the warehouse is synced"
 
 
 def test_sweep_reports_what_it_enqueued(settings, redis_conn):
