@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 from rq import Retry, get_current_job
 
 from sync import services
+from sync.crm.flush import FlushReport
 from sync.errors import PermanentError, TransientError
 from sync.inbox import IGNORED, PROCESSED
 
@@ -24,6 +26,8 @@ RETRY_DELAYS = (10, 30, 90, 300, 900, 1800, 3600, 3600, 3600)
 #: Attempts after which a row is given up even if each failure looked transient (a delivery that
 #: kills its work horse never reaches the retry logic, and the sweeper would bring it back forever).
 MAX_ATTEMPTS = 3 * len(RETRY_DELAYS)
+#: A flush job hands over to a fresh one after this long, so no job runs into RQ's time-out.
+MAX_FLUSH_SECONDS = 600
 
 
 def process_events(event_ids: list[int]) -> Retry | str:
@@ -100,28 +104,48 @@ def _rows(event_ids: list[int]) -> str:
 
 
 def flush_crm() -> Retry | str:
-    """Send the CRM outbox to Salesforce: the RQ job behind every flush."""
+    """Send the CRM outbox to Salesforce: the RQ job behind every flush.
+
+    One flush at a time talks to Salesforce. A flush asked for while another runs leaves it a
+    note to make one more pass, so nothing committed meanwhile waits for the next interval.
+    """
     current = services.current()
     flusher = current.flusher()
     if flusher is None:
         return "Salesforce sync is off"
     current.jobs.flush_started()
-    lock = current.jobs.flush_lock()
-    if not lock.acquire():
-        # Another flush is sending; look again shortly, for what it may not have seen.
-        current.jobs.request_flush(delay=2)
-        return "another flush is running"
-    try:
-        report = flusher.flush()
-    except TransientError as exc:
-        return _retry_flush(exc)
-    finally:
+    jobs = current.jobs
+    total = FlushReport()
+    started = time.monotonic()
+    while True:
+        lock = jobs.flush_lock()
+        if not lock.acquire():
+            jobs.flag_flush_again()
+            if not lock.acquire():  # still running: it will see the note when it finishes
+                return "another flush is running; it will send these too"
         try:
-            lock.release()
-        except Exception:  # the lock expired: nothing to release
-            pass
-    log.info("Salesforce flush: %s", report.summary())
-    return report.summary()
+            while time.monotonic() - started < MAX_FLUSH_SECONDS:
+                report = flusher.flush()
+                total.add(report)
+                if report.calls == 0:
+                    break
+            else:
+                jobs.request_flush()  # a long backlog: hand over to a fresh job
+        except TransientError as exc:
+            return _retry_flush(exc)
+        finally:
+            _release(lock)
+        if not jobs.take_flush_again():
+            break
+    log.info("Salesforce flush: %s", total.summary())
+    return total.summary()
+
+
+def _release(lock) -> None:
+    try:
+        lock.release()
+    except Exception:  # it expired: nothing to release
+        pass
 
 
 def _retry_flush(exc: TransientError) -> Retry:

@@ -110,14 +110,14 @@ def _run_in_process(settings: Settings, host: str, port: int) -> None:
     from werkzeug.serving import make_server
 
     from app import create_app
-    from sync.queue import InProcessWorker
+    from sync.queue import PartneroWorker
     from sync.worker import build_worker
 
     connection = fakeredis.FakeRedis()
     server = make_server(host, port, create_app(settings, redis_connection=connection), threaded=True)
     threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
 
-    worker = build_worker(settings, connection, sweep_every=5, worker_class=InProcessWorker)
+    worker = build_worker(settings, connection, sweep_every=5, worker_class=PartneroWorker)
     scheduler = RQScheduler([worker.queues[0]], connection=connection)
     services_sweep = worker.housekeeping
 

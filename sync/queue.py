@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 import redis
 from rq import Queue
 from rq.job import Job, JobStatus
-from rq.worker import HerokuWorker, SimpleWorker
+from rq.worker import SimpleWorker
 
 from sync.errors import TransientError
 
@@ -38,6 +38,7 @@ ROW_KEY = "partnero-sync:inbox-row:{}"
 BATCH_SIZE = 200
 FLUSH_REQUESTED = "partnero-sync:crm-flush-requested"
 FLUSH_LOCK = "partnero-sync:crm-flush-lock"
+FLUSH_AGAIN = "partnero-sync:crm-flush-again"
 FLUSH_REQUEST_TTL = 600
 FLUSH_TIMEOUT = 1800
 
@@ -119,6 +120,13 @@ class JobQueue:
         except redis.RedisError as exc:
             raise TransientError(f"could not enqueue a Salesforce flush: {exc}") from exc
 
+    def flag_flush_again(self) -> None:
+        """Tell the running flush to make one more pass before it stops."""
+        self.connection.set(FLUSH_AGAIN, "1", ex=FLUSH_TIMEOUT)
+
+    def take_flush_again(self) -> bool:
+        return bool(self.connection.getdel(FLUSH_AGAIN))
+
     def hold_flush_request(self, seconds: float) -> None:
         self.connection.set(FLUSH_REQUESTED, "1", ex=int(seconds))
 
@@ -166,13 +174,10 @@ class _Housekeeping:
         return max(1, min(self.worker_ttl - 15, self.maintenance_interval))
 
 
-class PartneroWorker(_Housekeeping, HerokuWorker):
-    """RQ's worker for a PaaS, plus our housekeeping.
+class PartneroWorker(_Housekeeping, SimpleWorker):
+    """RQ's worker that runs jobs in its own process, plus our housekeeping.
 
-    On SIGTERM it lets the job in hand finish if it can (a PaaS allows some seconds); the work
-    horse ignores the SIGTERM a PaaS sends to every process, so no job is cut off mid-write.
+    Not forking a work horse per job saves milliseconds a job and keeps the database pool and
+    the Salesforce session between jobs (see bench/README.md). On SIGTERM, as a PaaS sends to
+    stop a process, it finishes the job in hand, then exits; a second signal stops it at once.
     """
-
-
-class InProcessWorker(_Housekeeping, SimpleWorker):
-    """Runs jobs in its own process: for the single-process development mode."""

@@ -14,7 +14,7 @@ from sync.cli import main
 from sync.crm.outbox import crm_outbox
 from sync.errors import ConfigurationError, TransientError
 from sync.inbox import PENDING, Delivery
-from sync.queue import QUEUE_NAME, InProcessWorker
+from sync.queue import QUEUE_NAME, PartneroWorker
 from sync.samples import CUSTOMER, PARTNER, TRANSACTION, sample_delivery
 from sync.services import Services
 from sync.settings import SalesforceSettings
@@ -252,7 +252,7 @@ def test_the_worker_flushes_after_processing(settings, fake, redis_conn):
     bodies = [json.dumps(d).encode() for d in (partner(), sample_delivery("customer.created"))]
     stored = services.inbox.store_many([Delivery(b, json.loads(b)["event"], PENDING) for b in bodies])
     services.jobs.enqueue_events([(s.id, "x") for s in stored.values()])
-    build_worker(crm, redis_conn, worker_class=InProcessWorker).work(burst=True)
+    build_worker(crm, redis_conn, worker_class=PartneroWorker).work(burst=True)
     assert fake.get("Account", "Partnero_Customer_Key__c", "acct_000481") is not None
     queue = Queue(QUEUE_NAME, connection=redis_conn)
     assert queue.failed_job_registry.count == 0

@@ -14,7 +14,7 @@ from rq.job import Job, JobStatus
 from sync import db, jobs
 from sync.errors import TransientError
 from sync.inbox import PENDING, Delivery, Inbox, webhook_events
-from sync.queue import QUEUE_NAME, InProcessWorker, JobQueue, PartneroWorker
+from sync.queue import QUEUE_NAME, JobQueue, PartneroWorker
 from sync.samples import sample_delivery
 from sync.processor import Processor
 from sync.worker import build_worker
@@ -36,7 +36,7 @@ def row(settings, event_id: int) -> dict:
         return dict(conn.execute(sa.select(webhook_events).where(webhook_events.c.id == event_id)).one()._mapping)
 
 
-def run_burst(settings, redis_conn, worker_class=InProcessWorker):
+def run_burst(settings, redis_conn, worker_class=PartneroWorker):
     worker = build_worker(settings, redis_conn, worker_class=worker_class)
     worker.work(burst=True)
     return worker
@@ -53,7 +53,7 @@ def test_a_stored_delivery_is_processed_and_recorded(settings, redis_conn):
     assert Job.fetch(job_for_row(redis_conn, event_id).id, connection=redis_conn).get_status() == JobStatus.FINISHED
 
 
-def test_the_forking_paas_worker_processes_deliveries(settings, redis_conn):
+def test_the_paas_worker_processes_deliveries(settings, redis_conn):
     ids = store(
         settings,
         *(sample_delivery("customer.created", key=f"acct_{i}") for i in range(5)),

@@ -37,6 +37,15 @@ class FlushReport:
     retrying: int = 0
     by_object: dict[str, int] = field(default_factory=dict)
 
+    def add(self, other: FlushReport) -> None:
+        self.calls += other.calls
+        self.synced += other.synced
+        self.waiting += other.waiting
+        self.failed += other.failed
+        self.retrying += other.retrying
+        for obj, n in other.by_object.items():
+            self.by_object[obj] = self.by_object.get(obj, 0) + n
+
     def summary(self) -> str:
         return (f"{self.synced} synced, {self.waiting} waiting for a parent, {self.retrying} to retry, "
                 f"{self.failed} refused, in {self.calls} calls")

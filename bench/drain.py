@@ -1,0 +1,321 @@
+"""Drain benchmark: a burst of deliveries, worked off into PostgreSQL and a Salesforce stand-in.
+
+    .venv/bin/python bench/drain.py                 # 10,000 deliveries, 2 workers, 50 ms per call
+    .venv/bin/python bench/drain.py --help
+
+1. Receive: a burst of Partnero-shaped deliveries (partners, customers, sales, refunds, Partnero's
+   retries, out of order) goes through the receiver's intake (group commit + RQ jobs), 16 at a
+   time, into a fresh PostgreSQL database.
+2. Drain (timed): `partnero-sync worker` processes start and work until every delivery is
+   processed and Salesforce holds every record (checked record by record at the end).
+3. Naive, in the same run: one RQ job and one single-record upsert call per delivery, on a sample
+   (the naive way is slow; its rate is measured on --naive-sample deliveries).
+
+Prints deliveries/s drained, Salesforce calls per delivery, the workers' peak RSS, and ratios.
+Uses the PostgreSQL database partnero_drain (dropped first), Redis db 12 (flushed), and the
+HTTPS Salesforce stand-in from tests/fakes on a free loopback port; cleans up on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+BIN = Path(sys.executable).parent
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+DB_NAME = "partnero_drain"
+REDIS_URL = "redis://127.0.0.1:6379/12"
+RELATIONSHIPS = {
+    ("Account", "Partnero_Partner__r"): ("Contact", "Partnero_Partner_Id__c"),
+    ("Partnero_Transaction__c", "Partnero_Customer__r"): ("Account", "Partnero_Customer_Key__c"),
+    ("Partnero_Transaction__c", "Partnero_Partner__r"): ("Contact", "Partnero_Partner_Id__c"),
+}
+
+
+def stamp(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(1773400000 + seconds))
+
+
+def burst(total: int, rng: random.Random) -> list[dict]:
+    """A realistic mix: a few partners, more customers, mostly sales, some refunds and retries."""
+    partners = max(10, total // 40)
+    customers = max(20, total // 6)
+    deliveries: list[dict] = []
+    for p in range(partners):
+        for step in range(2):
+            deliveries.append({"event": "partner.created" if step == 0 else "partner.updated",
+                               "created_at": stamp(p + step * 1000), "data": {
+                "id": f"ptn_{p}", "key": f"partner-{p}", "email": f"Partner{p}@Example.com",
+                "name": rng.choice(["Maria", "Zoë", "李", "Ann"]), "surname": rng.choice(["Lopez", "", None]),
+                "status": "active", "approved": True, "updated_at": stamp(p + step * 1000)}})
+    for c in range(customers):
+        deliveries.append({"event": "customer.created", "created_at": stamp(2000 + c), "data": {
+            "key": f"cust_{c}", "partner": f"ptn_{c % partners}", "email": f"c{c}@x.io", "name": "C",
+            "surname": str(c), "status": "active", "updated_at": stamp(2000 + c)}})
+    sales = total - len(deliveries)
+    refunds = sales // 12
+    retries = sales // 30
+    sales -= refunds + retries
+    sale_docs = []
+    for t in range(sales):
+        customer = rng.randrange(customers)
+        partner = customer % partners
+        amount = round(rng.uniform(5, 900), 2)
+        sale_docs.append({"event": "transaction.created", "created_at": stamp(5000 + t), "data": {
+            "key": f"txn_{t}", "action": "sale", "amount": amount, "amount_units": "usd",
+            "partner": f"ptn_{partner}", "customer": f"cust_{customer}", "created_at": stamp(5000 + t),
+            "rewards": [{"key": f"txn_{t}", "partner": f"ptn_{partner}", "amount": round(amount * 0.3, 3),
+                         "amount_units": "USD", "status": rng.choice(["ok", "review_period"])}]}})
+    deliveries += sale_docs
+    for t in rng.sample(range(sales), refunds):
+        deliveries.append({"event": "transaction.deleted", "created_at": stamp(90000 + t),
+                           "data": {"key": f"txn_{t}"}})
+    deliveries += rng.sample(sale_docs, retries)  # Partnero's retries: the same bytes again
+    # Unordered: mostly in order, with local shuffles (a refund may come before its sale).
+    keyed = [(i + rng.uniform(-300, 300), d) for i, d in enumerate(deliveries)]
+    return [d for _, d in sorted(keyed, key=lambda x: x[0])]
+
+
+def fresh_database() -> str:
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
+        conn.execute(sa.text(f"CREATE DATABASE {DB_NAME}"))
+    admin.dispose()
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{DB_NAME}"
+
+
+def drop_database() -> None:
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
+    admin.dispose()
+
+
+class RssSampler(threading.Thread):
+    """Peak resident memory of a process tree, sampled from /proc."""
+
+    def __init__(self, pids: list[int]):
+        super().__init__(daemon=True)
+        self.pids = pids
+        self.peak_kb = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            for pid in self._tree():
+                try:
+                    text = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                for line in text.splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            time.sleep(0.05)
+
+    def _tree(self) -> list[int]:
+        found = list(self.pids)
+        for pid in self.pids:
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            found += [int(c) for c in children]
+        return found
+
+
+def receive(services, documents: list[dict], concurrency: int = 16) -> None:
+    from sync.inbox import PENDING, Delivery
+    from sync.intake import Intake
+
+    intake = Intake(services.inbox, services.jobs)
+    handled = services.mappings.events
+
+    def submit(document: dict):
+        body = json.dumps(document).encode()
+        status = PENDING if document["event"] in handled else "ignored"
+        return intake.submit(Delivery(body, document["event"], status))
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        receipts = list(pool.map(submit, documents))
+    assert all(r.status in ("queued", "duplicate") for r in receipts)
+
+
+def done(engine) -> tuple[bool, int, int]:
+    with engine.connect() as conn:
+        pending = conn.execute(sa.text("SELECT count(*) FROM webhook_events WHERE status = 'pending'")).scalar()
+        backlog = conn.execute(sa.text(
+            "SELECT count(*) FROM crm_outbox WHERE status IN ('pending', 'waiting') AND sync_version IS NOT NULL"
+        )).scalar()
+    return pending == 0 and backlog == 0, pending, backlog
+
+
+def run_ours(args, documents, fake, env) -> dict:
+    from sync import db
+    from sync.services import Services
+    from sync.settings import Settings
+
+    url = fresh_database()
+    env = {**env, "DATABASE_URL": url}
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    settings = Settings.from_env(env)
+    services = Services.build(settings)
+    services.migrate()
+    started = time.monotonic()
+    receive(services, documents)
+    received = time.monotonic() - started
+    print(f"  received {len(documents)} deliveries in {received:.1f}s "
+          f"({services.inbox.count()} stored, {len(documents) - services.inbox.count()} duplicates)")
+
+    calls_before = fake.count("collections") + fake.count("upsert")
+    started = time.monotonic()
+    workers = [subprocess.Popen([str(BIN / "partnero-sync"), "worker"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for _ in range(args.workers)]
+    sampler = RssSampler([w.pid for w in workers])
+    sampler.start()
+    engine = db.engine_for(url)
+    try:
+        deadline = started + args.timeout
+        while time.monotonic() < deadline:
+            finished, pending, backlog = done(engine)
+            if finished:
+                break
+            time.sleep(0.1)
+        else:
+            raise SystemExit(f"not drained after {args.timeout}s: {pending} deliveries, {backlog} CRM records left")
+        elapsed = time.monotonic() - started
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            w.wait(timeout=60)
+        sampler.stop_event.set()
+    calls = fake.count("collections") + fake.count("upsert") - calls_before
+    stored = services.inbox.count()
+    check_salesforce(engine, fake)
+    engine.dispose()
+    return {"deliveries": stored, "seconds": elapsed, "rate": stored / elapsed, "calls": calls,
+            "per_call": stored / max(calls, 1), "peak_rss_mb": sampler.peak_kb / 1024}
+
+
+def check_salesforce(engine, fake) -> None:
+    """Every outbox record is in Salesforce, with the fields it should have."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT object, external_id, fields, status FROM crm_outbox "
+                                    "WHERE sync_version IS NOT NULL")).all()
+    fields_of = {"Contact": "Partnero_Partner_Id__c", "Account": "Partnero_Customer_Key__c",
+                 "Partnero_Transaction__c": "Partnero_Transaction_Key__c"}
+    wrong = 0
+    for obj, key, fields, status in rows:
+        record = fake.get(obj, fields_of[obj], key)
+        fields = fields if isinstance(fields, dict) else json.loads(fields)
+        if status != "synced" or record is None or any(
+            record.get(k) != v for k, v in fields.items() if not k.endswith("__r")
+        ):
+            wrong += 1
+    if wrong:
+        raise SystemExit(f"{wrong} of {len(rows)} Salesforce records are missing or differ")
+    print(f"  checked: all {len(rows)} records are in Salesforce as the warehouse says")
+
+
+def run_naive(args, documents, fake, env) -> dict:
+    """One RQ job and one single-record upsert call per delivery."""
+    from rq import Queue
+
+    url = fresh_database()
+    env = {**env, "DATABASE_URL": url, "PYTHONPATH": str(ROOT), "NAIVE_INSTANCE_URL": fake.instance_url,
+           "NAIVE_SESSION_ID": fake.issue_session()}
+    connection = redis.Redis.from_url(REDIS_URL)
+    connection.flushdb()
+    from sync.services import Services
+    from sync.settings import Settings
+
+    Services.build(Settings.from_env(env)).migrate()
+    sample = documents[: args.naive_sample]
+    queue = Queue("naive", connection=connection)
+    for document in sample:
+        queue.enqueue("bench.naive_jobs.naive_job", json.dumps(document))
+    calls_before = fake.count("upsert")
+    started = time.monotonic()
+    workers = [subprocess.Popen([str(BIN / "rq"), "worker", "naive", "--burst", "-u", REDIS_URL],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+               for _ in range(args.workers)]
+    sampler = RssSampler([w.pid for w in workers])
+    sampler.start()
+    for w in workers:
+        w.wait(timeout=args.timeout)
+    elapsed = time.monotonic() - started
+    sampler.stop_event.set()
+    failed = queue.failed_job_registry.count
+    calls = fake.count("upsert") - calls_before
+    return {"deliveries": len(sample), "seconds": elapsed, "rate": len(sample) / elapsed, "calls": calls,
+            "per_call": len(sample) / max(calls, 1), "peak_rss_mb": sampler.peak_kb / 1024, "failed": failed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--deliveries", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds per Salesforce call")
+    parser.add_argument("--naive-sample", type=int, default=300, help="deliveries for the naive run")
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    from tests.fakes.salesforce import FakeSalesforce
+
+    documents = burst(args.deliveries, random.Random(args.seed))
+    fake = FakeSalesforce(relationships=RELATIONSHIPS, max_calls=1000)
+    fake.define_object("Partnero_Transaction__c")
+    fake.start()
+    try:
+        fake.latency = args.latency
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SALESFORCE_", "DATABASE_URL"))},
+               "REDIS_URL": REDIS_URL, "MAPPINGS_DIR": str(ROOT / "mappings"), "LOG_LEVEL": "WARNING",
+               "REQUESTS_CA_BUNDLE": fake.ca_bundle, "SALESFORCE_USERNAME": fake.username,
+               "SALESFORCE_PASSWORD": fake.password, "SALESFORCE_SECURITY_TOKEN": fake.security_token,
+               "SALESFORCE_DOMAIN": fake.login_domain}
+        os.environ["REQUESTS_CA_BUNDLE"] = fake.ca_bundle
+        print(f"burst of {len(documents)} deliveries, {args.workers} workers, "
+              f"Salesforce stand-in at {args.latency * 1000:.0f} ms per call")
+        print("ours:")
+        ours = run_ours(args, documents, fake, env)
+        fake.reset()
+        fake.define_object("Partnero_Transaction__c")
+        print(f"naive (sample of {args.naive_sample}):")
+        naive = run_naive(args, documents, fake, env)
+    finally:
+        fake.stop()
+        drop_database()
+        redis.Redis.from_url(REDIS_URL).flushdb()
+
+    print()
+    print(f"{'':8}{'deliveries':>11}{'seconds':>9}{'deliv/s':>9}{'SF calls':>9}{'deliv/call':>11}{'peak RSS':>10}")
+    for name, r in (("ours", ours), ("naive", naive)):
+        print(f"{name:8}{r['deliveries']:>11}{r['seconds']:>9.1f}{r['rate']:>9.0f}{r['calls']:>9}"
+              f"{r['per_call']:>11.1f}{r['peak_rss_mb']:>8.0f}MB")
+    print(f"ratios ours/naive: deliveries/s x{ours['rate'] / naive['rate']:.1f}, "
+          f"deliveries per call x{ours['per_call'] / naive['per_call']:.1f}")
+    goals = [("deliveries/s >= 500", ours["rate"] >= 500), ("deliveries per call >= 50", ours["per_call"] >= 50),
+             ("worker RSS < 200 MB", ours["peak_rss_mb"] < 200)]
+    print("goals: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in goals))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The naive way, for bench/drain.py: one RQ job and one single-record Salesforce call per delivery."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from simple_salesforce import Salesforce
+
+from sync.inbox import PENDING, Delivery
+from sync.mapping import parse_document, plan
+from sync.crm.outbox import wire
+from sync.services import Services
+from sync.settings import Settings
+
+
+def naive_job(body: str) -> None:
+    services = Services.build(Settings.from_env())
+    raw = body.encode()
+    document = json.loads(raw)
+    stored = services.inbox.store_many([Delivery(raw, document["event"], PENDING)])
+    events = services.inbox.begin_attempts([s.id for s in stored.values()])
+    services.processor.process_batch(events)  # the warehouse, as ours does
+    mapping = services.mappings.for_event(document["event"])
+    planned = plan(mapping, parse_document(raw), "naive")
+    if planned.crm is None:
+        return
+    record = {k: v for k, v in wire(planned.crm.values).items() if v is not None or not k.endswith("__r")}
+    record.update(wire(planned.crm.tombstone))
+    sf = Salesforce(instance_url=os.environ["NAIVE_INSTANCE_URL"], session_id=os.environ["NAIVE_SESSION_ID"])
+    getattr(sf, planned.crm.table).upsert(f"{planned.crm.key_column}/{planned.crm.key}", record)
