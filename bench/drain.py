@@ -8,8 +8,9 @@
    time, into a fresh PostgreSQL database.
 2. Drain (timed): `partnero-sync worker` processes start and work until every delivery is
    processed and Salesforce holds every record (checked record by record at the end).
-3. Naive, in the same run: one RQ job and one single-record upsert call per delivery, on a sample
-   (the naive way is slow; its rate is measured on --naive-sample deliveries).
+3. Naive, in the same run: one RQ job and one single-record upsert call per delivery (same
+   database, same stand-in, RQ's SimpleWorker, connections kept between jobs), on a sample: the
+   naive way is slow, so its rate is measured on --naive-sample deliveries.
 
 Prints deliveries/s drained, Salesforce calls per delivery, the workers' peak RSS, and ratios.
 Uses the PostgreSQL database partnero_drain (dropped first), Redis db 12 (flushed), and the
@@ -36,6 +37,7 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
+from rq.suspension import resume, suspend  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -157,6 +159,16 @@ def receive(services, documents: list[dict], concurrency: int = 16) -> None:
     assert all(r.status in ("queued", "duplicate") for r in receipts)
 
 
+def wait_for_workers(connection, count: int, timeout: float = 60) -> None:
+    from rq import Worker
+
+    deadline = time.monotonic() + timeout
+    while len(Worker.all(connection=connection)) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit("the workers did not start")
+        time.sleep(0.1)
+
+
 def done(engine) -> tuple[bool, int, int]:
     with engine.connect() as conn:
         pending = conn.execute(sa.text("SELECT count(*) FROM webhook_events WHERE status = 'pending'")).scalar()
@@ -177,6 +189,12 @@ def run_ours(args, documents, fake, env) -> dict:
     settings = Settings.from_env(env)
     services = Services.build(settings)
     services.migrate()
+    # Workers start first, suspended, so the timed drain does not include interpreter start-up.
+    connection = redis.Redis.from_url(REDIS_URL)
+    suspend(connection)
+    workers = [subprocess.Popen([str(BIN / "partnero-sync"), "worker"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for _ in range(args.workers)]
+    wait_for_workers(connection, args.workers)
     started = time.monotonic()
     receive(services, documents)
     received = time.monotonic() - started
@@ -184,10 +202,9 @@ def run_ours(args, documents, fake, env) -> dict:
           f"({services.inbox.count()} stored, {len(documents) - services.inbox.count()} duplicates)")
 
     calls_before = fake.count("collections") + fake.count("upsert")
-    started = time.monotonic()
-    workers = [subprocess.Popen([str(BIN / "partnero-sync"), "worker"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL) for _ in range(args.workers)]
     sampler = RssSampler([w.pid for w in workers])
+    started = time.monotonic()
+    resume(connection)
     sampler.start()
     engine = db.engine_for(url)
     try:
@@ -249,18 +266,30 @@ def run_naive(args, documents, fake, env) -> dict:
     Services.build(Settings.from_env(env)).migrate()
     sample = documents[: args.naive_sample]
     queue = Queue("naive", connection=connection)
-    for document in sample:
-        queue.enqueue("bench.naive_jobs.naive_job", json.dumps(document))
     calls_before = fake.count("upsert")
-    started = time.monotonic()
-    workers = [subprocess.Popen([str(BIN / "rq"), "worker", "naive", "--burst", "-u", REDIS_URL],
+    # RQ's own worker command refuses to start while RQ is suspended: start, then enqueue.
+    workers = [subprocess.Popen([str(BIN / "rq"), "worker", "naive", "-u", REDIS_URL,
+                                 "--worker-class", "rq.worker.SimpleWorker"],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
                for _ in range(args.workers)]
+    wait_for_workers(connection, args.workers)
     sampler = RssSampler([w.pid for w in workers])
     sampler.start()
-    for w in workers:
-        w.wait(timeout=args.timeout)
+    started = time.monotonic()
+    with connection.pipeline() as pipe:
+        for document in sample:
+            queue.enqueue("bench.naive_jobs.naive_job", json.dumps(document), pipeline=pipe)
+        pipe.execute()
+    time.sleep(0.2)
+    while queue.count or queue.started_job_registry.count:
+        if time.monotonic() - started > args.timeout:
+            raise SystemExit("the naive run did not finish")
+        time.sleep(0.05)
     elapsed = time.monotonic() - started
+    for w in workers:
+        w.send_signal(signal.SIGTERM)
+    for w in workers:
+        w.wait(timeout=60)
     sampler.stop_event.set()
     failed = queue.failed_job_registry.count
     calls = fake.count("upsert") - calls_before

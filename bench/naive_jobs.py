@@ -14,8 +14,21 @@ from sync.services import Services
 from sync.settings import Settings
 
 
+_cache: dict = {}
+
+
+def _services() -> Services:
+    # Kept between jobs (the naive run uses RQ's SimpleWorker, as ours does): the comparison is
+    # about one job and one call per delivery, not about set-up costs.
+    if "services" not in _cache:
+        _cache["services"] = Services.build(Settings.from_env())
+        _cache["sf"] = Salesforce(instance_url=os.environ["NAIVE_INSTANCE_URL"],
+                                  session_id=os.environ["NAIVE_SESSION_ID"])
+    return _cache["services"]
+
+
 def naive_job(body: str) -> None:
-    services = Services.build(Settings.from_env())
+    services = _services()
     raw = body.encode()
     document = json.loads(raw)
     stored = services.inbox.store_many([Delivery(raw, document["event"], PENDING)])
@@ -27,5 +40,4 @@ def naive_job(body: str) -> None:
         return
     record = {k: v for k, v in wire(planned.crm.values).items() if v is not None or not k.endswith("__r")}
     record.update(wire(planned.crm.tombstone))
-    sf = Salesforce(instance_url=os.environ["NAIVE_INSTANCE_URL"], session_id=os.environ["NAIVE_SESSION_ID"])
-    getattr(sf, planned.crm.table).upsert(f"{planned.crm.key_column}/{planned.crm.key}", record)
+    getattr(_cache["sf"], planned.crm.table).upsert(f"{planned.crm.key_column}/{planned.crm.key}", record)

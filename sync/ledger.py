@@ -42,6 +42,11 @@ commission_entries = sa.Table(
 
 def book(conn: Connection, transaction_key: str, rewards: Iterable[Reward], event_id: int | None) -> None:
     """Book one commission per reward; a reward booked before is left as it was."""
+    book_many(conn, [(transaction_key, reward, event_id) for reward in rewards])
+
+
+def book_many(conn: Connection, items: Iterable[tuple[str, Reward, int | None]]) -> None:
+    """``book`` for the rewards of many transactions, in one statement."""
     now = datetime.now(timezone.utc)
     rows = [
         {
@@ -56,8 +61,9 @@ def book(conn: Connection, transaction_key: str, rewards: Iterable[Reward], even
             "recorded_at": now,
             "event_id": event_id,
         }
-        for reward in rewards
+        for transaction_key, reward, event_id in items
     ]
+    rows.sort(key=lambda r: (r["transaction_key"], r["reward_ref"]))
     db.insert_ignore(conn, commission_entries, rows)
 
 
@@ -68,32 +74,38 @@ def reverse(conn: Connection, transaction_key: str, refunded_at: datetime | None
 
     What is reversed is what was booked, read from the ledger, whatever the refund's payload says.
     """
+    return reverse_many(conn, {transaction_key: (refunded_at, event_id)})
+
+
+def reverse_many(conn: Connection, refunds: dict[str, tuple[datetime | None, int | None]]) -> set[str]:
+    """``reverse`` for many refunded transactions: {transaction key: (refunded at, event id)}."""
+    if not refunds:
+        return set()
     t = commission_entries
-    booked = conn.execute(
-        sa.select(t).where(t.c.transaction_key == transaction_key, t.c.entry_type == COMMISSION)
-    ).all()
-    reversed_refs = set(
-        conn.execute(
-            sa.select(t.c.reward_ref).where(t.c.transaction_key == transaction_key, t.c.entry_type == REVERSAL)
-        ).scalars()
-    )
+    keys = sorted(refunds)
+    entries = []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        entries += conn.execute(sa.select(t).where(t.c.transaction_key.in_(chunk))).all()
+    reversed_refs = {(e.transaction_key, e.reward_ref) for e in entries if e.entry_type == REVERSAL}
     now = datetime.now(timezone.utc)
     rows = [
         {
             "entry_type": REVERSAL,
-            "transaction_key": transaction_key,
+            "transaction_key": entry.transaction_key,
             "reward_ref": entry.reward_ref,
             "partner_id": entry.partner_id,
             "amount": -entry.amount,
             "currency": entry.currency,
             "reward_status": entry.reward_status,
-            "occurred_at": refunded_at or now,
+            "occurred_at": refunds[entry.transaction_key][0] or now,
             "recorded_at": now,
-            "event_id": event_id,
+            "event_id": refunds[entry.transaction_key][1],
         }
-        for entry in booked
-        if entry.reward_ref not in reversed_refs
+        for entry in entries
+        if entry.entry_type == COMMISSION and (entry.transaction_key, entry.reward_ref) not in reversed_refs
     ]
+    rows.sort(key=lambda r: (r["transaction_key"], r["reward_ref"]))
     db.insert_ignore(conn, commission_entries, rows)
     return {row["partner_id"] for row in rows}
 
@@ -105,10 +117,14 @@ def commission_owed(conn: Connection, partner_ids: Iterable[str] | None = None) 
     """
     t = commission_entries
     # Exactly the documented SQL: SUM(amount) WHERE reward_status <> 'rejected'.
-    query = sa.select(t.c.partner_id, t.c.amount).where(t.c.reward_status != "rejected")
+    owed = t.c.reward_status != "rejected"
     if partner_ids is not None:
-        query = query.where(t.c.partner_id.in_(list(partner_ids)))
+        owed = sa.and_(owed, t.c.partner_id.in_(list(partner_ids)))
+    if conn.dialect.name != "sqlite":  # exact NUMERIC arithmetic in the database
+        query = sa.select(t.c.partner_id, sa.func.sum(t.c.amount)).where(owed).group_by(t.c.partner_id)
+        return {partner_id: Decimal(total).normalize() if total else Decimal(0)
+                for partner_id, total in conn.execute(query)}
     totals: dict[str, Decimal] = {}
-    for partner_id, amount in conn.execute(query):
+    for partner_id, amount in conn.execute(sa.select(t.c.partner_id, t.c.amount).where(owed)):
         totals[partner_id] = totals.get(partner_id, Decimal(0)) + amount
     return totals

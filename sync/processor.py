@@ -74,24 +74,39 @@ class Processor:
         work.sort(key=lambda item: _lock_order(item[1]))
 
         try:
-            with self.engine.begin() as conn:
-                for event, planned in work:
-                    try:
-                        with conn.begin_nested():
-                            self._apply(conn, event, planned)
-                    except sa.exc.SQLAlchemyError as exc:
-                        if is_transient(exc):
-                            raise
-                        result.failed[event.id] = f"database refused the write: {_first_line(exc)}"
-                    else:
-                        result.processed.append(event.id)
-                self.inbox.mark_done(result.processed, conn)
-                self.inbox.mark_done(result.ignored, conn, status=IGNORED)
-                self.inbox.mark_failures(result.failed, conn)
+            try:
+                # The fast way: the whole batch in a few statements per table.
+                with self.engine.begin() as conn:
+                    self._apply_all(conn, work)
+                    result.processed = [event.id for event, _ in work]
+                    self._record(conn, result)
+            except sa.exc.SQLAlchemyError as exc:
+                if is_transient(exc):
+                    raise
+                # Something in the batch was refused: go delivery by delivery to find it.
+                log.warning("batch of %d refused (%s); applying one by one", len(work), _first_line(exc))
+                result.processed = []
+                with self.engine.begin() as conn:
+                    for event, planned in work:
+                        try:
+                            with conn.begin_nested():
+                                self._apply_all(conn, [(event, planned)])
+                        except sa.exc.SQLAlchemyError as exc:
+                            if is_transient(exc):
+                                raise
+                            result.failed[event.id] = f"database refused the write: {_first_line(exc)}"
+                        else:
+                            result.processed.append(event.id)
+                    self._record(conn, result)
         except sa.exc.SQLAlchemyError as exc:
             # A lost connection, a deadlock, a lock timeout: the next try finds the rows as they were.
             raise TransientError(f"database: {type(exc).__name__}: {_first_line(exc)}") from exc
         return result
+
+    def _record(self, conn: Connection, result: BatchResult) -> None:
+        self.inbox.mark_done(result.processed, conn)
+        self.inbox.mark_done(result.ignored, conn, status=IGNORED)
+        self.inbox.mark_failures(result.failed, conn)
 
     def _plan(self, event: Event) -> Plan | None:
         try:
@@ -105,24 +120,30 @@ class Processor:
             return None
         return plan(mapping, document, event.fingerprint)
 
-    def _apply(self, conn: Connection, event: Event, planned: Plan) -> None:
-        change = planned.change
-        if change is None:
-            return
-        state = self.warehouse.apply(conn, change, event.id)
-        partners: set[str] = set()
-        if planned.rewards:
-            ledger.book(conn, change.key, planned.rewards, event.id)
-            partners.update(r.partner_id for r in planned.rewards)
-        if planned.mapping.ledger is not None and state.tombstoned:
-            # Also when the sale arrives after its refund: it is reversed at once.
-            partners.update(ledger.reverse(conn, change.key, state.deleted[0], event.id))
+    def _apply_all(self, conn: Connection, work: list[tuple[Event, Plan]]) -> None:
+        """Warehouse rows, then ledger entries, then outbox rows: the same order in every batch."""
+        changes = [(planned.change, event.id) for event, planned in work if planned.change is not None]
+        states = self.warehouse.apply_many(conn, changes)
+        rewards = [(planned.change.key, reward, event.id) for event, planned in work for reward in planned.rewards]
+        ledger.book_many(conn, rewards)
+        partners = {reward.partner_id for _, reward, _ in rewards}
+        # Every refunded transaction touched here gets its missing reversals, also when its sale
+        # arrives after the refund.
+        refunds = {}
+        for event, planned in work:
+            change = planned.change
+            if change is not None and planned.mapping.ledger is not None:
+                state = states[(change.table, change.key)]
+                if state.tombstoned:
+                    refunds[change.key] = (state.deleted[0], event.id)
+        partners |= ledger.reverse_many(conn, refunds)
         if self.outbox is not None:
-            if planned.crm is not None:
-                target = planned.mapping.salesforce
-                self.outbox.apply(conn, planned.crm, planned.mapping.entity, [f.name for f in target.on_delete])
-            if partners:
-                self.outbox.note_commission_change(conn, partners)
+            self.outbox.apply_many(conn, [
+                (planned.crm, planned.mapping.entity, tuple(f.name for f in planned.mapping.salesforce.on_delete))
+                for _, planned in work
+                if planned.crm is not None
+            ])
+            self.outbox.note_commission_change(conn, partners)
 
 
 def _lock_order(planned: Plan) -> tuple:

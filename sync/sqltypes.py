@@ -78,7 +78,8 @@ def column_type(kind: str) -> sa.types.TypeEngine:
     }[kind]
 
 
-KEY = sa.String(255)
+#: Record keys compare exactly (MySQL's default collation would fold case and accents).
+KEY = sa.String(255).with_variant(sa.dialects.mysql.VARCHAR(255, collation="utf8mb4_bin"), "mysql", "mariadb")
 #: Raw bodies up to the 1 MiB limit (MySQL's plain BLOB stops at 64 KiB).
 BODY = sa.LargeBinary().with_variant(sa.dialects.mysql.LONGBLOB(), "mysql", "mariadb")
 FINGERPRINT = sa.String(64)

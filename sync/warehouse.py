@@ -137,37 +137,76 @@ class Warehouse:
 
     def apply(self, conn: Connection, change: RecordChange, event_id: int | None) -> RecordState:
         """Merge ``change`` into its record, under a row lock; returns the record's new state."""
-        mapped = self.tables[change.table]
-        table = mapped.table
-        key_column = table.c[change.key_column]
-        # Make sure the row exists, so that it can be locked: concurrent deliveries for the same
-        # record then take turns, and each merges into what the previous one committed.
-        db.insert_ignore(conn, table, [{change.key_column: change.key}])
-        row = conn.execute(
-            sa.select(table).where(key_column == change.key).with_for_update()
-        ).one()._mapping
-        state = _state(row, mapped.data_columns)
-        merged = merge(state, change, mapped.tombstone_columns)
-        if merged != state:
-            values = dict(merged.values)
-            values.update(
-                sync_rank=merged.version.rank if merged.version else None,
-                sync_version=merged.version.at if merged.version else None,
-                sync_fingerprint=merged.version.fingerprint if merged.version else None,
-                sync_deleted_version=merged.deleted[0] if merged.deleted else None,
-                sync_deleted_fingerprint=merged.deleted[1] if merged.deleted else None,
-                sync_updated_at=datetime.now(timezone.utc),
-            )
-            if merged.version != state.version:
-                values["sync_event_id"] = event_id
-            conn.execute(table.update().where(key_column == change.key).values(**values))
-        return merged
+        return self.apply_many(conn, [(change, event_id)])[(change.table, change.key)]
+
+    def apply_many(
+        self, conn: Connection, items: list[tuple[RecordChange, int | None]]
+    ) -> dict[tuple[str, str], RecordState]:
+        """Merge many changes, a few statements per table; returns each record's new state.
+
+        Rows are made to exist, then locked (``FOR UPDATE``) in key order, so concurrent batches
+        take turns on shared records without deadlocking, and each merges into what the previous
+        one committed.
+        """
+        by_table: dict[str, list[tuple[RecordChange, int | None]]] = {}
+        for change, event_id in items:
+            by_table.setdefault(change.table, []).append((change, event_id))
+        states: dict[tuple[str, str], RecordState] = {}
+        for name in sorted(by_table):
+            mapped = self.tables[name]
+            table = mapped.table
+            key_name = mapped.mapping.warehouse.key
+            key_column = table.c[key_name]
+            keys = sorted({change.key for change, _ in by_table[name]})
+            db.insert_ignore(conn, table, [{key_name: key} for key in keys])
+            rows = {}
+            for chunk in _chunks(keys, 500):
+                query = sa.select(table).where(key_column.in_(chunk)).order_by(key_column).with_for_update()
+                rows.update({row._mapping[key_name]: row._mapping for row in conn.execute(query)})
+            before = {key: _state(rows[key], mapped.data_columns) for key in keys}
+            after = dict(before)
+            winners = {key: rows[key]["sync_event_id"] for key in keys}
+            for change, event_id in by_table[name]:
+                merged = merge(after[change.key], change, mapped.tombstone_columns)
+                if merged.version != after[change.key].version:
+                    winners[change.key] = event_id
+                after[change.key] = merged
+            now = datetime.now(timezone.utc)
+            updates = [_row_values(after[key], winners[key], now) | {"b_key": key}
+                       for key in keys if after[key] != before[key]]
+            if updates:
+                columns = [c for c in updates[0] if c != "b_key"]
+                statement = table.update().where(key_column == sa.bindparam("b_key")).values(
+                    {c: sa.bindparam(c) for c in columns}
+                )
+                conn.execute(statement, updates)
+            states.update({(name, key): after[key] for key in keys})
+        return states
 
     def read(self, conn: Connection, table: str, key: str) -> dict[str, Any] | None:
         mapped = self.tables[table]
         key_column = mapped.table.c[mapped.mapping.warehouse.key]
         row = conn.execute(sa.select(mapped.table).where(key_column == key)).one_or_none()
         return dict(row._mapping) if row is not None else None
+
+
+def _row_values(state: RecordState, event_id: int | None, now: datetime) -> dict[str, Any]:
+    values = dict(state.values)
+    values.update(
+        sync_rank=state.version.rank if state.version else None,
+        sync_version=state.version.at if state.version else None,
+        sync_fingerprint=state.version.fingerprint if state.version else None,
+        sync_deleted_version=state.deleted[0] if state.deleted else None,
+        sync_deleted_fingerprint=state.deleted[1] if state.deleted else None,
+        sync_event_id=event_id,
+        sync_updated_at=now,
+    )
+    return values
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _state(row, data_columns: tuple[str, ...]) -> RecordState:

@@ -202,3 +202,23 @@ def test_a_value_that_does_not_fit_fails_the_delivery_with_the_field_named(pipe)
 
 def test_an_event_no_mapping_handles_is_ignored(pipe):
     assert pipe.deliver(envelope("reward.created", "2026-03-14T00:00:00.000000Z", key="rw_1")) == ["ignored"]
+
+
+def test_a_delivery_the_database_refuses_fails_alone(pg_url):
+    """A key longer than the key column refuses the whole fast batch; the rest still lands."""
+    from sync.inbox import PENDING, Delivery
+    from tests.conftest import empty_tables
+
+    empty_tables(pg_url)
+    pipe = Pipe(pg_url)
+    documents = [partner("partner.created", "2026-03-14T00:00:00.000000Z"),
+                 transaction("transaction.created", "2026-03-14T10:15:31.000000Z", key="k" * 300)]
+    bodies = [__import__("json").dumps(d).encode() for d in documents]
+    stored = pipe.inbox.store_many([Delivery(b, d["event"], PENDING) for b, d in zip(bodies, documents)])
+    events = pipe.inbox.begin_attempts([s.id for s in stored.values()])
+    result = pipe.processor.process_batch(events)
+    assert len(result.processed) == 1 and len(result.failed) == 1
+    [reason] = result.failed.values()
+    assert reason.startswith("database refused the write: value too long")
+    assert pipe.row("partners", "ptn_8c1e6f0a") is not None
+    assert pipe.inbox.counts() == {"pending": 0, "processed": 1, "ignored": 0, "failed": 1}

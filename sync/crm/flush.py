@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from sync import ledger
 from sync.crm.client import COLLECTION_LIMIT, SalesforceClient
-from sync.crm.outbox import FAILED, WAITING, Outbox, Pending, wire
+from sync.crm.outbox import FAILED, PENDING, SYNCED, WAITING, Outbox, Pending, wire
 from sync.errors import TransientError
 from sync.mapping import MappingSet
 from sync.mapping.spec import Mapping
@@ -104,26 +104,26 @@ class Flusher:
             raise
         report.calls += (1 if upserts else 0) + len(deletes)
         parent_arrived = False
+        recorded = []
+        for row in rows:
+            outcome = outcomes[row.id]
+            if outcome.success:
+                recorded.append((row, SYNCED, outcome.id, None, None, None))
+                report.synced += 1
+                parent_arrived = True
+            elif outcome.missing_parent:
+                recorded.append((row, WAITING, None, outcome.code, outcome.message, record_backoff(row.attempts)))
+                report.waiting += 1
+            elif outcome.transient:
+                recorded.append((row, PENDING, None, outcome.code, outcome.message, record_backoff(row.attempts)))
+                report.retrying += 1
+            else:
+                recorded.append((row, FAILED, None, outcome.code, outcome.message, None))
+                report.failed += 1
+                log.warning("Salesforce refused %s %s: %s: %s", row.object, row.external_id,
+                            outcome.code, outcome.message)
         with self.engine.begin() as conn:
-            for row in rows:
-                outcome = outcomes[row.id]
-                if outcome.success:
-                    self.outbox.synced(conn, row, outcome.id)
-                    report.synced += 1
-                    parent_arrived = True
-                elif outcome.missing_parent:
-                    self.outbox.refused(conn, row, WAITING, outcome.code, outcome.message,
-                                        record_backoff(row.attempts))
-                    report.waiting += 1
-                elif outcome.transient:
-                    self.outbox.refused(conn, row, "pending", outcome.code, outcome.message,
-                                        record_backoff(row.attempts))
-                    report.retrying += 1
-                else:
-                    self.outbox.refused(conn, row, FAILED, outcome.code, outcome.message, None)
-                    report.failed += 1
-                    log.warning("Salesforce refused %s %s: %s: %s", row.object, row.external_id,
-                                outcome.code, outcome.message)
+            self.outbox.record(conn, recorded)
             if parent_arrived and self._is_parent(target.object):
                 self.outbox.wake_waiting(conn)
         report.by_object[target.object] = report.by_object.get(target.object, 0) + len(rows)

@@ -116,29 +116,51 @@ class Outbox:
 
     def apply(self, conn: Connection, change: RecordChange, entity: str, tombstone_columns: Iterable[str]) -> bool:
         """Merge ``change`` into its record's outbox row under a row lock; True when it changed."""
-        change = _wire_change(change)
+        return bool(self.apply_many(conn, [(change, entity, tuple(tombstone_columns))]))
+
+    def apply_many(self, conn: Connection, items: list[tuple[RecordChange, str, tuple[str, ...]]]) -> int:
+        """Merge many changes into their outbox rows (locked in a fixed order); returns how many changed."""
         t = crm_outbox
-        db.insert_ignore(conn, t, [{
-            "object": change.table, "external_id": change.key, "entity": entity, "fields": {},
-            "generation": 0, "status": PENDING, "attempts": 0,
-        }])
-        row = conn.execute(
-            sa.select(t).where(t.c.object == change.table, t.c.external_id == change.key).with_for_update()
-        ).one()
-        state = _state(row)
-        merged = merge(state, change, tombstone_columns)
-        if merged == state:
-            return False
-        conn.execute(t.update().where(t.c.id == row.id).values(
-            fields=merged.values,
-            sync_rank=merged.version.rank if merged.version else None,
-            sync_version=merged.version.at if merged.version else None,
-            sync_fingerprint=merged.version.fingerprint if merged.version else None,
-            sync_deleted_version=merged.deleted[0] if merged.deleted else None,
-            sync_deleted_fingerprint=merged.deleted[1] if merged.deleted else None,
-            **_changed(row.generation),
-        ))
-        return True
+        items = [(_wire_change(change), entity, tomb) for change, entity, tomb in items]
+        keys = sorted({(change.table, change.key): entity for change, entity, _ in items}.items())
+        db.insert_ignore(conn, t, [
+            {"object": obj, "external_id": key, "entity": entity, "fields": {}, "generation": 0,
+             "status": PENDING, "attempts": 0}
+            for (obj, key), entity in keys
+        ])
+        rows = {}
+        for obj in sorted({obj for (obj, _), _ in keys}):
+            wanted = [key for (o, key), _ in keys if o == obj]
+            for chunk in _chunks(wanted, 500):
+                query = (sa.select(t).where(t.c.object == obj, t.c.external_id.in_(chunk))
+                         .order_by(t.c.external_id).with_for_update())
+                rows.update({(r.object, r.external_id): r for r in conn.execute(query)})
+        before = {k: _state(row) for k, row in rows.items()}
+        after = dict(before)
+        for change, _, tomb in items:
+            k = (change.table, change.key)
+            after[k] = merge(after[k], change, tomb)
+        updates = []
+        for k, state in after.items():
+            if state == before[k]:
+                continue
+            updates.append({
+                "b_id": rows[k].id,
+                "fields": state.values,
+                "sync_rank": state.version.rank if state.version else None,
+                "sync_version": state.version.at if state.version else None,
+                "sync_fingerprint": state.version.fingerprint if state.version else None,
+                "sync_deleted_version": state.deleted[0] if state.deleted else None,
+                "sync_deleted_fingerprint": state.deleted[1] if state.deleted else None,
+                **_changed(rows[k].generation),
+            })
+        if updates:
+            columns = [c for c in updates[0] if c != "b_id"]
+            conn.execute(
+                t.update().where(t.c.id == sa.bindparam("b_id")).values({c: sa.bindparam(c) for c in columns}),
+                updates,
+            )
+        return len(updates)
 
     def note_commission_change(self, conn: Connection, partner_ids: Iterable[str]) -> None:
         rows = [{"partner_id": p, "changed_at": now()} for p in sorted(set(partner_ids))]
@@ -189,24 +211,43 @@ class Outbox:
         ]
 
     def synced(self, conn: Connection, row: Pending, salesforce_id: str | None) -> None:
-        t = crm_outbox
-        conn.execute(
-            t.update()
-            .where(t.c.id == row.id, t.c.generation == row.generation)  # unless it changed meanwhile
-            .values(status=SYNCED, salesforce_id=salesforce_id, synced_at=now(), synced_generation=row.generation,
-                    attempts=0, next_attempt_at=None, error_code=None, error_message=None, error_at=None)
-        )
+        self.record(conn, [(row, SYNCED, salesforce_id, None, None, None)])
 
     def refused(self, conn: Connection, row: Pending, status: str, code: str, message: str,
                 retry_in: float | None) -> None:
         """Record Salesforce's error; ``retry_in`` seconds until the next try (None: not by itself)."""
+        self.record(conn, [(row, status, None, code, message, retry_in)])
+
+    def record(self, conn: Connection, outcomes: list[tuple]) -> None:
+        """Record many outcomes in one statement: (row, status, salesforce id, code, message, retry in).
+
+        A row that changed since it was read keeps its new, pending version.
+        """
+        if not outcomes:
+            return
         t = crm_outbox
-        conn.execute(
+        at = now()
+        params = []
+        for row, status, salesforce_id, code, message, retry_in in outcomes:
+            ok = status == SYNCED
+            params.append({
+                "b_id": row.id, "b_generation": row.generation, "status": status,
+                "salesforce_id": salesforce_id if ok else None,
+                "synced_at": at if ok else None,
+                "synced_generation": row.generation if ok else None,
+                "attempts": 0 if ok else row.attempts + 1,
+                "next_attempt_at": None if ok or retry_in is None else at + timedelta(seconds=retry_in),
+                "error_code": None if ok else (code or "")[:64],
+                "error_message": None if ok else (message or "")[:2000],
+                "error_at": None if ok else at,
+            })
+        columns = [c for c in params[0] if not c.startswith("b_")]
+        statement = (
             t.update()
-            .where(t.c.id == row.id, t.c.generation == row.generation)
-            .values(status=status, attempts=row.attempts + 1, error_code=code[:64], error_message=message[:2000],
-                    error_at=now(), next_attempt_at=None if retry_in is None else now() + timedelta(seconds=retry_in))
+            .where(t.c.id == sa.bindparam("b_id"), t.c.generation == sa.bindparam("b_generation"))
+            .values({c: sa.bindparam(c) for c in columns})
         )
+        conn.execute(statement, params)
 
     def postpone(self, conn: Connection, rows: Sequence[Pending], seconds: float, reason: str) -> None:
         """A whole call failed (timeout, outage): try these rows again later."""
