@@ -63,3 +63,14 @@ def test_the_readme_commission_query_agrees_with_the_ledger(pg_url):
     with pipe.engine.connect() as conn:
         owed = {partner: amount.normalize() for partner, amount in conn.execute(sa.text(query))}
     assert owed == pipe.owed() == {"ptn_8c1e6f0a": __import__("decimal").Decimal("47.2")}
+
+
+def test_the_readme_salesforce_example_is_a_valid_section(tmp_path):
+    from sync.mapping import load_mappings
+
+    example = next(b for b in _blocks("yaml") if b.startswith("salesforce:"))
+    customer = (ROOT / "mappings" / "customer.yml").read_text().split("\nsalesforce:")[0]
+    (tmp_path / "customer.yml").write_text(customer + "\n" + example)
+    [mapping] = load_mappings(tmp_path).mappings
+    assert mapping.salesforce.object == "Account"
+    assert [r.name for r in mapping.salesforce.references] == ["Partnero_Partner__r"]
