@@ -60,3 +60,49 @@ def test_secrets_and_passwords_never_show():
 def test_redact_url_keeps_urls_without_password():
     assert redact_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
     assert redact_url("redis://:pw@host:1/0") == "redis://:***@host:1/0"
+
+
+@pytest.mark.parametrize(
+    "env, mode",
+    [
+        ({"SALESFORCE_INSTANCE_URL": "https://x.my.salesforce.com", "SALESFORCE_SESSION_ID": "00D!x"}, "session"),
+        ({"SALESFORCE_USERNAME": "u", "SALESFORCE_PASSWORD": "p", "SALESFORCE_SECURITY_TOKEN": "t"}, "password"),
+        ({"SALESFORCE_USERNAME": "u", "SALESFORCE_CONSUMER_KEY": "k", "SALESFORCE_PRIVATE_KEY": "-----BEGIN"}, "jwt"),
+        ({"SALESFORCE_USERNAME": "u", "SALESFORCE_CONSUMER_KEY": "k", "SALESFORCE_PRIVATE_KEY_FILE": "/k.pem"}, "jwt"),
+        ({"SALESFORCE_CONSUMER_KEY": "k", "SALESFORCE_CONSUMER_SECRET": "s", "SALESFORCE_DOMAIN": "acme.my"},
+         "client_credentials"),
+    ],
+)
+def test_each_salesforce_login(env, mode):
+    salesforce = Settings.from_env(env).salesforce
+    assert salesforce.mode == mode and salesforce.enabled
+    assert salesforce.renewable == (mode != "session")
+
+
+def test_no_salesforce_variables_means_crm_sync_is_off():
+    salesforce = Settings.from_env({}).salesforce
+    assert not salesforce.enabled
+    assert salesforce.describe() == "off (no SALESFORCE_ variables set): only the warehouse is synced"
+
+
+@pytest.mark.parametrize(
+    "env, missing",
+    [
+        ({"SALESFORCE_USERNAME": "u", "SALESFORCE_PASSWORD": "p"}, "SALESFORCE_SECURITY_TOKEN"),
+        ({"SALESFORCE_INSTANCE_URL": "https://x"}, "SALESFORCE_SESSION_ID"),
+        ({"SALESFORCE_CONSUMER_KEY": "k", "SALESFORCE_CONSUMER_SECRET": "s"}, "SALESFORCE_DOMAIN"),
+        ({"SALESFORCE_USERNAME": "u", "SALESFORCE_CONSUMER_KEY": "k"},
+         "SALESFORCE_PRIVATE_KEY or SALESFORCE_PRIVATE_KEY_FILE"),
+    ],
+)
+def test_half_a_salesforce_login_names_what_is_missing(env, missing):
+    with pytest.raises(ConfigurationError, match=f"also set {missing}"):
+        Settings.from_env(env)
+
+
+def test_salesforce_secrets_never_show():
+    settings = Settings.from_env({"SALESFORCE_USERNAME": "api@acme.com", "SALESFORCE_PASSWORD": "hunter2",
+                                  "SALESFORCE_SECURITY_TOKEN": "tok3n"})
+    text = repr(settings) + repr(settings.salesforce) + settings.salesforce.describe()
+    assert "hunter2" not in text and "tok3n" not in text
+    assert "api@acme.com" in text
