@@ -110,6 +110,12 @@ def insert_ignore(conn: Connection, table: sa.Table, rows: list[dict]) -> None:
                 pass
 
 
+def chunks(items: list, size: int):
+    """``items`` in slices of at most ``size`` (for IN lists of bounded length)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a database error means "try again later" (the server is away or busy)."""
     if isinstance(exc, TransientError):

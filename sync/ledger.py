@@ -84,8 +84,7 @@ def reverse_many(conn: Connection, refunds: dict[str, tuple[datetime | None, int
     t = commission_entries
     keys = sorted(refunds)
     entries = []
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
+    for chunk in db.chunks(keys, 500):
         entries += conn.execute(sa.select(t).where(t.c.transaction_key.in_(chunk))).all()
     reversed_refs = {(e.transaction_key, e.reward_ref) for e in entries if e.entry_type == REVERSAL}
     now = datetime.now(timezone.utc)

@@ -45,3 +45,21 @@ def merge(state: RecordState, change: RecordChange, tombstone_columns: Iterable[
             values.update(change.tombstone)
             deleted = candidate
     return RecordState(values, version, deleted)
+
+
+def bookkeeping(state: RecordState) -> dict[str, Any]:
+    """The ``sync_`` columns that store ``state``'s version and tombstone."""
+    return {
+        "sync_rank": state.version.rank if state.version else None,
+        "sync_version": state.version.at if state.version else None,
+        "sync_fingerprint": state.version.fingerprint if state.version else None,
+        "sync_deleted_version": state.deleted[0] if state.deleted else None,
+        "sync_deleted_fingerprint": state.deleted[1] if state.deleted else None,
+    }
+
+
+def from_bookkeeping(values: dict[str, Any], row: Any) -> RecordState:
+    """The state stored in a row's ``sync_`` columns, with ``values`` as its fields."""
+    version = Version(row["sync_rank"], row["sync_version"], row["sync_fingerprint"]) if row["sync_version"] else None
+    deleted = (row["sync_deleted_version"], row["sync_deleted_fingerprint"]) if row["sync_deleted_version"] else None
+    return RecordState(values, version, deleted)

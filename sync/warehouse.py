@@ -13,9 +13,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from sync import db
 from sync.errors import ConfigurationError
-from sync.mapping import MappingSet, RecordChange, Version
+from sync.mapping import MappingSet, RecordChange
 from sync.mapping.spec import Mapping
-from sync.records import RecordState, merge
+from sync.records import RecordState, bookkeeping, from_bookkeeping, merge
 from sync.sqltypes import FINGERPRINT, KEY, UTCDateTime, column_type
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class Warehouse:
             keys = sorted({change.key for change, _ in by_table[name]})
             db.insert_ignore(conn, table, [{key_name: key} for key in keys])
             rows = {}
-            for chunk in _chunks(keys, 500):
+            for chunk in db.chunks(keys, 500):
                 query = sa.select(table).where(key_column.in_(chunk)).order_by(key_column).with_for_update()
                 rows.update({row._mapping[key_name]: row._mapping for row in conn.execute(query)})
             before = {key: _state(rows[key], mapped.data_columns) for key in keys}
@@ -191,32 +191,11 @@ class Warehouse:
 
 
 def _row_values(state: RecordState, event_id: int | None, now: datetime) -> dict[str, Any]:
-    values = dict(state.values)
-    values.update(
-        sync_rank=state.version.rank if state.version else None,
-        sync_version=state.version.at if state.version else None,
-        sync_fingerprint=state.version.fingerprint if state.version else None,
-        sync_deleted_version=state.deleted[0] if state.deleted else None,
-        sync_deleted_fingerprint=state.deleted[1] if state.deleted else None,
-        sync_event_id=event_id,
-        sync_updated_at=now,
-    )
-    return values
-
-
-def _chunks(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+    return {**state.values, **bookkeeping(state), "sync_event_id": event_id, "sync_updated_at": now}
 
 
 def _state(row, data_columns: tuple[str, ...]) -> RecordState:
-    version = None
-    if row["sync_version"] is not None:
-        version = Version(row["sync_rank"], row["sync_version"], row["sync_fingerprint"])
-    deleted = None
-    if row["sync_deleted_version"] is not None:
-        deleted = (row["sync_deleted_version"], row["sync_deleted_fingerprint"])
-    return RecordState({c: row[c] for c in data_columns}, version, deleted)
+    return from_bookkeeping({c: row[c] for c in data_columns}, row)
 
 
 def _add_column(conn: Connection, table: str, column: sa.Column) -> None:

@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sync import db
-from sync.mapping import RecordChange, Version
+from sync.mapping import RecordChange
 from sync.mapping.transforms import ExactFloat
-from sync.records import RecordState, merge
+from sync.records import RecordState, bookkeeping, from_bookkeeping, merge
 from sync.sqltypes import FINGERPRINT, KEY, UTCDateTime
 
 PENDING = "pending"  # to be sent
@@ -131,7 +131,7 @@ class Outbox:
         rows = {}
         for obj in sorted({obj for (obj, _), _ in keys}):
             wanted = [key for (o, key), _ in keys if o == obj]
-            for chunk in _chunks(wanted, 500):
+            for chunk in db.chunks(wanted, 500):
                 query = (sa.select(t).where(t.c.object == obj, t.c.external_id.in_(chunk))
                          .order_by(t.c.external_id).with_for_update())
                 rows.update({(r.object, r.external_id): r for r in conn.execute(query)})
@@ -144,16 +144,8 @@ class Outbox:
         for k, state in after.items():
             if state == before[k]:
                 continue
-            updates.append({
-                "b_id": rows[k].id,
-                "fields": state.values,
-                "sync_rank": state.version.rank if state.version else None,
-                "sync_version": state.version.at if state.version else None,
-                "sync_fingerprint": state.version.fingerprint if state.version else None,
-                "sync_deleted_version": state.deleted[0] if state.deleted else None,
-                "sync_deleted_fingerprint": state.deleted[1] if state.deleted else None,
-                **_changed(rows[k].generation),
-            })
+            updates.append({"b_id": rows[k].id, "fields": state.values, **bookkeeping(state),
+                            **_changed(rows[k].generation)})
         if updates:
             columns = [c for c in updates[0] if c != "b_id"]
             conn.execute(
@@ -181,7 +173,7 @@ class Outbox:
              "status": PENDING, "attempts": 0}
             for p in partners
         ])
-        for chunk in _chunks(partners, 500):
+        for chunk in db.chunks(partners, 500):
             conn.execute(
                 t.update()
                 .where(t.c.object == object_name, t.c.external_id.in_(chunk))
@@ -306,11 +298,4 @@ def _changed(generation) -> dict[str, Any]:
 
 
 def _state(row) -> RecordState:
-    version = Version(row.sync_rank, row.sync_version, row.sync_fingerprint) if row.sync_version else None
-    deleted = (row.sync_deleted_version, row.sync_deleted_fingerprint) if row.sync_deleted_version else None
-    return RecordState(dict(row.fields or {}), version, deleted)
-
-
-def _chunks(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+    return from_bookkeeping(dict(row.fields or {}), row._mapping)
