@@ -7,12 +7,11 @@ import os
 
 from simple_salesforce import Salesforce
 
+from sync.crm.outbox import wire
 from sync.inbox import PENDING, Delivery
 from sync.mapping import parse_document, plan
-from sync.crm.outbox import wire
 from sync.services import Services
 from sync.settings import Settings
-
 
 _cache: dict = {}
 

@@ -10,8 +10,8 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime, timedelta, timezone
+from functools import cached_property
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine

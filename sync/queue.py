@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
 
 import redis
 from rq import Queue

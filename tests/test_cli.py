@@ -46,8 +46,8 @@ def test_a_malformed_setting_is_one_clear_line():
 
 
 def test_status_counts_the_inbox(client, settings):
-    from tests.conftest import signed
     from sync.samples import sample_delivery
+    from tests.conftest import signed
 
     for event in ("partner.created", "partner.updated", "reward.paid"):
         body, headers = signed(sample_delivery(event))

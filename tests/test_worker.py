@@ -14,9 +14,9 @@ from rq.job import Job, JobStatus
 from sync import db, jobs
 from sync.errors import TransientError
 from sync.inbox import PENDING, Delivery, Inbox, webhook_events
+from sync.processor import Processor
 from sync.queue import QUEUE_NAME, JobQueue, PartneroWorker
 from sync.samples import sample_delivery
-from sync.processor import Processor
 from sync.worker import build_worker
 from tests.conftest import DEAD_PG_URL, job_for_row
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from urllib.parse import quote
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from simple_salesforce import Salesforce

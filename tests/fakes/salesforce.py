@@ -82,6 +82,7 @@ import re
 import secrets
 import shutil
 import socket
+import socketserver
 import ssl
 import string
 import struct
@@ -90,13 +91,11 @@ import threading
 import xml.etree.ElementTree as ET
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape as xml_escape
-
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-import socketserver
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
