@@ -35,6 +35,8 @@ def create_app(settings: Settings | None = None, *, redis_connection: redis.Redi
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(ops.bp)
+    app.logger.info("partnero-sync web: %d mapped event types; Salesforce %s",
+                    len(services.mappings.events), settings.salesforce.describe())
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

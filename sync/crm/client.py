@@ -114,9 +114,6 @@ class SalesforceClient:
             return Outcome(False, code="DELETE_FAILED", message=str(exc))
         return Outcome(True)
 
-    def limits(self) -> dict[str, Any]:
-        return self._call("GET", "limits", None) or {}
-
     def _call(self, method: str, path: str, body: Any) -> Any:
         sf = self.connect()
         kwargs: dict[str, Any] = {"timeout": TIMEOUT}
