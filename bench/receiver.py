@@ -213,17 +213,20 @@ class Gunicorn:
             return []
         return [int(p) for p in children]
 
-    def cpu_seconds(self) -> float:
-        """User+system CPU of the workers so far."""
+    def cpu_by_worker(self) -> dict[int, float]:
+        """User+system CPU seconds of each worker so far."""
         tick = os.sysconf("SC_CLK_TCK")
-        total = 0.0
+        found = {}
         for pid in self.worker_pids():
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            total += (int(fields[11]) + int(fields[12])) / tick
-        return total
+            found[pid] = (int(fields[11]) + int(fields[12])) / tick
+        return found
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_by_worker().values())
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -324,7 +327,8 @@ def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, clean
             "connections": args.connections, "warmup": args.warmup, "duration": args.duration,
             "max_requests": args.max_requests, "request_timeout": args.request_timeout,
         }
-        cpu_before, busy_before, others_before = server.cpu_seconds(), machine_cpu(), cpu_by_program()
+        workers_before, busy_before, others_before = server.cpu_by_worker(), machine_cpu(), cpu_by_program()
+        cpu_before = sum(workers_before.values())
         loadgen = subprocess.Popen(
             [sys.executable, "-m", "bench.loadgen", json.dumps(config)],
             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -346,8 +350,14 @@ def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, clean
             except subprocess.TimeoutExpired:
                 prof.kill()
             cleanup.remove(prof.kill)
-        cpu_after, busy_after, others_after = server.cpu_seconds(), machine_cpu(), cpu_by_program()
+        workers_after, busy_after, others_after = server.cpu_by_worker(), machine_cpu(), cpu_by_program()
+        cpu_after = sum(workers_after.values())
         answered = max(result["answered"], 1)
+        # Keep-alive connections stay with the worker that accepted them: with several workers
+        # the load may not be shared evenly. The share of each worker's CPU shows how it went.
+        used = {pid: workers_after[pid] - workers_before.get(pid, 0.0) for pid in workers_after}
+        result["worker_cpu_split_pct"] = sorted(
+            (100 * v / max(sum(used.values()), 1e-9) for v in used.values()), reverse=True)
         result["server_cpu_us_per_request"] = (cpu_after - cpu_before) / answered * 1e6
         result["cpu_us_per_request"] = {
             "gunicorn workers": result["server_cpu_us_per_request"],
@@ -418,7 +428,8 @@ def _start_profilers(args, server: Gunicorn, name: str) -> list[subprocess.Popen
 
 def table(results: list[dict], args) -> str:
     head = (f"{'':3}{'target':<10}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-            f"{'errors':>8}{'requests':>10}{'srv CPU us/req':>16}{'box CPU %':>11}{'other load %':>14}")
+            f"{'errors':>8}{'requests':>10}{'srv CPU us/req':>16}{'box CPU %':>11}{'other load %':>14}"
+            f"  worker split %")
     lines = [head, "-" * len(head)]
     for r in results:
         m = r["measured"]
@@ -427,6 +438,7 @@ def table(results: list[dict], args) -> str:
             f"{m['p90_ms']:>9.1f}{m['p99_ms']:>9.1f}{m['max_ms']:>9.1f}{m['errors']:>8d}"
             f"{m['requests']:>10d}{r['server_cpu_us_per_request']:>16.0f}"
             f"{r['machine_cpu_busy_pct']:>11.0f}{r['other_load_pct']:>14.0f}"
+            f"  {'/'.join(f'{x:.0f}' for x in r['worker_cpu_split_pct'])}"
         )
     lines += ["", "CPU per request (us), whole run incl. warm-up:"]
     for r in results:
@@ -518,7 +530,10 @@ def parse_args(argv=None):
     p.add_argument("--wait-quiet", type=float, default=20.0,
                    help="before each target, wait up to this many seconds for the machine to be "
                         "less than --quiet-pct busy (other processes skew the figures)")
-    p.add_argument("--quiet-pct", type=float, default=15.0, help="see --wait-quiet")
+    p.add_argument("--quiet-pct", type=float, default=15.0, help="see --wait-quiet and --retries")
+    p.add_argument("--retries", type=int, default=1,
+                   help="measure a target again (up to this many times) when other programs used "
+                        "more than --quiet-pct of the machine during its run")
     p.add_argument("--json", type=Path, default=None,
                    help="write all results here (when not given: bench/results/receiver-<time>.json)")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
@@ -567,8 +582,14 @@ def main(argv=None) -> int:
             for name in args.targets:
                 print(f"  [{round_no}/{args.rounds}] {TARGETS[name][0]}) {name}: {TARGETS[name][2]} ...",
                       end="", flush=True)
-                r = run_target(name, args, workdir, pg, rds, cleanup)
+                for attempt in range(args.retries + 1):
+                    r = run_target(name, args, workdir, pg, rds, cleanup)
+                    if r["other_load_pct"] <= args.quiet_pct or attempt == args.retries:
+                        break
+                    print(f" other programs took {r['other_load_pct']:.0f}% of the machine, "
+                          f"measuring again ...", end="", flush=True)
                 r["round"] = round_no
+                r["attempts"] = attempt + 1
                 results.append(r)
                 m = r["measured"]
                 print(f" {m['rps']:.0f} req/s, p99 {m['p99_ms']:.1f} ms, {m['errors']} errors", flush=True)

@@ -23,9 +23,10 @@ from sync.signature import sign
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-PG_TEST_DB = "partnero_sync_test"
+#: Named for this test run, so two runs on one machine never truncate each other's tables.
+PG_TEST_DB = f"partnero_sync_test_{os.getpid()}"
 MARIADB_ADMIN_URL = os.environ.get("TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test")
-MARIADB_TEST_DB = "partnero_sync_test"
+MARIADB_TEST_DB = f"partnero_sync_test_{os.getpid()}"
 SECRETS = ("whsec_current", "whsec_previous")
 #: Nothing listens here: connections are refused at once.
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
@@ -58,8 +59,8 @@ def redis_conn(redis_server_url) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> str:
-    """A fresh PostgreSQL database for this test session, with the schema."""
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, with the schema; dropped at the end."""
     admin_url = normalize_database_url(PG_ADMIN_URL)
     try:
         admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
@@ -70,11 +71,14 @@ def pg_url() -> str:
         _unavailable("PostgreSQL", exc)
     url = admin_url.rsplit("/", 1)[0] + f"/{PG_TEST_DB}"
     migrate(url)
-    return url
+    yield url
+    db.engine_for(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {PG_TEST_DB} WITH (FORCE)"))
 
 
 @pytest.fixture(scope="session")
-def mariadb_url() -> str:
+def mariadb_url() -> Iterator[str]:
     """A fresh MariaDB (MySQL) database for this test session, with the schema."""
     admin_url = normalize_database_url(MARIADB_ADMIN_URL)
     try:
@@ -86,7 +90,10 @@ def mariadb_url() -> str:
         _unavailable("MariaDB", exc)
     url = admin_url.rsplit("/", 1)[0] + f"/{MARIADB_TEST_DB}"
     migrate(url)
-    return url
+    yield url
+    db.engine_for(url).dispose()
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {MARIADB_TEST_DB}"))
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
