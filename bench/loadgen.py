@@ -211,9 +211,13 @@ class Connection(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-async def _slot(host: str, port: int, requests: Requests, stats: Stats, live: set) -> None:
+async def _slot(host: str, port: int, requests: Requests, stats: Stats, live: set,
+                delay: float = 0.0) -> None:
     """Keeps one connection going until the window closes, reconnecting if the server closes it."""
     loop = asyncio.get_running_loop()
+    # Connections opened all at once tend to be accepted by one gunicorn worker, and keep-alive
+    # keeps them there; opened a few milliseconds apart, they spread over the workers better.
+    await asyncio.sleep(delay)
     while time.perf_counter() < stats.t_stop and stats.sent < stats.max_requests:
         closed = loop.create_future()
         try:
@@ -254,8 +258,9 @@ async def run(config: dict) -> dict:
     live: set[Connection] = set()
     watchdog = asyncio.create_task(_watchdog(stats, live, config["request_timeout"]))
     slots = [
-        asyncio.create_task(_slot(config["host"], config["port"], requests, stats, live))
-        for _ in range(config["connections"])
+        asyncio.create_task(_slot(config["host"], config["port"], requests, stats, live,
+                                  delay=i * config.get("connect_stagger", 0.0)))
+        for i in range(config["connections"])
     ]
     # Bounded: the window, then at most one request time-out (the watchdog ends stragglers).
     await asyncio.wait(slots, timeout=config["warmup"] + config["duration"]

@@ -326,6 +326,7 @@ def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, clean
             "host": "127.0.0.1", "port": server.port, "path": PATH, "secret": SECRET,
             "connections": args.connections, "warmup": args.warmup, "duration": args.duration,
             "max_requests": args.max_requests, "request_timeout": args.request_timeout,
+            "connect_stagger": args.connect_stagger,
         }
         workers_before, busy_before, others_before = server.cpu_by_worker(), machine_cpu(), cpu_by_program()
         cpu_before = sum(workers_before.values())
@@ -458,6 +459,11 @@ def summarize(results: list[dict], args) -> tuple[str, bool]:
             ok = False
             out.append(f"ERRORS in {r['target']}: measured statuses {m['statuses']}, "
                        f"transport errors {r['transport_errors']}, samples {r['error_samples']}")
+        split = r["worker_cpu_split_pct"]
+        if len(split) > 1 and split[0] > 1.5 * 100 / len(split):
+            out.append(f"WARNING: {r['target']}: the workers did not share the load evenly "
+                       f"({'/'.join(f'{x:.0f}' for x in split)} % of their CPU): keep-alive "
+                       f"connections stay with the worker that accepted them")
         if r["other_load_pct"] > 10:
             out.append(f"WARNING: other programs used {r['other_load_pct']:.0f}% of the machine during "
                        f"{r['target']}; its figures are skewed")
@@ -506,6 +512,9 @@ def parse_args(argv=None):
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per target")
     p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target (not measured)")
     p.add_argument("--connections", "-c", type=int, default=16, help="concurrent keep-alive connections")
+    p.add_argument("--connect-stagger", type=float, default=0.02, metavar="SECONDS",
+                   help="open the connections this far apart (during the warm-up), so that they "
+                        "spread over the gunicorn workers; 0 opens them all at once")
     p.add_argument("--workers", "-w", type=int, default=workers,
                    help="gunicorn workers (from WEB_CONCURRENCY or app.gunicorn_config)")
     p.add_argument("--threads", "-t", type=int, default=threads,
