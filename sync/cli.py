@@ -37,7 +37,8 @@ def main() -> None:
 
     Configured from the environment: PARTNERO_WEBHOOK_SECRET, DATABASE_URL (default
     sqlite:///partnero-sync.db), REDIS_URL (default redis://localhost:6379/0), MAPPINGS_DIR
-    (default mappings), LOG_LEVEL (default INFO).
+    (default mappings), LOG_LEVEL (default INFO), and SALESFORCE_* for the CRM sync (none set:
+    only the warehouse is synced). README.md explains each.
     """
 
 

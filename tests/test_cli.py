@@ -16,7 +16,8 @@ def run(*args: str, env: dict[str, str] | None = None):
 def test_help_explains_every_command():
     result = run("--help")
     assert result.exit_code == 0
-    for command in ("migrate", "worker", "sweep", "status", "send-test", "dev"):
+    for command in ("migrate", "worker", "sweep", "status", "send-test", "dev", "mappings", "replay",
+                    "crm-errors", "crm-retry", "crm-flush"):
         assert command in result.output
     assert "PARTNERO_WEBHOOK_SECRET" in result.output
 
@@ -97,7 +98,10 @@ def test_send_test_without_a_secret_names_the_variable():
     assert "PARTNERO_WEBHOOK_SECRET is not set" in result.output
 
 
-@pytest.mark.parametrize("command", ["worker", "sweep", "migrate", "status", "send-test", "dev"])
+@pytest.mark.parametrize("command", [
+    "worker", "sweep", "migrate", "status", "send-test", "dev", "mappings check", "mappings preview", "replay",
+    "crm-errors", "crm-retry", "crm-flush",
+])
 def test_every_command_has_help(command):
-    result = run(command, "--help")
+    result = run(*command.split(), "--help")
     assert result.exit_code == 0 and "Usage:" in result.output
