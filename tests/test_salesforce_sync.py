@@ -294,3 +294,37 @@ def test_money_goes_out_exact(services, fake):
     assert Decimal(repr(contact["Partnero_Commission_Total__c"])) == Decimal("30")
     sale = fake.get("Partnero_Transaction__c", "Partnero_Transaction_Key__c", TRANSACTION["key"])
     assert Decimal(repr(sale["Amount__c"])) == Decimal("0.1")
+
+
+@pytest.mark.parametrize("mode", ["session", "password", "jwt", "jwt-file", "client_credentials"])
+def test_every_login_mode_syncs(settings, fake, redis_conn, tmp_path, mode):
+    if mode == "session":
+        login = SalesforceSettings(mode="session", instance_url=fake.instance_url, session_id=fake.issue_session())
+    elif mode == "password":
+        login = password_login(fake)
+    elif mode.startswith("jwt"):
+        key = fake.jwt_private_key
+        if mode == "jwt-file":
+            (tmp_path / "key.pem").write_text(key)
+            login = SalesforceSettings(mode="jwt", username=fake.username, consumer_key=fake.consumer_key,
+                                       private_key_file=str(tmp_path / "key.pem"), domain=fake.login_domain)
+        else:
+            login = SalesforceSettings(mode="jwt", username=fake.username, consumer_key=fake.consumer_key,
+                                       private_key=key, domain=fake.login_domain)
+    else:
+        login = SalesforceSettings(mode="client_credentials", consumer_key=fake.consumer_key,
+                                   consumer_secret=fake.consumer_secret, domain=fake.login_domain)
+    services = Services.build(settings.with_overrides(salesforce=login), redis_conn)
+    deliver(services, partner())
+    assert services.flusher().flush().synced == 1
+    assert fake.get("Contact", "Partnero_Partner_Id__c", "ptn_8c1e6f0a")["LastName"] == "Lopez"
+
+
+def test_a_wrong_password_is_a_configuration_error(settings, fake, redis_conn):
+    login = SalesforceSettings(mode="password", username=fake.username, password="wrong",
+                               security_token=fake.security_token, domain=fake.login_domain)
+    services = Services.build(settings.with_overrides(salesforce=login), redis_conn)
+    deliver(services, partner())
+    with pytest.raises(ConfigurationError, match="Salesforce refused the password login"):
+        services.flusher().flush()
+    assert outbox_rows(services)[("Contact", "ptn_8c1e6f0a")]["status"] == "pending"  # kept for later
