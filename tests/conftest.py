@@ -58,42 +58,38 @@ def redis_conn(redis_server_url) -> Iterator[redis.Redis]:
     connection.close()
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, with the schema; dropped at the end."""
-    admin_url = normalize_database_url(PG_ADMIN_URL)
+def _server_database(server: str, admin_url: str, name: str, create: str, drop: str, **engine_options):
+    """A fresh database on a real server for this test session, with the schema; dropped at the end."""
+    admin_url = normalize_database_url(admin_url)
     try:
-        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {PG_TEST_DB} WITH (FORCE)"))
-            conn.execute(sa.text(f"CREATE DATABASE {PG_TEST_DB}"))
-    except sa.exc.OperationalError as exc:
-        _unavailable("PostgreSQL", exc)
-    url = admin_url.rsplit("/", 1)[0] + f"/{PG_TEST_DB}"
-    migrate(url)
-    yield url
-    db.engine_for(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {PG_TEST_DB} WITH (FORCE)"))
-
-
-@pytest.fixture(scope="session")
-def mariadb_url() -> Iterator[str]:
-    """A fresh MariaDB (MySQL) database for this test session, with the schema."""
-    admin_url = normalize_database_url(MARIADB_ADMIN_URL)
-    try:
-        admin = sa.create_engine(admin_url, connect_args={"connect_timeout": 3})
+        admin = sa.create_engine(admin_url, connect_args={"connect_timeout": 3}, **engine_options)
         with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {MARIADB_TEST_DB}"))
-            conn.execute(sa.text(f"CREATE DATABASE {MARIADB_TEST_DB} CHARACTER SET utf8mb4"))
+            conn.execute(sa.text(drop))
+            conn.execute(sa.text(create))
     except sa.exc.OperationalError as exc:
-        _unavailable("MariaDB", exc)
-    url = admin_url.rsplit("/", 1)[0] + f"/{MARIADB_TEST_DB}"
+        _unavailable(server, exc)
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
     migrate(url)
     yield url
     db.engine_for(url).dispose()
     with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {MARIADB_TEST_DB}"))
+        conn.execute(sa.text(drop))
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    yield from _server_database(
+        "PostgreSQL", PG_ADMIN_URL, PG_TEST_DB, f"CREATE DATABASE {PG_TEST_DB}",
+        f"DROP DATABASE IF EXISTS {PG_TEST_DB} WITH (FORCE)", isolation_level="AUTOCOMMIT",
+    )
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> Iterator[str]:
+    yield from _server_database(
+        "MariaDB", MARIADB_ADMIN_URL, MARIADB_TEST_DB, f"CREATE DATABASE {MARIADB_TEST_DB} CHARACTER SET utf8mb4",
+        f"DROP DATABASE IF EXISTS {MARIADB_TEST_DB}",
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
