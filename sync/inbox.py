@@ -188,10 +188,6 @@ class Inbox:
             rows = conn.execute(sa.select(*_EVENT_COLUMNS).where(t.c.id.in_(ids)).order_by(t.c.id)).all()
         return [Event(*row) for row in rows]
 
-    def mark_processed(self, event_id: int, conn: Connection | None = None, status: str = PROCESSED) -> None:
-        """Record success; pass ``conn`` to make it part of the transaction that did the work."""
-        self.mark_done([event_id], conn, status)
-
     def mark_done(self, event_ids: Sequence[int], conn: Connection | None = None, status: str = PROCESSED) -> None:
         if not event_ids:
             return

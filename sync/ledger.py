@@ -40,13 +40,9 @@ commission_entries = sa.Table(
 )
 
 
-def book(conn: Connection, transaction_key: str, rewards: Iterable[Reward], event_id: int | None) -> None:
-    """Book one commission per reward; a reward booked before is left as it was."""
-    book_many(conn, [(transaction_key, reward, event_id) for reward in rewards])
-
-
 def book_many(conn: Connection, items: Iterable[tuple[str, Reward, int | None]]) -> None:
-    """``book`` for the rewards of many transactions, in one statement."""
+    """Book one commission per (transaction key, reward, event id), in one statement; a reward
+    booked before is left as it was."""
     now = datetime.now(timezone.utc)
     rows = [
         {
@@ -67,18 +63,13 @@ def book_many(conn: Connection, items: Iterable[tuple[str, Reward, int | None]])
     db.insert_ignore(conn, commission_entries, rows)
 
 
-def reverse(conn: Connection, transaction_key: str, refunded_at: datetime | None, event_id: int | None) -> set[str]:
-    """Add the missing reversal of every commission booked for the transaction.
-
-    Returns the partners whose commission this changed.
-
-    What is reversed is what was booked, read from the ledger, whatever the refund's payload says.
-    """
-    return reverse_many(conn, {transaction_key: (refunded_at, event_id)})
-
-
 def reverse_many(conn: Connection, refunds: dict[str, tuple[datetime | None, int | None]]) -> set[str]:
-    """``reverse`` for many refunded transactions: {transaction key: (refunded at, event id)}."""
+    """Add the missing reversal of every commission booked for each refunded transaction.
+
+    ``refunds`` is {transaction key: (refunded at, event id)}. What is reversed is what was
+    booked, read from the ledger, whatever the refund's payload says. Returns the partners whose
+    commission this changed.
+    """
     if not refunds:
         return set()
     t = commission_entries

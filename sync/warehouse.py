@@ -135,10 +135,6 @@ class Warehouse:
 
     # -- records -----------------------------------------------------------------------------
 
-    def apply(self, conn: Connection, change: RecordChange, event_id: int | None) -> RecordState:
-        """Merge ``change`` into its record, under a row lock; returns the record's new state."""
-        return self.apply_many(conn, [(change, event_id)])[(change.table, change.key)]
-
     def apply_many(
         self, conn: Connection, items: list[tuple[RecordChange, int | None]]
     ) -> dict[tuple[str, str], RecordState]:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 from rq import Queue
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 
 from sync import db, jobs
 from sync.errors import TransientError
@@ -50,7 +50,7 @@ def test_a_stored_delivery_is_processed_and_recorded(settings, redis_conn):
     assert processed["attempts"] == 1
     assert processed["last_error"] is None
     assert processed["processed_at"] is not None
-    assert Job.fetch(job_for_row(redis_conn, event_id).id, connection=redis_conn).get_status() == JobStatus.FINISHED
+    assert job_for_row(redis_conn, event_id).get_status() == JobStatus.FINISHED
 
 
 def test_the_paas_worker_processes_deliveries(settings, redis_conn):
@@ -81,7 +81,7 @@ def test_database_down_means_retry_later_with_backoff(settings, redis_conn, capl
         run_burst(down, redis_conn)
 
     queue = Queue(QUEUE_NAME, connection=redis_conn)
-    job = Job.fetch(job_for_row(redis_conn, event_id).id, connection=redis_conn)
+    job = job_for_row(redis_conn, event_id)
     assert job.get_status() == JobStatus.SCHEDULED
     assert job.number_of_retries == 1
     due = queue.scheduled_job_registry.get_scheduled_time(job)
@@ -112,7 +112,7 @@ def test_a_transient_failure_is_noted_on_the_row_and_gives_up_after_the_last_ret
     assert retrying["status"] == "pending"
     assert retrying["last_error"] == "sink unavailable: connection reset"
 
-    job = Job.fetch(job_for_row(redis_conn, event_id).id, connection=redis_conn)
+    job = job_for_row(redis_conn, event_id)
     job.number_of_retries = len(jobs.RETRY_DELAYS)
     job.save()
     queue = Queue(QUEUE_NAME, connection=redis_conn)
@@ -120,7 +120,7 @@ def test_a_transient_failure_is_noted_on_the_row_and_gives_up_after_the_last_ret
     queue.enqueue_job(job)
     run_burst(settings, redis_conn)
 
-    assert Job.fetch(job_for_row(redis_conn, event_id).id, connection=redis_conn).get_status() == JobStatus.FAILED
+    assert job_for_row(redis_conn, event_id).get_status() == JobStatus.FAILED
     failed = row(settings, event_id)
     assert failed["status"] == "failed"
     assert failed["last_error"].startswith(f"still failing after {len(jobs.RETRY_DELAYS)} retries")

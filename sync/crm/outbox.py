@@ -114,10 +114,6 @@ def _wire_change(change: RecordChange) -> RecordChange:
 class Outbox:
     """The ``crm_outbox`` table."""
 
-    def apply(self, conn: Connection, change: RecordChange, entity: str, tombstone_columns: Iterable[str]) -> bool:
-        """Merge ``change`` into its record's outbox row under a row lock; True when it changed."""
-        return bool(self.apply_many(conn, [(change, entity, tuple(tombstone_columns))]))
-
     def apply_many(self, conn: Connection, items: list[tuple[RecordChange, str, tuple[str, ...]]]) -> int:
         """Merge many changes into their outbox rows (locked in a fixed order); returns how many changed."""
         t = crm_outbox
@@ -201,14 +197,6 @@ class Outbox:
                     r.sync_deleted_version is not None)
             for r in rows
         ]
-
-    def synced(self, conn: Connection, row: Pending, salesforce_id: str | None) -> None:
-        self.record(conn, [(row, SYNCED, salesforce_id, None, None, None)])
-
-    def refused(self, conn: Connection, row: Pending, status: str, code: str, message: str,
-                retry_in: float | None) -> None:
-        """Record Salesforce's error; ``retry_in`` seconds until the next try (None: not by itself)."""
-        self.record(conn, [(row, status, None, code, message, retry_in)])
 
     def record(self, conn: Connection, outcomes: list[tuple]) -> None:
         """Record many outcomes in one statement: (row, status, salesforce id, code, message, retry in).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,14 +186,6 @@ def load_mappings(directory: Path) -> MappingSet:
     if problems:
         raise MappingError(problems)
     return MappingSet(tuple(mappings))
-
-
-def load_mapping_file(path: Path) -> Mapping:
-    problems: list[Problem] = []
-    mapping = _load_one(Path(path), problems)
-    if problems or mapping is None:
-        raise MappingError(problems)
-    return mapping
 
 
 def _load_one(path: Path, problems: list[Problem]) -> Mapping | None:
@@ -615,6 +606,3 @@ class _Checker:
 def _join(where: str, key: Any) -> str:
     return f"{where}.{key}" if where else str(key)
 
-
-def describe(problems: Iterable[Problem]) -> str:
-    return "\n".join(str(p) for p in problems)
