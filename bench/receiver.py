@@ -69,7 +69,7 @@ def free_port() -> int:
 
 
 class Postgres:
-    """The bench database: created fresh, schema by ``sync.db.create_schema``, dropped at the end."""
+    """The bench database: created fresh, schema by ``sync.schema.migrate``, dropped at the end."""
 
     def __init__(self, admin_dsn: str, name: str):
         if "bench" not in name:
@@ -89,11 +89,11 @@ class Postgres:
         self._admin(f'CREATE DATABASE "{self.name}"')
         self.created = True
         url = self.url()
-        from sync import db
+        from sync import db, schema
 
         engine = db.make_engine(_sqlalchemy_url(url))
         try:
-            db.create_schema(engine)
+            schema.migrate(engine)
         finally:
             engine.dispose()
         return url

@@ -1,4 +1,5 @@
-"""The SQL engine: one per process, safe across the fork of an RQ work horse or gunicorn worker."""
+"""The SQL engine (one per process, safe across forks), the shared ``metadata`` of the fixed tables,
+and the statements every dialect needs spelled differently."""
 
 from __future__ import annotations
 
@@ -64,21 +65,6 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
-
-
-def create_schema(engine: Engine) -> list[str]:
-    """Create whatever tables are missing; safe to run any number of times.
-
-    Returns the names of the tables it created.
-    """
-    # Import for the side effect of defining the tables on ``metadata``.
-    import sync.crm.outbox  # noqa: F401
-    import sync.inbox  # noqa: F401
-    import sync.ledger  # noqa: F401
-
-    existing = set(sa.inspect(engine).get_table_names())
-    metadata.create_all(engine, checkfirst=True)
-    return [t.name for t in metadata.sorted_tables if t.name not in existing]
 
 
 def insert_ignore(conn: Connection, table: sa.Table, rows: list[dict]) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from sync.db import is_transient, metadata
 from sync.errors import PermanentError, TransientError
-from sync.sqltypes import BODY, UTCDateTime
+from sync.sqltypes import BODY, KEY, UTCDateTime
 
 PENDING = "pending"
 PROCESSED = "processed"
@@ -38,7 +38,10 @@ webhook_events = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text),
     sa.Column("processed_at", UTCDateTime()),
+    #: The record the delivery is about (the mapping's identity), when it could be read.
+    sa.Column("entity_id", KEY),
     sa.Index("ix_webhook_events_status_received", "status", "received_at"),
+    sa.Index("ix_webhook_events_entity", "entity_id"),
 )
 
 
@@ -50,6 +53,7 @@ _EVENT_COLUMNS = (
     webhook_events.c.attempts,
     webhook_events.c.received_at,
     webhook_events.c.fingerprint,
+    webhook_events.c.entity_id,
 )
 
 
@@ -76,6 +80,7 @@ class Delivery:
     body: bytes
     event_type: str
     status: str  # PENDING for events we handle, IGNORED for the rest
+    entity_id: str | None = None
 
     @cached_property
     def fingerprint(self) -> str:
@@ -100,6 +105,14 @@ class Event:
     attempts: int
     received_at: datetime
     fingerprint: str
+    entity_id: str | None = None
+
+
+@dataclass(frozen=True)
+class InboxSummary:
+    counts: dict[str, int]
+    oldest_pending_at: datetime | None
+    last_processed_at: datetime | None
 
 
 class Inbox:
@@ -130,6 +143,7 @@ class Inbox:
                 "received_at": now,
                 "status": d.status,
                 "attempts": 0,
+                "entity_id": d.entity_id,
             }
             for fp, d in ordered
         ]
@@ -202,6 +216,16 @@ class Inbox:
                 own.execute(statement)
         else:
             conn.execute(statement)
+
+    def set_entity_ids(self, conn: Connection, entity_ids: dict[int, str]) -> None:
+        """Name the record of rows stored without one."""
+        if not entity_ids:
+            return
+        t = webhook_events
+        conn.execute(
+            t.update().where(t.c.id == sa.bindparam("b_id")).values(entity_id=sa.bindparam("b_entity")),
+            [{"b_id": i, "b_entity": e} for i, e in sorted(entity_ids.items())],
+        )
 
     def mark_failures(self, failures: dict[int, str], conn: Connection | None = None) -> None:
         """Mark rows failed, each with its reason; a row already processed or ignored stays so."""
@@ -277,6 +301,19 @@ class Inbox:
         with self._transaction() as conn:
             found = dict(conn.execute(query).all())
         return {status: found.get(status, 0) for status in STATUSES}
+
+    def summary(self) -> InboxSummary:
+        """Counts by status, the oldest pending delivery and the last one processed, in one transaction."""
+        t = webhook_events
+        with self._transaction() as conn:
+            found = dict(conn.execute(sa.select(t.c.status, sa.func.count()).group_by(t.c.status)).all())
+            oldest = conn.execute(sa.select(sa.func.min(t.c.received_at)).where(t.c.status == PENDING)).scalar()
+            last = conn.execute(sa.select(sa.func.max(t.c.processed_at)).where(t.c.status == PROCESSED)).scalar()
+        return InboxSummary(
+            counts={status: found.get(status, 0) for status in STATUSES},
+            oldest_pending_at=oldest,
+            last_processed_at=last,
+        )
 
     def ping(self) -> None:
         """Raise unless the database answers and holds the inbox table."""

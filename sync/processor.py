@@ -20,7 +20,7 @@ from sync.db import is_transient
 from sync.envelope import MalformedDelivery
 from sync.errors import PermanentError, TransientError
 from sync.inbox import IGNORED, PROCESSED, Event, Inbox
-from sync.mapping import FieldProblem, MappingSet, Plan, parse_document, plan
+from sync.mapping import FieldProblem, MappingSet, Plan, entity_label, parse_document, plan
 from sync.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ class BatchResult:
     processed: list[int] = field(default_factory=list)
     ignored: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    #: Record ids learned while planning, for rows stored without one (before the inbox kept them).
+    entity_ids: dict[int, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         return f"{len(self.processed)} processed, {len(self.ignored)} ignored, {len(self.failed)} failed"
@@ -69,8 +71,11 @@ class Processor:
                 continue
             if planned is None:
                 result.ignored.append(event.id)
-            else:
-                work.append((event, planned))
+                continue
+            work.append((event, planned))
+            label = entity_label(planned.change.key) if planned.change is not None else None
+            if event.entity_id is None and label is not None:
+                result.entity_ids[event.id] = label
         work.sort(key=lambda item: _lock_order(item[1]))
 
         try:
@@ -104,6 +109,7 @@ class Processor:
         return result
 
     def _record(self, conn: Connection, result: BatchResult) -> None:
+        self.inbox.set_entity_ids(conn, result.entity_ids)
         self.inbox.mark_done(result.processed, conn)
         self.inbox.mark_done(result.ignored, conn, status=IGNORED)
         self.inbox.mark_failures(result.failed, conn)

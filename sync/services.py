@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import redis
 
-from sync import db, queue
+from sync import db, queue, schema
 from sync.crm.client import SalesforceClient
 from sync.crm.flush import Flusher
 from sync.crm.outbox import Outbox
@@ -75,12 +75,8 @@ class Services:
                 self.jobs.request_flush()
 
     def migrate(self) -> list[str]:
-        """Create or extend every table (inbox, ledger, mapped tables); returns what it did."""
-        engine = self.inbox.engine
-        created = db.create_schema(engine)
-        lines = [f"created table {name}" for name in created]
-        lines += self.warehouse.migrate(engine).lines()
-        return lines
+        """Upgrade the fixed tables and create or extend the mapped ones; returns what it did."""
+        return schema.migrate(self.inbox.engine, self.warehouse)
 
 
 _current: Services | None = None

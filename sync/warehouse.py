@@ -93,36 +93,37 @@ class Warehouse:
 
     # -- schema ------------------------------------------------------------------------------
 
-    def migrate(self, engine: Engine) -> MigrationReport:
-        """Create missing tables and add missing columns; never drops or retypes anything.
+    def migrate(self, conn: Connection) -> MigrationReport:
+        """Create missing tables and add missing columns, on ``conn`` (the caller commits);
+        never drops or retypes anything. ``sync.schema.migrate`` runs it under its lock.
 
         Raises ``ConfigurationError`` when a mapped column exists with another type.
         """
         report = MigrationReport()
         clashes = []
-        with engine.begin() as conn:
-            inspector = sa.inspect(conn)
-            existing = set(inspector.get_table_names())
-            for name, mapped in self.tables.items():
-                if name not in existing:
-                    mapped.table.create(conn)
-                    report.created_tables.append(name)
+        dialect = conn.dialect
+        inspector = sa.inspect(conn)
+        existing = set(inspector.get_table_names())
+        for name, mapped in self.tables.items():
+            if name not in existing:
+                mapped.table.create(conn)
+                report.created_tables.append(name)
+                continue
+            found = {c["name"]: c for c in inspector.get_columns(name)}
+            for column in mapped.table.columns:
+                if column.name not in found:
+                    _add_column(conn, name, column)
+                    report.added_columns.append(f"{name}.{column.name}")
                     continue
-                found = {c["name"]: c for c in inspector.get_columns(name)}
-                for column in mapped.table.columns:
-                    if column.name not in found:
-                        _add_column(conn, name, column)
-                        report.added_columns.append(f"{name}.{column.name}")
-                        continue
-                    expected = _family(column.type.compile(dialect=engine.dialect))
-                    actual = _family(found[column.name]["type"].compile(dialect=engine.dialect))
-                    if expected != actual:
-                        clashes.append(
-                            f"{name}.{column.name} is {actual} in the database but "
-                            f"{expected} in {mapped.mapping.path.name}"
-                        )
-                wanted = {c.name for c in mapped.table.columns}
-                report.unmapped_columns += [f"{name}.{c}" for c in found if c not in wanted]
+                expected = _family(column.type.compile(dialect=dialect))
+                actual = _family(found[column.name]["type"].compile(dialect=dialect))
+                if expected != actual:
+                    clashes.append(
+                        f"{name}.{column.name} is {actual} in the database but "
+                        f"{expected} in {mapped.mapping.path.name}"
+                    )
+            wanted = {c.name for c in mapped.table.columns}
+            report.unmapped_columns += [f"{name}.{c}" for c in found if c not in wanted]
         if clashes:
             raise ConfigurationError(
                 "mapped columns changed type; partnero-sync never converts or drops a column by "

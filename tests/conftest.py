@@ -120,17 +120,18 @@ def _fresh(request, tmp_path) -> str:
 
 def migrate(url: str) -> None:
     """The whole schema: inbox, ledger and the tables of the default mappings."""
+    from sync import schema
     from sync.mapping import load_mappings
     from sync.warehouse import Warehouse
 
-    engine = db.engine_for(url)
-    db.create_schema(engine)
-    Warehouse(load_mappings(MAPPINGS)).migrate(engine)
+    schema.migrate(db.engine_for(url), Warehouse(load_mappings(MAPPINGS)))
 
 
 def empty_tables(url: str) -> None:
     engine = db.engine_for(url)
-    names = sa.inspect(engine).get_table_names()
+    from sync.schema import VERSION_TABLE
+
+    names = [n for n in sa.inspect(engine).get_table_names() if n != VERSION_TABLE]
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))

@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
+import jmespath.exceptions
+
 from sync.errors import PermanentError
 from sync.mapping.spec import Field, Mapping
 from sync.mapping.transforms import ExactFloat, ValueProblem
@@ -19,7 +21,8 @@ RANK_DELETE, RANK_STATE = 0, 1
 
 
 class FieldProblem(PermanentError):
-    """A delivery's value does not fit its mapping; names the file, field and value."""
+    """A delivery's value does not fit its mapping; names the file, the field and the kind of
+    problem, never the value (messages are logged and stored)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -67,6 +70,30 @@ class Plan:
 def parse_document(body: bytes) -> Any:
     """The delivery's JSON, keeping every number's digits exact."""
     return json.loads(body, parse_float=ExactFloat)
+
+
+#: The longest record id the inbox keeps to name a delivery's record (its column is VARCHAR(255)).
+MAX_ENTITY_ID = 255
+
+
+def entity_label(key: Any) -> str | None:
+    """A record id as the inbox's ``entity_id`` keeps it: printable text of at most 255
+    characters (a number becomes its digits), else None."""
+    if isinstance(key, bool) or not isinstance(key, str | int | ExactFloat):
+        return None
+    text = key.text if isinstance(key, ExactFloat) else str(key)
+    if not text or len(text) > MAX_ENTITY_ID or not text.isprintable():
+        return None
+    return text
+
+
+def identify(mapping: Mapping, document: Any) -> str | None:
+    """The id of the record ``document`` is about, by ``mapping``'s identity; None when it
+    cannot be read (the worker then fails the delivery with the reason). Never raises."""
+    try:
+        return entity_label(mapping.identity.evaluate(document))
+    except Exception:  # noqa: BLE001 - a label, not a verdict: the worker judges the delivery
+        return None
 
 
 def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str) -> Plan:
@@ -146,5 +173,11 @@ def _value(mapping: Mapping, field: Field, document: Any, where: str) -> Any:
         return field.evaluate(document)
     except ValueProblem as exc:
         raise FieldProblem(f"{mapping.path.name}: {where}: {exc}") from exc
-    except Exception as exc:  # a JMESPath function given the wrong kind of value, for one
-        raise FieldProblem(f"{mapping.path.name}: {where}: {type(exc).__name__}: {exc}") from exc
+    except jmespath.exceptions.JMESPathTypeError as exc:
+        # Its own message quotes the value: name the function and the types instead.
+        expected = " or ".join(exc.expected_types)
+        raise FieldProblem(
+            f"{mapping.path.name}: {where}: {exc.function_name}() was given {exc.actual_type}, expects {expected}"
+        ) from exc
+    except Exception as exc:  # anything else an expression or transform raises: never quote it
+        raise FieldProblem(f"{mapping.path.name}: {where}: could not be computed ({type(exc).__name__})") from exc
