@@ -6,6 +6,7 @@ import redis
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from app import auth
 from sync import logs
 from sync.intake import Intake
 from sync.services import Services
@@ -20,10 +21,11 @@ def create_app(settings: Settings | None = None, *, redis_connection: redis.Redi
     """
     settings = settings or Settings.from_env()
     settings.require_webhook_secret()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     services = Services.build(settings, redis_connection)
 
     app = Flask(__name__)
+    app.secret_key = auth.secret_key(settings.dashboard, settings.webhook_secrets)
     # Werkzeug answers 413 from Content-Length alone, and stops a chunked body one byte past
     # the limit, so the receiver can tell "exactly the limit" from "too large" without reading
     # more than that.
@@ -31,12 +33,17 @@ def create_app(settings: Settings | None = None, *, redis_connection: redis.Redi
     app.extensions["partnero"] = services
     app.extensions["partnero.intake"] = Intake(services.inbox, services.jobs)
 
-    from app import ops, webhooks
+    from app import dashboard, health, webhooks
 
     app.register_blueprint(webhooks.bp)
-    app.register_blueprint(ops.bp)
-    app.logger.info("partnero-sync web: %d mapped event types; Salesforce %s",
-                    len(services.mappings.events), settings.salesforce.describe())
+    app.register_blueprint(health.bp)
+    dashboard.mount(app, settings, services.jobs.connection)
+    app.logger.info(
+        "partnero-sync web: %d mapped event types; Salesforce %s; dashboard %s",
+        len(services.mappings.events), settings.salesforce.describe(),
+        f"at {dashboard.PREFIX} and /ops" if settings.dashboard.enabled
+        else "off (set RQ_DASHBOARD_USERNAME and RQ_DASHBOARD_PASSWORD to serve /rq and /ops)",
+    )
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -7,10 +7,11 @@ import logging
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from sync import envelope, signature
+from sync import envelope, logs, signature
 from sync.envelope import MalformedDelivery
 from sync.errors import TransientError
 from sync.inbox import IGNORED, PENDING, Delivery
+from sync.mapping import identify
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -36,20 +37,28 @@ def receive():
         return _error(401, verdict.value)
 
     try:
-        _, event = envelope.read_event(body)
+        document, event = envelope.read_event(body)
     except MalformedDelivery as exc:
         log.warning("refused signed delivery: %s", exc)
         return _error(400, str(exc))
 
-    status = PENDING if event in services.mappings.events else IGNORED
+    mapping = services.mappings.for_event(event)
+    delivery = Delivery(
+        body=body,
+        event_type=event,
+        status=PENDING if mapping is not None else IGNORED,
+        entity_id=identify(mapping, document) if mapping is not None else None,
+    )
     try:
-        receipt = intake.submit(Delivery(body=body, event_type=event, status=status))
+        receipt = intake.submit(delivery)
     except TransientError as exc:
-        log.error("could not store %s delivery, answering 503: %s", event, exc)
+        log.error("could not store a delivery, answering 503: %s", exc,
+                  extra=logs.delivery_fields(None, event, delivery.entity_id, delivery.fingerprint))
         response = _error(503, "could not store the delivery; try again")
         response[0].headers["Retry-After"] = "30"
         return response
-    log.info("inbox #%s %s: %s", receipt.id, event, receipt.status)
+    log.info("delivery %s", receipt.status,
+             extra=logs.delivery_fields(receipt.id, event, delivery.entity_id, delivery.fingerprint))
     return jsonify(status=receipt.status, id=receipt.id), 202
 
 

@@ -13,7 +13,7 @@ import time
 
 from rq import Retry, get_current_job
 
-from sync import services
+from sync import logs, services
 from sync.crm.flush import FlushReport
 from sync.errors import PermanentError, TransientError
 from sync.inbox import IGNORED, PROCESSED
@@ -48,13 +48,18 @@ def process_events(event_ids: list[int]) -> Retry | str:
         _fail(event_ids, f"unexpected {type(exc).__name__}: {exc}")
         raise
     failed = {**given_up, **result.failed}
-    types = {e.id: e.event_type for e in events}
+    by_id = {e.id: e for e in events}
+
+    def fields(event_id: int) -> dict:
+        e = by_id[event_id]
+        return logs.delivery_fields(e.id, e.event_type, result.entity_ids.get(e.id, e.entity_id), e.fingerprint)
+
     for event_id in result.processed:
-        log.info("inbox #%s %s: processed", event_id, types[event_id])
+        log.info("delivery processed", extra=fields(event_id))
     for event_id in result.ignored:
-        log.info("inbox #%s %s: ignored (no mapping handles it)", event_id, types[event_id])
+        log.info("delivery ignored: no mapping handles its event type", extra=fields(event_id))
     for event_id, reason in sorted(failed.items()):
-        log.error("inbox #%s %s failed: %s", event_id, types[event_id], reason)
+        log.error("delivery failed: %s", reason, extra=fields(event_id))
     summary = f"{len(result.processed)} processed, {len(result.ignored)} ignored, {len(failed)} failed"
     if result.processed and current.processor.outbox is not None:
         try:

@@ -1,16 +1,119 @@
-"""Logging set-up shared by the web, the worker and the CLI."""
+"""Logging shared by the web, the worker and the CLI: one JSON object per line, or readable text.
+
+A line about one delivery carries its inbox id, event type, entity id and fingerprint as fields
+(``log.info(..., extra=delivery_fields(...))``), never payload values; the text format shows them
+in brackets after the message.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FORMATS = ("json", "text")
+#: The fields a delivery's log lines carry, in the order the text format shows them.
+DELIVERY_FIELDS = ("inbox_id", "event_type", "entity_id", "fingerprint")
+#: Other structured fields our lines may carry.
+EXTRA_FIELDS = ("job_id", "object", "count", "outcome", "reason")
+_ALL_FIELDS = DELIVERY_FIELDS + EXTRA_FIELDS
+#: An error text in a log line is cut here: a line stays one readable line.
+MAX_MESSAGE = 4000
 
 
-def configure(level: str = "INFO") -> None:
-    """Log to stderr at ``level`` unless the host (gunicorn, pytest) already set up handlers."""
+def delivery_fields(inbox_id: int | None, event_type: str | None, entity_id: str | None = None,
+                    fingerprint: str | None = None) -> dict[str, Any]:
+    """The ``extra=`` of a log line about one delivery."""
+    return {"inbox_id": inbox_id, "event_type": event_type, "entity_id": entity_id, "fingerprint": fingerprint}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the record's known fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": _bounded(record.getMessage()),
+        }
+        for name in _ALL_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = _bounded(self.formatException(record.exc_info))
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message [inbox #12 partner.created ptn_1 fp=3f2a9c1e]``."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        tags = []
+        if getattr(record, "inbox_id", None) is not None:
+            tags.append(f"inbox #{record.inbox_id}")
+        for name in ("event_type", "entity_id", "object"):
+            if getattr(record, name, None) is not None:
+                tags.append(str(getattr(record, name)))
+        if getattr(record, "fingerprint", None):
+            tags.append(f"fp={record.fingerprint[:12]}")
+        if not tags:
+            return line
+        head, newline, rest = line.partition("\n")  # keep a traceback below the tagged line
+        return f"{head} [{' '.join(tags)}]{newline}{rest}"
+
+
+def formatter(log_format: str | None) -> logging.Formatter:
+    return JsonFormatter() if resolve(log_format) == "json" else TextFormatter()
+
+
+def resolve(log_format: str | None) -> str:
+    """The format to use: as configured, else JSON unless standard output is a terminal."""
+    if log_format:
+        return log_format
+    try:
+        return "text" if sys.stdout.isatty() else "json"
+    except (AttributeError, ValueError):
+        return "json"
+
+
+def configure(level: str = "INFO", log_format: str | None = None) -> None:
+    """Log to stderr at ``level`` in ``log_format``, unless the host (gunicorn with our
+    ``logconfig_dict``, pytest) already set up the root logger's handlers."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=level, format=FORMAT)
-    logging.getLogger("sync").setLevel(level)
-    logging.getLogger("app").setLevel(level)
+        handler = logging.StreamHandler()
+        handler.setFormatter(formatter(log_format))
+        root.addHandler(handler)
+        root.setLevel(level)
+    for name in ("sync", "app", "rq"):
+        logging.getLogger(name).setLevel(level)
+
+
+def gunicorn_logconfig(level: str = "INFO", log_format: str | None = None) -> dict[str, Any]:
+    """A ``logging.config.dictConfig``: gunicorn's lines and ours through one handler, in one format."""
+    factory = JsonFormatter if resolve(log_format) == "json" else TextFormatter
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": {"()": factory}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "default",
+                                 "stream": "ext://sys.stderr"}},
+        "root": {"level": level, "handlers": ["console"]},
+        "loggers": {
+            "gunicorn.error": {"level": level, "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+        },
+    }
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + f"… ({len(text) - MAX_MESSAGE} more characters)"

@@ -6,10 +6,11 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 import redis
-from rq import Queue
+from rq import Queue, Worker
 from rq.job import Job, JobStatus
 from rq.worker import SimpleWorker
 
@@ -142,6 +143,29 @@ class JobQueue:
             self.connection.ping()
         except redis.RedisError as exc:
             raise TransientError(f"redis unavailable: {exc}") from exc
+
+    def counts(self) -> QueueCounts:
+        """What the queue holds now, read in one round trip."""
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                pipe.llen(self.queue.key)
+                pipe.zcard(self.queue.scheduled_job_registry.key)
+                pipe.zcard(self.queue.failed_job_registry.key)
+                pipe.zcard(self.queue.started_job_registry.key)
+                queued, scheduled, failed, started = pipe.execute()
+            workers = Worker.count(connection=self.connection, queue=self.queue)
+        except redis.RedisError as exc:
+            raise TransientError(f"redis unavailable: {exc}") from exc
+        return QueueCounts(queued=queued, scheduled=scheduled, failed=failed, started=started, workers=workers)
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    queued: int  # waiting for a worker
+    scheduled: int  # retries waiting for their time
+    failed: int  # jobs in RQ's failed registry
+    started: int  # running now
+    workers: int  # workers listening on the queue
 
 
 def describe(batch: Sequence[tuple[int, str]]) -> str:

@@ -118,6 +118,37 @@ class SalesforceSettings:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    """Who may open the RQ dashboard, ``/ops`` and ``/metrics``; ``enabled`` is False when no
+    credentials are set (then ``/rq`` and ``/ops`` are not served at all)."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    allow_actions: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.username and self.password)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DashboardSettings:
+        username = env.get("RQ_DASHBOARD_USERNAME", "").strip() or None
+        password = env.get("RQ_DASHBOARD_PASSWORD", "") or None
+        if bool(username) != bool(password):
+            given, missing = (("RQ_DASHBOARD_USERNAME", "RQ_DASHBOARD_PASSWORD") if username
+                              else ("RQ_DASHBOARD_PASSWORD", "RQ_DASHBOARD_USERNAME"))
+            raise ConfigurationError(
+                f"{given} is set but {missing} is not: set both to serve the dashboard at /rq and "
+                "/ops, or neither to leave them off"
+            )
+        if password is not None and len(password) < 12:
+            raise ConfigurationError("RQ_DASHBOARD_PASSWORD must be at least 12 characters long")
+        if username is not None and ":" in username:
+            raise ConfigurationError("RQ_DASHBOARD_USERNAME cannot contain ':' (HTTP Basic auth splits on it)")
+        return cls(username, password, _flag(env, "RQ_DASHBOARD_ALLOW_ACTIONS"))
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the processes need to know, read once at start."""
 
@@ -126,21 +157,20 @@ class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     mappings_dir: Path = Path(DEFAULT_MAPPINGS_DIR)
     log_level: str = "INFO"
+    #: "json" or "text"; None: JSON unless standard output is a terminal.
+    log_format: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     #: Pending inbox rows older than this are re-enqueued by the sweeper.
     sweep_after_seconds: int = 60
     salesforce: SalesforceSettings = field(default_factory=SalesforceSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``environ`` (default: the process environment)."""
         env = os.environ if environ is None else environ
         secrets = parse_secrets(env.get("PARTNERO_WEBHOOK_SECRET", ""))
-        level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ConfigurationError(
-                f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (got {level!r})"
-            )
+        level, log_format = log_options(env)
         return cls(
             webhook_secrets=secrets,
             database_url=normalize_database_url(
@@ -149,7 +179,9 @@ class Settings:
             redis_url=_redis_url(env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL),
             mappings_dir=Path(env.get("MAPPINGS_DIR", "").strip() or DEFAULT_MAPPINGS_DIR),
             log_level=level,
+            log_format=log_format,
             salesforce=SalesforceSettings.from_env(env),
+            dashboard=DashboardSettings.from_env(env),
         )
 
     def require_webhook_secret(self) -> tuple[str, ...]:
@@ -169,8 +201,33 @@ class Settings:
             f"Settings(webhook_secrets=<{len(self.webhook_secrets)} set>, "
             f"database_url={redact_url(self.database_url)!r}, "
             f"redis_url={redact_url(self.redis_url)!r}, mappings_dir={str(self.mappings_dir)!r}, "
-            f"salesforce={self.salesforce.describe()!r})"
+            f"salesforce={self.salesforce.describe()!r}, "
+            f"dashboard={'on' if self.dashboard.enabled else 'off'})"
         )
+
+
+def log_options(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """LOG_LEVEL and LOG_FORMAT (None: JSON unless standard output is a terminal).
+
+    Read on their own by gunicorn's logger, which is set up before the app.
+    """
+    env = os.environ if environ is None else environ
+    level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigurationError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (got {level!r})")
+    log_format = env.get("LOG_FORMAT", "").strip().lower() or None
+    if log_format not in (None, "json", "text"):
+        raise ConfigurationError(f"LOG_FORMAT must be json or text (got {log_format!r})")
+    return level, log_format
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigurationError(f"{name} must be true or false (got {raw!r})")
 
 
 def parse_secrets(raw: str) -> tuple[str, ...]:

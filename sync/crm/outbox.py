@@ -261,6 +261,10 @@ class Outbox:
             found.setdefault(obj, dict.fromkeys(STATUSES, 0))[status] = count
         return found
 
+    def last_synced_at(self, conn: Connection) -> datetime | None:
+        """When Salesforce last accepted a record."""
+        return conn.execute(sa.select(sa.func.max(crm_outbox.c.synced_at))).scalar()
+
     def errors(self, conn: Connection, limit: int = 100) -> list[dict[str, Any]]:
         t = crm_outbox
         rows = conn.execute(

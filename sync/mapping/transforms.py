@@ -50,7 +50,7 @@ def to_decimal(value: Any) -> Decimal | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool):
-        raise ValueProblem(f"{value!r} is not a number")
+        raise ValueProblem("true/false is not a number")
     if isinstance(value, Decimal):
         result = value
     else:
@@ -58,9 +58,9 @@ def to_decimal(value: Any) -> Decimal | None:
         try:
             result = Decimal(text)
         except InvalidOperation as exc:
-            raise ValueProblem(f"{_short(value)} is not a number") from exc
+            raise ValueProblem(f"{kind(value)} is not a number") from exc
     if not result.is_finite():
-        raise ValueProblem(f"{_short(value)} is not a finite number")
+        raise ValueProblem(f"{kind(value)} is not a finite number")
     return result
 
 
@@ -75,9 +75,9 @@ def to_decimal_column(value: Any) -> Decimal | None:
     if number is None:
         return None
     if number.as_tuple().exponent < -DECIMAL_PLACES and number != number.quantize(Decimal(1).scaleb(-DECIMAL_PLACES)):
-        raise ValueProblem(f"{_short(value)} has more than {DECIMAL_PLACES} decimal places")
+        raise ValueProblem(f"a number with more than {DECIMAL_PLACES} decimal places does not fit NUMERIC({DECIMAL_DIGITS}, {DECIMAL_PLACES})")
     if abs(number) >= Decimal(10) ** (DECIMAL_DIGITS - DECIMAL_PLACES):
-        raise ValueProblem(f"{_short(value)} is too large for NUMERIC({DECIMAL_DIGITS}, {DECIMAL_PLACES})")
+        raise ValueProblem(f"a number of more than {DECIMAL_DIGITS - DECIMAL_PLACES} digits before the point does not fit NUMERIC({DECIMAL_DIGITS}, {DECIMAL_PLACES})")
     return number
 
 
@@ -86,7 +86,7 @@ def to_integer(value: Any) -> int | None:
     if number is None:
         return None
     if number != number.to_integral_value():
-        raise ValueProblem(f"{_short(value)} is not a whole number")
+        raise ValueProblem("a number with a fraction is not a whole number")
     return int(number)
 
 
@@ -103,7 +103,7 @@ def to_boolean(value: Any) -> bool | None:
             return True
         if text in _FALSE:
             return False
-    raise ValueProblem(f"{_short(value)} is not true or false")
+    raise ValueProblem(f"{kind(value)} is not true or false")
 
 
 def to_datetime(value: Any) -> datetime | None:
@@ -111,7 +111,7 @@ def to_datetime(value: Any) -> datetime | None:
         return None
     parsed = parse_timestamp(value)
     if parsed is None:
-        raise ValueProblem(f"{_short(value)} is not a date and time")
+        raise ValueProblem(f"{kind(value)} is not a date and time")
     return parsed
 
 
@@ -130,9 +130,21 @@ COERCE: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _short(value: Any) -> str:
-    text = repr(value.text if isinstance(value, ExactFloat) else value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def kind(value: Any) -> str:
+    """What sort of value ``value`` is, for error messages: they never quote a delivery's values."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float | Decimal):
+        return "a number"
+    if isinstance(value, str):
+        return "an empty text" if not value.strip() else "a text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,135 @@
+"""What the service is doing, read from the database and Redis at the moment of asking.
+
+One snapshot serves ``partnero-sync status``, ``/healthz``, ``/metrics`` and ``/ops``, so they
+never disagree. Each source is read on its own: with Redis down, the inbox still reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sync.crm.outbox import FAILED as CRM_FAILED
+from sync.crm.outbox import Outbox
+from sync.errors import TransientError
+from sync.inbox import FAILED, InboxSummary
+from sync.queue import QueueCounts
+
+#: A pending delivery older than this means the backlog is stuck (no worker, or one that fails).
+STUCK_AFTER = timedelta(minutes=15)
+
+
+@dataclass
+class Snapshot:
+    taken_at: datetime
+    inbox: InboxSummary | None = None
+    queue: QueueCounts | None = None
+    crm_enabled: bool = False
+    #: Salesforce records by object and outbox status (pending, waiting, synced, failed).
+    crm: dict[str, dict[str, int]] = field(default_factory=dict)
+    crm_last_synced_at: datetime | None = None
+    #: What could not be read, and why: {"database": "...", "redis": "..."}.
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def oldest_pending_age(self) -> float | None:
+        """Seconds since the oldest delivery still pending arrived (None: nothing pending)."""
+        if self.inbox is None or self.inbox.oldest_pending_at is None:
+            return None
+        return max(0.0, (self.taken_at - self.inbox.oldest_pending_at).total_seconds())
+
+    @property
+    def crm_backlog(self) -> int:
+        """Salesforce records waiting to be sent (pending or waiting for a parent)."""
+        return sum(s.get("pending", 0) + s.get("waiting", 0) for s in self.crm.values())
+
+    @property
+    def crm_refused(self) -> int:
+        return sum(s.get(CRM_FAILED, 0) for s in self.crm.values())
+
+    def attention(self, stuck_after: timedelta = STUCK_AFTER) -> list[str]:
+        """What a person should look at, one sentence each; empty when all is well."""
+        reasons = []
+        if self.inbox is not None:
+            failed = self.inbox.counts.get(FAILED, 0)
+            if failed:
+                reasons.append(f"{failed} deliveries failed: see `partnero-sync status` and /ops, "
+                               "then `partnero-sync requeue-failed` after a fix")
+            age = self.oldest_pending_age
+            if age is not None and age > stuck_after.total_seconds():
+                reasons.append(f"the oldest pending delivery has waited {_duration(age)}: is a worker running?")
+        if self.queue is not None:
+            if self.queue.failed:
+                reasons.append(f"{self.queue.failed} jobs are in RQ's failed registry")
+            if (self.queue.queued or self.queue.scheduled) and not self.queue.workers:
+                reasons.append(f"{self.queue.queued} jobs wait and no worker listens on the queue")
+        if self.crm_refused:
+            reasons.append(f"Salesforce refused {self.crm_refused} records: see `partnero-sync crm-errors`")
+        return reasons
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form, for ``status --json`` and ``/healthz``."""
+        inbox = None
+        if self.inbox is not None:
+            inbox = {
+                "by_status": self.inbox.counts,
+                "oldest_pending_at": _iso(self.inbox.oldest_pending_at),
+                "oldest_pending_age_seconds": _round(self.oldest_pending_age),
+                "last_processed_at": _iso(self.inbox.last_processed_at),
+            }
+        crm = None
+        if self.crm_enabled:
+            crm = {
+                "by_object": self.crm,
+                "backlog": self.crm_backlog,
+                "refused": self.crm_refused,
+                "last_synced_at": _iso(self.crm_last_synced_at),
+            }
+        return {
+            "taken_at": _iso(self.taken_at),
+            "inbox": inbox,
+            "queue": asdict(self.queue) if self.queue is not None else None,
+            "salesforce": crm,
+            "unavailable": self.unavailable,
+            "attention": self.attention(),
+        }
+
+
+def take(services) -> Snapshot:
+    """Read everything; a source that cannot be read is named in ``unavailable``."""
+    snapshot = Snapshot(taken_at=datetime.now(timezone.utc), crm_enabled=services.settings.salesforce.enabled)
+    try:
+        snapshot.inbox = services.inbox.summary()
+        if snapshot.crm_enabled:
+            with services.inbox.engine.connect() as conn:
+                outbox = Outbox()
+                snapshot.crm = outbox.counts(conn)
+                snapshot.crm_last_synced_at = outbox.last_synced_at(conn)
+    except TransientError as exc:
+        snapshot.unavailable["database"] = str(exc)
+    except Exception as exc:  # e.g. no schema yet: say so rather than fail the whole report
+        snapshot.unavailable["database"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    try:
+        snapshot.queue = services.jobs.counts()
+    except TransientError as exc:
+        snapshot.unavailable["redis"] = str(exc)
+    return snapshot
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 1) if value is not None else None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
