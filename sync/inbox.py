@@ -25,6 +25,10 @@ PROCESSED = "processed"
 IGNORED = "ignored"
 FAILED = "failed"
 STATUSES = (PENDING, PROCESSED, IGNORED, FAILED)
+#: The body of a delivery whose raw body ``partnero-sync prune`` dropped (its row and fingerprint
+#: stay, so a retry of the same bytes is still recognised). No stored delivery is empty otherwise:
+#: the receiver accepts only JSON objects.
+PRUNED_BODY = b""
 
 webhook_events = sa.Table(
     "webhook_events",
@@ -106,6 +110,11 @@ class Event:
     received_at: datetime
     fingerprint: str
     entity_id: str | None = None
+
+    @property
+    def pruned(self) -> bool:
+        """Whether the raw body was dropped by ``prune`` (it can no longer be replayed)."""
+        return self.body == PRUNED_BODY
 
 
 @dataclass(frozen=True)
