@@ -44,7 +44,7 @@ def main() -> None:
 
 def _settings() -> Settings:
     settings = Settings.from_env()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     return settings
 
 

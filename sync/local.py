@@ -24,7 +24,7 @@ DEV_SECRET = "partnero-dev-secret"
 
 def run_dev(host: str, port: int) -> None:
     settings = Settings.from_env()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     if not settings.webhook_secrets:
         settings = settings.with_overrides(webhook_secrets=(DEV_SECRET,))
         os.environ["PARTNERO_WEBHOOK_SECRET"] = DEV_SECRET  # for the child processes below

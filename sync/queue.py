@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -169,12 +170,20 @@ class QueueCounts:
 
 
 def describe(batch: Sequence[tuple[int, str]]) -> str:
-    """What the dashboard shows for a job: event types and inbox rows, never payload text."""
+    """What the dashboard shows for a job: event types and inbox rows, never payload text.
+
+    rq-dashboard renders descriptions unescaped, so an event type is shown only when it looks like
+    one (mapped event types always do).
+    """
     ids = [event_id for event_id, _ in batch]
+    kinds = [kind if _EVENT_TYPE.match(kind) else "(unnamed event)" for _, kind in batch]
     if len(batch) == 1:
-        return f"{batch[0][1]} (inbox #{ids[0]})"
-    kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(Counter(t for _, t in batch).items()))
-    return f"{len(batch)} deliveries: {kinds} (inbox #{min(ids)}..#{max(ids)})"
+        return f"{kinds[0]} (inbox #{ids[0]})"
+    summary = ", ".join(f"{kind} x{n}" for kind, n in sorted(Counter(kinds).items()))
+    return f"{len(batch)} deliveries: {summary} (inbox #{min(ids)}..#{max(ids)})"
+
+
+_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,48}\.[a-z][a-z0-9_]{0,48}$")
 
 
 class _Housekeeping:

@@ -1,0 +1,122 @@
+"""The fixed tables under versioned migrations: built as the code defines them, adopted when made
+before migrations, and migrated by several processes at once without a collision."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from sync import db, schema
+from sync.inbox import Delivery, Inbox
+from tests.conftest import MAPPINGS, MARIADB_ADMIN_URL, PG_ADMIN_URL, _unavailable
+
+FRESH_DB = f"partnero_sync_schema_{os.getpid()}"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def empty_url(request, tmp_path) -> Iterator[str]:
+    yield from _empty_database(request.param, tmp_path)
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def empty_server_url(request, tmp_path) -> Iterator[str]:
+    yield from _empty_database(request.param, tmp_path)
+
+
+def _empty_database(kind: str, tmp_path: Path) -> Iterator[str]:
+    """An empty database of ``kind``, made for one test and dropped after it."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    if kind == "postgresql":
+        admin_url, options = PG_ADMIN_URL, {"isolation_level": "AUTOCOMMIT"}
+        drop, create = f"DROP DATABASE IF EXISTS {FRESH_DB} WITH (FORCE)", f"CREATE DATABASE {FRESH_DB}"
+    else:
+        admin_url, options = MARIADB_ADMIN_URL, {}
+        drop, create = f"DROP DATABASE IF EXISTS {FRESH_DB}", f"CREATE DATABASE {FRESH_DB} CHARACTER SET utf8mb4"
+    from sync.settings import normalize_database_url
+
+    admin_url = normalize_database_url(admin_url)
+    try:
+        admin = sa.create_engine(admin_url, connect_args={"connect_timeout": 3}, **options)
+        with admin.begin() as conn:
+            conn.execute(sa.text(drop))
+            conn.execute(sa.text(create))
+    except sa.exc.OperationalError as exc:
+        _unavailable(kind, exc)
+    url = admin_url.rsplit("/", 1)[0] + f"/{FRESH_DB}"
+    yield url
+    db.engine_for(url).dispose()
+    with admin.begin() as conn:
+        conn.execute(sa.text(drop))
+    admin.dispose()
+
+
+def test_the_migrations_build_exactly_the_tables_the_code_defines(empty_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    engine = db.engine_for(empty_url)
+    lines = schema.migrate(engine)
+    assert "created table webhook_events" in lines
+    assert f"fixed tables migrated from nothing to {schema.head_revision()}" in lines
+    assert schema.current_revision(engine) == schema.head_revision()
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": schema.VERSION_TABLE})
+        assert compare_metadata(context, schema.metadata) == []
+    assert schema.migrate(engine) == []  # again: nothing to do
+
+
+def test_a_database_made_before_migrations_is_adopted_and_upgraded(empty_url):
+    """Deployed databases were made by create_all, with no version table: they are the baseline."""
+    from alembic import command
+
+    engine = db.engine_for(empty_url)
+    with engine.connect() as conn:
+        command.upgrade(schema._config(conn), schema.BASELINE)
+        conn.commit()
+        conn.execute(sa.text(
+            "INSERT INTO webhook_events (fingerprint, event_type, body, received_at, status, attempts) "
+            "VALUES ('f1', 'partner.created', :body, :at, 'processed', 1)"
+        ), {"body": b'{"event": "partner.created"}', "at": "2026-03-14 10:15:31"})
+        conn.execute(sa.text(f"DROP TABLE {schema.VERSION_TABLE}"))
+        conn.commit()
+    assert schema.current_revision(engine) is None
+
+    lines = schema.migrate(engine)
+    assert lines == [f"fixed tables migrated from {schema.BASELINE} to {schema.head_revision()}"]
+    rows = Inbox(engine).events()
+    (old,) = list(rows)
+    assert (old.fingerprint, old.status, old.entity_id) == ("f1", "processed", None)
+    Inbox(engine).store_many([Delivery(b'{"event": "partner.updated"}', "partner.updated", "pending", "ptn_1")])
+    assert [e.entity_id for e in Inbox(engine).events()] == [None, "ptn_1"]
+
+
+def test_the_reserved_table_names_come_from_the_schema():
+    assert {"webhook_events", "commission_entries", "crm_outbox", "crm_commission_changes",
+            schema.VERSION_TABLE} == schema.RESERVED_TABLES
+
+
+def test_two_migrations_at_once_take_turns(empty_server_url):
+    """A release step and workers starting together: each waits for the lock, none collides."""
+    env = {**os.environ, "DATABASE_URL": empty_server_url, "MAPPINGS_DIR": str(MAPPINGS), "LOG_FORMAT": "text"}
+    processes = [
+        subprocess.Popen([str(BIN / "partnero-sync"), "migrate"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], outputs
+    # Exactly one of them did the work; the others found it done.
+    assert sum("created table webhook_events" in out for out in outputs) == 1, outputs
+    assert sum("created table partners" in out for out in outputs) == 1, outputs
+    engine = db.engine_for(empty_server_url)
+    assert schema.current_revision(engine) == schema.head_revision()
+    assert {"webhook_events", "partners", "transactions"} <= set(sa.inspect(engine).get_table_names())
