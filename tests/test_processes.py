@@ -154,6 +154,25 @@ def test_the_procfile_runs_the_service(pg_url, redis_server_url, redis_conn, tmp
         assert "maria@techreviews.io" not in output and SECRETS[0] not in output
 
 
+def test_honcho_runs_the_procfiles_web_and_worker_as_the_readme_says(redis_server_url, redis_conn, tmp_path):
+    assert "`honcho start web worker`" in (ROOT / "README.md").read_text()
+    port = free_port()
+    database_url = f"sqlite:///{tmp_path}/honcho.db"
+    env = environment(DATABASE_URL=database_url, REDIS_URL=redis_server_url,
+                      PARTNERO_WEBHOOK_SECRET=SECRETS[0])
+    assert subprocess.run([str(BIN / "partnero-sync"), "migrate"], env=env, cwd=tmp_path).returncode == 0
+    honcho = start(f"{BIN}/honcho --no-colour start -f {ROOT}/Procfile -d {tmp_path} -p {port} web worker",
+                   env, cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: get(f"{base}/healthz")[0] == 200, what="honcho's web process")
+        assert post(f"{base}/webhooks/partnero", *signed(sample_delivery("partner.created")))[0] == 202
+        wait_for(lambda: statuses(database_url) == ["processed"], what="honcho's worker")
+    finally:
+        output = stop(honcho)
+    assert "web.1" in output and "worker.1" in output and "release" not in output
+
+
 def test_the_web_process_refuses_to_start_without_a_secret(tmp_path):
     port = free_port()
     env = environment(PORT=str(port), DATABASE_URL=f"sqlite:///{tmp_path}/x.db")
