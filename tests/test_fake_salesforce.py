@@ -190,6 +190,41 @@ def test_collection_needs_the_type_attribute(fake_salesforce, sf):
     assert error_code(exc) == "INVALID_TYPE"
 
 
+def test_a_field_the_object_lacks_refuses_the_whole_collection(fake_salesforce, sf):
+    """Salesforce reads the body into sObjects first: one unknown column fails the call, not a record."""
+    fake_salesforce.define_object("Contact", prefix="003", required=("LastName",),
+                                  fields=["LastName", "Email", PARTNER_ID])
+    with pytest.raises(SalesforceMalformedRequest) as exc:
+        collection(sf, "Contact", PARTNER_ID, [{PARTNER_ID: "ptn_1", "LastName": "A"},
+                                               {PARTNER_ID: "ptn_2", "LastName": "B", "Partnero_Status__c": "x"}])
+    assert exc.value.status == 400
+    assert exc.value.content == [{"message": "No such column 'Partnero_Status__c' on sobject of type Contact",
+                                  "errorCode": "INVALID_FIELD"}]
+    assert fake_salesforce.records("Contact") == []  # not even the good record
+
+
+def test_a_value_of_the_wrong_type_refuses_the_whole_collection(fake_salesforce, sf):
+    fake_salesforce.define_object(TRANSACTION, types={"Amount__c": "double"})
+    with pytest.raises(SalesforceMalformedRequest) as exc:
+        collection(sf, TRANSACTION, "Partnero_Transaction_Id__c", [
+            {"Partnero_Transaction_Id__c": "t1", "Amount__c": 12.5},
+            {"Partnero_Transaction_Id__c": "t2", "Amount__c": "twelve"}])
+    assert error_code(exc) == "JSON_PARSER_ERROR"
+    assert "Cannot deserialize instance of double from VALUE_STRING" in exc.value.content[0]["message"]
+    assert fake_salesforce.records(TRANSACTION) == []
+    assert collection(sf, TRANSACTION, "Partnero_Transaction_Id__c",
+                      [{"Partnero_Transaction_Id__c": "t3", "Amount__c": "12.50"}])[0]["success"]
+
+
+def test_an_object_the_user_cannot_access_is_a_403_for_the_whole_call(fake_salesforce, sf):
+    fake_salesforce.deny("Contact")
+    with pytest.raises(SalesforceRefusedRequest) as exc:
+        collection(sf, "Contact", PARTNER_ID, [{PARTNER_ID: "ptn_1", "LastName": "A"}])
+    assert exc.value.status == 403 and error_code(exc) == "INSUFFICIENT_ACCESS"
+    fake_salesforce.allow("Contact")
+    assert collection(sf, "Contact", PARTNER_ID, [{PARTNER_ID: "ptn_1", "LastName": "A"}])[0]["success"]
+
+
 def test_duplicate_external_ids_in_one_collection_fail_both(fake_salesforce, sf):
     results = collection(sf, "Contact", PARTNER_ID, [
         {PARTNER_ID: "ptn_1", "LastName": "A"}, {PARTNER_ID: "ptn_2", "LastName": "B"},

@@ -53,6 +53,12 @@ Behaviour modelled (switches are thread-safe and may change while clients run):
   ``attributes.type``).
 * ``api_max``/``api_remaining``: REST calls use up the daily allowance (``GET limits`` shows it,
   the ``Sforce-Limit-Info`` header carries it); at zero, calls answer 403 REQUEST_LIMIT_EXCEEDED.
+* Whole-call refusals, as Salesforce answers them before it looks at any record: a field the
+  object lacks (with ``define_object(..., fields=[...])``) or a relationship it lacks is one 400
+  INVALID_FIELD "No such column ..." for the whole request; a value not of its field's type
+  (``define_object(..., types={"Amount__c": "double"})``) is one 400 JSON_PARSER_ERROR;
+  ``deny(obj)`` makes every call on the object a 403 INSUFFICIENT_ACCESS (``allow(obj)`` undoes
+  it); an object the org lacks is a 404 NOT_FOUND.
 * Required fields (Contact.LastName, Account.Name, ...), optional allowed-field sets, external
   id matching (case-insensitive unless ``case_sensitive_ids``), relationships by external id
   (``"Rel__r": {"Ext__c": "v"}``) resolved to the lookup field, duplicate external ids within a
@@ -151,6 +157,10 @@ class ObjectSpec:
     external_ids: frozenset[str] | None = None
     #: Salesforce matches text external ids case-insensitively unless the field says otherwise.
     case_sensitive_ids: bool = False
+    #: Field types the JSON body is read as (``double``, ``boolean``, ``date``, ``datetime``,
+    #: ``string``); a value that is not of its field's type refuses the whole call with
+    #: JSON_PARSER_ERROR, as Salesforce's deserializer does.
+    types: dict[str, str] = field(default_factory=dict)
 
 
 class Call(NamedTuple):
@@ -229,6 +239,31 @@ def _json_bytes(payload: Any) -> bytes:
 def _reply(status: int, payload: Any = None, **kw: Any) -> _Reply:
     body = b"" if payload is None else _json_bytes(payload)
     return _Reply(status, body, **kw)
+
+
+def _of_type(kind: str, value: Any) -> bool:
+    """Whether Salesforce's JSON reader takes ``value`` for a field of type ``kind``."""
+    if kind == "double":
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, int | float):
+            return True
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return False
+        return isinstance(value, str)
+    if kind == "boolean":
+        return isinstance(value, bool) or value in ("true", "false")
+    if kind in ("date", "datetime"):
+        if not isinstance(value, str):
+            return False
+        try:
+            dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return False
+        return True
+    return not isinstance(value, dict | list)
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -675,6 +710,7 @@ class FakeSalesforce:
         self._calls: deque[Call] = deque(maxlen=max_calls)  # the newest calls
         self._counts: Counter[tuple[str, int]] = Counter()    # every call, by (kind, status)
         self._rejections: list[Rejection] = []
+        self._denied: set[str] = set()
         self._cursors: OrderedDict[str, tuple[str, list[dict], int]] = OrderedDict()
         self._api_used = 0
         self._id_counter = 0
@@ -958,6 +994,16 @@ class FakeSalesforce:
             self._rejections.append(rule)
         return rule
 
+    def deny(self, sobject: str) -> None:
+        """The integration user loses access to ``sobject``: every call on it answers 403
+        INSUFFICIENT_ACCESS for the whole request. ``allow(sobject)`` gives it back."""
+        with self._lock:
+            self._denied.add(sobject.lower())
+
+    def allow(self, sobject: str) -> None:
+        with self._lock:
+            self._denied.discard(sobject.lower())
+
     def unreject(self, rule: Rejection | None = None) -> None:
         """Remove one rule, or all of them."""
         with self._lock:
@@ -969,7 +1015,8 @@ class FakeSalesforce:
     # ---------------------------------------------------------------- schema
 
     def define_object(self, name: str, *, prefix: str | None = None, required=(), fields=None,
-                      external_ids=None, case_sensitive_ids: bool = False) -> ObjectSpec:
+                      external_ids=None, case_sensitive_ids: bool = False,
+                      types: dict[str, str] | None = None) -> ObjectSpec:
         """Declare an sObject type (custom ones get a prefix a01, a02, ...)."""
         with self._lock:
             if prefix is None:
@@ -979,13 +1026,13 @@ class FakeSalesforce:
             spec = ObjectSpec(name, prefix, tuple(required),
                               None if fields is None else frozenset(fields) | set(_STANDARD_FIELDS),
                               None if external_ids is None else frozenset(external_ids),
-                              case_sensitive_ids)
+                              case_sensitive_ids, dict(types or {}))
             self._objects[name] = spec
             self._store.setdefault(name, {})
             self._indexes.setdefault(name, {})
             canon = self._canon.setdefault(name, {})
             for known in (*_STANDARD_FIELDS, *spec.required, *(spec.fields or ()),
-                          *(spec.external_ids or ())):
+                          *(spec.external_ids or ()), *spec.types):
                 canon.setdefault(known.lower(), known)
             return spec
 
@@ -1562,6 +1609,10 @@ class FakeSalesforce:
         spec = self._spec(name)
         if spec is None:
             raise _HttpError(404, _NOT_FOUND, "NOT_FOUND")
+        if spec.name.lower() in self._denied:
+            raise _HttpError(403, [{"errorCode": "INSUFFICIENT_ACCESS", "message": "insufficient access "
+                                    f"rights on object {spec.name}: the user's profile or permission sets "
+                                    "do not grant it"}], "INSUFFICIENT_ACCESS")
         return spec
 
     def _ext_field_from_url(self, spec: ObjectSpec, name: str) -> str:
@@ -1581,6 +1632,33 @@ class FakeSalesforce:
         except (ValueError, UnicodeDecodeError) as exc:
             raise _HttpError(400, [{"message": f"Unexpected character in the JSON body: {exc}",
                                     "errorCode": "JSON_PARSER_ERROR"}]) from None
+
+    def _check_deserializable(self, spec: ObjectSpec, record: dict, body: bytes) -> None:
+        """What Salesforce refuses while reading the body, for the whole request: a field the
+        object does not have (or the user cannot see), a relationship it does not have, a value
+        that is not of its field's type."""
+        for key, value in record.items():
+            if key == "attributes":
+                continue
+            if isinstance(value, dict):
+                if self._relationship(spec.name, key) is None:
+                    raise _HttpError(400, [{"message": f"No such column '{key}' on sobject of type "
+                                                       f"{spec.name}", "errorCode": "INVALID_FIELD"}])
+                continue
+            name = self._field(spec.name, key, register=False)
+            if spec.fields is not None and name not in spec.fields:
+                raise _HttpError(400, [{"message": f"No such column '{key}' on sobject of type {spec.name}",
+                                        "errorCode": "INVALID_FIELD"}])
+            kind = spec.types.get(name)
+            if kind is not None and value is not None and not _of_type(kind, value):
+                token = "VALUE_STRING" if isinstance(value, str) else (
+                    "VALUE_TRUE" if value is True else "VALUE_FALSE" if value is False else "VALUE_NUMBER_INT"
+                    if isinstance(value, int) else "VALUE_NUMBER_FLOAT" if isinstance(value, float)
+                    else "START_ARRAY" if isinstance(value, list) else "START_OBJECT")
+                column = body.find(json.dumps(value).encode()) + 1
+                raise _HttpError(400, [{"message": f"Cannot deserialize instance of {kind} from {token} value "
+                                                   f"{value} or request may be missing a required field at "
+                                                   f"[line:1, column:{column}]", "errorCode": "JSON_PARSER_ERROR"}])
 
     def _record_json(self, spec: ObjectSpec, record: dict, version: str,
                      only: list[str] | None = None) -> dict:
@@ -1658,6 +1736,7 @@ class FakeSalesforce:
         if not isinstance(data, dict):
             raise _HttpError(400, [{"message": "Cannot deserialize instance of SObject from an array "
                                                "or value", "errorCode": "JSON_PARSER_ERROR"}])
+        self._check_deserializable(spec, data, body)
         try:
             return self._write(spec, data, undo=[], **how)
         except _RecordError as exc:
@@ -1712,6 +1791,8 @@ class FakeSalesforce:
             if kind.lower() != spec.name.lower():
                 raise _HttpError(400, [{"message": f"The list can contain objects only of type "
                                                    f"{spec.name}, not {kind}", "errorCode": "INVALID_TYPE"}])
+        for record in records:  # the body is read into sObjects before any record is written
+            self._check_deserializable(spec, record, body)
         all_or_none = bool(data.get("allOrNone", False))
 
         def ext_value(record: dict) -> Any:
