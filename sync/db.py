@@ -4,6 +4,7 @@ and the statements every dialect needs spelled differently."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import sqlalchemy as sa
@@ -103,11 +104,82 @@ def chunks(items: list, size: int):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether a database error means "try again later" (the server is away or busy)."""
+    """Whether a database error is passing (try again later) rather than about the data written.
+
+    The one place that decides, the same way on every dialect: a lost or refused connection, a
+    deadlock, a lock or statement time-out, a server restarting or read-only for a failover, and a
+    schema that lags the mappings (a table or column not there yet) are passing; what the database
+    says about a value (too long, out of range, not encodable, a constraint) is not.
+    """
     if isinstance(exc, TransientError):
         return True
     if isinstance(exc, sa.exc.DBAPIError):
-        return exc.connection_invalidated or isinstance(
-            exc, sa.exc.OperationalError | sa.exc.InterfaceError
-        )
-    return isinstance(exc, sa.exc.TimeoutError | ConnectionError | TimeoutError)
+        if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError):
+            return True
+        return _transient_cause(exc.orig)
+    return isinstance(exc, sa.exc.TimeoutError | sa.exc.DisconnectionError | ConnectionError | TimeoutError)
+
+
+#: PostgreSQL SQLSTATE classes and codes that are passing.
+_PG_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+_PG_TRANSIENT_CODES = {
+    "55P03",  # lock_not_available
+    "42P01",  # undefined_table: the schema lags the mappings
+    "42703",  # undefined_column: the same
+    "25006",  # read_only_sql_transaction: a failover in progress
+}
+#: MySQL/MariaDB error numbers that are passing.
+_MYSQL_TRANSIENT = {
+    1040,  # too many connections
+    1053,  # server shutdown in progress
+    1054,  # unknown column: the schema lags the mappings
+    1146,  # table does not exist: the same
+    1205,  # lock wait timeout
+    1213,  # deadlock
+    1290, 1836,  # read-only server (a failover)
+    1317,  # query interrupted
+    1927,  # connection killed
+    2002, 2003, 2006, 2013, 2055,  # cannot connect, server gone, lost connection
+    3024,  # statement time-out
+    4031,  # disconnected for inactivity
+}
+#: SQLite: busy or locked, I/O trouble, or a schema that lags the mappings.
+_SQLITE_TRANSIENT = re.compile(
+    r"database is locked|database table is locked|busy|disk i/o error|unable to open database file"
+    r"|database or disk is full|no such table|no such column|has no column named",
+    re.IGNORECASE,
+)
+
+
+def _transient_cause(orig: BaseException | None) -> bool:
+    if orig is None:
+        return False
+    module = type(orig).__module__
+    if module.startswith("psycopg"):
+        sqlstate = getattr(orig, "sqlstate", None)
+        if not sqlstate:  # the connection itself failed (refused, reset, timed out)
+            return True
+        return sqlstate[:2] in _PG_TRANSIENT_CLASSES or sqlstate in _PG_TRANSIENT_CODES
+    if module.startswith("pymysql"):
+        errno = orig.args[0] if orig.args and isinstance(orig.args[0], int) else None
+        return errno in _MYSQL_TRANSIENT or errno is None
+    if module.startswith("sqlite3"):
+        return bool(_SQLITE_TRANSIENT.search(str(orig)))
+    return isinstance(orig, ConnectionError | TimeoutError)
+
+
+#: Quoted values in a database's error text: what follows "value", "type …:" or "entry".
+_QUOTED_VALUE = re.compile(
+    r"""((?:value|entry|type [\w ()0-9,.]+?)\s*:?\s*)("[^"]*"|'[^']*')""",
+    re.IGNORECASE,
+)
+
+
+def describe_error(exc: BaseException) -> str:
+    """The error's class and first line, enough to act on, with any quoted value the database
+    echoed replaced by "…" (stored and logged texts never carry payload values)."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    first = text.splitlines()[0] if text else ""
+    first = _QUOTED_VALUE.sub(lambda m: m.group(1) + "…", first)[:300]
+    name = type(getattr(exc, "orig", None) or exc).__name__
+    return f"{name}: {first}" if first else name

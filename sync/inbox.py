@@ -16,7 +16,7 @@ from functools import cached_property
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync.db import is_transient, metadata
+from sync.db import describe_error, is_transient, metadata
 from sync.errors import PermanentError, TransientError
 from sync.sqltypes import BODY, KEY, UTCDateTime
 
@@ -337,12 +337,5 @@ class Inbox:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
             if is_transient(exc):
-                raise TransientError(f"database unavailable: {_describe(exc)}") from exc
+                raise TransientError(f"database unavailable: {describe_error(exc)}") from exc
             raise
-
-
-def _describe(exc: BaseException) -> str:
-    """The error's class and first line: enough to act on, never a statement's parameters."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    first = text.splitlines()[0][:300] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

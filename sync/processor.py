@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from sync import ledger
 from sync.crm.outbox import Outbox
-from sync.db import is_transient
+from sync.db import describe_error, is_transient
 from sync.envelope import MalformedDelivery
 from sync.errors import PermanentError, TransientError
 from sync.inbox import IGNORED, PROCESSED, Event, Inbox
@@ -89,7 +89,7 @@ class Processor:
                 if is_transient(exc):
                     raise
                 # Something in the batch was refused: go delivery by delivery to find it.
-                log.warning("batch of %d refused (%s); applying one by one", len(work), _first_line(exc))
+                log.warning("batch of %d refused (%s); applying one by one", len(work), describe_error(exc))
                 result.processed = []
                 with self.engine.begin() as conn:
                     for event, planned in work:
@@ -99,13 +99,13 @@ class Processor:
                         except sa.exc.SQLAlchemyError as exc:
                             if is_transient(exc):
                                 raise
-                            result.failed[event.id] = f"database refused the write: {_first_line(exc)}"
+                            result.failed[event.id] = f"database refused the write: {describe_error(exc)}"
                         else:
                             result.processed.append(event.id)
                     self._record(conn, result)
         except sa.exc.SQLAlchemyError as exc:
             # A lost connection, a deadlock, a lock timeout: the next try finds the rows as they were.
-            raise TransientError(f"database: {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise TransientError(f"database: {describe_error(exc)}") from exc
         return result
 
     def _record(self, conn: Connection, result: BatchResult) -> None:
@@ -155,8 +155,3 @@ class Processor:
 def _lock_order(planned: Plan) -> tuple:
     change = planned.change
     return (change.table, change.key, change.version) if change is not None else ("", "", None)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
