@@ -176,10 +176,9 @@ _QUOTED_VALUE = re.compile(
 
 
 def describe_error(exc: BaseException) -> str:
-    """The error's class and first line, enough to act on, with any quoted value the database
-    echoed replaced by "…" (stored and logged texts never carry payload values)."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
+    """The error's first line (or its class when it has none), enough to act on, with any quoted
+    value the database echoed replaced by "…" (stored and logged texts never carry payload values)."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip()
     first = text.splitlines()[0] if text else ""
-    first = _QUOTED_VALUE.sub(lambda m: m.group(1) + "…", first)[:300]
-    name = type(getattr(exc, "orig", None) or exc).__name__
-    return f"{name}: {first}" if first else name
+    return _QUOTED_VALUE.sub(lambda m: m.group(1) + "…", first)[:300] or type(cause).__name__

@@ -124,7 +124,7 @@ class Processor:
         mapping = self.mappings.for_event(event.event_type)
         if mapping is None:
             return None
-        return plan(mapping, document, event.fingerprint)
+        return plan(mapping, document, event.fingerprint, event.received_at)
 
     def _apply_all(self, conn: Connection, work: list[tuple[Event, Plan]]) -> None:
         """Warehouse rows, then ledger entries, then outbox rows: the same order in every batch."""

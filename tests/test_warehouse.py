@@ -223,3 +223,23 @@ def test_a_delivery_the_database_refuses_fails_alone(pg_url):
     assert reason.startswith("database refused the write: value too long")
     assert pipe.row("partners", "ptn_8c1e6f0a") is not None
     assert pipe.inbox.counts() == {"pending": 0, "processed": 1, "ignored": 0, "failed": 1}
+
+
+def test_an_unreadable_version_time_falls_back_to_the_delivery_time(pipe):
+    assert pipe.deliver(partner("partner.updated", "not a time", sent_at="2026-03-14T10:00:00Z", name="Ana")) == [
+        "processed"]
+    row = pipe.row("partners", "ptn_8c1e6f0a")
+    assert row["first_name"] == "Ana" and row["sync_version"] == utc("2026-03-14T10:00:00Z")
+    assert row["updated_at"] is None  # a datetime column keeps no unreadable time
+    # It orders like any other delivery of that time: a later genuine update wins.
+    pipe.deliver(partner("partner.updated", "2026-03-15T00:00:00Z", name="Bea"))
+    assert pipe.row("partners", "ptn_8c1e6f0a")["first_name"] == "Bea"
+
+
+@pytest.mark.parametrize("absurd", ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00+05:00", "2026-03-20T00:00:00Z"],
+                         ids=["year-9999", "year-1-with-offset", "days-ahead-of-the-delivery"])
+def test_an_absurd_version_time_never_pins_a_record(pipe, absurd):
+    pipe.deliver(partner("partner.updated", absurd, sent_at="2026-03-14T10:00:00Z", name="Pinned?"))
+    pipe.deliver(partner("partner.updated", "2026-03-15T00:00:00Z", name="Later"))
+    row = pipe.row("partners", "ptn_8c1e6f0a")
+    assert row["first_name"] == "Later" and row["sync_version"] == utc("2026-03-15T00:00:00Z")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import jmespath.exceptions
 
+from sync.envelope import parse_timestamp
 from sync.errors import PermanentError
 from sync.mapping.spec import Field, Mapping
 from sync.mapping.transforms import ExactFloat, ValueProblem
@@ -96,13 +97,13 @@ def identify(mapping: Mapping, document: Any) -> str | None:
         return None
 
 
-def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str) -> Plan:
+def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str, received_at: datetime | None = None) -> Plan:
     event = document["event"]
     deleting = event in mapping.deletes
     key = _value(mapping, mapping.identity, document, "identity")
     if key is None or key == "":
         raise FieldProblem(f"{mapping.path.name}: identity: {mapping.identity.source} is empty in this delivery")
-    at = _value(mapping, mapping.version, document, "version") or EPOCH
+    at = version_time(mapping, document, received_at)
     version = Version(RANK_DELETE if deleting else RANK_STATE, at, fingerprint)
 
     change = None
@@ -136,6 +137,36 @@ def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str) -> Plan:
         )
         crm = RecordChange(target.object, target.external_id, str(key), deleting, values, tombstone, version)
     return Plan(mapping, event, change, rewards, reverses, crm)
+
+
+#: A time further than this ahead of the delivery's own time (or of its arrival) is not believed.
+MAX_AHEAD = timedelta(days=1)
+EARLIEST = datetime(1971, 1, 1, tzinfo=timezone.utc)
+
+
+def version_time(mapping: Mapping, document: Any, received_at: datetime | None = None) -> datetime:
+    """When the state this delivery tells was current: the mapping's ``version``.
+
+    A version that cannot be read, or is absurd (before 1971, or more than a day ahead of the
+    delivery's own ``created_at``), falls back to the delivery's time, and an absurd delivery time
+    to the time it arrived: one bad timestamp must neither fail a delivery nor pin a record
+    against later updates.
+    """
+    arrived = received_at or datetime.now(timezone.utc)
+    sent = parse_timestamp(document.get("created_at")) or parse_timestamp(document.get("timestamp"))
+    if not _believable(sent, arrived):
+        sent = received_at
+    try:
+        at = mapping.version.evaluate(document)
+    except Exception:  # noqa: BLE001 - an unreadable time is not worth a failed delivery
+        at = None
+    if not _believable(at, sent or arrived):
+        at = sent
+    return at or EPOCH
+
+
+def _believable(at: Any, reference: datetime) -> bool:
+    return isinstance(at, datetime) and EARLIEST <= at and at - reference <= MAX_AHEAD
 
 
 def _rewards(mapping: Mapping, document: Any) -> tuple[Reward, ...]:

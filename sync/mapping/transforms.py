@@ -107,12 +107,12 @@ def to_boolean(value: Any) -> bool | None:
 
 
 def to_datetime(value: Any) -> datetime | None:
+    """A time in UTC; a value that is not a readable time is stored as unknown (None) rather
+    than failing the delivery: a time is not worth losing the rest of a delivery for, and the
+    record's version falls back to the delivery's own time (``evaluate.version_time``)."""
     if value is None or value == "":
         return None
-    parsed = parse_timestamp(value)
-    if parsed is None:
-        raise ValueProblem(f"{kind(value)} is not a date and time")
-    return parsed
+    return parse_timestamp(value)
 
 
 def to_json(value: Any) -> Any:
