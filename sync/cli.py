@@ -229,10 +229,11 @@ def mappings_check(directory: Path | None) -> None:
     Exit status 1 when there are problems.
     """
     from sync.mapping import MappingError, load_mappings
+    from sync.schema import RESERVED_TABLES
 
     directory = directory or _settings().mappings_dir
     try:
-        loaded = load_mappings(directory)
+        loaded = load_mappings(directory, RESERVED_TABLES)
     except MappingError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
@@ -253,9 +254,10 @@ def mappings_preview(delivery: Path, directory: Path | None) -> None:
     """Print what DELIVERY (a saved delivery, JSON) would write to each target. Writes nothing."""
     from sync.mapping import load_mappings
     from sync.preview import render
+    from sync.schema import RESERVED_TABLES
 
     directory = directory or _settings().mappings_dir
-    click.echo(render(load_mappings(directory), delivery.read_bytes()))
+    click.echo(render(load_mappings(directory, RESERVED_TABLES), delivery.read_bytes()))
 
 
 @main.command()

@@ -42,7 +42,7 @@ class Services:
         Loads and checks the mapping files unless ``mappings`` is given: a bad file raises
         ``MappingError`` listing every problem, and the process must not start.
         """
-        mappings = mappings or load_mappings(settings.mappings_dir)
+        mappings = mappings or load_mappings(settings.mappings_dir, schema.RESERVED_TABLES)
         engine = db.engine_for(settings.database_url)
         inbox = Inbox(engine)
         warehouse = Warehouse(mappings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from sync.mapping.transforms import (
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 SF_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 EVENT = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
-#: Tables partnero-sync keeps for itself.
-RESERVED_TABLES = frozenset({"webhook_events", "commission_entries"})
+#: Table name prefixes the databases keep for themselves.
+SYSTEM_TABLE_PREFIXES = ("sqlite_", "pg_")
 #: Prefix of the bookkeeping columns partnero-sync adds to every warehouse table.
 SYSTEM_PREFIX = "sync_"
 DEFAULT_VERSION = "data.updated_at || created_at || timestamp"
@@ -172,8 +173,13 @@ class MappingSet:
 # -- loading -----------------------------------------------------------------------------------
 
 
-def load_mappings(directory: Path) -> MappingSet:
-    """Load and check every ``*.yml``/``*.yaml`` in ``directory``; raises ``MappingError``."""
+def load_mappings(directory: Path, reserved_tables: Collection[str] = ()) -> MappingSet:
+    """Load and check every ``*.yml``/``*.yaml`` in ``directory``; raises ``MappingError``.
+
+    ``reserved_tables`` are the names a mapping may not write to: partnero-sync's own tables
+    (``sync.schema.RESERVED_TABLES``, derived from the schema), which the caller passes in so
+    this module stays free of the database.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise MappingError([Problem(directory, 0, "", "mapping directory not found (set MAPPINGS_DIR)")])
@@ -181,21 +187,22 @@ def load_mappings(directory: Path) -> MappingSet:
     if not paths:
         raise MappingError([Problem(directory, 0, "", "no mapping files (*.yml) here")])
     problems: list[Problem] = []
-    mappings = [m for m in (_load_one(path, problems) for path in paths) if m is not None]
+    reserved = frozenset(reserved_tables)
+    mappings = [m for m in (_load_one(path, problems, reserved) for path in paths) if m is not None]
     _check_across(mappings, problems)
     if problems:
         raise MappingError(problems)
     return MappingSet(tuple(mappings))
 
 
-def _load_one(path: Path, problems: list[Problem]) -> Mapping | None:
+def _load_one(path: Path, problems: list[Problem], reserved: frozenset[str]) -> Mapping | None:
     try:
         raw = load_yaml(path)
     except YamlProblem as exc:
         problems.append(Problem(path, exc.line, "", exc.message))
         return None
     before = len(problems)
-    mapping = _Checker(path, problems).mapping(raw)
+    mapping = _Checker(path, problems, reserved).mapping(raw)
     return mapping if len(problems) == before else None
 
 
@@ -226,9 +233,10 @@ class _Checker:
 
     TOP = {"entity", "events", "deletes", "identity", "version", "warehouse", "ledger", "salesforce"}
 
-    def __init__(self, path: Path, problems: list[Problem]):
+    def __init__(self, path: Path, problems: list[Problem], reserved: frozenset[str] = frozenset()):
         self.path = path
         self.problems = problems
+        self.reserved = reserved
 
     def problem(self, node: Any, key: Any, where: str, message: str) -> None:
         line = node.line_of(key) if isinstance(node, LineDict) else getattr(node, "line", 0)
@@ -440,8 +448,12 @@ class _Checker:
         if table is not None and not (isinstance(table, str) and IDENTIFIER.match(table)):
             self.problem(raw, "table", "warehouse.table", "a table name is lower-case letters, digits and _")
             table = None
-        elif table in RESERVED_TABLES:
+        elif table in self.reserved:
             self.problem(raw, "table", "warehouse.table", f"{table} is partnero-sync's own table")
+            table = None
+        elif table.startswith(SYSTEM_TABLE_PREFIXES):
+            self.problem(raw, "table", "warehouse.table", f"{table}: names starting with "
+                         f"{' or '.join(SYSTEM_TABLE_PREFIXES)} belong to the database")
             table = None
         key = self.required(raw, "key", where)
         if key is not None and not (isinstance(key, str) and IDENTIFIER.match(key)):

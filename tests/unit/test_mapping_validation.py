@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from sync.mapping import MappingError, load_mappings
+from sync.schema import RESERVED_TABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = """\
@@ -34,7 +35,7 @@ def write(tmp_path: Path, text: str, name: str = "partner.yml") -> Path:
 
 def problems(tmp_path: Path) -> list[str]:
     with pytest.raises(MappingError) as info:
-        load_mappings(tmp_path)
+        load_mappings(tmp_path, RESERVED_TABLES)
     return [str(p) for p in info.value.problems]
 
 
@@ -75,6 +76,12 @@ CASES = [
      "2: events: 'Partner Deleted' is not an event type such as partner.created"),
     ("reserved table", "table: partners", "table: webhook_events",
      "6: warehouse.table: webhook_events is partnero-sync's own table"),
+    ("the outbox is reserved too", "table: partners", "table: crm_outbox",
+     "6: warehouse.table: crm_outbox is partnero-sync's own table"),
+    ("the migrations' table", "table: partners", "table: partnero_sync_schema_version",
+     "6: warehouse.table: partnero_sync_schema_version is partnero-sync's own table"),
+    ("a database's own table", "table: partners", "table: sqlite_stat1",
+     "6: warehouse.table: sqlite_stat1: names starting with sqlite_ or pg_ belong to the database"),
     ("from and value", "email: {from: data.email, transforms: [lower]}", "email: {from: data.email, value: x}",
      "9: warehouse.columns.email: give exactly one of from (an expression) or value (a constant)"),
     ("transform needs argument", "transforms: [lower]", "transforms: [default]",
