@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import redis
 
-from sync import db, queue, schema
+from sync import db, metrics, queue, schema
 from sync.crm.client import SalesforceClient
 from sync.crm.flush import Flusher
 from sync.crm.outbox import Outbox
@@ -47,10 +47,13 @@ class Services:
         inbox = Inbox(engine)
         warehouse = Warehouse(mappings)
         outbox = Outbox() if settings.salesforce.enabled else None
+        jobs = JobQueue(redis_connection or queue.connect(settings.redis_url))
+        # The process's metrics go to the Redis its jobs go to.
+        metrics.recorder.bind(jobs.connection)
         return cls(
             settings=settings,
             inbox=inbox,
-            jobs=JobQueue(redis_connection or queue.connect(settings.redis_url)),
+            jobs=jobs,
             mappings=mappings,
             warehouse=warehouse,
             processor=Processor(engine, inbox, mappings, warehouse, outbox),

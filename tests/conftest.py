@@ -17,7 +17,7 @@ import redis
 import sqlalchemy as sa
 from werkzeug.serving import make_server
 
-from sync import db, services
+from sync import db, metrics, services
 from sync.settings import Settings, normalize_database_url
 from sync.signature import sign
 
@@ -167,6 +167,8 @@ def client(app):
 def _no_leftover_services():
     yield
     services._current = None
+    # Nothing a test counted may reach the next test's Redis.
+    metrics.recorder.clear()
 
 
 @pytest.fixture
