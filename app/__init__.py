@@ -33,10 +33,11 @@ def create_app(settings: Settings | None = None, *, redis_connection: redis.Redi
     app.extensions["partnero"] = services
     app.extensions["partnero.intake"] = Intake(services.inbox, services.jobs)
 
-    from app import dashboard, health, webhooks
+    from app import dashboard, health, metrics, webhooks
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     dashboard.mount(app, settings, services.jobs.connection)
     app.logger.info(
         "partnero-sync web: %d mapped event types; Salesforce %s; dashboard %s",
