@@ -7,7 +7,7 @@ import logging
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from sync import envelope, logs, signature
+from sync import envelope, logs, metrics, signature
 from sync.envelope import MalformedDelivery
 from sync.errors import TransientError
 from sync.inbox import IGNORED, PENDING, Delivery
@@ -16,9 +16,28 @@ from sync.mapping import identify
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
 
+#: The ``reason`` a refusal is counted under, by signature verdict.
+_SIGNATURE_REASONS = {
+    signature.Verdict.MISSING: metrics.MISSING_SIGNATURE,
+    signature.Verdict.MALFORMED: metrics.MALFORMED_SIGNATURE,
+    signature.Verdict.MISMATCH: metrics.BAD_SIGNATURE,
+}
+
 
 @bp.post("/webhooks/partnero")
 def receive():
+    # Every answer is counted once: here those raised as exceptions, in _receive the others.
+    try:
+        return _receive()
+    except RequestEntityTooLarge:
+        metrics.RECEIVED.inc(outcome=metrics.REFUSED, reason=metrics.TOO_LARGE)
+        raise
+    except Exception:  # answered by the app's error handlers (a 500, a client gone mid-body)
+        metrics.RECEIVED.inc(outcome=metrics.REFUSED, reason=metrics.ERROR)
+        raise
+
+
+def _receive():
     services = current_app.extensions["partnero"]
     intake = current_app.extensions["partnero.intake"]
     limit = services.settings.max_body_bytes
@@ -34,13 +53,13 @@ def receive():
     )
     if not verdict.ok:
         log.warning("refused delivery from %s: %s", request.remote_addr, verdict.value)
-        return _error(401, verdict.value)
+        return _refuse(401, verdict.value, _SIGNATURE_REASONS[verdict])
 
     try:
         document, event = envelope.read_event(body)
     except MalformedDelivery as exc:
         log.warning("refused signed delivery: %s", exc)
-        return _error(400, str(exc))
+        return _refuse(400, str(exc), metrics.MALFORMED_JSON)
 
     mapping = services.mappings.for_event(event)
     delivery = Delivery(
@@ -54,13 +73,15 @@ def receive():
     except TransientError as exc:
         log.error("could not store a delivery, answering 503: %s", exc,
                   extra=logs.delivery_fields(None, event, delivery.entity_id, delivery.fingerprint))
-        response = _error(503, "could not store the delivery; try again")
+        response = _refuse(503, "could not store the delivery; try again", metrics.UNAVAILABLE)
         response[0].headers["Retry-After"] = "30"
         return response
     log.info("delivery %s", receipt.status,
              extra=logs.delivery_fields(receipt.id, event, delivery.entity_id, delivery.fingerprint))
+    metrics.RECEIVED.inc(outcome=receipt.status)
     return jsonify(status=receipt.status, id=receipt.id), 202
 
 
-def _error(code: int, message: str):
+def _refuse(code: int, message: str, reason: str):
+    metrics.RECEIVED.inc(outcome=metrics.REFUSED, reason=reason)
     return jsonify(error=message), code

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import random
 import time
+from datetime import datetime, timezone
 
 from rq import Retry, get_current_job
 
-from sync import logs, services
+from sync import logs, metrics, services
 from sync.crm.flush import FlushReport
 from sync.errors import PermanentError, TransientError
-from sync.inbox import IGNORED, PROCESSED
+from sync.inbox import FAILED, IGNORED, PROCESSED
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ def process_events(event_ids: list[int]) -> Retry | str:
         raise
     failed = {**given_up, **result.failed}
     by_id = {e.id: e for e in events}
+    committed_at = datetime.now(timezone.utc)
+    metrics.LAG.observe((committed_at - by_id[i].received_at).total_seconds() for i in result.processed)
+    for outcome, done in ((PROCESSED, result.processed), (IGNORED, result.ignored), (FAILED, failed)):
+        metrics.ATTEMPTS.inc(len(done), outcome=outcome)
 
     def fields(event_id: int) -> dict:
         e = by_id[event_id]
@@ -79,6 +84,7 @@ def _retry_or_fail(event_ids: list[int], exc: TransientError) -> Retry:
         _fail(event_ids, f"still failing after {retries} retries: {exc}")
         raise exc
     delay = backoff(retries)
+    metrics.ATTEMPTS.inc(len(event_ids), outcome=metrics.RETRIED)
     # RQ does not record why a job asked to be retried: say it here.
     log.warning(
         "inbox %s: %s; retry %d of %d in %ds", _rows(event_ids), exc, retries + 1, len(RETRY_DELAYS), delay
@@ -98,6 +104,7 @@ def backoff(retries: int) -> int:
 
 def _fail(event_ids: list[int], reason: str) -> None:
     log.error("inbox %s failed: %s", _rows(event_ids), reason)
+    metrics.ATTEMPTS.inc(len(event_ids), outcome=FAILED)
     try:
         services.current().inbox.mark_failures({i: reason for i in event_ids})
     except TransientError:

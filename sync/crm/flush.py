@@ -10,9 +10,9 @@ from decimal import Decimal
 
 from sqlalchemy.engine import Engine
 
-from sync import ledger
+from sync import ledger, metrics
 from sync.crm.client import COLLECTION_LIMIT, SalesforceClient
-from sync.crm.outbox import FAILED, PENDING, SYNCED, WAITING, Outbox, Pending, wire
+from sync.crm.outbox import FAILED, PENDING, SYNCED, UNAVAILABLE, WAITING, Outbox, Pending, wire
 from sync.errors import TransientError
 from sync.mapping import MappingSet
 from sync.mapping.spec import Mapping
@@ -91,14 +91,18 @@ class Flusher:
             # A mapping that opted in deletes tombstoned records; by default they are only updated.
             deletes = [r for r in rows if target.hard_delete and r.tombstoned]
             upserts = [r for r in rows if r not in deletes]
+            if upserts:
+                metrics.SALESFORCE_CALLS.inc(object=target.object, kind=metrics.UPSERT)
             outcomes = dict(zip(
                 [r.id for r in upserts],
                 self.client.upsert(target.object, target.external_id,
                                    [self._record(mapping, row, totals) for row in upserts]),
             ))
             for row in deletes:
+                metrics.SALESFORCE_CALLS.inc(object=target.object, kind=metrics.DELETE)
                 outcomes[row.id] = self.client.delete(target.object, target.external_id, row.external_id)
         except TransientError as exc:
+            metrics.SALESFORCE_REFUSALS.inc(len(rows), object=target.object, code=UNAVAILABLE)
             with self.engine.begin() as conn:
                 self.outbox.postpone(conn, rows, record_backoff(min(r.attempts for r in rows)), str(exc))
             raise
@@ -107,6 +111,8 @@ class Flusher:
         recorded = []
         for row in rows:
             outcome = outcomes[row.id]
+            if not outcome.success:  # whatever then becomes of the record: waits, retries or fails
+                metrics.SALESFORCE_REFUSALS.inc(object=target.object, code=outcome.code)
             if outcome.success:
                 recorded.append((row, SYNCED, outcome.id, None, None, None))
                 report.synced += 1

@@ -28,6 +28,8 @@ WAITING = "waiting"  # Salesforce does not have its parent yet: sent again once 
 SYNCED = "synced"
 FAILED = "failed"  # refused for good: not sent again until the record changes or crm-retry
 STATUSES = (PENDING, WAITING, SYNCED, FAILED)
+#: The error code of rows whose whole call failed (a timeout, an outage): tried again later.
+UNAVAILABLE = "UNAVAILABLE"
 
 crm_outbox = sa.Table(
     "crm_outbox",
@@ -236,7 +238,7 @@ class Outbox:
             conn.execute(
                 t.update().where(t.c.id == row.id, t.c.generation == row.generation)
                 .values(attempts=row.attempts + 1, next_attempt_at=now() + timedelta(seconds=seconds),
-                        error_code="UNAVAILABLE", error_message=reason[:2000], error_at=now())
+                        error_code=UNAVAILABLE, error_message=reason[:2000], error_at=now())
             )
 
     def wake_waiting(self, conn: Connection) -> int:
