@@ -98,8 +98,6 @@ class _Duration(click.ParamType):
     name = "duration"
 
     def convert(self, value, param, ctx) -> timedelta:
-        if isinstance(value, timedelta):
-            return value
         try:
             return parse_duration(str(value))
         except ValueError as exc:
@@ -257,7 +255,7 @@ def requeue_failed(since: datetime | None, event_type: str | None, dry_run: bool
     result = run_requeue(services.inbox, services.jobs, since=_utc(since), event_type=event_type)
     click.echo(f"requeued {result.requeued} failed deliveries, {result.enqueued} enqueued")
     if result.discarded_jobs:
-        click.echo(f"deleted {result.discarded_jobs} jobs they replace from RQ's failed registry")
+        click.echo(f"deleted {result.discarded_jobs} jobs these retries replace from RQ's failed registry")
     if result.redis_error is not None:
         click.echo(
             f"Redis could not take the jobs ({result.redis_error}): the deliveries are pending, and the "

@@ -237,7 +237,7 @@ def test_requeue_failed_retries_failed_deliveries_after_a_fix(settings, redis_co
     result = run("requeue-failed", env=env_for(settings))
     assert result.exit_code == 0
     assert "requeued 3 failed deliveries, 3 enqueued" in result.output
-    assert "deleted 1 jobs they replace from RQ's failed registry" in result.output
+    assert "deleted 1 jobs these retries replace from RQ's failed registry" in result.output
     after = rows(settings, ids[:3])
     assert {r["status"] for r in after.values()} == {PENDING} and {r["attempts"] for r in after.values()} == {0}
     assert all("a text is not true or false" in r["last_error"] for r in after.values())  # kept until a retry succeeds
