@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import click
 
 from sync import logs
-from sync.errors import ConfigurationError, SyncError
+from sync.errors import ConfigurationError, SyncError, caused_by
 from sync.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
+#: Where ``_settings`` leaves the settings, so an error line can name the database or Redis.
+_SETTINGS = "partnero_sync.settings"
+
 
 class _Group(click.Group):
-    """Turns configuration and connection problems into one clear line and exit status 2."""
+    """Turns the failures an operator can expect into one clear line, never a traceback:
+    configuration problems exit 2; a database or Redis that cannot be reached, a missing schema
+    and the refusals partnero-sync raises on purpose exit 1. Anything else is a bug and keeps
+    its traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -26,9 +33,32 @@ class _Group(click.Group):
         except ConfigurationError as exc:
             click.echo(f"partnero-sync: configuration error: {exc}", err=True)
             sys.exit(2)
-        except SyncError as exc:
-            click.echo(f"partnero-sync: {exc}", err=True)
+        except Exception as exc:
+            message = explain(exc, ctx.meta.get(_SETTINGS))
+            if message is None:
+                raise
+            click.echo(f"partnero-sync: {message}", err=True)
             sys.exit(1)
+
+
+def explain(exc: BaseException, settings: Settings | None = None) -> str | None:
+    """One line for an expected failure (the database or Redis away, the schema missing, an error
+    partnero-sync raised on purpose); None for anything else. Never shows a statement's
+    parameters or a password."""
+    import redis
+
+    from sync import db
+
+    message = db.explain(exc)
+    if message is not None:
+        return message + (f" (DATABASE_URL {redact_url(settings.database_url)})" if settings else "")
+    unreachable = caused_by(exc, redis.RedisError)
+    if unreachable is not None:
+        message = str(exc) if isinstance(exc, SyncError) else f"Redis unavailable: {db.describe_error(unreachable)}"
+        return message + (f" (REDIS_URL {redact_url(settings.redis_url)})" if settings else "")
+    if isinstance(exc, SyncError):
+        return str(exc)
+    return None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,22 +69,59 @@ def main() -> None:
     sqlite:///partnero-sync.db), REDIS_URL (default redis://localhost:6379/0), MAPPINGS_DIR
     (default mappings), LOG_LEVEL (default INFO), and SALESFORCE_* for the CRM sync (none set:
     only the warehouse is synced). README.md explains each.
+
+    Exit status: 0 done; 1 the command failed (the database or Redis could not be reached, the
+    schema is missing, or what the command reports); 2 bad arguments or configuration. `status`
+    has its own: 0 healthy, 1 needs attention, 2 cannot tell.
     """
 
 
 def _settings() -> Settings:
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
+    click.get_current_context().meta[_SETTINGS] = settings
     return settings
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """A span of time written as a whole number and a unit: 45s, 30m, 12h, 90d, 2w."""
+    found = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text.lower())
+    if found is None:
+        raise ValueError(f"{text!r} is not a duration like 30m, 12h, 90d or 2w (units: s, m, h, d, w)")
+    return timedelta(seconds=int(found[1]) * _UNITS[found[2]])
+
+
+class _Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value, param, ctx) -> timedelta:
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = _Duration()
+_DATE = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    """A date given on the command line, read as UTC."""
+    return when.replace(tzinfo=timezone.utc) if when else None
 
 
 @main.command()
 def migrate() -> None:
     """Create or upgrade the database schema (the Procfile's release step).
 
-    Creates missing tables and adds columns that mappings gained. Never drops or converts a
-    column: a column that left the mappings is kept (and reported), one whose type changed
-    stops the migration with an explanation. Safe to run any number of times.
+    Run it on every deploy, and after a mapping gained a table or a column. Creates missing
+    tables and adds columns that mappings gained. Never drops or converts a column: a column that
+    left the mappings is kept (and reported), one whose type changed stops the migration with an
+    explanation (exit status 2). Safe to run any number of times, also from several processes
+    at once.
     """
     from sync.services import Services
 
@@ -77,7 +144,11 @@ def migrate() -> None:
 def worker(burst: bool, sweep_every: int) -> None:
     """Run an RQ worker on the 'partnero' queue, with RQ's scheduler for delayed retries.
 
-    On SIGTERM (a PaaS stopping the process) it finishes the job in hand, then exits.
+    The Procfile's worker process: run one or more wherever the service runs. It adds the
+    columns mappings gained at start, processes stored deliveries, sends the CRM outbox, and
+    every --sweep-every seconds enqueues pending deliveries whose job was lost. On SIGTERM (a
+    PaaS stopping the process) it finishes the job in hand, then exits. Exit status 1 when Redis
+    cannot be reached.
     """
     from sync.worker import run_worker
 
@@ -93,7 +164,12 @@ def worker(burst: bool, sweep_every: int) -> None:
     help="Only rows stored at least this many seconds ago.",
 )
 def sweep(older_than: int) -> None:
-    """Enqueue stored deliveries that are still pending and have no job (e.g. Redis was down)."""
+    """Enqueue stored deliveries that are still pending and have no job (e.g. Redis was down).
+
+    The worker does this every minute by itself; run it by hand to hurry a backlog along after
+    Redis lost its data. Deliveries whose job is queued, running or waiting for a retry are left
+    alone. Exit status 1 when the database or Redis cannot be reached.
+    """
     from sync.services import Services
     from sync.sweeper import sweep as run_sweep
 
@@ -103,29 +179,140 @@ def sweep(older_than: int) -> None:
 
 
 @main.command()
-def status() -> None:
-    """Show the inbox by status and, with Salesforce on, the CRM outbox by object and status."""
-    from sync.crm.outbox import STATUSES, Outbox
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON instead of a table (its keys are listed above).")
+@click.option(
+    "--stuck-after",
+    type=DURATION,
+    metavar="DURATION",
+    help="How long the oldest pending delivery may wait before the backlog counts as stuck, "
+         "e.g. 5m, 1h (default: 15m).",
+)
+def status(as_json: bool, stuck_after: timedelta | None) -> None:
+    """Show how the service is doing, from one snapshot of the database and Redis.
+
+    The inbox by status, the oldest pending delivery and the last one processed; the queue
+    (waiting jobs, scheduled retries, running and failed jobs, workers); with Salesforce on, the
+    CRM backlog and refused records by object and the last record synced; and what needs a
+    person. Use it by hand, or from a monitor by its exit status:
+
+    \b
+    0  healthy
+    1  something needs attention: failed deliveries or jobs, a stuck backlog,
+       records Salesforce refused, jobs waiting with no worker
+    2  cannot tell: the database or Redis could not be read (or the
+       configuration is wrong)
+
+    \b
+    --json prints these keys (times in ISO 8601, UTC; null when not known):
+      taken_at, state ("ok", "attention" or "unknown": the exit status),
+      stuck_after_seconds,
+      inbox: {by_status: {pending, processed, ignored, failed},
+              oldest_pending_at, oldest_pending_age_seconds, last_processed_at},
+      queue: {queued, scheduled, failed, started, workers},
+      salesforce (null while CRM sync is off): {by_object: {OBJECT: {pending,
+              waiting, synced, failed}}, backlog, refused, last_synced_at},
+      unavailable: {database, redis: why it could not be read; absent when read},
+      attention: [one sentence per thing that needs a person]
+    """
+    from sync import stats
+    from sync.services import Services
+    from sync.status import render
+
+    services = Services.build(_settings())
+    snapshot = stats.take(services, stuck_after or stats.STUCK_AFTER)
+    if as_json:
+        click.echo(json.dumps(snapshot.as_dict(), indent=2))
+    else:
+        click.echo(render(snapshot, services.settings.salesforce.describe()))
+    sys.exit({stats.OK: 0, stats.ATTENTION: 1, stats.UNKNOWN: 2}[snapshot.state])
+
+
+@main.command("requeue-failed")
+@click.option("--since", type=_DATE, help="Only deliveries received from this date (UTC) on.")
+@click.option("--event", "event_type", metavar="TYPE", help="Only deliveries of this event type.")
+@click.option("--dry-run", is_flag=True, help="Only say how many deliveries would be retried; change nothing.")
+def requeue_failed(since: datetime | None, event_type: str | None, dry_run: bool) -> None:
+    """Retry failed deliveries, after fixing what failed them (a mapping, the warehouse, a bug).
+
+    Sets the matching failed deliveries back to pending, 1,000 at a time, and enqueues them for
+    the workers. Their attempts count afresh (so they are not given up at once), and their last
+    error stays until a retry succeeds. Jobs in RQ's failed registry none of whose deliveries is
+    still failed are deleted, so `status` stops reporting them.
+
+    If Redis cannot take the jobs, the deliveries are set back to pending all the same: the
+    worker's sweeper enqueues them once Redis answers. It says so and exits 0, since nothing
+    more is needed. Exit status 1 when the database cannot be read or written.
+    """
+    from sync.inbox import FAILED
+    from sync.requeue import requeue_failed as run_requeue
     from sync.services import Services
 
     services = Services.build(_settings())
-    counts = services.inbox.counts()
-    width = max(len(name) for name in counts)
-    for name, count in counts.items():
-        click.echo(f"{name:<{width}}  {count}")
-    click.echo(f"salesforce: {services.settings.salesforce.describe()}")
-    if services.settings.salesforce.enabled:
-        with services.inbox.engine.connect() as conn:
-            outbox = Outbox().counts(conn)
-        for obj, by_status in sorted(outbox.items()):
-            click.echo(f"  {obj}: " + ", ".join(f"{by_status[s]} {s}" for s in STATUSES))
+    if dry_run:
+        count = services.inbox.count(since=_utc(since), event_type=event_type, status=FAILED)
+        click.echo(f"would requeue {count} failed deliveries (dry run: nothing changed)")
+        return
+    result = run_requeue(services.inbox, services.jobs, since=_utc(since), event_type=event_type)
+    click.echo(f"requeued {result.requeued} failed deliveries, {result.enqueued} enqueued")
+    if result.discarded_jobs:
+        click.echo(f"deleted {result.discarded_jobs} jobs these retries replace from RQ's failed registry")
+    if result.redis_error is not None:
+        click.echo(
+            f"Redis could not take the jobs ({result.redis_error}): the deliveries are pending, and the "
+            "worker's sweeper will enqueue them once Redis answers",
+            err=True,
+        )
+
+
+@main.command()
+@click.option("--older-than", type=DURATION, required=True, metavar="DURATION",
+              help="Prune deliveries received longer ago than this, e.g. 90d, 2w, 12h, 30m.")
+@click.option("--dry-run", is_flag=True, help="Only say how many would be pruned; change nothing.")
+def prune(older_than: timedelta, dry_run: bool) -> None:
+    """Drop the raw bodies of old deliveries that are done with, to keep the database small.
+
+    Only processed and ignored deliveries received longer ago than --older-than lose their
+    body; pending and failed ones keep it. Each row stays, with its status and fingerprint, so
+    Partnero sending the same delivery again is still answered "duplicate"; `replay` skips
+    pruned deliveries (and says how many). Works 1,000 rows a transaction; running it again, or
+    several at once (a scheduler that overlaps), is harmless. Meant for a daily scheduler, e.g.
+    `partnero-sync prune --older-than 90d`. Exit status 1 when the database cannot be reached.
+    """
+    from sync.inbox import Pruned, utcnow
+    from sync.progress import progressbar
+    from sync.services import Services
+
+    services = Services.build(_settings())
+    before = utcnow() - older_than
+    when = f"received before {before:%Y-%m-%d %H:%M:%S} UTC"
+    due = services.inbox.prunable(before)
+    if dry_run:
+        click.echo(f"would prune {due.rows} deliveries ({_size(due.bytes)}) {when} (dry run: nothing changed)")
+        return
+    total = Pruned()
+    with progressbar(due.rows, "pruning") as bar:
+        for batch in services.inbox.prune(before):
+            total += batch
+            bar.update(batch.rows)
+    click.echo(f"pruned {total.rows} deliveries ({_size(total.bytes)}) {when}")
+
+
+def _size(size: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 @main.command("crm-errors")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="List at most this many.")
 def crm_errors(limit: int) -> None:
     """List the records Salesforce refused (failed) or that wait for their parent (waiting),
-    newest first, with Salesforce's error code and message."""
+    newest first, with Salesforce's error code and message.
+
+    Use it when `status` reports refused records: fix the cause in Salesforce or in a mapping,
+    then run `crm-retry`. Exit status 1 when the database cannot be reached.
+    """
     from sync.crm.outbox import Outbox
     from sync.services import Services
 
@@ -143,7 +330,11 @@ def crm_errors(limit: int) -> None:
 @main.command("crm-retry")
 @click.option("--object", "object_name", metavar="SOBJECT", help="Only records of this Salesforce object.")
 def crm_retry(object_name: str | None) -> None:
-    """Send refused and waiting records again (after fixing the cause in Salesforce or a mapping)."""
+    """Send refused and waiting records again (after fixing the cause in Salesforce or a mapping).
+
+    Makes them due now and asks the workers for a flush. Exit status 2 while Salesforce sync is
+    off; 1 when the database or Redis cannot be reached.
+    """
     from sync.crm.outbox import Outbox
     from sync.services import Services
 
@@ -158,7 +349,12 @@ def crm_retry(object_name: str | None) -> None:
 
 @main.command("crm-flush")
 def crm_flush() -> None:
-    """Send what waits in the CRM outbox to Salesforce now, in this process, with progress."""
+    """Send what waits in the CRM outbox to Salesforce now, in this process, with progress.
+
+    The workers flush by themselves; use this to watch a flush, or to drain a backlog without a
+    worker. Exit status 2 while Salesforce sync is off or its login is refused; 1 when the
+    database or Salesforce cannot be reached.
+    """
     from sync.services import Services
 
     services = Services.build(_settings())
@@ -186,7 +382,12 @@ def crm_flush() -> None:
     help="Send this saved delivery (JSON) instead of a generated sample.",
 )
 def send_test(url: str, event: str, path: Path | None) -> None:
-    """Sign a delivery with PARTNERO_WEBHOOK_SECRET and POST it, as Partnero would."""
+    """Sign a delivery with PARTNERO_WEBHOOK_SECRET and POST it, as Partnero would.
+
+    Use it to check a deployment end to end, or to feed a saved delivery in again. Prints the
+    receiver's answer. Exit status 1 when the receiver cannot be reached or does not answer
+    2xx; 2 when PARTNERO_WEBHOOK_SECRET is not set.
+    """
     from sync.samples import sample_delivery
     from sync.signature import sign
 
@@ -212,12 +413,16 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode("utf-8", "replace")
     except OSError as exc:
-        raise SyncError(f"could not reach {url}: {exc}") from exc
+        raise SyncError(f"could not reach {redact_url(url)}: {exc}") from exc
 
 
 @main.group()
 def mappings() -> None:
-    """Check the mapping files, or preview what a delivery would become."""
+    """Check the mapping files, or preview what a delivery would become.
+
+    Use these while editing the files in mappings/ (or MAPPINGS_DIR), before restarting the
+    workers or running `migrate`.
+    """
 
 
 @mappings.command("check")
@@ -226,7 +431,8 @@ def mappings() -> None:
 def mappings_check(directory: Path | None) -> None:
     """Load and check every mapping file; list every problem with file, line and field.
 
-    Exit status 1 when there are problems.
+    The web and the worker run the same check at start and refuse to start on a problem; run
+    it before deploying a changed file. Exit status 1 when there are problems.
     """
     from sync.mapping import MappingError, load_mappings
     from sync.schema import RESERVED_TABLES
@@ -251,7 +457,11 @@ def mappings_check(directory: Path | None) -> None:
 @click.option("--dir", "directory", type=click.Path(path_type=Path),
               help="The mapping directory (default: MAPPINGS_DIR, else ./mappings).")
 def mappings_preview(delivery: Path, directory: Path | None) -> None:
-    """Print what DELIVERY (a saved delivery, JSON) would write to each target. Writes nothing."""
+    """Print what DELIVERY (a saved delivery, JSON) would write to each target. Writes nothing.
+
+    Use it to see the effect of a mapping change on a real delivery before deploying it. Needs
+    no database. Exit status 2 when the mapping files have problems.
+    """
     from sync.mapping import load_mappings
     from sync.preview import render
     from sync.schema import RESERVED_TABLES
@@ -261,27 +471,27 @@ def mappings_preview(delivery: Path, directory: Path | None) -> None:
 
 
 @main.command()
-@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
-              help="Only deliveries received from this date (UTC) on.")
+@click.option("--since", type=_DATE, help="Only deliveries received from this date (UTC) on.")
 @click.option("--event", "event_type", metavar="TYPE", help="Only deliveries of this event type.")
-def replay(since, event_type: str | None) -> None:
+def replay(since: datetime | None, event_type: str | None) -> None:
     """Apply stored deliveries again, oldest first; e.g. after a mapping gained a column.
 
+    Use it after a mapping change, or to fill the Salesforce outbox when turning CRM sync on.
     Idempotent: what is already in the warehouse stays as it is, newer states still win, and no
-    commission is booked twice. Deliveries that fail are reported and left as failed.
+    commission is booked twice. Deliveries whose body `prune` dropped are skipped and counted.
+    Deliveries that fail are reported and left as failed (retry them later with
+    `requeue-failed`). Exit status 1 when any failed, or the database cannot be reached.
     """
-    from datetime import timezone
-
     from sync.replay import replay as run_replay
     from sync.services import Services
 
     services = Services.build(_settings())
     services.migrate()
-    since_utc = since.replace(tzinfo=timezone.utc) if since else None
-    result = run_replay(services, since=since_utc, event_type=event_type)
+    result = run_replay(services, since=_utc(since), event_type=event_type)
+    pruned = f", {result.pruned} skipped: pruned (their bodies were dropped)" if result.pruned else ""
     click.echo(
         f"replayed {result.total}: {result.processed} processed, {result.ignored} ignored, "
-        f"{len(result.failed)} failed"
+        f"{len(result.failed)} failed{pruned}"
     )
     for event_id, reason in result.failed[:20]:
         click.echo(f"  inbox #{event_id}: {reason}", err=True)
@@ -290,18 +500,20 @@ def replay(since, event_type: str | None) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where the receiver listens.")
+@click.option("--port", default=5000, show_default=True, type=int, help="The receiver's port.")
 def dev(host: str, port: int) -> None:
     """Run web and worker together on this machine, on the embedded defaults.
 
-    Creates the schema, then serves the receiver and runs a worker. Without
-    PARTNERO_WEBHOOK_SECRET a development secret is used and printed. Where no Redis answers
-    at REDIS_URL, an in-process stand-in is used (one process, nothing kept on exit).
+    For trying partnero-sync out and developing it, never for production. Creates the schema,
+    then serves the receiver and runs a worker until Ctrl-C. Without PARTNERO_WEBHOOK_SECRET a
+    development secret is used and printed. Where no Redis answers at REDIS_URL, an in-process
+    stand-in is used (one process, nothing kept on exit). Exit status 1 when the database
+    cannot be reached.
     """
     from sync.local import run_dev
 
-    run_dev(host=host, port=port)
+    run_dev(_settings(), host=host, port=port)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,7 @@ import threading
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync.errors import TransientError
+from sync.errors import TransientError, caused_by
 
 metadata = sa.MetaData()
 
@@ -122,18 +122,20 @@ def is_transient(exc: BaseException) -> bool:
 
 #: PostgreSQL SQLSTATE classes and codes that are passing.
 _PG_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+#: PostgreSQL SQLSTATEs of a schema that lags the mappings (undefined_table, undefined_column).
+_PG_SCHEMA_CODES = {"42P01", "42703"}
 _PG_TRANSIENT_CODES = {
     "55P03",  # lock_not_available
-    "42P01",  # undefined_table: the schema lags the mappings
-    "42703",  # undefined_column: the same
     "25006",  # read_only_sql_transaction: a failover in progress
+    *_PG_SCHEMA_CODES,
 }
+#: MySQL/MariaDB errors of a schema that lags the mappings (unknown column, no such table).
+_MYSQL_SCHEMA_ERRORS = {1054, 1146}
 #: MySQL/MariaDB error numbers that are passing.
 _MYSQL_TRANSIENT = {
     1040,  # too many connections
     1053,  # server shutdown in progress
-    1054,  # unknown column: the schema lags the mappings
-    1146,  # table does not exist: the same
+    *_MYSQL_SCHEMA_ERRORS,
     1205,  # lock wait timeout
     1213,  # deadlock
     1290, 1836,  # read-only server (a failover)
@@ -143,10 +145,12 @@ _MYSQL_TRANSIENT = {
     3024,  # statement time-out
     4031,  # disconnected for inactivity
 }
+#: SQLite: a schema that lags the mappings.
+_SQLITE_SCHEMA = r"no such table|no such column|has no column named"
 #: SQLite: busy or locked, I/O trouble, or a schema that lags the mappings.
 _SQLITE_TRANSIENT = re.compile(
     r"database is locked|database table is locked|busy|disk i/o error|unable to open database file"
-    r"|database or disk is full|no such table|no such column|has no column named",
+    r"|database or disk is full|" + _SQLITE_SCHEMA,
     re.IGNORECASE,
 )
 
@@ -166,6 +170,34 @@ def _transient_cause(orig: BaseException | None) -> bool:
     if module.startswith("sqlite3"):
         return bool(_SQLITE_TRANSIENT.search(str(orig)))
     return isinstance(orig, ConnectionError | TimeoutError)
+
+
+def lagging_schema(exc: BaseException) -> bool:
+    """Whether a database error says a table or column is not there (yet): the schema was never
+    made, or lags the mappings, and `partnero-sync migrate` mends it."""
+    orig = getattr(exc, "orig", None)
+    module = type(orig).__module__
+    if module.startswith("psycopg"):
+        return getattr(orig, "sqlstate", None) in _PG_SCHEMA_CODES
+    if module.startswith("pymysql"):
+        return bool(orig.args) and orig.args[0] in _MYSQL_SCHEMA_ERRORS
+    if module.startswith("sqlite3"):
+        return re.search(_SQLITE_SCHEMA, str(orig), re.IGNORECASE) is not None
+    return False
+
+
+def explain(exc: BaseException) -> str | None:
+    """One sentence for a person about the database error ``exc`` is or was caused by; None when
+    there is none. Says to migrate when the schema lags; never shows a statement, its parameters
+    or a value the database echoed."""
+    found = caused_by(exc, sa.exc.SQLAlchemyError)
+    if found is None:
+        return None
+    if lagging_schema(found):
+        return f"the database schema is missing or out of date ({describe_error(found)}): run `partnero-sync migrate`"
+    if is_transient(found):
+        return f"database unavailable: {describe_error(found)}"
+    return f"database error: {describe_error(found)}"
 
 
 #: Quoted values in a database's error text: what follows "value", "type …:" or "entry".

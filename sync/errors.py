@@ -6,6 +6,10 @@ a kind means for RQ (retry later, fail once), and start-up stops on a ``Configur
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
 
 class SyncError(Exception):
     """Root of every error partnero-sync raises on purpose."""
@@ -21,3 +25,15 @@ class PermanentError(SyncError):
 
 class ConfigurationError(SyncError):
     """The configuration is wrong; the process must not start until a person fixes it."""
+
+
+def caused_by(exc: BaseException, kind: type[E] | tuple[type[E], ...]) -> E | None:
+    """The error of ``kind`` that ``exc`` is, or that it was raised from or while handling."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

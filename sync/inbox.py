@@ -16,7 +16,7 @@ from functools import cached_property
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync.db import describe_error, is_transient, metadata
+from sync.db import chunks, explain, is_transient, metadata
 from sync.errors import PermanentError, TransientError
 from sync.sqltypes import BODY, KEY, UTCDateTime
 
@@ -25,6 +25,8 @@ PROCESSED = "processed"
 IGNORED = "ignored"
 FAILED = "failed"
 STATUSES = (PENDING, PROCESSED, IGNORED, FAILED)
+#: Statuses whose rows are finished with: nothing will process them again unless replayed.
+DONE = (PROCESSED, IGNORED)
 #: The body of a delivery whose raw body ``partnero-sync prune`` dropped (its row and fingerprint
 #: stay, so a retry of the same bytes is still recognised). No stored delivery is empty otherwise:
 #: the receiver accepts only JSON objects.
@@ -59,6 +61,30 @@ _EVENT_COLUMNS = (
     webhook_events.c.fingerprint,
     webhook_events.c.entity_id,
 )
+
+
+def _matching(query, since: datetime | None = None, event_type: str | None = None, status: str | None = None):
+    """``query`` narrowed to rows received from ``since`` on, of ``event_type``, in ``status``."""
+    t = webhook_events
+    if since is not None:
+        query = query.where(t.c.received_at >= since)
+    if event_type is not None:
+        query = query.where(t.c.event_type == event_type)
+    if status is not None:
+        query = query.where(t.c.status == status)
+    return query
+
+
+def _prunable(query, before: datetime):
+    """``query`` narrowed to done rows received before ``before`` that still have their body."""
+    t = webhook_events
+    return query.where(t.c.status.in_(DONE), t.c.received_at < before, t.c.body != PRUNED_BODY)
+
+
+def _claim(query, limit: int):
+    """The first ``limit`` rows of ``query`` by id, locked for this transaction; rows another
+    transaction holds are skipped (SQLite, which locks the whole database, ignores this)."""
+    return query.order_by(webhook_events.c.id).limit(limit).with_for_update(skip_locked=True)
 
 
 def _dialect_insert(dialect: str):
@@ -115,6 +141,17 @@ class Event:
     def pruned(self) -> bool:
         """Whether the raw body was dropped by ``prune`` (it can no longer be replayed)."""
         return self.body == PRUNED_BODY
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """Raw bodies dropped by ``Inbox.prune`` (rows) and their size (bytes)."""
+
+    rows: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: Pruned) -> Pruned:
+        return Pruned(self.rows + other.rows, self.bytes + other.bytes)
 
 
 @dataclass(frozen=True)
@@ -265,10 +302,7 @@ class Inbox:
         after_id = 0
         while True:
             query = sa.select(*_EVENT_COLUMNS).where(t.c.id > after_id).order_by(t.c.id).limit(batch)
-            if since is not None:
-                query = query.where(t.c.received_at >= since)
-            if event_type is not None:
-                query = query.where(t.c.event_type == event_type)
+            query = _matching(query, since, event_type)
             with self._transaction() as conn:
                 found = [Event(*row) for row in conn.execute(query)]
             yield from found
@@ -276,15 +310,83 @@ class Inbox:
                 return
             after_id = found[-1].id
 
-    def count(self, since: datetime | None = None, event_type: str | None = None) -> int:
+    def count(self, since: datetime | None = None, event_type: str | None = None, status: str | None = None) -> int:
+        """How many rows match: received from ``since`` on, of one event type, in one status."""
         t = webhook_events
-        query = sa.select(sa.func.count()).select_from(t)
-        if since is not None:
-            query = query.where(t.c.received_at >= since)
-        if event_type is not None:
-            query = query.where(t.c.event_type == event_type)
+        query = _matching(sa.select(sa.func.count()).select_from(t), since, event_type, status)
         with self._transaction() as conn:
             return conn.execute(query).scalar_one()
+
+    def requeue_failed(
+        self, since: datetime | None = None, event_type: str | None = None, batch: int = 1000
+    ) -> Iterator[list[tuple[int, str]]]:
+        """Set failed rows back to pending, ``batch`` rows a transaction, by id; yields each batch
+        as (id, event type) pairs once committed.
+
+        Their attempts start again from 0, so the give-up after ``jobs.MAX_ATTEMPTS`` counts the new
+        tries only; ``last_error`` stays until an attempt succeeds. Rows another run holds are
+        skipped (PostgreSQL), not waited for.
+        """
+        t = webhook_events
+        after_id = 0
+        while True:
+            query = _matching(sa.select(t.c.id, t.c.event_type).where(t.c.id > after_id), since, event_type, FAILED)
+            with self._transaction() as conn:
+                rows = [(i, e) for i, e in conn.execute(_claim(query, batch))]
+                if rows:
+                    conn.execute(
+                        t.update()
+                        .where(t.c.id.in_([i for i, _ in rows]), t.c.status == FAILED)
+                        .values(status=PENDING, attempts=0)
+                    )
+            if not rows:
+                return
+            yield rows
+            after_id = rows[-1][0]
+
+    def failed_among(self, event_ids: Sequence[int]) -> set[int]:
+        """The rows among ``event_ids`` that are failed."""
+        t = webhook_events
+        found: set[int] = set()
+        with self._transaction() as conn:
+            for ids in chunks(sorted(set(event_ids)), 1000):
+                found.update(conn.execute(sa.select(t.c.id).where(t.c.id.in_(ids), t.c.status == FAILED)).scalars())
+        return found
+
+    def prunable(self, before: datetime) -> Pruned:
+        """What ``prune(before)`` would drop now, without dropping it."""
+        t = webhook_events
+        query = _prunable(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sa.func.length(t.c.body)), 0)), before)
+        with self._transaction() as conn:
+            rows, size = conn.execute(query).one()
+        return Pruned(rows=rows, bytes=int(size))
+
+    def prune(self, before: datetime, batch: int = 1000) -> Iterator[Pruned]:
+        """Drop the raw bodies of done deliveries received before ``before``, ``batch`` rows a
+        transaction, by id; yields each batch once committed.
+
+        Only processed and ignored rows lose their body (it becomes ``PRUNED_BODY``); the row and
+        its fingerprint stay, so the same bytes delivered again are still a duplicate. Pending and
+        failed rows keep theirs: they are still to be processed. Rows another run holds are
+        skipped (PostgreSQL), so several runs at once share the work; on SQLite they take turns.
+        Running it again finds nothing to do.
+        """
+        t = webhook_events
+        after_id = 0
+        while True:
+            query = _prunable(sa.select(t.c.id, sa.func.length(t.c.body)), before).where(t.c.id > after_id)
+            with self._transaction() as conn:
+                found = conn.execute(_claim(query, batch)).all()
+                if found:
+                    conn.execute(
+                        t.update()
+                        .where(t.c.id.in_([i for i, _ in found]), t.c.status.in_(DONE))
+                        .values(body=PRUNED_BODY)
+                    )
+            if not found:
+                return
+            yield Pruned(rows=len(found), bytes=sum(size or 0 for _, size in found))
+            after_id = found[-1][0]
 
     def mark_failed(self, event_id: int, reason: str) -> None:
         self.mark_failures({event_id: reason})
@@ -337,5 +439,5 @@ class Inbox:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
             if is_transient(exc):
-                raise TransientError(f"database unavailable: {describe_error(exc)}") from exc
+                raise TransientError(explain(exc)) from exc
             raise

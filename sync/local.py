@@ -13,7 +13,7 @@ import threading
 import click
 import redis
 
-from sync import logs, queue
+from sync import queue
 from sync.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -22,9 +22,7 @@ log = logging.getLogger(__name__)
 DEV_SECRET = "partnero-dev-secret"
 
 
-def run_dev(host: str, port: int) -> None:
-    settings = Settings.from_env()
-    logs.configure(settings.log_level, settings.log_format)
+def run_dev(settings: Settings, host: str, port: int) -> None:
     if not settings.webhook_secrets:
         settings = settings.with_overrides(webhook_secrets=(DEV_SECRET,))
         os.environ["PARTNERO_WEBHOOK_SECRET"] = DEV_SECRET  # for the child processes below

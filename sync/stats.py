@@ -10,7 +10,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from sync import db
 from sync.crm.outbox import FAILED as CRM_FAILED
+from sync.crm.outbox import PENDING as CRM_PENDING
+from sync.crm.outbox import WAITING as CRM_WAITING
 from sync.crm.outbox import Outbox
 from sync.errors import TransientError
 from sync.inbox import FAILED, InboxSummary
@@ -19,10 +22,16 @@ from sync.queue import QueueCounts
 #: A pending delivery older than this means the backlog is stuck (no worker, or one that fails).
 STUCK_AFTER = timedelta(minutes=15)
 
+OK = "ok"
+ATTENTION = "attention"
+UNKNOWN = "unknown"
+
 
 @dataclass
 class Snapshot:
     taken_at: datetime
+    #: How long the oldest pending delivery may wait before the backlog counts as stuck.
+    stuck_after: timedelta = STUCK_AFTER
     inbox: InboxSummary | None = None
     queue: QueueCounts | None = None
     crm_enabled: bool = False
@@ -42,13 +51,20 @@ class Snapshot:
     @property
     def crm_backlog(self) -> int:
         """Salesforce records waiting to be sent (pending or waiting for a parent)."""
-        return sum(s.get("pending", 0) + s.get("waiting", 0) for s in self.crm.values())
+        return sum(backlog(s) for s in self.crm.values())
 
     @property
     def crm_refused(self) -> int:
         return sum(s.get(CRM_FAILED, 0) for s in self.crm.values())
 
-    def attention(self, stuck_after: timedelta = STUCK_AFTER) -> list[str]:
+    @property
+    def state(self) -> str:
+        """UNKNOWN when a source could not be read, else ATTENTION when something needs a person, else OK."""
+        if self.unavailable:
+            return UNKNOWN
+        return ATTENTION if self.attention() else OK
+
+    def attention(self) -> list[str]:
         """What a person should look at, one sentence each; empty when all is well."""
         reasons = []
         if self.inbox is not None:
@@ -57,8 +73,8 @@ class Snapshot:
                 reasons.append(f"{failed} deliveries failed: see `partnero-sync status` and /ops, "
                                "then `partnero-sync requeue-failed` after a fix")
             age = self.oldest_pending_age
-            if age is not None and age > stuck_after.total_seconds():
-                reasons.append(f"the oldest pending delivery has waited {_duration(age)}: is a worker running?")
+            if age is not None and age > self.stuck_after.total_seconds():
+                reasons.append(f"the oldest pending delivery has waited {duration(age)}: is a worker running?")
         if self.queue is not None:
             if self.queue.failed:
                 reasons.append(f"{self.queue.failed} jobs are in RQ's failed registry")
@@ -88,6 +104,8 @@ class Snapshot:
             }
         return {
             "taken_at": _iso(self.taken_at),
+            "state": self.state,
+            "stuck_after_seconds": self.stuck_after.total_seconds(),
             "inbox": inbox,
             "queue": asdict(self.queue) if self.queue is not None else None,
             "salesforce": crm,
@@ -96,9 +114,18 @@ class Snapshot:
         }
 
 
-def take(services) -> Snapshot:
+def backlog(by_status: dict[str, int]) -> int:
+    """Salesforce records of one object still to be sent (pending or waiting for a parent)."""
+    return by_status.get(CRM_PENDING, 0) + by_status.get(CRM_WAITING, 0)
+
+
+def take(services, stuck_after: timedelta = STUCK_AFTER) -> Snapshot:
     """Read everything; a source that cannot be read is named in ``unavailable``."""
-    snapshot = Snapshot(taken_at=datetime.now(timezone.utc), crm_enabled=services.settings.salesforce.enabled)
+    snapshot = Snapshot(
+        taken_at=datetime.now(timezone.utc),
+        stuck_after=stuck_after,
+        crm_enabled=services.settings.salesforce.enabled,
+    )
     try:
         snapshot.inbox = services.inbox.summary()
         if snapshot.crm_enabled:
@@ -106,10 +133,8 @@ def take(services) -> Snapshot:
                 outbox = Outbox()
                 snapshot.crm = outbox.counts(conn)
                 snapshot.crm_last_synced_at = outbox.last_synced_at(conn)
-    except TransientError as exc:
-        snapshot.unavailable["database"] = str(exc)
     except Exception as exc:  # e.g. no schema yet: say so rather than fail the whole report
-        snapshot.unavailable["database"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        snapshot.unavailable["database"] = db.explain(exc) or f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     try:
         snapshot.queue = services.jobs.counts()
     except TransientError as exc:
@@ -125,7 +150,8 @@ def _round(value: float | None) -> float | None:
     return round(value, 1) if value is not None else None
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A span of time as a person reads it: 45 s, 12 min, 3.5 h, 2.0 days."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
@@ -17,7 +19,7 @@ def test_help_explains_every_command():
     result = run("--help")
     assert result.exit_code == 0
     for command in ("migrate", "worker", "sweep", "status", "send-test", "dev", "mappings", "replay",
-                    "crm-errors", "crm-retry", "crm-flush"):
+                    "crm-errors", "crm-retry", "crm-flush", "requeue-failed", "prune"):
         assert command in result.output
     assert "PARTNERO_WEBHOOK_SECRET" in result.output
 
@@ -53,11 +55,15 @@ def test_status_counts_the_inbox(client, settings):
     for event in ("partner.created", "partner.updated", "reward.paid"):
         body, headers = signed(sample_delivery(event))
         assert client.post("/webhooks/partnero", data=body, headers=headers).status_code == 202
-    result = run("status", env={"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url})
-    assert result.exit_code == 0
+    result = CliRunner().invoke(main, ["status"], env={"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url})
     lines = result.output.splitlines()
-    assert dict(line.split() for line in lines[:4]) == {"pending": "2", "processed": "0", "ignored": "1", "failed": "0"}
-    assert lines[4] == "salesforce: off (no SALESFORCE_ variables set): only the warehouse is synced"
+    assert lines[0] == "Inbox"
+    assert dict(line.split() for line in lines[1:5]) == {"pending": "2", "processed": "0", "ignored": "1", "failed": "0"}
+    assert "Salesforce           off (no SALESFORCE_ variables set): only the warehouse is synced" in lines
+    # The receiver enqueued jobs, and no worker listens: that needs a person.
+    assert result.exit_code == 1
+    assert lines[-2] == "Needs attention"
+    assert re.fullmatch(r"  - [12] jobs wait and no worker listens on the queue", lines[-1])
 
 
 def test_sweep_reports_what_it_enqueued(settings, redis_conn):
@@ -100,7 +106,7 @@ def test_send_test_without_a_secret_names_the_variable():
 
 @pytest.mark.parametrize("command", [
     "worker", "sweep", "migrate", "status", "send-test", "dev", "mappings check", "mappings preview", "replay",
-    "crm-errors", "crm-retry", "crm-flush",
+    "crm-errors", "crm-retry", "crm-flush", "requeue-failed", "prune",
 ])
 def test_every_command_has_help(command):
     result = run(*command.split(), "--help")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 
 import pytest
@@ -184,7 +185,10 @@ def test_cli_lists_crm_errors_and_retries_them(services, fake, settings):
     assert listed.exit_code == 0, listed.output
     assert "failed   Contact ptn_8c1e6f0a: REQUIRED_FIELD_MISSING: Required fields are missing: [Region__c]" in listed.output
     status = CliRunner().invoke(main, ["status"], env=env)
-    assert "salesforce: on: password login" in status.output and "Contact: 0 pending, 0 waiting, 0 synced, 1 failed" in status.output
+    assert status.exit_code == 1  # a refused record needs a person
+    assert re.search(r"^Salesforce +on: password login to ", status.output, re.M)
+    assert re.search(r"^  Contact +backlog 0, refused 1, synced 0$", status.output, re.M)
+    assert "  - Salesforce refused 1 records: see `partnero-sync crm-errors`" in status.output
     retried = CliRunner().invoke(main, ["crm-retry"], env=env)
     assert retried.exit_code == 0 and "1 records will be sent again" in retried.output
     flushed = CliRunner().invoke(main, ["crm-flush"], env=env)

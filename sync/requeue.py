@@ -1,0 +1,64 @@
+"""Retrying failed deliveries after a fix: their inbox rows back to pending, and onto the queue."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sync.errors import TransientError
+from sync.inbox import FAILED, Inbox
+from sync.progress import progressbar
+from sync.queue import JobQueue
+
+
+@dataclass
+class RequeueResult:
+    #: Rows set back to pending.
+    requeued: int = 0
+    #: Of those, rows carried by new jobs; the rest wait for the sweeper.
+    enqueued: int = 0
+    #: Jobs deleted from RQ's failed registry because none of their rows is failed any more.
+    discarded_jobs: int = 0
+    #: Why Redis could not take the jobs (None: it could).
+    redis_error: str | None = None
+
+
+def requeue_failed(inbox: Inbox, jobs: JobQueue, since: datetime | None = None, event_type: str | None = None,
+                   batch: int = 1000, show_progress: bool = True) -> RequeueResult:
+    """Set the matching failed rows back to pending and enqueue them, ``batch`` rows at a time.
+
+    The database is the record: a row set back to pending is retried whatever Redis does. When
+    Redis cannot take the jobs, the remaining rows are still set back to pending (the worker's
+    sweeper enqueues them once Redis answers) and ``redis_error`` says why.
+    """
+    result = RequeueResult()
+    total = inbox.count(since=since, event_type=event_type, status=FAILED)
+    with progressbar(total, "requeueing", show_progress) as bar:
+        for rows in inbox.requeue_failed(since=since, event_type=event_type, batch=batch):
+            result.requeued += len(rows)
+            if result.redis_error is None:
+                try:
+                    jobs.enqueue_events(rows)
+                    result.enqueued += len(rows)
+                except TransientError as exc:
+                    result.redis_error = str(exc)
+            bar.update(len(rows))
+    if result.requeued and result.redis_error is None:
+        try:
+            result.discarded_jobs = discard_superseded(inbox, jobs)
+        except TransientError as exc:
+            result.redis_error = str(exc)
+    return result
+
+
+def discard_superseded(inbox: Inbox, jobs: JobQueue) -> int:
+    """Delete the jobs in RQ's failed registry none of whose rows is failed any more; returns how many.
+
+    Their failures are history once their rows are retried, and left there they would keep
+    `partnero-sync status` reporting failed jobs.
+    """
+    failed_jobs = jobs.failed_deliveries()
+    still_failed = inbox.failed_among([i for rows in failed_jobs.values() for i in rows])
+    superseded = [job_id for job_id, rows in failed_jobs.items() if still_failed.isdisjoint(rows)]
+    jobs.discard_failed(superseded)
+    return len(superseded)

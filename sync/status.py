@@ -1,0 +1,64 @@
+"""``partnero-sync status`` as text: the stats snapshot as an aligned table a person reads."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sync.crm.outbox import FAILED as CRM_FAILED
+from sync.crm.outbox import SYNCED as CRM_SYNCED
+from sync.inbox import STATUSES
+from sync.stats import UNKNOWN, Snapshot, backlog, duration
+
+
+#: How the sources ``Snapshot.unavailable`` names are written for a person.
+_SOURCES = {"database": "database", "redis": "Redis"}
+
+
+def render(snapshot: Snapshot, salesforce: str) -> str:
+    """The snapshot, a section per source; ``salesforce`` says whether CRM sync is on, and how."""
+    rows: list[tuple[str, str]] = []  # (label, value); a label without indent heads a section
+    inbox = snapshot.inbox
+    if inbox is None:
+        rows.append(("Inbox", f"cannot tell: {snapshot.unavailable.get('database', 'not read')}"))
+    else:
+        rows.append(("Inbox", ""))
+        rows += [(f"  {status}", str(inbox.counts[status])) for status in STATUSES]
+        oldest = inbox.oldest_pending_at
+        rows.append(("  oldest pending", _ago(oldest, snapshot.taken_at) if oldest else "nothing pending"))
+        rows.append(("  last processed", _ago(inbox.last_processed_at, snapshot.taken_at)))
+    queue = snapshot.queue
+    if queue is None:
+        rows.append(("Queue", f"cannot tell: {snapshot.unavailable.get('redis', 'not read')}"))
+    else:
+        rows += [
+            ("Queue", ""),
+            ("  waiting jobs", str(queue.queued)),
+            ("  retries scheduled", str(queue.scheduled)),
+            ("  running", str(queue.started)),
+            ("  failed jobs", str(queue.failed)),
+            ("  workers", str(queue.workers)),
+        ]
+    rows.append(("Salesforce", salesforce))
+    if snapshot.crm_enabled and inbox is not None:
+        for obj, by_status in sorted(snapshot.crm.items()):
+            rows.append((f"  {obj}", f"backlog {backlog(by_status)}, refused {by_status.get(CRM_FAILED, 0)}, "
+                                     f"synced {by_status.get(CRM_SYNCED, 0)}"))
+        rows.append(("  last synced record", _ago(snapshot.crm_last_synced_at, snapshot.taken_at)))
+    width = max(len(label) for label, _ in rows) + 2
+    lines = [f"{label:<{width}}{value}".rstrip() for label, value in rows]
+    reasons = snapshot.attention()
+    if reasons:
+        lines.append("Needs attention")
+        lines += [f"  - {reason}" for reason in reasons]
+    if snapshot.state == UNKNOWN:
+        unread = " and ".join(_SOURCES.get(name, name) for name in sorted(snapshot.unavailable))
+        lines.append(f"Cannot tell whether all is well: the {unread} could not be read.")
+    elif not reasons:
+        lines.append("All well: nothing needs attention.")
+    return "\n".join(lines)
+
+
+def _ago(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return "never"
+    return f"{when:%Y-%m-%d %H:%M:%S} UTC ({duration(max(0.0, (now - when).total_seconds()))} ago)"
