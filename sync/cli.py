@@ -279,7 +279,7 @@ def replay(since, event_type: str | None) -> None:
     result = run_replay(services, since=since_utc, event_type=event_type)
     click.echo(
         f"replayed {result.total}: {result.processed} processed, {result.ignored} ignored, "
-        f"{len(result.failed)} failed"
+        f"{len(result.failed)} failed" + (f", {result.pruned} pruned (not replayable)" if result.pruned else "")
     )
     for event_id, reason in result.failed[:20]:
         click.echo(f"  inbox #{event_id}: {reason}", err=True)

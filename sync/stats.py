@@ -58,7 +58,7 @@ class Snapshot:
                                "then `partnero-sync requeue-failed` after a fix")
             age = self.oldest_pending_age
             if age is not None and age > stuck_after.total_seconds():
-                reasons.append(f"the oldest pending delivery has waited {_duration(age)}: is a worker running?")
+                reasons.append(f"the oldest pending delivery has waited {duration(age)}: is a worker running?")
         if self.queue is not None:
             if self.queue.failed:
                 reasons.append(f"{self.queue.failed} jobs are in RQ's failed registry")
@@ -125,7 +125,8 @@ def _round(value: float | None) -> float | None:
     return round(value, 1) if value is not None else None
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A length of time as a person reads it: "45 s", "12 min", "3.5 h", "2.0 days"."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
