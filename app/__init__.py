@@ -33,11 +33,12 @@ def create_app(settings: Settings | None = None, *, redis_connection: redis.Redi
     app.extensions["partnero"] = services
     app.extensions["partnero.intake"] = Intake(services.inbox, services.jobs)
 
-    from app import dashboard, health, webhooks
+    from app import dashboard, health, ops, webhooks
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     dashboard.mount(app, settings, services.jobs.connection)
+    ops.mount(app, settings)
     app.logger.info(
         "partnero-sync web: %d mapped event types; Salesforce %s; dashboard %s",
         len(services.mappings.events), settings.salesforce.describe(),
