@@ -95,13 +95,10 @@ def replay(event_id: int):
     if event is None:
         abort(404, f"There is no delivery #{event_id}.")
     outcome = replay_one(services, event)
-    log.info("delivery replayed from /ops: %s", outcome.status if outcome.replayed else "not replayed",
+    log.info("replay from /ops: %s", outcome.status if outcome.replayed else "not replayed (pruned)",
              extra=logs.delivery_fields(event.id, event.event_type, event.entity_id, event.fingerprint))
-    if outcome.status == PROCESSED and services.processor.outbox is not None:
-        try:
-            services.jobs.request_flush()
-        except TransientError as exc:  # the worker's housekeeping asks again within a minute
-            log.warning("%s", exc)
+    if outcome.replayed and outcome.status == PROCESSED:
+        services.request_flush()
     if not outcome.replayed:
         flash(f"Not replayed: {outcome.reason}.", "note")
     elif outcome.status == PROCESSED:

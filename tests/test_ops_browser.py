@@ -13,7 +13,8 @@ from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from app import create_app
 from sync.samples import sample_delivery
@@ -110,6 +111,14 @@ class Browser:
         self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
             "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
 
+    def follow(self, css: str) -> None:
+        """Click a link or a form's button and wait for the page it leads to."""
+        element = self.driver.find_element(By.CSS_SELECTOR, css)
+        element.click()
+        wait = WebDriverWait(self.driver, 15)
+        wait.until(expected_conditions.staleness_of(element))
+        wait.until(lambda driver: driver.execute_script("return document.readyState") == "complete")
+
     def text(self, css: str) -> str:
         return self.driver.find_element(By.CSS_SELECTOR, css).text
 
@@ -137,20 +146,20 @@ def test_an_operator_finds_the_failed_delivery_and_replays_it(page, seeded, tmp_
     page.screenshot(tmp_path / "list-desktop.png", DESKTOP)
 
     Select(page.driver.find_element(By.NAME, "status")).select_by_value("failed")
-    page.driver.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+    page.follow("form.filters button[type=submit]")
     assert "status=failed" in page.driver.current_url
     assert page.row_ids() == [seeded["friend"], seeded["comma"]]
     friend_row = f"#delivery-{seeded['friend']}"
     assert "identity: data.key is empty in this delivery" in page.text(friend_row)
 
-    page.driver.find_element(By.CSS_SELECTOR, f"{friend_row} a").click()
+    page.follow(f"{friend_row} a")
     assert page.driver.current_url.endswith(f"/ops/deliveries/{seeded['friend']}")
     assert page.text("#status") == "failed"
     assert page.text("#last-error") == "customer.yml: identity: data.key is empty in this delivery"
     assert '"id": "rf_2217"' in page.text("#payload")
     page.screenshot(tmp_path / "failed-desktop.png", DESKTOP)
 
-    page.driver.find_element(By.ID, "replay-button").click()
+    page.follow("#replay-button")
     assert page.driver.current_url.endswith(f"/ops/deliveries/{seeded['friend']}")
     assert page.text("#flashes") == "Replayed: processed."
     assert page.text("#status") == "processed"

@@ -17,7 +17,8 @@ from sync import db
 from sync.inbox import PRUNED_BODY, Inbox, webhook_events
 from sync.queue import QUEUE_NAME
 from sync.samples import sample_delivery
-from sync.settings import DashboardSettings
+from sync.settings import DashboardSettings, SalesforceSettings
+from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL
 from tests.ops_helpers import (AUTH, Page, fix_customer_identity, friend_customer, ops_settings, post,
                                unparseable_amount, work)
 from tests.test_salesforce_sync import fake, password_login  # noqa: F401 - the fixture
@@ -306,7 +307,7 @@ def test_replay_applies_a_failed_delivery_again_after_the_mapping_is_fixed(setti
 
     replayed = [r for r in caplog.records if r.name == "app.ops"]
     assert [(r.getMessage(), r.inbox_id, r.event_type) for r in replayed] == [
-        ("delivery replayed from /ops: processed", friend, "customer.created")]
+        ("replay from /ops: processed", friend, "customer.created")]
     for value in ("daniel.kim@northwind.dev", "Daniel", "Kim"):  # no payload values in the logs
         assert value not in caplog.text
 
@@ -362,6 +363,29 @@ def test_a_replay_asks_for_a_salesforce_flush_and_the_page_shows_the_outcome(set
     account = fake.get("Account", "Partnero_Customer_Key__c", "rf_2217")
     assert get(client, f"/ops/deliveries/{friend}").text("crm").startswith(
         f"Status synced Attempts 0 Salesforce id {account['Id']}")
+
+
+def test_a_replay_with_redis_away_still_applies_the_delivery(settings, redis_conn, caplog):
+    before_fix = create_app(settings).test_client()
+    friend = post(before_fix, friend_customer())
+    work(settings, redis_conn)
+    fix_customer_identity(settings)
+    salesforce = SalesforceSettings(mode="password", username="ops@example.com", password="pw", security_token="t")
+    client = create_app(settings.with_overrides(redis_url=DEAD_REDIS_URL, salesforce=salesforce)).test_client()
+    token = get(client, f"/ops/deliveries/{friend}").inputs["token"]
+    with caplog.at_level(logging.WARNING):
+        assert replay(client, friend, token).status_code == 303
+    assert get(client, f"/ops/deliveries/{friend}").text("flashes") == "Replayed: processed."
+    assert inbox_row(settings, friend)["status"] == "processed"
+    assert "could not enqueue a Salesforce flush" in caplog.text  # the worker's housekeeping asks again
+
+
+def test_the_pages_say_when_the_database_is_away(settings, redis_conn):
+    client = create_app(settings.with_overrides(database_url=DEAD_PG_URL)).test_client()
+    for path in ("/ops", "/ops/deliveries/1"):
+        response = client.get(path, headers=AUTH)
+        assert response.status_code == 503 and response.mimetype == "text/html"
+        assert Page(response.data).text("error").startswith("database unavailable:")
 
 
 def test_the_replay_command_leaves_pruned_deliveries_alone(client, settings, redis_conn):
