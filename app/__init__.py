@@ -33,12 +33,13 @@ def create_app(settings: Settings | None = None, *, redis_connection: redis.Redi
     app.extensions["partnero"] = services
     app.extensions["partnero.intake"] = Intake(services.inbox, services.jobs)
 
-    from app import dashboard, health, metrics, webhooks
+    from app import dashboard, health, metrics, ops, webhooks
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     dashboard.mount(app, settings, services.jobs.connection)
+    ops.mount(app, settings)
     app.logger.info(
         "partnero-sync web: %d mapped event types; Salesforce %s; dashboard %s",
         len(services.mappings.events), settings.salesforce.describe(),

@@ -155,6 +155,34 @@ class Pruned:
 
 
 @dataclass(frozen=True)
+class InboxRow:
+    """An inbox row's facts, without its body: what the operator's pages list."""
+
+    id: int
+    event_type: str
+    status: str
+    attempts: int
+    received_at: datetime
+    fingerprint: str
+    entity_id: str | None
+    last_error: str | None
+    processed_at: datetime | None
+
+
+_ROW_COLUMNS = (
+    webhook_events.c.id,
+    webhook_events.c.event_type,
+    webhook_events.c.status,
+    webhook_events.c.attempts,
+    webhook_events.c.received_at,
+    webhook_events.c.fingerprint,
+    webhook_events.c.entity_id,
+    webhook_events.c.last_error,
+    webhook_events.c.processed_at,
+)
+
+
+@dataclass(frozen=True)
 class InboxSummary:
     counts: dict[str, int]
     oldest_pending_at: datetime | None
@@ -309,6 +337,39 @@ class Inbox:
             if len(found) < batch:
                 return
             after_id = found[-1].id
+
+    def event(self, event_id: int) -> Event | None:
+        """The stored delivery ``event_id``, read without counting an attempt."""
+        t = webhook_events
+        with self._transaction() as conn:
+            row = conn.execute(sa.select(*_EVENT_COLUMNS).where(t.c.id == event_id)).one_or_none()
+        return Event(*row) if row is not None else None
+
+    def row(self, event_id: int) -> InboxRow | None:
+        t = webhook_events
+        with self._transaction() as conn:
+            row = conn.execute(sa.select(*_ROW_COLUMNS).where(t.c.id == event_id)).one_or_none()
+        return InboxRow(*row) if row is not None else None
+
+    def rows(
+        self,
+        status: str | None = None,
+        event_type: str | None = None,
+        entity_id: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[InboxRow]:
+        """Up to ``limit`` rows, newest first, matching every filter given; ``before`` pages on
+        (only rows with a smaller id), so a page stays put while new deliveries arrive."""
+        t = webhook_events
+        query = sa.select(*_ROW_COLUMNS).order_by(t.c.id.desc()).limit(limit)
+        for column, value in ((t.c.status, status), (t.c.event_type, event_type), (t.c.entity_id, entity_id)):
+            if value is not None:
+                query = query.where(column == value)
+        if before is not None:
+            query = query.where(t.c.id < before)
+        with self._transaction() as conn:
+            return [InboxRow(*row) for row in conn.execute(query)]
 
     def count(self, since: datetime | None = None, event_type: str | None = None, status: str | None = None) -> int:
         """How many rows match: received from ``since`` on, of one event type, in one status."""

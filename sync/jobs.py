@@ -66,11 +66,8 @@ def process_events(event_ids: list[int]) -> Retry | str:
     for event_id, reason in sorted(failed.items()):
         log.error("delivery failed: %s", reason, extra=fields(event_id))
     summary = f"{len(result.processed)} processed, {len(result.ignored)} ignored, {len(failed)} failed"
-    if result.processed and current.processor.outbox is not None:
-        try:
-            current.jobs.request_flush()
-        except TransientError as exc:  # the worker's housekeeping asks again
-            log.warning("%s", exc)
+    if result.processed:
+        current.request_flush()
     if failed:
         # The others are committed; this puts the job, with its reasons, in RQ's failed registry.
         raise PermanentError(summary + ": " + "; ".join(f"#{i}: {r}" for i, r in sorted(failed.items())))

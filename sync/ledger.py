@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -98,6 +99,13 @@ def reverse_many(conn: Connection, refunds: dict[str, tuple[datetime | None, int
     rows.sort(key=lambda r: (r["transaction_key"], r["reward_ref"]))
     db.insert_ignore(conn, commission_entries, rows)
     return {row["partner_id"] for row in rows}
+
+
+def entries(conn: Connection, transaction_key: str) -> list[dict[str, Any]]:
+    """Every entry booked for one transaction, in the order they were recorded."""
+    t = commission_entries
+    query = sa.select(t).where(t.c.transaction_key == transaction_key).order_by(t.c.id)
+    return [dict(row._mapping) for row in conn.execute(query)]
 
 
 def commission_owed(conn: Connection, partner_ids: Iterable[str] | None = None) -> dict[str, Decimal]:

@@ -1,4 +1,5 @@
-"""Replaying stored deliveries through the current mappings, with a progress bar."""
+"""Replaying stored deliveries through the current mappings: one row (``/ops``'s button) or many
+(``partnero-sync replay``, with a progress bar)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,39 @@ from datetime import datetime
 
 from sync.envelope import MalformedDelivery
 from sync.errors import SyncError
-from sync.inbox import IGNORED, PROCESSED
+from sync.inbox import FAILED, IGNORED, PROCESSED, Event
 from sync.mapping import FieldProblem
 from sync.progress import progressbar
+
+#: Why a pruned delivery is not replayed.
+PRUNED = "its body was pruned, so there is nothing left to apply"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What replaying one delivery came to."""
+
+    #: The row's status afterwards: processed, ignored or failed (unchanged when not replayed).
+    status: str
+    #: Why it failed, or why it was not replayed.
+    reason: str | None = None
+    replayed: bool = True
+
+
+def replay_one(services, event: Event) -> Outcome:
+    """Apply one stored delivery again; its inbox row records the outcome. Idempotent.
+
+    A pruned delivery is left as it is. Raises ``TransientError`` only when even recording the
+    failure was impossible (the database is away).
+    """
+    if event.pruned:
+        return Outcome(event.status, PRUNED, replayed=False)
+    try:
+        status = services.processor.process(event)
+    except (SyncError, MalformedDelivery, FieldProblem) as exc:
+        services.inbox.mark_failed(event.id, str(exc))
+        return Outcome(FAILED, str(exc))
+    return Outcome(status)
 
 
 @dataclass
@@ -34,18 +65,14 @@ def replay(services, since: datetime | None = None, event_type: str | None = Non
     with progressbar(total, "replaying", show_progress) as bar:
         for event in inbox.events(since=since, event_type=event_type):
             result.total += 1
-            bar.update(1)
-            if event.pruned:
+            outcome = replay_one(services, event)
+            if not outcome.replayed:
                 result.pruned += 1
-                continue
-            try:
-                status = services.processor.process(event)
-            except (SyncError, MalformedDelivery, FieldProblem) as exc:
-                result.failed.append((event.id, str(exc)))
-                inbox.mark_failed(event.id, str(exc))
+            elif outcome.status == PROCESSED:
+                result.processed += 1
+            elif outcome.status == IGNORED:
+                result.ignored += 1
             else:
-                if status == PROCESSED:
-                    result.processed += 1
-                elif status == IGNORED:
-                    result.ignored += 1
+                result.failed.append((event.id, outcome.reason or ""))
+            bar.update(1)
     return result

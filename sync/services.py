@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -11,6 +12,7 @@ from sync import db, metrics, queue, schema
 from sync.crm.client import SalesforceClient
 from sync.crm.flush import Flusher
 from sync.crm.outbox import Outbox
+from sync.errors import TransientError
 from sync.inbox import Inbox
 from sync.mapping import MappingSet, load_mappings
 from sync.processor import Processor
@@ -18,6 +20,8 @@ from sync.queue import JobQueue
 from sync.settings import Settings
 from sync.sweeper import sweep
 from sync.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,6 +70,16 @@ class Services:
         if self._flusher is None:
             self._flusher = Flusher(self.inbox.engine, self.mappings, SalesforceClient(self.settings.salesforce))
         return self._flusher
+
+    def request_flush(self) -> None:
+        """After deliveries were applied: ask for a Salesforce flush, when CRM sync is on. Redis
+        being away is only logged; the worker's housekeeping asks again while anything waits."""
+        if self.processor.outbox is None:
+            return
+        try:
+            self.jobs.request_flush()
+        except TransientError as exc:
+            log.warning("%s", exc)
 
     def housekeeping(self) -> None:
         """What the worker does every interval: sweep lost deliveries, and make sure a flush is

@@ -278,6 +278,14 @@ class Outbox:
         ).all()
         return [dict(r._mapping) for r in rows]
 
+    def read(self, conn: Connection, object_name: str, external_id: str) -> dict[str, Any] | None:
+        """The outbox row of one Salesforce record: what it should say and what became of it."""
+        t = crm_outbox
+        row = conn.execute(
+            sa.select(t).where(t.c.object == object_name, t.c.external_id == external_id)
+        ).one_or_none()
+        return dict(row._mapping) if row is not None else None
+
     def backlog(self, conn: Connection) -> int:
         t = crm_outbox
         return conn.execute(

@@ -1,0 +1,141 @@
+"""``/ops``: the deliveries page. What arrived, what each delivery became in the warehouse, the
+ledger and Salesforce, and a button that applies one again. Behind the dashboard's credentials."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from flask import (Blueprint, Flask, abort, current_app, flash, redirect, render_template, request,
+                   url_for)
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from werkzeug.exceptions import HTTPException
+
+from app import auth
+from sync import logs, stats
+from sync.errors import TransientError
+from sync.inbox import PROCESSED, STATUSES
+from sync.replay import replay_one
+from sync.settings import Settings
+from sync.trace import trace
+
+log = logging.getLogger(__name__)
+bp = Blueprint("ops", __name__, url_prefix="/ops")
+
+PAGE_SIZE = 50
+#: A replay button's token is good for this long after its page was shown.
+TOKEN_MAX_AGE = 24 * 3600
+_TOKEN_SALT = "partnero-sync ops replay"
+
+
+def mount(app: Flask, settings: Settings) -> None:
+    """Serve ``/ops``; only when the dashboard's credentials are set."""
+    if not settings.dashboard.enabled:
+        return
+    # The session cookie carries only the message shown after a replay.
+    app.config.update(SESSION_COOKIE_PATH="/ops", SESSION_COOKIE_SAMESITE="Lax")
+    app.register_blueprint(bp)
+
+
+def _services():
+    return current_app.extensions["partnero"]
+
+
+@bp.before_request
+def guard():
+    if not auth.authorized(_services().settings.dashboard, request):
+        return auth.challenge()
+    return None
+
+
+@bp.get("/", strict_slashes=False)
+def deliveries():
+    """Recent deliveries, newest first, filtered by status, event type and record."""
+    services = _services()
+    status = request.args.get("status", "")
+    filters = {
+        "status": status if status in STATUSES else None,
+        "event_type": request.args.get("event_type", "").strip() or None,
+        "entity_id": request.args.get("entity_id", "").strip() or None,
+    }
+    before = request.args.get("before", type=int)
+    rows = services.inbox.rows(**filters, before=before, limit=PAGE_SIZE + 1)
+    older = rows[PAGE_SIZE - 1].id if len(rows) > PAGE_SIZE else None
+    return render_template(
+        "ops/deliveries.html",
+        rows=rows[:PAGE_SIZE],
+        filters=filters,
+        before=before,
+        older=older,
+        statuses=STATUSES,
+        event_types=sorted(services.mappings.events),
+        snapshot=stats.take(services),
+    )
+
+
+@bp.get("/deliveries/<int:event_id>")
+def delivery(event_id: int):
+    """One delivery and what it became."""
+    found = trace(_services(), event_id)
+    if found is None:
+        abort(404, f"There is no delivery #{event_id}.")
+    return render_template("ops/delivery.html", t=found, token=_tokens().dumps(event_id))
+
+
+@bp.post("/deliveries/<int:event_id>/replay")
+def replay(event_id: int):
+    """Apply the stored delivery again now, then show its page with the outcome."""
+    if not auth.same_origin(request):
+        abort(403, "Refused: the request did not come from this site's own pages.")
+    if not _token_matches(request.form.get("token", ""), event_id):
+        abort(403, "Refused: the form's token is missing, wrong or expired. "
+                   "Open the delivery's page again and press Replay there.")
+    services = _services()
+    event = services.inbox.event(event_id)
+    if event is None:
+        abort(404, f"There is no delivery #{event_id}.")
+    outcome = replay_one(services, event)
+    log.info("replay from /ops: %s", outcome.status if outcome.replayed else "not replayed (pruned)",
+             extra=logs.delivery_fields(event.id, event.event_type, event.entity_id, event.fingerprint))
+    if outcome.replayed and outcome.status == PROCESSED:
+        services.request_flush()
+    if not outcome.replayed:
+        flash(f"Not replayed: {outcome.reason}.", "note")
+    elif outcome.status == PROCESSED:
+        flash("Replayed: processed.", "ok")
+    elif outcome.reason is None:
+        flash(f"Replayed: {outcome.status} (no mapping handles {event.event_type}).", "note")
+    else:
+        flash(f"Replayed: still failing: {outcome.reason}", "bad")
+    return redirect(url_for(".delivery", event_id=event_id), 303)
+
+
+def _tokens() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.secret_key, salt=_TOKEN_SALT)
+
+
+def _token_matches(token: str, event_id: int) -> bool:
+    """Whether ``token`` was made by this site for replaying ``event_id``, and is recent enough."""
+    try:
+        return _tokens().loads(token, max_age=TOKEN_MAX_AGE) == event_id
+    except BadSignature:  # also SignatureExpired
+        return False
+
+
+@bp.errorhandler(HTTPException)
+def page_error(exc: HTTPException):
+    return render_template("ops/error.html", code=exc.code, title=exc.name, message=exc.description), exc.code
+
+
+@bp.errorhandler(TransientError)
+def unavailable(exc: TransientError):
+    return render_template("ops/error.html", code=503, title="Unavailable",
+                           message=f"{exc}. Try again in a moment."), 503
+
+
+@bp.app_template_filter("utc")
+def _utc(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "–"
+
+
+bp.add_app_template_filter(stats.duration, "duration")

@@ -1,0 +1,194 @@
+"""/ops in a real browser: Debian's Chromium, headless, driven by Selenium through chromedriver,
+against the app on a real HTTP server. An operator finds a failed delivery and replays it; the
+pages fit a desktop and a phone."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from app import create_app
+from sync.samples import sample_delivery
+from tests.conftest import _unavailable, migrate
+from tests.ops_helpers import (AUTH, fix_customer_identity, friend_customer, ops_settings, post,
+                               unparseable_amount, work)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+DESKTOP = (1280, 900)
+PHONE = (390, 844)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium for the module; it never downloads anything."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        _unavailable("Chromium", FileNotFoundError(f"{' and '.join(missing)} not found"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not fetch a browser or a driver
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-quic", "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync",
+                     f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+            options.add_argument(flag)
+        try:
+            driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+        except WebDriverException as exc:
+            _unavailable("Chromium", exc)
+        try:
+            driver.set_page_load_timeout(30)
+            # The operator's credentials on every request, as a browser sends them once asked.
+            driver.execute_cdp_cmd("Network.enable", {})
+            driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": AUTH})
+            yield driver
+        finally:
+            driver.quit()
+
+
+@pytest.fixture
+def database_url(tmp_path) -> str:
+    """SQLite only: the pages' SQL runs on PostgreSQL too in test_ops_page."""
+    url = f"sqlite:///{tmp_path / 'browser.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture
+def settings(settings, tmp_path):
+    return ops_settings(settings, tmp_path)
+
+
+@pytest.fixture
+def seeded(settings, redis_conn) -> dict[str, int]:
+    """Deliveries as the web before the mapping fix received them, processed by a real worker;
+    then the fix. The ``app`` built after this serves the fixed mapping."""
+    client = create_app(settings).test_client()
+    ids = {
+        "partner": post(client, sample_delivery("partner.created", name="<b>Maria</b>")),
+        "customer": post(client, sample_delivery("customer.created")),
+        "sale": post(client, sample_delivery("transaction.created")),
+        "comma": post(client, unparseable_amount()),
+        "friend": post(client, friend_customer()),
+        "reward": post(client, sample_delivery("reward.created", id="rw_1")),
+    }
+    work(settings, redis_conn)
+    fix_customer_identity(settings)
+    return ids
+
+
+@pytest.fixture
+def app(seeded, settings, redis_conn):
+    return create_app(settings)
+
+
+@pytest.fixture
+def page(browser, live_server):
+    browser.delete_all_cookies()
+    return Browser(browser, live_server)
+
+
+class Browser:
+    def __init__(self, driver, base_url: str):
+        self.driver = driver
+        self.base_url = base_url
+
+    def open(self, path: str) -> None:
+        self.driver.get(self.base_url + path)
+
+    def size(self, width: int, height: int, mobile: bool = False) -> None:
+        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
+
+    def follow(self, css: str) -> None:
+        """Click a link or a form's button and wait for the page it leads to."""
+        element = self.driver.find_element(By.CSS_SELECTOR, css)
+        element.click()
+        wait = WebDriverWait(self.driver, 15)
+        wait.until(expected_conditions.staleness_of(element))
+        wait.until(lambda driver: driver.execute_script("return document.readyState") == "complete")
+
+    def text(self, css: str) -> str:
+        return self.driver.find_element(By.CSS_SELECTOR, css).text
+
+    def row_ids(self) -> list[int]:
+        rows = self.driver.find_elements(By.CSS_SELECTOR, "#deliveries tbody tr")
+        return [int(row.get_attribute("id").removeprefix("delivery-")) for row in rows]
+
+    def screenshot(self, path: Path, size: tuple[int, int]) -> None:
+        assert self.driver.save_screenshot(str(path))
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert struct.unpack(">II", data[16:24]) == size  # the IHDR's width and height
+        assert len(data) > 20_000, f"{path.name} is nearly empty ({len(data)} bytes)"
+
+    def horizontal_overflow(self) -> tuple[int, int]:
+        return tuple(self.driver.execute_script(
+            "return [document.documentElement.scrollWidth, window.innerWidth]"))
+
+
+def test_an_operator_finds_the_failed_delivery_and_replays_it(page, seeded, tmp_path):
+    page.size(*DESKTOP)
+    page.open("/ops")
+    assert page.row_ids() == sorted(seeded.values(), reverse=True)
+    assert page.text("#count-failed .value") == "2"
+    page.screenshot(tmp_path / "list-desktop.png", DESKTOP)
+
+    Select(page.driver.find_element(By.NAME, "status")).select_by_value("failed")
+    page.follow("form.filters button[type=submit]")
+    assert "status=failed" in page.driver.current_url
+    assert page.row_ids() == [seeded["friend"], seeded["comma"]]
+    friend_row = f"#delivery-{seeded['friend']}"
+    assert "identity: data.key is empty in this delivery" in page.text(friend_row)
+
+    page.follow(f"{friend_row} a")
+    assert page.driver.current_url.endswith(f"/ops/deliveries/{seeded['friend']}")
+    assert page.text("#status") == "failed"
+    assert page.text("#last-error") == "customer.yml: identity: data.key is empty in this delivery"
+    assert '"id": "rf_2217"' in page.text("#payload")
+    page.screenshot(tmp_path / "failed-desktop.png", DESKTOP)
+
+    page.follow("#replay-button")
+    assert page.driver.current_url.endswith(f"/ops/deliveries/{seeded['friend']}")
+    assert page.text("#flashes") == "Replayed: processed."
+    assert page.text("#status") == "processed"
+    assert "customer_key\nrf_2217" in page.text("#warehouse")
+    page.screenshot(tmp_path / "replayed-desktop.png", DESKTOP)
+
+    page.open("/ops?status=failed")
+    assert page.row_ids() == [seeded["comma"]]
+
+
+def test_the_pages_fit_a_phone(page, seeded, tmp_path):
+    page.size(*PHONE, mobile=True)
+    for name, path in (("list", "/ops"), ("sale", f"/ops/deliveries/{seeded['sale']}"),
+                       ("failed", f"/ops/deliveries/{seeded['comma']}"),
+                       ("partner", f"/ops/deliveries/{seeded['partner']}")):
+        page.open(path)
+        scroll_width, inner_width = page.horizontal_overflow()
+        assert inner_width == PHONE[0], f"{name}: the page was zoomed out to fit ({inner_width}px)"
+        assert scroll_width <= inner_width, f"{name}: {scroll_width}px wide on a {inner_width}px phone"
+        page.screenshot(tmp_path / f"{name}-phone.png", PHONE)
+    # The list's rows become cards: id, event type and status on the first line.
+    page.open("/ops")
+    card = f"#delivery-{seeded['comma']}"
+    tops = {css: page.driver.find_element(By.CSS_SELECTOR, f"{card} {css}").rect["y"] for css in (".c-id", ".c-event", ".c-status")}
+    assert max(tops.values()) - min(tops.values()) < 8, tops
+    assert page.text(f"{card} .c-status") == "failed"
+    # Other tables stack, each cell saying what it is.
+    page.open(f"/ops/deliveries/{seeded['sale']}")
+    cell = page.driver.find_element(By.CSS_SELECTOR, "#ledger td[data-label=Amount]")
+    label = page.driver.execute_script("return getComputedStyle(arguments[0], '::before').content", cell)
+    assert label == '"Amount"'
+    assert cell.text == "44.7 USD"

@@ -1,0 +1,403 @@
+"""/ops through Flask's test client: deliveries posted through the real receiver, processed by a
+real RQ worker, on SQLite and PostgreSQL, with Salesforce as the local HTTPS stand-in."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+import sqlalchemy as sa
+from rq import Queue
+
+from app import create_app
+from app.ops import TOKEN_MAX_AGE
+from sync import db
+from sync.inbox import PRUNED_BODY, Inbox, webhook_events
+from sync.queue import QUEUE_NAME
+from sync.samples import sample_delivery
+from sync.settings import DashboardSettings, SalesforceSettings
+from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL
+from tests.ops_helpers import (AUTH, Page, fix_customer_identity, friend_customer, ops_settings, post,
+                               unparseable_amount, work)
+from tests.test_salesforce_sync import fake, password_login  # noqa: F401 - the fixture
+
+#: What a browser sends with a form posted from one of the pages the test client gets.
+SAME_ORIGIN = {**AUTH, "Origin": "http://localhost"}
+
+
+@pytest.fixture
+def settings(settings, tmp_path):
+    return ops_settings(settings, tmp_path)
+
+
+def get(client, path: str, **query) -> Page:
+    response = client.get(path, query_string=query or None, headers=AUTH)
+    assert response.status_code == 200, response.data[:500]
+    assert response.mimetype == "text/html"
+    return Page(response.data)
+
+
+def inbox_row(settings, event_id: int) -> dict:
+    with db.engine_for(settings.database_url).connect() as conn:
+        return dict(conn.execute(sa.select(webhook_events).where(webhook_events.c.id == event_id)).one()._mapping)
+
+
+def replay(client, event_id: int, token: str | None, headers=SAME_ORIGIN):
+    form = {} if token is None else {"token": token}
+    return client.post(f"/ops/deliveries/{event_id}/replay", data=form, headers=headers)
+
+
+# -- who may look ------------------------------------------------------------------------------
+
+
+def test_ops_is_not_served_without_the_dashboards_credentials(settings, redis_conn):
+    client = create_app(settings.with_overrides(dashboard=DashboardSettings())).test_client()
+    for path in ("/ops", "/ops/", "/ops/deliveries/1"):
+        assert client.get(path, headers=AUTH).status_code == 404
+    assert client.post("/ops/deliveries/1/replay", headers=SAME_ORIGIN).status_code == 404
+
+
+@pytest.mark.parametrize("authorization", [
+    None,
+    "Basic " + "b3BzOndyb25nLXBhc3N3b3JkLTE=",  # ops:wrong-password-1
+    "Basic " + "b3RoZXI6YS1sb25nLXBhc3N3b3JkLTE=",  # other:a-long-password-1
+    "Bearer a-long-password-1",
+    "Basic not-base64!",
+])
+def test_ops_asks_for_the_operators_credentials(client, authorization):
+    headers = {"Origin": "http://localhost"} | ({"Authorization": authorization} if authorization else {})
+    for method, path in (("GET", "/ops"), ("GET", "/ops/deliveries/1"), ("POST", "/ops/deliveries/1/replay")):
+        response = client.open(path, method=method, headers=headers)
+        assert response.status_code == 401, (method, path)
+        assert response.headers["WWW-Authenticate"] == 'Basic realm="partnero-sync", charset="UTF-8"'
+
+
+def test_the_operator_gets_the_pages(client):
+    assert "Deliveries" in get(client, "/ops").text("deliveries-heading")
+    missing = client.get("/ops/deliveries/424242", headers=AUTH)
+    assert missing.status_code == 404 and missing.mimetype == "text/html"
+    assert "There is no delivery #424242." in Page(missing.data).text("error")
+
+
+# -- the list ----------------------------------------------------------------------------------
+
+
+def test_the_list_shows_deliveries_newest_first_with_the_numbers_of_the_moment(client, settings, redis_conn):
+    partner = post(client, sample_delivery("partner.created"))
+    customer = post(client, sample_delivery("customer.created"))
+    comma = post(client, unparseable_amount())
+    friend = post(client, friend_customer())
+    reward = post(client, sample_delivery("reward.created", id="rw_1"))  # no mapping: ignored at once
+    work(settings, redis_conn)
+
+    page = get(client, "/ops")
+    assert page.row_ids == [reward, friend, comma, customer, partner]
+    counts = {s: page.value(f"count-{s}") for s in ("pending", "processed", "ignored", "failed")}
+    assert counts == {"pending": "0", "processed": "2", "ignored": "1", "failed": "2"}
+    assert page.value("oldest-pending") == "none"
+    assert (page.value("queue-depth"), page.value("failed-jobs")) == ("0", "2")
+    assert "crm-backlog" not in page.html  # Salesforce is off
+    assert "2 deliveries failed" in page.text("attention")
+
+    failed = page.text(f"delivery-{comma}")
+    assert failed.startswith(f"#{comma} transaction.created in_comma failed 1 transaction.yml: warehouse.columns.amount:")
+    assert page.text(f"delivery-{friend}").startswith(
+        f"#{friend} customer.created – failed 1 customer.yml: identity: data.key is empty in this delivery")
+    assert page.text(f"delivery-{partner}").startswith(f"#{partner} partner.created ptn_8c1e6f0a processed 1")
+    assert page.text(f"delivery-{reward}").startswith(f"#{reward} reward.created – ignored 0")
+    assert f"/ops/deliveries/{comma}" in page.links
+
+
+def test_the_list_filters_by_status_event_type_and_record(client, settings, redis_conn):
+    partner = post(client, sample_delivery("partner.created"))
+    customer = post(client, sample_delivery("customer.created"))
+    comma = post(client, unparseable_amount())
+    friend = post(client, friend_customer())
+    reward = post(client, sample_delivery("reward.created", id="rw_1"))
+    work(settings, redis_conn)
+    everything = [reward, friend, comma, customer, partner]
+
+    def ids(**query) -> list[int]:
+        return get(client, "/ops", **query).row_ids
+
+    assert ids(status="failed") == [friend, comma]
+    assert ids(status="ignored") == [reward]
+    assert ids(status="processed") == [customer, partner]
+    assert ids(status="pending") == []
+    assert ids(status="any") == ids(status="no-such-status") == everything
+    assert ids(event_type="customer.created") == [friend, customer]
+    assert ids(event_type=" reward.created ") == [reward]
+    assert ids(entity_id="ptn_8c1e6f0a") == [partner]
+    assert ids(entity_id="acct_000481") == [customer]
+    assert ids(entity_id="acct_000") == []  # exact match only
+    assert ids(status="failed", event_type="customer.created") == [friend]
+    empty = get(client, "/ops", status="pending", event_type="partner.created")
+    assert empty.text("no-deliveries") == "No deliveries match these filters."
+
+
+def test_the_list_pages_back_by_id_keeping_the_filters(client):
+    ids = [post(client, sample_delivery("reward.created", id=f"rw_{i}")) for i in range(55)]
+    first = get(client, "/ops", event_type="reward.created")
+    assert first.row_ids == ids[:4:-1]  # the newest 50
+    [older] = [link for link in first.links if "before=" in link]
+    assert older == f"/ops/?before={ids[5]}&event_type=reward.created"
+    second = get(client, older)
+    assert second.row_ids == ids[4::-1]
+    assert not [link for link in second.links if "before=" in link]
+    assert "/ops/?event_type=reward.created" in second.links  # back to the newest
+
+
+# -- one delivery ------------------------------------------------------------------------------
+
+
+def test_a_delivery_shows_its_payload_escaped_and_the_row_it_wrote(client, settings, redis_conn):
+    hostile = sample_delivery("partner.created", name="<script>alert('x')</script>")
+    event_id = post(client, hostile)
+    work(settings, redis_conn)
+    response = client.get(f"/ops/deliveries/{event_id}", headers=AUTH)
+    html = response.data.decode()
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+    page = Page(html)
+    assert page.text("status") == "processed"
+    assert json.loads(page.text("payload")) == hostile
+    assert page.text("warehouse").startswith("won The row holds this delivery's state.")
+    assert "first_name <script>alert('x')</script>" in page.text("warehouse")
+    assert f"sync_event_id {event_id}" in page.text("warehouse")
+    assert not page.has("ledger")  # partners keep no ledger
+    assert page.text("crm") == "Salesforce sync is off (no SALESFORCE_ variables set)."
+    assert page.inputs["token"]
+
+
+def test_the_payload_keeps_the_digits_it_was_sent_with(client, settings, redis_conn):
+    body = json.dumps(sample_delivery("transaction.created")).replace('"amount": 149.0,', '"amount": 149.00,')
+    event_id = post(client, body.encode())
+    work(settings, redis_conn)
+    page = get(client, f"/ops/deliveries/{event_id}")
+    assert '"amount": 149.00,' in page.text("payload")
+    assert "amount 149 " in page.text("warehouse")
+
+
+def test_a_sale_shows_which_delivery_won_and_the_ledger_of_its_transaction(client, settings, redis_conn):
+    sale = post(client, sample_delivery("transaction.created"))
+    update = post(client, sample_delivery("transaction.updated", created_at="2026-03-15T08:00:00.000000Z",
+                                          amount=159.0))
+    refund = post(client, sample_delivery("transaction.deleted", created_at="2026-03-20T00:00:00.000000Z",
+                                          key="in_1OxY3b2eZvKYlo2C0aQ1", rewards=[]))
+    work(settings, redis_conn)
+
+    first = get(client, f"/ops/deliveries/{sale}")
+    assert first.text("warehouse").startswith(
+        f"superseded The row holds the state of delivery #{update}, which is newer.")
+    assert f"/ops/deliveries/{update}" in first.links
+    assert "amount 159 " in first.text("warehouse")
+    ledger = first.text("ledger")
+    assert f"1 commission ptn_8c1e6f0a#1 ptn_8c1e6f0a 44.7 USD review_period 2026-03-14 10:15:30 this delivery" in ledger
+    assert f"reversal ptn_8c1e6f0a#1 ptn_8c1e6f0a -44.7 USD review_period 2026-03-20 00:00:00 #{refund}" in ledger
+    assert first.text("ledger-summary") == "1 of 2 entries were booked by this delivery (highlighted)."
+
+    assert get(client, f"/ops/deliveries/{update}").text("warehouse").startswith("won The row holds this delivery's state.")
+    last = get(client, f"/ops/deliveries/{refund}")
+    assert "Its tombstone (the delete) comes from this delivery." in last.text("warehouse")
+    assert "refunded True" in last.text("warehouse")
+    assert last.text("ledger-summary") == "1 of 2 entries were booked by this delivery (highlighted)."
+
+
+def test_a_failed_delivery_shows_its_error_in_full_and_that_it_wrote_nothing(client, settings, redis_conn):
+    comma = post(client, unparseable_amount())
+    work(settings, redis_conn)
+    page = get(client, f"/ops/deliveries/{comma}")
+    assert page.text("last-error") == "transaction.yml: warehouse.columns.amount: a text is not a number"
+    assert page.text("warehouse") == "No row for this record yet: nothing was written for it."
+    assert page.text("ledger") == "No entries for this transaction."
+
+    # A long reason (a database's refusal, say) is cut in the list, and shown whole on the page.
+    long_reason = "database refused the write: " + "value too long for type character varying " * 5
+    Inbox(db.engine_for(settings.database_url)).mark_failed(comma, long_reason)
+    listed = get(client, "/ops").text(f"delivery-{comma}")
+    assert long_reason not in listed and long_reason[:80] in listed and "..." in listed
+    assert get(client, f"/ops/deliveries/{comma}").text("last-error") == long_reason.strip()
+
+
+def test_a_delivery_shows_its_salesforce_outcome(settings, fake, redis_conn):  # noqa: F811
+    settings = settings.with_overrides(salesforce=password_login(fake))
+    client = create_app(settings).test_client()
+    partner = post(client, sample_delivery("partner.created"))
+    orphan = post(client, sample_delivery("customer.created", key="acct_orphan", partner="ptn_unknown"))
+    work(settings, redis_conn)  # the deliveries, then the flush they ask for
+
+    contact = fake.get("Contact", "Partnero_Partner_Id__c", "ptn_8c1e6f0a")
+    synced = get(client, f"/ops/deliveries/{partner}").text("crm")
+    assert synced.startswith(f"Status synced Attempts 0 Salesforce id {contact['Id']} Synced (UTC) 20")
+    waiting = get(client, f"/ops/deliveries/{orphan}").text("crm")
+    assert waiting.startswith("Status waiting Attempts 1 Salesforce id –")
+    assert "Error INVALID_FIELD: Foreign key external ID: ptn_unknown not found" in waiting
+    header = get(client, "/ops")
+    assert (header.value("crm-backlog"), header.value("crm-refused")) == ("1", "0")
+
+
+# -- replaying ---------------------------------------------------------------------------------
+
+
+def test_replay_refuses_requests_without_a_good_token_or_from_another_site(client, settings, redis_conn,
+                                                                         monkeypatch):
+    partner = post(client, sample_delivery("partner.created"))
+    friend = post(client, friend_customer())
+    work(settings, redis_conn)
+    token = get(client, f"/ops/deliveries/{friend}").inputs["token"]
+    other = get(client, f"/ops/deliveries/{partner}").inputs["token"]
+    real_time = time.time
+    with monkeypatch.context() as m:
+        m.setattr(time, "time", lambda: real_time() - TOKEN_MAX_AGE - 60)
+        stale = get(client, f"/ops/deliveries/{friend}").inputs["token"]
+    before = inbox_row(settings, friend)
+
+    refusals = [
+        (None, SAME_ORIGIN, "token"),
+        ("", SAME_ORIGIN, "token"),
+        ("not-a-token", SAME_ORIGIN, "token"),
+        (other, SAME_ORIGIN, "token"),  # made for another delivery
+        (stale, SAME_ORIGIN, "token"),  # expired
+        (token[:-2] + ("AA" if token[-2:] != "AA" else "BB"), SAME_ORIGIN, "token"),
+        (token, {**AUTH, "Origin": "https://evil.example"}, "site"),
+        (token, {**AUTH, "Referer": "https://evil.example/ops/deliveries/1"}, "site"),
+        (token, {**AUTH, "Origin": "http://localhost:8080"}, "site"),
+        (token, AUTH, "site"),  # neither Origin nor Referer
+    ]
+    for form_token, headers, what in refusals:
+        response = replay(client, friend, form_token, headers)
+        assert response.status_code == 403, (form_token, headers)
+        assert response.mimetype == "text/html"
+        message = Page(response.data).text("error")
+        assert message.startswith("Refused:")
+        assert ("token" in message) == (what == "token"), message
+    assert inbox_row(settings, friend) == before
+    assert Queue(QUEUE_NAME, connection=redis_conn).count == 0
+
+    with_referer = replay(client, friend, token, {**AUTH, "Referer": f"http://localhost/ops/deliveries/{friend}"})
+    assert with_referer.status_code == 303  # a browser that sends only Referer is one of ours too
+
+
+def test_replay_applies_a_failed_delivery_again_after_the_mapping_is_fixed(settings, redis_conn, caplog):
+    before_fix = create_app(settings).test_client()
+    friend = post(before_fix, friend_customer())
+    work(settings, redis_conn)
+    assert inbox_row(settings, friend)["status"] == "failed"
+
+    fix_customer_identity(settings)
+    client = create_app(settings).test_client()  # the web, restarted with the fixed mapping
+    page = get(client, f"/ops/deliveries/{friend}")
+    assert page.text("status") == "failed"
+    assert page.text("warehouse") == "No row for this record yet: nothing was written for it."
+
+    with caplog.at_level(logging.DEBUG):
+        response = replay(client, friend, page.inputs["token"])
+    assert response.status_code == 303
+    assert response.headers["Location"] == f"/ops/deliveries/{friend}"
+    after = Page(client.get(response.headers["Location"], headers=AUTH).data)
+    assert after.text("flashes") == "Replayed: processed."
+    assert after.text("status") == "processed"
+    assert after.text("warehouse").startswith("won The row holds this delivery's state.")
+    assert "customer_key rf_2217" in after.text("warehouse")
+    row = inbox_row(settings, friend)
+    assert (row["status"], row["last_error"]) == ("processed", None)
+    assert not get(client, f"/ops/deliveries/{friend}").has("flashes")  # said once
+
+    replayed = [r for r in caplog.records if r.name == "app.ops"]
+    assert [(r.getMessage(), r.inbox_id, r.event_type) for r in replayed] == [
+        ("replay from /ops: processed", friend, "customer.created")]
+    for value in ("daniel.kim@northwind.dev", "Daniel", "Kim"):  # no payload values in the logs
+        assert value not in caplog.text
+
+
+def test_replaying_a_delivery_that_still_does_not_fit_says_why(client, settings, redis_conn):
+    comma = post(client, unparseable_amount())
+    work(settings, redis_conn)
+    token = get(client, f"/ops/deliveries/{comma}").inputs["token"]
+    response = replay(client, comma, token)
+    assert response.status_code == 303
+    page = get(client, f"/ops/deliveries/{comma}")
+    reason = inbox_row(settings, comma)["last_error"]
+    assert page.text("flashes") == f"Replayed: still failing: {reason}"
+    assert page.text("status") == "failed"
+
+
+def test_a_pruned_delivery_cannot_be_replayed(client, settings, redis_conn):
+    partner = post(client, sample_delivery("partner.created"))
+    work(settings, redis_conn)
+    token = get(client, f"/ops/deliveries/{partner}").inputs["token"]
+    with db.engine_for(settings.database_url).begin() as conn:
+        conn.execute(webhook_events.update().where(webhook_events.c.id == partner).values(body=PRUNED_BODY))
+    before = inbox_row(settings, partner)
+
+    page = get(client, f"/ops/deliveries/{partner}")
+    assert page.text("replay").startswith("Its body was pruned")
+    assert "token" not in page.inputs
+    assert page.text("payload") == "The body was pruned."
+    assert "won The row holds this delivery's state." in page.text("warehouse")  # still traced
+
+    assert replay(client, partner, token).status_code == 303
+    after = get(client, f"/ops/deliveries/{partner}")
+    assert after.text("flashes") == "Not replayed: its body was pruned, so there is nothing left to apply."
+    assert inbox_row(settings, partner) == before
+
+
+def test_a_replay_asks_for_a_salesforce_flush_and_the_page_shows_the_outcome(settings, fake, redis_conn):  # noqa: F811
+    settings = settings.with_overrides(salesforce=password_login(fake))
+    before_fix = create_app(settings).test_client()
+    post(before_fix, sample_delivery("partner.created"))
+    friend = post(before_fix, friend_customer())
+    work(settings, redis_conn)
+    assert fake.records("Account") == []
+
+    fix_customer_identity(settings)
+    client = create_app(settings).test_client()
+    page = get(client, f"/ops/deliveries/{friend}")
+    assert page.text("crm") == "Nothing in the outbox for this record: this delivery was not applied."
+    assert replay(client, friend, page.inputs["token"]).status_code == 303
+    assert [job.description for job in Queue(QUEUE_NAME, connection=redis_conn).get_jobs()] == ["Salesforce flush"]
+
+    work(settings, redis_conn)
+    account = fake.get("Account", "Partnero_Customer_Key__c", "rf_2217")
+    assert get(client, f"/ops/deliveries/{friend}").text("crm").startswith(
+        f"Status synced Attempts 0 Salesforce id {account['Id']}")
+
+
+def test_a_replay_with_redis_away_still_applies_the_delivery(settings, redis_conn, caplog):
+    before_fix = create_app(settings).test_client()
+    friend = post(before_fix, friend_customer())
+    work(settings, redis_conn)
+    fix_customer_identity(settings)
+    salesforce = SalesforceSettings(mode="password", username="ops@example.com", password="pw", security_token="t")
+    client = create_app(settings.with_overrides(redis_url=DEAD_REDIS_URL, salesforce=salesforce)).test_client()
+    token = get(client, f"/ops/deliveries/{friend}").inputs["token"]
+    with caplog.at_level(logging.WARNING):
+        assert replay(client, friend, token).status_code == 303
+    assert get(client, f"/ops/deliveries/{friend}").text("flashes") == "Replayed: processed."
+    assert inbox_row(settings, friend)["status"] == "processed"
+    assert "could not enqueue a Salesforce flush" in caplog.text  # the worker's housekeeping asks again
+
+
+def test_the_pages_say_when_the_database_is_away(settings, redis_conn):
+    client = create_app(settings.with_overrides(database_url=DEAD_PG_URL)).test_client()
+    for path in ("/ops", "/ops/deliveries/1"):
+        response = client.get(path, headers=AUTH)
+        assert response.status_code == 503 and response.mimetype == "text/html"
+        assert Page(response.data).text("error").startswith("database unavailable:")
+
+
+def test_the_replay_command_leaves_pruned_deliveries_alone(client, settings, redis_conn):
+    from sync.replay import replay as replay_all
+    from sync.services import Services
+
+    partner = post(client, sample_delivery("partner.created"))
+    customer = post(client, sample_delivery("customer.created"))
+    work(settings, redis_conn)
+    with db.engine_for(settings.database_url).begin() as conn:
+        conn.execute(webhook_events.update().where(webhook_events.c.id == partner).values(body=PRUNED_BODY))
+    result = replay_all(Services.build(settings, redis_conn), show_progress=False)
+    assert (result.total, result.processed, result.pruned, result.failed) == (2, 1, 1, [])
+    assert inbox_row(settings, partner)["status"] == "processed"
+    assert inbox_row(settings, customer)["status"] == "processed"
