@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 
 from rq import Retry, get_current_job
 
-from sync import logs, services
-from sync.crm.flush import FlushReport
+from sync import logs, queue, services
 from sync.errors import PermanentError, TransientError
 from sync.inbox import IGNORED, PROCESSED
 
@@ -26,8 +24,6 @@ RETRY_DELAYS = (10, 30, 90, 300, 900, 1800, 3600, 3600, 3600)
 #: Attempts after which a row is given up even if each failure looked transient (a delivery that
 #: kills its work horse never reaches the retry logic, and the sweeper would bring it back forever).
 MAX_ATTEMPTS = 3 * len(RETRY_DELAYS)
-#: A flush job hands over to a fresh one after this long, so no job runs into RQ's time-out.
-MAX_FLUSH_SECONDS = 600
 
 
 def process_events(event_ids: list[int]) -> Retry | str:
@@ -63,7 +59,7 @@ def process_events(event_ids: list[int]) -> Retry | str:
     summary = f"{len(result.processed)} processed, {len(result.ignored)} ignored, {len(failed)} failed"
     if result.processed and current.processor.outbox is not None:
         try:
-            current.jobs.request_flush()
+            current.flushes.request()
         except TransientError as exc:  # the worker's housekeeping asks again
             log.warning("%s", exc)
     if failed:
@@ -108,56 +104,8 @@ def _rows(event_ids: list[int]) -> str:
     return "#" + ", #".join(str(i) for i in event_ids[:10]) + (" …" if len(event_ids) > 10 else "")
 
 
-def flush_crm() -> Retry | str:
-    """Send the CRM outbox to Salesforce: the RQ job behind every flush.
-
-    One flush at a time talks to Salesforce. A flush asked for while another runs leaves it a
-    note to make one more pass, so nothing committed meanwhile waits for the next interval.
-    """
-    current = services.current()
-    flusher = current.flusher()
-    if flusher is None:
-        return "Salesforce sync is off"
-    current.jobs.flush_started()
-    jobs = current.jobs
-    total = FlushReport()
-    started = time.monotonic()
-    while True:
-        lock = jobs.flush_lock()
-        if not lock.acquire():
-            jobs.flag_flush_again()
-            if not lock.acquire():  # still running: it will see the note when it finishes
-                return "another flush is running; it will send these too"
-        try:
-            while time.monotonic() - started < MAX_FLUSH_SECONDS:
-                report = flusher.flush()
-                total.add(report)
-                if report.calls == 0:
-                    break
-            else:
-                jobs.request_flush()  # a long backlog: hand over to a fresh job
-        except TransientError as exc:
-            return _retry_flush(exc)
-        finally:
-            _release(lock)
-        if not jobs.take_flush_again():
-            break
-    log.info("Salesforce flush: %s", total.summary())
-    return total.summary()
-
-
-def _release(lock) -> None:
-    try:
-        lock.release()
-    except Exception:  # it expired: nothing to release
-        pass
-
-
-def _retry_flush(exc: TransientError) -> Retry:
-    job = get_current_job()
-    retries = (job.number_of_retries or 0) if job is not None else 0
-    delay = backoff(min(retries, len(RETRY_DELAYS) - 1))
-    log.warning("Salesforce flush: %s; retry in %ds (the records wait in the outbox)", exc, delay)
-    # This retry is the flush on its way: no other is needed until it runs.
-    services.current().jobs.hold_flush_request(delay + 60)
-    return Retry(max=10_000, interval=delay)
+def flush_crm() -> str:
+    """Send the CRM outbox to Salesforce: the RQ job behind every flush (see ``sync.flushing``)."""
+    outcome = services.current().flushes.run_job(should_stop=queue.stop_requested)
+    log.info("Salesforce flush: %s", outcome.text)
+    return outcome.text

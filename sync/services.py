@@ -11,6 +11,7 @@ from sync import db, queue, schema
 from sync.crm.client import SalesforceClient
 from sync.crm.flush import Flusher
 from sync.crm.outbox import Outbox
+from sync.flushing import FlushCoordinator
 from sync.inbox import Inbox
 from sync.mapping import MappingSet, load_mappings
 from sync.processor import Processor
@@ -29,6 +30,7 @@ class Services:
     warehouse: Warehouse
     processor: Processor
     _flusher: Flusher | None = field(default=None, repr=False)
+    _flushes: FlushCoordinator | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -64,6 +66,13 @@ class Services:
             self._flusher = Flusher(self.inbox.engine, self.mappings, SalesforceClient(self.settings.salesforce))
         return self._flusher
 
+    @property
+    def flushes(self) -> FlushCoordinator:
+        """When Salesforce flushes run (``sync.flushing``); asking is a no-op while CRM sync is off."""
+        if self._flushes is None:
+            self._flushes = FlushCoordinator(self.jobs, self.flusher())
+        return self._flushes
+
     def housekeeping(self) -> None:
         """What the worker does every interval: sweep lost deliveries, and make sure a flush is
         coming while Salesforce writes wait (after an outage, the backlog drains by itself)."""
@@ -72,7 +81,7 @@ class Services:
             with self.inbox.engine.connect() as conn:
                 waiting = Outbox().backlog(conn)
             if waiting:
-                self.jobs.request_flush()
+                self.flushes.request()
 
     def migrate(self) -> list[str]:
         """Upgrade the fixed tables and create or extend the mapped ones; returns what it did."""

@@ -85,8 +85,17 @@ class Outcome:
         return self.code == "INVALID_FIELD" and "foreign key external id" in (self.message or "").lower()
 
     @property
+    def parent(self) -> str | None:
+        """The missing parent, as "Object/external id", when Salesforce named it."""
+        found = _MISSING_PARENT.search(self.message or "") if self.missing_parent else None
+        return f"{found.group(2)}/{found.group(1)}" if found else None
+
+    @property
     def transient(self) -> bool:
         return self.code in TRANSIENT_CODES
+
+
+_MISSING_PARENT = re.compile(r"Foreign key external ID: (.+?) not found for field \S+ in entity (\w+)")
 
 
 class SalesforceClient:
@@ -124,7 +133,7 @@ class SalesforceClient:
                 raise TransientError(f"Salesforce could not log in just now (HTTP {exc.code})") from exc
             raise CallRefused(
                 "LOGIN_REFUSED",
-                f"Salesforce refused the {s.mode.replace('_', ' ')} login ({_bounded(exc.message)}): check the "
+                f"Salesforce refused the {s.mode.replace('_', ' ')} login ({_bounded(str(exc))}): check the "
                 "SALESFORCE_ variables",
                 org_wide=True,
             ) from exc
