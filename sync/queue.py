@@ -14,6 +14,7 @@ from datetime import timedelta
 import redis
 from rq import Queue, Worker
 from rq.job import Job, JobStatus
+from rq.timeouts import JobTimeoutException
 from rq.worker import SimpleWorker
 
 from sync.errors import TransientError
@@ -42,6 +43,9 @@ BATCH_SIZE = 200
 #: Salesforce flushes run on a queue of their own, after the deliveries' (see ``sync.flushing``).
 CRM_QUEUE_NAME = "partnero-crm"
 FLUSH_JOB_TIMEOUT = 300
+
+#: What RQ raises inside a job to interrupt it (its time-out): never the fault of the data in hand.
+INTERRUPTIONS: tuple[type[BaseException], ...] = (JobTimeoutException,)
 
 #: Set when the worker is asked to stop (SIGTERM): long jobs (a flush) stop between steps.
 _stopping = threading.Event()

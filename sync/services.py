@@ -55,7 +55,7 @@ class Services:
             jobs=JobQueue(redis_connection or queue.connect(settings.redis_url)),
             mappings=mappings,
             warehouse=warehouse,
-            processor=Processor(engine, inbox, mappings, warehouse, outbox),
+            processor=Processor(engine, inbox, mappings, warehouse, outbox, interruptions=queue.INTERRUPTIONS),
         )
 
     def flusher(self) -> Flusher | None:
