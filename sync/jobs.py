@@ -34,10 +34,14 @@ def process_events(event_ids: list[int]) -> Retry | str:
             log.warning("inbox rows %s do not exist; skipped", sorted(missing))
         todo = [e for e in events if e.status not in (PROCESSED, IGNORED)]
         result = current.processor.process_batch(todo)
-    except TransientError as exc:
-        return _retry(event_ids, str(exc))
-    except queue.INTERRUPTIONS as exc:  # its time-out: the transaction was rolled back, nothing half-written
-        return _retry(event_ids, f"the job was interrupted ({type(exc).__name__}: {exc})")
+    except (TransientError, *queue.INTERRUPTIONS) as exc:
+        interruption = _interruption(exc)
+        if interruption is None:
+            return _retry(event_ids, str(exc))
+        # Its time-out: the transaction was rolled back, nothing is half-written. A query cut off
+        # half-way can leave its connection unusable, though: start again from fresh ones.
+        current.inbox.engine.dispose()
+        return _retry(event_ids, f"the job was interrupted ({type(interruption).__name__}: {interruption})")
     by_id = {e.id: e for e in events}
 
     def fields(event_id: int) -> dict:
@@ -78,6 +82,17 @@ def _retry(event_ids: list[int], reason: str) -> Retry:
     log.warning("inbox %s: %s; retry %d of %d in %.0fs",
                 _rows(event_ids), reason, retries + 1, len(backoff.DELIVERY_DELAYS), delay)
     return Retry(max=len(backoff.DELIVERY_DELAYS), interval=int(delay))
+
+
+def _interruption(exc: BaseException) -> BaseException | None:
+    """The interruption behind ``exc``, if any: the rollback that follows one may fail in turn."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, queue.INTERRUPTIONS):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _rows(event_ids: list[int]) -> str:

@@ -172,8 +172,11 @@ class Flusher:
 
     def _record(self, mapping: Mapping, row: Pending, totals: dict[str, Decimal]) -> dict:
         target = mapping.salesforce
+        # Only what the mapping names now: a field it stopped sending (say, one the org lacks) is
+        # left out even from records stored before the change.
+        named = {f.name for f in (*target.fields, *target.on_delete)} | {r.name for r in target.references}
         record = {name: value for name, value in row.fields.items()
-                  if not (name.endswith("__r") and value is None)}  # no parent given: leave the lookup alone
+                  if name in named and not (name.endswith("__r") and value is None)}  # no parent: leave the lookup
         record[target.external_id] = row.external_id
         if target.commission_total:
             record[target.commission_total] = wire(totals.get(row.external_id, Decimal(0)))

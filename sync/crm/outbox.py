@@ -9,7 +9,7 @@ A flush sends due rows and records each one's outcome.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -161,7 +161,10 @@ class Outbox:
         after = dict(before)
         for change, _, tomb in items:
             k = (change.table, change.key)
-            after[k] = merge(after[k], change, tomb)
+            merged = merge(after[k], change, tomb)
+            # The record says what the mapping names now: a field it no longer sends goes.
+            kept = {name: v for name, v in merged.values.items() if name in change.values or name in tomb}
+            after[k] = replace(merged, values=kept)
         updates = []
         for k, state in after.items():
             if state == before[k]:
