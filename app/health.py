@@ -46,6 +46,8 @@ def healthz():
             "crm_refused": snapshot.crm_refused if snapshot.crm_enabled else None,
         }
         body["attention"] = snapshot.attention()
+        if snapshot.crm_problem:
+            body["salesforce_problem"] = snapshot.crm_problem["message"]
     return jsonify(body), 200 if healthy else 503
 
 

@@ -343,7 +343,8 @@ def crm_retry(object_name: str | None) -> None:
         raise ConfigurationError("Salesforce sync is off: no SALESFORCE_ variables are set")
     with services.inbox.engine.begin() as conn:
         count = Outbox().retry_failed(conn, object_name)
-    services.jobs.request_flush()
+    services.flushes.forget_problem()
+    services.flushes.request(force=True)
     click.echo(f"{count} records will be sent again")
 
 
@@ -358,11 +359,12 @@ def crm_flush() -> None:
     from sync.services import Services
 
     services = Services.build(_settings())
-    flusher = services.flusher()
-    if flusher is None:
+    if services.flusher() is None:
         raise ConfigurationError("Salesforce sync is off: no SALESFORCE_ variables are set")
-    report = flusher.flush(on_progress=lambda r: click.echo(f"  {r.summary()}", err=True))
+    report = services.flushes.run_foreground(on_progress=lambda r: click.echo(f"  {r.summary()}", err=True))
     click.echo(report.summary())
+    if report.org_refusal is not None:
+        raise SyncError(report.org_refusal.message)
 
 
 @main.command("send-test")

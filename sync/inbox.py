@@ -454,18 +454,18 @@ class Inbox:
 
     def stale_pending(
         self, older_than: timedelta, limit: int = 1000, after_id: int = 0
-    ) -> list[tuple[int, str]]:
-        """Pending rows received more than ``older_than`` ago, by id, as (id, event type)."""
+    ) -> list[tuple[int, str, int]]:
+        """Pending rows received more than ``older_than`` ago, by id, as (id, event type, attempts)."""
         t = webhook_events
         cutoff = utcnow() - older_than
         query = (
-            sa.select(t.c.id, t.c.event_type)
+            sa.select(t.c.id, t.c.event_type, t.c.attempts)
             .where(t.c.status == PENDING, t.c.received_at < cutoff, t.c.id > after_id)
             .order_by(t.c.id)
             .limit(limit)
         )
         with self._transaction() as conn:
-            return [(i, e) for i, e in conn.execute(query)]
+            return [(i, e, a) for i, e, a in conn.execute(query)]
 
     def counts(self) -> dict[str, int]:
         t = webhook_events

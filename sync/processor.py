@@ -46,6 +46,8 @@ class Processor:
     warehouse: Warehouse
     #: Where Salesforce writes wait to be sent; None while CRM sync is off.
     outbox: Outbox | None = None
+    #: Exceptions that interrupt the work from outside (a job's time-out): never a delivery's fault.
+    interruptions: tuple[type[BaseException], ...] = ()
 
     def process(self, event: Event) -> str:
         """Apply one delivery; returns its new status. Raises when it cannot be applied."""
@@ -69,6 +71,11 @@ class Processor:
             except (MalformedDelivery, FieldProblem) as exc:
                 result.failed[event.id] = str(exc)
                 continue
+            except Exception as exc:  # noqa: BLE001 - whatever a delivery's content trips, it fails alone
+                if self._passing(exc):
+                    raise
+                result.failed[event.id] = _unexpected(exc)
+                continue
             if planned is None:
                 result.ignored.append(event.id)
                 continue
@@ -85,21 +92,21 @@ class Processor:
                     self._apply_all(conn, work)
                     result.processed = [event.id for event, _ in work]
                     self._record(conn, result)
-            except sa.exc.SQLAlchemyError as exc:
-                if is_transient(exc):
+            except Exception as exc:  # noqa: BLE001 - sorted below: passing, or one delivery's fault
+                if self._passing(exc):
                     raise
                 # Something in the batch was refused: go delivery by delivery to find it.
-                log.warning("batch of %d refused (%s); applying one by one", len(work), describe_error(exc))
+                log.warning("batch of %d refused (%s); applying one by one", len(work), _why(exc))
                 result.processed = []
                 with self.engine.begin() as conn:
                     for event, planned in work:
                         try:
                             with conn.begin_nested():
                                 self._apply_all(conn, [(event, planned)])
-                        except sa.exc.SQLAlchemyError as exc:
-                            if is_transient(exc):
+                        except Exception as exc:  # noqa: BLE001
+                            if self._passing(exc):
                                 raise
-                            result.failed[event.id] = f"database refused the write: {describe_error(exc)}"
+                            result.failed[event.id] = _why(exc)
                         else:
                             result.processed.append(event.id)
                     self._record(conn, result)
@@ -107,6 +114,11 @@ class Processor:
             # A lost connection, a deadlock, a lock timeout: the next try finds the rows as they were.
             raise TransientError(f"database: {describe_error(exc)}") from exc
         return result
+
+    def _passing(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is not the delivery's fault: the database away or busy, the job
+        interrupted. Those leave the whole batch to be tried again."""
+        return is_transient(exc) or isinstance(exc, self.interruptions)
 
     def _record(self, conn: Connection, result: BatchResult) -> None:
         self.inbox.set_entity_ids(conn, result.entity_ids)
@@ -155,3 +167,15 @@ class Processor:
 def _lock_order(planned: Plan) -> tuple:
     change = planned.change
     return (change.table, change.key, change.version) if change is not None else ("", "", None)
+
+
+def _why(exc: BaseException) -> str:
+    """A failed delivery's reason: what the database refused, or what went wrong, never a value."""
+    if isinstance(exc, sa.exc.SQLAlchemyError):
+        return f"database refused the write: {describe_error(exc)}"
+    return _unexpected(exc)
+
+
+def _unexpected(exc: BaseException) -> str:
+    log.debug("unexpected error applying a delivery", exc_info=exc)  # the traceback, for developers
+    return f"could not be applied: {type(exc).__name__} (see the worker's log at DEBUG for the traceback)"

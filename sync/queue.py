@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -13,6 +14,7 @@ from datetime import timedelta
 import redis
 from rq import Queue, Worker
 from rq.job import Job, JobStatus
+from rq.timeouts import JobTimeoutException
 from rq.worker import SimpleWorker
 
 from sync.errors import TransientError
@@ -38,11 +40,23 @@ def connect(url: str) -> redis.Redis:
 ROW_KEY = "partnero-sync:inbox-row:{}"
 #: Deliveries per job at most: a job's writes share one SQL transaction.
 BATCH_SIZE = 200
-FLUSH_REQUESTED = "partnero-sync:crm-flush-requested"
-FLUSH_LOCK = "partnero-sync:crm-flush-lock"
-FLUSH_AGAIN = "partnero-sync:crm-flush-again"
-FLUSH_REQUEST_TTL = 600
-FLUSH_TIMEOUT = 1800
+#: The jobs, named by path (RQ imports them in the worker), so this module need not import them.
+PROCESS_EVENTS = "sync.jobs.process_events"
+FLUSH_CRM = "sync.jobs.flush_crm"
+#: Salesforce flushes run on a queue of their own, after the deliveries' (see ``sync.flushing``).
+CRM_QUEUE_NAME = "partnero-crm"
+FLUSH_JOB_TIMEOUT = 300
+
+#: What RQ raises inside a job to interrupt it (its time-out): never the fault of the data in hand.
+INTERRUPTIONS: tuple[type[BaseException], ...] = (JobTimeoutException,)
+
+#: Set when the worker is asked to stop (SIGTERM): long jobs (a flush) stop between steps.
+_stopping = threading.Event()
+
+
+def stop_requested() -> bool:
+    """Whether this process's worker was asked to stop, so the job in hand should wrap up."""
+    return _stopping.is_set()
 
 
 class JobQueue:
@@ -51,6 +65,7 @@ class JobQueue:
     def __init__(self, connection: redis.Redis, name: str = QUEUE_NAME):
         self.connection = connection
         self.queue = Queue(name, connection=connection)
+        self.crm_queue = Queue(CRM_QUEUE_NAME, connection=connection)
 
     def enqueue_events(self, events: Sequence[tuple[int, str]]) -> list[str]:
         """Enqueue jobs for (row id, event type) pairs, up to BATCH_SIZE rows a job, in one round trip.
@@ -60,14 +75,12 @@ class JobQueue:
         """
         if not events:
             return []
-        from sync.jobs import process_events
-
         batches = [list(events[i : i + BATCH_SIZE]) for i in range(0, len(events), BATCH_SIZE)]
         data = []
         for batch in batches:
             ids = [event_id for event_id, _ in batch]
             data.append(Queue.prepare_data(
-                process_events,
+                PROCESS_EVENTS,
                 args=(ids,),
                 job_id=f"partnero-{uuid.uuid4().hex[:16]}",
                 description=describe(batch),
@@ -104,15 +117,12 @@ class JobQueue:
 
     def failed_deliveries(self) -> dict[str, list[int]]:
         """The jobs in RQ's failed registry that processed inbox rows: job id -> the rows it carried."""
-        from sync.jobs import process_events
-
-        name = f"{process_events.__module__}.{process_events.__qualname__}"
         try:
             job_ids = self.queue.failed_job_registry.get_job_ids()
             jobs = Job.fetch_many(job_ids, connection=self.connection)
         except redis.RedisError as exc:
             raise TransientError(f"could not read RQ's failed jobs: {exc}") from exc
-        return {job.id: list(job.args[0]) for job in jobs if job is not None and job.func_name == name}
+        return {job.id: list(job.args[0]) for job in jobs if job is not None and job.func_name == PROCESS_EVENTS}
 
     def discard_failed(self, job_ids: Iterable[str]) -> None:
         """Delete these jobs from RQ's failed registry (their rows are being retried by newer jobs)."""
@@ -126,42 +136,20 @@ class JobQueue:
         except redis.RedisError as exc:
             raise TransientError(f"could not discard RQ's failed jobs: {exc}") from exc
 
-    def request_flush(self, delay: float | None = None) -> bool:
-        """Make sure a Salesforce flush job is on its way; True when this call enqueued one.
+    def enqueue_flush(self, delay: float | None = None) -> str:
+        """Put a Salesforce flush job on the CRM queue, now or after ``delay`` seconds; returns its id.
 
-        At most one flush waits in the queue at a time: the flush clears the request as it
-        starts, so changes committed while it runs ask for the next one.
+        Whether one is needed is ``sync.flushing``'s decision.
         """
-        from sync.jobs import flush_crm
-
+        options = {"description": "Salesforce flush", "job_timeout": FLUSH_JOB_TIMEOUT, "result_ttl": RESULT_TTL}
         try:
-            if not self.connection.set(FLUSH_REQUESTED, "1", nx=True, ex=FLUSH_REQUEST_TTL):
-                return False
-            options = {"description": "Salesforce flush", "job_timeout": FLUSH_TIMEOUT, "result_ttl": RESULT_TTL}
             if delay:
-                self.queue.enqueue_in(timedelta(seconds=delay), flush_crm, **options)
+                job = self.crm_queue.enqueue_in(timedelta(seconds=delay), FLUSH_CRM, **options)
             else:
-                self.queue.enqueue(flush_crm, **options)
-            return True
+                job = self.crm_queue.enqueue(FLUSH_CRM, **options)
         except redis.RedisError as exc:
             raise TransientError(f"could not enqueue a Salesforce flush: {exc}") from exc
-
-    def flag_flush_again(self) -> None:
-        """Tell the running flush to make one more pass before it stops."""
-        self.connection.set(FLUSH_AGAIN, "1", ex=FLUSH_TIMEOUT)
-
-    def take_flush_again(self) -> bool:
-        return bool(self.connection.getdel(FLUSH_AGAIN))
-
-    def hold_flush_request(self, seconds: float) -> None:
-        self.connection.set(FLUSH_REQUESTED, "1", ex=int(seconds))
-
-    def flush_started(self) -> None:
-        self.connection.delete(FLUSH_REQUESTED)
-
-    def flush_lock(self):
-        """A lock so that one flush at a time talks to Salesforce."""
-        return self.connection.lock(FLUSH_LOCK, timeout=FLUSH_TIMEOUT, blocking=False)
+        return job.id
 
     def ping(self) -> None:
         try:
@@ -236,5 +224,10 @@ class PartneroWorker(_Housekeeping, SimpleWorker):
 
     Not forking a work horse per job saves milliseconds a job and keeps the database pool and
     the Salesforce session between jobs (see bench/README.md). On SIGTERM, as a PaaS sends to
-    stop a process, it finishes the job in hand, then exits; a second signal stops it at once.
+    stop a process, it finishes the job in hand (a flush stops between calls), then exits; a
+    second signal stops it at once.
     """
+
+    def handle_warm_shutdown_request(self) -> None:
+        _stopping.set()
+        super().handle_warm_shutdown_request()

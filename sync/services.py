@@ -13,6 +13,7 @@ from sync.crm.client import SalesforceClient
 from sync.crm.flush import Flusher
 from sync.crm.outbox import Outbox
 from sync.errors import TransientError
+from sync.flushing import FlushCoordinator
 from sync.inbox import Inbox
 from sync.mapping import MappingSet, load_mappings
 from sync.processor import Processor
@@ -33,6 +34,7 @@ class Services:
     warehouse: Warehouse
     processor: Processor
     _flusher: Flusher | None = field(default=None, repr=False)
+    _flushes: FlushCoordinator | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -60,7 +62,7 @@ class Services:
             jobs=jobs,
             mappings=mappings,
             warehouse=warehouse,
-            processor=Processor(engine, inbox, mappings, warehouse, outbox),
+            processor=Processor(engine, inbox, mappings, warehouse, outbox, interruptions=queue.INTERRUPTIONS),
         )
 
     def flusher(self) -> Flusher | None:
@@ -71,13 +73,20 @@ class Services:
             self._flusher = Flusher(self.inbox.engine, self.mappings, SalesforceClient(self.settings.salesforce))
         return self._flusher
 
+    @property
+    def flushes(self) -> FlushCoordinator:
+        """When Salesforce flushes run (``sync.flushing``); asking is a no-op while CRM sync is off."""
+        if self._flushes is None:
+            self._flushes = FlushCoordinator(self.jobs, self.flusher())
+        return self._flushes
+
     def request_flush(self) -> None:
         """After deliveries were applied: ask for a Salesforce flush, when CRM sync is on. Redis
         being away is only logged; the worker's housekeeping asks again while anything waits."""
         if self.processor.outbox is None:
             return
         try:
-            self.jobs.request_flush()
+            self.flushes.request()
         except TransientError as exc:
             log.warning("%s", exc)
 
@@ -89,7 +98,7 @@ class Services:
             with self.inbox.engine.connect() as conn:
                 waiting = Outbox().backlog(conn)
             if waiting:
-                self.jobs.request_flush()
+                self.flushes.request()
 
     def migrate(self) -> list[str]:
         """Upgrade the fixed tables and create or extend the mapped ones; returns what it did."""

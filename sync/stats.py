@@ -38,6 +38,8 @@ class Snapshot:
     #: Salesforce records by object and outbox status (pending, waiting, synced, failed).
     crm: dict[str, dict[str, int]] = field(default_factory=dict)
     crm_last_synced_at: datetime | None = None
+    #: What stops every Salesforce call, when something does: {"code", "message", "since"}.
+    crm_problem: dict | None = None
     #: What could not be read, and why: {"database": "...", "redis": "..."}.
     unavailable: dict[str, str] = field(default_factory=dict)
 
@@ -80,6 +82,8 @@ class Snapshot:
                 reasons.append(f"{self.queue.failed} jobs are in RQ's failed registry")
             if (self.queue.queued or self.queue.scheduled) and not self.queue.workers:
                 reasons.append(f"{self.queue.queued} jobs wait and no worker listens on the queue")
+        if self.crm_problem:
+            reasons.append(f"Salesforce refuses every call: {self.crm_problem['message']}")
         if self.crm_refused:
             reasons.append(f"Salesforce refused {self.crm_refused} records: see `partnero-sync crm-errors`")
         return reasons
@@ -101,6 +105,7 @@ class Snapshot:
                 "backlog": self.crm_backlog,
                 "refused": self.crm_refused,
                 "last_synced_at": _iso(self.crm_last_synced_at),
+                "problem": self.crm_problem,
             }
         return {
             "taken_at": _iso(self.taken_at),
@@ -137,6 +142,8 @@ def take(services, stuck_after: timedelta = STUCK_AFTER) -> Snapshot:
         snapshot.unavailable["database"] = db.explain(exc) or f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     try:
         snapshot.queue = services.jobs.counts()
+        if snapshot.crm_enabled:
+            snapshot.crm_problem = services.flushes.problem()
     except TransientError as exc:
         snapshot.unavailable["redis"] = str(exc)
     return snapshot

@@ -30,7 +30,8 @@ def build_worker(settings: Settings, connection: redis.Redis | None = None, *, s
         # Jobs retry until the database is back; the release step or next start migrates.
         log.warning("could not check the schema, the database is unavailable: %s", type(exc).__name__)
     worker = worker_class(
-        [services.jobs.queue],
+        # Deliveries first: a flush waits for them, and hands over often (sync.flushing).
+        [services.jobs.queue, services.jobs.crm_queue],
         connection=services.jobs.connection,
         maintenance_interval=sweep_every,
     )

@@ -1,4 +1,5 @@
-"""Property: any shuffle of a delivery history, with duplicates, ends in the in-order state.
+"""Property: any shuffle of a delivery history, with duplicates, delivered in random batches through
+the batch path the worker uses, ends in the in-order state.
 
 Histories are generated: partners and customers updated over time and perhaps deleted,
 transactions created (with one or more rewards), perhaps refunded with a full, empty-rewards or
@@ -87,15 +88,17 @@ def shuffled_histories(draw):
         history.append(envelope("customer.deleted", stamp(300), key="cust_txn_0"))
     duplicates = draw(st.lists(st.sampled_from(history), max_size=4))
     shuffled = draw(st.permutations(history + duplicates))
-    return history, shuffled
+    # Delivered in batches of random sizes, as jobs carry them.
+    batches = draw(st.lists(st.integers(1, 6), min_size=1, max_size=5))
+    return history, shuffled, batches
 
 
-def converge(pipe: Pipe, history: list[dict], shuffled: list[dict]) -> None:
+def converge(pipe: Pipe, history: list[dict], shuffled: list[dict], batches: list[int]) -> None:
     pipe.reset()
     pipe.deliver(*history)
     expected = pipe.snapshot()
     pipe.reset()
-    pipe.deliver(*shuffled)
+    pipe.deliver_in_batches(shuffled, batches)
     assert pipe.snapshot() == expected
 
 
@@ -114,8 +117,7 @@ def test_any_order_with_duplicates_converges(database, examples, request, tmp_pa
     @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(shuffled_histories())
     def check(case):
-        history, shuffled = case
-        converge(pipe, history, shuffled)
+        converge(pipe, *case)
 
     check()
 

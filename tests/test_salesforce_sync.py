@@ -68,7 +68,9 @@ def make_due(services: Services) -> None:
 
 
 def partner(**changes):
-    return envelope("partner.created", "2026-03-14T09:21:06.000000Z", **{**PARTNER, **changes})
+    # Sent when it was last updated: a version far ahead of its delivery would not be believed.
+    data = {**PARTNER, **changes}
+    return envelope("partner.created", data["updated_at"], **data)
 
 
 def test_the_three_entities_become_their_salesforce_records(services, fake):
@@ -233,13 +235,19 @@ def test_an_expired_session_is_renewed_and_the_call_repeated(services, fake):
     assert fake.count("login") == logins + 1
 
 
-def test_a_fixed_session_that_expires_says_what_to_do(settings, fake, redis_conn):
+def test_a_fixed_session_that_expires_says_what_to_do_on_the_records_and_stops(settings, fake, redis_conn):
     session = SalesforceSettings(mode="session", instance_url=fake.instance_url, session_id=fake.issue_session())
     services = Services.build(settings.with_overrides(salesforce=session), redis_conn)
-    deliver(services, partner())
+    deliver(services, partner(), envelope("customer.created", "2026-03-14T10:02:54Z", **CUSTOMER))
     fake.expire_sessions()
-    with pytest.raises(ConfigurationError, match="SALESFORCE_SESSION_ID cannot be renewed"):
-        services.flusher().flush()
+    report = services.flusher().flush()
+    assert report.org_refusal is not None and "SALESFORCE_SESSION_ID cannot be renewed" in report.org_refusal.message
+    assert fake.count("collections") == 1  # it stopped at the first refusal: the Accounts were not tried
+    rows = outbox_rows(services)
+    contact = rows[("Contact", "ptn_8c1e6f0a")]
+    assert contact["status"] == "failed" and contact["error_code"] == "INVALID_SESSION_ID"
+    assert "SALESFORCE_SESSION_ID cannot be renewed" in contact["error_message"]
+    assert rows[("Account", "acct_000481")]["status"] == "pending"
 
 
 def test_tls_is_always_verified(services, fake, monkeypatch):
@@ -324,11 +332,14 @@ def test_every_login_mode_syncs(settings, fake, redis_conn, tmp_path, mode):
     assert fake.get("Contact", "Partnero_Partner_Id__c", "ptn_8c1e6f0a")["LastName"] == "Lopez"
 
 
-def test_a_wrong_password_is_a_configuration_error(settings, fake, redis_conn):
-    login = SalesforceSettings(mode="password", username=fake.username, password="wrong",
+def test_a_wrong_password_is_reported_on_the_records_not_raised(settings, fake, redis_conn):
+    login = SalesforceSettings(mode="password", username=fake.username, password="wrong-password-xyz",
                                security_token=fake.security_token, domain=fake.login_domain)
     services = Services.build(settings.with_overrides(salesforce=login), redis_conn)
     deliver(services, partner())
-    with pytest.raises(ConfigurationError, match="Salesforce refused the password login"):
-        services.flusher().flush()
-    assert outbox_rows(services)[("Contact", "ptn_8c1e6f0a")]["status"] == "pending"  # kept for later
+    report = services.flusher().flush()
+    assert "Salesforce refused the password login" in report.org_refusal.message
+    row = outbox_rows(services)[("Contact", "ptn_8c1e6f0a")]
+    assert row["status"] == "failed" and row["error_code"] == "LOGIN_REFUSED"
+    assert row["next_attempt_at"] is not None  # tried again by itself, after a long wait
+    assert "wrong-password-xyz" not in row["error_message"]

@@ -39,6 +39,21 @@ class Pipe:
     def deliver(self, *documents: dict | bytes) -> list[str]:
         return [self.processor.process(self.store(d)) for d in documents]
 
+    def deliver_in_batches(self, documents: list[dict], sizes: list[int]) -> None:
+        """Deliver ``documents`` in batches of ``sizes`` (repeated as needed) through the batch path
+        the worker uses: stored together, then one ``process_batch`` per batch."""
+        from sync.inbox import IGNORED, PROCESSED
+
+        start, turn = 0, 0
+        while start < len(documents):
+            size = sizes[turn % len(sizes)] if sizes else 1
+            chunk, start, turn = documents[start:start + size], start + size, turn + 1
+            deliveries = [Delivery(json.dumps(d).encode(), d["event"], PENDING) for d in chunk]
+            stored = self.inbox.store_many(deliveries)
+            events = self.inbox.begin_attempts([stored[d.fingerprint].id for d in deliveries])
+            result = self.processor.process_batch([e for e in events if e.status not in (PROCESSED, IGNORED)])
+            assert not result.failed, result.failed
+
     def row(self, table: str, key: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             return self.warehouse.read(conn, table, key)

@@ -1,9 +1,16 @@
-"""The only code that speaks to Salesforce: simple-salesforce, and what its errors mean for us."""
+"""The only code that speaks to Salesforce: simple-salesforce, and what its answers mean for us.
+
+Every answer is classified here, once: per record (``Outcome``), a passing failure of the whole
+call (``TransientError``: an outage, a time-out, an API limit, a session to renew), or a refusal of
+the whole call that a person must fix (``CallRefused``: a field or object the org lacks, no
+access, a session or login that cannot be renewed).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +35,40 @@ TRANSIENT_CODES = frozenset({
 })
 
 
+class CallRefused(PermanentError):
+    """Salesforce refused a whole call: one error for every record in it.
+
+    ``org_wide`` refusals (a session or login that cannot be renewed) stop every call, not just
+    this object's; the others concern one object (its mapping names a field the org lacks, the
+    user cannot access it...).
+    """
+
+    def __init__(self, code: str, message: str, *, status: int | None = None, org_wide: bool = False):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+        self.org_wide = org_wide
+
+    def reason(self, object_name: str, mapping_path: str) -> str:
+        """A sentence for the records' error, ``crm-errors`` and ``status``."""
+        if self.org_wide:
+            return self.message
+        column = re.search(r"No such column '([^']+)'", self.message)
+        if self.code == "INVALID_FIELD" and column:
+            return (f"{object_name}: field {column.group(1)} does not exist in this org, or the integration "
+                    f"user cannot see it ({mapping_path})")
+        if self.code == "JSON_PARSER_ERROR":
+            return f"{object_name}: a value does not fit its Salesforce field's type ({mapping_path}): {self.message}"
+        if self.code.startswith("INSUFFICIENT_ACCESS"):
+            return (f"{object_name}: the integration user has no access to this object or one of its fields "
+                    f"({mapping_path}): {self.message}")
+        if self.code == "NOT_FOUND":
+            return (f"{object_name}: this org has no such object, or the mapping's external id field is not "
+                    f"one of its external ids ({mapping_path})")
+        return f"{object_name}: Salesforce refused the whole call: {self.code}: {self.message} ({mapping_path})"
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What Salesforce said about one record."""
@@ -44,8 +85,17 @@ class Outcome:
         return self.code == "INVALID_FIELD" and "foreign key external id" in (self.message or "").lower()
 
     @property
+    def parent(self) -> str | None:
+        """The missing parent, as "Object/external id", when Salesforce named it."""
+        found = _MISSING_PARENT.search(self.message or "") if self.missing_parent else None
+        return f"{found.group(2)}/{found.group(1)}" if found else None
+
+    @property
     def transient(self) -> bool:
         return self.code in TRANSIENT_CODES
+
+
+_MISSING_PARENT = re.compile(r"Foreign key external ID: (.+?) not found for field \S+ in entity (\w+)")
 
 
 class SalesforceClient:
@@ -81,7 +131,12 @@ class SalesforceClient:
         except sf_errors.SalesforceAuthenticationFailed as exc:
             if str(exc.code).isdigit() and int(exc.code) >= 500:
                 raise TransientError(f"Salesforce could not log in just now (HTTP {exc.code})") from exc
-            raise ConfigurationError(f"Salesforce refused the {s.mode.replace('_', ' ')} login: {exc}") from exc
+            raise CallRefused(
+                "LOGIN_REFUSED",
+                f"Salesforce refused the {s.mode.replace('_', ' ')} login ({_bounded(str(exc))}): check the "
+                "SALESFORCE_ variables",
+                org_wide=True,
+            ) from exc
         except requests.RequestException as exc:
             raise TransientError(f"could not reach Salesforce to log in: {type(exc).__name__}") from exc
 
@@ -108,10 +163,12 @@ class SalesforceClient:
         """Delete one record by external id; a record Salesforce does not have counts as deleted."""
         try:
             self._call("DELETE", f"sobjects/{object_name}/{external_id_field}/{quote(value, safe='')}", None)
-        except PermanentError as exc:
-            if "has no" in str(exc):
+        except CallRefused as exc:
+            if exc.code == "NOT_FOUND":  # already gone
                 return Outcome(True)
-            return Outcome(False, code="DELETE_FAILED", message=str(exc))
+            if exc.org_wide:
+                raise
+            return Outcome(False, code=exc.code, message=exc.message)
         return Outcome(True)
 
     def _call(self, method: str, path: str, body: Any) -> Any:
@@ -124,9 +181,11 @@ class SalesforceClient:
         except sf_errors.SalesforceExpiredSession as exc:
             # simple-salesforce logs in again by itself where it can; here it could not.
             if not self.settings.renewable:
-                raise ConfigurationError(
-                    "the Salesforce session expired and SALESFORCE_SESSION_ID cannot be renewed: set a new "
-                    "one, or configure a login (password, JWT or client credentials)"
+                raise CallRefused(
+                    "INVALID_SESSION_ID",
+                    "the Salesforce session expired and SALESFORCE_SESSION_ID cannot be renewed: set a new one, "
+                    "or configure a login (password, JWT or client credentials)",
+                    status=401, org_wide=True,
                 ) from exc
             self._sf = None
             raise TransientError("Salesforce session expired; logging in again") from exc
@@ -134,12 +193,11 @@ class SalesforceClient:
             code = _first_code(exc.content)
             if code == "REQUEST_LIMIT_EXCEEDED":
                 raise TransientError("Salesforce API request limit reached") from exc
-            raise PermanentError(f"Salesforce refused the request: {code}: {_first_message(exc.content)}") from exc
+            raise CallRefused(code, _first_message(exc.content), status=403) from exc
         except sf_errors.SalesforceMalformedRequest as exc:
-            raise PermanentError(f"Salesforce rejected {path}: {_first_code(exc.content)}: "
-                                 f"{_first_message(exc.content)}") from exc
+            raise CallRefused(_first_code(exc.content), _first_message(exc.content), status=400) from exc
         except sf_errors.SalesforceResourceNotFound as exc:
-            raise PermanentError(f"Salesforce has no {path}: {_first_message(exc.content)}") from exc
+            raise CallRefused("NOT_FOUND", _first_message(exc.content), status=404) from exc
         except sf_errors.SalesforceError as exc:  # 5xx and the rest: Salesforce is having trouble
             raise TransientError(f"Salesforce answered {exc.status} to {path}") from exc
         except requests.RequestException as exc:
@@ -151,8 +209,8 @@ def _outcome(item: dict[str, Any]) -> Outcome:
         return Outcome(True, id=item.get("id"), created=item.get("created"))
     errors = item.get("errors") or [{}]
     first = errors[0]
-    return Outcome(False, id=item.get("id"), code=first.get("statusCode") or first.get("errorCode") or "UNKNOWN",
-                   message=first.get("message") or "")
+    code = first.get("statusCode") or first.get("errorCode") or "UNKNOWN"
+    return Outcome(False, id=item.get("id"), code=code, message=_without_values(first.get("message") or ""))
 
 
 def _first_code(content: Any) -> str:
@@ -163,5 +221,27 @@ def _first_code(content: Any) -> str:
 
 def _first_message(content: Any) -> str:
     if isinstance(content, list) and content and isinstance(content[0], dict):
-        return str(content[0].get("message", ""))[:500]
-    return str(content)[:500]
+        return _without_values(str(content[0].get("message", "")))
+    return _without_values(str(content))
+
+
+#: Where Salesforce's messages echo a record's value: the value is replaced by "…".
+_ECHOED_VALUES = (
+    re.compile(r"(value )(.*?)( or request may be missing)", re.S),  # JSON_PARSER_ERROR
+    re.compile(r"(invalid email address: )(\S.*?)$", re.S),  # INVALID_EMAIL_ADDRESS
+    re.compile(r"(data value too large: )(.*?)( \(max length=\d+\))", re.S),  # STRING_TOO_LONG
+    re.compile(r"(bad value for restricted picklist field: )(.*?)$", re.S),  # restricted picklists
+    re.compile(r"(invalid (?:date|datetime|number|double|boolean|integer|currency)[a-z ]*: )(.*?)$",
+               re.S | re.I),  # "Value for field ... invalid date: X" and kin
+)
+
+
+def _without_values(message: str) -> str:
+    """Salesforce's message, bounded, with any record value it quotes replaced by "…"."""
+    for pattern in _ECHOED_VALUES:
+        message = pattern.sub(lambda m: m.group(1) + "…" + (m.group(3) if m.lastindex >= 3 else ""), message)
+    return _bounded(message)
+
+
+def _bounded(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

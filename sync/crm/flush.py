@@ -1,31 +1,28 @@
-"""Sending the outbox to Salesforce: parents first, 200 records a call, an outcome per record."""
+"""Sending the outbox to Salesforce: parents first, 200 records a call, an outcome per record.
+
+Each record's outcome is kept on its outbox row. A whole call Salesforce refuses (a field the org
+lacks, no access) is recorded on every record of the call and the flush goes on with the other
+objects; one refused for the whole org (a session or login that cannot be renewed) ends it. When
+and how often flushes run is ``sync.flushing``'s business.
+"""
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sqlalchemy.engine import Engine
 
-from sync import ledger, metrics
-from sync.crm.client import COLLECTION_LIMIT, SalesforceClient
-from sync.crm.outbox import FAILED, PENDING, SYNCED, UNAVAILABLE, WAITING, Outbox, Pending, wire
+from sync import backoff, ledger, metrics
+from sync.crm.client import COLLECTION_LIMIT, CallRefused, SalesforceClient
+from sync.crm.outbox import FAILED, PENDING, SYNCED, UNAVAILABLE, WAITING, Outbox, Pending, RowOutcome, wire
 from sync.errors import TransientError
 from sync.mapping import MappingSet
 from sync.mapping.spec import Mapping
 
 log = logging.getLogger(__name__)
-
-#: Seconds before a record is tried again after a transient refusal or a missing parent.
-RECORD_RETRY_DELAYS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
-
-
-def record_backoff(attempts: int) -> float:
-    base = RECORD_RETRY_DELAYS[min(attempts, len(RECORD_RETRY_DELAYS) - 1)]
-    return base + random.uniform(0, base / 5)
 
 
 @dataclass
@@ -35,20 +32,26 @@ class FlushReport:
     waiting: int = 0
     failed: int = 0
     retrying: int = 0
+    #: Calls Salesforce refused as a whole (their records are counted in ``failed``).
+    refused_calls: int = 0
     by_object: dict[str, int] = field(default_factory=dict)
+    #: Why the flush ended before everything due was sent: an org-wide refusal, or a stop.
+    stopped: str | None = None
+    #: An org-wide refusal: nothing can be sent until a person acts.
+    org_refusal: CallRefused | None = None
 
     def add(self, other: FlushReport) -> None:
-        self.calls += other.calls
-        self.synced += other.synced
-        self.waiting += other.waiting
-        self.failed += other.failed
-        self.retrying += other.retrying
+        for name in ("calls", "synced", "waiting", "failed", "retrying", "refused_calls"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
         for obj, n in other.by_object.items():
             self.by_object[obj] = self.by_object.get(obj, 0) + n
+        self.stopped = other.stopped or self.stopped
+        self.org_refusal = other.org_refusal or self.org_refusal
 
     def summary(self) -> str:
-        return (f"{self.synced} synced, {self.waiting} waiting for a parent, {self.retrying} to retry, "
+        text = (f"{self.synced} synced, {self.waiting} waiting for a parent, {self.retrying} to retry, "
                 f"{self.failed} refused, in {self.calls} calls")
+        return f"{text} ({self.stopped})" if self.stopped else text
 
 
 class Flusher:
@@ -57,15 +60,28 @@ class Flusher:
         self.mappings = mappings
         self.client = client
         self.outbox = outbox or Outbox()
+        self._parents = {r.object for m in mappings.salesforce_objects() for r in m.salesforce.references}
 
-    def flush(self, max_calls: int | None = None, on_progress: Callable[[FlushReport], None] | None = None) -> FlushReport:
-        """Send everything that is due. Raises ``TransientError`` if Salesforce cannot be reached;
-        what was sent before that is recorded, and the rest is tried again later."""
+    def flush(self, *, should_stop: Callable[[], bool] = lambda: False, max_calls: int | None = None,
+              on_progress: Callable[[FlushReport], None] | None = None) -> FlushReport:
+        """Send what is due, object by object, parents first, checking ``should_stop`` between calls.
+
+        Raises ``TransientError`` when Salesforce cannot be reached (what was sent before that is
+        recorded; the rest is due again at the next flush).
+        """
         report = FlushReport()
         self._fold_commissions()
         for mapping in self.mappings.salesforce_objects():
             while max_calls is None or report.calls < max_calls:
-                sent = self._send_batch(mapping, report)
+                if should_stop():
+                    report.stopped = "stopped between calls"
+                    return report
+                try:
+                    sent = self._send_batch(mapping, report)
+                except CallRefused as refusal:  # org-wide: every other call would be refused too
+                    report.org_refusal = refusal
+                    report.stopped = "Salesforce refused every call"
+                    return report
                 if on_progress is not None:
                     on_progress(report)
                 if sent < COLLECTION_LIMIT:
@@ -79,74 +95,96 @@ class Flusher:
                     self.outbox.fold_commission_changes(conn, mapping.salesforce.object, mapping.entity)
 
     def _send_batch(self, mapping: Mapping, report: FlushReport) -> int:
+        """Send one call's worth of ``mapping``'s due records; returns how many were due (0 after a
+        refused call, so the flush moves on to the next object)."""
         target = mapping.salesforce
+        signature = target.signature
         with self.engine.begin() as conn:
-            rows = self.outbox.due(conn, target.object, COLLECTION_LIMIT)
+            rows = self.outbox.due(conn, target.object, signature, COLLECTION_LIMIT)
             totals = {}
             if rows and target.commission_total:
                 totals = ledger.commission_owed(conn, [r.external_id for r in rows])
         if not rows:
             return 0
+        # A mapping that opted in deletes tombstoned records; by default they are only updated.
+        deletes = [r for r in rows if target.hard_delete and r.tombstoned]
+        upserts = [r for r in rows if r not in deletes]
         try:
-            # A mapping that opted in deletes tombstoned records; by default they are only updated.
-            deletes = [r for r in rows if target.hard_delete and r.tombstoned]
-            upserts = [r for r in rows if r not in deletes]
             if upserts:
                 metrics.SALESFORCE_CALLS.inc(object=target.object, kind=metrics.UPSERT)
-            outcomes = dict(zip(
+            answers = dict(zip(
                 [r.id for r in upserts],
                 self.client.upsert(target.object, target.external_id,
                                    [self._record(mapping, row, totals) for row in upserts]),
             ))
             for row in deletes:
                 metrics.SALESFORCE_CALLS.inc(object=target.object, kind=metrics.DELETE)
-                outcomes[row.id] = self.client.delete(target.object, target.external_id, row.external_id)
+                answers[row.id] = self.client.delete(target.object, target.external_id, row.external_id)
         except TransientError as exc:
             metrics.SALESFORCE_REFUSALS.inc(len(rows), object=target.object, code=UNAVAILABLE)
             with self.engine.begin() as conn:
-                self.outbox.postpone(conn, rows, record_backoff(min(r.attempts for r in rows)), str(exc))
+                self.outbox.postpone(conn, rows, str(exc))
             raise
+        except CallRefused as refusal:
+            report.calls += 1
+            self._refused(mapping, rows, refusal, report)
+            if refusal.org_wide:
+                raise
+            return 0
         report.calls += (1 if upserts else 0) + len(deletes)
-        parent_arrived = False
-        recorded = []
+        outcomes = []
         for row in rows:
-            outcome = outcomes[row.id]
-            if not outcome.success:  # whatever then becomes of the record: waits, retries or fails
-                metrics.SALESFORCE_REFUSALS.inc(object=target.object, code=outcome.code)
-            if outcome.success:
-                recorded.append((row, SYNCED, outcome.id, None, None, None))
+            answer = answers[row.id]
+            if not answer.success:  # whatever then becomes of the record: waits, retries or fails
+                metrics.SALESFORCE_REFUSALS.inc(object=target.object, code=answer.code)
+            if answer.success:
+                outcomes.append(RowOutcome(row, SYNCED, salesforce_id=answer.id))
                 report.synced += 1
-                parent_arrived = True
-            elif outcome.missing_parent:
-                recorded.append((row, WAITING, None, outcome.code, outcome.message, record_backoff(row.attempts)))
+            elif answer.missing_parent:
+                outcomes.append(RowOutcome(row, WAITING, code=answer.code, message=answer.message,
+                                           retry_in=backoff.delay(backoff.RECORD_DELAYS, row.attempts),
+                                           waiting_for=answer.parent))
                 report.waiting += 1
-            elif outcome.transient:
-                recorded.append((row, PENDING, None, outcome.code, outcome.message, record_backoff(row.attempts)))
+            elif answer.transient:
+                outcomes.append(RowOutcome(row, PENDING, code=answer.code, message=answer.message,
+                                           retry_in=backoff.delay(backoff.RECORD_DELAYS, row.attempts)))
                 report.retrying += 1
             else:
-                recorded.append((row, FAILED, None, outcome.code, outcome.message, None))
+                outcomes.append(RowOutcome(row, FAILED, code=answer.code, message=answer.message))
                 report.failed += 1
-                log.warning("Salesforce refused %s %s: %s: %s", row.object, row.external_id,
-                            outcome.code, outcome.message)
+                log.warning("Salesforce refused a record: %s: %s", answer.code, answer.message,
+                            extra={"object": row.object, "entity_id": row.external_id})
+        synced = [(row.object, row.external_id) for row, answer in ((r, answers[r.id]) for r in rows) if answer.success]
         with self.engine.begin() as conn:
-            self.outbox.record(conn, recorded)
-            if parent_arrived and self._is_parent(target.object):
-                self.outbox.wake_waiting(conn)
+            self.outbox.record(conn, outcomes, signature)
+            if synced and target.object in self._parents:
+                self.outbox.wake_children_of(conn, synced)
         report.by_object[target.object] = report.by_object.get(target.object, 0) + len(rows)
         return len(rows)
 
+    def _refused(self, mapping: Mapping, rows: list[Pending], refusal: CallRefused, report: FlushReport) -> None:
+        """Record a refusal of the whole call on each of its records, to be tried again after a
+        long wait, when the mapping changes, or on ``crm-retry``."""
+        target = mapping.salesforce
+        reason = refusal.reason(target.object, str(mapping.path))
+        wait = backoff.delay(backoff.REFUSAL_DELAYS, min(r.attempts for r in rows))
+        with self.engine.begin() as conn:
+            self.outbox.record(conn, [RowOutcome(r, FAILED, code=refusal.code, message=reason, retry_in=wait)
+                                      for r in rows], target.signature)
+        metrics.SALESFORCE_REFUSALS.inc(len(rows), object=target.object, code=refusal.code)
+        report.refused_calls += 1
+        report.failed += len(rows)
+        log.error("Salesforce refused a whole call of %d records: %s", len(rows), reason,
+                  extra={"object": target.object, "count": len(rows)})
+
     def _record(self, mapping: Mapping, row: Pending, totals: dict[str, Decimal]) -> dict:
         target = mapping.salesforce
+        # Only what the mapping names now: a field it stopped sending (say, one the org lacks) is
+        # left out even from records stored before the change.
+        named = {f.name for f in (*target.fields, *target.on_delete)} | {r.name for r in target.references}
         record = {name: value for name, value in row.fields.items()
-                  if not (name.endswith("__r") and value is None)}  # no parent given: leave the lookup alone
+                  if name in named and not (name.endswith("__r") and value is None)}  # no parent: leave the lookup
         record[target.external_id] = row.external_id
         if target.commission_total:
             record[target.commission_total] = wire(totals.get(row.external_id, Decimal(0)))
         return record
-
-    def _is_parent(self, object_name: str) -> bool:
-        return any(
-            reference.object == object_name
-            for m in self.mappings.salesforce_objects()
-            for reference in m.salesforce.references
-        )

@@ -9,7 +9,7 @@ A flush sends due rows and records each one's outcome.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -26,7 +26,9 @@ from sync.sqltypes import FINGERPRINT, KEY, UTCDateTime
 PENDING = "pending"  # to be sent
 WAITING = "waiting"  # Salesforce does not have its parent yet: sent again once the parent is
 SYNCED = "synced"
-FAILED = "failed"  # refused for good: not sent again until the record changes or crm-retry
+#: Refused: not sent again until the record or its mapping changes, ``crm-retry``, or (for a
+#: refusal of the whole call) its ``next_attempt_at``.
+FAILED = "failed"
 STATUSES = (PENDING, WAITING, SYNCED, FAILED)
 #: The error code of rows whose whole call failed (a timeout, an outage): tried again later.
 UNAVAILABLE = "UNAVAILABLE"
@@ -55,8 +57,13 @@ crm_outbox = sa.Table(
     sa.Column("error_code", sa.String(64)),
     sa.Column("error_message", sa.Text),
     sa.Column("error_at", UTCDateTime()),
+    #: The parent a waiting record waits for, as "Object/external id" (from Salesforce's answer).
+    sa.Column("waiting_for", KEY),
+    #: The signature of the mapping the record was last sent with (``SalesforceTarget.signature``).
+    sa.Column("sent_with", sa.String(16)),
     sa.UniqueConstraint("object", "external_id", name="uq_crm_outbox_record"),
     sa.Index("ix_crm_outbox_due", "status", "next_attempt_at"),
+    sa.Index("ix_crm_outbox_waiting_for", "waiting_for"),
 )
 
 #: Partners whose commission changed, appended by the worker, folded into the outbox by a flush.
@@ -75,6 +82,10 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+#: The error code of rows whose whole call failed for a passing reason (a time-out, an outage).
+UNAVAILABLE = "UNAVAILABLE"
+
+
 @dataclass(frozen=True)
 class Pending:
     """A due outbox row, as read for sending."""
@@ -87,6 +98,21 @@ class Pending:
     generation: int
     attempts: int
     tombstoned: bool
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """What became of one sent row: its new status and why."""
+
+    row: Pending
+    status: str
+    salesforce_id: str | None = None
+    code: str | None = None
+    message: str | None = None
+    #: Seconds until it is tried again by itself (None: only when it changes, or crm-retry).
+    retry_in: float | None = None
+    #: For a waiting row, the parent it waits for, as "Object/external id".
+    waiting_for: str | None = None
 
 
 def wire(value: Any) -> Any:
@@ -137,7 +163,10 @@ class Outbox:
         after = dict(before)
         for change, _, tomb in items:
             k = (change.table, change.key)
-            after[k] = merge(after[k], change, tomb)
+            merged = merge(after[k], change, tomb)
+            # The record says what the mapping names now: a field it no longer sends goes.
+            kept = {name: v for name, v in merged.values.items() if name in change.values or name in tomb}
+            after[k] = replace(merged, values=kept)
         updates = []
         for k, state in after.items():
             if state == before[k]:
@@ -158,12 +187,16 @@ class Outbox:
             conn.execute(crm_commission_changes.insert(), rows)
 
     def fold_commission_changes(self, conn: Connection, object_name: str, entity: str) -> int:
-        """Mark the outbox rows of partners whose commission changed as due; returns how many."""
+        """Mark the outbox rows of partners whose commission changed as due; returns how many.
+
+        Deletes exactly the changes it read: one committed meanwhile (even with a lower id, ids
+        being handed out before commits) stays for the next fold.
+        """
         t, changes = crm_outbox, crm_commission_changes
-        last = conn.execute(sa.select(sa.func.max(changes.c.id))).scalar()
-        if last is None:
+        read = conn.execute(sa.select(changes.c.id, changes.c.partner_id).order_by(changes.c.id).limit(10_000)).all()
+        if not read:
             return 0
-        partners = sorted(set(conn.execute(sa.select(changes.c.partner_id).where(changes.c.id <= last)).scalars()))
+        partners = sorted({partner for _, partner in read})
         # A partner Salesforce has not heard of yet gets a row with no state: it goes out once the
         # partner's own delivery arrives, the commission total with it.
         db.insert_ignore(conn, t, [
@@ -177,19 +210,27 @@ class Outbox:
                 .where(t.c.object == object_name, t.c.external_id.in_(chunk))
                 .values(**_changed(t.c.generation))
             )
-        conn.execute(changes.delete().where(changes.c.id <= last))
+        for chunk in db.chunks([change_id for change_id, _ in read], 500):
+            conn.execute(changes.delete().where(changes.c.id.in_(chunk)))
         return len(partners)
 
-    def due(self, conn: Connection, object_name: str, limit: int = 200) -> list[Pending]:
-        """Rows of ``object_name`` to send now: pending or waiting, their time come, with a state."""
+    def due(self, conn: Connection, object_name: str, signature: str, limit: int = 200) -> list[Pending]:
+        """Rows of ``object_name`` to send now, oldest first: pending or waiting whose time has
+        come, and refused ones whose retry time came or whose mapping changed since (``signature``
+        is the object's mapping now)."""
         t = crm_outbox
+        at = now()
+        time_come = sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= at)
         rows = conn.execute(
             sa.select(t)
             .where(
                 t.c.object == object_name,
-                t.c.status.in_((PENDING, WAITING)),
-                sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= now()),
                 t.c.sync_version.is_not(None),
+                sa.or_(
+                    sa.and_(t.c.status.in_((PENDING, WAITING)), time_come),
+                    sa.and_(t.c.status == FAILED,
+                            sa.or_(t.c.next_attempt_at <= at, t.c.sent_with != signature)),
+                ),
             )
             .order_by(t.c.id)
             .limit(limit)
@@ -200,28 +241,31 @@ class Outbox:
             for r in rows
         ]
 
-    def record(self, conn: Connection, outcomes: list[tuple]) -> None:
-        """Record many outcomes in one statement: (row, status, salesforce id, code, message, retry in).
+    def record(self, conn: Connection, outcomes: Sequence[RowOutcome], signature: str | None) -> None:
+        """Record many outcomes of one object's call in one statement, sent with mapping ``signature``.
 
-        A row that changed since it was read keeps its new, pending version.
+        A row that changed since it was read keeps its new, pending version. Rows are written in
+        external id order, the order every outbox write locks rows in.
         """
         if not outcomes:
             return
         t = crm_outbox
         at = now()
         params = []
-        for row, status, salesforce_id, code, message, retry_in in outcomes:
-            ok = status == SYNCED
+        for o in sorted(outcomes, key=lambda o: o.row.external_id):
+            ok = o.status == SYNCED
             params.append({
-                "b_id": row.id, "b_generation": row.generation, "status": status,
-                "salesforce_id": salesforce_id if ok else None,
+                "b_id": o.row.id, "b_generation": o.row.generation, "status": o.status,
+                "salesforce_id": o.salesforce_id if ok else None,
                 "synced_at": at if ok else None,
-                "synced_generation": row.generation if ok else None,
-                "attempts": 0 if ok else row.attempts + 1,
-                "next_attempt_at": None if ok or retry_in is None else at + timedelta(seconds=retry_in),
-                "error_code": None if ok else (code or "")[:64],
-                "error_message": None if ok else (message or "")[:2000],
+                "synced_generation": o.row.generation if ok else None,
+                "attempts": 0 if ok else o.row.attempts + 1,
+                "next_attempt_at": None if ok or o.retry_in is None else at + timedelta(seconds=o.retry_in),
+                "error_code": None if ok else (o.code or "")[:64],
+                "error_message": None if ok else (o.message or "")[:2000],
                 "error_at": None if ok else at,
+                "waiting_for": o.waiting_for if o.status == WAITING else None,
+                **({"sent_with": signature} if signature is not None else {}),
             })
         columns = [c for c in params[0] if not c.startswith("b_")]
         statement = (
@@ -231,20 +275,21 @@ class Outbox:
         )
         conn.execute(statement, params)
 
-    def postpone(self, conn: Connection, rows: Sequence[Pending], seconds: float, reason: str) -> None:
-        """A whole call failed (timeout, outage): try these rows again later."""
-        t = crm_outbox
-        for row in rows:
-            conn.execute(
-                t.update().where(t.c.id == row.id, t.c.generation == row.generation)
-                .values(attempts=row.attempts + 1, next_attempt_at=now() + timedelta(seconds=seconds),
-                        error_code=UNAVAILABLE, error_message=reason[:2000], error_at=now())
-            )
+    def postpone(self, conn: Connection, rows: Sequence[Pending], reason: str) -> None:
+        """A whole call failed for a passing reason (time-out, outage): these rows are due again
+        at the next flush (whose own backoff decides when), with the reason shown meanwhile."""
+        self.record(conn, [RowOutcome(r, PENDING, code=UNAVAILABLE, message=reason) for r in rows], signature=None)
 
-    def wake_waiting(self, conn: Connection) -> int:
-        """Children waiting for a parent: try them now, since a parent just arrived."""
+    def wake_children_of(self, conn: Connection, parents: Iterable[tuple[str, str]]) -> int:
+        """Records waiting for one of ``parents`` ((object, external id) just synced): try them now."""
+        keys = sorted({f"{obj}/{external_id}" for obj, external_id in parents})
         t = crm_outbox
-        return conn.execute(t.update().where(t.c.status == WAITING).values(next_attempt_at=None)).rowcount
+        woken = 0
+        for chunk in db.chunks(keys, 500):
+            woken += conn.execute(
+                t.update().where(t.c.status == WAITING, t.c.waiting_for.in_(chunk)).values(next_attempt_at=None)
+            ).rowcount
+        return woken
 
     def retry_failed(self, conn: Connection, object_name: str | None = None) -> int:
         """Make failed (and waiting) rows due again: ``partnero-sync crm-retry``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -120,6 +122,21 @@ class SalesforceTarget:
     commission_total: str | None
     #: Whether a delete also deletes the Salesforce record (off: it is only updated).
     hard_delete: bool
+
+    @property
+    def signature(self) -> str:
+        """A short digest of what this section sends: it changes when the mapping does, so
+        records Salesforce refused under the old one are tried again."""
+
+        def field(f: Field) -> list:
+            return [f.name, f.source, repr(f.constant), f.type, [[t.name, repr(t.argument)] for t in f.transforms]]
+
+        described = [
+            self.object, self.external_id, [field(f) for f in self.fields], [field(f) for f in self.on_delete],
+            [[r.name, r.object, r.external_id, field(r.value)] for r in self.references],
+            self.commission_total, self.hard_delete,
+        ]
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,33 @@
+"""How long to wait before trying again: the one retry policy for deliveries, flushes and records.
+
+Exponential with jitter (up to a fifth more), so retries of many failures spread out. The README's
+"Retries" section states the same numbers.
+"""
+
+from __future__ import annotations
+
+import random
+
+#: A batch of deliveries that hit a passing error (the database or Redis away): about four hours
+#: of retries; after that its rows stay pending and the sweeper brings them back (never failed).
+DELIVERY_DELAYS = (10, 30, 90, 300, 900, 1800, 3600, 3600, 3600)
+#: A flush that could not reach Salesforce (an outage, an API limit): quick to notice that it is
+#: back, and never more than about one probe call a minute while it is not.
+FLUSH_DELAYS = (5, 10, 20, 40, 50)  # 50 s and its jitter: a probe at least once a minute
+#: One record Salesforce refused for a passing reason (UNABLE_TO_LOCK_ROW), or whose parent it
+#: does not have yet: tried again by itself, less and less often.
+RECORD_DELAYS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+#: Records of a call Salesforce refused as a whole (a field the org lacks, no access, a session
+#: that cannot be renewed): a person has to act, so a slow probe in case they did.
+REFUSAL_DELAYS = (3600, 2 * 3600, 4 * 3600, 6 * 3600)
+
+
+def delay(schedule: tuple[int, ...], attempt: int, jitter: bool = True) -> float:
+    """Seconds to wait after ``attempt`` failures (0: the first retry), by ``schedule``."""
+    base = schedule[min(max(attempt, 0), len(schedule) - 1)]
+    return base + random.uniform(0, base / 5) if jitter else float(base)
+
+
+def capped(schedule: tuple[int, ...]) -> float:
+    """The longest wait ``schedule`` can give, jitter included."""
+    return schedule[-1] * 1.2

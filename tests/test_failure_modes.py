@@ -1,0 +1,411 @@
+"""Failure modes that once stalled Salesforce sync silently or failed deliveries for a passing
+reason: each test is named for the failure it proves harmless, against the real parts (the HTTPS
+Salesforce stand-in, real RQ workers and processes, PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from rq import Queue, SimpleWorker
+from rq.job import JobStatus
+
+from sync import backoff, db, flushing
+from sync.cli import main
+from sync.crm.outbox import Outbox, crm_commission_changes, crm_outbox
+from sync.inbox import PENDING, Delivery, webhook_events
+from sync.queue import CRM_QUEUE_NAME, QUEUE_NAME
+from sync.samples import CUSTOMER, PARTNER, TRANSACTION, sample_delivery
+from sync.services import Services
+from sync.settings import SalesforceSettings
+from tests.conftest import MAPPINGS, job_for_row
+from tests.fakes.salesforce import FakeSalesforce
+from tests.test_processes import BIN, environment, start, stop, wait_for
+from tests.test_salesforce_sync import RELATIONSHIPS, deliver, outbox_rows, partner, password_login
+from tests.warehouse_helpers import envelope
+
+CONTACT_FIELDS = ["LastName", "FirstName", "Email", "Partnero_Partner_Id__c", "Partnero_Commission_Total__c"]
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    with FakeSalesforce(relationships=RELATIONSHIPS) as fake:
+        fake.define_object("Partnero_Transaction__c")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_bundle)
+        yield fake
+
+
+@pytest.fixture
+def services(settings, fake, redis_conn) -> Services:
+    return Services.build(settings.with_overrides(salesforce=password_login(fake)), redis_conn)
+
+
+def customer(key: str, partner_id: str = "ptn_8c1e6f0a") -> dict:
+    return envelope("customer.created", "2026-03-14T10:02:54Z", **{**CUSTOMER, "key": key, "partner": partner_id})
+
+
+# -- Salesforce refuses a whole call --------------------------------------------------------------
+
+
+def test_a_field_the_org_lacks_is_recorded_on_every_record_of_the_call_and_the_other_objects_go_on(
+        services, fake, settings):
+    # The org has no Partnero_Status__c on Contact: Salesforce refuses each Contact call as a whole.
+    fake.define_object("Contact", prefix="003", required=("LastName",), fields=CONTACT_FIELDS)
+    fake.add("Contact", {"LastName": "Already there", "Partnero_Partner_Id__c": "ptn_old"})
+    deliver(services, *(partner(id=f"ptn_{i}") for i in range(3)), customer("acct_1", "ptn_old"))
+    report = services.flusher().flush()
+
+    assert report.refused_calls == 1 and report.failed == 3
+    assert report.synced == 1  # the Account, whose parent Salesforce already has
+    rows = outbox_rows(services)
+    reason = (f"Contact: field Partnero_Status__c does not exist in this org, or the integration user cannot see "
+              f"it ({MAPPINGS / 'partner.yml'})")
+    for i in range(3):
+        contact = rows[("Contact", f"ptn_{i}")]
+        assert (contact["status"], contact["error_code"], contact["error_message"]) == ("failed", "INVALID_FIELD", reason)
+        assert contact["next_attempt_at"] > datetime.now(timezone.utc) + timedelta(minutes=50)  # a long backoff
+    assert rows[("Account", "acct_1")]["status"] == "synced"
+
+    env = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url, "MAPPINGS_DIR": str(MAPPINGS),
+           "SALESFORCE_USERNAME": fake.username, "SALESFORCE_PASSWORD": fake.password,
+           "SALESFORCE_SECURITY_TOKEN": fake.security_token, "SALESFORCE_DOMAIN": fake.login_domain}
+    errors = CliRunner().invoke(main, ["crm-errors"], env=env)
+    assert errors.output.count("INVALID_FIELD: Contact: field Partnero_Status__c does not exist in this org") == 3
+    status = CliRunner().invoke(main, ["status"], env=env)
+    assert "Contact: 0 pending, 0 waiting, 0 synced, 3 failed" in status.output
+
+    # Not tried again every minute: the next flushes send nothing.
+    calls = fake.count("collections")
+    for _ in range(3):
+        assert services.flusher().flush().calls == 0
+    assert fake.count("collections") == calls
+
+
+def test_records_refused_for_a_missing_field_are_sent_again_once_the_mapping_changes(services, fake, settings, tmp_path,
+                                                                                    redis_conn):
+    fake.define_object("Contact", prefix="003", required=("LastName",), fields=CONTACT_FIELDS)
+    deliver(services, partner())
+    services.flusher().flush()
+    assert outbox_rows(services)[("Contact", "ptn_8c1e6f0a")]["status"] == "failed"
+
+    mappings = tmp_path / "mappings"  # the fix: the mapping stops sending the field the org lacks
+    shutil.copytree(MAPPINGS, mappings)
+    path = mappings / "partner.yml"
+    text = path.read_text().replace("    Partnero_Status__c: data.status\n", "")
+    path.write_text(text.replace("  on_delete:\n    Partnero_Status__c: {value: deleted}\n", ""))
+    fixed = Services.build(settings.with_overrides(salesforce=password_login(fake), mappings_dir=mappings), redis_conn)
+    assert fixed.flusher().flush().synced == 1
+    assert fake.get("Contact", "Partnero_Partner_Id__c", "ptn_8c1e6f0a")["LastName"] == "Lopez"
+
+
+def test_refused_records_are_probed_again_after_their_long_backoff(services, fake):
+    fake.define_object("Contact", prefix="003", required=("LastName",), fields=CONTACT_FIELDS)
+    deliver(services, partner())
+    services.flusher().flush()
+    fake.define_object("Contact", prefix="003", required=("LastName",), fields=None)  # an admin added the field
+    assert services.flusher().flush().calls == 0  # still waiting out its backoff
+    with services.inbox.engine.begin() as conn:
+        conn.execute(crm_outbox.update().values(next_attempt_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+    assert services.flusher().flush().synced == 1
+
+
+@pytest.mark.parametrize("refusal, code", [
+    ("type", "JSON_PARSER_ERROR"), ("access", "INSUFFICIENT_ACCESS"), ("object", "NOT_FOUND")])
+def test_every_whole_call_refusal_is_recorded_with_salesforces_code_and_a_readable_reason(
+        settings, fake, redis_conn, refusal, code):
+    services = Services.build(settings.with_overrides(salesforce=password_login(fake)), redis_conn)
+    odd = {**TRANSACTION, "action": "sale-8123-private"}
+    deliver(services, partner(), customer("acct_000481"), envelope("transaction.created", "2026-03-14T10:15:31Z", **odd))
+    if refusal == "type":
+        fake.define_object("Partnero_Transaction__c", types={"Action__c": "double"})
+    elif refusal == "access":
+        fake.deny("Partnero_Transaction__c")
+    else:
+        with fake._lock:  # the org lacks the custom object altogether
+            del fake._objects["Partnero_Transaction__c"]
+    report = services.flusher().flush()
+    assert report.synced == 2 and report.refused_calls == 1
+    row = outbox_rows(services)[("Partnero_Transaction__c", TRANSACTION["key"])]
+    assert row["status"] == "failed" and row["error_code"] == code
+    assert row["error_message"].startswith("Partnero_Transaction__c: ")
+    assert "transaction.yml" in row["error_message"]
+    assert "sale-8123-private" not in row["error_message"]  # Salesforce's text echoes it; ours does not
+
+
+def test_an_expired_session_that_cannot_be_renewed_is_reported_in_healthz_and_not_retried_in_a_loop(
+        settings, fake, redis_conn):
+    from app import create_app
+
+    session = SalesforceSettings(mode="session", instance_url=fake.instance_url, session_id=fake.issue_session())
+    app = create_app(settings.with_overrides(salesforce=session), redis_connection=redis_conn)
+    services = app.extensions["partnero"]
+    deliver(services, partner())
+    fake.expire_sessions()
+    outcome = services.flushes.run_job()
+    assert "SALESFORCE_SESSION_ID cannot be renewed" in outcome.text
+    health = app.test_client().get("/healthz")
+    assert health.status_code == 200  # the web can still serve: Salesforce is not what it serves
+    body = health.get_json()
+    assert "SALESFORCE_SESSION_ID cannot be renewed" in body["salesforce_problem"]
+    assert any("cannot be renewed" in line for line in body["attention"])
+    # The next flush is held back an hour or more, not every minute.
+    crm = Queue(CRM_QUEUE_NAME, connection=redis_conn)
+    [held] = crm.scheduled_job_registry.get_job_ids()
+    due = crm.scheduled_job_registry.get_scheduled_time(held)
+    assert due > datetime.now(timezone.utc) + timedelta(minutes=55)
+    calls = fake.count("collections")
+    assert services.flushes.request() is False  # the worker's housekeeping asks in vain meanwhile
+    assert fake.count("collections") == calls
+
+
+# -- quick recovery, gentle while refused -----------------------------------------------------------
+
+
+def test_salesforce_back_after_an_outage_gets_the_backlog_within_a_minute_and_is_probed_gently_meanwhile(
+        services, fake, redis_conn):
+    deliver(services, *(partner(id=f"ptn_{i}") for i in range(30)))
+    fake.outage = "503"
+    crm = Queue(CRM_QUEUE_NAME, connection=redis_conn)
+    delays = []
+    for _ in range(8):  # eight failed flushes in a row: each probes once
+        before = fake.count("outage")
+        services.flushes.run_job()
+        assert fake.count("outage") == before + 1
+        [job_id] = crm.scheduled_job_registry.get_job_ids()
+        delays.append((crm.scheduled_job_registry.get_scheduled_time(job_id) - datetime.now(timezone.utc)).total_seconds())
+        crm.scheduled_job_registry.remove(job_id)
+    assert all(d <= 61 for d in delays), delays  # back within a minute of Salesforce's return
+    assert all(d >= 39 for d in delays[4:]), delays  # about one probe a minute while it is away
+    assert {r["next_attempt_at"] for r in outbox_rows(services).values()} == {None}  # due at the next flush
+    fake.outage = None
+    services.flushes.run_job()
+    assert len(fake.records("Contact")) == 30
+
+
+# -- only a delivery's content fails it --------------------------------------------------------------
+
+
+def test_a_job_killed_by_its_timeout_leaves_its_deliveries_pending(pg_url, redis_server_url, redis_conn):
+    from tests.conftest import empty_tables
+    from tests.test_worker import row, store
+
+    empty_tables(pg_url)
+    settings = _settings(pg_url, redis_server_url)
+    [event_id] = store(settings, sample_delivery("partner.created"))
+    services = Services.build(settings, redis_conn)
+    from sync import services as services_module
+
+    services_module.install(services)
+    job = Queue(QUEUE_NAME, connection=redis_conn).enqueue("sync.jobs.process_events", [event_id], job_timeout=2)
+    blocker = db.make_engine(pg_url)
+    held = threading.Event()
+
+    def hold_the_row() -> None:  # another transaction holds the inbox row for longer than the job may run
+        with blocker.begin() as conn:
+            conn.execute(sa.text("SELECT id FROM webhook_events WHERE id = :id FOR UPDATE"), {"id": event_id})
+            held.set()
+            time.sleep(4)
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    assert held.wait(10)
+    SimpleWorker([QUEUE_NAME], connection=redis_conn).work(burst=True)
+    holder.join()
+    blocker.dispose()
+    assert job.get_status(refresh=True) == JobStatus.SCHEDULED  # retried later, not failed
+    pending = row(settings, event_id)
+    assert pending["status"] == "pending" and "interrupted" in pending["last_error"]
+
+
+def test_a_worker_killed_mid_job_leaves_its_deliveries_pending_for_the_next_worker(pg_url, redis_server_url,
+                                                                                  redis_conn, tmp_path):
+    from tests.conftest import empty_tables
+    from tests.test_worker import row, store
+
+    empty_tables(pg_url)
+    settings = _settings(pg_url, redis_server_url)
+    ids = store(settings, *(sample_delivery("partner.created", id=f"ptn_{i}") for i in range(3)), enqueue_to=redis_conn)
+    env = environment(DATABASE_URL=pg_url, REDIS_URL=redis_server_url, LOG_FORMAT="text")
+    blocker = db.make_engine(pg_url)
+    conn = blocker.connect()
+    transaction = conn.begin()
+    # Another transaction holds an inbox row: the worker's job waits on it, mid-job, when it is killed.
+    conn.execute(sa.text("SELECT id FROM webhook_events WHERE id = :id FOR UPDATE"), {"id": ids[0]})
+    worker = start(f"{BIN}/partnero-sync worker", env, cwd=tmp_path)
+    try:
+        job = job_for_row(redis_conn, ids[0])
+        wait_for(lambda: job.get_status(refresh=True) == JobStatus.STARTED, what="the job to start")
+        time.sleep(0.5)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+    finally:
+        transaction.rollback()
+        conn.close()
+        blocker.dispose()
+    assert {row(settings, i)["status"] for i in ids} == {"pending"}
+    # The next worker's sweep finds them (their job died with the worker) and applies them.
+    with db.engine_for(pg_url).begin() as c:
+        c.execute(webhook_events.update().values(received_at=datetime.now(timezone.utc) - timedelta(hours=1)))
+    redis_conn.delete(*redis_conn.keys("partnero-sync:inbox-row:*"))
+    from sync.worker import build_worker
+
+    build_worker(settings, redis_conn).work(burst=True)
+    assert [row(settings, i)["status"] for i in ids] == ["processed"] * 3
+
+
+def test_a_schema_that_lags_the_mappings_leaves_deliveries_pending_until_it_is_migrated(database_url, redis_conn,
+                                                                                       tmp_path):
+    from sync import schema
+    from tests.test_worker import row, store
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, mappings)
+    path = mappings / "partner.yml"
+    path.write_text(path.read_text().replace("    status: data.status\n",
+                                             "    status: data.status\n    brand_new_column: data.key\n", 1))
+    settings = _settings(database_url, redis_conn.connection_pool.connection_kwargs and "redis://127.0.0.1:6379/15")
+    settings = settings.with_overrides(mappings_dir=mappings)
+    [event_id] = store(settings, sample_delivery("partner.created"))
+    services = Services.build(settings, redis_conn)  # the worker's new mappings, before any migration
+    events = services.inbox.begin_attempts([event_id])
+    from sync.errors import TransientError
+
+    with pytest.raises(TransientError):
+        services.processor.process_batch(events)
+    assert row(settings, event_id)["status"] == "pending"
+    try:
+        schema.migrate(services.inbox.engine, services.warehouse)
+        assert services.processor.process_batch(services.inbox.begin_attempts([event_id])).processed == [event_id]
+    finally:
+        with services.inbox.engine.begin() as conn:  # leave the shared database as the others expect it
+            conn.execute(sa.text("ALTER TABLE partners DROP COLUMN brand_new_column"))
+
+
+def _settings(database_url: str, redis_url: str):
+    from sync.settings import Settings
+
+    return Settings(webhook_secrets=("s",), database_url=database_url, redis_url=redis_url, mappings_dir=MAPPINGS)
+
+
+# -- the flush under concurrency and restarts ---------------------------------------------------------
+
+
+def test_a_flush_worker_killed_with_sigkill_holds_up_the_next_flush_by_seconds(pg_url, redis_server_url, redis_conn,
+                                                                               fake, tmp_path):
+    from tests.conftest import empty_tables
+
+    empty_tables(pg_url)
+    fake.latency = 0.5
+    settings = _settings(pg_url, redis_server_url).with_overrides(salesforce=password_login(fake))
+    services = Services.build(settings, redis_conn)
+    deliver(services, *(partner(id=f"ptn_{i:04d}") for i in range(2000)))  # ten calls of 200
+    env = environment(DATABASE_URL=pg_url, REDIS_URL=redis_server_url, LOG_FORMAT="text",
+                      SALESFORCE_USERNAME=fake.username, SALESFORCE_PASSWORD=fake.password,
+                      SALESFORCE_SECURITY_TOKEN=fake.security_token, SALESFORCE_DOMAIN=fake.login_domain,
+                      REQUESTS_CA_BUNDLE=fake.ca_bundle)
+    services.flushes.request()
+    worker = start(f"{BIN}/partnero-sync worker", env, cwd=tmp_path)
+    try:
+        wait_for(lambda: fake.count("collections") >= 2, what="the flush to be under way")
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert redis_conn.exists(flushing.LOCK)  # the dead flush's lock is still there
+    killed_at = time.monotonic()
+    fake.latency = 0
+    report = services.flushes.run_foreground(wait_seconds=flushing.LOCK_SECONDS + 5)
+    assert time.monotonic() - killed_at <= flushing.LOCK_SECONDS + 5
+    assert len(fake.records("Contact")) == 2000 and report.synced + fake.count("collections") >= 10
+
+
+def test_sigterm_stops_a_flush_between_calls_and_a_fresh_job_carries_on(pg_url, redis_server_url, redis_conn, fake,
+                                                                       tmp_path):
+    from tests.conftest import empty_tables
+
+    empty_tables(pg_url)
+    fake.latency = 0.4
+    settings = _settings(pg_url, redis_server_url).with_overrides(salesforce=password_login(fake))
+    services = Services.build(settings, redis_conn)
+    deliver(services, *(partner(id=f"ptn_{i:04d}") for i in range(2000)))
+    env = environment(DATABASE_URL=pg_url, REDIS_URL=redis_server_url, LOG_FORMAT="text",
+                      SALESFORCE_USERNAME=fake.username, SALESFORCE_PASSWORD=fake.password,
+                      SALESFORCE_SECURITY_TOKEN=fake.security_token, SALESFORCE_DOMAIN=fake.login_domain,
+                      REQUESTS_CA_BUNDLE=fake.ca_bundle)
+    services.flushes.request()
+    worker = start(f"{BIN}/partnero-sync worker", env, cwd=tmp_path)
+    wait_for(lambda: fake.count("collections") >= 2, what="the flush to be under way")
+    stopped_at = time.monotonic()
+    output = stop(worker, timeout=20)
+    assert worker.returncode == 0, output
+    assert time.monotonic() - stopped_at < 5  # between two calls, not after all ten
+    sent = len(fake.records("Contact"))
+    assert 0 < sent < 2000
+    assert not redis_conn.exists(flushing.LOCK)  # released on the way out
+    # The next worker picks up the hand-over job and sends the rest.
+    fake.latency = 0
+    from sync.worker import build_worker
+
+    build_worker(settings, redis_conn).work(burst=True)
+    assert len(fake.records("Contact")) == 2000
+
+
+def test_crm_flush_takes_the_workers_lock(services, fake, redis_conn):
+    deliver(services, partner())
+    lock = redis_conn.lock(flushing.LOCK, timeout=30)
+    assert lock.acquire(blocking=False)
+    from sync.errors import TransientError
+
+    with pytest.raises(TransientError, match="held the lock"):
+        services.flushes.run_foreground(wait_seconds=1)
+    assert fake.count("collections") == 0
+    lock.release()
+    assert services.flushes.run_foreground().synced == 1
+
+
+def test_the_fold_never_deletes_a_change_committed_while_it_ran(pg_url, redis_conn, fake, settings):
+    from tests.conftest import empty_tables
+
+    empty_tables(pg_url)
+    services = Services.build(_settings(pg_url, "redis://127.0.0.1:6379/15").with_overrides(
+        salesforce=password_login(fake)), redis_conn)
+    deliver(services, partner())
+    outbox = Outbox()
+    engine = db.engine_for(pg_url)
+    writer = engine.connect()
+    writing = writer.begin()
+    # A worker's transaction takes an id for its change, and has not committed yet...
+    outbox.note_commission_change(writer, ["ptn_8c1e6f0a"])
+    # ...while another worker's change, with a later id, commits, and a flush folds.
+    with engine.begin() as conn:
+        outbox.note_commission_change(conn, ["ptn_other"])
+    with engine.begin() as conn:
+        assert outbox.fold_commission_changes(conn, "Contact", "partner") == 1
+    writing.commit()
+    writer.close()
+    with engine.connect() as conn:
+        left = [p for (p,) in conn.execute(sa.select(crm_commission_changes.c.partner_id))]
+    assert left == ["ptn_8c1e6f0a"]  # the next fold sees it
+
+
+def test_a_record_waiting_for_a_parent_that_never_arrives_follows_its_backoff(services, fake):
+    deliver(services, customer("acct_orphan", "ptn_never"), customer("acct_child", "ptn_8c1e6f0a"))
+    services.flusher().flush()
+    rows = outbox_rows(services)
+    assert rows[("Account", "acct_orphan")]["waiting_for"] == "Contact/ptn_never"
+    orphan_due = rows[("Account", "acct_orphan")]["next_attempt_at"]
+    deliver(services, partner())  # acct_child's parent arrives, and syncs
+    report = services.flusher().flush()
+    assert report.synced == 2  # the partner, and the child it woke
+    after = outbox_rows(services)[("Account", "acct_orphan")]
+    assert after["status"] == "waiting" and after["next_attempt_at"] == orphan_due  # not woken by another's parent
