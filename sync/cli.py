@@ -235,9 +235,7 @@ def requeue_failed(since: datetime | None, event_type: str | None, dry_run: bool
     """Retry failed deliveries, after fixing what failed them (a mapping, the warehouse, a bug).
 
     Sets the matching failed deliveries back to pending, 1,000 at a time, and enqueues them for
-    the workers. Their attempts count afresh (so they are not given up at once), and their last
-    error stays until a retry succeeds. Jobs in RQ's failed registry none of whose deliveries is
-    still failed are deleted, so `status` stops reporting them.
+    the workers. Their attempts count afresh, and their last error stays until a retry succeeds.
 
     If Redis cannot take the jobs, the deliveries are set back to pending all the same: the
     worker's sweeper enqueues them once Redis answers. It says so and exits 0, since nothing
@@ -254,8 +252,6 @@ def requeue_failed(since: datetime | None, event_type: str | None, dry_run: bool
         return
     result = run_requeue(services.inbox, services.jobs, since=_utc(since), event_type=event_type)
     click.echo(f"requeued {result.requeued} failed deliveries, {result.enqueued} enqueued")
-    if result.discarded_jobs:
-        click.echo(f"deleted {result.discarded_jobs} jobs these retries replace from RQ's failed registry")
     if result.redis_error is not None:
         click.echo(
             f"Redis could not take the jobs ({result.redis_error}): the deliveries are pending, and the "

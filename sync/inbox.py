@@ -16,7 +16,7 @@ from functools import cached_property
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync.db import chunks, explain, is_transient, metadata
+from sync.db import explain, is_transient, metadata
 from sync.errors import PermanentError, TransientError
 from sync.sqltypes import BODY, KEY, UTCDateTime
 
@@ -404,15 +404,6 @@ class Inbox:
                 return
             yield rows
             after_id = rows[-1][0]
-
-    def failed_among(self, event_ids: Sequence[int]) -> set[int]:
-        """The rows among ``event_ids`` that are failed."""
-        t = webhook_events
-        found: set[int] = set()
-        with self._transaction() as conn:
-            for ids in chunks(sorted(set(event_ids)), 1000):
-                found.update(conn.execute(sa.select(t.c.id).where(t.c.id.in_(ids), t.c.status == FAILED)).scalars())
-        return found
 
     def prunable(self, before: datetime) -> Pruned:
         """What ``prune(before)`` would drop now, without dropping it."""

@@ -115,27 +115,6 @@ class JobQueue:
         except redis.RedisError as exc:
             raise TransientError(f"could not read job states: {exc}") from exc
 
-    def failed_deliveries(self) -> dict[str, list[int]]:
-        """The jobs in RQ's failed registry that processed inbox rows: job id -> the rows it carried."""
-        try:
-            job_ids = self.queue.failed_job_registry.get_job_ids()
-            jobs = Job.fetch_many(job_ids, connection=self.connection)
-        except redis.RedisError as exc:
-            raise TransientError(f"could not read RQ's failed jobs: {exc}") from exc
-        return {job.id: list(job.args[0]) for job in jobs if job is not None and job.func_name == PROCESS_EVENTS}
-
-    def discard_failed(self, job_ids: Iterable[str]) -> None:
-        """Delete these jobs from RQ's failed registry (their rows are being retried by newer jobs)."""
-        ids = list(job_ids)
-        registry = self.queue.failed_job_registry
-        try:
-            for job_id, job in zip(ids, Job.fetch_many(ids, connection=self.connection)):
-                registry.remove(job_id)
-                if job is not None:
-                    job.delete()
-        except redis.RedisError as exc:
-            raise TransientError(f"could not discard RQ's failed jobs: {exc}") from exc
-
     def enqueue_flush(self, delay: float | None = None) -> str:
         """Put a Salesforce flush job on the CRM queue, now or after ``delay`` seconds; returns its id.
 

@@ -17,8 +17,6 @@ class RequeueResult:
     requeued: int = 0
     #: Of those, rows carried by new jobs; the rest wait for the sweeper.
     enqueued: int = 0
-    #: Jobs deleted from RQ's failed registry because none of their rows is failed any more.
-    discarded_jobs: int = 0
     #: Why Redis could not take the jobs (None: it could).
     redis_error: str | None = None
 
@@ -43,22 +41,4 @@ def requeue_failed(inbox: Inbox, jobs: JobQueue, since: datetime | None = None, 
                 except TransientError as exc:
                     result.redis_error = str(exc)
             bar.update(len(rows))
-    if result.requeued and result.redis_error is None:
-        try:
-            result.discarded_jobs = discard_superseded(inbox, jobs)
-        except TransientError as exc:
-            result.redis_error = str(exc)
     return result
-
-
-def discard_superseded(inbox: Inbox, jobs: JobQueue) -> int:
-    """Delete the jobs in RQ's failed registry none of whose rows is failed any more; returns how many.
-
-    Their failures are history once their rows are retried, and left there they would keep
-    `partnero-sync status` reporting failed jobs.
-    """
-    failed_jobs = jobs.failed_deliveries()
-    still_failed = inbox.failed_among([i for rows in failed_jobs.values() for i in rows])
-    superseded = [job_id for job_id, rows in failed_jobs.items() if still_failed.isdisjoint(rows)]
-    jobs.discard_failed(superseded)
-    return len(superseded)
