@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from flask import (Blueprint, Flask, abort, current_app, flash, redirect, render_template, request,
-                   url_for)
+from flask import Blueprint, Flask, abort, current_app, flash, redirect, render_template, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 

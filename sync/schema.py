@@ -16,8 +16,9 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync import db, inbox, ledger
-from sync.crm import outbox  # noqa: F401 - defines its tables on db.metadata
+# Imported for their tables: each module defines its own on db.metadata.
+from sync import db, inbox, ledger  # noqa: F401
+from sync.crm import outbox  # noqa: F401
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from sync.crm.outbox import SYNCED as CRM_SYNCED
 from sync.inbox import STATUSES
 from sync.stats import UNKNOWN, Snapshot, backlog, duration
 
-
 #: How the sources ``Snapshot.unavailable`` names are written for a person.
 _SOURCES = {"database": "database", "redis": "Redis"}
 

@@ -58,8 +58,9 @@ def redis_conn(redis_server_url) -> Iterator[redis.Redis]:
     connection.close()
 
 
-def _server_database(server: str, admin_url: str, name: str, create: str, drop: str, **engine_options):
-    """A fresh database on a real server for this test session, with the schema; dropped at the end."""
+def _server_database(server: str, admin_url: str, name: str, create: str, drop: str, with_schema: bool = True,
+                     **engine_options):
+    """A fresh database on a real server (with the schema, unless told not to); dropped at the end."""
     admin_url = normalize_database_url(admin_url)
     try:
         admin = sa.create_engine(admin_url, connect_args={"connect_timeout": 3}, **engine_options)
@@ -69,27 +70,37 @@ def _server_database(server: str, admin_url: str, name: str, create: str, drop: 
     except sa.exc.OperationalError as exc:
         _unavailable(server, exc)
     url = admin_url.rsplit("/", 1)[0] + f"/{name}"
-    migrate(url)
+    if with_schema:
+        migrate(url)
     yield url
     db.engine_for(url).dispose()
     with admin.begin() as conn:
         conn.execute(sa.text(drop))
+    admin.dispose()
+
+
+def postgres_database(name: str, with_schema: bool = True) -> Iterator[str]:
+    yield from _server_database(
+        "PostgreSQL", PG_ADMIN_URL, name, f"CREATE DATABASE {name}", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
+        with_schema, isolation_level="AUTOCOMMIT",
+    )
+
+
+def mariadb_database(name: str, with_schema: bool = True) -> Iterator[str]:
+    yield from _server_database(
+        "MariaDB", MARIADB_ADMIN_URL, name, f"CREATE DATABASE {name} CHARACTER SET utf8mb4",
+        f"DROP DATABASE IF EXISTS {name}", with_schema,
+    )
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    yield from _server_database(
-        "PostgreSQL", PG_ADMIN_URL, PG_TEST_DB, f"CREATE DATABASE {PG_TEST_DB}",
-        f"DROP DATABASE IF EXISTS {PG_TEST_DB} WITH (FORCE)", isolation_level="AUTOCOMMIT",
-    )
+    yield from postgres_database(PG_TEST_DB)
 
 
 @pytest.fixture(scope="session")
 def mariadb_url() -> Iterator[str]:
-    yield from _server_database(
-        "MariaDB", MARIADB_ADMIN_URL, MARIADB_TEST_DB, f"CREATE DATABASE {MARIADB_TEST_DB} CHARACTER SET utf8mb4",
-        f"DROP DATABASE IF EXISTS {MARIADB_TEST_DB}",
-    )
+    yield from mariadb_database(MARIADB_TEST_DB)
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
@@ -180,6 +191,33 @@ def live_server(app) -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     thread.join(timeout=5)
+
+
+#: How the stand-in resolves the relationships the shipped mappings use.
+RELATIONSHIPS = {
+    ("Account", "Partnero_Partner__r"): ("Contact", "Partnero_Partner_Id__c"),
+    ("Partnero_Transaction__c", "Partnero_Customer__r"): ("Account", "Partnero_Customer_Key__c"),
+    ("Partnero_Transaction__c", "Partnero_Partner__r"): ("Contact", "Partnero_Partner_Id__c"),
+}
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """The HTTPS Salesforce stand-in with the objects the shipped mappings write, trusted by this
+    process (``REQUESTS_CA_BUNDLE``); see ``salesforce_env`` for a child process."""
+    from tests.fakes.salesforce import FakeSalesforce
+
+    with FakeSalesforce(relationships=RELATIONSHIPS) as fake:
+        fake.define_object("Partnero_Transaction__c")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_bundle)
+        yield fake
+
+
+def salesforce_env(fake) -> dict[str, str]:
+    """The variables of a password login to the stand-in, for a worker started as a process."""
+    return {"SALESFORCE_USERNAME": fake.username, "SALESFORCE_PASSWORD": fake.password,
+            "SALESFORCE_SECURITY_TOKEN": fake.security_token, "SALESFORCE_DOMAIN": fake.login_domain,
+            "REQUESTS_CA_BUNDLE": fake.ca_bundle}
 
 
 def signed(document: dict | bytes, secret: str = SECRETS[0], header: str = "Signature") -> tuple[bytes, dict]:

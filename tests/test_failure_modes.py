@@ -4,11 +4,9 @@ Salesforce stand-in, real RQ workers and processes, PostgreSQL)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -19,29 +17,21 @@ from click.testing import CliRunner
 from rq import Queue, SimpleWorker
 from rq.job import JobStatus
 
-from sync import backoff, db, flushing
+from sync import db, flushing
 from sync.cli import main
 from sync.crm.outbox import Outbox, crm_commission_changes, crm_outbox
-from sync.inbox import PENDING, Delivery, webhook_events
+from sync.inbox import webhook_events
 from sync.queue import CRM_QUEUE_NAME, QUEUE_NAME
-from sync.samples import CUSTOMER, PARTNER, TRANSACTION, sample_delivery
+from sync.samples import CUSTOMER, TRANSACTION, sample_delivery
 from sync.services import Services
 from sync.settings import SalesforceSettings
-from tests.conftest import MAPPINGS, job_for_row
-from tests.fakes.salesforce import FakeSalesforce
+from tests.conftest import MAPPINGS, job_for_row, salesforce_env
 from tests.test_processes import BIN, environment, start, stop, wait_for
-from tests.test_salesforce_sync import RELATIONSHIPS, deliver, outbox_rows, partner, password_login
+from tests.test_salesforce_sync import deliver, outbox_rows, partner, password_login
 from tests.warehouse_helpers import envelope
 
 CONTACT_FIELDS = ["LastName", "FirstName", "Email", "Partnero_Partner_Id__c", "Partnero_Commission_Total__c"]
 
-
-@pytest.fixture
-def fake(monkeypatch):
-    with FakeSalesforce(relationships=RELATIONSHIPS) as fake:
-        fake.define_object("Partnero_Transaction__c")
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_bundle)
-        yield fake
 
 
 @pytest.fixture
@@ -76,8 +66,7 @@ def test_a_field_the_org_lacks_is_recorded_on_every_record_of_the_call_and_the_o
     assert rows[("Account", "acct_1")]["status"] == "synced"
 
     env = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url, "MAPPINGS_DIR": str(MAPPINGS),
-           "SALESFORCE_USERNAME": fake.username, "SALESFORCE_PASSWORD": fake.password,
-           "SALESFORCE_SECURITY_TOKEN": fake.security_token, "SALESFORCE_DOMAIN": fake.login_domain}
+           **salesforce_env(fake)}
     errors = CliRunner().invoke(main, ["crm-errors"], env=env)
     assert errors.output.count("INVALID_FIELD: Contact: field Partnero_Status__c does not exist in this org") == 3
     status = CliRunner().invoke(main, ["status"], env=env)
@@ -308,10 +297,7 @@ def test_a_flush_worker_killed_with_sigkill_holds_up_the_next_flush_by_seconds(p
     settings = _settings(pg_url, redis_server_url).with_overrides(salesforce=password_login(fake))
     services = Services.build(settings, redis_conn)
     deliver(services, *(partner(id=f"ptn_{i:04d}") for i in range(2000)))  # ten calls of 200
-    env = environment(DATABASE_URL=pg_url, REDIS_URL=redis_server_url, LOG_FORMAT="text",
-                      SALESFORCE_USERNAME=fake.username, SALESFORCE_PASSWORD=fake.password,
-                      SALESFORCE_SECURITY_TOKEN=fake.security_token, SALESFORCE_DOMAIN=fake.login_domain,
-                      REQUESTS_CA_BUNDLE=fake.ca_bundle)
+    env = environment(DATABASE_URL=pg_url, REDIS_URL=redis_server_url, LOG_FORMAT="text", **salesforce_env(fake))
     services.flushes.request()
     worker = start(f"{BIN}/partnero-sync worker", env, cwd=tmp_path)
     try:
@@ -338,10 +324,7 @@ def test_sigterm_stops_a_flush_between_calls_and_a_fresh_job_carries_on(pg_url, 
     settings = _settings(pg_url, redis_server_url).with_overrides(salesforce=password_login(fake))
     services = Services.build(settings, redis_conn)
     deliver(services, *(partner(id=f"ptn_{i:04d}") for i in range(2000)))
-    env = environment(DATABASE_URL=pg_url, REDIS_URL=redis_server_url, LOG_FORMAT="text",
-                      SALESFORCE_USERNAME=fake.username, SALESFORCE_PASSWORD=fake.password,
-                      SALESFORCE_SECURITY_TOKEN=fake.security_token, SALESFORCE_DOMAIN=fake.login_domain,
-                      REQUESTS_CA_BUNDLE=fake.ca_bundle)
+    env = environment(DATABASE_URL=pg_url, REDIS_URL=redis_server_url, LOG_FORMAT="text", **salesforce_env(fake))
     services.flushes.request()
     worker = start(f"{BIN}/partnero-sync worker", env, cwd=tmp_path)
     wait_for(lambda: fake.count("collections") >= 2, what="the flush to be under way")

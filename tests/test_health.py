@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from sync.samples import CUSTOMER, PARTNER, sample_delivery
 from tests.conftest import signed
-from tests.fakes.salesforce import FakeSalesforce
-from tests.test_salesforce_sync import RELATIONSHIPS, deliver, password_login
+from tests.test_salesforce_sync import deliver, password_login
 from tests.warehouse_helpers import envelope
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    with FakeSalesforce(relationships=RELATIONSHIPS) as fake:
-        fake.define_object("Partnero_Transaction__c")
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_bundle)
-        yield fake
 
 
 def test_healthz_stays_200_with_a_backlog_failures_and_refusals_and_reports_them(settings, fake, redis_conn):

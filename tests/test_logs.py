@@ -7,14 +7,12 @@ import json
 import logging
 import subprocess
 
-import pytest
 import sqlalchemy as sa
 
 from sync import db, logs
 from sync.inbox import webhook_events
 from sync.samples import sample_delivery
-from tests.conftest import signed
-from tests.fakes.salesforce import FakeSalesforce
+from tests.conftest import salesforce_env, signed
 from tests.test_processes import environment, free_port, get, post, procfile, start, statuses, stop, wait_for
 
 WEBHOOK_SECRET = "whsec_Zq8!never-in-a-log"
@@ -27,15 +25,9 @@ PRIVATE = {  # payload values that must never leave the inbox's body column
 BAD_AMOUNT = "98,765.4321-not-a-number"
 
 
-def _values(fake: FakeSalesforce) -> list[str]:
+def _values(fake) -> list[str]:
     return [WEBHOOK_SECRET, DASHBOARD_PASSWORD, fake.password, fake.security_token, *PRIVATE.values(), BAD_AMOUNT]
 
-
-@pytest.fixture
-def fake(monkeypatch):
-    with FakeSalesforce() as fake:
-        fake.define_object("Partnero_Transaction__c")
-        yield fake
 
 
 def test_the_processes_log_json_lines_without_secrets_or_payload_values(pg_url, redis_server_url, redis_conn,
@@ -44,9 +36,7 @@ def test_the_processes_log_json_lines_without_secrets_or_payload_values(pg_url, 
     env = environment(
         DATABASE_URL=pg_url, REDIS_URL=redis_server_url, PARTNERO_WEBHOOK_SECRET=WEBHOOK_SECRET, PORT=str(port),
         RQ_DASHBOARD_USERNAME="ops", RQ_DASHBOARD_PASSWORD=DASHBOARD_PASSWORD,
-        SALESFORCE_USERNAME=fake.username, SALESFORCE_PASSWORD=fake.password,
-        SALESFORCE_SECURITY_TOKEN=fake.security_token, SALESFORCE_DOMAIN=fake.login_domain,
-        REQUESTS_CA_BUNDLE=fake.ca_bundle,
+        **salesforce_env(fake),
     )
     env.pop("LOG_FORMAT", None)  # the default: JSON, since the output is not a terminal
     release = subprocess.run(["/bin/sh", "-c", procfile()["release"]], env=env, capture_output=True, text=True)

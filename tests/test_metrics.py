@@ -30,9 +30,8 @@ from sync.samples import CUSTOMER, sample_delivery
 from sync.settings import MAX_BODY_BYTES, DashboardSettings
 from sync.worker import build_worker
 from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL, SECRETS, empty_tables, signed
-from tests.fakes.salesforce import FakeSalesforce
 from tests.test_processes import environment, free_port, procfile, start, wait_for
-from tests.test_salesforce_sync import RELATIONSHIPS, deliver, partner, password_login
+from tests.test_salesforce_sync import deliver, partner, password_login
 from tests.warehouse_helpers import envelope
 
 URL = "/webhooks/partnero"
@@ -224,13 +223,6 @@ def test_without_credentials_metrics_are_open(client, redis_conn):
     assert response.content_type == CONTENT_TYPE_LATEST
     assert "# HELP partnero_sync_deliveries_received_total " in response.get_data(as_text=True)
 
-
-@pytest.fixture
-def fake(monkeypatch):
-    with FakeSalesforce(relationships=RELATIONSHIPS) as fake:
-        fake.define_object("Partnero_Transaction__c")
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_bundle)
-        yield fake
 
 
 def test_salesforce_calls_and_refusals_are_counted_by_object_and_code(settings, fake, redis_conn, tmp_path):

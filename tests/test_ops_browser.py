@@ -19,8 +19,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from app import create_app
 from sync.samples import sample_delivery
 from tests.conftest import _unavailable, migrate
-from tests.ops_helpers import (AUTH, fix_customer_identity, friend_customer, ops_settings, post,
-                               unparseable_amount, work)
+from tests.ops_helpers import AUTH, fix_customer_identity, friend_customer, ops_settings, post, unparseable_amount, work
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

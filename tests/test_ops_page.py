@@ -19,9 +19,17 @@ from sync.queue import CRM_QUEUE_NAME, QUEUE_NAME
 from sync.samples import sample_delivery
 from sync.settings import DashboardSettings, SalesforceSettings
 from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL
-from tests.ops_helpers import (AUTH, Page, fix_customer_identity, friend_customer, ops_settings, post,
-                               unparseable_amount, work)
-from tests.test_salesforce_sync import fake, password_login  # noqa: F401 - the fixture
+from tests.ops_helpers import (
+    AUTH,
+    Page,
+    fix_customer_identity,
+    friend_customer,
+    ops_settings,
+    post,
+    unparseable_amount,
+    work,
+)
+from tests.test_salesforce_sync import password_login
 
 #: What a browser sends with a form posted from one of the pages the test client gets.
 SAME_ORIGIN = {**AUTH, "Origin": "http://localhost"}
@@ -195,7 +203,7 @@ def test_a_sale_shows_which_delivery_won_and_the_ledger_of_its_transaction(clien
     assert f"/ops/deliveries/{update}" in first.links
     assert "amount 159 " in first.text("warehouse")
     ledger = first.text("ledger")
-    assert f"1 commission ptn_8c1e6f0a#1 ptn_8c1e6f0a 44.7 USD review_period 2026-03-14 10:15:30 this delivery" in ledger
+    assert "1 commission ptn_8c1e6f0a#1 ptn_8c1e6f0a 44.7 USD review_period 2026-03-14 10:15:30 this delivery" in ledger
     assert f"reversal ptn_8c1e6f0a#1 ptn_8c1e6f0a -44.7 USD review_period 2026-03-20 00:00:00 #{refund}" in ledger
     assert first.text("ledger-summary") == "1 of 2 entries were booked by this delivery (highlighted)."
 

@@ -13,32 +13,18 @@ from rq import Queue
 
 from sync.cli import main
 from sync.crm.outbox import crm_outbox
-from sync.errors import ConfigurationError, TransientError
+from sync.errors import TransientError
 from sync.inbox import PENDING, Delivery
 from sync.queue import QUEUE_NAME, PartneroWorker
 from sync.samples import CUSTOMER, PARTNER, TRANSACTION, sample_delivery
 from sync.services import Services
 from sync.settings import SalesforceSettings
 from sync.worker import build_worker
-from tests.fakes.salesforce import FakeSalesforce
+from tests.conftest import salesforce_env
 from tests.warehouse_helpers import envelope
 
-RELATIONSHIPS = {
-    ("Account", "Partnero_Partner__r"): ("Contact", "Partnero_Partner_Id__c"),
-    ("Partnero_Transaction__c", "Partnero_Customer__r"): ("Account", "Partnero_Customer_Key__c"),
-    ("Partnero_Transaction__c", "Partnero_Partner__r"): ("Contact", "Partnero_Partner_Id__c"),
-}
 
-
-@pytest.fixture
-def fake(monkeypatch):
-    with FakeSalesforce(relationships=RELATIONSHIPS) as fake:
-        fake.define_object("Partnero_Transaction__c")
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_bundle)
-        yield fake
-
-
-def password_login(fake: FakeSalesforce) -> SalesforceSettings:
+def password_login(fake) -> SalesforceSettings:
     return SalesforceSettings(mode="password", username=fake.username, password=fake.password,
                               security_token=fake.security_token, domain=fake.login_domain)
 
@@ -181,8 +167,7 @@ def test_cli_lists_crm_errors_and_retries_them(services, fake, settings):
     deliver(services, partner())
     services.flusher().flush()
     env = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url, "MAPPINGS_DIR": str(settings.mappings_dir),
-           "SALESFORCE_USERNAME": fake.username, "SALESFORCE_PASSWORD": fake.password,
-           "SALESFORCE_SECURITY_TOKEN": fake.security_token, "SALESFORCE_DOMAIN": fake.login_domain}
+           **salesforce_env(fake)}
     listed = CliRunner().invoke(main, ["crm-errors"], env=env)
     assert listed.exit_code == 0, listed.output
     assert "failed   Contact ptn_8c1e6f0a: REQUIRED_FIELD_MISSING: Required fields are missing: [Region__c]" in listed.output

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from sync import db, schema
 from sync.inbox import Delivery, Inbox
-from tests.conftest import MAPPINGS, MARIADB_ADMIN_URL, PG_ADMIN_URL, _unavailable
+from tests.conftest import MAPPINGS, mariadb_database, postgres_database
 
 FRESH_DB = f"partnero_sync_schema_{os.getpid()}"
 BIN = Path(sys.executable).parent
@@ -34,29 +34,10 @@ def _empty_database(kind: str, tmp_path: Path) -> Iterator[str]:
     """An empty database of ``kind``, made for one test and dropped after it."""
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
-        return
-    if kind == "postgresql":
-        admin_url, options = PG_ADMIN_URL, {"isolation_level": "AUTOCOMMIT"}
-        drop, create = f"DROP DATABASE IF EXISTS {FRESH_DB} WITH (FORCE)", f"CREATE DATABASE {FRESH_DB}"
+    elif kind == "postgresql":
+        yield from postgres_database(FRESH_DB, with_schema=False)
     else:
-        admin_url, options = MARIADB_ADMIN_URL, {}
-        drop, create = f"DROP DATABASE IF EXISTS {FRESH_DB}", f"CREATE DATABASE {FRESH_DB} CHARACTER SET utf8mb4"
-    from sync.settings import normalize_database_url
-
-    admin_url = normalize_database_url(admin_url)
-    try:
-        admin = sa.create_engine(admin_url, connect_args={"connect_timeout": 3}, **options)
-        with admin.begin() as conn:
-            conn.execute(sa.text(drop))
-            conn.execute(sa.text(create))
-    except sa.exc.OperationalError as exc:
-        _unavailable(kind, exc)
-    url = admin_url.rsplit("/", 1)[0] + f"/{FRESH_DB}"
-    yield url
-    db.engine_for(url).dispose()
-    with admin.begin() as conn:
-        conn.execute(sa.text(drop))
-    admin.dispose()
+        yield from mariadb_database(FRESH_DB, with_schema=False)
 
 
 def test_the_migrations_build_exactly_the_tables_the_code_defines(empty_url):
