@@ -154,7 +154,7 @@ class FlushCoordinator:
         self.redis.expire(FAILURES, 24 * 3600)
         delay = backoff.delay(backoff.FLUSH_DELAYS, failures - 1)
         self.request(delay, force=True)
-        text = f"Salesforce unreachable ({exc}); the records wait in the outbox, next try in {delay:.0f} s"
+        text = f"could not flush ({exc}); the records wait in the outbox, next try in {delay:.0f} s"
         log.warning("Salesforce flush: %s", text)
         return text
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
@@ -16,8 +16,8 @@ from functools import cached_property
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync.db import explain, is_transient, metadata
-from sync.errors import PermanentError, TransientError
+from sync.db import metadata, transaction
+from sync.errors import PermanentError
 from sync.sqltypes import BODY, KEY, UTCDateTime
 
 PENDING = "pending"
@@ -483,13 +483,5 @@ class Inbox:
         with self._transaction() as conn:
             conn.execute(sa.select(webhook_events.c.id).limit(0)).all()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
-        """``engine.begin()`` that turns "the database is away" into ``TransientError``."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as exc:
-            if is_transient(exc):
-                raise TransientError(explain(exc)) from exc
-            raise
+    def _transaction(self):
+        return transaction(self.engine)

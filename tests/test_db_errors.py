@@ -102,3 +102,38 @@ def test_described_errors_do_not_echo_values(server, request):
                  "recorded_at) VALUES ('c', 't', 'r', 'p', 'private-987', '2026-01-01 00:00:00')")
     text = db.describe_error(_error(engine, statement))
     assert "private-987" not in text and len(text) <= 400
+
+
+@pytest.mark.parametrize("server", ["pg_url", "mariadb_url"])
+def test_a_deadlock_is_passing(server, request):
+    """Two transactions that lock two rows in opposite orders: the database picks a victim."""
+    url = request.getfixturevalue(server)
+    engine = db.engine_for(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM partners WHERE partner_id IN ('dl_a', 'dl_b')"))
+        conn.execute(sa.text("INSERT INTO partners (partner_id) VALUES ('dl_a'), ('dl_b')"))
+    first_locked, second_locked = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def take(first: str, second: str, mine: threading.Event, theirs: threading.Event) -> None:
+        worker = db.make_engine(url)
+        try:
+            with worker.begin() as conn:
+                conn.execute(sa.text("UPDATE partners SET email = 'x' WHERE partner_id = :k"), {"k": first})
+                mine.set()
+                theirs.wait(10)
+                conn.execute(sa.text("UPDATE partners SET email = 'y' WHERE partner_id = :k"), {"k": second})
+        except sa.exc.SQLAlchemyError as exc:
+            errors.append(exc)
+        finally:
+            worker.dispose()
+
+    threads = [threading.Thread(target=take, args=("dl_a", "dl_b", first_locked, second_locked)),
+               threading.Thread(target=take, args=("dl_b", "dl_a", second_locked, first_locked))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(errors) == 1, errors  # one victim; the other went through
+    assert "deadlock" in str(errors[0]).lower()
+    assert db.is_transient(errors[0])

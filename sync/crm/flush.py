@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from sqlalchemy.engine import Engine
 
-from sync import backoff, ledger, metrics
+from sync import backoff, db, ledger, metrics
 from sync.crm.client import COLLECTION_LIMIT, CallRefused, SalesforceClient
 from sync.crm.outbox import FAILED, PENDING, SYNCED, UNAVAILABLE, WAITING, Outbox, Pending, RowOutcome, wire
 from sync.errors import TransientError
@@ -91,7 +91,7 @@ class Flusher:
     def _fold_commissions(self) -> None:
         for mapping in self.mappings.salesforce_objects():
             if mapping.salesforce.commission_total:
-                with self.engine.begin() as conn:
+                with db.transaction(self.engine) as conn:
                     self.outbox.fold_commission_changes(conn, mapping.salesforce.object, mapping.entity)
 
     def _send_batch(self, mapping: Mapping, report: FlushReport) -> int:
@@ -99,7 +99,7 @@ class Flusher:
         refused call, so the flush moves on to the next object)."""
         target = mapping.salesforce
         signature = target.signature
-        with self.engine.begin() as conn:
+        with db.transaction(self.engine) as conn:
             rows = self.outbox.due(conn, target.object, signature, COLLECTION_LIMIT)
             totals = {}
             if rows and target.commission_total:
@@ -122,7 +122,7 @@ class Flusher:
                 answers[row.id] = self.client.delete(target.object, target.external_id, row.external_id)
         except TransientError as exc:
             metrics.SALESFORCE_REFUSALS.inc(len(rows), object=target.object, code=UNAVAILABLE)
-            with self.engine.begin() as conn:
+            with db.transaction(self.engine) as conn:
                 self.outbox.postpone(conn, rows, str(exc))
             raise
         except CallRefused as refusal:
@@ -155,7 +155,7 @@ class Flusher:
                 log.warning("Salesforce refused a record: %s: %s", answer.code, answer.message,
                             extra={"object": row.object, "entity_id": row.external_id})
         synced = [(row.object, row.external_id) for row, answer in ((r, answers[r.id]) for r in rows) if answer.success]
-        with self.engine.begin() as conn:
+        with db.transaction(self.engine) as conn:
             self.outbox.record(conn, outcomes, signature)
             if synced and target.object in self._parents:
                 self.outbox.wake_children_of(conn, synced)
@@ -168,7 +168,7 @@ class Flusher:
         target = mapping.salesforce
         reason = refusal.reason(target.object, str(mapping.path))
         wait = backoff.delay(backoff.REFUSAL_DELAYS, min(r.attempts for r in rows))
-        with self.engine.begin() as conn:
+        with db.transaction(self.engine) as conn:
             self.outbox.record(conn, [RowOutcome(r, FAILED, code=refusal.code, message=reason, retry_in=wait)
                                       for r in rows], target.signature)
         metrics.SALESFORCE_REFUSALS.inc(len(rows), object=target.object, code=refusal.code)
