@@ -46,8 +46,11 @@ webhook_events = sa.Table(
     sa.Column("processed_at", UTCDateTime()),
     #: The record the delivery is about (the mapping's identity), when it could be read.
     sa.Column("entity_id", KEY),
+    #: A worker holds this pending row until then (see ``Inbox.claim``); None: nobody does.
+    sa.Column("claimed_until", UTCDateTime()),
     sa.Index("ix_webhook_events_status_received", "status", "received_at"),
     sa.Index("ix_webhook_events_entity", "entity_id"),
+    sa.Index("ix_webhook_events_status_id", "status", "id"),
 )
 
 
