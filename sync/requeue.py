@@ -15,7 +15,7 @@ from sync.queue import JobQueue
 class RequeueResult:
     #: Rows set back to pending.
     requeued: int = 0
-    #: Of those, rows carried by new jobs; the rest wait for the sweeper.
+    #: Of those, rows a worker was woken for (all of them, unless Redis was away: then the sweeper).
     enqueued: int = 0
     #: Why Redis could not take the jobs (None: it could).
     redis_error: str | None = None
@@ -23,22 +23,22 @@ class RequeueResult:
 
 def requeue_failed(inbox: Inbox, jobs: JobQueue, since: datetime | None = None, event_type: str | None = None,
                    batch: int = 1000, show_progress: bool = True) -> RequeueResult:
-    """Set the matching failed rows back to pending and enqueue them, ``batch`` rows at a time.
+    """Set the matching failed rows back to pending, ``batch`` rows at a time, and wake a worker.
 
-    The database is the record: a row set back to pending is retried whatever Redis does. When
-    Redis cannot take the jobs, the remaining rows are still set back to pending (the worker's
-    sweeper enqueues them once Redis answers) and ``redis_error`` says why.
+    The database is the record: a row set back to pending is applied whatever Redis does. When
+    Redis cannot take the wake-up, the worker's sweeper wakes one once Redis answers, and
+    ``redis_error`` says why.
     """
     result = RequeueResult()
     total = inbox.count(since=since, event_type=event_type, status=FAILED)
     with progressbar(total, "requeueing", show_progress) as bar:
         for rows in inbox.requeue_failed(since=since, event_type=event_type, batch=batch):
             result.requeued += len(rows)
-            if result.redis_error is None:
-                try:
-                    jobs.enqueue_events(rows)
-                    result.enqueued += len(rows)
-                except TransientError as exc:
-                    result.redis_error = str(exc)
             bar.update(len(rows))
+    if result.requeued:
+        try:
+            jobs.wake(force=True)
+            result.enqueued = result.requeued
+        except TransientError as exc:
+            result.redis_error = str(exc)
     return result
