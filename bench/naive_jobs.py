@@ -31,7 +31,7 @@ def naive_job(body: str) -> None:
     raw = body.encode()
     document = json.loads(raw)
     stored = services.inbox.store_many([Delivery(raw, document["event"], PENDING)])
-    events = services.inbox.begin_attempts([s.id for s in stored.values()])
+    events = services.inbox.claim(1, ids=[s.id for s in stored.values()])
     services.processor.process_batch(events)  # the warehouse, as ours does
     mapping = services.mappings.for_event(document["event"])
     planned = plan(mapping, parse_document(raw), "naive")

@@ -93,21 +93,26 @@ class FlushCoordinator:
         self.redis.delete(REQUESTED)  # changes from now on ask for the next flush
         lock = self.redis.lock(LOCK, timeout=LOCK_SECONDS, blocking=False)
         if not lock.acquire():
+            # A note for the running flush, then one more try: it may have let go just now, after
+            # its last look at the notes, and then this job is the one to send.
             self.redis.set(AGAIN, "1", ex=REQUEST_TTL)
-            return FlushOutcome(FlushReport(), "another flush is running; it will send these too")
+            if not lock.acquire():
+                return FlushOutcome(FlushReport(), "another flush is running; it will send these too")
         deadline = time.monotonic() + SLICE_SECONDS
         total = FlushReport()
-        try:
-            while True:
-                self.redis.delete(AGAIN)
+        while True:
+            self.redis.delete(AGAIN)
+            try:
                 report = self._flush_locked(lock, lambda: should_stop() or time.monotonic() > deadline)
-                total.add(report)
-                if report.stopped or not self.redis.exists(AGAIN):
-                    break
-        except TransientError as exc:
-            return FlushOutcome(total, self._unreachable(exc))
-        finally:
+            except TransientError as exc:
+                _release(lock)
+                return FlushOutcome(total, self._unreachable(exc))
+            total.add(report)
+            # Let go first, then look at the notes: a note left after this look finds the lock
+            # free, and its own job sends.
             _release(lock)
+            if report.stopped or not self.redis.exists(AGAIN) or not lock.acquire():
+                break
         if total.org_refusal is not None:
             return FlushOutcome(total, self._refused_everything(total))
         self._clear_trouble(total)

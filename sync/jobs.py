@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 #: A drain hands over to a fresh wake-up after this long, so the worker's other queue (Salesforce
 #: flushes) gets its turn between two slices.
-SLICE_SECONDS = 5
+SLICE_SECONDS = 1
 
 
 @dataclass

@@ -272,7 +272,13 @@ LAG = Histogram(
     "Seconds from a delivery's arrival at the receiver to the commit of its warehouse write.",
     (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
-STORED = (RECEIVED, ATTEMPTS, SALESFORCE_CALLS, SALESFORCE_REFUSALS, LAG)
+SALESFORCE_LAG = Histogram(
+    "salesforce_lag_seconds",
+    "Seconds from the arrival of the oldest delivery behind a Salesforce record's unsent changes to "
+    "Salesforce accepting the record.",
+    (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 14400),
+)
+STORED = (RECEIVED, ATTEMPTS, SALESFORCE_CALLS, SALESFORCE_REFUSALS, LAG, SALESFORCE_LAG)
 
 QUEUE_STATES = ("queued", "scheduled", "started", "failed")
 

@@ -159,8 +159,9 @@ class Processor:
         partners |= ledger.reverse_many(conn, refunds)
         if self.outbox is not None:
             self.outbox.apply_many(conn, [
-                (planned.crm, planned.mapping.entity, tuple(f.name for f in planned.mapping.salesforce.on_delete))
-                for _, planned in work
+                (planned.crm, planned.mapping.entity, tuple(f.name for f in planned.mapping.salesforce.on_delete),
+                 event.received_at)
+                for event, planned in work
                 if planned.crm is not None
             ])
             self.outbox.note_commission_change(conn, partners)

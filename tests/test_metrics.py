@@ -261,6 +261,9 @@ def test_salesforce_calls_and_refusals_are_counted_by_object_and_code(settings, 
         ("Account", "pending"): 0, ("Account", "waiting"): 1, ("Account", "synced"): 0, ("Account", "failed"): 0,
         ("Contact", "pending"): 1, ("Contact", "waiting"): 0, ("Contact", "synced"): 2, ("Contact", "failed"): 1,
     }
+    # Two records reached Salesforce (and a third was deleted there): their arrival-to-sync lag.
+    assert found["partnero_sync_salesforce_lag_seconds_count"] == {(): 3}
+    assert 0 < found["partnero_sync_salesforce_lag_seconds_sum"][()] < 60
 
 
 def test_every_web_process_reports_the_same_totals(pg_url, redis_server_url, redis_conn):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from decimal import Decimal
 
 from sqlalchemy.engine import Engine
@@ -154,11 +155,14 @@ class Flusher:
                 report.failed += 1
                 log.warning("Salesforce refused a record: %s: %s", answer.code, answer.message,
                             extra={"object": row.object, "entity_id": row.external_id})
-        synced = [(row.object, row.external_id) for row, answer in ((r, answers[r.id]) for r in rows) if answer.success]
+        synced = [row for row in rows if answers[row.id].success]
         with db.transaction(self.engine) as conn:
             self.outbox.record(conn, outcomes, signature)
             if synced and target.object in self._parents:
-                self.outbox.wake_children_of(conn, synced)
+                self.outbox.wake_children_of(conn, [(row.object, row.external_id) for row in synced])
+        now = datetime.now(timezone.utc)
+        metrics.SALESFORCE_LAG.observe((now - row.waiting_since).total_seconds()
+                                       for row in synced if row.waiting_since is not None)
         report.by_object[target.object] = report.by_object.get(target.object, 0) + len(rows)
         return len(rows)
 

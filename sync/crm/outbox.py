@@ -61,6 +61,8 @@ crm_outbox = sa.Table(
     sa.Column("waiting_for", KEY),
     #: The signature of the mapping the record was last sent with (``SalesforceTarget.signature``).
     sa.Column("sent_with", sa.String(16)),
+    #: When the oldest delivery behind changes Salesforce has not received yet arrived.
+    sa.Column("waiting_since", UTCDateTime()),
     sa.UniqueConstraint("object", "external_id", name="uq_crm_outbox_record"),
     sa.Index("ix_crm_outbox_due", "status", "next_attempt_at"),
     sa.Index("ix_crm_outbox_waiting_for", "waiting_for"),
@@ -98,6 +100,8 @@ class Pending:
     generation: int
     attempts: int
     tombstoned: bool
+    #: When the oldest delivery behind its unsent changes arrived (None: not known).
+    waiting_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -142,10 +146,17 @@ def _wire_change(change: RecordChange) -> RecordChange:
 class Outbox:
     """The ``crm_outbox`` table."""
 
-    def apply_many(self, conn: Connection, items: list[tuple[RecordChange, str, tuple[str, ...]]]) -> int:
-        """Merge many changes into their outbox rows (locked in a fixed order); returns how many changed."""
+    def apply_many(self, conn: Connection,
+                   items: list[tuple[RecordChange, str, tuple[str, ...], datetime | None]]) -> int:
+        """Merge many (change, entity, tombstone fields, arrival of its delivery) into their outbox
+        rows (locked in a fixed order); returns how many changed."""
         t = crm_outbox
-        items = [(_wire_change(change), entity, tomb) for change, entity, tomb in items]
+        arrived: dict[tuple[str, str], datetime] = {}
+        for change, _, _, at in items:
+            k = (change.table, change.key)
+            if at is not None and (k not in arrived or at < arrived[k]):
+                arrived[k] = at
+        items = [(_wire_change(change), entity, tomb) for change, entity, tomb, _ in items]
         keys = sorted({(change.table, change.key): entity for change, entity, _ in items}.items())
         db.insert_ignore(conn, t, [
             {"object": obj, "external_id": key, "entity": entity, "fields": {}, "generation": 0,
@@ -171,8 +182,11 @@ class Outbox:
         for k, state in after.items():
             if state == before[k]:
                 continue
+            since = rows[k].waiting_since  # empty once synced: these changes start a new wait
+            if k in arrived and (since is None or arrived[k] < since):
+                since = arrived[k]
             updates.append({"b_id": rows[k].id, "fields": state.values, **bookkeeping(state),
-                            **_changed(rows[k].generation)})
+                            **_changed(rows[k].generation), "waiting_since": since})
         if updates:
             columns = [c for c in updates[0] if c != "b_id"]
             conn.execute(
@@ -193,10 +207,12 @@ class Outbox:
         being handed out before commits) stays for the next fold.
         """
         t, changes = crm_outbox, crm_commission_changes
-        read = conn.execute(sa.select(changes.c.id, changes.c.partner_id).order_by(changes.c.id).limit(10_000)).all()
+        read = conn.execute(sa.select(changes.c.id, changes.c.partner_id, changes.c.changed_at)
+                            .order_by(changes.c.id).limit(10_000)).all()
         if not read:
             return 0
-        partners = sorted({partner for _, partner in read})
+        partners = sorted({partner for _, partner, _ in read})
+        noted = min(at for _, _, at in read)
         # A partner Salesforce has not heard of yet gets a row with no state: it goes out once the
         # partner's own delivery arrives, the commission total with it.
         db.insert_ignore(conn, t, [
@@ -208,9 +224,10 @@ class Outbox:
             conn.execute(
                 t.update()
                 .where(t.c.object == object_name, t.c.external_id.in_(chunk))
-                .values(**_changed(t.c.generation))
+                # A synced record's waiting_since is empty: this change starts its wait.
+                .values(**_changed(t.c.generation), waiting_since=sa.func.coalesce(t.c.waiting_since, noted))
             )
-        for chunk in db.chunks([change_id for change_id, _ in read], 500):
+        for chunk in db.chunks([change_id for change_id, _, _ in read], 500):
             conn.execute(changes.delete().where(changes.c.id.in_(chunk)))
         return len(partners)
 
@@ -237,7 +254,7 @@ class Outbox:
         ).all()
         return [
             Pending(r.id, r.object, r.external_id, r.entity, dict(r.fields or {}), r.generation, r.attempts,
-                    r.sync_deleted_version is not None)
+                    r.sync_deleted_version is not None, r.waiting_since)
             for r in rows
         ]
 
@@ -265,6 +282,8 @@ class Outbox:
                 "error_message": None if ok else (o.message or "")[:2000],
                 "error_at": None if ok else at,
                 "waiting_for": o.waiting_for if o.status == WAITING else None,
+                # Synced: nothing is waiting any more. (The row is written only if it did not change.)
+                "waiting_since": None if ok else o.row.waiting_since,
                 **({"sent_with": signature} if signature is not None else {}),
             })
         columns = [c for c in params[0] if not c.startswith("b_")]
@@ -332,11 +351,13 @@ class Outbox:
         return dict(row._mapping) if row is not None else None
 
     def backlog(self, conn: Connection) -> int:
+        """Records waiting to be sent, and partners whose commission changed and is still to be sent."""
         t = crm_outbox
-        return conn.execute(
+        records = conn.execute(
             sa.select(sa.func.count()).select_from(t)
             .where(t.c.status.in_((PENDING, WAITING)), t.c.sync_version.is_not(None))
         ).scalar_one()
+        return records + conn.execute(sa.select(sa.func.count()).select_from(crm_commission_changes)).scalar_one()
 
 
 def _changed(generation) -> dict[str, Any]:
