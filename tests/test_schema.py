@@ -82,7 +82,7 @@ def test_a_database_made_before_migrations_is_adopted_and_upgraded(empty_url):
 
 def test_the_reserved_table_names_come_from_the_schema():
     assert {"webhook_events", "commission_entries", "crm_outbox", "crm_commission_changes",
-            schema.VERSION_TABLE} == schema.RESERVED_TABLES
+            schema.VERSION_TABLE, "partner_commissions"} == schema.RESERVED_TABLES
 
 
 def test_two_migrations_at_once_take_turns(empty_server_url):
