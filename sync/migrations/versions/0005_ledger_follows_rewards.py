@@ -107,6 +107,12 @@ def upgrade() -> None:
         seq=sa.case((e.c.entry_type == "commission", 1), else_=2),
         standing=sa.case((status == "ok", "approved"), (status == "rejected", "rejected"), else_="pending"),
     ))
+    with op.batch_alter_table("commission_entries") as batch:
+        batch.alter_column("seq", existing_type=sa.Integer, nullable=False)
+        batch.alter_column("standing", existing_type=sa.String(16), nullable=False)
+        batch.drop_constraint("uq_commission_entries_once", type_="unique")
+        batch.create_unique_constraint("uq_commission_entries_seq", ["transaction_key", "reward_ref", "seq"])
+
     # Each refund's reversal gains its other half: the amount now stands reversed. Written from
     # here, not in SQL, so the amount is negated exactly on SQLite too.
     conn = op.get_bind()
@@ -114,7 +120,7 @@ def upgrade() -> None:
     last = 0
     while True:
         reversals = conn.execute(
-            sa.select(e).where(e.c.entry_type == "reversal", e.c.id > last).order_by(e.c.id).limit(1000)
+            sa.select(e).where(e.c.entry_type == "reversal", e.c.seq == 2, e.c.id > last).order_by(e.c.id).limit(1000)
         ).all()
         if not reversals:
             break
@@ -126,12 +132,6 @@ def upgrade() -> None:
              "recorded_at": r.recorded_at or now, "event_id": r.event_id}
             for r in reversals
         ])
-
-    with op.batch_alter_table("commission_entries") as batch:
-        batch.alter_column("seq", existing_type=sa.Integer, nullable=False)
-        batch.alter_column("standing", existing_type=sa.String(16), nullable=False)
-        batch.drop_constraint("uq_commission_entries_once", type_="unique")
-        batch.create_unique_constraint("uq_commission_entries_seq", ["transaction_key", "reward_ref", "seq"])
 
     op.execute(_SQLITE if conn.dialect.name == "sqlite" else _SUMS)
 
