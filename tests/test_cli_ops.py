@@ -423,6 +423,7 @@ _SALESFORCE = {"SALESFORCE_INSTANCE_URL": "https://127.0.0.1:1", "SALESFORCE_SES
     ("prune --older-than 90d", {}, 1, "database unavailable: connection failed: "),
     ("replay", {}, 1, "database unavailable: connection failed: "),
     ("crm-errors", {}, 1, "database unavailable: connection failed: "),
+    ("ledger ptn_8c1e6f0a", {}, 1, "database unavailable: connection failed: "),
     ("crm-retry", _SALESFORCE, 1, "database unavailable: connection failed: "),
     ("crm-flush", _SALESFORCE, 1, "database unavailable: connection failed: "),
     ("dev", {"REDIS_URL": DEAD_REDIS_URL}, 1, "database unavailable: connection failed: "),

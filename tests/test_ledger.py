@@ -224,3 +224,53 @@ def test_concurrent_batches_on_one_transaction_converge(server, request):
     assert errors == []
     # The newest state of each: day 12, review_period, amount 12.
     assert pipe.totals() == {(PARTNER, "USD", True): sums(pending=3 * 12)}
+
+
+def test_the_ledger_command_shows_a_partners_entries_and_totals_per_currency(database_url):
+    import json
+
+    from click.testing import CliRunner
+
+    from sync.cli import main
+    from tests.conftest import DEAD_REDIS_URL, MAPPINGS
+
+    pipe = Pipe(database_url)
+    pipe.deliver(sale("transaction.created", "2026-03-14T10:15:31Z"),
+                 sale("transaction.updated", "2026-03-15T00:00:00Z", status="ok"),
+                 sale("transaction.created", "2026-03-16T10:00:00Z", txn="in_eur", amount=0.000001,
+                      amount_units="EUR", transaction={"amount_units": "EUR"}),
+                 sale("transaction.created", "2026-03-17T10:00:00Z", txn="in_pts", amount=500, amount_units="points",
+                      transaction={"is_currency": False}),
+                 sale("transaction.created", "2026-03-18T10:00:00Z", txn="in_2", partner="ptn_other"))  # USD: most used
+    # Only the database is needed: Redis may be away.
+    env = {"DATABASE_URL": database_url, "MAPPINGS_DIR": str(MAPPINGS), "REDIS_URL": DEAD_REDIS_URL}
+    result = CliRunner().invoke(main, ["ledger", PARTNER], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"Commission ledger of partner {PARTNER}: 5 entries"
+    assert lines[2].split() == ["Occurred", "(UTC)", "Transaction", "Reward", "Type", "Amount", "Standing", "Status",
+                                "Inbox"]
+    assert lines[3].split() == ["2026-03-14", "10:15:30", KEY, f"{PARTNER}#1", "commission", "44.7", "USD",
+                                "pending", "review_period", "#1"]
+    assert lines[4].split()[4:7] == ["adjustment", "-44.7", "USD"] and lines[5].split()[4:8] == [
+        "adjustment", "44.7", "USD", "approved"]
+    assert lines[7].split()[4:10] == ["commission", "500", "POINTS", "(not", "money)", "pending"]
+    totals = {line.split()[0]: line.split() for line in lines[9:13]}
+    assert totals["Totals"] == ["Totals", "approved", "pending", "rejected", "reversed", "owed"]
+    assert totals["USD"] == ["USD", "44.7", "0", "0", "0", "44.7", "sent", "to", "Salesforce"]
+    assert totals["EUR"][:6] == ["EUR", "0", "0.000001", "0", "0", "0.000001"]
+    assert " ".join(totals["EUR"][6:]) == "not in Salesforce: not the program currency"
+    assert " ".join(totals["POINTS"]) == "POINTS (not money) 0 500 0 0 500 not in Salesforce: points or credits"
+    assert "Program currency: USD (the most used; set PARTNERO_CURRENCY to choose)." in lines
+
+    data = json.loads(CliRunner().invoke(main, ["ledger", PARTNER, "--json", "--limit", "2"], env=env).output)
+    assert (data["partner_id"], data["entry_count"], len(data["entries"])) == (PARTNER, 5, 2)
+    # The newest two, oldest first; amounts as exact text.
+    assert [(e["transaction_key"], e["amount"]) for e in data["entries"]] == [("in_eur", "0.000001"), ("in_pts", "500")]
+    assert {(t["currency"], t["is_currency"], t["owed"], t["in_salesforce"]) for t in data["totals"]} == {
+        ("USD", True, "44.7", True), ("EUR", True, "0.000001", False), ("POINTS", False, "500", False)}
+    assert (data["program_currency"], data["program_currency_from"]) == ("USD", "most used")
+
+    missing = CliRunner().invoke(main, ["ledger", "ptn_nobody"], env=env)
+    assert missing.exit_code == 1
+    assert missing.stderr == "partnero-sync: no ledger entries for partner 'ptn_nobody'\n"

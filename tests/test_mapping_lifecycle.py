@@ -77,6 +77,15 @@ def test_preview_of_a_sale_lists_its_commissions(tmp_path):
     assert "reward ptn_8c1e6f0a#1: partner ptn_8c1e6f0a amount 44.7 USD status review_period -> pending" in result.output
 
 
+def test_preview_says_how_each_reward_stands(tmp_path):
+    reward = {k: v for k, v in sample_delivery("transaction.created")["data"]["rewards"][0].items() if k != "status"}
+    delivery = tmp_path / "points.json"
+    delivery.write_text(json.dumps(sample_delivery("transaction.created", is_currency=False, rewards=[reward])))
+    result = run("mappings", "preview", str(delivery), env={"MAPPINGS_DIR": str(MAPPINGS)})
+    assert ("reward ptn_8c1e6f0a#1: partner ptn_8c1e6f0a amount 44.7 USD status None -> pending "
+            "(not money: points or credits)") in result.output
+
+
 def test_a_new_field_adds_its_column_and_keeps_the_data(warehouse_url, mappings_dir):
     pipe = Pipe(warehouse_url)
     pipe.deliver(sample_delivery("partner.created"))
