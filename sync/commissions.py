@@ -16,15 +16,12 @@ REJECTED = "rejected"
 #: The transaction was refunded: the reward is not owed, whatever its status.
 REVERSED = "reversed"
 STANDINGS = (APPROVED, PENDING, REJECTED, REVERSED)
-#: What a partner is owed: approved and pending commission.
-OWED = (APPROVED, PENDING)
 #: Partnero's reward statuses. Any other status, or none, counts as pending: never dropped.
 STATUS_STANDING = {"ok": APPROVED, "review_period": PENDING, "rejected": REJECTED}
 
 COMMISSION = "commission"  # a reward booked for the first time
 ADJUSTMENT = "adjustment"  # a newer state of the reward moved it: amount, status, partner or currency
 REVERSAL = "reversal"  # its transaction was refunded
-ENTRY_TYPES = (COMMISSION, ADJUSTMENT, REVERSAL)
 
 
 def standing(status: str | None, refunded: bool = False) -> str:

@@ -136,13 +136,12 @@ def totals(conn: Connection, partner_ids: Iterable[str] | None = None) -> list[T
     """Rows of ``partner_commissions`` (of ``partner_ids``, else all): per partner, currency and
     kind, ordered by partner, then money first, then currency."""
     v = partner_commissions
-    query = sa.select(v)
-    found: list[Totals] = []
-    wanted = None if partner_ids is None else sorted(set(partner_ids))
-    for chunk in [None] if wanted is None else db.chunks(wanted, 500):
-        selected = query if chunk is None else query.where(v.c.partner_id.in_(chunk))
-        found += [Totals(r.partner_id, r.currency, bool(r.is_currency), *(getattr(r, n) for n in TOTALS))
-                  for r in conn.execute(selected)]
+    if partner_ids is None:
+        queries = [sa.select(v)]
+    else:
+        queries = [sa.select(v).where(v.c.partner_id.in_(chunk)) for chunk in db.chunks(sorted(set(partner_ids)), 500)]
+    found = [Totals(r.partner_id, r.currency, bool(r.is_currency), *(getattr(r, n) for n in TOTALS))
+             for query in queries for r in conn.execute(query)]
     return sorted(found, key=lambda t: (t.partner_id, not t.is_currency, t.currency or ""))
 
 
@@ -176,6 +175,21 @@ class Summary:
     def others(self) -> dict[str | None, int]:
         """Partners per currency that is not the program's."""
         return {c: partners for c, (_, partners) in self.use.items() if c != self.currency}
+
+    @property
+    def chosen_by(self) -> str | None:
+        """What chose the program's currency: "PARTNERO_CURRENCY" or "most used" (None: none yet)."""
+        if self.currency is None:
+            return None
+        return "PARTNERO_CURRENCY" if self.configured else "most used"
+
+    def describe(self) -> str:
+        """The program's currency, and what chose it, for a person."""
+        if self.currency is None:
+            return "none yet (no money commission)"
+        if self.configured:
+            return f"{self.currency} (PARTNERO_CURRENCY)"
+        return f"{self.currency} (the most used; set PARTNERO_CURRENCY to choose)"
 
 
 def summary(conn: Connection, configured: str | None) -> Summary:

@@ -36,7 +36,7 @@ class Statement:
         return {
             "partner_id": self.partner_id,
             "program_currency": self.currencies.currency,
-            "program_currency_from": _chosen_by(self.currencies),
+            "program_currency_from": self.currencies.chosen_by,
             "entry_count": self.count,
             "entries": [{name: _json(value) for name, value in entry.items()} for entry in self.entries],
             "totals": [
@@ -76,21 +76,9 @@ def render(statement: Statement) -> str:
             note = "not in Salesforce: not the program currency"
         rows.append([label, *(_amount(getattr(t, name)) for name in ledger.TOTALS), note])
     lines += [""] + _table(rows, right={1, 2, 3, 4, 5})
-    currency = statement.currencies.currency
-    if currency is None:
-        chosen = "none yet (no money commission)"
-    elif statement.currencies.configured:
-        chosen = f"{currency} (PARTNERO_CURRENCY)"
-    else:
-        chosen = f"{currency} (the most used; set PARTNERO_CURRENCY to choose)"
-    lines += ["", f"Program currency: {chosen}.", "Owed is approved + pending; currencies are never added together."]
+    lines += ["", f"Program currency: {statement.currencies.describe()}.",
+              "Owed is approved + pending; currencies are never added together."]
     return "\n".join(line.rstrip() for line in lines)
-
-
-def _chosen_by(summary: ledger.Summary) -> str | None:
-    if summary.currency is None:
-        return None
-    return "PARTNERO_CURRENCY" if summary.configured else "most used"
 
 
 def _cell(name: str, entry: dict[str, Any]) -> str:

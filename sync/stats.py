@@ -113,8 +113,7 @@ class Snapshot:
         if self.ledger is not None:
             currencies = {
                 "program_currency": self.ledger.currency,
-                "program_currency_from": (None if self.ledger.currency is None
-                                          else "PARTNERO_CURRENCY" if self.ledger.configured else "most used"),
+                "program_currency_from": self.ledger.chosen_by,
                 "by_currency": {currency or "": {"transactions": transactions, "partners": partners}
                                 for currency, (transactions, partners) in sorted(self.ledger.use.items(),
                                                                                  key=lambda i: i[0] or "")},

@@ -63,13 +63,12 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
 def _ledger(summary: Summary) -> list[tuple[str, str]]:
     """The ledger's currencies: the one Salesforce gets totals in, and partners earning in others."""
     if summary.currency is None:
-        return [("Ledger", ""), ("  program currency", "none yet (no money commission)")]
-    chosen = "PARTNERO_CURRENCY" if summary.configured else "the most used; set PARTNERO_CURRENCY to choose"
+        return [("Ledger", ""), ("  program currency", summary.describe())]
     others = ", ".join(f"{currency or 'no currency'}: {partners} partner{'s' if partners != 1 else ''}"
                        for currency, partners in sorted(summary.others.items(), key=lambda i: i[0] or ""))
     return [
         ("Ledger", ""),
-        ("  program currency", f"{summary.currency} ({chosen})"),
+        ("  program currency", summary.describe()),
         ("  other currencies", f"{others} (left out of Salesforce; see `partnero-sync ledger PARTNER_ID`)"
                                if others else "none"),
     ]

@@ -62,6 +62,10 @@ class Flusher:
         self.outbox = outbox or Outbox()
         #: The program's currency (PARTNERO_CURRENCY); None: the one most used.
         self.currency = currency
+        # The currency the totals are sent in, read at most once per flush (the most used one
+        # takes a look at the whole ledger).
+        self._program: str | None = None
+        self._program_read = False
         self._parents = {r.object for m in mappings.salesforce_objects() for r in m.salesforce.references}
 
     def flush(self, *, should_stop: Callable[[], bool] = lambda: False, max_calls: int | None = None,
@@ -72,6 +76,7 @@ class Flusher:
         recorded; the rest is due again at the next flush).
         """
         report = FlushReport()
+        self._program_read = False
         self._fold_commissions()
         for mapping in self.mappings.salesforce_objects():
             while max_calls is None or report.calls < max_calls:
@@ -105,8 +110,9 @@ class Flusher:
             rows = self.outbox.due(conn, target.object, signature, COLLECTION_LIMIT)
             totals = {}
             if rows and target.commission:
-                currency = ledger.program_currency(conn, self.currency)
-                totals = ledger.salesforce_totals(conn, [r.external_id for r in rows], currency)
+                if not self._program_read:
+                    self._program, self._program_read = ledger.program_currency(conn, self.currency), True
+                totals = ledger.salesforce_totals(conn, [r.external_id for r in rows], self._program)
         if not rows:
             return 0
         # A mapping that opted in deletes tombstoned records; by default they are only updated.
