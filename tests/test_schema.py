@@ -128,13 +128,13 @@ def test_the_ledger_migration_keeps_old_entries_meaningful(empty_url):
             ("commission", "t4", "ptn_b#1", "ptn_b", "1.5", "OK "),
             ("commission", "t5", "ptn_b#1", "ptn_b", "2", None)]
     with engine.connect() as conn:
-        command.upgrade(schema._config(conn), "0003")
+        command.upgrade(schema._config(conn), "0004")  # the revision before the ledger's
         conn.execute(old.insert(), [
             {"entry_type": t, "transaction_key": k, "reward_ref": r, "partner_id": p, "amount": Decimal(a),
              "currency": "USD", "reward_status": s, "recorded_at": at, "event_id": 7} for t, k, r, p, a, s in rows])
         conn.commit()
 
-    assert schema.migrate(engine) == [f"fixed tables migrated from 0003 to {schema.head_revision()}"]
+    assert schema.migrate(engine) == [f"fixed tables migrated from 0004 to {schema.head_revision()}"]
     migrate(empty_url)  # and the mapped tables, to deliver into
     pipe = Pipe(empty_url)
     assert [(e["transaction_key"], e["seq"], e["entry_type"], e["amount"], e["standing"], e["is_currency"])
