@@ -373,7 +373,8 @@ def crm_flush() -> None:
 
 @main.command("ledger")
 @click.argument("partner_id")
-@click.option("--json", "as_json", is_flag=True, help="Print the entries and totals as JSON (amounts as exact decimal text).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the entries and totals as JSON (amounts as exact decimal text).")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=0),
               help="Show the newest this many entries (0: all). The totals always count every entry.")
 def ledger_command(partner_id: str, as_json: bool, limit: int) -> None:

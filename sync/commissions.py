@@ -77,9 +77,11 @@ def settle(
     (None: that state is not at hand, so what stands is kept and only a refund moves it); a reward
     that stands but is not among ``rewards`` goes back to nothing. ``refunded``: every reward
     stands reversed. Entries name the delivery that moved them: ``event_id`` (the newest state),
-    or for reversals ``refund_event_id`` (the refund) when known. Nothing is ever edited: each change is a move out of the bucket a reward
-    stood in and into the one it stands in now (a delta, when only the amount changed), so a
-    reward's entries always add up to its newest state. Settling again adds nothing.
+    or for reversals ``refund_event_id`` (the refund) when known.
+
+    Nothing is ever edited: each change is a move out of the bucket a reward stood in and into
+    the one it stands in now (a delta, when only the amount changed), so a reward's entries
+    always add up to its newest state. Settling again adds nothing.
     """
     chains: dict[str, list[Entry]] = {}
     for entry in entries:

@@ -61,8 +61,8 @@ class Processor:
         """Apply ``events`` and record each one's outcome on its inbox row.
 
         Applying a delivery again changes nothing: every write merges by version, the ledger adds
-        only what its newest state lacks, and its constraint refuses a second booking. Raises ``TransientError`` when the database is away
-        (then nothing of the batch is committed).
+        only what its newest state lacks, and its constraint refuses a second booking. Raises
+        ``TransientError`` when the database is away (then nothing of the batch is committed).
         """
         result = BatchResult()
         work: list[tuple[Event, Plan]] = []

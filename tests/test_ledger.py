@@ -76,7 +76,8 @@ def test_an_older_state_arriving_late_changes_nothing(pipe):
     assert [m[0] for m in moves(pipe)] == ["commission"]
 
 
-@pytest.mark.parametrize("late", ["2026-03-25T00:00:00Z", "2026-03-16T00:00:00Z"], ids=["after-the-refund", "before-it"])
+@pytest.mark.parametrize("late", ["2026-03-25T00:00:00Z", "2026-03-16T00:00:00Z"],
+                         ids=["after-the-refund", "before-it"])
 def test_refund_then_late_update_stays_reversed(pipe, late):
     refund = envelope("transaction.deleted", "2026-03-20T00:00:00Z", key=KEY)
     pipe.deliver(sale("transaction.created", "2026-03-14T10:15:31Z"), refund)

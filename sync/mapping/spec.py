@@ -571,7 +571,8 @@ class _Checker:
             if name is None:
                 continue
             if not (isinstance(name, str) and SF_NAME.match(name)):
-                self.problem(raw, key, f"{where}.{key}", f"a Salesforce field name (it receives the {total} commission)")
+                self.problem(raw, key, f"{where}.{key}",
+                             f"a Salesforce field name (it receives the {total} commission)")
                 ok = False
             else:
                 commission[total] = name
