@@ -196,8 +196,9 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
 
     The inbox by status, the oldest pending delivery and the last one processed; the queue
     (waiting jobs, scheduled retries, running and failed jobs, workers); with Salesforce on, the
-    CRM backlog and refused records by object and the last record synced; and what needs a
-    person. Use it by hand, or from a monitor by its exit status:
+    CRM backlog and refused records by object and the last record synced; the ledger's program
+    currency (the one Salesforce gets commission totals in) and the partners earning in other
+    currencies; and what needs a person. Use it by hand, or from a monitor by its exit status:
 
     \b
     0  healthy
@@ -215,6 +216,9 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
       queue: {queued, scheduled, failed, started, workers},
       salesforce (null while CRM sync is off): {by_object: {OBJECT: {pending,
               waiting, synced, failed}}, backlog, refused, last_synced_at},
+      ledger: {program_currency, program_currency_from ("PARTNERO_CURRENCY"
+              or "most used"), by_currency: {CURRENCY: {transactions, partners}},
+              other_currencies: {CURRENCY: partners}} (money only),
       unavailable: {database, redis: why it could not be read; absent when read},
       attention: [one sentence per thing that needs a person]
     """
@@ -223,7 +227,7 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
     from sync.status import render
 
     services = Services.build(_settings())
-    snapshot = stats.take(services, stuck_after or stats.STUCK_AFTER)
+    snapshot = stats.take(services, stuck_after or stats.STUCK_AFTER, with_ledger=True)
     if as_json:
         click.echo(json.dumps(snapshot.as_dict(), indent=2))
     else:
@@ -365,6 +369,37 @@ def crm_flush() -> None:
     click.echo(report.summary())
     if report.org_refusal is not None:
         raise SyncError(report.org_refusal.message)
+
+
+@main.command("ledger")
+@click.argument("partner_id")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the entries and totals as JSON (amounts as exact decimal text).")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Show the newest this many entries (0: all). The totals always count every entry.")
+def ledger_command(partner_id: str, as_json: bool, limit: int) -> None:
+    """Show one partner's commission: their ledger entries and totals per currency.
+
+    What to check before paying a partner. Each entry is a reward booked (commission), moved by a
+    newer state of its transaction (adjustment: its amount, status, partner or currency changed)
+    or by a refund (reversal), with exact amounts; entries are only ever added. The totals, per
+    currency: approved (status ok), pending (review_period, or any other status), rejected,
+    reversed (refunded), and owed = approved + pending. Currencies are never added together, and
+    points or credits (not money) are listed apart. Salesforce gets the totals of the program
+    currency (PARTNERO_CURRENCY, else the one most used).
+
+    Exit status 0; 1 when the ledger has no entry for PARTNER_ID, or the database cannot be
+    reached.
+    """
+    from sync import statement
+    from sync.services import Services
+
+    settings = _settings()
+    services = Services.build(settings)
+    found = statement.take(services.inbox.engine, partner_id, settings.currency, limit or None)
+    if found is None:
+        raise SyncError(f"no ledger entries for partner {partner_id!r}")
+    click.echo(json.dumps(found.as_dict(), indent=2) if as_json else statement.render(found))
 
 
 @main.command("send-test")

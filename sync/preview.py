@@ -7,6 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from sync.commissions import standing
 from sync.envelope import MalformedDelivery, read_event
 from sync.inbox import fingerprint
 from sync.mapping import MappingSet, parse_document, plan
@@ -35,15 +36,17 @@ def render(mappings: MappingSet, body: bytes) -> str:
             lines.append(f"  {name} = {_show(value)}")
         for name, value in change.tombstone.items():
             lines.append(f"  {name} = {_show(value)}  (kept: set by the delete)")
-    if what.rewards:
-        lines.append(f"ledger commission_entries: book {len(what.rewards)} commission(s), once each")
+    if what.rewards is not None:
+        lines.append(f"ledger commission_entries: {len(what.rewards)} reward(s); when this is the newest state, "
+                     "each stands as told here (booked, or adjusted from what stood)")
         for reward in what.rewards:
+            kind = "" if reward.is_currency else " (not money: points or credits)"
             lines.append(
-                f"  commission {reward.ref}: partner {reward.partner_id} amount {_show(reward.amount)} "
-                f"{reward.currency or ''} status {reward.status}"
+                f"  reward {reward.ref}: partner {reward.partner_id} amount {_show(reward.amount)} "
+                f"{reward.currency or ''} status {reward.status} -> {standing(reward.status)}{kind}"
             )
     if what.reverses:
-        lines.append("ledger commission_entries: reverse every commission booked for this transaction, once")
+        lines.append("ledger commission_entries: a refund: whatever stands for this transaction is reversed, once")
     return "\n".join(lines)
 
 

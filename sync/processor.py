@@ -21,6 +21,7 @@ from sync.envelope import MalformedDelivery
 from sync.errors import PermanentError, TransientError
 from sync.inbox import IGNORED, PROCESSED, Event, Inbox
 from sync.mapping import FieldProblem, MappingSet, Plan, entity_label, parse_document, plan
+from sync.records import RecordState
 from sync.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,9 @@ class Processor:
     def process_batch(self, events: list[Event]) -> BatchResult:
         """Apply ``events`` and record each one's outcome on its inbox row.
 
-        Applying a delivery again changes nothing: every write merges by version and the ledger's
-        constraints refuse a second booking. Raises ``TransientError`` when the database is away
-        (then nothing of the batch is committed).
+        Applying a delivery again changes nothing: every write merges by version, the ledger adds
+        only what its newest state lacks, and its constraint refuses a second booking. Raises
+        ``TransientError`` when the database is away (then nothing of the batch is committed).
         """
         result = BatchResult()
         work: list[tuple[Event, Plan]] = []
@@ -142,21 +143,7 @@ class Processor:
         """Warehouse rows, then ledger entries, then outbox rows: the same order in every batch."""
         changes = [(planned.change, event.id) for event, planned in work if planned.change is not None]
         states = self.warehouse.apply_many(conn, changes)
-        rewards = [(planned.change.key, reward, event.id) for event, planned in work for reward in planned.rewards]
-        ledger.book_many(conn, rewards)
-        partners = {reward.partner_id for _, reward, _ in rewards}
-        # Every refunded transaction touched here gets its missing reversals, also when its sale
-        # arrives after the refund.
-        refunds = {}
-        for event, planned in work:
-            change = planned.change
-            if change is not None and planned.mapping.ledger is not None:
-                state = states[(change.table, change.key)]
-                # Booked by the refund's own delivery when it is in this batch, else by whichever
-                # delivery found the transaction refunded (a sale arriving after its refund).
-                if state.tombstoned and (change.key not in refunds or event.fingerprint == state.deleted[1]):
-                    refunds[change.key] = (state.deleted[0], event.id)
-        partners |= ledger.reverse_many(conn, refunds)
+        partners = ledger.settle_many(conn, settlements(work, states))
         if self.outbox is not None:
             self.outbox.apply_many(conn, [
                 (planned.crm, planned.mapping.entity, tuple(f.name for f in planned.mapping.salesforce.on_delete),
@@ -165,6 +152,41 @@ class Processor:
                 if planned.crm is not None
             ])
             self.outbox.note_commission_change(conn, partners)
+
+
+def settlements(work: list[tuple[Event, Plan]], states: dict[tuple[str, str], RecordState]) -> list[ledger.Settlement]:
+    """What the batch tells the ledger about each transaction it touched.
+
+    The ledger follows the state the warehouse keeps (``states``, merged by version: the same
+    rank, time and fingerprint order, so the two never disagree on which state won). When that
+    state is one of the batch's, its rewards are what should stand; when it is not, the batch
+    held only older news, and only a refund changes what stands.
+    """
+    by_record: dict[tuple[str, str], list[tuple[Event, Plan]]] = {}
+    for event, planned in work:
+        if planned.mapping.ledger is not None and planned.change is not None:
+            by_record.setdefault((planned.change.table, planned.change.key), []).append((event, planned))
+    found = []
+    for (table, key), items in sorted(by_record.items()):
+        state = states[(table, key)]
+        winner = next(((e, p) for e, p in items if p.change.version == state.version), None)
+        rewards = winner[1].rewards if winner is not None else None
+        if rewards is None and not state.tombstoned:
+            continue  # older news: what stands already follows the newest state
+        refund = next((e for e, p in items if p.change.deleting
+                       and (p.change.version.at, p.change.version.fingerprint) == state.deleted), None)
+        # The entries name the delivery that moved them: the winning state, else the refund.
+        event_id = winner[0].id if rewards is not None else (refund or items[-1][0]).id
+        found.append(ledger.Settlement(
+            transaction_key=key,
+            rewards=rewards,
+            refunded=state.tombstoned,
+            changed_at=state.version.at if state.version is not None else state.deleted[0],
+            refunded_at=state.deleted[0] if state.deleted is not None else None,
+            event_id=event_id,
+            refund_event_id=refund.id if refund is not None else None,
+        ))
+    return found
 
 
 def _lock_order(planned: Plan) -> tuple:

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 #: Alembic's record of which migration the database is at (named for us: the warehouse database
 #: may hold other applications' tables, and their own Alembic).
 VERSION_TABLE = "partnero_sync_schema_version"
-#: The table names partnero-sync keeps for itself; a mapping may not use them.
-RESERVED_TABLES = frozenset({*db.metadata.tables, VERSION_TABLE})
+#: The table (and view) names partnero-sync keeps for itself; a mapping may not use them.
+RESERVED_TABLES = frozenset({*db.metadata.tables, VERSION_TABLE, ledger.VIEW})
 #: The migration that describes the tables as ``create_all`` made them before migrations existed.
 BASELINE = "0001"
 #: How long a migration waits for another one to finish (seconds).

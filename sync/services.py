@@ -70,7 +70,8 @@ class Services:
         if not self.settings.salesforce.enabled:
             return None
         if self._flusher is None:
-            self._flusher = Flusher(self.inbox.engine, self.mappings, SalesforceClient(self.settings.salesforce))
+            self._flusher = Flusher(self.inbox.engine, self.mappings, SalesforceClient(self.settings.salesforce),
+                                    currency=self.settings.currency)
         return self._flusher
 
     @property

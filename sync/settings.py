@@ -6,6 +6,7 @@ This is the only module that reads ``os.environ``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -164,6 +165,8 @@ class Settings:
     sweep_after_seconds: int = 60
     salesforce: SalesforceSettings = field(default_factory=SalesforceSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    #: The program's currency: Salesforce gets commission totals in it. None: the one most used.
+    currency: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -182,6 +185,7 @@ class Settings:
             log_format=log_format,
             salesforce=SalesforceSettings.from_env(env),
             dashboard=DashboardSettings.from_env(env),
+            currency=parse_currency(env.get("PARTNERO_CURRENCY", "")),
         )
 
     def require_webhook_secret(self) -> tuple[str, ...]:
@@ -228,6 +232,19 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     if raw in ("1", "true", "yes", "on"):
         return True
     raise ConfigurationError(f"{name} must be true or false (got {raw!r})")
+
+
+def parse_currency(raw: str) -> str | None:
+    """PARTNERO_CURRENCY: a currency code as the ledger keeps it (upper case); None when unset."""
+    code = raw.strip().upper()
+    if not code:
+        return None
+    if not re.fullmatch(r"[A-Z0-9_]{1,16}", code):
+        raise ConfigurationError(
+            f"PARTNERO_CURRENCY must be a currency code such as USD or EUR, as Partnero sends it in "
+            f"amount_units (got {raw.strip()!r})"
+        )
+    return code
 
 
 def parse_secrets(raw: str) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sync import db
+from sync import db, ledger
 from sync.crm.outbox import FAILED as CRM_FAILED
 from sync.crm.outbox import PENDING as CRM_PENDING
 from sync.crm.outbox import WAITING as CRM_WAITING
@@ -40,6 +40,8 @@ class Snapshot:
     crm_last_synced_at: datetime | None = None
     #: What stops every Salesforce call, when something does: {"code", "message", "since"}.
     crm_problem: dict | None = None
+    #: The ledger's currencies (read only when asked: it adds up the whole ledger).
+    ledger: ledger.Summary | None = None
     #: What could not be read, and why: {"database": "...", "redis": "..."}.
     unavailable: dict[str, str] = field(default_factory=dict)
 
@@ -107,6 +109,17 @@ class Snapshot:
                 "last_synced_at": _iso(self.crm_last_synced_at),
                 "problem": self.crm_problem,
             }
+        currencies = None
+        if self.ledger is not None:
+            currencies = {
+                "program_currency": self.ledger.currency,
+                "program_currency_from": self.ledger.chosen_by,
+                "by_currency": {currency or "": {"transactions": transactions, "partners": partners}
+                                for currency, (transactions, partners) in sorted(self.ledger.use.items(),
+                                                                                 key=lambda i: i[0] or "")},
+                "other_currencies": {currency or "": partners for currency, partners in sorted(
+                    self.ledger.others.items(), key=lambda i: i[0] or "")},
+            }
         return {
             "taken_at": _iso(self.taken_at),
             "state": self.state,
@@ -114,6 +127,7 @@ class Snapshot:
             "inbox": inbox,
             "queue": asdict(self.queue) if self.queue is not None else None,
             "salesforce": crm,
+            "ledger": currencies,
             "unavailable": self.unavailable,
             "attention": self.attention(),
         }
@@ -124,8 +138,9 @@ def backlog(by_status: dict[str, int]) -> int:
     return by_status.get(CRM_PENDING, 0) + by_status.get(CRM_WAITING, 0)
 
 
-def take(services, stuck_after: timedelta = STUCK_AFTER) -> Snapshot:
-    """Read everything; a source that cannot be read is named in ``unavailable``."""
+def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = False) -> Snapshot:
+    """Read everything (the ledger's currencies only ``with_ledger``: ``partnero-sync status``);
+    a source that cannot be read is named in ``unavailable``."""
     snapshot = Snapshot(
         taken_at=datetime.now(timezone.utc),
         stuck_after=stuck_after,
@@ -138,6 +153,9 @@ def take(services, stuck_after: timedelta = STUCK_AFTER) -> Snapshot:
                 outbox = Outbox()
                 snapshot.crm = outbox.counts(conn)
                 snapshot.crm_last_synced_at = outbox.last_synced_at(conn)
+        if with_ledger:
+            with services.inbox.engine.connect() as conn:
+                snapshot.ledger = ledger.summary(conn, services.settings.currency)
     except Exception as exc:  # e.g. no schema yet: say so rather than fail the whole report
         snapshot.unavailable["database"] = db.explain(exc) or f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     try:

@@ -7,6 +7,7 @@ from datetime import datetime
 from sync.crm.outbox import FAILED as CRM_FAILED
 from sync.crm.outbox import SYNCED as CRM_SYNCED
 from sync.inbox import STATUSES
+from sync.ledger import Summary
 from sync.stats import UNKNOWN, Snapshot, backlog, duration
 
 #: How the sources ``Snapshot.unavailable`` names are written for a person.
@@ -43,6 +44,8 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
             rows.append((f"  {obj}", f"backlog {backlog(by_status)}, refused {by_status.get(CRM_FAILED, 0)}, "
                                      f"synced {by_status.get(CRM_SYNCED, 0)}"))
         rows.append(("  last synced record", _ago(snapshot.crm_last_synced_at, snapshot.taken_at)))
+    if snapshot.ledger is not None:
+        rows += _ledger(snapshot.ledger)
     width = max(len(label) for label, _ in rows) + 2
     lines = [f"{label:<{width}}{value}".rstrip() for label, value in rows]
     reasons = snapshot.attention()
@@ -55,6 +58,20 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
     elif not reasons:
         lines.append("All well: nothing needs attention.")
     return "\n".join(lines)
+
+
+def _ledger(summary: Summary) -> list[tuple[str, str]]:
+    """The ledger's currencies: the one Salesforce gets totals in, and partners earning in others."""
+    if summary.currency is None:
+        return [("Ledger", ""), ("  program currency", summary.describe())]
+    others = ", ".join(f"{currency or 'no currency'}: {partners} partner{'s' if partners != 1 else ''}"
+                       for currency, partners in sorted(summary.others.items(), key=lambda i: i[0] or ""))
+    return [
+        ("Ledger", ""),
+        ("  program currency", summary.describe()),
+        ("  other currencies", f"{others} (left out of Salesforce; see `partnero-sync ledger PARTNER_ID`)"
+                               if others else "none"),
+    ]
 
 
 def _ago(when: datetime | None, now: datetime) -> str:

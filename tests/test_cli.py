@@ -19,7 +19,7 @@ def test_help_explains_every_command():
     result = run("--help")
     assert result.exit_code == 0
     for command in ("migrate", "worker", "sweep", "status", "send-test", "dev", "mappings", "replay",
-                    "crm-errors", "crm-retry", "crm-flush", "requeue-failed", "prune"):
+                    "crm-errors", "crm-retry", "crm-flush", "requeue-failed", "prune", "ledger"):
         assert command in result.output
     assert "PARTNERO_WEBHOOK_SECRET" in result.output
 

@@ -158,18 +158,21 @@ def test_status_json_has_the_documented_keys(settings, redis_conn):
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert set(report) == {"taken_at", "state", "stuck_after_seconds", "inbox", "queue", "salesforce",
-                           "unavailable", "attention"}
+                           "ledger", "unavailable", "attention"}
     assert report["state"] == "attention" and report["stuck_after_seconds"] == stats.STUCK_AFTER.total_seconds()
     assert report["inbox"]["by_status"] == {PENDING: 0, PROCESSED: 0, IGNORED: 0, FAILED: 1}
     assert set(report["inbox"]) == {"by_status", "oldest_pending_at", "oldest_pending_age_seconds", "last_processed_at"}
     assert set(report["queue"]) == {"queued", "scheduled", "failed", "started", "workers"}
     assert report["queue"]["failed"] == 0  # the failure is the delivery's, on its row
     assert report["salesforce"] is None and report["unavailable"] == {}
+    assert report["ledger"] == {"program_currency": None, "program_currency_from": None, "by_currency": {},
+                                "other_currencies": {}}
     assert report["attention"][0].startswith("1 deliveries failed")
     datetime.fromisoformat(report["taken_at"])
     # Every key is documented in --help.
     documented = run("status", "--help", env={}).output
-    for key in [*report, *report["inbox"], *report["queue"], "by_object", "backlog", "refused", "last_synced_at"]:
+    for key in [*report, *report["inbox"], *report["queue"], "by_object", "backlog", "refused", "last_synced_at",
+                *report["ledger"], "transactions", "partners"]:
         assert re.search(rf"\b{key}\b", documented), key
 
 
@@ -420,6 +423,7 @@ _SALESFORCE = {"SALESFORCE_INSTANCE_URL": "https://127.0.0.1:1", "SALESFORCE_SES
     ("prune --older-than 90d", {}, 1, "database unavailable: connection failed: "),
     ("replay", {}, 1, "database unavailable: connection failed: "),
     ("crm-errors", {}, 1, "database unavailable: connection failed: "),
+    ("ledger ptn_8c1e6f0a", {}, 1, "database unavailable: connection failed: "),
     ("crm-retry", _SALESFORCE, 1, "database unavailable: connection failed: "),
     ("crm-flush", _SALESFORCE, 1, "database unavailable: connection failed: "),
     ("dev", {"REDIS_URL": DEAD_REDIS_URL}, 1, "database unavailable: connection failed: "),

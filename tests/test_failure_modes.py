@@ -30,7 +30,9 @@ from tests.test_processes import BIN, environment, start, stop, wait_for
 from tests.test_salesforce_sync import deliver, outbox_rows, partner, password_login
 from tests.warehouse_helpers import envelope
 
-CONTACT_FIELDS = ["LastName", "FirstName", "Email", "Partnero_Partner_Id__c", "Partnero_Commission_Total__c"]
+#: An org with every field the shipped partner mapping sends but Partnero_Status__c.
+CONTACT_FIELDS = ["LastName", "FirstName", "Email", "Partnero_Partner_Id__c", "Partnero_Commission_Total__c",
+                  "Partnero_Commission_Approved__c", "Partnero_Commission_Pending__c"]
 
 
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sync import db, logs
 from sync.inbox import webhook_events
 from sync.samples import sample_delivery
-from tests.conftest import salesforce_env, signed
+from tests.conftest import empty_tables, salesforce_env, signed
 from tests.test_processes import environment, free_port, get, post, procfile, start, statuses, stop, wait_for
 
 WEBHOOK_SECRET = "whsec_Zq8!never-in-a-log"
@@ -32,6 +32,7 @@ def _values(fake) -> list[str]:
 
 def test_the_processes_log_json_lines_without_secrets_or_payload_values(pg_url, redis_server_url, redis_conn,
                                                                        fake, tmp_path):
+    empty_tables(pg_url)  # it counts every delivery in the database: only its own may be there
     port = free_port()
     env = environment(
         DATABASE_URL=pg_url, REDIS_URL=redis_server_url, PARTNERO_WEBHOOK_SECRET=WEBHOOK_SECRET, PORT=str(port),

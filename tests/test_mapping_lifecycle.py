@@ -64,7 +64,7 @@ def test_preview_shows_the_writes_without_writing(tmp_path):
     assert "transaction.deleted -> transaction.yml (transaction)" in result.output
     assert "warehouse transactions: tombstone transaction_key = 'in_9'" in result.output
     assert "refunded = True  (kept: set by the delete)" in result.output
-    assert "reverse every commission booked for this transaction, once" in result.output
+    assert "ledger commission_entries: a refund: whatever stands for this transaction is reversed, once" in result.output
     assert not database.exists()
 
 
@@ -73,7 +73,17 @@ def test_preview_of_a_sale_lists_its_commissions(tmp_path):
     delivery.write_text(json.dumps(sample_delivery("transaction.created")))
     result = run("mappings", "preview", str(delivery), env={"MAPPINGS_DIR": str(MAPPINGS)})
     assert "amount = 149.0" in result.output
-    assert "commission ptn_8c1e6f0a#1: partner ptn_8c1e6f0a amount 44.7 USD status review_period" in result.output
+    assert "ledger commission_entries: 1 reward(s); when this is the newest state" in result.output
+    assert "reward ptn_8c1e6f0a#1: partner ptn_8c1e6f0a amount 44.7 USD status review_period -> pending" in result.output
+
+
+def test_preview_says_how_each_reward_stands(tmp_path):
+    reward = {k: v for k, v in sample_delivery("transaction.created")["data"]["rewards"][0].items() if k != "status"}
+    delivery = tmp_path / "points.json"
+    delivery.write_text(json.dumps(sample_delivery("transaction.created", is_currency=False, rewards=[reward])))
+    result = run("mappings", "preview", str(delivery), env={"MAPPINGS_DIR": str(MAPPINGS)})
+    assert ("reward ptn_8c1e6f0a#1: partner ptn_8c1e6f0a amount 44.7 USD status None -> pending "
+            "(not money: points or credits)") in result.output
 
 
 def test_a_new_field_adds_its_column_and_keeps_the_data(warehouse_url, mappings_dir):
@@ -136,7 +146,8 @@ def test_replay_fills_a_new_column_from_stored_deliveries(tmp_path, mappings_dir
     assert run("replay", "--event", "transaction.created", env=env).exit_code == 0
     after = Pipe(database)
     assert after.owed() == before == {"ptn_8c1e6f0a": Decimal(0)}
-    assert len(after.ledger()) == 2
+    # Booked, then reversed: out of pending, into reversed.
+    assert [e[0] for e in after.ledger()] == ["commission", "reversal", "reversal"]
 
 
 def test_replay_can_pick_a_date_and_an_event(tmp_path, redis_server_url):

@@ -203,15 +203,20 @@ def test_a_sale_shows_which_delivery_won_and_the_ledger_of_its_transaction(clien
     assert f"/ops/deliveries/{update}" in first.links
     assert "amount 159 " in first.text("warehouse")
     ledger = first.text("ledger")
-    assert "1 commission ptn_8c1e6f0a#1 ptn_8c1e6f0a 44.7 USD review_period 2026-03-14 10:15:30 this delivery" in ledger
-    assert f"reversal ptn_8c1e6f0a#1 ptn_8c1e6f0a -44.7 USD review_period 2026-03-20 00:00:00 #{refund}" in ledger
-    assert first.text("ledger-summary") == "1 of 2 entries were booked by this delivery (highlighted)."
+    # Applied in one batch, the ledger follows the newest state: the update books the commission,
+    # and the refund moves it out of pending, into reversed.
+    assert f"1 commission ptn_8c1e6f0a#1 ptn_8c1e6f0a 44.7 USD pending review_period 2026-03-14 10:15:30 #{update}" in ledger
+    assert f"reversal ptn_8c1e6f0a#1 ptn_8c1e6f0a -44.7 USD pending review_period 2026-03-20 00:00:00 #{refund}" in ledger
+    assert f"reversal ptn_8c1e6f0a#1 ptn_8c1e6f0a 44.7 USD reversed review_period 2026-03-20 00:00:00 #{refund}" in ledger
+    assert first.text("ledger-summary") == "0 of 3 entries were booked by this delivery (highlighted)."
 
-    assert get(client, f"/ops/deliveries/{update}").text("warehouse").startswith("won The row holds this delivery's state.")
+    newest = get(client, f"/ops/deliveries/{update}")
+    assert newest.text("warehouse").startswith("won The row holds this delivery's state.")
+    assert newest.text("ledger-summary") == "1 of 3 entries were booked by this delivery (highlighted)."
     last = get(client, f"/ops/deliveries/{refund}")
     assert "Its tombstone (the delete) comes from this delivery." in last.text("warehouse")
     assert "refunded True" in last.text("warehouse")
-    assert last.text("ledger-summary") == "1 of 2 entries were booked by this delivery (highlighted)."
+    assert last.text("ledger-summary") == "2 of 3 entries were booked by this delivery (highlighted)."
 
 
 def test_a_failed_delivery_shows_its_error_in_full_and_that_it_wrote_nothing(client, settings, redis_conn):

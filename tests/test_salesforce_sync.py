@@ -328,3 +328,55 @@ def test_a_wrong_password_is_reported_on_the_records_not_raised(settings, fake, 
     assert row["status"] == "failed" and row["error_code"] == "LOGIN_REFUSED"
     assert row["next_attempt_at"] is not None  # tried again by itself, after a long wait
     assert "wrong-password-xyz" not in row["error_message"]
+
+
+def sale(key: str, sent_at: str, amount, status: str, currency: str = "USD", event: str = "transaction.created"):
+    reward = {**TRANSACTION["rewards"][0], "key": key, "amount": amount, "status": status, "amount_units": currency}
+    return envelope(event, sent_at, **{**TRANSACTION, "key": key, "amount_units": currency, "rewards": [reward]})
+
+
+def commission(fake) -> tuple:
+    contact = fake.get("Contact", "Partnero_Partner_Id__c", "ptn_8c1e6f0a")
+    return (contact["Partnero_Commission_Total__c"], contact["Partnero_Commission_Approved__c"],
+            contact["Partnero_Commission_Pending__c"])
+
+
+def test_the_contact_gets_owed_approved_and_pending_kept_current_as_statuses_move(services, fake):
+    from sync import stats
+
+    # Two sales in USD, one in EUR: USD is the program's currency (the most used); EUR stays out.
+    deliver(services, partner(), sale("in_1", "2026-03-14T10:15:31Z", 44.7, "review_period"),
+            sale("in_2", "2026-03-15T10:00:00Z", 10, "ok"), sale("in_eur", "2026-03-16T10:00:00Z", 1000, "ok", "EUR"))
+    services.flusher().flush()
+    assert commission(fake) == (54.7, 10, 44.7)
+    # The review period ends: the commission moves from pending to approved.
+    deliver(services, sale("in_1", "2026-04-14T10:15:31Z", 44.7, "ok", event="transaction.updated"))
+    services.flusher().flush()
+    assert commission(fake) == (54.7, 54.7, 0)
+    # Rejected, then the other sale refunded: nothing is owed any more.
+    deliver(services, sale("in_1", "2026-04-15T10:15:31Z", 44.7, "rejected", event="transaction.updated"),
+            envelope("transaction.deleted", "2026-04-16T00:00:00Z", key="in_2"))
+    services.flusher().flush()
+    assert commission(fake) == (0, 0, 0)
+    # status says which currency Salesforce gets, and who earns in another.
+    ledger = stats.take(services, with_ledger=True).ledger
+    assert (ledger.currency, ledger.configured, ledger.others) == ("USD", False, {"EUR": 1})
+
+
+def test_partnero_currency_chooses_the_totals_salesforce_gets(settings, fake, redis_conn):
+    services = Services.build(settings.with_overrides(salesforce=password_login(fake), currency="EUR"), redis_conn)
+    deliver(services, partner(), sale("in_1", "2026-03-14T10:15:31Z", 44.7, "review_period"),
+            sale("in_2", "2026-03-15T10:00:00Z", 10, "ok"), sale("in_eur", "2026-03-16T10:00:00Z", 1000.5, "ok", "EUR"))
+    services.flusher().flush()
+    assert commission(fake) == (1000.5, 1000.5, 0)
+    env = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url, "MAPPINGS_DIR": str(settings.mappings_dir),
+           "PARTNERO_CURRENCY": "eur"}
+    status = CliRunner().invoke(main, ["status"], env=env)
+    assert re.search(r"^  program currency +EUR \(PARTNERO_CURRENCY\)$", status.output, re.M), status.output
+    assert re.search(r"^  other currencies +USD: 1 partner \(left out of Salesforce; see `partnero-sync ledger "
+                     r"PARTNER_ID`\)$", status.output, re.M), status.output
+    report = json.loads(CliRunner().invoke(main, ["status", "--json"], env=env).stdout)
+    assert report["ledger"] == {"program_currency": "EUR", "program_currency_from": "PARTNERO_CURRENCY",
+                                "by_currency": {"EUR": {"transactions": 1, "partners": 1},
+                                                "USD": {"transactions": 2, "partners": 1}},
+                                "other_currencies": {"USD": 1}}

@@ -82,7 +82,7 @@ def test_a_database_made_before_migrations_is_adopted_and_upgraded(empty_url):
 
 def test_the_reserved_table_names_come_from_the_schema():
     assert {"webhook_events", "commission_entries", "crm_outbox", "crm_commission_changes",
-            schema.VERSION_TABLE} == schema.RESERVED_TABLES
+            schema.VERSION_TABLE, "partner_commissions"} == schema.RESERVED_TABLES
 
 
 def test_two_migrations_at_once_take_turns(empty_server_url):
@@ -101,3 +101,64 @@ def test_two_migrations_at_once_take_turns(empty_server_url):
     engine = db.engine_for(empty_server_url)
     assert schema.current_revision(engine) == schema.head_revision()
     assert {"webhook_events", "partners", "transactions"} <= set(sa.inspect(engine).get_table_names())
+
+
+def test_the_ledger_migration_keeps_old_entries_meaningful(empty_url):
+    """A deployed ledger holds one commission per reward and one reversal per refund: after the
+    upgrade they read as before (owed, rejected, refunded), and newer states adjust from them."""
+    from datetime import datetime, timezone
+    from decimal import Decimal
+
+    from alembic import command
+
+    from sync import ledger
+    from sync.sqltypes import Money
+    from tests.conftest import migrate
+    from tests.warehouse_helpers import Pipe, envelope
+
+    engine = db.engine_for(empty_url)
+    old = sa.table("commission_entries", *(sa.column(c) for c in (
+        "entry_type", "transaction_key", "reward_ref", "partner_id", "currency", "reward_status", "recorded_at",
+        "event_id")), sa.column("amount", Money()))
+    at = datetime(2026, 3, 14, tzinfo=timezone.utc).replace(tzinfo=None)
+    rows = [("commission", "t1", "ptn_a#1", "ptn_a", "44.7", "review_period"),
+            ("reversal", "t1", "ptn_a#1", "ptn_a", "-44.7", "review_period"),
+            ("commission", "t2", "ptn_b#1", "ptn_b", "10", "ok"),
+            ("commission", "t3", "ptn_b#1", "ptn_b", "0.000001", "rejected"),
+            ("commission", "t4", "ptn_b#1", "ptn_b", "1.5", "OK "),
+            ("commission", "t5", "ptn_b#1", "ptn_b", "2", None)]
+    with engine.connect() as conn:
+        command.upgrade(schema._config(conn), "0005")  # the revision before the ledger's
+        conn.execute(old.insert(), [
+            {"entry_type": t, "transaction_key": k, "reward_ref": r, "partner_id": p, "amount": Decimal(a),
+             "currency": "USD", "reward_status": s, "recorded_at": at, "event_id": 7} for t, k, r, p, a, s in rows])
+        conn.commit()
+
+    assert schema.migrate(engine) == [f"fixed tables migrated from 0004 to {schema.head_revision()}"]
+    migrate(empty_url)  # and the mapped tables, to deliver into
+    pipe = Pipe(empty_url)
+    assert [(e["transaction_key"], e["seq"], e["entry_type"], e["amount"], e["standing"], e["is_currency"])
+            for e in pipe.entries()] == [
+        ("t1", 1, "commission", Decimal("44.7"), "pending", True),
+        ("t1", 2, "reversal", Decimal("-44.7"), "pending", True),
+        ("t2", 1, "commission", Decimal("10"), "approved", True),
+        ("t3", 1, "commission", Decimal("0.000001"), "rejected", True),
+        ("t4", 1, "commission", Decimal("1.5"), "approved", True),
+        ("t5", 1, "commission", Decimal("2"), "pending", True),
+        ("t1", 3, "reversal", Decimal("44.7"), "reversed", True),  # the refund's other half
+    ]
+    zero = Decimal(0)
+    assert pipe.totals() == {
+        ("ptn_a", "USD", True): {"approved": zero, "pending": zero, "rejected": zero, "reversed": Decimal("44.7"),
+                                 "owed": zero},
+        ("ptn_b", "USD", True): {"approved": Decimal("11.5"), "pending": Decimal("2"), "rejected": Decimal("0.000001"),
+                                 "reversed": zero, "owed": Decimal("13.5")},
+    }
+    # A newer state of an old sale adjusts from what was booked: no second booking.
+    reward = {"partner": "ptn_b", "amount": 10, "amount_units": "USD", "status": "rejected"}
+    pipe.deliver(envelope("transaction.updated", "2026-03-20T00:00:00Z", key="t2", rewards=[reward]))
+    with engine.connect() as conn:
+        [totals] = ledger.totals(conn, ["ptn_b"])
+    assert (totals.approved, totals.rejected, totals.owed) == (Decimal("1.5"), Decimal("10.000001"), Decimal("3.5"))
+    assert [(e["seq"], e["entry_type"], e["amount"]) for e in pipe.entries() if e["transaction_key"] == "t2"] == [
+        (1, "commission", Decimal("10")), (2, "adjustment", Decimal("-10")), (3, "adjustment", Decimal("10"))]

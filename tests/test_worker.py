@@ -161,15 +161,14 @@ def test_a_delivery_that_cannot_be_applied_fails_once_with_its_reason_and_alone(
 def test_an_unexpected_error_while_applying_fails_that_delivery_alone(settings, redis_conn, monkeypatch):
     from sync import ledger
 
-    real_book_many = ledger.book_many
+    real_settle_many = ledger.settle_many
 
-    def broken(conn, items):
-        items = list(items)
-        if any(key == "tx_boom" for key, _, _ in items):
+    def broken(conn, settlements):
+        if any(s.transaction_key == "tx_boom" for s in settlements):
             raise KeyError("a bug tripped by this delivery")
-        return real_book_many(conn, items)
+        return real_settle_many(conn, settlements)
 
-    monkeypatch.setattr(ledger, "book_many", broken)
+    monkeypatch.setattr(ledger, "settle_many", broken)
     boom, fine = store(settings, sample_delivery("transaction.created", key="tx_boom"),
                        sample_delivery("transaction.created", key="tx_fine"), enqueue_to=redis_conn)
     run_burst(settings, redis_conn)

@@ -8,9 +8,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sync import db
+from sync import db, ledger
 from sync.inbox import PENDING, Delivery, Event, Inbox, webhook_events
-from sync.ledger import commission_entries, commission_owed
+from sync.ledger import commission_entries
 from sync.mapping import load_mappings
 from sync.processor import Processor
 from sync.warehouse import Warehouse
@@ -77,15 +77,33 @@ class Pipe:
             for e in entries
         )
 
-    def owed(self) -> dict[str, Decimal]:
+    def entries(self) -> list[dict[str, Any]]:
+        """Every ledger entry, in the order recorded."""
         with self.engine.connect() as conn:
-            return commission_owed(conn)
+            return [dict(r._mapping) for r in conn.execute(sa.select(commission_entries).order_by(commission_entries.c.id))]
+
+    def totals(self) -> dict[tuple[str, str | None, bool], dict[str, Decimal]]:
+        """The ``partner_commissions`` view: {(partner, currency, is money): {approved, pending,
+        rejected, reversed, owed}}."""
+        with self.engine.connect() as conn:
+            rows = ledger.totals(conn)
+        return {(t.partner_id, t.currency, t.is_currency): {n: getattr(t, n) for n in ledger.TOTALS} for t in rows}
+
+    def owed(self) -> dict[str, Decimal]:
+        """Money owed per partner, for tests whose partners each earn in one currency."""
+        owed: dict[str, Decimal] = {}
+        for (partner, _, money), sums in self.totals().items():
+            if money:
+                assert partner not in owed, f"{partner} earns in several currencies: read totals()"
+                owed[partner] = sums["owed"]
+        return owed
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "tables": {name: self.rows(name) for name in sorted(self.warehouse.tables)},
             "ledger": self.ledger(),
             "owed": self.owed(),
+            "totals": self.totals(),
         }
 
     def reset(self) -> None:

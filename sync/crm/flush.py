@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from decimal import Decimal
 
 from sqlalchemy.engine import Engine
 
@@ -56,11 +55,18 @@ class FlushReport:
 
 
 class Flusher:
-    def __init__(self, engine: Engine, mappings: MappingSet, client: SalesforceClient, outbox: Outbox | None = None):
+    def __init__(self, engine: Engine, mappings: MappingSet, client: SalesforceClient, outbox: Outbox | None = None,
+                 currency: str | None = None):
         self.engine = engine
         self.mappings = mappings
         self.client = client
         self.outbox = outbox or Outbox()
+        #: The program's currency (PARTNERO_CURRENCY); None: the one most used.
+        self.currency = currency
+        # The currency the totals are sent in, read at most once per flush (the most used one
+        # takes a look at the whole ledger).
+        self._program: str | None = None
+        self._program_read = False
         self._parents = {r.object for m in mappings.salesforce_objects() for r in m.salesforce.references}
 
     def flush(self, *, should_stop: Callable[[], bool] = lambda: False, max_calls: int | None = None,
@@ -71,6 +77,7 @@ class Flusher:
         recorded; the rest is due again at the next flush).
         """
         report = FlushReport()
+        self._program_read = False
         self._fold_commissions()
         for mapping in self.mappings.salesforce_objects():
             while max_calls is None or report.calls < max_calls:
@@ -91,7 +98,7 @@ class Flusher:
 
     def _fold_commissions(self) -> None:
         for mapping in self.mappings.salesforce_objects():
-            if mapping.salesforce.commission_total:
+            if mapping.salesforce.commission:
                 with db.transaction(self.engine) as conn:
                     self.outbox.fold_commission_changes(conn, mapping.salesforce.object, mapping.entity)
 
@@ -103,8 +110,10 @@ class Flusher:
         with db.transaction(self.engine) as conn:
             rows = self.outbox.due(conn, target.object, signature, COLLECTION_LIMIT)
             totals = {}
-            if rows and target.commission_total:
-                totals = ledger.commission_owed(conn, [r.external_id for r in rows])
+            if rows and target.commission:
+                if not self._program_read:
+                    self._program, self._program_read = ledger.program_currency(conn, self.currency), True
+                totals = ledger.salesforce_totals(conn, [r.external_id for r in rows], self._program)
         if not rows:
             return 0
         # A mapping that opted in deletes tombstoned records; by default they are only updated.
@@ -181,7 +190,7 @@ class Flusher:
         log.error("Salesforce refused a whole call of %d records: %s", len(rows), reason,
                   extra={"object": target.object, "count": len(rows)})
 
-    def _record(self, mapping: Mapping, row: Pending, totals: dict[str, Decimal]) -> dict:
+    def _record(self, mapping: Mapping, row: Pending, totals: dict[str, ledger.Totals]) -> dict:
         target = mapping.salesforce
         # Only what the mapping names now: a field it stopped sending (say, one the org lacks) is
         # left out even from records stored before the change.
@@ -189,6 +198,9 @@ class Flusher:
         record = {name: value for name, value in row.fields.items()
                   if name in named and not (name.endswith("__r") and value is None)}  # no parent: leave the lookup
         record[target.external_id] = row.external_id
-        if target.commission_total:
-            record[target.commission_total] = wire(totals.get(row.external_id, Decimal(0)))
+        # The program currency's totals only: a partner with none in it gets zeros, and other
+        # currencies are never added in (``partnero-sync status`` reports them).
+        mine = totals.get(row.external_id, ledger.ZERO)
+        for total, name in target.commission.items():
+            record[name] = wire(getattr(mine, total))
         return record

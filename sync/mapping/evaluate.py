@@ -48,12 +48,17 @@ class RecordChange:
 
 @dataclass(frozen=True)
 class Reward:
-    ref: str  # identifies the reward within its transaction
+    #: Identifies the reward within its transaction: its own key (when it has one no other reward
+    #: shares and that is not the transaction's), else its partner, then "#" and its place among
+    #: the rewards of that key or partner: ``ptn_8c1e6f0a#1``.
+    ref: str
     partner_id: str
     amount: Decimal
     currency: str | None
     status: str | None
     occurred_at: datetime | None
+    #: False for points and credits: kept apart from money.
+    is_currency: bool = True
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,10 @@ class Plan:
     mapping: Mapping
     event: str
     change: RecordChange | None
-    rewards: tuple[Reward, ...]  # commissions to book
-    reverses: bool  # a refund: reverse whatever was booked for this record
+    #: The rewards this state of the record tells (the ledger follows the newest state's); None
+    #: when it tells none: a delete, or a mapping without a ledger.
+    rewards: tuple[Reward, ...] | None
+    reverses: bool  # a refund: whatever stands for this record is reversed
     crm: RecordChange | None = None  # what the Salesforce record should say
 
 
@@ -117,11 +124,10 @@ def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str, received_
         )
         change = RecordChange(target.table, target.key, str(key), deleting, values, tombstone, version)
 
-    rewards: tuple[Reward, ...] = ()
-    ledger = mapping.ledger
-    if ledger is not None and event in ledger.book_on:
-        rewards = _rewards(mapping, document)
-    reverses = ledger is not None and deleting
+    rewards = None
+    if mapping.ledger is not None and not deleting:
+        rewards = _rewards(mapping, document, str(key))
+    reverses = mapping.ledger is not None and deleting
 
     crm = None
     if mapping.salesforce is not None:
@@ -169,31 +175,43 @@ def _believable(at: Any, reference: datetime) -> bool:
     return isinstance(at, datetime) and EARLIEST <= at and at - reference <= MAX_AHEAD
 
 
-def _rewards(mapping: Mapping, document: Any) -> tuple[Reward, ...]:
+def _rewards(mapping: Mapping, document: Any, transaction_key: str) -> tuple[Reward, ...]:
+    """The rewards the delivery lists (none listed: none). Each reward's fields are read from the
+    reward, which also sees its transaction (the delivery's ``data``) as ``transaction``."""
     ledger = mapping.ledger
     found = ledger.rewards.search(document)
     if found is None:
         return ()
     if not isinstance(found, list):
         raise FieldProblem(f"{mapping.path.name}: ledger.rewards: {ledger.rewards_source} is not a list")
-    rewards = []
-    seen: dict[str, int] = {}
+    read = []
     for position, item in enumerate(found):
-        values = {name: _value(mapping, f, item, f"ledger.{name}") for name, f in ledger.fields.items()}
+        scope = {**item, "transaction": document.get("data")} if isinstance(item, dict) else item
+        values = {name: _value(mapping, f, scope, f"ledger.{name}") for name, f in ledger.fields.items()}
         if not values["partner"]:
             raise FieldProblem(f"{mapping.path.name}: ledger.partner: reward {position + 1} has no partner")
         if values["amount"] is None:
             raise FieldProblem(f"{mapping.path.name}: ledger.amount: reward {position + 1} has no amount")
+        read.append(values)
+    # Partnero's rewards carry their transaction's key: only a key of the reward's own, which no
+    # other reward shares, tells it apart. Otherwise its partner and place do (stable while
+    # Partnero keeps the rewards' order).
+    keys = [values.get("key") for values in read]
+    rewards = []
+    seen: dict[str, int] = {}
+    for values, own in zip(read, keys):
         partner = str(values["partner"])
-        seen[partner] = seen.get(partner, 0) + 1
+        base = own if own and own != transaction_key and keys.count(own) == 1 else partner
+        seen[base] = seen.get(base, 0) + 1
         rewards.append(
             Reward(
-                ref=f"{partner}#{seen[partner]}",
+                ref=f"{base}#{seen[base]}",
                 partner_id=partner,
                 amount=values["amount"],
                 currency=values["currency"],
                 status=values["status"],
                 occurred_at=values["occurred_at"],
+                is_currency=values.get("is_currency") is not False,
             )
         )
     return tuple(rewards)

@@ -35,8 +35,13 @@ SYSTEM_TABLE_PREFIXES = ("sqlite_", "pg_")
 SYSTEM_PREFIX = "sync_"
 DEFAULT_VERSION = "data.updated_at || created_at || timestamp"
 LEDGER_FIELDS = ("partner", "amount", "currency", "status", "occurred_at")
+#: Reward fields a ledger section may name: the reward's own key (its identity, when it has one)
+#: and whether it is money (false: points or credits, kept apart).
+LEDGER_OPTIONAL = ("key", "is_currency")
 LEDGER_TYPES = {"partner": "string", "amount": "decimal", "currency": "string", "status": "string",
-                "occurred_at": "datetime"}
+                "occurred_at": "datetime", "key": "string", "is_currency": "boolean"}
+#: The commission totals a Salesforce section may name a field for, by their mapping key.
+COMMISSION_TOTALS = {"commission_total": "owed", "commission_approved": "approved", "commission_pending": "pending"}
 
 
 @dataclass(frozen=True)
@@ -95,10 +100,12 @@ class WarehouseTarget:
 
 @dataclass(frozen=True)
 class LedgerSpec:
+    """Where a record's rewards are, and how each is read. Every state that is not a delete
+    tells them; the ledger follows the newest."""
+
     rewards: ParsedResult
     rewards_source: str
     fields: dict[str, Field]
-    book_on: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -118,8 +125,9 @@ class SalesforceTarget:
     fields: tuple[Field, ...]
     on_delete: tuple[Field, ...]
     references: tuple[Reference, ...]
-    #: The field that receives the record's net commission owed, from the ledger.
-    commission_total: str | None
+    #: The fields that receive the partner's commission totals, from the ledger: {"owed" |
+    #: "approved" | "pending": field}; ``commission_total`` in the file names the owed one.
+    commission: dict[str, str]
     #: Whether a delete also deletes the Salesforce record (off: it is only updated).
     hard_delete: bool
 
@@ -134,7 +142,7 @@ class SalesforceTarget:
         described = [
             self.object, self.external_id, [field(f) for f in self.fields], [field(f) for f in self.on_delete],
             [[r.name, r.object, r.external_id, field(r.value)] for r in self.references],
-            self.commission_total, self.hard_delete,
+            sorted(self.commission.items()), self.hard_delete,
         ]
         return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -281,7 +289,7 @@ class _Checker:
         warehouse = self.warehouse(raw["warehouse"]) if "warehouse" in raw else None
         if "warehouse" not in raw:
             self.problem(raw, "warehouse", "", "nothing to write: add a warehouse section")
-        ledger = self.ledger(raw["ledger"], events) if "ledger" in raw else None
+        ledger = self.ledger(raw["ledger"], events, deletes) if "ledger" in raw else None
         salesforce = self.salesforce(raw["salesforce"]) if "salesforce" in raw else None
         if None in (entity, identity, version) or ("warehouse" in raw and warehouse is None):
             return None
@@ -495,22 +503,33 @@ class _Checker:
                 ok = False
         return WarehouseTarget(table, key, tuple(columns), tuple(on_delete)) if ok else None
 
-    def ledger(self, raw: Any, events: set[str]) -> LedgerSpec | None:
+    def ledger(self, raw: Any, events: set[str], deletes: set[str]) -> LedgerSpec | None:
         where = "ledger"
         if not isinstance(raw, LineDict):
             self.problems.append(Problem(self.path, getattr(raw, "line", 1), where, "must be a mapping"))
             return None
         self.duplicates(raw, where)
-        self.unknown_keys(raw, {"rewards", "book_on", *LEDGER_FIELDS}, where)
+        self.unknown_keys(raw, {"rewards", "book_on", *LEDGER_FIELDS, *LEDGER_OPTIONAL}, where)
         rewards = None
         if self.required(raw, "rewards", where) is not None:
             rewards = self.expression(raw, "rewards", "ledger.rewards", raw["rewards"])
-        book_on = self.event_list(raw, "book_on", required=True)
-        for event in sorted(book_on - events):
-            self.problem(raw, "book_on", "ledger.book_on", f"{event} is not in events")
-        fields: dict[str, Field] = {}
         ok = rewards is not None
-        for name in LEDGER_FIELDS:
+        if "book_on" in raw:
+            # Kept for older files. The ledger follows the newest state, so a state that told no
+            # rewards would leave it depending on the order deliveries arrive in.
+            book_on = self.event_list(raw, "book_on", required=True)
+            for event in sorted(book_on - events):
+                self.problem(raw, "book_on", "ledger.book_on", f"{event} is not in events")
+            missing = sorted(events - deletes - book_on)
+            if missing:
+                self.problem(raw, "book_on", "ledger.book_on",
+                             f"every event that is not a delete tells the rewards (the ledger follows the newest "
+                             f"state): add {', '.join(missing)}, or leave book_on out")
+                ok = False
+        fields: dict[str, Field] = {}
+        for name in (*LEDGER_FIELDS, *LEDGER_OPTIONAL):
+            if name in LEDGER_OPTIONAL and name not in raw:
+                continue
             if self.required(raw, name, where) is None:
                 ok = False
                 continue
@@ -524,8 +543,7 @@ class _Checker:
                 fields[name] = built
         if not ok:
             return None
-        return LedgerSpec(rewards, raw["rewards"], fields, frozenset(book_on))
-
+        return LedgerSpec(rewards, raw["rewards"], fields)
 
     def salesforce(self, raw: Any) -> SalesforceTarget | None:
         where = "salesforce"
@@ -534,7 +552,7 @@ class _Checker:
             return None
         self.duplicates(raw, where)
         self.unknown_keys(raw, {"object", "external_id", "fields", "on_delete", "references",
-                                "commission_total", "hard_delete"}, where)
+                                *COMMISSION_TOTALS, "hard_delete"}, where)
         ok = True
         names = {}
         for key in ("object", "external_id"):
@@ -547,10 +565,17 @@ class _Checker:
         fields = self.sf_fields(raw, "fields", f"{where}.fields", required=True)
         on_delete = self.sf_fields(raw, "on_delete", f"{where}.on_delete", required=False)
         references = self.references(raw, f"{where}.references")
-        total = raw.get("commission_total")
-        if total is not None and not (isinstance(total, str) and SF_NAME.match(total)):
-            self.problem(raw, "commission_total", f"{where}.commission_total", "a Salesforce field name")
-            ok = False
+        commission = {}
+        for key, total in COMMISSION_TOTALS.items():
+            name = raw.get(key)
+            if name is None:
+                continue
+            if not (isinstance(name, str) and SF_NAME.match(name)):
+                self.problem(raw, key, f"{where}.{key}",
+                             f"a Salesforce field name (it receives the {total} commission)")
+                ok = False
+            else:
+                commission[total] = name
         hard_delete = raw.get("hard_delete", False)
         if not isinstance(hard_delete, bool):
             self.problem(raw, "hard_delete", f"{where}.hard_delete", "must be true or false")
@@ -560,7 +585,7 @@ class _Checker:
         taken: dict[str, str] = {}
         for label, name in [*((f"fields.{f.name}", f.name) for f in fields),
                             *((f"references.{r.name}", r.name) for r in references),
-                            *((("commission_total", total),) if total else ())]:
+                            *((key, raw[key]) for key in COMMISSION_TOTALS if COMMISSION_TOTALS[key] in commission)]:
             if name in taken or name == names["external_id"]:
                 self.problem(raw, label.split(".")[0], f"{where}.{label}",
                              "duplicate field" + (": the external id is filled from identity"
@@ -570,7 +595,7 @@ class _Checker:
         if not ok:
             return None
         return SalesforceTarget(names["object"], names["external_id"], tuple(fields), tuple(on_delete),
-                                tuple(references), total, hard_delete)
+                                tuple(references), commission, hard_delete)
 
     def sf_fields(self, node: LineDict, key: str, where: str, required: bool) -> list[Field] | None:
         raw = node.get(key)

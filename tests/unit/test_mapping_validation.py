@@ -156,6 +156,38 @@ def test_a_ledger_section_is_checked_too(tmp_path):
     assert f"{tmp_path}/partner.yml:12: ledger.status: missing" in found
 
 
+def test_book_on_must_name_every_state_the_ledger_follows(tmp_path):
+    two = GOOD.replace("events: [partner.created, partner.deleted]",
+                       "events: [partner.created, partner.updated, partner.deleted]")
+    found = problems(write(tmp_path, two + LEDGER))
+    assert found == [f"{tmp_path}/partner.yml:13: ledger.book_on: every event that is not a delete tells the rewards "
+                     "(the ledger follows the newest state): add partner.updated, or leave book_on out"]
+    [mapping] = load_mappings(write(tmp_path, two + LEDGER.replace("  book_on: [partner.created]\n", ""))).mappings
+    assert set(mapping.ledger.fields) == {"partner", "amount", "currency", "status", "occurred_at"}
+
+
+def test_a_ledgers_optional_reward_fields_are_typed(tmp_path):
+    extra = LEDGER + "  key: key\n  is_currency: {from: is_currency, type: integer}\n"
+    assert problems(write(tmp_path, GOOD + extra)) == [
+        f"{tmp_path}/partner.yml:20: ledger.is_currency: type clash: must be boolean, not integer"]
+
+
+def test_the_commission_fields_of_a_salesforce_section_are_checked(tmp_path):
+    salesforce = ("salesforce:\n  object: Contact\n  external_id: Partnero_Partner_Id__c\n  fields:\n"
+                  "    Email: data.email\n  commission_total: Total__c\n  commission_approved: 'not a field'\n"
+                  "  commission_pending: Email\n  commission_paid: Paid__c\n")
+    found = problems(write(tmp_path, GOOD + salesforce))
+    path = tmp_path / "partner.yml"
+    assert f"{path}:17: salesforce.commission_approved: a Salesforce field name (it receives the approved commission)" in found
+    assert f"{path}:19: salesforce.commission_paid: unknown key (expected one of: commission_approved, " \
+           "commission_pending, commission_total, external_id, fields, hard_delete, object, on_delete, references)" in found
+    fixed = salesforce.replace("'not a field'", "Approved__c").replace("  commission_paid: Paid__c\n", "")
+    assert f"{path}:18: salesforce.commission_pending: duplicate field (also fields.Email)" in problems(
+        write(tmp_path, GOOD + fixed))
+    [mapping] = load_mappings(write(tmp_path, GOOD + fixed.replace("commission_pending: Email", "commission_pending: P__c"))).mappings
+    assert mapping.salesforce.commission == {"owed": "Total__c", "approved": "Approved__c", "pending": "P__c"}
+
+
 def test_the_shipped_mappings_load():
     loaded = load_mappings(ROOT / "mappings")
     assert {m.entity for m in loaded.mappings} == {"partner", "customer", "transaction"}

@@ -10,6 +10,11 @@ def test_defaults():
     assert settings.redis_url == "redis://localhost:6379/0"
     assert str(settings.mappings_dir) == "mappings"
     assert settings.webhook_secrets == ()
+    assert settings.currency is None  # the ledger's most used
+
+
+def test_the_program_currency_is_kept_as_the_ledger_keeps_currencies():
+    assert Settings.from_env({"PARTNERO_CURRENCY": " eur "}).currency == "EUR"
 
 
 def test_secrets_are_comma_separated_for_rotation():
@@ -41,6 +46,7 @@ def test_database_url_forms(given, expected):
         ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"PARTNERO_CURRENCY": "US dollar"}, "PARTNERO_CURRENCY"),
     ],
 )
 def test_malformed_values_name_the_variable(env, variable):

@@ -1,0 +1,184 @@
+"""What the commission ledger should say, as plain functions of values: each reward's standing,
+and the entries that bring a transaction's rewards to their newest state. No I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sync.mapping.evaluate import Reward
+
+APPROVED = "approved"
+PENDING = "pending"
+REJECTED = "rejected"
+#: The transaction was refunded: the reward is not owed, whatever its status.
+REVERSED = "reversed"
+STANDINGS = (APPROVED, PENDING, REJECTED, REVERSED)
+#: Partnero's reward statuses. Any other status, or none, counts as pending: never dropped.
+STATUS_STANDING = {"ok": APPROVED, "review_period": PENDING, "rejected": REJECTED}
+
+COMMISSION = "commission"  # a reward booked for the first time
+ADJUSTMENT = "adjustment"  # a newer state of the reward moved it: amount, status, partner or currency
+REVERSAL = "reversal"  # its transaction was refunded
+
+
+def standing(status: str | None, refunded: bool = False) -> str:
+    """How a reward of ``status`` stands: approved, pending, rejected, or reversed by a refund."""
+    if refunded:
+        return REVERSED
+    return STATUS_STANDING.get((status or "").strip().lower(), PENDING)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Where an amount stands: whose it is, in what, and how it stands. Money of different
+    currencies, and points (``is_currency`` false), are never in one bucket."""
+
+    partner_id: str
+    currency: str | None
+    is_currency: bool
+    standing: str
+
+    def sort_key(self) -> tuple:
+        return (self.partner_id, self.currency or "", not self.is_currency, STANDINGS.index(self.standing))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of the ledger: one already stored, or one to add."""
+
+    transaction_key: str
+    reward_ref: str
+    #: The entry's number among its reward's entries (1, 2, …); UNIQUE with the reward.
+    seq: int
+    entry_type: str
+    bucket: Bucket
+    amount: Decimal
+    reward_status: str | None
+    occurred_at: datetime | None
+    event_id: int | None = None
+
+
+def settle(
+    transaction_key: str,
+    entries: Sequence[Entry],
+    rewards: Sequence[Reward] | None,
+    refunded: bool,
+    changed_at: datetime,
+    refunded_at: datetime | None = None,
+    event_id: int | None = None,
+    refund_event_id: int | None = None,
+) -> list[Entry]:
+    """The entries to add so that each reward of the transaction stands at its newest state.
+
+    ``entries`` are the transaction's entries so far; ``rewards`` are those of its newest state
+    (None: that state is not at hand, so what stands is kept and only a refund moves it); a reward
+    that stands but is not among ``rewards`` goes back to nothing. ``refunded``: every reward
+    stands reversed. Entries name the delivery that moved them: ``event_id`` (the newest state),
+    or for reversals ``refund_event_id`` (the refund) when known.
+
+    Nothing is ever edited: each change is a move out of the bucket a reward stood in and into
+    the one it stands in now (a delta, when only the amount changed), so a reward's entries
+    always add up to its newest state. Settling again adds nothing.
+    """
+    chains: dict[str, list[Entry]] = {}
+    for entry in entries:
+        chains.setdefault(entry.reward_ref, []).append(entry)
+    wanted = None if rewards is None else {reward.ref: reward for reward in rewards}
+    if wanted is None and not refunded:
+        return []
+    added: list[Entry] = []
+    for ref in sorted(set(chains) | set(wanted or ())):
+        chain = sorted(chains.get(ref, []), key=lambda e: e.seq)
+        reward = wanted.get(ref) if wanted is not None else None
+        stands = balances(chain)
+        if wanted is None:
+            goal = _reversed(stands)  # a refund of a state not at hand: reverse what stands
+        else:
+            goal = _target(reward, refunded)
+        if refunded and not chain and reward is not None:
+            # Refunded before it was ever booked: book it, then reverse it, so the ledger shows
+            # the commission the refund took back.
+            steps = [(COMMISSION, _target(reward, refunded=False)), (REVERSAL, goal)]
+        else:
+            steps = [(REVERSAL if refunded else ADJUSTMENT if chain else COMMISSION, goal)]
+        seq = chain[-1].seq + 1 if chain else 1
+        history = list(chain)  # this reward's entries, as they grow
+        for kind, step in steps:
+            for bucket, amount in _moves(stands, step):
+                if kind == COMMISSION:  # when the reward was earned, as it says (or unknown)
+                    at = reward.occurred_at if reward is not None else None
+                elif kind == REVERSAL:
+                    at = refunded_at or changed_at
+                else:
+                    at = changed_at
+                status = _status(bucket, bucket in step, history, reward)
+                by = (refund_event_id or event_id) if kind == REVERSAL else event_id
+                history.append(Entry(transaction_key, ref, seq, kind, bucket, amount, status, at, by))
+                seq += 1
+            stands = step
+        added += history[len(chain):]
+    return added
+
+
+def balances(entries: Iterable[Entry]) -> dict[Bucket, Decimal]:
+    """What ``entries`` add up to, per bucket (buckets that add up to nothing left out)."""
+    sums: dict[Bucket, Decimal] = {}
+    for entry in entries:
+        sums[entry.bucket] = sums.get(entry.bucket, Decimal(0)) + entry.amount
+    return {bucket: amount for bucket, amount in sums.items() if amount != 0}
+
+
+def program_currency(configured: str | None, use: Mapping[str | None, int]) -> str | None:
+    """The currency whose totals Salesforce gets: ``configured`` (PARTNERO_CURRENCY), else the
+    one the most transactions pay commission in (``use``: currency -> transactions; ties go to
+    the first in alphabetical order). None: no money commission yet."""
+    if configured:
+        return configured
+    known = [(count, currency) for currency, count in use.items() if currency]
+    if not known:
+        return None
+    return min(known, key=lambda item: (-item[0], item[1]))[1]
+
+
+def _target(reward: Reward | None, refunded: bool) -> dict[Bucket, Decimal]:
+    if reward is None or reward.amount == 0:
+        return {}
+    bucket = Bucket(reward.partner_id, reward.currency, reward.is_currency, standing(reward.status, refunded))
+    return {bucket: reward.amount}
+
+
+def _reversed(stands: dict[Bucket, Decimal]) -> dict[Bucket, Decimal]:
+    """Everything that stands, moved to reversed (per partner, currency and kind)."""
+    moved: dict[Bucket, Decimal] = {}
+    for bucket, amount in stands.items():
+        key = Bucket(bucket.partner_id, bucket.currency, bucket.is_currency, REVERSED)
+        moved[key] = moved.get(key, Decimal(0)) + amount
+    return {bucket: amount for bucket, amount in moved.items() if amount != 0}
+
+
+def _moves(stands: dict[Bucket, Decimal], goal: dict[Bucket, Decimal]) -> list[tuple[Bucket, Decimal]]:
+    """The amounts to add per bucket to go from ``stands`` to ``goal``: out of the old first."""
+    moves = []
+    for bucket in set(stands) | set(goal):
+        delta = goal.get(bucket, Decimal(0)) - stands.get(bucket, Decimal(0))
+        if delta != 0:
+            moves.append((bucket, delta))
+    return sorted(moves, key=lambda move: (move[1] > 0, move[0].sort_key()))
+
+
+def _status(bucket: Bucket, into: bool, history: list[Entry], reward: Reward | None) -> str | None:
+    """The reward status an entry is shown with: the newest state's for what moves into where
+    the reward stands now, the one the bucket was booked with for what moves out of it."""
+    owner = (bucket.partner_id, bucket.currency, bucket.is_currency)
+    if into and reward is not None and (reward.partner_id, reward.currency, reward.is_currency) == owner:
+        return reward.status
+    for entry in reversed(history):
+        if entry.bucket == bucket:
+            return entry.reward_status
+    for entry in reversed(history):
+        if (entry.bucket.partner_id, entry.bucket.currency, entry.bucket.is_currency) == owner:
+            return entry.reward_status
+    return reward.status if reward is not None else None
