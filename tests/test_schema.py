@@ -134,7 +134,7 @@ def test_the_ledger_migration_keeps_old_entries_meaningful(empty_url):
              "currency": "USD", "reward_status": s, "recorded_at": at, "event_id": 7} for t, k, r, p, a, s in rows])
         conn.commit()
 
-    assert schema.migrate(engine) == [f"fixed tables migrated from 0004 to {schema.head_revision()}"]
+    assert schema.migrate(engine) == [f"fixed tables migrated from 0005 to {schema.head_revision()}"]
     migrate(empty_url)  # and the mapped tables, to deliver into
     pipe = Pipe(empty_url)
     assert [(e["transaction_key"], e["seq"], e["entry_type"], e["amount"], e["standing"], e["is_currency"])
