@@ -66,6 +66,7 @@ crm_outbox = sa.Table(
     sa.UniqueConstraint("object", "external_id", name="uq_crm_outbox_record"),
     sa.Index("ix_crm_outbox_due", "status", "next_attempt_at"),
     sa.Index("ix_crm_outbox_waiting_for", "waiting_for"),
+    sa.Index("ix_crm_outbox_object_status_id", "object", "status", "id"),
 )
 
 #: Partners whose commission changed, appended by the worker, folded into the outbox by a flush.
@@ -234,24 +235,28 @@ class Outbox:
     def due(self, conn: Connection, object_name: str, signature: str, limit: int = 200) -> list[Pending]:
         """Rows of ``object_name`` to send now, oldest first: pending or waiting whose time has
         come, and refused ones whose retry time came or whose mapping changed since (``signature``
-        is the object's mapping now)."""
+        is the object's mapping now).
+
+        One short read per status, each along the (object, status, id) index: a single query with
+        the statuses OR-ed together would walk every synced record to find the few that are due.
+        """
         t = crm_outbox
         at = now()
         time_come = sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= at)
-        rows = conn.execute(
-            sa.select(t)
-            .where(
-                t.c.object == object_name,
-                t.c.sync_version.is_not(None),
-                sa.or_(
-                    sa.and_(t.c.status.in_((PENDING, WAITING)), time_come),
-                    sa.and_(t.c.status == FAILED,
-                            sa.or_(t.c.next_attempt_at <= at, t.c.sent_with != signature)),
-                ),
-            )
-            .order_by(t.c.id)
-            .limit(limit)
-        ).all()
+        wanted = {
+            PENDING: time_come,
+            WAITING: time_come,
+            FAILED: sa.or_(t.c.next_attempt_at <= at, t.c.sent_with != signature),
+        }
+        rows = []
+        for status, condition in wanted.items():
+            rows += conn.execute(
+                sa.select(t)
+                .where(t.c.object == object_name, t.c.status == status, t.c.sync_version.is_not(None), condition)
+                .order_by(t.c.id)
+                .limit(limit)
+            ).all()
+        rows = sorted(rows, key=lambda r: r.id)[:limit]
         return [
             Pending(r.id, r.object, r.external_id, r.entity, dict(r.fields or {}), r.generation, r.attempts,
                     r.sync_deleted_version is not None, r.waiting_since)
