@@ -328,8 +328,10 @@ def crm_errors(limit: int) -> None:
 def crm_retry(object_name: str | None) -> None:
     """Send refused and waiting records again (after fixing the cause in Salesforce or a mapping).
 
-    Makes them due now and asks the workers for a flush. Exit status 2 while Salesforce sync is
-    off; 1 when the database or Redis cannot be reached.
+    Makes them due now and asks the workers for a flush. Records refused because the mapping
+    could not compute a field (MAPPING_ERROR in `crm-errors`) are not sent: after fixing the
+    mapping, `replay` their deliveries. Exit status 2 while Salesforce sync is off; 1 when the
+    database or Redis cannot be reached.
     """
     from sync.crm.outbox import Outbox
     from sync.services import Services
@@ -339,9 +341,13 @@ def crm_retry(object_name: str | None) -> None:
         raise ConfigurationError("Salesforce sync is off: no SALESFORCE_ variables are set")
     with services.inbox.engine.begin() as conn:
         count = Outbox().retry_failed(conn, object_name)
+        uncomputed = Outbox().refused_by_mapping(conn, object_name)
     services.flushes.forget_problem()
     services.flushes.request(force=True)
     click.echo(f"{count} records will be sent again")
+    if uncomputed:
+        click.echo(f"{uncomputed} records the mapping could not compute (MAPPING_ERROR) are not: fix the "
+                   "mapping, then `partnero-sync replay` their deliveries")
 
 
 @main.command("crm-flush")

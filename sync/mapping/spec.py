@@ -73,11 +73,15 @@ class Field:
     type: str
     line: int
 
-    def evaluate(self, document: Any) -> Any:
+    def raw(self, document: Any) -> Any:
+        """The value before it is made the field's type: the expression (or constant), transformed."""
         value = self.constant if self.expression is None else self.expression.search(document)
         for transform in self.transforms:
             value = transform.apply(value)
-        return COERCE[self.type](value)
+        return value
+
+    def evaluate(self, document: Any) -> Any:
+        return COERCE[self.type](self.raw(document))
 
 
 @dataclass(frozen=True)
