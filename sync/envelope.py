@@ -115,7 +115,7 @@ def parse_timestamp(value: Any) -> datetime | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        if isinstance(value, int) and len(str(abs(value))) > _MAX_UNIX_DIGITS:
+        if abs(value) >= 10**_MAX_UNIX_DIGITS:  # also before converting a huge int, which would raise
             return None
         try:
             return datetime.fromtimestamp(value, tz=timezone.utc)

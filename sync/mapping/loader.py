@@ -138,6 +138,10 @@ def _measure(node: yaml.Node, depth: int, sizes: dict[int, tuple[int, int]], ope
         children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
         size, height = 1, 0
         for child in children:
+            known = sizes.get(id(child))  # measured before: an alias brings it in here
+            if known is not None and depth + 1 + known[1] > MAX_DEPTH:
+                raise YamlProblem(_line(node), f"nested more than {MAX_DEPTH} levels deep (counting what aliases "
+                                               "bring in)")
             child_size, child_height = _measure(child, depth + 1, sizes, open_)
             size += child_size
             height = max(height, child_height + 1)

@@ -40,10 +40,19 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+#: The longest text or JSON one field stores (a delivery's whole body is at most 1 MiB; an
+#: expression that makes more out of it is refused for that field).
+MAX_VALUE_CHARS = 1024 * 1024
+
+
 def to_string(value: Any) -> str | None:
     """A value as text: numbers with the digits they were sent with, lists and objects as JSON."""
     text = _text(value)
-    if text is not None and _UNSTORABLE.search(text):
+    if text is None:
+        return None
+    if len(text) > MAX_VALUE_CHARS:
+        raise ValueProblem(f"{kind(value)} longer than {MAX_VALUE_CHARS:,} characters is too long to store")
+    if _UNSTORABLE.search(text):
         raise ValueProblem(f"{kind(value)} holding a NUL character or broken Unicode (a lone surrogate) cannot be stored")
     return text
 
@@ -155,6 +164,8 @@ def to_json(value: Any) -> Any:
         except (ValueError, RecursionError) as exc:
             what = "a number" if isinstance(value, float) else f"{kind(value)} holding a number"
             raise ValueProblem(f"{what} too large for JSON cannot be stored") from exc
+        if len(text) > MAX_VALUE_CHARS:
+            raise ValueProblem(f"{kind(value)} longer than {MAX_VALUE_CHARS:,} characters as JSON is too long to store")
         if _UNSTORABLE.search(text):  # json.dumps escapes NUL: only raw surrogates are left
             raise ValueProblem(f"{kind(value)} holding broken Unicode (a lone surrogate) cannot be stored")
     return value
