@@ -7,17 +7,24 @@ clients stop the web process. Here the worker's event loop reads every request i
 without blocking (``app.framing`` says when it is whole), and hands it to a thread only then; a
 request that has not fully arrived within ``REQUEST_SECONDS`` is answered 408 and closed. A slow
 client costs a connection slot and its buffered bytes, never a thread.
+
+Closing is made non-blocking too: gthread closes a connection gracefully (its answer sent, it
+waits for the client to close first, so that unread bytes do not reset the connection and lose
+the answer) by blocking its event loop for up to two seconds, which a client that never closes
+turns into a stall of the whole process. Here the event loop lingers on such sockets instead.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import selectors
+import socket
 import time
 from dataclasses import dataclass, field
 from functools import partial
 
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import ThreadWorker, TConn
 
 from app.framing import RequestFramer, Verdict
 from sync.settings import MAX_BODY_BYTES
@@ -28,6 +35,10 @@ REQUEST_SECONDS = 10.0
 #: How long a thread may wait on the socket for bytes the read-ahead did not hold (it holds the
 #: whole request; this only bounds a framing the read-ahead got wrong).
 THREAD_READ_SECONDS = 2.0
+#: How long a closed connection is drained, waiting for the client to close its side.
+LINGER_SECONDS = 2.0
+#: Beyond this many lingering connections, new ones are closed at once.
+MAX_LINGERING = 1000
 _RECV = 256 * 1024
 
 _ANSWERS = {
@@ -84,14 +95,40 @@ class _Handover:
     reads: BoundedReads | None = field(default=None)
 
 
+class _Connection(TConn):
+    """gthread's connection, whose graceful close is the worker's non-blocking linger."""
+
+    def __init__(self, worker: ReadAheadWorker, *args):
+        super().__init__(*args)
+        self.worker = worker
+
+    def close(self, graceful: bool = False) -> None:
+        if graceful:
+            self.worker.linger(self.sock)
+        else:
+            super().close()
+
+
 class ReadAheadWorker(ThreadWorker):
     """``gthread`` with requests read whole, without blocking, before a thread takes them."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._reading: dict[object, _Reading] = {}
+        self._lingering: dict[socket.socket, float] = {}
 
     # -- the event loop (main thread) ----------------------------------------------------------
+
+    def accept(self, listener) -> None:
+        """As gthread accepts, with connections that close without blocking the loop."""
+        try:
+            client, address = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        self.enqueue_req(_Connection(self, self.cfg, client, address, listener.getsockname()))
 
     def enqueue_req(self, conn) -> None:
         """Every way to a thread passes here (new, kept-alive and pipelined connections): read
@@ -141,7 +178,8 @@ class ReadAheadWorker(ThreadWorker):
             self._answer(conn, verdict)
 
     def murder_pending(self) -> None:
-        """Called on every turn of the loop: also answer requests that did not arrive in time."""
+        """Called on every turn of the loop: also answer requests that did not arrive in time,
+        and end lingering that went on long enough."""
         super().murder_pending()
         now = time.monotonic()
         for conn in [c for c, r in self._reading.items() if r.deadline <= now]:
@@ -149,13 +187,47 @@ class ReadAheadWorker(ThreadWorker):
                 self._answer(conn, None)
             else:
                 self._close(conn)  # not a byte: there is no request to answer
+        for sock in [s for s, deadline in self._lingering.items() if deadline <= now]:
+            self._end_linger(sock)
 
     def _answer(self, conn, verdict: Verdict | None) -> None:
         code, reason, error = _ANSWERS[verdict]
         body = b'{"error": "' + error.encode() + b'"}'
         self._send(conn, f"HTTP/1.1 {code} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        self._close(conn)
+        self._close(conn, graceful=True)
+
+    def linger(self, sock: socket.socket) -> None:
+        """Close ``sock`` gracefully without blocking: end our side now, read and drop what the
+        client still sends until it closes too (or ``LINGER_SECONDS``), then close."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            if len(self._lingering) >= MAX_LINGERING:
+                raise OSError("too many lingering connections")
+            self.poller.register(sock, selectors.EVENT_READ, self._drain)
+        except (OSError, ValueError, KeyError):
+            sock.close()
+            return
+        self._lingering[sock] = time.monotonic() + LINGER_SECONDS
+
+    def _drain(self, sock: socket.socket) -> None:
+        try:
+            while sock.recv(_RECV):
+                pass
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._end_linger(sock)  # the client closed its side (or reset): done
+
+    def _end_linger(self, sock: socket.socket) -> None:
+        self._lingering.pop(sock, None)
+        try:
+            self.poller.unregister(sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        sock.close()
 
     @staticmethod
     def _send(conn, data: bytes) -> None:
@@ -172,12 +244,12 @@ class ReadAheadWorker(ThreadWorker):
             except (KeyError, ValueError, OSError):
                 pass
 
-    def _close(self, conn) -> None:
+    def _close(self, conn, graceful: bool = False) -> None:
         reading = self._reading.get(conn)
         if reading is not None:
             self._forget(conn, reading)
         self.nr_conns -= 1
-        conn.close()
+        conn.close(graceful)
 
     # -- a thread ------------------------------------------------------------------------------
 
