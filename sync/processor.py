@@ -96,8 +96,9 @@ class Processor:
             except Exception as exc:  # noqa: BLE001 - sorted below: passing, or one delivery's fault
                 if self._passing(exc):
                     raise
-                # Something in the batch was refused: go delivery by delivery to find it.
-                log.warning("batch of %d refused (%s); applying one by one", len(work), _why(exc))
+                # Something in the batch was refused: go delivery by delivery to find it. Only
+                # DEBUG: the delivery at fault gets its one "delivery failed" line.
+                log.debug("batch of %d refused (%s); applying one by one", len(work), _why(exc))
                 result.processed = []
                 with self.engine.begin() as conn:
                     for event, planned in work:
