@@ -32,6 +32,9 @@ def _values(fake) -> list[str]:
 
 def test_the_processes_log_json_lines_without_secrets_or_payload_values(pg_url, redis_server_url, redis_conn,
                                                                        fake, tmp_path):
+    from tests.conftest import empty_tables
+
+    empty_tables(pg_url)  # the session's database: what earlier tests stored would count below
     port = free_port()
     env = environment(
         DATABASE_URL=pg_url, REDIS_URL=redis_server_url, PARTNERO_WEBHOOK_SECRET=WEBHOOK_SECRET, PORT=str(port),
