@@ -139,16 +139,18 @@ def migrate() -> None:
     default=60,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Seconds between sweeps for stored deliveries whose job was lost.",
+    help="Seconds between sweeps for stored deliveries nobody is on the way to.",
 )
 def worker(burst: bool, sweep_every: int) -> None:
-    """Run an RQ worker on the 'partnero' queue, with RQ's scheduler for delayed retries.
+    """Run an RQ worker on the 'partnero' and 'partnero-crm' queues, with RQ's scheduler for
+    delayed retries.
 
     The Procfile's worker process: run one or more wherever the service runs. It adds the
-    columns mappings gained at start, processes stored deliveries, sends the CRM outbox, and
-    every --sweep-every seconds enqueues pending deliveries whose job was lost. On SIGTERM (a
-    PaaS stopping the process) it finishes the job in hand, then exits. Exit status 1 when Redis
-    cannot be reached.
+    columns mappings gained at start; woken, it claims pending deliveries, oldest first, and
+    applies them while any are pending (several workers share a backlog); it sends the CRM
+    outbox; and every --sweep-every seconds it wakes a worker for pending deliveries nobody is
+    on the way to. On SIGTERM (a PaaS stopping the process) it finishes the batch in hand, then
+    exits. Exit status 1 when Redis cannot be reached.
     """
     from sync.worker import run_worker
 
@@ -164,18 +166,20 @@ def worker(burst: bool, sweep_every: int) -> None:
     help="Only rows stored at least this many seconds ago.",
 )
 def sweep(older_than: int) -> None:
-    """Enqueue stored deliveries that are still pending and have no job (e.g. Redis was down).
+    """Wake a worker for stored deliveries still pending that nobody is on the way to (Redis was
+    down when they arrived, a worker died holding them).
 
     The worker does this every minute by itself; run it by hand to hurry a backlog along after
-    Redis lost its data. Deliveries whose job is queued, running or waiting for a retry are left
-    alone. Exit status 1 when the database or Redis cannot be reached.
+    Redis lost its data. Deliveries a worker holds are left to it. Exit status 1 when the
+    database or Redis cannot be reached.
     """
     from sync.services import Services
     from sync.sweeper import sweep as run_sweep
 
     services = Services.build(_settings())
     count = run_sweep(services.inbox, services.jobs, timedelta(seconds=older_than))
-    click.echo(f"re-enqueued {count} pending deliveries")
+    click.echo(f"{count} pending deliveries waited with nobody on the way; a worker was woken" if count
+               else "nothing to sweep: every pending delivery is on its way")
 
 
 @main.command()
@@ -234,13 +238,13 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
 def requeue_failed(since: datetime | None, event_type: str | None, dry_run: bool) -> None:
     """Retry failed deliveries, after fixing what failed them (a mapping, the warehouse, a bug).
 
-    Sets the matching failed deliveries back to pending, 1,000 at a time, and enqueues them for
-    the workers. Their attempts count afresh, and their last error stays until a retry succeeds.
+    Sets the matching failed deliveries back to pending, 1,000 at a time, and wakes a worker to
+    apply them. Their attempts count afresh, and their last error stays until a retry succeeds.
     A delivery the current mapping files still cannot apply is skipped and listed with the
     reason (its last error is updated), and the others go on.
 
-    If Redis cannot take the jobs, the deliveries are set back to pending all the same: the
-    worker's sweeper enqueues them once Redis answers. It says so, since nothing more is needed.
+    If Redis cannot take the wake-up, the deliveries are set back to pending all the same: the
+    worker's sweeper wakes one once Redis answers. It says so, since nothing more is needed.
     Exit status 1 when some deliveries still cannot be applied, or the database cannot be read
     or written.
     """
@@ -256,11 +260,11 @@ def requeue_failed(since: datetime | None, event_type: str | None, dry_run: bool
     else:
         result = run_requeue(services.inbox, services.jobs, since=_utc(since), event_type=event_type,
                              still_failing=check)
-        click.echo(f"requeued {result.requeued} failed deliveries, {result.enqueued} enqueued")
+        click.echo(f"requeued {result.requeued} failed deliveries" + (", a worker woken" if result.enqueued else ""))
         if result.redis_error is not None:
             click.echo(
-                f"Redis could not take the jobs ({result.redis_error}): the deliveries are pending, and the "
-                "worker's sweeper will enqueue them once Redis answers",
+                f"Redis could not take the wake-up ({result.redis_error}): the deliveries are pending, and the "
+                "worker's sweeper will wake a worker once Redis answers",
                 err=True,
             )
         skipped = result.skipped

@@ -7,6 +7,7 @@ so the same bytes delivered again find the row already there.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,8 +17,7 @@ from functools import cached_property
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync.db import metadata, transaction
-from sync.errors import PermanentError
+from sync.db import chunks, metadata, transaction
 from sync.sqltypes import BODY, KEY, UTCDateTime
 
 PENDING = "pending"
@@ -31,6 +31,14 @@ DONE = (PROCESSED, IGNORED)
 #: stay, so a retry of the same bytes is still recognised). No stored delivery is empty otherwise:
 #: the receiver accepts only JSON objects.
 PRUNED_BODY = b""
+#: Rows a worker claims at a time (one SQL transaction applies them).
+CLAIM_BATCH = 500
+#: How long a claim holds a row: far longer than applying a batch takes, short enough that the
+#: rows of a worker killed mid-batch are taken up again soon.
+CLAIM_LEASE = timedelta(minutes=2)
+MAX_CLAIM_LEASE = timedelta(hours=1)
+#: A row claimed this often without an outcome is claimed alone (see ``Inbox.claim``).
+ALONE_AFTER = 2
 
 webhook_events = sa.Table(
     "webhook_events",
@@ -46,8 +54,11 @@ webhook_events = sa.Table(
     sa.Column("processed_at", UTCDateTime()),
     #: The record the delivery is about (the mapping's identity), when it could be read.
     sa.Column("entity_id", KEY),
+    #: A worker holds this pending row until then (see ``Inbox.claim``); None: nobody does.
+    sa.Column("claimed_until", UTCDateTime()),
     sa.Index("ix_webhook_events_status_received", "status", "received_at"),
     sa.Index("ix_webhook_events_entity", "entity_id"),
+    sa.Index("ix_webhook_events_status_id", "status", "id"),
 )
 
 
@@ -269,21 +280,55 @@ class Inbox:
 
     # -- processing -----------------------------------------------------------------------
 
-    def begin_attempt(self, event_id: int) -> Event:
-        """Count an attempt at processing ``event_id`` and return the row."""
-        found = self.begin_attempts([event_id])
-        if not found:
-            raise PermanentError(f"inbox row {event_id} does not exist")
-        return found[0]
+    def claim(self, limit: int = CLAIM_BATCH, ids: Sequence[int] | None = None) -> list[Event]:
+        """Take up to ``limit`` pending rows nobody holds, oldest first (of ``ids`` only, if given).
 
-    def begin_attempts(self, event_ids: Sequence[int]) -> list[Event]:
-        """Count an attempt at each row and return the rows that exist, by id."""
+        A claim counts an attempt on each row and holds it until ``claimed_until``: other workers
+        skip it meanwhile (``FOR UPDATE SKIP LOCKED`` while claiming on PostgreSQL and MariaDB;
+        SQLite has one writer), and a worker that dies lets go of its rows when the claim lapses.
+        A row attempted ``ALONE_AFTER`` times without an outcome is claimed alone, for a claim that
+        grows with its attempts: if it is what kills its worker, it no longer takes batch-mates
+        down with it, nor comes back every two minutes.
+        """
         t = webhook_events
-        ids = sorted(set(event_ids))
+        now = utcnow()
+        query = (
+            sa.select(t.c.id, t.c.attempts)
+            .where(t.c.status == PENDING, sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now))
+            .order_by(t.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        if ids is not None:
+            query = query.where(t.c.id.in_(sorted(set(ids))))
         with self._transaction() as conn:
-            conn.execute(t.update().where(t.c.id.in_(ids)).values(attempts=t.c.attempts + 1))
-            rows = conn.execute(sa.select(*_EVENT_COLUMNS).where(t.c.id.in_(ids)).order_by(t.c.id)).all()
+            candidates = conn.execute(query).all()
+            if not candidates:
+                return []
+            if candidates[0].attempts >= ALONE_AFTER:
+                chosen = [candidates[0].id]
+                lease = min(CLAIM_LEASE * candidates[0].attempts, MAX_CLAIM_LEASE)
+            else:
+                chosen = [c.id for c in itertools.takewhile(lambda c: c.attempts < ALONE_AFTER, candidates)]
+                lease = CLAIM_LEASE
+            for chunk in chunks(chosen, 1000):
+                conn.execute(t.update().where(t.c.id.in_(chunk))
+                             .values(attempts=t.c.attempts + 1, claimed_until=now + lease))
+            rows = []
+            for chunk in chunks(chosen, 1000):
+                rows += conn.execute(sa.select(*_EVENT_COLUMNS).where(t.c.id.in_(chunk)).order_by(t.c.id)).all()
         return [Event(*row) for row in rows]
+
+    def claimable(self, older_than: timedelta = timedelta(0)) -> int:
+        """How many pending rows nobody holds were received more than ``older_than`` ago."""
+        t = webhook_events
+        now = utcnow()
+        query = sa.select(sa.func.count()).select_from(t).where(
+            t.c.status == PENDING, sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now),
+            t.c.received_at < now - older_than,
+        )
+        with self._transaction() as conn:
+            return conn.execute(query).scalar_one()
 
     def mark_done(self, event_ids: Sequence[int], conn: Connection | None = None, status: str = PROCESSED) -> None:
         if not event_ids:
@@ -292,7 +337,7 @@ class Inbox:
         statement = (
             t.update()
             .where(t.c.id.in_(sorted(event_ids)))
-            .values(status=status, last_error=None, processed_at=utcnow())
+            .values(status=status, last_error=None, processed_at=utcnow(), claimed_until=None)
         )
         if conn is None:
             with self._transaction() as own:
@@ -320,16 +365,16 @@ class Inbox:
                 use.execute(
                     t.update()
                     .where(t.c.id == event_id, t.c.status.in_((PENDING, FAILED)))
-                    .values(status=FAILED, last_error=reason[:2000])
+                    .values(status=FAILED, last_error=reason[:2000], claimed_until=None)
                 )
 
     def record_errors(self, event_ids: Sequence[int], reason: str) -> None:
-        """Note why an attempt failed; pending rows stay pending, to be tried again."""
+        """Note why an attempt failed and let go of the rows: they stay pending, to be tried again."""
         t = webhook_events
         with self._transaction() as conn:
-            conn.execute(
-                t.update().where(t.c.id.in_(sorted(event_ids)), t.c.status == PENDING).values(last_error=reason[:2000])
-            )
+            for chunk in chunks(sorted(event_ids), 1000):
+                conn.execute(t.update().where(t.c.id.in_(chunk), t.c.status == PENDING)
+                             .values(last_error=reason[:2000], claimed_until=None))
 
     def events(
         self, since: datetime | None = None, event_type: str | None = None, batch: int = 500,
@@ -461,21 +506,6 @@ class Inbox:
 
     def mark_failed(self, event_id: int, reason: str) -> None:
         self.mark_failures({event_id: reason})
-
-    def stale_pending(
-        self, older_than: timedelta, limit: int = 1000, after_id: int = 0
-    ) -> list[tuple[int, str, int]]:
-        """Pending rows received more than ``older_than`` ago, by id, as (id, event type, attempts)."""
-        t = webhook_events
-        cutoff = utcnow() - older_than
-        query = (
-            sa.select(t.c.id, t.c.event_type, t.c.attempts)
-            .where(t.c.status == PENDING, t.c.received_at < cutoff, t.c.id > after_id)
-            .order_by(t.c.id)
-            .limit(limit)
-        )
-        with self._transaction() as conn:
-            return [(i, e, a) for i, e, a in conn.execute(query)]
 
     def counts(self) -> dict[str, int]:
         t = webhook_events

@@ -1,4 +1,4 @@
-"""Intake: stores verified deliveries in shared commits, then enqueues their jobs.
+"""Intake: stores verified deliveries in shared commits, then wakes a worker to apply them.
 
 A commit to disk is the cost of durability. Requests that arrive while one commit is under way
 wait for the next, which then stores all of them in one transaction: under load many requests
@@ -55,7 +55,7 @@ class Intake:
         self._lock = threading.Lock()
 
     def submit(self, delivery: Delivery) -> Receipt:
-        """Store ``delivery`` durably and enqueue its job; returns once it is committed.
+        """Store ``delivery`` durably and wake a worker; returns once it is committed.
 
         Raises ``TransientError`` when it could not be stored: nothing may be acknowledged then.
         """
@@ -99,7 +99,7 @@ class Intake:
                         future.set_exception(exc)
 
     def write(self, batch: list[tuple[Delivery, Future]]) -> None:
-        """Store one batch in one transaction, enqueue the new pending rows, answer every waiter."""
+        """Store one batch in one transaction, wake a worker for the new pending rows, answer every waiter."""
         try:
             stored = self.inbox.store_many([delivery for delivery, _ in batch])
         except TransientError as exc:
@@ -120,24 +120,22 @@ class Intake:
                     item[1].set_exception(exc)
             return
 
-        self._enqueue(stored, {d.fingerprint: d.event_type for d, _ in batch})
+        self._wake(stored)
         answered: set[str] = set()
         for delivery, future in batch:
             fp = delivery.fingerprint
             future.set_result(_receipt(stored[fp], first=fp not in answered))
             answered.add(fp)
 
-    def _enqueue(self, stored: dict[str, Stored], event_types: dict[str, str]) -> None:
-        new = sorted(
-            (s.id, event_types[fp]) for fp, s in stored.items() if s.created and s.status == PENDING
-        )
+    def _wake(self, stored: dict[str, Stored]) -> None:
+        new = sum(1 for s in stored.values() if s.created and s.status == PENDING)
         if not new:
             return
         try:
-            self.jobs.enqueue_events(new)
+            self.jobs.wake()
         except TransientError as exc:
-            # Stored is what the answer depends on; the sweeper enqueues these later.
-            log.warning("%s; %d stored deliveries wait for the sweeper", exc, len(new))
+            # Stored is what the answer depends on; the sweeper wakes a worker later.
+            log.warning("%s; %d stored deliveries wait for the sweeper", exc, new)
 
 
 def _receipt(stored: Stored, first: bool) -> Receipt:

@@ -1,8 +1,10 @@
 """What RQ runs, and the one place where an error's kind becomes "retry later" or "fail".
 
-A job carries a batch of inbox rows (one row when deliveries arrive one at a time). Every
-attempt and outcome is recorded on each row, so the inbox, not Redis, says what became of each
-delivery; a job's description names its rows.
+A job is a wake-up: the worker that takes it claims pending inbox rows, oldest first, a batch at
+a time (``Inbox.claim``), applies each batch in one transaction, and goes on while rows are
+pending, so the speed of a drain does not depend on how the deliveries arrived. Every attempt and
+outcome is recorded on each row: the inbox, not Redis, says what became of each delivery. When
+the job ends, its description says which deliveries it applied.
 
 Only what a delivery contains can fail it, once, with its reason, on its own row: the job still
 succeeds, and its batch-mates are applied. Anything passing (the database or Redis away, a
@@ -14,35 +16,104 @@ delivery failed.
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from rq import Retry, get_current_job
 
 from sync import backoff, logs, metrics, queue, services
 from sync.errors import TransientError
-from sync.inbox import FAILED, IGNORED, PROCESSED
+from sync.inbox import CLAIM_BATCH, FAILED, IGNORED, PROCESSED, Event
+from sync.processor import BatchResult
 
 log = logging.getLogger(__name__)
 
+#: A drain hands over to a fresh wake-up after this long, so the worker's other queue (Salesforce
+#: flushes) gets its turn between two slices.
+SLICE_SECONDS = 5
+
+
+@dataclass
+class Drained:
+    """What a job applied, for its result and its description in the dashboard."""
+
+    processed: int = 0
+    ignored: int = 0
+    failed: int = 0
+    kinds: Counter = field(default_factory=Counter)
+    first: int | None = None
+    last: int | None = None
+
+    def add(self, events: list[Event], result: BatchResult) -> None:
+        self.processed += len(result.processed)
+        self.ignored += len(result.ignored)
+        self.failed += len(result.failed)
+        self.kinds.update(e.event_type for e in events)
+        ids = [e.id for e in events]
+        self.first = min(ids + ([self.first] if self.first is not None else []))
+        self.last = max(ids + ([self.last] if self.last is not None else []))
+
+    def summary(self) -> str:
+        return f"{self.processed} processed, {self.ignored} ignored, {self.failed} failed"
+
+    def description(self) -> str:
+        if self.first is None:
+            return "wake-up: nothing was pending"
+        count = sum(self.kinds.values())
+        if count == 1:
+            return queue.describe([(self.first, next(iter(self.kinds)))])
+        kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(self.kinds.items())[:6])
+        more = ", …" if len(self.kinds) > 6 else ""
+        return queue.describe_counts(count, kinds + more, self.first, self.last)
+
+
+def drain() -> Retry | str:
+    """The job behind a wake-up: claim pending deliveries and apply them while any are pending."""
+    current = services.current()
+    current.jobs.woken()  # deliveries stored from now on wake the next worker
+    drained = Drained()
+    deadline = time.monotonic() + SLICE_SECONDS
+    try:
+        while True:
+            events = current.inbox.claim(CLAIM_BATCH)
+            if not events:
+                break
+            if len(events) == CLAIM_BATCH:
+                current.jobs.wake()  # more are waiting: an idle worker can take a share
+            outcome = _apply(current, events)
+            if isinstance(outcome, Retry):
+                return outcome
+            drained.add(events, outcome)
+            if queue.stop_requested() or time.monotonic() > deadline:
+                current.jobs.wake(force=True)  # a fresh job carries on after the other queue's turn
+                break
+    except (TransientError, *queue.INTERRUPTIONS) as exc:  # while claiming: nothing to note on rows
+        return _passing(current, [], exc)
+    finally:
+        current.jobs.describe_current_job(drained.description())
+    return drained.summary()
+
 
 def process_events(event_ids: list[int]) -> Retry | str:
-    """Process the inbox rows ``event_ids``: the RQ job for stored deliveries."""
+    """Apply the inbox rows ``event_ids`` (those still pending and not held by another worker)."""
     current = services.current()
     try:
-        events = current.inbox.begin_attempts(event_ids)
-        missing = set(event_ids) - {e.id for e in events}
-        if missing:
-            log.warning("inbox rows %s do not exist; skipped", sorted(missing))
-        todo = [e for e in events if e.status not in (PROCESSED, IGNORED)]
-        result = current.processor.process_batch(todo)
+        events = current.inbox.claim(len(event_ids), ids=event_ids)
     except (TransientError, *queue.INTERRUPTIONS) as exc:
-        interruption = _interruption(exc)
-        if interruption is None:
-            return _retry(event_ids, str(exc))
-        # Its time-out: the transaction was rolled back, nothing is half-written. A query cut off
-        # half-way can leave its connection unusable, though: start again from fresh ones.
-        current.inbox.engine.dispose()
-        return _retry(event_ids, f"the job was interrupted ({type(interruption).__name__}: {interruption})")
+        return _passing(current, [], exc)
+    outcome = _apply(current, events)
+    return outcome if isinstance(outcome, Retry) else outcome.summary()
+
+
+def _apply(current, events: list[Event]) -> BatchResult | Retry:
+    """Apply claimed rows in one transaction and record, log and count each one's outcome."""
+    event_ids = [e.id for e in events]
+    try:
+        result = current.processor.process_batch(events)
+    except (TransientError, *queue.INTERRUPTIONS) as exc:
+        return _passing(current, event_ids, exc)
     by_id = {e.id: e for e in events}
     committed_at = datetime.now(timezone.utc)
     metrics.LAG.observe((committed_at - by_id[i].received_at).total_seconds() for i in result.processed)
@@ -62,7 +133,18 @@ def process_events(event_ids: list[int]) -> Retry | str:
     if result.processed:
         current.request_flush()
     # Failed deliveries are recorded on their rows (status, /ops, metrics); the job did its work.
-    return result.summary()
+    return result
+
+
+def _passing(current, event_ids: list[int], exc: BaseException) -> Retry:
+    """A passing error, or the job's time-out: the rows stay pending, and the job is retried."""
+    interruption = _interruption(exc)
+    if interruption is None:
+        return _retry(event_ids, str(exc))
+    # Its time-out: the transaction was rolled back, nothing is half-written. A query cut off
+    # half-way can leave its connection unusable, though: start again from fresh ones.
+    current.inbox.engine.dispose()
+    return _retry(event_ids, f"the job was interrupted ({type(interruption).__name__}: {interruption})")
 
 
 def _retry(event_ids: list[int], reason: str) -> Retry:
@@ -71,7 +153,8 @@ def _retry(event_ids: list[int], reason: str) -> Retry:
     retries = (job.number_of_retries or 0) if job is not None else 0
     metrics.ATTEMPTS.inc(len(event_ids), outcome=metrics.RETRIED)
     try:
-        services.current().inbox.record_errors(event_ids, reason)
+        if event_ids:  # noted on the rows, which are let go of, to be claimed again
+            services.current().inbox.record_errors(event_ids, reason)
     except TransientError:
         pass  # the database is the thing that is away; the log line below has the reason
     if retries >= len(backoff.DELIVERY_DELAYS):
@@ -99,6 +182,8 @@ def _interruption(exc: BaseException) -> BaseException | None:
 
 
 def _rows(event_ids: list[int]) -> str:
+    if not event_ids:
+        return "(none claimed)"
     return "#" + ", #".join(str(i) for i in event_ids[:10]) + (" …" if len(event_ids) > 10 else "")
 
 

@@ -111,6 +111,7 @@ def _run_in_process(settings: Settings, host: str, port: int) -> None:
     import fakeredis
     from rq.scheduler import RQScheduler
     from rq.timeouts import TimerDeathPenalty
+    from rq.worker import DequeueStrategy
     from werkzeug.serving import make_server
 
     from app import create_app
@@ -140,7 +141,8 @@ def _run_in_process(settings: Settings, host: str, port: int) -> None:
     worker.housekeeping = housekeeping
 
     def work() -> None:
-        worker.work(with_scheduler=False, logging_level=settings.log_level)
+        worker.work(with_scheduler=False, logging_level=settings.log_level,
+                    dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
 
     thread = threading.Thread(target=work, name="worker", daemon=True)
     thread.start()

@@ -100,6 +100,8 @@ def configure(level: str = "INFO", log_format: str | None = None) -> None:
         root.setLevel(level)
     for name in ("sync", "app", "rq"):
         logging.getLogger(name).setLevel(level)
+    # Alembic says which plugins it loaded every time it migrates: noise, not news.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def gunicorn_logconfig(level: str = "INFO", log_format: str | None = None) -> dict[str, Any]:

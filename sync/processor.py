@@ -162,7 +162,9 @@ class Processor:
             change = planned.change
             if change is not None and planned.mapping.ledger is not None:
                 state = states[(change.table, change.key)]
-                if state.tombstoned:
+                # Booked by the refund's own delivery when it is in this batch, else by whichever
+                # delivery found the transaction refunded (a sale arriving after its refund).
+                if state.tombstoned and (change.key not in refunds or event.fingerprint == state.deleted[1]):
                     refunds[change.key] = (state.deleted[0], event.id)
         partners |= ledger.reverse_many(conn, refunds)
         if self.outbox is not None:

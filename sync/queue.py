@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 import redis
-from rq import Queue, Worker
-from rq.job import Job, JobStatus
+from rq import Queue, Worker, get_current_job
 from rq.timeouts import JobTimeoutException
 from rq.worker import SimpleWorker
 
@@ -25,7 +23,6 @@ QUEUE_NAME = "partnero"
 #: Results of finished jobs stay a day, so the dashboard shows recent work.
 RESULT_TTL = 24 * 3600
 JOB_TIMEOUT = 300
-_ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
 def connect(url: str) -> redis.Redis:
@@ -35,12 +32,12 @@ def connect(url: str) -> redis.Redis:
     )
 
 
-#: Redis key naming the job that carries an inbox row, so the sweeper can tell a lost row from
-#: one that is waiting its turn.
-ROW_KEY = "partnero-sync:inbox-row:{}"
-#: Deliveries per job at most: a job's writes share one SQL transaction.
-BATCH_SIZE = 200
+#: Set while a wake-up is on its way: deliveries stored meanwhile need no other (see ``wake``).
+WAKE_KEY = "partnero-sync:wake-up"
+#: A wake-up older than this is presumed lost (Redis restarted, say): the next one goes ahead.
+WAKE_TTL = 60
 #: The jobs, named by path (RQ imports them in the worker), so this module need not import them.
+DRAIN = "sync.jobs.drain"
 PROCESS_EVENTS = "sync.jobs.process_events"
 FLUSH_CRM = "sync.jobs.flush_crm"
 #: Salesforce flushes run on a queue of their own, after the deliveries' (see ``sync.flushing``).
@@ -60,60 +57,55 @@ def stop_requested() -> bool:
 
 
 class JobQueue:
-    """The ``partnero`` queue: jobs that each process a batch of inbox rows."""
+    """The ``partnero`` queue (wake-ups: workers claim and apply pending deliveries) and the
+    ``partnero-crm`` queue (Salesforce flushes)."""
 
     def __init__(self, connection: redis.Redis, name: str = QUEUE_NAME):
         self.connection = connection
         self.queue = Queue(name, connection=connection)
         self.crm_queue = Queue(CRM_QUEUE_NAME, connection=connection)
 
-    def enqueue_events(self, events: Sequence[tuple[int, str]]) -> list[str]:
-        """Enqueue jobs for (row id, event type) pairs, up to BATCH_SIZE rows a job, in one round trip.
+    def wake(self, *, force: bool = False) -> bool:
+        """Make sure a worker is on its way to claim pending deliveries; True when this call
+        enqueued the wake-up.
 
-        Returns the job ids. Raises ``TransientError`` when Redis cannot take them; the rows then
-        stay pending for the sweeper.
+        At most one wake-up waits at a time: a mark in Redis says one is on its way, and a worker
+        clears it as it starts, so deliveries stored while it works wake the next one. ``force``
+        (the sweeper, a drain handing over) goes ahead despite the mark unless a job already waits
+        in the queue, so a mark that outlived its job (Redis restarted) holds nothing up. Raises ``TransientError`` when Redis cannot take it; the
+        rows stay pending, and the sweeper wakes a worker later.
         """
-        if not events:
-            return []
-        batches = [list(events[i : i + BATCH_SIZE]) for i in range(0, len(events), BATCH_SIZE)]
-        data = []
-        for batch in batches:
-            ids = [event_id for event_id, _ in batch]
-            data.append(Queue.prepare_data(
-                PROCESS_EVENTS,
-                args=(ids,),
-                job_id=f"partnero-{uuid.uuid4().hex[:16]}",
-                description=describe(batch),
-                timeout=JOB_TIMEOUT,
-                result_ttl=RESULT_TTL,
-            ))
         try:
-            with self.connection.pipeline() as pipe:
-                jobs = self.queue.enqueue_many(data, pipeline=pipe)
-                for job, batch in zip(jobs, batches):
-                    for event_id, _ in batch:
-                        pipe.set(ROW_KEY.format(event_id), job.id, ex=RESULT_TTL)
-                pipe.execute()
+            if not self.connection.set(WAKE_KEY, "1", nx=True, ex=WAKE_TTL):
+                # One is on its way, or its mark outlived it: forced, go ahead unless one waits.
+                if not force or self.queue.count:
+                    return False
+            self.queue.enqueue(DRAIN, description="wake-up: claim and apply pending deliveries",
+                               job_timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL)
         except redis.RedisError as exc:
-            raise TransientError(f"could not enqueue {len(events)} deliveries: {exc}") from exc
-        return [job.id for job in jobs]
+            raise TransientError(f"could not wake a worker: {exc}") from exc
+        return True
 
-    def waiting(self, event_ids: Iterable[int]) -> set[int]:
-        """The rows among ``event_ids`` whose job is still queued, running or scheduled."""
-        ids = list(event_ids)
-        if not ids:
-            return set()
+    def woken(self) -> None:
+        """A wake-up started: the deliveries stored from now on need a new one."""
+        self.connection.delete(WAKE_KEY)
+
+    def enqueue_rows(self, event_ids: Sequence[int]) -> str:
+        """A job for these inbox rows in particular (they are still claimed like any others)."""
         try:
-            job_ids = self.connection.mget([ROW_KEY.format(i) for i in ids])
-            known = [(i, j.decode()) for i, j in zip(ids, job_ids) if j is not None]
-            jobs = Job.fetch_many([j for _, j in known], connection=self.connection)
-            alive = set()
-            for (event_id, _), job in zip(known, jobs):
-                if job is not None and job.get_status(refresh=False) in _ALIVE:
-                    alive.add(event_id)
-            return alive
+            job = self.queue.enqueue(PROCESS_EVENTS, list(event_ids), description=f"inbox {_span(event_ids)}",
+                                     job_timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL)
         except redis.RedisError as exc:
-            raise TransientError(f"could not read job states: {exc}") from exc
+            raise TransientError(f"could not enqueue {len(event_ids)} deliveries: {exc}") from exc
+        return job.id
+
+    @staticmethod
+    def describe_current_job(description: str) -> None:
+        """Say in the dashboard what the running job turned out to do (which deliveries): RQ saves
+        the job, description included, when it ends."""
+        job = get_current_job()
+        if job is not None:
+            job.description = description
 
     def enqueue_flush(self, delay: float | None = None) -> str:
         """Put a Salesforce flush job on the CRM queue, now or after ``delay`` seconds; returns its id.
@@ -160,18 +152,29 @@ class QueueCounts:
     workers: int  # workers listening on the queue
 
 
-def describe(batch: Sequence[tuple[int, str]]) -> str:
+def describe(events: Sequence[tuple[int, str]]) -> str:
     """What the dashboard shows for a job: event types and inbox rows, never payload text.
 
     rq-dashboard renders descriptions unescaped, so an event type is shown only when it looks like
     one (mapped event types always do).
     """
-    ids = [event_id for event_id, _ in batch]
-    kinds = [kind if _EVENT_TYPE.match(kind) else "(unnamed event)" for _, kind in batch]
-    if len(batch) == 1:
+    ids = [event_id for event_id, _ in events]
+    if not events:
+        return "no pending deliveries"
+    kinds = [kind if _EVENT_TYPE.match(kind) else "(unnamed event)" for _, kind in events]
+    if len(events) == 1:
         return f"{kinds[0]} (inbox #{ids[0]})"
     summary = ", ".join(f"{kind} x{n}" for kind, n in sorted(Counter(kinds).items()))
-    return f"{len(batch)} deliveries: {summary} (inbox #{min(ids)}..#{max(ids)})"
+    return describe_counts(len(events), summary, min(ids), max(ids))
+
+
+def describe_counts(count: int, kinds: str, first: int, last: int) -> str:
+    """A job's description from counts: "812 deliveries: partner.created x12, … (inbox #5..#900)"."""
+    return f"{count} deliveries: {kinds} (inbox #{first}..#{last})"
+
+
+def _span(ids: Sequence[int]) -> str:
+    return f"#{min(ids)}..#{max(ids)}" if len(ids) > 1 else f"#{ids[0]}" if ids else "(none)"
 
 
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,48}\.[a-z][a-z0-9_]{0,48}$")

@@ -16,7 +16,7 @@ from sync.queue import JobQueue
 class RequeueResult:
     #: Rows set back to pending.
     requeued: int = 0
-    #: Of those, rows carried by new jobs; the rest wait for the sweeper.
+    #: Of those, rows a worker was woken for (all of them, unless Redis was away: then the sweeper).
     enqueued: int = 0
     #: Why Redis could not take the jobs (None: it could).
     redis_error: str | None = None
@@ -27,13 +27,13 @@ class RequeueResult:
 def requeue_failed(inbox: Inbox, jobs: JobQueue, since: datetime | None = None, event_type: str | None = None,
                    batch: int = 1000, show_progress: bool = True,
                    still_failing: Callable[[Event], str | None] | None = None) -> RequeueResult:
-    """Set the matching failed rows back to pending and enqueue them, ``batch`` rows at a time.
+    """Set the matching failed rows back to pending, ``batch`` rows at a time, and wake a worker.
 
-    The database is the record: a row set back to pending is retried whatever Redis does. When
-    Redis cannot take the jobs, the remaining rows are still set back to pending (the worker's
-    sweeper enqueues them once Redis answers) and ``redis_error`` says why. A row
-    ``still_failing`` gives a reason for (``Processor.check``: the mappings still cannot apply it)
-    is skipped, left failed with that reason, and reported; the others go on.
+    The database is the record: a row set back to pending is applied whatever Redis does. When
+    Redis cannot take the wake-up, the worker's sweeper wakes one once Redis answers, and
+    ``redis_error`` says why. A row ``still_failing`` gives a reason for (``Processor.check``:
+    the mappings still cannot apply it) is skipped, left failed with that reason, and reported;
+    the others go on.
     """
     result = RequeueResult()
     total = inbox.count(since=since, event_type=event_type, status=FAILED)
@@ -43,13 +43,13 @@ def requeue_failed(inbox: Inbox, jobs: JobQueue, since: datetime | None = None, 
             rows = batch_done.rows
             result.requeued += len(rows)
             result.skipped += batch_done.skipped
-            if rows and result.redis_error is None:
-                try:
-                    jobs.enqueue_events(rows)
-                    result.enqueued += len(rows)
-                except TransientError as exc:
-                    result.redis_error = str(exc)
             bar.update(len(rows) + len(batch_done.skipped))
+    if result.requeued:
+        try:
+            jobs.wake(force=True)
+            result.enqueued = result.requeued
+        except TransientError as exc:
+            result.redis_error = str(exc)
     return result
 
 

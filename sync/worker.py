@@ -6,6 +6,7 @@ import logging
 
 import redis
 import sqlalchemy as sa
+from rq.worker import DequeueStrategy
 
 from sync import db
 from sync import services as services_module
@@ -48,5 +49,6 @@ def run_worker(settings: Settings, *, burst: bool = False, sweep_every: int = 60
         redact_url(settings.redis_url),
         settings.salesforce.describe(),
     )
+    # Round robin between the queues: a long drain of deliveries and Salesforce flushes take turns.
     return worker.work(burst=burst, with_scheduler=with_scheduler and not burst,
-                       logging_level=settings.log_level)
+                       logging_level=settings.log_level, dequeue_strategy=DequeueStrategy.ROUND_ROBIN)

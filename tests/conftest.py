@@ -226,22 +226,26 @@ def signed(document: dict | bytes, secret: str = SECRETS[0], header: str = "Sign
     return body, {header: sign(body, secret), "Content-Type": "application/json"}
 
 
-def job_for_row(connection: redis.Redis, event_id: int):
-    """The RQ job that carries inbox row ``event_id``."""
-    from rq.job import Job
-
-    from sync.queue import ROW_KEY
-
-    job_id = connection.get(ROW_KEY.format(event_id))
-    assert job_id is not None, f"no job carries inbox row {event_id}"
-    return Job.fetch(job_id.decode(), connection=connection)
-
-
-def queued_rows(connection: redis.Redis) -> list[int]:
-    """The inbox rows carried by the jobs waiting in the queue."""
+def wakeups(connection: redis.Redis) -> int:
+    """How many wake-ups wait in the deliveries' queue."""
     from rq import Queue
 
-    from sync.queue import QUEUE_NAME
+    from sync.queue import DRAIN, QUEUE_NAME
+
+    return sum(1 for job in Queue(QUEUE_NAME, connection=connection).get_jobs() if job.func_name == DRAIN)
+
+
+def drain_jobs(connection: redis.Redis) -> list:
+    """Every wake-up job RQ knows of, whatever its state, oldest first."""
+    from rq import Queue
+    from rq.job import Job
+
+    from sync.queue import DRAIN, QUEUE_NAME
 
     queue = Queue(QUEUE_NAME, connection=connection)
-    return sorted(i for job in queue.get_jobs() for i in job.args[0])
+    ids = set(queue.get_job_ids())
+    for registry in (queue.started_job_registry, queue.finished_job_registry, queue.failed_job_registry,
+                     queue.scheduled_job_registry, queue.deferred_job_registry):
+        ids.update(registry.get_job_ids())
+    jobs = [job for job in Job.fetch_many(sorted(ids), connection=connection) if job is not None]
+    return sorted((job for job in jobs if job.func_name == DRAIN), key=lambda job: job.created_at)

@@ -66,10 +66,10 @@ def test_status_counts_the_inbox(client, settings):
     assert re.fullmatch(r"  - [12] jobs wait and no worker listens on the queue", lines[-1])
 
 
-def test_sweep_reports_what_it_enqueued(settings, redis_conn):
+def test_sweep_reports_what_it_found(settings, redis_conn):
     env = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
     result = run("sweep", env=env)
-    assert result.exit_code == 0 and result.output.strip() == "re-enqueued 0 pending deliveries"
+    assert result.exit_code == 0 and result.output.strip() == "nothing to sweep: every pending delivery is on its way"
 
 
 def test_sweep_with_redis_down_says_so(settings):
@@ -80,7 +80,7 @@ def test_sweep_with_redis_down_says_so(settings):
     Inbox(db.engine_for(settings.database_url)).store_many([Delivery(b'{"event":"partner.created"}', "partner.created", PENDING)])
     result = CliRunner().invoke(main, ["sweep", "--older-than", "0"], env=env)
     assert result.exit_code == 1
-    assert "could not read job states" in result.output
+    assert "could not wake a worker" in result.output
 
 
 def test_send_test_signs_and_posts_a_delivery(live_server, settings):

@@ -23,7 +23,7 @@ from sync.inbox import FAILED, IGNORED, PENDING, PROCESSED, PRUNED_BODY, Deliver
 from sync.queue import QUEUE_NAME, JobQueue, PartneroWorker
 from sync.samples import sample_delivery
 from sync.worker import build_worker
-from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL, MAPPINGS, ROOT, job_for_row, queued_rows, signed
+from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL, MAPPINGS, ROOT, signed, wakeups
 
 
 def run(*args: str, env: dict[str, str]):
@@ -45,7 +45,7 @@ def store(settings, *bodies: bytes | dict, enqueue_to=None) -> list[int]:
     stored = inbox.store_many(deliveries)
     ids = [stored[d.fingerprint].id for d in deliveries]
     if enqueue_to is not None:
-        JobQueue(enqueue_to).enqueue_events([(i, d.event_type) for i, d in zip(ids, deliveries)])
+        JobQueue(enqueue_to).wake()
     return ids
 
 
@@ -245,12 +245,11 @@ def test_requeue_failed_retries_failed_deliveries_after_a_fix(settings, redis_co
     # The fix: the shipped mappings. Requeue, and the worker processes them.
     result = run("requeue-failed", env=env_for(settings))
     assert result.exit_code == 0
-    assert "requeued 3 failed deliveries, 3 enqueued" in result.output
+    assert "requeued 3 failed deliveries, a worker woken" in result.output
     after = rows(settings, ids[:3])
     assert {r["status"] for r in after.values()} == {PENDING} and {r["attempts"] for r in after.values()} == {0}
     assert all("a text is not true or false" in r["last_error"] for r in after.values())  # kept until a retry succeeds
-    assert queued_rows(redis_conn) == sorted(ids[:3])
-    assert job_for_row(redis_conn, ids[0]).args == (sorted(ids[:3]),)
+    assert wakeups(redis_conn) == 1
     assert failed_registry(redis_conn).count == 0
 
     work(settings, redis_conn)
@@ -271,11 +270,11 @@ def test_requeue_failed_by_date_and_event_type(settings, redis_conn):
     redis_conn.flushdb()  # forget the first jobs: only the requeued ones remain to be seen
 
     recent = run("requeue-failed", "--since", since, env=env_for(settings))
-    assert "requeued 2 failed deliveries, 2 enqueued" in recent.output
-    assert queued_rows(redis_conn) == sorted([new_partner, new_customer])
+    assert "requeued 2 failed deliveries, a worker woken" in recent.output
+    assert wakeups(redis_conn) == 1
     partners = run("requeue-failed", "--event", "partner.created", env=env_for(settings))
-    assert "requeued 1 failed deliveries, 1 enqueued" in partners.output
-    assert queued_rows(redis_conn) == sorted([old_partner, new_partner, new_customer])
+    assert "requeued 1 failed deliveries, a worker woken" in partners.output
+    assert wakeups(redis_conn) == 1  # one wake-up waits at a time
     statuses = {i: r["status"] for i, r in rows(settings, [old_partner, old_customer, new_partner, new_customer]).items()}
     assert statuses == {old_partner: PENDING, old_customer: FAILED, new_partner: PENDING, new_customer: PENDING}
 
@@ -293,7 +292,7 @@ def test_requeue_failed_dry_run_changes_nothing(settings, redis_conn):
     assert result.stderr.splitlines() == ["1 would be skipped: they still cannot be applied:",
                                           f'  inbox #{ids[2]}: delivery has no "data" object']
     assert rows(settings, ids) == before
-    assert queued_rows(redis_conn) == []
+    assert wakeups(redis_conn) == 0
 
 
 def test_requeue_failed_with_redis_down_leaves_them_to_the_sweeper(settings, redis_conn):
@@ -302,14 +301,17 @@ def test_requeue_failed_with_redis_down_leaves_them_to_the_sweeper(settings, red
 
     result = CliRunner().invoke(main, ["requeue-failed"], env=env_for(settings, REDIS_URL=DEAD_REDIS_URL))
     assert result.exit_code == 0
-    assert "requeued 2 failed deliveries, 0 enqueued" in result.stdout
-    assert "Redis could not take the jobs (could not enqueue 2 deliveries: " in result.stderr
-    assert "the worker's sweeper will enqueue them once Redis answers" in result.stderr
+    assert "requeued 2 failed deliveries\n" in result.stdout and "woken" not in result.stdout
+    assert "Redis could not take the wake-up (could not wake a worker: " in result.stderr
+    assert "the worker's sweeper will wake a worker once Redis answers" in result.stderr
     assert {r["status"] for r in rows(settings, ids).values()} == {PENDING}
 
-    # Redis is back: the sweep the worker runs every minute enqueues them.
-    assert run("sweep", "--older-than", "0", env=env_for(settings)).output.strip() == "re-enqueued 2 pending deliveries"
-    assert queued_rows(redis_conn) == sorted(ids)
+    # Redis is back: the sweep the worker runs every minute wakes one.
+    swept = run("sweep", "--older-than", "0", env=env_for(settings)).output.strip()
+    assert swept == "2 pending deliveries waited with nobody on the way; a worker was woken"
+    assert wakeups(redis_conn) == 1
+    work(settings, redis_conn)
+    assert {r["status"] for r in rows(settings, ids).values()} == {FAILED}  # malformed still: failed again
 
 
 # -- prune ----------------------------------------------------------------------------------

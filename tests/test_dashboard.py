@@ -11,7 +11,7 @@ from rq import Queue
 from sync.queue import QUEUE_NAME
 from sync.samples import sample_delivery
 from sync.settings import DashboardSettings, Settings
-from tests.conftest import signed
+from tests.conftest import drain_jobs, signed
 
 USER, PASSWORD = "operator", "correct-horse-battery"
 
@@ -75,7 +75,8 @@ def test_the_right_credentials_show_our_queue_and_jobs(dashboard_client):
     queues = dashboard_client.get("/rq/0/data/queues.json", headers=GOOD).get_json()["queues"]
     assert [(q["name"], q["count"]) for q in queues] == [(QUEUE_NAME, 1)]
     jobs = dashboard_client.get(f"/rq/0/data/jobs/{QUEUE_NAME}/queued/8/asc/1.json", headers=GOOD).get_json()
-    assert [j["description"] for j in jobs["jobs"]] == [f"partner.created (inbox #{receipt['id']})"]
+    assert [j["description"] for j in jobs["jobs"]] == ["wake-up: claim and apply pending deliveries"]
+    assert receipt["status"] == "queued"
     job_id = jobs["jobs"][0]["id"]
     detail = dashboard_client.get(f"/rq/0/data/job/{job_id}.json", headers=GOOD).get_json()
     assert detail["status"] == "queued" and detail["origin"] == QUEUE_NAME
@@ -83,20 +84,24 @@ def test_the_right_credentials_show_our_queue_and_jobs(dashboard_client):
         assert dashboard_client.get(path, headers=GOOD).status_code == 200, path
 
 
-def test_job_descriptions_carry_no_payload_text(dashboard_client, redis_conn):
+def test_job_descriptions_carry_no_payload_text(dashboard_client, settings, redis_conn):
+    from sync.worker import build_worker
+
     secret_bits = ["maria.secret@example.com", "<script>alert(1)</script>", "Rossi-Private"]
+    ids = []
     for n in range(3):
         document = sample_delivery("partner.created")
         document["data"].update(id=f"ptn_{n}", email=secret_bits[0], name=secret_bits[1], surname=secret_bits[2])
-        deliver(dashboard_client, document)
-    jobs = Queue(QUEUE_NAME, connection=redis_conn).get_jobs()
-    assert jobs
-    shown = dashboard_client.get(f"/rq/0/data/jobs/{QUEUE_NAME}/queued/8/asc/1.json", headers=GOOD).get_data(as_text=True)
-    for job in jobs:  # inbox row ids, nothing else
-        assert len(job.args) == 1 and all(type(i) is int for i in job.args[0]) and not job.kwargs
+        ids.append(deliver(dashboard_client, document)["id"])
+    build_worker(settings, redis_conn).work(burst=True)
+    [job] = drain_jobs(redis_conn)
+    # Once done, a wake-up says which deliveries it applied: event types and inbox rows, no values.
+    assert job.description == f"3 deliveries: partner.created x3 (inbox #{min(ids)}..#{max(ids)})"
+    assert job.args == () and not job.kwargs
+    shown = dashboard_client.get(f"/rq/0/data/jobs/{QUEUE_NAME}/finished/8/asc/1.json", headers=GOOD).get_data(as_text=True)
+    assert job.description in shown
     for bit in secret_bits:
-        assert bit not in shown
-        assert all(bit not in (job.description or "") for job in jobs)
+        assert bit not in shown and bit not in job.description and bit not in str(job.return_value())
 
 
 def test_actions_are_refused_unless_allowed(dashboard_client, redis_conn):

@@ -25,7 +25,7 @@ from sync.queue import CRM_QUEUE_NAME, QUEUE_NAME
 from sync.samples import CUSTOMER, TRANSACTION, sample_delivery
 from sync.services import Services
 from sync.settings import SalesforceSettings
-from tests.conftest import MAPPINGS, job_for_row, salesforce_env
+from tests.conftest import MAPPINGS, REDIS_URL, drain_jobs, salesforce_env
 from tests.test_processes import BIN, environment, start, stop, wait_for
 from tests.test_salesforce_sync import deliver, outbox_rows, partner, password_login
 from tests.warehouse_helpers import envelope
@@ -198,9 +198,9 @@ def test_a_job_killed_by_its_timeout_leaves_its_deliveries_pending(pg_url, redis
     blocker = db.make_engine(pg_url)
     held = threading.Event()
 
-    def hold_the_row() -> None:  # another transaction holds the inbox row for longer than the job may run
+    def hold_the_row() -> None:  # another transaction holds the partner's row longer than the job may run
         with blocker.begin() as conn:
-            conn.execute(sa.text("SELECT id FROM webhook_events WHERE id = :id FOR UPDATE"), {"id": event_id})
+            conn.execute(sa.text("INSERT INTO partners (partner_id) VALUES ('ptn_8c1e6f0a')"))
             held.set()
             time.sleep(4)
 
@@ -227,24 +227,24 @@ def test_a_worker_killed_mid_job_leaves_its_deliveries_pending_for_the_next_work
     blocker = db.make_engine(pg_url)
     conn = blocker.connect()
     transaction = conn.begin()
-    # Another transaction holds an inbox row: the worker's job waits on it, mid-job, when it is killed.
-    conn.execute(sa.text("SELECT id FROM webhook_events WHERE id = :id FOR UPDATE"), {"id": ids[0]})
+    # Another transaction holds a partner's row: the worker's job waits on it, mid-job, when it is killed.
+    conn.execute(sa.text("INSERT INTO partners (partner_id) VALUES ('ptn_0')"))
     worker = start(f"{BIN}/partnero-sync worker", env, cwd=tmp_path)
     try:
-        job = job_for_row(redis_conn, ids[0])
+        [job] = drain_jobs(redis_conn)
         wait_for(lambda: job.get_status(refresh=True) == JobStatus.STARTED, what="the job to start")
         time.sleep(0.5)
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=10)
     finally:
+        _kill(worker)
         transaction.rollback()
         conn.close()
         blocker.dispose()
     assert {row(settings, i)["status"] for i in ids} == {"pending"}
-    # The next worker's sweep finds them (their job died with the worker) and applies them.
+    # The dead worker's claims lapse; the next worker's sweep finds the rows and applies them.
     with db.engine_for(pg_url).begin() as c:
-        c.execute(webhook_events.update().values(received_at=datetime.now(timezone.utc) - timedelta(hours=1)))
-    redis_conn.delete(*redis_conn.keys("partnero-sync:inbox-row:*"))
+        an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+        c.execute(webhook_events.update().values(received_at=an_hour_ago, claimed_until=an_hour_ago))
+    redis_conn.delete("partnero-sync:wake-up")  # the dead worker's wake-up went with it
     from sync.worker import build_worker
 
     build_worker(settings, redis_conn).work(burst=True)
@@ -253,7 +253,10 @@ def test_a_worker_killed_mid_job_leaves_its_deliveries_pending_for_the_next_work
 
 def test_a_schema_that_lags_the_mappings_leaves_deliveries_pending_until_it_is_migrated(database_url, redis_conn,
                                                                                        tmp_path):
-    from sync import schema
+    from rq import Retry
+
+    from sync import jobs, schema
+    from sync import services as services_module
     from tests.test_worker import row, store
 
     mappings = tmp_path / "mappings"
@@ -261,22 +264,28 @@ def test_a_schema_that_lags_the_mappings_leaves_deliveries_pending_until_it_is_m
     path = mappings / "partner.yml"
     path.write_text(path.read_text().replace("    status: data.status\n",
                                              "    status: data.status\n    brand_new_column: data.key\n", 1))
-    settings = _settings(database_url, redis_conn.connection_pool.connection_kwargs and "redis://127.0.0.1:6379/15")
-    settings = settings.with_overrides(mappings_dir=mappings)
+    settings = _settings(database_url, REDIS_URL).with_overrides(mappings_dir=mappings)
     [event_id] = store(settings, sample_delivery("partner.created"))
     services = Services.build(settings, redis_conn)  # the worker's new mappings, before any migration
-    events = services.inbox.begin_attempts([event_id])
-    from sync.errors import TransientError
-
-    with pytest.raises(TransientError):
-        services.processor.process_batch(events)
-    assert row(settings, event_id)["status"] == "pending"
+    services_module.install(services)
+    assert isinstance(jobs.process_events([event_id]), Retry)  # tried again later
+    pending = row(settings, event_id)
+    assert pending["status"] == "pending" and "brand_new_column" in pending["last_error"]
     try:
         schema.migrate(services.inbox.engine, services.warehouse)
-        assert services.processor.process_batch(services.inbox.begin_attempts([event_id])).processed == [event_id]
+        assert jobs.process_events([event_id]) == "1 processed, 0 ignored, 0 failed"
     finally:
         with services.inbox.engine.begin() as conn:  # leave the shared database as the others expect it
             conn.execute(sa.text("ALTER TABLE partners DROP COLUMN brand_new_column"))
+
+
+def _kill(worker) -> None:
+    """SIGKILL the worker and all it started: nothing outlives its test."""
+    try:
+        os.killpg(worker.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    worker.wait(timeout=10)
 
 
 def _settings(database_url: str, redis_url: str):
@@ -302,11 +311,8 @@ def test_a_flush_worker_killed_with_sigkill_holds_up_the_next_flush_by_seconds(p
     worker = start(f"{BIN}/partnero-sync worker", env, cwd=tmp_path)
     try:
         wait_for(lambda: fake.count("collections") >= 2, what="the flush to be under way")
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=10)
     finally:
-        if worker.poll() is None:
-            worker.kill()
+        _kill(worker)
     assert redis_conn.exists(flushing.LOCK)  # the dead flush's lock is still there
     killed_at = time.monotonic()
     fake.latency = 0
@@ -327,7 +333,11 @@ def test_sigterm_stops_a_flush_between_calls_and_a_fresh_job_carries_on(pg_url, 
     env = environment(DATABASE_URL=pg_url, REDIS_URL=redis_server_url, LOG_FORMAT="text", **salesforce_env(fake))
     services.flushes.request()
     worker = start(f"{BIN}/partnero-sync worker", env, cwd=tmp_path)
-    wait_for(lambda: fake.count("collections") >= 2, what="the flush to be under way")
+    try:
+        wait_for(lambda: fake.count("collections") >= 2, what="the flush to be under way")
+    except AssertionError:
+        _kill(worker)
+        raise
     stopped_at = time.monotonic()
     output = stop(worker, timeout=20)
     assert worker.returncode == 0, output

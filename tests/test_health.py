@@ -25,7 +25,7 @@ def test_healthz_stays_200_with_a_backlog_failures_and_refusals_and_reports_them
     bad = sample_delivery("transaction.created", key="tx_bad")
     bad["data"]["amount"] = "12,50"
     receipt = client.post("/webhooks/partnero", **_post(bad)).get_json()
-    events = services.inbox.begin_attempts([receipt["id"]])
+    events = services.inbox.claim(1, ids=[receipt["id"]])
     assert services.processor.process_batch(events).failed
 
     response = client.get("/healthz")
@@ -33,7 +33,7 @@ def test_healthz_stays_200_with_a_backlog_failures_and_refusals_and_reports_them
     body = response.get_json()
     assert body["status"] == "ok" and body["checks"] == {"database": "ok", "redis": "ok"}
     work = body["work"]
-    assert work["queue_depth"] == 2 and work["workers"] == 0 and work["failed_jobs"] == 0
+    assert work["queue_depth"] == 1 and work["workers"] == 0 and work["failed_jobs"] == 0  # one wake-up
     assert work["deliveries_failed"] == 1
     assert work["oldest_pending_age_seconds"] is not None and work["oldest_pending_age_seconds"] >= 0
     assert (work["crm_backlog"], work["crm_refused"]) == (1, 1)

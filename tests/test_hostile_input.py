@@ -347,7 +347,7 @@ def test_requeue_failed_skips_what_still_cannot_be_applied_and_requeues_the_rest
     fixed = service()
     result = fixed.cli("requeue-failed")
     assert result.exit_code == 1
-    assert "requeued 2 failed deliveries, 2 enqueued" in result.stdout
+    assert "requeued 2 failed deliveries, a worker woken" in result.stdout
     reason = "partner.yml: identity: data.id is an object: a record id is a text or a whole number"
     assert result.stderr.splitlines() == ["1 still cannot be applied, left failed:", f"  inbox #{ids[1]}: {reason}"]
     assert fixed.inbox([ids[1]]) == [("failed", reason)]  # the reason the current mappings give

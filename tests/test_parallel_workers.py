@@ -59,7 +59,9 @@ def test_parallel_workers_converge_on_postgres(pg_url, redis_server_url, redis_c
     shuffled = history[:]
     random.Random(11).shuffle(shuffled)
     events = [pipe.store(json.dumps(d).encode()) for d in shuffled]
-    JobQueue(redis_conn).enqueue_events([(e.id, e.event_type) for e in events])
+    jobs = JobQueue(redis_conn)
+    for start in range(0, len(events), 5):  # small jobs, so that the four workers overlap
+        jobs.enqueue_rows([e.id for e in events[start:start + 5]])
 
     env = {
         "DATABASE_URL": pg_url,

@@ -37,7 +37,7 @@ def services(settings, fake, redis_conn) -> Services:
 def deliver(services: Services, *documents) -> None:
     bodies = [json.dumps(d).encode() for d in documents]
     stored = services.inbox.store_many([Delivery(b, json.loads(b)["event"], PENDING) for b in bodies])
-    events = services.inbox.begin_attempts([s.id for s in stored.values()])
+    events = services.inbox.claim(len(stored), ids=[s.id for s in stored.values()])
     result = services.processor.process_batch(events)
     assert not result.failed, result.failed
 
@@ -247,8 +247,8 @@ def test_the_worker_flushes_after_processing(settings, fake, redis_conn):
     crm = settings.with_overrides(salesforce=password_login(fake))
     services = Services.build(crm, redis_conn)
     bodies = [json.dumps(d).encode() for d in (partner(), sample_delivery("customer.created"))]
-    stored = services.inbox.store_many([Delivery(b, json.loads(b)["event"], PENDING) for b in bodies])
-    services.jobs.enqueue_events([(s.id, "x") for s in stored.values()])
+    services.inbox.store_many([Delivery(b, json.loads(b)["event"], PENDING) for b in bodies])
+    services.jobs.wake()
     build_worker(crm, redis_conn, worker_class=PartneroWorker).work(burst=True)
     assert fake.get("Account", "Partnero_Customer_Key__c", "acct_000481") is not None
     queue = Queue(QUEUE_NAME, connection=redis_conn)

@@ -218,7 +218,7 @@ def test_a_delivery_the_database_refuses_fails_alone(pg_url):
                  transaction("transaction.created", "2026-03-14T10:15:31.000000Z", rewards=rewards)]
     bodies = [__import__("json").dumps(d).encode() for d in documents]
     stored = pipe.inbox.store_many([Delivery(b, d["event"], PENDING) for b, d in zip(bodies, documents)])
-    events = pipe.inbox.begin_attempts([s.id for s in stored.values()])
+    events = pipe.inbox.claim(len(stored), ids=[s.id for s in stored.values()])
     result = pipe.processor.process_batch(events)
     assert len(result.processed) == 1 and len(result.failed) == 1
     [reason] = result.failed.values()

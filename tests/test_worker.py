@@ -17,8 +17,9 @@ from sync.inbox import PENDING, Delivery, Inbox, webhook_events
 from sync.processor import Processor
 from sync.queue import QUEUE_NAME, JobQueue, PartneroWorker
 from sync.samples import sample_delivery
+from sync.settings import Settings
 from sync.worker import build_worker
-from tests.conftest import DEAD_PG_URL, job_for_row
+from tests.conftest import DEAD_PG_URL, MAPPINGS, drain_jobs
 
 
 def store(settings, *documents, enqueue_to=None) -> list[int]:
@@ -27,7 +28,7 @@ def store(settings, *documents, enqueue_to=None) -> list[int]:
     stored = inbox.store_many(deliveries)
     ids = [stored[d.fingerprint].id for d in deliveries]
     if enqueue_to is not None:
-        JobQueue(enqueue_to).enqueue_events([(i, d.event_type) for i, d in zip(ids, deliveries)])
+        JobQueue(enqueue_to).wake()
     return ids
 
 
@@ -50,7 +51,11 @@ def test_a_stored_delivery_is_processed_and_recorded(settings, redis_conn):
     assert processed["attempts"] == 1
     assert processed["last_error"] is None
     assert processed["processed_at"] is not None
-    assert job_for_row(redis_conn, event_id).get_status() == JobStatus.FINISHED
+    [job] = drain_jobs(redis_conn)
+    assert job.get_status() == JobStatus.FINISHED
+    # The dashboard says what the wake-up turned out to do: which deliveries, never their text.
+    assert job.description == f"partner.created (inbox #{event_id})"
+    assert job.return_value() == "1 processed, 0 ignored, 0 failed"
 
 
 def test_the_paas_worker_processes_deliveries(settings, redis_conn):
@@ -81,7 +86,7 @@ def test_database_down_means_retry_later_with_backoff(settings, redis_conn, capl
         run_burst(down, redis_conn)
 
     queue = Queue(QUEUE_NAME, connection=redis_conn)
-    job = job_for_row(redis_conn, event_id)
+    [job] = drain_jobs(redis_conn)
     assert job.get_status() == JobStatus.SCHEDULED
     assert job.number_of_retries == 1
     due = queue.scheduled_job_registry.get_scheduled_time(job)
@@ -112,7 +117,7 @@ def test_a_passing_failure_is_noted_on_the_row_and_never_fails_it_even_after_the
     assert retrying["status"] == "pending"
     assert retrying["last_error"] == "sink unavailable: connection reset"
 
-    job = job_for_row(redis_conn, event_id)
+    [job] = drain_jobs(redis_conn)
     job.number_of_retries = len(backoff.DELIVERY_DELAYS)
     job.save()
     queue = Queue(QUEUE_NAME, connection=redis_conn)
@@ -121,7 +126,7 @@ def test_a_passing_failure_is_noted_on_the_row_and_never_fails_it_even_after_the
     run_burst(settings, redis_conn)
 
     # The job gives up (and shows in RQ's failed registry); the delivery does not.
-    assert job_for_row(redis_conn, event_id).get_status() == JobStatus.FAILED
+    assert job.get_status(refresh=True) == JobStatus.FAILED
     still = row(settings, event_id)
     assert still["status"] == "pending" and still["last_error"] == "sink unavailable: connection reset"
     # The cause passes: the sweeper brings it back and it is processed.
@@ -143,7 +148,7 @@ def test_a_delivery_that_cannot_be_applied_fails_once_with_its_reason_and_alone(
     queue = Queue(QUEUE_NAME, connection=redis_conn)
     # The job did its work: each delivery's outcome is on its row, not in RQ's failed registry.
     assert queue.failed_job_registry.get_job_ids() == []
-    assert job_for_row(redis_conn, bad).get_status() == JobStatus.FINISHED
+    assert [j.get_status() for j in drain_jobs(redis_conn)] == [JobStatus.FINISHED]
     assert queue.scheduled_job_registry.get_job_ids() == []
     failed = row(settings, bad)
     assert failed["status"] == "failed" and failed["attempts"] == 1
@@ -186,15 +191,69 @@ def test_many_attempts_never_fail_a_delivery(settings, redis_conn):
 
 
 def test_the_worker_sweeps_lost_deliveries_and_processes_them(settings, redis_conn):
-    # Stored while Redis was down: no job exists.
+    # Stored while Redis was down: no worker was woken for them.
     lost, fresh = store(settings, sample_delivery("partner.created"), sample_delivery("partner.updated"))
     with db.engine_for(settings.database_url).begin() as conn:
         an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
         conn.execute(webhook_events.update().where(webhook_events.c.id == lost).values(received_at=an_hour_ago))
     run_burst(settings, redis_conn)
+    # The sweep wakes a worker for the one that waited; woken, it claims every pending delivery.
     assert row(settings, lost)["status"] == "processed"
-    # Younger than a minute: its job may still be on its way; the next sweep will see.
-    assert row(settings, fresh)["status"] == "pending"
+    assert row(settings, fresh)["status"] == "processed"
+
+
+def test_a_worker_killed_holding_rows_lets_go_of_them_when_its_claim_lapses(settings, redis_conn):
+    from sync.inbox import CLAIM_LEASE, Inbox
+
+    ids = store(settings, *(sample_delivery("partner.created", id=f"ptn_{i}") for i in range(3)))
+    inbox = Inbox(db.engine_for(settings.database_url))
+    assert [e.id for e in inbox.claim()] == sorted(ids)  # a worker claimed them, then died
+    assert inbox.claim() == []  # nobody else takes rows that are held
+    with db.engine_for(settings.database_url).begin() as conn:  # time passes: the claim lapses
+        conn.execute(webhook_events.update().values(
+            claimed_until=datetime.now(timezone.utc) - timedelta(seconds=1),
+            received_at=datetime.now(timezone.utc) - CLAIM_LEASE))
+    run_burst(settings, redis_conn)  # the sweep wakes a worker, which claims them again
+    assert [row(settings, i)["status"] for i in ids] == ["processed"] * 3
+    assert {row(settings, i)["attempts"] for i in ids} == {2}
+
+
+def test_a_row_claimed_twice_without_an_outcome_is_claimed_alone(settings):
+    from sync.inbox import ALONE_AFTER, Inbox
+
+    ids = sorted(store(settings, *(sample_delivery("partner.created", id=f"ptn_{i}") for i in range(4))))
+    with db.engine_for(settings.database_url).begin() as conn:
+        conn.execute(webhook_events.update().where(webhook_events.c.id == ids[1]).values(attempts=ALONE_AFTER))
+    inbox = Inbox(db.engine_for(settings.database_url))
+    assert [e.id for e in inbox.claim()] == ids[:1]  # up to the suspect, not with it
+    assert [e.id for e in inbox.claim()] == ids[1:2]  # the suspect, alone
+    assert [e.id for e in inbox.claim()] == ids[2:]
+
+
+def test_two_workers_share_a_backlog_without_claiming_a_row_twice(pg_url, redis_server_url):
+    import threading
+
+    from sync.inbox import Inbox
+    from tests.conftest import empty_tables
+
+    empty_tables(pg_url)
+    settings = Settings(webhook_secrets=("s",), database_url=pg_url, redis_url=redis_server_url, mappings_dir=MAPPINGS)
+    store(settings, *(sample_delivery("partner.created", id=f"ptn_{i}") for i in range(1000)))
+    claimed: list[list[int]] = [[], []]
+
+    def claim(into: list[int]) -> None:
+        inbox = Inbox(db.make_engine(pg_url))
+        while batch := inbox.claim(37):
+            into += [e.id for e in batch]
+
+    threads = [threading.Thread(target=claim, args=(claimed[i],)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert claimed[0] and claimed[1]  # both took a share
+    assert sorted(claimed[0] + claimed[1]) == sorted(set(claimed[0] + claimed[1]))  # none twice
+    assert len(claimed[0]) + len(claimed[1]) == 1000
 
 
 @pytest.mark.parametrize("retries, low, high", [(0, 10, 12), (3, 300, 360), (20, 3600, 4320)])

@@ -34,7 +34,7 @@ class Pipe:
         event_type = json.loads(body)["event"]
         stored = self.inbox.store_many([Delivery(body, event_type, PENDING)])
         [outcome] = stored.values()
-        return self.inbox.begin_attempt(outcome.id)
+        return self.inbox.event(outcome.id)
 
     def deliver(self, *documents: dict | bytes) -> list[str]:
         return [self.processor.process(self.store(d)) for d in documents]
@@ -42,16 +42,14 @@ class Pipe:
     def deliver_in_batches(self, documents: list[dict], sizes: list[int]) -> None:
         """Deliver ``documents`` in batches of ``sizes`` (repeated as needed) through the batch path
         the worker uses: stored together, then one ``process_batch`` per batch."""
-        from sync.inbox import IGNORED, PROCESSED
-
         start, turn = 0, 0
         while start < len(documents):
             size = sizes[turn % len(sizes)] if sizes else 1
             chunk, start, turn = documents[start:start + size], start + size, turn + 1
             deliveries = [Delivery(json.dumps(d).encode(), d["event"], PENDING) for d in chunk]
             stored = self.inbox.store_many(deliveries)
-            events = self.inbox.begin_attempts([stored[d.fingerprint].id for d in deliveries])
-            result = self.processor.process_batch([e for e in events if e.status not in (PROCESSED, IGNORED)])
+            ids = [stored[d.fingerprint].id for d in deliveries]
+            result = self.processor.process_batch(self.inbox.claim(len(ids), ids=ids))
             assert not result.failed, result.failed
 
     def row(self, table: str, key: str) -> dict[str, Any] | None:
