@@ -31,7 +31,11 @@ class GunicornLogger(Logger):
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
-        level, log_format = log_options()
+        try:
+            level, log_format = log_options()
+        except ConfigurationError as exc:  # before any logger: one line on stderr, as the CLI says it
+            print(f"configuration error: {exc}", file=sys.stderr)
+            sys.exit(2)
         logging.config.dictConfig(logs.gunicorn_logconfig(level, log_format))
 
 

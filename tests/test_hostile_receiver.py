@@ -269,3 +269,20 @@ def test_a_secret_of_only_blanks_stops_the_web_and_the_cli_with_one_line(tmp_pat
     assert cli.stderr.strip() == ("partnero-sync: configuration error: PARTNERO_WEBHOOK_SECRET holds only blanks and "
                                   "commas: set it to the webhook signing secret (several may be given, separated by "
                                   "commas, while rotating)")
+
+
+@pytest.mark.parametrize(
+    "variables, message",
+    [
+        ({"LOG_LEVEL": "LOUD"}, "configuration error: LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ({"MAPPINGS_DIR": "/nowhere"}, "configuration error: 1 problem in the mapping files:"),
+    ],
+    ids=["a bad log level", "no mapping files"],
+)
+def test_any_configuration_error_stops_the_web_with_one_line(tmp_path, variables, message):
+    env = environment(PORT=str(free_port()), DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
+                      PARTNERO_WEBHOOK_SECRET=SECRETS[0], **variables)
+    web = start(procfile()["web"], env, cwd=tmp_path)
+    output = web.communicate(timeout=60)[0].decode()
+    assert web.returncode == 2
+    assert message in output and "Traceback" not in output
