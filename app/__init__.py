@@ -9,20 +9,32 @@ from werkzeug.exceptions import HTTPException
 from app import auth
 from sync import logs
 from sync.intake import Intake
+from sync.mapping import MappingSet, load_mappings
+from sync.schema import RESERVED_TABLES
 from sync.services import Services
 from sync.settings import Settings
+
+
+def check_configuration(settings: Settings | None = None) -> tuple[Settings, MappingSet]:
+    """The settings (default: the environment) and mapping files the web process runs on.
+
+    Raises ``ConfigurationError`` when they cannot work (no webhook secret, a mapping file with
+    problems). Connects to nothing; gunicorn's master runs it before starting any worker.
+    """
+    settings = settings or Settings.from_env()
+    settings.require_webhook_secret()
+    return settings, load_mappings(settings.mappings_dir, RESERVED_TABLES)
 
 
 def create_app(settings: Settings | None = None, *, redis_connection: redis.Redis | None = None) -> Flask:
     """Build the web app from ``settings`` (default: the environment).
 
-    Fails with ``ConfigurationError`` when the configuration cannot work (no webhook secret, a
-    mapping file with problems). Nothing connects to the database or Redis until a request needs it.
+    Fails with ``ConfigurationError`` when the configuration cannot work (``check_configuration``).
+    Nothing connects to the database or Redis until a request needs it.
     """
-    settings = settings or Settings.from_env()
-    settings.require_webhook_secret()
+    settings, mappings = check_configuration(settings)
     logs.configure(settings.log_level, settings.log_format)
-    services = Services.build(settings, redis_connection)
+    services = Services.build(settings, redis_connection, mappings)
 
     app = Flask(__name__)
     app.secret_key = auth.secret_key(settings.dashboard, settings.webhook_secrets)

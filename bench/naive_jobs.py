@@ -8,8 +8,9 @@ import os
 from simple_salesforce import Salesforce
 
 from sync.crm.outbox import wire
+from sync import envelope
 from sync.inbox import PENDING, Delivery
-from sync.mapping import parse_document, plan
+from sync.mapping import plan
 from sync.services import Services
 from sync.settings import Settings
 
@@ -34,7 +35,7 @@ def naive_job(body: str) -> None:
     events = services.inbox.claim(1, ids=[s.id for s in stored.values()])
     services.processor.process_batch(events)  # the warehouse, as ours does
     mapping = services.mappings.for_event(document["event"])
-    planned = plan(mapping, parse_document(raw), "naive")
+    planned = plan(mapping, envelope.parse(raw), "naive")
     if planned.crm is None:
         return
     record = {k: v for k, v in wire(planned.crm.values).items() if v is not None or not k.endswith("__r")}

@@ -238,34 +238,54 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
 @main.command("requeue-failed")
 @click.option("--since", type=_DATE, help="Only deliveries received from this date (UTC) on.")
 @click.option("--event", "event_type", metavar="TYPE", help="Only deliveries of this event type.")
-@click.option("--dry-run", is_flag=True, help="Only say how many deliveries would be retried; change nothing.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be retried and skipped; change nothing.")
 def requeue_failed(since: datetime | None, event_type: str | None, dry_run: bool) -> None:
     """Retry failed deliveries, after fixing what failed them (a mapping, the warehouse, a bug).
 
     Sets the matching failed deliveries back to pending, 1,000 at a time, and wakes a worker to
     apply them. Their attempts count afresh, and their last error stays until a retry succeeds.
+    A delivery the current mapping files still cannot apply is skipped and listed with the
+    reason (its last error is updated), and the others go on.
 
     If Redis cannot take the wake-up, the deliveries are set back to pending all the same: the
-    worker's sweeper wakes one once Redis answers. It says so and exits 0, since nothing more is
-    needed. Exit status 1 when the database cannot be read or written.
+    worker's sweeper wakes one once Redis answers. It says so, since nothing more is needed.
+    Exit status 1 when some deliveries still cannot be applied, or the database cannot be read
+    or written.
     """
-    from sync.inbox import FAILED
+    from sync.requeue import dry_run as preview
     from sync.requeue import requeue_failed as run_requeue
     from sync.services import Services
 
     services = Services.build(_settings())
+    check = services.processor.check
     if dry_run:
-        count = services.inbox.count(since=_utc(since), event_type=event_type, status=FAILED)
+        count, skipped = preview(services.inbox, check, since=_utc(since), event_type=event_type)
         click.echo(f"would requeue {count} failed deliveries (dry run: nothing changed)")
+    else:
+        result = run_requeue(services.inbox, services.jobs, since=_utc(since), event_type=event_type,
+                             still_failing=check)
+        click.echo(f"requeued {result.requeued} failed deliveries" + (", a worker woken" if result.enqueued else ""))
+        if result.redis_error is not None:
+            click.echo(
+                f"Redis could not take the wake-up ({result.redis_error}): the deliveries are pending, and the "
+                "worker's sweeper will wake a worker once Redis answers",
+                err=True,
+            )
+        skipped = result.skipped
+    _list_failures(skipped, "still cannot be applied, left failed" if not dry_run else "would be skipped: they still "
+                   "cannot be applied")
+
+
+def _list_failures(failures: list[tuple[int, str]], what: str) -> None:
+    """Deliveries that failed or would, on stderr, the first 20 with their reason; exit 1 if any."""
+    if not failures:
         return
-    result = run_requeue(services.inbox, services.jobs, since=_utc(since), event_type=event_type)
-    click.echo(f"requeued {result.requeued} failed deliveries" + (", a worker woken" if result.enqueued else ""))
-    if result.redis_error is not None:
-        click.echo(
-            f"Redis could not take the wake-up ({result.redis_error}): the deliveries are pending, and the "
-            "worker's sweeper will wake a worker once Redis answers",
-            err=True,
-        )
+    click.echo(f"{len(failures)} {what}:", err=True)
+    for event_id, reason in failures[:20]:
+        click.echo(f"  inbox #{event_id}: {reason}", err=True)
+    if len(failures) > 20:
+        click.echo(f"  … and {len(failures) - 20} more (partnero-sync status, /ops?status=failed)", err=True)
+    sys.exit(1)
 
 
 @main.command()
@@ -336,8 +356,10 @@ def crm_errors(limit: int) -> None:
 def crm_retry(object_name: str | None) -> None:
     """Send refused and waiting records again (after fixing the cause in Salesforce or a mapping).
 
-    Makes them due now and asks the workers for a flush. Exit status 2 while Salesforce sync is
-    off; 1 when the database or Redis cannot be reached.
+    Makes them due now and asks the workers for a flush. Records refused because the mapping
+    could not compute a field (MAPPING_ERROR in `crm-errors`) are not sent: after fixing the
+    mapping, `replay` their deliveries. Exit status 2 while Salesforce sync is off; 1 when the
+    database or Redis cannot be reached.
     """
     from sync.crm.outbox import Outbox
     from sync.services import Services
@@ -347,9 +369,13 @@ def crm_retry(object_name: str | None) -> None:
         raise ConfigurationError("Salesforce sync is off: no SALESFORCE_ variables are set")
     with services.inbox.engine.begin() as conn:
         count = Outbox().retry_failed(conn, object_name)
+        uncomputed = Outbox().refused_by_mapping(conn, object_name)
     services.flushes.forget_problem()
     services.flushes.request(force=True)
     click.echo(f"{count} records will be sent again")
+    if uncomputed:
+        click.echo(f"{uncomputed} records the mapping could not compute (MAPPING_ERROR) are not: fix the "
+                   "mapping, then `partnero-sync replay` their deliveries")
 
 
 @main.command("crm-flush")
@@ -530,10 +556,7 @@ def replay(since: datetime | None, event_type: str | None) -> None:
         f"replayed {result.total}: {result.processed} processed, {result.ignored} ignored, "
         f"{len(result.failed)} failed{pruned}"
     )
-    for event_id, reason in result.failed[:20]:
-        click.echo(f"  inbox #{event_id}: {reason}", err=True)
-    if result.failed:
-        sys.exit(1)
+    _list_failures(result.failed, "failed (left failed; retry them with `requeue-failed` after a fix)")
 
 
 @main.command()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -152,6 +152,15 @@ class Event:
     def pruned(self) -> bool:
         """Whether the raw body was dropped by ``prune`` (it can no longer be replayed)."""
         return self.body == PRUNED_BODY
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """One batch of ``Inbox.requeue_failed``: the rows set back to pending, as (id, event type),
+    and those left failed, as (id, why)."""
+
+    rows: list[tuple[int, str]]
+    skipped: list[tuple[int, str]]
 
 
 @dataclass(frozen=True)
@@ -368,14 +377,15 @@ class Inbox:
                              .values(last_error=reason[:2000], claimed_until=None))
 
     def events(
-        self, since: datetime | None = None, event_type: str | None = None, batch: int = 500
+        self, since: datetime | None = None, event_type: str | None = None, batch: int = 500,
+        status: str | None = None,
     ) -> Iterator[Event]:
-        """Stored deliveries, oldest first, optionally from ``since`` and of one type."""
+        """Stored deliveries, oldest first, optionally from ``since``, of one type, in one status."""
         t = webhook_events
         after_id = 0
         while True:
             query = sa.select(*_EVENT_COLUMNS).where(t.c.id > after_id).order_by(t.c.id).limit(batch)
-            query = _matching(query, since, event_type)
+            query = _matching(query, since, event_type, status)
             with self._transaction() as conn:
                 found = [Event(*row) for row in conn.execute(query)]
             yield from found
@@ -424,31 +434,40 @@ class Inbox:
             return conn.execute(query).scalar_one()
 
     def requeue_failed(
-        self, since: datetime | None = None, event_type: str | None = None, batch: int = 1000
-    ) -> Iterator[list[tuple[int, str]]]:
+        self, since: datetime | None = None, event_type: str | None = None, batch: int = 1000,
+        still_failing: Callable[[Event], str | None] | None = None,
+    ) -> Iterator[Requeued]:
         """Set failed rows back to pending, ``batch`` rows a transaction, by id; yields each batch
-        as (id, event type) pairs once committed.
+        once committed.
 
         Their attempts start again from 0, so the give-up after ``jobs.MAX_ATTEMPTS`` counts the new
         tries only; ``last_error`` stays until an attempt succeeds. Rows another run holds are
-        skipped (PostgreSQL), not waited for.
+        skipped (PostgreSQL), not waited for. A row ``still_failing`` gives a reason for stays
+        failed, with that reason as its last error, and is reported in ``Requeued.skipped``.
         """
         t = webhook_events
         after_id = 0
         while True:
-            query = _matching(sa.select(t.c.id, t.c.event_type).where(t.c.id > after_id), since, event_type, FAILED)
+            query = _matching(sa.select(*_EVENT_COLUMNS).where(t.c.id > after_id), since, event_type, FAILED)
             with self._transaction() as conn:
-                rows = [(i, e) for i, e in conn.execute(_claim(query, batch))]
-                if rows:
+                events = [Event(*row) for row in conn.execute(_claim(query, batch))]
+                skipped = {}
+                for event in events if still_failing is not None else ():
+                    reason = still_failing(event)
+                    if reason is not None:
+                        skipped[event.id] = reason
+                requeued = [(e.id, e.event_type) for e in events if e.id not in skipped]
+                if requeued:
                     conn.execute(
                         t.update()
-                        .where(t.c.id.in_([i for i, _ in rows]), t.c.status == FAILED)
+                        .where(t.c.id.in_([i for i, _ in requeued]), t.c.status == FAILED)
                         .values(status=PENDING, attempts=0)
                     )
-            if not rows:
+                self.mark_failures(skipped, conn)
+            if not events:
                 return
-            yield rows
-            after_id = rows[-1][0]
+            yield Requeued(requeued, sorted(skipped.items()))
+            after_id = events[-1].id
 
     def prunable(self, before: datetime) -> Pruned:
         """What ``prune(before)`` would drop now, without dropping it."""

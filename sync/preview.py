@@ -10,19 +10,21 @@ from typing import Any
 from sync.commissions import standing
 from sync.envelope import MalformedDelivery, read_event
 from sync.inbox import fingerprint
-from sync.mapping import MappingSet, parse_document, plan
+from sync.mapping import MappingSet, plan
 
 
 def render(mappings: MappingSet, body: bytes) -> str:
-    """A readable account of the writes ``body`` implies, or why it implies none."""
+    """A readable account of the writes ``body`` implies, or why it implies none.
+
+    Raises ``FieldProblem`` when the delivery would fail, with the reason the worker would give.
+    """
     try:
-        _, event = read_event(body)
+        document, event = read_event(body)
     except MalformedDelivery as exc:
         return f"not a delivery: {exc}"
     mapping = mappings.for_event(event)
     if mapping is None:
         return f"{event}: no mapping handles this event; it would be stored as ignored"
-    document = parse_document(body)
     if not isinstance(document.get("data"), dict):
         return f'{event}: delivery has no "data" object; it would fail'
     what = plan(mapping, document, fingerprint(body))
@@ -47,6 +49,14 @@ def render(mappings: MappingSet, body: bytes) -> str:
             )
     if what.reverses:
         lines.append("ledger commission_entries: a refund: whatever stands for this transaction is reversed, once")
+    if what.crm is not None:  # what CRM sync (when on) would queue for Salesforce
+        crm = what.crm
+        if what.crm_problem is not None:
+            lines.append(f"salesforce {crm.table}: refused, the rest is written: {what.crm_problem}")
+        else:
+            lines.append(f"salesforce {crm.table}: upsert {crm.key_column} = {crm.key!r}")
+            for name, value in {**crm.values, **crm.tombstone}.items():
+                lines.append(f"  {name} = {_show(value)}")
     return "\n".join(lines)
 
 

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync import ledger
+from sync import envelope, ledger
 from sync.crm.outbox import Outbox
 from sync.db import describe_error, is_transient
 from sync.envelope import MalformedDelivery
 from sync.errors import PermanentError, TransientError
 from sync.inbox import IGNORED, PROCESSED, Event, Inbox
-from sync.mapping import FieldProblem, MappingSet, Plan, entity_label, parse_document, plan
+from sync.mapping import FieldProblem, MappingSet, Plan, entity_label, plan
 from sync.records import RecordState
 from sync.warehouse import Warehouse
 
@@ -96,8 +96,9 @@ class Processor:
             except Exception as exc:  # noqa: BLE001 - sorted below: passing, or one delivery's fault
                 if self._passing(exc):
                     raise
-                # Something in the batch was refused: go delivery by delivery to find it.
-                log.warning("batch of %d refused (%s); applying one by one", len(work), _why(exc))
+                # Something in the batch was refused: go delivery by delivery to find it. Only
+                # DEBUG: the delivery at fault gets its one "delivery failed" line.
+                log.debug("batch of %d refused (%s); applying one by one", len(work), _why(exc))
                 result.processed = []
                 with self.engine.begin() as conn:
                     for event, planned in work:
@@ -127,17 +128,25 @@ class Processor:
         self.inbox.mark_done(result.ignored, conn, status=IGNORED)
         self.inbox.mark_failures(result.failed, conn)
 
-    def _plan(self, event: Event) -> Plan | None:
+    def check(self, event: Event) -> str | None:
+        """Why the current mappings cannot apply ``event``, found without writing anything
+        (its content; what the database would refuse is not known here); None when they can."""
         try:
-            document = parse_document(event.body)
-        except ValueError as exc:
-            raise MalformedDelivery("body is not valid JSON") from exc
+            self._plan(event)
+        except (MalformedDelivery, FieldProblem) as exc:
+            return str(exc)
+        except Exception as exc:  # noqa: BLE001 - as process_batch judges it
+            return _unexpected(exc)
+        return None
+
+    def _plan(self, event: Event) -> Plan | None:
+        document = envelope.parse(event.body)  # the receiver's parse: what it stored, this reads
         if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
             raise MalformedDelivery('delivery has no "data" object')
         mapping = self.mappings.for_event(event.event_type)
         if mapping is None:
             return None
-        return plan(mapping, document, event.fingerprint, event.received_at)
+        return plan(mapping, document, event.fingerprint, event.received_at, salesforce=self.outbox is not None)
 
     def _apply_all(self, conn: Connection, work: list[tuple[Event, Plan]]) -> None:
         """Warehouse rows, then ledger entries, then outbox rows: the same order in every batch."""
@@ -147,7 +156,7 @@ class Processor:
         if self.outbox is not None:
             self.outbox.apply_many(conn, [
                 (planned.crm, planned.mapping.entity, tuple(f.name for f in planned.mapping.salesforce.on_delete),
-                 event.received_at)
+                 planned.crm_problem, event.received_at)
                 for event, planned in work
                 if planned.crm is not None
             ])

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sync.envelope import MalformedDelivery
-from sync.errors import SyncError
+from sync.errors import SyncError, TransientError
 from sync.inbox import FAILED, IGNORED, PROCESSED, Event
 from sync.mapping import FieldProblem
 from sync.progress import progressbar
@@ -30,13 +30,15 @@ class Outcome:
 def replay_one(services, event: Event) -> Outcome:
     """Apply one stored delivery again; its inbox row records the outcome. Idempotent.
 
-    A pruned delivery is left as it is. Raises ``TransientError`` only when even recording the
-    failure was impossible (the database is away).
+    A pruned delivery is left as it is. Raises ``TransientError`` when the database is away
+    (the row is left as it was: nothing passing ever fails a delivery).
     """
     if event.pruned:
         return Outcome(event.status, PRUNED, replayed=False)
     try:
         status = services.processor.process(event)
+    except TransientError:
+        raise  # passing (the database is away): the row stays as it was
     except (SyncError, MalformedDelivery, FieldProblem) as exc:
         services.inbox.mark_failed(event.id, str(exc))
         return Outcome(FAILED, str(exc))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sync.errors import TransientError
-from sync.inbox import FAILED, Inbox
+from sync.inbox import FAILED, Event, Inbox
 from sync.progress import progressbar
 from sync.queue import JobQueue
 
@@ -19,22 +20,30 @@ class RequeueResult:
     enqueued: int = 0
     #: Why Redis could not take the jobs (None: it could).
     redis_error: str | None = None
+    #: Rows the current mappings still cannot apply, left failed: (inbox id, why).
+    skipped: list[tuple[int, str]] = field(default_factory=list)
 
 
 def requeue_failed(inbox: Inbox, jobs: JobQueue, since: datetime | None = None, event_type: str | None = None,
-                   batch: int = 1000, show_progress: bool = True) -> RequeueResult:
+                   batch: int = 1000, show_progress: bool = True,
+                   still_failing: Callable[[Event], str | None] | None = None) -> RequeueResult:
     """Set the matching failed rows back to pending, ``batch`` rows at a time, and wake a worker.
 
     The database is the record: a row set back to pending is applied whatever Redis does. When
     Redis cannot take the wake-up, the worker's sweeper wakes one once Redis answers, and
-    ``redis_error`` says why.
+    ``redis_error`` says why. A row ``still_failing`` gives a reason for (``Processor.check``:
+    the mappings still cannot apply it) is skipped, left failed with that reason, and reported;
+    the others go on.
     """
     result = RequeueResult()
     total = inbox.count(since=since, event_type=event_type, status=FAILED)
     with progressbar(total, "requeueing", show_progress) as bar:
-        for rows in inbox.requeue_failed(since=since, event_type=event_type, batch=batch):
+        for batch_done in inbox.requeue_failed(since=since, event_type=event_type, batch=batch,
+                                               still_failing=still_failing):
+            rows = batch_done.rows
             result.requeued += len(rows)
-            bar.update(len(rows))
+            result.skipped += batch_done.skipped
+            bar.update(len(rows) + len(batch_done.skipped))
     if result.requeued:
         try:
             jobs.wake(force=True)
@@ -42,3 +51,17 @@ def requeue_failed(inbox: Inbox, jobs: JobQueue, since: datetime | None = None, 
         except TransientError as exc:
             result.redis_error = str(exc)
     return result
+
+
+def dry_run(inbox: Inbox, check: Callable[[Event], str | None], since: datetime | None = None,
+            event_type: str | None = None) -> tuple[int, list[tuple[int, str]]]:
+    """What ``requeue_failed`` would do, changing nothing: how many failed rows it would requeue,
+    and the ones it would skip, as (inbox id, why)."""
+    ready, skipped = 0, []
+    for event in inbox.events(since=since, event_type=event_type, status=FAILED):
+        reason = check(event)
+        if reason is None:
+            ready += 1
+        else:
+            skipped.append((event.id, reason))
+    return ready, skipped

@@ -248,8 +248,18 @@ def parse_currency(raw: str) -> str | None:
 
 
 def parse_secrets(raw: str) -> tuple[str, ...]:
-    """Comma-separated secrets, blanks dropped; order kept (the first is the current one)."""
-    return tuple(s.strip() for s in raw.split(",") if s.strip())
+    """Comma-separated secrets, blanks dropped; order kept (the first is the current one).
+
+    A value made only of blanks and commas is a mistake (a template left unfilled, a stray
+    comma), not "no secret": it raises ``ConfigurationError``.
+    """
+    secrets = tuple(s.strip() for s in raw.split(",") if s.strip())
+    if raw and not secrets:
+        raise ConfigurationError(
+            "PARTNERO_WEBHOOK_SECRET holds only blanks and commas: set it to the webhook signing "
+            "secret (several may be given, separated by commas, while rotating)"
+        )
+    return secrets
 
 
 def normalize_database_url(url: str) -> str:

@@ -33,9 +33,13 @@ def sign(body: bytes, secret: str) -> str:
 
 
 def header_values(headers: Mapping[str, str]) -> list[str]:
-    """Every signature value present; header names match in any case."""
+    """Every signature value present; header names match in any case.
+
+    A header sent twice reaches the app as one value joined with commas (proxies repeat headers,
+    and servers join repeats so), so each value is split at its commas: a hex digest has none.
+    """
     wanted = {name.lower() for name in SIGNATURE_HEADERS}
-    return [value for name, value in headers.items() if name.lower() in wanted]
+    return [part for name, value in headers.items() if name.lower() in wanted for part in value.split(",")]
 
 
 def verify(body: bytes, candidates: Iterable[str], secrets: Iterable[str]) -> Verdict:

@@ -9,10 +9,11 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sync import ledger
+from sync import envelope, ledger
 from sync.crm.outbox import Outbox
+from sync.envelope import MalformedDelivery
 from sync.inbox import Event, InboxRow
-from sync.mapping import Mapping, identify, parse_document
+from sync.mapping import Mapping, identify
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,8 @@ def trace(services, event_id: int) -> Trace | None:
 
 def _identify(mapping: Mapping, body: bytes) -> str | None:
     try:
-        document = parse_document(body)
-    except ValueError:
+        document = envelope.parse(body)
+    except MalformedDelivery:
         return None
     return identify(mapping, document)
 

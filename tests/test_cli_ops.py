@@ -77,6 +77,17 @@ def malformed(event: str, n: int) -> dict:
     return {"event": event, "data": f"not an object #{n}"}
 
 
+def fixable(event: str, n: int) -> dict:
+    """A delivery the shipped mappings apply: stored as failed (``failed_earlier``), it stands for
+    one whose cause was fixed since."""
+    kind = event.split(".")[0]
+    return sample_delivery(event, **({"id": f"ptn_{n}"} if kind == "partner" else {"key": f"{kind}_{n}"}))
+
+
+def failed_earlier(settings, ids) -> None:
+    Inbox(db.engine_for(settings.database_url)).mark_failures({i: "an earlier failure" for i in ids})
+
+
 @pytest.fixture
 def broken_mappings(tmp_path):
     """The shipped mappings with a partner column that fails every partner delivery (an email is
@@ -252,11 +263,11 @@ def test_requeue_failed_retries_failed_deliveries_after_a_fix(settings, redis_co
 
 
 def test_requeue_failed_by_date_and_event_type(settings, redis_conn):
-    old_partner, old_customer, new_partner, new_customer = store(
-        settings, malformed("partner.created", 1), malformed("customer.created", 2),
-        malformed("partner.created", 3), malformed("customer.created", 4), enqueue_to=redis_conn,
+    old_partner, old_customer, new_partner, new_customer = ids = store(
+        settings, fixable("partner.created", 1), fixable("customer.created", 2),
+        fixable("partner.created", 3), fixable("customer.created", 4),
     )
-    work(settings, redis_conn)
+    failed_earlier(settings, ids)
     backdate(settings, [old_partner, old_customer], timedelta(days=10))
     since = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%d")
     redis_conn.flushdb()  # forget the first jobs: only the requeued ones remain to be seen
@@ -272,20 +283,24 @@ def test_requeue_failed_by_date_and_event_type(settings, redis_conn):
 
 
 def test_requeue_failed_dry_run_changes_nothing(settings, redis_conn):
-    ids = store(settings, malformed("partner.created", 1), malformed("partner.updated", 2), enqueue_to=redis_conn)
+    ids = store(settings, fixable("partner.created", 1), fixable("partner.updated", 2))
+    failed_earlier(settings, ids)
+    ids += store(settings, malformed("partner.created", 3), enqueue_to=redis_conn)
     work(settings, redis_conn)
     before = rows(settings, ids)
-    result = run("requeue-failed", "--dry-run", env=env_for(settings))
-    assert result.exit_code == 0
-    assert result.output.strip() == "would requeue 2 failed deliveries (dry run: nothing changed)"
+    assert [before[i]["status"] for i in ids] == [FAILED] * 3
+    result = CliRunner().invoke(main, ["requeue-failed", "--dry-run"], env=env_for(settings))
+    assert result.exit_code == 1  # one still cannot be applied
+    assert result.stdout.strip() == "would requeue 2 failed deliveries (dry run: nothing changed)"
+    assert result.stderr.splitlines() == ["1 would be skipped: they still cannot be applied:",
+                                          f'  inbox #{ids[2]}: delivery has no "data" object']
     assert rows(settings, ids) == before
     assert wakeups(redis_conn) == 0
 
 
 def test_requeue_failed_with_redis_down_leaves_them_to_the_sweeper(settings, redis_conn):
-    ids = store(settings, malformed("partner.created", 1), malformed("customer.created", 2), enqueue_to=redis_conn)
-    work(settings, redis_conn)
-    redis_conn.flushdb()
+    ids = store(settings, fixable("partner.created", 1), fixable("customer.created", 2))
+    failed_earlier(settings, ids)
 
     result = CliRunner().invoke(main, ["requeue-failed"], env=env_for(settings, REDIS_URL=DEAD_REDIS_URL))
     assert result.exit_code == 0
@@ -299,7 +314,7 @@ def test_requeue_failed_with_redis_down_leaves_them_to_the_sweeper(settings, red
     assert swept == "2 pending deliveries waited with nobody on the way; a worker was woken"
     assert wakeups(redis_conn) == 1
     work(settings, redis_conn)
-    assert {r["status"] for r in rows(settings, ids).values()} == {FAILED}  # malformed still: failed again
+    assert {r["status"] for r in rows(settings, ids).values()} == {PROCESSED}  # the cause was fixed: applied
 
 
 # -- prune ----------------------------------------------------------------------------------

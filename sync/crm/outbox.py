@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from sync import db
+from sync.envelope import ExactFloat
 from sync.mapping import RecordChange
-from sync.mapping.transforms import ExactFloat
 from sync.records import RecordState, bookkeeping, from_bookkeeping, merge
 from sync.sqltypes import FINGERPRINT, KEY, UTCDateTime
 
@@ -30,8 +30,12 @@ SYNCED = "synced"
 #: refusal of the whole call) its ``next_attempt_at``.
 FAILED = "failed"
 STATUSES = (PENDING, WAITING, SYNCED, FAILED)
-#: The error code of rows whose whole call failed (a timeout, an outage): tried again later.
+#: The error code of rows whose whole call failed for a passing reason (a time-out, an outage).
 UNAVAILABLE = "UNAVAILABLE"
+#: The error code of records whose latest delivery the mapping could not turn into fields (a
+#: ``join()`` over a number...): refused without being sent, and not sent again (not even by
+#: ``crm-retry``) until a newer delivery, or a replay after the mapping is fixed, gives them a state.
+MAPPING_ERROR = "MAPPING_ERROR"
 
 crm_outbox = sa.Table(
     "crm_outbox",
@@ -83,10 +87,6 @@ crm_commission_changes = sa.Table(
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-#: The error code of rows whose whole call failed for a passing reason (a time-out, an outage).
-UNAVAILABLE = "UNAVAILABLE"
 
 
 @dataclass(frozen=True)
@@ -148,17 +148,22 @@ class Outbox:
     """The ``crm_outbox`` table."""
 
     def apply_many(self, conn: Connection,
-                   items: list[tuple[RecordChange, str, tuple[str, ...], datetime | None]]) -> int:
-        """Merge many (change, entity, tombstone fields, arrival of its delivery) into their outbox
-        rows (locked in a fixed order); returns how many changed."""
+                   items: list[tuple[RecordChange, str, tuple[str, ...], str | None, datetime | None]]) -> int:
+        """Merge many changes into their outbox rows (locked in a fixed order); returns how many changed.
+
+        Each item is (change, entity, tombstone fields, problem, arrival of its delivery): a change
+        with a problem is a record the mapping could not compute from its delivery. When it is the
+        newest state, the record is refused (``MAPPING_ERROR``, with the problem as the reason)
+        instead of sent. The arrival dates the record's wait for Salesforce (``waiting_since``).
+        """
         t = crm_outbox
         arrived: dict[tuple[str, str], datetime] = {}
-        for change, _, _, at in items:
+        for change, _, _, _, at in items:
             k = (change.table, change.key)
             if at is not None and (k not in arrived or at < arrived[k]):
                 arrived[k] = at
-        items = [(_wire_change(change), entity, tomb) for change, entity, tomb, _ in items]
-        keys = sorted({(change.table, change.key): entity for change, entity, _ in items}.items())
+        items = [(_wire_change(change), entity, tomb, problem) for change, entity, tomb, problem, _ in items]
+        keys = sorted({(change.table, change.key): entity for change, entity, _, _ in items}.items())
         db.insert_ignore(conn, t, [
             {"object": obj, "external_id": key, "entity": entity, "fields": {}, "generation": 0,
              "status": PENDING, "attempts": 0}
@@ -173,21 +178,45 @@ class Outbox:
                 rows.update({(r.object, r.external_id): r for r in conn.execute(query)})
         before = {k: _state(row) for k, row in rows.items()}
         after = dict(before)
-        for change, _, tomb in items:
+        unset = object()
+        problems: dict[tuple[str, str], object] = dict.fromkeys(rows, unset)  # of the change that holds the record
+        for change, _, tomb, problem in items:
             k = (change.table, change.key)
+            if after[k].version is None or change.version >= after[k].version:
+                problems[k] = problem
             merged = merge(after[k], change, tomb)
             # The record says what the mapping names now: a field it no longer sends goes.
             kept = {name: v for name, v in merged.values.items() if name in change.values or name in tomb}
             after[k] = replace(merged, values=kept)
         updates = []
         for k, state in after.items():
-            if state == before[k]:
-                continue
-            since = rows[k].waiting_since  # empty once synced: these changes start a new wait
+            row, problem = rows[k], problems[k]
+            was_refused = row.status == FAILED and row.error_code == MAPPING_ERROR
+            if problem is unset:  # only older deliveries: at most a tombstone moved
+                if state == before[k]:
+                    continue
+                refusal = row.error_message if was_refused else None
+            elif problem is None:  # a state the mapping computed holds the record
+                if state == before[k] and not was_refused:
+                    continue
+                refusal = None
+            else:  # a state the mapping could not compute holds the record
+                refusal = str(problem)[:2000]
+                if state == before[k] and was_refused and row.error_message == refusal:
+                    continue
+            since = row.waiting_since  # empty once synced: these changes start a new wait
             if k in arrived and (since is None or arrived[k] < since):
                 since = arrived[k]
-            updates.append({"b_id": rows[k].id, "fields": state.values, **bookkeeping(state),
-                            **_changed(rows[k].generation), "waiting_since": since})
+            values = {"b_id": row.id, "fields": state.values, **bookkeeping(state), **_changed(row.generation),
+                      # Every row sets the same columns (one statement); the error stays unless it changes.
+                      "error_code": row.error_code, "error_message": row.error_message, "error_at": row.error_at,
+                      "sent_with": row.sent_with, "waiting_since": since}
+            if refusal is not None:
+                values.update(status=FAILED, error_code=MAPPING_ERROR, error_message=refusal, error_at=now(),
+                              sent_with=None)
+            elif was_refused:
+                values.update(error_code=None, error_message=None, error_at=None)
+            updates.append(values)
         if updates:
             columns = [c for c in updates[0] if c != "b_id"]
             conn.execute(
@@ -224,7 +253,7 @@ class Outbox:
         for chunk in db.chunks(partners, 500):
             conn.execute(
                 t.update()
-                .where(t.c.object == object_name, t.c.external_id.in_(chunk))
+                .where(t.c.object == object_name, t.c.external_id.in_(chunk), _not_refused_by_mapping())
                 # A synced record's waiting_since is empty: this change starts its wait.
                 .values(**_changed(t.c.generation), waiting_since=sa.func.coalesce(t.c.waiting_since, noted))
             )
@@ -316,12 +345,22 @@ class Outbox:
         return woken
 
     def retry_failed(self, conn: Connection, object_name: str | None = None) -> int:
-        """Make failed (and waiting) rows due again: ``partnero-sync crm-retry``."""
+        """Make failed (and waiting) rows due again: ``partnero-sync crm-retry``. Records the
+        mapping could not compute (``MAPPING_ERROR``) stay refused: only a delivery or a replay
+        gives them something to send."""
         t = crm_outbox
-        query = t.update().where(t.c.status.in_((FAILED, WAITING)))
+        query = t.update().where(t.c.status.in_((FAILED, WAITING)), _not_refused_by_mapping())
         if object_name:
             query = query.where(t.c.object == object_name)
         return conn.execute(query.values(status=PENDING, next_attempt_at=None, attempts=0)).rowcount
+
+    def refused_by_mapping(self, conn: Connection, object_name: str | None = None) -> int:
+        """How many records are refused because the mapping could not compute them."""
+        t = crm_outbox
+        query = sa.select(sa.func.count()).select_from(t).where(t.c.status == FAILED, t.c.error_code == MAPPING_ERROR)
+        if object_name:
+            query = query.where(t.c.object == object_name)
+        return conn.execute(query).scalar_one()
 
     def counts(self, conn: Connection) -> dict[str, dict[str, int]]:
         t = crm_outbox
@@ -363,6 +402,13 @@ class Outbox:
             .where(t.c.status.in_((PENDING, WAITING)), t.c.sync_version.is_not(None))
         ).scalar_one()
         return records + conn.execute(sa.select(sa.func.count()).select_from(crm_commission_changes)).scalar_one()
+
+
+def _not_refused_by_mapping():
+    """Rows other than records refused because the mapping could not compute them: sending
+    those again would send a state the mapping never produced."""
+    t = crm_outbox
+    return sa.or_(t.c.status != FAILED, t.c.error_code.is_(None), t.c.error_code != MAPPING_ERROR)
 
 
 def _changed(generation) -> dict[str, Any]:

@@ -8,12 +8,12 @@ from sync.mapping.evaluate import (
     Version,
     entity_label,
     identify,
-    parse_document,
     plan,
+    record_key,
 )
 from sync.mapping.spec import Mapping, MappingError, MappingSet, Problem, load_mappings
 
 __all__ = [
     "FieldProblem", "Mapping", "MappingError", "MappingSet", "Plan", "Problem", "RecordChange", "Reward",
-    "Version", "entity_label", "identify", "load_mappings", "parse_document", "plan",
+    "Version", "entity_label", "identify", "load_mappings", "plan", "record_key",
 ]

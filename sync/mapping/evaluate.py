@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -10,10 +11,10 @@ from typing import Any
 
 import jmespath.exceptions
 
-from sync.envelope import parse_timestamp
+from sync.envelope import ExactFloat, parse_timestamp
 from sync.errors import PermanentError
 from sync.mapping.spec import Field, Mapping
-from sync.mapping.transforms import ExactFloat, ValueProblem
+from sync.mapping.transforms import ValueProblem, kind
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 #: A delivery's rank: what a delete says about the record's fields counts only until a real
@@ -73,15 +74,16 @@ class Plan:
     rewards: tuple[Reward, ...] | None
     reverses: bool  # a refund: whatever stands for this record is reversed
     crm: RecordChange | None = None  # what the Salesforce record should say
+    #: Why the Salesforce record cannot be computed from this delivery (then ``crm`` holds only
+    #: the fields that could be): the record is refused, the warehouse and ledger are not.
+    crm_problem: str | None = None
 
 
-def parse_document(body: bytes) -> Any:
-    """The delivery's JSON, keeping every number's digits exact."""
-    return json.loads(body, parse_float=ExactFloat)
-
-
-#: The longest record id the inbox keeps to name a delivery's record (its column is VARCHAR(255)).
+#: The longest record id: the key columns (warehouse, inbox, ledger, outbox) are VARCHAR(255).
 MAX_ENTITY_ID = 255
+#: What a record id may not contain: control characters, and halves of UTF-16 pairs (no
+#: database can store those).
+_UNSTORABLE_ID = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 def entity_label(key: Any) -> str | None:
@@ -95,21 +97,50 @@ def entity_label(key: Any) -> str | None:
     return text
 
 
+def record_key(mapping: Mapping, document: Any) -> str:
+    """The id of the record ``document`` is about, by ``mapping``'s identity, as text.
+
+    A record id is a text that is not blank, or a whole number; anything else (a list, an
+    object, true/false, a number with a fraction, a text longer than 255 characters or holding
+    control characters) raises ``FieldProblem`` saying which, never quoting it.
+    """
+    key = _value(mapping, mapping.identity, document, "identity", raw=True)
+    where = f"{mapping.path.name}: identity: {mapping.identity.source}"
+    if key is None or (isinstance(key, str) and not key.strip()):
+        raise FieldProblem(f"{where} is empty in this delivery")
+    if isinstance(key, float):
+        raise FieldProblem(f"{where} is a number with a decimal point: a record id is a text or a whole number")
+    if isinstance(key, bool) or not isinstance(key, str | int):
+        raise FieldProblem(f"{where} is {kind(key)}: a record id is a text or a whole number")
+    text = key if isinstance(key, str) else str(key)
+    if len(text) > MAX_ENTITY_ID:
+        raise FieldProblem(f"{where} is longer than {MAX_ENTITY_ID} characters: too long for a record id")
+    if _UNSTORABLE_ID.search(text):
+        raise FieldProblem(f"{where} holds control characters or broken Unicode: not a record id")
+    return text
+
+
 def identify(mapping: Mapping, document: Any) -> str | None:
-    """The id of the record ``document`` is about, by ``mapping``'s identity; None when it
-    cannot be read (the worker then fails the delivery with the reason). Never raises."""
+    """The id of the record ``document`` is about (``record_key``), as the inbox names it; None
+    when it is not a usable id (the worker then fails the delivery with the reason). Never raises."""
     try:
-        return entity_label(mapping.identity.evaluate(document))
+        return entity_label(record_key(mapping, document))
     except Exception:  # noqa: BLE001 - a label, not a verdict: the worker judges the delivery
         return None
 
 
-def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str, received_at: datetime | None = None) -> Plan:
+def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str, received_at: datetime | None = None,
+         *, salesforce: bool = True) -> Plan:
+    """What ``document`` means for the warehouse, the ledger and (with ``salesforce``) the CRM.
+
+    Raises ``FieldProblem`` when the delivery cannot be applied: its record id, or a warehouse
+    or ledger value, does not fit the mapping. A Salesforce field that cannot be computed does
+    not fail it: the CRM record is refused (``Plan.crm_problem``), the rest goes ahead. Without
+    ``salesforce`` (CRM sync off), the ``salesforce:`` section is not evaluated at all.
+    """
     event = document["event"]
     deleting = event in mapping.deletes
-    key = _value(mapping, mapping.identity, document, "identity")
-    if key is None or key == "":
-        raise FieldProblem(f"{mapping.path.name}: identity: {mapping.identity.source} is empty in this delivery")
+    key = record_key(mapping, document)
     at = version_time(mapping, document, received_at)
     version = Version(RANK_DELETE if deleting else RANK_STATE, at, fingerprint)
 
@@ -122,27 +153,41 @@ def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str, received_
             if deleting
             else {}
         )
-        change = RecordChange(target.table, target.key, str(key), deleting, values, tombstone, version)
+        change = RecordChange(target.table, target.key, key, deleting, values, tombstone, version)
 
     rewards = None
     if mapping.ledger is not None and not deleting:
         rewards = _rewards(mapping, document, str(key))
     reverses = mapping.ledger is not None and deleting
 
-    crm = None
-    if mapping.salesforce is not None:
+    crm, crm_problem = None, None
+    if salesforce and mapping.salesforce is not None:
         target = mapping.salesforce
-        values = {f.name: _value(mapping, f, document, f"salesforce.fields.{f.name}") for f in target.fields}
+        problems: list[str] = []
+        values = _fields(mapping, target.fields, document, "salesforce.fields", problems)
         for reference in target.references:
-            parent = _value(mapping, reference.value, document, f"salesforce.references.{reference.name}")
-            values[reference.name] = None if parent in (None, "") else {reference.external_id: parent}
-        tombstone = (
-            {f.name: _value(mapping, f, document, f"salesforce.on_delete.{f.name}") for f in target.on_delete}
-            if deleting
-            else {}
-        )
-        crm = RecordChange(target.object, target.external_id, str(key), deleting, values, tombstone, version)
-    return Plan(mapping, event, change, rewards, reverses, crm)
+            parents = _fields(mapping, (reference.value,), document, "salesforce.references", problems)
+            if reference.name in parents:
+                parent = parents[reference.name]
+                values[reference.name] = None if parent in (None, "") else {reference.external_id: parent}
+        tombstone = _fields(mapping, target.on_delete, document, "salesforce.on_delete", problems) if deleting else {}
+        crm = RecordChange(target.object, target.external_id, key, deleting, values, tombstone, version)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            crm_problem = f"{problems[0]}{more}"
+    return Plan(mapping, event, change, rewards, reverses, crm, crm_problem)
+
+
+def _fields(mapping: Mapping, fields: Iterable[Field], document: Any, where: str,
+            problems: list[str]) -> dict[str, Any]:
+    """The fields that can be computed from ``document``; why the others cannot goes to ``problems``."""
+    values = {}
+    for f in fields:
+        try:
+            values[f.name] = _value(mapping, f, document, f"{where}.{f.name}")
+        except FieldProblem as exc:
+            problems.append(str(exc))
+    return values
 
 
 #: A time further than this ahead of the delivery's own time (or of its arrival) is not believed.
@@ -217,9 +262,11 @@ def _rewards(mapping: Mapping, document: Any, transaction_key: str) -> tuple[Rew
     return tuple(rewards)
 
 
-def _value(mapping: Mapping, field: Field, document: Any, where: str) -> Any:
+def _value(mapping: Mapping, field: Field, document: Any, where: str, raw: bool = False) -> Any:
+    """``field``'s value in ``document`` (``raw``: before it is made the field's type); raises
+    ``FieldProblem`` naming the file, the field and the kind of problem, never the value."""
     try:
-        return field.evaluate(document)
+        return field.raw(document) if raw else field.evaluate(document)
     except ValueProblem as exc:
         raise FieldProblem(f"{mapping.path.name}: {where}: {exc}") from exc
     except jmespath.exceptions.JMESPathTypeError as exc:

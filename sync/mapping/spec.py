@@ -22,6 +22,7 @@ from sync.mapping.transforms import (
     COERCE,
     TYPES,
     Transform,
+    ValueProblem,
     compatible,
     literal_type,
 )
@@ -34,6 +35,13 @@ SYSTEM_TABLE_PREFIXES = ("sqlite_", "pg_")
 #: Prefix of the bookkeeping columns partnero-sync adds to every warehouse table.
 SYSTEM_PREFIX = "sync_"
 DEFAULT_VERSION = "data.updated_at || created_at || timestamp"
+#: Limits that keep what a mapping file asks for bounded (the shipped files stay far below them).
+MAX_EXPRESSION_LENGTH = 500
+#: How deeply brackets and parentheses may nest in an expression, and its parsed form may nest.
+MAX_EXPRESSION_NESTING = 16
+MAX_EXPRESSION_DEPTH = 32
+#: Columns of one warehouse table, or fields of one Salesforce object.
+MAX_COLUMNS = 200
 LEDGER_FIELDS = ("partner", "amount", "currency", "status", "occurred_at")
 #: Reward fields a ledger section may name: the reward's own key (its identity, when it has one)
 #: and whether it is money (false: points or credits, kept apart).
@@ -78,11 +86,15 @@ class Field:
     type: str
     line: int
 
-    def evaluate(self, document: Any) -> Any:
+    def raw(self, document: Any) -> Any:
+        """The value before it is made the field's type: the expression (or constant), transformed."""
         value = self.constant if self.expression is None else self.expression.search(document)
         for transform in self.transforms:
             value = transform.apply(value)
-        return COERCE[self.type](value)
+        return value
+
+    def evaluate(self, document: Any) -> Any:
+        return COERCE[self.type](self.raw(document))
 
 
 @dataclass(frozen=True)
@@ -336,12 +348,26 @@ class _Checker:
         if not isinstance(text, str) or not text.strip():
             self.problem(node, key, where, "expression must be a non-empty string")
             return None
+        if len(text) > MAX_EXPRESSION_LENGTH:
+            self.problem(node, key, where, f"expression longer than {MAX_EXPRESSION_LENGTH} characters")
+            return None
+        if _nesting(text) > MAX_EXPRESSION_NESTING:
+            self.problem(node, key, where, f"expression nests brackets more than {MAX_EXPRESSION_NESTING} deep")
+            return None
         try:
-            return jmespath.compile(text)
+            compiled = jmespath.compile(text)
         except jmespath.exceptions.JMESPathError as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             self.problem(node, key, where, f"bad expression {text!r}: {message}")
             return None
+        except Exception as exc:  # noqa: BLE001 - whatever the parser trips on is a problem, not a traceback
+            self.problem(node, key, where, f"bad expression {text!r}: {type(exc).__name__}")
+            return None
+        if _depth(compiled.parsed) > MAX_EXPRESSION_DEPTH:
+            self.problem(node, key, where, f"expression nested more than {MAX_EXPRESSION_DEPTH} levels deep "
+                                           "(a long chain of || counts one level each)")
+            return None
+        return compiled
 
     def field(self, node: LineDict, key: str, where: str, default_type: str = "string") -> Field | None:
         raw = node[key]
@@ -385,7 +411,13 @@ class _Checker:
             self.problem(raw, "type", _join(where, "type"),
                          f"type clash: the value is {produced} but the column is declared {declared}")
             return None
-        return Field(str(key), source, expression, constant, tuple(transforms), declared, line)
+        built = Field(str(key), source, expression, constant, tuple(transforms), declared, line)
+        unfit = _unfit_literal(built)
+        if unfit is not None:
+            label, problem = unfit
+            self.problem(raw, label, _join(where, label), f"cannot be stored as {declared}: {problem}")
+            return None
+        return built
 
     def transforms(self, raw: LineDict, where: str) -> list[Transform] | None:
         items = raw.get("transforms", [])
@@ -443,6 +475,9 @@ class _Checker:
             self.problem(node, key, where, "must be a mapping of column: expression")
             return None
         self.duplicates(raw, where)
+        if len(raw) > MAX_COLUMNS:
+            self.problem(node, key, where, f"more than {MAX_COLUMNS} columns")
+            return None
         fields = []
         ok = True
         for name in raw:
@@ -484,11 +519,17 @@ class _Checker:
         if key is not None and not (isinstance(key, str) and IDENTIFIER.match(key)):
             self.problem(raw, "key", "warehouse.key", "a column name is lower-case letters, digits and _")
             key = None
+        elif key is not None and key.startswith(SYSTEM_PREFIX):
+            self.problem(raw, "key", "warehouse.key", f"names starting with {SYSTEM_PREFIX} are kept for partnero-sync")
+            key = None
         columns = self.columns(raw, "columns", "warehouse.columns", required=True)
         on_delete = self.columns(raw, "on_delete", "warehouse.on_delete", required=False)
         if None in (table, key, columns, on_delete):
             return None
         ok = True
+        if len({f.name for f in [*columns, *on_delete]}) > MAX_COLUMNS:
+            self.problem(raw, "columns", "warehouse.columns", f"more than {MAX_COLUMNS} columns with on_delete's")
+            ok = False
         for f in [*columns, *on_delete]:
             if f.name == key:
                 self.problems.append(Problem(self.path, f.line, f"warehouse.columns.{f.name}",
@@ -608,6 +649,9 @@ class _Checker:
             self.problem(node, key, where, "must be a mapping of Field__c: expression")
             return None
         self.duplicates(raw, where)
+        if len(raw) > MAX_COLUMNS:
+            self.problem(node, key, where, f"more than {MAX_COLUMNS} fields")
+            return None
         fields, ok = [], True
         for name in raw:
             if not isinstance(name, str) or not SF_NAME.match(name):
@@ -659,4 +703,68 @@ class _Checker:
 
 def _join(where: str, key: Any) -> str:
     return f"{where}.{key}" if where else str(key)
+
+
+def _nesting(text: str) -> int:
+    """How deeply brackets, braces and parentheses nest in an expression, outside its quotes."""
+    depth = deepest = 0
+    quote = None
+    escaped = False
+    for char in text:
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = None
+        elif char in "'\"`":
+            quote = char
+        elif char in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]}":
+            depth -= 1
+    return deepest
+
+
+def _depth(tree: dict) -> int:
+    """How deeply a parsed expression nests (its evaluation recurses that deep)."""
+    deepest = 0
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = [*node.get("children", ()), node.get("value")]
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict))
+    return deepest
+
+
+def _unfit_literal(field: Field) -> tuple[str, str] | None:
+    """A value written in the file that can never be stored as ``field``'s type, as (the key it
+    is written under, why): the constant, a default or constant transform (what the field gets
+    when the delivery has no value), or a value ``map`` gives."""
+    coerce = COERCE[field.type]
+
+    def run(transforms: tuple[Transform, ...], value: Any) -> None:
+        for transform in transforms:
+            value = transform.apply(value)
+        coerce(value)
+
+    try:
+        run(field.transforms, field.constant if field.expression is None else None)
+    except Exception as exc:  # noqa: BLE001 - a ValueProblem, or whatever a transform trips on
+        return ("value" if field.expression is None else "transforms"), _why(exc)
+    for position, transform in enumerate(field.transforms):
+        if transform.name == "map":
+            for written in transform.argument:
+                try:
+                    run(field.transforms[position:], written)
+                except Exception as exc:  # noqa: BLE001
+                    return "transforms", f"map's value for {written!r}: {_why(exc)}"
+    return None
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, ValueProblem) else type(exc).__name__
 

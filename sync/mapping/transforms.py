@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sync.envelope import parse_timestamp
+from sync.envelope import ExactFloat, parse_timestamp
 
 #: Column types a field may declare.
 TYPES = ("string", "text", "integer", "decimal", "boolean", "datetime", "json")
@@ -23,18 +24,11 @@ class ValueProblem(ValueError):
     """A value the field cannot take; the message says what and why."""
 
 
-class ExactFloat(float):
-    """A JSON number as a float that remembers the digits it was written with."""
-
-    text: str
-
-    def __new__(cls, text: str) -> ExactFloat:
-        value = super().__new__(cls, text)
-        value.text = text
-        return value
+#: What no database stores in a text: NUL, and halves of UTF-16 pairs (JSON's "\ud800").
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def to_string(value: Any) -> str | None:
+def _text(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool):
@@ -46,27 +40,69 @@ def to_string(value: Any) -> str | None:
     return str(value)
 
 
+#: The longest text or JSON one field stores (a delivery's whole body is at most 1 MiB; an
+#: expression that makes more out of it is refused for that field).
+MAX_VALUE_CHARS = 1024 * 1024
+
+
+def to_string(value: Any) -> str | None:
+    """A value as text: numbers with the digits they were sent with, lists and objects as JSON."""
+    text = _text(value)
+    if text is None:
+        return None
+    if len(text) > MAX_VALUE_CHARS:
+        raise ValueProblem(f"{kind(value)} longer than {MAX_VALUE_CHARS:,} characters is too long to store")
+    if _UNSTORABLE.search(text):
+        raise ValueProblem(f"{kind(value)} holding a NUL character or broken Unicode (a lone surrogate) cannot be stored")
+    return text
+
+
+#: A number written as text: optional sign, ASCII digits, an optional fraction and exponent,
+#: optionally surrounded by blanks. Nothing else Python would read as a number (1_000, ٣, ½,
+#: "Infinity") is taken for one.
+_PLAIN_NUMBER = re.compile(r"[ \t\r\n]*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)[ \t\r\n]*")
+
+
 def to_decimal(value: Any) -> Decimal | None:
+    """A number, exactly: a JSON number, or text in plain decimal notation (12.50, -3, 1e3)."""
     if value is None or value == "":
         return None
     if isinstance(value, bool):
         raise ValueProblem("true/false is not a number")
     if isinstance(value, Decimal):
         result = value
+    elif isinstance(value, ExactFloat):
+        result = _decimal(value.text)
+    elif isinstance(value, int):
+        result = Decimal(value)
+    elif isinstance(value, float):  # a constant in a mapping file
+        result = _decimal(repr(value))
+    elif isinstance(value, str):
+        found = _PLAIN_NUMBER.fullmatch(value)
+        if found is None:
+            raise ValueProblem(f"{kind(value)} is not a number")  # only plain digits are one (12.50, -3, 1e3)
+        result = _decimal(found.group(1))
     else:
-        text = value.text if isinstance(value, ExactFloat) else str(value).strip()
-        try:
-            result = Decimal(text)
-        except InvalidOperation as exc:
-            raise ValueProblem(f"{kind(value)} is not a number") from exc
+        raise ValueProblem(f"{kind(value)} is not a number")
     if not result.is_finite():
         raise ValueProblem(f"{kind(value)} is not a finite number")
     return result
 
 
+def _decimal(text: str) -> Decimal:
+    try:
+        return Decimal(text)
+    except InvalidOperation as exc:  # an exponent beyond what Decimal holds
+        raise ValueProblem("a number far too large or too small to store") from exc
+
+
 #: Money and other decimals are stored as NUMERIC(18, 6): 12 digits before the point, 6 after.
 DECIMAL_PLACES = 6
 DECIMAL_DIGITS = 18
+_DECIMAL_LIMIT = Decimal(10) ** (DECIMAL_DIGITS - DECIMAL_PLACES)
+_DECIMAL_STEP = Decimal(1).scaleb(-DECIMAL_PLACES)
+#: The "integer" type is stored as BIGINT: 64 bits, signed.
+INTEGER_MIN, INTEGER_MAX = -(2**63), 2**63 - 1
 
 
 def to_decimal_column(value: Any) -> Decimal | None:
@@ -74,10 +110,13 @@ def to_decimal_column(value: Any) -> Decimal | None:
     number = to_decimal(value)
     if number is None:
         return None
-    if number.as_tuple().exponent < -DECIMAL_PLACES and number != number.quantize(Decimal(1).scaleb(-DECIMAL_PLACES)):
-        raise ValueProblem(f"a number with more than {DECIMAL_PLACES} decimal places does not fit NUMERIC({DECIMAL_DIGITS}, {DECIMAL_PLACES})")
-    if abs(number) >= Decimal(10) ** (DECIMAL_DIGITS - DECIMAL_PLACES):
-        raise ValueProblem(f"a number of more than {DECIMAL_DIGITS - DECIMAL_PLACES} digits before the point does not fit NUMERIC({DECIMAL_DIGITS}, {DECIMAL_PLACES})")
+    # The size first: quantizing a number of more digits than Decimal's precision would raise.
+    if number.copy_abs() >= _DECIMAL_LIMIT:
+        raise ValueProblem(f"a number of more than {DECIMAL_DIGITS - DECIMAL_PLACES} digits before the point "
+                           f"does not fit NUMERIC({DECIMAL_DIGITS}, {DECIMAL_PLACES})")
+    if number.as_tuple().exponent < -DECIMAL_PLACES and number != number.quantize(_DECIMAL_STEP):
+        raise ValueProblem(f"a number with more than {DECIMAL_PLACES} decimal places does not fit "
+                           f"NUMERIC({DECIMAL_DIGITS}, {DECIMAL_PLACES})")
     return number
 
 
@@ -85,6 +124,8 @@ def to_integer(value: Any) -> int | None:
     number = to_decimal(value)
     if number is None:
         return None
+    if not INTEGER_MIN <= number <= INTEGER_MAX:
+        raise ValueProblem("a whole number beyond ±9,223,372,036,854,775,807 does not fit a 64-bit integer column")
     if number != number.to_integral_value():
         raise ValueProblem("a number with a fraction is not a whole number")
     return int(number)
@@ -116,6 +157,17 @@ def to_datetime(value: Any) -> datetime | None:
 
 
 def to_json(value: Any) -> Any:
+    """The value as it is, when JSON can hold it: no infinite number, no broken Unicode."""
+    if isinstance(value, (dict, list, str, float)):
+        try:
+            text = json.dumps(value, ensure_ascii=False, allow_nan=False, default=str)
+        except (ValueError, RecursionError) as exc:
+            what = "a number" if isinstance(value, float) else f"{kind(value)} holding a number"
+            raise ValueProblem(f"{what} too large for JSON cannot be stored") from exc
+        if len(text) > MAX_VALUE_CHARS:
+            raise ValueProblem(f"{kind(value)} longer than {MAX_VALUE_CHARS:,} characters as JSON is too long to store")
+        if _UNSTORABLE.search(text):  # json.dumps escapes NUL: only raw surrogates are left
+            raise ValueProblem(f"{kind(value)} holding broken Unicode (a lone surrogate) cannot be stored")
     return value
 
 
@@ -170,7 +222,7 @@ def _default(argument: Any) -> Callable[[Any], Any]:
 
 
 def _map(argument: dict) -> Callable[[Any], Any]:
-    table = {to_string(k): v for k, v in argument.items()}
+    table = {_text(k): v for k, v in argument.items()}
 
     def run(value: Any) -> Any:
         key = to_string(value)

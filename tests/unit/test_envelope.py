@@ -2,7 +2,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from sync.envelope import MalformedDelivery, parse_timestamp, read_event
+from sync.envelope import ExactFloat, MalformedDelivery, parse, parse_timestamp, read_event
 
 
 @pytest.mark.parametrize(
@@ -42,3 +42,51 @@ def test_read_event_refuses(body, reason):
 )
 def test_parse_timestamp(value, expected):
     assert parse_timestamp(value) == expected
+
+
+# -- the one parse the receiver and the worker share ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b"[" * 65 + b"]" * 65, "nests arrays or objects more than 64 deep"),
+        (b'{"a":' * 65 + b"1" + b"}" * 65, "more than 64 deep"),
+        (b"[" * 200_000, "more than 64 deep"),  # deeper than any parser's stack: refused before parsing
+        (b'{"event": "x", "amount": NaN}', "NaN is not a JSON number"),
+        (b'{"event": "x", "amount": -Infinity}', "-Infinity is not a JSON number"),
+        (b'{"event": "x", "event": "y"}', "the same key twice"),
+        (b'{"event": "x", "data": {"id": 1, "id": 2}}', "the same key twice"),
+        (b'{"event": "x", "n": 1' + b"0" * 5000 + b"}", "not valid JSON"),  # more digits than Python reads
+        (b'{"event": "x", "s": "\xed\xa0\x80"}', "not valid JSON"),  # a surrogate encoded in UTF-8 is not UTF-8
+        (b'\xef\xbb\xbf{"event": "x"}', "not valid JSON"),  # a byte order mark
+        ('{"event": "x"}'.encode("utf-16"), "not valid JSON"),
+    ],
+)
+def test_parse_refuses_what_json_leaves_open(body, reason):
+    with pytest.raises(MalformedDelivery, match=reason):
+        parse(body)
+
+
+def test_parse_keeps_what_json_allows():
+    # 64 levels deep, brackets inside strings (they nest nothing), an escaped lone surrogate
+    # (valid JSON: whoever stores it judges it), and numbers with the digits they were sent with.
+    deep = b'{"a":' * 63 + b"[1]" + b"}" * 63
+    assert parse(deep)["a"]["a"]["a"]
+    document = parse(b'{"s": "' + b"[" * 500 + b'", "lone": "\\ud800", "amount": 12.50, "big": 1e400}')
+    assert document["s"] == "[" * 500 and document["lone"] == "\ud800"
+    assert isinstance(document["amount"], ExactFloat) and document["amount"].text == "12.50"
+    assert document["big"].text == "1e400"
+
+
+def test_read_event_uses_the_same_parse():
+    with pytest.raises(MalformedDelivery, match="more than 64 deep"):
+        read_event(b'{"event": "partner.created", "data": ' + b"[" * 70 + b"]" * 70 + b"}")
+
+
+@pytest.mark.parametrize("value", ["١٧٧٣٤٨٣٣٣٠", "²", "9" * 5000, "1" * 13, 10**5000, 1e300, float("inf"),
+                                   "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"],
+                         ids=["arabic digits", "superscript", "5000 digits", "13 digits", "a huge int", "1e300",
+                              "infinity", "year 1", "year 9999"])
+def test_parse_timestamp_never_raises_on_odd_times(value):
+    assert parse_timestamp(value) is None

@@ -95,6 +95,32 @@ CASES = [
      "8: warehouse.columns: must be a mapping of column: expression"),
     ("not yaml", "entity: partner", "entity: [partner",
      "2: not valid YAML: expected ',' or ']', but got ':'"),
+    ("a key column kept for bookkeeping", "key: partner_id", "key: sync_version",
+     "7: warehouse.key: names starting with sync_ are kept for partnero-sync"),
+    ("a PostgreSQL table", "table: partners", "table: pg_partners",
+     "6: warehouse.table: pg_partners: names starting with sqlite_ or pg_ belong to the database"),
+    ("a key that is a number", "    approved:", "    1: data.x\n    approved:",
+     "10: key '1' is not text (YAML reads it as a number): put it in quotes"),
+    ("a key YAML reads as true/false", "    approved:", "    on: data.x\n    approved:",
+     "10: key 'on' is not text (YAML reads it as true/false): put it in quotes"),
+    ("a value YAML cannot read", "approved: {from: data.approved, type: boolean}",
+     "approved: {value: 2025-13-45, type: datetime}", "10: a value YAML cannot read (ValueError)"),
+    ("an expression too long", "from: data.email,", "from: '" + "data.x || " * 60 + "data.email',",
+     "9: warehouse.columns.email.from: expression longer than 500 characters"),
+    ("an expression too deep", "from: data.email,", "from: '" + "data.x || " * 40 + "data.email',",
+     "9: warehouse.columns.email.from: expression nested more than 32 levels deep"),
+    ("brackets too deep", "from: data.email,", "from: '" + "(" * 17 + "data.email" + ")" * 17 + "',",
+     "9: warehouse.columns.email.from: expression nests brackets more than 16 deep"),
+    ("a default that cannot be stored", "approved: {from: data.approved, type: boolean}",
+     "approved: {from: data.approved, type: boolean, transforms: [{default: maybe}]}",
+     "10: warehouse.columns.approved.transforms: cannot be stored as boolean: a text is not true or false"),
+    ("a constant that cannot be stored", "approved: {from: data.approved, type: boolean}",
+     "approved: {value: 1.0e+400, type: decimal}",
+     "10: warehouse.columns.approved.value: cannot be stored as decimal: a number is not a finite number"),
+    ("a map value that cannot be stored", "approved: {from: data.approved, type: boolean}",
+     "approved: {from: data.approved, type: boolean, transforms: [{map: {'yes': perhaps}}]}",
+     "10: warehouse.columns.approved.transforms: cannot be stored as boolean: map's value for 'yes': a text is "
+     "not true or false"),
 ]
 
 
@@ -221,3 +247,51 @@ def test_the_json_schema_refuses_what_the_checker_refuses():
     document = yaml.safe_load(GOOD.replace("transforms: [lower]", "transforms: [lowercase]"))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(document, schema)
+
+
+def _nested(levels: int) -> str:
+    return "".join(f"{'  ' * i}k{i}:\n" for i in range(levels)) + "  " * levels + "x\n"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # "Billion laughs": each alias repeats the one before nine times.
+        ("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+         + "".join(f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefg", "bcdefgh")),
+         ":6: expands to more than 1,000,000 characters once its aliases (*name) are replaced by what they refer to"),
+        ("a: &a [*a]\n", ":1: an alias refers to a node that contains it"),
+        ("a: " + "[" * 10_000 + "]" * 10_000 + "\n", ":1: nested more than 20 levels deep"),
+        (_nested(30), ":20: nested more than 20 levels deep"),
+        # Within the limit where it is written, deeper than it where an alias brings it in.
+        ("a: &deep " + "[" * 15 + "]" * 15 + "\nb: [[[[[[[[*deep]]]]]]]]\n",
+         ":2: nested more than 20 levels deep (counting what aliases bring in)"),
+        ("? [a, b]\n: c\n", ":1: key is not text (YAML reads it as a list): put it in quotes"),
+        ("a: " + "x" * (300 * 1024) + "\n", ":0: larger than 256 KiB: not a mapping file"),
+    ],
+    ids=["billion laughs", "an alias in itself", "deep flow", "deep blocks", "deep through an alias",
+         "a list as a key", "a huge file"],
+)
+def test_a_file_that_would_cost_unbounded_memory_or_time_is_refused(tmp_path, text, expected):
+    (tmp_path / "partner.yml").write_text(text)
+    [problem] = problems(tmp_path)
+    assert problem == f"{tmp_path / 'partner.yml'}{expected}"
+
+
+@pytest.mark.parametrize("section, name", [("warehouse", "columns"), ("salesforce", "fields")])
+def test_too_many_columns_are_refused(tmp_path, section, name):
+    columns = "".join(f"    c{i}: data.c{i}\n" for i in range(201))
+    if section == "warehouse":
+        text = GOOD.split("  columns:\n")[0] + "  columns:\n" + columns
+        expected = "8: warehouse.columns: more than 200 columns"
+    else:
+        text = GOOD + "salesforce:\n  object: Contact\n  external_id: Id__c\n  fields:\n" + columns.replace("    c", "    C")
+        expected = "14: salesforce.fields: more than 200 fields"
+    found = problems(write(tmp_path, text))
+    assert f"{tmp_path / 'partner.yml'}:{expected}" in found
+
+
+def test_the_json_schema_reserves_the_tables_the_checker_reserves():
+    schema = json.loads((ROOT / "mappings" / "schema.json").read_text())
+    table = schema["properties"]["warehouse"]["properties"]["table"]["not"]["anyOf"]
+    assert set(table[0]["enum"]) == RESERVED_TABLES

@@ -112,3 +112,9 @@ def test_salesforce_secrets_never_show():
     text = repr(settings) + repr(settings.salesforce) + settings.salesforce.describe()
     assert "hunter2" not in text and "tok3n" not in text
     assert "api@acme.com" in text
+
+
+@pytest.mark.parametrize("raw", [" ", ",", " , ,, ", "\t,\n"])
+def test_a_secret_of_only_blanks_and_commas_is_a_configuration_error(raw):
+    with pytest.raises(ConfigurationError, match="PARTNERO_WEBHOOK_SECRET holds only blanks and commas"):
+        Settings.from_env({"PARTNERO_WEBHOOK_SECRET": raw})

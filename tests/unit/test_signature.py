@@ -46,3 +46,24 @@ def test_a_changed_byte_breaks_the_signature():
 def test_header_names_match_in_any_case():
     headers = {"signature": "a", "X-PARTNERO-SIGNATURE": "b", "Content-Type": "c"}
     assert sorted(header_values(headers)) == ["a", "b"]
+
+
+def test_a_header_sent_twice_is_split_at_its_commas():
+    # gunicorn (like most servers) joins a repeated header into one value with commas.
+    assert header_values({"Signature": f"{GOOD}, {GOOD}"}) == [GOOD, f" {GOOD}"]
+    assert header_values({"Signature": f"{'0' * 64},{GOOD}", "X-Partnero-Signature": "a"}) == ["0" * 64, GOOD, "a"]
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (f"{GOOD}, {GOOD}", Verdict.OK),  # the same header twice
+        (f"{'0' * 64}, {GOOD}", Verdict.OK),  # two different values: either may match
+        (f"{GOOD},{'0' * 64}", Verdict.OK),
+        (f"{'0' * 64}, {'1' * 64}", Verdict.MISMATCH),
+        (f"{GOOD}, not-hex", Verdict.OK),
+        (" , ", Verdict.MALFORMED),
+    ],
+)
+def test_repeated_signature_headers_verify_if_any_value_matches(value, expected):
+    assert verify(BODY, header_values({"Signature": value}), [SECRET]) is expected
