@@ -26,7 +26,8 @@ from app import create_app
 from sync.cli import main
 from sync.crm.outbox import MAPPING_ERROR, Outbox, crm_outbox
 from sync.inbox import webhook_events
-from sync.ledger import commission_entries, commission_owed
+from sync import ledger
+from sync.ledger import commission_entries
 from sync.mapping.transforms import MAX_VALUE_CHARS
 from sync.queue import PartneroWorker
 from sync.samples import PARTNER, TRANSACTION
@@ -254,13 +255,20 @@ def test_a_negative_reward_is_booked_as_a_clawback_and_a_refund_reverses_it(serv
     with engine.connect() as conn:
         booked = sorted((e.partner_id, e.entry_type, e.amount) for e in conn.execute(sa.select(commission_entries)))
         assert booked == [("ptn_a", "commission", Decimal("44.7")), ("ptn_b", "commission", Decimal("-10.25"))]
-        assert commission_owed(conn) == {"ptn_a": Decimal("44.7"), "ptn_b": Decimal("-10.25")}
+        assert owed(conn) == {"ptn_a": Decimal("44.7"), "ptn_b": Decimal("-10.25")}
     receiver.deliver(envelope("transaction.deleted", "2026-03-20T00:00:00Z", key="tx_claw"))
     with engine.connect() as conn:
-        reversals = sorted((e.partner_id, e.amount) for e in conn.execute(
+        # What stood moves to reversed: out of pending, into reversed, the clawback's sign kept.
+        reversals = sorted((e.partner_id, e.standing, e.amount) for e in conn.execute(
             sa.select(commission_entries).where(commission_entries.c.entry_type == "reversal")))
-        assert reversals == [("ptn_a", Decimal("-44.7")), ("ptn_b", Decimal("10.25"))]
-        assert commission_owed(conn) == {"ptn_a": Decimal(0), "ptn_b": Decimal(0)}
+        assert reversals == [("ptn_a", "pending", Decimal("-44.7")), ("ptn_a", "reversed", Decimal("44.7")),
+                             ("ptn_b", "pending", Decimal("10.25")), ("ptn_b", "reversed", Decimal("-10.25"))]
+        assert owed(conn) == {"ptn_a": Decimal(0), "ptn_b": Decimal(0)}
+
+
+def owed(conn) -> dict[str, Decimal]:
+    """Each partner's commission owed in USD, from the ledger's view."""
+    return {t.partner_id: t.owed for t in ledger.totals(conn) if t.currency == "USD"}
 
 
 # -- Salesforce is a destination of its own ------------------------------------------------------
@@ -280,7 +288,7 @@ def test_a_salesforce_field_that_cannot_be_computed_refuses_that_record_only(ser
     assert receiver.inbox(ids) == [("processed", None)] * 3
     assert receiver.row("partners", "ptn_odd")["first_name"] == "Maria"
     with receiver.services.inbox.engine.connect() as conn:
-        assert commission_owed(conn) == {"ptn_odd": Decimal("44.7")}
+        assert owed(conn) == {"ptn_odd": Decimal("44.7")}
         outbox = {r.external_id: r for r in conn.execute(sa.select(crm_outbox))}
     refused = outbox["ptn_odd"]
     assert (refused.status, refused.error_code, refused.error_message) == ("failed", MAPPING_ERROR, FIRST_NAME_PROBLEM)
