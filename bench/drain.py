@@ -347,7 +347,8 @@ def run_freshness(args, fake, env) -> dict:
     url = fresh_database()
     secret = "bench-secret"
     port = free_port()
-    env = {**env, "DATABASE_URL": url, "PARTNERO_WEBHOOK_SECRET": secret, "PORT": str(port)}
+    env = {**env, "DATABASE_URL": url, "PARTNERO_WEBHOOK_SECRET": secret, "PORT": str(port),
+           "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}  # the Procfile's gunicorn is this venv's
     redis.Redis.from_url(REDIS_URL).flushdb()
     subprocess.run([str(BIN / "partnero-sync"), "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     procfile = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if ": " in line)
