@@ -434,18 +434,19 @@ def run_freshness(args, fake, env) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--deliveries", type=int, default=10_000)
+    parser.add_argument("--deliveries", type=int, default=10_000, help="size of the backlog (default 10,000)")
     parser.add_argument("--arrival", choices=["burst", "one-by-one"], default="burst",
                         help="how the backlog arrived: 16 at a time (shared commits) or one commit each")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes draining (default 2)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per Salesforce call")
     parser.add_argument("--naive-sample", type=int, default=300, help="deliveries for the naive run")
     parser.add_argument("--freshness", type=float, default=0, metavar="SECONDS",
                         help="also measure freshness of a steady stream for this long (0: skip)")
     parser.add_argument("--rate", type=float, default=50, help="deliveries per second for --freshness")
     parser.add_argument("--skip-drain", action="store_true", help="only the freshness measurement")
-    parser.add_argument("--timeout", type=float, default=1800)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="give up on a drain after this many seconds (default 1800)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the generated backlog (same seed, same deliveries)")
     args = parser.parse_args()
 
     from tests.fakes.salesforce import FakeSalesforce
