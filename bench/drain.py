@@ -185,7 +185,10 @@ def wait_for_workers(connection, count: int, timeout: float = 60) -> None:
 
 
 def done(engine) -> tuple[bool, int, int]:
-    with engine.connect() as conn:
+    """Whether nothing is left to do, read in one snapshot: counted one after the other, a fold
+    committing between two counts (commission changes gone, Contacts marked due) would be seen
+    as neither, and the drain would stop early."""
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
         pending = conn.execute(sa.text("SELECT count(*) FROM webhook_events WHERE status = 'pending'")).scalar()
         backlog = conn.execute(sa.text(
             "SELECT count(*) FROM crm_outbox WHERE status IN ('pending', 'waiting') AND sync_version IS NOT NULL"
