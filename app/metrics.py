@@ -3,11 +3,15 @@ every web process on every host answers with the same numbers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from app import auth
-from sync import metrics
+from sync import inbox, metrics, stats
+from sync.metrics import PREFIX, STORED
 
 bp = Blueprint("metrics", __name__)
 
@@ -20,5 +24,69 @@ def scrape():
     if credentials.enabled and not auth.authorized(credentials, request):
         return auth.challenge()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(metrics.Collector(services))
+    registry.register(Collector(services))
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+QUEUE_STATES = ("queued", "scheduled", "started", "failed")
+
+
+class Collector:
+    """What ``/metrics`` shows, read when scraped: the stored counters from Redis, the gauges from
+    one stats snapshot. What cannot be read is left out, and ``up`` says which dependency is down."""
+
+    def __init__(self, services):
+        self.services = services
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = stats.take(self.services)
+        # Redis down already showed in the snapshot: do not wait on it a second time.
+        stored = None if "redis" in snapshot.unavailable else metrics.read(self.services.jobs.connection)
+        up = GaugeMetricFamily(PREFIX + "up", "Whether /metrics could read the dependency (1) or not (0).",
+                               labels=("dependency",))
+        up.add_metric(["database"], 0 if "database" in snapshot.unavailable else 1)
+        up.add_metric(["redis"], 0 if stored is None else 1)
+        yield up
+        yield from _gauges(snapshot)
+        if stored is not None:
+            for spec in STORED:
+                yield spec.family(stored[spec.key])
+
+
+def _gauges(snapshot: stats.Snapshot) -> Iterator[Metric]:
+    queue = snapshot.queue
+    if queue is not None:
+        jobs = GaugeMetricFamily(
+            PREFIX + "queue_jobs",
+            "Jobs of the partnero queue by state: queued (waiting for a worker), scheduled (retries "
+            "waiting for their time), started (running), failed (in RQ's failed registry).",
+            labels=("state",),
+        )
+        for state in QUEUE_STATES:
+            jobs.add_metric([state], getattr(queue, state))
+        yield jobs
+        yield GaugeMetricFamily(PREFIX + "queue_workers", "Workers listening on the partnero queue.",
+                                value=queue.workers)
+    summary = snapshot.inbox
+    if summary is not None:
+        deliveries = GaugeMetricFamily(PREFIX + "inbox_deliveries", "Stored deliveries by inbox status.",
+                                       labels=("status",))
+        for status in inbox.STATUSES:
+            deliveries.add_metric([status], summary.counts.get(status, 0))
+        yield deliveries
+        yield GaugeMetricFamily(
+            PREFIX + "oldest_pending_age_seconds",
+            "Seconds since the oldest delivery still pending arrived (0 when none is pending).",
+            value=snapshot.oldest_pending_age or 0.0,
+        )
+    if snapshot.crm_enabled and "database" not in snapshot.unavailable:
+        records = GaugeMetricFamily(
+            PREFIX + "crm_outbox_records",
+            "Salesforce records in the outbox by object and status (pending and waiting: the backlog; "
+            "synced; failed: refused for good).",
+            labels=("object", "status"),
+        )
+        for object_name, by_status in sorted(snapshot.crm.items()):
+            for status, count in by_status.items():
+                records.add_metric([object_name, status], count)
+        yield records

@@ -1,5 +1,5 @@
-"""Prometheus metrics: counters and a histogram added up in Redis by every process, and the
-collector that ``/metrics`` reads them with, beside the stats snapshot, at scrape time."""
+"""Prometheus metrics: counters and a histogram added up in Redis by every process, and
+``read``, which gives ``/metrics`` (``app.metrics``) their stored totals at scrape time."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from sync import inbox, intake, stats
+from sync import inbox, intake
 
 log = logging.getLogger(__name__)
 
@@ -280,9 +280,6 @@ SALESFORCE_LAG = Histogram(
 )
 STORED = (RECEIVED, ATTEMPTS, SALESFORCE_CALLS, SALESFORCE_REFUSALS, LAG, SALESFORCE_LAG)
 
-QUEUE_STATES = ("queued", "scheduled", "started", "failed")
-
-
 def read(connection: redis.Redis) -> dict[str, dict[str, str]] | None:
     """Every stored family's hash, in one round trip (after pushing this process's buffer);
     None when Redis cannot be read."""
@@ -299,64 +296,3 @@ def read(connection: redis.Redis) -> dict[str, dict[str, str]] | None:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-class Collector:
-    """What ``/metrics`` shows, read when scraped: the stored counters from Redis, the gauges from
-    one stats snapshot. What cannot be read is left out, and ``up`` says which dependency is down."""
-
-    def __init__(self, services):
-        self.services = services
-
-    def collect(self) -> Iterator[Metric]:
-        snapshot = stats.take(self.services)
-        # Redis down already showed in the snapshot: do not wait on it a second time.
-        stored = None if "redis" in snapshot.unavailable else read(self.services.jobs.connection)
-        up = GaugeMetricFamily(PREFIX + "up", "Whether /metrics could read the dependency (1) or not (0).",
-                               labels=("dependency",))
-        up.add_metric(["database"], 0 if "database" in snapshot.unavailable else 1)
-        up.add_metric(["redis"], 0 if stored is None else 1)
-        yield up
-        yield from _gauges(snapshot)
-        if stored is not None:
-            for spec in STORED:
-                yield spec.family(stored[spec.key])
-
-
-def _gauges(snapshot: stats.Snapshot) -> Iterator[Metric]:
-    queue = snapshot.queue
-    if queue is not None:
-        jobs = GaugeMetricFamily(
-            PREFIX + "queue_jobs",
-            "Jobs of the partnero queue by state: queued (waiting for a worker), scheduled (retries "
-            "waiting for their time), started (running), failed (in RQ's failed registry).",
-            labels=("state",),
-        )
-        for state in QUEUE_STATES:
-            jobs.add_metric([state], getattr(queue, state))
-        yield jobs
-        yield GaugeMetricFamily(PREFIX + "queue_workers", "Workers listening on the partnero queue.",
-                                value=queue.workers)
-    summary = snapshot.inbox
-    if summary is not None:
-        deliveries = GaugeMetricFamily(PREFIX + "inbox_deliveries", "Stored deliveries by inbox status.",
-                                       labels=("status",))
-        for status in inbox.STATUSES:
-            deliveries.add_metric([status], summary.counts.get(status, 0))
-        yield deliveries
-        yield GaugeMetricFamily(
-            PREFIX + "oldest_pending_age_seconds",
-            "Seconds since the oldest delivery still pending arrived (0 when none is pending).",
-            value=snapshot.oldest_pending_age or 0.0,
-        )
-    if snapshot.crm_enabled and "database" not in snapshot.unavailable:
-        records = GaugeMetricFamily(
-            PREFIX + "crm_outbox_records",
-            "Salesforce records in the outbox by object and status (pending and waiting: the backlog; "
-            "synced; failed: refused for good).",
-            labels=("object", "status"),
-        )
-        for object_name, by_status in sorted(snapshot.crm.items()):
-            for status, count in by_status.items():
-                records.add_metric([object_name, status], count)
-        yield records
