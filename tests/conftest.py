@@ -106,25 +106,23 @@ def mariadb_url() -> Iterator[str]:
 @pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def warehouse_url(request, tmp_path) -> str:
     """Like database_url, and on MariaDB as well: the warehouse must not be PostgreSQL-only."""
-    if request.param == "mariadb":
-        url = request.getfixturevalue("mariadb_url")
-        empty_tables(url)
-        return url
-    return _fresh(request, tmp_path)
+    return empty_database(request.param, request, tmp_path)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path) -> str:
-    return _fresh(request, tmp_path)
-
-
-def _fresh(request, tmp_path) -> str:
     """Each test that takes this runs on SQLite and on PostgreSQL, on empty tables."""
-    if request.param == "sqlite":
+    return empty_database(request.param, request, tmp_path)
+
+
+def empty_database(kind: str, request, tmp_path) -> str:
+    """The URL of a migrated database of ``kind`` (sqlite, postgresql, mariadb) with empty tables:
+    a new SQLite file in ``tmp_path``, or the session's server database emptied."""
+    if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'test.db'}"
         migrate(url)
         return url
-    url = request.getfixturevalue("pg_url")
+    url = request.getfixturevalue({"postgresql": "pg_url", "mariadb": "mariadb_url"}[kind])
     empty_tables(url)
     return url
 

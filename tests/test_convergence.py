@@ -104,15 +104,9 @@ def converge(pipe: Pipe, history: list[dict], shuffled: list[dict], batches: lis
 
 @pytest.mark.parametrize("database, examples", [("sqlite", 60), ("postgresql", 60), ("mariadb", 25)])
 def test_any_order_with_duplicates_converges(database, examples, request, tmp_path):
-    from tests.conftest import empty_tables, migrate
+    from tests.conftest import empty_database
 
-    if database == "sqlite":
-        url = f"sqlite:///{tmp_path / 'converge.db'}"
-        migrate(url)
-    else:
-        url = request.getfixturevalue("pg_url" if database == "postgresql" else "mariadb_url")
-        empty_tables(url)
-    pipe = Pipe(url)
+    pipe = Pipe(empty_database(database, request, tmp_path))
 
     @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(shuffled_histories())

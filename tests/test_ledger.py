@@ -198,11 +198,9 @@ def test_every_ledger_change_notes_the_partner_for_salesforce(warehouse_url):
 def test_concurrent_batches_on_one_transaction_converge(server, request):
     """Threads applying states of the same transactions at once take turns on the transaction's
     row; none books twice, and the ledger follows the newest state."""
-    from tests.conftest import empty_tables
+    from tests.conftest import empty_database
 
-    url = request.getfixturevalue("pg_url" if server == "postgresql" else "mariadb_url")
-    empty_tables(url)
-    pipe = Pipe(url)
+    pipe = Pipe(empty_database(server, request, None))
     states = [sale("transaction.updated", f"2026-03-{day:02d}T00:00:00Z", txn=f"txn_{t}",
                    status=("review_period", "ok", "rejected")[day % 3], amount=day)
               for t in range(3) for day in range(1, 13)]

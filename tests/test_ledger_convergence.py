@@ -146,15 +146,9 @@ def check(pipe: Pipe, shuffled: list[dict], batches: list[int]) -> None:
 
 @pytest.mark.parametrize("database, examples", [("sqlite", 80), ("postgresql", 60), ("mariadb", 30)])
 def test_the_ledger_follows_the_newest_state_in_any_order(database, examples, request, tmp_path):
-    from tests.conftest import empty_tables, migrate
+    from tests.conftest import empty_database
 
-    if database == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ledger.db'}"
-        migrate(url)
-    else:
-        url = request.getfixturevalue("pg_url" if database == "postgresql" else "mariadb_url")
-        empty_tables(url)
-    pipe = Pipe(url)
+    pipe = Pipe(empty_database(database, request, tmp_path))
 
     @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(shuffled_histories())
