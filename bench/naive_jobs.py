@@ -7,8 +7,8 @@ import os
 
 from simple_salesforce import Salesforce
 
-from sync.crm.outbox import wire
 from sync import envelope
+from sync.crm.outbox import wire
 from sync.inbox import PENDING, Delivery
 from sync.mapping import plan
 from sync.services import Services

@@ -32,7 +32,7 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
     else:
         rows += [
             ("Queue", ""),
-            ("  waiting jobs", str(queue.queued)),
+            ("  wake-ups waiting", str(queue.queued)),
             ("  retries scheduled", str(queue.scheduled)),
             ("  running", str(queue.started)),
             ("  failed jobs", str(queue.failed)),

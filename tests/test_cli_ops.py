@@ -115,7 +115,7 @@ def test_status_when_all_is_well_exits_0_with_a_table(settings, redis_conn):
     assert len({column for column, _, _ in found}) == 1  # aligned: every value starts in one column
     table = {label: value for _, label, value in found}
     assert table["pending"] == "0" and table["processed"] == "1" and table["ignored"] == "1"
-    assert table["failed"] == "0" and table["failed jobs"] == "0" and table["waiting jobs"] == "0"
+    assert table["failed"] == "0" and table["failed jobs"] == "0" and table["wake-ups waiting"] == "0"
     assert table["oldest pending"] == "nothing pending"
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(\d+ s ago\)", table["last processed"])
     assert table["Salesforce"].startswith("off")

@@ -23,10 +23,10 @@ from click.testing import CliRunner
 from werkzeug.serving import make_server
 
 from app import create_app
+from sync import ledger
 from sync.cli import main
 from sync.crm.outbox import MAPPING_ERROR, Outbox, crm_outbox
 from sync.inbox import webhook_events
-from sync import ledger
 from sync.ledger import commission_entries
 from sync.mapping.transforms import MAX_VALUE_CHARS
 from sync.queue import PartneroWorker
