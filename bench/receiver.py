@@ -10,11 +10,12 @@ workers and threads:
   hello     (a) bench.apps:hello_app()  - a bare Flask POST endpoint
   naive     (b) bench.apps:naive_app()  - verify the signature, RQ ``Queue.enqueue`` per request
   receiver  (c) app:create_app()        - ours: verify, inbox row in PostgreSQL (group commit),
-                                          RQ job, 202
+                                          a worker woken (one RQ wake-up job), 202
 
 The load generator (bench/loadgen.py, a separate process) keeps N keep-alive connections busy,
 each posting a new signed Partnero-shaped delivery as soon as the previous answer is in. After
-(c) the script checks that every 202 has its row in ``webhook_events`` (and its RQ job).
+(c) the script checks that every 202 has its row in ``webhook_events`` (and reports how many
+are pending and the wake-up job queued for them).
 
 It creates the PostgreSQL database ``partnero_bench`` (dropped first if left over), uses Redis db
 13 (flushed before and after), binds only to 127.0.0.1 on free ports, and removes all of it on
