@@ -138,3 +138,40 @@ def parse_timestamp(value: Any) -> datetime | None:
         return parsed.astimezone(timezone.utc)
     except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
         return None
+
+
+def dump(document: Any) -> bytes:
+    """``document`` as compact JSON bytes that ``parse`` reads back exactly: an ``ExactFloat`` is
+    written with the digits it was read with, so amounts pass through unchanged.
+
+    For documents partnero-sync makes itself (a backfill's deliveries, from objects ``parse``
+    read): only what ``parse`` returns is written (objects with string keys, arrays, strings,
+    numbers, booleans, null); anything else raises ``TypeError``.
+    """
+    parts: list[str] = []
+    _write(document, parts)
+    return "".join(parts).encode("utf-8")
+
+
+def _write(value: Any, out: list[str]) -> None:
+    if isinstance(value, ExactFloat):
+        out.append(value.text)
+    elif isinstance(value, str) or value is None or isinstance(value, bool | int | float):
+        out.append(json.dumps(value, ensure_ascii=False, allow_nan=False))
+    elif isinstance(value, dict):
+        out.append("{")
+        for i, (key, item) in enumerate(value.items()):
+            if not isinstance(key, str):
+                raise TypeError(f"JSON object keys are strings, not {type(key).__name__}")
+            out.append(("," if i else "") + json.dumps(key, ensure_ascii=False) + ":")
+            _write(item, out)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _write(item, out)
+        out.append("]")
+    else:
+        raise TypeError(f"{type(value).__name__} is not JSON")

@@ -19,13 +19,12 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from rq import Retry, get_current_job
 
-from sync import backoff, logs, metrics, queue, services
+from sync import backoff, metrics, outcomes, queue, services
 from sync.errors import TransientError
-from sync.inbox import CLAIM_BATCH, FAILED, IGNORED, PROCESSED, Event
+from sync.inbox import CLAIM_BATCH, Event
 from sync.processor import BatchResult
 
 log = logging.getLogger(__name__)
@@ -108,30 +107,14 @@ def process_events(event_ids: list[int]) -> Retry | str:
 
 
 def _apply(current, events: list[Event]) -> BatchResult | Retry:
-    """Apply claimed rows in one transaction and record, log and count each one's outcome."""
+    """Apply claimed rows in one transaction; each one's outcome is recorded on its row, then
+    counted and logged (``sync.outcomes``)."""
     event_ids = [e.id for e in events]
     try:
         result = current.processor.process_batch(events)
     except (TransientError, *queue.INTERRUPTIONS) as exc:
         return _passing(current, event_ids, exc)
-    by_id = {e.id: e for e in events}
-    committed_at = datetime.now(timezone.utc)
-    metrics.LAG.observe((committed_at - by_id[i].received_at).total_seconds() for i in result.processed)
-    for outcome, done in ((PROCESSED, result.processed), (IGNORED, result.ignored), (FAILED, result.failed)):
-        metrics.ATTEMPTS.inc(len(done), outcome=outcome)
-
-    def fields(event_id: int) -> dict:
-        e = by_id[event_id]
-        return logs.delivery_fields(e.id, e.event_type, result.entity_ids.get(e.id, e.entity_id), e.fingerprint)
-
-    for event_id in result.processed:
-        log.info("delivery processed", extra=fields(event_id))
-    for event_id in result.ignored:
-        log.info("delivery ignored: no mapping handles its event type", extra=fields(event_id))
-    for event_id, reason in sorted(result.failed.items()):
-        log.error("delivery failed: %s", reason, extra=fields(event_id))
-    if result.processed:
-        current.request_flush()
+    outcomes.report(events, result, current.request_flush)
     # Failed deliveries are recorded on their rows (status, /ops, metrics); the job did its work.
     return result
 

@@ -102,7 +102,7 @@ def settle_many(conn: Connection, settlements: Sequence[Settlement]) -> set[str]
     """
     if not settlements:
         return set()
-    stored = _entries(conn, sorted({s.transaction_key for s in settlements}))
+    stored = chains(conn, sorted({s.transaction_key for s in settlements}))
     added: list[Entry] = []
     for s in settlements:
         added += commissions.settle(s.transaction_key, stored.get(s.transaction_key, []), s.rewards, s.refunded,
@@ -206,7 +206,8 @@ def salesforce_totals(conn: Connection, partner_ids: Iterable[str], currency: st
     return {t.partner_id: t for t in totals(conn, partner_ids) if t.is_currency and t.currency == currency}
 
 
-def _entries(conn: Connection, keys: list[str]) -> dict[str, list[Entry]]:
+def chains(conn: Connection, keys: list[str]) -> dict[str, list[Entry]]:
+    """The entries of each transaction of ``keys`` that has any, as ``sync.commissions`` reads them."""
     t = commission_entries
     found: dict[str, list[Entry]] = {}
     for chunk in db.chunks(keys, 500):

@@ -1,4 +1,4 @@
-"""The fixed tables (inbox, ledger, CRM outbox) and their versioned migrations.
+"""The fixed tables (inbox, ledger, CRM outbox, backfill runs) and their versioned migrations.
 
 The tables are defined beside the code that uses them; this module gathers them into one
 ``metadata`` and brings a database up to date: Alembic's versioned migrations for the fixed
@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 # Imported for their tables: each module defines its own on db.metadata.
 from sync import db, inbox, ledger  # noqa: F401
 from sync.crm import outbox  # noqa: F401
+from sync.partnero import runs  # noqa: F401
 
 log = logging.getLogger(__name__)
 

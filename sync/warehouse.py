@@ -180,6 +180,23 @@ class Warehouse:
             states.update({(name, key): after[key] for key in keys})
         return states
 
+    def states(self, conn: Connection, table: str, keys: list[str]) -> dict[str, RecordState]:
+        """The stored state of each of ``keys`` that has a row in ``table`` (read, not locked)."""
+        mapped = self.tables[table]
+        key_column = mapped.table.c[mapped.mapping.warehouse.key]
+        found = {}
+        for chunk in db.chunks(sorted(set(keys)), 500):
+            for row in conn.execute(sa.select(mapped.table).where(key_column.in_(chunk))):
+                found[row._mapping[key_column.name]] = _state(row._mapping, mapped.data_columns)
+        return found
+
+    def live_keys(self, conn: Connection, table: str) -> set[str]:
+        """The keys of ``table``'s records that are not deleted (no tombstone)."""
+        mapped = self.tables[table]
+        key_column = mapped.table.c[mapped.mapping.warehouse.key]
+        query = sa.select(key_column).where(mapped.table.c.sync_deleted_version.is_(None))
+        return set(conn.execute(query).scalars())
+
     def read(self, conn: Connection, table: str, key: str) -> dict[str, Any] | None:
         mapped = self.tables[table]
         key_column = mapped.table.c[mapped.mapping.warehouse.key]

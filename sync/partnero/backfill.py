@@ -1,0 +1,166 @@
+"""Backfill: load what Partnero already holds, page by page, through the same mappings as webhooks.
+
+Each page of a list (partners, then customers, then transactions: parents first) is compared
+with what is held and what differs is applied (``sync.partnero.resync``); then the run records
+its place (``sync.partnero.runs``). Safe beside live webhooks and safe to repeat: an object never
+overwrites a newer state, and an object held as listed is not stored again. Interrupted (stopped,
+killed, out of time), a run carries on from its last completed page.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sync.errors import ConfigurationError, SyncError
+from sync.partnero import runs as runs_module
+from sync.partnero.listed import ENTITIES
+from sync.partnero.resync import Resync
+from sync.partnero.runs import FAILED, STOPPED, Run, Runs
+
+log = logging.getLogger(__name__)
+
+
+class AlreadyRunning(SyncError):
+    """Another process is carrying the same backfill on right now."""
+
+
+@dataclass
+class Progress:
+    """Where a backfill is, for its progress line and its job's description in the dashboard."""
+
+    run_id: int
+    entity: str
+    page: int
+    last_page: int | None
+    #: Objects in the current list, when Partnero said.
+    total: int | None
+    #: Objects of the current list read so far (counting pages read before a resume).
+    entity_done: int
+    #: Objects read by this process, and how long it took.
+    records: int = 0
+    elapsed: float = 0.0
+    #: Objects that differed from what is held, sent through the mappings.
+    applied: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    #: Deliveries that could not be applied (each recorded on its inbox row, with the reason).
+    failed: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def seconds_left(self) -> float | None:
+        """Time left for the current list at the current rate; None when it cannot be told."""
+        if self.total is None or self.rate <= 0:
+            return None
+        return max(self.total - self.entity_done, 0) / self.rate
+
+    def line(self) -> str:
+        pages = f"page {self.page}" + (f" of {self.last_page}" if self.last_page else "")
+        of = f" of {self.total:,}" if self.total is not None else ""
+        left = self.seconds_left
+        eta = f", about {_duration(left)} left" if left is not None else ""
+        return (f"backfill #{self.run_id}: {self.entity} {pages}, {self.entity_done:,}{of} records"
+                f" ({self.applied:,} applied, {self.unchanged:,} unchanged, {self.skipped:,} skipped,"
+                f" {self.failed:,} failed), {self.rate:,.0f}/s{eta}")
+
+
+class Backfill:
+    """Runs backfills: ``prepare`` finds the run to start or resume, ``run`` carries it on."""
+
+    def __init__(self, services, api, *, page_size: int = 250, clock: Callable[[], float] = time.monotonic):
+        self.services = services
+        self.api = api
+        self.runs = Runs(services.inbox.engine)
+        self.resync = Resync(services, source="backfill")
+        self.page_size = page_size
+        self.clock = clock
+
+    def prepare(self, entities: tuple[str, ...] = ENTITIES, since: datetime | None = None, *,
+                restart: bool = False, job_id: str | None = None) -> Run:
+        """The run to carry on: the unfinished one of the same lists and ``since`` (unless
+        ``restart``), else a new one. Raises ``AlreadyRunning`` when that run is live elsewhere."""
+        entities = tuple(e for e in ENTITIES if e in entities)
+        unfinished = self.runs.unfinished(entities, since)
+        if unfinished is not None and unfinished.live() and unfinished.job_id != job_id:
+            raise AlreadyRunning(
+                f"backfill #{unfinished.id} is running (it moved {_ago(unfinished)} ago); wait for it, or follow "
+                "it with `partnero-sync status`")
+        if unfinished is not None and not restart:
+            self.runs.resume(unfinished.id, job_id)
+            return self.runs.get(unfinished.id)
+        if unfinished is not None:
+            self.runs.finish(unfinished.id, runs_module.ABANDONED, "replaced by a new backfill (--restart)")
+        return self.runs.start(entities, since, job_id)
+
+    def run(self, run: Run, *, should_stop: Callable[[], bool] = lambda: False,
+            on_page: Callable[[Progress], None] | None = None) -> Run:
+        """Carry ``run`` on from its place until it is finished or ``should_stop`` says so (checked
+        after each page); returns it as it then stands.
+
+        An API key Partnero refuses marks it failed; anything else that stops it (Partnero or the
+        database away for longer than the retries, an interruption) marks it stopped. Either way
+        it can be resumed, and the error is raised.
+        """
+        started = self.clock()
+        progress = Progress(run.id, run.entity, run.next_page - 1, run.last_page, None, 0)
+        try:
+            for index in range(run.entities.index(run.entity), len(run.entities)):
+                entity = run.entities[index]
+                first = run.next_page if entity == run.entity else 1
+                progress.entity, progress.total = entity, None
+                progress.entity_done = (first - 1) * self.page_size
+                for page in self.api.pages(entity, start=first, limit=self.page_size):
+                    examined = self.resync.examine(entity, page.objects, page.observed_at, run.since)
+                    applied = self.resync.apply(examined.deliveries)
+                    counts = {"records": len(page.objects), "applied": len(examined.drifts),
+                              "unchanged": examined.unchanged, "skipped": examined.skipped, "failed": applied.failed}
+                    finished_list = page.is_last and index + 1 < len(run.entities)
+                    if finished_list:  # carry on with the next list
+                        self.runs.advance(run.id, run.entities[index + 1], 1, None, **counts)
+                    else:
+                        self.runs.advance(run.id, entity, page.number + 1, page.last_page, **counts)
+                    progress.page, progress.last_page, progress.total = page.number, page.last_page, page.total
+                    progress.entity_done += len(page.objects)
+                    progress.records += len(page.objects)
+                    for name in ("applied", "unchanged", "skipped", "failed"):
+                        setattr(progress, name, getattr(progress, name) + counts[name])
+                    progress.elapsed = self.clock() - started
+                    if on_page is not None:
+                        on_page(progress)
+                    if should_stop() and not (page.is_last and index + 1 == len(run.entities)):
+                        self.runs.finish(run.id, STOPPED)
+                        return self.runs.get(run.id)
+            self.runs.finish(run.id)
+        except ConfigurationError as exc:
+            self._stopped(run.id, FAILED, str(exc))
+            raise
+        except BaseException as exc:
+            self._stopped(run.id, STOPPED, str(exc) if isinstance(exc, SyncError) else type(exc).__name__)
+            raise
+        return self.runs.get(run.id)
+
+    def _stopped(self, run_id: int, status: str, error: str) -> None:
+        try:
+            self.runs.finish(run_id, status, error)
+        except SyncError as exc:  # the database is what is away: the run shows as running, then stale
+            log.warning("backfill #%s: could not record that it stopped: %s", run_id, exc)
+
+
+def _ago(run: Run) -> str:
+    return _duration((datetime.now(timezone.utc) - run.heartbeat_at).total_seconds())
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,89 @@
+"""Reconcile: compare Partnero's lists with the warehouse and the ledger, report the drift, and
+(with ``fix``) apply the corrections through the pipeline every webhook takes.
+
+Drift is what webhooks missed: records missing here or stale here, archived or deleted upstream
+without a webhook, reward statuses or amounts that moved (``sync.partnero.drift``). A record held
+here that the lists no longer show is looked up on its own (``GET /{list}/{id}``): when Partnero
+answers 404 it is gone, and the fix deletes it here too (a transaction: refunded, its commission
+reversed); when Partnero still has it, it is compared like any listed object.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from sync.inbox import PENDING, Delivery
+from sync.partnero import drift, listed
+from sync.partnero.drift import Drift
+from sync.partnero.listed import ENTITIES
+from sync.partnero.resync import Examined, Resync
+
+
+@dataclass
+class Report:
+    drifts: list[Drift] = field(default_factory=list)
+    #: Objects listed, per list.
+    listed: Counter = field(default_factory=Counter)
+    #: With ``fix``: deliveries applied, and those that failed (each recorded on its inbox row).
+    fixed: int = 0
+    failed: int = 0
+
+    def counts(self) -> dict[str, int]:
+        found = Counter(d.kind for d in self.drifts)
+        return {kind: found[kind] for kind in drift.KINDS if found[kind]}
+
+    def as_dict(self) -> dict:
+        return {"listed": dict(self.listed), "drift": [d.as_dict() for d in self.drifts], "counts": self.counts(),
+                "fixed": self.fixed, "failed": self.failed}
+
+
+class Reconcile:
+    def __init__(self, services, api, *, page_size: int = 250):
+        self.services = services
+        self.api = api
+        self.resync = Resync(services, source="reconcile")
+        self.page_size = page_size
+
+    def run(self, entities: tuple[str, ...] = ENTITIES, *, fix: bool = False,
+            on_page: Callable[[str, int, int | None], None] | None = None) -> Report:
+        """Compare every object of ``entities``' lists with what is held; with ``fix``, apply the
+        corrections. ``on_page(list, page, last page)`` is told of each page read."""
+        report = Report()
+        for entity in (e for e in ENTITIES if e in entities):
+            mapping = listed.mapping_for(self.services.mappings, entity)
+            if mapping is None or mapping.warehouse is None:
+                continue
+            seen: set[str] = set()
+            for page in self.api.pages(entity, limit=self.page_size):
+                report.listed[entity] += len(page.objects)
+                examined = self.resync.examine(entity, page.objects, page.observed_at)
+                seen.update(examined.seen)
+                self._take(report, examined, fix)
+                if on_page is not None:
+                    on_page(entity, page.number, page.last_page)
+            with self.services.inbox.engine.connect() as conn:
+                held = self.services.warehouse.live_keys(conn, mapping.warehouse.table)
+            for key in sorted(held - seen):
+                observed_at = datetime.now(timezone.utc)
+                obj = self.api.get(entity, key)
+                if obj is not None:  # listed elsewhere meanwhile (the list moved under the pages)
+                    self._take(report, self.resync.examine(entity, [obj], observed_at), fix)
+                    continue
+                report.drifts.append(Drift(entity, key, drift.GONE))
+                item = listed.gone(mapping, entity, key, observed_at, "reconcile")
+                if fix and item is not None:
+                    self._apply(report, [Delivery(body, event, PENDING, key) for event, body in item.bodies()])
+        return report
+
+    def _take(self, report: Report, examined: Examined, fix: bool) -> None:
+        report.drifts += examined.drifts
+        if fix:
+            self._apply(report, examined.deliveries)
+
+    def _apply(self, report: Report, deliveries: list[Delivery]) -> None:
+        applied = self.resync.apply(deliveries)
+        report.fixed += applied.processed
+        report.failed += applied.failed

@@ -1,0 +1,129 @@
+"""Bringing listed objects in: compare a page of Partnero's list with what is held, and apply the
+objects that differ through the pipeline every webhook takes.
+
+What differs becomes deliveries (``sync.partnero.listed``) stored in the inbox like any webhook's,
+then applied at once, in this process, by the processor (warehouse, ledger and Salesforce outbox
+in one transaction; each failure recorded on its own row, with its reason). An object that is
+already held as listed, or older than what is held, is left alone: nothing is stored for it, so a
+second run changes nothing. Rows this process could not apply (it was killed meanwhile) stay
+pending for the workers' sweeper.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sync import ledger, outcomes
+from sync.envelope import MalformedDelivery
+from sync.inbox import PENDING, Delivery, fingerprint
+from sync.mapping import FieldProblem, plan
+from sync.partnero import drift, listed
+from sync.partnero.drift import Drift
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Examined:
+    """A page compared with what is held: what drifts, and the deliveries that would fix it."""
+
+    entity: str
+    drifts: list[Drift] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    #: Objects held exactly as listed (or newer).
+    unchanged: int = 0
+    #: Objects left out: changed before ``since``, or of a list no mapping handles.
+    skipped: int = 0
+    #: The record keys of the objects seen, for finding what is held but no longer listed.
+    seen: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Applied:
+    processed: int = 0
+    failed: int = 0
+    #: Stored, but held by a worker (or already applied): left to it.
+    left: int = 0
+
+
+class Resync:
+    """Compares listed objects with the warehouse and the ledger, and applies those that differ."""
+
+    def __init__(self, services, source: str):
+        self.services = services
+        #: Written into each delivery ("backfill", "reconcile"), for whoever reads it later.
+        self.source = source
+
+    def examine(self, entity: str, objects: Sequence[dict[str, Any]], observed_at: datetime,
+                since: datetime | None = None) -> Examined:
+        """Compare ``objects`` (a page of the list ``entity``, asked for at ``observed_at``) with
+        what is held; objects changed before ``since`` are skipped."""
+        found = Examined(entity)
+        mapping = listed.mapping_for(self.services.mappings, entity)
+        if mapping is None:
+            found.skipped = len(objects)
+            return found
+        salesforce = self.services.processor.outbox is not None
+        candidates = []
+        for obj in objects:
+            if not isinstance(obj, dict):
+                found.skipped += 1
+                continue
+            if since is not None and (listed.changed_at(obj) or since) < since:
+                found.skipped += 1
+                continue
+            item = listed.listed(mapping, entity, obj, observed_at, self.source)
+            bodies = item.bodies()
+            try:
+                plans = [plan(mapping, document, fingerprint(body), observed_at, salesforce=salesforce)
+                         for (_, document), (_, body) in zip(item.documents, bodies)]
+            except (MalformedDelivery, FieldProblem) as exc:
+                # Stored and applied anyway: the failure is then recorded on its row, for /ops.
+                if item.object_id is not None:
+                    found.seen.append(item.object_id)
+                found.drifts.append(Drift(entity, item.object_id or "?", drift.UNREADABLE, reason=str(exc)))
+                found.deliveries += [Delivery(body, event, PENDING, item.object_id) for event, body in bodies]
+                continue
+            candidates.append((obj, item, bodies, plans))
+
+        table = mapping.warehouse.table if mapping.warehouse is not None else None
+        keys = sorted({str(p.change.key) for _, _, _, plans in candidates for p in plans if p.change is not None})
+        with self.services.inbox.engine.connect() as conn:
+            held = self.services.warehouse.states(conn, table, keys) if table is not None else {}
+            chains = ledger.chains(conn, keys) if mapping.ledger is not None else {}
+        tombstones = self.services.warehouse.tables[table].tombstone_columns if table is not None else ()
+        for obj, item, bodies, plans in candidates:
+            key = str(plans[0].change.key) if plans[0].change is not None else item.object_id
+            if key is not None:
+                found.seen.append(key)
+            moved = drift.compare(entity, obj, plans, held.get(key), chains.get(key, ()), tombstones)
+            if moved is None:
+                found.unchanged += 1
+                continue
+            found.drifts.append(moved)
+            found.deliveries += [Delivery(body, event, PENDING, key) for event, body in bodies]
+        return found
+
+    def apply(self, deliveries: Sequence[Delivery]) -> Applied:
+        """Store ``deliveries`` in the inbox and apply them now. Raises ``TransientError`` when
+        the database is away (what was stored stays pending for the workers)."""
+        done = Applied()
+        if not deliveries:
+            return done
+        services = self.services
+        stored = services.inbox.store_many(deliveries)
+        ids = sorted({s.id for s in stored.values() if s.status == PENDING})
+        events = services.inbox.claim(len(ids), ids=ids) if ids else []
+        done.left = len(stored) - len(events)
+        if not events:
+            return done
+        result = services.processor.process_batch(events)
+        outcomes.report(events, result, services.request_flush)
+        done.processed = len(result.processed) + len(result.ignored)
+        done.failed = len(result.failed)
+        return done
+

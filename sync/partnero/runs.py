@@ -1,0 +1,149 @@
+"""The ``backfill_runs`` table: each backfill, where it got to, and what it did.
+
+A backfill records its place (the list it is reading and the next page) after every page it has
+applied, so one that was interrupted (stopped, killed, its worker restarted) carries on from its
+last completed page. A live run renews ``heartbeat_at`` as it goes; a run that still says
+"running" but has not moved for ``STALE_AFTER`` died, and may be taken up again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from sync.db import metadata, transaction
+from sync.sqltypes import UTCDateTime
+
+RUNNING = "running"
+STOPPED = "stopped"  # asked to stop, or its job's time ran out: resumable
+FAILED = "failed"  # stopped by an error a person must see (the API key refused): resumable
+FINISHED = "finished"
+ABANDONED = "abandoned"  # replaced by a new run (``backfill --restart``): never resumed
+#: A run marked running that has not recorded progress for this long is taken to have died.
+STALE_AFTER = timedelta(minutes=2)
+
+backfill_runs = sa.Table(
+    "backfill_runs",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    #: The lists it reads, in order, comma-separated ("partners,customers,transactions").
+    sa.Column("entities", sa.String(100), nullable=False),
+    #: Only objects changed since then (``--since``); None: all.
+    sa.Column("since", UTCDateTime()),
+    sa.Column("status", sa.String(16), nullable=False),
+    #: Where it goes on: the list, and the page of it not yet applied.
+    sa.Column("entity", sa.String(32), nullable=False),
+    sa.Column("next_page", sa.Integer, nullable=False),
+    #: How many pages the current list has, when Partnero said.
+    sa.Column("last_page", sa.Integer),
+    sa.Column("records", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("applied", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("unchanged", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("skipped", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime()),
+    sa.Column("last_error", sa.Text),
+    #: The RQ job carrying it on, when a worker runs it.
+    sa.Column("job_id", sa.String(64)),
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    entities: tuple[str, ...]
+    since: datetime | None
+    status: str
+    entity: str
+    next_page: int
+    last_page: int | None
+    records: int
+    applied: int
+    unchanged: int
+    skipped: int
+    failed: int
+    started_at: datetime
+    heartbeat_at: datetime
+    finished_at: datetime | None
+    last_error: str | None
+    job_id: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.status == FINISHED
+
+    def live(self, now: datetime | None = None) -> bool:
+        """Whether someone is carrying it on right now (it recorded progress lately)."""
+        now = now or datetime.now(timezone.utc)
+        return self.status == RUNNING and now - self.heartbeat_at < STALE_AFTER
+
+
+#: The counters a page adds to.
+COUNTERS = ("records", "applied", "unchanged", "skipped", "failed")
+
+
+class Runs:
+    """Backfill runs, behind the few operations backfills and ``status`` need."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def start(self, entities: tuple[str, ...], since: datetime | None, job_id: str | None = None) -> Run:
+        now = datetime.now(timezone.utc)
+        t = backfill_runs
+        with transaction(self.engine) as conn:
+            run_id = conn.execute(t.insert().values(
+                entities=",".join(entities), since=since, status=RUNNING, entity=entities[0], next_page=1,
+                started_at=now, heartbeat_at=now, job_id=job_id,
+            )).inserted_primary_key[0]
+        return self.get(run_id)
+
+    def get(self, run_id: int) -> Run | None:
+        with transaction(self.engine) as conn:
+            row = conn.execute(sa.select(backfill_runs).where(backfill_runs.c.id == run_id)).one_or_none()
+        return _run(row) if row is not None else None
+
+    def latest(self) -> Run | None:
+        t = backfill_runs
+        with transaction(self.engine) as conn:
+            row = conn.execute(sa.select(t).order_by(t.c.id.desc()).limit(1)).one_or_none()
+        return _run(row) if row is not None else None
+
+    def unfinished(self, entities: tuple[str, ...], since: datetime | None) -> Run | None:
+        """The newest run of the same lists and ``since`` that did not finish: the one to resume."""
+        t = backfill_runs
+        query = sa.select(t).where(t.c.entities == ",".join(entities), t.c.status.not_in((FINISHED, ABANDONED)))
+        query = query.where(t.c.since.is_(None) if since is None else t.c.since == since)
+        with transaction(self.engine) as conn:
+            row = conn.execute(query.order_by(t.c.id.desc()).limit(1)).one_or_none()
+        return _run(row) if row is not None else None
+
+    def resume(self, run_id: int, job_id: str | None = None) -> None:
+        """Mark ``run_id`` running again (by ``job_id``, when a worker carries it on)."""
+        self._update(run_id, status=RUNNING, last_error=None, job_id=job_id)
+
+    def advance(self, run_id: int, entity: str, next_page: int, last_page: int | None, **counts: int) -> None:
+        """Record that the pages before ``next_page`` of ``entity`` are applied, adding ``counts``."""
+        t = backfill_runs
+        self._update(run_id, entity=entity, next_page=next_page, last_page=last_page,
+                     **{name: t.c[name] + counts.get(name, 0) for name in COUNTERS})
+
+    def finish(self, run_id: int, status: str = FINISHED, error: str | None = None) -> None:
+        ended = datetime.now(timezone.utc) if status == FINISHED else None
+        self._update(run_id, status=status, last_error=error, finished_at=ended)
+
+    def _update(self, run_id: int, **values) -> None:
+        t = backfill_runs
+        with transaction(self.engine) as conn:
+            conn.execute(t.update().where(t.c.id == run_id).values(heartbeat_at=datetime.now(timezone.utc), **values))
+
+
+def _run(row) -> Run:
+    values = dict(row._mapping)
+    values["entities"] = tuple(values["entities"].split(","))
+    return Run(**values)
