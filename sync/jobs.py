@@ -175,3 +175,43 @@ def flush_crm() -> str:
     outcome = services.current().flushes.run_job(should_stop=queue.stop_requested)
     log.info("Salesforce flush: %s", outcome.text)
     return outcome.text
+
+
+#: A backfill job hands over to a fresh one after this long, so a worker's deliveries and
+#: Salesforce flushes get their turns while a long backfill runs.
+BACKFILL_SLICE_SECONDS = 20
+
+
+def backfill(run_id: int) -> Retry | str:
+    """The job behind ``partnero-sync backfill --in-worker``: carry backfill ``run_id`` on for a
+    slice, then enqueue the next slice; the run's place is in the database (``backfill_runs``)."""
+    from sync.partnero.api import PartneroApi
+    from sync.partnero.backfill import Backfill
+    from sync.partnero.runs import STOPPED
+
+    current = services.current()
+    job = get_current_job()
+    filler = Backfill(current, PartneroApi(current.settings.partnero))
+    run = filler.runs.get(run_id)
+    if run is None or run.done:
+        return f"backfill #{run_id}: nothing to do"
+    if run.live() and run.job_id not in (None, job.id if job else None):
+        return f"backfill #{run_id} is being carried on elsewhere (job {run.job_id})"
+    filler.runs.resume(run_id, job.id if job else None)
+    deadline = time.monotonic() + BACKFILL_SLICE_SECONDS
+    try:
+        run = filler.run(run, should_stop=lambda: queue.stop_requested() or time.monotonic() > deadline,
+                         on_page=lambda progress: current.jobs.report_progress(progress.line()))
+    except TransientError as exc:  # Partnero or the database away past the client's retries
+        retries = (job.number_of_retries or 0) if job is not None else 0
+        if retries >= len(backoff.DELIVERY_DELAYS):
+            raise
+        delay = backoff.delay(backoff.DELIVERY_DELAYS, retries)
+        log.warning("backfill #%s: %s; retry %d in %.0fs", run_id, exc, retries + 1, delay)
+        return Retry(max=len(backoff.DELIVERY_DELAYS), interval=int(delay))
+    if run.status == STOPPED:  # its slice is over: the next one carries on after the other queues' turn
+        current.jobs.enqueue_backfill(run_id, f"backfill #{run_id}: carried on from {run.entity} page {run.next_page}")
+    summary = (f"backfill #{run_id} {run.status}: {run.records:,} records, {run.applied:,} applied, "
+               f"{run.unchanged:,} unchanged, {run.skipped:,} skipped, {run.failed:,} failed")
+    current.jobs.report_progress(summary)
+    return summary

@@ -43,6 +43,10 @@ FLUSH_CRM = "sync.jobs.flush_crm"
 #: Salesforce flushes run on a queue of their own, after the deliveries' (see ``sync.flushing``).
 CRM_QUEUE_NAME = "partnero-crm"
 FLUSH_JOB_TIMEOUT = 300
+#: Backfills run on a queue of their own too, in slices that take turns with the other queues.
+BACKFILL = "sync.jobs.backfill"
+BACKFILL_QUEUE_NAME = "partnero-backfill"
+BACKFILL_JOB_TIMEOUT = 600
 
 #: What RQ raises inside a job to interrupt it (its time-out): never the fault of the data in hand.
 INTERRUPTIONS: tuple[type[BaseException], ...] = (JobTimeoutException,)
@@ -57,13 +61,19 @@ def stop_requested() -> bool:
 
 
 class JobQueue:
-    """The ``partnero`` queue (wake-ups: workers claim and apply pending deliveries) and the
-    ``partnero-crm`` queue (Salesforce flushes)."""
+    """The ``partnero`` queue (wake-ups: workers claim and apply pending deliveries), the
+    ``partnero-crm`` queue (Salesforce flushes) and the ``partnero-backfill`` queue."""
 
     def __init__(self, connection: redis.Redis, name: str = QUEUE_NAME):
         self.connection = connection
         self.queue = Queue(name, connection=connection)
         self.crm_queue = Queue(CRM_QUEUE_NAME, connection=connection)
+        self.backfill_queue = Queue(BACKFILL_QUEUE_NAME, connection=connection)
+
+    @property
+    def queues(self) -> list[Queue]:
+        """What a worker listens to: deliveries first, then Salesforce flushes, then backfills."""
+        return [self.queue, self.crm_queue, self.backfill_queue]
 
     def wake(self, *, force: bool = False) -> bool:
         """Make sure a worker is on its way to claim pending deliveries; True when this call
@@ -121,6 +131,24 @@ class JobQueue:
         except redis.RedisError as exc:
             raise TransientError(f"could not enqueue a Salesforce flush: {exc}") from exc
         return job.id
+
+    def enqueue_backfill(self, run_id: int, description: str) -> str:
+        """Put (the next slice of) backfill ``run_id`` on the backfill queue; returns the job's id."""
+        try:
+            job = self.backfill_queue.enqueue(BACKFILL, run_id, description=description,
+                                              job_timeout=BACKFILL_JOB_TIMEOUT, result_ttl=RESULT_TTL,
+                                              failure_ttl=RESULT_TTL)
+        except redis.RedisError as exc:
+            raise TransientError(f"could not enqueue backfill #{run_id}: {exc}") from exc
+        return job.id
+
+    @staticmethod
+    def report_progress(text: str) -> None:
+        """Show the running job's progress in the dashboard now (its metadata: ``progress``)."""
+        job = get_current_job()
+        if job is not None:
+            job.meta["progress"] = text
+            job.save_meta()
 
     def ping(self) -> None:
         try:

@@ -17,6 +17,7 @@ from sync.crm.outbox import WAITING as CRM_WAITING
 from sync.crm.outbox import Outbox
 from sync.errors import TransientError
 from sync.inbox import FAILED, InboxSummary
+from sync.partnero import runs
 from sync.queue import QueueCounts
 
 #: A pending delivery older than this means the backlog is stuck (no worker, or one that fails).
@@ -42,6 +43,8 @@ class Snapshot:
     crm_problem: dict | None = None
     #: The ledger's currencies (read only when asked: it adds up the whole ledger).
     ledger: ledger.Summary | None = None
+    #: The latest backfill (``partnero-sync backfill``), if any ran.
+    backfill: runs.Run | None = None
     #: What could not be read, and why: {"database": "...", "redis": "..."}.
     unavailable: dict[str, str] = field(default_factory=dict)
 
@@ -86,6 +89,7 @@ class Snapshot:
                 reasons.append(f"{self.queue.queued} jobs wait and no worker listens on the queue")
         if self.crm_problem:
             reasons.append(f"Salesforce refuses every call: {self.crm_problem['message']}")
+        reasons += backfill_attention(self.backfill, self.taken_at)
         if self.crm_refused:
             reasons.append(f"Salesforce refused {self.crm_refused} records: see `partnero-sync crm-errors`")
         return reasons
@@ -120,6 +124,13 @@ class Snapshot:
                 "other_currencies": {currency or "": partners for currency, partners in sorted(
                     self.ledger.others.items(), key=lambda i: i[0] or "")},
             }
+        backfill = None
+        if self.backfill is not None:
+            run = self.backfill
+            backfill = {name: _iso(value) if isinstance(value, datetime) else value
+                        for name, value in asdict(run).items()}
+            backfill["entities"] = list(run.entities)
+            backfill["live"] = run.live(self.taken_at)
         return {
             "taken_at": _iso(self.taken_at),
             "state": self.state,
@@ -128,9 +139,26 @@ class Snapshot:
             "queue": asdict(self.queue) if self.queue is not None else None,
             "salesforce": crm,
             "ledger": currencies,
+            "backfill": backfill,
             "unavailable": self.unavailable,
             "attention": self.attention(),
         }
+
+
+def backfill_attention(run: runs.Run | None, now: datetime) -> list[str]:
+    """What the latest backfill needs of a person: one that failed, stopped on an error, or died."""
+    if run is None or run.done or run.status == runs.ABANDONED:
+        return []
+    where = f"at {run.entity} page {run.next_page}"
+    carry_on = "`partnero-sync backfill` carries it on from there"
+    if run.status == runs.FAILED:
+        return [f"backfill #{run.id} failed {where}: {run.last_error}; once fixed, {carry_on}"]
+    if run.status == runs.STOPPED and run.last_error:
+        return [f"backfill #{run.id} stopped {where}: {run.last_error}; {carry_on}"]
+    if run.status == runs.RUNNING and not run.live(now):
+        return [f"backfill #{run.id} stopped moving {where} {duration((now - run.heartbeat_at).total_seconds())} "
+                f"ago (its process died?); {carry_on}"]
+    return []
 
 
 def backlog(by_status: dict[str, int]) -> int:
@@ -156,6 +184,7 @@ def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = Fal
         if with_ledger:
             with services.inbox.engine.connect() as conn:
                 snapshot.ledger = ledger.summary(conn, services.settings.currency)
+        snapshot.backfill = runs.Runs(services.inbox.engine).latest()
     except Exception as exc:  # e.g. no schema yet: say so rather than fail the whole report
         snapshot.unavailable["database"] = db.explain(exc) or f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     try:

@@ -8,6 +8,7 @@ from sync.crm.outbox import FAILED as CRM_FAILED
 from sync.crm.outbox import SYNCED as CRM_SYNCED
 from sync.inbox import STATUSES
 from sync.ledger import Summary
+from sync.partnero.runs import Run
 from sync.stats import UNKNOWN, Snapshot, backlog, duration
 
 #: How the sources ``Snapshot.unavailable`` names are written for a person.
@@ -46,6 +47,8 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
         rows.append(("  last synced record", _ago(snapshot.crm_last_synced_at, snapshot.taken_at)))
     if snapshot.ledger is not None:
         rows += _ledger(snapshot.ledger)
+    if snapshot.backfill is not None:
+        rows += _backfill(snapshot.backfill, snapshot.taken_at)
     width = max(len(label) for label, _ in rows) + 2
     lines = [f"{label:<{width}}{value}".rstrip() for label, value in rows]
     reasons = snapshot.attention()
@@ -71,6 +74,22 @@ def _ledger(summary: Summary) -> list[tuple[str, str]]:
         ("  program currency", summary.describe()),
         ("  other currencies", f"{others} (left out of Salesforce; see `partnero-sync ledger PARTNER_ID`)"
                                if others else "none"),
+    ]
+
+
+def _backfill(run: Run, now: datetime) -> list[tuple[str, str]]:
+    """The latest backfill: where it is (or how it ended), and what it did."""
+    since = f", since {run.since:%Y-%m-%d}" if run.since else ""
+    if run.done:
+        state = f"finished {_ago(run.finished_at, now)}"
+    else:
+        pages = f" of {run.last_page}" if run.last_page else ""
+        state = f"{run.status} at {run.entity} page {run.next_page}{pages}, last moved {_ago(run.heartbeat_at, now)}"
+    return [
+        ("Backfill", f"#{run.id} ({', '.join(run.entities)}{since})"),
+        ("  state", state),
+        ("  records", f"{run.records:,} read: {run.applied:,} applied, {run.unchanged:,} unchanged, "
+                      f"{run.skipped:,} skipped, {run.failed:,} failed"),
     ]
 
 

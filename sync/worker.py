@@ -1,4 +1,4 @@
-"""The worker process: an RQ worker on the ``partnero`` queue that also sweeps the inbox."""
+"""The worker process: an RQ worker on partnero-sync's queues that also sweeps the inbox."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ def build_worker(settings: Settings, connection: redis.Redis | None = None, *, s
         # Jobs retry until the database is back; the release step or next start migrates.
         log.warning("could not check the schema, the database is unavailable: %s", type(exc).__name__)
     worker = worker_class(
-        # Deliveries first: a flush waits for them, and hands over often (sync.flushing).
-        [services.jobs.queue, services.jobs.crm_queue],
+        # Deliveries first: a flush waits for them, and hands over often (sync.flushing); a
+        # backfill works in slices, so the others get their turns between two.
+        services.jobs.queues,
         connection=services.jobs.connection,
         maintenance_interval=sweep_every,
     )

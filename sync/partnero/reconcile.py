@@ -87,3 +87,28 @@ class Reconcile:
         applied = self.resync.apply(deliveries)
         report.fixed += applied.processed
         report.failed += applied.failed
+
+
+def render(report: Report, fixed: bool = False) -> str:
+    """The report as a person reads it: one line per drifting record, then the counts."""
+    lines = []
+    if report.drifts:
+        rows = [("list", "record", "drift", "what differs")]
+        rows += [(d.entity, d.key, d.kind, d.reason or ", ".join(d.fields)) for d in report.drifts]
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines += ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]
+                  for row in rows]
+        lines.append("")
+    listed_text = ", ".join(f"{n:,} {entity}" for entity, n in report.listed.items()) or "nothing"
+    lines.append(f"listed: {listed_text}")
+    counts = report.counts()
+    if not counts:
+        lines.append("no drift: the warehouse and the ledger hold what Partnero lists")
+    else:
+        lines.append("drift: " + ", ".join(f"{n:,} {kind}" for kind, n in counts.items()))
+        if fixed:
+            lines.append(f"fixed: {report.fixed:,} deliveries applied, {report.failed:,} failed"
+                         + (" (each recorded with its reason: `partnero-sync status`, /ops)" if report.failed else ""))
+        else:
+            lines.append("run with --fix to apply the corrections")
+    return "\n".join(lines)

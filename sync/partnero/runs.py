@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sync.db import metadata, transaction
 from sync.sqltypes import UTCDateTime
 
+QUEUED = "queued"  # waiting for a worker to take it up (``backfill --in-worker``)
 RUNNING = "running"
 STOPPED = "stopped"  # asked to stop, or its job's time ran out: resumable
 FAILED = "failed"  # stopped by an error a person must see (the API key refused): resumable
@@ -126,6 +127,10 @@ class Runs:
     def resume(self, run_id: int, job_id: str | None = None) -> None:
         """Mark ``run_id`` running again (by ``job_id``, when a worker carries it on)."""
         self._update(run_id, status=RUNNING, last_error=None, job_id=job_id)
+
+    def queue(self, run_id: int) -> None:
+        """Mark ``run_id`` waiting for a worker to take it up."""
+        self._update(run_id, status=QUEUED, job_id=None)
 
     def advance(self, run_id: int, entity: str, next_page: int, last_page: int | None, **counts: int) -> None:
         """Record that the pages before ``next_page`` of ``entity`` are applied, adding ``counts``."""
