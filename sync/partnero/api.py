@@ -66,9 +66,11 @@ class PartneroUnavailable(TransientError):
 class PartneroRefused(PermanentError):
     """Partnero refused this call (a 4xx other than 401/403/429): trying it again cannot help."""
 
-    def __init__(self, message: str, status: int):
+    def __init__(self, message: str, status: int, fields: tuple[str, ...] = ()):
         super().__init__(message)
         self.status = status
+        #: The fields a 422 names (Laravel's ``errors``; ``events.3``: the fourth of a list).
+        self.fields = fields
 
 
 @dataclass(frozen=True)
@@ -267,24 +269,24 @@ def _classify(response: requests.Response, what: str, sent: set[str]) -> SyncErr
         return PartneroUnavailable(f"Partnero's rate limit was reached ({what}, 429)")
     if status >= 500 or status in (408, 425):
         return PartneroUnavailable(f"Partnero could not answer {what} ({status})")
-    return PartneroRefused(f"Partnero refused {what} ({status}){_reason(response, sent)}", status)
-
-
-def _reason(response: requests.Response, sent: set[str]) -> str:
-    """Partnero's ``message`` (and the fields a 422 names), unless it quotes a value we sent."""
     try:
         body = response.json()
     except ValueError:
-        return ""
-    if not isinstance(body, dict):
-        return ""
-    message = body.get("message")
+        body = None
+    body = body if isinstance(body, dict) else {}
+    errors = body.get("errors")
+    fields = tuple(sorted(str(name)[:64] for name in errors)) if isinstance(errors, dict) else ()
+    return PartneroRefused(f"Partnero refused {what} ({status}){_reason(body.get('message'), fields, sent)}",
+                           status, fields)
+
+
+def _reason(message: Any, fields: tuple[str, ...], sent: set[str]) -> str:
+    """Partnero's ``message`` (unless it quotes a value we sent) and the fields a 422 names."""
     text = ""
     if isinstance(message, str) and message.strip() and not any(v in message for v in sent):
         text = ": " + (message.strip() if len(message) <= 300 else message[:299] + "…")
-    errors = body.get("errors")
-    if isinstance(errors, dict) and errors:
-        text += f" (fields: {', '.join(sorted(str(name)[:64] for name in errors)[:10])})"
+    if fields:
+        text += f" (fields: {', '.join(fields[:10])})"
     return text
 
 

@@ -26,7 +26,8 @@ Modelled:
 * ``GET /v1/{entity}/{id or key}``: ``{"data": {...}, "status": 1}``, or 404.
 * ``GET /v1/webhooks`` (limit 1-100, default 10), ``GET/PUT/DELETE /v1/webhooks/{key}``,
   ``POST /v1/webhooks``: name, url (http or https) and a non-empty list of known events are
-  required (422 naming the fields otherwise); a new webhook gets a fresh ``key`` and ``signature``
+  required (422 naming the fields otherwise; an event not in ``events`` is refused as
+  ``events.N``, as Laravel names an element of a list); a new webhook gets a fresh ``key`` and ``signature``
   and answers 201. ``signature_on_update = False`` leaves ``signature`` out of the PUT's answer.
 * 401 ``{"message": "Unauthenticated."}`` without the right bearer token.
 * ``throttle(n, retry_after=1)``: the next n requests answer 429 with ``Retry-After`` and
@@ -152,6 +153,8 @@ class FakePartnero:
         self.last_headers: dict[str, str] = {}
         self.latency = 0.0
         self.signature_on_update = True
+        #: The event types a webhook may subscribe to; others are refused one by one (422).
+        self.events: set[str] = set(EVENTS)
         self._hook: Callable[[str, int], None] | None = None
         self._throttled = 0
         self._retry_after = "1"
@@ -344,8 +347,7 @@ class FakePartnero:
             raise _invalid({"name": "The name field is required."})
         return document
 
-    @staticmethod
-    def _check_webhook(document: dict, partial: bool) -> dict[str, str]:
+    def _check_webhook(self, document: dict, partial: bool) -> dict[str, str]:
         errors: dict[str, str] = {}
         for name in ("name", "url", "events"):
             if name not in document or document[name] in (None, "", []):
@@ -360,8 +362,10 @@ class FakePartnero:
         if events is not None and "events" not in errors:
             if not isinstance(events, list) or not events:
                 errors["events"] = "The events field must be an array."
-            elif any(event not in EVENTS for event in events):
-                errors["events"] = "The selected events is invalid."
+            else:
+                for n, event in enumerate(events):
+                    if event not in self.events:
+                        errors[f"events.{n}"] = f"The selected events.{n} is invalid."
         return errors
 
     def _create_webhook(self, document: dict) -> dict:
