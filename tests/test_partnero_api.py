@@ -254,3 +254,9 @@ def test_the_key_is_never_shown(partnero_api, waits, caplog):
         api.page("partners", 1)
     shown = [caplog.text, str(unavailable.value), repr(api), repr(settings)]
     assert waits and all(partnero_api.api_key not in text for text in shown)
+
+
+def test_one_ca_bundle_trusts_the_partnero_and_salesforce_stand_ins_together(partnero_api, fake, waits):
+    assert partnero_api.ca_bundle == fake.ca_bundle
+    assert requests.get(f"{fake.instance_url}/services/data", timeout=10).ok
+    assert client(partnero_api, waits).page("partners", 1).objects == []
