@@ -1,4 +1,5 @@
-"""How long to wait before trying again: the one retry policy for deliveries, flushes and records.
+"""How long to wait before trying again: the one retry policy for deliveries, flushes, records and
+calls to Partnero's API.
 
 Exponential with jitter (up to a fifth more), so retries of many failures spread out. The README's
 "Retries" section states the same numbers.
@@ -20,6 +21,12 @@ RECORD_DELAYS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 #: Records of a call Salesforce refused as a whole (a field the org lacks, no access, a session
 #: that cannot be renewed): a person has to act, so a slow probe in case they did.
 REFUSAL_DELAYS = (3600, 2 * 3600, 4 * 3600, 6 * 3600)
+#: A call to Partnero's REST API that met a 5xx, a time-out or a lost connection, waited for in
+#: the calling process: a few seconds in all, then the caller gets the error.
+API_DELAYS = (1, 2, 4, 8)
+#: The longest ``Retry-After`` a 429 from Partnero is obeyed for (Laravel's limiter counts per
+#: minute, so a minute is what it asks at most); a longer one waits this long.
+API_RETRY_AFTER_CAP = 90
 
 
 def delay(schedule: tuple[int, ...], attempt: int, jitter: bool = True) -> float:

@@ -730,6 +730,103 @@ def replay(since: datetime | None, event_type: str | None) -> None:
     _list_failures(result.failed, "failed (left failed; retry them with `requeue-failed` after a fix)")
 
 
+@main.group()
+def webhooks() -> None:
+    """Partnero's webhook subscriptions for this program: list them, point one at the receiver,
+    delete one.
+
+    They call Partnero's REST API with PARTNERO_API_KEY (an API key of the program: Integration
+    -> API in Partnero; one key belongs to one program), at PARTNERO_API_URL (default
+    https://api.partnero.com/v1). Exit status 2 when the key is not set or Partnero refuses it;
+    1 when Partnero cannot be reached or refuses the call.
+    """
+
+
+def _partnero(settings: Settings):
+    from sync.partnero.api import PartneroApi
+
+    return PartneroApi(settings.partnero)
+
+
+@webhooks.command("list")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the subscriptions as JSON (key, name, url, is_active, events).")
+def webhooks_list(as_json: bool) -> None:
+    """List the program's webhook subscriptions: key, name, URL, whether active, and events.
+
+    Signing secrets are never shown here: `webhooks register` prints the one of the subscription
+    it creates or updates.
+    """
+    from sync.partnero import webhooks as subscriptions
+
+    hooks = _partnero(_settings()).webhooks()
+    if as_json:
+        click.echo(json.dumps([subscriptions.shown(h) for h in hooks], indent=2))
+    else:
+        click.echo(subscriptions.render(hooks))
+
+
+@webhooks.command("register")
+@click.option("--url", required=True, metavar="URL",
+              help="The receiver as Partnero will reach it: https://your-app.example.com/webhooks/partnero.")
+@click.option("--name", help="The subscription's name in Partnero (default: the name it has, else partnero-sync).")
+def webhooks_register(url: str, name: str | None) -> None:
+    """Subscribe URL to exactly the event types the mapping files handle.
+
+    Run it when deploying, and again after a mapping file gained or lost an event type. When a
+    subscription already sends to URL it is updated (events, name, made active) instead of a
+    second one being created, so running it twice is harmless. Event types Partnero refuses
+    (not offered to this program) are left out, with a warning. Prints the subscription's signing
+    secret once, as the line PARTNERO_WEBHOOK_SECRET=… to set where the web process runs (it is
+    never logged). Warns when URL is not https. Exit status 2 when the mapping files have problems
+    or URL is not an http(s) URL.
+    """
+    from sync.mapping import load_mappings
+    from sync.partnero import webhooks as subscriptions
+    from sync.schema import RESERVED_TABLES
+
+    settings = _settings()
+    try:
+        warnings = subscriptions.check_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--url") from None
+    events = sorted(load_mappings(settings.mappings_dir, RESERVED_TABLES).events)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    done = subscriptions.register(_partnero(settings), url.strip(), events, name)
+    hook = done.webhook
+    sent = [e for e in events if e not in done.refused]
+    click.echo(f"{done.action} webhook {hook.get('key')} ({hook.get('name')}) sending {len(sent)} event types to "
+               f"{hook.get('url', url)}: {', '.join(sent)}")
+    if done.refused:
+        click.echo(f"warning: Partnero does not offer {', '.join(done.refused)} to this program: not subscribed "
+                   "(the mappings still apply them if they ever arrive)", err=True)
+    for key in done.others:
+        click.echo(f"warning: webhook {key} also sends to this URL (each delivery would arrive twice): "
+                   f"`partnero-sync webhooks delete {key}` removes it", err=True)
+    if done.secret is None:
+        click.echo("Partnero's answer holds no signing secret: the one this subscription had stays valid "
+                   "(keep PARTNERO_WEBHOOK_SECRET as it is)")
+        return
+    click.echo("its signing secret, for the web process's environment (shown here only):")
+    click.echo(f"PARTNERO_WEBHOOK_SECRET={done.secret}")
+    if settings.webhook_secrets and done.secret not in settings.webhook_secrets:
+        click.echo("(while deliveries signed with the secret set now may still arrive, set both, the new one "
+                   "first, separated by a comma)")
+
+
+@webhooks.command("delete")
+@click.argument("key")
+def webhooks_delete(key: str) -> None:
+    """Delete the webhook subscription KEY (as `webhooks list` shows it): Partnero stops sending
+    its deliveries. Exit status 1 when the program has no such subscription.
+    """
+    from sync.partnero import webhooks as subscriptions
+
+    subscriptions.delete(_partnero(_settings()), key)
+    click.echo(f"deleted webhook {key}")
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Where the receiver listens.")
 @click.option("--port", default=5000, show_default=True, type=int, help="The receiver's port.")

@@ -16,6 +16,7 @@ from sync.errors import ConfigurationError
 DEFAULT_DATABASE_URL = "sqlite:///partnero-sync.db"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_MAPPINGS_DIR = "mappings"
+DEFAULT_PARTNERO_API_URL = "https://api.partnero.com/v1"
 
 #: Bodies larger than this are refused with 413 before they are read.
 MAX_BODY_BYTES = 1024 * 1024
@@ -150,6 +151,38 @@ class DashboardSettings:
 
 
 @dataclass(frozen=True)
+class PartneroApiSettings:
+    """How to reach Partnero's REST API; ``enabled`` is False while no API key is set."""
+
+    api_key: str | None = field(default=None, repr=False)
+    api_url: str = DEFAULT_PARTNERO_API_URL
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_key)
+
+    def require_key(self) -> str:
+        """The API key; the commands that call Partnero cannot work without one."""
+        if not self.api_key:
+            raise ConfigurationError(
+                "PARTNERO_API_KEY is not set: create an API key in Partnero (the program's Integration -> "
+                "API page; one key belongs to one program) and set it"
+            )
+        return self.api_key
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> PartneroApiSettings:
+        url = env.get("PARTNERO_API_URL", "").strip().rstrip("/") or DEFAULT_PARTNERO_API_URL
+        scheme, sep, host = url.partition("://")
+        if scheme.lower() not in ("http", "https") or not sep or not host:
+            raise ConfigurationError(
+                f"PARTNERO_API_URL must be an http(s) URL such as {DEFAULT_PARTNERO_API_URL} "
+                f"(got {redact_url(url)!r})"
+            )
+        return cls(api_key=env.get("PARTNERO_API_KEY", "").strip() or None, api_url=url)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the processes need to know, read once at start."""
 
@@ -167,6 +200,7 @@ class Settings:
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     #: The program's currency: Salesforce gets commission totals in it. None: the one most used.
     currency: str | None = None
+    partnero: PartneroApiSettings = field(default_factory=PartneroApiSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -186,6 +220,7 @@ class Settings:
             salesforce=SalesforceSettings.from_env(env),
             dashboard=DashboardSettings.from_env(env),
             currency=parse_currency(env.get("PARTNERO_CURRENCY", "")),
+            partnero=PartneroApiSettings.from_env(env),
         )
 
     def require_webhook_secret(self) -> tuple[str, ...]:
@@ -206,7 +241,8 @@ class Settings:
             f"database_url={redact_url(self.database_url)!r}, "
             f"redis_url={redact_url(self.redis_url)!r}, mappings_dir={str(self.mappings_dir)!r}, "
             f"salesforce={self.salesforce.describe()!r}, "
-            f"dashboard={'on' if self.dashboard.enabled else 'off'})"
+            f"dashboard={'on' if self.dashboard.enabled else 'off'}, "
+            f"partnero_api={self.partnero.api_url!r} ({'key set' if self.partnero.enabled else 'no key'}))"
         )
 
 

@@ -218,6 +218,23 @@ def salesforce_env(fake) -> dict[str, str]:
             "REQUESTS_CA_BUNDLE": fake.ca_bundle}
 
 
+@pytest.fixture
+def partnero_api(monkeypatch):
+    """The HTTPS stand-in for Partnero's REST API, trusted by this process (``REQUESTS_CA_BUNDLE``:
+    the test CA every stand-in shares, so the Salesforce one is trusted too); see ``partnero_env``
+    for a child process."""
+    from tests.fakes.partnero import FakePartnero
+
+    with FakePartnero() as fake:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_bundle)
+        yield fake
+
+
+def partnero_env(fake) -> dict[str, str]:
+    """The variables that point a process started by a test at the Partnero stand-in."""
+    return {"PARTNERO_API_KEY": fake.api_key, "PARTNERO_API_URL": fake.url, "REQUESTS_CA_BUNDLE": fake.ca_bundle}
+
+
 def signed(document: dict | bytes, secret: str = SECRETS[0], header: str = "Signature") -> tuple[bytes, dict]:
     """A body and the headers Partnero would send with it."""
     body = document if isinstance(document, bytes) else json.dumps(document).encode()

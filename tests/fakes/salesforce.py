@@ -4,11 +4,12 @@ The real ``simple-salesforce`` library runs its own code path against it: TLS wi
 certificate, the SOAP and OAuth 2.0 logins, bearer tokens, the REST resources for upserts by
 external id, sObject Collections, SOQL queries and limits. Records live in memory.
 
-Start it as a context manager (or with ``start()``/``stop()``). It makes a throwaway CA and a
-certificate for 127.0.0.1/localhost, listens on a free loopback port and exposes:
+Start it as a context manager (or with ``start()``/``stop()``). It serves the test CA's
+certificate for 127.0.0.1/localhost (tests/fakes/tls.py: one CA for every stand-in in the
+process), listens on a free loopback port and exposes:
 
 * ``instance_url`` -- ``https://127.0.0.1:PORT``
-* ``ca_bundle`` -- path of the CA certificate (PEM). Clients keep TLS verification ON and
+* ``ca_bundle`` -- path of the test CA's certificate (PEM). Clients keep TLS verification ON and
   trust it through ``REQUESTS_CA_BUNDLE`` (``requests`` reads it on every request; note that
   the variable wins over ``Session.verify``).
 * ``login_domain`` -- ``127.0.0.1:PORT/login``: pass it as simple-salesforce's ``domain`` and
@@ -81,24 +82,20 @@ import copy
 import datetime as dt
 import hashlib
 import hmac
-import ipaddress
 import json
 import random
 import re
 import secrets
-import shutil
 import socket
 import socketserver
 import ssl
 import string
 import struct
-import tempfile
 import threading
 import xml.etree.ElementTree as ET
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Callable, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape as xml_escape
@@ -106,8 +103,9 @@ from xml.sax.saxutils import escape as xml_escape
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from tests.fakes import tls
 
 __all__ = ["Call", "FakeSalesforce", "ObjectSpec", "Rejection"]
 
@@ -308,61 +306,6 @@ def _hard_close(conn: socket.socket) -> None:
         conn.close()
     except OSError:
         pass
-
-
-def _make_tls_material(directory: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1 and localhost, signed by it."""
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "partnero-sync tests"),
-        x509.NameAttribute(NameOID.COMMON_NAME, "FakeSalesforce throwaway CA"),
-    ])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=False, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-            encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()),
-                       critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path, cert_path, key_path = directory / "ca.pem", directory / "server.pem", directory / "server.key"
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(server_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return ca_path, cert_path, key_path
 
 
 # --------------------------------------------------------------------------------------------
@@ -728,7 +671,6 @@ class FakeSalesforce:
         self._conns: set = set()
         self._threads: set[threading.Thread] = set()
         self._thread_counter = 0  # connections accepted
-        self._tmpdir: Path | None = None
         self._started = False
         self.port = 0
         self.ca_bundle = ""
@@ -746,12 +688,8 @@ class FakeSalesforce:
         with self._life:
             if self._started:
                 return self
-            self._tmpdir = Path(tempfile.mkdtemp(prefix="fake-salesforce-"))
-            ca_path, cert_path, key_path = _make_tls_material(self._tmpdir)
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(cert_path, key_path)
-            self.ca_bundle = str(ca_path)
+            context = tls.server_context()
+            self.ca_bundle = tls.ca_bundle()
             self._stop_event.clear()
             self._server = _Server(self, context)
             self.port = self._server.server_address[1]
@@ -773,7 +711,6 @@ class FakeSalesforce:
             self._cut_connections()
             for thread in list(self._threads):
                 thread.join(timeout=5)
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
 
     def __enter__(self) -> "FakeSalesforce":
         return self.start()
