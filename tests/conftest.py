@@ -230,6 +230,17 @@ def partnero_api(monkeypatch):
         yield fake
 
 
+@pytest.fixture
+def program(partnero_api):
+    """The stand-in listing the program of ``tests.partnero_helpers`` (``upstream()``)."""
+    from tests.partnero_helpers import upstream
+
+    for entity, objects in upstream().items():
+        for obj in objects:
+            partnero_api.add(entity, obj)
+    return partnero_api
+
+
 def partnero_env(fake) -> dict[str, str]:
     """The variables that point a process started by a test at the Partnero stand-in."""
     return {"PARTNERO_API_KEY": fake.api_key, "PARTNERO_API_URL": fake.url, "REQUESTS_CA_BUNDLE": fake.ca_bundle}

@@ -39,14 +39,14 @@ from urllib.parse import quote
 
 import requests
 
-from sync import backoff
+from sync import backoff, envelope
+from sync.envelope import MalformedDelivery
 from sync.errors import ConfigurationError, PermanentError, SyncError, TransientError
+from sync.partnero.listed import ENTITIES
 from sync.settings import PartneroApiSettings
 
 log = logging.getLogger(__name__)
 
-#: The lists of records, parents before the records that refer to them.
-ENTITIES = ("partners", "customers", "transactions")
 #: The largest ``limit`` Partnero takes on a list.
 MAX_LIMIT = 250
 #: The page size for the webhooks list (its documented range is 10-100).
@@ -300,11 +300,13 @@ def _strings(document: Any) -> set[str]:
 
 
 def _json(response: requests.Response, what: str) -> Any:
+    """The answer read by the one JSON parse deliveries go through (``envelope.parse``): amounts
+    keep the digits Partnero wrote, so a listed reward books exactly what its webhook would."""
     if not response.content:
         return {}
     try:
-        return response.json()
-    except ValueError:
+        return envelope.parse(response.content)
+    except MalformedDelivery:
         raise PartneroUnavailable(f"Partnero's answer to {what} is not JSON ({response.status_code})") from None
 
 

@@ -66,9 +66,9 @@ class Progress:
         of = f" of {self.total:,}" if self.total is not None else ""
         left = self.seconds_left
         eta = f", about {_duration(left)} left" if left is not None else ""
-        return (f"backfill #{self.run_id}: {self.entity} {pages}, {self.entity_done:,}{of} records"
-                f" ({self.applied:,} applied, {self.unchanged:,} unchanged, {self.skipped:,} skipped,"
-                f" {self.failed:,} failed), {self.rate:,.0f}/s{eta}")
+        return (f"backfill #{self.run_id}: {self.entity} {pages} ({self.entity_done:,}{of}{eta}); "
+                f"{self.records:,} records read, {self.rate:,.0f}/s: {self.applied:,} applied, "
+                f"{self.unchanged:,} unchanged, {self.skipped:,} skipped, {self.failed:,} failed")
 
 
 class Backfill:
