@@ -148,9 +148,23 @@ def dump(document: Any) -> bytes:
     read): only what ``parse`` returns is written (objects with string keys, arrays, strings,
     numbers, booleans, null); anything else raises ``TypeError``.
     """
+    if _plain(document):  # every number writes back as it was read: the C encoder is exact
+        return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
     parts: list[str] = []
     _write(document, parts)
     return "".join(parts).encode("utf-8")
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``json.dumps`` writes ``value`` exactly: each ``ExactFloat`` is written as Python
+    writes its float (149.0, 44.7), not with digits of its own (2.50, 1e2)."""
+    if isinstance(value, dict):
+        return all(_plain(item) for item in value.values())
+    if isinstance(value, list):
+        return all(_plain(item) for item in value)
+    if isinstance(value, ExactFloat):
+        return float.__repr__(value) == value.text
+    return not isinstance(value, tuple)
 
 
 def _write(value: Any, out: list[str]) -> None:

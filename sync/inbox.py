@@ -217,11 +217,13 @@ class Inbox:
 
     # -- intake ---------------------------------------------------------------------------
 
-    def store_many(self, deliveries: Sequence[Delivery]) -> dict[str, Stored]:
+    def store_many(self, deliveries: Sequence[Delivery], claimed: bool = False) -> dict[str, Stored]:
         """Store deliveries in one transaction; returns the outcome by fingerprint.
 
         Duplicates (within the batch or of rows already stored) create nothing. Raises
         ``TransientError`` when the database cannot be reached, so nothing is acknowledged.
+        ``claimed``: the new rows are stored already claimed (``claim``) by the caller, who applies
+        them at once; if it dies instead, its claim lapses and a worker takes them up.
         """
         unique: dict[str, Delivery] = {}
         for delivery in deliveries:
@@ -236,8 +238,9 @@ class Inbox:
                 "body": d.body,
                 "received_at": now,
                 "status": d.status,
-                "attempts": 0,
+                "attempts": 1 if claimed else 0,
                 "entity_id": d.entity_id,
+                "claimed_until": now + CLAIM_LEASE if claimed else None,
             }
             for fp, d in ordered
         ]

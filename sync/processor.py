@@ -9,6 +9,7 @@ order and cannot deadlock; any order gives the same result, since every write me
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -57,18 +58,21 @@ class Processor:
             raise PermanentError(result.failed[event.id])
         return IGNORED if event.id in result.ignored else PROCESSED
 
-    def process_batch(self, events: list[Event]) -> BatchResult:
+    def process_batch(self, events: list[Event], planned_by: Mapping[str, Plan] | None = None) -> BatchResult:
         """Apply ``events`` and record each one's outcome on its inbox row.
 
         Applying a delivery again changes nothing: every write merges by version, the ledger adds
         only what its newest state lacks, and its constraint refuses a second booking. Raises
         ``TransientError`` when the database is away (then nothing of the batch is committed).
+        ``planned_by`` holds plans already made of some of the bodies, by fingerprint (a backfill
+        plans each object to compare it with what is held): they are not made again.
         """
         result = BatchResult()
         work: list[tuple[Event, Plan]] = []
         for event in events:
             try:
-                planned = self._plan(event)
+                known = planned_by.get(event.fingerprint) if planned_by is not None else None
+                planned = known if known is not None else self._plan(event)
             except (MalformedDelivery, FieldProblem) as exc:
                 result.failed[event.id] = str(exc)
                 continue

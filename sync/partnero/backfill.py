@@ -118,7 +118,7 @@ class Backfill:
                 progress.entity_done = (first - 1) * self.page_size
                 for page in self.api.pages(entity, start=first, limit=self.page_size):
                     examined = self.resync.examine(entity, page.objects, page.observed_at, run.since)
-                    applied = self.resync.apply(examined.deliveries)
+                    applied = self.resync.apply(examined)
                     counts = {"records": len(page.objects), "applied": len(examined.drifts),
                               "unchanged": examined.unchanged, "skipped": examined.skipped, "failed": applied.failed}
                     finished_list = page.is_last and index + 1 < len(run.entities)

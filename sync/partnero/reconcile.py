@@ -75,16 +75,17 @@ class Reconcile:
                 report.drifts.append(Drift(entity, key, drift.GONE))
                 item = listed.gone(mapping, entity, key, observed_at, "reconcile")
                 if fix and item is not None:
-                    self._apply(report, [Delivery(body, event, PENDING, key) for event, body in item.bodies()])
+                    gone = [Delivery(body, event, PENDING, key) for event, body in item.bodies()]
+                    self._apply(report, Examined(entity, deliveries=gone))
         return report
 
     def _take(self, report: Report, examined: Examined, fix: bool) -> None:
         report.drifts += examined.drifts
         if fix:
-            self._apply(report, examined.deliveries)
+            self._apply(report, examined)
 
-    def _apply(self, report: Report, deliveries: list[Delivery]) -> None:
-        applied = self.resync.apply(deliveries)
+    def _apply(self, report: Report, examined: Examined) -> None:
+        applied = self.resync.apply(examined)
         report.fixed += applied.processed
         report.failed += applied.failed
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sync import ledger, outcomes
 from sync.envelope import MalformedDelivery
-from sync.inbox import PENDING, Delivery, fingerprint
-from sync.mapping import FieldProblem, plan
+from sync.inbox import PENDING, Delivery, Event, utcnow
+from sync.mapping import FieldProblem, Plan, plan
 from sync.partnero import drift, listed
 from sync.partnero.drift import Drift
 
@@ -40,6 +40,8 @@ class Examined:
     skipped: int = 0
     #: The record keys of the objects seen, for finding what is held but no longer listed.
     seen: list[str] = field(default_factory=list)
+    #: The plans made of the deliveries' bodies, by fingerprint: applying them does not plan again.
+    plans: dict[str, Plan] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,27 +79,27 @@ class Resync:
                 found.skipped += 1
                 continue
             item = listed.listed(mapping, entity, obj, observed_at, self.source)
-            bodies = item.bodies()
+            deliveries = [Delivery(body, event, PENDING, item.object_id) for event, body in item.bodies()]
             try:
-                plans = [plan(mapping, document, fingerprint(body), observed_at, salesforce=salesforce)
-                         for (_, document), (_, body) in zip(item.documents, bodies)]
+                plans = [plan(mapping, document, d.fingerprint, observed_at, salesforce=salesforce)
+                         for (_, document), d in zip(item.documents, deliveries)]
             except (MalformedDelivery, FieldProblem) as exc:
                 # Stored and applied anyway: the failure is then recorded on its row, for /ops.
                 if item.object_id is not None:
                     found.seen.append(item.object_id)
                 found.drifts.append(Drift(entity, item.object_id or "?", drift.UNREADABLE, reason=str(exc)))
-                found.deliveries += [Delivery(body, event, PENDING, item.object_id) for event, body in bodies]
+                found.deliveries += deliveries
                 continue
-            candidates.append((obj, item, bodies, plans))
+            candidates.append((obj, deliveries, plans))
 
         table = mapping.warehouse.table if mapping.warehouse is not None else None
-        keys = sorted({str(p.change.key) for _, _, _, plans in candidates for p in plans if p.change is not None})
+        keys = sorted({str(p.change.key) for _, _, plans in candidates for p in plans if p.change is not None})
         with self.services.inbox.engine.connect() as conn:
             held = self.services.warehouse.states(conn, table, keys) if table is not None else {}
             chains = ledger.chains(conn, keys) if mapping.ledger is not None else {}
         tombstones = self.services.warehouse.tables[table].tombstone_columns if table is not None else ()
-        for obj, item, bodies, plans in candidates:
-            key = str(plans[0].change.key) if plans[0].change is not None else item.object_id
+        for obj, deliveries, plans in candidates:
+            key = str(plans[0].change.key) if plans[0].change is not None else deliveries[0].entity_id
             if key is not None:
                 found.seen.append(key)
             moved = drift.compare(entity, obj, plans, held.get(key), chains.get(key, ()), tombstones)
@@ -105,25 +107,32 @@ class Resync:
                 found.unchanged += 1
                 continue
             found.drifts.append(moved)
-            found.deliveries += [Delivery(body, event, PENDING, key) for event, body in bodies]
+            found.deliveries += [d if d.entity_id == key else replace(d, entity_id=key) for d in deliveries]
+            found.plans.update((d.fingerprint, p) for d, p in zip(deliveries, plans))
         return found
 
-    def apply(self, deliveries: Sequence[Delivery]) -> Applied:
-        """Store ``deliveries`` in the inbox and apply them now. Raises ``TransientError`` when
-        the database is away (what was stored stays pending for the workers)."""
+    def apply(self, examined: Examined) -> Applied:
+        """Store the deliveries ``examined`` found, claimed, and apply them now. Raises
+        ``TransientError`` when the database is away (what was stored waits for the workers)."""
         done = Applied()
-        if not deliveries:
+        if not examined.deliveries:
             return done
         services = self.services
-        stored = services.inbox.store_many(deliveries)
-        ids = sorted({s.id for s in stored.values() if s.status == PENDING})
-        events = services.inbox.claim(len(ids), ids=ids) if ids else []
+        stored = services.inbox.store_many(examined.deliveries, claimed=True)
+        now = utcnow()
+        events = [Event(stored[d.fingerprint].id, d.event_type, d.body, PENDING, 1, now, d.fingerprint, d.entity_id)
+                  for d in unique(examined.deliveries) if stored[d.fingerprint].created]
+        # The same bytes stored before (by someone else): whoever holds them applies them.
         done.left = len(stored) - len(events)
         if not events:
             return done
-        result = services.processor.process_batch(events)
+        result = services.processor.process_batch(events, examined.plans)
         outcomes.report(events, result, services.request_flush)
         done.processed = len(result.processed) + len(result.ignored)
         done.failed = len(result.failed)
         return done
 
+
+def unique(deliveries: Sequence[Delivery]) -> list[Delivery]:
+    """``deliveries`` without repeats of the same bytes, in order."""
+    return list({d.fingerprint: d for d in deliveries}.values())
