@@ -67,8 +67,9 @@ def main() -> None:
 
     Configured from the environment: PARTNERO_WEBHOOK_SECRET, DATABASE_URL (default
     sqlite:///partnero-sync.db), REDIS_URL (default redis://localhost:6379/0), MAPPINGS_DIR
-    (default mappings), LOG_LEVEL (default INFO), and SALESFORCE_* for the CRM sync (none set:
-    only the warehouse is synced). README.md explains each.
+    (default mappings), LOG_LEVEL (default INFO), SALESFORCE_* for the CRM sync (none set: only
+    the warehouse is synced), and PARTNERO_API_KEY (with PARTNERO_API_URL) for the commands that
+    call Partnero's REST API (backfill, reconcile, webhooks). README.md explains each.
 
     Exit status: 0 done; 1 the command failed (the database or Redis could not be reached, the
     schema is missing, or what the command reports); 2 bad arguments or configuration. `status`
@@ -198,7 +199,7 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
     (waiting jobs, scheduled retries, running and failed jobs, workers); with Salesforce on, the
     CRM backlog and refused records by object and the last record synced; the ledger's program
     currency (the one Salesforce gets commission totals in) and the partners earning in other
-    currencies; and what needs a person. Use it by hand, or from a monitor by its exit status:
+    currencies; the latest backfill; and what needs a person. Use it by hand, or from a monitor by its exit status:
 
     \b
     0  healthy
@@ -219,6 +220,11 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
       ledger: {program_currency, program_currency_from ("PARTNERO_CURRENCY"
               or "most used"), by_currency: {CURRENCY: {transactions, partners}},
               other_currencies: {CURRENCY: partners}} (money only),
+      backfill (null when none ran): {id, status ("queued", "running",
+              "stopped", "failed", "finished", "abandoned"), entities, since,
+              entity, next_page, last_page, records, applied, unchanged, skipped,
+              failed, started_at, heartbeat_at, finished_at, last_error, job_id,
+              live},
       unavailable: {database, redis: why it could not be read; absent when read},
       attention: [one sentence per thing that needs a person]
     """

@@ -195,7 +195,7 @@ def backfill(run_id: int) -> Retry | str:
     run = filler.runs.get(run_id)
     if run is None or run.done:
         return f"backfill #{run_id}: nothing to do"
-    if run.live() and run.job_id not in (None, job.id if job else None):
+    if run.live() and (job is None or run.job_id != job.id):
         return f"backfill #{run_id} is being carried on elsewhere (job {run.job_id})"
     filler.runs.resume(run_id, job.id if job else None)
     deadline = time.monotonic() + BACKFILL_SLICE_SECONDS

@@ -256,6 +256,17 @@ def test_a_refused_api_key_stops_it_at_once_with_a_sentence(program, database_ur
     assert any("backfill #" in line and "API key" in line for line in status["attention"])
 
 
+def test_a_second_backfill_of_the_same_lists_is_refused_while_the_first_is_live(
+        program, database_url, redis_conn, redis_server_url):
+    env = cli_env(database_url, redis_server_url, program)
+    services = make_services(database_url, redis_server_url, program)
+    first = Backfill(services, PartneroApi(services.settings.partnero)).prepare()  # running, moving
+    result = CliRunner().invoke(main, ["backfill"], env=env)
+    assert result.exit_code == 1
+    assert f"backfill #{first.id} is running" in result.output
+    assert Runs(services.inbox.engine).get(first.id).records == 0
+
+
 def test_a_missing_api_key_is_a_configuration_error(database_url, redis_conn, redis_server_url):
     env = {"DATABASE_URL": database_url, "REDIS_URL": redis_server_url, "PARTNERO_API_KEY": ""}
     result = CliRunner().invoke(main, ["backfill"], env=env)

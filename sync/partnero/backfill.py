@@ -88,7 +88,7 @@ class Backfill:
         ``restart``), else a new one. Raises ``AlreadyRunning`` when that run is live elsewhere."""
         entities = tuple(e for e in ENTITIES if e in entities)
         unfinished = self.runs.unfinished(entities, since)
-        if unfinished is not None and unfinished.live() and unfinished.job_id != job_id:
+        if unfinished is not None and unfinished.live() and (job_id is None or unfinished.job_id != job_id):
             raise AlreadyRunning(
                 f"backfill #{unfinished.id} is running (it moved {_ago(unfinished)} ago); wait for it, or follow "
                 "it with `partnero-sync status`")
