@@ -2,6 +2,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from sync import envelope
 from sync.envelope import ExactFloat, MalformedDelivery, parse, parse_timestamp, read_event
 
 
@@ -90,3 +91,30 @@ def test_read_event_uses_the_same_parse():
                               "infinity", "year 1", "year 9999"])
 def test_parse_timestamp_never_raises_on_odd_times(value):
     assert parse_timestamp(value) is None
+
+
+@pytest.mark.parametrize("body", [
+    b'{"amount": 29.997, "units": "USD", "n": 3, "ok": true, "none": null, "list": [1.5, {"x": "\\u00e9"}]}',
+    b'{"amount": 2.50, "big": 1e2, "long": 0.1000000000000000055511151231257827}',  # digits of their own
+    b'{"deep": [[[{"a": [149.0]}]]], "quote": "say \\"hi\\"\\n"}',
+])
+def test_dump_writes_back_what_parse_read_exactly(body):
+    document = envelope.parse(body)
+    written = envelope.dump(document)
+    again = envelope.parse(written)
+    assert again == document
+    assert envelope.dump(again) == written
+
+    def numbers(value):
+        if isinstance(value, dict):
+            return [n for v in value.values() for n in numbers(v)]
+        if isinstance(value, list):
+            return [n for v in value for n in numbers(v)]
+        return [value.text] if isinstance(value, envelope.ExactFloat) else []
+
+    assert numbers(again) == numbers(document)  # every number with the digits it was sent with
+
+
+def test_dump_refuses_what_is_not_json():
+    with pytest.raises(TypeError):
+        envelope.dump({"when": object()})
