@@ -39,13 +39,11 @@ from __future__ import annotations
 
 import json
 import secrets
-import socketserver
 import ssl
 import string
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -85,40 +83,17 @@ def _token(length: int) -> str:
     return "".join(secrets.choice(_ALPHANUM) for _ in range(length))
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(tls.TLSServer):
     block_on_close = False
 
     def __init__(self, fake: FakePartnero, context: ssl.SSLContext):
-        self.fake, self.context = fake, context
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def server_bind(self) -> None:  # skip HTTPServer's reverse DNS lookup
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def get_request(self):
-        conn, address = self.socket.accept()
-        # The handshake runs in the connection's own thread, not in the accept loop.
-        return self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False), address
-
-    def handle_error(self, request, client_address) -> None:
-        pass  # clients that go away or fail the handshake are not our concern
+        self.fake = fake
+        super().__init__(_Handler, context)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(tls.TLSHandler):
     server_version = "FakePartnero/1.0"
-    sys_version = ""
     timeout = 10
-
-    def setup(self) -> None:
-        self.request.settimeout(self.timeout)
-        self.request.do_handshake()
-        super().setup()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        pass
 
     def do_GET(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

@@ -95,7 +95,6 @@ import threading
 import xml.etree.ElementTree as ET
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape as xml_escape
@@ -512,49 +511,28 @@ def _soql_match(stored: Any, op: str, wanted: Any) -> bool:
 # HTTP plumbing
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(tls.TLSServer):
     allow_reuse_address = True
     daemon_threads = True
     request_queue_size = 64
 
     def __init__(self, fake: "FakeSalesforce", context: ssl.SSLContext):
         self.fake = fake
-        self.ssl_context = context
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def server_bind(self) -> None:  # skip HTTPServer's reverse DNS lookup
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def get_request(self):
-        conn, address = self.socket.accept()
-        # The handshake runs in the connection's own thread, not in the accept loop.
-        return self.ssl_context.wrap_socket(conn, server_side=True,
-                                            do_handshake_on_connect=False), address
+        super().__init__(_Handler, context)
 
     def process_request(self, request, client_address) -> None:
         self.fake._spawn(request, client_address)
-
-    def handle_error(self, request, client_address) -> None:
-        pass  # clients that go away or fail the handshake are not our concern
 
     def server_close(self) -> None:
         socketserver.TCPServer.server_close(self)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(tls.TLSHandler):
     server_version = "FakeSalesforce/1.0"
-    sys_version = ""
 
     def setup(self) -> None:
         self.timeout = self.server.fake.idle_timeout
-        self.request.settimeout(self.timeout)
-        self.request.do_handshake()
         super().setup()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        pass
 
     def do_GET(self) -> None:
         self._dispatch()

@@ -11,9 +11,11 @@ import atexit
 import datetime as dt
 import ipaddress
 import shutil
+import socketserver
 import ssl
 import tempfile
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from cryptography import x509
@@ -37,6 +39,43 @@ def server_context() -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_path, key_path)
     return context
+
+
+class TLSServer(ThreadingHTTPServer):
+    """A threading HTTPS server on a free loopback port: each connection's TLS handshake runs in
+    its own thread (``TLSHandler.setup``), never in the accept loop."""
+
+    daemon_threads = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], context: ssl.SSLContext):
+        self.ssl_context = context
+        super().__init__(("127.0.0.1", 0), handler)
+
+    def server_bind(self) -> None:  # skip HTTPServer's reverse DNS lookup
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def get_request(self):
+        conn, address = self.socket.accept()
+        return self.ssl_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False), address
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # clients that go away or fail the handshake are not our concern
+
+
+class TLSHandler(BaseHTTPRequestHandler):
+    """A request handler for ``TLSServer``: the handshake, under the handler's ``timeout``."""
+
+    protocol_version = "HTTP/1.1"
+    sys_version = ""
+
+    def setup(self) -> None:
+        self.request.settimeout(self.timeout)
+        self.request.do_handshake()
+        super().setup()
+
+    def log_message(self, format, *args) -> None:  # noqa: A002 - stdlib signature
+        pass
 
 
 def _material() -> tuple[Path, Path, Path]:
