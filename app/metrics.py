@@ -90,3 +90,19 @@ def _gauges(snapshot: stats.Snapshot) -> Iterator[Metric]:
             for status, count in by_status.items():
                 records.add_metric([object_name, status], count)
         yield records
+    run = snapshot.backfill
+    if run is not None:
+        records = GaugeMetricFamily(
+            PREFIX + "backfill_records",
+            "The latest backfill's objects: read, applied (they differed from what was held), unchanged, "
+            "skipped (before --since), failed (deliveries that could not be applied).",
+            labels=("outcome",),
+        )
+        for outcome in ("records", "applied", "unchanged", "skipped", "failed"):
+            records.add_metric(["read" if outcome == "records" else outcome], getattr(run, outcome))
+        yield records
+        yield GaugeMetricFamily(
+            PREFIX + "backfill_needs_attention",
+            "1 when the latest backfill failed, stopped on an error or stopped moving; else 0.",
+            value=1 if stats.backfill_attention(run, snapshot.taken_at) else 0,
+        )

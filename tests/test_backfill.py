@@ -254,6 +254,15 @@ def test_a_refused_api_key_stops_it_at_once_with_a_sentence(program, database_ur
     status = json.loads(cli(env, "status", "--json").output)
     assert status["backfill"]["status"] == FAILED
     assert any("backfill #" in line and "API key" in line for line in status["attention"])
+    text = cli(env, "status")
+    assert text.exit_code == 1 and "Backfill" in text.output and "failed at partners page 1" in text.output
+
+    from app import create_app
+
+    web = create_app(Settings.from_env(env | {"PARTNERO_WEBHOOK_SECRET": "whsec_test"}))
+    scraped = web.test_client().get("/metrics").get_data(as_text=True)
+    assert "partnero_sync_backfill_needs_attention 1.0" in scraped
+    assert 'partnero_sync_backfill_records{outcome="read"} 0.0' in scraped
 
 
 def test_a_second_backfill_of_the_same_lists_is_refused_while_the_first_is_live(
