@@ -105,8 +105,8 @@ class Backfill:
         after each page); returns it as it then stands.
 
         An API key Partnero refuses marks it failed; anything else that stops it (Partnero or the
-        database away for longer than the retries, an interruption) marks it stopped. Either way
-        it can be resumed, and the error is raised.
+        database away for longer than the retries, Ctrl-C, a job's time-out) marks it stopped,
+        with the error but for Ctrl-C. Either way it can be resumed, and the error is raised.
         """
         started = self.clock()
         progress = Progress(run.id, run.entity, run.next_page - 1, run.last_page, None, 0)
@@ -141,12 +141,15 @@ class Backfill:
         except ConfigurationError as exc:
             self._stopped(run.id, FAILED, str(exc))
             raise
+        except KeyboardInterrupt:  # a person stopped it: nothing to report
+            self._stopped(run.id, STOPPED, None)
+            raise
         except BaseException as exc:
             self._stopped(run.id, STOPPED, str(exc) if isinstance(exc, SyncError) else type(exc).__name__)
             raise
         return self.runs.get(run.id)
 
-    def _stopped(self, run_id: int, status: str, error: str) -> None:
+    def _stopped(self, run_id: int, status: str, error: str | None) -> None:
         try:
             self.runs.finish(run_id, status, error)
         except SyncError as exc:  # the database is what is away: the run shows as running, then stale
