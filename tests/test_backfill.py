@@ -231,6 +231,22 @@ def test_partnero_away_stops_the_run_where_it_was_and_the_next_run_carries_on(
     assert filler.run(again).status == FINISHED
 
 
+def test_ctrl_c_stops_a_run_where_it_was_without_raising_attention(program, database_url, redis_conn,
+                                                                  redis_server_url):
+    from sync import stats
+
+    services = make_services(database_url, redis_server_url, program)
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        backfill(services, should_stop=interrupt)
+    run = Runs(services.inbox.engine).latest()
+    assert (run.status, run.entity, run.next_page, run.last_error) == (STOPPED, "partners", 2, None)
+    assert stats.backfill_attention(run, run.heartbeat_at) == []
+
+
 def test_the_command_loads_everything_and_reports(program, database_url, redis_conn, redis_server_url):
     env = cli_env(database_url, redis_server_url, program)
     result = cli(env, "backfill")
