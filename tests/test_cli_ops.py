@@ -169,7 +169,7 @@ def test_status_json_has_the_documented_keys(settings, redis_conn):
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert set(report) == {"taken_at", "state", "stuck_after_seconds", "inbox", "queue", "salesforce",
-                           "ledger", "unavailable", "attention"}
+                           "ledger", "backfill", "unavailable", "attention"}
     assert report["state"] == "attention" and report["stuck_after_seconds"] == stats.STUCK_AFTER.total_seconds()
     assert report["inbox"]["by_status"] == {PENDING: 0, PROCESSED: 0, IGNORED: 0, FAILED: 1}
     assert set(report["inbox"]) == {"by_status", "oldest_pending_at", "oldest_pending_age_seconds", "last_processed_at"}

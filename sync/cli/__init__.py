@@ -1,0 +1,7 @@
+"""The ``partnero-sync`` command: the group and its shared parts in ``base``, the commands in one
+module per concern, each adding its own to the group."""
+
+from sync.cli import deliveries, partnero, salesforce, service  # noqa: F401 - each adds its commands
+from sync.cli.base import DURATION, explain, main, parse_duration
+
+__all__ = ["DURATION", "explain", "main", "parse_duration"]

@@ -1,0 +1,270 @@
+"""The inbox, the mappings and the ledger: ``requeue-failed``, ``prune``, ``replay``, ``send-test``,
+``mappings check|preview`` and ``ledger``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import click
+
+from sync.cli.base import DATE, DURATION, load_settings, main, utc
+from sync.errors import SyncError
+from sync.settings import redact_url
+
+
+@main.command("requeue-failed")
+@click.option("--since", type=DATE, help="Only deliveries received from this date (UTC) on.")
+@click.option("--event", "event_type", metavar="TYPE", help="Only deliveries of this event type.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be retried and skipped; change nothing.")
+def requeue_failed(since: datetime | None, event_type: str | None, dry_run: bool) -> None:
+    """Retry failed deliveries, after fixing what failed them (a mapping, the warehouse, a bug).
+
+    Sets the matching failed deliveries back to pending, 1,000 at a time, and wakes a worker to
+    apply them. Their attempts count afresh, and their last error stays until a retry succeeds.
+    A delivery the current mapping files still cannot apply is skipped and listed with the
+    reason (its last error is updated), and the others go on.
+
+    If Redis cannot take the wake-up, the deliveries are set back to pending all the same: the
+    worker's sweeper wakes one once Redis answers. It says so, since nothing more is needed.
+    Exit status 1 when some deliveries still cannot be applied, or the database cannot be read
+    or written.
+    """
+    from sync.requeue import dry_run as preview
+    from sync.requeue import requeue_failed as run_requeue
+    from sync.services import Services
+
+    services = Services.build(load_settings())
+    check = services.processor.check
+    if dry_run:
+        count, skipped = preview(services.inbox, check, since=utc(since), event_type=event_type)
+        click.echo(f"would requeue {count} failed deliveries (dry run: nothing changed)")
+    else:
+        result = run_requeue(services.inbox, services.jobs, since=utc(since), event_type=event_type,
+                             still_failing=check)
+        click.echo(f"requeued {result.requeued} failed deliveries" + (", a worker woken" if result.enqueued else ""))
+        if result.redis_error is not None:
+            click.echo(
+                f"Redis could not take the wake-up ({result.redis_error}): the deliveries are pending, and the "
+                "worker's sweeper will wake a worker once Redis answers",
+                err=True,
+            )
+        skipped = result.skipped
+    _list_failures(skipped, "still cannot be applied, left failed" if not dry_run else "would be skipped: they still "
+                   "cannot be applied")
+
+
+def _list_failures(failures: list[tuple[int, str]], what: str) -> None:
+    """Deliveries that failed or would, on stderr, the first 20 with their reason; exit 1 if any."""
+    if not failures:
+        return
+    click.echo(f"{len(failures)} {what}:", err=True)
+    for event_id, reason in failures[:20]:
+        click.echo(f"  inbox #{event_id}: {reason}", err=True)
+    if len(failures) > 20:
+        click.echo(f"  … and {len(failures) - 20} more (partnero-sync status, /ops?status=failed)", err=True)
+    sys.exit(1)
+
+
+@main.command()
+@click.option("--older-than", type=DURATION, required=True, metavar="DURATION",
+              help="Prune deliveries received longer ago than this, e.g. 90d, 2w, 12h, 30m.")
+@click.option("--dry-run", is_flag=True, help="Only say how many would be pruned; change nothing.")
+def prune(older_than: timedelta, dry_run: bool) -> None:
+    """Drop the raw bodies of old deliveries that are done with, to keep the database small.
+
+    Only processed and ignored deliveries received longer ago than --older-than lose their
+    body; pending and failed ones keep it. Each row stays, with its status and fingerprint, so
+    Partnero sending the same delivery again is still answered "duplicate"; `replay` skips
+    pruned deliveries (and says how many). Works 1,000 rows a transaction; running it again, or
+    several at once (a scheduler that overlaps), is harmless. Meant for a daily scheduler, e.g.
+    `partnero-sync prune --older-than 90d`. Exit status 1 when the database cannot be reached.
+    """
+    from sync.inbox import Pruned, utcnow
+    from sync.progress import progressbar
+    from sync.services import Services
+
+    services = Services.build(load_settings())
+    before = utcnow() - older_than
+    when = f"received before {before:%Y-%m-%d %H:%M:%S} UTC"
+    due = services.inbox.prunable(before)
+    if dry_run:
+        click.echo(f"would prune {due.rows} deliveries ({_size(due.bytes)}) {when} (dry run: nothing changed)")
+        return
+    total = Pruned()
+    with progressbar(due.rows, "pruning") as bar:
+        for batch in services.inbox.prune(before):
+            total += batch
+            bar.update(batch.rows)
+    click.echo(f"pruned {total.rows} deliveries ({_size(total.bytes)}) {when}")
+
+
+def _size(size: int) -> str:
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+@main.command("ledger")
+@click.argument("partner_id")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the entries and totals as JSON (amounts as exact decimal text).")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Show the newest this many entries (0: all). The totals always count every entry.")
+def ledger_command(partner_id: str, as_json: bool, limit: int) -> None:
+    """Show one partner's commission: their ledger entries and totals per currency.
+
+    What to check before paying a partner. Each entry is a reward booked (commission), moved by a
+    newer state of its transaction (adjustment: its amount, status, partner or currency changed)
+    or by a refund (reversal), with exact amounts; entries are only ever added. The totals, per
+    currency: approved (status ok), pending (review_period, or any other status), rejected,
+    reversed (refunded), and owed = approved + pending. Currencies are never added together, and
+    points or credits (not money) are listed apart. Salesforce gets the totals of the program
+    currency (PARTNERO_CURRENCY, else the one most used).
+
+    Exit status 0; 1 when the ledger has no entry for PARTNER_ID, or the database cannot be
+    reached.
+    """
+    from sync import statement
+    from sync.services import Services
+
+    settings = load_settings()
+    services = Services.build(settings)
+    found = statement.take(services.inbox.engine, partner_id, settings.currency, limit or None)
+    if found is None:
+        raise SyncError(f"no ledger entries for partner {partner_id!r}")
+    click.echo(json.dumps(found.as_dict(), indent=2) if as_json else statement.render(found))
+
+
+@main.command("send-test")
+@click.option(
+    "--url",
+    default="http://127.0.0.1:5000/webhooks/partnero",
+    show_default=True,
+    help="The receiver to post to.",
+)
+@click.option(
+    "--event", default="partner.created", show_default=True, help="Event type of the sample delivery."
+)
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Send this saved delivery (JSON) instead of a generated sample.",
+)
+def send_test(url: str, event: str, path: Path | None) -> None:
+    """Sign a delivery with PARTNERO_WEBHOOK_SECRET and POST it, as Partnero would.
+
+    Use it to check a deployment end to end, or to feed a saved delivery in again. Prints the
+    receiver's answer. Exit status 1 when the receiver cannot be reached or does not answer
+    2xx; 2 when PARTNERO_WEBHOOK_SECRET is not set.
+    """
+    from sync.samples import sample_delivery
+    from sync.signature import sign
+
+    settings = load_settings()
+    secret = settings.require_webhook_secret()[0]
+    body = path.read_bytes() if path else json.dumps(sample_delivery(event)).encode()
+    status, answer = _post(url, body, {"Signature": sign(body, secret)})
+    click.echo(f"{status} {answer}")
+    if status >= 300:
+        sys.exit(1)
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", **headers}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+    except OSError as exc:
+        raise SyncError(f"could not reach {redact_url(url)}: {exc}") from exc
+
+
+@main.group()
+def mappings() -> None:
+    """Check the mapping files, or preview what a delivery would become.
+
+    Use these while editing the files in mappings/ (or MAPPINGS_DIR), before restarting the
+    workers or running `migrate`.
+    """
+
+
+@mappings.command("check")
+@click.option("--dir", "directory", type=click.Path(path_type=Path),
+              help="The mapping directory (default: MAPPINGS_DIR, else ./mappings).")
+def mappings_check(directory: Path | None) -> None:
+    """Load and check every mapping file; list every problem with file, line and field.
+
+    The web and the worker run the same check at start and refuse to start on a problem; run
+    it before deploying a changed file. Exit status 1 when there are problems.
+    """
+    from sync.mapping import MappingError, load_mappings
+    from sync.schema import RESERVED_TABLES
+
+    directory = directory or load_settings().mappings_dir
+    try:
+        loaded = load_mappings(directory, RESERVED_TABLES)
+    except MappingError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    for mapping in loaded.mappings:
+        target = mapping.warehouse
+        click.echo(
+            f"{mapping.path}: {mapping.entity}: {len(mapping.events)} events -> table {target.table} "
+            f"({len(target.column_types())} columns)" + (", ledger" if mapping.ledger else "")
+        )
+    click.echo("mappings OK")
+
+
+@mappings.command("preview")
+@click.argument("delivery", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dir", "directory", type=click.Path(path_type=Path),
+              help="The mapping directory (default: MAPPINGS_DIR, else ./mappings).")
+def mappings_preview(delivery: Path, directory: Path | None) -> None:
+    """Print what DELIVERY (a saved delivery, JSON) would write to each target. Writes nothing.
+
+    Use it to see the effect of a mapping change on a real delivery before deploying it. Needs
+    no database. Exit status 2 when the mapping files have problems.
+    """
+    from sync.mapping import load_mappings
+    from sync.preview import render
+    from sync.schema import RESERVED_TABLES
+
+    directory = directory or load_settings().mappings_dir
+    click.echo(render(load_mappings(directory, RESERVED_TABLES), delivery.read_bytes()))
+
+
+@main.command()
+@click.option("--since", type=DATE, help="Only deliveries received from this date (UTC) on.")
+@click.option("--event", "event_type", metavar="TYPE", help="Only deliveries of this event type.")
+def replay(since: datetime | None, event_type: str | None) -> None:
+    """Apply stored deliveries again, oldest first; e.g. after a mapping gained a column.
+
+    Use it after a mapping change, or to fill the Salesforce outbox when turning CRM sync on.
+    Idempotent: what is already in the warehouse stays as it is, newer states still win, and no
+    commission is booked twice. Deliveries whose body `prune` dropped are skipped and counted.
+    Deliveries that fail are reported and left as failed (retry them later with
+    `requeue-failed`). Exit status 1 when any failed, or the database cannot be reached.
+    """
+    from sync.replay import replay as run_replay
+    from sync.services import Services
+
+    services = Services.build(load_settings())
+    services.migrate()
+    result = run_replay(services, since=utc(since), event_type=event_type)
+    pruned = f", {result.pruned} skipped: pruned (their bodies were dropped)" if result.pruned else ""
+    click.echo(
+        f"replayed {result.total}: {result.processed} processed, {result.ignored} ignored, "
+        f"{len(result.failed)} failed{pruned}"
+    )
+    _list_failures(result.failed, "failed (left failed; retry them with `requeue-failed` after a fix)")
