@@ -161,6 +161,16 @@ def settings(database_url, redis_server_url) -> Settings:
 
 
 @pytest.fixture
+def whole_drains(monkeypatch) -> None:
+    """A drain run in this process goes on until nothing is pending, never handing over to a fresh
+    wake-up half-way (``sync.jobs.SLICE_SECONDS`` made an hour): for tests that count wake-up jobs,
+    which a first job slowed past its slice (a cold process) would otherwise double."""
+    from sync import jobs
+
+    monkeypatch.setattr(jobs, "SLICE_SECONDS", 3600)
+
+
+@pytest.fixture
 def app(settings, redis_conn):
     from app import create_app
 

@@ -84,6 +84,7 @@ def test_the_right_credentials_show_our_queue_and_jobs(dashboard_client):
         assert dashboard_client.get(path, headers=GOOD).status_code == 200, path
 
 
+@pytest.mark.usefixtures("whole_drains")
 def test_job_descriptions_carry_no_payload_text(dashboard_client, settings, redis_conn):
     from sync.worker import build_worker
 

@@ -233,6 +233,7 @@ def test_a_worker_killed_mid_job_leaves_its_deliveries_pending_for_the_next_work
     conn.execute(sa.text("INSERT INTO partners (partner_id) VALUES ('ptn_0')"))
     worker = start(f"{BIN}/partnero-sync worker", env, cwd=tmp_path)
     try:
+        # One wake-up, however slow the child: its drain cannot hand over (SLICE_SECONDS) while it waits on the row.
         [job] = drain_jobs(redis_conn)
         wait_for(lambda: job.get_status(refresh=True) == JobStatus.STARTED, what="the job to start")
         time.sleep(0.5)
