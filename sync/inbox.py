@@ -92,6 +92,12 @@ def _prunable(query, before: datetime):
     return query.where(t.c.status.in_(DONE), t.c.received_at < before, t.c.body != PRUNED_BODY)
 
 
+def _unheld(now: datetime):
+    """The condition of pending rows that no worker holds at ``now`` (see ``Inbox.claim``)."""
+    t = webhook_events
+    return sa.and_(t.c.status == PENDING, sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now))
+
+
 def _claim(query, limit: int):
     """The first ``limit`` rows of ``query`` by id, locked for this transaction; rows another
     transaction holds are skipped (SQLite, which locks the whole database, ignores this)."""
@@ -292,13 +298,7 @@ class Inbox:
         """
         t = webhook_events
         now = utcnow()
-        query = (
-            sa.select(t.c.id, t.c.attempts)
-            .where(t.c.status == PENDING, sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now))
-            .order_by(t.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+        query = _claim(sa.select(t.c.id, t.c.attempts).where(_unheld(now)), limit)
         if ids is not None:
             query = query.where(t.c.id.in_(sorted(set(ids))))
         with self._transaction() as conn:
@@ -323,10 +323,7 @@ class Inbox:
         """How many pending rows nobody holds were received more than ``older_than`` ago."""
         t = webhook_events
         now = utcnow()
-        query = sa.select(sa.func.count()).select_from(t).where(
-            t.c.status == PENDING, sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now),
-            t.c.received_at < now - older_than,
-        )
+        query = sa.select(sa.func.count()).select_from(t).where(_unheld(now), t.c.received_at < now - older_than)
         with self._transaction() as conn:
             return conn.execute(query).scalar_one()
 
