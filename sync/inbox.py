@@ -437,8 +437,8 @@ class Inbox:
         """Set failed rows back to pending, ``batch`` rows a transaction, by id; yields each batch
         once committed.
 
-        Their attempts start again from 0, so the give-up after ``jobs.MAX_ATTEMPTS`` counts the new
-        tries only; ``last_error`` stays until an attempt succeeds. Rows another run holds are
+        Their attempts start again from 0, so they count the new tries only (and a row is claimed
+        with batch-mates again, see ``ALONE_AFTER``); ``last_error`` stays until an attempt succeeds. Rows another run holds are
         skipped (PostgreSQL), not waited for. A row ``still_failing`` gives a reason for stays
         failed, with that reason as its last error, and is reported in ``Requeued.skipped``.
         """
