@@ -504,13 +504,6 @@ class Inbox:
     def mark_failed(self, event_id: int, reason: str) -> None:
         self.mark_failures({event_id: reason})
 
-    def counts(self) -> dict[str, int]:
-        t = webhook_events
-        query = sa.select(t.c.status, sa.func.count()).group_by(t.c.status)
-        with self._transaction() as conn:
-            found = dict(conn.execute(query).all())
-        return {status: found.get(status, 0) for status in STATUSES}
-
     def summary(self) -> InboxSummary:
         """Counts by status, the oldest pending delivery and the last one processed, in one transaction."""
         t = webhook_events
