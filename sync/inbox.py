@@ -501,9 +501,6 @@ class Inbox:
             yield Pruned(rows=len(found), bytes=sum(size or 0 for _, size in found))
             after_id = found[-1][0]
 
-    def mark_failed(self, event_id: int, reason: str) -> None:
-        self.mark_failures({event_id: reason})
-
     def summary(self) -> InboxSummary:
         """Counts by status, the oldest pending delivery and the last one processed, in one transaction."""
         t = webhook_events
