@@ -61,12 +61,7 @@ class Drained:
     def description(self) -> str:
         if self.first is None:
             return "wake-up: nothing was pending"
-        count = sum(self.kinds.values())
-        if count == 1:
-            return queue.describe([(self.first, next(iter(self.kinds)))])
-        kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(self.kinds.items())[:6])
-        more = ", …" if len(self.kinds) > 6 else ""
-        return queue.describe_counts(count, kinds + more, self.first, self.last)
+        return queue.describe(self.kinds, self.first, self.last)
 
 
 def drain() -> Retry | str:

@@ -105,6 +105,17 @@ def test_job_descriptions_carry_no_payload_text(dashboard_client, settings, redi
         assert bit not in shown and bit not in job.description and bit not in str(job.return_value())
 
 
+def test_a_job_description_names_only_event_types_that_look_like_one():
+    from collections import Counter
+
+    from sync.queue import describe
+
+    odd = Counter({"<script>alert(1)</script>": 2, "partner.created": 1, "maria@example.com": 1})
+    assert describe(odd, 5, 9) == "4 deliveries: (unnamed event) x3, partner.created x1 (inbox #5..#9)"
+    assert describe(Counter({"<b>hi</b>": 1}), 7, 7) == "(unnamed event) (inbox #7)"
+    assert describe(Counter({"customer.updated": 1}), 7, 7) == "customer.updated (inbox #7)"
+
+
 def test_actions_are_refused_unless_allowed(dashboard_client, redis_conn):
     deliver(dashboard_client, sample_delivery("partner.created"))
     (job,) = Queue(QUEUE_NAME, connection=redis_conn).get_jobs()
