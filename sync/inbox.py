@@ -397,11 +397,17 @@ class Inbox:
             row = conn.execute(sa.select(*_EVENT_COLUMNS).where(t.c.id == event_id)).one_or_none()
         return Event(*row) if row is not None else None
 
-    def row(self, event_id: int) -> InboxRow | None:
+    def entry(self, event_id: int) -> tuple[InboxRow, Event] | None:
+        """Inbox row ``event_id`` read once, as its facts and as its stored delivery; None when
+        there is no such row."""
         t = webhook_events
         with self._transaction() as conn:
-            row = conn.execute(sa.select(*_ROW_COLUMNS).where(t.c.id == event_id)).one_or_none()
-        return InboxRow(*row) if row is not None else None
+            found = conn.execute(sa.select(*_ROW_COLUMNS, t.c.body).where(t.c.id == event_id)).one_or_none()
+        if found is None:
+            return None
+        row = InboxRow(*found[:-1])
+        return row, Event(row.id, row.event_type, found.body, row.status, row.attempts, row.received_at,
+                          row.fingerprint, row.entity_id)
 
     def rows(
         self,
