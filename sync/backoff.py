@@ -22,12 +22,7 @@ RECORD_DELAYS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 REFUSAL_DELAYS = (3600, 2 * 3600, 4 * 3600, 6 * 3600)
 
 
-def delay(schedule: tuple[int, ...], attempt: int, jitter: bool = True) -> float:
+def delay(schedule: tuple[int, ...], attempt: int) -> float:
     """Seconds to wait after ``attempt`` failures (0: the first retry), by ``schedule``."""
     base = schedule[min(max(attempt, 0), len(schedule) - 1)]
-    return base + random.uniform(0, base / 5) if jitter else float(base)
-
-
-def capped(schedule: tuple[int, ...]) -> float:
-    """The longest wait ``schedule`` can give, jitter included."""
-    return schedule[-1] * 1.2
+    return base + random.uniform(0, base / 5)
