@@ -69,7 +69,7 @@ class Flusher:
         self._program_read = False
         self._parents = {r.object for m in mappings.salesforce_objects() for r in m.salesforce.references}
 
-    def flush(self, *, should_stop: Callable[[], bool] = lambda: False, max_calls: int | None = None,
+    def flush(self, *, should_stop: Callable[[], bool] = lambda: False,
               on_progress: Callable[[FlushReport], None] | None = None) -> FlushReport:
         """Send what is due, object by object, parents first, checking ``should_stop`` between calls.
 
@@ -80,7 +80,7 @@ class Flusher:
         self._program_read = False
         self._fold_commissions()
         for mapping in self.mappings.salesforce_objects():
-            while max_calls is None or report.calls < max_calls:
+            while True:
                 if should_stop():
                     report.stopped = "stopped between calls"
                     return report
