@@ -97,7 +97,7 @@ class Snapshot:
             inbox = {
                 "by_status": self.inbox.counts,
                 "oldest_pending_at": _iso(self.inbox.oldest_pending_at),
-                "oldest_pending_age_seconds": _round(self.oldest_pending_age),
+                "oldest_pending_age_seconds": rounded(self.oldest_pending_age),
                 "last_processed_at": _iso(self.inbox.last_processed_at),
             }
         crm = None
@@ -171,7 +171,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _round(value: float | None) -> float | None:
+def rounded(value: float | None) -> float | None:
+    """Seconds to a tenth, as the reports show them (None stays None)."""
     return round(value, 1) if value is not None else None
 
 
