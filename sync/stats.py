@@ -157,7 +157,7 @@ def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = Fal
             with services.inbox.engine.connect() as conn:
                 snapshot.ledger = ledger.summary(conn, services.settings.currency)
     except Exception as exc:  # e.g. no schema yet: say so rather than fail the whole report
-        snapshot.unavailable["database"] = db.explain(exc) or f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        snapshot.unavailable["database"] = db.explain(exc) or db.describe_error(exc)
     try:
         snapshot.queue = services.jobs.counts()
         if snapshot.crm_enabled:
