@@ -148,14 +148,14 @@ def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = Fal
     )
     try:
         snapshot.inbox = services.inbox.summary()
-        if snapshot.crm_enabled:
+        if snapshot.crm_enabled or with_ledger:
             with services.inbox.engine.connect() as conn:
-                outbox = Outbox()
-                snapshot.crm = outbox.counts(conn)
-                snapshot.crm_last_synced_at = outbox.last_synced_at(conn)
-        if with_ledger:
-            with services.inbox.engine.connect() as conn:
-                snapshot.ledger = ledger.summary(conn, services.settings.currency)
+                if snapshot.crm_enabled:
+                    outbox = Outbox()
+                    snapshot.crm = outbox.counts(conn)
+                    snapshot.crm_last_synced_at = outbox.last_synced_at(conn)
+                if with_ledger:
+                    snapshot.ledger = ledger.summary(conn, services.settings.currency)
     except Exception as exc:  # e.g. no schema yet: say so rather than fail the whole report
         snapshot.unavailable["database"] = db.explain(exc) or db.describe_error(exc)
     try:
