@@ -68,6 +68,12 @@ def test_wrong_or_missing_credentials_are_refused_with_a_challenge(dashboard_cli
         assert PASSWORD not in response.get_data(as_text=True)
 
 
+def test_the_dashboards_guard_leaves_the_other_routes_alone(dashboard_client):
+    # No credentials, no Origin: the webhook and the health check answer as without a dashboard.
+    assert deliver(dashboard_client, sample_delivery("partner.created"))["status"] == "queued"
+    assert dashboard_client.get("/healthz").status_code == 200
+    assert dashboard_client.get("/rq/").status_code == 401
+
 def test_the_right_credentials_show_our_queue_and_jobs(dashboard_client):
     receipt = deliver(dashboard_client, sample_delivery("partner.created"))
     page = dashboard_client.get("/rq/", headers=GOOD)
