@@ -124,11 +124,8 @@ def _measure(node: yaml.Node, depth: int, sizes: dict[int, tuple[int, int]], ope
     if depth > MAX_DEPTH:
         raise YamlProblem(_line(node), f"nested more than {MAX_DEPTH} levels deep (counting what aliases bring in)")
     key = id(node)
-    if key in sizes:
-        size, height = sizes[key]
-        if depth + height > MAX_DEPTH:
-            raise YamlProblem(_line(node), f"nested more than {MAX_DEPTH} levels deep (counting what aliases bring in)")
-        return size, height
+    if key in sizes:  # its parent has checked that it fits here
+        return sizes[key]
     if key in open_:
         raise YamlProblem(_line(node), "an alias refers to a node that contains it")
     open_.add(key)
