@@ -35,17 +35,8 @@ def mount(app: Flask, settings: Settings, connection: redis.Redis) -> None:
         RQ_DASHBOARD_POLL_INTERVAL=5000,
     )
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=PREFIX)
-    # rq-dashboard connects anew from the URL on every request; ours is given instead (the
-    # same client the app enqueues with, which in `dev` may be the in-process stand-in).
-    app.before_request_funcs[BLUEPRINT] = [
-        f for f in app.before_request_funcs.get(BLUEPRINT, []) if f.__name__ != "push_rq_connection"
-    ]
-    app.redis_conn = connection
 
-    @app.before_request
     def guard_dashboard():
-        if request.blueprint != BLUEPRINT:
-            return None
         if not auth.authorized(settings.dashboard, request):
             return auth.challenge()
         if _is_action():
@@ -56,6 +47,14 @@ def mount(app: Flask, settings: Settings, connection: redis.Redis) -> None:
                 return jsonify(error="refused: the request did not come from the dashboard's pages"), 403
             log.warning("dashboard action by %s: %s %s", settings.dashboard.username, request.method, request.path)
         return None
+
+    # The guard runs for the dashboard's requests only, before anything of rq-dashboard's. And
+    # rq-dashboard connects anew from the URL on every request; ours is given instead (the same
+    # client the app enqueues with, which in `dev` may be the in-process stand-in).
+    app.before_request_funcs[BLUEPRINT] = [guard_dashboard] + [
+        f for f in app.before_request_funcs.get(BLUEPRINT, []) if f.__name__ != "push_rq_connection"
+    ]
+    app.redis_conn = connection
 
 
 def _is_action() -> bool:

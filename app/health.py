@@ -40,7 +40,7 @@ def healthz():
             "retries_scheduled": queue.scheduled if queue else None,
             "failed_jobs": queue.failed if queue else None,
             "workers": queue.workers if queue else None,
-            "oldest_pending_age_seconds": _round(snapshot.oldest_pending_age),
+            "oldest_pending_age_seconds": stats.rounded(snapshot.oldest_pending_age),
             "deliveries_failed": snapshot.inbox.counts.get("failed", 0) if snapshot.inbox else None,
             "crm_backlog": snapshot.crm_backlog if snapshot.crm_enabled else None,
             "crm_refused": snapshot.crm_refused if snapshot.crm_enabled else None,
@@ -49,7 +49,3 @@ def healthz():
         if snapshot.crm_problem:
             body["salesforce_problem"] = snapshot.crm_problem["message"]
     return jsonify(body), 200 if healthy else 503
-
-
-def _round(value: float | None) -> float | None:
-    return round(value, 1) if value is not None else None

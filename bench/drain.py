@@ -48,6 +48,9 @@ import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from rq.suspension import resume, suspend  # noqa: E402
 
+from bench.loadgen import percentile  # noqa: E402
+from bench.receiver import free_port  # noqa: E402
+
 BIN = Path(sys.executable).parent
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DB_NAME = "partnero_drain"
@@ -328,19 +331,6 @@ def run_naive(args, documents, fake, env) -> dict:
             "per_call": len(sample) / max(calls, 1), "peak_rss_mb": sampler.peak_kb / 1024, "failed": failed}
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))]
-
-
 def run_freshness(args, fake, env) -> dict:
     """A steady stream through the real web process and workers: 202 -> warehouse, 202 -> Salesforce."""
     import urllib.request
@@ -425,8 +415,8 @@ def run_freshness(args, fake, env) -> dict:
     def lag(ts, partner_id) -> float:
         return ts.timestamp() - accepted[partner_id]
 
-    warehouse = [lag(processed[p], p) for p in accepted if p in processed]
-    crm = [lag(synced[p], p) for p in accepted if p in synced]
+    warehouse = sorted(lag(processed[p], p) for p in accepted if p in processed)
+    crm = sorted(lag(synced[p], p) for p in accepted if p in synced)
     if len(warehouse) < len(accepted) or len(crm) < len(accepted):
         raise SystemExit(f"freshness: {len(accepted) - len(warehouse)} deliveries not in the warehouse, "
                          f"{len(accepted) - len(crm)} not in Salesforce after 2 minutes")

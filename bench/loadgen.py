@@ -292,9 +292,9 @@ async def run(config: dict) -> dict:
             "errors": measured_errors,
             "statuses": {str(k): v for k, v in sorted(stats.measured_statuses.items())},
             "rps": ok / window,
-            "p50_ms": _pct(lat, 50) * 1e3,
-            "p90_ms": _pct(lat, 90) * 1e3,
-            "p99_ms": _pct(lat, 99) * 1e3,
+            "p50_ms": percentile(lat, 50) * 1e3,
+            "p90_ms": percentile(lat, 90) * 1e3,
+            "p99_ms": percentile(lat, 99) * 1e3,
             "max_ms": (lat[-1] if lat else 0.0) * 1e3,
             "mean_ms": (sum(lat) / len(lat) if lat else 0.0) * 1e3,
         },
@@ -303,7 +303,7 @@ async def run(config: dict) -> dict:
     }
 
 
-def _pct(sorted_values: list[float], p: float) -> float:
+def percentile(sorted_values: list[float], p: float) -> float:
     """Nearest-rank percentile."""
     if not sorted_values:
         return 0.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from simple_salesforce import Salesforce
@@ -30,12 +29,12 @@ def _services() -> Services:
 def naive_job(body: str) -> None:
     services = _services()
     raw = body.encode()
-    document = json.loads(raw)
+    document = envelope.parse(raw)
     stored = services.inbox.store_many([Delivery(raw, document["event"], PENDING)])
     events = services.inbox.claim(1, ids=[s.id for s in stored.values()])
     services.processor.process_batch(events)  # the warehouse, as ours does
     mapping = services.mappings.for_event(document["event"])
-    planned = plan(mapping, envelope.parse(raw), "naive")
+    planned = plan(mapping, document, "naive")
     if planned.crm is None:
         return
     record = {k: v for k, v in wire(planned.crm.values).items() if v is not None or not k.endswith("__r")}

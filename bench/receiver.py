@@ -144,9 +144,6 @@ class RedisDb:
     def flush(self) -> None:
         self.client.flushdb()
 
-    def count_keys(self, pattern: str) -> int:
-        return sum(1 for _ in self.client.scan_iter(match=pattern, count=5000))
-
     def queue_count(self, name: str) -> int:
         from rq import Queue
 

@@ -29,12 +29,7 @@ API_DELAYS = (1, 2, 4, 8)
 API_RETRY_AFTER_CAP = 90
 
 
-def delay(schedule: tuple[int, ...], attempt: int, jitter: bool = True) -> float:
+def delay(schedule: tuple[int, ...], attempt: int) -> float:
     """Seconds to wait after ``attempt`` failures (0: the first retry), by ``schedule``."""
     base = schedule[min(max(attempt, 0), len(schedule) - 1)]
-    return base + random.uniform(0, base / 5) if jitter else float(base)
-
-
-def capped(schedule: tuple[int, ...]) -> float:
-    """The longest wait ``schedule`` can give, jitter included."""
-    return schedule[-1] * 1.2
+    return base + random.uniform(0, base / 5)

@@ -116,7 +116,7 @@ class FlushCoordinator:
         if total.org_refusal is not None:
             return FlushOutcome(total, self._refused_everything(total))
         self._clear_trouble(total)
-        if total.stopped and total.org_refusal is None:
+        if total.stopped:
             # Time is up, or the worker is stopping: a fresh job carries on.
             self.request(force=True)
             return FlushOutcome(total, f"{total.summary()}; continued by a fresh job")
@@ -146,11 +146,7 @@ class FlushCoordinator:
                 return True
             return should_stop()
 
-        def progress(report: FlushReport) -> None:
-            if on_progress is not None:
-                on_progress(report)
-
-        return self.flusher.flush(should_stop=renewed, on_progress=progress)
+        return self.flusher.flush(should_stop=renewed, on_progress=on_progress)
 
     # -- failing ---------------------------------------------------------------------------------
 

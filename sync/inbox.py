@@ -92,6 +92,12 @@ def _prunable(query, before: datetime):
     return query.where(t.c.status.in_(DONE), t.c.received_at < before, t.c.body != PRUNED_BODY)
 
 
+def _unheld(now: datetime):
+    """The condition of pending rows that no worker holds at ``now`` (see ``Inbox.claim``)."""
+    t = webhook_events
+    return sa.and_(t.c.status == PENDING, sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now))
+
+
 def _claim(query, limit: int):
     """The first ``limit`` rows of ``query`` by id, locked for this transaction; rows another
     transaction holds are skipped (SQLite, which locks the whole database, ignores this)."""
@@ -295,13 +301,7 @@ class Inbox:
         """
         t = webhook_events
         now = utcnow()
-        query = (
-            sa.select(t.c.id, t.c.attempts)
-            .where(t.c.status == PENDING, sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now))
-            .order_by(t.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+        query = _claim(sa.select(t.c.id, t.c.attempts).where(_unheld(now)), limit)
         if ids is not None:
             query = query.where(t.c.id.in_(sorted(set(ids))))
         with self._transaction() as conn:
@@ -326,10 +326,7 @@ class Inbox:
         """How many pending rows nobody holds were received more than ``older_than`` ago."""
         t = webhook_events
         now = utcnow()
-        query = sa.select(sa.func.count()).select_from(t).where(
-            t.c.status == PENDING, sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now),
-            t.c.received_at < now - older_than,
-        )
+        query = sa.select(sa.func.count()).select_from(t).where(_unheld(now), t.c.received_at < now - older_than)
         with self._transaction() as conn:
             return conn.execute(query).scalar_one()
 
@@ -403,11 +400,17 @@ class Inbox:
             row = conn.execute(sa.select(*_EVENT_COLUMNS).where(t.c.id == event_id)).one_or_none()
         return Event(*row) if row is not None else None
 
-    def row(self, event_id: int) -> InboxRow | None:
+    def entry(self, event_id: int) -> tuple[InboxRow, Event] | None:
+        """Inbox row ``event_id`` read once, as its facts and as its stored delivery; None when
+        there is no such row."""
         t = webhook_events
         with self._transaction() as conn:
-            row = conn.execute(sa.select(*_ROW_COLUMNS).where(t.c.id == event_id)).one_or_none()
-        return InboxRow(*row) if row is not None else None
+            found = conn.execute(sa.select(*_ROW_COLUMNS, t.c.body).where(t.c.id == event_id)).one_or_none()
+        if found is None:
+            return None
+        row = InboxRow(*found[:-1])
+        return row, Event(row.id, row.event_type, found.body, row.status, row.attempts, row.received_at,
+                          row.fingerprint, row.entity_id)
 
     def rows(
         self,
@@ -443,8 +446,8 @@ class Inbox:
         """Set failed rows back to pending, ``batch`` rows a transaction, by id; yields each batch
         once committed.
 
-        Their attempts start again from 0, so the give-up after ``jobs.MAX_ATTEMPTS`` counts the new
-        tries only; ``last_error`` stays until an attempt succeeds. Rows another run holds are
+        Their attempts start again from 0, so they count the new tries only (and a row is claimed
+        with batch-mates again, see ``ALONE_AFTER``); ``last_error`` stays until an attempt succeeds. Rows another run holds are
         skipped (PostgreSQL), not waited for. A row ``still_failing`` gives a reason for stays
         failed, with that reason as its last error, and is reported in ``Requeued.skipped``.
         """
@@ -506,16 +509,6 @@ class Inbox:
                 return
             yield Pruned(rows=len(found), bytes=sum(size or 0 for _, size in found))
             after_id = found[-1][0]
-
-    def mark_failed(self, event_id: int, reason: str) -> None:
-        self.mark_failures({event_id: reason})
-
-    def counts(self) -> dict[str, int]:
-        t = webhook_events
-        query = sa.select(t.c.status, sa.func.count()).group_by(t.c.status)
-        with self._transaction() as conn:
-            found = dict(conn.execute(query).all())
-        return {status: found.get(status, 0) for status in STATUSES}
 
     def summary(self) -> InboxSummary:
         """Counts by status, the oldest pending delivery and the last one processed, in one transaction."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from rq import Retry, get_current_job
 
 from sync import backoff, metrics, outcomes, queue, services
-from sync.errors import TransientError
+from sync.errors import TransientError, caused_by
 from sync.inbox import CLAIM_BATCH, Event
 from sync.processor import BatchResult
 
@@ -60,12 +60,7 @@ class Drained:
     def description(self) -> str:
         if self.first is None:
             return "wake-up: nothing was pending"
-        count = sum(self.kinds.values())
-        if count == 1:
-            return queue.describe([(self.first, next(iter(self.kinds)))])
-        kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(self.kinds.items())[:6])
-        more = ", …" if len(self.kinds) > 6 else ""
-        return queue.describe_counts(count, kinds + more, self.first, self.last)
+        return queue.describe(self.kinds, self.first, self.last)
 
 
 def drain() -> Retry | str:
@@ -121,7 +116,8 @@ def _apply(current, events: list[Event]) -> BatchResult | Retry:
 
 def _passing(current, event_ids: list[int], exc: BaseException) -> Retry:
     """A passing error, or the job's time-out: the rows stay pending, and the job is retried."""
-    interruption = _interruption(exc)
+    # The interruption may be behind ``exc``: the rollback that follows one may fail in turn.
+    interruption = caused_by(exc, queue.INTERRUPTIONS)
     if interruption is None:
         return _retry(event_ids, str(exc))
     # Its time-out: the transaction was rolled back, nothing is half-written. A query cut off
@@ -151,17 +147,6 @@ def _retry(event_ids: list[int], reason: str) -> Retry:
     log.warning("inbox %s: %s; retry %d of %d in %.0fs",
                 _rows(event_ids), reason, retries + 1, len(backoff.DELIVERY_DELAYS), delay)
     return Retry(max=len(backoff.DELIVERY_DELAYS), interval=int(delay))
-
-
-def _interruption(exc: BaseException) -> BaseException | None:
-    """The interruption behind ``exc``, if any: the rollback that follows one may fail in turn."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, queue.INTERRUPTIONS):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def _rows(event_ids: list[int]) -> str:

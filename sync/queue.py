@@ -180,25 +180,23 @@ class QueueCounts:
     workers: int  # workers listening on the queue
 
 
-def describe(events: Sequence[tuple[int, str]]) -> str:
-    """What the dashboard shows for a job: event types and inbox rows, never payload text.
+def describe(kinds: Counter[str], first: int, last: int) -> str:
+    """What the dashboard shows for a wake-up that applied deliveries (``kinds``: how many of each
+    event type, inbox rows ``first`` to ``last``): "partner.created (inbox #5)", or
+    "812 deliveries: partner.created x12, … (inbox #5..#900)"; never payload text.
 
     rq-dashboard renders descriptions unescaped, so an event type is shown only when it looks like
     one (mapped event types always do).
     """
-    ids = [event_id for event_id, _ in events]
-    if not events:
-        return "no pending deliveries"
-    kinds = [kind if _EVENT_TYPE.match(kind) else "(unnamed event)" for _, kind in events]
-    if len(events) == 1:
-        return f"{kinds[0]} (inbox #{ids[0]})"
-    summary = ", ".join(f"{kind} x{n}" for kind, n in sorted(Counter(kinds).items()))
-    return describe_counts(len(events), summary, min(ids), max(ids))
-
-
-def describe_counts(count: int, kinds: str, first: int, last: int) -> str:
-    """A job's description from counts: "812 deliveries: partner.created x12, … (inbox #5..#900)"."""
-    return f"{count} deliveries: {kinds} (inbox #{first}..#{last})"
+    named: Counter[str] = Counter()
+    for kind, n in kinds.items():
+        named[kind if _EVENT_TYPE.match(kind) else "(unnamed event)"] += n
+    count = sum(named.values())
+    if count == 1:
+        return f"{next(iter(named))} (inbox #{first})"
+    shown = ", ".join(f"{kind} x{n}" for kind, n in sorted(named.items())[:6])
+    more = ", …" if len(named) > 6 else ""
+    return f"{count} deliveries: {shown}{more} (inbox #{first}..#{last})"
 
 
 def _span(ids: Sequence[int]) -> str:

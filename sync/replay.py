@@ -6,10 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sync.envelope import MalformedDelivery
-from sync.errors import SyncError, TransientError
+from sync.errors import PermanentError
 from sync.inbox import FAILED, IGNORED, PROCESSED, Event
-from sync.mapping import FieldProblem
 from sync.progress import progressbar
 
 #: Why a pruned delivery is not replayed.
@@ -37,10 +35,7 @@ def replay_one(services, event: Event) -> Outcome:
         return Outcome(event.status, PRUNED, replayed=False)
     try:
         status = services.processor.process(event)
-    except TransientError:
-        raise  # passing (the database is away): the row stays as it was
-    except (SyncError, MalformedDelivery, FieldProblem) as exc:
-        services.inbox.mark_failed(event.id, str(exc))
+    except PermanentError as exc:  # the processor has recorded it on the row
         return Outcome(FAILED, str(exc))
     return Outcome(status)
 

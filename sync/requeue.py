@@ -16,12 +16,16 @@ from sync.queue import JobQueue
 class RequeueResult:
     #: Rows set back to pending.
     requeued: int = 0
-    #: Of those, rows a worker was woken for (all of them, unless Redis was away: then the sweeper).
-    enqueued: int = 0
     #: Why Redis could not take the jobs (None: it could).
     redis_error: str | None = None
     #: Rows the current mappings still cannot apply, left failed: (inbox id, why).
     skipped: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def enqueued(self) -> int:
+        """Of the rows requeued, those a worker was woken for (all of them, unless Redis was away:
+        then the sweeper)."""
+        return 0 if self.redis_error is not None else self.requeued
 
 
 def requeue_failed(inbox: Inbox, jobs: JobQueue, since: datetime | None = None, event_type: str | None = None,
@@ -47,7 +51,6 @@ def requeue_failed(inbox: Inbox, jobs: JobQueue, since: datetime | None = None, 
     if result.requeued:
         try:
             jobs.wake(force=True)
-            result.enqueued = result.requeued
         except TransientError as exc:
             result.redis_error = str(exc)
     return result

@@ -57,10 +57,8 @@ def migrate(engine: Engine, mapped=None) -> list[str]:
 
 def current_revision(engine: Engine) -> str | None:
     """The migration the database is at (None: never migrated)."""
-    from alembic.runtime.migration import MigrationContext
-
     with engine.connect() as conn:
-        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+        return _revision(conn)
 
 
 def head_revision() -> str:

@@ -84,8 +84,6 @@ class Services:
     def request_flush(self) -> None:
         """After deliveries were applied: ask for a Salesforce flush, when CRM sync is on. Redis
         being away is only logged; the worker's housekeeping asks again while anything waits."""
-        if self.processor.outbox is None:
-            return
         try:
             self.flushes.request()
         except TransientError as exc:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sync.errors import ConfigurationError
+from sync.logs import FORMATS
 
 DEFAULT_DATABASE_URL = "sqlite:///partnero-sync.db"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -256,8 +257,8 @@ def log_options(environ: Mapping[str, str] | None = None) -> tuple[str, str | No
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigurationError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (got {level!r})")
     log_format = env.get("LOG_FORMAT", "").strip().lower() or None
-    if log_format not in (None, "json", "text"):
-        raise ConfigurationError(f"LOG_FORMAT must be json or text (got {log_format!r})")
+    if log_format is not None and log_format not in FORMATS:
+        raise ConfigurationError(f"LOG_FORMAT must be {' or '.join(FORMATS)} (got {log_format!r})")
     return level, log_format
 
 

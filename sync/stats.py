@@ -101,7 +101,7 @@ class Snapshot:
             inbox = {
                 "by_status": self.inbox.counts,
                 "oldest_pending_at": _iso(self.inbox.oldest_pending_at),
-                "oldest_pending_age_seconds": _round(self.oldest_pending_age),
+                "oldest_pending_age_seconds": rounded(self.oldest_pending_age),
                 "last_processed_at": _iso(self.inbox.last_processed_at),
             }
         crm = None
@@ -176,17 +176,17 @@ def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = Fal
     )
     try:
         snapshot.inbox = services.inbox.summary()
-        if snapshot.crm_enabled:
+        if snapshot.crm_enabled or with_ledger:
             with services.inbox.engine.connect() as conn:
-                outbox = Outbox()
-                snapshot.crm = outbox.counts(conn)
-                snapshot.crm_last_synced_at = outbox.last_synced_at(conn)
-        if with_ledger:
-            with services.inbox.engine.connect() as conn:
-                snapshot.ledger = ledger.summary(conn, services.settings.currency)
+                if snapshot.crm_enabled:
+                    outbox = Outbox()
+                    snapshot.crm = outbox.counts(conn)
+                    snapshot.crm_last_synced_at = outbox.last_synced_at(conn)
+                if with_ledger:
+                    snapshot.ledger = ledger.summary(conn, services.settings.currency)
         snapshot.backfill = runs.Runs(services.inbox.engine).latest()
     except Exception as exc:  # e.g. no schema yet: say so rather than fail the whole report
-        snapshot.unavailable["database"] = db.explain(exc) or f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        snapshot.unavailable["database"] = db.explain(exc) or db.describe_error(exc)
     try:
         snapshot.queue = services.jobs.counts()
         if snapshot.crm_enabled:
@@ -200,7 +200,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _round(value: float | None) -> float | None:
+def rounded(value: float | None) -> float | None:
+    """Seconds to a tenth, as the reports show them (None stays None)."""
     return round(value, 1) if value is not None else None
 
 

@@ -53,10 +53,10 @@ class Trace:
 def trace(services, event_id: int) -> Trace | None:
     """The trace of inbox row ``event_id``; None when there is no such row."""
     inbox = services.inbox
-    row = inbox.row(event_id)
-    event = inbox.event(event_id) if row is not None else None
-    if row is None or event is None:
+    found = inbox.entry(event_id)
+    if found is None:
         return None
+    row, event = found
     mapping = services.mappings.for_event(row.event_type)
     key = row.entity_id
     if key is None and mapping is not None and not event.pruned:

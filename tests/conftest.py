@@ -10,6 +10,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,40 @@ def settings(database_url, redis_server_url) -> Settings:
     return Settings(
         webhook_secrets=SECRETS, database_url=database_url, redis_url=redis_server_url, mappings_dir=MAPPINGS
     )
+
+
+@contextmanager
+def held_by_another_transaction(url: str, statement: str) -> Iterator[None]:
+    """While the block runs, another transaction (on a thread, with an engine of its own) has run
+    ``statement`` and holds the locks it took; it commits once the block is over."""
+    engine = db.make_engine(url)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.text(statement))
+            held.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(10)
+        yield
+    finally:
+        release.set()
+        thread.join()
+        engine.dispose()
+
+
+@pytest.fixture
+def whole_drains(monkeypatch) -> None:
+    """A drain run in this process goes on until nothing is pending, never handing over to a fresh
+    wake-up half-way (``sync.jobs.SLICE_SECONDS`` made an hour): for tests that count wake-up jobs,
+    which a first job slowed past its slice (a cold process) would otherwise double."""
+    from sync import jobs
+
+    monkeypatch.setattr(jobs, "SLICE_SECONDS", 3600)
 
 
 @pytest.fixture

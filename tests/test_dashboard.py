@@ -68,6 +68,12 @@ def test_wrong_or_missing_credentials_are_refused_with_a_challenge(dashboard_cli
         assert PASSWORD not in response.get_data(as_text=True)
 
 
+def test_the_dashboards_guard_leaves_the_other_routes_alone(dashboard_client):
+    # No credentials, no Origin: the webhook and the health check answer as without a dashboard.
+    assert deliver(dashboard_client, sample_delivery("partner.created"))["status"] == "queued"
+    assert dashboard_client.get("/healthz").status_code == 200
+    assert dashboard_client.get("/rq/").status_code == 401
+
 def test_the_right_credentials_show_our_queue_and_jobs(dashboard_client):
     receipt = deliver(dashboard_client, sample_delivery("partner.created"))
     page = dashboard_client.get("/rq/", headers=GOOD)
@@ -84,6 +90,7 @@ def test_the_right_credentials_show_our_queue_and_jobs(dashboard_client):
         assert dashboard_client.get(path, headers=GOOD).status_code == 200, path
 
 
+@pytest.mark.usefixtures("whole_drains")
 def test_job_descriptions_carry_no_payload_text(dashboard_client, settings, redis_conn):
     from sync.worker import build_worker
 
@@ -102,6 +109,17 @@ def test_job_descriptions_carry_no_payload_text(dashboard_client, settings, redi
     assert job.description in shown
     for bit in secret_bits:
         assert bit not in shown and bit not in job.description and bit not in str(job.return_value())
+
+
+def test_a_job_description_names_only_event_types_that_look_like_one():
+    from collections import Counter
+
+    from sync.queue import describe
+
+    odd = Counter({"<script>alert(1)</script>": 2, "partner.created": 1, "maria@example.com": 1})
+    assert describe(odd, 5, 9) == "4 deliveries: (unnamed event) x3, partner.created x1 (inbox #5..#9)"
+    assert describe(Counter({"<b>hi</b>": 1}), 7, 7) == "(unnamed event) (inbox #7)"
+    assert describe(Counter({"customer.updated": 1}), 7, 7) == "customer.updated (inbox #7)"
 
 
 def test_actions_are_refused_unless_allowed(dashboard_client, redis_conn):

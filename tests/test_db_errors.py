@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from sync import db
 from sync.inbox import webhook_events
+from tests.conftest import held_by_another_transaction
 
 
 def _error(engine: sa.Engine, statement: str, params: dict | None = None) -> BaseException:
@@ -51,23 +52,11 @@ def test_a_lock_held_too_long_is_passing(warehouse_url):
     engine = db.engine_for(warehouse_url)
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO partners (partner_id) VALUES ('locked')"))
-    holder = db.make_engine(warehouse_url)
     waiter = db.make_engine(warehouse_url) if engine.dialect.name != "sqlite" else sa.create_engine(
         warehouse_url, connect_args={"timeout": 0.2, "check_same_thread": False})
-    held = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        with holder.begin() as conn:
-            conn.execute(sa.text("UPDATE partners SET email = 'a' WHERE partner_id = 'locked'"))
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
+    holding = "UPDATE partners SET email = 'a' WHERE partner_id = 'locked'"
     try:
-        assert held.wait(10)
-        with pytest.raises(sa.exc.SQLAlchemyError) as raised:
+        with held_by_another_transaction(warehouse_url, holding), pytest.raises(sa.exc.SQLAlchemyError) as raised:
             with waiter.begin() as conn:
                 if engine.dialect.name == "postgresql":
                     conn.execute(sa.text("SET LOCAL lock_timeout = '200ms'"))
@@ -76,9 +65,6 @@ def test_a_lock_held_too_long_is_passing(warehouse_url):
                 conn.execute(sa.text("UPDATE partners SET email = 'b' WHERE partner_id = 'locked'"))
         assert db.is_transient(raised.value), raised.value
     finally:
-        release.set()
-        thread.join()
-        holder.dispose()
         waiter.dispose()
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -25,7 +24,7 @@ from sync.queue import CRM_QUEUE_NAME, QUEUE_NAME
 from sync.samples import CUSTOMER, TRANSACTION, sample_delivery
 from sync.services import Services
 from sync.settings import SalesforceSettings
-from tests.conftest import MAPPINGS, REDIS_URL, drain_jobs, salesforce_env
+from tests.conftest import MAPPINGS, REDIS_URL, drain_jobs, held_by_another_transaction, salesforce_env
 from tests.test_processes import BIN, environment, start, stop, wait_for
 from tests.test_salesforce_sync import deliver, outbox_rows, partner, password_login
 from tests.warehouse_helpers import envelope
@@ -197,21 +196,9 @@ def test_a_job_killed_by_its_timeout_leaves_its_deliveries_pending(pg_url, redis
 
     services_module.install(services)
     job = Queue(QUEUE_NAME, connection=redis_conn).enqueue("sync.jobs.process_events", [event_id], job_timeout=2)
-    blocker = db.make_engine(pg_url)
-    held = threading.Event()
-
-    def hold_the_row() -> None:  # another transaction holds the partner's row longer than the job may run
-        with blocker.begin() as conn:
-            conn.execute(sa.text("INSERT INTO partners (partner_id) VALUES ('ptn_8c1e6f0a')"))
-            held.set()
-            time.sleep(4)
-
-    holder = threading.Thread(target=hold_the_row)
-    holder.start()
-    assert held.wait(10)
-    SimpleWorker([QUEUE_NAME], connection=redis_conn).work(burst=True)
-    holder.join()
-    blocker.dispose()
+    # Another transaction holds the partner's row for longer than the job may run.
+    with held_by_another_transaction(pg_url, "INSERT INTO partners (partner_id) VALUES ('ptn_8c1e6f0a')"):
+        SimpleWorker([QUEUE_NAME], connection=redis_conn).work(burst=True)
     assert job.get_status(refresh=True) == JobStatus.SCHEDULED  # retried later, not failed
     pending = row(settings, event_id)
     assert pending["status"] == "pending" and "interrupted" in pending["last_error"]
@@ -233,6 +220,7 @@ def test_a_worker_killed_mid_job_leaves_its_deliveries_pending_for_the_next_work
     conn.execute(sa.text("INSERT INTO partners (partner_id) VALUES ('ptn_0')"))
     worker = start(f"{BIN}/partnero-sync worker", env, cwd=tmp_path)
     try:
+        # One wake-up, however slow the child: its drain cannot hand over (SLICE_SECONDS) while it waits on the row.
         [job] = drain_jobs(redis_conn)
         wait_for(lambda: job.get_status(refresh=True) == JobStatus.STARTED, what="the job to start")
         time.sleep(0.5)

@@ -51,3 +51,15 @@ def test_healthz_without_salesforce_reports_no_crm_figures(client):
 def _post(document: dict) -> dict:
     body, headers = signed(document)
     return {"data": body, "headers": headers}
+
+
+def test_a_snapshot_names_a_database_error_that_has_no_message(app, monkeypatch):
+    from sync import stats
+
+    services = app.extensions["partnero"]
+
+    def broken():
+        raise RuntimeError()
+
+    monkeypatch.setattr(services.inbox, "summary", broken)
+    assert stats.take(services).unavailable["database"] == "RuntimeError"

@@ -29,8 +29,8 @@ from sync.inbox import webhook_events
 from sync.samples import CUSTOMER, sample_delivery
 from sync.settings import MAX_BODY_BYTES, DashboardSettings
 from sync.worker import build_worker
-from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL, SECRETS, empty_tables, signed
-from tests.test_processes import environment, free_port, procfile, start, wait_for
+from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL, empty_tables, signed
+from tests.test_processes import free_port, procfile, service_environment, start, wait_for
 from tests.test_salesforce_sync import deliver, partner, password_login
 from tests.warehouse_helpers import envelope
 
@@ -269,14 +269,7 @@ def test_salesforce_calls_and_refusals_are_counted_by_object_and_code(settings, 
 def test_every_web_process_reports_the_same_totals(pg_url, redis_server_url, redis_conn):
     empty_tables(pg_url)
     port = free_port()
-    env = environment(
-        DATABASE_URL=pg_url.replace("postgresql+psycopg", "postgres"),
-        REDIS_URL=redis_server_url,
-        PARTNERO_WEBHOOK_SECRET=",".join(SECRETS),
-        PORT=str(port),
-        WEB_CONCURRENCY="2",
-        LOG_FORMAT="json",
-    )
+    env = service_environment(pg_url, redis_server_url, port, LOG_FORMAT="json")
     # gunicorn's access log names the process that answered each request.
     web = start(procfile()["web"] + " --access-logfile - --access-logformat '%(p)s %(m)s %(U)s'", env)
     lines: list[bytes] = []

@@ -229,7 +229,7 @@ def test_a_failed_delivery_shows_its_error_in_full_and_that_it_wrote_nothing(cli
 
     # A long reason (a database's refusal, say) is cut in the list, and shown whole on the page.
     long_reason = "database refused the write: " + "value too long for type character varying " * 5
-    Inbox(db.engine_for(settings.database_url)).mark_failed(comma, long_reason)
+    Inbox(db.engine_for(settings.database_url)).mark_failures({comma: long_reason})
     listed = get(client, "/ops").text(f"delivery-{comma}")
     assert long_reason not in listed and long_reason[:80] in listed and "..." in listed
     assert get(client, f"/ops/deliveries/{comma}").text("last-error") == long_reason.strip()

@@ -82,4 +82,4 @@ def test_parallel_workers_converge_on_postgres(pg_url, redis_server_url, redis_c
     assert queue.failed_job_registry.count == 0, outputs
     assert queue.scheduled_job_registry.count == 0, outputs  # nothing had to wait for a retry
     assert pipe.snapshot() == expected
-    assert pipe.inbox.counts()["processed"] == len(events)
+    assert pipe.inbox.summary().counts["processed"] == len(events)

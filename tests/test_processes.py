@@ -44,6 +44,19 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
+def service_environment(pg_url: str, redis_url: str, port: int, **extra: str) -> dict[str, str]:
+    """The variables of the Procfile's processes on the test databases: PostgreSQL named as a PaaS
+    names it (``postgres://``), two web processes on ``port``."""
+    return environment(
+        DATABASE_URL=pg_url.replace("postgresql+psycopg", "postgres"),
+        REDIS_URL=redis_url,
+        PARTNERO_WEBHOOK_SECRET=",".join(SECRETS),
+        PORT=str(port),
+        WEB_CONCURRENCY="2",
+        **extra,
+    )
+
+
 def start(command: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.Popen:
     # The Procfile's lines are shell lines ($PORT); run them the way a PaaS does.
     return subprocess.Popen(
@@ -112,13 +125,7 @@ def test_the_procfile_runs_the_service(pg_url, redis_server_url, redis_conn, tmp
         for table in sa.inspect(conn).get_table_names():  # release must create them all
             conn.execute(sa.text(f"DROP TABLE {table} CASCADE"))
     port = free_port()
-    env = environment(
-        DATABASE_URL=pg_url.replace("postgresql+psycopg", "postgres"),
-        REDIS_URL=redis_server_url,
-        PARTNERO_WEBHOOK_SECRET=",".join(SECRETS),
-        PORT=str(port),
-        WEB_CONCURRENCY="2",
-    )
+    env = service_environment(pg_url, redis_server_url, port)
     processes = procfile()
     assert set(processes) == {"web", "worker", "release"}
     for _ in range(2):  # release is safe to run again

@@ -229,7 +229,7 @@ def test_a_delivery_the_database_refuses_fails_alone(pg_url):
     [reason] = result.failed.values()
     assert reason.startswith("database refused the write: value too long")
     assert pipe.row("partners", "ptn_8c1e6f0a") is not None
-    assert pipe.inbox.counts() == {"pending": 0, "processed": 1, "ignored": 0, "failed": 1}
+    assert pipe.inbox.summary().counts == {"pending": 0, "processed": 1, "ignored": 0, "failed": 1}
 
 
 def test_an_unreadable_version_time_falls_back_to_the_delivery_time(pipe):

@@ -43,6 +43,7 @@ def run_burst(settings, redis_conn, worker_class=PartneroWorker):
     return worker
 
 
+@pytest.mark.usefixtures("whole_drains")
 def test_a_stored_delivery_is_processed_and_recorded(settings, redis_conn):
     [event_id] = store(settings, sample_delivery("partner.created"), enqueue_to=redis_conn)
     run_burst(settings, redis_conn)
@@ -78,6 +79,7 @@ def test_running_a_job_twice_changes_nothing(settings, redis_conn):
     assert second["status"] == "processed" and second["processed_at"] == first["processed_at"]
 
 
+@pytest.mark.usefixtures("whole_drains")
 def test_database_down_means_retry_later_with_backoff(settings, redis_conn, caplog):
     [event_id] = store(settings, sample_delivery("partner.created"), enqueue_to=redis_conn)
     down = settings.with_overrides(database_url=DEAD_PG_URL)
@@ -104,6 +106,7 @@ def test_database_down_means_retry_later_with_backoff(settings, redis_conn, capl
     assert row(settings, event_id)["status"] == "processed"
 
 
+@pytest.mark.usefixtures("whole_drains")
 def test_a_passing_failure_is_noted_on_the_row_and_never_fails_it_even_after_the_last_retry(
     settings, redis_conn, monkeypatch
 ):
@@ -139,6 +142,7 @@ def test_a_passing_failure_is_noted_on_the_row_and_never_fails_it_even_after_the
     assert row(settings, event_id)["status"] == "processed"
 
 
+@pytest.mark.usefixtures("whole_drains")
 def test_a_delivery_that_cannot_be_applied_fails_once_with_its_reason_and_alone(settings, redis_conn, caplog):
     bad, good = store(settings, {"event": "partner.created", "data": "not an object"},
                       sample_delivery("partner.created"), enqueue_to=redis_conn)
@@ -156,6 +160,25 @@ def test_a_delivery_that_cannot_be_applied_fails_once_with_its_reason_and_alone(
     assert row(settings, good)["status"] == "processed"
     lines = [r for r in caplog.records if 'delivery has no "data" object' in r.getMessage()]
     assert len(lines) == 1 and lines[0].exc_info is None  # one line, no traceback
+
+
+def test_a_drain_past_its_slice_hands_over_to_a_fresh_wake_up_and_applies_each_delivery_once(
+    settings, redis_conn, monkeypatch
+):
+    monkeypatch.setattr(jobs, "CLAIM_BATCH", 3)
+    monkeypatch.setattr(jobs, "SLICE_SECONDS", 0)  # every slice is over after its first batch
+    ids = store(settings, *(sample_delivery("partner.created", id=f"ptn_{i}") for i in range(7)),
+                enqueue_to=redis_conn)
+    run_burst(settings, redis_conn)
+
+    # Each drain stops after one batch. A full batch has already woken the next; after the last,
+    # the handover's own wake-up finds nothing left.
+    drains = drain_jobs(redis_conn)
+    assert {j.get_status() for j in drains} == {JobStatus.FINISHED}
+    assert [j.return_value().split(",")[0] for j in drains] == ["3 processed", "3 processed", "1 processed",
+                                                                 "0 processed"]
+    assert drains[-1].description == "wake-up: nothing was pending"
+    assert [(row(settings, i)["status"], row(settings, i)["attempts"]) for i in ids] == [("processed", 1)] * len(ids)
 
 
 def test_an_unexpected_error_while_applying_fails_that_delivery_alone(settings, redis_conn, monkeypatch):

@@ -43,11 +43,10 @@ class CallRefused(PermanentError):
     user cannot access it...).
     """
 
-    def __init__(self, code: str, message: str, *, status: int | None = None, org_wide: bool = False):
+    def __init__(self, code: str, message: str, *, org_wide: bool = False):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-        self.status = status
         self.org_wide = org_wide
 
     def reason(self, object_name: str, mapping_path: str) -> str:
@@ -185,7 +184,7 @@ class SalesforceClient:
                     "INVALID_SESSION_ID",
                     "the Salesforce session expired and SALESFORCE_SESSION_ID cannot be renewed: set a new one, "
                     "or configure a login (password, JWT or client credentials)",
-                    status=401, org_wide=True,
+                    org_wide=True,
                 ) from exc
             self._sf = None
             raise TransientError("Salesforce session expired; logging in again") from exc
@@ -193,11 +192,11 @@ class SalesforceClient:
             code = _first_code(exc.content)
             if code == "REQUEST_LIMIT_EXCEEDED":
                 raise TransientError("Salesforce API request limit reached") from exc
-            raise CallRefused(code, _first_message(exc.content), status=403) from exc
+            raise CallRefused(code, _first_message(exc.content)) from exc
         except sf_errors.SalesforceMalformedRequest as exc:
-            raise CallRefused(_first_code(exc.content), _first_message(exc.content), status=400) from exc
+            raise CallRefused(_first_code(exc.content), _first_message(exc.content)) from exc
         except sf_errors.SalesforceResourceNotFound as exc:
-            raise CallRefused("NOT_FOUND", _first_message(exc.content), status=404) from exc
+            raise CallRefused("NOT_FOUND", _first_message(exc.content)) from exc
         except sf_errors.SalesforceError as exc:  # 5xx and the rest: Salesforce is having trouble
             raise TransientError(f"Salesforce answered {exc.status} to {path}") from exc
         except requests.RequestException as exc:

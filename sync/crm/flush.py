@@ -69,7 +69,7 @@ class Flusher:
         self._program_read = False
         self._parents = {r.object for m in mappings.salesforce_objects() for r in m.salesforce.references}
 
-    def flush(self, *, should_stop: Callable[[], bool] = lambda: False, max_calls: int | None = None,
+    def flush(self, *, should_stop: Callable[[], bool] = lambda: False,
               on_progress: Callable[[FlushReport], None] | None = None) -> FlushReport:
         """Send what is due, object by object, parents first, checking ``should_stop`` between calls.
 
@@ -80,7 +80,7 @@ class Flusher:
         self._program_read = False
         self._fold_commissions()
         for mapping in self.mappings.salesforce_objects():
-            while max_calls is None or report.calls < max_calls:
+            while True:
                 if should_stop():
                     report.stopped = "stopped between calls"
                     return report
@@ -194,9 +194,8 @@ class Flusher:
         target = mapping.salesforce
         # Only what the mapping names now: a field it stopped sending (say, one the org lacks) is
         # left out even from records stored before the change.
-        named = {f.name for f in (*target.fields, *target.on_delete)} | {r.name for r in target.references}
         record = {name: value for name, value in row.fields.items()
-                  if name in named and not (name.endswith("__r") and value is None)}  # no parent: leave the lookup
+                  if name in target.named and not (name.endswith("__r") and value is None)}  # no parent: leave the lookup
         record[target.external_id] = row.external_id
         # The program currency's totals only: a partner with none in it gets zeros, and other
         # currencies are never added in (``partnero-sync status`` reports them).

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from sync.mapping.transforms import kind
+
 #: The largest mapping file read (the shipped ones are about 2 KiB).
 MAX_FILE_BYTES = 256 * 1024
 #: How deeply mappings and lists may nest, counting what aliases (*name) bring in.
@@ -73,7 +75,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
         line = key_node.start_mark.line + 1
         if not isinstance(key, str):
             written = f" {key_node.value!r}" if isinstance(key_node, yaml.ScalarNode) and len(key_node.value) <= 40 else ""
-            raise YamlProblem(line, f"key{written} is not text (YAML reads it as {_kind(key)}): put it in quotes")
+            raise YamlProblem(line, f"key{written} is not text (YAML reads it as {kind(key)}): put it in quotes")
         if key in result:
             result.duplicates.append((key, line))
         result[key] = loader.construct_object(value_node, deep=True)
@@ -124,11 +126,8 @@ def _measure(node: yaml.Node, depth: int, sizes: dict[int, tuple[int, int]], ope
     if depth > MAX_DEPTH:
         raise YamlProblem(_line(node), f"nested more than {MAX_DEPTH} levels deep (counting what aliases bring in)")
     key = id(node)
-    if key in sizes:
-        size, height = sizes[key]
-        if depth + height > MAX_DEPTH:
-            raise YamlProblem(_line(node), f"nested more than {MAX_DEPTH} levels deep (counting what aliases bring in)")
-        return size, height
+    if key in sizes:  # its parent has checked that it fits here
+        return sizes[key]
     if key in open_:
         raise YamlProblem(_line(node), "an alias refers to a node that contains it")
     open_.add(key)
@@ -156,13 +155,3 @@ def _measure(node: yaml.Node, depth: int, sizes: dict[int, tuple[int, int]], ope
 def _line(mark_holder: Any) -> int:
     mark = getattr(mark_holder, "start_mark", None)
     return mark.line + 1 if mark is not None else 1
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, int | float):
-        return "a number"
-    return f"a {type(value).__name__}"

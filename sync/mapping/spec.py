@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,11 @@ class SalesforceTarget:
     commission: dict[str, str]
     #: Whether a delete also deletes the Salesforce record (off: it is only updated).
     hard_delete: bool
+
+    @cached_property
+    def named(self) -> frozenset[str]:
+        """The names of what this section sends (fields, fields set by a delete, references)."""
+        return frozenset({f.name for f in (*self.fields, *self.on_delete)} | {r.name for r in self.references})
 
     @property
     def signature(self) -> str:
