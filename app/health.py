@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from sync import stats
+from sync import db, stats
 from sync.errors import SyncError
 
 bp = Blueprint("health", __name__)
@@ -23,7 +23,8 @@ def healthz():
         except SyncError as exc:
             report[name] = f"down: {exc}"
         except Exception as exc:  # e.g. the schema is missing: say so, do not 500
-            report[name] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            kind, detail = type(exc).__name__, db.describe_error(exc)
+            report[name] = f"error: {kind}" if detail == kind else f"error: {kind}: {detail}"
         else:
             report[name] = "ok"
     healthy = all(value == "ok" for value in report.values())

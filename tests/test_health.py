@@ -63,3 +63,15 @@ def test_a_snapshot_names_a_database_error_that_has_no_message(app, monkeypatch)
 
     monkeypatch.setattr(services.inbox, "summary", broken)
     assert stats.take(services).unavailable["database"] == "RuntimeError"
+
+
+def test_healthz_names_a_check_that_fails_without_a_message(app, monkeypatch):
+    services = app.extensions["partnero"]
+
+    def broken():
+        raise RuntimeError()
+
+    monkeypatch.setattr(services.inbox, "ping", broken)
+    answer = app.test_client().get("/healthz")
+    assert answer.status_code == 503
+    assert answer.get_json()["checks"]["database"] == "error: RuntimeError"
