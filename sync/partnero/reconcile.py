@@ -97,7 +97,7 @@ def render(report: Report, fixed: bool = False) -> str:
         rows = [("list", "record", "drift", "what differs")]
         rows += [(d.entity, d.key, d.kind, d.reason or ", ".join(d.fields)) for d in report.drifts]
         widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        lines += ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]
+        lines += [("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]).rstrip()
                   for row in rows]
         lines.append("")
     listed_text = ", ".join(f"{n:,} {entity}" for entity, n in report.listed.items()) or "nothing"
