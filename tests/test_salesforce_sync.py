@@ -97,6 +97,22 @@ def test_a_refund_marks_the_sale_refunded_and_lowers_the_commission_total(servic
     assert fake.count("delete") == 0  # nothing is hard-deleted by default
 
 
+def test_one_flush_sends_every_changed_commission_total_however_many_changed(services, fake, monkeypatch):
+    from sync.crm import flush
+
+    monkeypatch.setattr(flush, "FOLD_BATCH", 2)  # folded two changes a transaction
+    ids = [f"ptn_{i}" for i in range(5)]
+    deliver(services, *(partner(id=i, email=f"{i}@example.com") for i in ids))
+    services.flusher().flush()
+    sales = [envelope("transaction.created", "2026-03-14T10:15:31Z",
+                      **{**TRANSACTION, "key": f"tx_{i}", "partner": i,
+                         "rewards": [{**TRANSACTION["rewards"][0], "key": f"tx_{i}", "partner": i}]})
+             for i in ids]
+    deliver(services, *sales)
+    services.flusher().flush()
+    assert [fake.get("Contact", "Partnero_Partner_Id__c", i)["Partnero_Commission_Total__c"] for i in ids] == [44.7] * 5
+
+
 def test_an_empty_surname_falls_back_for_the_required_last_name(services, fake):
     deliver(services, partner(surname=""), partner(id="ptn_2", name=None, surname=None, email="x@y.io"))
     services.flusher().flush()

@@ -17,7 +17,18 @@ from sqlalchemy.engine import Engine
 
 from sync import backoff, db, ledger, metrics
 from sync.crm.client import COLLECTION_LIMIT, CallRefused, SalesforceClient
-from sync.crm.outbox import FAILED, PENDING, SYNCED, UNAVAILABLE, WAITING, Outbox, Pending, RowOutcome, wire
+from sync.crm.outbox import (
+    FAILED,
+    FOLD_BATCH,
+    PENDING,
+    SYNCED,
+    UNAVAILABLE,
+    WAITING,
+    Outbox,
+    Pending,
+    RowOutcome,
+    wire,
+)
 from sync.errors import TransientError
 from sync.mapping import MappingSet
 from sync.mapping.spec import Mapping
@@ -97,10 +108,15 @@ class Flusher:
         return report
 
     def _fold_commissions(self) -> None:
+        """Mark every partner whose commission changed as due, a bounded batch per transaction: all
+        of them go out in this flush (a backfill notes tens of thousands at a time)."""
         for mapping in self.mappings.salesforce_objects():
             if mapping.salesforce.commission:
-                with db.transaction(self.engine) as conn:
-                    self.outbox.fold_commission_changes(conn, mapping.salesforce.object, mapping.entity)
+                folded = FOLD_BATCH
+                while folded == FOLD_BATCH:
+                    with db.transaction(self.engine) as conn:
+                        folded = self.outbox.fold_commission_changes(conn, mapping.salesforce.object, mapping.entity,
+                                                                     FOLD_BATCH)
 
     def _send_batch(self, mapping: Mapping, report: FlushReport) -> int:
         """Send one call's worth of ``mapping``'s due records; returns how many were due (0 after a

@@ -36,6 +36,8 @@ UNAVAILABLE = "UNAVAILABLE"
 #: ``join()`` over a number...): refused without being sent, and not sent again (not even by
 #: ``crm-retry``) until a newer delivery, or a replay after the mapping is fixed, gives them a state.
 MAPPING_ERROR = "MAPPING_ERROR"
+#: Commission changes folded in one transaction (a flush folds batch after batch until none is left).
+FOLD_BATCH = 10_000
 
 crm_outbox = sa.Table(
     "crm_outbox",
@@ -230,15 +232,17 @@ class Outbox:
         if rows:
             conn.execute(crm_commission_changes.insert(), rows)
 
-    def fold_commission_changes(self, conn: Connection, object_name: str, entity: str) -> int:
-        """Mark the outbox rows of partners whose commission changed as due; returns how many.
+    def fold_commission_changes(self, conn: Connection, object_name: str, entity: str,
+                                limit: int = FOLD_BATCH) -> int:
+        """Mark the outbox rows of partners whose commission changed as due, for up to ``limit``
+        noted changes; returns how many changes it folded (``limit``: there may be more).
 
         Deletes exactly the changes it read: one committed meanwhile (even with a lower id, ids
         being handed out before commits) stays for the next fold.
         """
         t, changes = crm_outbox, crm_commission_changes
         read = conn.execute(sa.select(changes.c.id, changes.c.partner_id, changes.c.changed_at)
-                            .order_by(changes.c.id).limit(10_000)).all()
+                            .order_by(changes.c.id).limit(limit)).all()
         if not read:
             return 0
         partners = sorted({partner for _, partner, _ in read})
@@ -259,7 +263,7 @@ class Outbox:
             )
         for chunk in db.chunks([change_id for change_id, _, _ in read], 500):
             conn.execute(changes.delete().where(changes.c.id.in_(chunk)))
-        return len(partners)
+        return len(read)
 
     def due(self, conn: Connection, object_name: str, signature: str, limit: int = 200) -> list[Pending]:
         """Rows of ``object_name`` to send now, oldest first: pending or waiting whose time has
