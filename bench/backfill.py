@@ -131,42 +131,11 @@ def expected(objects: dict[str, list[dict]]) -> dict[str, int]:
 
 # -- the Partnero stand-in, in a process of its own -----------------------------------------------
 
-def _standin_class():
-    from tests.fakes.partnero import _DEFAULT_LIMITS, FakePartnero
-
-    class SlicingPartnero(FakePartnero):
-        """The stand-in, answering a list page as it does, but copying only the page's objects:
-        the test fake copies the whole list for every page (about 120 ms a page at 60,000
-        transactions), which would make it, not the backfill, what is measured."""
-
-        def _page(self, entity: str, query: dict) -> dict:
-            if entity not in ENTITIES:
-                return super()._page(entity, query)
-            low, high, default = _DEFAULT_LIMITS
-            limit = self._whole(query, "limit", default)
-            number = self._whole(query, "page", 1)
-            if not low <= limit <= high or number < 1:
-                return super()._page(entity, query)  # its 422
-            with self._lock:
-                everything = self._list(entity)
-                start = (number - 1) * limit
-                cut = [dict(o) for o in everything[start:start + limit]]
-                total = len(everything)
-            path = f"{self.url}/{entity}"
-            last_page = max(1, -(-total // limit))
-            links = {"first": f"{path}?page=1", "last": f"{path}?page={last_page}",
-                     "prev": f"{path}?page={number - 1}" if number > 1 else None,
-                     "next": f"{path}?page={number + 1}" if start + limit < total else None}
-            meta = {"current_page": number, "from": start + 1 if cut else None, "path": path, "per_page": limit,
-                    "to": start + len(cut) if cut else None, "last_page": last_page, "total": total}
-            return {"data": cut, "links": links, "meta": meta, "status": 1}
-
-    return SlicingPartnero
-
-
 def _serve_standin(total: int, seed: int, api_key: str, conn) -> None:
     """The child: build the objects, serve them, say where, and wait to be told to stop."""
-    fake = _standin_class()(api_key=api_key, pagination="length_aware")
+    from tests.fakes.partnero import FakePartnero
+
+    fake = FakePartnero(api_key=api_key, pagination="length_aware")
     for entity, objects in program(total, seed).items():
         setattr(fake, entity, objects)
     fake.start()

@@ -285,13 +285,14 @@ class FakePartnero:
             raise _invalid({"page": "The page field must be at least 1."})
         if self._hook is not None and entity in ENTITIES:
             self._hook(entity, number)
-        with self._lock:
-            rows = [dict(o) for o in self._list(entity)]
         start = (number - 1) * limit
-        cut = rows[start:start + limit]
+        with self._lock:  # only the page is copied: a list may hold 100,000 objects (bench/backfill.py)
+            listed = self._list(entity)
+            cut = [dict(o) for o in listed[start:start + limit]]
+            total = len(listed)
         path = f"{self.url}/{entity}"
-        last_page = max(1, -(-len(rows) // limit))
-        more = start + limit < len(rows)
+        last_page = max(1, -(-total // limit))
+        more = start + limit < total
         links = {"first": f"{path}?page=1", "last": None,
                  "prev": f"{path}?page={number - 1}" if number > 1 else None,
                  "next": f"{path}?page={number + 1}" if more else None}
@@ -299,7 +300,7 @@ class FakePartnero:
                                 "per_page": limit, "to": start + len(cut) if cut else None}
         if self.pagination == "length_aware":
             links["last"] = f"{path}?page={last_page}"
-            meta.update(last_page=last_page, total=len(rows))
+            meta.update(last_page=last_page, total=total)
         return {"data": cut, "links": links, "meta": meta, "status": 1}
 
     @staticmethod
