@@ -87,15 +87,42 @@ class Field:
     type: str
     line: int
 
+    @cached_property
+    def path(self) -> tuple[str, ...] | None:
+        """The keys of an expression that is a plain dotted path (``data.email``), which ``raw``
+        looks up directly: what JMESPath answers for it, without walking its tree for every
+        delivery (most fields are such paths). None for anything else."""
+        return None if self.expression is None else _field_path(self.expression.parsed)
+
     def raw(self, document: Any) -> Any:
         """The value before it is made the field's type: the expression (or constant), transformed."""
-        value = self.constant if self.expression is None else self.expression.search(document)
+        if self.expression is None:
+            value = self.constant
+        elif self.path is not None:
+            value = document
+            for key in self.path:  # as JMESPath: a key of an object, else nothing (null stops it)
+                value = value.get(key) if isinstance(value, dict) else None
+                if value is None:
+                    break
+        else:
+            value = self.expression.search(document)
         for transform in self.transforms:
             value = transform.apply(value)
         return value
 
     def evaluate(self, document: Any) -> Any:
         return COERCE[self.type](self.raw(document))
+
+
+def _field_path(node: dict) -> tuple[str, ...] | None:
+    """The keys of a JMESPath tree that only picks fields (``a.b.c``); None when it does more."""
+    if node.get("type") == "field":
+        return (node["value"],)
+    if node.get("type") == "subexpression":
+        parts = [_field_path(child) for child in node.get("children", ())]
+        if parts and all(parts):
+            return tuple(key for part in parts for key in part)
+    return None
 
 
 @dataclass(frozen=True)

@@ -295,3 +295,31 @@ def test_the_json_schema_reserves_the_tables_the_checker_reserves():
     schema = json.loads((ROOT / "mappings" / "schema.json").read_text())
     table = schema["properties"]["warehouse"]["properties"]["table"]["not"]["anyOf"]
     assert set(table[0]["enum"]) == RESERVED_TABLES
+
+
+def test_a_plain_dotted_path_is_looked_up_as_jmespath_would():
+    from sync.mapping import load_mappings
+    from tests.conftest import MAPPINGS
+
+    fields = [f for m in load_mappings(MAPPINGS).mappings
+              for target in (m.warehouse, m.salesforce) if target is not None
+              for f in (*getattr(target, "columns", ()), *getattr(target, "fields", ()), *target.on_delete)]
+    fields += [m.identity for m in load_mappings(MAPPINGS).mappings]
+    paths = [f for f in fields if f.path is not None]
+    assert {"data.email", "data.key"} <= {".".join(f.path) for f in paths}
+    assert any(f.expression is not None and f.path is None for f in fields)  # real expressions stay JMESPath
+    documents = [
+        {"data": {"email": "A@x.io", "key": "k", "partner": None, "amount": 0, "approved": False, "tags": []}},
+        {"data": {"email": {"nested": 1}, "key": ["a"], "created_at": ""}},
+        {"data": [1, 2]}, {"data": "text"}, {"data": None}, {}, [], "x", None,
+    ]
+    for f in paths:
+        for document in documents:
+            assert f.raw(document) == _raw_by_jmespath(f, document), (f.source, document)
+
+
+def _raw_by_jmespath(field, document):
+    value = field.expression.search(document)
+    for transform in field.transforms:
+        value = transform.apply(value)
+    return value
