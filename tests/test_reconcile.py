@@ -7,6 +7,7 @@ import json
 
 import sqlalchemy as sa
 
+from sync import ledger
 from sync.inbox import webhook_events
 from tests.partnero_helpers import at, backfill, cli, cli_env, make_services, partner
 
@@ -71,6 +72,23 @@ def test_drift_is_reported_by_kind_changes_nothing_and_is_fixed_with_fix(program
         assert services.warehouse.read(conn, "partners", "ptn_0")["status"] == "archived"
         assert services.warehouse.read(conn, "customers", "cus_4")["status"] == "deleted"
         assert services.warehouse.read(conn, "transactions", "tx_7")["refunded"] is True
+
+
+def test_a_transaction_partnero_no_longer_lists_is_reported_and_never_refunded_by_fix(
+        program, database_url, redis_conn, redis_server_url):
+    env = cli_env(database_url, redis_server_url, program)
+    services = make_services(database_url, redis_server_url, program)
+    backfill(services)
+    program.remove("transactions", "tx_4")
+    report = json.loads(cli(env, "reconcile", "--json").output)
+    [found] = report["drift"]
+    assert (found["key"], found["kind"]) == ("tx_4", "not in Partnero")
+    assert "never inferred from absence" in found["reason"]
+    fixed = cli(env, "reconcile", "--fix")
+    assert fixed.exit_code == 1 and "1 left for a person" in fixed.output
+    with services.inbox.engine.connect() as conn:
+        assert services.warehouse.read(conn, "transactions", "tx_4")["refunded"] is False
+        assert [e["entry_type"] for e in ledger.entries(conn, "tx_4")] == ["commission"]  # nothing reversed
 
 
 def test_an_object_the_mappings_cannot_apply_is_reported_with_the_reason_and_fails_alone(

@@ -139,7 +139,7 @@ class _Progress:
               help="Which of Partnero's lists to compare (comma-separated).")
 @click.option("--fix", is_flag=True, help="Apply the corrections, through the same pipeline as webhooks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON: listed, drift "
-              "[{entity, key, kind, fields, reason?}], counts, fixed, failed.")
+              "[{entity, key, kind, fields, reason?}], counts, fixed, failed, left.")
 def reconcile(entities: tuple[str, ...], fix: bool, as_json: bool) -> None:
     """Compare Partnero's lists with the warehouse and the ledger, and report the drift.
 
@@ -147,12 +147,14 @@ def reconcile(entities: tuple[str, ...], fix: bool, as_json: bool) -> None:
     named, never their values), archived or deleted upstream, commission whose reward status or
     amount moved, records held here that Partnero no longer has (each looked up on its own: a
     404 means gone), and objects the mappings cannot apply. With --fix, the corrections are
-    applied as a backfill would (an object never overwrites a newer state here).
+    applied as a backfill would (an object never overwrites a newer state here); a partner or
+    customer Partnero no longer has is deleted here, but a transaction is never refunded because
+    it is missing (a refunded one is listed with deleted_at): it is left for a person.
 
     Meant for a schedule as well as by hand, e.g. a daily `partnero-sync reconcile --fix` (see
     the README). Exit status 0 when nothing drifts (or, with --fix, everything was corrected);
-    1 when something drifts (or could not be corrected), or Partnero or the database could not
-    be reached; 2 when the API key is missing or refused.
+    1 when something drifts (or could not be corrected, or was left for a person), or Partnero
+    or the database could not be reached; 2 when the API key is missing or refused.
     """
     from sync.partnero.reconcile import Reconcile, render
     from sync.services import Services
@@ -164,7 +166,7 @@ def reconcile(entities: tuple[str, ...], fix: bool, as_json: bool) -> None:
     report = checker.run(entities, fix=fix, on_page=pages)
     pages.end()
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render(report, fixed=fix))
-    if report.failed or (report.drifts and not fix):
+    if report.failed or report.left or (report.drifts and not fix):
         sys.exit(1)
 
 
