@@ -53,7 +53,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -65,12 +64,13 @@ if str(ROOT) not in sys.path:
 import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
+from bench.common import PG_ADMIN, PeakRss, drop_database, fresh_database  # noqa: E402
+from sync.partnero.listed import ENTITIES  # noqa: E402
+
 BIN = Path(sys.executable).parent
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DB_NAME = "partnero_backfill"
 DB_URL = PG_ADMIN.rsplit("/", 1)[0] + f"/{DB_NAME}"
 REDIS_URL = "redis://127.0.0.1:6379/11"
-ENTITIES = ("partners", "customers", "transactions")
 PAGE = 250
 
 
@@ -199,53 +199,15 @@ def standin_rate(stand: StandIn, ca_bundle: str) -> dict:
 
 # -- database, Redis, processes -------------------------------------------------------------------
 
-def fresh_database(env: dict) -> None:
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
-        conn.execute(sa.text(f"CREATE DATABASE {DB_NAME}"))
-    admin.dispose()
+def fresh(env: dict) -> None:
+    """A fresh database with the schema, and Redis db 11 empty."""
+    fresh_database(DB_NAME)
     redis.Redis.from_url(REDIS_URL).flushdb()
     subprocess.run([str(BIN / "partnero-sync"), "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
-def drop_database() -> None:
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
-    admin.dispose()
-
-
-class PeakRss(threading.Thread):
-    """A process's peak RSS: its ``VmHWM`` (the kernel's high-water mark of its resident memory
-    since its exec), read from /proc every 20 ms until it exits; the mark only grows, so the last
-    read is the peak but for what grew in its last 20 ms. (Not ``ru_maxrss`` from ``wait4``: on
-    Linux that also counts the memory of this process, which it was forked from before its exec.)"""
-
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.path = Path(f"/proc/{pid}/status")
-        self.peak_kb = 0
-
-    def run(self) -> None:
-        while True:
-            try:
-                text = self.path.read_text()
-            except OSError:
-                return
-            marks = [line for line in text.splitlines() if line.startswith("VmHWM:")]
-            if not marks:  # a zombie: exited, its memory gone
-                return
-            self.peak_kb = max(self.peak_kb, int(marks[0].split()[1]))
-            time.sleep(0.02)
-
-    @property
-    def mb(self) -> float:
-        return self.peak_kb / 1024
-
-
 def watched(process: subprocess.Popen) -> PeakRss:
-    sampler = PeakRss(process.pid)
+    sampler = PeakRss([process.pid])
     sampler.start()
     return sampler
 
@@ -320,7 +282,7 @@ def in_run_seconds(run: dict) -> float:
 def measure_off(env: dict, want: dict, work: Path, label: str, profile: str | None = None) -> dict:
     from sync import db
 
-    fresh_database(env)
+    fresh(env)
     engine = db.engine_for(DB_URL)
     try:
         result = run_backfill(env, work / f"{label}.log", profile)
@@ -355,7 +317,7 @@ def measure_on(args, env: dict, fake, want: dict, work: Path, label: str) -> dic
     fake.clear_calls()
     fake.define_object("Partnero_Transaction__c")
     fake.latency = args.latency
-    fresh_database(env)
+    fresh(env)
     engine = db.engine_for(DB_URL)
     workers = [subprocess.Popen([str(BIN / "partnero-sync"), "worker"], env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL) for _ in range(args.workers)]
@@ -410,7 +372,7 @@ def measure_naive(env: dict, stand: StandIn, want: dict, sample: int) -> dict:
     from sync.services import Services
     from sync.settings import Settings
 
-    fresh_database(env)
+    fresh(env)
     settings = Settings.from_env(env)
     services = Services.build(settings)
     api = PartneroApi(settings.partnero)
@@ -527,7 +489,7 @@ def main() -> int:
         if stand is not None:
             stand.stop()
         fake.stop()
-        drop_database()
+        drop_database(DB_NAME)
         redis.Redis.from_url(REDIS_URL).flushdb()
 
     summary(results, args)

@@ -35,7 +35,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,11 +47,11 @@ import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from rq.suspension import resume, suspend  # noqa: E402
 
+from bench.common import PeakRss, drop_database, fresh_database  # noqa: E402
 from bench.loadgen import percentile  # noqa: E402
 from bench.receiver import free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DB_NAME = "partnero_drain"
 REDIS_URL = "redis://127.0.0.1:6379/12"
 RELATIONSHIPS = {
@@ -104,54 +103,6 @@ def burst(total: int, rng: random.Random) -> list[dict]:
     # Unordered: mostly in order, with local shuffles (a refund may come before its sale).
     keyed = [(i + rng.uniform(-300, 300), d) for i, d in enumerate(deliveries)]
     return [d for _, d in sorted(keyed, key=lambda x: x[0])]
-
-
-def fresh_database() -> str:
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
-        conn.execute(sa.text(f"CREATE DATABASE {DB_NAME}"))
-    admin.dispose()
-    return PG_ADMIN.rsplit("/", 1)[0] + f"/{DB_NAME}"
-
-
-def drop_database() -> None:
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
-    admin.dispose()
-
-
-class RssSampler(threading.Thread):
-    """Peak resident memory of a process tree, sampled from /proc."""
-
-    def __init__(self, pids: list[int]):
-        super().__init__(daemon=True)
-        self.pids = pids
-        self.peak_kb = 0
-        self.stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            for pid in self._tree():
-                try:
-                    text = Path(f"/proc/{pid}/status").read_text()
-                except OSError:
-                    continue
-                for line in text.splitlines():
-                    if line.startswith("VmRSS:"):
-                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
-            time.sleep(0.05)
-
-    def _tree(self) -> list[int]:
-        found = list(self.pids)
-        for pid in self.pids:
-            try:
-                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                continue
-            found += [int(c) for c in children]
-        return found
 
 
 def receive(services, documents: list[dict], concurrency: int = 16, progress: bool = True) -> None:
@@ -206,7 +157,7 @@ def run_ours(args, documents, fake, env) -> dict:
     from sync.services import Services
     from sync.settings import Settings
 
-    url = fresh_database()
+    url = fresh_database(DB_NAME)
     env = {**env, "DATABASE_URL": url}
     redis.Redis.from_url(REDIS_URL).flushdb()
     settings = Settings.from_env(env)
@@ -225,7 +176,7 @@ def run_ours(args, documents, fake, env) -> dict:
           f"({services.inbox.count()} stored, {len(documents) - services.inbox.count()} duplicates)")
 
     calls_before = fake.count("collections") + fake.count("upsert")
-    sampler = RssSampler([w.pid for w in workers])
+    sampler = PeakRss([w.pid for w in workers])
     started = time.monotonic()
     resume(connection)
     sampler.start()
@@ -248,14 +199,14 @@ def run_ours(args, documents, fake, env) -> dict:
             w.send_signal(signal.SIGTERM)
         for w in workers:
             w.wait(timeout=60)
-        sampler.stop_event.set()
+        sampler.stop()
     calls = fake.count("collections") + fake.count("upsert") - calls_before
     stored = services.inbox.count()
     check_salesforce(engine, fake)
     engine.dispose()
     print(f"  every delivery in the warehouse after {warehouse_done:.1f}s, in Salesforce after {elapsed:.1f}s")
     return {"deliveries": stored, "seconds": elapsed, "rate": stored / elapsed, "calls": calls,
-            "per_call": stored / max(calls, 1), "peak_rss_mb": sampler.peak_kb / 1024,
+            "per_call": stored / max(calls, 1), "peak_rss_mb": sampler.mb,
             "warehouse_seconds": warehouse_done}
 
 
@@ -287,7 +238,7 @@ def run_naive(args, documents, fake, env) -> dict:
     """One RQ job and one single-record upsert call per delivery."""
     from rq import Queue
 
-    url = fresh_database()
+    url = fresh_database(DB_NAME)
     env = {**env, "DATABASE_URL": url, "PYTHONPATH": str(ROOT), "NAIVE_INSTANCE_URL": fake.instance_url,
            "NAIVE_SESSION_ID": fake.issue_session()}
     connection = redis.Redis.from_url(REDIS_URL)
@@ -305,7 +256,7 @@ def run_naive(args, documents, fake, env) -> dict:
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
                for _ in range(args.workers)]
     wait_for_workers(connection, args.workers)
-    sampler = RssSampler([w.pid for w in workers])
+    sampler = PeakRss([w.pid for w in workers])
     sampler.start()
     started = time.monotonic()
     with connection.pipeline() as pipe:
@@ -322,13 +273,13 @@ def run_naive(args, documents, fake, env) -> dict:
         w.send_signal(signal.SIGTERM)
     for w in workers:
         w.wait(timeout=60)
-    sampler.stop_event.set()
+    sampler.stop()
     failed = queue.failed_job_registry.count
     if failed:
         raise SystemExit(f"the naive run failed {failed} of its jobs")
     calls = fake.count("upsert") - calls_before
     return {"deliveries": len(sample), "seconds": elapsed, "rate": len(sample) / elapsed, "calls": calls,
-            "per_call": len(sample) / max(calls, 1), "peak_rss_mb": sampler.peak_kb / 1024, "failed": failed}
+            "per_call": len(sample) / max(calls, 1), "peak_rss_mb": sampler.mb, "failed": failed}
 
 
 def run_freshness(args, fake, env) -> dict:
@@ -337,7 +288,7 @@ def run_freshness(args, fake, env) -> dict:
 
     from sync.signature import sign
 
-    url = fresh_database()
+    url = fresh_database(DB_NAME)
     secret = "bench-secret"
     port = free_port()
     env = {**env, "DATABASE_URL": url, "PARTNERO_WEBHOOK_SECRET": secret, "PORT": str(port),
@@ -473,7 +424,7 @@ def main() -> None:
             live = run_freshness(args, fake, env)
     finally:
         fake.stop()
-        drop_database()
+        drop_database(DB_NAME)
         redis.Redis.from_url(REDIS_URL).flushdb()
 
     print()
