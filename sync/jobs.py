@@ -128,24 +128,29 @@ def _passing(current, event_ids: list[int], exc: BaseException) -> Retry:
 
 def _retry(event_ids: list[int], reason: str) -> Retry:
     """Leave the rows pending with the reason, and ask RQ to run the job again after a while."""
-    job = get_current_job()
-    retries = (job.number_of_retries or 0) if job is not None else 0
     metrics.ATTEMPTS.inc(len(event_ids), outcome=metrics.RETRIED)
     try:
         if event_ids:  # noted on the rows, which are let go of, to be claimed again
             services.current().inbox.record_errors(event_ids, reason)
     except TransientError:
         pass  # the database is the thing that is away; the log line below has the reason
+    # Hours of retries: the rows stay pending, and the sweeper brings them back once the cause
+    # has passed.
+    return _later(f"inbox {_rows(event_ids)}", reason, "the rows stay pending for the sweeper")
+
+
+def _later(what: str, reason: str, then: str) -> Retry:
+    """Ask RQ to run the current job again after a while, on the delivery backoff. Once that is
+    used up, raises ``TransientError``: the job goes to RQ's failed registry, where an operator
+    sees it, and ``then`` says what becomes of its work."""
+    job = get_current_job()
+    retries = (job.number_of_retries or 0) if job is not None else 0
     if retries >= len(backoff.DELIVERY_DELAYS):
-        # Hours of retries: the rows stay pending, and the sweeper brings them back once the
-        # cause has passed. The job goes to RQ's failed registry, where an operator sees it.
-        log.error("inbox %s: %s; still failing after %d retries, the rows stay pending for the sweeper",
-                  _rows(event_ids), reason, retries)
-        raise TransientError(f"{reason}; still failing after {retries} retries: the rows stay pending")
+        log.error("%s: %s; still failing after %d retries, %s", what, reason, retries, then)
+        raise TransientError(f"{reason}; still failing after {retries} retries: {then}")
     delay = backoff.delay(backoff.DELIVERY_DELAYS, retries)
     # RQ does not record why a job asked to be retried: say it here.
-    log.warning("inbox %s: %s; retry %d of %d in %.0fs",
-                _rows(event_ids), reason, retries + 1, len(backoff.DELIVERY_DELAYS), delay)
+    log.warning("%s: %s; retry %d of %d in %.0fs", what, reason, retries + 1, len(backoff.DELIVERY_DELAYS), delay)
     return Retry(max=len(backoff.DELIVERY_DELAYS), interval=int(delay))
 
 
@@ -188,12 +193,8 @@ def backfill(run_id: int) -> Retry | str:
         run = filler.run(run, should_stop=lambda: queue.stop_requested() or time.monotonic() > deadline,
                          on_page=lambda progress: current.jobs.report_progress(progress.line()))
     except TransientError as exc:  # Partnero or the database away past the client's retries
-        retries = (job.number_of_retries or 0) if job is not None else 0
-        if retries >= len(backoff.DELIVERY_DELAYS):
-            raise
-        delay = backoff.delay(backoff.DELIVERY_DELAYS, retries)
-        log.warning("backfill #%s: %s; retry %d in %.0fs", run_id, exc, retries + 1, delay)
-        return Retry(max=len(backoff.DELIVERY_DELAYS), interval=int(delay))
+        return _later(f"backfill #{run_id}", str(exc), "the run stays stopped where it was, for "
+                      "`partnero-sync backfill` to carry on")
     if run.status == STOPPED:  # its slice is over: the next one carries on after the other queues' turn
         current.jobs.enqueue_backfill(run_id, f"backfill #{run_id}: carried on from {run.entity} page {run.next_page}")
     summary = (f"backfill #{run_id} {run.status}: {run.records:,} records, {run.applied:,} applied, "
