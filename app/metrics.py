@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from app import auth
 from sync import inbox, metrics, stats
 from sync.metrics import PREFIX, STORED
+from sync.partnero import runs
 
 bp = Blueprint("metrics", __name__)
 
@@ -98,8 +99,8 @@ def _gauges(snapshot: stats.Snapshot) -> Iterator[Metric]:
             "skipped (before --since), failed (deliveries that could not be applied).",
             labels=("outcome",),
         )
-        for outcome in ("records", "applied", "unchanged", "skipped", "failed"):
-            records.add_metric(["read" if outcome == "records" else outcome], getattr(run, outcome))
+        for counter in runs.COUNTERS:
+            records.add_metric(["read" if counter == "records" else counter], getattr(run, counter))
         yield records
         yield GaugeMetricFamily(
             PREFIX + "backfill_needs_attention",

@@ -20,6 +20,7 @@ from sync.partnero import runs as runs_module
 from sync.partnero.listed import ENTITIES
 from sync.partnero.resync import Resync
 from sync.partnero.runs import FAILED, STOPPED, Run, Runs
+from sync.stats import duration
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Progress:
         pages = f"page {self.page}" + (f" of {self.last_page}" if self.last_page else "")
         of = f" of {self.total:,}" if self.total is not None else ""
         left = self.seconds_left
-        eta = f", about {_duration(left)} left" if left is not None else ""
+        eta = f", about {duration(left)} left" if left is not None else ""
         return (f"backfill #{self.run_id}: {self.entity} {pages} ({self.entity_done:,}{of}{eta}); "
                 f"{self.records:,} records read, {self.rate:,.0f}/s: {self.applied:,} applied, "
                 f"{self.unchanged:,} unchanged, {self.skipped:,} skipped, {self.failed:,} failed")
@@ -157,13 +158,4 @@ class Backfill:
 
 
 def _ago(run: Run) -> str:
-    return _duration((datetime.now(timezone.utc) - run.heartbeat_at).total_seconds())
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 90:
-        return f"{seconds} s"
-    if seconds < 90 * 60:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds / 3600:.1f} h"
+    return duration((datetime.now(timezone.utc) - run.heartbeat_at).total_seconds())

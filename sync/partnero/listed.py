@@ -68,10 +68,9 @@ def listed(mapping: Mapping, entity: str, obj: dict[str, Any], observed_at: date
     events = [state_event(mapping)]
     if is_deleted(obj) and mapping.deletes:
         events.append(sorted(mapping.deletes)[0])
-    at = observed_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    documents = tuple((event, {"event": event, "created_at": at, "source": source, "data": obj}) for event in events)
     object_id = obj.get(ID_FIELD[entity])
-    return Listed(entity, str(object_id) if object_id not in (None, "") else None, documents)
+    return Listed(entity, str(object_id) if object_id not in (None, "") else None,
+                  tuple(_document(event, observed_at, source, obj) for event in events))
 
 
 def gone(mapping: Mapping, entity: str, object_id: str, observed_at: datetime, source: str) -> Listed | None:
@@ -79,10 +78,18 @@ def gone(mapping: Mapping, entity: str, object_id: str, observed_at: datetime, s
     ``mapping`` has no delete event."""
     if not mapping.deletes:
         return None
-    event = sorted(mapping.deletes)[0]
-    at = observed_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    data = {ID_FIELD[entity]: object_id, "deleted_at": at}
-    return Listed(entity, object_id, ((event, {"event": event, "created_at": at, "source": source, "data": data}),))
+    data = {ID_FIELD[entity]: object_id, "deleted_at": _stamp(observed_at)}
+    return Listed(entity, object_id, (_document(sorted(mapping.deletes)[0], observed_at, source, data),))
+
+
+def _document(event: str, at: datetime, source: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The delivery of ``event`` about ``data``, as if sent at ``at``: (event type, document)."""
+    return event, {"event": event, "created_at": _stamp(at), "source": source, "data": data}
+
+
+def _stamp(at: datetime) -> str:
+    """A time as Partnero writes it: ``2026-03-14T10:15:30.000000Z``."""
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def state_event(mapping: Mapping) -> str:

@@ -4,8 +4,9 @@
 Drift is what webhooks missed: records missing here or stale here, archived or deleted upstream
 without a webhook, reward statuses or amounts that moved (``sync.partnero.drift``). A record held
 here that the lists no longer show is looked up on its own (``GET /{list}/{id}``): when Partnero
-answers 404 it is gone, and the fix deletes it here too (a transaction: refunded, its commission
-reversed); when Partnero still has it, it is compared like any listed object.
+answers 404 it is gone, and the fix deletes it here too, but for a transaction, which is left for
+a person (``NEVER_DELETED_BY_ABSENCE``); when Partnero still has it, it is compared like any
+listed object.
 """
 
 from __future__ import annotations

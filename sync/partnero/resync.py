@@ -48,8 +48,6 @@ class Examined:
 class Applied:
     processed: int = 0
     failed: int = 0
-    #: Stored, but held by a worker (or already applied): left to it.
-    left: int = 0
 
 
 class Resync:
@@ -122,8 +120,7 @@ class Resync:
         now = utcnow()
         events = [Event(stored[d.fingerprint].id, d.event_type, d.body, PENDING, 1, now, d.fingerprint, d.entity_id)
                   for d in unique(examined.deliveries) if stored[d.fingerprint].created]
-        # The same bytes stored before (by someone else): whoever holds them applies them.
-        done.left = len(stored) - len(events)
+        # Bytes already stored (by someone else) are left to whoever holds them.
         if not events:
             return done
         result = services.processor.process_batch(events, examined.plans)

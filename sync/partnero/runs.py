@@ -105,23 +105,22 @@ class Runs:
         return self.get(run_id)
 
     def get(self, run_id: int) -> Run | None:
-        with transaction(self.engine) as conn:
-            row = conn.execute(sa.select(backfill_runs).where(backfill_runs.c.id == run_id)).one_or_none()
-        return _run(row) if row is not None else None
+        return self._newest(backfill_runs.c.id == run_id)
 
     def latest(self) -> Run | None:
-        t = backfill_runs
-        with transaction(self.engine) as conn:
-            row = conn.execute(sa.select(t).order_by(t.c.id.desc()).limit(1)).one_or_none()
-        return _run(row) if row is not None else None
+        return self._newest()
 
     def unfinished(self, entities: tuple[str, ...], since: datetime | None) -> Run | None:
         """The newest run of the same lists and ``since`` that did not finish: the one to resume."""
         t = backfill_runs
-        query = sa.select(t).where(t.c.entities == ",".join(entities), t.c.status.not_in((FINISHED, ABANDONED)))
-        query = query.where(t.c.since.is_(None) if since is None else t.c.since == since)
+        return self._newest(t.c.entities == ",".join(entities), t.c.status.not_in((FINISHED, ABANDONED)),
+                            t.c.since.is_(None) if since is None else t.c.since == since)
+
+    def _newest(self, *conditions) -> Run | None:
+        """The newest run that meets ``conditions``."""
+        t = backfill_runs
         with transaction(self.engine) as conn:
-            row = conn.execute(query.order_by(t.c.id.desc()).limit(1)).one_or_none()
+            row = conn.execute(sa.select(t).where(*conditions).order_by(t.c.id.desc()).limit(1)).one_or_none()
         return _run(row) if row is not None else None
 
     def resume(self, run_id: int, job_id: str | None = None) -> None:
