@@ -1,6 +1,10 @@
-"""The progress bar of the operator's long commands (replay, requeue-failed, prune)."""
+"""Progress for the operator's long commands: a bar where the amount of work is known (replay,
+requeue-failed, prune), a line where it is not (backfill, reconcile)."""
 
 from __future__ import annotations
+
+import sys
+import time
 
 import click
 
@@ -16,3 +20,29 @@ class _Null:
 
     def flush(self) -> None:
         pass
+
+
+class StatusLine:
+    """One line of progress: redrawn in place on a terminal; elsewhere (a log), printed as a line
+    of its own at most every ``every`` seconds, or not at all (``every`` None). ``err``: on
+    standard error."""
+
+    def __init__(self, *, err: bool = False, every: float | None = None) -> None:
+        self.err = err
+        self.every = every
+        self.tty = (sys.stderr if err else sys.stdout).isatty()
+        self.last = float("-inf")
+        self.drawn = False
+
+    def show(self, text: str) -> None:
+        if self.tty:
+            click.echo("\r" + text + "\x1b[K", nl=False, err=self.err)
+            self.drawn = True
+        elif self.every is not None and time.monotonic() - self.last >= self.every:
+            click.echo(text, err=self.err)
+            self.last = time.monotonic()
+
+    def end(self, keep: bool = True) -> None:
+        """Leave the terminal's line: kept as it was last drawn, or cleared."""
+        if self.drawn:
+            click.echo("" if keep else "\r\x1b[K", nl=keep, err=self.err)

@@ -10,6 +10,7 @@ import click
 
 from sync.cli.base import DATE, load_settings, main, utc
 from sync.errors import SyncError
+from sync.progress import StatusLine
 from sync.settings import Settings
 
 
@@ -88,16 +89,16 @@ def backfill(entities: tuple[str, ...], since: datetime | None, restart: bool, i
         click.echo(f"backfill #{run.id} queued on a worker (job {job_id}); follow it in the dashboard (/rq) "
                    "or with `partnero-sync status`")
         return
-    show = _Progress()
+    line = StatusLine(every=10)  # a line every ten seconds in a log
     try:
-        run = filler.run(run, on_page=show)
+        run = filler.run(run, on_page=lambda progress: line.show(progress.line()))
     except KeyboardInterrupt:
         click.echo("", err=True)
         stopped = filler.runs.get(run.id)
         click.echo(f"backfill #{run.id} interrupted at {stopped.entity} page {stopped.next_page}; run the same "
                    "command again to carry on from there", err=True)
         sys.exit(1)
-    show.end()
+    line.end()
     click.echo(f"backfill #{run.id} finished: {run.records:,} records, {run.applied:,} applied, "
                f"{run.unchanged:,} unchanged, {run.skipped:,} skipped, {run.failed:,} failed")
     if services.processor.outbox is not None and run.applied:
@@ -105,33 +106,6 @@ def backfill(entities: tuple[str, ...], since: datetime | None, restart: bool, i
     if run.failed:
         raise SyncError(f"{run.failed:,} deliveries could not be applied; each is recorded with its reason "
                         "(`partnero-sync status`, /ops)")
-
-
-class _Progress:
-    """The progress line: redrawn in place on a terminal, a line every ten seconds otherwise."""
-
-    EVERY = 10.0
-
-    def __init__(self) -> None:
-        import time
-
-        self.clock = time.monotonic
-        self.tty = sys.stdout.isatty()
-        self.last = float("-inf")
-        self.drawn = False
-
-    def __call__(self, progress) -> None:
-        now = self.clock()
-        if self.tty:
-            click.echo("\r" + progress.line() + "\x1b[K", nl=False)
-            self.drawn = True
-        elif now - self.last >= self.EVERY:
-            click.echo(progress.line())
-            self.last = now
-
-    def end(self) -> None:
-        if self.drawn:
-            click.echo("")
 
 
 @main.command()
@@ -162,28 +136,16 @@ def reconcile(entities: tuple[str, ...], fix: bool, as_json: bool) -> None:
     settings = load_settings()
     services = Services.build(settings)
     checker = Reconcile(services, _api(settings))
-    pages = _Pages(enabled=not as_json)
-    report = checker.run(entities, fix=fix, on_page=pages)
-    pages.end()
+    line = StatusLine(err=True)  # on a terminal only
+
+    def reading(entity: str, page: int, last_page: int | None) -> None:
+        line.show(f"reading {entity}: page {page}" + (f" of {last_page}" if last_page else ""))
+
+    report = checker.run(entities, fix=fix, on_page=None if as_json else reading)
+    line.end(keep=False)
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render(report, fixed=fix))
     if report.failed or report.left or (report.drifts and not fix):
         sys.exit(1)
-
-
-class _Pages:
-    """Which page of which list is being read, on standard error while a terminal watches."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-
-    def __call__(self, entity: str, page: int, last_page: int | None) -> None:
-        if self.enabled:
-            of = f" of {last_page}" if last_page else ""
-            click.echo(f"\rreading {entity}: page {page}{of}\x1b[K", nl=False, err=True)
-
-    def end(self) -> None:
-        if self.enabled:
-            click.echo("\r\x1b[K", nl=False, err=True)
 
 
 @main.group()
