@@ -104,26 +104,21 @@ def _claim(query, limit: int):
     return query.order_by(webhook_events.c.id).limit(limit).with_for_update(skip_locked=True)
 
 
-#: The inbox insert on PostgreSQL, rows in the order given (``store_many`` sorts them by fingerprint).
+#: The inbox insert on PostgreSQL: an array per column that differs between rows, a value for
+#: those ``store_many`` gives every row alike; rows in the order given (sorted by fingerprint).
+_PER_ROW = ("fingerprint", "event_type", "body", "status", "entity_id")
+_ALIKE = ("received_at", "attempts", "claimed_until")
 _UNNEST_INSERT = sa.text(
     "INSERT INTO webhook_events (fingerprint, event_type, body, received_at, status, attempts, entity_id,"
     " claimed_until)"
     " SELECT u.fingerprint, u.event_type, u.body, :received_at, u.status, :attempts, u.entity_id, :claimed_until"
-    " FROM unnest(CAST(:fingerprints AS varchar[]), CAST(:event_types AS varchar[]), CAST(:bodies AS bytea[]),"
-    " CAST(:statuses AS varchar[]), CAST(:entity_ids AS varchar[]))"
+    " FROM unnest(CAST(:fingerprint AS varchar[]), CAST(:event_type AS varchar[]), CAST(:body AS bytea[]),"
+    " CAST(:status AS varchar[]), CAST(:entity_id AS varchar[]))"
     " WITH ORDINALITY AS u(fingerprint, event_type, body, status, entity_id, n)"
     " ORDER BY u.n"
     " ON CONFLICT (fingerprint) DO NOTHING"
     " RETURNING fingerprint, id, status"
 ).bindparams(sa.bindparam("received_at", type_=UTCDateTime()), sa.bindparam("claimed_until", type_=UTCDateTime()))
-
-
-def _dialect_insert(dialect: str):
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
 
 
 def fingerprint(body: bytes) -> str:
@@ -279,18 +274,12 @@ class Inbox:
         if dialect == "postgresql" and rows:
             # One array per column: the statement's text is the same whatever the batch's size, so
             # neither psycopg nor PostgreSQL parses it again for every batch (bench/README.md).
-            arrays = {name: [row[name] for row in rows]
-                      for name in ("fingerprint", "event_type", "body", "status", "entity_id")}
-            found = conn.execute(_UNNEST_INSERT, {
-                "fingerprints": arrays["fingerprint"], "event_types": arrays["event_type"],
-                "bodies": arrays["body"], "statuses": arrays["status"], "entity_ids": arrays["entity_id"],
-                # The same for every row of one call (``store_many``).
-                "received_at": rows[0]["received_at"], "attempts": rows[0]["attempts"],
-                "claimed_until": rows[0]["claimed_until"],
-            })
-            return {fp: (i, s) for fp, i, s in found}
+            values = {name: [row[name] for row in rows] for name in _PER_ROW}
+            values.update({name: rows[0][name] for name in _ALIKE})
+            return {fp: (i, s) for fp, i, s in conn.execute(_UNNEST_INSERT, values)}
         if dialect == "sqlite":
-            insert = _dialect_insert(dialect)
+            from sqlalchemy.dialects.sqlite import insert
+
             stmt = (
                 insert(t)
                 .on_conflict_do_nothing(index_elements=["fingerprint"])
