@@ -11,7 +11,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 
 from app import auth
-from sync import logs, stats
+from sync import logs, progress, stats
 from sync.errors import TransientError
 from sync.inbox import PROCESSED, STATUSES
 from sync.replay import replay_one
@@ -137,4 +137,4 @@ def _utc(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "–"
 
 
-bp.add_app_template_filter(stats.duration, "duration")
+bp.add_app_template_filter(progress.duration, "duration")

@@ -1,5 +1,6 @@
 """Progress for the operator's long commands: a bar where the amount of work is known (replay,
-requeue-failed, prune), a line where it is not (backfill, reconcile)."""
+requeue-failed, prune), a line where it is not (backfill, reconcile); and spans of time as a
+person reads them."""
 
 from __future__ import annotations
 
@@ -46,3 +47,14 @@ class StatusLine:
         """Leave the terminal's line: kept as it was last drawn, or cleared."""
         if self.drawn:
             click.echo("" if keep else "\r\x1b[K", nl=keep, err=self.err)
+
+
+def duration(seconds: float) -> str:
+    """A span of time as a person reads it: 45 s, 12 min, 3.5 h, 2.0 days."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -18,6 +18,7 @@ from sync.crm.outbox import Outbox
 from sync.errors import TransientError
 from sync.inbox import FAILED, InboxSummary
 from sync.partnero import runs
+from sync.progress import duration
 from sync.queue import QueueCounts
 
 #: A pending delivery older than this means the backlog is stuck (no worker, or one that fails).
@@ -203,14 +204,3 @@ def _iso(value: datetime | None) -> str | None:
 def rounded(value: float | None) -> float | None:
     """Seconds to a tenth, as the reports show them (None stays None)."""
     return round(value, 1) if value is not None else None
-
-
-def duration(seconds: float) -> str:
-    """A span of time as a person reads it: 45 s, 12 min, 3.5 h, 2.0 days."""
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"

@@ -9,7 +9,8 @@ from sync.crm.outbox import SYNCED as CRM_SYNCED
 from sync.inbox import STATUSES
 from sync.ledger import Summary
 from sync.partnero.runs import Run
-from sync.stats import UNKNOWN, Snapshot, backlog, duration
+from sync.progress import duration
+from sync.stats import UNKNOWN, Snapshot, backlog
 
 #: How the sources ``Snapshot.unavailable`` names are written for a person.
 _SOURCES = {"database": "database", "redis": "Redis"}

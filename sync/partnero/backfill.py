@@ -20,7 +20,7 @@ from sync.partnero import runs as runs_module
 from sync.partnero.listed import ENTITIES
 from sync.partnero.resync import Resync
 from sync.partnero.runs import FAILED, STOPPED, Run, Runs
-from sync.stats import duration
+from sync.progress import duration
 
 log = logging.getLogger(__name__)
 
