@@ -333,7 +333,7 @@ class _Checker:
             self.field(LineDict(version=DEFAULT_VERSION), "version", "version", default_type="datetime")
         warehouse = self.warehouse(raw["warehouse"]) if "warehouse" in raw else None
         if "warehouse" not in raw:
-            self.problem(raw, "warehouse", "", "nothing to write: add a warehouse section")
+            self.problem(raw, "warehouse", "warehouse", "missing: nothing to write, add a warehouse section")
         ledger = self.ledger(raw["ledger"], events, deletes) if "ledger" in raw else None
         salesforce = self.salesforce(raw["salesforce"]) if "salesforce" in raw else None
         if None in (entity, identity, version) or ("warehouse" in raw and warehouse is None):
@@ -417,7 +417,9 @@ class _Checker:
         self.unknown_keys(raw, {"from", "value", "type", "transforms"}, where)
         expression, constant, source = None, None, ""
         if ("from" in raw) == ("value" in raw):
-            self.problem(raw, "from", where, "give exactly one of from (an expression) or value (a constant)")
+            said = "both given" if "from" in raw else "missing"
+            self.problem(raw, "from", where, f"from or value: {said} (give exactly one of from, an expression, or "
+                                             "value, a constant)")
             return None
         if "from" in raw:
             expression = self.expression(raw, "from", _join(where, "from"), raw["from"])
@@ -541,6 +543,8 @@ class _Checker:
         if table is not None and not (isinstance(table, str) and IDENTIFIER.match(table)):
             self.problem(raw, "table", "warehouse.table", "a table name is lower-case letters, digits and _")
             table = None
+        elif table is None:
+            pass
         elif table in self.reserved:
             self.problem(raw, "table", "warehouse.table", f"{table} is partnero-sync's own table")
             table = None
