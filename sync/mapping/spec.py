@@ -94,21 +94,28 @@ class Field:
         delivery (most fields are such paths). None for anything else."""
         return None if self.expression is None else _field_path(self.expression.parsed)
 
-    def raw(self, document: Any) -> Any:
-        """The value before it is made the field's type: the expression (or constant), transformed."""
+    def found(self, document: Any) -> Any:
+        """What the expression finds in ``document`` (or the constant), before any transform."""
         if self.expression is None:
-            value = self.constant
-        elif self.path is not None:
+            return self.constant
+        if self.path is not None:
             value = document
             for key in self.path:  # as JMESPath: a key of an object, else nothing (null stops it)
                 value = value.get(key) if isinstance(value, dict) else None
                 if value is None:
                     break
-        else:
-            value = self.expression.search(document)
+            return value
+        return self.expression.search(document)
+
+    def transformed(self, value: Any) -> Any:
+        """``value`` through the field's transforms, in order."""
         for transform in self.transforms:
             value = transform.apply(value)
         return value
+
+    def raw(self, document: Any) -> Any:
+        """The value before it is made the field's type: the expression (or constant), transformed."""
+        return self.transformed(self.found(document))
 
     def evaluate(self, document: Any) -> Any:
         return COERCE[self.type](self.raw(document))
