@@ -7,12 +7,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import jmespath.exceptions
 
 from sync.envelope import ExactFloat, parse_timestamp
 from sync.errors import PermanentError
+from sync.mapping.bounds import search
 from sync.mapping.spec import Field, Mapping
 from sync.mapping.transforms import COERCE, ValueProblem, kind
 
@@ -248,7 +250,7 @@ def _rewards(mapping: Mapping, document: Any, transaction_key: str) -> tuple[Rew
     unit of at most 16 printable characters; its status a text without control characters.
     """
     ledger = mapping.ledger
-    found = ledger.rewards.search(document)
+    found = _guarded(mapping, "ledger.rewards", partial(search, ledger.rewards), document)
     if found is None:
         return ()
     if not isinstance(found, list):

@@ -16,6 +16,7 @@ import jmespath.exceptions
 from jmespath.parser import ParsedResult
 
 from sync.errors import ConfigurationError
+from sync.mapping import bounds
 from sync.mapping.loader import LineDict, YamlProblem, load_yaml
 from sync.mapping.transforms import (
     ANY,
@@ -105,7 +106,7 @@ class Field:
                 if value is None:
                     break
             return value
-        return self.expression.search(document)
+        return bounds.search(self.expression, document)
 
     def transformed(self, value: Any) -> Any:
         """``value`` through the field's transforms, in order."""
@@ -406,6 +407,14 @@ class _Checker:
         if _depth(compiled.parsed) > MAX_EXPRESSION_DEPTH:
             self.problem(node, key, where, f"expression nested more than {MAX_EXPRESSION_DEPTH} levels deep "
                                            "(a long chain of || counts one level each)")
+            return None
+        times, unbounded = bounds.growth(compiled.parsed)
+        if unbounded is not None:
+            self.problem(node, key, where, f"bad expression {text!r}: {unbounded}")
+            return None
+        if times > bounds.MAX_GROWTH:
+            self.problem(node, key, where, f"expression can build a value {times:,.0f} times the size of the delivery "
+                                           f"(at most {bounds.MAX_GROWTH}): it repeats what it reads")
             return None
         return compiled
 
