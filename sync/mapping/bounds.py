@@ -262,17 +262,21 @@ class _Budgeted(TreeInterpreter):
     """JMESPath's own interpreter, counting its steps."""
 
     def __init__(self) -> None:
-        super().__init__(Options(custom_functions=_FUNCTIONS))
+        super().__init__(_OPTIONS)
         self.steps = 0
 
     def visit(self, node: dict, *args: Any, **kwargs: Any) -> Any:
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise ValueProblem(f"the expression took more than {MAX_STEPS:,} steps: it is not worth this delivery")
-        return super().visit(node, *args, **kwargs)
+        method = self._method_cache.get(node["type"])
+        if method is None:  # as Visitor.visit finds it
+            method = self._method_cache[node["type"]] = getattr(self, f"visit_{node['type']}", self.default_visit)
+        return method(node, *args, **kwargs)
 
 
 _FUNCTIONS = functions.Functions()
+_OPTIONS = Options(custom_functions=_FUNCTIONS)
 #: The functions JMESPath has.
 _KNOWN = frozenset(_FUNCTIONS.FUNCTION_TABLE)
 
