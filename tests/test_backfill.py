@@ -361,3 +361,21 @@ def test_an_object_the_mappings_cannot_apply_fails_alone_with_its_reason(program
     with services.inbox.engine.connect() as conn:
         assert services.warehouse.read(conn, "transactions", "tx_1") is not None
 
+
+
+@pytest.mark.parametrize("cap", [100, 15])
+def test_a_backfill_reads_every_page_when_partnero_pages_fewer_than_asked(program, database_url, redis_conn,
+                                                                         redis_server_url, cap):
+    program.page_cap = cap  # at most `cap` a page, whatever the 250 the command asks for
+    for i in range(7, 2 * cap + 3):
+        program.add("partners", partner(i))
+    result = cli(cli_env(database_url, redis_server_url, program), "backfill")
+    assert result.exit_code == 0, result.output
+    total = 2 * cap + 3 + 5 + 8
+    assert f"finished: {total} records, {total} applied, 0 unchanged, 0 skipped, 0 failed" in result.output
+    asked = [q for _, path, q in program.requests if path.endswith("/partners")]
+    assert asked == [{"limit": "250", "page": str(n)} for n in (1, 2, 3)]
+    services = make_services(database_url, redis_server_url, program)
+    with services.inbox.engine.connect() as conn:
+        held = services.warehouse.live_keys(conn, "partners")
+    assert held == {f"ptn_{i}" for i in range(2 * cap + 3)}

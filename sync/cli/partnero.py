@@ -55,7 +55,8 @@ def backfill(entities: tuple[str, ...], since: datetime | None, restart: bool, i
     same mappings as webhooks, into the warehouse, the ledger and Salesforce.
 
     Pages through Partnero's lists (PARTNERO_API_KEY; PARTNERO_API_URL, default
-    https://api.partnero.com/v1) 250 objects at a time. Each object is applied as if its
+    https://api.partnero.com/v1), asking for 250 objects a page (Partnero may give fewer: its
+    pages are followed to the last its answers name). Each object is applied as if its
     webhook had arrived when the list was read: one older than what is held is left alone, one
     held as listed is not stored again (running it twice changes nothing), and the ledger books
     each reward once; a refunded transaction (deleted_at set) ends refunded, its commission booked

@@ -116,8 +116,9 @@ class Backfill:
                 entity = run.entities[index]
                 first = run.next_page if entity == run.entity else 1
                 progress.entity, progress.total = entity, None
-                progress.entity_done = (first - 1) * self.page_size
                 for page in self.api.pages(entity, start=first, limit=self.page_size):
+                    if page.number == first:  # the pages before it, of the size Partnero gives
+                        progress.entity_done = (first - 1) * (page.per_page or self.page_size)
                     examined = self.resync.examine(entity, page.objects, page.observed_at, run.since)
                     applied = self.resync.apply(examined)
                     counts = {"records": len(page.objects), "applied": len(examined.drifts),
