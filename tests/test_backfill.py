@@ -292,6 +292,17 @@ def test_a_second_backfill_of_the_same_lists_is_refused_while_the_first_is_live(
     assert Runs(services.inbox.engine).get(first.id).records == 0
 
 
+def test_plain_http_to_a_partnero_that_is_not_local_is_refused_before_anything_is_sent(
+        program, database_url, redis_conn, redis_server_url):
+    env = cli_env(database_url, redis_server_url, program) | {"PARTNERO_API_URL": "http://api.partnero.com/v1"}
+    for command in (["backfill"], ["reconcile"], ["webhooks", "list"]):
+        result = CliRunner().invoke(main, command, env=env)
+        assert result.exit_code == 2, result.output
+        assert "PARTNERO_API_URL is plain http" in result.output and program.api_key not in result.output
+    assert program.requests == [] and Runs(make_services(database_url, redis_server_url, program).inbox.engine
+                                           ).latest() is None
+
+
 def test_a_missing_api_key_is_a_configuration_error(database_url, redis_conn, redis_server_url):
     env = {"DATABASE_URL": database_url, "REDIS_URL": redis_server_url, "PARTNERO_API_KEY": ""}
     result = CliRunner().invoke(main, ["backfill"], env=env)

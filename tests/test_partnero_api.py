@@ -338,3 +338,14 @@ def test_one_ca_bundle_trusts_the_partnero_and_salesforce_stand_ins_together(par
     assert partnero_api.ca_bundle == fake.ca_bundle
     assert requests.get(f"{fake.instance_url}/services/data", timeout=10).ok
     assert client(partnero_api, waits).page("partners", 1).objects == []
+
+
+def test_a_local_plain_http_url_is_warned_about_without_the_key(waits, caplog):
+    caplog.set_level(logging.WARNING, logger="sync.partnero.api")
+    key = "k" * 32
+    PartneroApi(PartneroApiSettings(api_key=key, api_url="http://127.0.0.1:1/v1"), sleep=waits)
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "plain http (http://127.0.0.1:1/v1): the API key travels unencrypted" in warning and key not in warning
+    caplog.clear()
+    PartneroApi(PartneroApiSettings(api_key=key, api_url="https://127.0.0.1:1/v1"), sleep=waits)
+    assert caplog.records == []

@@ -49,7 +49,7 @@ from sync import backoff, envelope
 from sync.envelope import MalformedDelivery
 from sync.errors import ConfigurationError, PermanentError, SyncError, TransientError
 from sync.partnero.listed import ENTITIES
-from sync.settings import PartneroApiSettings
+from sync.settings import PartneroApiSettings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,9 @@ class PartneroApi:
         self.timeout = timeout
         self._headers = {"Authorization": f"Bearer {self._key}", "Accept": "application/json",
                          "User-Agent": f"partnero-sync/{_version()}"}
+        if settings.in_clear:  # settings allow it to this machine only
+            log.warning("PARTNERO_API_URL is plain http (%s): the API key travels unencrypted; use https "
+                        "anywhere but a local stand-in", redact_url(self.base_url))
 
     def __repr__(self) -> str:  # never show the key
         return f"PartneroApi({self.base_url!r})"
