@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sync.errors import ConfigurationError, SyncError
-from sync.partnero import runs as runs_module
 from sync.partnero.listed import ENTITIES
 from sync.partnero.resync import Resync
-from sync.partnero.runs import FAILED, STOPPED, Run, Runs
+from sync.partnero.runs import FAILED, OVER, STOPPED, Run, Runs
 from sync.progress import duration
 
 log = logging.getLogger(__name__)
@@ -86,19 +85,30 @@ class Backfill:
     def prepare(self, entities: tuple[str, ...] = ENTITIES, since: datetime | None = None, *,
                 restart: bool = False, job_id: str | None = None) -> Run:
         """The run to carry on: the unfinished one of the same lists and ``since`` (unless
-        ``restart``), else a new one. Raises ``AlreadyRunning`` when that run is live elsewhere."""
+        ``restart``), else a new one. Raises ``AlreadyRunning`` when that run is live elsewhere.
+
+        Taking a run up and starting one are each a single conditional write (``Runs.take_up``,
+        the unique ``open_scope`` of ``Runs.start``): of two backfills prepared at the same moment,
+        one gets the run and the other is refused."""
         entities = tuple(e for e in ENTITIES if e in entities)
-        unfinished = self.runs.unfinished(entities, since)
-        if unfinished is not None and unfinished.live() and (job_id is None or unfinished.job_id != job_id):
-            raise AlreadyRunning(
-                f"backfill #{unfinished.id} is running (it moved {_ago(unfinished)} ago); wait for it, or follow "
-                "it with `partnero-sync status`")
-        if unfinished is not None and not restart:
-            self.runs.resume(unfinished.id, job_id)
-            return self.runs.get(unfinished.id)
-        if unfinished is not None:
-            self.runs.finish(unfinished.id, runs_module.ABANDONED, "replaced by a new backfill (--restart)")
-        return self.runs.start(entities, since, job_id)
+        for _ in range(_TRIES):
+            unfinished = self.runs.unfinished(entities, since)
+            if unfinished is None:
+                started = self.runs.start(entities, since, job_id)
+                if started is not None:
+                    return started
+                continue  # another backfill started it just now: look at it
+            if restart and self.runs.abandon(unfinished.id, "replaced by a new backfill (--restart)", job_id):
+                continue
+            if not restart and self.runs.take_up(unfinished.id, job_id):
+                return self.runs.get(unfinished.id)
+            now = self.runs.get(unfinished.id)
+            if now.status not in OVER:  # carried on by someone else right now
+                raise _running(now)
+            # it was finished or abandoned meanwhile: look again
+        # Runs of these lists kept starting and finishing under our feet.
+        raise AlreadyRunning(f"another backfill of {', '.join(entities)} keeps starting; wait for it, or follow "
+                             "it with `partnero-sync status`")
 
     def run(self, run: Run, *, should_stop: Callable[[], bool] = lambda: False,
             on_page: Callable[[Progress], None] | None = None) -> Run:
@@ -156,6 +166,15 @@ class Backfill:
             self.runs.finish(run_id, status, error)
         except SyncError as exc:  # the database is what is away: the run shows as running, then stale
             log.warning("backfill #%s: could not record that it stopped: %s", run_id, exc)
+
+
+#: How often ``prepare`` looks again when the run it found changed under it.
+_TRIES = 5
+
+
+def _running(run: Run) -> AlreadyRunning:
+    return AlreadyRunning(f"backfill #{run.id} is running (it moved {_ago(run)} ago); wait for it, or follow "
+                          "it with `partnero-sync status`")
 
 
 def _ago(run: Run) -> str:
