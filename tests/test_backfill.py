@@ -34,6 +34,7 @@ from tests.partnero_helpers import (
     cli,
     cli_env,
     delivery,
+    edited_mappings,
     make_services,
     partner,
     send,
@@ -390,3 +391,33 @@ def test_a_backfill_reads_every_page_when_partnero_pages_fewer_than_asked(progra
     with services.inbox.engine.connect() as conn:
         held = services.warehouse.live_keys(conn, "partners")
     assert held == {f"ptn_{i}" for i in range(2 * cap + 3)}
+
+
+def test_a_renamed_entity_is_still_loaded_from_the_list_its_events_are_about(program, database_url, redis_conn,
+                                                                            redis_server_url, tmp_path):
+    mappings = edited_mappings(tmp_path / "mappings", {"partner.yml": ("entity: partner\n", "entity: affiliate\n")})
+    env = cli_env(database_url, redis_server_url, program, mappings)
+    result = cli(env, "backfill")
+    assert result.exit_code == 0, result.output
+    assert "finished: 20 records, 20 applied, 0 unchanged, 0 skipped, 0 failed" in result.output
+    checked = cli(env, "reconcile", "--json")
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.output)["listed"] == {"partners": 7, "customers": 5, "transactions": 8}
+
+
+def test_a_list_no_mapping_loads_is_refused_before_anything_is_read(program, database_url, redis_conn,
+                                                                    redis_server_url, tmp_path):
+    mappings = edited_mappings(tmp_path / "mappings", {"customer.yml": None})
+    env = cli_env(database_url, redis_server_url, program, mappings)
+    for command in (["backfill", "--entities", "customers"], ["backfill", "--in-worker", "--entities", "customers"],
+                    ["reconcile", "--entities", "partners,customers"]):
+        result = CliRunner().invoke(main, command, env=env)
+        assert result.exit_code == 2, result.output
+        assert "no mapping file loads Partnero's customers list" in result.output and "list: customers" in result.output
+    assert program.requests == []
+    assert Runs(make_services(database_url, redis_server_url, program, mappings=mappings).inbox.engine).latest() is None
+    # By default, the lists the mapping files load from.
+    result = cli(env, "backfill")
+    assert result.exit_code == 0, result.output
+    assert "finished: 15 records, 15 applied, 0 unchanged, 0 skipped" in result.output
+    assert not [path for _, path, _ in program.requests if "customers" in path]

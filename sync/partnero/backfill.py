@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sync.errors import ConfigurationError, SyncError
-from sync.partnero.listed import ENTITIES
+from sync.partnero import listed
 from sync.partnero.resync import Resync
 from sync.partnero.runs import FAILED, OVER, STOPPED, Run, Runs
 from sync.progress import duration
@@ -82,15 +82,17 @@ class Backfill:
         self.page_size = page_size
         self.clock = clock
 
-    def prepare(self, entities: tuple[str, ...] = ENTITIES, since: datetime | None = None, *,
+    def prepare(self, entities: tuple[str, ...] | None = None, since: datetime | None = None, *,
                 restart: bool = False, job_id: str | None = None) -> Run:
-        """The run to carry on: the unfinished one of the same lists and ``since`` (unless
-        ``restart``), else a new one. Raises ``AlreadyRunning`` when that run is live elsewhere.
+        """The run to carry on: the unfinished one of the same lists (None: every list a mapping
+        loads from) and ``since`` (unless ``restart``), else a new one. Raises ``AlreadyRunning``
+        when that run is live elsewhere, ``ConfigurationError`` when no mapping loads one of the
+        lists (before anything is read).
 
         Taking a run up and starting one are each a single conditional write (``Runs.take_up``,
         the unique ``open_scope`` of ``Runs.start``): of two backfills prepared at the same moment,
         one gets the run and the other is refused."""
-        entities = tuple(e for e in ENTITIES if e in entities)
+        entities = tuple(listed.mappings_for(self.services.mappings, entities))
         for _ in range(_TRIES):
             unfinished = self.runs.unfinished(entities, since)
             if unfinished is None:
@@ -122,6 +124,7 @@ class Backfill:
         started = self.clock()
         progress = Progress(run.id, run.entity, run.next_page - 1, run.last_page, None, 0)
         try:
+            listed.mappings_for(self.services.mappings, run.entities)  # the mappings may have changed since
             for index in range(run.entities.index(run.entity), len(run.entities)):
                 entity = run.entities[index]
                 first = run.next_page if entity == run.entity else 1
