@@ -205,10 +205,7 @@ class PartneroApi:
 
     def page(self, entity: str, number: int, limit: int = MAX_LIMIT) -> Page:
         """One page of ``entity``'s list (``number`` from 1)."""
-        _check_entity(entity)
-        if number < 1 or not 1 <= limit <= MAX_LIMIT:
-            raise ValueError(f"page from 1 and limit between 1 and {MAX_LIMIT}")
-        return next(self._walk(entity, number, limit))
+        return next(self.pages(entity, number, limit))
 
     def pages(self, entity: str, start: int = 1, limit: int = MAX_LIMIT) -> Iterator[Page]:
         """Pages of ``entity`` from ``start`` on, each fetched when the previous one is consumed,
