@@ -5,11 +5,13 @@ This is the only module that reads ``os.environ``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sync.errors import ConfigurationError
 from sync.logs import FORMATS
@@ -171,6 +173,11 @@ class PartneroApiSettings:
             )
         return self.api_key
 
+    @property
+    def in_clear(self) -> bool:
+        """Whether the API key would travel unencrypted (plain http, allowed to a local host only)."""
+        return urlsplit(self.api_url).scheme.lower() == "http"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> PartneroApiSettings:
         url = env.get("PARTNERO_API_URL", "").strip().rstrip("/") or DEFAULT_PARTNERO_API_URL
@@ -180,7 +187,29 @@ class PartneroApiSettings:
                 f"PARTNERO_API_URL must be an http(s) URL such as {DEFAULT_PARTNERO_API_URL} "
                 f"(got {redact_url(url)!r})"
             )
+        if scheme.lower() == "http" and not is_local_host(url):
+            raise ConfigurationError(
+                f"PARTNERO_API_URL is plain http to a host that is not this machine ({redact_url(url)!r}): "
+                "the API key would travel unencrypted. Use https (such as "
+                f"{DEFAULT_PARTNERO_API_URL}); plain http is allowed only to localhost, 127.0.0.0/8 or ::1"
+            )
         return cls(api_key=env.get("PARTNERO_API_KEY", "").strip() or None, api_url=url)
+
+
+def is_local_host(url: str) -> bool:
+    """Whether ``url``'s host is this machine's loopback: localhost, 127.0.0.0/8 or ::1."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    if host.rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
