@@ -1,0 +1,163 @@
+"""The Procfile's web process as a PaaS runs it: behind a router that terminates TLS and talks
+plain HTTP from an address of its own, and beside other gunicorn instances on one machine.
+
+The router is simulated from another loopback address (127.0.0.2), a peer gunicorn does not
+trust by default; nothing leaves 127.0.0.0/8.
+"""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from sync.samples import sample_delivery
+from tests.conftest import SECRETS, signed
+from tests.ops_helpers import AUTH, Page
+from tests.test_processes import BIN, environment, free_port, procfile, start, stop, wait_for
+
+#: Where the simulated router connects from: loopback, but not an address gunicorn trusts by default.
+ROUTER = "127.0.0.2"
+#: The public name the browser uses; it only ever travels in headers.
+HOST = "partnero-sync.example"
+HTTPS = {"Host": HOST, "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
+
+
+@contextmanager
+def web(directory: Path, redis_url: str, **variables: str) -> Iterator[int]:
+    """The Procfile's web line, with the dashboard, its actions and ``variables``; yields its port.
+    The process must stop cleanly, without a traceback."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = environment(DATABASE_URL=f"sqlite:///{directory}/web.db", REDIS_URL=redis_url,
+                      PARTNERO_WEBHOOK_SECRET=",".join(SECRETS), PORT=str(port), WEB_CONCURRENCY="1",
+                      LOG_FORMAT="text", RQ_DASHBOARD_USERNAME="ops", RQ_DASHBOARD_PASSWORD="a-long-password-1",
+                      RQ_DASHBOARD_ALLOW_ACTIONS="true", **variables)
+    subprocess.run([str(BIN / "partnero-sync"), "migrate"], env=env, cwd=directory, check=True, capture_output=True)
+    process = start(procfile()["web"], env, cwd=directory)
+    try:
+        wait_for(lambda: _answers(port), what="the web process")
+        yield port
+    finally:
+        output = stop(process)
+        assert process.returncode == 0 and "Traceback" not in output, output
+
+
+def _answers(port: int) -> bool:
+    try:
+        return call(port, "GET", "/healthz", {"Host": HOST})[0] == 200
+    except OSError:
+        return False
+
+
+def call(port: int, method: str, path: str, headers: dict[str, str], body: bytes | None = None,
+         source: str = ROUTER) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """One request to the web process from ``source`` (the router's address): status, headers, body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        connection.close()
+
+
+def deliver(port: int) -> int:
+    """A signed delivery through the router; its inbox id."""
+    body, headers = signed(sample_delivery("partner.created"))
+    status, _, answer = call(port, "POST", "/webhooks/partnero", {**HTTPS, **headers}, body)
+    assert status == 202, answer
+    return int(answer.split(b'"id":')[1].split(b",")[0].strip(b" }\n"))
+
+
+def replay(port: int, event_id: int, headers: dict[str, str],
+           source: str = ROUTER) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """Open the delivery's page and press its Replay button, as the browser would, with ``headers``."""
+    status, _, page = call(port, "GET", f"/ops/deliveries/{event_id}", {**headers, **AUTH}, source=source)
+    assert status == 200, page[:300]
+    form = urllib.parse.urlencode({"token": Page(page).inputs["token"]}).encode()
+    return call(port, "POST", f"/ops/deliveries/{event_id}/replay",
+                {**headers, **AUTH, "Content-Type": "application/x-www-form-urlencoded"}, form, source)
+
+
+def compact(port: int, headers: dict[str, str], source: str = ROUTER) -> tuple[int, bytes]:
+    """A dashboard action (compact the delivery queue), as the dashboard's page sends it."""
+    status, _, body = call(port, "POST", "/rq/queue/partnero/compact", {**headers, **AUTH}, source=source)
+    return status, body
+
+
+def session_cookie(headers: http.client.HTTPMessage) -> list[str]:
+    """The attributes of the session cookie set in a response, lower case."""
+    cookies = [c for c in headers.get_all("Set-Cookie") or [] if c.startswith("session=")]
+    assert len(cookies) == 1, cookies
+    return [part.strip().lower() for part in cookies[0].split(";")[1:]]
+
+
+def test_behind_a_tls_router_the_buttons_work_and_another_site_is_still_refused(tmp_path, redis_server_url, redis_conn):
+    with web(tmp_path / "web", redis_server_url) as port:
+        event_id = deliver(port)
+        ours = {**HTTPS, "Origin": f"https://{HOST}"}
+
+        status, headers, body = replay(port, event_id, ours)
+        assert status == 303, body[:300]
+        assert headers["Location"].endswith(f"/ops/deliveries/{event_id}")
+        # The message shown after the replay travels in the session cookie: https only.
+        assert "secure" in session_cookie(headers)
+        assert compact(port, ours)[0] == 200
+
+        for foreign in ({**HTTPS, "Origin": "https://evil.example"},
+                        {**HTTPS, "Origin": f"http://{HOST}"},  # the same host over plain http
+                        {**HTTPS, "Referer": "https://evil.example/ops"},
+                        HTTPS):  # neither Origin nor Referer
+            assert replay(port, event_id, foreign)[0] == 403, foreign
+            assert compact(port, foreign)[0] == 403, foreign
+
+        # Only the scheme is taken from the router: no header moves the app off the root.
+        status, _, body = call(port, "GET", "/healthz", {**HTTPS, "SCRIPT_NAME": "/healthz"})
+        assert status == 200, body[:300]
+
+
+def test_over_plain_http_the_cookie_is_not_secure(tmp_path, redis_server_url, redis_conn):
+    # As `honcho start` serves it locally: no router, http all the way; the buttons still work.
+    with web(tmp_path / "web", redis_server_url) as port:
+        event_id = deliver(port)
+        plain = {"Host": HOST, "Origin": f"http://{HOST}"}
+        status, headers, body = replay(port, event_id, plain)
+        assert status == 303, body[:300]
+        assert "secure" not in session_cookie(headers)
+        assert compact(port, plain)[0] == 200
+        assert replay(port, event_id, {**plain, "Origin": f"https://{HOST}"})[0] == 403
+
+
+def test_an_untrusted_peer_cannot_claim_https(tmp_path, redis_server_url, redis_conn):
+    # Narrowed to the router's network, which 127.0.0.2 is not in: its X-Forwarded-Proto is
+    # ignored, so the request is what it is, plain http, and a page served over https is not it.
+    with web(tmp_path / "web", redis_server_url, FORWARDED_ALLOW_IPS="10.0.0.0/8,127.0.0.1") as port:
+        event_id = deliver(port)
+        claimed = {**HTTPS, "Origin": f"https://{HOST}"}
+        assert replay(port, event_id, claimed)[0] == 403
+        assert compact(port, claimed)[0] == 403
+        # From a peer it names, the same request is believed.
+        status, headers, body = replay(port, event_id, claimed, source="127.0.0.1")
+        assert status == 303, body[:300]
+        assert "secure" in session_cookie(headers)
+        assert compact(port, claimed, source="127.0.0.1")[0] == 200
+
+
+def test_a_malformed_forwarded_allow_ips_stops_the_release_and_the_web(tmp_path):
+    env = environment(PORT=str(free_port()), DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
+                      PARTNERO_WEBHOOK_SECRET=SECRETS[0], FORWARDED_ALLOW_IPS="10.0.0.1/8")
+    # The release phase, before any web process of the deploy starts: one sentence naming it.
+    release = subprocess.run(["/bin/sh", "-c", procfile()["release"]], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+    assert release.returncode == 2, release.stdout + release.stderr
+    assert "FORWARDED_ALLOW_IPS" in release.stderr and "Traceback" not in release.stderr
+    # gunicorn reads the variable too, before any of our code runs, and refuses to start.
+    process = start(procfile()["web"], env, cwd=tmp_path)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode != 0 and "10.0.0.1/8" in output.decode() and "Traceback" not in output.decode()
