@@ -8,6 +8,8 @@ number of processes. Requests are read whole before a thread takes them
 Behind a TLS-terminating router the scheme a browser used arrives as ``X-Forwarded-Proto``:
 gunicorn believes it from the peers FORWARDED_ALLOW_IPS names (``sync.settings``; default any,
 as a PaaS's router is the only way in), and the app then sees ``https`` where the browser did.
+gunicorn's control socket (for ``gunicornc``) is off: by default every instance on a machine
+would share one path, and one stopping would delete another's socket.
 """
 
 import logging.config
@@ -45,6 +47,7 @@ forwarded_allow_ips = ",".join(_configured(trusted_peers))
 # Only the scheme is taken from them: the app is served at the root, so no header may move it
 # (gunicorn would otherwise take SCRIPT_NAME and PATH_INFO from a trusted peer's headers).
 forwarder_headers = ""
+control_socket_disable = True
 
 
 class GunicornLogger(Logger):

@@ -161,3 +161,17 @@ def test_a_malformed_forwarded_allow_ips_stops_the_release_and_the_web(tmp_path)
     process = start(procfile()["web"], env, cwd=tmp_path)
     output, _ = process.communicate(timeout=60)
     assert process.returncode != 0 and "10.0.0.1/8" in output.decode() and "Traceback" not in output.decode()
+
+
+def test_two_instances_on_one_machine_leave_each_other_alone(tmp_path, redis_server_url, redis_conn):
+    # gunicorn's control socket would default to one path per user, shared by every instance:
+    # the second replaces the first one's, and deletes it when it stops. Ours makes none.
+    home, runtime = tmp_path / "home", tmp_path / "run"
+    runtime.mkdir()
+    shared = {"HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)}
+    with web(tmp_path / "first", redis_server_url, **shared) as first:
+        with web(tmp_path / "second", redis_server_url, **shared) as second:
+            assert _answers(first) and _answers(second)
+            made = [p for p in (*runtime.rglob("*"), *home.rglob("*")) if p.is_socket() or p.suffix == ".ctl"]
+            assert made == []
+        assert _answers(first)  # the second one stopping took nothing of the first's
