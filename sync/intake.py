@@ -3,6 +3,10 @@
 A commit to disk is the cost of durability. Requests that arrive while one commit is under way
 wait for the next, which then stores all of them in one transaction: under load many requests
 share a commit, and no request is answered before the commit that holds its delivery.
+
+Partnero gives up on an answer after five seconds. A request whose commit has not happened
+within ``WAIT_SECONDS`` is answered 503 instead, in time, so Partnero retries; should that
+commit still happen afterwards, the retry finds the delivery stored and is a duplicate.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ QUEUED = "queued"
 DUPLICATE = "duplicate"
 IGNORED = "ignored"
 
+#: How long a request waits for its commit: Partnero's five seconds, less two for the trip to
+#: us and back and a wait for a thread. (A process has 16 threads: while commits are stuck,
+#: more than 16 deliveries at once also wait for a thread, and the later ones may be late.)
+WAIT_SECONDS = 3.0
+
 
 @dataclass(frozen=True)
 class Receipt:
@@ -43,7 +52,7 @@ class Intake:
         *,
         max_batch: int = 500,
         max_batch_bytes: int = 8 * 1024 * 1024,
-        wait_seconds: float = 10.0,
+        wait_seconds: float = WAIT_SECONDS,
     ):
         self.inbox = inbox
         self.jobs = jobs
@@ -65,8 +74,9 @@ class Intake:
         try:
             return future.result(timeout=self.wait_seconds)
         except TimeoutError as exc:
-            # It may still commit later; a retry of the same bytes then finds it as a duplicate.
-            raise TransientError(f"inbox write took longer than {self.wait_seconds}s") from exc
+            # It may still commit later (it stays in the writer's batch): a retry of the same
+            # bytes then finds it stored, and is a duplicate.
+            raise TransientError(f"inbox write took longer than {self.wait_seconds:g} s") from exc
 
     def _ensure_writer(self) -> None:
         # Started lazily, and again in a forked child, which inherits no threads.

@@ -8,6 +8,8 @@ trust by default; nothing leaves 127.0.0.0/8.
 from __future__ import annotations
 
 import http.client
+import json
+import time
 import subprocess
 import urllib.parse
 from collections.abc import Iterator
@@ -15,9 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+
+from sync import db
+from sync.inbox import Delivery, webhook_events
 
 from sync.samples import sample_delivery
-from tests.conftest import SECRETS, signed
+from tests.conftest import SECRETS, held_by_another_transaction, signed, wakeups
 from tests.ops_helpers import AUTH, Page
 from tests.test_processes import BIN, environment, free_port, procfile, start, stop, wait_for
 
@@ -29,12 +35,13 @@ HTTPS = {"Host": HOST, "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.1
 
 
 @contextmanager
-def web(directory: Path, redis_url: str, **variables: str) -> Iterator[int]:
-    """The Procfile's web line, with the dashboard, its actions and ``variables``; yields its port.
-    The process must stop cleanly, without a traceback."""
+def web(directory: Path, redis_url: str, database_url: str | None = None, **variables: str) -> Iterator[int]:
+    """The Procfile's web line, with the dashboard, its actions and ``variables``, on SQLite in
+    ``directory`` unless ``database_url`` is given; yields its port. The process must stop
+    cleanly, without a traceback."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = environment(DATABASE_URL=f"sqlite:///{directory}/web.db", REDIS_URL=redis_url,
+    env = environment(DATABASE_URL=database_url or f"sqlite:///{directory}/web.db", REDIS_URL=redis_url,
                       PARTNERO_WEBHOOK_SECRET=",".join(SECRETS), PORT=str(port), WEB_CONCURRENCY="1",
                       LOG_FORMAT="text", RQ_DASHBOARD_USERNAME="ops", RQ_DASHBOARD_PASSWORD="a-long-password-1",
                       RQ_DASHBOARD_ALLOW_ACTIONS="true", **variables)
@@ -65,6 +72,13 @@ def call(port: int, method: str, path: str, headers: dict[str, str], body: bytes
         return response.status, response.headers, response.read()
     finally:
         connection.close()
+
+
+def answer(port: int, body: bytes, headers: dict[str, str]) -> tuple[float, int, http.client.HTTPMessage, dict]:
+    """Post a delivery as Partnero does; how long the answer took, its status, headers and JSON."""
+    started = time.monotonic()
+    status, answer_headers, answer_body = call(port, "POST", "/webhooks/partnero", {**HTTPS, **headers}, body)
+    return time.monotonic() - started, status, answer_headers, json.loads(answer_body)
 
 
 def deliver(port: int) -> int:
@@ -175,3 +189,32 @@ def test_two_instances_on_one_machine_leave_each_other_alone(tmp_path, redis_ser
             made = [p for p in (*runtime.rglob("*"), *home.rglob("*")) if p.is_socket() or p.suffix == ".ctl"]
             assert made == []
         assert _answers(first)  # the second one stopping took nothing of the first's
+
+
+def test_a_commit_that_cannot_finish_in_time_is_answered_503_before_partnero_gives_up(
+        tmp_path, pg_url, redis_server_url, redis_conn):
+    document = sample_delivery("partner.created", id=f"ptn_late_{time.time_ns()}")
+    body, headers = signed(document)
+    fingerprint = Delivery(body=body, event_type="partner.created", status="pending").fingerprint
+
+    def stored() -> list[tuple]:
+        with db.engine_for(pg_url).connect() as conn:
+            return list(conn.execute(sa.select(webhook_events.c.id, webhook_events.c.status)
+                                     .where(webhook_events.c.fingerprint == fingerprint)))
+
+    with web(tmp_path / "web", redis_server_url, database_url=pg_url.replace("postgresql+psycopg", "postgres")) as port:
+        # Another session holds a lock that stops every insert into the inbox.
+        with held_by_another_transaction(pg_url, "LOCK TABLE webhook_events IN SHARE MODE"):
+            for _ in range(2):  # Partnero's first attempt, and a retry while the lock is still held
+                took, status, answer_headers, answer_body = answer(port, body, headers)
+                assert status == 503 and took < 5.0, (took, status, answer_body)
+                assert answer_headers["Retry-After"] and "try again" in answer_body["error"]
+            assert stored() == []
+        # The lock gone, the commit the first attempt waited for goes through after all, and a
+        # worker is woken for it: nothing is lost.
+        wait_for(lambda: stored(), timeout=10, what="the late commit")
+        assert wakeups(redis_conn) == 1
+        # Partnero's next retry finds it: stored once, answered as a duplicate.
+        took, status, _, answer_body = answer(port, body, headers)
+        assert (status, answer_body["status"]) == (202, "duplicate") and took < 5.0
+        assert stored() == [(answer_body["id"], "pending")]
