@@ -23,9 +23,17 @@ from sync import db
 from sync.inbox import Delivery, webhook_events
 
 from sync.samples import sample_delivery
-from tests.conftest import SECRETS, held_by_another_transaction, signed, wakeups
+from tests.conftest import (
+    DEAD_PG_URL,
+    DEAD_REDIS_URL,
+    SECRETS,
+    held_by_another_transaction,
+    partnero_env,
+    signed,
+    wakeups,
+)
 from tests.ops_helpers import AUTH, Page
-from tests.test_processes import BIN, environment, free_port, procfile, start, stop, wait_for
+from tests.test_processes import BIN, ROOT, environment, free_port, procfile, start, stop, wait_for
 
 #: Where the simulated router connects from: loopback, but not an address gunicorn trusts by default.
 ROUTER = "127.0.0.2"
@@ -41,10 +49,11 @@ def web(directory: Path, redis_url: str, database_url: str | None = None, **vari
     cleanly, without a traceback."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = environment(DATABASE_URL=database_url or f"sqlite:///{directory}/web.db", REDIS_URL=redis_url,
-                      PARTNERO_WEBHOOK_SECRET=",".join(SECRETS), PORT=str(port), WEB_CONCURRENCY="1",
-                      LOG_FORMAT="text", RQ_DASHBOARD_USERNAME="ops", RQ_DASHBOARD_PASSWORD="a-long-password-1",
-                      RQ_DASHBOARD_ALLOW_ACTIONS="true", **variables)
+    env = environment(**{
+        "DATABASE_URL": database_url or f"sqlite:///{directory}/web.db", "REDIS_URL": redis_url,
+        "PARTNERO_WEBHOOK_SECRET": ",".join(SECRETS), "PORT": str(port), "WEB_CONCURRENCY": "1",
+        "LOG_FORMAT": "text", "RQ_DASHBOARD_USERNAME": "ops", "RQ_DASHBOARD_PASSWORD": "a-long-password-1",
+        "RQ_DASHBOARD_ALLOW_ACTIONS": "true", **variables})
     subprocess.run([str(BIN / "partnero-sync"), "migrate"], env=env, cwd=directory, check=True, capture_output=True)
     process = start(procfile()["web"], env, cwd=directory)
     try:
@@ -218,3 +227,36 @@ def test_a_commit_that_cannot_finish_in_time_is_answered_503_before_partnero_giv
         took, status, _, answer_body = answer(port, body, headers)
         assert (status, answer_body["status"]) == (202, "duplicate") and took < 5.0
         assert stored() == [(answer_body["id"], "pending")]
+
+
+def test_the_deploy_steps_can_be_followed_in_the_readmes_order(tmp_path, partnero_api, redis_server_url, redis_conn):
+    readme = (ROOT / "README.md").read_text()
+    steps = readme[readme.index("Step by step, on a Heroku-style PaaS"):readme.index("### Supported versions")]
+    assert steps.index("**Register the webhook**") < steps.index("**Set the variables**") < steps.index("**Deploy.**")
+    url = f"https://{HOST}/webhooks/partnero"
+    # Step 4, before anything is deployed: no database, no Redis, no secret yet.
+    register = subprocess.run(
+        [str(BIN / "partnero-sync"), "webhooks", "register", "--url", url],
+        env=environment(**partnero_env(partnero_api), DATABASE_URL=DEAD_PG_URL, REDIS_URL=DEAD_REDIS_URL),
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert register.returncode == 0, register.stdout + register.stderr
+    [line] = [line for line in register.stdout.splitlines() if line.startswith("PARTNERO_WEBHOOK_SECRET=")]
+    [hook] = partnero_api.webhooks
+    assert hook["url"] == url
+    # Steps 5 and 6: the printed line set, the web serves, and Partnero's deliveries verify.
+    secret = line.split("=", 1)[1]
+    with web(tmp_path / "web", redis_server_url, PARTNERO_WEBHOOK_SECRET=secret) as port:
+        body, headers = signed(sample_delivery("partner.created"), secret=hook["signature"])
+        assert answer(port, body, headers)[1] == 202
+
+
+def test_without_the_secret_only_the_web_waits_for_it(tmp_path, redis_server_url, redis_conn):
+    # The other order (deploy, then register from a one-off process): release and worker run.
+    env = environment(DATABASE_URL=f"sqlite:///{tmp_path}/x.db", REDIS_URL=redis_server_url, PORT=str(free_port()))
+    for command in (procfile()["release"], "partnero-sync worker --burst"):
+        done = subprocess.run(["/bin/sh", "-c", command], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+    web_process = start(procfile()["web"], env, cwd=tmp_path)
+    output, _ = web_process.communicate(timeout=60)
+    assert web_process.returncode != 0 and b"PARTNERO_WEBHOOK_SECRET is not set" in output
