@@ -1,5 +1,6 @@
 """The Procfile's web process as a PaaS runs it: behind a router that terminates TLS and talks
-plain HTTP from an address of its own, and beside other gunicorn instances on one machine.
+plain HTTP from an address of its own, beside other gunicorn instances on one machine, within
+Partnero's five seconds when a commit cannot finish, and deployed in the README's order.
 
 The router is simulated from another loopback address (127.0.0.2), a peer gunicorn does not
 trust by default; nothing leaves 127.0.0.0/8.
@@ -9,19 +10,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import time
 import subprocess
+import time
 import urllib.parse
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from sync import db
 from sync.inbox import Delivery, webhook_events
-
 from sync.samples import sample_delivery
 from tests.conftest import (
     DEAD_PG_URL,
@@ -33,7 +30,8 @@ from tests.conftest import (
     wakeups,
 )
 from tests.ops_helpers import AUTH, Page
-from tests.test_processes import BIN, ROOT, environment, free_port, procfile, start, stop, wait_for
+from tests.test_processes import BIN, ROOT, environment, free_port, procfile, start, wait_for
+from tests.web_helpers import procfile_web
 
 #: Where the simulated router connects from: loopback, but not an address gunicorn trusts by default.
 ROUTER = "127.0.0.2"
@@ -42,26 +40,13 @@ HOST = "partnero-sync.example"
 HTTPS = {"Host": HOST, "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
 
 
-@contextmanager
-def web(directory: Path, redis_url: str, database_url: str | None = None, **variables: str) -> Iterator[int]:
-    """The Procfile's web line, with the dashboard, its actions and ``variables``, on SQLite in
-    ``directory`` unless ``database_url`` is given; yields its port. The process must stop
-    cleanly, without a traceback."""
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = environment(**{
-        "DATABASE_URL": database_url or f"sqlite:///{directory}/web.db", "REDIS_URL": redis_url,
-        "PARTNERO_WEBHOOK_SECRET": ",".join(SECRETS), "PORT": str(port), "WEB_CONCURRENCY": "1",
-        "LOG_FORMAT": "text", "RQ_DASHBOARD_USERNAME": "ops", "RQ_DASHBOARD_PASSWORD": "a-long-password-1",
-        "RQ_DASHBOARD_ALLOW_ACTIONS": "true", **variables})
-    subprocess.run([str(BIN / "partnero-sync"), "migrate"], env=env, cwd=directory, check=True, capture_output=True)
-    process = start(procfile()["web"], env, cwd=directory)
-    try:
-        wait_for(lambda: _answers(port), what="the web process")
-        yield port
-    finally:
-        output = stop(process)
-        assert process.returncode == 0 and "Traceback" not in output, output
+def web(directory: Path, redis_url: str, database_url: str | None = None, **variables: str):
+    """The Procfile's web process with the dashboard, its actions and ``variables``, on SQLite in
+    ``directory`` unless ``database_url`` is given; as a context, yields its port."""
+    if database_url is not None:
+        variables["DATABASE_URL"] = database_url
+    return procfile_web(directory, _answers, REDIS_URL=redis_url, RQ_DASHBOARD_USERNAME="ops",
+                        RQ_DASHBOARD_PASSWORD="a-long-password-1", RQ_DASHBOARD_ALLOW_ACTIONS="true", **variables)
 
 
 def _answers(port: int) -> bool:
@@ -92,10 +77,9 @@ def answer(port: int, body: bytes, headers: dict[str, str]) -> tuple[float, int,
 
 def deliver(port: int) -> int:
     """A signed delivery through the router; its inbox id."""
-    body, headers = signed(sample_delivery("partner.created"))
-    status, _, answer = call(port, "POST", "/webhooks/partnero", {**HTTPS, **headers}, body)
-    assert status == 202, answer
-    return int(answer.split(b'"id":')[1].split(b",")[0].strip(b" }\n"))
+    _, status, _, stored = answer(port, *signed(sample_delivery("partner.created")))
+    assert status == 202, stored
+    return stored["id"]
 
 
 def replay(port: int, event_id: int, headers: dict[str, str],
