@@ -13,6 +13,7 @@ import json
 import subprocess
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -184,33 +185,47 @@ def test_two_instances_on_one_machine_leave_each_other_alone(tmp_path, redis_ser
         assert _answers(first)  # the second one stopping took nothing of the first's
 
 
-def test_a_commit_that_cannot_finish_in_time_is_answered_503_before_partnero_gives_up(
+def test_commits_that_cannot_finish_are_answered_503_before_partnero_gives_up(
         tmp_path, pg_url, redis_server_url, redis_conn):
-    document = sample_delivery("partner.created", id=f"ptn_late_{time.time_ns()}")
-    body, headers = signed(document)
-    fingerprint = Delivery(body=body, event_type="partner.created", status="pending").fingerprint
+    # More deliveries at once than the web process has threads (16), so that most also wait for
+    # a thread: each answer is still due five seconds after it was sent.
+    run = time.time_ns()
+    bodies = [signed(sample_delivery("partner.created", id=f"ptn_late_{run}_{i}")) for i in range(40)]
+    fingerprints = [Delivery(body=body, event_type="partner.created", status="pending").fingerprint
+                    for body, _ in bodies]
 
-    def stored() -> list[tuple]:
+    def stored() -> dict[str, tuple[int, str]]:
         with db.engine_for(pg_url).connect() as conn:
-            return list(conn.execute(sa.select(webhook_events.c.id, webhook_events.c.status)
-                                     .where(webhook_events.c.fingerprint == fingerprint)))
+            rows = conn.execute(sa.select(webhook_events.c.fingerprint, webhook_events.c.id, webhook_events.c.status)
+                                .where(webhook_events.c.fingerprint.in_(fingerprints)))
+            return {fp: (row_id, status) for fp, row_id, status in rows}
+
+    def all_at_once() -> list[tuple[float, int, dict]]:
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(lambda signed_body: answer(port, *signed_body), bodies))
+        return [(took, status, answer_body) for took, status, _, answer_body in answers]
 
     with web(tmp_path / "web", redis_server_url, database_url=pg_url.replace("postgresql+psycopg", "postgres")) as port:
         # Another session holds a lock that stops every insert into the inbox.
         with held_by_another_transaction(pg_url, "LOCK TABLE webhook_events IN SHARE MODE"):
-            for _ in range(2):  # Partnero's first attempt, and a retry while the lock is still held
-                took, status, answer_headers, answer_body = answer(port, body, headers)
-                assert status == 503 and took < 5.0, (took, status, answer_body)
-                assert answer_headers["Retry-After"] and "try again" in answer_body["error"]
-            assert stored() == []
-        # The lock gone, the commit the first attempt waited for goes through after all, and a
-        # worker is woken for it: nothing is lost.
-        wait_for(lambda: stored(), timeout=10, what="the late commit")
+            first = all_at_once()
+            assert [status for _, status, _ in first] == [503] * len(bodies), first
+            assert max(took for took, _, _ in first) < 5.0, sorted(took for took, _, _ in first)
+            assert {answer_body["error"] for _, _, answer_body in first} == {"could not store the delivery; try again"}
+            # Partnero's retry of one while the lock is still held: refused in time too.
+            took, status, answer_headers, _ = answer(port, *bodies[0])
+            assert status == 503 and took < 5.0 and answer_headers["Retry-After"]
+            assert stored() == {}
+        # The lock gone, the commits the requests waited for go through after all, and a worker
+        # is woken for them: nothing is lost.
+        wait_for(lambda: len(stored()) == len(bodies), timeout=20, what="the late commits")
         assert wakeups(redis_conn) == 1
-        # Partnero's next retry finds it: stored once, answered as a duplicate.
-        took, status, _, answer_body = answer(port, body, headers)
-        assert (status, answer_body["status"]) == (202, "duplicate") and took < 5.0
-        assert stored() == [(answer_body["id"], "pending")]
+        # Partnero's retries find them: each stored once, answered as a duplicate.
+        retries = all_at_once()
+        assert [(status, answer_body["status"]) for _, status, answer_body in retries] == [(202, "duplicate")] * 40
+        rows = stored()
+        assert [answer_body["id"] for _, _, answer_body in retries] == [rows[fp][0] for fp in fingerprints]
+        assert {status for _, status in rows.values()} == {"pending"}
 
 
 def test_the_deploy_steps_can_be_followed_in_the_readmes_order(tmp_path, partnero_api, redis_server_url, redis_conn):
