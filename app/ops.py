@@ -33,6 +33,7 @@ def mount(app: Flask, settings: Settings) -> None:
         return
     # The session cookie carries only the message shown after a replay.
     app.config.update(SESSION_COOKIE_PATH="/ops", SESSION_COOKIE_SAMESITE="Lax")
+    app.session_interface = auth.SessionCookies()
     app.register_blueprint(bp)
 
 

@@ -24,6 +24,11 @@ DEFAULT_PARTNERO_API_URL = "https://api.partnero.com/v1"
 #: Bodies larger than this are refused with 413 before they are read.
 MAX_BODY_BYTES = 1024 * 1024
 
+#: The peers whose ``X-Forwarded-Proto`` the web process believes: any. On a Heroku-style PaaS
+#: the router is the only way to a web process, it connects from addresses not known in
+#: advance, and it sets the header itself (replacing whatever the client sent).
+DEFAULT_FORWARDED_ALLOW_IPS = ("*",)
+
 
 SALESFORCE_VARIABLES = (
     "SALESFORCE_INSTANCE_URL",
@@ -231,6 +236,8 @@ class Settings:
     #: The program's currency: Salesforce gets commission totals in it. None: the one most used.
     currency: str | None = None
     partnero: PartneroApiSettings = field(default_factory=PartneroApiSettings)
+    #: The peers trusted to say a request's scheme (FORWARDED_ALLOW_IPS): addresses, networks or "*".
+    forwarded_allow_ips: tuple[str, ...] = DEFAULT_FORWARDED_ALLOW_IPS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -251,6 +258,7 @@ class Settings:
             dashboard=DashboardSettings.from_env(env),
             currency=parse_currency(env.get("PARTNERO_CURRENCY", "")),
             partnero=PartneroApiSettings.from_env(env),
+            forwarded_allow_ips=forwarded_allow_ips(env),
         )
 
     def require_webhook_secret(self) -> tuple[str, ...]:
@@ -289,6 +297,36 @@ def log_options(environ: Mapping[str, str] | None = None) -> tuple[str, str | No
     if log_format is not None and log_format not in FORMATS:
         raise ConfigurationError(f"LOG_FORMAT must be {' or '.join(FORMATS)} (got {log_format!r})")
     return level, log_format
+
+
+def forwarded_allow_ips(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """FORWARDED_ALLOW_IPS: the peers (IP addresses and networks, or ``*`` for any) whose
+    ``X-Forwarded-Proto`` says a request's scheme; from any other peer the header is ignored.
+
+    Read on its own by the gunicorn configuration, which hands it to gunicorn before the app
+    exists.
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get("FORWARDED_ALLOW_IPS", "")
+    peers = tuple(p.strip() for p in raw.split(",") if p.strip())
+    if not raw.strip():
+        return DEFAULT_FORWARDED_ALLOW_IPS
+    for peer in peers:
+        if peer == "*":
+            continue
+        try:
+            ipaddress.ip_network(peer)  # strict, as gunicorn reads it: 10.0.0.1/8 is a mistake
+        except ValueError:
+            raise ConfigurationError(
+                "FORWARDED_ALLOW_IPS must be * or IP addresses and networks separated by commas, "
+                f"such as 10.0.0.0/8,127.0.0.1 (got {peer!r})"
+            ) from None
+    if not peers:
+        raise ConfigurationError(
+            "FORWARDED_ALLOW_IPS holds only commas: set it to * or to the router's addresses or "
+            "networks, or leave it unset to trust any peer"
+        )
+    return peers
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -13,6 +13,13 @@ def test_defaults():
     assert settings.currency is None  # the ledger's most used
 
 
+def test_the_scheme_is_taken_from_any_peer_unless_narrowed():
+    assert Settings.from_env({}).forwarded_allow_ips == ("*",)
+    assert Settings.from_env({"FORWARDED_ALLOW_IPS": " "}).forwarded_allow_ips == ("*",)
+    narrowed = Settings.from_env({"FORWARDED_ALLOW_IPS": "10.0.0.0/8, 127.0.0.1,::1"})
+    assert narrowed.forwarded_allow_ips == ("10.0.0.0/8", "127.0.0.1", "::1")
+
+
 def test_the_program_currency_is_kept_as_the_ledger_keeps_currencies():
     assert Settings.from_env({"PARTNERO_CURRENCY": " eur "}).currency == "EUR"
 
@@ -47,6 +54,9 @@ def test_database_url_forms(given, expected):
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"PARTNERO_CURRENCY": "US dollar"}, "PARTNERO_CURRENCY"),
+        ({"FORWARDED_ALLOW_IPS": "router.internal"}, "FORWARDED_ALLOW_IPS"),
+        ({"FORWARDED_ALLOW_IPS": "10.0.0.1/8"}, "FORWARDED_ALLOW_IPS"),  # host bits set: gunicorn refuses it
+        ({"FORWARDED_ALLOW_IPS": " , "}, "FORWARDED_ALLOW_IPS"),
     ],
 )
 def test_malformed_values_name_the_variable(env, variable):
