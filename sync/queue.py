@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import threading
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import redis
+from redis.client import PubSubWorkerThread
 from rq import Queue, Worker, get_current_job
 from rq.timeouts import JobTimeoutException
 from rq.worker import SimpleWorker
@@ -239,3 +241,21 @@ class PartneroWorker(_Housekeeping, SimpleWorker):
     def handle_warm_shutdown_request(self) -> None:
         _stopping.set()
         super().handle_warm_shutdown_request()
+
+    def unsubscribe(self) -> None:
+        # RQ sends UNSUBSCRIBE, then stops the thread that listens for its commands, counting on
+        # Redis's reply to wake it. A thread that reads the reply before it is told to stop goes
+        # back to waiting, up to a minute, for a subscription; and since redis-py 8.2, stop() waits
+        # for the thread without a limit: the worker hung after SIGTERM. Told first, the thread
+        # ends with the reply.
+        if self.pubsub_thread is not None:
+            _tell_to_stop(self.pubsub_thread)
+        super().unsubscribe()
+
+
+def _tell_to_stop(thread: PubSubWorkerThread) -> None:
+    """Ask a pubsub thread to end after its current wait, without waiting for it."""
+    if "timeout" in inspect.signature(thread.stop).parameters:
+        thread.stop(timeout=0)  # redis-py >= 8.2, where stop() also waits for the thread
+    else:
+        thread.stop()  # older ones only ask
