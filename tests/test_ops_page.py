@@ -415,3 +415,16 @@ def test_the_replay_command_leaves_pruned_deliveries_alone(client, settings, red
     assert (result.total, result.processed, result.pruned, result.failed) == (2, 1, 1, [])
     assert inbox_row(settings, partner)["status"] == "processed"
     assert inbox_row(settings, customer)["status"] == "processed"
+
+
+def test_a_delivery_with_a_lone_surrogate_shows_it_as_its_escape(client, settings, redis_conn):
+    """JSON may carry a text no encoding can write ("\\ud800" alone): the page shows the escape."""
+    body = json.dumps(sample_delivery("partner.created", name="Ann\ud800")).encode()
+    assert b'"Ann\\ud800"' in body
+    event_id = post(client, body)
+    work(settings, redis_conn)
+    response = client.get(f"/ops/deliveries/{event_id}", headers=AUTH)
+    assert response.status_code == 200, response.data[:300]
+    page = Page(response.data)
+    assert '"name": "Ann\\ud800"' in page.text("payload")
+    assert page.inputs["token"]  # its Replay button is there
