@@ -229,6 +229,15 @@ _ROW_COLUMNS = (
 
 
 @dataclass(frozen=True)
+class Backlog:
+    """What the public health check tells of the inbox (``Inbox.backlog``)."""
+
+    pending: int
+    failed: int
+    oldest_pending_at: datetime | None
+
+
+@dataclass(frozen=True)
 class InboxSummary:
     counts: dict[str, int]
     oldest_pending_at: datetime | None
@@ -576,6 +585,20 @@ class Inbox:
             oldest_pending_at=oldest,
             last_processed_at=last,
         )
+
+    def backlog(self) -> Backlog:
+        """How many deliveries are pending and failed, and the oldest pending one: cheap enough to
+        answer anyone who asks (``/healthz``), as every read goes by the (status, received_at)
+        index. ``summary`` reads the whole table."""
+        t = webhook_events
+
+        def count(status: str):
+            return sa.select(sa.func.count()).select_from(t).where(t.c.status == status).scalar_subquery()
+
+        oldest = sa.select(sa.func.min(t.c.received_at)).where(t.c.status == PENDING).scalar_subquery()
+        with self._transaction() as conn:
+            pending, failed, oldest_at = conn.execute(sa.select(count(PENDING), count(FAILED), oldest)).one()
+        return Backlog(pending=pending, failed=failed, oldest_pending_at=oldest_at)
 
     def ping(self) -> None:
         """Raise unless the database answers and holds the inbox table."""
