@@ -588,8 +588,8 @@ class Inbox:
 
     def backlog(self) -> Backlog:
         """How many deliveries are pending and failed, and the oldest pending one: cheap enough to
-        answer anyone who asks (``/healthz``), as every read goes by the (status, received_at)
-        index. ``summary`` reads the whole table."""
+        answer anyone who asks (``/healthz``), as every read is a range of an index on the
+        status. ``summary`` reads the whole table."""
         t = webhook_events
 
         def count(status: str):
