@@ -1,6 +1,6 @@
 """The guard for the operator's pages (``/rq``, ``/ops``, ``/metrics``): HTTP Basic auth against
-RQ_DASHBOARD_USERNAME / RQ_DASHBOARD_PASSWORD, compared in constant time, and the CSRF checks
-for the pages' buttons."""
+RQ_DASHBOARD_USERNAME / RQ_DASHBOARD_PASSWORD, compared in constant time, the CSRF checks
+for the pages' buttons, and the session cookie's flags."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import hashlib
 import hmac
 from urllib.parse import urlsplit
 
+import flask
 from flask import Request, Response, jsonify
+from flask.sessions import SecureCookieSessionInterface
 
 from sync.settings import DashboardSettings
 
@@ -50,13 +52,24 @@ def same_origin(request: Request) -> bool:
     """Whether a state-changing request comes from one of our own pages.
 
     Browsers send ``Origin`` (or at least ``Referer``) with a POST; a form on another site that
-    the browser would send our cached Basic credentials with carries that site's origin.
+    the browser would send our cached Basic credentials with carries that site's origin. Ours is
+    the scheme and host the browser used: behind a TLS-terminating router, ``https`` as the
+    router says it in ``X-Forwarded-Proto`` (believed from the peers FORWARDED_ALLOW_IPS names,
+    see ``app.gunicorn_config``).
     """
     source = request.headers.get("Origin") or request.headers.get("Referer")
     if not source:
         return False
     parts = urlsplit(source)
     return f"{parts.scheme}://{parts.netloc}" == request.host_url.rstrip("/")
+
+
+class SessionCookies(SecureCookieSessionInterface):
+    """Flask's signed session cookie, marked ``Secure`` whenever the browser reached us over
+    https, so it is never sent back over plain http."""
+
+    def get_cookie_secure(self, app) -> bool:
+        return (flask.has_request_context() and flask.request.is_secure) or super().get_cookie_secure(app)
 
 
 def secret_key(settings: DashboardSettings, webhook_secrets: tuple[str, ...]) -> bytes:

@@ -4,6 +4,12 @@ Threads let concurrent requests share one inbox commit (see ``sync.intake``); th
 chosen by measurement (bench/README.md). WEB_CONCURRENCY, gunicorn's own variable, sets the
 number of processes. Requests are read whole before a thread takes them
 (``app.gunicorn_worker``), so slow clients cannot hold the threads.
+
+Behind a TLS-terminating router the scheme a browser used arrives as ``X-Forwarded-Proto``:
+gunicorn believes it from the peers FORWARDED_ALLOW_IPS names (``sync.settings``; default any,
+as a PaaS's router is the only way in), and the app then sees ``https`` where the browser did.
+gunicorn's control socket (for ``gunicornc``) is off: by default every instance on a machine
+would share one path, and one stopping would delete another's socket.
 """
 
 import logging.config
@@ -13,7 +19,19 @@ from gunicorn.glogging import Logger
 
 from sync import logs
 from sync.errors import ConfigurationError
+from sync.settings import forwarded_allow_ips as trusted_peers
 from sync.settings import log_options
+
+
+def _configured(read):
+    """``read()``; a mistake in the environment is one line on stderr and exit status 2, said
+    before any logger exists, as the CLI says it."""
+    try:
+        return read()
+    except ConfigurationError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
 
 worker_class = "app.gunicorn_worker.ReadAheadWorker"
 threads = 16
@@ -24,6 +42,12 @@ keepalive = 5
 accesslog = None
 # The read-ahead frames HTTP/1.1 requests; HTTP/2 would bypass it.
 http_protocols = "h1"
+# Named here from our settings, not left to gunicorn's own reading of the variable.
+forwarded_allow_ips = ",".join(_configured(trusted_peers))
+# Only the scheme is taken from them: the app is served at the root, so no header may move it
+# (gunicorn would otherwise take SCRIPT_NAME and PATH_INFO from a trusted peer's headers).
+forwarder_headers = ""
+control_socket_disable = True
 
 
 class GunicornLogger(Logger):
@@ -31,11 +55,7 @@ class GunicornLogger(Logger):
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
-        try:
-            level, log_format = log_options()
-        except ConfigurationError as exc:  # before any logger: one line on stderr, as the CLI says it
-            print(f"configuration error: {exc}", file=sys.stderr)
-            sys.exit(2)
+        level, log_format = _configured(log_options)
         logging.config.dictConfig(logs.gunicorn_logconfig(level, log_format))
 
 

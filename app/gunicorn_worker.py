@@ -8,6 +8,10 @@ without blocking (``app.framing`` says when it is whole), and hands it to a thre
 request that has not fully arrived within ``REQUEST_SECONDS`` is answered 408 and closed. A slow
 client costs a connection slot and its buffered bytes, never a thread.
 
+A thread takes a request once it has arrived, but may not be free at once: the app finds the
+time it arrived (``time.monotonic()``) in its WSGI environ under ``RECEIVED_AT``, so that its
+answer can be due a fixed time after the arrival, however long it waited for a thread.
+
 Closing is made non-blocking too: gthread closes a connection gracefully (its answer sent, it
 waits for the client to close first, so that unread bytes do not reset the connection and lose
 the answer) by blocking its event loop for up to two seconds, which a client that never closes
@@ -20,6 +24,7 @@ import errno
 import math
 import selectors
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,6 +45,8 @@ LINGER_SECONDS = 2.0
 #: Beyond this many lingering connections, new ones are closed at once.
 MAX_LINGERING = 1000
 _RECV = 256 * 1024
+#: The WSGI environ's key for when the request had fully arrived (``time.monotonic()``).
+RECEIVED_AT = "partnero.received_at"
 
 _ANSWERS = {
     Verdict.BAD_REQUEST: (400, "Bad Request", "bad request"),
@@ -92,6 +99,7 @@ class BoundedReads:
 class _Handover:
     data: bytes
     complete: bool
+    received_at: float
     reads: BoundedReads | None = field(default=None)
 
 
@@ -116,6 +124,20 @@ class ReadAheadWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self._reading: dict[object, _Reading] = {}
         self._lingering: dict[socket.socket, float] = {}
+        self._handling = threading.local()  # the request a thread is on: its _Handover
+
+    def load_wsgi(self) -> None:
+        """The app, called with the arrival time of the thread's request in its environ."""
+        super().load_wsgi()
+        app = self.wsgi
+
+        def with_arrival(environ, start_response):
+            handover = getattr(self._handling, "handover", None)
+            if handover is not None:
+                environ[RECEIVED_AT] = handover.received_at
+            return app(environ, start_response)
+
+        self.wsgi = with_arrival
 
     # -- the event loop (main thread) ----------------------------------------------------------
 
@@ -172,7 +194,7 @@ class ReadAheadWorker(ThreadWorker):
         elif verdict is Verdict.READY:
             self._forget(conn, reading)
             conn.data_ready = True
-            conn.read_ahead = _Handover(bytes(reading.framer.buffer), reading.framer.complete)
+            conn.read_ahead = _Handover(bytes(reading.framer.buffer), reading.framer.complete, time.monotonic())
             super().enqueue_req(conn)
         else:
             self._answer(conn, verdict)
@@ -268,6 +290,7 @@ class ReadAheadWorker(ThreadWorker):
             handover.reads = unreader.sock
             handover.reads.deadline = time.monotonic() + THREAD_READ_SECONDS
             unreader.unread(handover.data)
+        self._handling.handover = handover
         return super().handle(conn)
 
     def _keepalive_after(self, conn, keepalive):

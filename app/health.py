@@ -1,9 +1,14 @@
-"""``/healthz``: can this process serve? And, for whoever looks, how the work is going."""
+"""``/healthz``: can this process serve? Anyone may ask: the answer names the dependencies' state
+and two index-backed figures of the inbox, and nothing else (no person, user or error text). With
+the operator's credentials, the full report: the reasons, and how the work is going."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from datetime import datetime, timezone
 
+from flask import Blueprint, current_app, jsonify, request
+
+from app import auth
 from sync import db, stats
 from sync.errors import SyncError
 
@@ -13,8 +18,41 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 def healthz():
     """200 while the database and Redis answer (a backlog or refusals only show in the body);
-    503 with the reason when either is down or the schema is missing."""
+    503 when either is down or the schema is missing. The reasons and the whole snapshot only
+    with the operator's credentials (RQ_DASHBOARD_USERNAME / RQ_DASHBOARD_PASSWORD); credentials
+    that are sent and wrong get 401."""
     services = current_app.extensions["partnero"]
+    report = _checks(services)
+    healthy = all(value == "ok" for value in report.values())
+    status = 200 if healthy else 503
+    if "Authorization" in request.headers:
+        if not auth.authorized(services.settings.dashboard, request):
+            return auth.challenge()
+        return jsonify(_full(services, report, healthy)), status
+    body = {
+        "status": "ok" if healthy else "unavailable",
+        "checks": {name: "ok" if value == "ok" else "down" for name, value in report.items()},
+        "salesforce": "on" if services.settings.salesforce.enabled else "off",
+    }
+    if healthy:
+        try:
+            backlog = services.inbox.backlog()
+        except Exception:  # noqa: BLE001 - gone since the check: the figures are left out
+            pass
+        else:
+            age = None
+            if backlog.oldest_pending_at is not None:
+                age = max(0.0, (datetime.now(timezone.utc) - backlog.oldest_pending_at).total_seconds())
+            body["work"] = {
+                "deliveries_pending": backlog.pending,
+                "deliveries_failed": backlog.failed,
+                "oldest_pending_age_seconds": stats.rounded(age),
+            }
+    return jsonify(body), status
+
+
+def _checks(services) -> dict[str, str]:
+    """Each dependency: "ok", or why not."""
     checks = {"database": services.inbox.ping, "redis": services.jobs.ping}
     report: dict[str, str] = {}
     for name, check in checks.items():
@@ -27,13 +65,18 @@ def healthz():
             report[name] = f"error: {kind}" if detail == kind else f"error: {kind}: {detail}"
         else:
             report[name] = "ok"
-    healthy = all(value == "ok" for value in report.values())
-    snapshot = stats.take(services) if healthy else None
+    return report
+
+
+def _full(services, report: dict[str, str], healthy: bool) -> dict:
+    """The operator's report: each check's reason, Salesforce's login, the stats snapshot's
+    figures and what needs attention."""
     body = {
         "status": "ok" if healthy else "unavailable",
         "checks": report,
         "salesforce": services.settings.salesforce.describe(),
     }
+    snapshot = stats.take(services) if healthy else None
     if snapshot is not None:
         queue = snapshot.queue
         body["work"] = {
@@ -49,4 +92,4 @@ def healthz():
         body["attention"] = snapshot.attention()
         if snapshot.crm_problem:
             body["salesforce_problem"] = snapshot.crm_problem["message"]
-    return jsonify(body), 200 if healthy else 503
+    return body

@@ -1,5 +1,6 @@
 """``/ops``: the deliveries page. What arrived, what each delivery became in the warehouse, the
-ledger and Salesforce, and a button that applies one again. Behind the dashboard's credentials."""
+ledger and Salesforce, and a button that hands one back to the workers to apply again. Behind the
+dashboard's credentials."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from werkzeug.exceptions import HTTPException
 from app import auth
 from sync import logs, progress, stats
 from sync.errors import TransientError
-from sync.inbox import PROCESSED, STATUSES
-from sync.replay import replay_one
+from sync.inbox import ALREADY_PENDING, BUSY, STATUSES
+from sync.replay import PRUNED
+from sync.requeue import requeue_one
 from sync.settings import Settings
 from sync.trace import trace
 
@@ -33,6 +35,7 @@ def mount(app: Flask, settings: Settings) -> None:
         return
     # The session cookie carries only the message shown after a replay.
     app.config.update(SESSION_COOKIE_PATH="/ops", SESSION_COOKIE_SAMESITE="Lax")
+    app.session_interface = auth.SessionCookies()
     app.register_blueprint(bp)
 
 
@@ -83,7 +86,12 @@ def delivery(event_id: int):
 
 @bp.post("/deliveries/<int:event_id>/replay")
 def replay(event_id: int):
-    """Apply the stored delivery again now, then show its page with the outcome."""
+    """Hand the stored delivery to the workers, who apply it with their mapping files (this
+    process's may differ, during a deploy); then show its page: queued, later its outcome.
+
+    The request only sets the row back to pending and wakes a worker: it never waits for a lock
+    nor applies anything itself.
+    """
     if not auth.same_origin(request):
         abort(403, "Refused: the request did not come from this site's own pages.")
     if not _token_matches(request.form.get("token", ""), event_id):
@@ -91,21 +99,24 @@ def replay(event_id: int):
                    "Open the delivery's page again and press Replay there.")
     services = _services()
     event = services.inbox.event(event_id)
-    if event is None:
+    asked = requeue_one(services.inbox, services.jobs, event_id) if event is not None else None
+    if asked is None:
         abort(404, f"There is no delivery #{event_id}.")
-    outcome = replay_one(services, event)
-    log.info("replay from /ops: %s", outcome.status if outcome.replayed else "not replayed (pruned)",
+    log.info("replay from /ops: %s", asked.found,
              extra=logs.delivery_fields(event.id, event.event_type, event.entity_id, event.fingerprint))
-    if outcome.replayed and outcome.status == PROCESSED:
-        services.request_flush()
-    if not outcome.replayed:
-        flash(f"Not replayed: {outcome.reason}.", "note")
-    elif outcome.status == PROCESSED:
-        flash("Replayed: processed.", "ok")
-    elif outcome.reason is None:
-        flash(f"Replayed: {outcome.status} (no mapping handles {event.event_type}).", "note")
+    if not asked.queued:
+        flash(f"Not replayed: {PRUNED}." if asked.found != BUSY else
+              "Not replayed: it is being written right now. Try again in a moment.", "note")
+        return redirect(url_for(".delivery", event_id=event_id), 303)
+    if asked.found == ALREADY_PENDING:
+        message = "Already waiting for a worker, which applies it with its mapping files."
     else:
-        flash(f"Replayed: still failing: {outcome.reason}", "bad")
+        message = "Replay queued: a worker applies it again with its mapping files; this page shows the outcome."
+    if asked.redis_error is not None:
+        flash(f"{message} Redis could not take the wake-up ({asked.redis_error}): the worker's sweeper "
+              "takes it up once Redis answers.", "note")
+    else:
+        flash(message, "ok")
     return redirect(url_for(".delivery", event_id=event_id), 303)
 
 

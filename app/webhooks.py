@@ -7,6 +7,7 @@ import logging
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from app.gunicorn_worker import RECEIVED_AT
 from sync import envelope, logs, metrics, signature
 from sync.envelope import MalformedDelivery
 from sync.errors import TransientError
@@ -69,7 +70,7 @@ def _receive():
         entity_id=identify(mapping, document) if mapping is not None else None,
     )
     try:
-        receipt = intake.submit(delivery)
+        receipt = intake.submit(delivery, request.environ.get(RECEIVED_AT))
     except TransientError as exc:
         log.error("could not store a delivery, answering 503: %s", exc,
                   extra=logs.delivery_fields(None, event, delivery.entity_id, delivery.fingerprint))

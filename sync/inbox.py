@@ -39,6 +39,12 @@ CLAIM_LEASE = timedelta(minutes=2)
 MAX_CLAIM_LEASE = timedelta(hours=1)
 #: A row claimed this often without an outcome is claimed alone (see ``Inbox.claim``).
 ALONE_AFTER = 2
+#: What ``Inbox.requeue`` found: a done or failed row set back to pending; a row already pending;
+#: a pruned one (nothing to apply); one another transaction holds (left as it is).
+REQUEUED = "requeued"
+ALREADY_PENDING = "already pending"
+NOT_REQUEUED_PRUNED = "pruned"
+BUSY = "busy"
 
 webhook_events = sa.Table(
     "webhook_events",
@@ -56,6 +62,8 @@ webhook_events = sa.Table(
     sa.Column("entity_id", KEY),
     #: A worker holds this pending row until then (see ``Inbox.claim``); None: nobody does.
     sa.Column("claimed_until", UTCDateTime()),
+    #: When an operator last asked, from ``/ops``, for the row to be applied again (``Inbox.requeue``).
+    sa.Column("replay_asked_at", UTCDateTime()),
     sa.Index("ix_webhook_events_status_received", "status", "received_at"),
     sa.Index("ix_webhook_events_entity", "entity_id"),
     sa.Index("ix_webhook_events_status_id", "status", "id"),
@@ -202,6 +210,8 @@ class InboxRow:
     entity_id: str | None
     last_error: str | None
     processed_at: datetime | None
+    #: When a replay was last asked from ``/ops`` (None: never).
+    replay_asked_at: datetime | None = None
 
 
 _ROW_COLUMNS = (
@@ -214,7 +224,17 @@ _ROW_COLUMNS = (
     webhook_events.c.entity_id,
     webhook_events.c.last_error,
     webhook_events.c.processed_at,
+    webhook_events.c.replay_asked_at,
 )
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What the public health check tells of the inbox (``Inbox.backlog``)."""
+
+    pending: int
+    failed: int
+    oldest_pending_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -491,6 +511,33 @@ class Inbox:
             yield Requeued(requeued, sorted(skipped.items()))
             after_id = events[-1].id
 
+    def requeue(self, event_id: int) -> str | None:
+        """Hand row ``event_id`` back to the workers to apply again (``/ops``'s Replay), noting
+        when that was asked (``replay_asked_at``); returns what it found (``REQUEUED``,
+        ``ALREADY_PENDING``, ``NOT_REQUEUED_PRUNED``, ``BUSY``), None when there is no such row.
+
+        A processed, ignored or failed row goes back to pending, its attempts from 0 (as
+        ``requeue_failed``); a pending one stays as it is, whoever holds it. Never waits for a
+        lock: a row another transaction holds is skipped (PostgreSQL, MariaDB) and reported
+        ``BUSY``, so the caller answers at once.
+        """
+        t = webhook_events
+        now = utcnow()
+        query = sa.select(t.c.status, (t.c.body == PRUNED_BODY).label("pruned")).where(t.c.id == event_id)
+        with self._transaction() as conn:
+            found = conn.execute(query.with_for_update(skip_locked=True)).one_or_none()
+            if found is None:
+                there = conn.execute(sa.select(t.c.id).where(t.c.id == event_id)).one_or_none()
+                return BUSY if there is not None else None
+            if found.pruned:
+                return NOT_REQUEUED_PRUNED
+            if found.status == PENDING:
+                conn.execute(t.update().where(t.c.id == event_id).values(replay_asked_at=now))
+                return ALREADY_PENDING
+            conn.execute(t.update().where(t.c.id == event_id, t.c.status == found.status)
+                         .values(status=PENDING, attempts=0, claimed_until=None, replay_asked_at=now))
+        return REQUEUED
+
     def prunable(self, before: datetime) -> Pruned:
         """What ``prune(before)`` would drop now, without dropping it."""
         t = webhook_events
@@ -538,6 +585,20 @@ class Inbox:
             oldest_pending_at=oldest,
             last_processed_at=last,
         )
+
+    def backlog(self) -> Backlog:
+        """How many deliveries are pending and failed, and the oldest pending one: cheap enough to
+        answer anyone who asks (``/healthz``), as every read is a range of an index on the
+        status. ``summary`` reads the whole table."""
+        t = webhook_events
+
+        def count(status: str):
+            return sa.select(sa.func.count()).select_from(t).where(t.c.status == status).scalar_subquery()
+
+        oldest = sa.select(sa.func.min(t.c.received_at)).where(t.c.status == PENDING).scalar_subquery()
+        with self._transaction() as conn:
+            pending, failed, oldest_at = conn.execute(sa.select(count(PENDING), count(FAILED), oldest)).one()
+        return Backlog(pending=pending, failed=failed, oldest_pending_at=oldest_at)
 
     def ping(self) -> None:
         """Raise unless the database answers and holds the inbox table."""

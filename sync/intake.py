@@ -3,6 +3,11 @@
 A commit to disk is the cost of durability. Requests that arrive while one commit is under way
 wait for the next, which then stores all of them in one transaction: under load many requests
 share a commit, and no request is answered before the commit that holds its delivery.
+
+Partnero gives up on an answer after five seconds. A request whose commit has not happened
+``ANSWER_SECONDS`` after it arrived (however long it waited for a thread) is answered 503
+instead, in time, so Partnero retries; should that commit still happen afterwards, the retry
+finds the delivery stored and is a duplicate.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -23,6 +29,10 @@ log = logging.getLogger(__name__)
 QUEUED = "queued"
 DUPLICATE = "duplicate"
 IGNORED = "ignored"
+
+#: How soon after a request arrived its answer is due: Partnero's five seconds, less 1.5 for
+#: the trip to us and back.
+ANSWER_SECONDS = 3.5
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,7 @@ class Intake:
         *,
         max_batch: int = 500,
         max_batch_bytes: int = 8 * 1024 * 1024,
-        wait_seconds: float = 10.0,
+        wait_seconds: float = ANSWER_SECONDS,
     ):
         self.inbox = inbox
         self.jobs = jobs
@@ -54,19 +64,23 @@ class Intake:
         self._writer_pid: int | None = None
         self._lock = threading.Lock()
 
-    def submit(self, delivery: Delivery) -> Receipt:
+    def submit(self, delivery: Delivery, received_at: float | None = None) -> Receipt:
         """Store ``delivery`` durably and wake a worker; returns once it is committed.
 
-        Raises ``TransientError`` when it could not be stored: nothing may be acknowledged then.
+        Raises ``TransientError`` when it could not be stored, or not by ``wait_seconds`` after
+        ``received_at`` (when its request arrived, by ``time.monotonic()``; default now): nothing
+        may be acknowledged then.
         """
         self._ensure_writer()
         future: Future[Receipt] = Future()
         self._pending.put((delivery, future))
+        due = (time.monotonic() if received_at is None else received_at) + self.wait_seconds
         try:
-            return future.result(timeout=self.wait_seconds)
+            return future.result(timeout=max(due - time.monotonic(), 0.0))
         except TimeoutError as exc:
-            # It may still commit later; a retry of the same bytes then finds it as a duplicate.
-            raise TransientError(f"inbox write took longer than {self.wait_seconds}s") from exc
+            # It may still commit later (it stays in the writer's batch): a retry of the same
+            # bytes then finds it stored, and is a duplicate.
+            raise TransientError(f"inbox write not done {self.wait_seconds:g} s after the request arrived") from exc
 
     def _ensure_writer(self) -> None:
         # Started lazily, and again in a forked child, which inherits no threads.

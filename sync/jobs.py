@@ -185,9 +185,9 @@ def backfill(run_id: int) -> Retry | str:
     run = filler.runs.get(run_id)
     if run is None or run.done:
         return f"backfill #{run_id}: nothing to do"
-    if run.live() and (job is None or run.job_id != job.id):
+    if not filler.runs.take_up(run_id, job.id if job else None):  # one conditional write: one taker
+        run = filler.runs.get(run_id)
         return f"backfill #{run_id} is being carried on elsewhere (job {run.job_id})"
-    filler.runs.resume(run_id, job.id if job else None)
     deadline = time.monotonic() + BACKFILL_SLICE_SECONDS
     try:
         run = filler.run(run, should_stop=lambda: queue.stop_requested() or time.monotonic() > deadline,

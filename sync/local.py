@@ -56,7 +56,12 @@ def _redis_answers(url: str) -> bool:
 
 
 def _print_howto(url: str, secret: str) -> None:
-    env = "" if secret != DEV_SECRET else f"PARTNERO_WEBHOOK_SECRET={DEV_SECRET} "
+    """How to send a signed test delivery. The development secret is shown; a configured one
+    never is: the commands read it from PARTNERO_WEBHOOK_SECRET instead."""
+    if secret == DEV_SECRET:
+        env, key = f"PARTNERO_WEBHOOK_SECRET={DEV_SECRET} ", shlex.quote(DEV_SECRET)
+    else:
+        env, key = "", '"${PARTNERO_WEBHOOK_SECRET%%,*}"'
     click.echo(
         "\nReceiver: " + url + "\n"
         "Send a signed test delivery from another terminal:\n"
@@ -64,10 +69,13 @@ def _print_howto(url: str, secret: str) -> None:
         "or with curl:\n"
         "    body='{\"event\":\"partner.created\",\"created_at\":\"2026-03-14T10:15:31.000000Z\","
         "\"data\":{\"id\":\"ptn_1\",\"email\":\"maria@example.com\"}}'\n"
-        f"    sig=$(printf %s \"$body\" | openssl dgst -sha256 -hmac {shlex.quote(secret)} | sed 's/^.* //')\n"
+        f"    sig=$(printf %s \"$body\" | openssl dgst -sha256 -hmac {key} | sed 's/^.* //')\n"
         f"    curl -i -X POST {url} -H \"Signature: $sig\" -H 'Content-Type: application/json' "
         "--data-binary \"$body\"\n"
         "Then: .venv/bin/partnero-sync status\n"
+        + ("" if secret == DEV_SECRET else
+           "(They sign with the secret in PARTNERO_WEBHOOK_SECRET, the first of a list: set it in that "
+           "terminal too. It is not printed.)\n")
     )
 
 

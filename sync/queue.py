@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import ctypes
+import inspect
 import logging
+import os
 import re
+import signal
+import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 import redis
-from rq import Queue, Worker, get_current_job
+from redis.client import PubSubWorkerThread
+from rq import Queue, get_current_job
+from rq.executions import Execution
 from rq.timeouts import JobTimeoutException
+from rq.worker_registration import get_keys as worker_keys
 from rq.worker import SimpleWorker
 
 from sync.errors import TransientError
@@ -47,6 +56,12 @@ FLUSH_JOB_TIMEOUT = 300
 BACKFILL = "sync.jobs.backfill"
 BACKFILL_QUEUE_NAME = "partnero-backfill"
 BACKFILL_JOB_TIMEOUT = 600
+
+#: Each worker process says it is alive under this key (and its name) every ``ALIVE_EVERY``
+#: seconds, for ``ALIVE_TTL``: RQ's own record of a worker outlives a killed one by minutes.
+ALIVE_KEY = "partnero-sync:alive:"
+ALIVE_EVERY = 2
+ALIVE_TTL = 10
 
 #: What RQ raises inside a job to interrupt it (its time-out): never the fault of the data in hand.
 INTERRUPTIONS: tuple[type[BaseException], ...] = (JobTimeoutException,)
@@ -157,18 +172,39 @@ class JobQueue:
             raise TransientError(f"redis unavailable: {exc}") from exc
 
     def counts(self) -> QueueCounts:
-        """What the queue holds now, read in one round trip."""
+        """What the queue holds now, in three round trips.
+
+        Only the living count: a worker whose process says it is alive (``ALIVE_KEY``), and a job
+        running on one of those (RQ's registries keep a killed worker, and the job it held, for
+        minutes after its death).
+        """
         try:
             with self.connection.pipeline(transaction=False) as pipe:
                 pipe.llen(self.queue.key)
                 pipe.zcard(self.queue.scheduled_job_registry.key)
                 pipe.zcard(self.queue.failed_job_registry.key)
-                pipe.zcard(self.queue.started_job_registry.key)
+                pipe.zrangebyscore(self.queue.started_job_registry.key, time.time(), "+inf")
                 queued, scheduled, failed, started = pipe.execute()
-            workers = Worker.count(connection=self.connection, queue=self.queue)
+            names = [key.removeprefix(PartneroWorker.redis_worker_namespace_prefix)
+                     for key in worker_keys(queue=self.queue)]
+            executions = [_execution(member, self.connection) for member in started]
+            with self.connection.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.exists(ALIVE_KEY + name)
+                for execution in executions:
+                    pipe.hget(execution.key, "worker_name")
+                found = pipe.execute()
         except redis.RedisError as exc:
             raise TransientError(f"redis unavailable: {exc}") from exc
-        return QueueCounts(queued=queued, scheduled=scheduled, failed=failed, started=started, workers=workers)
+        alive = {name for name, there in zip(names, found) if there}
+        running = sum(1 for worker in found[len(names):] if worker is not None and worker.decode() in alive)
+        return QueueCounts(queued=queued, scheduled=scheduled, failed=failed, started=running, workers=len(alive))
+
+
+def _execution(member: bytes, connection: redis.Redis) -> Execution:
+    """The execution a started registry's member (``job id:execution id``) names."""
+    job_id, _, execution_id = member.decode().rpartition(":")
+    return Execution(execution_id, job_id, connection)
 
 
 @dataclass(frozen=True)
@@ -176,8 +212,8 @@ class QueueCounts:
     queued: int  # waiting for a worker
     scheduled: int  # retries waiting for their time
     failed: int  # jobs in RQ's failed registry
-    started: int  # running now
-    workers: int  # workers listening on the queue
+    started: int  # running now, on a living worker
+    workers: int  # living workers listening on the queue
 
 
 def describe(kinds: Counter[str], first: int, last: int) -> str:
@@ -236,6 +272,72 @@ class PartneroWorker(_Housekeeping, SimpleWorker):
     second signal stops it at once.
     """
 
+    _alive: threading.Event | None = None
+
     def handle_warm_shutdown_request(self) -> None:
         _stopping.set()
         super().handle_warm_shutdown_request()
+
+    def register_birth(self) -> None:
+        super().register_birth()
+        self._alive = threading.Event()
+        threading.Thread(target=self._say_alive, args=(self._alive,), name="alive", daemon=True).start()
+
+    def register_death(self) -> None:
+        if self._alive is not None:
+            self._alive.set()
+        try:
+            self.connection.delete(ALIVE_KEY + self.name)
+        finally:
+            super().register_death()
+
+    def _say_alive(self, stop: threading.Event) -> None:
+        """Until ``stop``: say every ``ALIVE_EVERY`` seconds that this process lives, in a thread of
+        its own, so a long job does not silence it (RQ's heartbeat waits between jobs)."""
+        while True:
+            try:
+                self.connection.set(ALIVE_KEY + self.name, os.getpid(), ex=ALIVE_TTL)
+            except redis.RedisError:
+                pass  # Redis away: the worker itself will notice and say so
+            if stop.wait(ALIVE_EVERY):
+                return
+
+    def unsubscribe(self) -> None:
+        # RQ sends UNSUBSCRIBE, then stops the thread that listens for its commands, counting on
+        # Redis's reply to wake it. A thread that reads the reply before it is told to stop goes
+        # back to waiting, up to a minute, for a subscription; and since redis-py 8.2, stop() waits
+        # for the thread without a limit: the worker hung after SIGTERM. Told first, the thread
+        # ends with the reply.
+        if self.pubsub_thread is not None:
+            _tell_to_stop(self.pubsub_thread)
+        super().unsubscribe()
+
+
+def _tell_to_stop(thread: PubSubWorkerThread) -> None:
+    """Ask a pubsub thread to end after its current wait, without waiting for it."""
+    if "timeout" in inspect.signature(thread.stop).parameters:
+        thread.stop(timeout=0)  # redis-py >= 8.2, where stop() also waits for the thread
+    else:
+        thread.stop()  # older ones only ask
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def children_die_with_this_process() -> None:
+    """Make every child this process forks from now on (RQ's scheduler) get SIGTERM when this
+    process dies, however it dies (SIGKILL included): else an orphaned scheduler goes on moving
+    jobs, holding its lock, for minutes. Linux only (elsewhere, nothing changes)."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getpid()
+
+    def in_child() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # it died before the signal was asked for
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    os.register_at_fork(after_in_child=in_child)

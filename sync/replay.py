@@ -1,5 +1,5 @@
-"""Replaying stored deliveries through the current mappings: one row (``/ops``'s button) or many
-(``partnero-sync replay``, with a progress bar)."""
+"""Replaying stored deliveries through this process's mappings: ``partnero-sync replay``, with a
+progress bar. (``/ops``'s button hands one to the workers instead: ``requeue.requeue_one``.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Retrying failed deliveries after a fix: their inbox rows back to pending, and onto the queue."""
+"""Handing deliveries back to the workers: failed ones after a fix (``requeue-failed``), or one the
+operator asks for (``/ops``'s Replay): their inbox rows back to pending, and a worker woken."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sync.errors import TransientError
-from sync.inbox import FAILED, Event, Inbox
+from sync.inbox import ALREADY_PENDING, FAILED, REQUEUED, Event, Inbox
 from sync.progress import progressbar
 from sync.queue import JobQueue
 
@@ -54,6 +55,38 @@ def requeue_failed(inbox: Inbox, jobs: JobQueue, since: datetime | None = None, 
         except TransientError as exc:
             result.redis_error = str(exc)
     return result
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What asking for one delivery to be applied again came to."""
+
+    #: What the inbox found (``Inbox.requeue``): requeued, already pending, pruned or busy.
+    found: str
+    #: Why Redis could not take the wake-up (None: it could, or none was needed); the row is
+    #: pending all the same, and the worker's sweeper wakes a worker for it.
+    redis_error: str | None = None
+
+    @property
+    def queued(self) -> bool:
+        """Whether the delivery now waits for a worker."""
+        return self.found in (REQUEUED, ALREADY_PENDING)
+
+
+def requeue_one(inbox: Inbox, jobs: JobQueue, event_id: int) -> Asked | None:
+    """Hand inbox row ``event_id`` to the workers, who apply it with their mapping files, and wake
+    one; None when there is no such row. Only a short statement on the row: it never waits for a
+    lock nor applies anything, so a web request answers at once."""
+    found = inbox.requeue(event_id)
+    if found is None:
+        return None
+    asked = Asked(found)
+    if asked.queued:
+        try:
+            jobs.wake(force=True)
+        except TransientError as exc:
+            asked = Asked(found, str(exc))
+    return asked
 
 
 def dry_run(inbox: Inbox, check: Callable[[Event], str | None], since: datetime | None = None,

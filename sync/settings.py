@@ -5,11 +5,13 @@ This is the only module that reads ``os.environ``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sync.errors import ConfigurationError
 from sync.logs import FORMATS
@@ -21,6 +23,11 @@ DEFAULT_PARTNERO_API_URL = "https://api.partnero.com/v1"
 
 #: Bodies larger than this are refused with 413 before they are read.
 MAX_BODY_BYTES = 1024 * 1024
+
+#: The peers whose ``X-Forwarded-Proto`` the web process believes: any. On a Heroku-style PaaS
+#: the router is the only way to a web process, it connects from addresses not known in
+#: advance, and it sets the header itself (replacing whatever the client sent).
+DEFAULT_FORWARDED_ALLOW_IPS = ("*",)
 
 
 SALESFORCE_VARIABLES = (
@@ -171,6 +178,11 @@ class PartneroApiSettings:
             )
         return self.api_key
 
+    @property
+    def in_clear(self) -> bool:
+        """Whether the API key would travel unencrypted (plain http, allowed to a local host only)."""
+        return urlsplit(self.api_url).scheme.lower() == "http"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> PartneroApiSettings:
         url = env.get("PARTNERO_API_URL", "").strip().rstrip("/") or DEFAULT_PARTNERO_API_URL
@@ -180,7 +192,29 @@ class PartneroApiSettings:
                 f"PARTNERO_API_URL must be an http(s) URL such as {DEFAULT_PARTNERO_API_URL} "
                 f"(got {redact_url(url)!r})"
             )
+        if scheme.lower() == "http" and not is_local_host(url):
+            raise ConfigurationError(
+                f"PARTNERO_API_URL is plain http to a host that is not this machine ({redact_url(url)!r}): "
+                "the API key would travel unencrypted. Use https (such as "
+                f"{DEFAULT_PARTNERO_API_URL}); plain http is allowed only to localhost, 127.0.0.0/8 or ::1"
+            )
         return cls(api_key=env.get("PARTNERO_API_KEY", "").strip() or None, api_url=url)
+
+
+def is_local_host(url: str) -> bool:
+    """Whether ``url``'s host is this machine's loopback: localhost, 127.0.0.0/8 or ::1."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    if host.rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -202,6 +236,8 @@ class Settings:
     #: The program's currency: Salesforce gets commission totals in it. None: the one most used.
     currency: str | None = None
     partnero: PartneroApiSettings = field(default_factory=PartneroApiSettings)
+    #: The peers trusted to say a request's scheme (FORWARDED_ALLOW_IPS): addresses, networks or "*".
+    forwarded_allow_ips: tuple[str, ...] = DEFAULT_FORWARDED_ALLOW_IPS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -222,6 +258,7 @@ class Settings:
             dashboard=DashboardSettings.from_env(env),
             currency=parse_currency(env.get("PARTNERO_CURRENCY", "")),
             partnero=PartneroApiSettings.from_env(env),
+            forwarded_allow_ips=forwarded_allow_ips(env),
         )
 
     def require_webhook_secret(self) -> tuple[str, ...]:
@@ -260,6 +297,36 @@ def log_options(environ: Mapping[str, str] | None = None) -> tuple[str, str | No
     if log_format is not None and log_format not in FORMATS:
         raise ConfigurationError(f"LOG_FORMAT must be {' or '.join(FORMATS)} (got {log_format!r})")
     return level, log_format
+
+
+def forwarded_allow_ips(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """FORWARDED_ALLOW_IPS: the peers (IP addresses and networks, or ``*`` for any) whose
+    ``X-Forwarded-Proto`` says a request's scheme; from any other peer the header is ignored.
+
+    Read on its own by the gunicorn configuration, which hands it to gunicorn before the app
+    exists.
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get("FORWARDED_ALLOW_IPS", "")
+    peers = tuple(p.strip() for p in raw.split(",") if p.strip())
+    if not raw.strip():
+        return DEFAULT_FORWARDED_ALLOW_IPS
+    for peer in peers:
+        if peer == "*":
+            continue
+        try:
+            ipaddress.ip_network(peer)  # strict, as gunicorn reads it: 10.0.0.1/8 is a mistake
+        except ValueError:
+            raise ConfigurationError(
+                "FORWARDED_ALLOW_IPS must be * or IP addresses and networks separated by commas, "
+                f"such as 10.0.0.0/8,127.0.0.1 (got {peer!r})"
+            ) from None
+    if not peers:
+        raise ConfigurationError(
+            "FORWARDED_ALLOW_IPS holds only commas: set it to * or to the router's addresses or "
+            "networks, or leave it unset to trust any peer"
+        )
+    return peers
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

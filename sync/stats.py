@@ -1,7 +1,7 @@
 """What the service is doing, read from the database and Redis at the moment of asking.
 
-One snapshot serves ``partnero-sync status``, ``/healthz``, ``/metrics`` and ``/ops``, so they
-never disagree. Each source is read on its own: with Redis down, the inbox still reports.
+One snapshot serves ``partnero-sync status``, the operator's ``/healthz``, ``/metrics`` and
+``/ops``, so they never disagree. Each source is read on its own: with Redis down, the inbox still reports.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class Snapshot:
         return reasons
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready form, for ``status --json`` and ``/healthz``."""
+        """A JSON-ready form, for ``status --json``."""
         inbox = None
         if self.inbox is not None:
             inbox = {

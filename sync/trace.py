@@ -77,7 +77,7 @@ def trace(services, event_id: int) -> Trace | None:
         event=event,
         payload=None if event.pruned else readable_json(event.body),
         mapping=mapping,
-        record_key=key,
+        record_key=printable(key) if key is not None else None,
         warehouse=warehouse_row,
         ledger=entries,
         crm_enabled=crm_enabled,
@@ -93,9 +93,16 @@ def _identify(mapping: Mapping, body: bytes) -> str | None:
     return identify(mapping, document)
 
 
+def printable(text: str) -> str:
+    """``text`` with what no encoding can write (a lone surrogate: JSON's "\\ud800" may carry one)
+    as its escape, so a page can show it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def readable_json(body: bytes) -> str:
     """``body`` indented for reading, each number with the digits it was sent with (a float
-    would turn 12.50 into 12.5); the text as it is when it is not JSON."""
+    would turn 12.50 into 12.5), a lone surrogate as its escape; the text as it is when it is
+    not JSON."""
     numbers: list[str] = []
     # A marker no string in the body can contain: a random part, behind a NUL.
     marker = f"\0{secrets.token_hex(8)}:"
@@ -110,4 +117,4 @@ def readable_json(body: bytes) -> str:
         return body.decode("utf-8", errors="replace")
     text = json.dumps(document, indent=2, ensure_ascii=False)
     quoted = re.escape(json.dumps(marker)[1:-1])
-    return re.sub(f'"{quoted}(\\d+)"', lambda m: numbers[int(m.group(1))], text)
+    return printable(re.sub(f'"{quoted}(\\d+)"', lambda m: numbers[int(m.group(1))], text))

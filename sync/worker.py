@@ -10,7 +10,7 @@ from rq.worker import DequeueStrategy
 
 from sync import db
 from sync import services as services_module
-from sync.queue import PartneroWorker
+from sync.queue import PartneroWorker, children_die_with_this_process
 from sync.services import Services
 from sync.settings import Settings, redact_url
 
@@ -50,6 +50,8 @@ def run_worker(settings: Settings, *, burst: bool = False, sweep_every: int = 60
         redact_url(settings.redis_url),
         settings.salesforce.describe(),
     )
+    if with_scheduler and not burst:
+        children_die_with_this_process()  # RQ's scheduler runs in a child: it must not outlive us
     # Round robin between the queues: a long drain of deliveries and Salesforce flushes take turns.
     return worker.work(burst=burst, with_scheduler=with_scheduler and not burst,
                        logging_level=settings.log_level, dequeue_strategy=DequeueStrategy.ROUND_ROBIN)

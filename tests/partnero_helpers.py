@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -80,8 +81,8 @@ def webhooks() -> list[dict]:
     return sent
 
 
-def make_services(database_url: str, redis_url: str, partnero, salesforce=None) -> Services:
-    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "MAPPINGS_DIR": str(MAPPINGS),
+def make_services(database_url: str, redis_url: str, partnero, salesforce=None, mappings=MAPPINGS) -> Services:
+    env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "MAPPINGS_DIR": str(mappings),
            **partnero_env(partnero), **(salesforce_env(salesforce) if salesforce is not None else {})}
     return Services.build(Settings.from_env(env))
 
@@ -104,6 +105,22 @@ def cli(env: dict, *args: str):
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
 
 
-def cli_env(database_url: str, redis_url: str, partnero) -> dict:
-    return {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "MAPPINGS_DIR": str(MAPPINGS),
+def cli_env(database_url: str, redis_url: str, partnero, mappings=MAPPINGS) -> dict:
+    return {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "MAPPINGS_DIR": str(mappings),
             "LOG_LEVEL": "WARNING", **partnero_env(partnero)}
+
+
+def edited_mappings(directory: Path, edits: dict[str, tuple[str, str] | None]) -> Path:
+    """A copy of the shipped mapping files in ``directory``: ``edits`` maps a file name to
+    (text, replacement) to change in it, or None to leave the file out."""
+    directory.mkdir()
+    for path in MAPPINGS.iterdir():
+        if path.name in edits and edits[path.name] is None:
+            continue
+        text = path.read_text()
+        if path.name in edits:
+            old, new = edits[path.name]
+            assert old in text, (path.name, old)
+            text = text.replace(old, new)
+        (directory / path.name).write_text(text)
+    return directory

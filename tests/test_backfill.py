@@ -34,6 +34,7 @@ from tests.partnero_helpers import (
     cli,
     cli_env,
     delivery,
+    edited_mappings,
     make_services,
     partner,
     send,
@@ -292,6 +293,17 @@ def test_a_second_backfill_of_the_same_lists_is_refused_while_the_first_is_live(
     assert Runs(services.inbox.engine).get(first.id).records == 0
 
 
+def test_plain_http_to_a_partnero_that_is_not_local_is_refused_before_anything_is_sent(
+        program, database_url, redis_conn, redis_server_url):
+    env = cli_env(database_url, redis_server_url, program) | {"PARTNERO_API_URL": "http://api.partnero.com/v1"}
+    for command in (["backfill"], ["reconcile"], ["webhooks", "list"]):
+        result = CliRunner().invoke(main, command, env=env)
+        assert result.exit_code == 2, result.output
+        assert "PARTNERO_API_URL is plain http" in result.output and program.api_key not in result.output
+    assert program.requests == [] and Runs(make_services(database_url, redis_server_url, program).inbox.engine
+                                           ).latest() is None
+
+
 def test_a_missing_api_key_is_a_configuration_error(database_url, redis_conn, redis_server_url):
     env = {"DATABASE_URL": database_url, "REDIS_URL": redis_server_url, "PARTNERO_API_KEY": ""}
     result = CliRunner().invoke(main, ["backfill"], env=env)
@@ -361,3 +373,51 @@ def test_an_object_the_mappings_cannot_apply_fails_alone_with_its_reason(program
     with services.inbox.engine.connect() as conn:
         assert services.warehouse.read(conn, "transactions", "tx_1") is not None
 
+
+
+@pytest.mark.parametrize("cap", [100, 15])
+def test_a_backfill_reads_every_page_when_partnero_pages_fewer_than_asked(program, database_url, redis_conn,
+                                                                         redis_server_url, cap):
+    program.page_cap = cap  # at most `cap` a page, whatever the 250 the command asks for
+    for i in range(7, 2 * cap + 3):
+        program.add("partners", partner(i))
+    result = cli(cli_env(database_url, redis_server_url, program), "backfill")
+    assert result.exit_code == 0, result.output
+    total = 2 * cap + 3 + 5 + 8
+    assert f"finished: {total} records, {total} applied, 0 unchanged, 0 skipped, 0 failed" in result.output
+    asked = [q for _, path, q in program.requests if path.endswith("/partners")]
+    assert asked == [{"limit": "250", "page": str(n)} for n in (1, 2, 3)]
+    services = make_services(database_url, redis_server_url, program)
+    with services.inbox.engine.connect() as conn:
+        held = services.warehouse.live_keys(conn, "partners")
+    assert held == {f"ptn_{i}" for i in range(2 * cap + 3)}
+
+
+def test_a_renamed_entity_is_still_loaded_from_the_list_its_events_are_about(program, database_url, redis_conn,
+                                                                            redis_server_url, tmp_path):
+    mappings = edited_mappings(tmp_path / "mappings", {"partner.yml": ("entity: partner\n", "entity: affiliate\n")})
+    env = cli_env(database_url, redis_server_url, program, mappings)
+    result = cli(env, "backfill")
+    assert result.exit_code == 0, result.output
+    assert "finished: 20 records, 20 applied, 0 unchanged, 0 skipped, 0 failed" in result.output
+    checked = cli(env, "reconcile", "--json")
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.output)["listed"] == {"partners": 7, "customers": 5, "transactions": 8}
+
+
+def test_a_list_no_mapping_loads_is_refused_before_anything_is_read(program, database_url, redis_conn,
+                                                                    redis_server_url, tmp_path):
+    mappings = edited_mappings(tmp_path / "mappings", {"customer.yml": None})
+    env = cli_env(database_url, redis_server_url, program, mappings)
+    for command in (["backfill", "--entities", "customers"], ["backfill", "--in-worker", "--entities", "customers"],
+                    ["reconcile", "--entities", "partners,customers"]):
+        result = CliRunner().invoke(main, command, env=env)
+        assert result.exit_code == 2, result.output
+        assert "no mapping file loads Partnero's customers list" in result.output and "list: customers" in result.output
+    assert program.requests == []
+    assert Runs(make_services(database_url, redis_server_url, program, mappings=mappings).inbox.engine).latest() is None
+    # By default, the lists the mapping files load from.
+    result = cli(env, "backfill")
+    assert result.exit_code == 0, result.output
+    assert "finished: 15 records, 15 applied, 0 unchanged, 0 skipped" in result.output
+    assert not [path for _, path, _ in program.requests if "customers" in path]

@@ -135,14 +135,16 @@ def test_an_expired_session_that_cannot_be_renewed_is_reported_in_healthz_and_no
         settings, fake, redis_conn):
     from app import create_app
 
+    from tests.ops_helpers import AUTH, OPS
+
     session = SalesforceSettings(mode="session", instance_url=fake.instance_url, session_id=fake.issue_session())
-    app = create_app(settings.with_overrides(salesforce=session), redis_connection=redis_conn)
+    app = create_app(settings.with_overrides(salesforce=session, dashboard=OPS), redis_connection=redis_conn)
     services = app.extensions["partnero"]
     deliver(services, partner())
     fake.expire_sessions()
     outcome = services.flushes.run_job()
     assert "SALESFORCE_SESSION_ID cannot be renewed" in outcome.text
-    health = app.test_client().get("/healthz")
+    health = app.test_client().get("/healthz", headers=AUTH)  # the operator's report
     assert health.status_code == 200  # the web can still serve: Salesforce is not what it serves
     body = health.get_json()
     assert "SALESFORCE_SESSION_ID cannot be renewed" in body["salesforce_problem"]

@@ -18,7 +18,8 @@ from sync.samples import sample_delivery
 from sync.settings import MAX_BODY_BYTES
 from sync.signature import sign
 from tests.conftest import SECRETS, signed
-from tests.test_processes import BIN, environment, free_port, procfile, start, stop, wait_for
+from tests.test_processes import BIN, environment, free_port, procfile, start
+from tests.web_helpers import procfile_web
 
 URL = "/webhooks/partnero"
 #: What the issue asks: with dozens of slow clients connected, an answer within a second.
@@ -28,19 +29,8 @@ PROMPT = 1.0
 @pytest.fixture(scope="module")
 def web(tmp_path_factory, redis_server_url) -> Iterator[int]:
     """The Procfile's web process (one gunicorn worker, as on a small dyno); yields its port."""
-    directory = tmp_path_factory.mktemp("web")
-    port = free_port()
-    env = environment(DATABASE_URL=f"sqlite:///{directory}/web.db", REDIS_URL=redis_server_url,
-                      PARTNERO_WEBHOOK_SECRET=",".join(SECRETS), PORT=str(port), WEB_CONCURRENCY="1",
-                      LOG_FORMAT="text")
-    subprocess.run([str(BIN / "partnero-sync"), "migrate"], env=env, cwd=directory, check=True, capture_output=True)
-    process = start(procfile()["web"], env, cwd=directory)
-    try:
-        wait_for(lambda: _healthy(port), what="the web process")
+    with procfile_web(tmp_path_factory.mktemp("web"), _healthy, REDIS_URL=redis_server_url) as port:
         yield port
-    finally:
-        output = stop(process)
-        assert "Traceback" not in output, output
 
 
 def _healthy(port: int) -> bool:

@@ -1,6 +1,7 @@
 """/ops in a real browser: Debian's Chromium, headless, driven by Selenium through chromedriver,
-against the app on a real HTTP server. An operator finds a failed delivery and replays it; the
-pages fit a desktop and a phone."""
+against the app on a real HTTP server. An operator finds a failed delivery and replays it: the
+page shows it queued, then, once a worker applied it, its outcome; the pages fit a desktop and a
+phone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -137,7 +138,7 @@ class Browser:
             "return [document.documentElement.scrollWidth, window.innerWidth]"))
 
 
-def test_an_operator_finds_the_failed_delivery_and_replays_it(page, seeded, tmp_path):
+def test_an_operator_finds_the_failed_delivery_and_replays_it(page, seeded, settings, redis_conn, tmp_path):
     page.size(*DESKTOP)
     page.open("/ops")
     assert page.row_ids() == sorted(seeded.values(), reverse=True)
@@ -160,8 +161,16 @@ def test_an_operator_finds_the_failed_delivery_and_replays_it(page, seeded, tmp_
 
     page.follow("#replay-button")
     assert page.driver.current_url.endswith(f"/ops/deliveries/{seeded['friend']}")
-    assert page.text("#flashes") == "Replayed: processed."
-    assert page.text("#status") == "processed"
+    assert page.text("#flashes") == ("Replay queued: a worker applies it again with its mapping files; "
+                                     "this page shows the outcome.")
+    assert page.text("#status") == "pending"
+    assert page.text("#replay-state").startswith("queued")
+    assert "A replay was asked at " in page.text("#replay-state")
+
+    work(settings, redis_conn)  # a worker applies it; the page, reloading by itself, shows the outcome
+    WebDriverWait(page.driver, 15, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda driver: page.text("#status") == "processed")
+    assert page.text("#replay-state").endswith("a worker has applied it since: processed.")
     assert "customer_key\nrf_2217" in page.text("#warehouse")
     page.screenshot(tmp_path / "replayed-desktop.png", DESKTOP)
 

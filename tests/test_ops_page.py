@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 import pytest
@@ -294,48 +295,115 @@ def test_replay_refuses_requests_without_a_good_token_or_from_another_site(clien
     assert with_referer.status_code == 303  # a browser that sends only Referer is one of ours too
 
 
-def test_replay_applies_a_failed_delivery_again_after_the_mapping_is_fixed(settings, redis_conn, caplog):
-    before_fix = create_app(settings).test_client()
-    friend = post(before_fix, friend_customer())
+def test_replay_hands_the_delivery_to_the_workers_who_apply_it_with_their_mappings(settings, redis_conn, caplog):
+    """During a deploy the web may still run the old mapping files: a replay is applied by a
+    worker, with the worker's."""
+    web = create_app(settings).test_client()  # the web, still on the old mapping
+    friend = post(web, friend_customer())
     work(settings, redis_conn)
     assert inbox_row(settings, friend)["status"] == "failed"
+    fix_customer_identity(settings)  # the workers now run the fixed one
 
-    fix_customer_identity(settings)
-    client = create_app(settings).test_client()  # the web, restarted with the fixed mapping
-    page = get(client, f"/ops/deliveries/{friend}")
+    page = get(web, f"/ops/deliveries/{friend}")
     assert page.text("status") == "failed"
-    assert page.text("warehouse") == "No row for this record yet: nothing was written for it."
+    # The web's old mapping cannot even say which record it is about.
+    assert page.text("warehouse") == "The record's key could not be read from this delivery, so it wrote nothing."
+    assert not page.has("replay-state")
 
     with caplog.at_level(logging.DEBUG):
-        response = replay(client, friend, page.inputs["token"])
+        response = replay(web, friend, page.inputs["token"])
     assert response.status_code == 303
     assert response.headers["Location"] == f"/ops/deliveries/{friend}"
-    after = Page(client.get(response.headers["Location"], headers=AUTH).data)
-    assert after.text("flashes") == "Replayed: processed."
+    queued = Page(web.get(response.headers["Location"], headers=AUTH).data)
+    assert queued.text("flashes") == ("Replay queued: a worker applies it again with its mapping files; "
+                                      "this page shows the outcome.")
+    assert queued.text("status") == "pending"
+    assert queued.text("replay-state").startswith("queued A replay was asked at ")
+    assert '<meta http-equiv="refresh"' in queued.html  # it reloads until a worker has applied it
+    assert Queue(QUEUE_NAME, connection=redis_conn).count == 1  # a worker is woken
+    row = inbox_row(settings, friend)
+    assert (row["status"], row["attempts"], row["claimed_until"]) == ("pending", 0, None)
+    assert row["replay_asked_at"] is not None
+
+    work(settings, redis_conn)  # a worker, on the fixed mapping
+    after = get(web, f"/ops/deliveries/{friend}")
+    assert not after.has("flashes")  # said once
     assert after.text("status") == "processed"
+    assert after.text("replay-state").endswith("a worker has applied it since: processed.")
+    assert '<meta http-equiv="refresh"' not in after.html
     assert after.text("warehouse").startswith("won The row holds this delivery's state.")
     assert "customer_key rf_2217" in after.text("warehouse")
     row = inbox_row(settings, friend)
     assert (row["status"], row["last_error"]) == ("processed", None)
-    assert not get(client, f"/ops/deliveries/{friend}").has("flashes")  # said once
 
     replayed = [r for r in caplog.records if r.name == "app.ops"]
     assert [(r.getMessage(), r.inbox_id, r.event_type) for r in replayed] == [
-        ("replay from /ops: processed", friend, "customer.created")]
+        ("replay from /ops: requeued", friend, "customer.created")]
     for value in ("daniel.kim@northwind.dev", "Daniel", "Kim"):  # no payload values in the logs
         assert value not in caplog.text
 
 
-def test_replaying_a_delivery_that_still_does_not_fit_says_why(client, settings, redis_conn):
+def test_replaying_a_delivery_that_still_does_not_fit_shows_why_once_a_worker_tried(client, settings, redis_conn):
     comma = post(client, unparseable_amount())
     work(settings, redis_conn)
     token = get(client, f"/ops/deliveries/{comma}").inputs["token"]
-    response = replay(client, comma, token)
-    assert response.status_code == 303
+    assert replay(client, comma, token).status_code == 303
+    assert get(client, f"/ops/deliveries/{comma}").text("status") == "pending"
+    work(settings, redis_conn)
     page = get(client, f"/ops/deliveries/{comma}")
     reason = inbox_row(settings, comma)["last_error"]
-    assert page.text("flashes") == f"Replayed: still failing: {reason}"
     assert page.text("status") == "failed"
+    assert page.text("replay-state").endswith("a worker has applied it since: failed (see the last error).")
+    assert page.text("last-error") == reason == "transaction.yml: warehouse.columns.amount: a text is not a number"
+
+
+def test_replaying_an_older_processed_sale_changes_nothing_and_books_nothing_twice(client, settings, redis_conn):
+    sale = post(client, sample_delivery("transaction.created"))
+    update = post(client, sample_delivery("transaction.updated", created_at="2026-03-15T08:00:00.000000Z",
+                                          amount=159.0))
+    work(settings, redis_conn)
+    before = get(client, f"/ops/deliveries/{sale}")
+    assert "amount 159 " in before.text("warehouse")
+    # Asked twice before a worker comes: queued, then already waiting.
+    for said in ("Replay queued: a worker applies it again with its mapping files; this page shows the outcome.",
+                 "Already waiting for a worker, which applies it with its mapping files."):
+        assert replay(client, sale, before.inputs["token"]).status_code == 303
+        assert get(client, f"/ops/deliveries/{sale}").text("flashes") == said
+    work(settings, redis_conn)
+    after = get(client, f"/ops/deliveries/{sale}")
+    assert after.text("status") == "processed"
+    assert after.text("warehouse").startswith(  # the newest state still wins
+        f"superseded The row holds the state of delivery #{update}, which is newer.")
+    assert "amount 159 " in after.text("warehouse")
+    assert after.text("ledger") == before.text("ledger")  # no commission booked twice
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_replay_answers_at_once_while_the_record_is_locked(client, settings, redis_conn):
+    """Another session holds the delivery's warehouse row (a long transaction, a stuck worker):
+    the Replay request does not wait for it, and a worker applies the delivery once it is free."""
+    partner = post(client, sample_delivery("partner.created"))
+    work(settings, redis_conn)
+    token = get(client, f"/ops/deliveries/{partner}").inputs["token"]
+    engine = db.engine_for(settings.database_url)
+    holder = engine.connect()
+    holder.execute(sa.text("SELECT * FROM partners WHERE partner_id = 'ptn_8c1e6f0a' FOR UPDATE")).all()
+    # Should the request wait for the lock after all, let go of it in a while, so the test ends.
+    release = threading.Timer(15, holder.rollback)
+    release.start()
+    try:
+        started = time.monotonic()
+        response = replay(client, partner, token)
+        took = time.monotonic() - started
+    finally:
+        release.cancel()
+        holder.rollback()
+        holder.close()
+    assert response.status_code == 303
+    assert took < 3, f"the Replay request took {took:.1f}s"
+    assert inbox_row(settings, partner)["status"] == "pending"
+    work(settings, redis_conn)
+    assert inbox_row(settings, partner)["status"] == "processed"
 
 
 def test_a_pruned_delivery_cannot_be_replayed(client, settings, redis_conn):
@@ -356,42 +424,47 @@ def test_a_pruned_delivery_cannot_be_replayed(client, settings, redis_conn):
     after = get(client, f"/ops/deliveries/{partner}")
     assert after.text("flashes") == "Not replayed: its body was pruned, so there is nothing left to apply."
     assert inbox_row(settings, partner) == before
+    assert Queue(QUEUE_NAME, connection=redis_conn).count == 0
 
 
-def test_a_replay_asks_for_a_salesforce_flush_and_the_page_shows_the_outcome(settings, fake, redis_conn):  # noqa: F811
+def test_a_replay_leads_to_a_salesforce_flush_and_the_page_shows_the_outcome(settings, fake, redis_conn):  # noqa: F811
     settings = settings.with_overrides(salesforce=password_login(fake))
-    before_fix = create_app(settings).test_client()
-    post(before_fix, sample_delivery("partner.created"))
-    friend = post(before_fix, friend_customer())
+    web = create_app(settings).test_client()
+    post(web, sample_delivery("partner.created"))
+    friend = post(web, friend_customer())
     work(settings, redis_conn)
     assert fake.records("Account") == []
 
     fix_customer_identity(settings)
-    client = create_app(settings).test_client()
-    page = get(client, f"/ops/deliveries/{friend}")
+    page = get(web, f"/ops/deliveries/{friend}")
     assert page.text("crm") == "Nothing in the outbox for this record: this delivery was not applied."
-    assert replay(client, friend, page.inputs["token"]).status_code == 303
-    assert [job.description for job in Queue(CRM_QUEUE_NAME, connection=redis_conn).get_jobs()] == ["Salesforce flush"]
+    assert replay(web, friend, page.inputs["token"]).status_code == 303
+    assert Queue(CRM_QUEUE_NAME, connection=redis_conn).count == 0  # the worker asks, once it applied it
 
     work(settings, redis_conn)
     account = fake.get("Account", "Partnero_Customer_Key__c", "rf_2217")
-    assert get(client, f"/ops/deliveries/{friend}").text("crm").startswith(
+    assert get(web, f"/ops/deliveries/{friend}").text("crm").startswith(
         f"Status synced Attempts 0 Salesforce id {account['Id']}")
 
 
-def test_a_replay_with_redis_away_still_applies_the_delivery(settings, redis_conn, caplog):
-    before_fix = create_app(settings).test_client()
-    friend = post(before_fix, friend_customer())
+def test_a_replay_with_redis_away_is_queued_for_the_sweeper(settings, redis_conn):
+    from sync.services import Services
+
+    web = create_app(settings).test_client()
+    friend = post(web, friend_customer())
     work(settings, redis_conn)
     fix_customer_identity(settings)
-    salesforce = SalesforceSettings(mode="password", username="ops@example.com", password="pw", security_token="t")
-    client = create_app(settings.with_overrides(redis_url=DEAD_REDIS_URL, salesforce=salesforce)).test_client()
-    token = get(client, f"/ops/deliveries/{friend}").inputs["token"]
-    with caplog.at_level(logging.WARNING):
-        assert replay(client, friend, token).status_code == 303
-    assert get(client, f"/ops/deliveries/{friend}").text("flashes") == "Replayed: processed."
+    away = create_app(settings.with_overrides(redis_url=DEAD_REDIS_URL)).test_client()
+    token = get(away, f"/ops/deliveries/{friend}").inputs["token"]
+    assert replay(away, friend, token).status_code == 303
+    flashed = get(away, f"/ops/deliveries/{friend}").text("flashes")
+    assert flashed.startswith("Replay queued: ") and "Redis could not take the wake-up (" in flashed
+    assert inbox_row(settings, friend)["status"] == "pending"
+
+    # Redis back: the worker's sweeper finds the row and wakes a worker, which applies it.
+    Services.build(settings.with_overrides(sweep_after_seconds=0), redis_conn).housekeeping()
+    work(settings, redis_conn)
     assert inbox_row(settings, friend)["status"] == "processed"
-    assert "could not ask for a Salesforce flush" in caplog.text  # the worker's housekeeping asks again
 
 
 def test_the_pages_say_when_the_database_is_away(settings, redis_conn):
@@ -415,3 +488,16 @@ def test_the_replay_command_leaves_pruned_deliveries_alone(client, settings, red
     assert (result.total, result.processed, result.pruned, result.failed) == (2, 1, 1, [])
     assert inbox_row(settings, partner)["status"] == "processed"
     assert inbox_row(settings, customer)["status"] == "processed"
+
+
+def test_a_delivery_with_a_lone_surrogate_shows_it_as_its_escape(client, settings, redis_conn):
+    """JSON may carry a text no encoding can write ("\\ud800" alone): the page shows the escape."""
+    body = json.dumps(sample_delivery("partner.created", name="Ann\ud800")).encode()
+    assert b'"Ann\\ud800"' in body
+    event_id = post(client, body)
+    work(settings, redis_conn)
+    response = client.get(f"/ops/deliveries/{event_id}", headers=AUTH)
+    assert response.status_code == 200, response.data[:300]
+    page = Page(response.data)
+    assert '"name": "Ann\\ud800"' in page.text("payload")
+    assert page.inputs["token"]  # its Replay button is there

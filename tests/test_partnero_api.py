@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timedelta, timezone
 
@@ -19,6 +20,7 @@ from sync.partnero.api import (
     PartneroRefused,
     PartneroUnavailable,
     _classify,
+    parse_page,
     retry_after,
 )
 from sync.settings import PartneroApiSettings
@@ -231,17 +233,93 @@ def test_a_message_that_quotes_what_we_sent_is_not_repeated():
     assert isinstance(_classify(_answer(500, b""), "GET /partners", set()), PartneroUnavailable)
 
 
-@pytest.mark.parametrize(("count", "limit", "last_page", "has_next", "number", "last"), [
-    (3, 3, None, True, 1, False),    # a full page with a next link
-    (3, 3, None, False, 1, True),    # no next link
-    (3, 3, None, None, 1, False),    # no links at all, full page: ask on
-    (2, 3, None, None, 1, True),     # fewer than asked for
-    (3, 3, 2, None, 2, True),        # the last page by meta
-    (0, 3, None, True, 5, True),     # empty
+@pytest.mark.parametrize(("count", "limit", "last_page", "total", "has_next", "per_page", "number", "last"), [
+    (3, 3, None, None, True, None, 1, False),    # a full page with a next link
+    (3, 3, None, None, False, None, 1, True),    # no next link
+    (3, 3, None, None, None, None, 1, False),    # no links at all, full page: ask on
+    (2, 3, None, None, None, None, 1, True),     # no links or meta, fewer than asked for
+    (3, 3, 2, None, None, None, 2, True),        # the last page by meta
+    (0, 3, None, None, True, None, 5, True),     # empty
+    (100, 250, None, None, True, 100, 1, False),  # capped: fewer than asked, and a next link
+    (15, 250, None, None, True, None, 1, False),  # capped, without per_page: the next link decides
+    (100, 250, 3, None, None, 100, 1, False),    # capped, no links: meta's last page decides
+    (100, 250, None, 260, None, 100, 2, False),  # capped, no links: meta's total decides
+    (60, 250, None, 260, None, 100, 3, True),
+    (15, 250, None, None, None, 15, 1, False),   # no links, a full page of the server's size
+    (9, 250, None, None, None, 15, 2, True),     # no links, shorter than the server's page size
 ])
-def test_a_page_knows_when_it_is_the_last(count, limit, last_page, has_next, number, last):
-    page = Page("partners", number, [{}] * count, last_page, None, datetime.now(timezone.utc), limit, has_next)
+def test_a_page_knows_when_it_is_the_last(count, limit, last_page, total, has_next, per_page, number, last):
+    page = Page("partners", number, [{}] * count, last_page, total, datetime.now(timezone.utc), limit, has_next,
+                per_page)
     assert page.is_last is last
+
+
+LINK = "https://api.partnero.com/v1/partners?page="
+
+
+@pytest.mark.parametrize(("body", "has_next", "per_page", "last"), [
+    # A Laravel resource collection, as Partnero's reference shows it (simple pagination), capped at 100.
+    ({"data": [{}] * 100, "links": {"first": LINK + "1", "last": None, "prev": None, "next": LINK + "2"},
+      "meta": {"current_page": 1, "from": 1, "path": LINK[:-6], "per_page": 100, "to": 100}, "status": 1},
+     True, 100, False),
+    # A plain length-aware paginator: links is Laravel's list of page links; next_page_url tells.
+    ({"current_page": 1, "data": [{}] * 15, "first_page_url": LINK + "1", "from": 1, "last_page": 2,
+      "links": [{"url": None, "label": "&laquo; Previous", "active": False}], "next_page_url": LINK + "2",
+      "path": LINK[:-6], "per_page": "15", "prev_page_url": None, "to": 15, "total": 20},
+     True, 15, False),
+    # A plain simple paginator on its last page.
+    ({"current_page": 2, "data": [{}] * 15, "first_page_url": LINK + "1", "from": 16, "next_page_url": None,
+      "path": LINK[:-6], "per_page": 15, "prev_page_url": LINK + "1", "to": 30}, False, 15, True),
+])
+def test_both_of_laravels_paginator_shapes_are_read(body, has_next, per_page, last):
+    page = parse_page("partners", body.get("current_page", 1), 250, body, datetime.now(timezone.utc))
+    assert (page.has_next, page.per_page, page.is_last) == (has_next, per_page, last)
+
+
+@pytest.mark.parametrize("pagination", ["simple", "length_aware"])
+@pytest.mark.parametrize("cap", [100, 15])
+def test_a_list_partnero_pages_shorter_than_asked_is_read_to_its_end(partnero_api, waits, caplog, cap,
+                                                                     pagination):
+    caplog.set_level(logging.INFO, logger="sync.partnero.api")
+    partnero_api.page_cap, partnero_api.pagination = cap, pagination
+    for partner in partners(260):
+        partnero_api.add("partners", partner)
+    pages = list(client(partnero_api, waits).pages("partners"))
+    expected = -(-260 // cap)
+    assert [p.number for p in pages] == list(range(1, expected + 1))
+    assert [o["id"] for p in pages for o in p.objects] == [f"ptn_{n}" for n in range(260)]
+    assert [q for _, _, q in partnero_api.requests] == [
+        {"limit": str(MAX_LIMIT), "page": str(n)} for n in range(1, expected + 1)]
+    assert {p.per_page for p in pages} == {cap}
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"Partnero answered GET /partners with {cap} objects a page ({MAX_LIMIT} asked for): "
+                    "following its pages to the end"]
+
+
+def test_the_stand_in_caps_a_page_as_a_laravel_app_capping_per_page_does(partnero_api):
+    partnero_api.page_cap = 100
+    for partner in partners(101):
+        partnero_api.add("partners", partner)
+    answer = requests.get(f"{partnero_api.url}/partners", params={"limit": 250},
+                          headers={"Authorization": f"Bearer {partnero_api.api_key}"}, timeout=10).json()
+    assert len(answer["data"]) == 100
+    assert answer["meta"]["per_page"] == 100 and (answer["meta"]["from"], answer["meta"]["to"]) == (1, 100)
+    assert answer["links"]["next"] == f"{partnero_api.url}/partners?page=2"
+
+
+def test_a_full_list_that_says_nothing_of_its_pages_is_ended_by_a_short_page(partnero_api, waits):
+    for partner in partners(5):
+        partnero_api.add("partners", partner)
+    api = client(partnero_api, waits)
+
+    def bare(method, url, **kwargs):  # an answer with data alone: no links, no meta
+        answer = requests.Session.request(api.session, method, url, **kwargs)
+        answer._content = json.dumps({"data": answer.json()["data"], "status": 1}).encode()
+        return answer
+
+    api.session.request = bare
+    pages = list(api.pages("partners", limit=2))
+    assert [len(p.objects) for p in pages] == [2, 2, 1]
 
 
 def test_the_key_is_never_shown(partnero_api, waits, caplog):
@@ -260,3 +338,14 @@ def test_one_ca_bundle_trusts_the_partnero_and_salesforce_stand_ins_together(par
     assert partnero_api.ca_bundle == fake.ca_bundle
     assert requests.get(f"{fake.instance_url}/services/data", timeout=10).ok
     assert client(partnero_api, waits).page("partners", 1).objects == []
+
+
+def test_a_local_plain_http_url_is_warned_about_without_the_key(waits, caplog):
+    caplog.set_level(logging.WARNING, logger="sync.partnero.api")
+    key = "k" * 32
+    PartneroApi(PartneroApiSettings(api_key=key, api_url="http://127.0.0.1:1/v1"), sleep=waits)
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "plain http (http://127.0.0.1:1/v1): the API key travels unencrypted" in warning and key not in warning
+    caplog.clear()
+    PartneroApi(PartneroApiSettings(api_key=key, api_url="https://127.0.0.1:1/v1"), sleep=waits)
+    assert caplog.records == []

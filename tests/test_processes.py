@@ -242,3 +242,26 @@ def test_sigterm_lets_the_job_in_hand_finish(redis_server_url, redis_conn, tmp_p
     assert worker.returncode == 0, output
     assert mark.read_text() == "done"
     assert job.get_status(refresh=True) == JobStatus.FINISHED
+
+
+def test_the_worker_exits_within_seconds_of_sigterm_every_time(redis_server_url, redis_conn, tmp_path):
+    # How long a worker takes to stop once told depends on how its threads interleave (see
+    # test_worker_shutdown.py): stop it a few times, after a job, and give each only seconds.
+    from rq import Queue
+    from rq.job import JobStatus
+
+    from sync.queue import QUEUE_NAME
+
+    env = environment(REDIS_URL=redis_server_url, DATABASE_URL=f"sqlite:///{tmp_path}/w.db",
+                      PYTHONPATH=str(ROOT))
+    for attempt in range(3):
+        job = Queue(QUEUE_NAME, connection=redis_conn).enqueue(slow_job, str(tmp_path / f"mark{attempt}"), 0)
+        worker = start(f"{BIN}/partnero-sync worker", env, cwd=tmp_path)
+        try:
+            wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, what="the worker to run a job")
+            output = stop(worker, timeout=10)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        assert worker.returncode == 0, output
+        assert "unsubscribing from channel" in output  # it went through RQ's whole teardown

@@ -258,7 +258,7 @@ def test_healthz_is_503_when_redis_is_down(settings):
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
     checks = response.get_json()["checks"]
-    assert checks["database"] == "ok" and checks["redis"].startswith("down:")
+    assert checks == {"database": "ok", "redis": "down"}  # why, only to the operator (test_health)
 
 
 def test_healthz_is_503_when_the_database_is_down(redis_server_url, redis_conn):
@@ -266,7 +266,7 @@ def test_healthz_is_503_when_the_database_is_down(redis_server_url, redis_conn):
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
     checks = response.get_json()["checks"]
-    assert checks["redis"] == "ok" and checks["database"].startswith("down:")
+    assert checks == {"database": "down", "redis": "ok"}
 
 
 def test_the_web_app_refuses_to_start_without_a_secret(settings):

@@ -102,3 +102,20 @@ def test_an_object_the_mappings_cannot_apply_is_reported_with_the_reason_and_fai
     assert "transaction.yml" in found["reason"] and "plenty" not in found["reason"]
     fixed = cli(env, "reconcile", "--fix")
     assert fixed.exit_code == 1 and "1 failed" in fixed.output
+
+
+def test_reconcile_reads_every_page_when_partnero_pages_fewer_than_asked(program, database_url, redis_conn,
+                                                                        redis_server_url):
+    program.page_cap = 15  # Partnero's default page, whatever the 250 asked for
+    for i in range(7, 33):
+        program.add("partners", partner(i))
+    env = cli_env(database_url, redis_server_url, program)
+    backfill(make_services(database_url, redis_server_url, program), page_size=250)
+    program.requests.clear()
+    result = cli(env, "reconcile", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["listed"] == {"partners": 33, "customers": 5, "transactions": 8} and report["drift"] == []
+    # Every partner was seen on a page: none was looked up on its own.
+    assert [path for _, path, _ in program.requests if path.startswith("/v1/partners/")] == []
+    assert [q["page"] for _, path, q in program.requests if path == "/v1/partners"] == ["1", "2", "3"]

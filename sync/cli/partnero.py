@@ -43,20 +43,22 @@ def _api(settings: Settings):
 
 
 @main.command()
-@click.option("--entities", type=ENTITY_LISTS, default="partners,customers,transactions", show_default=True,
-              help="Which of Partnero's lists to load (comma-separated); they are read parents first.")
+@click.option("--entities", type=ENTITY_LISTS, help="Which of Partnero's lists to load (comma-separated: partners, "
+              "customers, transactions); they are read parents first. Default: every list a mapping file loads "
+              "from; naming one no mapping loads stops it before anything is read.")
 @click.option("--since", type=DATE, help="Only objects created, updated or deleted from this date (UTC) on. "
               "Partnero's lists are still read whole: the others are skipped.")
 @click.option("--restart", is_flag=True, help="Start from the first page, even where an earlier run of the same "
               "lists and --since stopped half-way (by default it carries on from its last completed page).")
 @click.option("--in-worker", is_flag=True, help="Run it on a worker (an RQ job on the 'partnero-backfill' queue, "
               "followed in the dashboard and `status`) instead of in this process.")
-def backfill(entities: tuple[str, ...], since: datetime | None, restart: bool, in_worker: bool) -> None:
+def backfill(entities: tuple[str, ...] | None, since: datetime | None, restart: bool, in_worker: bool) -> None:
     """Load what Partnero already holds: every partner, customer and transaction, through the
     same mappings as webhooks, into the warehouse, the ledger and Salesforce.
 
     Pages through Partnero's lists (PARTNERO_API_KEY; PARTNERO_API_URL, default
-    https://api.partnero.com/v1) 250 objects at a time. Each object is applied as if its
+    https://api.partnero.com/v1), asking for 250 objects a page (Partnero may give fewer: its
+    pages are followed to the last its answers name). Each object is applied as if its
     webhook had arrived when the list was read: one older than what is held is left alone, one
     held as listed is not stored again (running it twice changes nothing), and the ledger books
     each reward once; a refunded transaction (deleted_at set) ends refunded, its commission booked
@@ -70,7 +72,7 @@ def backfill(entities: tuple[str, ...], since: datetime | None, restart: bool, i
     Exit status 0 when it finished and every object was applied; 1 when some could not be
     (each is recorded, with its reason, on its inbox row: see `status` and /ops), or when
     Partnero or the database could not be reached (run it again to carry on); 2 when the API key
-    is missing or refused.
+    is missing or refused, or --entities names a list no mapping file loads.
     """
     from sync.partnero.backfill import Backfill
     from sync.services import Services
@@ -110,12 +112,12 @@ def backfill(entities: tuple[str, ...], since: datetime | None, restart: bool, i
 
 
 @main.command()
-@click.option("--entities", type=ENTITY_LISTS, default="partners,customers,transactions", show_default=True,
-              help="Which of Partnero's lists to compare (comma-separated).")
+@click.option("--entities", type=ENTITY_LISTS, help="Which of Partnero's lists to compare (comma-separated: "
+              "partners, customers, transactions). Default: every list a mapping file loads from.")
 @click.option("--fix", is_flag=True, help="Apply the corrections, through the same pipeline as webhooks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON: listed, drift "
               "[{entity, key, kind, fields, reason?}], counts, fixed, failed, left.")
-def reconcile(entities: tuple[str, ...], fix: bool, as_json: bool) -> None:
+def reconcile(entities: tuple[str, ...] | None, fix: bool, as_json: bool) -> None:
     """Compare Partnero's lists with the warehouse and the ledger, and report the drift.
 
     Drift is what webhooks missed: records missing here, stale here (the columns that differ are
@@ -129,7 +131,8 @@ def reconcile(entities: tuple[str, ...], fix: bool, as_json: bool) -> None:
     Meant for a schedule as well as by hand, e.g. a daily `partnero-sync reconcile --fix` (see
     the README). Exit status 0 when nothing drifts (or, with --fix, everything was corrected);
     1 when something drifts (or could not be corrected, or was left for a person), or Partnero
-    or the database could not be reached; 2 when the API key is missing or refused.
+    or the database could not be reached; 2 when the API key is missing or refused, or --entities
+    names a list no mapping file loads.
     """
     from sync.partnero.reconcile import Reconcile, render
     from sync.services import Services

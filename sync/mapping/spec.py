@@ -37,6 +37,12 @@ SYSTEM_TABLE_PREFIXES = ("sqlite_", "pg_")
 #: Prefix of the bookkeeping columns partnero-sync adds to every warehouse table.
 SYSTEM_PREFIX = "sync_"
 DEFAULT_VERSION = "data.updated_at || created_at || timestamp"
+#: Partnero's REST lists a mapping may load from (backfill, reconcile), parents first (a customer
+#: names its partner, a transaction both).
+PARTNERO_LISTS = ("partners", "customers", "transactions")
+#: The list whose objects a kind of event is about (``partner.updated``: ``partners``): a mapping's
+#: list when it does not name one.
+LIST_OF_EVENTS = {"partner": "partners", "customer": "customers", "transaction": "transactions"}
 #: Limits that keep what a mapping file asks for bounded (the shipped files stay far below them).
 MAX_EXPRESSION_LENGTH = 500
 #: How deeply brackets and parentheses may nest in an expression, and its parsed form may nest.
@@ -211,6 +217,9 @@ class Mapping:
     warehouse: WarehouseTarget | None
     ledger: LedgerSpec | None
     salesforce: SalesforceTarget | None = None
+    #: The Partnero list (``PARTNERO_LISTS``) backfill and reconcile load this mapping's records
+    #: from: the file's ``list``, else the one its events are about; None: none.
+    partnero_list: str | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +234,10 @@ class MappingSet:
 
     def for_event(self, event: str) -> Mapping | None:
         return self._by_event.get(event)
+
+    def for_list(self, name: str) -> Mapping | None:
+        """The mapping that loads Partnero's list ``name`` (``partners``…); None when none does."""
+        return next((m for m in self.mappings if m.partnero_list == name), None)
 
     @property
     def events(self) -> frozenset[str]:
@@ -288,7 +301,13 @@ def _check_across(mappings: list[Mapping], problems: list[Problem]) -> None:
     seen_entities: dict[str, Mapping] = {}
     seen_events: dict[str, Mapping] = {}
     seen_tables: dict[str, Mapping] = {}
+    seen_lists: dict[str, Mapping] = {}
     for mapping in mappings:
+        if mapping.partnero_list is not None:
+            if mapping.partnero_list in seen_lists:
+                problems.append(Problem(mapping.path, 1, "list", f"Partnero's {mapping.partnero_list} list is also "
+                                        f"loaded by {seen_lists[mapping.partnero_list].path.name}"))
+            seen_lists.setdefault(mapping.partnero_list, mapping)
         if mapping.entity in seen_entities:
             problems.append(Problem(mapping.path, 1, "entity",
                                     f"entity {mapping.entity!r} is also mapped in {seen_entities[mapping.entity].path.name}"))
@@ -309,7 +328,7 @@ def _check_across(mappings: list[Mapping], problems: list[Problem]) -> None:
 class _Checker:
     """Walks one file's YAML, building typed objects and noting every problem on the way."""
 
-    TOP = {"entity", "events", "deletes", "identity", "version", "warehouse", "ledger", "salesforce"}
+    TOP = {"entity", "list", "events", "deletes", "identity", "version", "warehouse", "ledger", "salesforce"}
 
     def __init__(self, path: Path, problems: list[Problem], reserved: frozenset[str] = frozenset()):
         self.path = path
@@ -334,6 +353,7 @@ class _Checker:
         deletes = self.event_list(raw, "deletes", required=False)
         for event in sorted(deletes - events):
             self.problem(raw, "deletes", "deletes", f"{event} is not in events")
+        partnero_list = self.partnero_list(raw, events)
         identity = None
         if self.required(raw, "identity", "") is not None:
             identity = self.field(raw, "identity", "identity", default_type="string")
@@ -349,9 +369,25 @@ class _Checker:
         if ("ledger" in raw and ledger is None) or ("salesforce" in raw and salesforce is None):
             return None
         return Mapping(self.path, entity, frozenset(events), frozenset(deletes), identity, version, warehouse,
-                       ledger, salesforce)
+                       ledger, salesforce, partnero_list)
 
     # -- pieces ------------------------------------------------------------------------------
+
+    def partnero_list(self, raw: LineDict, events: set[str]) -> str | None:
+        """The list the file names (``list``), else the one list its events are about."""
+        if "list" in raw:
+            named = raw["list"]
+            if named not in PARTNERO_LISTS:
+                self.problem(raw, "list", "list", f"must be one of Partnero's lists: {', '.join(PARTNERO_LISTS)}")
+                return None
+            return named
+        about = sorted({LIST_OF_EVENTS[e.split(".")[0]] for e in events if e.split(".")[0] in LIST_OF_EVENTS})
+        if len(about) > 1:
+            self.problem(raw, "events", "list", f"the events are about several of Partnero's lists "
+                         f"({', '.join(about)}): say which one backfill and reconcile load this file's "
+                         f"records from with list: {about[0]}")
+            return None
+        return about[0] if about else None
 
     def duplicates(self, node: LineDict, where: str) -> None:
         for key, line in node.duplicates:

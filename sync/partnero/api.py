@@ -12,10 +12,16 @@ n8n node say, and what is our guess:
   Answers are JSON with ``"status": 1``; one object is ``{"data": {...}}``, a list is a Laravel
   resource collection ``{"data": [...], "links": {first, last, prev, next}, "meta": {...}}``.
 * Lists take ``limit`` (1-250, default 15) and ``page``. The documented examples are Laravel's
-  *simple* pagination (``links.next`` null on the last page; no ``meta.last_page`` or ``total``),
-  so the end of a list is found from ``links.next`` or a short page; ``last_page`` and ``total``
-  are used when given. The webhooks list documents a smaller ``limit`` (10-100), and the n8n node
-  says 10-100 for every list [unclear: we ask 250 for the three entities, 100 for webhooks].
+  *simple* pagination (``links.next`` null on the last page; ``meta.per_page``, no
+  ``meta.last_page`` or ``total``). A page may hold fewer objects than asked for and still not be
+  the last: the server may cap ``limit`` (its ``meta.per_page`` then says the cap) [guess: that it
+  keeps the same cap from page to page, as a Laravel app with a fixed ``min(limit, cap)`` does].
+  So the end of a list is what ``links.next`` says (or, from a plain Laravel paginator, the
+  top-level ``next_page_url``), else ``last_page``, else ``total``; only an answer with none of
+  them is ended by a page shorter than its ``per_page`` (else than asked for). Pages are asked
+  for by number with our own ``limit`` (the links Laravel writes carry only ``page``). The
+  webhooks list documents a smaller ``limit`` (10-100), and the n8n node says 10-100 for every
+  list [unclear: we ask 250 for the three entities, 100 for webhooks].
 * Single objects: ``GET /partners/{id}``, ``/customers/{key}`` (documented);
   ``/transactions/{key}`` [guess: the reference documents ``GET /transactions?key=`` instead].
 * Webhooks: ``GET /webhooks``, ``POST /webhooks`` (name, url, events, is_active), ``PUT`` and
@@ -43,7 +49,7 @@ from sync import backoff, envelope
 from sync.envelope import MalformedDelivery
 from sync.errors import ConfigurationError, PermanentError, SyncError, TransientError
 from sync.partnero.listed import ENTITIES
-from sync.settings import PartneroApiSettings
+from sync.settings import PartneroApiSettings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -89,32 +95,61 @@ class Page:
     observed_at: datetime
     #: The page size asked for.
     limit: int = MAX_LIMIT
-    #: Whether ``links.next`` named a next page; None when the answer had no ``links``.
+    #: Whether a next page was named (``links.next``, or a plain paginator's ``next_page_url``);
+    #: None when the answer had neither.
     has_next: bool | None = field(default=None)
+    #: The page size the server used (``meta.per_page``), when it said: below ``limit`` when capped.
+    per_page: int | None = field(default=None)
 
     @property
     def is_last(self) -> bool:
-        """No next link, or the last page by ``meta``, or fewer objects than asked for."""
-        return (
-            self.has_next is False
-            or (self.last_page is not None and self.number >= self.last_page)
-            or len(self.objects) < self.limit
-        )
+        """Whether the list ends here: by its next link when the answer has one, else by
+        ``last_page``, else by ``total``; only without any of them, by a page shorter than the
+        server's page size (``per_page``, else ``limit``). An empty page always ends it."""
+        if not self.objects:
+            return True
+        if self.has_next is not None:
+            return not self.has_next
+        if self.last_page is not None:
+            return self.number >= self.last_page
+        size = self.per_page or self.limit
+        if self.total is not None:
+            return self.number * size >= self.total
+        return len(self.objects) < size
+
+    @property
+    def short(self) -> bool:
+        """Whether the server gave fewer than asked for on a page that is not the last."""
+        return (self.per_page is not None and self.per_page < self.limit) or (
+            len(self.objects) < self.limit and not self.is_last)
 
 
 def parse_page(entity: str, number: int, limit: int, body: Any, observed_at: datetime) -> Page:
-    """The page a list's answer describes; ``PartneroUnavailable`` when it is not one."""
+    """The page a list's answer describes; ``PartneroUnavailable`` when it is not one.
+
+    Reads a Laravel resource collection (``links`` {next, ...} and ``meta`` {per_page, ...}) and a
+    plain Laravel paginator (``next_page_url``, ``per_page``, ... beside ``data``)."""
     objects = body.get("data") if isinstance(body, dict) else None
     if not isinstance(objects, list) or not all(isinstance(o, dict) for o in objects):
         raise PartneroUnavailable(f"Partnero's answer to GET /{entity} is not a list of objects")
-    meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
+    meta = body.get("meta")
+    if not isinstance(meta, dict):
+        meta = body if "current_page" in body else {}
     links = body.get("links")
-    has_next = bool(links.get("next")) if isinstance(links, dict) else None
+    if isinstance(links, dict) and "next" in links:
+        has_next: bool | None = bool(links.get("next"))
+    elif "next_page_url" in body:
+        has_next = bool(body.get("next_page_url"))
+    else:
+        has_next = None
+    per_page = _count(meta.get("per_page"))
     return Page(entity, number, objects, _count(meta.get("last_page")), _count(meta.get("total")),
-                observed_at, limit, has_next)
+                observed_at, limit, has_next, per_page or None)
 
 
 def _count(value: Any) -> int | None:
+    if isinstance(value, str) and value.isdigit():  # a paginator built from the raw query string
+        value = int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
@@ -159,6 +194,9 @@ class PartneroApi:
         self.timeout = timeout
         self._headers = {"Authorization": f"Bearer {self._key}", "Accept": "application/json",
                          "User-Agent": f"partnero-sync/{_version()}"}
+        if settings.in_clear:  # settings allow it to this machine only
+            log.warning("PARTNERO_API_URL is plain http (%s): the API key travels unencrypted; use https "
+                        "anywhere but a local stand-in", redact_url(self.base_url))
 
     def __repr__(self) -> str:  # never show the key
         return f"PartneroApi({self.base_url!r})"
@@ -167,18 +205,27 @@ class PartneroApi:
 
     def page(self, entity: str, number: int, limit: int = MAX_LIMIT) -> Page:
         """One page of ``entity``'s list (``number`` from 1)."""
-        _check_entity(entity)
-        if number < 1 or not 1 <= limit <= MAX_LIMIT:
-            raise ValueError(f"page from 1 and limit between 1 and {MAX_LIMIT}")
-        body, sent = self._call("GET", f"/{entity}", f"GET /{entity}", params={"limit": limit, "page": number})
-        return parse_page(entity, number, limit, body, sent)
+        return next(self.pages(entity, number, limit))
 
     def pages(self, entity: str, start: int = 1, limit: int = MAX_LIMIT) -> Iterator[Page]:
         """Pages of ``entity`` from ``start`` on, each fetched when the previous one is consumed,
-        up to the last."""
-        number = start
+        up to the last (``Page.is_last``)."""
+        _check_entity(entity)
+        if start < 1 or not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"page from 1 and limit between 1 and {MAX_LIMIT}")
+        return self._walk(entity, start, limit)
+
+    def _walk(self, entity: str, number: int, limit: int) -> Iterator[Page]:
+        """The one way a list is read page by page; says once when pages come shorter than asked."""
+        told = False
         while True:
-            page = self.page(entity, number, limit)
+            body, sent = self._call("GET", f"/{entity}", f"GET /{entity}", params={"limit": limit, "page": number})
+            page = parse_page(entity, number, limit, body, sent)
+            if page.short and not told:
+                given = page.per_page or len(page.objects)
+                log.info("Partnero answered GET /%s with %d objects a page (%d asked for): following its "
+                         "pages to the end", entity, given, limit)
+                told = True
             yield page
             if page.is_last:
                 return
@@ -194,16 +241,7 @@ class PartneroApi:
 
     def webhooks(self) -> list[dict]:
         """Every webhook subscription of the program (with its signing secret, ``signature``)."""
-        found: list[dict] = []
-        number = 1
-        while True:
-            body, sent = self._call("GET", "/webhooks", "GET /webhooks",
-                                    params={"limit": WEBHOOKS_LIMIT, "page": number})
-            page = parse_page("webhooks", number, WEBHOOKS_LIMIT, body, sent)
-            found.extend(page.objects)
-            if page.is_last:
-                return found
-            number += 1
+        return [obj for page in self._walk("webhooks", 1, WEBHOOKS_LIMIT) for obj in page.objects]
 
     def create_webhook(self, name: str, url: str, events: Sequence[str]) -> dict:
         """Subscribe ``url`` to ``events``; the answer carries the new ``key`` and ``signature``."""

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sync.errors import ConfigurationError, SyncError
-from sync.partnero import runs as runs_module
-from sync.partnero.listed import ENTITIES
+from sync.partnero import listed
 from sync.partnero.resync import Resync
-from sync.partnero.runs import FAILED, STOPPED, Run, Runs
+from sync.partnero.runs import FAILED, OVER, STOPPED, Run, Runs
 from sync.progress import duration
 
 log = logging.getLogger(__name__)
@@ -83,22 +82,35 @@ class Backfill:
         self.page_size = page_size
         self.clock = clock
 
-    def prepare(self, entities: tuple[str, ...] = ENTITIES, since: datetime | None = None, *,
+    def prepare(self, entities: tuple[str, ...] | None = None, since: datetime | None = None, *,
                 restart: bool = False, job_id: str | None = None) -> Run:
-        """The run to carry on: the unfinished one of the same lists and ``since`` (unless
-        ``restart``), else a new one. Raises ``AlreadyRunning`` when that run is live elsewhere."""
-        entities = tuple(e for e in ENTITIES if e in entities)
-        unfinished = self.runs.unfinished(entities, since)
-        if unfinished is not None and unfinished.live() and (job_id is None or unfinished.job_id != job_id):
-            raise AlreadyRunning(
-                f"backfill #{unfinished.id} is running (it moved {_ago(unfinished)} ago); wait for it, or follow "
-                "it with `partnero-sync status`")
-        if unfinished is not None and not restart:
-            self.runs.resume(unfinished.id, job_id)
-            return self.runs.get(unfinished.id)
-        if unfinished is not None:
-            self.runs.finish(unfinished.id, runs_module.ABANDONED, "replaced by a new backfill (--restart)")
-        return self.runs.start(entities, since, job_id)
+        """The run to carry on: the unfinished one of the same lists (None: every list a mapping
+        loads from) and ``since`` (unless ``restart``), else a new one. Raises ``AlreadyRunning``
+        when that run is live elsewhere, ``ConfigurationError`` when no mapping loads one of the
+        lists (before anything is read).
+
+        Taking a run up and starting one are each a single conditional write (``Runs.take_up``,
+        the unique ``open_scope`` of ``Runs.start``): of two backfills prepared at the same moment,
+        one gets the run and the other is refused."""
+        entities = tuple(listed.mappings_for(self.services.mappings, entities))
+        for _ in range(_TRIES):
+            unfinished = self.runs.unfinished(entities, since)
+            if unfinished is None:
+                started = self.runs.start(entities, since, job_id)
+                if started is not None:
+                    return started
+                continue  # another backfill started it just now: look at it
+            if restart and self.runs.abandon(unfinished.id, "replaced by a new backfill (--restart)", job_id):
+                continue
+            if not restart and self.runs.take_up(unfinished.id, job_id):
+                return self.runs.get(unfinished.id)
+            now = self.runs.get(unfinished.id)
+            if now.status not in OVER:  # carried on by someone else right now
+                raise _running(now)
+            # it was finished or abandoned meanwhile: look again
+        # Runs of these lists kept starting and finishing under our feet.
+        raise AlreadyRunning(f"another backfill of {', '.join(entities)} keeps starting; wait for it, or follow "
+                             "it with `partnero-sync status`")
 
     def run(self, run: Run, *, should_stop: Callable[[], bool] = lambda: False,
             on_page: Callable[[Progress], None] | None = None) -> Run:
@@ -112,12 +124,14 @@ class Backfill:
         started = self.clock()
         progress = Progress(run.id, run.entity, run.next_page - 1, run.last_page, None, 0)
         try:
+            listed.mappings_for(self.services.mappings, run.entities)  # the mappings may have changed since
             for index in range(run.entities.index(run.entity), len(run.entities)):
                 entity = run.entities[index]
                 first = run.next_page if entity == run.entity else 1
                 progress.entity, progress.total = entity, None
-                progress.entity_done = (first - 1) * self.page_size
                 for page in self.api.pages(entity, start=first, limit=self.page_size):
+                    if page.number == first:  # the pages before it, of the size Partnero gives
+                        progress.entity_done = (first - 1) * (page.per_page or self.page_size)
                     examined = self.resync.examine(entity, page.objects, page.observed_at, run.since)
                     applied = self.resync.apply(examined)
                     counts = {"records": len(page.objects), "applied": len(examined.drifts),
@@ -155,6 +169,15 @@ class Backfill:
             self.runs.finish(run_id, status, error)
         except SyncError as exc:  # the database is what is away: the run shows as running, then stale
             log.warning("backfill #%s: could not record that it stopped: %s", run_id, exc)
+
+
+#: How often ``prepare`` looks again when the run it found changed under it.
+_TRIES = 5
+
+
+def _running(run: Run) -> AlreadyRunning:
+    return AlreadyRunning(f"backfill #{run.id} is running (it moved {_ago(run)} ago); wait for it, or follow "
+                          "it with `partnero-sync status`")
 
 
 def _ago(run: Run) -> str:

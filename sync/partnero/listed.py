@@ -14,24 +14,46 @@ any webhook sent before the list was read, older than any sent after.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sync import envelope
+from sync.errors import ConfigurationError
 from sync.mapping import Mapping, MappingSet
+from sync.mapping.spec import PARTNERO_LISTS
 
 #: Partnero's list endpoints, parents first (a customer names its partner, a transaction both).
-ENTITIES = ("partners", "customers", "transactions")
-#: The mapping ``entity`` each list holds.
-MAPPED_AS = {"partners": "partner", "customers": "customer", "transactions": "transaction"}
+ENTITIES = PARTNERO_LISTS
 #: The field that identifies an object of each list (``GET /{entity}/{id}``).
 ID_FIELD = {"partners": "id", "customers": "key", "transactions": "key"}
 
 
 def mapping_for(mappings: MappingSet, entity: str) -> Mapping | None:
-    """The mapping that handles objects of the list ``entity``; None when no mapping does."""
-    return next((m for m in mappings.mappings if m.entity == MAPPED_AS[entity]), None)
+    """The mapping that loads objects of the list ``entity`` (its ``list``); None when none does."""
+    return mappings.for_list(entity)
+
+
+def mappings_for(mappings: MappingSet, entities: Sequence[str] | None = None) -> dict[str, Mapping]:
+    """The mapping of each of ``entities`` (None: every list a mapping loads from), parents first.
+
+    Raises ``ConfigurationError`` when one of them has no mapping, or none is loaded at all: a list
+    read for nothing would be skipped whole, page after page."""
+    wanted = ENTITIES if entities is None else tuple(e for e in ENTITIES if e in entities)
+    found = {e: m for e in wanted if (m := mappings.for_list(e)) is not None}
+    missing = [e for e in wanted if e not in found]
+    if entities is not None and missing:
+        raise ConfigurationError(
+            f"no mapping file loads Partnero's {' and '.join(missing)} list{'s' if len(missing) > 1 else ''}: a "
+            f"mapping loads the list its events are about (customer.* events: customers), or the one its "
+            f"`list:` names; add `list: {missing[0]}` to the file that maps them, or leave {missing[0]} out "
+            f"(--entities)")
+    if not found:
+        raise ConfigurationError(
+            f"no mapping file loads any of Partnero's lists ({', '.join(ENTITIES)}): a mapping loads the list "
+            "its events are about (partner.* events: partners), or the one its `list:` names")
+    return found
 
 
 def is_deleted(obj: dict[str, Any]) -> bool:

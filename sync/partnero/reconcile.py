@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from sync.inbox import PENDING, Delivery
 from sync.partnero import drift, listed
 from sync.partnero.drift import Drift
-from sync.partnero.listed import ENTITIES
 from sync.partnero.resync import Examined, Resync
 from sync.terminal import safe
 
@@ -60,14 +59,15 @@ class Reconcile:
         self.resync = Resync(services, source="reconcile")
         self.page_size = page_size
 
-    def run(self, entities: tuple[str, ...] = ENTITIES, *, fix: bool = False,
+    def run(self, entities: tuple[str, ...] | None = None, *, fix: bool = False,
             on_page: Callable[[str, int, int | None], None] | None = None) -> Report:
-        """Compare every object of ``entities``' lists with what is held; with ``fix``, apply the
-        corrections. ``on_page(list, page, last page)`` is told of each page read."""
+        """Compare every object of ``entities``' lists (None: every list a mapping loads from) with
+        what is held; with ``fix``, apply the corrections. ``on_page(list, page, last page)`` is
+        told of each page read. ``ConfigurationError``, before anything is read, when no mapping
+        loads one of the lists."""
         report = Report()
-        for entity in (e for e in ENTITIES if e in entities):
-            mapping = listed.mapping_for(self.services.mappings, entity)
-            if mapping is None or mapping.warehouse is None:
+        for entity, mapping in listed.mappings_for(self.services.mappings, entities).items():
+            if mapping.warehouse is None:
                 continue
             seen: set[str] = set()
             for page in self.api.pages(entity, limit=self.page_size):

@@ -36,7 +36,7 @@ class Examined:
     deliveries: list[Delivery] = field(default_factory=list)
     #: Objects held exactly as listed (or newer).
     unchanged: int = 0
-    #: Objects left out: changed before ``since``, or of a list no mapping handles.
+    #: Objects left out: changed before ``since`` (a list no mapping loads is an error, not skipped).
     skipped: int = 0
     #: The record keys of the objects seen, for finding what is held but no longer listed.
     seen: list[str] = field(default_factory=list)
@@ -61,12 +61,10 @@ class Resync:
     def examine(self, entity: str, objects: Sequence[dict[str, Any]], observed_at: datetime,
                 since: datetime | None = None) -> Examined:
         """Compare ``objects`` (a page of the list ``entity``, asked for at ``observed_at``) with
-        what is held; objects changed before ``since`` are skipped."""
+        what is held; objects changed before ``since`` are skipped. ``ConfigurationError`` when no
+        mapping loads the list."""
         found = Examined(entity)
-        mapping = listed.mapping_for(self.services.mappings, entity)
-        if mapping is None:
-            found.skipped = len(objects)
-            return found
+        mapping = listed.mappings_for(self.services.mappings, (entity,))[entity]
         salesforce = self.services.processor.outbox is not None
         candidates = []
         for obj in objects:

@@ -4,6 +4,11 @@ A backfill records its place (the list it is reading and the next page) after ev
 applied, so one that was interrupted (stopped, killed, its worker restarted) carries on from its
 last completed page. A live run renews ``heartbeat_at`` as it goes; a run that still says
 "running" but has not moved for ``STALE_AFTER`` died, and may be taken up again.
+
+At most one run of the same lists and ``since`` is unfinished: its ``open_scope`` (which lists,
+from when) is UNIQUE, and cleared when it finishes or is abandoned, so of two backfills started at
+the same moment only one can start a run. A run is taken up (resumed) by a conditional update that
+only succeeds while nobody else carries it on, so only one of two can resume it either.
 """
 
 from __future__ import annotations
@@ -51,7 +56,20 @@ backfill_runs = sa.Table(
     sa.Column("last_error", sa.Text),
     #: The RQ job carrying it on, when a worker runs it.
     sa.Column("job_id", sa.String(64)),
+    #: ``scope(entities, since)`` while the run is unfinished, None once finished or abandoned:
+    #: UNIQUE, so two unfinished runs of the same lists and ``since`` cannot both exist.
+    sa.Column("open_scope", sa.String(160)),
+    sa.Index("ux_backfill_runs_open_scope", "open_scope", unique=True),
 )
+
+#: Statuses of a run that is over: it is never taken up again.
+OVER = (FINISHED, ABANDONED)
+
+
+def scope(entities: tuple[str, ...], since: datetime | None) -> str:
+    """What makes two runs the same backfill: the lists, and ``since`` (UTC) or ``all``."""
+    when = since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if since is not None else "all"
+    return f"{','.join(entities)}@{when}"
 
 
 @dataclass(frozen=True)
@@ -94,14 +112,19 @@ class Runs:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def start(self, entities: tuple[str, ...], since: datetime | None, job_id: str | None = None) -> Run:
+    def start(self, entities: tuple[str, ...], since: datetime | None, job_id: str | None = None) -> Run | None:
+        """A new run, running; None when the same lists and ``since`` already have an unfinished
+        one (perhaps started by someone else this very moment)."""
         now = datetime.now(timezone.utc)
         t = backfill_runs
-        with transaction(self.engine) as conn:
-            run_id = conn.execute(t.insert().values(
-                entities=",".join(entities), since=since, status=RUNNING, entity=entities[0], next_page=1,
-                started_at=now, heartbeat_at=now, job_id=job_id,
-            )).inserted_primary_key[0]
+        try:
+            with transaction(self.engine) as conn:
+                run_id = conn.execute(t.insert().values(
+                    entities=",".join(entities), since=since, status=RUNNING, entity=entities[0], next_page=1,
+                    started_at=now, heartbeat_at=now, job_id=job_id, open_scope=scope(entities, since),
+                )).inserted_primary_key[0]
+        except sa.exc.IntegrityError:
+            return None
         return self.get(run_id)
 
     def get(self, run_id: int) -> Run | None:
@@ -111,10 +134,8 @@ class Runs:
         return self._newest()
 
     def unfinished(self, entities: tuple[str, ...], since: datetime | None) -> Run | None:
-        """The newest run of the same lists and ``since`` that did not finish: the one to resume."""
-        t = backfill_runs
-        return self._newest(t.c.entities == ",".join(entities), t.c.status.not_in((FINISHED, ABANDONED)),
-                            t.c.since.is_(None) if since is None else t.c.since == since)
+        """The run of the same lists and ``since`` that is not over: the one to resume."""
+        return self._newest(backfill_runs.c.open_scope == scope(entities, since))
 
     def _newest(self, *conditions) -> Run | None:
         """The newest run that meets ``conditions``."""
@@ -123,9 +144,29 @@ class Runs:
             row = conn.execute(sa.select(t).where(*conditions).order_by(t.c.id.desc()).limit(1)).one_or_none()
         return _run(row) if row is not None else None
 
-    def resume(self, run_id: int, job_id: str | None = None) -> None:
-        """Mark ``run_id`` running again (by ``job_id``, when a worker carries it on)."""
-        self._update(run_id, status=RUNNING, last_error=None, job_id=job_id)
+    def take_up(self, run_id: int, job_id: str | None = None) -> bool:
+        """Mark ``run_id`` running again (by ``job_id``, when a worker carries it on), in one
+        conditional update: False, and nothing changed, when it is over or someone else carries
+        it on right now (it is running and moved within ``STALE_AFTER``; a run of ``job_id``
+        itself may be taken up again by it)."""
+        return self._claim(run_id, job_id, status=RUNNING, last_error=None, job_id=job_id)
+
+    def abandon(self, run_id: int, reason: str, job_id: str | None = None) -> bool:
+        """Mark ``run_id`` abandoned (its lists free for a new run), in one conditional update:
+        False, and nothing changed, on the same terms as ``take_up``."""
+        return self._claim(run_id, job_id, status=ABANDONED, last_error=reason, open_scope=None)
+
+    def _claim(self, run_id: int, by: str | None, /, **values) -> bool:
+        """Set ``values`` on ``run_id`` if it is not over and nobody but ``by`` (a job id) carries it on."""
+        t = backfill_runs
+        now = datetime.now(timezone.utc)
+        free = sa.or_(t.c.status != RUNNING, t.c.heartbeat_at <= now - STALE_AFTER)
+        if by is not None:
+            free = sa.or_(free, t.c.job_id == by)
+        with transaction(self.engine) as conn:
+            claimed = conn.execute(t.update().where(t.c.id == run_id, t.c.status.not_in(OVER), free)
+                                   .values(heartbeat_at=now, **values)).rowcount
+        return claimed == 1
 
     def queue(self, run_id: int) -> None:
         """Mark ``run_id`` waiting for a worker to take it up."""
@@ -139,7 +180,8 @@ class Runs:
 
     def finish(self, run_id: int, status: str = FINISHED, error: str | None = None) -> None:
         ended = datetime.now(timezone.utc) if status == FINISHED else None
-        self._update(run_id, status=status, last_error=error, finished_at=ended)
+        over = {"open_scope": None} if status in OVER else {}
+        self._update(run_id, status=status, last_error=error, finished_at=ended, **over)
 
     def _update(self, run_id: int, **values) -> None:
         t = backfill_runs
@@ -150,4 +192,5 @@ class Runs:
 def _run(row) -> Run:
     values = dict(row._mapping)
     values["entities"] = tuple(values["entities"].split(","))
+    values.pop("open_scope")  # the lock, not a fact about the run (``status`` tells whether it is over)
     return Run(**values)

@@ -21,7 +21,11 @@ Modelled:
   ``page`` from 1; anything else is a 422 with Laravel's ``message`` and ``errors``. The answer is
   ``{"data", "links", "meta", "status": 1}``; ``pagination = "simple"`` (the default, as
   Partnero's reference shows: ``links.next``, no ``last_page``/``total``) or ``"length_aware"``
-  (also ``meta.last_page``, ``meta.total``, ``links.last``). ``before_page(hook)`` calls
+  (also ``meta.last_page``, ``meta.total``, ``links.last``). ``page_cap = n`` pages at most n
+  objects whatever ``limit`` asks (a valid ``limit`` above it is not refused), as a Laravel app
+  paginating by ``min(limit, n)`` does: ``meta.per_page`` is n, ``links.next`` names the next page,
+  ``page`` counts pages of n. The links carry only ``page``, as Laravel writes them and as
+  Partnero's reference shows (``?page=1``). ``before_page(hook)`` calls
   ``hook(entity, page_number)`` before a page is cut, so a test can change records between pages.
 * ``GET /v1/{entity}/{id or key}``: ``{"data": {...}, "status": 1}``, or 404.
 * ``GET /v1/webhooks`` (limit 1-100, default 10), ``GET/PUT/DELETE /v1/webhooks/{key}``,
@@ -114,11 +118,13 @@ class _Handler(tls.TLSHandler):
 class FakePartnero:
     """Partnero's REST API for one program, in memory, behind TLS on 127.0.0.1 (see the module doc)."""
 
-    def __init__(self, *, api_key: str | None = None, pagination: str = "simple"):
+    def __init__(self, *, api_key: str | None = None, pagination: str = "simple", page_cap: int | None = None):
         if pagination not in ("simple", "length_aware"):
             raise ValueError("pagination is 'simple' or 'length_aware'")
         self.api_key = api_key or f"test_{_token(40)}"
         self.pagination = pagination
+        #: The most objects a list page holds, whatever ``limit`` asks (None: as asked).
+        self.page_cap = page_cap
         self.partners: list[dict] = []
         self.customers: list[dict] = []
         self.transactions: list[dict] = []
@@ -283,6 +289,8 @@ class FakePartnero:
             raise _invalid({"limit": f"The limit field must not be {word} than {low if limit < low else high}."})
         if number < 1:
             raise _invalid({"page": "The page field must be at least 1."})
+        if self.page_cap is not None:
+            limit = min(limit, self.page_cap)
         if self._hook is not None and entity in ENTITIES:
             self._hook(entity, number)
         start = (number - 1) * limit

@@ -69,7 +69,7 @@ CASES = [
     ("system column", "    approved:", "    sync_version: data.x\n    approved:",
      "10: warehouse.columns.sync_version: names starting with sync_ are kept for partnero-sync"),
     ("unknown key", "identity: data.id", "identity: data.id\nidentiy: data.key",
-     "5: identiy: unknown key (expected one of: deletes, entity, events, identity, ledger, salesforce, version, warehouse)"),
+     "5: identiy: unknown key (expected one of: deletes, entity, events, identity, ledger, list, salesforce, version, warehouse)"),
     ("delete not an event", "deletes: [partner.deleted]", "deletes: [partner.removed]",
      "3: deletes: partner.removed is not in events"),
     ("bad event name", "events: [partner.created, partner.deleted]", "events: [partner.created, Partner Deleted]",
@@ -324,3 +324,48 @@ def _raw_by_jmespath(field, document):
     for transform in field.transforms:
         value = transform.apply(value)
     return value
+
+
+def test_a_mapping_loads_the_list_its_events_are_about_whatever_its_entity_is_called(tmp_path):
+    write(tmp_path, GOOD.replace("entity: partner", "entity: affiliate"))
+    write(tmp_path, GOOD.replace("entity: partner", "entity: signup").replace("partner.", "lead.")
+          .replace("table: partners", "table: leads"), "lead.yml")
+    found = load_mappings(tmp_path, RESERVED_TABLES)
+    assert found.for_list("partners").entity == "affiliate"
+    assert found.for_list("customers") is None and found.for_event("lead.created").partnero_list is None
+
+
+def test_a_mapping_may_name_its_list(tmp_path):
+    write(tmp_path, GOOD.replace("entity: partner", "entity: referred\nlist: customers")
+          .replace("partner.", "customer.").replace("table: partners", "table: referred"))
+    assert load_mappings(tmp_path, RESERVED_TABLES).for_list("customers").entity == "referred"
+
+
+@pytest.mark.parametrize("change, expected", [
+    (("entity: partner", "entity: partner\nlist: leads"),
+     "partner.yml:2: list: must be one of Partnero's lists: partners, customers, transactions"),
+    (("events: [partner.created, partner.deleted]", "events: [partner.created, customer.created, partner.deleted]"),
+     "partner.yml:2: list: the events are about several of Partnero's lists (customers, partners): say which "
+     "one backfill and reconcile load this file's records from with list: customers"),
+])
+def test_a_list_that_cannot_be_told_is_a_problem(tmp_path, change, expected):
+    write(tmp_path, GOOD.replace(*change))
+    assert problems(tmp_path) == [f"{tmp_path}/{expected}"]
+
+
+def test_two_files_loading_one_list_is_a_problem(tmp_path):
+    write(tmp_path, GOOD)
+    write(tmp_path, GOOD.replace("entity: partner", "entity: affiliate\nlist: partners").replace("partner.", "lead.")
+          .replace("table: partners", "table: leads"), "affiliate.yml")
+    assert problems(tmp_path) == [f"{tmp_path}/partner.yml:1: list: Partnero's partners list is also loaded by "
+                                  "affiliate.yml"]
+
+
+def test_the_json_schema_knows_the_lists_the_checker_knows():
+    from sync.mapping.spec import PARTNERO_LISTS
+
+    schema = json.loads((ROOT / "mappings" / "schema.json").read_text())
+    assert tuple(schema["properties"]["list"]["enum"]) == PARTNERO_LISTS
+    document = yaml.safe_load(GOOD.replace("entity: partner", "entity: partner\nlist: leads"))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, schema)

@@ -13,6 +13,13 @@ def test_defaults():
     assert settings.currency is None  # the ledger's most used
 
 
+def test_the_scheme_is_taken_from_any_peer_unless_narrowed():
+    assert Settings.from_env({}).forwarded_allow_ips == ("*",)
+    assert Settings.from_env({"FORWARDED_ALLOW_IPS": " "}).forwarded_allow_ips == ("*",)
+    narrowed = Settings.from_env({"FORWARDED_ALLOW_IPS": "10.0.0.0/8, 127.0.0.1,::1"})
+    assert narrowed.forwarded_allow_ips == ("10.0.0.0/8", "127.0.0.1", "::1")
+
+
 def test_the_program_currency_is_kept_as_the_ledger_keeps_currencies():
     assert Settings.from_env({"PARTNERO_CURRENCY": " eur "}).currency == "EUR"
 
@@ -47,6 +54,9 @@ def test_database_url_forms(given, expected):
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"PARTNERO_CURRENCY": "US dollar"}, "PARTNERO_CURRENCY"),
+        ({"FORWARDED_ALLOW_IPS": "router.internal"}, "FORWARDED_ALLOW_IPS"),
+        ({"FORWARDED_ALLOW_IPS": "10.0.0.1/8"}, "FORWARDED_ALLOW_IPS"),  # host bits set: gunicorn refuses it
+        ({"FORWARDED_ALLOW_IPS": " , "}, "FORWARDED_ALLOW_IPS"),
     ],
 )
 def test_malformed_values_name_the_variable(env, variable):
@@ -118,3 +128,27 @@ def test_salesforce_secrets_never_show():
 def test_a_secret_of_only_blanks_and_commas_is_a_configuration_error(raw):
     with pytest.raises(ConfigurationError, match="PARTNERO_WEBHOOK_SECRET holds only blanks and commas"):
         Settings.from_env({"PARTNERO_WEBHOOK_SECRET": raw})
+
+
+@pytest.mark.parametrize("url", [
+    "http://api.partnero.com/v1", "HTTP://api.partnero.com/v1", "http://10.0.0.7:8080/v1",
+    "http://localhost.example.com/v1", "http://127.0.0.1.nip.io/v1", "http://user:hunter2@partnero.test/v1",
+])
+def test_plain_http_to_a_host_that_is_not_local_is_refused_naming_the_variable(url):
+    with pytest.raises(ConfigurationError, match="PARTNERO_API_URL is plain http") as refused:
+        Settings.from_env({"PARTNERO_API_URL": url, "PARTNERO_API_KEY": "k" * 32})
+    assert "hunter2" not in str(refused.value) and "k" * 32 not in str(refused.value)
+
+
+@pytest.mark.parametrize("url", [
+    "http://localhost:8000/v1", "http://LOCALHOST/v1", "http://127.0.0.1:9000/v1", "http://127.3.4.5/v1",
+    "http://[::1]:8000/v1",
+])
+def test_plain_http_to_this_machine_is_allowed_and_marked_as_in_clear(url):
+    settings = Settings.from_env({"PARTNERO_API_URL": url}).partnero
+    assert settings.api_url == url and settings.in_clear
+
+
+def test_https_is_not_in_clear():
+    assert not Settings.from_env({}).partnero.in_clear
+    assert not Settings.from_env({"PARTNERO_API_URL": "https://partnero.test/v1"}).partnero.in_clear
