@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from jmespath import functions
@@ -174,7 +176,7 @@ class _Growth:
 
     def _multi_select_dict(self, node: dict, value: Size) -> Size:
         children = [self.visit(child, value) for child in node["children"]]
-        keys = sum(len(child["value"]) + 4 for child in node["children"])
+        keys = sum(len(child["value"].encode()) + 4 for child in node["children"])
         return _sum(*children, Size({}, keys + 2))
 
     def _key_val_pair(self, node: dict, value: Size) -> Size:
@@ -292,24 +294,28 @@ def search(expression: ParsedResult, document: Any) -> Any:
 
 def _larger_than(value: Any, limit: int) -> bool:
     """Whether ``value`` written as JSON is longer than ``limit`` characters (roughly: a text
-    counts its characters and quotes, a number 24, as shared parts are written out); stops
-    counting as soon as it is."""
+    counts its characters and quotes, a number 24, shared parts as often as they are written
+    out); stops as soon as it is, without listing a large list or object first."""
     total = 0
-    stack = [value]
+    stack: list[Iterator[Any]] = [iter((value,))]
     while stack:
-        item = stack.pop()
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+            continue
         if isinstance(item, str):
-            total += len(item) + 2
+            total += len(item) + 3
         elif isinstance(item, dict):
             total += 2
-            for key, child in item.items():
-                total += len(key) + 4
-                stack.append(child)
+            stack.append(chain.from_iterable(item.items()))  # keys count as texts
         elif isinstance(item, list):
             total += 2
-            stack.extend(item)
+            stack.append(iter(item))
         else:
             total += 24
         if total > limit:
             return True
     return False
+
+
+_END = object()
