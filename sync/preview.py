@@ -11,6 +11,7 @@ from sync.commissions import standing
 from sync.envelope import MalformedDelivery, read_event
 from sync.inbox import fingerprint
 from sync.mapping import MappingSet, plan
+from sync.terminal import safe
 
 
 def render(mappings: MappingSet, body: bytes) -> str:
@@ -44,15 +45,15 @@ def render(mappings: MappingSet, body: bytes) -> str:
         for reward in what.rewards:
             kind = "" if reward.is_currency else " (not money: points or credits)"
             lines.append(
-                f"  reward {reward.ref}: partner {reward.partner_id} amount {_show(reward.amount)} "
-                f"{reward.currency or ''} status {reward.status} -> {standing(reward.status)}{kind}"
+                f"  reward {safe(reward.ref)}: partner {safe(reward.partner_id)} amount {_show(reward.amount)} "
+                f"{safe(reward.currency or '')} status {safe(reward.status)} -> {standing(reward.status)}{kind}"
             )
     if what.reverses:
         lines.append("ledger commission_entries: a refund: whatever stands for this transaction is reversed, once")
     if what.crm is not None:  # what CRM sync (when on) would queue for Salesforce
         crm = what.crm
         if what.crm_problem is not None:
-            lines.append(f"salesforce {crm.table}: refused, the rest is written: {what.crm_problem}")
+            lines.append(f"salesforce {crm.table}: refused, the rest is written: {safe(what.crm_problem)}")
         else:
             lines.append(f"salesforce {crm.table}: upsert {crm.key_column} = {crm.key!r}")
             for name, value in {**crm.values, **crm.tombstone}.items():

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from sync import ledger
+from sync.terminal import safe
 
 #: The entry columns shown, with their headings.
 _COLUMNS = (("occurred_at", "Occurred (UTC)"), ("transaction_key", "Transaction"), ("reward_ref", "Reward"),
@@ -59,7 +60,7 @@ def take(engine: Engine, partner_id: str, configured_currency: str | None, limit
 
 
 def render(statement: Statement) -> str:
-    lines = [f"Commission ledger of partner {statement.partner_id}: {statement.count} entries"
+    lines = [f"Commission ledger of partner {safe(statement.partner_id)}: {statement.count} entries"
              + (f", the newest {len(statement.entries)} shown" if len(statement.entries) < statement.count else "")]
     rows = [[heading for _, heading in _COLUMNS]]
     for entry in statement.entries:
@@ -67,7 +68,7 @@ def render(statement: Statement) -> str:
     lines += [""] + _table(rows, right={4})
     rows = [["Totals", *ledger.TOTALS, ""]]
     for t in statement.totals:
-        label = (t.currency or "no currency") + ("" if t.is_currency else " (not money)")
+        label = safe(t.currency or "no currency") + ("" if t.is_currency else " (not money)")
         if statement.in_salesforce(t):
             note = "sent to Salesforce"
         elif not t.is_currency:
@@ -76,7 +77,7 @@ def render(statement: Statement) -> str:
             note = "not in Salesforce: not the program currency"
         rows.append([label, *(_amount(getattr(t, name)) for name in ledger.TOTALS), note])
     lines += [""] + _table(rows, right={1, 2, 3, 4, 5})
-    lines += ["", f"Program currency: {statement.currencies.describe()}.",
+    lines += ["", f"Program currency: {safe(statement.currencies.describe())}.",
               "Owed is approved + pending; currencies are never added together."]
     return "\n".join(line.rstrip() for line in lines)
 
@@ -86,11 +87,11 @@ def _cell(name: str, entry: dict[str, Any]) -> str:
     if name == "occurred_at":
         return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
     if name == "amount":
-        unit = entry["currency"] or ""
+        unit = safe(entry["currency"] or "")
         return f"{_amount(value)} {unit}".rstrip() + ("" if entry["is_currency"] else " (not money)")
     if name == "event_id":
         return f"#{value}" if value is not None else "-"
-    return "-" if value is None else str(value)
+    return "-" if value is None else safe(value)
 
 
 def _table(rows: list[list[str]], right: set[int]) -> list[str]:

@@ -11,6 +11,7 @@ from sync.ledger import Summary
 from sync.partnero.runs import Run
 from sync.progress import duration
 from sync.stats import UNKNOWN, Snapshot, backlog
+from sync.terminal import safe
 
 #: How the sources ``Snapshot.unavailable`` names are written for a person.
 _SOURCES = {"database": "database", "redis": "Redis"}
@@ -50,12 +51,13 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
         rows += _ledger(snapshot.ledger)
     if snapshot.backfill is not None:
         rows += _backfill(snapshot.backfill, snapshot.taken_at)
+    rows = [(safe(label), safe(value)) for label, value in rows]  # object names, currencies, errors: from outside
     width = max(len(label) for label, _ in rows) + 2
     lines = [f"{label:<{width}}{value}".rstrip() for label, value in rows]
     reasons = snapshot.attention()
     if reasons:
         lines.append("Needs attention")
-        lines += [f"  - {reason}" for reason in reasons]
+        lines += [f"  - {safe(reason)}" for reason in reasons]
     if snapshot.state == UNKNOWN:
         unread = " and ".join(_SOURCES.get(name, name) for name in sorted(snapshot.unavailable))
         lines.append(f"Cannot tell whether all is well: the {unread} could not be read.")

@@ -213,9 +213,10 @@ def test_text_no_database_can_store_fails_the_delivery_alone(service, value):
 
 
 def test_a_value_an_expression_blows_up_is_refused_for_its_field(service, tmp_path):
-    huge = "join('', [" + ", ".join(["to_string(@)"] * 20) + "])"
+    # Within what the checker allows (twelve times the delivery at worst), beyond what a field stores.
+    huge = "join('', [to_string(@), to_string(@)])"
     receiver = service(mappings_dir=mappings_with(tmp_path, "partner_key: data.key", f'partner_key: "{huge}"'))
-    filler = "f" * (MAX_VALUE_CHARS // 10)  # twenty copies of the delivery are over the limit
+    filler = "f" * (MAX_VALUE_CHARS * 6 // 10)  # two copies of the delivery are over the limit
     ids = receiver.deliver(partner("ptn_big", key="k", filler=filler))
     [(status, error)] = receiver.inbox(ids)
     assert (status, error) == ("failed", "partner.yml: warehouse.columns.partner_key: a text longer than "
@@ -264,6 +265,79 @@ def test_a_negative_reward_is_booked_as_a_clawback_and_a_refund_reverses_it(serv
         assert reversals == [("ptn_a", "pending", Decimal("-44.7")), ("ptn_a", "reversed", Decimal("44.7")),
                              ("ptn_b", "pending", Decimal("10.25")), ("ptn_b", "reversed", Decimal("-10.25"))]
         assert owed(conn) == {"ptn_a": Decimal(0), "ptn_b": Decimal(0)}
+
+
+#: A reward's field as Partnero should not send it, and why its delivery fails (after
+#: "transaction.yml: ledger.").
+BAD_REWARDS = {
+    "partner an object": ({"partner": {"id": "ptn_a"}},
+                          "partner: reward 1's partner is an object: a partner id is a text or a whole number"),
+    "partner true": ({"partner": True}, "partner: reward 1's partner is true/false: a partner id is a text or a whole "
+                                        "number"),
+    "partner blank": ({"partner": "   "}, "partner: reward 1's partner is an empty text: a partner id is a text or a "
+                                          "whole number"),
+    "partner with a line break": ({"partner": "ptn\n1"}, "partner: reward 1's partner holds control characters or "
+                                                          "broken Unicode: not a partner id"),
+    "partner with an escape": ({"partner": "ptn\x1b[31m"}, "partner: reward 1's partner holds control characters or "
+                                                             "broken Unicode: not a partner id"),
+    "partner too long": ({"partner": "p" * 256}, "partner: reward 1's partner is longer than 255 characters: too long "
+                                                 "for a partner id"),
+    "partner a fraction": ({"partner": 12.5}, "partner: reward 1's partner is a number with a decimal point: a partner "
+                                              "id is a text or a whole number"),
+    "no partner": ({"partner": None}, "partner: reward 1 has no partner"),
+    "currency TRUE": ({"amount_units": True}, "currency: reward 1's currency is true/false: a currency is a text such "
+                                              "as USD"),
+    "currency padded": ({"amount_units": " EUR"}, "currency: reward 1's currency is not a currency code: three capital "
+                                                  "letters, such as USD"),
+    "currency a word": ({"amount_units": "dollars"}, "currency: reward 1's currency is not a currency code: three "
+                                                     "capital letters, such as USD"),
+    "currency a number": ({"amount_units": 840}, "currency: reward 1's currency is a number: a currency is a text such "
+                                                 "as USD"),
+    "is_currency blank": ({"is_currency": ""}, "is_currency: reward 1's is_currency is an empty text: it is true or "
+                                               "false (a JSON boolean), or nothing for money"),
+    "is_currency text": ({"is_currency": "false"}, "is_currency: reward 1's is_currency is a text: it is true or false "
+                                                   "(a JSON boolean), or nothing for money"),
+    "is_currency a number": ({"is_currency": 0}, "is_currency: reward 1's is_currency is a number: it is true or false "
+                                                 "(a JSON boolean), or nothing for money"),
+    "points unit too long": ({"is_currency": False, "amount_units": "loyalty points!!"[:16] + "x"},
+                             "currency: reward 1's currency is not a unit for points: at most 16 printable characters, "
+                             "not blank"),
+    "status an object": ({"status": {"ok": True}}, "status: reward 1's status is an object: a status is a text such as "
+                                                   "ok"),
+    "status with a control character": ({"status": "ok\x07"}, "status: reward 1's status holds control characters: "
+                                                                "not a status"),
+    "key an object": ({"key": {"k": 1}}, "key: reward 1's key is an object: a reward key is a text or a whole number"),
+    "amount true": ({"amount": True}, "amount: true/false is not a number"),
+}
+
+
+def test_a_reward_field_that_is_not_what_it_should_be_fails_its_delivery_alone(service):
+    """Every case of BAD_REWARDS in a delivery of its own, all in one batch with good ones."""
+    receiver = service()
+    reward = TRANSACTION["rewards"][0]
+    odd = [sale(f"tx_odd{n}", rewards=[{**reward, "partner": "ptn_b"}, {**reward, **changes}])
+           for n, (changes, _reason) in enumerate(BAD_REWARDS.values())]
+    ids = receiver.deliver(sale("tx_before", rewards=[{**reward, "partner": "ptn_a"}]), *odd,
+                           sale("tx_after", rewards=[{**reward, "partner": "ptn_c", "amount_units": "usd"}]))
+    reasons = [f"transaction.yml: ledger.{reason}".replace("reward 1", "reward 2")
+               for _changes, reason in BAD_REWARDS.values()]
+    assert receiver.inbox(ids) == [("processed", None), *(("failed", reason) for reason in reasons),
+                                   ("processed", None)]
+    with receiver.services.inbox.engine.connect() as conn:
+        assert owed(conn) == {"ptn_a": Decimal("44.7"), "ptn_c": Decimal("44.7")}  # nothing of the odd ones
+    assert receiver.row("transactions", "tx_odd0") is None and receiver.row("transactions", "tx_after") is not None
+
+
+def test_the_reward_forms_partnero_documents_are_booked(service):
+    receiver = service()
+    reward = TRANSACTION["rewards"][0]
+    receiver.deliver(sale("tx_money", rewards=[{**reward, "partner": 90210, "is_currency": True}]),
+                     sale("tx_points", is_currency=False, rewards=[{**reward, "amount_units": "points"}]),
+                     sale("tx_plain", rewards=[{**reward, "amount_units": "eur", "key": None}]))
+    with receiver.services.inbox.engine.connect() as conn:
+        booked = {(t.partner_id, t.currency, t.is_currency, t.owed) for t in ledger.totals(conn)}
+    assert booked == {("90210", "USD", True, Decimal("44.7")), (reward["partner"], "POINTS", False, Decimal("44.7")),
+                      (reward["partner"], "EUR", True, Decimal("44.7"))}
 
 
 def owed(conn) -> dict[str, Decimal]:

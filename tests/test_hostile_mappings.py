@@ -15,6 +15,7 @@ from sync.mapping.loader import MAX_DEPTH
 from sync.mapping.spec import MAX_COLUMNS, MAX_EXPRESSION_LENGTH
 from sync.samples import sample_delivery
 from tests.conftest import MAPPINGS
+from tests.unit.test_expression_bounds import doubled
 from tests.test_processes import BIN, environment
 from tests.warehouse_helpers import Pipe
 
@@ -45,6 +46,9 @@ HOSTILE = {
                                ":8: warehouse.columns.email: expression longer than 500 characters"),
     "an expression too deep": (PARTNER_HEAD + "    email: \"" + " || ".join(["data.e"] * 40) + "\"\n",
                                ":8: warehouse.columns.email: expression nested more than 32 levels deep"),
+    "an expression that multiplies": (PARTNER_HEAD + "    email: \"" + doubled(6) + "\"\n",
+                                      ":8: warehouse.columns.email: expression can build a value 64 times the size of "
+                                      "the delivery (at most 32)"),
     "too many columns": (PARTNER_HEAD + "".join(f"    c{i}: data.c{i}\n" for i in range(MAX_COLUMNS + 1)),
                          ":7: warehouse.columns: more than 200 columns"),
     "a bookkeeping column": (PARTNER_HEAD + "    sync_version: data.x\n",
@@ -80,6 +84,23 @@ def test_check_and_migrate_refuse_a_hostile_file_with_its_line_and_no_traceback(
     for output in (check.stdout + check.stderr, migrate.stdout + migrate.stderr):
         assert "Traceback" not in output
     assert not (tmp_path / "x.db").exists()  # refused before the database was opened
+
+
+def test_preview_refuses_an_expression_that_multiplies_at_once(tmp_path):
+    """An identity that writes out 64 copies of the delivery, refused before any is built."""
+    directory = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, directory)
+    path = directory / "partner.yml"
+    path.write_text(path.read_text().replace("identity: data.id", f"identity: \"to_string({doubled(6)})\""))
+    saved = tmp_path / "delivery.json"
+    saved.write_text(json.dumps(sample_delivery("partner.created", filler="f" * 500_000)))
+    env = environment(MAPPINGS_DIR=str(directory))
+    preview = subprocess.run([str(BIN / "partnero-sync"), "mappings", "preview", str(saved)], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert preview.returncode == 2
+    assert f"{path}:" in preview.stderr and ": identity: expression can build a value 384 times the size of the " \
+        "delivery (at most 32)" in preview.stderr
+    assert "Traceback" not in preview.stderr
 
 
 def test_a_file_at_the_limits_is_accepted_and_migrates_previews_and_runs(tmp_path, database_url, redis_server_url):

@@ -211,14 +211,14 @@ def test_an_event_no_mapping_handles_is_ignored(pipe):
 
 
 def test_a_delivery_the_database_refuses_fails_alone(pg_url):
-    """A value longer than its column (a reward's currency, 16 characters in the ledger) refuses the
+    """A value longer than its column (a reward's status, 64 characters in the ledger) refuses the
     whole fast batch; the rest still lands. (A record id that long is refused before any write.)"""
     from sync.inbox import PENDING, Delivery
     from tests.conftest import empty_tables
 
     empty_tables(pg_url)
     pipe = Pipe(pg_url)
-    rewards = [{**TRANSACTION["rewards"][0], "amount_units": "U" * 40}]
+    rewards = [{**TRANSACTION["rewards"][0], "status": "U" * 100}]
     documents = [partner("partner.created", "2026-03-14T00:00:00.000000Z"),
                  transaction("transaction.created", "2026-03-14T10:15:31.000000Z", rewards=rewards)]
     bodies = [__import__("json").dumps(d).encode() for d in documents]

@@ -13,6 +13,7 @@ import click
 from sync import logs
 from sync.errors import ConfigurationError, SyncError, caused_by
 from sync.settings import Settings, redact_url
+from sync.terminal import safe
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ class _Group(click.Group):
             message = explain(exc, ctx.meta.get(_SETTINGS))
             if message is None:
                 raise
-            click.echo(f"partnero-sync: {message}", err=True)
+            # It may carry what Salesforce or Partnero said: kept to one line, escape sequences shown.
+            click.echo(f"partnero-sync: {safe(message)}", err=True)
             sys.exit(1)
 
 

@@ -13,6 +13,7 @@ import click
 from sync.cli.base import DATE, DURATION, load_settings, main, utc
 from sync.errors import SyncError
 from sync.settings import redact_url
+from sync.terminal import safe
 
 
 @main.command("requeue-failed")
@@ -47,7 +48,7 @@ def requeue_failed(since: datetime | None, event_type: str | None, dry_run: bool
         click.echo(f"requeued {result.requeued} failed deliveries" + (", a worker woken" if result.enqueued else ""))
         if result.redis_error is not None:
             click.echo(
-                f"Redis could not take the wake-up ({result.redis_error}): the deliveries are pending, and the "
+                f"Redis could not take the wake-up ({safe(result.redis_error)}): the deliveries are pending, and the "
                 "worker's sweeper will wake a worker once Redis answers",
                 err=True,
             )
@@ -62,7 +63,7 @@ def _list_failures(failures: list[tuple[int, str]], what: str) -> None:
         return
     click.echo(f"{len(failures)} {what}:", err=True)
     for event_id, reason in failures[:20]:
-        click.echo(f"  inbox #{event_id}: {reason}", err=True)
+        click.echo(f"  inbox #{event_id}: {safe(reason)}", err=True)
     if len(failures) > 20:
         click.echo(f"  … and {len(failures) - 20} more (partnero-sync status, /ops?status=failed)", err=True)
     sys.exit(1)
@@ -169,7 +170,7 @@ def send_test(url: str, event: str, path: Path | None) -> None:
     secret = settings.require_webhook_secret()[0]
     body = path.read_bytes() if path else json.dumps(sample_delivery(event)).encode()
     status, answer = _post(url, body, {"Signature": sign(body, secret)})
-    click.echo(f"{status} {answer}")
+    click.echo(f"{status} {safe(answer)}")
     if status >= 300:
         sys.exit(1)
 

@@ -12,6 +12,7 @@ from sync.cli.base import DATE, load_settings, main, utc
 from sync.errors import SyncError
 from sync.progress import StatusLine
 from sync.settings import Settings
+from sync.terminal import safe
 
 
 class _Entities(click.ParamType):
@@ -213,14 +214,14 @@ def webhooks_register(url: str, name: str | None) -> None:
     done = subscriptions.register(_api(settings), url.strip(), events, name)
     hook = done.webhook
     sent = [e for e in events if e not in done.refused]
-    click.echo(f"{done.action} webhook {hook.get('key')} ({hook.get('name')}) sending {len(sent)} event types to "
-               f"{hook.get('url', url)}: {', '.join(sent)}")
+    click.echo(f"{done.action} webhook {safe(hook.get('key'))} ({safe(hook.get('name'))}) sending {len(sent)} event "
+               f"types to {safe(hook.get('url', url))}: {', '.join(sent)}")
     if done.refused:
-        click.echo(f"warning: Partnero does not offer {', '.join(done.refused)} to this program: not subscribed "
-                   "(the mappings still apply them if they ever arrive)", err=True)
+        click.echo(f"warning: Partnero does not offer {', '.join(map(safe, done.refused))} to this program: not "
+                   "subscribed (the mappings still apply them if they ever arrive)", err=True)
     for key in done.others:
-        click.echo(f"warning: webhook {key} also sends to this URL (each delivery would arrive twice): "
-                   f"`partnero-sync webhooks delete {key}` removes it", err=True)
+        click.echo(f"warning: webhook {safe(key)} also sends to this URL (each delivery would arrive twice): "
+                   f"`partnero-sync webhooks delete {safe(key)}` removes it", err=True)
     if done.secret is None:
         click.echo("Partnero's answer holds no signing secret: the one this subscription had stays valid "
                    "(keep PARTNERO_WEBHOOK_SECRET as it is)")

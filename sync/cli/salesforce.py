@@ -6,6 +6,7 @@ import click
 
 from sync.cli.base import load_settings, main
 from sync.errors import ConfigurationError, SyncError
+from sync.terminal import safe
 
 
 @main.command("crm-errors")
@@ -28,7 +29,8 @@ def crm_errors(limit: int) -> None:
         return
     for e in errors:
         when = e["error_at"].strftime("%Y-%m-%d %H:%M:%S") if e["error_at"] else "-"
-        click.echo(f"{when}  {e['status']:<7}  {e['object']} {e['external_id']}: {e['error_code']}: {e['error_message']}")
+        click.echo(f"{when}  {e['status']:<7}  {safe(e['object'])} {safe(e['external_id'])}: {safe(e['error_code'])}: "
+                   f"{safe(e['error_message'])}")
 
 
 @main.command("crm-retry")
@@ -71,7 +73,7 @@ def crm_flush() -> None:
     services = Services.build(load_settings())
     if services.flusher() is None:
         raise ConfigurationError("Salesforce sync is off: no SALESFORCE_ variables are set")
-    report = services.flushes.run_foreground(on_progress=lambda r: click.echo(f"  {r.summary()}", err=True))
-    click.echo(report.summary())
+    report = services.flushes.run_foreground(on_progress=lambda r: click.echo(f"  {safe(r.summary())}", err=True))
+    click.echo(safe(report.summary()))
     if report.org_refusal is not None:
         raise SyncError(report.org_refusal.message)

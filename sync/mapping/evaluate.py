@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import jmespath.exceptions
 
 from sync.envelope import ExactFloat, parse_timestamp
 from sync.errors import PermanentError
+from sync.mapping.bounds import search
 from sync.mapping.spec import Field, Mapping
-from sync.mapping.transforms import ValueProblem, kind
+from sync.mapping.transforms import COERCE, ValueProblem, kind
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 #: A delivery's rank: what a delete says about the record's fields counts only until a real
@@ -108,15 +110,25 @@ def record_key(mapping: Mapping, document: Any) -> str:
     where = f"{mapping.path.name}: identity: {mapping.identity.source}"
     if key is None or (isinstance(key, str) and not key.strip()):
         raise FieldProblem(f"{where} is empty in this delivery")
-    if isinstance(key, float):
-        raise FieldProblem(f"{where} is a number with a decimal point: a record id is a text or a whole number")
-    if isinstance(key, bool) or not isinstance(key, str | int):
-        raise FieldProblem(f"{where} is {kind(key)}: a record id is a text or a whole number")
-    text = key if isinstance(key, str) else str(key)
+    return id_text(key, where, "a record id")
+
+
+def id_text(value: Any, where: str, what: str) -> str:
+    """``value`` (not None) as the text of an id (``what``: "a record id", "a partner id"…):
+    a text that is not blank, of at most 255 characters, without control characters, or a whole
+    number (as its digits). Anything else raises ``FieldProblem`` (``where`` and the kind of
+    problem, never the value)."""
+    if isinstance(value, str) and not value.strip():
+        raise FieldProblem(f"{where} is an empty text: {what} is a text or a whole number")
+    if isinstance(value, float):
+        raise FieldProblem(f"{where} is a number with a decimal point: {what} is a text or a whole number")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise FieldProblem(f"{where} is {kind(value)}: {what} is a text or a whole number")
+    text = value if isinstance(value, str) else str(value)
     if len(text) > MAX_ENTITY_ID:
-        raise FieldProblem(f"{where} is longer than {MAX_ENTITY_ID} characters: too long for a record id")
+        raise FieldProblem(f"{where} is longer than {MAX_ENTITY_ID} characters: too long for {what}")
     if _UNSTORABLE_ID.search(text):
-        raise FieldProblem(f"{where} holds control characters or broken Unicode: not a record id")
+        raise FieldProblem(f"{where} holds control characters or broken Unicode: not {what}")
     return text
 
 
@@ -220,24 +232,30 @@ def _believable(at: Any, reference: datetime) -> bool:
     return isinstance(at, datetime) and EARLIEST <= at and at - reference <= MAX_AHEAD
 
 
+#: A currency is an ISO 4217 code: three capital letters (after the mapping's transforms).
+CURRENCY_CODE = re.compile("[A-Z]{3}")
+#: The unit of points or credits (``is_currency`` false) is kept in the ledger's currency
+#: column, VARCHAR(16).
+MAX_UNIT = 16
+
+
 def _rewards(mapping: Mapping, document: Any, transaction_key: str) -> tuple[Reward, ...]:
     """The rewards the delivery lists (none listed: none). Each reward's fields are read from the
-    reward, which also sees its transaction (the delivery's ``data``) as ``transaction``."""
+    reward, which also sees its transaction (the delivery's ``data``) as ``transaction``.
+
+    A reward's values are held to what they are (``FieldProblem`` otherwise, naming the field,
+    the reward and the kind of problem): its partner is an id as a record id is (``id_text``),
+    as is its key when it has one; its amount a number; ``is_currency`` true, false or nothing
+    (money); its currency a text, for money a code of three capital letters (USD), for points a
+    unit of at most 16 printable characters; its status a text without control characters.
+    """
     ledger = mapping.ledger
-    found = ledger.rewards.search(document)
+    found = _guarded(mapping, "ledger.rewards", partial(search, ledger.rewards), document)
     if found is None:
         return ()
     if not isinstance(found, list):
         raise FieldProblem(f"{mapping.path.name}: ledger.rewards: {ledger.rewards_source} is not a list")
-    read = []
-    for position, item in enumerate(found):
-        scope = {**item, "transaction": document.get("data")} if isinstance(item, dict) else item
-        values = {name: _value(mapping, f, scope, f"ledger.{name}") for name, f in ledger.fields.items()}
-        if not values["partner"]:
-            raise FieldProblem(f"{mapping.path.name}: ledger.partner: reward {position + 1} has no partner")
-        if values["amount"] is None:
-            raise FieldProblem(f"{mapping.path.name}: ledger.amount: reward {position + 1} has no amount")
-        read.append(values)
+    read = [_reward(mapping, item, document, position + 1) for position, item in enumerate(found)]
     # Partnero's rewards carry their transaction's key: only a key of the reward's own, which no
     # other reward shares, tells it apart. Otherwise its partner and place do (stable while
     # Partnero keeps the rewards' order).
@@ -245,7 +263,7 @@ def _rewards(mapping: Mapping, document: Any, transaction_key: str) -> tuple[Rew
     rewards = []
     seen: dict[str, int] = {}
     for values, own in zip(read, keys):
-        partner = str(values["partner"])
+        partner = values["partner"]
         base = own if own and own != transaction_key and keys.count(own) == 1 else partner
         seen[base] = seen.get(base, 0) + 1
         rewards.append(
@@ -256,17 +274,64 @@ def _rewards(mapping: Mapping, document: Any, transaction_key: str) -> tuple[Rew
                 currency=values["currency"],
                 status=values["status"],
                 occurred_at=values["occurred_at"],
-                is_currency=values.get("is_currency") is not False,
+                is_currency=values["is_currency"] is not False,
             )
         )
     return tuple(rewards)
 
 
+def _reward(mapping: Mapping, item: Any, document: Any, number: int) -> dict[str, Any]:
+    """One reward's values, each held to what it is (see ``_rewards``)."""
+    scope = {**item, "transaction": document.get("data")} if isinstance(item, dict) else item
+    fields = mapping.ledger.fields
+    values = {name: _value(mapping, f, scope, f"ledger.{name}", raw=True) for name, f in fields.items()}
+
+    def where(name: str, what: str | None = None) -> str:
+        return f"{mapping.path.name}: ledger.{name}: reward {number}'s {what or name}"
+
+    def problem(name: str, message: str) -> FieldProblem:
+        return FieldProblem(f"{where(name)} {message}")
+
+    if values["partner"] is None:
+        raise FieldProblem(f"{mapping.path.name}: ledger.partner: reward {number} has no partner")
+    values["partner"] = id_text(values["partner"], where("partner"), "a partner id")
+    if values.get("key") is not None:
+        values["key"] = id_text(values["key"], where("key"), "a reward key")
+    money = values.get("is_currency")
+    if money is not None and not isinstance(money, bool):
+        raise problem("is_currency", f"is {kind(money)}: it is true or false (a JSON boolean), or nothing for money")
+    values["is_currency"] = money
+    found = _guarded(mapping, "ledger.currency", fields["currency"].found, scope)
+    if found is not None and not isinstance(found, str):
+        raise problem("currency", f"is {kind(found)}: a currency is a text such as USD")
+    if values["status"] is not None and not isinstance(values["status"], str):
+        raise problem("status", f"is {kind(values['status'])}: a status is a text such as ok")
+    for name in ("amount", "currency", "status", "occurred_at"):
+        values[name] = _guarded(mapping, f"ledger.{name}", COERCE[fields[name].type], values[name])
+    currency = values["currency"]
+    if money is not False and currency is not None and not CURRENCY_CODE.fullmatch(currency):
+        raise problem("currency", "is not a currency code: three capital letters, such as USD")
+    if money is False and currency is not None and not (
+            currency.strip() == currency and 0 < len(currency) <= MAX_UNIT and currency.isprintable()):
+        raise problem("currency", f"is not a unit for points: at most {MAX_UNIT} printable characters, not blank")
+    if values["status"] is not None and not values["status"].isprintable():
+        raise problem("status", "holds control characters: not a status")
+    if values["amount"] is None:
+        raise FieldProblem(f"{mapping.path.name}: ledger.amount: reward {number} has no amount")
+    return values
+
+
 def _value(mapping: Mapping, field: Field, document: Any, where: str, raw: bool = False) -> Any:
     """``field``'s value in ``document`` (``raw``: before it is made the field's type); raises
     ``FieldProblem`` naming the file, the field and the kind of problem, never the value."""
+    return _guarded(mapping, where, field.raw if raw else field.evaluate, document)
+
+
+def _guarded(mapping: Mapping, where: str, compute: Callable[[Any], Any], argument: Any) -> Any:
+    """``compute(argument)``; what it raises becomes a ``FieldProblem`` naming the file,
+    ``where`` and the kind of problem, never the value."""
     try:
-        return field.raw(document) if raw else field.evaluate(document)
+        return compute(argument)
     except ValueProblem as exc:
         raise FieldProblem(f"{mapping.path.name}: {where}: {exc}") from exc
     except jmespath.exceptions.JMESPathTypeError as exc:

@@ -16,6 +16,7 @@ import jmespath.exceptions
 from jmespath.parser import ParsedResult
 
 from sync.errors import ConfigurationError
+from sync.mapping import bounds
 from sync.mapping.loader import LineDict, YamlProblem, load_yaml
 from sync.mapping.transforms import (
     ANY,
@@ -100,21 +101,28 @@ class Field:
         delivery (most fields are such paths). None for anything else."""
         return None if self.expression is None else _field_path(self.expression.parsed)
 
-    def raw(self, document: Any) -> Any:
-        """The value before it is made the field's type: the expression (or constant), transformed."""
+    def found(self, document: Any) -> Any:
+        """What the expression finds in ``document`` (or the constant), before any transform."""
         if self.expression is None:
-            value = self.constant
-        elif self.path is not None:
+            return self.constant
+        if self.path is not None:
             value = document
             for key in self.path:  # as JMESPath: a key of an object, else nothing (null stops it)
                 value = value.get(key) if isinstance(value, dict) else None
                 if value is None:
                     break
-        else:
-            value = self.expression.search(document)
+            return value
+        return bounds.search(self.expression, document)
+
+    def transformed(self, value: Any) -> Any:
+        """``value`` through the field's transforms, in order."""
         for transform in self.transforms:
             value = transform.apply(value)
         return value
+
+    def raw(self, document: Any) -> Any:
+        """The value before it is made the field's type: the expression (or constant), transformed."""
+        return self.transformed(self.found(document))
 
     def evaluate(self, document: Any) -> Any:
         return COERCE[self.type](self.raw(document))
@@ -353,7 +361,7 @@ class _Checker:
             self.field(LineDict(version=DEFAULT_VERSION), "version", "version", default_type="datetime")
         warehouse = self.warehouse(raw["warehouse"]) if "warehouse" in raw else None
         if "warehouse" not in raw:
-            self.problem(raw, "warehouse", "", "nothing to write: add a warehouse section")
+            self.problem(raw, "warehouse", "warehouse", "missing: nothing to write, add a warehouse section")
         ledger = self.ledger(raw["ledger"], events, deletes) if "ledger" in raw else None
         salesforce = self.salesforce(raw["salesforce"]) if "salesforce" in raw else None
         if None in (entity, identity, version) or ("warehouse" in raw and warehouse is None):
@@ -436,6 +444,14 @@ class _Checker:
             self.problem(node, key, where, f"expression nested more than {MAX_EXPRESSION_DEPTH} levels deep "
                                            "(a long chain of || counts one level each)")
             return None
+        times, unbounded = bounds.growth(compiled.parsed)
+        if unbounded is not None:
+            self.problem(node, key, where, f"bad expression {text!r}: {unbounded}")
+            return None
+        if times > bounds.MAX_GROWTH:
+            self.problem(node, key, where, f"expression can build a value {times:,.0f} times the size of the delivery "
+                                           f"(at most {bounds.MAX_GROWTH}): it repeats what it reads")
+            return None
         return compiled
 
     def field(self, node: LineDict, key: str, where: str, default_type: str = "string") -> Field | None:
@@ -453,7 +469,9 @@ class _Checker:
         self.unknown_keys(raw, {"from", "value", "type", "transforms"}, where)
         expression, constant, source = None, None, ""
         if ("from" in raw) == ("value" in raw):
-            self.problem(raw, "from", where, "give exactly one of from (an expression) or value (a constant)")
+            said = "both given" if "from" in raw else "missing"
+            self.problem(raw, "from", where, f"from or value: {said} (give exactly one of from, an expression, or "
+                                             "value, a constant)")
             return None
         if "from" in raw:
             expression = self.expression(raw, "from", _join(where, "from"), raw["from"])
@@ -577,6 +595,8 @@ class _Checker:
         if table is not None and not (isinstance(table, str) and IDENTIFIER.match(table)):
             self.problem(raw, "table", "warehouse.table", "a table name is lower-case letters, digits and _")
             table = None
+        elif table is None:
+            pass
         elif table in self.reserved:
             self.problem(raw, "table", "warehouse.table", f"{table} is partnero-sync's own table")
             table = None

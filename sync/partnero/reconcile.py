@@ -20,6 +20,7 @@ from sync.inbox import PENDING, Delivery
 from sync.partnero import drift, listed
 from sync.partnero.drift import Drift
 from sync.partnero.resync import Examined, Resync
+from sync.terminal import safe
 
 
 @dataclass
@@ -111,7 +112,7 @@ def render(report: Report, fixed: bool = False) -> str:
     lines = []
     if report.drifts:
         rows = [("list", "record", "drift", "what differs")]
-        rows += [(d.entity, d.key, d.kind, d.reason or ", ".join(d.fields)) for d in report.drifts]
+        rows += [(d.entity, safe(d.key), d.kind, safe(d.reason or ", ".join(d.fields))) for d in report.drifts]
         widths = [max(len(row[i]) for row in rows) for i in range(3)]
         lines += [("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]).rstrip()
                   for row in rows]

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from sync.errors import SyncError
 from sync.partnero.api import PartneroApi, PartneroRefused
+from sync.terminal import safe
 
 #: Where the receiver takes deliveries (app/webhooks.py).
 RECEIVER_PATH = "/webhooks/partnero"
@@ -128,9 +129,9 @@ def render(hooks: Sequence[dict]) -> str:
         events = hook.get("events")
         active = hook.get("is_active")
         rows.append((
-            str(hook.get("key") or "-"), str(hook.get("name") or "-"), str(hook.get("url") or "-"),
+            safe(hook.get("key") or "-"), safe(hook.get("name") or "-"), safe(hook.get("url") or "-"),
             "-" if active is None else ("yes" if active else "no"),
-            ", ".join(map(str, events)) if isinstance(events, list) else "-",
+            ", ".join(map(safe, events)) if isinstance(events, list) else "-",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[4]]).rstrip()

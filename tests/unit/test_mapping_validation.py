@@ -83,7 +83,8 @@ CASES = [
     ("a database's own table", "table: partners", "table: sqlite_stat1",
      "6: warehouse.table: sqlite_stat1: names starting with sqlite_ or pg_ belong to the database"),
     ("from and value", "email: {from: data.email, transforms: [lower]}", "email: {from: data.email, value: x}",
-     "9: warehouse.columns.email: give exactly one of from (an expression) or value (a constant)"),
+     "9: warehouse.columns.email: from or value: both given (give exactly one of from, an expression, or value, a "
+     "constant)"),
     ("transform needs argument", "transforms: [lower]", "transforms: [default]",
      "9: warehouse.columns.email.transforms: default needs an argument, as default: …"),
     ("transform takes none", "transforms: [lower]", "transforms: [{lower: 1}]",
