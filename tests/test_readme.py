@@ -85,3 +85,13 @@ def test_the_readme_salesforce_example_is_a_valid_section(tmp_path):
     [mapping] = load_mappings(tmp_path).mappings
     assert mapping.salesforce.object == "Account"
     assert [r.name for r in mapping.salesforce.references] == ["Partnero_Partner__r"]
+
+
+def test_every_test_the_readme_names_exists():
+    import re
+
+    named = re.findall(r"(tests/[\w/]+\.py)::(\w+)", README)
+    assert len(named) >= 20  # the Guarantees section names the test behind each promise
+    missing = [f"{path}::{name}" for path, name in named
+               if not re.search(rf"^def {name}\(", (ROOT / path).read_text(), flags=re.M)]
+    assert not missing, missing
