@@ -11,8 +11,8 @@ succeeds, and its batch-mates are applied. Anything passing (the database or Red
 deadlock, a job that ran out of time, a worker killed mid-job) leaves the rows pending: the job is
 retried with backoff, and after that the sweeper brings them back. Nothing passing ever marks a
 delivery failed, nor makes it a suspect (``Inbox.record_errors`` takes the attempt back). A drain
-that meets one after batches went through (a blip) claims again at once, once, before backing
-off; a delivery that waits on a lock another session holds waits alone (``sync.processor``).
+that meets one claims again at once, and backs off only when that try meets one too: a blip costs
+one try. A delivery that waits on a lock another session holds waits alone (``sync.processor``).
 """
 
 from __future__ import annotations
@@ -71,22 +71,30 @@ def drain() -> Retry | str:
     current.jobs.woken()  # deliveries stored from now on wake the next worker
     drained = Drained()
     deadline = time.monotonic() + SLICE_SECONDS
-    blipped = False
+    # A passing error is met by claiming again at once, unless the previous try met one too: a
+    # blip (a connection lost, a failover) costs one try, not a backoff; an outage waits for it.
+    again = True
     try:
         while True:
-            events = current.inbox.claim(CLAIM_BATCH)
+            try:
+                events = current.inbox.claim(CLAIM_BATCH)
+            except TransientError as exc:
+                if not again:
+                    raise
+                again = False
+                log.warning("claiming deliveries: %s; claiming again at once", exc)
+                continue
             if not events:
                 break
             if len(events) == CLAIM_BATCH:
                 current.jobs.wake()  # more are waiting: an idle worker can take a share
-            # A passing error after batches went through is most likely a blip: the job claims
-            # again at once, once; a second one in the same job waits for the backoff.
-            outcome = _apply(current, events, again=drained.first is not None and not blipped)
+            outcome = _apply(current, events, again=again)
             if outcome is None:
-                blipped = True
+                again = False
                 continue
             if isinstance(outcome, Retry):
                 return outcome
+            again = True
             drained.add(events, outcome)
             if queue.stop_requested() or time.monotonic() > deadline:
                 current.jobs.wake(force=True)  # a fresh job carries on after the other queue's turn
