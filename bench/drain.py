@@ -17,7 +17,12 @@ and the live freshness of a steady stream.
 3. Naive, in the same run: one RQ job and one single-record upsert call per delivery (same
    database, same stand-in, RQ's SimpleWorker, connections kept between jobs), on a sample: the
    naive way is slow, so its rate is measured on --naive-sample deliveries.
-4. Freshness (``--freshness SECONDS``): the web process (the Procfile's gunicorn) and the workers
+4. Blips (``--blips N``, 3 by default; 0 skips it): the same backlog drained again, the same way,
+   while another session terminates a worker's PostgreSQL backend in the middle of a transaction
+   N times (``pg_terminate_backend``: the worker meets a lost connection, a passing error), early in
+   the drain, a few tenths of a second apart, so the same oldest rows are likely hit more than once.
+   Prints its rate as a ratio of the clean run's, measured just before in the same run.
+5. Freshness (``--freshness SECONDS``): the web process (the Procfile's gunicorn) and the workers
    run; a sender posts signed deliveries at ``--rate`` per second (each a new partner); for each,
    the time from its 202 to its row in the warehouse (``processed_at``) and to its record in
    Salesforce (``synced_at``), p50 and p99.
@@ -35,6 +40,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -152,15 +158,51 @@ def done(engine) -> tuple[bool, int, int]:
     return pending == 0 and backlog == 0, pending, backlog
 
 
-def run_ours(args, documents, fake, env) -> dict:
+#: The workers' sessions name themselves so, so that blips hit only them (not this script's).
+WORKER_APP_NAME = "bench-drain-worker"
+
+
+class Blips(threading.Thread):
+    """Terminates a worker's PostgreSQL backend in the middle of a transaction ``count`` times,
+    ``gap`` seconds apart: to the worker, a lost connection (a passing database error)."""
+
+    def __init__(self, url: str, count: int, gap: float = 0.3):
+        super().__init__(daemon=True)
+        self.url, self.count, self.gap = url, count, gap
+        self.at: list[float] = []
+        self.started = time.monotonic()
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        engine = sa.create_engine(self.url, isolation_level="AUTOCOMMIT")
+        find = sa.text("SELECT pid FROM pg_stat_activity WHERE application_name = :name AND xact_start IS NOT NULL"
+                       " AND state IN ('active', 'idle in transaction') ORDER BY xact_start LIMIT 1")
+        try:
+            with engine.connect() as conn:
+                while len(self.at) < self.count and not self._stopping.is_set():
+                    pid = conn.execute(find, {"name": WORKER_APP_NAME}).scalar()
+                    if pid is not None and conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar():
+                        self.at.append(time.monotonic() - self.started)
+                        self._stopping.wait(self.gap)
+                    else:
+                        self._stopping.wait(0.01)
+        finally:
+            engine.dispose()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=5)
+
+
+def run_ours(args, documents, fake, env, blips: int = 0) -> dict:
     from sync import db
     from sync.services import Services
     from sync.settings import Settings
 
     url = fresh_database(DB_NAME)
-    env = {**env, "DATABASE_URL": url}
+    env = {**env, "DATABASE_URL": f"{url}?application_name={WORKER_APP_NAME}"}
     redis.Redis.from_url(REDIS_URL).flushdb()
-    settings = Settings.from_env(env)
+    settings = Settings.from_env({**env, "DATABASE_URL": url})
     services = Services.build(settings)
     services.migrate()
     # Workers start first, suspended, so the timed drain does not include interpreter start-up.
@@ -180,6 +222,9 @@ def run_ours(args, documents, fake, env) -> dict:
     started = time.monotonic()
     resume(connection)
     sampler.start()
+    injector = Blips(url, blips) if blips else None
+    if injector is not None:
+        injector.start()
     engine = db.engine_for(url)
     try:
         deadline = started + args.timeout
@@ -200,14 +245,21 @@ def run_ours(args, documents, fake, env) -> dict:
         for w in workers:
             w.wait(timeout=60)
         sampler.stop()
+        if injector is not None:
+            injector.stop()
     calls = fake.count("collections") + fake.count("upsert") - calls_before
     stored = services.inbox.count()
     check_salesforce(engine, fake)
     engine.dispose()
     print(f"  every delivery in the warehouse after {warehouse_done:.1f}s, in Salesforce after {elapsed:.1f}s")
+    if injector is not None:
+        print(f"  {len(injector.at)} worker backends terminated mid-transaction, at "
+              + ", ".join(f"{t:.1f}s" for t in injector.at))
+        if len(injector.at) < blips:
+            raise SystemExit(f"only {len(injector.at)} of {blips} blips could be injected")
     return {"deliveries": stored, "seconds": elapsed, "rate": stored / elapsed, "calls": calls,
             "per_call": stored / max(calls, 1), "peak_rss_mb": sampler.mb,
-            "warehouse_seconds": warehouse_done}
+            "warehouse_seconds": warehouse_done, "blips": injector.at if injector is not None else []}
 
 
 def check_salesforce(engine, fake) -> None:
@@ -384,6 +436,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes draining (default 2)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per Salesforce call")
     parser.add_argument("--naive-sample", type=int, default=300, help="deliveries for the naive run")
+    parser.add_argument("--blips", type=int, default=3,
+                        help="also drain the backlog again with this many transient database errors (0: skip)")
     parser.add_argument("--freshness", type=float, default=0, metavar="SECONDS",
                         help="also measure freshness of a steady stream for this long (0: skip)")
     parser.add_argument("--rate", type=float, default=50, help="deliveries per second for --freshness")
@@ -398,7 +452,7 @@ def main() -> None:
     fake = FakeSalesforce(relationships=RELATIONSHIPS, max_calls=1000)
     fake.define_object("Partnero_Transaction__c")
     fake.start()
-    ours = naive = live = None
+    ours = naive = live = blipped = None
     try:
         fake.latency = args.latency
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SALESFORCE_", "DATABASE_URL"))},
@@ -415,6 +469,11 @@ def main() -> None:
             ours = run_ours(args, documents, fake, env)
             fake.reset()
             fake.define_object("Partnero_Transaction__c")
+            if args.blips:
+                print(f"ours again, with {args.blips} transient database errors:")
+                blipped = run_ours(args, documents, fake, env, blips=args.blips)
+                fake.reset()
+                fake.define_object("Partnero_Transaction__c")
             print(f"naive (sample of {args.naive_sample}):")
             naive = run_naive(args, documents, fake, env)
             fake.reset()
@@ -438,6 +497,12 @@ def main() -> None:
         goals = [("deliveries/s >= 1000", ours["rate"] >= 1000), ("deliveries per call >= 100", ours["per_call"] >= 100),
                  ("worker RSS < 200 MB", ours["peak_rss_mb"] < 200)]
         print("goals: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in goals))
+    if blipped is not None:
+        ratio = blipped["rate"] / ours["rate"]
+        print(f"with {len(blipped['blips'])} transient database errors: {blipped['rate']:.0f} deliveries/s "
+              f"({blipped['seconds']:.1f} s; warehouse done after {blipped['warehouse_seconds']:.1f} s), "
+              f"x{ratio:.2f} of the clean run's {ours['rate']:.0f}/s")
+        print(f"goal: within 10 % of the clean run: {'met' if ratio >= 0.9 else 'NOT met'}")
     if live is not None:
         print(f"freshness at {live['rate']:.1f} deliveries/s ({live['deliveries']} deliveries): "
               f"202 -> warehouse p50 {live['warehouse_p50'] * 1000:.0f} ms, p99 {live['warehouse_p99'] * 1000:.0f} ms; "

@@ -3,6 +3,7 @@ and the statements every dialect needs spelled differently."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -13,19 +14,27 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sync.errors import TransientError, caused_by
+from sync.settings import DEFAULT_LOCK_TIMEOUT
 
 metadata = sa.MetaData()
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, float], Engine] = {}
 _lock = threading.Lock()
 
 
-def make_engine(url: str) -> Engine:
-    """A new engine for ``url`` with the settings this service relies on."""
+def make_engine(url: str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> Engine:
+    """A new engine for ``url`` with the settings this service relies on.
+
+    Every statement it runs waits at most ``lock_timeout`` seconds for a lock another session
+    holds (a long report, a migration, someone's open transaction), then fails with an error
+    ``waited_on_lock`` recognises, whatever the database's own settings say: PostgreSQL's
+    ``lock_timeout``, MariaDB's ``innodb_lock_wait_timeout`` (row locks) and ``lock_wait_timeout``
+    (table locks), SQLite's busy time-out (its one writer's lock).
+    """
     kwargs: dict[str, object] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
-        # Many threads share one file: wait for the writer instead of failing at once.
-        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        # Many threads share one file: wait for the writer, as long as for any other lock.
+        kwargs["connect_args"] = {"timeout": lock_timeout, "check_same_thread": False}
     elif url.startswith("postgresql"):
         # A database that does not answer must fail the request (503) well inside Partnero's
         # five seconds, not hang it.
@@ -44,18 +53,35 @@ def make_engine(url: str) -> Engine:
         # Take the write lock when a transaction begins, not at its first write: two workers
         # that read a record and then write it must take turns, as row locks make them elsewhere.
         sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    else:
+        sa.event.listen(engine, "connect", lambda dbapi, _record: _bound_lock_waits(dbapi, url, lock_timeout))
     return engine
 
 
-def engine_for(url: str) -> Engine:
-    """The engine of this process for ``url``, made on first use."""
-    engine = _engines.get(url)
+def engine_for(url: str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> Engine:
+    """The engine of this process for ``url`` (and ``lock_timeout``), made on first use."""
+    key = (url, lock_timeout)
+    engine = _engines.get(key)
     if engine is None:
         with _lock:
-            engine = _engines.get(url)
+            engine = _engines.get(key)
             if engine is None:
-                engine = _engines[url] = make_engine(url)
+                engine = _engines[key] = make_engine(url, lock_timeout)
     return engine
+
+
+def _bound_lock_waits(dbapi_connection, url: str, seconds: float) -> None:
+    """Set a new server connection's longest wait for a lock (see ``make_engine``)."""
+    cursor = dbapi_connection.cursor()
+    try:
+        if url.startswith("postgresql"):
+            cursor.execute("SELECT set_config('lock_timeout', %s, false)", (f"{max(1, round(seconds * 1000))}ms",))
+        else:  # MariaDB and MySQL count whole seconds
+            whole = max(1, math.ceil(seconds))
+            cursor.execute("SET SESSION innodb_lock_wait_timeout = %s, lock_wait_timeout = %s", (whole, whole))
+    finally:
+        cursor.close()
+    dbapi_connection.commit()  # a setting made in a transaction rolled back would be undone
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -135,12 +161,19 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.TimeoutError | sa.exc.DisconnectionError | ConnectionError | TimeoutError)
 
 
+#: PostgreSQL: lock_not_available (a lock_timeout ran out, or NOWAIT).
+_PG_LOCK_WAIT = "55P03"
+#: MySQL/MariaDB: lock wait timeout exceeded (a row lock, or a table's metadata lock).
+_MYSQL_LOCK_WAIT = 1205
+#: SQLite: another connection holds the database's write lock.
+_SQLITE_LOCKED = re.compile(r"database is locked|database table is locked", re.IGNORECASE)
+
 #: PostgreSQL SQLSTATE classes and codes that are passing.
 _PG_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
 #: PostgreSQL SQLSTATEs of a schema that lags the mappings (undefined_table, undefined_column).
 _PG_SCHEMA_CODES = {"42P01", "42703"}
 _PG_TRANSIENT_CODES = {
-    "55P03",  # lock_not_available
+    _PG_LOCK_WAIT,  # lock_not_available
     "25006",  # read_only_sql_transaction: a failover in progress
     *_PG_SCHEMA_CODES,
 }
@@ -151,7 +184,7 @@ _MYSQL_TRANSIENT = {
     1040,  # too many connections
     1053,  # server shutdown in progress
     *_MYSQL_SCHEMA_ERRORS,
-    1205,  # lock wait timeout
+    _MYSQL_LOCK_WAIT,
     1213,  # deadlock
     1290, 1836,  # read-only server (a failover)
     1317,  # query interrupted
@@ -164,7 +197,7 @@ _MYSQL_TRANSIENT = {
 _SQLITE_SCHEMA = r"no such table|no such column|has no column named"
 #: SQLite: busy or locked, I/O trouble, or a schema that lags the mappings.
 _SQLITE_TRANSIENT = re.compile(
-    r"database is locked|database table is locked|busy|disk i/o error|unable to open database file"
+    _SQLITE_LOCKED.pattern + r"|busy|disk i/o error|unable to open database file"
     r"|database or disk is full|" + _SQLITE_SCHEMA,
     re.IGNORECASE,
 )
@@ -185,6 +218,21 @@ def _transient_cause(orig: BaseException | None) -> bool:
     if module.startswith("sqlite3"):
         return bool(_SQLITE_TRANSIENT.search(str(orig)))
     return isinstance(orig, ConnectionError | TimeoutError)
+
+
+def waited_on_lock(exc: BaseException) -> bool:
+    """Whether a database error says a statement gave up waiting for a lock another session
+    holds (passing, see ``is_transient``): whatever tried it may well go through later, and the
+    work that did not need that lock can go on without it."""
+    orig = getattr(caused_by(exc, sa.exc.DBAPIError), "orig", None)
+    module = type(orig).__module__
+    if module.startswith("psycopg"):
+        return getattr(orig, "sqlstate", None) == _PG_LOCK_WAIT
+    if module.startswith("pymysql"):
+        return bool(orig.args) and orig.args[0] == _MYSQL_LOCK_WAIT
+    if module.startswith("sqlite3"):
+        return _SQLITE_LOCKED.search(str(orig)) is not None
+    return False
 
 
 def lagging_schema(exc: BaseException) -> bool:

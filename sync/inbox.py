@@ -37,7 +37,7 @@ CLAIM_BATCH = 500
 #: rows of a worker killed mid-batch are taken up again soon.
 CLAIM_LEASE = timedelta(minutes=2)
 MAX_CLAIM_LEASE = timedelta(hours=1)
-#: A row claimed this often without an outcome is claimed alone (see ``Inbox.claim``).
+#: A row whose claims lapsed (or ran out of time) this often is claimed alone (see ``Inbox.claim``).
 ALONE_AFTER = 2
 #: What ``Inbox.requeue`` found: a done or failed row set back to pending; a row already pending;
 #: a pruned one (nothing to apply); one another transaction holds (left as it is).
@@ -331,9 +331,12 @@ class Inbox:
         A claim counts an attempt on each row and holds it until ``claimed_until``: other workers
         skip it meanwhile (``FOR UPDATE SKIP LOCKED`` while claiming on PostgreSQL and MariaDB;
         SQLite has one writer), and a worker that dies lets go of its rows when the claim lapses.
-        A row attempted ``ALONE_AFTER`` times without an outcome is claimed alone, for a claim that
+        A worker that lets go of rows after a passing error takes the attempt back
+        (``record_errors``), so ``attempts`` counts the claims that lapsed or ran out of time, and
+        the current one. A row with ``ALONE_AFTER`` of those is claimed alone, for a claim that
         grows with its attempts: if it is what kills its worker, it no longer takes batch-mates
-        down with it, nor comes back every two minutes.
+        down with it, nor comes back every two minutes. Database blips and locks held by others
+        never make a row be claimed alone.
         """
         t = webhook_events
         now = utcnow()
@@ -404,13 +407,28 @@ class Inbox:
                     .values(status=FAILED, last_error=reason[:2000], claimed_until=None)
                 )
 
-    def record_errors(self, event_ids: Sequence[int], reason: str) -> None:
-        """Note why an attempt failed and let go of the rows: they stay pending, to be tried again."""
+    def record_errors(
+        self, event_ids: Sequence[int], reason: str, *, timed_out: bool = False, retry_at: datetime | None = None,
+        conn: Connection | None = None,
+    ) -> None:
+        """Note why an attempt did not come to an outcome and let go of the rows: they stay
+        pending, to be claimed again (from ``retry_at`` on, when given).
+
+        The attempt their claim counted is taken back: a passing error (the database away, a lock
+        another session holds) says nothing against a delivery, so it never makes one be claimed
+        alone (``ALONE_AFTER``). Unless ``timed_out``: a job that ran out of time holding the rows
+        may have been hung by one of them, as a worker that died holding them may have been killed
+        by one; such attempts stay counted.
+        """
+        if not event_ids:
+            return
         t = webhook_events
-        with self._transaction() as conn:
+        values: dict[str, object] = {"last_error": reason[:2000], "claimed_until": retry_at}
+        if not timed_out:
+            values["attempts"] = sa.case((t.c.attempts > 0, t.c.attempts - 1), else_=0)
+        with (nullcontext(conn) if conn is not None else self._transaction()) as use:
             for chunk in chunks(sorted(event_ids), 1000):
-                conn.execute(t.update().where(t.c.id.in_(chunk), t.c.status == PENDING)
-                             .values(last_error=reason[:2000], claimed_until=None))
+                use.execute(t.update().where(t.c.id.in_(chunk), t.c.status == PENDING).values(**values))
 
     def events(
         self, since: datetime | None = None, event_type: str | None = None, batch: int = 500,

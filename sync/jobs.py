@@ -10,7 +10,9 @@ Only what a delivery contains can fail it, once, with its reason, on its own row
 succeeds, and its batch-mates are applied. Anything passing (the database or Redis away, a
 deadlock, a job that ran out of time, a worker killed mid-job) leaves the rows pending: the job is
 retried with backoff, and after that the sweeper brings them back. Nothing passing ever marks a
-delivery failed.
+delivery failed, nor makes it a suspect (``Inbox.record_errors`` takes the attempt back). A drain
+that meets one claims again at once, and backs off only when that try meets one too: a blip costs
+one try. A delivery that waits on a lock another session holds waits alone (``sync.processor``).
 """
 
 from __future__ import annotations
@@ -69,16 +71,30 @@ def drain() -> Retry | str:
     current.jobs.woken()  # deliveries stored from now on wake the next worker
     drained = Drained()
     deadline = time.monotonic() + SLICE_SECONDS
+    # A passing error is met by claiming again at once, unless the previous try met one too: a
+    # blip (a connection lost, a failover) costs one try, not a backoff; an outage waits for it.
+    again = True
     try:
         while True:
-            events = current.inbox.claim(CLAIM_BATCH)
+            try:
+                events = current.inbox.claim(CLAIM_BATCH)
+            except TransientError as exc:
+                if not again:
+                    raise
+                again = False
+                log.warning("claiming deliveries: %s; claiming again at once", exc)
+                continue
             if not events:
                 break
             if len(events) == CLAIM_BATCH:
                 current.jobs.wake()  # more are waiting: an idle worker can take a share
-            outcome = _apply(current, events)
+            outcome = _apply(current, events, again=again)
+            if outcome is None:
+                again = False
+                continue
             if isinstance(outcome, Retry):
                 return outcome
+            again = True
             drained.add(events, outcome)
             if queue.stop_requested() or time.monotonic() > deadline:
                 current.jobs.wake(force=True)  # a fresh job carries on after the other queue's turn
@@ -101,13 +117,19 @@ def process_events(event_ids: list[int]) -> Retry | str:
     return outcome if isinstance(outcome, Retry) else outcome.summary()
 
 
-def _apply(current, events: list[Event]) -> BatchResult | Retry:
+def _apply(current, events: list[Event], again: bool = False) -> BatchResult | Retry | None:
     """Apply claimed rows in one transaction; each one's outcome is recorded on its row, then
-    counted and logged (``sync.outcomes``)."""
+    counted and logged (``sync.outcomes``). On a passing error the rows are let go of, and the
+    job is to be retried later; with ``again``, unless the job ran out of time, it may claim
+    again at once instead: then None."""
     event_ids = [e.id for e in events]
     try:
         result = current.processor.process_batch(events)
     except (TransientError, *queue.INTERRUPTIONS) as exc:
+        if again and caused_by(exc, queue.INTERRUPTIONS) is None:
+            _let_go(event_ids, str(exc))
+            log.warning("inbox %s: %s; claiming again at once", _rows(event_ids), exc)
+            return None
         return _passing(current, event_ids, exc)
     outcomes.report(events, result, current.request_flush)
     # Failed deliveries are recorded on their rows (status, /ops, metrics); the job did its work.
@@ -123,20 +145,27 @@ def _passing(current, event_ids: list[int], exc: BaseException) -> Retry:
     # Its time-out: the transaction was rolled back, nothing is half-written. A query cut off
     # half-way can leave its connection unusable, though: start again from fresh ones.
     current.inbox.engine.dispose()
-    return _retry(event_ids, f"the job was interrupted ({type(interruption).__name__}: {interruption})")
+    return _retry(event_ids, f"the job was interrupted ({type(interruption).__name__}: {interruption})",
+                  timed_out=True)
 
 
-def _retry(event_ids: list[int], reason: str) -> Retry:
+def _retry(event_ids: list[int], reason: str, timed_out: bool = False) -> Retry:
     """Leave the rows pending with the reason, and ask RQ to run the job again after a while."""
-    metrics.ATTEMPTS.inc(len(event_ids), outcome=metrics.RETRIED)
-    try:
-        if event_ids:  # noted on the rows, which are let go of, to be claimed again
-            services.current().inbox.record_errors(event_ids, reason)
-    except TransientError:
-        pass  # the database is the thing that is away; the log line below has the reason
+    _let_go(event_ids, reason, timed_out)
     # Hours of retries: the rows stay pending, and the sweeper brings them back once the cause
     # has passed.
     return _later(f"inbox {_rows(event_ids)}", reason, "the rows stay pending for the sweeper")
+
+
+def _let_go(event_ids: list[int], reason: str, timed_out: bool = False) -> None:
+    """Leave the rows pending with the reason, to be claimed again; their attempts are taken back
+    unless the job ran out of time (``Inbox.record_errors``)."""
+    metrics.ATTEMPTS.inc(len(event_ids), outcome=metrics.RETRIED)
+    try:
+        if event_ids:  # noted on the rows, which are let go of, to be claimed again
+            services.current().inbox.record_errors(event_ids, reason, timed_out=timed_out)
+    except TransientError:
+        pass  # the database is the thing that is away; the caller's log line has the reason
 
 
 def _later(what: str, reason: str, then: str) -> Retry:

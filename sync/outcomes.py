@@ -22,6 +22,7 @@ def report(events: Sequence[Event], result: BatchResult, request_flush: Callable
     metrics.LAG.observe((committed_at - by_id[i].received_at).total_seconds() for i in result.processed)
     for outcome, done in ((PROCESSED, result.processed), (IGNORED, result.ignored), (FAILED, result.failed)):
         metrics.ATTEMPTS.inc(len(done), outcome=outcome)
+    metrics.ATTEMPTS.inc(len(result.waiting) + len(result.untried), outcome=metrics.RETRIED)
 
     def fields(event_id: int) -> dict:
         e = by_id[event_id]
@@ -33,5 +34,8 @@ def report(events: Sequence[Event], result: BatchResult, request_flush: Callable
         log.info("delivery ignored: no mapping handles its event type", extra=fields(event_id))
     for event_id, reason in sorted(result.failed.items()):
         log.error("delivery failed: %s", reason, extra=fields(event_id))
+    for event_id in result.waiting:
+        log.warning("delivery waited on a lock another database session holds; tried again later",
+                    extra=fields(event_id))
     if result.processed:
         request_flush()

@@ -1,31 +1,48 @@
 """Processing stored deliveries: mapping, warehouse, ledger and inbox in one SQL transaction.
 
-A batch of deliveries shares the transaction (one commit for many), each delivery in a savepoint
-of its own so that one the database refuses does not take the others with it. Deliveries are
-applied in the order of the records they touch, so concurrent batches lock rows in one global
-order and cannot deadlock; any order gives the same result, since every write merges by version.
+A batch of deliveries shares the transaction (one commit for many), applied in a few statements
+per table. When the database refuses the batch, or a statement gives up waiting for a lock another
+session holds, the batch is applied again delivery by delivery, each in a savepoint of its own:
+one the database refuses fails alone, and one that waits on a lock waits alone (it is let go of,
+to be tried again after a while, see ``BatchResult.waiting``) while the others are applied.
+Deliveries are applied in the order of the records they touch, so concurrent batches lock rows in
+one global order and cannot deadlock; any order gives the same result, since every write merges
+by version.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from sync import envelope, ledger
+from sync import backoff, envelope, ledger
 from sync.crm.outbox import Outbox
-from sync.db import describe_error, is_transient
+from sync.db import describe_error, is_transient, waited_on_lock
 from sync.envelope import MalformedDelivery
 from sync.errors import PermanentError, TransientError
-from sync.inbox import IGNORED, PROCESSED, Event, Inbox
+from sync.inbox import IGNORED, PROCESSED, Event, Inbox, utcnow
 from sync.mapping import FieldProblem, MappingSet, Plan, entity_label, plan
 from sync.records import RecordState
 from sync.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
+
+#: Delivery by delivery, a batch waits on locks at most this often: then the rest of it is let go
+#: of untried, for the next claim (each wait lasts the engine's lock time-out).
+LOCK_WAITS_PER_BATCH = 3
+#: After this many waits on the records of one table, the batch's other deliveries to that table
+#: wait too, without trying (the whole table is most likely locked).
+LOCK_WAITS_PER_TABLE = 2
+#: Why a delivery was let go of after waiting on a lock (stored as its last error).
+WAITED = "waited on a lock another database session holds; tried again later"
+#: Why one was let go of untried (stored as its last error).
+UNTRIED = "not tried: its batch waited on locks another database session holds; tried again later"
 
 
 @dataclass
@@ -35,9 +52,18 @@ class BatchResult:
     failed: dict[int, str] = field(default_factory=dict)
     #: Record ids learned while planning, for rows stored without one (before the inbox kept them).
     entity_ids: dict[int, str] = field(default_factory=dict)
+    #: Deliveries that waited on a lock another session holds (or touch a record or table that
+    #: did): still pending, let go of until the delivery backoff's first step has passed.
+    waiting: list[int] = field(default_factory=list)
+    #: Deliveries not tried because the batch had waited on locks long enough: still pending, let
+    #: go of for the next claim.
+    untried: list[int] = field(default_factory=list)
 
     def summary(self) -> str:
-        return f"{len(self.processed)} processed, {len(self.ignored)} ignored, {len(self.failed)} failed"
+        text = f"{len(self.processed)} processed, {len(self.ignored)} ignored, {len(self.failed)} failed"
+        if self.waiting or self.untried:
+            text += f", {len(self.waiting) + len(self.untried)} left pending behind a lock"
+        return text
 
 
 @dataclass
@@ -98,28 +124,67 @@ class Processor:
                     result.processed = [event.id for event, _ in work]
                     self._record(conn, result)
             except Exception as exc:  # noqa: BLE001 - sorted below: passing, or one delivery's fault
-                if self._passing(exc):
+                if self._passing(exc) and not self._locked_out(exc):
                     raise
-                # Something in the batch was refused: go delivery by delivery to find it. Only
-                # DEBUG: the delivery at fault gets its one "delivery failed" line.
+                # Something in the batch was refused, or waited on a lock: go delivery by delivery
+                # to find it. Only DEBUG: the delivery at fault gets its own line.
                 log.debug("batch of %d refused (%s); applying one by one", len(work), _why(exc))
                 result.processed = []
                 with self.engine.begin() as conn:
-                    for event, planned in work:
-                        try:
-                            with conn.begin_nested():
-                                self._apply_all(conn, [(event, planned)])
-                        except Exception as exc:  # noqa: BLE001
-                            if self._passing(exc):
-                                raise
-                            result.failed[event.id] = _why(exc)
-                        else:
-                            result.processed.append(event.id)
+                    self._one_by_one(conn, work, result)
                     self._record(conn, result)
         except sa.exc.SQLAlchemyError as exc:
             # A lost connection, a deadlock, a lock timeout: the next try finds the rows as they were.
             raise TransientError(f"database: {describe_error(exc)}") from exc
         return result
+
+    def _locked_out(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a statement gave up waiting for a lock on some rows or tables, so
+        the deliveries that do not need them can go on (SQLite locks the whole database)."""
+        return waited_on_lock(exc) and self.engine.dialect.name != "sqlite"
+
+    def _one_by_one(self, conn: Connection, work: list[tuple[Event, Plan]], result: BatchResult) -> None:
+        """Apply ``work`` delivery by delivery, each in a savepoint, onto ``result``.
+
+        One that waits on a lock is let go of (``result.waiting``), and so are the others about
+        the same record. The others to the same table are tried after the rest: after
+        ``LOCK_WAITS_PER_TABLE`` waits on one table, they are let go of too; after
+        ``LOCK_WAITS_PER_BATCH`` waits in all, whatever is left is let go of untried.
+        """
+        waits: Counter = Counter()
+        locked_records: set[tuple[str, str]] = set()
+        later: list[tuple[Event, Plan]] = []
+
+        def apply(event: Event, planned: Plan) -> None:
+            record = _record_of(planned)
+            if record in locked_records or waits[record[0]] >= LOCK_WAITS_PER_TABLE:
+                result.waiting.append(event.id)
+                return
+            if waits.total() >= LOCK_WAITS_PER_BATCH:
+                result.untried.append(event.id)
+                return
+            try:
+                with conn.begin_nested():
+                    self._apply_all(conn, [(event, planned)])
+            except Exception as exc:  # noqa: BLE001
+                if self._locked_out(exc):
+                    waits[record[0]] += 1
+                    locked_records.add(record)
+                    result.waiting.append(event.id)
+                    return
+                if self._passing(exc):
+                    raise
+                result.failed[event.id] = _why(exc)
+            else:
+                result.processed.append(event.id)
+
+        for event, planned in work:
+            if waits[_record_of(planned)[0]]:
+                later.append((event, planned))  # its table is locked, maybe whole: the others first
+            else:
+                apply(event, planned)
+        for event, planned in later:
+            apply(event, planned)
 
     def _passing(self, exc: BaseException) -> bool:
         """Whether ``exc`` is not the delivery's fault: the database away or busy, the job
@@ -131,6 +196,9 @@ class Processor:
         self.inbox.mark_done(result.processed, conn)
         self.inbox.mark_done(result.ignored, conn, status=IGNORED)
         self.inbox.mark_failures(result.failed, conn)
+        retry_at = utcnow() + timedelta(seconds=backoff.delay(backoff.DELIVERY_DELAYS, 0))
+        self.inbox.record_errors(result.waiting, WAITED, conn=conn, retry_at=retry_at)
+        self.inbox.record_errors(result.untried, UNTRIED, conn=conn)
 
     def check(self, event: Event) -> str | None:
         """Why the current mappings cannot apply ``event``, found without writing anything
@@ -200,6 +268,12 @@ def settlements(work: list[tuple[Event, Plan]], states: dict[tuple[str, str], Re
             refund_event_id=refund.id if refund is not None else None,
         ))
     return found
+
+
+def _record_of(planned: Plan) -> tuple[str, str]:
+    """The warehouse table and key of the record a plan changes ("", "" when none)."""
+    change = planned.change
+    return (change.table, change.key) if change is not None else ("", "")
 
 
 def _lock_order(planned: Plan) -> tuple:

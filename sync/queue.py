@@ -1,4 +1,5 @@
-"""Everything that knows RQ's API: the connection, enqueueing inbox rows, the worker."""
+"""The job queue in RQ: the connection, enqueueing wake-ups and inbox rows, the worker class. (RQ is
+also used directly by `jobs`, `worker` and `local`, see the README's layout.)"""
 
 from __future__ import annotations
 

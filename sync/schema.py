@@ -108,7 +108,8 @@ def _migration_lock(conn: Connection) -> Iterator[None]:
     """Hold the database's migration lock on ``conn``; other migrations wait for it."""
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        conn.execute(sa.text(f"SET lock_timeout = '{LOCK_TIMEOUT}s'"))
+        # For this wait only (LOCAL: until the commit below), then the engine's own again.
+        conn.execute(sa.text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}s'"))
         conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _PG_LOCK_KEY})
         conn.commit()  # the lock is the session's: it outlives the transaction
         try:
@@ -116,7 +117,6 @@ def _migration_lock(conn: Connection) -> Iterator[None]:
         finally:
             conn.rollback()
             conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
-            conn.execute(sa.text("RESET lock_timeout"))
             conn.commit()
     elif dialect in ("mysql", "mariadb"):
         got = conn.execute(sa.text("SELECT GET_LOCK(:name, :wait)"), {"name": _LOCK_NAME, "wait": LOCK_TIMEOUT}).scalar()

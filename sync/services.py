@@ -49,7 +49,7 @@ class Services:
         ``MappingError`` listing every problem, and the process must not start.
         """
         mappings = mappings or load_mappings(settings.mappings_dir, schema.RESERVED_TABLES)
-        engine = db.engine_for(settings.database_url)
+        engine = db.engine_for(settings.database_url, settings.database_lock_timeout)
         inbox = Inbox(engine)
         warehouse = Warehouse(mappings)
         outbox = Outbox() if settings.salesforce.enabled else None

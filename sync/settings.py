@@ -17,6 +17,9 @@ from sync.errors import ConfigurationError
 from sync.logs import FORMATS
 
 DEFAULT_DATABASE_URL = "sqlite:///partnero-sync.db"
+#: How long a statement waits for a lock another session holds before it gives up (seconds):
+#: well inside Partnero's five seconds for a delivery's answer, and far inside a job's time-out.
+DEFAULT_LOCK_TIMEOUT = 2.0
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_MAPPINGS_DIR = "mappings"
 DEFAULT_PARTNERO_API_URL = "https://api.partnero.com/v1"
@@ -223,6 +226,8 @@ class Settings:
 
     webhook_secrets: tuple[str, ...] = ()
     database_url: str = DEFAULT_DATABASE_URL
+    #: The longest a statement of this service waits on a lock (``sync.db.make_engine``).
+    database_lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     redis_url: str = DEFAULT_REDIS_URL
     mappings_dir: Path = Path(DEFAULT_MAPPINGS_DIR)
     log_level: str = "INFO"
@@ -250,6 +255,7 @@ class Settings:
             database_url=normalize_database_url(
                 env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
             ),
+            database_lock_timeout=parse_lock_timeout(env.get("DATABASE_LOCK_TIMEOUT", "")),
             redis_url=_redis_url(env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL),
             mappings_dir=Path(env.get("MAPPINGS_DIR", "").strip() or DEFAULT_MAPPINGS_DIR),
             log_level=level,
@@ -364,6 +370,20 @@ def parse_secrets(raw: str) -> tuple[str, ...]:
             "secret (several may be given, separated by commas, while rotating)"
         )
     return secrets
+
+
+def parse_lock_timeout(value: str) -> float:
+    """DATABASE_LOCK_TIMEOUT: seconds, more than 0 and at most 60; empty: the default."""
+    value = value.strip()
+    if not value:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 60:
+        raise ConfigurationError(f"DATABASE_LOCK_TIMEOUT must be a number of seconds above 0 and at most 60 (got {value!r})")
+    return seconds
 
 
 def normalize_database_url(url: str) -> str:

@@ -24,6 +24,11 @@ def test_the_program_currency_is_kept_as_the_ledger_keeps_currencies():
     assert Settings.from_env({"PARTNERO_CURRENCY": " eur "}).currency == "EUR"
 
 
+def test_the_lock_wait_is_seconds_and_short_by_default():
+    assert Settings.from_env({}).database_lock_timeout == 2
+    assert Settings.from_env({"DATABASE_LOCK_TIMEOUT": " 0.5 "}).database_lock_timeout == 0.5
+
+
 def test_secrets_are_comma_separated_for_rotation():
     settings = Settings.from_env({"PARTNERO_WEBHOOK_SECRET": " new , old ,, "})
     assert settings.webhook_secrets == ("new", "old")
@@ -57,6 +62,9 @@ def test_database_url_forms(given, expected):
         ({"FORWARDED_ALLOW_IPS": "router.internal"}, "FORWARDED_ALLOW_IPS"),
         ({"FORWARDED_ALLOW_IPS": "10.0.0.1/8"}, "FORWARDED_ALLOW_IPS"),  # host bits set: gunicorn refuses it
         ({"FORWARDED_ALLOW_IPS": " , "}, "FORWARDED_ALLOW_IPS"),
+        ({"DATABASE_LOCK_TIMEOUT": "two"}, "DATABASE_LOCK_TIMEOUT"),
+        ({"DATABASE_LOCK_TIMEOUT": "0"}, "DATABASE_LOCK_TIMEOUT"),
+        ({"DATABASE_LOCK_TIMEOUT": "600"}, "DATABASE_LOCK_TIMEOUT"),
     ],
 )
 def test_malformed_values_name_the_variable(env, variable):
