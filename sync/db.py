@@ -285,12 +285,36 @@ def _describe_postgresql(cause: BaseException) -> str:
 
     sentence = _PG_SENTENCES.get(sqlstate) or _words(psycopg.errors.lookup(sqlstate).__name__)
     diag = getattr(cause, "diag", None)
+    table, column = getattr(diag, "table_name", None), getattr(diag, "column_name", None)
+    if sqlstate in _PG_SCHEMA_CODES:  # the statement's own names: which are missing
+        table, column = _missing_names(_PG_MISSING, cause)
     names = [f'{kind} "{name}"' for kind, name in (
-        ("table", getattr(diag, "table_name", None)),
-        ("column", getattr(diag, "column_name", None)),
-        ("constraint", getattr(diag, "constraint_name", None)),
+        ("table", table), ("column", column), ("constraint", getattr(diag, "constraint_name", None)),
     ) if name]
     return ", ".join([f"{sentence} (SQLSTATE {sqlstate})", *names])
+
+
+#: Where a lagging schema's error names the missing table or column: the names only are read
+#: (identifier characters), from the statement, which mapping files spell.
+_PG_MISSING = (
+    re.compile(r'^column "(?P<column>[\w$]+)"(?: of relation "(?P<table>[\w$]+)")? does not exist'),
+    re.compile(r'^column (?:(?P<table>[\w$]+)\.)?(?P<column>[\w$]+) does not exist'),
+    re.compile(r'^relation "(?P<table>[\w$.]+)" does not exist'),
+)
+_MYSQL_MISSING = (
+    re.compile(r"^Unknown column '(?:(?P<table>[\w$]+)\.)?(?P<column>[\w$]+)'"),
+    re.compile(r"^Table '(?P<table>[\w$.]+)' doesn't exist"),
+)
+
+
+def _missing_names(patterns: tuple[re.Pattern, ...], cause: BaseException) -> tuple[str | None, str | None]:
+    text = str(cause.args[1] if patterns is _MYSQL_MISSING and len(cause.args) > 1 else cause).strip()
+    for pattern in patterns:
+        found = pattern.match(text)
+        if found is not None:
+            groups = found.groupdict()
+            return groups.get("table"), groups.get("column")
+    return None, None
 
 
 def _describe_mysql(cause: BaseException) -> str:
@@ -303,7 +327,11 @@ def _describe_mysql(cause: BaseException) -> str:
 
     name = next((n for n in dir(ER) if getattr(ER, n) == errno), None)
     sentence = _MYSQL_SENTENCES.get(errno) or (name.lower().replace("_", " ") if name else type(cause).__name__)
-    return f"{sentence} (MySQL error {errno})"
+    names = []
+    if errno in _MYSQL_SCHEMA_ERRORS:  # the statement's own names: which are missing
+        table, column = _missing_names(_MYSQL_MISSING, cause)
+        names = [f'{kind} "{name}"' for kind, name in (("table", table), ("column", column)) if name]
+    return ", ".join([f"{sentence} (MySQL error {errno})", *names])
 
 
 def _words(name: str) -> str:

@@ -188,3 +188,10 @@ def test_what_a_mariadb_trigger_signals_about_the_row_is_not_repeated(mariadb_ur
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text("DROP TRIGGER dba_audit"))
+
+
+def test_a_lagging_schema_is_described_by_the_names_missing(warehouse_url):
+    engine = db.engine_for(warehouse_url)
+    column = db.describe_error(_error(engine, "SELECT not_there_yet FROM partners"))
+    table = db.describe_error(_error(engine, "SELECT 1 FROM table_not_there_yet"))
+    assert "not_there_yet" in column and "table_not_there_yet" in table, (column, table)
