@@ -254,8 +254,9 @@ _MYSQL_SENTENCES = {
 
 def describe_error(exc: BaseException) -> str:
     """What went wrong with a database, in words for a person: the kind of error, its code (a
-    SQLSTATE, a MySQL error number, SQLite's error name) and the names of the table, column and
-    constraint where the database gives them.
+    SQLSTATE, a MySQL error number) and the names of the table, column and
+    constraint where the database gives them (a missing table's or column's name is read from the
+    message: identifier characters only, in the message's known shape).
 
     The one place a database error becomes text to store, log or show. Never the server's own
     message: PostgreSQL's DETAIL quotes the failing row, MariaDB's "Duplicate entry" quotes the
