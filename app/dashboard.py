@@ -3,14 +3,21 @@
 Served only when RQ_DASHBOARD_USERNAME and RQ_DASHBOARD_PASSWORD are set. Its actions (delete,
 empty, requeue, compact) are refused unless RQ_DASHBOARD_ALLOW_ACTIONS=true, and even then only
 from the dashboard's own pages.
+
+Two things rq-dashboard does not do, done here: a job that is not there (any more: finished jobs
+are kept a day, failed ones a week, see ``sync.queue``) is a 404, not a 500; and the job page,
+which puts the job's description, result, metadata and traceback into the page as HTML
+(rq-dashboard issue #526), gets them HTML-escaped, so whatever text reaches them shows as text.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 
 import redis
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
+from rq.exceptions import NoSuchJobError
 
 from app import auth
 from sync.settings import Settings, redact_url
@@ -55,6 +62,33 @@ def mount(app: Flask, settings: Settings, connection: redis.Redis) -> None:
         f for f in app.before_request_funcs.get(BLUEPRINT, []) if f.__name__ != "push_rq_connection"
     ]
     app.redis_conn = connection
+    app.register_error_handler(NoSuchJobError, _no_such_job)
+    app.after_request_funcs.setdefault(BLUEPRINT, []).append(_escape_job_page_data)
+
+
+def _no_such_job(_exc: NoSuchJobError):
+    message = "no such job: it never existed, or it is older than RQ keeps it"
+    if request.path.endswith(".json"):
+        return jsonify(error=message), 404
+    return Response(message + "\n", status=404, mimetype="text/plain")
+
+
+def _escape_job_page_data(response: Response) -> Response:
+    """The data behind a job's page, every text in it HTML-escaped: that page's template inserts
+    them as HTML (the job lists escape what they show themselves, so they are left alone)."""
+    if request.endpoint == f"{BLUEPRINT}.job_info" and response.status_code == 200 and response.is_json:
+        response.set_data(jsonify(_escaped(response.get_json())).get_data())
+    return response
+
+
+def _escaped(value):
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, dict):
+        return {key: _escaped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    return value
 
 
 def _is_action() -> bool:

@@ -30,8 +30,11 @@ def make_engine(url: str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> Engine:
     ``waited_on_lock`` recognises, whatever the database's own settings say: PostgreSQL's
     ``lock_timeout``, MariaDB's ``innodb_lock_wait_timeout`` (row locks) and ``lock_wait_timeout``
     (table locks), SQLite's busy time-out (its one writer's lock).
+
+    ``hide_parameters``: an error's text never carries the statement's values (a delivery's),
+    wherever it goes; ``describe_error`` is what a person is shown of it.
     """
-    kwargs: dict[str, object] = {"pool_pre_ping": True}
+    kwargs: dict[str, object] = {"pool_pre_ping": True, "hide_parameters": True}
     if url.startswith("sqlite"):
         # Many threads share one file: wait for the writer, as long as for any other lock.
         kwargs["connect_args"] = {"timeout": lock_timeout, "check_same_thread": False}
@@ -263,17 +266,128 @@ def explain(exc: BaseException) -> str | None:
     return f"database error: {describe_error(found)}"
 
 
-#: Quoted values in a database's error text: what follows "value", "type …:" or "entry".
-_QUOTED_VALUE = re.compile(
-    r"""((?:value|entry|type [\w ()0-9,.]+?)\s*:?\s*)("[^"]*"|'[^']*')""",
-    re.IGNORECASE,
-)
+#: What the SQLSTATEs a write can meet mean, in words (PostgreSQL's own condition names otherwise).
+_PG_SENTENCES = {
+    "23505": "a unique constraint refused the row",
+    "23514": "a check constraint refused the row",
+    "23502": "a not-null constraint refused the row",
+    "23503": "a foreign key constraint refused the row",
+    "22001": "value too long for its column",
+    "22003": "a number out of range for its column",
+    "40P01": "deadlock",
+    "40001": "serialization failure",
+    "55P03": "lock not available (a lock time-out)",
+    "57014": "statement cancelled (a statement time-out)",
+    "42P01": "a table is missing",
+    "42703": "a column is missing",
+    "P0001": "a trigger or function raised an error",
+}
+#: The same for MySQL/MariaDB error numbers (pymysql's ER names otherwise).
+_MYSQL_SENTENCES = {
+    1062: "a unique constraint refused the row",
+    4025: "a check constraint refused the row",
+    3819: "a check constraint refused the row",
+    1048: "a not-null constraint refused the row",
+    1452: "a foreign key constraint refused the row",
+    1406: "value too long for its column",
+    1264: "a number out of range for its column",
+    1366: "a value its column cannot hold",
+    1205: "lock wait time-out",
+    1213: "deadlock",
+    1146: "a table is missing",
+    1054: "a column is missing",
+    1644: "a trigger or procedure signalled an error",
+}
 
 
 def describe_error(exc: BaseException) -> str:
-    """The error's first line (or its class when it has none), enough to act on, with any quoted
-    value the database echoed replaced by "…" (stored and logged texts never carry payload values)."""
+    """What went wrong with a database, in words for a person: the kind of error, its code (a
+    SQLSTATE, a MySQL error number) and the names of the table, column and
+    constraint where the database gives them (a missing table's or column's name is read from the
+    message: identifier characters only, in the message's known shape).
+
+    The one place a database error becomes text to store, log or show. Never the server's own
+    message: PostgreSQL's DETAIL quotes the failing row, MariaDB's "Duplicate entry" quotes the
+    value, and a trigger's RAISE or SIGNAL says whatever it was written to say. The exceptions
+    are a connection that failed before any statement (libpq's own words name the server, not
+    data) and SQLite, whose messages name tables, columns and constraints only.
+    """
     cause = getattr(exc, "orig", None) or exc
+    module = type(cause).__module__
+    if module.startswith("psycopg"):
+        return _describe_postgresql(cause)
+    if module.startswith("pymysql"):
+        return _describe_mysql(cause)
+    if module.startswith("sqlite3"):
+        return _first_line(cause)
+    if module.startswith("redis") or isinstance(
+            cause, ConnectionError | TimeoutError | sa.exc.TimeoutError | sa.exc.DisconnectionError):
+        return _first_line(cause)  # about reaching a server, not about data
+    return type(cause).__name__
+
+
+def _describe_postgresql(cause: BaseException) -> str:
+    sqlstate = getattr(cause, "sqlstate", None)
+    if not sqlstate:  # the client's own error: the connection failed, no statement ran
+        return _first_line(cause)
+    import psycopg.errors
+
+    sentence = _PG_SENTENCES.get(sqlstate) or _words(psycopg.errors.lookup(sqlstate).__name__)
+    diag = getattr(cause, "diag", None)
+    table, column = getattr(diag, "table_name", None), getattr(diag, "column_name", None)
+    if sqlstate in _PG_SCHEMA_CODES:  # the statement's own names: which are missing
+        table, column = _missing_names(_PG_MISSING, cause)
+    names = [f'{kind} "{name}"' for kind, name in (
+        ("table", table), ("column", column), ("constraint", getattr(diag, "constraint_name", None)),
+    ) if name]
+    return ", ".join([f"{sentence} (SQLSTATE {sqlstate})", *names])
+
+
+#: Where a lagging schema's error names the missing table or column: the names only are read
+#: (identifier characters), from the statement, which mapping files spell.
+_PG_MISSING = (
+    re.compile(r'^column "(?P<column>[\w$]+)"(?: of relation "(?P<table>[\w$]+)")? does not exist'),
+    re.compile(r'^column (?:(?P<table>[\w$]+)\.)?(?P<column>[\w$]+) does not exist'),
+    re.compile(r'^relation "(?P<table>[\w$.]+)" does not exist'),
+)
+_MYSQL_MISSING = (
+    re.compile(r"^Unknown column '(?:(?P<table>[\w$]+)\.)?(?P<column>[\w$]+)'"),
+    re.compile(r"^Table '(?P<table>[\w$.]+)' doesn't exist"),
+)
+
+
+def _missing_names(patterns: tuple[re.Pattern, ...], cause: BaseException) -> tuple[str | None, str | None]:
+    text = str(cause.args[1] if patterns is _MYSQL_MISSING and len(cause.args) > 1 else cause).strip()
+    for pattern in patterns:
+        found = pattern.match(text)
+        if found is not None:
+            groups = found.groupdict()
+            return groups.get("table"), groups.get("column")
+    return None, None
+
+
+def _describe_mysql(cause: BaseException) -> str:
+    errno = cause.args[0] if cause.args and isinstance(cause.args[0], int) else None
+    if errno is None:
+        return type(cause).__name__
+    if errno >= 2000:  # the client's own error (2003: cannot connect): its words name the server
+        return _first_line(cause)
+    from pymysql.constants import ER
+
+    name = next((n for n in dir(ER) if getattr(ER, n) == errno), None)
+    sentence = _MYSQL_SENTENCES.get(errno) or (name.lower().replace("_", " ") if name else type(cause).__name__)
+    names = []
+    if errno in _MYSQL_SCHEMA_ERRORS:  # the statement's own names: which are missing
+        table, column = _missing_names(_MYSQL_MISSING, cause)
+        names = [f'{kind} "{name}"' for kind, name in (("table", table), ("column", column)) if name]
+    return ", ".join([f"{sentence} (MySQL error {errno})", *names])
+
+
+def _words(name: str) -> str:
+    """``CheckViolation`` -> ``check violation``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", name).lower()
+
+
+def _first_line(cause: BaseException) -> str:
     text = str(cause).strip()
-    first = text.splitlines()[0] if text else ""
-    return _QUOTED_VALUE.sub(lambda m: m.group(1) + "…", first)[:300] or type(cause).__name__
+    return (text.splitlines()[0] if text else "")[:300] or type(cause).__name__

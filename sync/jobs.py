@@ -13,10 +13,16 @@ retried with backoff, and after that the sweeper brings them back. Nothing passi
 delivery failed, nor makes it a suspect (``Inbox.record_errors`` takes the attempt back). A drain
 that meets one claims again at once, and backs off only when that try meets one too: a blip costs
 one try. A delivery that waits on a lock another session holds waits alone (``sync.processor``).
+
+What a job leaves in Redis for RQ's registries and the dashboard (its description, result and,
+when it fails, its traceback) never carries a value from a delivery: every job here is
+``_withholding``, so an error it raises names its kind and says what we wrote, never a database's
+or a library's own text about the data, and never the error behind it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -25,7 +31,7 @@ from dataclasses import dataclass, field
 from rq import Retry, get_current_job
 
 from sync import backoff, metrics, outcomes, queue, services
-from sync.errors import TransientError, caused_by
+from sync.errors import SyncError, TransientError, caused_by
 from sync.inbox import CLAIM_BATCH, Event
 from sync.processor import BatchResult
 
@@ -65,6 +71,31 @@ class Drained:
         return queue.describe(self.kinds, self.first, self.last)
 
 
+def _withholding(job):
+    """Run ``job`` so that an error it raises reaches RQ without any text but ours.
+
+    RQ stores the formatted traceback (``exc_info``) with the failed job and shows it in the
+    dashboard; Python prints every error in the chain, and the one behind ours may be the
+    database's, quoting the row. So the chain is cut: our own errors (``SyncError``, whose texts
+    are written to be safe) and RQ's interruptions go on alone, anything else as a ``RuntimeError``
+    that names its type only.
+    """
+
+    @functools.wraps(job)
+    def run(*args, **kwargs):
+        try:
+            return job(*args, **kwargs)
+        except (SyncError, *queue.INTERRUPTIONS) as exc:
+            exc.__cause__, exc.__suppress_context__ = None, True
+            raise
+        except Exception as exc:  # noqa: BLE001 - only its type may leave the job
+            raise RuntimeError(f"{job.__name__} failed: {type(exc).__module__}.{type(exc).__qualname__} "
+                               "(its text is withheld: it may quote a delivery's values)") from None
+
+    return run
+
+
+@_withholding
 def drain() -> Retry | str:
     """The job behind a wake-up: claim pending deliveries and apply them while any are pending."""
     current = services.current()
@@ -106,6 +137,7 @@ def drain() -> Retry | str:
     return drained.summary()
 
 
+@_withholding
 def process_events(event_ids: list[int]) -> Retry | str:
     """Apply the inbox rows ``event_ids`` (those still pending and not held by another worker)."""
     current = services.current()
@@ -189,6 +221,7 @@ def _rows(event_ids: list[int]) -> str:
     return "#" + ", #".join(str(i) for i in event_ids[:10]) + (" …" if len(event_ids) > 10 else "")
 
 
+@_withholding
 def flush_crm() -> str:
     """Send the CRM outbox to Salesforce: the RQ job behind every flush (see ``sync.flushing``)."""
     outcome = services.current().flushes.run_job(should_stop=queue.stop_requested)
@@ -201,6 +234,7 @@ def flush_crm() -> str:
 BACKFILL_SLICE_SECONDS = 20
 
 
+@_withholding
 def backfill(run_id: int) -> Retry | str:
     """The job behind ``partnero-sync backfill --in-worker``: carry backfill ``run_id`` on for a
     slice, then enqueue the next slice; the run's place is in the database (``backfill_runs``)."""

@@ -3,6 +3,10 @@
 A line about one delivery carries its inbox id, event type, entity id and fingerprint as fields
 (``log.info(..., extra=delivery_fields(...))``), never payload values; the text format shows them
 in brackets after the message.
+
+A traceback in a log line shows where each error in its chain was raised and its type; the text
+of an error is shown only for our own (``SyncError``, written to be safe): a database's or a
+library's may quote a delivery's values (PostgreSQL's DETAIL quotes the failing row).
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from datetime import datetime, timezone
 from typing import Any
+
+from sync.errors import SyncError
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FORMATS = ("json", "text")
@@ -48,6 +55,9 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = _bounded(self.formatException(record.exc_info))
         return json.dumps(entry, default=str, ensure_ascii=False)
 
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        return withheld_traceback(ei[1])
+
 
 class TextFormatter(logging.Formatter):
     """``time LEVEL logger: message [inbox #12 partner.created ptn_1 fp=3f2a9c1e]``."""
@@ -59,7 +69,11 @@ class TextFormatter(logging.Formatter):
         record.message = _bounded(record.message)
         return super().formatMessage(record)
 
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        return withheld_traceback(ei[1])
+
     def format(self, record: logging.LogRecord) -> str:
+        record.exc_text = None  # not another handler's formatting of it, which may carry its text
         line = super().format(record)
         tags = []
         if getattr(record, "inbox_id", None) is not None:
@@ -73,6 +87,28 @@ class TextFormatter(logging.Formatter):
             return line
         head, newline, rest = line.partition("\n")  # keep a traceback below the tagged line
         return f"{head} [{' '.join(tags)}]{newline}{rest}"
+
+
+def withheld_traceback(exc: BaseException | None) -> str:
+    """``exc``'s traceback as Python prints it, each error's text withheld unless it is ours."""
+    if exc is None:
+        return ""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    parts = []
+    for error in reversed(chain):
+        if parts:
+            parts.append("\nThe above exception led to the following:\n\n")
+        if error.__traceback__ is not None:
+            parts.append("Traceback (most recent call last):\n")
+            parts.extend(traceback.format_tb(error.__traceback__))
+        name = f"{type(error).__module__}.{type(error).__qualname__}"
+        text = str(error) if isinstance(error, SyncError) else "(its text is withheld: it may quote a value)"
+        parts.append(f"{name}: {text}\n")
+    return "".join(parts).rstrip("\n")
 
 
 def formatter(log_format: str | None) -> logging.Formatter:

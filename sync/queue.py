@@ -30,8 +30,12 @@ from sync.errors import TransientError
 log = logging.getLogger(__name__)
 
 QUEUE_NAME = "partnero"
-#: Results of finished jobs stay a day, so the dashboard shows recent work.
+#: Finished jobs and their results stay a day, so the dashboard shows recent work (RQ's default:
+#: 500 seconds).
 RESULT_TTL = 24 * 3600
+#: Failed jobs stay a week in RQ's failed registry, long enough for a person to see them after a
+#: weekend (RQ's default: a year). Their tracebacks carry no delivery's values (``sync.jobs``).
+FAILURE_TTL = 7 * 24 * 3600
 JOB_TIMEOUT = 300
 
 
@@ -107,7 +111,7 @@ class JobQueue:
                 if not force or self.queue.count:
                     return False
             self.queue.enqueue(DRAIN, description="wake-up: claim and apply pending deliveries",
-                               job_timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=RESULT_TTL)
+                               job_timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL)
         except redis.RedisError as exc:
             raise TransientError(f"could not wake a worker: {exc}") from exc
         return True
@@ -120,7 +124,7 @@ class JobQueue:
         """A job for these inbox rows in particular (they are still claimed like any others)."""
         try:
             job = self.queue.enqueue(PROCESS_EVENTS, list(event_ids), description=f"inbox {_span(event_ids)}",
-                                     job_timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL)
+                                     job_timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL)
         except redis.RedisError as exc:
             raise TransientError(f"could not enqueue {len(event_ids)} deliveries: {exc}") from exc
         return job.id
@@ -138,7 +142,8 @@ class JobQueue:
 
         Whether one is needed is ``sync.flushing``'s decision.
         """
-        options = {"description": "Salesforce flush", "job_timeout": FLUSH_JOB_TIMEOUT, "result_ttl": RESULT_TTL}
+        options = {"description": "Salesforce flush", "job_timeout": FLUSH_JOB_TIMEOUT, "result_ttl": RESULT_TTL,
+                   "failure_ttl": FAILURE_TTL}
         try:
             if delay:
                 job = self.crm_queue.enqueue_in(timedelta(seconds=delay), FLUSH_CRM, **options)
@@ -153,7 +158,7 @@ class JobQueue:
         try:
             job = self.backfill_queue.enqueue(BACKFILL, run_id, description=description,
                                               job_timeout=BACKFILL_JOB_TIMEOUT, result_ttl=RESULT_TTL,
-                                              failure_ttl=RESULT_TTL)
+                                              failure_ttl=FAILURE_TTL)
         except redis.RedisError as exc:
             raise TransientError(f"could not enqueue backfill #{run_id}: {exc}") from exc
         return job.id

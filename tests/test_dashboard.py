@@ -148,3 +148,36 @@ def test_allowed_actions_work_only_from_the_dashboards_own_pages(actions_client,
     response = actions_client.post(f"/rq/job/{job.id}/delete", headers={**GOOD, "Origin": "http://localhost"})
     assert response.status_code == 200 and json.loads(response.data) == {"status": "OK"}
     assert queue.get_jobs() == []
+
+
+def test_an_unknown_job_is_not_found(dashboard_client):
+    page = dashboard_client.get("/rq/0/view/job/no-such-job", headers=GOOD)
+    assert page.status_code == 404 and b"no such job" in page.data
+    data = dashboard_client.get("/rq/0/data/job/no-such-job.json", headers=GOOD)
+    assert data.status_code == 404 and "no such job" in data.get_json()["error"]
+    # Without credentials it is still the challenge: nothing says whether a job exists.
+    assert dashboard_client.get("/rq/0/view/job/no-such-job").status_code == 401
+
+
+def fail_with(text: str) -> None:
+    """A job for the test below: fails with ``text`` as its error's text."""
+    raise ValueError(text)
+
+
+HOSTILE = '<img src=x onerror="document.title=\'pwned\'">'
+
+
+def test_the_job_pages_data_is_html_escaped(dashboard_client, redis_conn):
+    """The job page inserts description, result, metadata and traceback as HTML: whatever text
+    reaches them arrives escaped (the lists escape what they show themselves)."""
+    from rq import SimpleWorker
+
+    job = Queue(QUEUE_NAME, connection=redis_conn).enqueue(fail_with, HOSTILE, description=f"odd {HOSTILE}",
+                                                           meta={"progress": HOSTILE})
+    SimpleWorker([QUEUE_NAME], connection=redis_conn).work(burst=True)
+    data = dashboard_client.get(f"/rq/0/data/job/{job.id}.json", headers=GOOD).get_json()
+    assert data["status"] == "failed"
+    for name in ("description", "exc_info", "metadata"):
+        assert "<img" not in data[name] and "&lt;img src=x onerror=" in data[name], name
+    listed = dashboard_client.get(f"/rq/0/data/jobs/{QUEUE_NAME}/failed/8/asc/1.json", headers=GOOD).get_json()
+    assert HOSTILE in listed["jobs"][0]["exc_info"]  # as it is: the list's template escapes it

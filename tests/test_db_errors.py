@@ -123,3 +123,75 @@ def test_a_deadlock_is_passing(server, request):
     assert len(errors) == 1, errors  # one victim; the other went through
     assert "deadlock" in str(errors[0]).lower()
     assert db.is_transient(errors[0])
+
+
+MARKER = "private-marker-4711"
+
+
+def test_an_errors_text_never_carries_the_statements_values(warehouse_url):
+    engine = db.engine_for(warehouse_url)
+    twice = "INSERT INTO partners (partner_id, email) VALUES ('same-id', :email)"
+    with engine.begin() as conn:
+        conn.execute(sa.text(twice), {"email": "first"})
+    error = _error(engine, twice, {"email": MARKER})
+    assert MARKER not in str(error)  # [SQL parameters hidden due to hide_parameters=True]
+    assert "unique constraint" in db.describe_error(error).lower()
+
+
+def test_what_a_dbas_check_constraint_or_trigger_says_about_the_row_is_not_repeated(pg_url):
+    """PostgreSQL's DETAIL for a CHECK violation quotes the failing row; a trigger's RAISE says
+    whatever it was written to say. Only the kind of error, its code and names are described."""
+    engine = db.engine_for(pg_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM partners"))
+        conn.execute(sa.text("ALTER TABLE partners ADD CONSTRAINT dba_no_markers "
+                             "CHECK (email NOT LIKE '%marker%')"))
+        conn.execute(sa.text("CREATE FUNCTION dba_audit() RETURNS trigger AS $$ BEGIN "
+                             "IF NEW.partner_id = 'audited' THEN RAISE EXCEPTION 'audit refused %', row_to_json(NEW); "
+                             "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"))
+        conn.execute(sa.text("CREATE TRIGGER dba_audit BEFORE INSERT ON partners FOR EACH ROW EXECUTE FUNCTION dba_audit()"))
+    try:
+        insert = "INSERT INTO partners (partner_id, email) VALUES (:id, :email)"
+        checked = _error(engine, insert, {"id": "p1", "email": MARKER})
+        assert MARKER in str(checked.orig)  # "Failing row contains (p1, private-marker-4711, …)"
+        assert db.describe_error(checked) == ('a check constraint refused the row (SQLSTATE 23514), '
+                                              'table "partners", constraint "dba_no_markers"')
+        raised = _error(engine, insert, {"id": "audited", "email": "x" + MARKER[8:]})
+        assert MARKER[8:] in str(raised.orig).splitlines()[0]  # the first line quotes the row
+        assert db.describe_error(raised) == "a trigger or function raised an error (SQLSTATE P0001)"
+        assert MARKER[8:] not in db.explain(raised)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TRIGGER dba_audit ON partners"))
+            conn.execute(sa.text("DROP FUNCTION dba_audit()"))
+            conn.execute(sa.text("ALTER TABLE partners DROP CONSTRAINT dba_no_markers"))
+
+
+def test_what_a_mariadb_trigger_signals_about_the_row_is_not_repeated(mariadb_url):
+    engine = db.engine_for(mariadb_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM partners"))
+        conn.execute(sa.text("CREATE TRIGGER dba_audit BEFORE INSERT ON partners FOR EACH ROW BEGIN "
+                             "DECLARE message VARCHAR(255); IF NEW.partner_id = 'audited' THEN "
+                             "SET message = CONCAT('audit refused ', NEW.email); "
+                             "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = message; END IF; END"))
+    try:
+        insert = "INSERT INTO partners (partner_id, email) VALUES (:id, :email)"
+        raised = _error(engine, insert, {"id": "audited", "email": MARKER})
+        assert MARKER in str(raised.orig)
+        assert db.describe_error(raised) == "a trigger or procedure signalled an error (MySQL error 1644)"
+        with engine.begin() as conn:
+            conn.execute(sa.text(insert), {"id": "twice", "email": "a"})
+        duplicate = _error(engine, "INSERT INTO partners (partner_id) VALUES (:id)", {"id": "twice"})
+        assert "'twice'" in str(duplicate.orig)  # Duplicate entry 'twice' for key 'PRIMARY'
+        assert db.describe_error(duplicate) == "a unique constraint refused the row (MySQL error 1062)"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TRIGGER dba_audit"))
+
+
+def test_a_lagging_schema_is_described_by_the_names_missing(warehouse_url):
+    engine = db.engine_for(warehouse_url)
+    column = db.describe_error(_error(engine, "SELECT not_there_yet FROM partners"))
+    table = db.describe_error(_error(engine, "SELECT 1 FROM table_not_there_yet"))
+    assert "not_there_yet" in column and "table_not_there_yet" in table, (column, table)
