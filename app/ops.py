@@ -103,7 +103,7 @@ def replay(event_id: int):
     if asked is None:
         abort(404, f"There is no delivery #{event_id}.")
     log.info("replay from /ops: %s", asked.found,
-             extra=logs.delivery_fields(event.id, event.event_type, event.entity_id, event.fingerprint))
+             extra=logs.delivery_fields(event.id, event.event_type, event.fingerprint))
     if not asked.queued:
         flash(f"Not replayed: {PRUNED}." if asked.found != BUSY else
               "Not replayed: it is being written right now. Try again in a moment.", "note")

@@ -73,12 +73,12 @@ def _receive():
         receipt = intake.submit(delivery, request.environ.get(RECEIVED_AT))
     except TransientError as exc:
         log.error("could not store a delivery, answering 503: %s", exc,
-                  extra=logs.delivery_fields(None, event, delivery.entity_id, delivery.fingerprint))
+                  extra=logs.delivery_fields(None, event, delivery.fingerprint))
         response = _refuse(503, "could not store the delivery; try again", metrics.UNAVAILABLE)
         response[0].headers["Retry-After"] = "30"
         return response
     log.info("delivery %s", receipt.status,
-             extra=logs.delivery_fields(receipt.id, event, delivery.entity_id, delivery.fingerprint))
+             extra=logs.delivery_fields(receipt.id, event, delivery.fingerprint))
     metrics.RECEIVED.inc(outcome=receipt.status)
     return jsonify(status=receipt.status, id=receipt.id), 202
 

@@ -22,8 +22,10 @@ from sync.errors import SyncError
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FORMATS = ("json", "text")
-#: The fields a delivery's log lines carry, in the order the text format shows them.
-DELIVERY_FIELDS = ("inbox_id", "event_type", "entity_id", "fingerprint")
+#: The fields a delivery's log lines carry, in the order the text format shows them. Never the
+#: record's id: it is a value from the delivery (a customer's key may be an email); the inbox id
+#: finds the delivery, and its record, in /ops.
+DELIVERY_FIELDS = ("inbox_id", "event_type", "fingerprint")
 #: Other structured fields our lines may carry.
 EXTRA_FIELDS = ("job_id", "object", "count", "outcome", "reason")
 _ALL_FIELDS = DELIVERY_FIELDS + EXTRA_FIELDS
@@ -31,10 +33,9 @@ _ALL_FIELDS = DELIVERY_FIELDS + EXTRA_FIELDS
 MAX_MESSAGE = 4000
 
 
-def delivery_fields(inbox_id: int | None, event_type: str | None, entity_id: str | None = None,
-                    fingerprint: str | None = None) -> dict[str, Any]:
+def delivery_fields(inbox_id: int | None, event_type: str | None, fingerprint: str | None = None) -> dict[str, Any]:
     """The ``extra=`` of a log line about one delivery."""
-    return {"inbox_id": inbox_id, "event_type": event_type, "entity_id": entity_id, "fingerprint": fingerprint}
+    return {"inbox_id": inbox_id, "event_type": event_type, "fingerprint": fingerprint}
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,7 +61,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``time LEVEL logger: message [inbox #12 partner.created ptn_1 fp=3f2a9c1e]``."""
+    """``time LEVEL logger: message [inbox #12 partner.created fp=3f2a9c1e]``."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
@@ -78,7 +79,7 @@ class TextFormatter(logging.Formatter):
         tags = []
         if getattr(record, "inbox_id", None) is not None:
             tags.append(f"inbox #{record.inbox_id}")
-        for name in ("event_type", "entity_id", "object"):
+        for name in ("event_type", "object"):
             if getattr(record, name, None) is not None:
                 tags.append(str(getattr(record, name)))
         if getattr(record, "fingerprint", None):

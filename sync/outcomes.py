@@ -26,7 +26,7 @@ def report(events: Sequence[Event], result: BatchResult, request_flush: Callable
 
     def fields(event_id: int) -> dict:
         e = by_id[event_id]
-        return logs.delivery_fields(e.id, e.event_type, result.entity_ids.get(e.id, e.entity_id), e.fingerprint)
+        return logs.delivery_fields(e.id, e.event_type, e.fingerprint)
 
     for event_id in result.processed:
         log.info("delivery processed", extra=fields(event_id))

@@ -178,8 +178,10 @@ class Flusher:
             else:
                 outcomes.append(RowOutcome(row, FAILED, code=answer.code, message=answer.message))
                 report.failed += 1
-                log.warning("Salesforce refused a record: %s: %s", answer.code, answer.message,
-                            extra={"object": row.object, "entity_id": row.external_id})
+                # Salesforce's message may quote the record's values: it stays on the row
+                # (crm-errors, /ops), and the log names the code and the object only.
+                log.warning("Salesforce refused a record: %s (crm-errors shows why)", answer.code,
+                            extra={"object": row.object})
         synced = [row for row in rows if answers[row.id].success]
         with db.transaction(self.engine) as conn:
             self.outbox.record(conn, outcomes, signature)
