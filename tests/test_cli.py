@@ -88,6 +88,7 @@ def test_send_test_signs_and_posts_a_delivery(live_server, settings):
     result = run("send-test", "--url", f"{live_server}/webhooks/partnero", "--event", "customer.created", env=env)
     assert result.exit_code == 0
     assert result.output.startswith("202 ") and '"status":"queued"' in result.output
+    assert result.output.endswith("}\n")  # one line, not the answer's line break written out
 
 
 def test_send_test_with_a_wrong_secret_shows_the_refusal(live_server):

@@ -170,7 +170,7 @@ def send_test(url: str, event: str, path: Path | None) -> None:
     secret = settings.require_webhook_secret()[0]
     body = path.read_bytes() if path else json.dumps(sample_delivery(event)).encode()
     status, answer = _post(url, body, {"Signature": sign(body, secret)})
-    click.echo(f"{status} {safe(answer)}")
+    click.echo(f"{status} {safe(answer.rstrip())}")  # the answer's closing line break is not part of it
     if status >= 300:
         sys.exit(1)
 
