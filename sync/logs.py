@@ -1,6 +1,6 @@
 """Logging shared by the web, the worker and the CLI: one JSON object per line, or readable text.
 
-A line about one delivery carries its inbox id, event type, entity id and fingerprint as fields
+A line about one delivery carries its inbox id, event type and fingerprint as fields
 (``log.info(..., extra=delivery_fields(...))``), never payload values; the text format shows them
 in brackets after the message.
 
