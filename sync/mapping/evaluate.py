@@ -284,7 +284,13 @@ def _reward(mapping: Mapping, item: Any, document: Any, number: int) -> dict[str
     """One reward's values, each held to what it is (see ``_rewards``)."""
     scope = {**item, "transaction": document.get("data")} if isinstance(item, dict) else item
     fields = mapping.ledger.fields
-    values = {name: _value(mapping, f, scope, f"ledger.{name}", raw=True) for name, f in fields.items()}
+    values = {}
+    for name, f in fields.items():
+        if name == "currency":  # looked up once: what it finds is checked below, then transformed
+            found = _guarded(mapping, "ledger.currency", f.found, scope)
+            values[name] = _guarded(mapping, "ledger.currency", f.transformed, found)
+        else:
+            values[name] = _value(mapping, f, scope, f"ledger.{name}", raw=True)
 
     def where(name: str, what: str | None = None) -> str:
         return f"{mapping.path.name}: ledger.{name}: reward {number}'s {what or name}"
@@ -301,7 +307,6 @@ def _reward(mapping: Mapping, item: Any, document: Any, number: int) -> dict[str
     if money is not None and not isinstance(money, bool):
         raise problem("is_currency", f"is {kind(money)}: it is true or false (a JSON boolean), or nothing for money")
     values["is_currency"] = money
-    found = _guarded(mapping, "ledger.currency", fields["currency"].found, scope)
     if found is not None and not isinstance(found, str):
         raise problem("currency", f"is {kind(found)}: a currency is a text such as USD")
     if values["status"] is not None and not isinstance(values["status"], str):
