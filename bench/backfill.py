@@ -382,7 +382,7 @@ def measure_naive(env: dict, stand: StandIn, want: dict, sample: int) -> dict:
     try:
         started = time.monotonic()
         for entity in ENTITIES:
-            mapping = listed.mapping_for(services.mappings, entity)
+            mapping = services.mappings.for_list(entity)
             left = quota[entity]
             for page in api.pages(entity, limit=PAGE):
                 for obj in page.objects[:left]:

@@ -30,11 +30,6 @@ ENTITIES = PARTNERO_LISTS
 ID_FIELD = {"partners": "id", "customers": "key", "transactions": "key"}
 
 
-def mapping_for(mappings: MappingSet, entity: str) -> Mapping | None:
-    """The mapping that loads objects of the list ``entity`` (its ``list``); None when none does."""
-    return mappings.for_list(entity)
-
-
 def mappings_for(mappings: MappingSet, entities: Sequence[str] | None = None) -> dict[str, Mapping]:
     """The mapping of each of ``entities`` (None: every list a mapping loads from), parents first.
 

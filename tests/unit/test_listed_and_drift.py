@@ -20,7 +20,7 @@ OBSERVED = datetime(2026, 11, 30, 10, tzinfo=timezone.utc)
 
 
 def plans(entity: str, obj: dict, observed: datetime = OBSERVED):
-    mapping = listed.mapping_for(MAPPINGS_SET, entity)
+    mapping = MAPPINGS_SET.for_list(entity)
     item = listed.listed(mapping, entity, envelope.parse(envelope.dump(obj)), observed, "backfill")
     return item, [plan(mapping, document, fingerprint(body), observed)
                   for (_, document), (_, body) in zip(item.documents, item.bodies())]
@@ -36,7 +36,7 @@ def held_after(entity: str, obj: dict, observed: datetime = OBSERVED) -> RecordS
 
 
 def tombstones(entity: str) -> tuple[str, ...]:
-    mapping = listed.mapping_for(MAPPINGS_SET, entity)
+    mapping = MAPPINGS_SET.for_list(entity)
     return tuple(f.name for f in mapping.warehouse.on_delete)
 
 
@@ -105,7 +105,7 @@ def test_missing_deleted_and_commission_moved():
 
 
 def test_a_gone_object_becomes_a_delete_of_its_id():
-    mapping = listed.mapping_for(MAPPINGS_SET, "customers")
+    mapping = MAPPINGS_SET.for_list("customers")
     item = listed.gone(mapping, "customers", "acct_1", OBSERVED, "reconcile")
     [(event, document)] = item.documents
     assert event == "customer.deleted" and document["data"]["key"] == "acct_1"
