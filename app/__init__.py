@@ -7,12 +7,12 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from app import auth
-from sync import logs
-from sync.intake import Intake
 from sync.mapping import MappingSet, load_mappings
-from sync.schema import RESERVED_TABLES
+from sync.ops import logs
+from sync.pipeline.intake import Intake
 from sync.services import Services
 from sync.settings import Settings
+from sync.store.schema import RESERVED_TABLES
 
 
 def check_configuration(settings: Settings | None = None) -> tuple[Settings, MappingSet]:

@@ -55,7 +55,7 @@ def same_origin(request: Request) -> bool:
     the browser would send our cached Basic credentials with carries that site's origin. Ours is
     the scheme and host the browser used: behind a TLS-terminating router, ``https`` as the
     router says it in ``X-Forwarded-Proto`` (believed from the peers FORWARDED_ALLOW_IPS names,
-    see ``app.gunicorn_config``).
+    see ``app.server.gunicorn_config``).
     """
     source = request.headers.get("Origin") or request.headers.get("Referer")
     if not source:

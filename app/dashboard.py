@@ -5,7 +5,7 @@ empty, requeue, compact) are refused unless RQ_DASHBOARD_ALLOW_ACTIONS=true, and
 from the dashboard's own pages.
 
 Two things rq-dashboard does not do, done here: a job that is not there (any more: finished jobs
-are kept a day, failed ones a week, see ``sync.queue``) is a 404, not a 500; and the job page,
+are kept a day, failed ones a week, see ``sync.worker.queues``) is a 404, not a 500; and the job page,
 which puts the job's description, result, metadata and traceback into the page as HTML
 (rq-dashboard issue #526), gets them HTML-escaped, so whatever text reaches them shows as text.
 """

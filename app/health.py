@@ -9,8 +9,9 @@ from datetime import datetime, timezone
 from flask import Blueprint, current_app, jsonify, request
 
 from app import auth
-from sync import db, stats
-from sync.errors import SyncError
+from sync.core.errors import SyncError
+from sync.ops import stats
+from sync.store import db
 
 bp = Blueprint("health", __name__)
 

@@ -10,9 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from app import auth
-from sync import inbox, metrics, stats
-from sync.metrics import PREFIX, STORED
-from sync.partnero import runs
+from sync.ops import metrics, stats
+from sync.ops.metrics import PREFIX, STORED
+from sync.store import inbox, runs
 
 bp = Blueprint("metrics", __name__)
 

@@ -12,13 +12,13 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 
 from app import auth
-from sync import logs, progress, stats
-from sync.errors import TransientError
-from sync.inbox import ALREADY_PENDING, BUSY, STATUSES
-from sync.replay import PRUNED
-from sync.requeue import requeue_one
+from sync.core.errors import TransientError
+from sync.ops import logs, progress, stats
+from sync.ops.trace import trace
+from sync.pipeline.replay import PRUNED
+from sync.pipeline.requeue import requeue_one
 from sync.settings import Settings
-from sync.trace import trace
+from sync.store.inbox import ALREADY_PENDING, BUSY, STATUSES
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ops", __name__, url_prefix="/ops")

@@ -7,12 +7,13 @@ import logging
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app.gunicorn_worker import RECEIVED_AT
-from sync import envelope, logs, metrics, signature
-from sync.envelope import MalformedDelivery
-from sync.errors import TransientError
-from sync.inbox import IGNORED, PENDING, Delivery
+from app.server.gunicorn_worker import RECEIVED_AT
+from sync.core import envelope, signature
+from sync.core.envelope import MalformedDelivery
+from sync.core.errors import TransientError
 from sync.mapping import identify
+from sync.ops import logs, metrics
+from sync.store.inbox import IGNORED, PENDING, Delivery
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)

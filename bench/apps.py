@@ -1,9 +1,9 @@
 """The two baseline apps the receiver benchmark compares ``app:create_app()`` against.
 
-Served by gunicorn exactly like the real receiver (same ``--config python:app.gunicorn_config``)::
+Served by gunicorn exactly like the real receiver (same ``--config python:app.server.gunicorn_config``)::
 
-    gunicorn 'bench.apps:hello_app()'  --config python:app.gunicorn_config
-    gunicorn 'bench.apps:naive_app()'  --config python:app.gunicorn_config
+    gunicorn 'bench.apps:hello_app()'  --config python:app.server.gunicorn_config
+    gunicorn 'bench.apps:naive_app()'  --config python:app.server.gunicorn_config
 
 Both answer ``POST /webhooks/partnero``, the path the load generator posts to.
 """
@@ -14,9 +14,9 @@ import os
 
 from flask import Flask, jsonify, request
 
-from sync import envelope, signature
-from sync.envelope import MalformedDelivery
-from sync.queue import connect
+from sync.core import envelope, signature
+from sync.core.envelope import MalformedDelivery
+from sync.worker.queues import connect
 
 #: The queue the naive receiver enqueues to; the benchmark flushes its Redis db before and after.
 NAIVE_QUEUE = "partnero-bench"

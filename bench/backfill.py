@@ -65,7 +65,7 @@ import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from bench.common import PG_ADMIN, PeakRss, drop_database, fresh_database  # noqa: E402
-from sync.partnero.listed import ENTITIES  # noqa: E402
+from sync.rules.listed import ENTITIES  # noqa: E402
 
 BIN = Path(sys.executable).parent
 DB_NAME = "partnero_backfill"
@@ -280,7 +280,7 @@ def in_run_seconds(run: dict) -> float:
 # -- the measurements -----------------------------------------------------------------------------
 
 def measure_off(env: dict, want: dict, work: Path, label: str, profile: str | None = None) -> dict:
-    from sync import db
+    from sync.store import db
 
     fresh(env)
     engine = db.engine_for(DB_URL)
@@ -309,7 +309,7 @@ def measure_off(env: dict, want: dict, work: Path, label: str, profile: str | No
 
 def measure_on(args, env: dict, fake, want: dict, work: Path, label: str) -> dict:
     from bench.drain import check_salesforce, done, wait_for_workers
-    from sync import db
+    from sync.store import db
 
     env = {**env, "SALESFORCE_USERNAME": fake.username, "SALESFORCE_PASSWORD": fake.password,
            "SALESFORCE_SECURITY_TOKEN": fake.security_token, "SALESFORCE_DOMAIN": fake.login_domain}
@@ -366,11 +366,11 @@ def measure_on(args, env: dict, fake, want: dict, work: Path, label: str) -> dic
 
 def measure_naive(env: dict, stand: StandIn, want: dict, sample: int) -> dict:
     """Each listed object stored and applied on its own, in this process (connections kept)."""
-    from sync.inbox import PENDING, Delivery, Event, utcnow
-    from sync.partnero import listed
     from sync.partnero.api import PartneroApi
+    from sync.rules import listed
     from sync.services import Services
     from sync.settings import Settings
+    from sync.store.inbox import PENDING, Delivery, Event, utcnow
 
     fresh(env)
     settings = Settings.from_env(env)

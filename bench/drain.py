@@ -112,8 +112,8 @@ def burst(total: int, rng: random.Random) -> list[dict]:
 
 
 def receive(services, documents: list[dict], concurrency: int = 16, progress: bool = True) -> None:
-    from sync.inbox import PENDING, Delivery
-    from sync.intake import Intake
+    from sync.pipeline.intake import Intake
+    from sync.store.inbox import PENDING, Delivery
 
     intake = Intake(services.inbox, services.jobs)
     handled = services.mappings.events
@@ -195,9 +195,9 @@ class Blips(threading.Thread):
 
 
 def run_ours(args, documents, fake, env, blips: int = 0) -> dict:
-    from sync import db
     from sync.services import Services
     from sync.settings import Settings
+    from sync.store import db
 
     url = fresh_database(DB_NAME)
     env = {**env, "DATABASE_URL": f"{url}?application_name={WORKER_APP_NAME}"}
@@ -338,7 +338,7 @@ def run_freshness(args, fake, env) -> dict:
     """A steady stream through the real web process and workers: 202 -> warehouse, 202 -> Salesforce."""
     import urllib.request
 
-    from sync.signature import sign
+    from sync.core.signature import sign
 
     url = fresh_database(DB_NAME)
     secret = "bench-secret"

@@ -1,7 +1,7 @@
 """A closed-loop HTTP/1.1 load generator: N keep-alive connections, each posting a new signed
 Partnero delivery as soon as the previous answer has arrived.
 
-Every request carries a distinct body (a sample delivery from ``sync.samples`` with unique ids),
+Every request carries a distinct body (a sample delivery from ``sync.partnero.samples`` with unique ids),
 signed with HMAC-SHA256 like Partnero signs it. Bodies are made from a few pre-rendered templates
 by splicing in a fixed-width unique token and signing, a few microseconds per request, so the
 generator stays light next to the server on a small machine.
@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from sync.samples import sample_delivery
+from sync.partnero.samples import sample_delivery
 
 #: The event mix: all handled by partnero-sync, so each stored delivery gets a job.
 EVENTS = (

@@ -6,12 +6,12 @@ import os
 
 from simple_salesforce import Salesforce
 
-from sync import envelope
-from sync.crm.outbox import wire
-from sync.inbox import PENDING, Delivery
+from sync.core import envelope
 from sync.mapping import plan
 from sync.services import Services
 from sync.settings import Settings
+from sync.store.inbox import PENDING, Delivery
+from sync.store.outbox import wire
 
 _cache: dict = {}
 

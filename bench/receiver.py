@@ -4,7 +4,7 @@ verify-and-enqueue receiver, served the same way and driven by the same load.
     .venv/bin/python bench/receiver.py            # all three, ~1.5 minutes
     .venv/bin/python bench/receiver.py --help
 
-Targets, each served by gunicorn with ``--config python:app.gunicorn_config`` and the same
+Targets, each served by gunicorn with ``--config python:app.server.gunicorn_config`` and the same
 workers and threads:
 
   hello     (a) bench.apps:hello_app()  - a bare Flask POST endpoint
@@ -70,7 +70,7 @@ def free_port() -> int:
 
 
 class Postgres:
-    """The bench database: created fresh, schema by ``sync.schema.migrate``, dropped at the end."""
+    """The bench database: created fresh, schema by ``sync.store.schema.migrate``, dropped at the end."""
 
     def __init__(self, admin_dsn: str, name: str):
         if "bench" not in name:
@@ -90,7 +90,7 @@ class Postgres:
         self._admin(f'CREATE DATABASE "{self.name}"')
         self.created = True
         url = self.url()
-        from sync import db, schema
+        from sync.store import db, schema
 
         engine = db.make_engine(_sqlalchemy_url(url))
         try:
@@ -159,7 +159,7 @@ class Gunicorn:
         self.log_path = log
         self.cmd = [
             sys.executable, "-m", "gunicorn", app,
-            "--config", "python:app.gunicorn_config",
+            "--config", "python:app.server.gunicorn_config",
             "--bind", f"127.0.0.1:{self.port}",
             "--workers", str(workers), "--threads", str(threads),
             "--chdir", str(ROOT), "--no-control-socket",
@@ -481,7 +481,7 @@ def summarize(results: list[dict], args) -> tuple[str, bool]:
 
 
 def _defaults() -> tuple[int, int]:
-    from app import gunicorn_config
+    from app.server import gunicorn_config
 
     workers = int(os.environ.get("WEB_CONCURRENCY", getattr(gunicorn_config, "workers", 1)))
     return workers, int(getattr(gunicorn_config, "threads", 1))
@@ -500,9 +500,9 @@ def parse_args(argv=None):
                    help="open the connections this far apart (during the warm-up), so that they "
                         "spread over the gunicorn workers; 0 opens them all at once")
     p.add_argument("--workers", "-w", type=int, default=workers,
-                   help="gunicorn workers (from WEB_CONCURRENCY or app.gunicorn_config)")
+                   help="gunicorn workers (from WEB_CONCURRENCY or app.server.gunicorn_config)")
     p.add_argument("--threads", "-t", type=int, default=threads,
-                   help="gunicorn threads per worker (from app.gunicorn_config)")
+                   help="gunicorn threads per worker (from app.server.gunicorn_config)")
     p.add_argument("--targets", default="hello,naive,receiver",
                    help="comma-separated subset of hello,naive,receiver, run in that order")
     p.add_argument("--rounds", type=int, default=1,
@@ -567,7 +567,7 @@ def main(argv=None) -> int:
         rds = RedisDb(args.redis_url)
         print(f"partnero-sync receiver benchmark, {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
               f"code from {ROOT}")
-        print(f"gunicorn --config python:app.gunicorn_config --workers {args.workers} --threads "
+        print(f"gunicorn --config python:app.server.gunicorn_config --workers {args.workers} --threads "
               f"{args.threads} {' '.join(args.gunicorn_arg)}; {args.connections} connections; "
               f"{args.warmup:g}s warm-up + {args.duration:g}s measured per target"
               + (f"; env {' '.join(args.env)}" if args.env else ""))

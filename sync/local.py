@@ -13,8 +13,8 @@ import threading
 import click
 import redis
 
-from sync import queue
 from sync.settings import Settings, redact_url
+from sync.worker import queues
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def run_dev(settings: Settings, host: str, port: int) -> None:
 
     from sync.services import Services
 
-    done = Services.build(settings, redis_connection=queue.connect(settings.redis_url)).migrate()
+    done = Services.build(settings, redis_connection=queues.connect(settings.redis_url)).migrate()
     click.echo(f"database: {redact_url(settings.database_url)}")
     for line in done:
         click.echo(f"  {line}")
@@ -50,7 +50,7 @@ def run_dev(settings: Settings, host: str, port: int) -> None:
 
 def _redis_answers(url: str) -> bool:
     try:
-        return bool(queue.connect(url).ping())
+        return bool(queues.connect(url).ping())
     except redis.RedisError:
         return False
 
@@ -83,7 +83,7 @@ def _run_processes(host: str, port: int) -> None:
     """Web (gunicorn) and worker as child processes, as the Procfile runs them."""
     bin_dir = os.path.dirname(sys.executable)
     commands = [
-        [os.path.join(bin_dir, "gunicorn"), "app:create_app()", "--config", "python:app.gunicorn_config",
+        [os.path.join(bin_dir, "gunicorn"), "app:create_app()", "--config", "python:app.server.gunicorn_config",
          "--bind", f"{host}:{port}"],
         [os.path.join(bin_dir, "partnero-sync"), "worker"],
     ]
@@ -123,8 +123,8 @@ def _run_in_process(settings: Settings, host: str, port: int) -> None:
     from werkzeug.serving import make_server
 
     from app import create_app
-    from sync.queue import PartneroWorker
-    from sync.worker import build_worker
+    from sync.worker.process import build_worker
+    from sync.worker.queues import PartneroWorker
 
     class ThreadWorker(PartneroWorker):
         # Job time-outs by timer: SIGALRM is for the main thread only.

@@ -8,19 +8,21 @@ from datetime import timedelta
 
 import redis
 
-from sync import db, metrics, queue, schema
-from sync.crm.client import SalesforceClient
-from sync.crm.flush import Flusher
-from sync.crm.outbox import Outbox
-from sync.errors import TransientError
-from sync.flushing import FlushCoordinator
-from sync.inbox import Inbox
+from sync.core.errors import TransientError
 from sync.mapping import MappingSet, load_mappings
-from sync.processor import Processor
-from sync.queue import JobQueue
+from sync.ops import metrics
+from sync.pipeline.processor import Processor
+from sync.pipeline.sweeper import sweep
+from sync.salesforce.client import SalesforceClient
+from sync.salesforce.flush import Flusher
+from sync.salesforce.schedule import FlushCoordinator
 from sync.settings import Settings
-from sync.sweeper import sweep
-from sync.warehouse import Warehouse
+from sync.store import db, schema
+from sync.store.inbox import Inbox
+from sync.store.outbox import Outbox
+from sync.store.warehouse import Warehouse
+from sync.worker import queues
+from sync.worker.queues import JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class Services:
         inbox = Inbox(engine)
         warehouse = Warehouse(mappings)
         outbox = Outbox() if settings.salesforce.enabled else None
-        jobs = JobQueue(redis_connection or queue.connect(settings.redis_url))
+        jobs = JobQueue(redis_connection or queues.connect(settings.redis_url))
         # The process's metrics go to the Redis its jobs go to.
         metrics.recorder.bind(jobs.connection)
         return cls(
@@ -62,7 +64,7 @@ class Services:
             jobs=jobs,
             mappings=mappings,
             warehouse=warehouse,
-            processor=Processor(engine, inbox, mappings, warehouse, outbox, interruptions=queue.INTERRUPTIONS),
+            processor=Processor(engine, inbox, mappings, warehouse, outbox, interruptions=queues.INTERRUPTIONS),
         )
 
     def flusher(self) -> Flusher | None:
@@ -76,7 +78,7 @@ class Services:
 
     @property
     def flushes(self) -> FlushCoordinator:
-        """When Salesforce flushes run (``sync.flushing``); asking is a no-op while CRM sync is off."""
+        """When Salesforce flushes run (``sync.salesforce.schedule``); asking is a no-op while CRM sync is off."""
         if self._flushes is None:
             self._flushes = FlushCoordinator(self.jobs, self.flusher())
         return self._flushes

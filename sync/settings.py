@@ -13,10 +13,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sync.errors import ConfigurationError
-from sync.logs import FORMATS
+from sync.core.errors import ConfigurationError
+from sync.ops.logs import FORMATS
 
-DEFAULT_DATABASE_URL = "sqlite:///partnero-sync.db"
+DEFAULT_DATABASE_URL = "sqlite:///partnero-sync.store.db"
 #: How long a statement waits for a lock another session holds before it gives up (seconds):
 #: well inside Partnero's five seconds for a delivery's answer, and far inside a job's time-out.
 DEFAULT_LOCK_TIMEOUT = 2.0
@@ -226,7 +226,7 @@ class Settings:
 
     webhook_secrets: tuple[str, ...] = ()
     database_url: str = DEFAULT_DATABASE_URL
-    #: The longest a statement of this service waits on a lock (``sync.db.make_engine``).
+    #: The longest a statement of this service waits on a lock (``sync.store.db.make_engine``).
     database_lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     redis_url: str = DEFAULT_REDIS_URL
     mappings_dir: Path = Path(DEFAULT_MAPPINGS_DIR)

@@ -18,9 +18,11 @@ import redis
 import sqlalchemy as sa
 from werkzeug.serving import make_server
 
-from sync import db, metrics, services
+from sync import services
+from sync.core.signature import sign
+from sync.ops import metrics
 from sync.settings import Settings, normalize_database_url
-from sync.signature import sign
+from sync.store import db
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -130,16 +132,16 @@ def empty_database(kind: str, request, tmp_path) -> str:
 
 def migrate(url: str) -> None:
     """The whole schema: inbox, ledger and the tables of the default mappings."""
-    from sync import schema
     from sync.mapping import load_mappings
-    from sync.warehouse import Warehouse
+    from sync.store import schema
+    from sync.store.warehouse import Warehouse
 
     schema.migrate(db.engine_for(url), Warehouse(load_mappings(MAPPINGS)))
 
 
 def empty_tables(url: str) -> None:
     engine = db.engine_for(url)
-    from sync.schema import VERSION_TABLE
+    from sync.store.schema import VERSION_TABLE
 
     names = [n for n in sa.inspect(engine).get_table_names() if n != VERSION_TABLE]
     with engine.begin() as conn:
@@ -188,9 +190,9 @@ def held_by_another_transaction(url: str, statement: str) -> Iterator[None]:
 @pytest.fixture
 def whole_drains(monkeypatch) -> None:
     """A drain run in this process goes on until nothing is pending, never handing over to a fresh
-    wake-up half-way (``sync.jobs.SLICE_SECONDS`` made an hour): for tests that count wake-up jobs,
+    wake-up half-way (``sync.worker.jobs.SLICE_SECONDS`` made an hour): for tests that count wake-up jobs,
     which a first job slowed past its slice (a cold process) would otherwise double."""
-    from sync import jobs
+    from sync.worker import jobs
 
     monkeypatch.setattr(jobs, "SLICE_SECONDS", 3600)
 
@@ -291,7 +293,7 @@ def wakeups(connection: redis.Redis) -> int:
     """How many wake-ups wait in the deliveries' queue."""
     from rq import Queue
 
-    from sync.queue import DRAIN, QUEUE_NAME
+    from sync.worker.queues import DRAIN, QUEUE_NAME
 
     return sum(1 for job in Queue(QUEUE_NAME, connection=connection).get_jobs() if job.func_name == DRAIN)
 
@@ -301,7 +303,7 @@ def drain_jobs(connection: redis.Redis) -> list:
     from rq import Queue
     from rq.job import Job
 
-    from sync.queue import DRAIN, QUEUE_NAME
+    from sync.worker.queues import DRAIN, QUEUE_NAME
 
     queue = Queue(QUEUE_NAME, connection=connection)
     ids = set(queue.get_job_ids())

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import redis
 
-from sync.samples import sample_delivery
+from sync.partnero.samples import sample_delivery
 from sync.settings import DashboardSettings, Settings
-from sync.worker import build_worker
+from sync.worker.process import build_worker
 from tests.conftest import MAPPINGS, signed
 
 OPS = DashboardSettings("ops", "a-long-password-1")

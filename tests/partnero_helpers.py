@@ -11,11 +11,11 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from sync.cli import main
-from sync.inbox import PENDING, Delivery
 from sync.partnero.api import PartneroApi
 from sync.partnero.backfill import Backfill
 from sync.services import Services
 from sync.settings import Settings
+from sync.store.inbox import PENDING, Delivery
 from tests.conftest import MAPPINGS, partnero_env, salesforce_env
 
 PARTNERS, CUSTOMERS, TRANSACTIONS = 7, 5, 8

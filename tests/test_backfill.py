@@ -19,13 +19,13 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from sync.cli import main
-from sync.inbox import webhook_events
-from sync.ledger import commission_entries
 from sync.partnero.api import PartneroApi
 from sync.partnero.backfill import Backfill
-from sync.partnero.runs import FAILED, FINISHED, STOPPED, Runs
 from sync.services import Services
 from sync.settings import Settings
+from sync.store.inbox import webhook_events
+from sync.store.ledger import commission_entries
+from sync.store.runs import FAILED, FINISHED, STOPPED, Runs
 from tests.conftest import RELATIONSHIPS, empty_tables
 from tests.fakes.salesforce import FakeSalesforce
 from tests.partnero_helpers import (
@@ -234,7 +234,7 @@ def test_partnero_away_stops_the_run_where_it_was_and_the_next_run_carries_on(
 
 def test_ctrl_c_stops_a_run_where_it_was_without_raising_attention(program, database_url, redis_conn,
                                                                   redis_server_url):
-    from sync import stats
+    from sync.ops import stats
 
     services = make_services(database_url, redis_server_url, program)
 
@@ -314,8 +314,8 @@ def test_a_backfill_runs_on_a_worker_and_shows_its_progress(program, database_ur
     from rq import Queue
     from rq.job import Job
 
-    from sync.queue import BACKFILL_QUEUE_NAME
-    from sync.worker import build_worker
+    from sync.worker.process import build_worker
+    from sync.worker.queues import BACKFILL_QUEUE_NAME
 
     env = cli_env(database_url, redis_server_url, program)
     result = cli(env, "backfill", "--in-worker", "--entities", "partners,transactions")
@@ -336,9 +336,9 @@ def test_a_worker_backfill_hands_over_between_slices(program, database_url, redi
                                                      monkeypatch):
     from rq import Queue
 
-    from sync import jobs
-    from sync.queue import BACKFILL_QUEUE_NAME
-    from sync.worker import build_worker
+    from sync.worker import jobs
+    from sync.worker.process import build_worker
+    from sync.worker.queues import BACKFILL_QUEUE_NAME
 
     monkeypatch.setattr(jobs, "BACKFILL_SLICE_SECONDS", 0)  # every page ends its slice
     env = cli_env(database_url, redis_server_url, program)

@@ -15,8 +15,8 @@ import sqlalchemy as sa
 
 from sync.partnero.api import PartneroApi
 from sync.partnero.backfill import AlreadyRunning, Backfill
-from sync.partnero.runs import ABANDONED, FINISHED, RUNNING, STOPPED, Run, Runs
-from sync.sqltypes import UTCDateTime
+from sync.store.runs import ABANDONED, FINISHED, RUNNING, STOPPED, Run, Runs
+from sync.store.sqltypes import UTCDateTime
 from tests.partnero_helpers import make_services
 
 SINCE = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -95,7 +95,7 @@ def test_two_restarts_at_once_abandon_the_old_run_and_start_one(program, warehou
 
 
 def test_a_run_that_is_over_frees_its_lists_for_the_next(database_url):
-    from sync import db
+    from sync.store import db
 
     runs = Runs(db.engine_for(database_url))
     first = runs.start(("partners",), None)
@@ -112,7 +112,7 @@ def test_the_migration_keeps_one_unfinished_run_per_backfill(warehouse_url):
     (the one a backfill resumes) keeps its lists; the other is abandoned, saying why."""
     from alembic import command
 
-    from sync import db, schema
+    from sync.store import db, schema
 
     engine = db.engine_for(warehouse_url)
     with engine.connect() as conn:

@@ -49,7 +49,7 @@ def test_a_malformed_setting_is_one_clear_line():
 
 
 def test_status_counts_the_inbox(client, settings):
-    from sync.samples import sample_delivery
+    from sync.partnero.samples import sample_delivery
     from tests.conftest import signed
 
     for event in ("partner.created", "partner.updated", "reward.paid"):
@@ -74,8 +74,8 @@ def test_sweep_reports_what_it_found(settings, redis_conn):
 
 def test_sweep_with_redis_down_says_so(settings):
     env = {"DATABASE_URL": settings.database_url, "REDIS_URL": "redis://127.0.0.1:1/0"}
-    from sync import db
-    from sync.inbox import PENDING, Delivery, Inbox
+    from sync.store import db
+    from sync.store.inbox import PENDING, Delivery, Inbox
 
     Inbox(db.engine_for(settings.database_url)).store_many([Delivery(b'{"event":"partner.created"}', "partner.created", PENDING)])
     result = CliRunner().invoke(main, ["sweep", "--older-than", "0"], env=env)

@@ -17,12 +17,13 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from rq import Queue
 
-from sync import db, stats
 from sync.cli import main, parse_duration
-from sync.inbox import FAILED, IGNORED, PENDING, PROCESSED, PRUNED_BODY, Delivery, Inbox, Pruned, webhook_events
-from sync.queue import QUEUE_NAME, JobQueue, PartneroWorker
-from sync.samples import sample_delivery
-from sync.worker import build_worker
+from sync.ops import stats
+from sync.partnero.samples import sample_delivery
+from sync.store import db
+from sync.store.inbox import FAILED, IGNORED, PENDING, PROCESSED, PRUNED_BODY, Delivery, Inbox, Pruned, webhook_events
+from sync.worker.process import build_worker
+from sync.worker.queues import QUEUE_NAME, JobQueue, PartneroWorker
 from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL, MAPPINGS, ROOT, signed, wakeups
 
 

@@ -8,9 +8,9 @@ import json
 import pytest
 from rq import Queue
 
-from sync.queue import QUEUE_NAME
-from sync.samples import sample_delivery
+from sync.partnero.samples import sample_delivery
 from sync.settings import DashboardSettings, Settings
+from sync.worker.queues import QUEUE_NAME
 from tests.conftest import drain_jobs, signed
 
 USER, PASSWORD = "operator", "correct-horse-battery"
@@ -92,7 +92,7 @@ def test_the_right_credentials_show_our_queue_and_jobs(dashboard_client):
 
 @pytest.mark.usefixtures("whole_drains")
 def test_job_descriptions_carry_no_payload_text(dashboard_client, settings, redis_conn):
-    from sync.worker import build_worker
+    from sync.worker.process import build_worker
 
     secret_bits = ["maria.secret@example.com", "<script>alert(1)</script>", "Rossi-Private"]
     ids = []
@@ -114,7 +114,7 @@ def test_job_descriptions_carry_no_payload_text(dashboard_client, settings, redi
 def test_a_job_description_names_only_event_types_that_look_like_one():
     from collections import Counter
 
-    from sync.queue import describe
+    from sync.worker.queues import describe
 
     odd = Counter({"<script>alert(1)</script>": 2, "partner.created": 1, "maria@example.com": 1})
     assert describe(odd, 5, 9) == "4 deliveries: (unnamed event) x3, partner.created x1 (inbox #5..#9)"

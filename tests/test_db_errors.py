@@ -11,8 +11,8 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from sync import db
-from sync.inbox import webhook_events
+from sync.store import db
+from sync.store.inbox import webhook_events
 from tests.conftest import held_by_another_transaction
 
 

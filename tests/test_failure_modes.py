@@ -16,14 +16,15 @@ from click.testing import CliRunner
 from rq import Queue, SimpleWorker
 from rq.job import JobStatus
 
-from sync import db, flushing
 from sync.cli import main
-from sync.crm.outbox import Outbox, crm_commission_changes, crm_outbox
-from sync.inbox import webhook_events
-from sync.queue import CRM_QUEUE_NAME, QUEUE_NAME
-from sync.samples import CUSTOMER, TRANSACTION, sample_delivery
+from sync.partnero.samples import CUSTOMER, TRANSACTION, sample_delivery
+from sync.salesforce import schedule
 from sync.services import Services
 from sync.settings import SalesforceSettings
+from sync.store import db
+from sync.store.inbox import webhook_events
+from sync.store.outbox import Outbox, crm_commission_changes, crm_outbox
+from sync.worker.queues import CRM_QUEUE_NAME, QUEUE_NAME
 from tests.conftest import MAPPINGS, REDIS_URL, drain_jobs, held_by_another_transaction, salesforce_env
 from tests.test_processes import BIN, environment, start, stop, wait_for
 from tests.test_salesforce_sync import deliver, outbox_rows, partner, password_login
@@ -134,7 +135,6 @@ def test_every_whole_call_refusal_is_recorded_with_salesforces_code_and_a_readab
 def test_an_expired_session_that_cannot_be_renewed_is_reported_in_healthz_and_not_retried_in_a_loop(
         settings, fake, redis_conn):
     from app import create_app
-
     from tests.ops_helpers import AUTH, OPS
 
     session = SalesforceSettings(mode="session", instance_url=fake.instance_url, session_id=fake.issue_session())
@@ -198,7 +198,7 @@ def test_a_job_killed_by_its_timeout_leaves_its_deliveries_pending(pg_url, redis
     from sync import services as services_module
 
     services_module.install(services)
-    job = Queue(QUEUE_NAME, connection=redis_conn).enqueue("sync.jobs.process_events", [event_id], job_timeout=2)
+    job = Queue(QUEUE_NAME, connection=redis_conn).enqueue("sync.worker.jobs.process_events", [event_id], job_timeout=2)
     # Another transaction holds the partner's row for longer than the job may run.
     with held_by_another_transaction(pg_url, "INSERT INTO partners (partner_id) VALUES ('ptn_8c1e6f0a')"):
         SimpleWorker([QUEUE_NAME], connection=redis_conn).work(burst=True)
@@ -241,7 +241,7 @@ def test_a_worker_killed_mid_job_leaves_its_deliveries_pending_for_the_next_work
         an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
         c.execute(webhook_events.update().values(received_at=an_hour_ago, claimed_until=an_hour_ago))
     redis_conn.delete("partnero-sync:wake-up")  # the dead worker's wake-up went with it
-    from sync.worker import build_worker
+    from sync.worker.process import build_worker
 
     build_worker(settings, redis_conn).work(burst=True)
     assert [row(settings, i)["status"] for i in ids] == ["processed"] * 3
@@ -251,8 +251,9 @@ def test_a_schema_that_lags_the_mappings_leaves_deliveries_pending_until_it_is_m
                                                                                        tmp_path):
     from rq import Retry
 
-    from sync import jobs, schema
     from sync import services as services_module
+    from sync.store import schema
+    from sync.worker import jobs
     from tests.test_worker import row, store
 
     mappings = tmp_path / "mappings"
@@ -309,11 +310,11 @@ def test_a_flush_worker_killed_with_sigkill_holds_up_the_next_flush_by_seconds(p
         wait_for(lambda: fake.count("collections") >= 2, what="the flush to be under way")
     finally:
         _kill(worker)
-    assert redis_conn.exists(flushing.LOCK)  # the dead flush's lock is still there
+    assert redis_conn.exists(schedule.LOCK)  # the dead flush's lock is still there
     killed_at = time.monotonic()
     fake.latency = 0
-    report = services.flushes.run_foreground(wait_seconds=flushing.LOCK_SECONDS + 5)
-    assert time.monotonic() - killed_at <= flushing.LOCK_SECONDS + 5
+    report = services.flushes.run_foreground(wait_seconds=schedule.LOCK_SECONDS + 5)
+    assert time.monotonic() - killed_at <= schedule.LOCK_SECONDS + 5
     assert len(fake.records("Contact")) == 2000 and report.synced + fake.count("collections") >= 10
 
 
@@ -340,10 +341,10 @@ def test_sigterm_stops_a_flush_between_calls_and_a_fresh_job_carries_on(pg_url, 
     assert time.monotonic() - stopped_at < 5  # between two calls, not after all ten
     sent = len(fake.records("Contact"))
     assert 0 < sent < 2000
-    assert not redis_conn.exists(flushing.LOCK)  # released on the way out
+    assert not redis_conn.exists(schedule.LOCK)  # released on the way out
     # The next worker picks up the hand-over job and sends the rest.
     fake.latency = 0
-    from sync.worker import build_worker
+    from sync.worker.process import build_worker
 
     build_worker(settings, redis_conn).work(burst=True)
     assert len(fake.records("Contact")) == 2000
@@ -351,9 +352,9 @@ def test_sigterm_stops_a_flush_between_calls_and_a_fresh_job_carries_on(pg_url, 
 
 def test_crm_flush_takes_the_workers_lock(services, fake, redis_conn):
     deliver(services, partner())
-    lock = redis_conn.lock(flushing.LOCK, timeout=30)
+    lock = redis_conn.lock(schedule.LOCK, timeout=30)
     assert lock.acquire(blocking=False)
-    from sync.errors import TransientError
+    from sync.core.errors import TransientError
 
     with pytest.raises(TransientError, match="held the lock"):
         services.flushes.run_foreground(wait_seconds=1)

@@ -8,7 +8,7 @@ import base64
 import pytest
 import sqlalchemy as sa
 
-from sync.samples import CUSTOMER, PARTNER, sample_delivery
+from sync.partnero.samples import CUSTOMER, PARTNER, sample_delivery
 from tests.conftest import signed
 from tests.ops_helpers import AUTH, OPS
 from tests.test_salesforce_sync import deliver, password_login
@@ -124,7 +124,7 @@ def _post(document: dict) -> dict:
 
 
 def test_a_snapshot_names_a_database_error_that_has_no_message(app, monkeypatch):
-    from sync import stats
+    from sync.ops import stats
 
     services = app.extensions["partnero"]
 

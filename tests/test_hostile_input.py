@@ -23,17 +23,17 @@ from click.testing import CliRunner
 from werkzeug.serving import make_server
 
 from app import create_app
-from sync import ledger
 from sync.cli import main
-from sync.crm.outbox import MAPPING_ERROR, Outbox, crm_outbox
-from sync.inbox import webhook_events
-from sync.ledger import commission_entries
 from sync.mapping.transforms import MAX_VALUE_CHARS
-from sync.queue import PartneroWorker
-from sync.samples import PARTNER, TRANSACTION
+from sync.partnero.samples import PARTNER, TRANSACTION
 from sync.services import Services
 from sync.settings import Settings
-from sync.worker import build_worker
+from sync.store import ledger
+from sync.store.inbox import webhook_events
+from sync.store.ledger import commission_entries
+from sync.store.outbox import MAPPING_ERROR, Outbox, crm_outbox
+from sync.worker.process import build_worker
+from sync.worker.queues import PartneroWorker
 from tests.conftest import MAPPINGS, salesforce_env, signed
 from tests.test_salesforce_sync import password_login
 from tests.warehouse_helpers import envelope

@@ -13,10 +13,10 @@ import sqlalchemy as sa
 
 from sync.mapping.loader import MAX_DEPTH
 from sync.mapping.spec import MAX_COLUMNS, MAX_EXPRESSION_LENGTH
-from sync.samples import sample_delivery
+from sync.partnero.samples import sample_delivery
 from tests.conftest import MAPPINGS
-from tests.unit.test_expression_bounds import doubled
 from tests.test_processes import BIN, environment
+from tests.unit.test_expression_bounds import doubled
 from tests.warehouse_helpers import Pipe
 
 PARTNER_HEAD = """\
@@ -140,9 +140,9 @@ def test_a_file_at_the_limits_is_accepted_and_migrates_previews_and_runs(tmp_pat
 
     pipe = Pipe(database_url)
     from sync.mapping import load_mappings
-    from sync.processor import Processor
-    from sync.schema import RESERVED_TABLES
-    from sync.warehouse import Warehouse
+    from sync.pipeline.processor import Processor
+    from sync.store.schema import RESERVED_TABLES
+    from sync.store.warehouse import Warehouse
 
     pipe.mappings = load_mappings(directory, RESERVED_TABLES)
     pipe.warehouse = Warehouse(pipe.mappings)

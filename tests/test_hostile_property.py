@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 from werkzeug.serving import make_server
 
 from app import create_app
-from sync.inbox import webhook_events
-from sync.ledger import commission_entries
-from sync.queue import PartneroWorker
-from sync.samples import CUSTOMER, PARTNER, TRANSACTION
+from sync.partnero.samples import CUSTOMER, PARTNER, TRANSACTION
 from sync.services import Services
-from sync.worker import build_worker
+from sync.store.inbox import webhook_events
+from sync.store.ledger import commission_entries
+from sync.worker.process import build_worker
+from sync.worker.queues import PartneroWorker
 from tests.conftest import signed
 
 #: Every generated text carries this, so a leaked value is found wherever it lands.

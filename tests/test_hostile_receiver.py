@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.gunicorn_worker import REQUEST_SECONDS
-from sync.samples import sample_delivery
+from app.server.gunicorn_worker import REQUEST_SECONDS
+from sync.core.signature import sign
+from sync.partnero.samples import sample_delivery
 from sync.settings import MAX_BODY_BYTES
-from sync.signature import sign
 from tests.conftest import SECRETS, signed
 from tests.test_processes import BIN, environment, free_port, procfile, start
 from tests.web_helpers import procfile_web

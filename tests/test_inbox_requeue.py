@@ -9,8 +9,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from sync import db
-from sync.inbox import (
+from sync.store import db
+from sync.store.inbox import (
     ALREADY_PENDING,
     BUSY,
     FAILED,

@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from sync.samples import TRANSACTION
+from sync.partnero.samples import TRANSACTION
 from tests.warehouse_helpers import Pipe, envelope
 
 PARTNER = "ptn_8c1e6f0a"
@@ -169,7 +169,7 @@ def test_the_view_adds_up_exactly(pipe):
 
 
 def test_the_view_is_a_reserved_name_and_readable_with_plain_sql(pipe):
-    from sync import schema
+    from sync.store import schema
 
     assert "partner_commissions" in schema.RESERVED_TABLES
     pipe.deliver(sale("transaction.created", "2026-03-14T10:15:31Z", status="ok"))
@@ -179,7 +179,7 @@ def test_the_view_is_a_reserved_name_and_readable_with_plain_sql(pipe):
 
 
 def test_every_ledger_change_notes_the_partner_for_salesforce(warehouse_url):
-    from sync.crm.outbox import Outbox, crm_commission_changes
+    from sync.store.outbox import Outbox, crm_commission_changes
 
     pipe = Pipe(warehouse_url)
     pipe.processor.outbox = Outbox()

@@ -15,11 +15,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from sync import db, jobs
 from sync import services as services_module
-from sync.inbox import PENDING, Inbox, webhook_events
-from sync.samples import sample_delivery
+from sync.partnero.samples import sample_delivery
 from sync.services import Services
+from sync.store import db
+from sync.store.inbox import PENDING, Inbox, webhook_events
+from sync.worker import jobs
 from tests.conftest import MAPPINGS, REDIS_URL, empty_database, empty_tables, held_by_another_transaction, signed
 from tests.test_worker import row, store
 

@@ -9,9 +9,10 @@ import subprocess
 
 import sqlalchemy as sa
 
-from sync import db, logs
-from sync.inbox import webhook_events
-from sync.samples import sample_delivery
+from sync.ops import logs
+from sync.partnero.samples import sample_delivery
+from sync.store import db
+from sync.store.inbox import webhook_events
 from tests.conftest import empty_tables, salesforce_env, signed
 from tests.test_processes import environment, free_port, get, post, procfile, start, statuses, stop, wait_for
 
@@ -127,16 +128,16 @@ def _text(value: bytes) -> str:
 
 def test_text_lines_show_the_delivery_fields_in_brackets():
     formatter = logs.TextFormatter()
-    record = logging.LogRecord("sync.jobs", logging.INFO, __file__, 1, "delivery %s", ("processed",), None)
+    record = logging.LogRecord("sync.worker.jobs", logging.INFO, __file__, 1, "delivery %s", ("processed",), None)
     for name, value in logs.delivery_fields(12, "partner.created", "3f2a9c1e" + "0" * 56).items():
         setattr(record, name, value)
     line = formatter.format(record)
-    assert line.endswith("INFO sync.jobs: delivery processed [inbox #12 partner.created fp=3f2a9c1e0000]")
+    assert line.endswith("INFO sync.worker.jobs: delivery processed [inbox #12 partner.created fp=3f2a9c1e0000]")
 
 
 def test_json_lines_are_bounded_and_carry_the_fields():
-    record = logging.LogRecord("sync.jobs", logging.ERROR, __file__, 1, "x" * 10_000, (), None)
+    record = logging.LogRecord("sync.worker.jobs", logging.ERROR, __file__, 1, "x" * 10_000, (), None)
     record.inbox_id = 7
     entry = json.loads(logs.JsonFormatter().format(record))
-    assert entry["inbox_id"] == 7 and entry["level"] == "ERROR" and entry["logger"] == "sync.jobs"
+    assert entry["inbox_id"] == 7 and entry["level"] == "ERROR" and entry["logger"] == "sync.worker.jobs"
     assert len(entry["message"]) < logs.MAX_MESSAGE + 100

@@ -13,12 +13,12 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from sync import db
 from sync.cli import main
-from sync.errors import ConfigurationError
+from sync.core.errors import ConfigurationError
 from sync.mapping import MappingError, load_mappings
-from sync.samples import sample_delivery
-from sync.warehouse import Warehouse
+from sync.partnero.samples import sample_delivery
+from sync.store import db
+from sync.store.warehouse import Warehouse
 from tests.conftest import MAPPINGS, SECRETS
 from tests.warehouse_helpers import Pipe
 
@@ -177,7 +177,7 @@ def test_a_bad_mapping_stops_the_web_and_the_worker_naming_file_and_field(mappin
     assert worker.returncode == 2
     assert expected in worker.stderr
     web = subprocess.run(
-        [str(BIN / "gunicorn"), "app:create_app()", "--config", "python:app.gunicorn_config", "--bind",
+        [str(BIN / "gunicorn"), "app:create_app()", "--config", "python:app.server.gunicorn_config", "--bind",
          "127.0.0.1:0"], env=env, capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent,
     )
     assert web.returncode != 0

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from sync.mapping import MappingError, load_mappings
-from sync.schema import RESERVED_TABLES
+from sync.store.schema import RESERVED_TABLES
 from tests.conftest import MAPPINGS, SECRETS
 from tests.test_processes import BIN, environment, free_port, procfile, start
 
@@ -130,7 +130,7 @@ def test_check_and_the_worker_refuse_every_case_with_its_sentence_and_no_traceba
     assert not (tmp_path / "x.db").exists()
 
 
-#: The web process logs its refusal as one line, cut at sync.logs.MAX_MESSAGE: a few cases a run.
+#: The web process logs its refusal as one line, cut at sync.ops.logs.MAX_MESSAGE: a few cases a run.
 WEB_BATCH = 8
 
 

@@ -23,12 +23,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
-from sync import db, metrics
-from sync.errors import TransientError
-from sync.inbox import webhook_events
-from sync.samples import CUSTOMER, sample_delivery
+from sync.core.errors import TransientError
+from sync.ops import metrics
+from sync.partnero.samples import CUSTOMER, sample_delivery
 from sync.settings import MAX_BODY_BYTES, DashboardSettings
-from sync.worker import build_worker
+from sync.store import db
+from sync.store.inbox import webhook_events
+from sync.worker.process import build_worker
 from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL, empty_tables, signed
 from tests.test_processes import free_port, procfile, service_environment, start, wait_for
 from tests.test_salesforce_sync import deliver, partner, password_login

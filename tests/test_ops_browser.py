@@ -18,7 +18,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from app import create_app
-from sync.samples import sample_delivery
+from sync.partnero.samples import sample_delivery
 from tests.conftest import _unavailable, migrate
 from tests.ops_helpers import AUTH, fix_customer_identity, friend_customer, ops_settings, post, unparseable_amount, work
 

@@ -14,11 +14,11 @@ from rq import Queue
 
 from app import create_app
 from app.ops import TOKEN_MAX_AGE
-from sync import db
-from sync.inbox import PRUNED_BODY, Inbox, webhook_events
-from sync.queue import CRM_QUEUE_NAME, QUEUE_NAME
-from sync.samples import sample_delivery
+from sync.partnero.samples import sample_delivery
 from sync.settings import DashboardSettings, SalesforceSettings
+from sync.store import db
+from sync.store.inbox import PRUNED_BODY, Inbox, webhook_events
+from sync.worker.queues import CRM_QUEUE_NAME, QUEUE_NAME
 from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL
 from tests.ops_helpers import (
     AUTH,
@@ -476,7 +476,7 @@ def test_the_pages_say_when_the_database_is_away(settings, redis_conn):
 
 
 def test_the_replay_command_leaves_pruned_deliveries_alone(client, settings, redis_conn):
-    from sync.replay import replay as replay_all
+    from sync.pipeline.replay import replay as replay_all
     from sync.services import Services
 
     partner = post(client, sample_delivery("partner.created"))

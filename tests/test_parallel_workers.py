@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rq import Queue
 
-from sync.queue import QUEUE_NAME, JobQueue
+from sync.worker.queues import QUEUE_NAME, JobQueue
 from tests.conftest import MAPPINGS, empty_tables, migrate
 from tests.warehouse_helpers import Pipe, envelope
 

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import requests
 
-from sync import backoff
-from sync.errors import ConfigurationError, PermanentError, TransientError
+from sync.core import backoff
+from sync.core.errors import ConfigurationError, PermanentError, TransientError
 from sync.partnero.api import (
     ATTEMPTS,
     MAX_LIMIT,

@@ -10,8 +10,9 @@ import sys
 import pytest
 from rq import Queue, SimpleWorker
 
-from sync import jobs, logs
-from sync.errors import TransientError
+from sync.core.errors import TransientError
+from sync.ops import logs
+from sync.worker import jobs
 
 MARKER = "zq7-private-value"
 
@@ -31,7 +32,7 @@ def broken_by_a_leaky_error() -> None:
 
 
 @pytest.mark.parametrize(("job", "says"), [
-    (passing_after_a_leaky_error, "sync.errors.TransientError: database unavailable: deadlock (SQLSTATE 40P01)"),
+    (passing_after_a_leaky_error, "sync.core.errors.TransientError: database unavailable: deadlock (SQLSTATE 40P01)"),
     (broken_by_a_leaky_error, "RuntimeError: broken_by_a_leaky_error failed: builtins.KeyError (its text is "
                               "withheld: it may quote a delivery's values)"),
 ], ids=["ours", "another"])
@@ -54,5 +55,5 @@ def test_a_logged_traceback_withholds_the_text_of_errors_not_ours():
         line = formatter.format(record)
         assert MARKER not in line
         assert "builtins.ValueError: (its text is withheld: it may quote a value)" in line
-        assert "sync.errors.TransientError: database unavailable: deadlock (SQLSTATE 40P01)" in line
+        assert "sync.core.errors.TransientError: database unavailable: deadlock (SQLSTATE 40P01)" in line
         assert "passing_after_a_leaky_error" in line  # where it was raised: the frames stay

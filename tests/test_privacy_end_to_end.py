@@ -25,9 +25,9 @@ from rq.registry import FailedJobRegistry
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from sync import db
-from sync.queue import QUEUE_NAME, RESULT_TTL
-from sync.samples import sample_delivery
+from sync.partnero.samples import sample_delivery
+from sync.store import db
+from sync.worker.queues import QUEUE_NAME, RESULT_TTL
 from tests.conftest import postgres_database, signed
 from tests.ops_helpers import AUTH
 from tests.test_dashboard import HOSTILE, fail_with
@@ -147,7 +147,7 @@ def test_a_deliverys_values_stay_in_the_database(database, redis_server_url, red
     # The worker retries twice, a second apart, before a job fails (instead of hours of retries).
     hooks = tmp_path / "hooks"
     hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text("import sync.backoff\nsync.backoff.DELIVERY_DELAYS = (1, 1)\n")
+    (hooks / "sitecustomize.py").write_text("import sync.core.backoff\nsync.core.backoff.DELIVERY_DELAYS = (1, 1)\n")
     port = free_port()
     operator = base64.b64decode(AUTH["Authorization"].split()[1]).decode().split(":", 1)
     env = service_environment(database, redis_server_url, port, RQ_DASHBOARD_USERNAME=operator[0],

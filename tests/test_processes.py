@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from sync import db
-from sync.inbox import webhook_events
-from sync.samples import sample_delivery
+from sync.partnero.samples import sample_delivery
+from sync.store import db
+from sync.store.inbox import webhook_events
 from tests.conftest import DEAD_REDIS_URL, SECRETS, signed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,7 +205,7 @@ def test_dev_runs_the_whole_service_on_defaults(tmp_path, redis_server_url, redi
         )
         assert send.returncode == 0, send.stdout + send.stderr
         assert send.stdout.startswith("202 ")
-        database_url = f"sqlite:///{tmp_path}/partnero-sync.db"  # the embedded default
+        database_url = f"sqlite:///{tmp_path}/partnero-sync.store.db"  # the embedded default
         wait_for(lambda: statuses(database_url) == ["processed"], what="the delivery to be processed")
     finally:
         output = stop(dev)
@@ -226,7 +226,7 @@ def test_sigterm_lets_the_job_in_hand_finish(redis_server_url, redis_conn, tmp_p
     from rq import Queue
     from rq.job import JobStatus
 
-    from sync.queue import QUEUE_NAME
+    from sync.worker.queues import QUEUE_NAME
 
     env = environment(REDIS_URL=redis_server_url, DATABASE_URL=f"sqlite:///{tmp_path}/w.db",
                       PYTHONPATH=str(ROOT))
@@ -250,7 +250,7 @@ def test_the_worker_exits_within_seconds_of_sigterm_every_time(redis_server_url,
     from rq import Queue
     from rq.job import JobStatus
 
-    from sync.queue import QUEUE_NAME
+    from sync.worker.queues import QUEUE_NAME
 
     env = environment(REDIS_URL=redis_server_url, DATABASE_URL=f"sqlite:///{tmp_path}/w.db",
                       PYTHONPATH=str(ROOT))

@@ -13,7 +13,7 @@ import sys
 import redis
 import sqlalchemy as sa
 
-from sync import db
+from sync.store import db
 from tests.conftest import ROOT
 from tests.test_processes import BIN
 

@@ -53,7 +53,7 @@ def test_the_readme_ledger_example_matches_the_shipped_one():
 def test_the_readme_commission_query_agrees_with_the_ledger(pg_url):
     import sqlalchemy as sa
 
-    from sync.samples import sample_delivery
+    from sync.partnero.samples import sample_delivery
     from tests.conftest import empty_tables
     from tests.warehouse_helpers import Pipe, envelope
 

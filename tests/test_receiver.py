@@ -14,12 +14,12 @@ import sqlalchemy as sa
 from rq import Queue
 
 from app import create_app
-from sync import db
-from sync.inbox import Inbox, webhook_events
-from sync.queue import QUEUE_NAME, JobQueue
-from sync.samples import sample_delivery
+from sync.partnero.samples import sample_delivery
+from sync.pipeline.sweeper import sweep
 from sync.settings import MAX_BODY_BYTES
-from sync.sweeper import sweep
+from sync.store import db
+from sync.store.inbox import Inbox, webhook_events
+from sync.worker.queues import QUEUE_NAME, JobQueue
 from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL, SECRETS, signed, wakeups
 
 URL = "/webhooks/partnero"
@@ -46,7 +46,7 @@ def test_a_genuine_delivery_is_stored_then_enqueued(client, settings, redis_conn
 
     # A worker is woken to claim it; the dashboard renders descriptions: no payload text in them.
     [job] = Queue(QUEUE_NAME, connection=redis_conn).get_jobs()
-    assert job.func_name == "sync.jobs.drain" and job.args == ()
+    assert job.func_name == "sync.worker.jobs.drain" and job.args == ()
     assert job.description == "wake-up: claim and apply pending deliveries"
 
 
@@ -270,7 +270,7 @@ def test_healthz_is_503_when_the_database_is_down(redis_server_url, redis_conn):
 
 
 def test_the_web_app_refuses_to_start_without_a_secret(settings):
-    from sync.errors import ConfigurationError
+    from sync.core.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="PARTNERO_WEBHOOK_SECRET"):
         create_app(settings.with_overrides(webhook_secrets=()))

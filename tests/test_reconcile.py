@@ -7,8 +7,8 @@ import json
 
 import sqlalchemy as sa
 
-from sync import ledger
-from sync.inbox import webhook_events
+from sync.store import ledger
+from sync.store.inbox import webhook_events
 from tests.partnero_helpers import at, backfill, cli, cli_env, make_services, partner
 
 

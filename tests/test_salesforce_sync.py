@@ -12,14 +12,14 @@ from click.testing import CliRunner
 from rq import Queue
 
 from sync.cli import main
-from sync.crm.outbox import crm_outbox
-from sync.errors import TransientError
-from sync.inbox import PENDING, Delivery
-from sync.queue import QUEUE_NAME, PartneroWorker
-from sync.samples import CUSTOMER, PARTNER, TRANSACTION, sample_delivery
+from sync.core.errors import TransientError
+from sync.partnero.samples import CUSTOMER, PARTNER, TRANSACTION, sample_delivery
 from sync.services import Services
 from sync.settings import SalesforceSettings
-from sync.worker import build_worker
+from sync.store.inbox import PENDING, Delivery
+from sync.store.outbox import crm_outbox
+from sync.worker.process import build_worker
+from sync.worker.queues import QUEUE_NAME, PartneroWorker
 from tests.conftest import salesforce_env
 from tests.warehouse_helpers import envelope
 
@@ -98,7 +98,7 @@ def test_a_refund_marks_the_sale_refunded_and_lowers_the_commission_total(servic
 
 
 def test_one_flush_sends_every_changed_commission_total_however_many_changed(services, fake, monkeypatch):
-    from sync.crm import flush
+    from sync.salesforce import flush
 
     monkeypatch.setattr(flush, "FOLD_BATCH", 2)  # folded two changes a transaction
     ids = [f"ptn_{i}" for i in range(5)]
@@ -357,7 +357,7 @@ def commission(fake) -> tuple:
 
 
 def test_the_contact_gets_owed_approved_and_pending_kept_current_as_statuses_move(services, fake):
-    from sync import stats
+    from sync.ops import stats
 
     # Two sales in USD, one in EUR: USD is the program's currency (the most used); EUR stays out.
     deliver(services, partner(), sale("in_1", "2026-03-14T10:15:31Z", 44.7, "review_period"),

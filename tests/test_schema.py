@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from sync import db, schema
-from sync.inbox import Delivery, Inbox
+from sync.store import db, schema
+from sync.store.inbox import Delivery, Inbox
 from tests.conftest import MAPPINGS, mariadb_database, postgres_database
 
 FRESH_DB = f"partnero_sync_schema_{os.getpid()}"
@@ -113,8 +113,8 @@ def test_the_ledger_migration_keeps_old_entries_meaningful(empty_url):
 
     from alembic import command
 
-    from sync import ledger
-    from sync.sqltypes import Money
+    from sync.store import ledger
+    from sync.store.sqltypes import Money
     from tests.conftest import migrate
     from tests.warehouse_helpers import Pipe, envelope
 

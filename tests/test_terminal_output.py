@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 import pytest
 import sqlalchemy as sa
 
-from sync.ledger import commission_entries
+from sync.ops.terminal import safe
+from sync.partnero.samples import TRANSACTION
 from sync.partnero.webhooks import render as render_webhooks
-from sync.samples import TRANSACTION
-from sync.terminal import safe
+from sync.store.ledger import commission_entries
 from tests.test_hostile_input import partner, sale, service  # noqa: F401 - service is a fixture
 from tests.test_salesforce_sync import password_login
 

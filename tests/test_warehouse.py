@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-from sync.ledger import commission_entries
-from sync.samples import CUSTOMER, PARTNER, TRANSACTION
+from sync.partnero.samples import CUSTOMER, PARTNER, TRANSACTION
+from sync.store.ledger import commission_entries
 from tests.warehouse_helpers import Pipe, envelope
 
 
@@ -194,7 +194,7 @@ def test_unusual_names_and_values_are_kept_as_sent(pipe):
 
 
 def test_a_value_that_does_not_fit_fails_the_delivery_with_the_field_named_not_the_value(pipe):
-    from sync.errors import PermanentError
+    from sync.core.errors import PermanentError
 
     bad = transaction("transaction.created", "2026-03-14T10:15:31.000000Z", amount="12,50")
     with pytest.raises(PermanentError, match=r"transaction.yml: warehouse.columns.amount: a text is not a number") as raised:
@@ -213,7 +213,7 @@ def test_an_event_no_mapping_handles_is_ignored(pipe):
 def test_a_delivery_the_database_refuses_fails_alone(pg_url):
     """A value longer than its column (a reward's status, 64 characters in the ledger) refuses the
     whole fast batch; the rest still lands. (A record id that long is refused before any write.)"""
-    from sync.inbox import PENDING, Delivery
+    from sync.store.inbox import PENDING, Delivery
     from tests.conftest import empty_tables
 
     empty_tables(pg_url)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from sync import db
-from sync.inbox import Delivery, webhook_events
-from sync.samples import sample_delivery
+from sync.partnero.samples import sample_delivery
+from sync.store import db
+from sync.store.inbox import Delivery, webhook_events
 from tests.conftest import (
     DEAD_PG_URL,
     DEAD_REDIS_URL,

@@ -123,7 +123,7 @@ def test_a_refused_key_is_one_line_and_exit_status_2(partnero_api, args):
 
 
 def test_unreachable_partnero_is_exit_status_1(partnero_api, monkeypatch):
-    monkeypatch.setattr("sync.backoff.API_DELAYS", (0,))  # the retries, without their waits
+    monkeypatch.setattr("sync.core.backoff.API_DELAYS", (0,))  # the retries, without their waits
     result = CliRunner().invoke(main, ["webhooks", "list"], env={
         **partnero_env(partnero_api), "PARTNERO_API_URL": "https://127.0.0.1:1/v1"})
     assert result.exit_code == 1

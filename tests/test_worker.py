@@ -11,14 +11,16 @@ import sqlalchemy as sa
 from rq import Queue
 from rq.job import JobStatus
 
-from sync import backoff, db, jobs
-from sync.errors import TransientError
-from sync.inbox import PENDING, Delivery, Inbox, webhook_events
-from sync.processor import Processor
-from sync.queue import QUEUE_NAME, JobQueue, PartneroWorker
-from sync.samples import sample_delivery
+from sync.core import backoff
+from sync.core.errors import TransientError
+from sync.partnero.samples import sample_delivery
+from sync.pipeline.processor import Processor
 from sync.settings import Settings
-from sync.worker import build_worker
+from sync.store import db
+from sync.store.inbox import PENDING, Delivery, Inbox, webhook_events
+from sync.worker import jobs
+from sync.worker.process import build_worker
+from sync.worker.queues import QUEUE_NAME, JobQueue, PartneroWorker
 from tests.conftest import DEAD_PG_URL, MAPPINGS, drain_jobs
 
 
@@ -84,7 +86,7 @@ def test_database_down_means_retry_later_with_backoff(settings, redis_conn, capl
     [event_id] = store(settings, sample_delivery("partner.created"), enqueue_to=redis_conn)
     down = settings.with_overrides(database_url=DEAD_PG_URL)
     before = datetime.now(timezone.utc).replace(microsecond=0)  # RQ keeps whole seconds
-    with caplog.at_level(logging.WARNING, logger="sync.jobs"):
+    with caplog.at_level(logging.WARNING, logger="sync.worker.jobs"):
         run_burst(down, redis_conn)
 
     queue = Queue(QUEUE_NAME, connection=redis_conn)
@@ -146,7 +148,7 @@ def test_a_passing_failure_is_noted_on_the_row_and_never_fails_it_even_after_the
 def test_a_delivery_that_cannot_be_applied_fails_once_with_its_reason_and_alone(settings, redis_conn, caplog):
     bad, good = store(settings, {"event": "partner.created", "data": "not an object"},
                       sample_delivery("partner.created"), enqueue_to=redis_conn)
-    with caplog.at_level(logging.ERROR, logger="sync.jobs"):
+    with caplog.at_level(logging.ERROR, logger="sync.worker.jobs"):
         run_burst(settings, redis_conn)
 
     queue = Queue(QUEUE_NAME, connection=redis_conn)
@@ -182,7 +184,7 @@ def test_a_drain_past_its_slice_hands_over_to_a_fresh_wake_up_and_applies_each_d
 
 
 def test_an_unexpected_error_while_applying_fails_that_delivery_alone(settings, redis_conn, monkeypatch):
-    from sync import ledger
+    from sync.store import ledger
 
     real_settle_many = ledger.settle_many
 
@@ -225,7 +227,7 @@ def test_the_worker_sweeps_lost_deliveries_and_processes_them(settings, redis_co
 
 
 def test_a_worker_killed_holding_rows_lets_go_of_them_when_its_claim_lapses(settings, redis_conn):
-    from sync.inbox import CLAIM_LEASE, Inbox
+    from sync.store.inbox import CLAIM_LEASE, Inbox
 
     ids = store(settings, *(sample_delivery("partner.created", id=f"ptn_{i}") for i in range(3)))
     inbox = Inbox(db.engine_for(settings.database_url))
@@ -241,7 +243,7 @@ def test_a_worker_killed_holding_rows_lets_go_of_them_when_its_claim_lapses(sett
 
 
 def test_a_row_claimed_twice_without_an_outcome_is_claimed_alone(settings):
-    from sync.inbox import ALONE_AFTER, Inbox
+    from sync.store.inbox import ALONE_AFTER, Inbox
 
     ids = sorted(store(settings, *(sample_delivery("partner.created", id=f"ptn_{i}") for i in range(4))))
     with db.engine_for(settings.database_url).begin() as conn:
@@ -255,7 +257,7 @@ def test_a_row_claimed_twice_without_an_outcome_is_claimed_alone(settings):
 def test_two_workers_share_a_backlog_without_claiming_a_row_twice(pg_url, redis_server_url):
     import threading
 
-    from sync.inbox import Inbox
+    from sync.store.inbox import Inbox
     from tests.conftest import empty_tables
 
     empty_tables(pg_url)

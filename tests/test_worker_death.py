@@ -47,7 +47,7 @@ def test_a_killed_worker_leaves_no_scheduler_and_status_counts_it_out_at_once(re
                                                                              tmp_path):
     from rq import Queue
 
-    from sync.queue import QUEUE_NAME
+    from sync.worker.queues import QUEUE_NAME
 
     env = environment(REDIS_URL=redis_server_url, DATABASE_URL=f"sqlite:///{tmp_path}/w.db",
                       PYTHONPATH=str(ROOT))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from sync.queue import JobQueue, PartneroWorker
+from sync.worker.queues import JobQueue, PartneroWorker
 
 
 def test_the_worker_stops_listening_at_once_when_its_pubsub_thread_reads_the_reply_first(redis_conn):

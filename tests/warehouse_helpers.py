@@ -8,12 +8,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sync import db, ledger
-from sync.inbox import PENDING, Delivery, Event, Inbox, webhook_events
-from sync.ledger import commission_entries
 from sync.mapping import load_mappings
-from sync.processor import Processor
-from sync.warehouse import Warehouse
+from sync.pipeline.processor import Processor
+from sync.store import db, ledger
+from sync.store.inbox import PENDING, Delivery, Event, Inbox, webhook_events
+from sync.store.ledger import commission_entries
+from sync.store.warehouse import Warehouse
 from tests.conftest import MAPPINGS
 
 VOLATILE = {"sync_updated_at", "sync_event_id"}

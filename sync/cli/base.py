@@ -10,10 +10,10 @@ from datetime import datetime, timedelta, timezone
 
 import click
 
-from sync import logs
-from sync.errors import ConfigurationError, SyncError, caused_by
+from sync.core.errors import ConfigurationError, SyncError, caused_by
+from sync.ops import logs
+from sync.ops.terminal import safe
 from sync.settings import Settings, redact_url
-from sync.terminal import safe
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def explain(exc: BaseException, settings: Settings | None = None) -> str | None:
     parameters or a password."""
     import redis
 
-    from sync import db
+    from sync.store import db
 
     message = db.explain(exc)
     if message is not None:
@@ -67,7 +67,7 @@ def main() -> None:
     """partnero-sync: Partnero webhooks into Salesforce and a SQL warehouse.
 
     Configured from the environment: PARTNERO_WEBHOOK_SECRET, DATABASE_URL (default
-    sqlite:///partnero-sync.db), REDIS_URL (default redis://localhost:6379/0), MAPPINGS_DIR
+    sqlite:///partnero-sync.store.db), REDIS_URL (default redis://localhost:6379/0), MAPPINGS_DIR
     (default mappings), LOG_LEVEL (default INFO), SALESFORCE_* for the CRM sync (none set: only
     the warehouse is synced), and PARTNERO_API_KEY (with PARTNERO_API_URL) for the commands that
     call Partnero's REST API (backfill, reconcile, webhooks). README.md explains each.

@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 
 from sync.cli.base import DATE, DURATION, load_settings, main, utc
-from sync.errors import SyncError
+from sync.core.errors import SyncError
+from sync.ops.terminal import safe
 from sync.settings import redact_url
-from sync.terminal import safe
 
 
 @main.command("requeue-failed")
@@ -33,8 +33,8 @@ def requeue_failed(since: datetime | None, event_type: str | None, dry_run: bool
     Exit status 1 when some deliveries still cannot be applied, or the database cannot be read
     or written.
     """
-    from sync.requeue import dry_run as preview
-    from sync.requeue import requeue_failed as run_requeue
+    from sync.pipeline.requeue import dry_run as preview
+    from sync.pipeline.requeue import requeue_failed as run_requeue
     from sync.services import Services
 
     services = Services.build(load_settings())
@@ -83,9 +83,9 @@ def prune(older_than: timedelta, dry_run: bool) -> None:
     several at once (a scheduler that overlaps), is harmless. Meant for a daily scheduler, e.g.
     `partnero-sync prune --older-than 90d`. Exit status 1 when the database cannot be reached.
     """
-    from sync.inbox import Pruned, utcnow
-    from sync.progress import progressbar
+    from sync.ops.progress import progressbar
     from sync.services import Services
+    from sync.store.inbox import Pruned, utcnow
 
     services = Services.build(load_settings())
     before = utcnow() - older_than
@@ -129,7 +129,7 @@ def ledger_command(partner_id: str, as_json: bool, limit: int) -> None:
     Exit status 0; 1 when the ledger has no entry for PARTNER_ID, or the database cannot be
     reached.
     """
-    from sync import statement
+    from sync.ops import statement
     from sync.services import Services
 
     settings = load_settings()
@@ -163,8 +163,8 @@ def send_test(url: str, event: str, path: Path | None) -> None:
     receiver's answer. Exit status 1 when the receiver cannot be reached or does not answer
     2xx; 2 when PARTNERO_WEBHOOK_SECRET is not set.
     """
-    from sync.samples import sample_delivery
-    from sync.signature import sign
+    from sync.core.signature import sign
+    from sync.partnero.samples import sample_delivery
 
     settings = load_settings()
     secret = settings.require_webhook_secret()[0]
@@ -210,7 +210,7 @@ def mappings_check(directory: Path | None) -> None:
     it before deploying a changed file. Exit status 1 when there are problems.
     """
     from sync.mapping import MappingError, load_mappings
-    from sync.schema import RESERVED_TABLES
+    from sync.store.schema import RESERVED_TABLES
 
     directory = directory or load_settings().mappings_dir
     try:
@@ -238,8 +238,8 @@ def mappings_preview(delivery: Path, directory: Path | None) -> None:
     no database. Exit status 2 when the mapping files have problems.
     """
     from sync.mapping import load_mappings
-    from sync.preview import render
-    from sync.schema import RESERVED_TABLES
+    from sync.ops.preview import render
+    from sync.store.schema import RESERVED_TABLES
 
     directory = directory or load_settings().mappings_dir
     click.echo(render(load_mappings(directory, RESERVED_TABLES), delivery.read_bytes()))
@@ -257,7 +257,7 @@ def replay(since: datetime | None, event_type: str | None) -> None:
     Deliveries that fail are reported and left as failed (retry them later with
     `requeue-failed`). Exit status 1 when any failed, or the database cannot be reached.
     """
-    from sync.replay import replay as run_replay
+    from sync.pipeline.replay import replay as run_replay
     from sync.services import Services
 
     services = Services.build(load_settings())

@@ -9,10 +9,10 @@ from datetime import datetime
 import click
 
 from sync.cli.base import DATE, load_settings, main, utc
-from sync.errors import SyncError
-from sync.progress import StatusLine
+from sync.core.errors import SyncError
+from sync.ops.progress import StatusLine
+from sync.ops.terminal import safe
 from sync.settings import Settings
-from sync.terminal import safe
 
 
 class _Entities(click.ParamType):
@@ -21,7 +21,7 @@ class _Entities(click.ParamType):
     name = "LISTS"
 
     def convert(self, value, param, ctx) -> tuple[str, ...]:
-        from sync.partnero.listed import ENTITIES
+        from sync.rules.listed import ENTITIES
 
         if isinstance(value, tuple):
             return value
@@ -201,7 +201,7 @@ def webhooks_register(url: str, name: str | None) -> None:
     """
     from sync.mapping import load_mappings
     from sync.partnero import webhooks as subscriptions
-    from sync.schema import RESERVED_TABLES
+    from sync.store.schema import RESERVED_TABLES
 
     settings = load_settings()
     try:

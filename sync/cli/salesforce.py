@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from sync.cli.base import load_settings, main
-from sync.errors import ConfigurationError, SyncError
-from sync.terminal import safe
+from sync.core.errors import ConfigurationError, SyncError
+from sync.ops.terminal import safe
 
 
 @main.command("crm-errors")
@@ -18,8 +18,8 @@ def crm_errors(limit: int) -> None:
     Use it when `status` reports refused records: fix the cause in Salesforce or in a mapping,
     then run `crm-retry`. Exit status 1 when the database cannot be reached.
     """
-    from sync.crm.outbox import Outbox
     from sync.services import Services
+    from sync.store.outbox import Outbox
 
     services = Services.build(load_settings())
     with services.inbox.engine.connect() as conn:
@@ -43,8 +43,8 @@ def crm_retry(object_name: str | None) -> None:
     mapping, `replay` their deliveries. Exit status 2 while Salesforce sync is off; 1 when the
     database or Redis cannot be reached.
     """
-    from sync.crm.outbox import Outbox
     from sync.services import Services
+    from sync.store.outbox import Outbox
 
     services = Services.build(load_settings())
     if not services.settings.salesforce.enabled:

@@ -51,7 +51,7 @@ def worker(burst: bool, sweep_every: int) -> None:
     on the way to. On SIGTERM (a PaaS stopping the process) it finishes the batch in hand, then
     exits. Exit status 1 when Redis cannot be reached.
     """
-    from sync.worker import run_worker
+    from sync.worker.process import run_worker
 
     run_worker(load_settings(), burst=burst, sweep_every=sweep_every)
 
@@ -72,8 +72,8 @@ def sweep(older_than: int) -> None:
     Redis lost its data. Deliveries a worker holds are left to it. Exit status 1 when the
     database or Redis cannot be reached.
     """
+    from sync.pipeline.sweeper import sweep as run_sweep
     from sync.services import Services
-    from sync.sweeper import sweep as run_sweep
 
     services = Services.build(load_settings())
     count = run_sweep(services.inbox, services.jobs, timedelta(seconds=older_than))
@@ -126,9 +126,9 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
       unavailable: {database, redis: why it could not be read; absent when read},
       attention: [one sentence per thing that needs a person]
     """
-    from sync import stats
+    from sync.ops import stats
+    from sync.ops.status import render
     from sync.services import Services
-    from sync.status import render
 
     services = Services.build(load_settings())
     snapshot = stats.take(services, stuck_after or stats.STUCK_AFTER, with_ledger=True)

@@ -12,8 +12,8 @@ from typing import Any
 
 import jmespath.exceptions
 
-from sync.envelope import ExactFloat, parse_timestamp
-from sync.errors import PermanentError
+from sync.core.envelope import ExactFloat, parse_timestamp
+from sync.core.errors import PermanentError
 from sync.mapping.bounds import search
 from sync.mapping.spec import Field, Mapping
 from sync.mapping.transforms import COERCE, ValueProblem, kind

@@ -15,7 +15,7 @@ import jmespath
 import jmespath.exceptions
 from jmespath.parser import ParsedResult
 
-from sync.errors import ConfigurationError
+from sync.core.errors import ConfigurationError
 from sync.mapping import bounds
 from sync.mapping.loader import LineDict, YamlProblem, load_yaml
 from sync.mapping.transforms import (
@@ -268,7 +268,7 @@ def load_mappings(directory: Path, reserved_tables: Collection[str] = ()) -> Map
     """Load and check every ``*.yml``/``*.yaml`` in ``directory``; raises ``MappingError``.
 
     ``reserved_tables`` are the names a mapping may not write to: partnero-sync's own tables
-    (``sync.schema.RESERVED_TABLES``, derived from the schema), which the caller passes in so
+    (``sync.store.schema.RESERVED_TABLES``, derived from the schema), which the caller passes in so
     this module stays free of the database.
     """
     directory = Path(directory)

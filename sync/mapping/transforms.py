@@ -10,7 +10,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sync.envelope import ExactFloat, parse_timestamp
+from sync.core.envelope import ExactFloat, parse_timestamp
 
 #: Column types a field may declare.
 TYPES = ("string", "text", "integer", "decimal", "boolean", "datetime", "json")

@@ -45,10 +45,10 @@ from urllib.parse import quote
 
 import requests
 
-from sync import backoff, envelope
-from sync.envelope import MalformedDelivery
-from sync.errors import ConfigurationError, PermanentError, SyncError, TransientError
-from sync.partnero.listed import ENTITIES
+from sync.core import backoff, envelope
+from sync.core.envelope import MalformedDelivery
+from sync.core.errors import ConfigurationError, PermanentError, SyncError, TransientError
+from sync.rules.listed import ENTITIES
 from sync.settings import PartneroApiSettings, redact_url
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Each page of a list (partners, then customers, then transactions: parents first) is compared
 with what is held and what differs is applied (``sync.partnero.resync``); then the run records
-its place (``sync.partnero.runs``). Safe beside live webhooks and safe to repeat: an object never
+its place (``sync.store.runs``). Safe beside live webhooks and safe to repeat: an object never
 overwrites a newer state, and an object held as listed is not stored again. Interrupted (stopped,
 killed, out of time), a run carries on from its last completed page.
 """
@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sync.errors import ConfigurationError, SyncError
-from sync.partnero import listed
+from sync.core.errors import ConfigurationError, SyncError
+from sync.ops.progress import duration
 from sync.partnero.resync import Resync
-from sync.partnero.runs import FAILED, OVER, STOPPED, Run, Runs
-from sync.progress import duration
+from sync.rules import listed
+from sync.store.runs import FAILED, OVER, STOPPED, Run, Runs
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 (with ``fix``) apply the corrections through the pipeline every webhook takes.
 
 Drift is what webhooks missed: records missing here or stale here, archived or deleted upstream
-without a webhook, reward statuses or amounts that moved (``sync.partnero.drift``). A record held
+without a webhook, reward statuses or amounts that moved (``sync.rules.drift``). A record held
 here that the lists no longer show is looked up on its own (``GET /{list}/{id}``): when Partnero
 answers 404 it is gone, and the fix deletes it here too, but for a transaction, which is left for
 a person (``NEVER_DELETED_BY_ABSENCE``); when Partnero still has it, it is compared like any
@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from sync.inbox import PENDING, Delivery
-from sync.partnero import drift, listed
-from sync.partnero.drift import Drift
+from sync.ops.terminal import safe
 from sync.partnero.resync import Examined, Resync
-from sync.terminal import safe
+from sync.rules import drift, listed
+from sync.rules.drift import Drift
+from sync.store.inbox import PENDING, Delivery
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Bringing listed objects in: compare a page of Partnero's list with what is held, and apply the
 objects that differ through the pipeline every webhook takes.
 
-What differs becomes deliveries (``sync.partnero.listed``) stored in the inbox like any webhook's,
+What differs becomes deliveries (``sync.rules.listed``) stored in the inbox like any webhook's,
 then applied at once, in this process, by the processor (warehouse, ledger and Salesforce outbox
 in one transaction; each failure recorded on its own row, with its reason). An object that is
 already held as listed, or older than what is held, is left alone: nothing is stored for it, so a
@@ -17,12 +17,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sync import ledger, outcomes
-from sync.envelope import MalformedDelivery
-from sync.inbox import PENDING, Delivery, Event, utcnow
+from sync.core.envelope import MalformedDelivery
 from sync.mapping import FieldProblem, Plan, plan
-from sync.partnero import drift, listed
-from sync.partnero.drift import Drift
+from sync.pipeline import outcomes
+from sync.rules import drift, listed
+from sync.rules.drift import Drift
+from sync.store import ledger
+from sync.store.inbox import PENDING, Delivery, Event, utcnow
 
 log = logging.getLogger(__name__)
 

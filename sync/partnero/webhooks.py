@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sync.errors import SyncError
+from sync.core.errors import SyncError
+from sync.ops.terminal import safe
 from sync.partnero.api import PartneroApi, PartneroRefused
-from sync.terminal import safe
 
 #: Where the receiver takes deliveries (app/webhooks.py).
 RECEIVER_PATH = "/webhooks/partnero"

@@ -2,8 +2,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from sync import envelope
-from sync.envelope import ExactFloat, MalformedDelivery, parse, parse_timestamp, read_event
+from sync.core import envelope
+from sync.core.envelope import ExactFloat, MalformedDelivery, parse, parse_timestamp, read_event
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ import pytest
 
 from sync.mapping import FieldProblem, MappingError, load_mappings, plan
 from sync.mapping.bounds import MAX_GROWTH, MAX_RESULT, MAX_STEPS, growth
-from sync.samples import PARTNER
-from sync.schema import RESERVED_TABLES
+from sync.partnero.samples import PARTNER
+from sync.store.schema import RESERVED_TABLES
 from tests.conftest import MAPPINGS
 
 

@@ -1,11 +1,11 @@
-"""When a request has fully arrived, told from its bytes (app.framing): what the web worker reads
+"""When a request has fully arrived, told from its bytes (app.server.framing): what the web worker reads
 before a thread takes the request."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.framing import MAX_HEAD, RequestFramer, Verdict
+from app.server.framing import MAX_HEAD, RequestFramer, Verdict
 
 HEAD = b"POST /webhooks/partnero HTTP/1.1\r\nHost: x\r\n"
 

@@ -7,12 +7,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from sync import commissions, envelope
-from sync.inbox import fingerprint
+from sync.core import envelope
 from sync.mapping import load_mappings, plan
-from sync.partnero import drift, listed
-from sync.records import RecordState, merge
-from sync.samples import CUSTOMER, PARTNER, TRANSACTION
+from sync.partnero.samples import CUSTOMER, PARTNER, TRANSACTION
+from sync.rules import commissions, drift, listed
+from sync.rules.records import RecordState, merge
+from sync.store.inbox import fingerprint
 from tests.conftest import MAPPINGS
 
 MAPPINGS_SET = load_mappings(MAPPINGS)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from sync.mapping import MappingError, load_mappings
-from sync.schema import RESERVED_TABLES
+from sync.store.schema import RESERVED_TABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = """\

@@ -3,7 +3,7 @@ import hmac
 
 import pytest
 
-from sync.signature import Verdict, header_values, sign, verify
+from sync.core.signature import Verdict, header_values, sign, verify
 
 BODY = b'{"event":"partner.created","data":{"id":"ptn_1"}}'
 SECRET = "whsec_current"

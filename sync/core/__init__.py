@@ -1,0 +1,1 @@
+"""Pure primitives: the envelope of a delivery, signatures, errors, backoff."""

@@ -1,1 +1,0 @@
-"""Salesforce: the outbox committed with the warehouse, the client, and the flush."""

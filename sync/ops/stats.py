@@ -1,0 +1,205 @@
+"""What the service is doing, read from the database and Redis at the moment of asking.
+
+One snapshot serves ``partnero-sync status``, the operator's ``/healthz``, ``/metrics`` and
+``/ops``, so they never disagree. Each source is read on its own: with Redis down, the inbox still reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sync.core.errors import TransientError
+from sync.ops.progress import duration
+from sync.store import db, ledger, runs
+from sync.store.inbox import FAILED, InboxSummary
+from sync.store.outbox import FAILED as CRM_FAILED
+from sync.store.outbox import PENDING as CRM_PENDING
+from sync.store.outbox import WAITING as CRM_WAITING
+from sync.store.outbox import Outbox
+from sync.worker.queues import QueueCounts
+
+#: A pending delivery older than this means the backlog is stuck (no worker, or one that fails).
+STUCK_AFTER = timedelta(minutes=15)
+
+OK = "ok"
+ATTENTION = "attention"
+UNKNOWN = "unknown"
+
+
+@dataclass
+class Snapshot:
+    taken_at: datetime
+    #: How long the oldest pending delivery may wait before the backlog counts as stuck.
+    stuck_after: timedelta = STUCK_AFTER
+    inbox: InboxSummary | None = None
+    queue: QueueCounts | None = None
+    crm_enabled: bool = False
+    #: Salesforce records by object and outbox status (pending, waiting, synced, failed).
+    crm: dict[str, dict[str, int]] = field(default_factory=dict)
+    crm_last_synced_at: datetime | None = None
+    #: What stops every Salesforce call, when something does: {"code", "message", "since"}.
+    crm_problem: dict | None = None
+    #: The ledger's currencies (read only when asked: it adds up the whole ledger).
+    ledger: ledger.Summary | None = None
+    #: The latest backfill (``partnero-sync backfill``), if any ran.
+    backfill: runs.Run | None = None
+    #: What could not be read, and why: {"database": "...", "redis": "..."}.
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def oldest_pending_age(self) -> float | None:
+        """Seconds since the oldest delivery still pending arrived (None: nothing pending)."""
+        if self.inbox is None or self.inbox.oldest_pending_at is None:
+            return None
+        return max(0.0, (self.taken_at - self.inbox.oldest_pending_at).total_seconds())
+
+    @property
+    def crm_backlog(self) -> int:
+        """Salesforce records waiting to be sent (pending or waiting for a parent)."""
+        return sum(backlog(s) for s in self.crm.values())
+
+    @property
+    def crm_refused(self) -> int:
+        return sum(s.get(CRM_FAILED, 0) for s in self.crm.values())
+
+    @property
+    def state(self) -> str:
+        """UNKNOWN when a source could not be read, else ATTENTION when something needs a person, else OK."""
+        if self.unavailable:
+            return UNKNOWN
+        return ATTENTION if self.attention() else OK
+
+    def attention(self) -> list[str]:
+        """What a person should look at, one sentence each; empty when all is well."""
+        reasons = []
+        if self.inbox is not None:
+            failed = self.inbox.counts.get(FAILED, 0)
+            if failed:
+                reasons.append(f"{failed} deliveries failed: see `partnero-sync status` and /ops, "
+                               "then `partnero-sync requeue-failed` after a fix")
+            age = self.oldest_pending_age
+            if age is not None and age > self.stuck_after.total_seconds():
+                reasons.append(f"the oldest pending delivery has waited {duration(age)}: is a worker running?")
+        if self.queue is not None:
+            if self.queue.failed:
+                reasons.append(f"{self.queue.failed} jobs are in RQ's failed registry")
+            if (self.queue.queued or self.queue.scheduled) and not self.queue.workers:
+                reasons.append(f"{self.queue.queued} jobs wait and no worker listens on the queue")
+        if self.crm_problem:
+            reasons.append(f"Salesforce refuses every call: {self.crm_problem['message']}")
+        reasons += backfill_attention(self.backfill, self.taken_at)
+        if self.crm_refused:
+            reasons.append(f"Salesforce refused {self.crm_refused} records: see `partnero-sync crm-errors`")
+        return reasons
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form, for ``status --json``."""
+        inbox = None
+        if self.inbox is not None:
+            inbox = {
+                "by_status": self.inbox.counts,
+                "oldest_pending_at": _iso(self.inbox.oldest_pending_at),
+                "oldest_pending_age_seconds": rounded(self.oldest_pending_age),
+                "last_processed_at": _iso(self.inbox.last_processed_at),
+            }
+        crm = None
+        if self.crm_enabled:
+            crm = {
+                "by_object": self.crm,
+                "backlog": self.crm_backlog,
+                "refused": self.crm_refused,
+                "last_synced_at": _iso(self.crm_last_synced_at),
+                "problem": self.crm_problem,
+            }
+        currencies = None
+        if self.ledger is not None:
+            currencies = {
+                "program_currency": self.ledger.currency,
+                "program_currency_from": self.ledger.chosen_by,
+                "by_currency": {currency or "": {"transactions": transactions, "partners": partners}
+                                for currency, (transactions, partners) in sorted(self.ledger.use.items(),
+                                                                                 key=lambda i: i[0] or "")},
+                "other_currencies": {currency or "": partners for currency, partners in sorted(
+                    self.ledger.others.items(), key=lambda i: i[0] or "")},
+            }
+        backfill = None
+        if self.backfill is not None:
+            run = self.backfill
+            backfill = {name: _iso(value) if isinstance(value, datetime) else value
+                        for name, value in asdict(run).items()}
+            backfill["entities"] = list(run.entities)
+            backfill["live"] = run.live(self.taken_at)
+        return {
+            "taken_at": _iso(self.taken_at),
+            "state": self.state,
+            "stuck_after_seconds": self.stuck_after.total_seconds(),
+            "inbox": inbox,
+            "queue": asdict(self.queue) if self.queue is not None else None,
+            "salesforce": crm,
+            "ledger": currencies,
+            "backfill": backfill,
+            "unavailable": self.unavailable,
+            "attention": self.attention(),
+        }
+
+
+def backfill_attention(run: runs.Run | None, now: datetime) -> list[str]:
+    """What the latest backfill needs of a person: one that failed, stopped on an error, or died."""
+    if run is None or run.done or run.status == runs.ABANDONED:
+        return []
+    where = f"at {run.entity} page {run.next_page}"
+    carry_on = "`partnero-sync backfill` carries it on from there"
+    if run.status == runs.FAILED:
+        return [f"backfill #{run.id} failed {where}: {run.last_error}; once fixed, {carry_on}"]
+    if run.status == runs.STOPPED and run.last_error:
+        return [f"backfill #{run.id} stopped {where}: {run.last_error}; {carry_on}"]
+    if run.status == runs.RUNNING and not run.live(now):
+        return [f"backfill #{run.id} stopped moving {where} {duration((now - run.heartbeat_at).total_seconds())} "
+                f"ago (its process died?); {carry_on}"]
+    return []
+
+
+def backlog(by_status: dict[str, int]) -> int:
+    """Salesforce records of one object still to be sent (pending or waiting for a parent)."""
+    return by_status.get(CRM_PENDING, 0) + by_status.get(CRM_WAITING, 0)
+
+
+def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = False) -> Snapshot:
+    """Read everything (the ledger's currencies only ``with_ledger``: ``partnero-sync status``);
+    a source that cannot be read is named in ``unavailable``."""
+    snapshot = Snapshot(
+        taken_at=datetime.now(timezone.utc),
+        stuck_after=stuck_after,
+        crm_enabled=services.settings.salesforce.enabled,
+    )
+    try:
+        snapshot.inbox = services.inbox.summary()
+        if snapshot.crm_enabled or with_ledger:
+            with services.inbox.engine.connect() as conn:
+                if snapshot.crm_enabled:
+                    outbox = Outbox()
+                    snapshot.crm = outbox.counts(conn)
+                    snapshot.crm_last_synced_at = outbox.last_synced_at(conn)
+                if with_ledger:
+                    snapshot.ledger = ledger.summary(conn, services.settings.currency)
+        snapshot.backfill = runs.Runs(services.inbox.engine).latest()
+    except Exception as exc:  # e.g. no schema yet: say so rather than fail the whole report
+        snapshot.unavailable["database"] = db.explain(exc) or db.describe_error(exc)
+    try:
+        snapshot.queue = services.jobs.counts()
+        if snapshot.crm_enabled:
+            snapshot.crm_problem = services.flushes.problem()
+    except TransientError as exc:
+        snapshot.unavailable["redis"] = str(exc)
+    return snapshot
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def rounded(value: float | None) -> float | None:
+    """Seconds to a tenth, as the reports show them (None stays None)."""
+    return round(value, 1) if value is not None else None

@@ -1,0 +1,102 @@
+"""``partnero-sync status`` as text: the stats snapshot as an aligned table a person reads."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sync.ops.progress import duration
+from sync.ops.stats import UNKNOWN, Snapshot, backlog
+from sync.ops.terminal import safe
+from sync.store.inbox import STATUSES
+from sync.store.ledger import Summary
+from sync.store.outbox import FAILED as CRM_FAILED
+from sync.store.outbox import SYNCED as CRM_SYNCED
+from sync.store.runs import Run
+
+#: How the sources ``Snapshot.unavailable`` names are written for a person.
+_SOURCES = {"database": "database", "redis": "Redis"}
+
+
+def render(snapshot: Snapshot, salesforce: str) -> str:
+    """The snapshot, a section per source; ``salesforce`` says whether CRM sync is on, and how."""
+    rows: list[tuple[str, str]] = []  # (label, value); a label without indent heads a section
+    inbox = snapshot.inbox
+    if inbox is None:
+        rows.append(("Inbox", f"cannot tell: {snapshot.unavailable.get('database', 'not read')}"))
+    else:
+        rows.append(("Inbox", ""))
+        rows += [(f"  {status}", str(inbox.counts[status])) for status in STATUSES]
+        oldest = inbox.oldest_pending_at
+        rows.append(("  oldest pending", _ago(oldest, snapshot.taken_at) if oldest else "nothing pending"))
+        rows.append(("  last processed", _ago(inbox.last_processed_at, snapshot.taken_at)))
+    queue = snapshot.queue
+    if queue is None:
+        rows.append(("Queue", f"cannot tell: {snapshot.unavailable.get('redis', 'not read')}"))
+    else:
+        rows += [
+            ("Queue", ""),
+            ("  wake-ups waiting", str(queue.queued)),
+            ("  retries scheduled", str(queue.scheduled)),
+            ("  running", str(queue.started)),
+            ("  failed jobs", str(queue.failed)),
+            ("  workers", str(queue.workers)),
+        ]
+    rows.append(("Salesforce", salesforce))
+    if snapshot.crm_enabled and inbox is not None:
+        for obj, by_status in sorted(snapshot.crm.items()):
+            rows.append((f"  {obj}", f"backlog {backlog(by_status)}, refused {by_status.get(CRM_FAILED, 0)}, "
+                                     f"synced {by_status.get(CRM_SYNCED, 0)}"))
+        rows.append(("  last synced record", _ago(snapshot.crm_last_synced_at, snapshot.taken_at)))
+    if snapshot.ledger is not None:
+        rows += _ledger(snapshot.ledger)
+    if snapshot.backfill is not None:
+        rows += _backfill(snapshot.backfill, snapshot.taken_at)
+    rows = [(safe(label), safe(value)) for label, value in rows]  # object names, currencies, errors: from outside
+    width = max(len(label) for label, _ in rows) + 2
+    lines = [f"{label:<{width}}{value}".rstrip() for label, value in rows]
+    reasons = snapshot.attention()
+    if reasons:
+        lines.append("Needs attention")
+        lines += [f"  - {safe(reason)}" for reason in reasons]
+    if snapshot.state == UNKNOWN:
+        unread = " and ".join(_SOURCES.get(name, name) for name in sorted(snapshot.unavailable))
+        lines.append(f"Cannot tell whether all is well: the {unread} could not be read.")
+    elif not reasons:
+        lines.append("All well: nothing needs attention.")
+    return "\n".join(lines)
+
+
+def _ledger(summary: Summary) -> list[tuple[str, str]]:
+    """The ledger's currencies: the one Salesforce gets totals in, and partners earning in others."""
+    if summary.currency is None:
+        return [("Ledger", ""), ("  program currency", summary.describe())]
+    others = ", ".join(f"{currency or 'no currency'}: {partners} partner{'s' if partners != 1 else ''}"
+                       for currency, partners in sorted(summary.others.items(), key=lambda i: i[0] or ""))
+    return [
+        ("Ledger", ""),
+        ("  program currency", summary.describe()),
+        ("  other currencies", f"{others} (left out of Salesforce; see `partnero-sync ledger PARTNER_ID`)"
+                               if others else "none"),
+    ]
+
+
+def _backfill(run: Run, now: datetime) -> list[tuple[str, str]]:
+    """The latest backfill: where it is (or how it ended), and what it did."""
+    since = f", since {run.since:%Y-%m-%d}" if run.since else ""
+    if run.done:
+        state = f"finished {_ago(run.finished_at, now)}"
+    else:
+        pages = f" of {run.last_page}" if run.last_page else ""
+        state = f"{run.status} at {run.entity} page {run.next_page}{pages}, last moved {_ago(run.heartbeat_at, now)}"
+    return [
+        ("Backfill", f"#{run.id} ({', '.join(run.entities)}{since})"),
+        ("  state", state),
+        ("  records", f"{run.records:,} read: {run.applied:,} applied, {run.unchanged:,} unchanged, "
+                      f"{run.skipped:,} skipped, {run.failed:,} failed"),
+    ]
+
+
+def _ago(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return "never"
+    return f"{when:%Y-%m-%d %H:%M:%S} UTC ({duration(max(0.0, (now - when).total_seconds()))} ago)"

@@ -1,0 +1,121 @@
+"""What one delivery became, read for ``/ops``: its inbox row and body, the warehouse row of its
+record, the ledger of its transaction and its Salesforce record."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sync.core import envelope
+from sync.core.envelope import MalformedDelivery
+from sync.mapping import Mapping, identify
+from sync.store import ledger
+from sync.store.inbox import Event, InboxRow
+from sync.store.outbox import Outbox
+
+
+@dataclass(frozen=True)
+class Trace:
+    row: InboxRow
+    event: Event
+    #: The body indented for reading; None when it was pruned.
+    payload: str | None
+    #: The mapping that handles the event type; None: the delivery is stored for the record only.
+    mapping: Mapping | None
+    #: The record it is about: the warehouse key, the ledger's transaction key, the external id.
+    record_key: str | None
+    #: The mapped table's row for the record (None: no row, or the mapping has no table).
+    warehouse: dict[str, Any] | None
+    #: Every ledger entry of the transaction; None when the mapping keeps no ledger.
+    ledger: list[dict[str, Any]] | None
+    crm_enabled: bool
+    #: The record's outbox row (None: CRM sync is off, no Salesforce target, or nothing yet).
+    crm: dict[str, Any] | None
+
+    @property
+    def winner(self) -> int | None:
+        """The inbox row whose state the warehouse row holds."""
+        return self.warehouse.get("sync_event_id") if self.warehouse else None
+
+    @property
+    def tombstone_from_here(self) -> bool:
+        """Whether this delivery's delete is the one the record's tombstone keeps."""
+        return bool(self.warehouse) and self.warehouse.get("sync_deleted_fingerprint") == self.event.fingerprint
+
+    @property
+    def own_entries(self) -> list[dict[str, Any]]:
+        """The ledger entries this delivery booked."""
+        return [e for e in self.ledger or [] if e["event_id"] == self.event.id]
+
+
+def trace(services, event_id: int) -> Trace | None:
+    """The trace of inbox row ``event_id``; None when there is no such row."""
+    inbox = services.inbox
+    found = inbox.entry(event_id)
+    if found is None:
+        return None
+    row, event = found
+    mapping = services.mappings.for_event(row.event_type)
+    key = row.entity_id
+    if key is None and mapping is not None and not event.pruned:
+        key = _identify(mapping, event.body)
+    crm_enabled = services.settings.salesforce.enabled
+    warehouse_row = crm = None
+    entries = [] if mapping is not None and mapping.ledger is not None else None
+    if mapping is not None and key is not None:
+        with inbox.engine.connect() as conn:
+            if mapping.warehouse is not None:
+                warehouse_row = services.warehouse.read(conn, mapping.warehouse.table, key)
+            if entries is not None:
+                entries = ledger.entries(conn, key)
+            if crm_enabled and mapping.salesforce is not None:
+                crm = Outbox().read(conn, mapping.salesforce.object, key)
+    return Trace(
+        row=row,
+        event=event,
+        payload=None if event.pruned else readable_json(event.body),
+        mapping=mapping,
+        record_key=printable(key) if key is not None else None,
+        warehouse=warehouse_row,
+        ledger=entries,
+        crm_enabled=crm_enabled,
+        crm=crm,
+    )
+
+
+def _identify(mapping: Mapping, body: bytes) -> str | None:
+    try:
+        document = envelope.parse(body)
+    except MalformedDelivery:
+        return None
+    return identify(mapping, document)
+
+
+def printable(text: str) -> str:
+    """``text`` with what no encoding can write (a lone surrogate: JSON's "\\ud800" may carry one)
+    as its escape, so a page can show it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def readable_json(body: bytes) -> str:
+    """``body`` indented for reading, each number with the digits it was sent with (a float
+    would turn 12.50 into 12.5), a lone surrogate as its escape; the text as it is when it is
+    not JSON."""
+    numbers: list[str] = []
+    # A marker no string in the body can contain: a random part, behind a NUL.
+    marker = f"\0{secrets.token_hex(8)}:"
+
+    def keep(text: str) -> str:
+        numbers.append(text)
+        return f"{marker}{len(numbers) - 1}"
+
+    try:
+        document = json.loads(body, parse_float=keep, parse_int=keep)
+    except ValueError:
+        return body.decode("utf-8", errors="replace")
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    quoted = re.escape(json.dumps(marker)[1:-1])
+    return printable(re.sub(f'"{quoted}(\\d+)"', lambda m: numbers[int(m.group(1))], text))

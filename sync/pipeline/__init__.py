@@ -1,0 +1,1 @@
+"""A delivery's way through: intake, the processor, outcomes, replay, requeue, the sweeper."""

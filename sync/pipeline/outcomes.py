@@ -1,0 +1,41 @@
+"""What follows a batch of deliveries applied, wherever they were applied (a worker's drain, a
+backfill): each outcome counted in the metrics and logged with the delivery's ids, the Salesforce
+lag observed, and a flush asked for when anything was processed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+
+from sync.ops import logs, metrics
+from sync.pipeline.processor import BatchResult
+from sync.store.inbox import FAILED, IGNORED, PROCESSED, Event
+
+log = logging.getLogger(__name__)
+
+
+def report(events: Sequence[Event], result: BatchResult, request_flush: Callable[[], None]) -> None:
+    """Count, log and follow up ``result``, the outcome of applying ``events``."""
+    by_id = {e.id: e for e in events}
+    committed_at = datetime.now(timezone.utc)
+    metrics.LAG.observe((committed_at - by_id[i].received_at).total_seconds() for i in result.processed)
+    for outcome, done in ((PROCESSED, result.processed), (IGNORED, result.ignored), (FAILED, result.failed)):
+        metrics.ATTEMPTS.inc(len(done), outcome=outcome)
+    metrics.ATTEMPTS.inc(len(result.waiting) + len(result.untried), outcome=metrics.RETRIED)
+
+    def fields(event_id: int) -> dict:
+        e = by_id[event_id]
+        return logs.delivery_fields(e.id, e.event_type, e.fingerprint)
+
+    for event_id in result.processed:
+        log.info("delivery processed", extra=fields(event_id))
+    for event_id in result.ignored:
+        log.info("delivery ignored: no mapping handles its event type", extra=fields(event_id))
+    for event_id, reason in sorted(result.failed.items()):
+        log.error("delivery failed: %s", reason, extra=fields(event_id))
+    for event_id in result.waiting:
+        log.warning("delivery waited on a lock another database session holds; tried again later",
+                    extra=fields(event_id))
+    if result.processed:
+        request_flush()

@@ -1,0 +1,1 @@
+"""The pure business rules: newest state wins, commissions, drift, Partnero's lists."""

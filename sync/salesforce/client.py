@@ -1,0 +1,246 @@
+"""The only code that speaks to Salesforce: simple-salesforce, and what its answers mean for us.
+
+Every answer is classified here, once: per record (``Outcome``), a passing failure of the whole
+call (``TransientError``: an outage, a time-out, an API limit, a session to renew), or a refusal of
+the whole call that a person must fix (``CallRefused``: a field or object the org lacks, no
+access, a session or login that cannot be renewed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from simple_salesforce import Salesforce
+from simple_salesforce import exceptions as sf_errors
+
+from sync.core.errors import ConfigurationError, PermanentError, TransientError
+from sync.settings import SalesforceSettings
+
+log = logging.getLogger(__name__)
+
+#: sObject Collections take at most this many records a call.
+COLLECTION_LIMIT = 200
+TIMEOUT = 30
+#: Per-record error codes worth trying again by themselves (after a pause).
+TRANSIENT_CODES = frozenset({
+    "UNABLE_TO_LOCK_ROW", "REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "API_CURRENTLY_DISABLED",
+    "TXN_SECURITY_METERING_ERROR", "QUERY_TIMEOUT",
+})
+
+
+class CallRefused(PermanentError):
+    """Salesforce refused a whole call: one error for every record in it.
+
+    ``org_wide`` refusals (a session or login that cannot be renewed) stop every call, not just
+    this object's; the others concern one object (its mapping names a field the org lacks, the
+    user cannot access it...).
+    """
+
+    def __init__(self, code: str, message: str, *, org_wide: bool = False):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.org_wide = org_wide
+
+    def reason(self, object_name: str, mapping_path: str) -> str:
+        """A sentence for the records' error, ``crm-errors`` and ``status``."""
+        if self.org_wide:
+            return self.message
+        column = re.search(r"No such column '([^']+)'", self.message)
+        if self.code == "INVALID_FIELD" and column:
+            return (f"{object_name}: field {column.group(1)} does not exist in this org, or the integration "
+                    f"user cannot see it ({mapping_path})")
+        if self.code == "JSON_PARSER_ERROR":
+            return f"{object_name}: a value does not fit its Salesforce field's type ({mapping_path}): {self.message}"
+        if self.code.startswith("INSUFFICIENT_ACCESS"):
+            return (f"{object_name}: the integration user has no access to this object or one of its fields "
+                    f"({mapping_path}): {self.message}")
+        if self.code == "NOT_FOUND":
+            return (f"{object_name}: this org has no such object, or the mapping's external id field is not "
+                    f"one of its external ids ({mapping_path})")
+        return f"{object_name}: Salesforce refused the whole call: {self.code}: {self.message} ({mapping_path})"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What Salesforce said about one record."""
+
+    success: bool
+    id: str | None = None
+    created: bool | None = None
+    code: str | None = None
+    message: str | None = None
+
+    @property
+    def missing_parent(self) -> bool:
+        """Salesforce does not have the parent this record refers to (yet)."""
+        return self.code == "INVALID_FIELD" and "foreign key external id" in (self.message or "").lower()
+
+    @property
+    def parent(self) -> str | None:
+        """The missing parent, as "Object/external id", when Salesforce named it."""
+        found = _MISSING_PARENT.search(self.message or "") if self.missing_parent else None
+        return f"{found.group(2)}/{found.group(1)}" if found else None
+
+    @property
+    def transient(self) -> bool:
+        return self.code in TRANSIENT_CODES
+
+
+_MISSING_PARENT = re.compile(r"Foreign key external ID: (.+?) not found for field \S+ in entity (\w+)")
+
+
+class SalesforceClient:
+    """A connection to one org, logged in lazily and again when the session expires."""
+
+    def __init__(self, settings: SalesforceSettings, session: requests.Session | None = None):
+        if not settings.enabled:
+            raise ConfigurationError("Salesforce is not configured")
+        self.settings = settings
+        # requests honours REQUESTS_CA_BUNDLE, so a private CA can be trusted; verification stays on.
+        self.session = session or requests.Session()
+        self._sf: Salesforce | None = None
+
+    def connect(self) -> Salesforce:
+        if self._sf is None:
+            self._sf = self._login()
+        return self._sf
+
+    def _login(self) -> Salesforce:
+        s = self.settings
+        common = {"session": self.session}
+        try:
+            if s.mode == "session":
+                return Salesforce(instance_url=s.instance_url, session_id=s.session_id, **common)
+            if s.mode == "password":
+                return Salesforce(username=s.username, password=s.password, security_token=s.security_token,
+                                  domain=s.domain, **common)
+            if s.mode == "jwt":
+                key = {"privatekey": s.private_key} if s.private_key else {"privatekey_file": s.private_key_file}
+                return Salesforce(username=s.username, consumer_key=s.consumer_key, domain=s.domain, **key, **common)
+            return Salesforce(consumer_key=s.consumer_key, consumer_secret=s.consumer_secret, domain=s.domain,
+                              **common)
+        except sf_errors.SalesforceAuthenticationFailed as exc:
+            if str(exc.code).isdigit() and int(exc.code) >= 500:
+                raise TransientError(f"Salesforce could not log in just now (HTTP {exc.code})") from exc
+            raise CallRefused(
+                "LOGIN_REFUSED",
+                f"Salesforce refused the {s.mode.replace('_', ' ')} login ({_bounded(str(exc))}): check the "
+                "SALESFORCE_ variables",
+                org_wide=True,
+            ) from exc
+        except requests.RequestException as exc:
+            raise TransientError(f"could not reach Salesforce to log in: {type(exc).__name__}") from exc
+
+    def upsert(self, object_name: str, external_id_field: str, records: Sequence[dict[str, Any]]) -> list[Outcome]:
+        """Upsert up to 200 records by external id in one call; one outcome per record, in order.
+
+        ``allOrNone`` is false: one bad record never holds back the others. Raises
+        ``TransientError`` when the call as a whole should be tried again later.
+        """
+        if not records:
+            return []
+        if len(records) > COLLECTION_LIMIT:
+            raise ValueError(f"at most {COLLECTION_LIMIT} records a call")
+        body = {
+            "allOrNone": False,
+            "records": [{"attributes": {"type": object_name}, **record} for record in records],
+        }
+        answer = self._call("PATCH", f"composite/sobjects/{object_name}/{external_id_field}", body)
+        if not isinstance(answer, list) or len(answer) != len(records):
+            raise TransientError(f"unexpected answer from Salesforce for {len(records)} {object_name} records")
+        return [_outcome(item) for item in answer]
+
+    def delete(self, object_name: str, external_id_field: str, value: str) -> Outcome:
+        """Delete one record by external id; a record Salesforce does not have counts as deleted."""
+        try:
+            self._call("DELETE", f"sobjects/{object_name}/{external_id_field}/{quote(value, safe='')}", None)
+        except CallRefused as exc:
+            if exc.code == "NOT_FOUND":  # already gone
+                return Outcome(True)
+            if exc.org_wide:
+                raise
+            return Outcome(False, code=exc.code, message=exc.message)
+        return Outcome(True)
+
+    def _call(self, method: str, path: str, body: Any) -> Any:
+        sf = self.connect()
+        kwargs: dict[str, Any] = {"timeout": TIMEOUT}
+        if body is not None:
+            kwargs["data"] = json.dumps(body)
+        try:
+            return sf.restful(path, method=method, **kwargs)
+        except sf_errors.SalesforceExpiredSession as exc:
+            # simple-salesforce logs in again by itself where it can; here it could not.
+            if not self.settings.renewable:
+                raise CallRefused(
+                    "INVALID_SESSION_ID",
+                    "the Salesforce session expired and SALESFORCE_SESSION_ID cannot be renewed: set a new one, "
+                    "or configure a login (password, JWT or client credentials)",
+                    org_wide=True,
+                ) from exc
+            self._sf = None
+            raise TransientError("Salesforce session expired; logging in again") from exc
+        except sf_errors.SalesforceRefusedRequest as exc:
+            code = _first_code(exc.content)
+            if code == "REQUEST_LIMIT_EXCEEDED":
+                raise TransientError("Salesforce API request limit reached") from exc
+            raise CallRefused(code, _first_message(exc.content)) from exc
+        except sf_errors.SalesforceMalformedRequest as exc:
+            raise CallRefused(_first_code(exc.content), _first_message(exc.content)) from exc
+        except sf_errors.SalesforceResourceNotFound as exc:
+            raise CallRefused("NOT_FOUND", _first_message(exc.content)) from exc
+        except sf_errors.SalesforceError as exc:  # 5xx and the rest: Salesforce is having trouble
+            raise TransientError(f"Salesforce answered {exc.status} to {path}") from exc
+        except requests.RequestException as exc:
+            raise TransientError(f"could not reach Salesforce: {type(exc).__name__}") from exc
+
+
+def _outcome(item: dict[str, Any]) -> Outcome:
+    if item.get("success"):
+        return Outcome(True, id=item.get("id"), created=item.get("created"))
+    errors = item.get("errors") or [{}]
+    first = errors[0]
+    code = first.get("statusCode") or first.get("errorCode") or "UNKNOWN"
+    return Outcome(False, id=item.get("id"), code=code, message=_without_values(first.get("message") or ""))
+
+
+def _first_code(content: Any) -> str:
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return str(content[0].get("errorCode") or content[0].get("statusCode") or "ERROR")
+    return "ERROR"
+
+
+def _first_message(content: Any) -> str:
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return _without_values(str(content[0].get("message", "")))
+    return _without_values(str(content))
+
+
+#: Where Salesforce's messages echo a record's value: the value is replaced by "…".
+_ECHOED_VALUES = (
+    re.compile(r"(value )(.*?)( or request may be missing)", re.S),  # JSON_PARSER_ERROR
+    re.compile(r"(invalid email address: )(\S.*?)$", re.S),  # INVALID_EMAIL_ADDRESS
+    re.compile(r"(data value too large: )(.*?)( \(max length=\d+\))", re.S),  # STRING_TOO_LONG
+    re.compile(r"(bad value for restricted picklist field: )(.*?)$", re.S),  # restricted picklists
+    re.compile(r"(invalid (?:date|datetime|number|double|boolean|integer|currency)[a-z ]*: )(.*?)$",
+               re.S | re.I),  # "Value for field ... invalid date: X" and kin
+)
+
+
+def _without_values(message: str) -> str:
+    """Salesforce's message, bounded, with any record value it quotes replaced by "…"."""
+    for pattern in _ECHOED_VALUES:
+        message = pattern.sub(lambda m: m.group(1) + "…" + (m.group(3) if m.lastindex >= 3 else ""), message)
+    return _bounded(message)
+
+
+def _bounded(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

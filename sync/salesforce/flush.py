@@ -1,0 +1,225 @@
+"""Sending the outbox to Salesforce: parents first, 200 records a call, an outcome per record.
+
+Each record's outcome is kept on its outbox row. A whole call Salesforce refuses (a field the org
+lacks, no access) is recorded on every record of the call and the flush goes on with the other
+objects; one refused for the whole org (a session or login that cannot be renewed) ends it. When
+and how often flushes run is ``sync.salesforce.schedule``'s business.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from sqlalchemy.engine import Engine
+
+from sync.core import backoff
+from sync.core.errors import TransientError
+from sync.mapping import MappingSet
+from sync.mapping.spec import Mapping
+from sync.ops import metrics
+from sync.salesforce.client import COLLECTION_LIMIT, CallRefused, SalesforceClient
+from sync.store import db, ledger
+from sync.store.outbox import (
+    FAILED,
+    FOLD_BATCH,
+    PENDING,
+    SYNCED,
+    UNAVAILABLE,
+    WAITING,
+    Outbox,
+    Pending,
+    RowOutcome,
+    wire,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FlushReport:
+    calls: int = 0
+    synced: int = 0
+    waiting: int = 0
+    failed: int = 0
+    retrying: int = 0
+    #: Calls Salesforce refused as a whole (their records are counted in ``failed``).
+    refused_calls: int = 0
+    by_object: dict[str, int] = field(default_factory=dict)
+    #: Why the flush ended before everything due was sent: an org-wide refusal, or a stop.
+    stopped: str | None = None
+    #: An org-wide refusal: nothing can be sent until a person acts.
+    org_refusal: CallRefused | None = None
+
+    def add(self, other: FlushReport) -> None:
+        for name in ("calls", "synced", "waiting", "failed", "retrying", "refused_calls"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for obj, n in other.by_object.items():
+            self.by_object[obj] = self.by_object.get(obj, 0) + n
+        self.stopped = other.stopped or self.stopped
+        self.org_refusal = other.org_refusal or self.org_refusal
+
+    def summary(self) -> str:
+        text = (f"{self.synced} synced, {self.waiting} waiting for a parent, {self.retrying} to retry, "
+                f"{self.failed} refused, in {self.calls} calls")
+        return f"{text} ({self.stopped})" if self.stopped else text
+
+
+class Flusher:
+    def __init__(self, engine: Engine, mappings: MappingSet, client: SalesforceClient, outbox: Outbox | None = None,
+                 currency: str | None = None):
+        self.engine = engine
+        self.mappings = mappings
+        self.client = client
+        self.outbox = outbox or Outbox()
+        #: The program's currency (PARTNERO_CURRENCY); None: the one most used.
+        self.currency = currency
+        # The currency the totals are sent in, read at most once per flush (the most used one
+        # takes a look at the whole ledger).
+        self._program: str | None = None
+        self._program_read = False
+        self._parents = {r.object for m in mappings.salesforce_objects() for r in m.salesforce.references}
+
+    def flush(self, *, should_stop: Callable[[], bool] = lambda: False,
+              on_progress: Callable[[FlushReport], None] | None = None) -> FlushReport:
+        """Send what is due, object by object, parents first, checking ``should_stop`` between calls.
+
+        Raises ``TransientError`` when Salesforce cannot be reached (what was sent before that is
+        recorded; the rest is due again at the next flush).
+        """
+        report = FlushReport()
+        self._program_read = False
+        self._fold_commissions()
+        for mapping in self.mappings.salesforce_objects():
+            while True:
+                if should_stop():
+                    report.stopped = "stopped between calls"
+                    return report
+                try:
+                    sent = self._send_batch(mapping, report)
+                except CallRefused as refusal:  # org-wide: every other call would be refused too
+                    report.org_refusal = refusal
+                    report.stopped = "Salesforce refused every call"
+                    return report
+                if on_progress is not None:
+                    on_progress(report)
+                if sent < COLLECTION_LIMIT:
+                    break
+        return report
+
+    def _fold_commissions(self) -> None:
+        """Mark every partner whose commission changed as due, a bounded batch per transaction: all
+        of them go out in this flush (a backfill notes tens of thousands at a time)."""
+        for mapping in self.mappings.salesforce_objects():
+            if mapping.salesforce.commission:
+                folded = FOLD_BATCH
+                while folded == FOLD_BATCH:
+                    with db.transaction(self.engine) as conn:
+                        folded = self.outbox.fold_commission_changes(conn, mapping.salesforce.object, mapping.entity,
+                                                                     FOLD_BATCH)
+
+    def _send_batch(self, mapping: Mapping, report: FlushReport) -> int:
+        """Send one call's worth of ``mapping``'s due records; returns how many were due (0 after a
+        refused call, so the flush moves on to the next object)."""
+        target = mapping.salesforce
+        signature = target.signature
+        with db.transaction(self.engine) as conn:
+            rows = self.outbox.due(conn, target.object, signature, COLLECTION_LIMIT)
+            totals = {}
+            if rows and target.commission:
+                if not self._program_read:
+                    self._program, self._program_read = ledger.program_currency(conn, self.currency), True
+                totals = ledger.salesforce_totals(conn, [r.external_id for r in rows], self._program)
+        if not rows:
+            return 0
+        # A mapping that opted in deletes tombstoned records; by default they are only updated.
+        deletes = [r for r in rows if target.hard_delete and r.tombstoned]
+        upserts = [r for r in rows if r not in deletes]
+        try:
+            if upserts:
+                metrics.SALESFORCE_CALLS.inc(object=target.object, kind=metrics.UPSERT)
+            answers = dict(zip(
+                [r.id for r in upserts],
+                self.client.upsert(target.object, target.external_id,
+                                   [self._record(mapping, row, totals) for row in upserts]),
+            ))
+            for row in deletes:
+                metrics.SALESFORCE_CALLS.inc(object=target.object, kind=metrics.DELETE)
+                answers[row.id] = self.client.delete(target.object, target.external_id, row.external_id)
+        except TransientError as exc:
+            metrics.SALESFORCE_REFUSALS.inc(len(rows), object=target.object, code=UNAVAILABLE)
+            with db.transaction(self.engine) as conn:
+                self.outbox.postpone(conn, rows, str(exc))
+            raise
+        except CallRefused as refusal:
+            report.calls += 1
+            self._refused(mapping, rows, refusal, report)
+            if refusal.org_wide:
+                raise
+            return 0
+        report.calls += (1 if upserts else 0) + len(deletes)
+        outcomes = []
+        for row in rows:
+            answer = answers[row.id]
+            if not answer.success:  # whatever then becomes of the record: waits, retries or fails
+                metrics.SALESFORCE_REFUSALS.inc(object=target.object, code=answer.code)
+            if answer.success:
+                outcomes.append(RowOutcome(row, SYNCED, salesforce_id=answer.id))
+                report.synced += 1
+            elif answer.missing_parent:
+                outcomes.append(RowOutcome(row, WAITING, code=answer.code, message=answer.message,
+                                           retry_in=backoff.delay(backoff.RECORD_DELAYS, row.attempts),
+                                           waiting_for=answer.parent))
+                report.waiting += 1
+            elif answer.transient:
+                outcomes.append(RowOutcome(row, PENDING, code=answer.code, message=answer.message,
+                                           retry_in=backoff.delay(backoff.RECORD_DELAYS, row.attempts)))
+                report.retrying += 1
+            else:
+                outcomes.append(RowOutcome(row, FAILED, code=answer.code, message=answer.message))
+                report.failed += 1
+                # Salesforce's message may quote the record's values: it stays on the row
+                # (crm-errors, /ops), and the log names the code and the object only.
+                log.warning("Salesforce refused a record: %s (crm-errors shows why)", answer.code,
+                            extra={"object": row.object})
+        synced = [row for row in rows if answers[row.id].success]
+        with db.transaction(self.engine) as conn:
+            self.outbox.record(conn, outcomes, signature)
+            if synced and target.object in self._parents:
+                self.outbox.wake_children_of(conn, [(row.object, row.external_id) for row in synced])
+        now = datetime.now(timezone.utc)
+        metrics.SALESFORCE_LAG.observe((now - row.waiting_since).total_seconds()
+                                       for row in synced if row.waiting_since is not None)
+        report.by_object[target.object] = report.by_object.get(target.object, 0) + len(rows)
+        return len(rows)
+
+    def _refused(self, mapping: Mapping, rows: list[Pending], refusal: CallRefused, report: FlushReport) -> None:
+        """Record a refusal of the whole call on each of its records, to be tried again after a
+        long wait, when the mapping changes, or on ``crm-retry``."""
+        target = mapping.salesforce
+        reason = refusal.reason(target.object, str(mapping.path))
+        wait = backoff.delay(backoff.REFUSAL_DELAYS, min(r.attempts for r in rows))
+        with db.transaction(self.engine) as conn:
+            self.outbox.record(conn, [RowOutcome(r, FAILED, code=refusal.code, message=reason, retry_in=wait)
+                                      for r in rows], target.signature)
+        metrics.SALESFORCE_REFUSALS.inc(len(rows), object=target.object, code=refusal.code)
+        report.refused_calls += 1
+        report.failed += len(rows)
+        log.error("Salesforce refused a whole call of %d records: %s", len(rows), reason,
+                  extra={"object": target.object, "count": len(rows)})
+
+    def _record(self, mapping: Mapping, row: Pending, totals: dict[str, ledger.Totals]) -> dict:
+        target = mapping.salesforce
+        # Only what the mapping names now: a field it stopped sending (say, one the org lacks) is
+        # left out even from records stored before the change.
+        record = {name: value for name, value in row.fields.items()
+                  if name in target.named and not (name.endswith("__r") and value is None)}  # no parent: leave the lookup
+        record[target.external_id] = row.external_id
+        # The program currency's totals only: a partner with none in it gets zeros, and other
+        # currencies are never added in (``partnero-sync status`` reports them).
+        mine = totals.get(row.external_id, ledger.ZERO)
+        for total, name in target.commission.items():
+            record[name] = wire(getattr(mine, total))
+        return record

@@ -1,0 +1,424 @@
+"""The CRM outbox: the latest wanted state of each Salesforce record, committed with the warehouse.
+
+A delivery's warehouse rows and its outbox row commit in one transaction, so a crash between the
+two loses nothing. The outbox keeps one row per Salesforce record, merged by the same rules as the
+warehouse (newest state wins, deletes stick), so versions pending at once collapse into one write.
+A flush sends due rows and records each one's outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from sync.core.envelope import ExactFloat
+from sync.mapping import RecordChange
+from sync.rules.records import RecordState, bookkeeping, from_bookkeeping, merge
+from sync.store import db
+from sync.store.sqltypes import FINGERPRINT, KEY, UTCDateTime
+
+PENDING = "pending"  # to be sent
+WAITING = "waiting"  # Salesforce does not have its parent yet: sent again once the parent is
+SYNCED = "synced"
+#: Refused: not sent again until the record or its mapping changes, ``crm-retry``, or (for a
+#: refusal of the whole call) its ``next_attempt_at``.
+FAILED = "failed"
+STATUSES = (PENDING, WAITING, SYNCED, FAILED)
+#: The error code of rows whose whole call failed for a passing reason (a time-out, an outage).
+UNAVAILABLE = "UNAVAILABLE"
+#: The error code of records whose latest delivery the mapping could not turn into fields (a
+#: ``join()`` over a number...): refused without being sent, and not sent again (not even by
+#: ``crm-retry``) until a newer delivery, or a replay after the mapping is fixed, gives them a state.
+MAPPING_ERROR = "MAPPING_ERROR"
+#: Commission changes folded in one transaction (a flush folds batch after batch until none is left).
+FOLD_BATCH = 10_000
+
+crm_outbox = sa.Table(
+    "crm_outbox",
+    db.metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("object", sa.String(80), nullable=False),
+    sa.Column("external_id", KEY, nullable=False),
+    sa.Column("entity", sa.String(64), nullable=False),
+    sa.Column("fields", sa.JSON),
+    sa.Column("sync_rank", sa.SmallInteger),
+    sa.Column("sync_version", UTCDateTime()),
+    sa.Column("sync_fingerprint", FINGERPRINT),
+    sa.Column("sync_deleted_version", UTCDateTime()),
+    sa.Column("sync_deleted_fingerprint", FINGERPRINT),
+    sa.Column("generation", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("status", sa.String(16), nullable=False, server_default=PENDING),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime()),
+    sa.Column("changed_at", UTCDateTime()),
+    sa.Column("salesforce_id", sa.String(18)),
+    sa.Column("synced_at", UTCDateTime()),
+    sa.Column("synced_generation", sa.BigInteger),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("error_at", UTCDateTime()),
+    #: The parent a waiting record waits for, as "Object/external id" (from Salesforce's answer).
+    sa.Column("waiting_for", KEY),
+    #: The signature of the mapping the record was last sent with (``SalesforceTarget.signature``).
+    sa.Column("sent_with", sa.String(16)),
+    #: When the oldest delivery behind changes Salesforce has not received yet arrived.
+    sa.Column("waiting_since", UTCDateTime()),
+    sa.UniqueConstraint("object", "external_id", name="uq_crm_outbox_record"),
+    sa.Index("ix_crm_outbox_due", "status", "next_attempt_at"),
+    sa.Index("ix_crm_outbox_waiting_for", "waiting_for"),
+    sa.Index("ix_crm_outbox_object_status_id", "object", "status", "id"),
+)
+
+#: Partners whose commission changed, appended by the worker, folded into the outbox by a flush.
+#: Appending (rather than updating the partner's outbox row) keeps sales from contending for the
+#: partner's row lock.
+crm_commission_changes = sa.Table(
+    "crm_commission_changes",
+    db.metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("partner_id", KEY, nullable=False),
+    sa.Column("changed_at", UTCDateTime(), nullable=False),
+)
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A due outbox row, as read for sending."""
+
+    id: int
+    object: str
+    external_id: str
+    entity: str
+    fields: dict[str, Any]
+    generation: int
+    attempts: int
+    tombstoned: bool
+    #: When the oldest delivery behind its unsent changes arrived (None: not known).
+    waiting_since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """What became of one sent row: its new status and why."""
+
+    row: Pending
+    status: str
+    salesforce_id: str | None = None
+    code: str | None = None
+    message: str | None = None
+    #: Seconds until it is tried again by itself (None: only when it changes, or crm-retry).
+    retry_in: float | None = None
+    #: For a waiting row, the parent it waits for, as "Object/external id".
+    waiting_for: str | None = None
+
+
+def wire(value: Any) -> Any:
+    """A value as Salesforce's JSON wants it: numbers as numbers (exact), times in ISO 8601."""
+    if isinstance(value, ExactFloat):
+        return wire(Decimal(value.text))
+    if isinstance(value, Decimal):
+        as_float = float(value)
+        # A float that prints back as the same decimal is sent as a number; otherwise as text.
+        return as_float if Decimal(repr(as_float)) == value else format(value, "f")
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {k: wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [wire(v) for v in value]
+    return value
+
+
+def _wire_change(change: RecordChange) -> RecordChange:
+    return RecordChange(
+        change.table, change.key_column, change.key, change.deleting,
+        wire(change.values), wire(change.tombstone), change.version,
+    )
+
+
+class Outbox:
+    """The ``crm_outbox`` table."""
+
+    def apply_many(self, conn: Connection,
+                   items: list[tuple[RecordChange, str, tuple[str, ...], str | None, datetime | None]]) -> int:
+        """Merge many changes into their outbox rows (locked in a fixed order); returns how many changed.
+
+        Each item is (change, entity, tombstone fields, problem, arrival of its delivery): a change
+        with a problem is a record the mapping could not compute from its delivery. When it is the
+        newest state, the record is refused (``MAPPING_ERROR``, with the problem as the reason)
+        instead of sent. The arrival dates the record's wait for Salesforce (``waiting_since``).
+        """
+        t = crm_outbox
+        arrived: dict[tuple[str, str], datetime] = {}
+        for change, _, _, _, at in items:
+            k = (change.table, change.key)
+            if at is not None and (k not in arrived or at < arrived[k]):
+                arrived[k] = at
+        items = [(_wire_change(change), entity, tomb, problem) for change, entity, tomb, problem, _ in items]
+        keys = sorted({(change.table, change.key): entity for change, entity, _, _ in items}.items())
+        db.insert_ignore(conn, t, [
+            {"object": obj, "external_id": key, "entity": entity, "fields": {}, "generation": 0,
+             "status": PENDING, "attempts": 0}
+            for (obj, key), entity in keys
+        ])
+        rows = {}
+        for obj in sorted({obj for (obj, _), _ in keys}):
+            wanted = [key for (o, key), _ in keys if o == obj]
+            for chunk in db.chunks(wanted, 500):
+                query = (sa.select(t).where(t.c.object == obj, t.c.external_id.in_(chunk))
+                         .order_by(t.c.external_id).with_for_update())
+                rows.update({(r.object, r.external_id): r for r in conn.execute(query)})
+        before = {k: _state(row) for k, row in rows.items()}
+        after = dict(before)
+        unset = object()
+        problems: dict[tuple[str, str], object] = dict.fromkeys(rows, unset)  # of the change that holds the record
+        for change, _, tomb, problem in items:
+            k = (change.table, change.key)
+            if after[k].version is None or change.version >= after[k].version:
+                problems[k] = problem
+            merged = merge(after[k], change, tomb)
+            # The record says what the mapping names now: a field it no longer sends goes.
+            kept = {name: v for name, v in merged.values.items() if name in change.values or name in tomb}
+            after[k] = replace(merged, values=kept)
+        updates = []
+        for k, state in after.items():
+            row, problem = rows[k], problems[k]
+            was_refused = row.status == FAILED and row.error_code == MAPPING_ERROR
+            if problem is unset:  # only older deliveries: at most a tombstone moved
+                if state == before[k]:
+                    continue
+                refusal = row.error_message if was_refused else None
+            elif problem is None:  # a state the mapping computed holds the record
+                if state == before[k] and not was_refused:
+                    continue
+                refusal = None
+            else:  # a state the mapping could not compute holds the record
+                refusal = str(problem)[:2000]
+                if state == before[k] and was_refused and row.error_message == refusal:
+                    continue
+            since = row.waiting_since  # empty once synced: these changes start a new wait
+            if k in arrived and (since is None or arrived[k] < since):
+                since = arrived[k]
+            values = {"b_id": row.id, "fields": state.values, **bookkeeping(state), **_changed(row.generation),
+                      # Every row sets the same columns (one statement); the error stays unless it changes.
+                      "error_code": row.error_code, "error_message": row.error_message, "error_at": row.error_at,
+                      "sent_with": row.sent_with, "waiting_since": since}
+            if refusal is not None:
+                values.update(status=FAILED, error_code=MAPPING_ERROR, error_message=refusal, error_at=now(),
+                              sent_with=None)
+            elif was_refused:
+                values.update(error_code=None, error_message=None, error_at=None)
+            updates.append(values)
+        if updates:
+            columns = [c for c in updates[0] if c != "b_id"]
+            conn.execute(
+                t.update().where(t.c.id == sa.bindparam("b_id")).values({c: sa.bindparam(c) for c in columns}),
+                updates,
+            )
+        return len(updates)
+
+    def note_commission_change(self, conn: Connection, partner_ids: Iterable[str]) -> None:
+        rows = [{"partner_id": p, "changed_at": now()} for p in sorted(set(partner_ids))]
+        if rows:
+            conn.execute(crm_commission_changes.insert(), rows)
+
+    def fold_commission_changes(self, conn: Connection, object_name: str, entity: str,
+                                limit: int = FOLD_BATCH) -> int:
+        """Mark the outbox rows of partners whose commission changed as due, for up to ``limit``
+        noted changes; returns how many changes it folded (``limit``: there may be more).
+
+        Deletes exactly the changes it read: one committed meanwhile (even with a lower id, ids
+        being handed out before commits) stays for the next fold.
+        """
+        t, changes = crm_outbox, crm_commission_changes
+        read = conn.execute(sa.select(changes.c.id, changes.c.partner_id, changes.c.changed_at)
+                            .order_by(changes.c.id).limit(limit)).all()
+        if not read:
+            return 0
+        partners = sorted({partner for _, partner, _ in read})
+        noted = min(at for _, _, at in read)
+        # A partner Salesforce has not heard of yet gets a row with no state: it goes out once the
+        # partner's own delivery arrives, the commission total with it.
+        db.insert_ignore(conn, t, [
+            {"object": object_name, "external_id": p, "entity": entity, "fields": {}, "generation": 0,
+             "status": PENDING, "attempts": 0}
+            for p in partners
+        ])
+        for chunk in db.chunks(partners, 500):
+            conn.execute(
+                t.update()
+                .where(t.c.object == object_name, t.c.external_id.in_(chunk), _not_refused_by_mapping())
+                # A synced record's waiting_since is empty: this change starts its wait.
+                .values(**_changed(t.c.generation), waiting_since=sa.func.coalesce(t.c.waiting_since, noted))
+            )
+        for chunk in db.chunks([change_id for change_id, _, _ in read], 500):
+            conn.execute(changes.delete().where(changes.c.id.in_(chunk)))
+        return len(read)
+
+    def due(self, conn: Connection, object_name: str, signature: str, limit: int = 200) -> list[Pending]:
+        """Rows of ``object_name`` to send now, oldest first: pending or waiting whose time has
+        come, and refused ones whose retry time came or whose mapping changed since (``signature``
+        is the object's mapping now).
+
+        One short read per status, each along the (object, status, id) index: a single query with
+        the statuses OR-ed together would walk every synced record to find the few that are due.
+        """
+        t = crm_outbox
+        at = now()
+        time_come = sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= at)
+        wanted = {
+            PENDING: time_come,
+            WAITING: time_come,
+            FAILED: sa.or_(t.c.next_attempt_at <= at, t.c.sent_with != signature),
+        }
+        rows = []
+        for status, condition in wanted.items():
+            rows += conn.execute(
+                sa.select(t)
+                .where(t.c.object == object_name, t.c.status == status, t.c.sync_version.is_not(None), condition)
+                .order_by(t.c.id)
+                .limit(limit)
+            ).all()
+        rows = sorted(rows, key=lambda r: r.id)[:limit]
+        return [
+            Pending(r.id, r.object, r.external_id, r.entity, dict(r.fields or {}), r.generation, r.attempts,
+                    r.sync_deleted_version is not None, r.waiting_since)
+            for r in rows
+        ]
+
+    def record(self, conn: Connection, outcomes: Sequence[RowOutcome], signature: str | None) -> None:
+        """Record many outcomes of one object's call in one statement, sent with mapping ``signature``.
+
+        A row that changed since it was read keeps its new, pending version. Rows are written in
+        external id order, the order every outbox write locks rows in.
+        """
+        if not outcomes:
+            return
+        t = crm_outbox
+        at = now()
+        params = []
+        for o in sorted(outcomes, key=lambda o: o.row.external_id):
+            ok = o.status == SYNCED
+            params.append({
+                "b_id": o.row.id, "b_generation": o.row.generation, "status": o.status,
+                "salesforce_id": o.salesforce_id if ok else None,
+                "synced_at": at if ok else None,
+                "synced_generation": o.row.generation if ok else None,
+                "attempts": 0 if ok else o.row.attempts + 1,
+                "next_attempt_at": None if ok or o.retry_in is None else at + timedelta(seconds=o.retry_in),
+                "error_code": None if ok else (o.code or "")[:64],
+                "error_message": None if ok else (o.message or "")[:2000],
+                "error_at": None if ok else at,
+                "waiting_for": o.waiting_for if o.status == WAITING else None,
+                # Synced: nothing is waiting any more. (The row is written only if it did not change.)
+                "waiting_since": None if ok else o.row.waiting_since,
+                **({"sent_with": signature} if signature is not None else {}),
+            })
+        columns = [c for c in params[0] if not c.startswith("b_")]
+        statement = (
+            t.update()
+            .where(t.c.id == sa.bindparam("b_id"), t.c.generation == sa.bindparam("b_generation"))
+            .values({c: sa.bindparam(c) for c in columns})
+        )
+        conn.execute(statement, params)
+
+    def postpone(self, conn: Connection, rows: Sequence[Pending], reason: str) -> None:
+        """A whole call failed for a passing reason (time-out, outage): these rows are due again
+        at the next flush (whose own backoff decides when), with the reason shown meanwhile."""
+        self.record(conn, [RowOutcome(r, PENDING, code=UNAVAILABLE, message=reason) for r in rows], signature=None)
+
+    def wake_children_of(self, conn: Connection, parents: Iterable[tuple[str, str]]) -> int:
+        """Records waiting for one of ``parents`` ((object, external id) just synced): try them now."""
+        keys = sorted({f"{obj}/{external_id}" for obj, external_id in parents})
+        t = crm_outbox
+        woken = 0
+        for chunk in db.chunks(keys, 500):
+            woken += conn.execute(
+                t.update().where(t.c.status == WAITING, t.c.waiting_for.in_(chunk)).values(next_attempt_at=None)
+            ).rowcount
+        return woken
+
+    def retry_failed(self, conn: Connection, object_name: str | None = None) -> int:
+        """Make failed (and waiting) rows due again: ``partnero-sync crm-retry``. Records the
+        mapping could not compute (``MAPPING_ERROR``) stay refused: only a delivery or a replay
+        gives them something to send."""
+        t = crm_outbox
+        query = t.update().where(t.c.status.in_((FAILED, WAITING)), _not_refused_by_mapping())
+        if object_name:
+            query = query.where(t.c.object == object_name)
+        return conn.execute(query.values(status=PENDING, next_attempt_at=None, attempts=0)).rowcount
+
+    def refused_by_mapping(self, conn: Connection, object_name: str | None = None) -> int:
+        """How many records are refused because the mapping could not compute them."""
+        t = crm_outbox
+        query = sa.select(sa.func.count()).select_from(t).where(t.c.status == FAILED, t.c.error_code == MAPPING_ERROR)
+        if object_name:
+            query = query.where(t.c.object == object_name)
+        return conn.execute(query).scalar_one()
+
+    def counts(self, conn: Connection) -> dict[str, dict[str, int]]:
+        t = crm_outbox
+        found: dict[str, dict[str, int]] = {}
+        query = sa.select(t.c.object, t.c.status, sa.func.count()).where(t.c.sync_version.is_not(None)) \
+            .group_by(t.c.object, t.c.status)
+        for obj, status, count in conn.execute(query):
+            found.setdefault(obj, dict.fromkeys(STATUSES, 0))[status] = count
+        return found
+
+    def last_synced_at(self, conn: Connection) -> datetime | None:
+        """When Salesforce last accepted a record."""
+        return conn.execute(sa.select(sa.func.max(crm_outbox.c.synced_at))).scalar()
+
+    def errors(self, conn: Connection, limit: int = 100) -> list[dict[str, Any]]:
+        t = crm_outbox
+        rows = conn.execute(
+            sa.select(t.c.object, t.c.external_id, t.c.status, t.c.error_code, t.c.error_message, t.c.error_at,
+                      t.c.attempts, t.c.next_attempt_at)
+            .where(t.c.status.in_((FAILED, WAITING)))
+            .order_by(t.c.error_at.desc())
+            .limit(limit)
+        ).all()
+        return [dict(r._mapping) for r in rows]
+
+    def read(self, conn: Connection, object_name: str, external_id: str) -> dict[str, Any] | None:
+        """The outbox row of one Salesforce record: what it should say and what became of it."""
+        t = crm_outbox
+        row = conn.execute(
+            sa.select(t).where(t.c.object == object_name, t.c.external_id == external_id)
+        ).one_or_none()
+        return dict(row._mapping) if row is not None else None
+
+    def backlog(self, conn: Connection) -> int:
+        """Records waiting to be sent, and partners whose commission changed and is still to be sent."""
+        t = crm_outbox
+        records = conn.execute(
+            sa.select(sa.func.count()).select_from(t)
+            .where(t.c.status.in_((PENDING, WAITING)), t.c.sync_version.is_not(None))
+        ).scalar_one()
+        return records + conn.execute(sa.select(sa.func.count()).select_from(crm_commission_changes)).scalar_one()
+
+
+def _not_refused_by_mapping():
+    """Rows other than records refused because the mapping could not compute them: sending
+    those again would send a state the mapping never produced."""
+    t = crm_outbox
+    return sa.or_(t.c.status != FAILED, t.c.error_code.is_(None), t.c.error_code != MAPPING_ERROR)
+
+
+def _changed(generation) -> dict[str, Any]:
+    return {"generation": generation + 1, "status": PENDING, "attempts": 0, "next_attempt_at": None,
+            "changed_at": now()}
+
+
+def _state(row) -> RecordState:
+    return from_bookkeeping(dict(row.fields or {}), row._mapping)

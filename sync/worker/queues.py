@@ -1,0 +1,349 @@
+"""The job queue in RQ: the connection, enqueueing wake-ups and inbox rows, the worker class. (RQ is
+also used directly by `jobs`, `worker` and `local`, see the README's layout.)"""
+
+from __future__ import annotations
+
+import ctypes
+import inspect
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import redis
+from redis.client import PubSubWorkerThread
+from rq import Queue, get_current_job
+from rq.executions import Execution
+from rq.timeouts import JobTimeoutException
+from rq.worker import SimpleWorker
+from rq.worker_registration import get_keys as worker_keys
+
+from sync.core.errors import TransientError
+
+log = logging.getLogger(__name__)
+
+QUEUE_NAME = "partnero"
+#: Finished jobs and their results stay a day, so the dashboard shows recent work (RQ's default:
+#: 500 seconds).
+RESULT_TTL = 24 * 3600
+#: Failed jobs stay a week in RQ's failed registry, long enough for a person to see them after a
+#: weekend (RQ's default: a year). Their tracebacks carry no delivery's values (``sync.worker.jobs``).
+FAILURE_TTL = 7 * 24 * 3600
+JOB_TIMEOUT = 300
+
+
+def connect(url: str) -> redis.Redis:
+    """A Redis client for RQ; short time-outs so a missing Redis is noticed, not waited on."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+    )
+
+
+#: Set while a wake-up is on its way: deliveries stored meanwhile need no other (see ``wake``).
+WAKE_KEY = "partnero-sync:wake-up"
+#: A wake-up older than this is presumed lost (Redis restarted, say): the next one goes ahead.
+WAKE_TTL = 60
+#: The jobs, named by path (RQ imports them in the worker), so this module need not import them.
+DRAIN = "sync.worker.jobs.drain"
+PROCESS_EVENTS = "sync.worker.jobs.process_events"
+FLUSH_CRM = "sync.worker.jobs.flush_crm"
+#: Salesforce flushes run on a queue of their own, after the deliveries' (see ``sync.salesforce.schedule``).
+CRM_QUEUE_NAME = "partnero-crm"
+FLUSH_JOB_TIMEOUT = 300
+#: Backfills run on a queue of their own too, in slices that take turns with the other queues.
+BACKFILL = "sync.worker.jobs.backfill"
+BACKFILL_QUEUE_NAME = "partnero-backfill"
+BACKFILL_JOB_TIMEOUT = 600
+
+#: Each worker process says it is alive under this key (and its name) every ``ALIVE_EVERY``
+#: seconds, for ``ALIVE_TTL``: RQ's own record of a worker outlives a killed one by minutes.
+ALIVE_KEY = "partnero-sync:alive:"
+ALIVE_EVERY = 2
+ALIVE_TTL = 10
+
+#: What RQ raises inside a job to interrupt it (its time-out): never the fault of the data in hand.
+INTERRUPTIONS: tuple[type[BaseException], ...] = (JobTimeoutException,)
+
+#: Set when the worker is asked to stop (SIGTERM): long jobs (a flush) stop between steps.
+_stopping = threading.Event()
+
+
+def stop_requested() -> bool:
+    """Whether this process's worker was asked to stop, so the job in hand should wrap up."""
+    return _stopping.is_set()
+
+
+class JobQueue:
+    """The ``partnero`` queue (wake-ups: workers claim and apply pending deliveries), the
+    ``partnero-crm`` queue (Salesforce flushes) and the ``partnero-backfill`` queue."""
+
+    def __init__(self, connection: redis.Redis, name: str = QUEUE_NAME):
+        self.connection = connection
+        self.queue = Queue(name, connection=connection)
+        self.crm_queue = Queue(CRM_QUEUE_NAME, connection=connection)
+        self.backfill_queue = Queue(BACKFILL_QUEUE_NAME, connection=connection)
+
+    @property
+    def queues(self) -> list[Queue]:
+        """What a worker listens to: deliveries first, then Salesforce flushes, then backfills."""
+        return [self.queue, self.crm_queue, self.backfill_queue]
+
+    def wake(self, *, force: bool = False) -> bool:
+        """Make sure a worker is on its way to claim pending deliveries; True when this call
+        enqueued the wake-up.
+
+        At most one wake-up waits at a time: a mark in Redis says one is on its way, and a worker
+        clears it as it starts, so deliveries stored while it works wake the next one. ``force``
+        (the sweeper, a drain handing over) goes ahead despite the mark unless a job already waits
+        in the queue, so a mark that outlived its job (Redis restarted) holds nothing up. Raises ``TransientError`` when Redis cannot take it; the
+        rows stay pending, and the sweeper wakes a worker later.
+        """
+        try:
+            if not self.connection.set(WAKE_KEY, "1", nx=True, ex=WAKE_TTL):
+                # One is on its way, or its mark outlived it: forced, go ahead unless one waits.
+                if not force or self.queue.count:
+                    return False
+            self.queue.enqueue(DRAIN, description="wake-up: claim and apply pending deliveries",
+                               job_timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL)
+        except redis.RedisError as exc:
+            raise TransientError(f"could not wake a worker: {exc}") from exc
+        return True
+
+    def woken(self) -> None:
+        """A wake-up started: the deliveries stored from now on need a new one."""
+        self.connection.delete(WAKE_KEY)
+
+    def enqueue_rows(self, event_ids: Sequence[int]) -> str:
+        """A job for these inbox rows in particular (they are still claimed like any others)."""
+        try:
+            job = self.queue.enqueue(PROCESS_EVENTS, list(event_ids), description=f"inbox {_span(event_ids)}",
+                                     job_timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL)
+        except redis.RedisError as exc:
+            raise TransientError(f"could not enqueue {len(event_ids)} deliveries: {exc}") from exc
+        return job.id
+
+    @staticmethod
+    def describe_current_job(description: str) -> None:
+        """Say in the dashboard what the running job turned out to do (which deliveries): RQ saves
+        the job, description included, when it ends."""
+        job = get_current_job()
+        if job is not None:
+            job.description = description
+
+    def enqueue_flush(self, delay: float | None = None) -> str:
+        """Put a Salesforce flush job on the CRM queue, now or after ``delay`` seconds; returns its id.
+
+        Whether one is needed is ``sync.salesforce.schedule``'s decision.
+        """
+        options = {"description": "Salesforce flush", "job_timeout": FLUSH_JOB_TIMEOUT, "result_ttl": RESULT_TTL,
+                   "failure_ttl": FAILURE_TTL}
+        try:
+            if delay:
+                job = self.crm_queue.enqueue_in(timedelta(seconds=delay), FLUSH_CRM, **options)
+            else:
+                job = self.crm_queue.enqueue(FLUSH_CRM, **options)
+        except redis.RedisError as exc:
+            raise TransientError(f"could not enqueue a Salesforce flush: {exc}") from exc
+        return job.id
+
+    def enqueue_backfill(self, run_id: int, description: str) -> str:
+        """Put (the next slice of) backfill ``run_id`` on the backfill queue; returns the job's id."""
+        try:
+            job = self.backfill_queue.enqueue(BACKFILL, run_id, description=description,
+                                              job_timeout=BACKFILL_JOB_TIMEOUT, result_ttl=RESULT_TTL,
+                                              failure_ttl=FAILURE_TTL)
+        except redis.RedisError as exc:
+            raise TransientError(f"could not enqueue backfill #{run_id}: {exc}") from exc
+        return job.id
+
+    @staticmethod
+    def report_progress(text: str) -> None:
+        """Show the running job's progress in the dashboard now (its metadata: ``progress``)."""
+        job = get_current_job()
+        if job is not None:
+            job.meta["progress"] = text
+            job.save_meta()
+
+    def ping(self) -> None:
+        try:
+            self.connection.ping()
+        except redis.RedisError as exc:
+            raise TransientError(f"redis unavailable: {exc}") from exc
+
+    def counts(self) -> QueueCounts:
+        """What the queue holds now, in three round trips.
+
+        Only the living count: a worker whose process says it is alive (``ALIVE_KEY``), and a job
+        running on one of those (RQ's registries keep a killed worker, and the job it held, for
+        minutes after its death).
+        """
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                pipe.llen(self.queue.key)
+                pipe.zcard(self.queue.scheduled_job_registry.key)
+                pipe.zcard(self.queue.failed_job_registry.key)
+                pipe.zrangebyscore(self.queue.started_job_registry.key, time.time(), "+inf")
+                queued, scheduled, failed, started = pipe.execute()
+            names = [key.removeprefix(PartneroWorker.redis_worker_namespace_prefix)
+                     for key in worker_keys(queue=self.queue)]
+            executions = [_execution(member, self.connection) for member in started]
+            with self.connection.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.exists(ALIVE_KEY + name)
+                for execution in executions:
+                    pipe.hget(execution.key, "worker_name")
+                found = pipe.execute()
+        except redis.RedisError as exc:
+            raise TransientError(f"redis unavailable: {exc}") from exc
+        alive = {name for name, there in zip(names, found) if there}
+        running = sum(1 for worker in found[len(names):] if worker is not None and worker.decode() in alive)
+        return QueueCounts(queued=queued, scheduled=scheduled, failed=failed, started=running, workers=len(alive))
+
+
+def _execution(member: bytes, connection: redis.Redis) -> Execution:
+    """The execution a started registry's member (``job id:execution id``) names."""
+    job_id, _, execution_id = member.decode().rpartition(":")
+    return Execution(execution_id, job_id, connection)
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    queued: int  # waiting for a worker
+    scheduled: int  # retries waiting for their time
+    failed: int  # jobs in RQ's failed registry
+    started: int  # running now, on a living worker
+    workers: int  # living workers listening on the queue
+
+
+def describe(kinds: Counter[str], first: int, last: int) -> str:
+    """What the dashboard shows for a wake-up that applied deliveries (``kinds``: how many of each
+    event type, inbox rows ``first`` to ``last``): "partner.created (inbox #5)", or
+    "812 deliveries: partner.created x12, … (inbox #5..#900)"; never payload text.
+
+    rq-dashboard renders descriptions unescaped, so an event type is shown only when it looks like
+    one (mapped event types always do).
+    """
+    named: Counter[str] = Counter()
+    for kind, n in kinds.items():
+        named[kind if _EVENT_TYPE.match(kind) else "(unnamed event)"] += n
+    count = sum(named.values())
+    if count == 1:
+        return f"{next(iter(named))} (inbox #{first})"
+    shown = ", ".join(f"{kind} x{n}" for kind, n in sorted(named.items())[:6])
+    more = ", …" if len(named) > 6 else ""
+    return f"{count} deliveries: {shown}{more} (inbox #{first}..#{last})"
+
+
+def _span(ids: Sequence[int]) -> str:
+    return f"#{min(ids)}..#{max(ids)}" if len(ids) > 1 else f"#{ids[0]}" if ids else "(none)"
+
+
+_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,48}\.[a-z][a-z0-9_]{0,48}$")
+
+
+class _Housekeeping:
+    """Runs ``housekeeping`` (the sweeper) from the worker's periodic maintenance step."""
+
+    housekeeping: Callable[[], None] | None = None
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()
+        if self.housekeeping is not None:
+            try:
+                self.housekeeping()
+            except TransientError as exc:
+                self.log.warning("housekeeping skipped, will try again: %s", exc)
+            except Exception:  # housekeeping must never stop the worker
+                self.log.exception("housekeeping failed; will try again at the next interval")
+
+    @property
+    def dequeue_timeout(self) -> int:
+        # Wake up at least as often as maintenance is due, so an idle worker still sweeps.
+        return max(1, min(self.worker_ttl - 15, self.maintenance_interval))
+
+
+class PartneroWorker(_Housekeeping, SimpleWorker):
+    """RQ's worker that runs jobs in its own process, plus our housekeeping.
+
+    Not forking a work horse per job saves milliseconds a job and keeps the database pool and
+    the Salesforce session between jobs (see bench/README.md). On SIGTERM, as a PaaS sends to
+    stop a process, it finishes the job in hand (a flush stops between calls), then exits; a
+    second signal stops it at once.
+    """
+
+    _alive: threading.Event | None = None
+
+    def handle_warm_shutdown_request(self) -> None:
+        _stopping.set()
+        super().handle_warm_shutdown_request()
+
+    def register_birth(self) -> None:
+        super().register_birth()
+        self._alive = threading.Event()
+        threading.Thread(target=self._say_alive, args=(self._alive,), name="alive", daemon=True).start()
+
+    def register_death(self) -> None:
+        if self._alive is not None:
+            self._alive.set()
+        try:
+            self.connection.delete(ALIVE_KEY + self.name)
+        finally:
+            super().register_death()
+
+    def _say_alive(self, stop: threading.Event) -> None:
+        """Until ``stop``: say every ``ALIVE_EVERY`` seconds that this process lives, in a thread of
+        its own, so a long job does not silence it (RQ's heartbeat waits between jobs)."""
+        while True:
+            try:
+                self.connection.set(ALIVE_KEY + self.name, os.getpid(), ex=ALIVE_TTL)
+            except redis.RedisError:
+                pass  # Redis away: the worker itself will notice and say so
+            if stop.wait(ALIVE_EVERY):
+                return
+
+    def unsubscribe(self) -> None:
+        # RQ sends UNSUBSCRIBE, then stops the thread that listens for its commands, counting on
+        # Redis's reply to wake it. A thread that reads the reply before it is told to stop goes
+        # back to waiting, up to a minute, for a subscription; and since redis-py 8.2, stop() waits
+        # for the thread without a limit: the worker hung after SIGTERM. Told first, the thread
+        # ends with the reply.
+        if self.pubsub_thread is not None:
+            _tell_to_stop(self.pubsub_thread)
+        super().unsubscribe()
+
+
+def _tell_to_stop(thread: PubSubWorkerThread) -> None:
+    """Ask a pubsub thread to end after its current wait, without waiting for it."""
+    if "timeout" in inspect.signature(thread.stop).parameters:
+        thread.stop(timeout=0)  # redis-py >= 8.2, where stop() also waits for the thread
+    else:
+        thread.stop()  # older ones only ask
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def children_die_with_this_process() -> None:
+    """Make every child this process forks from now on (RQ's scheduler) get SIGTERM when this
+    process dies, however it dies (SIGKILL included): else an orphaned scheduler goes on moving
+    jobs, holding its lock, for minutes. Linux only (elsewhere, nothing changes)."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getpid()
+
+    def in_child() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # it died before the signal was asked for
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    os.register_at_fork(after_in_child=in_child)
