@@ -1,4 +1,5 @@
-"""The mapping engine: YAML files in MAPPINGS_DIR say what each delivery becomes."""
+"""The mapping engine: YAML files in MAPPINGS_DIR, checked once into typed objects, say what each
+delivery becomes. Pure but for reading the files; imports only sync.core."""
 
 from sync.mapping.evaluate import (
     FieldProblem,
