@@ -1,8 +1,7 @@
 """How long to wait before trying again: the one retry policy for deliveries, flushes, records and
 calls to Partnero's API.
 
-Exponential with jitter (up to a fifth more), so retries of many failures spread out. The README's
-"Retries" section states the same numbers.
+Exponential with jitter (up to a fifth more), so retries of many failures spread out.
 """
 
 from __future__ import annotations

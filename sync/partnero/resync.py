@@ -47,6 +47,8 @@ class Examined:
 
 @dataclass
 class Applied:
+    """What ``Resync.apply`` came to: deliveries processed, and those that failed on their rows."""
+
     processed: int = 0
     failed: int = 0
 
