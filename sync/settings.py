@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from sync.core.errors import ConfigurationError
 from sync.ops.logs import FORMATS
 
-DEFAULT_DATABASE_URL = "sqlite:///partnero-sync.store.db"
+DEFAULT_DATABASE_URL = "sqlite:///partnero-sync.db"
 #: How long a statement waits for a lock another session holds before it gives up (seconds):
 #: well inside Partnero's five seconds for a delivery's answer, and far inside a job's time-out.
 DEFAULT_LOCK_TIMEOUT = 2.0

@@ -67,7 +67,7 @@ def main() -> None:
     """partnero-sync: Partnero webhooks into Salesforce and a SQL warehouse.
 
     Configured from the environment: PARTNERO_WEBHOOK_SECRET, DATABASE_URL (default
-    sqlite:///partnero-sync.store.db), REDIS_URL (default redis://localhost:6379/0), MAPPINGS_DIR
+    sqlite:///partnero-sync.db), REDIS_URL (default redis://localhost:6379/0), MAPPINGS_DIR
     (default mappings), LOG_LEVEL (default INFO), SALESFORCE_* for the CRM sync (none set: only
     the warehouse is synced), and PARTNERO_API_KEY (with PARTNERO_API_URL) for the commands that
     call Partnero's REST API (backfill, reconcile, webhooks). README.md explains each.
