@@ -3,6 +3,6 @@ module per concern, each adding its own to the group. At the top of the layers: 
 them, and ``sync.local``."""
 
 from sync.cli import deliveries, partnero, salesforce, service  # noqa: F401 - each adds its commands
-from sync.cli.base import DURATION, explain, main, parse_duration
+from sync.cli.base import main
 
-__all__ = ["DURATION", "explain", "main", "parse_duration"]
+__all__ = ["main"]

@@ -3,7 +3,6 @@ and durations."""
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 from datetime import datetime, timedelta, timezone
@@ -14,8 +13,6 @@ from sync.core.errors import ConfigurationError, SyncError, caused_by
 from sync.ops import logs
 from sync.ops.terminal import safe
 from sync.settings import Settings, redact_url
-
-log = logging.getLogger(__name__)
 
 #: Where ``load_settings`` leaves the settings, so an error line can name the database or Redis.
 _SETTINGS = "partnero_sync.settings"
