@@ -6,15 +6,13 @@ from sync.mapping.evaluate import (
     Plan,
     RecordChange,
     Reward,
-    Version,
     entity_label,
     identify,
     plan,
-    record_key,
 )
-from sync.mapping.spec import Mapping, MappingError, MappingSet, Problem, load_mappings
+from sync.mapping.spec import Mapping, MappingError, MappingSet, load_mappings
 
 __all__ = [
-    "FieldProblem", "Mapping", "MappingError", "MappingSet", "Plan", "Problem", "RecordChange", "Reward",
-    "Version", "entity_label", "identify", "load_mappings", "plan", "record_key",
+    "FieldProblem", "Mapping", "MappingError", "MappingSet", "Plan", "RecordChange", "Reward",
+    "entity_label", "identify", "load_mappings", "plan",
 ]
