@@ -214,9 +214,6 @@ class Gunicorn:
             found[pid] = (int(fields[11]) + int(fields[12])) / tick
         return found
 
-    def cpu_seconds(self) -> float:
-        return sum(self.cpu_by_worker().values())
-
     def tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")

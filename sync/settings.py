@@ -234,7 +234,7 @@ class Settings:
     #: "json" or "text"; None: JSON unless standard output is a terminal.
     log_format: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
-    #: Pending inbox rows older than this are re-enqueued by the sweeper.
+    #: The sweeper wakes a worker for pending rows nobody holds that have waited longer than this.
     sweep_after_seconds: int = 60
     salesforce: SalesforceSettings = field(default_factory=SalesforceSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from rq import Queue
 
-from sync.cli import main, parse_duration
+from sync.cli import main
+from sync.cli.base import parse_duration
 from sync.ops import stats
 from sync.partnero.samples import sample_delivery
 from sync.store import db
@@ -476,7 +477,7 @@ def test_a_missing_schema_says_to_migrate(tmp_path):
 
 
 def test_database_errors_are_explained_without_their_parameters(database_url):
-    from sync.cli import explain
+    from sync.cli.base import explain
 
     engine = db.engine_for(database_url)
     with pytest.raises(sa.exc.SQLAlchemyError) as missing:

@@ -129,7 +129,7 @@ def reconcile(entities: tuple[str, ...] | None, fix: bool, as_json: bool) -> Non
     it is missing (a refunded one is listed with deleted_at): it is left for a person.
 
     Meant for a schedule as well as by hand, e.g. a daily `partnero-sync reconcile --fix` (see
-    the README). Exit status 0 when nothing drifts (or, with --fix, everything was corrected);
+    docs/operating.md). Exit status 0 when nothing drifts (or, with --fix, everything was corrected);
     1 when something drifts (or could not be corrected, or was left for a person), or Partnero
     or the database could not be reached; 2 when the API key is missing or refused, or --entities
     names a list no mapping file loads.

@@ -30,6 +30,8 @@ UNKNOWN = "unknown"
 
 @dataclass
 class Snapshot:
+    """What the service is doing at ``taken_at``: each source's figures, or why it could not be read."""
+
     taken_at: datetime
     #: How long the oldest pending delivery may wait before the backlog counts as stuck.
     stuck_after: timedelta = STUCK_AFTER

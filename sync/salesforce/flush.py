@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FlushReport:
+    """What one flush (or several, ``add``-ed up) did: calls made, and records by outcome."""
+
     calls: int = 0
     synced: int = 0
     waiting: int = 0
@@ -68,6 +70,8 @@ class FlushReport:
 
 
 class Flusher:
+    """Sends the outbox's due records to one org; ``sync.salesforce.schedule`` decides when."""
+
     def __init__(self, engine: Engine, mappings: MappingSet, client: SalesforceClient, outbox: Outbox | None = None,
                  currency: str | None = None):
         self.engine = engine

@@ -162,6 +162,8 @@ class Stored:
 
 @dataclass(frozen=True)
 class Event:
+    """A stored delivery: an inbox row with its raw body, as the processor applies it."""
+
     id: int
     event_type: str
     body: bytes
@@ -239,6 +241,9 @@ class Backlog:
 
 @dataclass(frozen=True)
 class InboxSummary:
+    """The whole inbox at a glance (``Inbox.summary``): rows per status, the oldest pending and the
+    last processed delivery."""
+
     counts: dict[str, int]
     oldest_pending_at: datetime | None
     last_processed_at: datetime | None
