@@ -1,4 +1,14 @@
-"""What RQ runs, and the one place where an error's kind becomes "retry later" or "fail".
+"""What RQ runs, and where an error that reaches a job becomes what RQ does with the job: a passing
+one (``TransientError``, RQ's time-out) has a delivery job or a backfill slice retried later on the
+delivery backoff (RQ's ``Retry``), then failed; anything else fails the job. Each job is handed its
+worker's context (``Context``) as its first argument (``takes_context``).
+
+What becomes of one delivery or one record is decided below, where it is known: the processor
+fails a delivery whose content cannot be applied, on its own row, and lets go of one that waits on
+a lock (``sync.pipeline.processor``); the flush keeps each Salesforce record's outcome, and its
+retry, on its outbox row (``sync.salesforce.flush``); when the next flush runs after Salesforce
+could not be reached, and what a flush job does when it cannot, is ``sync.salesforce.schedule``'s
+decision.
 
 A job is a wake-up: the worker that takes it claims pending inbox rows, oldest first, a batch at
 a time (``Inbox.claim``), applies each batch in one transaction, and goes on while rows are
@@ -28,7 +38,6 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-
 from typing import Protocol
 
 from rq import Retry, get_current_job
@@ -135,6 +144,22 @@ def describe(kinds: Counter[str], first: int, last: int) -> str:
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,48}\.[a-z][a-z0-9_]{0,48}$")
 
 
+#: Our jobs: the worker hands them its context (``takes_context``).
+_GIVEN_CONTEXT: set = set()
+
+
+def _given_context(job):
+    """Mark ``job`` as one the worker runs as ``job(context, *args)`` (``sync.worker.queues.ContextJob``)."""
+    _GIVEN_CONTEXT.add(job)
+    return job
+
+
+def takes_context(func) -> bool:
+    """Whether the worker hands ``func`` its context as its first argument: our jobs, not a
+    function someone else put on our queues, which RQ runs as it is."""
+    return func in _GIVEN_CONTEXT
+
+
 def _withholding(job):
     """Run ``job`` so that an error it raises reaches RQ without any text but ours.
 
@@ -159,6 +184,7 @@ def _withholding(job):
     return run
 
 
+@_given_context
 @_withholding
 def drain(current: Context) -> Retry | str:
     """The job behind a wake-up: claim pending deliveries and apply them while any are pending."""
@@ -200,6 +226,7 @@ def drain(current: Context) -> Retry | str:
     return drained.summary()
 
 
+@_given_context
 @_withholding
 def process_events(current: Context, event_ids: list[int]) -> Retry | str:
     """Apply the inbox rows ``event_ids`` (those still pending and not held by another worker)."""
@@ -283,6 +310,7 @@ def _rows(event_ids: list[int]) -> str:
     return "#" + ", #".join(str(i) for i in event_ids[:10]) + (" …" if len(event_ids) > 10 else "")
 
 
+@_given_context
 @_withholding
 def flush_crm(current: Context) -> str:
     """Send the CRM outbox to Salesforce: the RQ job behind every flush (see ``sync.salesforce.schedule``)."""
@@ -296,6 +324,7 @@ def flush_crm(current: Context) -> str:
 BACKFILL_SLICE_SECONDS = 20
 
 
+@_given_context
 @_withholding
 def backfill(current: Context, run_id: int) -> Retry | str:
     """The job behind ``partnero-sync backfill --in-worker``: carry backfill ``run_id`` on for a

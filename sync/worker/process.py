@@ -120,5 +120,5 @@ def run_in_thread(services: WorkerServices, *, sweep_every: int = 5) -> Callable
     return stop
 
 
-def _wake(context: Context) -> None:
+def _wake() -> None:
     """An empty job: it wakes a waiting worker so that it notices it should stop."""

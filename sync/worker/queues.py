@@ -229,25 +229,25 @@ class _Housekeeping:
 
 
 class ContextJob(Job):
-    """An RQ job run with its worker's context: RQ calls ``job.func(*args, **kwargs)``, and this
-    job's ``func`` is the enqueued function with ``context`` bound first, so the function runs as
-    ``func(context, *args, **kwargs)``. What is stored in Redis (the function's name, its
-    arguments) is RQ's own: the context never leaves the process."""
+    """An RQ job run with its worker's context: RQ calls ``job.func(*args, **kwargs)``, and for
+    our jobs (``sync.worker.jobs.takes_context``) this ``func`` is the enqueued function with
+    ``context`` bound first, so it runs as ``func(context, *args, **kwargs)``; any other function
+    runs as RQ runs it. What is stored in Redis (the function's name, its arguments) is RQ's own:
+    the context never leaves the process."""
 
     context: Any = None
 
     @property
     def func(self):
         func = super().func
-        return None if func is None else functools.partial(func, self.context)
+        return functools.partial(func, self.context) if jobs.takes_context(func) else func
 
 
 class PartneroWorker(_Housekeeping, SimpleWorker):
     """RQ's worker that runs jobs in its own process, plus our housekeeping.
 
-    Every job it runs is handed ``context`` (what its process built at its start: the services,
-    ``sync.worker.jobs.Context``) as its first argument (``ContextJob``); so every job enqueued
-    on its queues takes it.
+    It hands each of our jobs ``context`` (what its process built at its start: the services,
+    ``sync.worker.jobs.Context``) as its first argument (``ContextJob``).
 
     Not forking a work horse per job saves milliseconds a job and keeps the database pool and
     the Salesforce session between jobs (see bench/README.md). On SIGTERM, as a PaaS sends to
