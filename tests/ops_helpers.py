@@ -11,8 +11,8 @@ from pathlib import Path
 import redis
 
 from sync.partnero.samples import sample_delivery
-from sync.settings import DashboardSettings, Settings
 from sync.services import Services
+from sync.settings import DashboardSettings, Settings
 from sync.worker.process import build_worker
 from tests.conftest import MAPPINGS, signed
 

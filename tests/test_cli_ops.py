@@ -20,9 +20,9 @@ from rq import Queue
 from sync.cli import main, parse_duration
 from sync.ops import stats
 from sync.partnero.samples import sample_delivery
+from sync.services import Services
 from sync.store import db
 from sync.store.inbox import FAILED, IGNORED, PENDING, PROCESSED, PRUNED_BODY, Delivery, Inbox, Pruned, webhook_events
-from sync.services import Services
 from sync.worker.process import build_worker
 from sync.worker.queues import QUEUE_NAME, JobQueue, PartneroWorker
 from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL, MAPPINGS, ROOT, signed, wakeups

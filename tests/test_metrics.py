@@ -26,10 +26,10 @@ from app import create_app
 from sync.core.errors import TransientError
 from sync.ops import metrics
 from sync.partnero.samples import CUSTOMER, sample_delivery
+from sync.services import Services
 from sync.settings import MAX_BODY_BYTES, DashboardSettings
 from sync.store import db
 from sync.store.inbox import webhook_events
-from sync.services import Services
 from sync.worker.process import build_worker
 from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL, empty_tables, signed
 from tests.test_processes import free_port, procfile, service_environment, start, wait_for

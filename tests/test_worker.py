@@ -15,11 +15,11 @@ from sync.core import backoff
 from sync.core.errors import TransientError
 from sync.partnero.samples import sample_delivery
 from sync.pipeline.processor import Processor
+from sync.services import Services
 from sync.settings import Settings
 from sync.store import db
 from sync.store.inbox import PENDING, Delivery, Inbox, webhook_events
 from sync.worker import jobs
-from sync.services import Services
 from sync.worker.process import build_worker
 from sync.worker.queues import QUEUE_NAME, JobQueue, PartneroWorker
 from tests.conftest import DEAD_PG_URL, MAPPINGS, drain_jobs

@@ -233,7 +233,9 @@ class ContextJob(Job):
     our jobs (``sync.worker.jobs.takes_context``) this ``func`` is the enqueued function with
     ``context`` bound first, so it runs as ``func(context, *args, **kwargs)``; any other function
     runs as RQ runs it. What is stored in Redis (the function's name, its arguments) is RQ's own:
-    the context never leaves the process."""
+    the context never leaves the process. The seam is RQ's public one: a worker's ``job_class``, and
+    ``Job.func``, the callable ``Job.perform`` calls; the worker sets ``context`` on each job it is
+    about to run (``PartneroWorker.execute_job``)."""
 
     context: Any = None
 
