@@ -21,6 +21,7 @@ from sync.cli import main
 from sync.cli.base import parse_duration
 from sync.ops import stats
 from sync.partnero.samples import sample_delivery
+from sync.services import Services
 from sync.store import db
 from sync.store.inbox import FAILED, IGNORED, PENDING, PROCESSED, PRUNED_BODY, Delivery, Inbox, Pruned, webhook_events
 from sync.worker.process import build_worker
@@ -67,7 +68,7 @@ def backdate(settings, ids, age: timedelta) -> None:
 
 def work(settings, redis_conn) -> None:
     """Run a real worker until the queue is empty."""
-    build_worker(settings, redis_conn, worker_class=PartneroWorker).work(burst=True)
+    build_worker(Services.build(settings, redis_conn), worker_class=PartneroWorker).work(burst=True)
 
 
 def failed_registry(redis_conn):

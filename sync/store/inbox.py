@@ -45,6 +45,11 @@ REQUEUED = "requeued"
 ALREADY_PENDING = "already pending"
 NOT_REQUEUED_PRUNED = "pruned"
 BUSY = "busy"
+#: What the receiver answers for a delivery it was given (``sync.pipeline.intake.Receipt``): stored,
+#: to be applied; stored already (the same bytes: a retry); or ``IGNORED``, stored as such (no
+#: mapping handles its event).
+QUEUED = "queued"
+DUPLICATE = "duplicate"
 
 webhook_events = sa.Table(
     "webhook_events",
