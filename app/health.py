@@ -11,7 +11,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from app import auth
 from sync.core.errors import SyncError
-from sync.ops import stats
+from sync.ops.snapshot import rounded, take
 from sync.store import db
 
 bp = Blueprint("health", __name__)
@@ -48,14 +48,14 @@ def healthz():
             body["work"] = {
                 "deliveries_pending": backlog.pending,
                 "deliveries_failed": backlog.failed,
-                "oldest_pending_age_seconds": stats.rounded(age),
+                "oldest_pending_age_seconds": rounded(age),
             }
     return jsonify(body), status
 
 
 def _checks(services) -> dict[str, str]:
     """Each dependency: "ok", or why not."""
-    checks = {"database": services.inbox.ping, "redis": services.jobs.ping}
+    checks = {"database": services.inbox.ping, "redis": services.queue.ping}
     report: dict[str, str] = {}
     for name, check in checks.items():
         try:
@@ -71,14 +71,14 @@ def _checks(services) -> dict[str, str]:
 
 
 def _full(services, report: dict[str, str], healthy: bool) -> dict:
-    """The operator's report: each check's reason, Salesforce's login, the stats snapshot's
+    """The operator's report: each check's reason, Salesforce's login, the snapshot's
     figures and what needs attention."""
     body = {
         "status": "ok" if healthy else "unavailable",
         "checks": report,
         "salesforce": services.settings.salesforce.describe(),
     }
-    snapshot = stats.take(services) if healthy else None
+    snapshot = take(services) if healthy else None
     if snapshot is not None:
         queue = snapshot.queue
         body["work"] = {
@@ -86,7 +86,7 @@ def _full(services, report: dict[str, str], healthy: bool) -> dict:
             "retries_scheduled": queue.scheduled if queue else None,
             "failed_jobs": queue.failed if queue else None,
             "workers": queue.workers if queue else None,
-            "oldest_pending_age_seconds": stats.rounded(snapshot.oldest_pending_age),
+            "oldest_pending_age_seconds": rounded(snapshot.oldest_pending_age),
             "deliveries_failed": snapshot.inbox.counts.get("failed", 0) if snapshot.inbox else None,
             "crm_backlog": snapshot.crm_backlog if snapshot.crm_enabled else None,
             "crm_refused": snapshot.crm_refused if snapshot.crm_enabled else None,

@@ -43,7 +43,7 @@ def requeue_failed(since: datetime | None, event_type: str | None, dry_run: bool
         count, skipped = preview(services.inbox, check, since=utc(since), event_type=event_type)
         click.echo(f"would requeue {count} failed deliveries (dry run: nothing changed)")
     else:
-        result = run_requeue(services.inbox, services.jobs, since=utc(since), event_type=event_type,
+        result = run_requeue(services.inbox, services.queue, since=utc(since), event_type=event_type,
                              still_failing=check)
         click.echo(f"requeued {result.requeued} failed deliveries" + (", a worker woken" if result.enqueued else ""))
         if result.redis_error is not None:

@@ -20,7 +20,7 @@ from sync.ops.progress import duration
 from sync.partnero.api import Page
 from sync.partnero.resync import Resync
 from sync.rules import listed
-from sync.store.runs import FAILED, OVER, STOPPED, Run, Runs
+from sync.store.runs import OVER, Run, RunStatus, Runs
 
 log = logging.getLogger(__name__)
 
@@ -155,17 +155,17 @@ class Backfill:
                     if on_page is not None:
                         on_page(progress)
                     if should_stop() and not (page.is_last and index + 1 == len(run.entities)):
-                        self.runs.finish(run.id, STOPPED)
+                        self.runs.finish(run.id, RunStatus.STOPPED)
                         return self.runs.get(run.id)
             self.runs.finish(run.id)
         except ConfigurationError as exc:
-            self._stopped(run.id, FAILED, str(exc))
+            self._stopped(run.id, RunStatus.FAILED, str(exc))
             raise
         except KeyboardInterrupt:  # a person stopped it: nothing to report
-            self._stopped(run.id, STOPPED, None)
+            self._stopped(run.id, RunStatus.STOPPED, None)
             raise
         except BaseException as exc:
-            self._stopped(run.id, STOPPED, str(exc) if isinstance(exc, SyncError) else type(exc).__name__)
+            self._stopped(run.id, RunStatus.STOPPED, str(exc) if isinstance(exc, SyncError) else type(exc).__name__)
             raise
         return self.runs.get(run.id)
 

@@ -28,7 +28,7 @@ from sync.mapping import FieldProblem, MappingSet, Plan, entity_label, plan
 from sync.rules.records import RecordState
 from sync.store import ledger
 from sync.store.db import describe_error, is_transient, waited_on_lock
-from sync.store.inbox import IGNORED, PROCESSED, Event, Inbox, utcnow
+from sync.store.inbox import DeliveryStatus, Inbox, StoredDelivery, utcnow
 from sync.store.outbox import Outbox
 from sync.store.warehouse import Warehouse
 
@@ -78,14 +78,14 @@ class Processor:
     #: Exceptions that interrupt the work from outside (a job's time-out): never a delivery's fault.
     interruptions: tuple[type[BaseException], ...] = ()
 
-    def process(self, event: Event) -> str:
+    def process(self, event: StoredDelivery) -> str:
         """Apply one delivery; returns its new status. Raises when it cannot be applied."""
         result = self.process_batch([event])
         if event.id in result.failed:
             raise PermanentError(result.failed[event.id])
-        return IGNORED if event.id in result.ignored else PROCESSED
+        return DeliveryStatus.IGNORED if event.id in result.ignored else DeliveryStatus.PROCESSED
 
-    def process_batch(self, events: list[Event], planned_by: Mapping[str, Plan] | None = None) -> BatchResult:
+    def process_batch(self, events: list[StoredDelivery], planned_by: Mapping[str, Plan] | None = None) -> BatchResult:
         """Apply ``events`` and record each one's outcome on its inbox row.
 
         Applying a delivery again changes nothing: every write merges by version, the ledger adds
@@ -95,7 +95,7 @@ class Processor:
         plans each object to compare it with what is held): they are not made again.
         """
         result = BatchResult()
-        work: list[tuple[Event, Plan]] = []
+        work: list[tuple[StoredDelivery, Plan]] = []
         for event in events:
             try:
                 known = planned_by.get(event.fingerprint) if planned_by is not None else None
@@ -144,7 +144,7 @@ class Processor:
         the deliveries that do not need them can go on (SQLite locks the whole database)."""
         return waited_on_lock(exc) and self.engine.dialect.name != "sqlite"
 
-    def _one_by_one(self, conn: Connection, work: list[tuple[Event, Plan]], result: BatchResult) -> None:
+    def _one_by_one(self, conn: Connection, work: list[tuple[StoredDelivery, Plan]], result: BatchResult) -> None:
         """Apply ``work`` delivery by delivery, each in a savepoint, onto ``result``.
 
         One that waits on a lock is let go of (``result.waiting``), and so are the others about
@@ -154,9 +154,9 @@ class Processor:
         """
         waits: Counter = Counter()
         locked_records: set[tuple[str, str]] = set()
-        later: list[tuple[Event, Plan]] = []
+        later: list[tuple[StoredDelivery, Plan]] = []
 
-        def apply(event: Event, planned: Plan) -> None:
+        def apply(event: StoredDelivery, planned: Plan) -> None:
             record = _record_of(planned)
             if record in locked_records or waits[record[0]] >= LOCK_WAITS_PER_TABLE:
                 result.waiting.append(event.id)
@@ -195,13 +195,13 @@ class Processor:
     def _record(self, conn: Connection, result: BatchResult) -> None:
         self.inbox.set_entity_ids(conn, result.entity_ids)
         self.inbox.mark_done(result.processed, conn)
-        self.inbox.mark_done(result.ignored, conn, status=IGNORED)
+        self.inbox.mark_done(result.ignored, conn, status=DeliveryStatus.IGNORED)
         self.inbox.mark_failures(result.failed, conn)
         retry_at = utcnow() + timedelta(seconds=backoff.delay(backoff.DELIVERY_DELAYS, 0))
         self.inbox.record_errors(result.waiting, WAITED, conn=conn, retry_at=retry_at)
         self.inbox.record_errors(result.untried, UNTRIED, conn=conn)
 
-    def check(self, event: Event) -> str | None:
+    def check(self, event: StoredDelivery) -> str | None:
         """Why the current mappings cannot apply ``event``, found without writing anything
         (its content; what the database would refuse is not known here); None when they can."""
         try:
@@ -212,7 +212,7 @@ class Processor:
             return _unexpected(exc)
         return None
 
-    def _plan(self, event: Event) -> Plan | None:
+    def _plan(self, event: StoredDelivery) -> Plan | None:
         document = envelope.parse(event.body)  # the receiver's parse: what it stored, this reads
         if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
             raise MalformedDelivery('delivery has no "data" object')
@@ -221,7 +221,7 @@ class Processor:
             return None
         return plan(mapping, document, event.fingerprint, event.received_at, salesforce=self.outbox is not None)
 
-    def _apply_all(self, conn: Connection, work: list[tuple[Event, Plan]]) -> None:
+    def _apply_all(self, conn: Connection, work: list[tuple[StoredDelivery, Plan]]) -> None:
         """Warehouse rows, then ledger entries, then outbox rows: the same order in every batch."""
         changes = [(planned.change, event.id) for event, planned in work if planned.change is not None]
         states = self.warehouse.apply_many(conn, changes)
@@ -236,7 +236,7 @@ class Processor:
             self.outbox.note_commission_change(conn, partners)
 
 
-def settlements(work: list[tuple[Event, Plan]], states: dict[tuple[str, str], RecordState]) -> list[ledger.Settlement]:
+def settlements(work: list[tuple[StoredDelivery, Plan]], states: dict[tuple[str, str], RecordState]) -> list[ledger.Settlement]:
     """What the batch tells the ledger about each transaction it touched.
 
     The ledger follows the state the warehouse keeps (``states``, merged by version: the same
@@ -244,7 +244,7 @@ def settlements(work: list[tuple[Event, Plan]], states: dict[tuple[str, str], Re
     state is one of the batch's, its rewards are what should stand; when it is not, the batch
     held only older news, and only a refund changes what stands.
     """
-    by_record: dict[tuple[str, str], list[tuple[Event, Plan]]] = {}
+    by_record: dict[tuple[str, str], list[tuple[StoredDelivery, Plan]]] = {}
     for event, planned in work:
         if planned.mapping.ledger is not None and planned.change is not None:
             by_record.setdefault((planned.change.table, planned.change.key), []).append((event, planned))

@@ -22,18 +22,7 @@ from sync.mapping.spec import Mapping
 from sync.ops import metrics
 from sync.salesforce.client import COLLECTION_LIMIT, CallRefused, SalesforceClient
 from sync.store import db, ledger
-from sync.store.outbox import (
-    FAILED,
-    FOLD_BATCH,
-    PENDING,
-    SYNCED,
-    UNAVAILABLE,
-    WAITING,
-    Outbox,
-    Pending,
-    RowOutcome,
-    wire,
-)
+from sync.store.outbox import FOLD_BATCH, UNAVAILABLE, Outbox, OutboxStatus, Pending, RowOutcome, wire
 
 log = logging.getLogger(__name__)
 
@@ -170,19 +159,19 @@ class Flusher:
             if not answer.success:  # whatever then becomes of the record: waits, retries or fails
                 metrics.SALESFORCE_REFUSALS.inc(object=target.object, code=answer.code)
             if answer.success:
-                outcomes.append(RowOutcome(row, SYNCED, salesforce_id=answer.id))
+                outcomes.append(RowOutcome(row, OutboxStatus.SYNCED, salesforce_id=answer.id))
                 report.synced += 1
             elif answer.missing_parent:
-                outcomes.append(RowOutcome(row, WAITING, code=answer.code, message=answer.message,
+                outcomes.append(RowOutcome(row, OutboxStatus.WAITING, code=answer.code, message=answer.message,
                                            retry_in=backoff.delay(backoff.RECORD_DELAYS, row.attempts),
                                            waiting_for=answer.parent))
                 report.waiting += 1
             elif answer.transient:
-                outcomes.append(RowOutcome(row, PENDING, code=answer.code, message=answer.message,
+                outcomes.append(RowOutcome(row, OutboxStatus.PENDING, code=answer.code, message=answer.message,
                                            retry_in=backoff.delay(backoff.RECORD_DELAYS, row.attempts)))
                 report.retrying += 1
             else:
-                outcomes.append(RowOutcome(row, FAILED, code=answer.code, message=answer.message))
+                outcomes.append(RowOutcome(row, OutboxStatus.FAILED, code=answer.code, message=answer.message))
                 report.failed += 1
                 # Salesforce's message may quote the record's values: it stays on the row
                 # (crm-errors, /ops), and the log names the code and the object only.
@@ -206,7 +195,7 @@ class Flusher:
         reason = refusal.reason(target.object, str(mapping.path))
         wait = backoff.delay(backoff.REFUSAL_DELAYS, min(r.attempts for r in rows))
         with db.transaction(self.engine) as conn:
-            self.outbox.record(conn, [RowOutcome(r, FAILED, code=refusal.code, message=reason, retry_in=wait)
+            self.outbox.record(conn, [RowOutcome(r, OutboxStatus.FAILED, code=refusal.code, message=reason, retry_in=wait)
                                       for r in rows], target.signature)
         metrics.SALESFORCE_REFUSALS.inc(len(rows), object=target.object, code=refusal.code)
         report.refused_calls += 1

@@ -65,7 +65,7 @@ class FlushQueue(Protocol):
     def enqueue_flush(self, delay: float | None = None) -> str: ...
 
 
-class FlushCoordinator:
+class FlushSchedule:
     def __init__(self, jobs: FlushQueue, flusher: Flusher | None):
         self.jobs = jobs
         self.redis = jobs.connection

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,13 +24,17 @@ from sync.rules.records import RecordState, bookkeeping, from_bookkeeping, merge
 from sync.store import db
 from sync.store.sqltypes import FINGERPRINT, KEY, UTCDateTime
 
-PENDING = "pending"  # to be sent
-WAITING = "waiting"  # Salesforce does not have its parent yet: sent again once the parent is
-SYNCED = "synced"
-#: Refused: not sent again until the record or its mapping changes, ``crm-retry``, or (for a
-#: refusal of the whole call) its ``next_attempt_at``.
-FAILED = "failed"
-STATUSES = (PENDING, WAITING, SYNCED, FAILED)
+class OutboxStatus(StrEnum):
+    """Where a Salesforce record of the outbox stands (``crm_outbox.status``)."""
+
+    PENDING = "pending"  # to be sent
+    WAITING = "waiting"  # Salesforce does not have its parent yet: sent again once the parent is
+    SYNCED = "synced"
+    #: Refused: not sent again until the record or its mapping changes, ``crm-retry``, or (for a
+    #: refusal of the whole call) its ``next_attempt_at``.
+    FAILED = "failed"
+
+
 #: The error code of rows whose whole call failed for a passing reason (a time-out, an outage).
 UNAVAILABLE = "UNAVAILABLE"
 #: The error code of records whose latest delivery the mapping could not turn into fields (a
@@ -53,7 +58,7 @@ crm_outbox = sa.Table(
     sa.Column("sync_deleted_version", UTCDateTime()),
     sa.Column("sync_deleted_fingerprint", FINGERPRINT),
     sa.Column("generation", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("status", sa.String(16), nullable=False, server_default=PENDING),
+    sa.Column("status", sa.String(16), nullable=False, server_default=OutboxStatus.PENDING.value),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("next_attempt_at", UTCDateTime()),
     sa.Column("changed_at", UTCDateTime()),
@@ -168,7 +173,7 @@ class Outbox:
         keys = sorted({(change.table, change.key): entity for change, entity, _, _ in items}.items())
         db.insert_ignore(conn, t, [
             {"object": obj, "external_id": key, "entity": entity, "fields": {}, "generation": 0,
-             "status": PENDING, "attempts": 0}
+             "status": OutboxStatus.PENDING, "attempts": 0}
             for (obj, key), entity in keys
         ])
         rows = {}
@@ -193,7 +198,7 @@ class Outbox:
         updates = []
         for k, state in after.items():
             row, problem = rows[k], problems[k]
-            was_refused = row.status == FAILED and row.error_code == MAPPING_ERROR
+            was_refused = row.status == OutboxStatus.FAILED and row.error_code == MAPPING_ERROR
             if problem is unset:  # only older deliveries: at most a tombstone moved
                 if state == before[k]:
                     continue
@@ -214,7 +219,7 @@ class Outbox:
                       "error_code": row.error_code, "error_message": row.error_message, "error_at": row.error_at,
                       "sent_with": row.sent_with, "waiting_since": since}
             if refusal is not None:
-                values.update(status=FAILED, error_code=MAPPING_ERROR, error_message=refusal, error_at=now(),
+                values.update(status=OutboxStatus.FAILED, error_code=MAPPING_ERROR, error_message=refusal, error_at=now(),
                               sent_with=None)
             elif was_refused:
                 values.update(error_code=None, error_message=None, error_at=None)
@@ -251,7 +256,7 @@ class Outbox:
         # partner's own delivery arrives, the commission total with it.
         db.insert_ignore(conn, t, [
             {"object": object_name, "external_id": p, "entity": entity, "fields": {}, "generation": 0,
-             "status": PENDING, "attempts": 0}
+             "status": OutboxStatus.PENDING, "attempts": 0}
             for p in partners
         ])
         for chunk in db.chunks(partners, 500):
@@ -277,9 +282,9 @@ class Outbox:
         at = now()
         time_come = sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= at)
         wanted = {
-            PENDING: time_come,
-            WAITING: time_come,
-            FAILED: sa.or_(t.c.next_attempt_at <= at, t.c.sent_with != signature),
+            OutboxStatus.PENDING: time_come,
+            OutboxStatus.WAITING: time_come,
+            OutboxStatus.FAILED: sa.or_(t.c.next_attempt_at <= at, t.c.sent_with != signature),
         }
         rows = []
         for status, condition in wanted.items():
@@ -308,7 +313,7 @@ class Outbox:
         at = now()
         params = []
         for o in sorted(outcomes, key=lambda o: o.row.external_id):
-            ok = o.status == SYNCED
+            ok = o.status == OutboxStatus.SYNCED
             params.append({
                 "b_id": o.row.id, "b_generation": o.row.generation, "status": o.status,
                 "salesforce_id": o.salesforce_id if ok else None,
@@ -319,7 +324,7 @@ class Outbox:
                 "error_code": None if ok else (o.code or "")[:64],
                 "error_message": None if ok else (o.message or "")[:2000],
                 "error_at": None if ok else at,
-                "waiting_for": o.waiting_for if o.status == WAITING else None,
+                "waiting_for": o.waiting_for if o.status == OutboxStatus.WAITING else None,
                 # Synced: nothing is waiting any more. (The row is written only if it did not change.)
                 "waiting_since": None if ok else o.row.waiting_since,
                 **({"sent_with": signature} if signature is not None else {}),
@@ -335,7 +340,7 @@ class Outbox:
     def postpone(self, conn: Connection, rows: Sequence[Pending], reason: str) -> None:
         """A whole call failed for a passing reason (time-out, outage): these rows are due again
         at the next flush (whose own backoff decides when), with the reason shown meanwhile."""
-        self.record(conn, [RowOutcome(r, PENDING, code=UNAVAILABLE, message=reason) for r in rows], signature=None)
+        self.record(conn, [RowOutcome(r, OutboxStatus.PENDING, code=UNAVAILABLE, message=reason) for r in rows], signature=None)
 
     def wake_children_of(self, conn: Connection, parents: Iterable[tuple[str, str]]) -> int:
         """Records waiting for one of ``parents`` ((object, external id) just synced): try them now."""
@@ -344,7 +349,7 @@ class Outbox:
         woken = 0
         for chunk in db.chunks(keys, 500):
             woken += conn.execute(
-                t.update().where(t.c.status == WAITING, t.c.waiting_for.in_(chunk)).values(next_attempt_at=None)
+                t.update().where(t.c.status == OutboxStatus.WAITING, t.c.waiting_for.in_(chunk)).values(next_attempt_at=None)
             ).rowcount
         return woken
 
@@ -353,15 +358,15 @@ class Outbox:
         mapping could not compute (``MAPPING_ERROR``) stay refused: only a delivery or a replay
         gives them something to send."""
         t = crm_outbox
-        query = t.update().where(t.c.status.in_((FAILED, WAITING)), _not_refused_by_mapping())
+        query = t.update().where(t.c.status.in_((OutboxStatus.FAILED, OutboxStatus.WAITING)), _not_refused_by_mapping())
         if object_name:
             query = query.where(t.c.object == object_name)
-        return conn.execute(query.values(status=PENDING, next_attempt_at=None, attempts=0)).rowcount
+        return conn.execute(query.values(status=OutboxStatus.PENDING, next_attempt_at=None, attempts=0)).rowcount
 
     def refused_by_mapping(self, conn: Connection, object_name: str | None = None) -> int:
         """How many records are refused because the mapping could not compute them."""
         t = crm_outbox
-        query = sa.select(sa.func.count()).select_from(t).where(t.c.status == FAILED, t.c.error_code == MAPPING_ERROR)
+        query = sa.select(sa.func.count()).select_from(t).where(t.c.status == OutboxStatus.FAILED, t.c.error_code == MAPPING_ERROR)
         if object_name:
             query = query.where(t.c.object == object_name)
         return conn.execute(query).scalar_one()
@@ -372,7 +377,7 @@ class Outbox:
         query = sa.select(t.c.object, t.c.status, sa.func.count()).where(t.c.sync_version.is_not(None)) \
             .group_by(t.c.object, t.c.status)
         for obj, status, count in conn.execute(query):
-            found.setdefault(obj, dict.fromkeys(STATUSES, 0))[status] = count
+            found.setdefault(obj, dict.fromkeys(OutboxStatus, 0))[status] = count
         return found
 
     def last_synced_at(self, conn: Connection) -> datetime | None:
@@ -384,7 +389,7 @@ class Outbox:
         rows = conn.execute(
             sa.select(t.c.object, t.c.external_id, t.c.status, t.c.error_code, t.c.error_message, t.c.error_at,
                       t.c.attempts, t.c.next_attempt_at)
-            .where(t.c.status.in_((FAILED, WAITING)))
+            .where(t.c.status.in_((OutboxStatus.FAILED, OutboxStatus.WAITING)))
             .order_by(t.c.error_at.desc())
             .limit(limit)
         ).all()
@@ -403,7 +408,7 @@ class Outbox:
         t = crm_outbox
         records = conn.execute(
             sa.select(sa.func.count()).select_from(t)
-            .where(t.c.status.in_((PENDING, WAITING)), t.c.sync_version.is_not(None))
+            .where(t.c.status.in_((OutboxStatus.PENDING, OutboxStatus.WAITING)), t.c.sync_version.is_not(None))
         ).scalar_one()
         return records + conn.execute(sa.select(sa.func.count()).select_from(crm_commission_changes)).scalar_one()
 
@@ -412,11 +417,11 @@ def _not_refused_by_mapping():
     """Rows other than records refused because the mapping could not compute them: sending
     those again would send a state the mapping never produced."""
     t = crm_outbox
-    return sa.or_(t.c.status != FAILED, t.c.error_code.is_(None), t.c.error_code != MAPPING_ERROR)
+    return sa.or_(t.c.status != OutboxStatus.FAILED, t.c.error_code.is_(None), t.c.error_code != MAPPING_ERROR)
 
 
 def _changed(generation) -> dict[str, Any]:
-    return {"generation": generation + 1, "status": PENDING, "attempts": 0, "next_attempt_at": None,
+    return {"generation": generation + 1, "status": OutboxStatus.PENDING, "attempts": 0, "next_attempt_at": None,
             "changed_at": now()}
 
 
