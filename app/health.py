@@ -5,8 +5,6 @@ the operator's credentials, the full report: the reasons, and how the work is go
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from flask import Blueprint, current_app, jsonify, request
 
 from app import auth
@@ -44,7 +42,7 @@ def healthz():
         else:
             age = None
             if backlog.oldest_pending_at is not None:
-                age = max(0.0, (datetime.now(timezone.utc) - backlog.oldest_pending_at).total_seconds())
+                age = max(0.0, (services.clock() - backlog.oldest_pending_at).total_seconds())
             body["work"] = {
                 "deliveries_pending": backlog.pending,
                 "deliveries_failed": backlog.failed,

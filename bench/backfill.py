@@ -370,7 +370,7 @@ def measure_naive(env: dict, stand: StandIn, want: dict, sample: int) -> dict:
     from sync.rules import listed
     from sync.services import Services
     from sync.settings import Settings
-    from sync.store.inbox import Delivery, DeliveryStatus, StoredDelivery, utcnow
+    from sync.store.inbox import Delivery, DeliveryStatus, StoredDelivery
 
     fresh(env)
     settings = Settings.from_env(env)
@@ -390,7 +390,7 @@ def measure_naive(env: dict, stand: StandIn, want: dict, sample: int) -> dict:
                     for event, body in item.bodies():
                         delivery = Delivery(body, event, DeliveryStatus.PENDING, item.object_id)
                         stored = services.inbox.store_many([delivery], claimed=True)[delivery.fingerprint]
-                        row = StoredDelivery(stored.id, event, body, DeliveryStatus.PENDING, 1, utcnow(), delivery.fingerprint,
+                        row = StoredDelivery(stored.id, event, body, DeliveryStatus.PENDING, 1, services.clock(), delivery.fingerprint,
                                     delivery.entity_id)
                         result = services.processor.process_batch([row])
                         if result.failed:

@@ -34,7 +34,7 @@ def naive_job(body: str) -> None:
     events = services.inbox.claim(1, ids=[s.id for s in stored.values()])
     services.processor.process_batch(events)  # the warehouse, as ours does
     mapping = services.mappings.for_event(document["event"])
-    planned = plan(mapping, document, "naive")
+    planned = plan(mapping, document, "naive", services.clock())
     if planned.crm is None:
         return
     record = {k: v for k, v in wire(planned.crm.values).items() if v is not None or not k.endswith("__r")}

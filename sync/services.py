@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import redis
 
+from sync.core.clock import Clock, system_clock
 from sync.core.errors import TransientError
 from sync.mapping import MappingSet, load_mappings
 from sync.ops import metrics
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Services:
     settings: Settings
+    #: What time it is, for every adapter here (``sync.core.clock``).
+    clock: Clock
     inbox: Inbox
     queue: JobQueue
     mappings: MappingSet
@@ -47,6 +50,7 @@ class Services:
         settings: Settings,
         redis_connection: redis.Redis | None = None,
         mappings: MappingSet | None = None,
+        clock: Clock = system_clock,
     ) -> Services:
         """Wire the adapters; nothing connects until first used.
 
@@ -55,7 +59,7 @@ class Services:
         """
         mappings = mappings or load_mappings(settings.mappings_dir, schema.RESERVED_TABLES)
         engine = db.engine_for(settings.database_url, settings.database_lock_timeout)
-        inbox = Inbox(engine)
+        inbox = Inbox(engine, clock)
         warehouse = Warehouse(mappings)
         outbox = Outbox() if settings.salesforce.enabled else None
         queue = JobQueue(redis_connection or queues.connect(settings.redis_url))
@@ -63,6 +67,7 @@ class Services:
         metrics.recorder.bind(queue.connection)
         return cls(
             settings=settings,
+            clock=clock,
             inbox=inbox,
             queue=queue,
             mappings=mappings,
@@ -76,14 +81,14 @@ class Services:
             return None
         if self._flusher is None:
             self._flusher = Flusher(self.inbox.engine, self.mappings, SalesforceClient(self.settings.salesforce),
-                                    currency=self.settings.currency)
+                                    currency=self.settings.currency, clock=self.clock)
         return self._flusher
 
     @property
     def flush_schedule(self) -> FlushSchedule:
         """When Salesforce flushes run (``sync.salesforce.schedule``); asking is a no-op while CRM sync is off."""
         if self._flush_schedule is None:
-            self._flush_schedule = FlushSchedule(self.queue, self.flusher())
+            self._flush_schedule = FlushSchedule(self.queue, self.flusher(), self.clock)
         return self._flush_schedule
 
     def request_flush(self) -> None:

@@ -7,7 +7,7 @@ One snapshot serves ``partnero-sync status``, the operator's ``/healthz``, ``/me
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -186,7 +186,7 @@ def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = Fal
     """Read everything (the ledger's currencies only ``with_ledger``: ``partnero-sync status``);
     a source that cannot be read is named in ``unavailable``."""
     snapshot = Snapshot(
-        taken_at=datetime.now(timezone.utc),
+        taken_at=services.clock(),
         stuck_after=stuck_after,
         crm_enabled=services.settings.salesforce.enabled,
     )
@@ -200,7 +200,7 @@ def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = Fal
                     snapshot.crm_last_synced_at = outbox.last_synced_at(conn)
                 if with_ledger:
                     snapshot.ledger = ledger.summary(conn, services.settings.currency)
-        snapshot.backfill = runs.Runs(services.inbox.engine).latest()
+        snapshot.backfill = runs.Runs(services.inbox.engine, services.clock).latest()
     except Exception as exc:  # e.g. no schema yet: say so rather than fail the whole report
         snapshot.unavailable["database"] = db.explain(exc) or db.describe_error(exc)
     try:

@@ -43,8 +43,8 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
     rows.append(("Salesforce", salesforce))
     if snapshot.crm_enabled and inbox is not None:
         for obj, by_status in sorted(snapshot.crm.items()):
-            rows.append((f"  {obj}", f"backlog {backlog(by_status)}, refused {by_status.get(CRM_FAILED, 0)}, "
-                                     f"synced {by_status.get(CRM_SYNCED, 0)}"))
+            rows.append((f"  {obj}", f"backlog {backlog(by_status)}, refused {by_status.get(OutboxStatus.FAILED, 0)}, "
+                                     f"synced {by_status.get(OutboxStatus.SYNCED, 0)}"))
         rows.append(("  last synced record", _ago(snapshot.crm_last_synced_at, snapshot.taken_at)))
     if snapshot.ledger is not None:
         rows += _ledger(snapshot.ledger)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from sync.ops.terminal import safe
 from sync.partnero.resync import Examined, Resync
@@ -84,7 +83,7 @@ class Reconcile:
             with self.services.inbox.engine.connect() as conn:
                 held = self.services.warehouse.live_keys(conn, mapping.warehouse.table)
             for key in sorted(held - seen):
-                observed_at = datetime.now(timezone.utc)
+                observed_at = self.services.clock()
                 obj = self.api.get(entity, key)
                 if obj is not None:  # listed elsewhere meanwhile (the list moved under the pages)
                     self._take(report, self.resync.examine(entity, [obj], observed_at), fix)

@@ -22,7 +22,7 @@ from sync.pipeline import outcomes
 from sync.rules import drift, listed
 from sync.rules.drift import Drift
 from sync.store import ledger
-from sync.store.inbox import Delivery, DeliveryStatus, StoredDelivery, utcnow
+from sync.store.inbox import Delivery, DeliveryStatus, StoredDelivery
 
 
 @dataclass
@@ -115,14 +115,14 @@ class Resync:
             return done
         services = self.services
         stored = services.inbox.store_many(examined.deliveries, claimed=True)
-        now = utcnow()
+        now = services.clock()
         events = [StoredDelivery(stored[d.fingerprint].id, d.event_type, d.body, DeliveryStatus.PENDING, 1, now, d.fingerprint, d.entity_id)
                   for d in unique(examined.deliveries) if stored[d.fingerprint].created]
         # Bytes already stored (by someone else) are left to whoever holds them.
         if not events:
             return done
         result = services.processor.process_batch(events, examined.plans)
-        outcomes.report(events, result, services.request_flush)
+        outcomes.report(events, result, services.request_flush, services.clock())
         done.processed = len(result.processed) + len(result.ignored)
         done.failed = len(result.failed)
         return done

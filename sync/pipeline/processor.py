@@ -28,7 +28,7 @@ from sync.mapping import FieldProblem, MappingSet, Plan, entity_label, plan
 from sync.rules.records import RecordState
 from sync.store import ledger
 from sync.store.db import describe_error, is_transient, waited_on_lock
-from sync.store.inbox import DeliveryStatus, Inbox, StoredDelivery, utcnow
+from sync.store.inbox import DeliveryStatus, Inbox, StoredDelivery
 from sync.store.outbox import Outbox
 from sync.store.warehouse import Warehouse
 
@@ -197,7 +197,7 @@ class Processor:
         self.inbox.mark_done(result.processed, conn)
         self.inbox.mark_done(result.ignored, conn, status=DeliveryStatus.IGNORED)
         self.inbox.mark_failures(result.failed, conn)
-        retry_at = utcnow() + timedelta(seconds=backoff.delay(backoff.DELIVERY_DELAYS, 0))
+        retry_at = self.inbox.clock() + timedelta(seconds=backoff.delay(backoff.DELIVERY_DELAYS, 0))
         self.inbox.record_errors(result.waiting, WAITED, conn=conn, retry_at=retry_at)
         self.inbox.record_errors(result.untried, UNTRIED, conn=conn)
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from sqlalchemy.engine import Engine
 
 from sync.core import backoff
+from sync.core.clock import Clock, system_clock
 from sync.core.errors import TransientError
 from sync.mapping import MappingSet
 from sync.mapping.spec import Mapping
@@ -62,13 +62,15 @@ class Flusher:
     """Sends the outbox's due records to one org; ``sync.salesforce.schedule`` decides when."""
 
     def __init__(self, engine: Engine, mappings: MappingSet, client: SalesforceClient, outbox: Outbox | None = None,
-                 currency: str | None = None):
+                 currency: str | None = None, clock: Clock = system_clock):
         self.engine = engine
         self.mappings = mappings
         self.client = client
         self.outbox = outbox or Outbox()
         #: The program's currency (PARTNERO_CURRENCY); None: the one most used.
         self.currency = currency
+        #: What time it is: when records reached Salesforce (their lag).
+        self.clock = clock
         # The currency the totals are sent in, read at most once per flush (the most used one
         # takes a look at the whole ledger).
         self._program: str | None = None
@@ -182,7 +184,7 @@ class Flusher:
             self.outbox.record(conn, outcomes, signature)
             if synced and target.object in self._parents:
                 self.outbox.wake_children_of(conn, [(row.object, row.external_id) for row in synced])
-        now = datetime.now(timezone.utc)
+        now = self.clock()
         metrics.SALESFORCE_LAG.observe((now - row.waiting_since).total_seconds()
                                        for row in synced if row.waiting_since is not None)
         report.by_object[target.object] = report.by_object.get(target.object, 0) + len(rows)

@@ -11,13 +11,14 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from sync.core.clock import Clock, system_clock
 from sync.store.db import chunks, metadata, transaction
 from sync.store.sqltypes import BODY, KEY, UTCDateTime
 
@@ -153,10 +154,6 @@ def fingerprint(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 @dataclass(frozen=True)
 class Delivery:
     """A verified delivery on its way into the inbox."""
@@ -272,8 +269,10 @@ class InboxSummary:
 class Inbox:
     """The ``webhook_events`` table, behind the few operations the service needs."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, clock: Clock = system_clock):
         self.engine = engine
+        #: What time it is: stamps ``received_at``, ``processed_at`` and claims.
+        self.clock = clock
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -290,7 +289,7 @@ class Inbox:
             unique.setdefault(delivery.fingerprint, delivery)
         # A fixed order of inserts keeps two batches with common fingerprints from deadlocking.
         ordered = sorted(unique.items())
-        now = utcnow()
+        now = self.clock()
         rows = [
             {
                 "fingerprint": fp,
@@ -364,7 +363,7 @@ class Inbox:
         never make a row be claimed alone.
         """
         t = webhook_events
-        now = utcnow()
+        now = self.clock()
         query = _claim(sa.select(t.c.id, t.c.attempts).where(_unheld(now)), limit)
         if ids is not None:
             query = query.where(t.c.id.in_(sorted(set(ids))))
@@ -389,7 +388,7 @@ class Inbox:
     def claimable(self, older_than: timedelta = timedelta(0)) -> int:
         """How many pending rows nobody holds were received more than ``older_than`` ago."""
         t = webhook_events
-        now = utcnow()
+        now = self.clock()
         query = sa.select(sa.func.count()).select_from(t).where(_unheld(now), t.c.received_at < now - older_than)
         with self._transaction() as conn:
             return conn.execute(query).scalar_one()
@@ -401,7 +400,7 @@ class Inbox:
         statement = (
             t.update()
             .where(t.c.id.in_(sorted(event_ids)))
-            .values(status=status, last_error=None, processed_at=utcnow(), claimed_until=None)
+            .values(status=status, last_error=None, processed_at=self.clock(), claimed_until=None)
         )
         if conn is None:
             with self._transaction() as own:
@@ -565,7 +564,7 @@ class Inbox:
         ``RequeueAnswer.BUSY``, so the caller answers at once.
         """
         t = webhook_events
-        now = utcnow()
+        now = self.clock()
         query = sa.select(t.c.status, (t.c.body == PRUNED_BODY).label("pruned")).where(t.c.id == event_id)
         with self._transaction() as conn:
             found = conn.execute(query.with_for_update(skip_locked=True)).one_or_none()

@@ -20,6 +20,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from sync.core.clock import Clock, system_clock
 from sync.store.db import metadata, transaction
 from sync.store.sqltypes import UTCDateTime
 
@@ -102,9 +103,8 @@ class Run:
     def done(self) -> bool:
         return self.status == RunStatus.FINISHED
 
-    def live(self, now: datetime | None = None) -> bool:
-        """Whether someone is carrying it on right now (it recorded progress lately)."""
-        now = now or datetime.now(timezone.utc)
+    def live(self, now: datetime) -> bool:
+        """Whether someone is carrying it on at ``now`` (it recorded progress lately)."""
         return self.status == RunStatus.RUNNING and now - self.heartbeat_at < STALE_AFTER
 
 
@@ -115,13 +115,15 @@ COUNTERS = ("records", "applied", "unchanged", "skipped", "failed")
 class Runs:
     """Backfill runs, behind the few operations backfills and ``status`` need."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, clock: Clock = system_clock):
         self.engine = engine
+        #: What time it is: stamps starts, heartbeats and ends.
+        self.clock = clock
 
     def start(self, entities: tuple[str, ...], since: datetime | None, job_id: str | None = None) -> Run | None:
         """A new run, running; None when the same lists and ``since`` already have an unfinished
         one (perhaps started by someone else this very moment)."""
-        now = datetime.now(timezone.utc)
+        now = self.clock()
         t = backfill_runs
         try:
             with transaction(self.engine) as conn:
@@ -165,7 +167,7 @@ class Runs:
     def _claim(self, run_id: int, by: str | None, /, **values) -> bool:
         """Set ``values`` on ``run_id`` if it is not over and nobody but ``by`` (a job id) carries it on."""
         t = backfill_runs
-        now = datetime.now(timezone.utc)
+        now = self.clock()
         free = sa.or_(t.c.status != RunStatus.RUNNING, t.c.heartbeat_at <= now - STALE_AFTER)
         if by is not None:
             free = sa.or_(free, t.c.job_id == by)
@@ -185,14 +187,14 @@ class Runs:
                      **{name: t.c[name] + counts.get(name, 0) for name in COUNTERS})
 
     def finish(self, run_id: int, status: str = RunStatus.FINISHED, error: str | None = None) -> None:
-        ended = datetime.now(timezone.utc) if status == RunStatus.FINISHED else None
+        ended = self.clock() if status == RunStatus.FINISHED else None
         over = {"open_scope": None} if status in OVER else {}
         self._update(run_id, status=status, last_error=error, finished_at=ended, **over)
 
     def _update(self, run_id: int, **values) -> None:
         t = backfill_runs
         with transaction(self.engine) as conn:
-            conn.execute(t.update().where(t.c.id == run_id).values(heartbeat_at=datetime.now(timezone.utc), **values))
+            conn.execute(t.update().where(t.c.id == run_id).values(heartbeat_at=self.clock(), **values))
 
 
 def _run(row) -> Run:

@@ -43,6 +43,7 @@ from typing import Protocol
 from rq import Retry, get_current_job
 
 from sync.core import backoff
+from sync.core.clock import Clock
 from sync.core.errors import SyncError, TransientError, caused_by
 from sync.mapping import MappingSet
 from sync.ops import metrics
@@ -76,6 +77,7 @@ class Context(Protocol):
     job's first argument (``sync.worker.queues.PartneroWorker``): a job never builds its own."""
 
     settings: Settings
+    clock: Clock
     inbox: Inbox
     queue: Queue
     mappings: MappingSet
@@ -252,7 +254,7 @@ def _apply(current: Context, events: list[StoredDelivery], again: bool = False) 
             log.warning("inbox %s: %s; claiming again at once", _rows(event_ids), exc)
             return None
         return _passing(current, event_ids, exc)
-    outcomes.report(events, result, current.request_flush)
+    outcomes.report(events, result, current.request_flush, current.clock())
     # Failed deliveries are recorded on their rows (status, /ops, metrics); the job did its work.
     return result
 
@@ -334,7 +336,7 @@ def backfill(current: Context, run_id: int) -> Retry | str:
     from sync.store.runs import RunStatus
 
     job = get_current_job()
-    filler = Backfill(current, PartneroApi(current.settings.partnero))
+    filler = Backfill(current, PartneroApi(current.settings.partnero, clock=current.clock))
     run = filler.runs.get(run_id)
     if run is None or run.done:
         return f"backfill #{run_id}: nothing to do"
