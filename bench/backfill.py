@@ -400,8 +400,8 @@ def measure_naive(env: dict, stand: StandIn, want: dict, sample: int) -> dict:
                     for event, body in item.bodies():
                         delivery = Delivery(body, event, DeliveryStatus.PENDING, item.object_id)
                         stored = services.inbox.store_many([delivery], claimed=True)[delivery.fingerprint]
-                        row = StoredDelivery(stored.id, event, body, DeliveryStatus.PENDING, 1, services.clock(), delivery.fingerprint,
-                                    delivery.entity_id)
+                        row = StoredDelivery(stored.id, event, body, DeliveryStatus.PENDING, 1, services.clock(),
+                                             delivery.fingerprint, delivery.entity_id)
                         result = services.processor.process_batch([row])
                         if result.failed:
                             raise CheckFailed(f"naive: a delivery failed: {next(iter(result.failed.values()))}")

@@ -119,7 +119,7 @@ def receive(services, documents: list[dict], concurrency: int = 16, progress: bo
 
     def submit(document: dict):
         body = json.dumps(document).encode()
-        status = DeliveryStatus.PENDING if document["event"] in handled else "ignored"
+        status = DeliveryStatus.PENDING if document["event"] in handled else DeliveryStatus.IGNORED
         return intake.submit(Delivery(body, document["event"], status))
 
     done_count = 0

@@ -73,7 +73,8 @@ def crm_flush() -> None:
     services = Services.build(load_settings())
     if services.flusher() is None:
         raise ConfigurationError("Salesforce sync is off: no SALESFORCE_ variables are set")
-    report = services.flush_schedule.run_foreground(on_progress=lambda r: click.echo(f"  {safe(r.summary())}", err=True))
+    report = services.flush_schedule.run_foreground(
+        on_progress=lambda r: click.echo(f"  {safe(r.summary())}", err=True))
     click.echo(safe(report.summary()))
     if report.org_refusal is not None:
         raise SyncError(report.org_refusal.message)

@@ -75,7 +75,8 @@ class Resync:
                 found.skipped += 1
                 continue
             item = listed.listed(mapping, entity, obj, observed_at, self.source)
-            deliveries = [Delivery(body, event, DeliveryStatus.PENDING, item.object_id) for event, body in item.bodies()]
+            deliveries = [Delivery(body, event, DeliveryStatus.PENDING, item.object_id)
+                          for event, body in item.bodies()]
             try:
                 plans = [plan(mapping, document, d.fingerprint, observed_at, salesforce=salesforce)
                          for (_, document), d in zip(item.documents, deliveries)]
@@ -116,7 +117,8 @@ class Resync:
         services = self.services
         stored = services.inbox.store_many(examined.deliveries, claimed=True)
         now = services.clock()
-        events = [StoredDelivery(stored[d.fingerprint].id, d.event_type, d.body, DeliveryStatus.PENDING, 1, now, d.fingerprint, d.entity_id)
+        events = [StoredDelivery(stored[d.fingerprint].id, d.event_type, d.body, DeliveryStatus.PENDING, 1, now,
+                                 d.fingerprint, d.entity_id)
                   for d in unique(examined.deliveries) if stored[d.fingerprint].created]
         # Bytes already stored (by someone else) are left to whoever holds them.
         if not events:

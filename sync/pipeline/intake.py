@@ -35,7 +35,7 @@ ANSWER_SECONDS = 3.5
 class Receipt:
     """The answer for one delivery: what happened to it, and its inbox row."""
 
-    status: str  # QUEUED, DUPLICATE or IGNORED
+    status: ReceiptStatus
     id: int
 
 
@@ -151,5 +151,6 @@ class Intake:
 def _receipt(stored: Stored, first: bool) -> Receipt:
     if not (stored.created and first):
         return Receipt(ReceiptStatus.DUPLICATE, stored.id)
-    return Receipt(ReceiptStatus.QUEUED if stored.status == DeliveryStatus.PENDING else ReceiptStatus.IGNORED, stored.id)
+    status = ReceiptStatus.QUEUED if stored.status == DeliveryStatus.PENDING else ReceiptStatus.IGNORED
+    return Receipt(status, stored.id)
 

@@ -20,7 +20,8 @@ def report(events: Sequence[StoredDelivery], result: BatchResult, request_flush:
     """Count, log and follow up ``result``, the outcome of applying ``events``, committed at ``committed_at``."""
     by_id = {e.id: e for e in events}
     metrics.LAG.observe((committed_at - by_id[i].received_at).total_seconds() for i in result.processed)
-    for outcome, done in ((DeliveryStatus.PROCESSED, result.processed), (DeliveryStatus.IGNORED, result.ignored), (DeliveryStatus.FAILED, result.failed)):
+    for outcome, done in ((DeliveryStatus.PROCESSED, result.processed), (DeliveryStatus.IGNORED, result.ignored),
+                          (DeliveryStatus.FAILED, result.failed)):
         metrics.ATTEMPTS.inc(len(done), outcome=outcome)
     metrics.ATTEMPTS.inc(len(result.waiting) + len(result.untried), outcome=metrics.RETRIED)
 

@@ -236,7 +236,8 @@ class Processor:
             self.outbox.note_commission_change(conn, partners)
 
 
-def settlements(work: list[tuple[StoredDelivery, Plan]], states: dict[tuple[str, str], RecordState]) -> list[ledger.Settlement]:
+def settlements(work: list[tuple[StoredDelivery, Plan]],
+                states: dict[tuple[str, str], RecordState]) -> list[ledger.Settlement]:
     """What the batch tells the ledger about each transaction it touched.
 
     The ledger follows the state the warehouse keeps (``states``, merged by version: the same

@@ -38,7 +38,7 @@ class Drift:
 
     entity: str
     key: str
-    kind: str
+    kind: DriftKind
     fields: tuple[str, ...] = field(default=())
     #: Why it cannot be applied (``DriftKind.UNREADABLE``), in the mapping's words.
     reason: str | None = None

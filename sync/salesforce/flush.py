@@ -212,8 +212,8 @@ class Flusher:
         reason = refusal.reason(target.object, str(mapping.path))
         wait = backoff.delay(backoff.REFUSAL_DELAYS, min(r.attempts for r in rows))
         with db.transaction(self.engine) as conn:
-            self.outbox.record(conn, [RowOutcome(r, OutboxStatus.FAILED, code=refusal.code, message=reason, retry_in=wait)
-                                      for r in rows], target.signature)
+            self.outbox.record(conn, [RowOutcome(r, OutboxStatus.FAILED, code=refusal.code, message=reason,
+                                                 retry_in=wait) for r in rows], target.signature)
         metrics.SALESFORCE_REFUSALS.inc(len(rows), object=target.object, code=refusal.code)
         report.refused_calls += 1
         report.failed += len(rows)

@@ -178,7 +178,8 @@ class FlushSchedule:
         refusals = self.redis.incr(REFUSALS)
         self.redis.expire(REFUSALS, 7 * 24 * 3600)
         delay = backoff.delay(backoff.REFUSAL_DELAYS, refusals - 1)
-        problem = {"code": refusal.code, "message": refusal.message, "since": self.clock().isoformat(timespec="seconds")}
+        since = self.clock().isoformat(timespec="seconds")
+        problem = {"code": refusal.code, "message": refusal.message, "since": since}
         self.redis.set(PROBLEM, json.dumps(problem))
         self.request(delay, force=True)
         text = f"{refusal.message}; flushes hold back {delay / 60:.0f} min (crm-retry goes ahead at once)"

@@ -124,7 +124,8 @@ def _prunable(query, before: datetime):
 def _unheld(now: datetime):
     """The condition of pending rows that no worker holds at ``now`` (see ``Inbox.claim``)."""
     t = webhook_events
-    return sa.and_(t.c.status == DeliveryStatus.PENDING, sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now))
+    held = sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now)
+    return sa.and_(t.c.status == DeliveryStatus.PENDING, held)
 
 
 def _claim(query, limit: int):
@@ -160,7 +161,7 @@ class Delivery:
 
     body: bytes
     event_type: str
-    status: str  # PENDING for events we handle, IGNORED for the rest
+    status: DeliveryStatus  # PENDING for events we handle, IGNORED for the rest
     entity_id: str | None = None
 
     @cached_property
@@ -393,7 +394,8 @@ class Inbox:
         with self._transaction() as conn:
             return conn.execute(query).scalar_one()
 
-    def mark_done(self, event_ids: Sequence[int], conn: Connection | None = None, status: str = DeliveryStatus.PROCESSED) -> None:
+    def mark_done(self, event_ids: Sequence[int], conn: Connection | None = None,
+                  status: DeliveryStatus = DeliveryStatus.PROCESSED) -> None:
         if not event_ids:
             return
         t = webhook_events
@@ -532,7 +534,8 @@ class Inbox:
         t = webhook_events
         after_id = 0
         while True:
-            query = _matching(sa.select(*_EVENT_COLUMNS).where(t.c.id > after_id), since, event_type, DeliveryStatus.FAILED)
+            query = _matching(sa.select(*_EVENT_COLUMNS).where(t.c.id > after_id), since, event_type,
+                              DeliveryStatus.FAILED)
             with self._transaction() as conn:
                 events = [StoredDelivery(*row) for row in conn.execute(_claim(query, batch))]
                 skipped = {}
@@ -555,8 +558,8 @@ class Inbox:
 
     def requeue(self, event_id: int) -> str | None:
         """Hand row ``event_id`` back to the workers to apply again (``/ops``'s Replay), noting
-        when that was asked (``replay_asked_at``); returns what it found (``RequeueAnswer.REQUEUED``,
-        ``RequeueAnswer.ALREADY_PENDING``, ``RequeueAnswer.PRUNED``, ``RequeueAnswer.BUSY``), None when there is no such row.
+        when that was asked (``replay_asked_at``); returns what it found (a ``RequeueAnswer``), None
+        when there is no such row.
 
         A processed, ignored or failed row goes back to pending, its attempts from 0 (as
         ``requeue_failed``); a pending one stays as it is, whoever holds it. Never waits for a
@@ -620,8 +623,10 @@ class Inbox:
         t = webhook_events
         with self._transaction() as conn:
             found = dict(conn.execute(sa.select(t.c.status, sa.func.count()).group_by(t.c.status)).all())
-            oldest = conn.execute(sa.select(sa.func.min(t.c.received_at)).where(t.c.status == DeliveryStatus.PENDING)).scalar()
-            last = conn.execute(sa.select(sa.func.max(t.c.processed_at)).where(t.c.status == DeliveryStatus.PROCESSED)).scalar()
+            oldest = conn.execute(sa.select(sa.func.min(t.c.received_at))
+                                  .where(t.c.status == DeliveryStatus.PENDING)).scalar()
+            last = conn.execute(sa.select(sa.func.max(t.c.processed_at))
+                                .where(t.c.status == DeliveryStatus.PROCESSED)).scalar()
         return InboxSummary(
             counts={status: found.get(status, 0) for status in DeliveryStatus},
             oldest_pending_at=oldest,
@@ -639,7 +644,8 @@ class Inbox:
 
         oldest = sa.select(sa.func.min(t.c.received_at)).where(t.c.status == DeliveryStatus.PENDING).scalar_subquery()
         with self._transaction() as conn:
-            pending, failed, oldest_at = conn.execute(sa.select(count(DeliveryStatus.PENDING), count(DeliveryStatus.FAILED), oldest)).one()
+            query = sa.select(count(DeliveryStatus.PENDING), count(DeliveryStatus.FAILED), oldest)
+            pending, failed, oldest_at = conn.execute(query).one()
         return Backlog(pending=pending, failed=failed, oldest_pending_at=oldest_at)
 
     def ping(self) -> None:
