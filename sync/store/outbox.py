@@ -219,8 +219,8 @@ class Outbox:
                       "error_code": row.error_code, "error_message": row.error_message, "error_at": row.error_at,
                       "sent_with": row.sent_with, "waiting_since": since}
             if refusal is not None:
-                values.update(status=OutboxStatus.FAILED, error_code=MAPPING_ERROR, error_message=refusal, error_at=now(),
-                              sent_with=None)
+                values.update(status=OutboxStatus.FAILED, error_code=MAPPING_ERROR, error_message=refusal,
+                              error_at=now(), sent_with=None)
             elif was_refused:
                 values.update(error_code=None, error_message=None, error_at=None)
             updates.append(values)
@@ -340,7 +340,8 @@ class Outbox:
     def postpone(self, conn: Connection, rows: Sequence[Pending], reason: str) -> None:
         """A whole call failed for a passing reason (time-out, outage): these rows are due again
         at the next flush (whose own backoff decides when), with the reason shown meanwhile."""
-        self.record(conn, [RowOutcome(r, OutboxStatus.PENDING, code=UNAVAILABLE, message=reason) for r in rows], signature=None)
+        self.record(conn, [RowOutcome(r, OutboxStatus.PENDING, code=UNAVAILABLE, message=reason) for r in rows],
+                    signature=None)
 
     def wake_children_of(self, conn: Connection, parents: Iterable[tuple[str, str]]) -> int:
         """Records waiting for one of ``parents`` ((object, external id) just synced): try them now."""
@@ -349,7 +350,8 @@ class Outbox:
         woken = 0
         for chunk in db.chunks(keys, 500):
             woken += conn.execute(
-                t.update().where(t.c.status == OutboxStatus.WAITING, t.c.waiting_for.in_(chunk)).values(next_attempt_at=None)
+                t.update().where(t.c.status == OutboxStatus.WAITING, t.c.waiting_for.in_(chunk))
+                .values(next_attempt_at=None)
             ).rowcount
         return woken
 
@@ -366,7 +368,8 @@ class Outbox:
     def refused_by_mapping(self, conn: Connection, object_name: str | None = None) -> int:
         """How many records are refused because the mapping could not compute them."""
         t = crm_outbox
-        query = sa.select(sa.func.count()).select_from(t).where(t.c.status == OutboxStatus.FAILED, t.c.error_code == MAPPING_ERROR)
+        query = (sa.select(sa.func.count()).select_from(t)
+                 .where(t.c.status == OutboxStatus.FAILED, t.c.error_code == MAPPING_ERROR))
         if object_name:
             query = query.where(t.c.object == object_name)
         return conn.execute(query).scalar_one()
