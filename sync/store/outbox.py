@@ -93,6 +93,21 @@ def now() -> datetime:
 
 
 @dataclass(frozen=True)
+class OutboxChange:
+    """A change of one Salesforce record, for the outbox."""
+
+    change: RecordChange
+    #: The Partnero entity the record comes from.
+    entity: str
+    #: The fields a delete sets (the mapping's ``on_delete``): they stay once set.
+    tombstone_fields: tuple[str, ...]
+    #: Why the mapping could not compute the record's fields from its delivery (None: it could).
+    problem: str | None
+    #: When its delivery arrived (None: not known).
+    arrived_at: datetime | None
+
+
+@dataclass(frozen=True)
 class Pending:
     """A due outbox row, as read for sending."""
 
@@ -344,21 +359,6 @@ class Outbox:
             .where(t.c.status.in_((PENDING, WAITING)), t.c.sync_version.is_not(None))
         ).scalar_one()
         return records + conn.execute(sa.select(sa.func.count()).select_from(crm_commission_changes)).scalar_one()
-
-
-@dataclass(frozen=True)
-class OutboxChange:
-    """A change of one Salesforce record, for the outbox."""
-
-    change: RecordChange
-    #: The Partnero entity the record comes from.
-    entity: str
-    #: The fields a delete sets (the mapping's ``on_delete``): they stay once set.
-    tombstone_fields: tuple[str, ...]
-    #: Why the mapping could not compute the record's fields from its delivery (None: it could).
-    problem: str | None
-    #: When its delivery arrived (None: not known).
-    arrived_at: datetime | None
 
 
 #: No change of the batch holds the record (it had only older deliveries).
