@@ -74,7 +74,7 @@ class Processor:
     inbox: Inbox
     mappings: MappingSet
     warehouse: Warehouse
-    #: Where Salesforce writes wait to be sent; None while CRM sync is off.
+    #: Where Salesforce writes wait to be sent; None while CRM sync is off (then no outbox sink).
     outbox: Outbox | None = None
     #: Exceptions that interrupt the work from outside (a job's time-out): never a delivery's fault.
     interruptions: tuple[type[BaseException], ...] = ()
@@ -99,7 +99,7 @@ class Processor:
         work = self._plan_all(events, planned_by, result)
         try:
             try:
-                # The fast way: the whole batch in a few statements per table.
+                # The fast way: the whole batch in one transaction, no savepoint, a few statements per table.
                 with self.engine.begin() as conn:
                     self._apply_all(conn, work)
                     result.processed = [event.id for event, _ in work]
