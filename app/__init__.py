@@ -1,4 +1,5 @@
-"""The web side: Flask app factory. ``gunicorn 'app:create_app()'`` serves it."""
+"""The web side: the Flask app factory, which ``gunicorn 'app:create_app()'`` serves. At the top of
+the layers, beside sync.cli: it may import ``sync.services`` and any layer below it."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""``/healthz``: can this process serve? Anyone may ask: the answer names the dependencies' state
-and two index-backed figures of the inbox, and nothing else (no person, user or error text). With
+"""``/healthz``: can this process serve? Anyone may ask: the answer names the dependencies' state,
+whether Salesforce sync is on, and three index-backed figures of the inbox (pending, failed, the
+oldest pending one's age), and nothing else (no person, user or error text). With
 the operator's credentials, the full report: the reasons, and how the work is going."""
 
 from __future__ import annotations

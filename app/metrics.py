@@ -4,6 +4,7 @@ every web process on every host answers with the same numbers."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
 from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -13,6 +14,8 @@ from app import auth
 from sync.ops import metrics, stats
 from sync.ops.metrics import PREFIX, STORED
 from sync.store import inbox, runs
+from sync.store.inbox import InboxSummary
+from sync.worker.queues import QueueCounts
 
 bp = Blueprint("metrics", __name__)
 
@@ -55,55 +58,68 @@ class Collector:
 
 
 def _gauges(snapshot: stats.Snapshot) -> Iterator[Metric]:
-    queue = snapshot.queue
-    if queue is not None:
-        jobs = GaugeMetricFamily(
-            PREFIX + "queue_jobs",
-            "Jobs of the partnero queue by state: queued (waiting for a worker), scheduled (retries "
-            "waiting for their time), started (running), failed (in RQ's failed registry).",
-            labels=("state",),
-        )
-        for state in QUEUE_STATES:
-            jobs.add_metric([state], getattr(queue, state))
-        yield jobs
-        yield GaugeMetricFamily(PREFIX + "queue_workers", "Workers listening on the partnero queue.",
-                                value=queue.workers)
-    summary = snapshot.inbox
-    if summary is not None:
-        deliveries = GaugeMetricFamily(PREFIX + "inbox_deliveries", "Stored deliveries by inbox status.",
-                                       labels=("status",))
-        for status in inbox.STATUSES:
-            deliveries.add_metric([status], summary.counts.get(status, 0))
-        yield deliveries
-        yield GaugeMetricFamily(
-            PREFIX + "oldest_pending_age_seconds",
-            "Seconds since the oldest delivery still pending arrived (0 when none is pending).",
-            value=snapshot.oldest_pending_age or 0.0,
-        )
+    if snapshot.queue is not None:
+        yield from _queue_gauges(snapshot.queue)
+    if snapshot.inbox is not None:
+        yield from _inbox_gauges(snapshot.inbox, snapshot.oldest_pending_age)
     if snapshot.crm_enabled and "database" not in snapshot.unavailable:
-        records = GaugeMetricFamily(
-            PREFIX + "crm_outbox_records",
-            "Salesforce records in the outbox by object and status (pending and waiting: the backlog; "
-            "synced; failed: refused for good).",
-            labels=("object", "status"),
-        )
-        for object_name, by_status in sorted(snapshot.crm.items()):
-            for status, count in by_status.items():
-                records.add_metric([object_name, status], count)
-        yield records
-    run = snapshot.backfill
-    if run is not None:
-        records = GaugeMetricFamily(
-            PREFIX + "backfill_records",
-            "The latest backfill's objects: read, applied (they differed from what was held), unchanged, "
-            "skipped (before --since), failed (deliveries that could not be applied).",
-            labels=("outcome",),
-        )
-        for counter in runs.COUNTERS:
-            records.add_metric(["read" if counter == "records" else counter], getattr(run, counter))
-        yield records
-        yield GaugeMetricFamily(
-            PREFIX + "backfill_needs_attention",
-            "1 when the latest backfill failed, stopped on an error or stopped moving; else 0.",
-            value=1 if stats.backfill_attention(run, snapshot.taken_at) else 0,
-        )
+        yield _crm_outbox_gauge(snapshot.crm)
+    if snapshot.backfill is not None:
+        yield from _backfill_gauges(snapshot.backfill, snapshot.taken_at)
+
+
+def _queue_gauges(queue: QueueCounts) -> Iterator[Metric]:
+    jobs = GaugeMetricFamily(
+        PREFIX + "queue_jobs",
+        "Jobs of the partnero queue by state: queued (waiting for a worker), scheduled (retries "
+        "waiting for their time), started (running), failed (in RQ's failed registry).",
+        labels=("state",),
+    )
+    for state in QUEUE_STATES:
+        jobs.add_metric([state], getattr(queue, state))
+    yield jobs
+    yield GaugeMetricFamily(PREFIX + "queue_workers", "Workers listening on the partnero queue.",
+                            value=queue.workers)
+
+
+def _inbox_gauges(summary: InboxSummary, oldest_pending_age: float | None) -> Iterator[Metric]:
+    deliveries = GaugeMetricFamily(PREFIX + "inbox_deliveries", "Stored deliveries by inbox status.",
+                                   labels=("status",))
+    for status in inbox.STATUSES:
+        deliveries.add_metric([status], summary.counts.get(status, 0))
+    yield deliveries
+    yield GaugeMetricFamily(
+        PREFIX + "oldest_pending_age_seconds",
+        "Seconds since the oldest delivery still pending arrived (0 when none is pending).",
+        value=oldest_pending_age or 0.0,
+    )
+
+
+def _crm_outbox_gauge(crm: dict[str, dict[str, int]]) -> Metric:
+    records = GaugeMetricFamily(
+        PREFIX + "crm_outbox_records",
+        "Salesforce records in the outbox by object and status (pending and waiting: the backlog; "
+        "synced; failed: refused for good).",
+        labels=("object", "status"),
+    )
+    for object_name, by_status in sorted(crm.items()):
+        for status, count in by_status.items():
+            records.add_metric([object_name, status], count)
+    return records
+
+
+def _backfill_gauges(run: runs.Run, taken_at: datetime) -> Iterator[Metric]:
+    records = GaugeMetricFamily(
+        PREFIX + "backfill_records",
+        "The latest backfill's objects: read, applied (they differed from what was held), unchanged, "
+        "skipped (before --since), failed (deliveries that could not be applied).",
+        labels=("outcome",),
+    )
+    for counter in runs.COUNTERS:
+        records.add_metric(["read" if counter == "records" else counter], getattr(run, counter))
+    yield records
+    yield GaugeMetricFamily(
+        PREFIX + "backfill_needs_attention",
+        "1 when the latest backfill failed, stopped on an error or stopped moving; else 0.",
+        value=1 if stats.backfill_attention(run, taken_at) else 0,
+    )

@@ -1,4 +1,5 @@
-"""``POST /webhooks/partnero``: verify, store durably, enqueue, answer 202."""
+"""``POST /webhooks/partnero``: verify, store durably in the inbox (the intake then wakes a worker),
+answer 202."""
 
 from __future__ import annotations
 

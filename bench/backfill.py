@@ -49,7 +49,6 @@ import json
 import multiprocessing
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -64,10 +63,9 @@ if str(ROOT) not in sys.path:
 import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from bench.common import PG_ADMIN, PeakRss, drop_database, fresh_database  # noqa: E402
+from bench.common import BIN, PG_ADMIN, PeakRss, drop_database, fresh_database, start_workers, stop_workers  # noqa: E402
 from sync.rules.listed import ENTITIES  # noqa: E402
 
-BIN = Path(sys.executable).parent
 DB_NAME = "partnero_backfill"
 DB_URL = PG_ADMIN.rsplit("/", 1)[0] + f"/{DB_NAME}"
 REDIS_URL = "redis://127.0.0.1:6379/11"
@@ -308,7 +306,7 @@ def measure_off(env: dict, want: dict, work: Path, label: str, profile: str | No
 
 
 def measure_on(args, env: dict, fake, want: dict, work: Path, label: str) -> dict:
-    from bench.drain import check_salesforce, done, wait_for_workers
+    from bench.drain import wait_for_workers
     from sync.store import db
 
     env = {**env, "SALESFORCE_USERNAME": fake.username, "SALESFORCE_PASSWORD": fake.password,
@@ -319,41 +317,21 @@ def measure_on(args, env: dict, fake, want: dict, work: Path, label: str) -> dic
     fake.latency = args.latency
     fresh(env)
     engine = db.engine_for(DB_URL)
-    workers = [subprocess.Popen([str(BIN / "partnero-sync"), "worker"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL) for _ in range(args.workers)]
+    workers = start_workers(env, args.workers)
     samplers = [watched(w) for w in workers]
     try:
         wait_for_workers(redis.Redis.from_url(REDIS_URL), args.workers)
         started = time.monotonic()
         result = run_backfill(env, work / f"{label}.log")
         backfill_seconds = time.monotonic() - started
-        deadline = started + args.timeout
-        while True:
-            finished, pending, backlog = done(engine)
-            if finished:
-                break
-            if time.monotonic() > deadline:
-                raise CheckFailed(f"Salesforce not complete after {args.timeout:.0f}s: {pending} deliveries, "
-                                  f"{backlog} records left")
-            time.sleep(0.25)
+        _wait_salesforce_complete(engine, started + args.timeout, args.timeout)
         seconds = time.monotonic() - started
     finally:
-        for w in workers:
-            w.send_signal(signal.SIGTERM)
-        for w in workers:
-            w.wait(60)
+        stop_workers(workers)
         worker_rss = [s.mb for s in samplers]
     try:
         run = latest_run(engine)
-        check_run(run, want["total"])
-        check_warehouse(engine, want)
-        check_salesforce(engine, fake)
-        counts = {"Contact": len(fake.records("Contact")), "Account": len(fake.records("Account")),
-                  "Partnero_Transaction__c": len(fake.records("Partnero_Transaction__c"))}
-        need = {"Contact": want["partners"], "Account": want["customers"],
-                "Partnero_Transaction__c": want["transactions"]}
-        if counts != need:
-            raise CheckFailed(f"Salesforce holds {counts}, not {need}")
+        counts = _check_on(engine, fake, run, want)
     finally:
         engine.dispose()
     calls = fake.count("collections") + fake.count("upsert")
@@ -362,6 +340,38 @@ def measure_on(args, env: dict, fake, want: dict, work: Path, label: str) -> dic
             "backfill_rate": want["total"] / backfill_seconds, "in_run": in_run_seconds(run),
             "rss_mb": result["rss_mb"], "worker_rss_mb": max(worker_rss, default=0.0), "calls": calls,
             "per_call": sum(counts.values()) / max(calls, 1)}
+
+
+def _wait_salesforce_complete(engine, deadline: float, timeout: float) -> None:
+    """Wait until, in one snapshot, no delivery is pending and no Salesforce record or commission
+    change waits; CheckFailed when that is not so by ``deadline`` (``timeout`` seconds after the start)."""
+    from bench.drain import done
+
+    while True:
+        finished, pending, backlog = done(engine)
+        if finished:
+            return
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"Salesforce not complete after {timeout:.0f}s: {pending} deliveries, "
+                              f"{backlog} records left")
+        time.sleep(0.25)
+
+
+def _check_on(engine, fake, run: dict, want: dict) -> dict[str, int]:
+    """The checks after a CRM-on run: the run, the warehouse, every Salesforce record field by
+    field, and the stand-in's record counts against the program; returns those counts."""
+    from bench.drain import check_salesforce
+
+    check_run(run, want["total"])
+    check_warehouse(engine, want)
+    check_salesforce(engine, fake)
+    counts = {"Contact": len(fake.records("Contact")), "Account": len(fake.records("Account")),
+              "Partnero_Transaction__c": len(fake.records("Partnero_Transaction__c"))}
+    need = {"Contact": want["partners"], "Account": want["customers"],
+            "Partnero_Transaction__c": want["transactions"]}
+    if counts != need:
+        raise CheckFailed(f"Salesforce holds {counts}, not {need}")
+    return counts
 
 
 def measure_naive(env: dict, stand: StandIn, want: dict, sample: int) -> dict:
@@ -409,6 +419,41 @@ def measure_naive(env: dict, stand: StandIn, want: dict, sample: int) -> dict:
 # -- main -----------------------------------------------------------------------------------------
 
 def main() -> int:
+    args = _parse_args()
+    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+
+    from bench.drain import RELATIONSHIPS
+    from tests.fakes.salesforce import FakeSalesforce
+
+    work = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
+    fake = FakeSalesforce(relationships=RELATIONSHIPS, max_calls=1000)
+    fake.define_object("Partnero_Transaction__c")
+    fake.start()
+    results: dict = {"sizes": {}, "naive": None}
+    try:
+        for n, size in enumerate(sizes):
+            with_naive = bool(args.naive_sample) and n == len(sizes) - 1
+            figures, naive = _measure_size(args, size, fake, work, with_naive)
+            if naive is not None:
+                results["naive"] = naive
+            results["sizes"][size] = figures
+    except CheckFailed as exc:
+        print(f"CHECK FAILED: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        fake.stop()
+        drop_database(DB_NAME)
+        redis.Redis.from_url(REDIS_URL).flushdb()
+
+    summary(results, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000",
                         help="comma-separated numbers of objects, one measurement each (default 10000,100000)")
@@ -424,78 +469,61 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=1800,
                         help="give up waiting for Salesforce after this many seconds (default 1800)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
-    args = parser.parse_args()
-    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
+    return parser.parse_args()
 
-    from bench.drain import RELATIONSHIPS
-    from tests.fakes.salesforce import FakeSalesforce
 
-    work = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
-    fake = FakeSalesforce(relationships=RELATIONSHIPS, max_calls=1000)
-    fake.define_object("Partnero_Transaction__c")
-    fake.start()
-    results: dict = {"sizes": {}, "naive": None}
-    stand = None
+def _measure_size(args, size: int, fake, work: Path, with_naive: bool) -> tuple[dict, dict | None]:
+    """Every measurement of ``size`` objects, on a Partnero stand-in of their own (stopped after):
+    the figures, and the naive baseline's when ``with_naive`` (else None)."""
+    print(f"{size:,} objects: starting the Partnero stand-in (its own process)", flush=True)
+    stand = StandIn(size, args.seed).start()
     try:
-        for n, size in enumerate(sizes):
-            print(f"{size:,} objects: starting the Partnero stand-in (its own process)", flush=True)
-            stand = StandIn(size, args.seed).start()
-            bundle = work / f"ca-{size}.pem"  # both stand-ins' CAs: one REQUESTS_CA_BUNDLE trusts both
-            bundle.write_text(Path(fake.ca_bundle).read_text() + stand.ca_pem)
-            os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
-            env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SALESFORCE_", "DATABASE_URL",
-                                                                                 "PARTNERO_"))},
-                   "DATABASE_URL": DB_URL, "REDIS_URL": REDIS_URL, "MAPPINGS_DIR": str(ROOT / "mappings"),
-                   "LOG_LEVEL": "WARNING", "PARTNERO_API_KEY": stand.api_key, "PARTNERO_API_URL": stand.url,
-                   "REQUESTS_CA_BUNDLE": str(bundle)}
-            want = expected(program(size, args.seed))
-            figures: dict = {"expected": want}
-            figures["standin"] = ref = standin_rate(stand, str(bundle))
-            print(f"  stand-in alone (bare requests loop): {ref['records']:,} records in {ref['seconds']:.1f}s, "
-                  f"{ref['rate']:,.0f}/s", flush=True)
-            figures["off"] = off = measure_off(env, want, work, f"off-{size}")
-            print(f"  CRM off: {off['seconds']:.1f}s wall ({off['in_run']:.1f}s in the run), "
-                  f"{off['rate']:,.0f} records/s, peak RSS {off['rss_mb']:.0f} MB; {off['inbox']:,} inbox rows; "
-                  f"checked", flush=True)
-            s2 = off["second"]
-            print(f"  second run: {s2['seconds']:.1f}s wall ({s2['in_run']:.1f}s in the run), "
-                  f"{s2['rate']:,.0f} records/s, peak RSS {s2['rss_mb']:.0f} MB; nothing applied", flush=True)
-            if args.profile:
-                Path(args.profile).mkdir(parents=True, exist_ok=True)
-                target = str(Path(args.profile) / f"backfill-{size}.prof")
-                measure_off(env, want, work, f"profile-{size}", profile=target)
-                print(f"  profile of a CRM-off run written to {target}", flush=True)
-            if not args.skip_crm:
-                figures["on"] = on = measure_on(args, env, fake, want, work, f"on-{size}")
-                print(f"  CRM on ({args.latency * 1000:.0f} ms a call, {args.workers} workers): Salesforce complete "
-                      f"after {on['seconds']:.1f}s, {on['rate']:,.0f} records/s; the backfill itself "
-                      f"{on['backfill_seconds']:.1f}s, {on['backfill_rate']:,.0f}/s; {on['calls']} calls "
-                      f"({on['per_call']:.0f} records a call); RSS backfill {on['rss_mb']:.0f} MB, "
-                      f"workers {on['worker_rss_mb']:.0f} MB; checked", flush=True)
-            if args.naive_sample and n == len(sizes) - 1:
-                naive = measure_naive(env, stand, want, args.naive_sample)
-                results["naive"] = {**naive, "size": size}
-                print(f"  naive ({naive['records']:,} objects, {naive['deliveries']:,} deliveries, one transaction "
-                      f"each): {naive['seconds']:.1f}s, {naive['rate']:,.0f} records/s", flush=True)
-            results["sizes"][size] = figures
-            stand.stop()
-            stand = None
-    except CheckFailed as exc:
-        print(f"CHECK FAILED: {exc}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        return 130
+        bundle = work / f"ca-{size}.pem"  # both stand-ins' CAs: one REQUESTS_CA_BUNDLE trusts both
+        bundle.write_text(Path(fake.ca_bundle).read_text() + stand.ca_pem)
+        os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SALESFORCE_", "DATABASE_URL",
+                                                                             "PARTNERO_"))},
+               "DATABASE_URL": DB_URL, "REDIS_URL": REDIS_URL, "MAPPINGS_DIR": str(ROOT / "mappings"),
+               "LOG_LEVEL": "WARNING", "PARTNERO_API_KEY": stand.api_key, "PARTNERO_API_URL": stand.url,
+               "REQUESTS_CA_BUNDLE": str(bundle)}
+        want = expected(program(size, args.seed))
+        figures: dict = {"expected": want}
+        figures["standin"] = ref = standin_rate(stand, str(bundle))
+        print(f"  stand-in alone (bare requests loop): {ref['records']:,} records in {ref['seconds']:.1f}s, "
+              f"{ref['rate']:,.0f}/s", flush=True)
+        figures["off"] = _measure_crm_off(args, env, want, work, size)
+        if not args.skip_crm:
+            figures["on"] = on = measure_on(args, env, fake, want, work, f"on-{size}")
+            print(f"  CRM on ({args.latency * 1000:.0f} ms a call, {args.workers} workers): Salesforce complete "
+                  f"after {on['seconds']:.1f}s, {on['rate']:,.0f} records/s; the backfill itself "
+                  f"{on['backfill_seconds']:.1f}s, {on['backfill_rate']:,.0f}/s; {on['calls']} calls "
+                  f"({on['per_call']:.0f} records a call); RSS backfill {on['rss_mb']:.0f} MB, "
+                  f"workers {on['worker_rss_mb']:.0f} MB; checked", flush=True)
+        if not with_naive:
+            return figures, None
+        naive = measure_naive(env, stand, want, args.naive_sample)
+        print(f"  naive ({naive['records']:,} objects, {naive['deliveries']:,} deliveries, one transaction "
+              f"each): {naive['seconds']:.1f}s, {naive['rate']:,.0f} records/s", flush=True)
+        return figures, {**naive, "size": size}
     finally:
-        if stand is not None:
-            stand.stop()
-        fake.stop()
-        drop_database(DB_NAME)
-        redis.Redis.from_url(REDIS_URL).flushdb()
+        stand.stop()
 
-    summary(results, args)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
-    return 0
+
+def _measure_crm_off(args, env: dict, want: dict, work: Path, size: int) -> dict:
+    """The CRM-off run and its second run, printed; with --profile, one more run under cProfile."""
+    off = measure_off(env, want, work, f"off-{size}")
+    print(f"  CRM off: {off['seconds']:.1f}s wall ({off['in_run']:.1f}s in the run), "
+          f"{off['rate']:,.0f} records/s, peak RSS {off['rss_mb']:.0f} MB; {off['inbox']:,} inbox rows; "
+          f"checked", flush=True)
+    s2 = off["second"]
+    print(f"  second run: {s2['seconds']:.1f}s wall ({s2['in_run']:.1f}s in the run), "
+          f"{s2['rate']:,.0f} records/s, peak RSS {s2['rss_mb']:.0f} MB; nothing applied", flush=True)
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        target = str(Path(args.profile) / f"backfill-{size}.prof")
+        measure_off(env, want, work, f"profile-{size}", profile=target)
+        print(f"  profile of a CRM-off run written to {target}", flush=True)
+    return off
 
 
 def summary(results: dict, args) -> None:

@@ -1,7 +1,11 @@
-"""What the benchmarks share: a fresh PostgreSQL database, and the peak memory of processes."""
+"""What the benchmarks share: a fresh PostgreSQL database, worker processes, and the peak memory
+of processes."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -9,6 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+BIN = Path(sys.executable).parent
 
 
 def fresh_database(name: str) -> str:
@@ -26,6 +31,21 @@ def drop_database(name: str) -> None:
     with admin.connect() as conn:
         conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
     admin.dispose()
+
+
+def start_workers(env: dict, count: int, new_session: bool = False) -> list[subprocess.Popen]:
+    """``count`` ``partnero-sync worker`` processes (this venv's), their output dropped;
+    ``new_session``: each in a process group of its own."""
+    return [subprocess.Popen([str(BIN / "partnero-sync"), "worker"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=new_session) for _ in range(count)]
+
+
+def stop_workers(workers: list[subprocess.Popen]) -> None:
+    """SIGTERM to every worker, then wait up to a minute for each to exit."""
+    for w in workers:
+        w.send_signal(signal.SIGTERM)
+    for w in workers:
+        w.wait(timeout=60)
 
 
 class PeakRss(threading.Thread):

@@ -53,11 +53,10 @@ import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from rq.suspension import resume, suspend  # noqa: E402
 
-from bench.common import PeakRss, drop_database, fresh_database  # noqa: E402
+from bench.common import BIN, PeakRss, drop_database, fresh_database, start_workers, stop_workers  # noqa: E402
 from bench.loadgen import percentile  # noqa: E402
 from bench.receiver import free_port  # noqa: E402
 
-BIN = Path(sys.executable).parent
 DB_NAME = "partnero_drain"
 REDIS_URL = "redis://127.0.0.1:6379/12"
 RELATIONSHIPS = {
@@ -208,14 +207,9 @@ def run_ours(args, documents, fake, env, blips: int = 0) -> dict:
     # Workers start first, suspended, so the timed drain does not include interpreter start-up.
     connection = redis.Redis.from_url(REDIS_URL)
     suspend(connection)
-    workers = [subprocess.Popen([str(BIN / "partnero-sync"), "worker"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL) for _ in range(args.workers)]
+    workers = start_workers(env, args.workers)
     wait_for_workers(connection, args.workers)
-    started = time.monotonic()
-    receive(services, documents, concurrency=1 if args.arrival == "one-by-one" else 16)
-    received = time.monotonic() - started
-    print(f"  received {len(documents)} deliveries in {received:.1f}s "
-          f"({services.inbox.count()} stored, {len(documents) - services.inbox.count()} duplicates)")
+    _receive_backlog(services, documents, args.arrival)
 
     calls_before = fake.count("collections") + fake.count("upsert")
     sampler = PeakRss([w.pid for w in workers])
@@ -227,23 +221,9 @@ def run_ours(args, documents, fake, env, blips: int = 0) -> dict:
         injector.start()
     engine = db.engine_for(url)
     try:
-        deadline = started + args.timeout
-        warehouse_done = None
-        while time.monotonic() < deadline:
-            finished, pending, backlog = done(engine)
-            if not pending and warehouse_done is None:
-                warehouse_done = time.monotonic() - started
-            if finished:
-                break
-            time.sleep(0.5)  # counting is not free: do not weigh on the database being measured
-        else:
-            raise SystemExit(f"not drained after {args.timeout}s: {pending} deliveries, {backlog} CRM records left")
-        elapsed = time.monotonic() - started
+        warehouse_done, elapsed = _wait_drained(engine, started, args.timeout)
     finally:
-        for w in workers:
-            w.send_signal(signal.SIGTERM)
-        for w in workers:
-            w.wait(timeout=60)
+        stop_workers(workers)
         sampler.stop()
         if injector is not None:
             injector.stop()
@@ -253,13 +233,45 @@ def run_ours(args, documents, fake, env, blips: int = 0) -> dict:
     engine.dispose()
     print(f"  every delivery in the warehouse after {warehouse_done:.1f}s, in Salesforce after {elapsed:.1f}s")
     if injector is not None:
-        print(f"  {len(injector.at)} worker backends terminated mid-transaction, at "
-              + ", ".join(f"{t:.1f}s" for t in injector.at))
-        if len(injector.at) < blips:
-            raise SystemExit(f"only {len(injector.at)} of {blips} blips could be injected")
+        _check_blips(injector, blips)
     return {"deliveries": stored, "seconds": elapsed, "rate": stored / elapsed, "calls": calls,
             "per_call": stored / max(calls, 1), "peak_rss_mb": sampler.mb,
             "warehouse_seconds": warehouse_done, "blips": injector.at if injector is not None else []}
+
+
+def _receive_backlog(services, documents: list[dict], arrival: str) -> None:
+    """The backlog through the receiver's intake, as it arrived (``--arrival``); prints how long
+    it took and how many were stored."""
+    started = time.monotonic()
+    receive(services, documents, concurrency=1 if arrival == "one-by-one" else 16)
+    received = time.monotonic() - started
+    print(f"  received {len(documents)} deliveries in {received:.1f}s "
+          f"({services.inbox.count()} stored, {len(documents) - services.inbox.count()} duplicates)")
+
+
+def _wait_drained(engine, started: float, timeout: float) -> tuple[float | None, float]:
+    """Wait until nothing is left to do (``timeout`` seconds from ``started`` at most); returns the
+    seconds from ``started`` until the warehouse held every delivery, and until Salesforce did."""
+    deadline = started + timeout
+    warehouse_done = None
+    while time.monotonic() < deadline:
+        finished, pending, backlog = done(engine)
+        if not pending and warehouse_done is None:
+            warehouse_done = time.monotonic() - started
+        if finished:
+            break
+        time.sleep(0.5)  # counting is not free: do not weigh on the database being measured
+    else:
+        raise SystemExit(f"not drained after {timeout}s: {pending} deliveries, {backlog} CRM records left")
+    return warehouse_done, time.monotonic() - started
+
+
+def _check_blips(injector: Blips, blips: int) -> None:
+    """Print when the worker backends were terminated; stop the benchmark if fewer than ``blips`` were."""
+    print(f"  {len(injector.at)} worker backends terminated mid-transaction, at "
+          + ", ".join(f"{t:.1f}s" for t in injector.at))
+    if len(injector.at) < blips:
+        raise SystemExit(f"only {len(injector.at)} of {blips} blips could be injected")
 
 
 def check_salesforce(engine, fake) -> None:
@@ -321,10 +333,7 @@ def run_naive(args, documents, fake, env) -> dict:
             raise SystemExit("the naive run did not finish")
         time.sleep(0.05)
     elapsed = time.monotonic() - started
-    for w in workers:
-        w.send_signal(signal.SIGTERM)
-    for w in workers:
-        w.wait(timeout=60)
+    stop_workers(workers)
     sampler.stop()
     failed = queue.failed_job_registry.count
     if failed:
@@ -336,10 +345,6 @@ def run_naive(args, documents, fake, env) -> dict:
 
 def run_freshness(args, fake, env) -> dict:
     """A steady stream through the real web process and workers: 202 -> warehouse, 202 -> Salesforce."""
-    import urllib.request
-
-    from sync.core.signature import sign
-
     url = fresh_database(DB_NAME)
     secret = "bench-secret"
     port = free_port()
@@ -350,56 +355,14 @@ def run_freshness(args, fake, env) -> dict:
     procfile = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if ": " in line)
     web = subprocess.Popen(["/bin/sh", "-c", f"exec {procfile['web']}"], env=env, cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    workers = [subprocess.Popen([str(BIN / "partnero-sync"), "worker"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True) for _ in range(args.workers)]
+    workers = start_workers(env, args.workers, new_session=True)
     engine = sa.create_engine(url)
     accepted: dict[str, float] = {}  # partner id -> when its 202 arrived (epoch seconds)
     try:
         wait_for_workers(redis.Redis.from_url(REDIS_URL), args.workers)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the web process did not start")
-                time.sleep(0.2)
-        total = int(args.rate * args.freshness)
-        interval = 1 / args.rate
-        start = time.monotonic()
-
-        def post(n: int) -> None:
-            partner_id = f"ptn_live_{n}"
-            stamp_now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
-            body = json.dumps({"event": "partner.created", "created_at": stamp_now, "data": {
-                "id": partner_id, "email": f"live{n}@example.com", "name": "Live", "surname": str(n),
-                "status": "active", "updated_at": stamp_now}}).encode()
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/partnero", data=body,
-                                             headers={"Signature": sign(body, secret)}, method="POST")
-            with urllib.request.urlopen(request, timeout=10) as response:
-                assert response.status == 202
-            accepted[partner_id] = time.time()
-
-        with ThreadPoolExecutor(16) as pool:
-            futures = []
-            for n in range(total):  # open loop: one delivery every 1/rate seconds, whatever the answers do
-                delay = start + n * interval - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                futures.append(pool.submit(post, n))
-            for future in futures:
-                future.result()
-        sent_for = time.monotonic() - start
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with engine.connect() as conn:
-                left = conn.execute(sa.text(
-                    "SELECT count(*) FROM crm_outbox WHERE object = 'Contact' AND status <> 'synced'")).scalar()
-                pending = conn.execute(sa.text("SELECT count(*) FROM webhook_events WHERE status = 'pending'")).scalar()
-            if not left and not pending:
-                break
-            time.sleep(0.2)
+        _wait_for_web(port)
+        sent_for = _send_stream(args.rate, args.freshness, port, secret, accepted)
+        _wait_caught_up(engine)
         with engine.connect() as conn:
             processed = dict(conn.execute(sa.text(
                 "SELECT entity_id, processed_at FROM webhook_events WHERE status = 'processed'")).all())
@@ -414,7 +377,75 @@ def run_freshness(args, fake, env) -> dict:
         for process in (web, *workers):
             process.wait(timeout=60)
         engine.dispose()
+    return _freshness(accepted, processed, synced, sent_for)
 
+
+def _wait_for_web(port: int) -> None:
+    """Wait (30 s at most) until the web process answers its health check."""
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("the web process did not start")
+            time.sleep(0.2)
+
+
+def _send_stream(rate: float, seconds: float, port: int, secret: str, accepted: dict[str, float]) -> float:
+    """Post a signed new partner every 1/``rate`` seconds for ``seconds``, each expected to be answered
+    202; notes in ``accepted`` when each 202 arrived, and returns how long the sending took."""
+    import urllib.request
+
+    from sync.core.signature import sign
+
+    total = int(rate * seconds)
+    interval = 1 / rate
+    start = time.monotonic()
+
+    def post(n: int) -> None:
+        partner_id = f"ptn_live_{n}"
+        stamp_now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        body = json.dumps({"event": "partner.created", "created_at": stamp_now, "data": {
+            "id": partner_id, "email": f"live{n}@example.com", "name": "Live", "surname": str(n),
+            "status": "active", "updated_at": stamp_now}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/partnero", data=body,
+                                         headers={"Signature": sign(body, secret)}, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+        accepted[partner_id] = time.time()
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = []
+        for n in range(total):  # open loop: one delivery every 1/rate seconds, whatever the answers do
+            delay = start + n * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(post, n))
+        for future in futures:
+            future.result()
+    return time.monotonic() - start
+
+
+def _wait_caught_up(engine) -> None:
+    """Wait (2 minutes at most) until no delivery is pending and every Contact is synced."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            left = conn.execute(sa.text(
+                "SELECT count(*) FROM crm_outbox WHERE object = 'Contact' AND status <> 'synced'")).scalar()
+            pending = conn.execute(sa.text("SELECT count(*) FROM webhook_events WHERE status = 'pending'")).scalar()
+        if not left and not pending:
+            break
+        time.sleep(0.2)
+
+
+def _freshness(accepted: dict[str, float], processed: dict, synced: dict, sent_for: float) -> dict:
+    """p50 and p99 of the time from each 202 to the delivery's row in the warehouse and to its
+    record in Salesforce; the benchmark stops if any is missing."""
     def lag(ts, partner_id) -> float:
         return ts.timestamp() - accepted[partner_id]
 
@@ -429,23 +460,7 @@ def run_freshness(args, fake, env) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--deliveries", type=int, default=10_000, help="size of the backlog (default 10,000)")
-    parser.add_argument("--arrival", choices=["burst", "one-by-one"], default="burst",
-                        help="how the backlog arrived: 16 at a time (shared commits) or one commit each")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes draining (default 2)")
-    parser.add_argument("--latency", type=float, default=0.05, help="seconds per Salesforce call")
-    parser.add_argument("--naive-sample", type=int, default=300, help="deliveries for the naive run")
-    parser.add_argument("--blips", type=int, default=3,
-                        help="also drain the backlog again with this many transient database errors (0: skip)")
-    parser.add_argument("--freshness", type=float, default=0, metavar="SECONDS",
-                        help="also measure freshness of a steady stream for this long (0: skip)")
-    parser.add_argument("--rate", type=float, default=50, help="deliveries per second for --freshness")
-    parser.add_argument("--skip-drain", action="store_true", help="only the freshness measurement")
-    parser.add_argument("--timeout", type=float, default=1800,
-                        help="give up on a drain after this many seconds (default 1800)")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the generated backlog (same seed, same deliveries)")
-    args = parser.parse_args()
+    args = _parse_args()
 
     from tests.fakes.salesforce import FakeSalesforce
 
@@ -462,22 +477,7 @@ def main() -> None:
                "SALESFORCE_DOMAIN": fake.login_domain}
         os.environ["REQUESTS_CA_BUNDLE"] = fake.ca_bundle
         if not args.skip_drain:
-            documents = burst(args.deliveries, random.Random(args.seed))
-            print(f"backlog of {len(documents)} deliveries arrived {args.arrival}, {args.workers} workers, "
-                  f"Salesforce stand-in at {args.latency * 1000:.0f} ms per call")
-            print("ours:")
-            ours = run_ours(args, documents, fake, env)
-            fake.reset()
-            fake.define_object("Partnero_Transaction__c")
-            if args.blips:
-                print(f"ours again, with {args.blips} transient database errors:")
-                blipped = run_ours(args, documents, fake, env, blips=args.blips)
-                fake.reset()
-                fake.define_object("Partnero_Transaction__c")
-            print(f"naive (sample of {args.naive_sample}):")
-            naive = run_naive(args, documents, fake, env)
-            fake.reset()
-            fake.define_object("Partnero_Transaction__c")
+            ours, blipped, naive = _run_drains(args, fake, env)
         if args.freshness:
             print(f"freshness: {args.rate:.0f} deliveries/s for {args.freshness:.0f} s through the web process")
             live = run_freshness(args, fake, env)
@@ -488,27 +488,85 @@ def main() -> None:
 
     print()
     if ours is not None:
-        print(f"{'':8}{'deliveries':>11}{'seconds':>9}{'deliv/s':>9}{'SF calls':>9}{'deliv/call':>11}{'peak RSS':>10}")
-        for name, r in (("ours", ours), ("naive", naive)):
-            print(f"{name:8}{r['deliveries']:>11}{r['seconds']:>9.1f}{r['rate']:>9.0f}{r['calls']:>9}"
-                  f"{r['per_call']:>11.1f}{r['peak_rss_mb']:>8.0f}MB")
-        print(f"ratios ours/naive: deliveries/s x{ours['rate'] / naive['rate']:.1f}, "
-              f"deliveries per call x{ours['per_call'] / naive['per_call']:.1f}")
-        goals = [("deliveries/s >= 1000", ours["rate"] >= 1000), ("deliveries per call >= 100", ours["per_call"] >= 100),
-                 ("worker RSS < 200 MB", ours["peak_rss_mb"] < 200)]
-        print("goals: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in goals))
+        _print_drains(ours, naive)
     if blipped is not None:
-        ratio = blipped["rate"] / ours["rate"]
-        print(f"with {len(blipped['blips'])} transient database errors: {blipped['rate']:.0f} deliveries/s "
-              f"({blipped['seconds']:.1f} s; warehouse done after {blipped['warehouse_seconds']:.1f} s), "
-              f"x{ratio:.2f} of the clean run's {ours['rate']:.0f}/s")
-        print(f"goal: within 10 % of the clean run: {'met' if ratio >= 0.9 else 'NOT met'}")
+        _print_blipped(blipped, ours)
     if live is not None:
-        print(f"freshness at {live['rate']:.1f} deliveries/s ({live['deliveries']} deliveries): "
-              f"202 -> warehouse p50 {live['warehouse_p50'] * 1000:.0f} ms, p99 {live['warehouse_p99'] * 1000:.0f} ms; "
-              f"202 -> Salesforce p50 {live['salesforce_p50'] * 1000:.0f} ms, p99 {live['salesforce_p99'] * 1000:.0f} ms")
-        goals = [("warehouse p99 < 1 s", live["warehouse_p99"] < 1), ("Salesforce p99 < 5 s", live["salesforce_p99"] < 5)]
-        print("goals: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in goals))
+        _print_freshness(live)
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--deliveries", type=int, default=10_000, help="size of the backlog (default 10,000)")
+    parser.add_argument("--arrival", choices=["burst", "one-by-one"], default="burst",
+                        help="how the backlog arrived: 16 at a time (shared commits) or one commit each")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes draining (default 2)")
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds per Salesforce call")
+    parser.add_argument("--naive-sample", type=int, default=300, help="deliveries for the naive run")
+    parser.add_argument("--blips", type=int, default=3,
+                        help="also drain the backlog again with this many transient database errors (0: skip)")
+    parser.add_argument("--freshness", type=float, default=0, metavar="SECONDS",
+                        help="also measure freshness of a steady stream for this long (0: skip)")
+    parser.add_argument("--rate", type=float, default=50, help="deliveries per second for --freshness")
+    parser.add_argument("--skip-drain", action="store_true", help="only the freshness measurement")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="give up on a drain after this many seconds (default 1800)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the generated backlog (same seed, same deliveries)")
+    return parser.parse_args()
+
+
+def _run_drains(args, fake, env) -> tuple[dict, dict | None, dict]:
+    """The backlog drained ours, ours again with blips (unless --blips 0), and the naive way; the
+    Salesforce stand-in emptied after each."""
+    documents = burst(args.deliveries, random.Random(args.seed))
+    print(f"backlog of {len(documents)} deliveries arrived {args.arrival}, {args.workers} workers, "
+          f"Salesforce stand-in at {args.latency * 1000:.0f} ms per call")
+    print("ours:")
+    ours = run_ours(args, documents, fake, env)
+    _empty(fake)
+    blipped = None
+    if args.blips:
+        print(f"ours again, with {args.blips} transient database errors:")
+        blipped = run_ours(args, documents, fake, env, blips=args.blips)
+        _empty(fake)
+    print(f"naive (sample of {args.naive_sample}):")
+    naive = run_naive(args, documents, fake, env)
+    _empty(fake)
+    return ours, blipped, naive
+
+
+def _empty(fake) -> None:
+    """The Salesforce stand-in as it started: no records, the transaction object defined."""
+    fake.reset()
+    fake.define_object("Partnero_Transaction__c")
+
+
+def _print_drains(ours: dict, naive: dict) -> None:
+    print(f"{'':8}{'deliveries':>11}{'seconds':>9}{'deliv/s':>9}{'SF calls':>9}{'deliv/call':>11}{'peak RSS':>10}")
+    for name, r in (("ours", ours), ("naive", naive)):
+        print(f"{name:8}{r['deliveries']:>11}{r['seconds']:>9.1f}{r['rate']:>9.0f}{r['calls']:>9}"
+              f"{r['per_call']:>11.1f}{r['peak_rss_mb']:>8.0f}MB")
+    print(f"ratios ours/naive: deliveries/s x{ours['rate'] / naive['rate']:.1f}, "
+          f"deliveries per call x{ours['per_call'] / naive['per_call']:.1f}")
+    goals = [("deliveries/s >= 1000", ours["rate"] >= 1000), ("deliveries per call >= 100", ours["per_call"] >= 100),
+             ("worker RSS < 200 MB", ours["peak_rss_mb"] < 200)]
+    print("goals: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in goals))
+
+
+def _print_blipped(blipped: dict, ours: dict) -> None:
+    ratio = blipped["rate"] / ours["rate"]
+    print(f"with {len(blipped['blips'])} transient database errors: {blipped['rate']:.0f} deliveries/s "
+          f"({blipped['seconds']:.1f} s; warehouse done after {blipped['warehouse_seconds']:.1f} s), "
+          f"x{ratio:.2f} of the clean run's {ours['rate']:.0f}/s")
+    print(f"goal: within 10 % of the clean run: {'met' if ratio >= 0.9 else 'NOT met'}")
+
+
+def _print_freshness(live: dict) -> None:
+    print(f"freshness at {live['rate']:.1f} deliveries/s ({live['deliveries']} deliveries): "
+          f"202 -> warehouse p50 {live['warehouse_p50'] * 1000:.0f} ms, p99 {live['warehouse_p99'] * 1000:.0f} ms; "
+          f"202 -> Salesforce p50 {live['salesforce_p50'] * 1000:.0f} ms, p99 {live['salesforce_p99'] * 1000:.0f} ms")
+    goals = [("warehouse p99 < 1 s", live["warehouse_p99"] < 1), ("Salesforce p99 < 5 s", live["salesforce_p99"] < 5)]
+    print("goals: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in goals))
 
 
 if __name__ == "__main__":

@@ -272,11 +272,6 @@ async def run(config: dict) -> dict:
     for task in slots:
         task.cancel()
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    end_measured = min(stats.t_stop, stats.last_measured or stats.t_stop)
-    window = max(end_measured - stats.t_measure, 1e-9)
-    lat = sorted(stats.latencies)
-    ok = sum(n for code, n in stats.measured_statuses.items() if 200 <= code < 300)
-    measured_errors = sum(stats.measured_statuses.values()) - ok + stats.measured_transport_errors
     return {
         "sent": stats.sent,
         "answered": stats.answered,
@@ -285,21 +280,31 @@ async def run(config: dict) -> dict:
         "transport_errors": stats.transport_errors,
         "error_samples": stats.error_samples,
         "connects": stats.connects,
-        "measured": {
-            "seconds": window,
-            "requests": len(lat),
-            "ok": ok,
-            "errors": measured_errors,
-            "statuses": {str(k): v for k, v in sorted(stats.measured_statuses.items())},
-            "rps": ok / window,
-            "p50_ms": percentile(lat, 50) * 1e3,
-            "p90_ms": percentile(lat, 90) * 1e3,
-            "p99_ms": percentile(lat, 99) * 1e3,
-            "max_ms": (lat[-1] if lat else 0.0) * 1e3,
-            "mean_ms": (sum(lat) / len(lat) if lat else 0.0) * 1e3,
-        },
+        "measured": _measured(stats),
         "loadgen_cpu_seconds": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),
         "wall_seconds": time.perf_counter() - start,
+    }
+
+
+def _measured(stats: Stats) -> dict:
+    """The measured window's figures: its length, answers, errors, throughput and latencies."""
+    end_measured = min(stats.t_stop, stats.last_measured or stats.t_stop)
+    window = max(end_measured - stats.t_measure, 1e-9)
+    lat = sorted(stats.latencies)
+    ok = sum(n for code, n in stats.measured_statuses.items() if 200 <= code < 300)
+    measured_errors = sum(stats.measured_statuses.values()) - ok + stats.measured_transport_errors
+    return {
+        "seconds": window,
+        "requests": len(lat),
+        "ok": ok,
+        "errors": measured_errors,
+        "statuses": {str(k): v for k, v in sorted(stats.measured_statuses.items())},
+        "rps": ok / window,
+        "p50_ms": percentile(lat, 50) * 1e3,
+        "p90_ms": percentile(lat, 90) * 1e3,
+        "p99_ms": percentile(lat, 99) * 1e3,
+        "max_ms": (lat[-1] if lat else 0.0) * 1e3,
+        "mean_ms": (sum(lat) / len(lat) if lat else 0.0) * 1e3,
     }
 
 

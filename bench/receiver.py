@@ -214,9 +214,6 @@ class Gunicorn:
             found[pid] = (int(fields[11]) + int(fields[12])) / tick
         return found
 
-    def cpu_seconds(self) -> float:
-        return sum(self.cpu_by_worker().values())
-
     def tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -284,6 +281,39 @@ def machine_cpu() -> tuple[int, int]:
 
 def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, cleanup: list) -> dict:
     letter, app, _ = TARGETS[name]
+    env = _server_env(args)
+    idle_busy = _wait_quiet(args)
+    rds.flush()
+    if name == "receiver":
+        env["DATABASE_URL"] = pg.recreate()
+    server = Gunicorn(app, env, args.workers, args.threads, args.gunicorn_arg,
+                      workdir / f"gunicorn-{name}.log")
+    cleanup.append(server.stop)
+    try:
+        server.start("/healthz" if name == "receiver" else "/")
+        before = _cpu_readings(server)
+        result = _drive(name, args, server, env, cleanup)
+        _add_cpu_figures(result, before, _cpu_readings(server))
+        result["background_busy_pct"] = idle_busy
+        result["target"], result["letter"], result["app"] = name, letter, app
+        result["server_log_errors"] = [
+            line for line in server.tail(2000).splitlines()
+            if " ERROR " in line or "Traceback" in line or "[CRITICAL]" in line
+        ][:5]
+        time.sleep(0.5)  # let a last enqueue land before counting
+        _add_stored_counts(name, result, pg, rds)
+        return result
+    finally:
+        server.stop()
+        cleanup.remove(server.stop)
+        rds.flush()
+        if name == "receiver":
+            pg.drop()
+
+
+def _server_env(args) -> dict:
+    """The servers' environment: ours, without gunicorn's own settings, with the bench's secret,
+    Redis and --env."""
     env = {k: v for k, v in os.environ.items() if k not in ("WEB_CONCURRENCY", "GUNICORN_CMD_ARGS")}
     env.update(
         PARTNERO_WEBHOOK_SECRET=SECRET,
@@ -293,7 +323,12 @@ def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, clean
     for item in args.env:
         key, _, value = item.partition("=")
         env[key] = value
-    database_url = None
+    return env
+
+
+def _wait_quiet(args) -> float:
+    """Wait up to --wait-quiet seconds for the machine to be less than --quiet-pct busy; returns
+    how busy it was last (percent), saying so when it is still too busy."""
     idle_busy = background_busy()
     waited = 0.0
     while idle_busy > args.quiet_pct and waited < args.wait_quiet:
@@ -301,24 +336,20 @@ def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, clean
         waited += 1.0
     if idle_busy > args.quiet_pct:
         print(f" [machine already {idle_busy:.0f}% busy before start]", end="", flush=True)
-    rds.flush()
-    if name == "receiver":
-        database_url = pg.recreate()
-        env["DATABASE_URL"] = database_url
-    server = Gunicorn(app, env, args.workers, args.threads, args.gunicorn_arg,
-                      workdir / f"gunicorn-{name}.log")
-    cleanup.append(server.stop)
+    return idle_busy
+
+
+def _drive(name: str, args, server: Gunicorn, env: dict, cleanup: list) -> dict:
+    """Run the load generator against ``server`` (and the profilers, with --profile); its result.
+    The load generator is killed if it is still running when this returns or fails."""
+    config = {
+        "host": "127.0.0.1", "port": server.port, "path": PATH, "secret": SECRET,
+        "connections": args.connections, "warmup": args.warmup, "duration": args.duration,
+        "max_requests": args.max_requests, "request_timeout": args.request_timeout,
+        "connect_stagger": args.connect_stagger,
+    }
     loadgen = None
     try:
-        server.start("/healthz" if name == "receiver" else "/")
-        config = {
-            "host": "127.0.0.1", "port": server.port, "path": PATH, "secret": SECRET,
-            "connections": args.connections, "warmup": args.warmup, "duration": args.duration,
-            "max_requests": args.max_requests, "request_timeout": args.request_timeout,
-            "connect_stagger": args.connect_stagger,
-        }
-        workers_before, busy_before, others_before = server.cpu_by_worker(), machine_cpu(), cpu_by_program()
-        cpu_before = sum(workers_before.values())
         loadgen = subprocess.Popen(
             [sys.executable, "-m", "bench.loadgen", json.dumps(config)],
             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -340,47 +371,6 @@ def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, clean
             except subprocess.TimeoutExpired:
                 prof.kill()
             cleanup.remove(prof.kill)
-        workers_after, busy_after, others_after = server.cpu_by_worker(), machine_cpu(), cpu_by_program()
-        cpu_after = sum(workers_after.values())
-        answered = max(result["answered"], 1)
-        # Keep-alive connections stay with the worker that accepted them: with several workers
-        # the load may not be shared evenly. The share of each worker's CPU shows how it went.
-        used = {pid: workers_after[pid] - workers_before.get(pid, 0.0) for pid in workers_after}
-        result["worker_cpu_split_pct"] = sorted(
-            (100 * v / max(sum(used.values()), 1e-9) for v in used.values()), reverse=True)
-        result["server_cpu_us_per_request"] = (cpu_after - cpu_before) / answered * 1e6
-        result["cpu_us_per_request"] = {
-            "gunicorn workers": result["server_cpu_us_per_request"],
-            **{prog: (others_after[prog] - others_before[prog]) / answered * 1e6 for prog in others_after},
-            "load generator": result["loadgen_cpu_seconds"] / answered * 1e6,
-        }
-        busy = (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1)
-        result["machine_cpu_busy_pct"] = busy * 100
-        # Whatever else ran meanwhile (other programs, another test suite): it skews the figures.
-        tick = os.sysconf("SC_CLK_TCK")
-        busy_seconds = (busy_after[0] - busy_before[0]) / tick
-        all_cores_seconds = max(busy_after[1] - busy_before[1], 1) / tick
-        ours = sum(result["cpu_us_per_request"].values()) * answered / 1e6
-        result["other_load_pct"] = max(0.0, busy_seconds - ours) / all_cores_seconds * 100
-        result["background_busy_pct"] = idle_busy
-        result["target"], result["letter"], result["app"] = name, letter, app
-        result["server_log_errors"] = [
-            line for line in server.tail(2000).splitlines()
-            if " ERROR " in line or "Traceback" in line or "[CRITICAL]" in line
-        ][:5]
-        time.sleep(0.5)  # let a last enqueue land before counting
-        if name == "receiver":
-            rows = pg.count_rows()
-            result["durability"] = {
-                "accepted_202": result["accepted_202"],
-                "rows": rows["total"],
-                "distinct_fingerprints": rows["distinct_fingerprints"],
-                "pending_rows": rows.get("pending", 0),
-                "rq_jobs_queued": rds.queue_count("partnero"),
-                "ok": rows["total"] == result["accepted_202"],
-            }
-        elif name == "naive":
-            result["rq_jobs_queued"] = rds.queue_count("partnero-bench")
         return result
     finally:
         if loadgen is not None and loadgen.poll() is None:
@@ -389,11 +379,56 @@ def run_target(name: str, args, workdir: Path, pg: Postgres, rds: RedisDb, clean
             except ProcessLookupError:
                 pass
             loadgen.wait(timeout=5)
-        server.stop()
-        cleanup.remove(server.stop)
-        rds.flush()
-        if name == "receiver":
-            pg.drop()
+
+
+def _cpu_readings(server: Gunicorn) -> tuple[dict[int, float], tuple[int, int], dict[str, float]]:
+    """CPU used so far: by each gunicorn worker, by the whole machine, by PostgreSQL and Redis."""
+    return server.cpu_by_worker(), machine_cpu(), cpu_by_program()
+
+
+def _add_cpu_figures(result: dict, before: tuple, after: tuple) -> None:
+    """Where the CPU went between two ``_cpu_readings``, per request and in shares."""
+    workers_before, busy_before, others_before = before
+    workers_after, busy_after, others_after = after
+    cpu_before = sum(workers_before.values())
+    cpu_after = sum(workers_after.values())
+    answered = max(result["answered"], 1)
+    # Keep-alive connections stay with the worker that accepted them: with several workers
+    # the load may not be shared evenly. The share of each worker's CPU shows how it went.
+    used = {pid: workers_after[pid] - workers_before.get(pid, 0.0) for pid in workers_after}
+    result["worker_cpu_split_pct"] = sorted(
+        (100 * v / max(sum(used.values()), 1e-9) for v in used.values()), reverse=True)
+    result["server_cpu_us_per_request"] = (cpu_after - cpu_before) / answered * 1e6
+    result["cpu_us_per_request"] = {
+        "gunicorn workers": result["server_cpu_us_per_request"],
+        **{prog: (others_after[prog] - others_before[prog]) / answered * 1e6 for prog in others_after},
+        "load generator": result["loadgen_cpu_seconds"] / answered * 1e6,
+    }
+    busy = (busy_after[0] - busy_before[0]) / max(busy_after[1] - busy_before[1], 1)
+    result["machine_cpu_busy_pct"] = busy * 100
+    # Whatever else ran meanwhile (other programs, another test suite): it skews the figures.
+    tick = os.sysconf("SC_CLK_TCK")
+    busy_seconds = (busy_after[0] - busy_before[0]) / tick
+    all_cores_seconds = max(busy_after[1] - busy_before[1], 1) / tick
+    ours = sum(result["cpu_us_per_request"].values()) * answered / 1e6
+    result["other_load_pct"] = max(0.0, busy_seconds - ours) / all_cores_seconds * 100
+
+
+def _add_stored_counts(name: str, result: dict, pg: Postgres, rds: RedisDb) -> None:
+    """What the target left behind: for ours, the inbox rows against its 202s and the wake-up job;
+    for the naive receiver, its queued jobs."""
+    if name == "receiver":
+        rows = pg.count_rows()
+        result["durability"] = {
+            "accepted_202": result["accepted_202"],
+            "rows": rows["total"],
+            "distinct_fingerprints": rows["distinct_fingerprints"],
+            "pending_rows": rows.get("pending", 0),
+            "rq_jobs_queued": rds.queue_count("partnero"),
+            "ok": rows["total"] == result["accepted_202"],
+        }
+    elif name == "naive":
+        result["rq_jobs_queued"] = rds.queue_count("partnero-bench")
 
 
 def _start_profilers(args, server: Gunicorn, name: str) -> list[subprocess.Popen]:
@@ -488,11 +523,28 @@ def _defaults() -> tuple[int, int]:
 
 
 def parse_args(argv=None):
-    workers, threads = _defaults()
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _add_load_options(p)
+    _add_setup_options(p)
+    _add_output_options(p)
+    args = p.parse_args(argv)
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in args.targets if t not in TARGETS]
+    if unknown:
+        p.error(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
+    if not (1 <= args.connections <= 1000 and args.duration > 0 and args.warmup >= 0):
+        p.error("need 1..1000 connections, a positive duration and a non-negative warm-up")
+    if args.duration + args.warmup > 600 or args.max_requests > 5_000_000:
+        p.error("bounded: at most 600 s and 5,000,000 requests per target")
+    return args
+
+
+def _add_load_options(p: argparse.ArgumentParser) -> None:
+    """What is measured: the load, the servers' workers and threads, the targets and rounds."""
+    workers, threads = _defaults()
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per target")
     p.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per target (not measured)")
     p.add_argument("--connections", "-c", type=int, default=16, help="concurrent keep-alive connections")
@@ -511,6 +563,10 @@ def parse_args(argv=None):
                    help="cap on requests per target (warm-up included)")
     p.add_argument("--request-timeout", type=float, default=10.0,
                    help="seconds before an unanswered request counts as an error")
+
+
+def _add_setup_options(p: argparse.ArgumentParser) -> None:
+    """Where it runs: the database, Redis, the servers' environment, how quiet the machine must be."""
     p.add_argument("--pg-admin-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres",
                    help="where to create the bench database")
     p.add_argument("--db-name", default="partnero_bench", help="bench database (dropped and recreated)")
@@ -527,6 +583,10 @@ def parse_args(argv=None):
     p.add_argument("--retries", type=int, default=1,
                    help="measure a target again (up to this many times) when other programs used "
                         "more than --quiet-pct of the machine during its run")
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    """What it leaves: the results file, profiles, the servers' logs."""
     p.add_argument("--json", type=Path, default=None,
                    help="write all results here (when not given: bench/results/receiver-<time>.json)")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
@@ -535,16 +595,6 @@ def parse_args(argv=None):
                    help="profile only the thread holding the GIL (where a worker's CPU goes)")
     p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy executable")
     p.add_argument("--keep-logs", action="store_true", help="keep the gunicorn logs (path printed)")
-    args = p.parse_args(argv)
-    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = [t for t in args.targets if t not in TARGETS]
-    if unknown:
-        p.error(f"unknown target(s) {unknown}; choose from {list(TARGETS)}")
-    if not (1 <= args.connections <= 1000 and args.duration > 0 and args.warmup >= 0):
-        p.error("need 1..1000 connections, a positive duration and a non-negative warm-up")
-    if args.duration + args.warmup > 600 or args.max_requests > 5_000_000:
-        p.error("bounded: at most 600 s and 5,000,000 requests per target")
-    return args
 
 
 def main(argv=None) -> int:
@@ -559,44 +609,11 @@ def main(argv=None) -> int:
     started = datetime.now(timezone.utc)
     exit_code = 1
     try:
-        import sync
-
-        if not Path(sync.__file__).resolve().is_relative_to(ROOT):
-            raise BenchError(f"sync is imported from {sync.__file__}, not from {ROOT}")
+        _check_code_root()
         pg = Postgres(args.pg_admin_dsn, args.db_name)
         rds = RedisDb(args.redis_url)
-        print(f"partnero-sync receiver benchmark, {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
-              f"code from {ROOT}")
-        print(f"gunicorn --config python:app.server.gunicorn_config --workers {args.workers} --threads "
-              f"{args.threads} {' '.join(args.gunicorn_arg)}; {args.connections} connections; "
-              f"{args.warmup:g}s warm-up + {args.duration:g}s measured per target"
-              + (f"; env {' '.join(args.env)}" if args.env else ""))
-        for round_no in range(1, args.rounds + 1):
-            for name in args.targets:
-                print(f"  [{round_no}/{args.rounds}] {TARGETS[name][0]}) {name}: {TARGETS[name][2]} ...",
-                      end="", flush=True)
-                for attempt in range(args.retries + 1):
-                    r = run_target(name, args, workdir, pg, rds, cleanup)
-                    if r["other_load_pct"] <= args.quiet_pct or attempt == args.retries:
-                        break
-                    print(f" other programs took {r['other_load_pct']:.0f}% of the machine, "
-                          f"measuring again ...", end="", flush=True)
-                r["round"] = round_no
-                r["attempts"] = attempt + 1
-                results.append(r)
-                m = r["measured"]
-                print(f" {m['rps']:.0f} req/s, p99 {m['p99_ms']:.1f} ms, {m['errors']} errors", flush=True)
-            if args.rounds > 1:
-                print()
-                text, ok = summarize([r for r in results if r["round"] == round_no], args)
-                print(f"round {round_no}:\n{text}\n")
-        text, ok = summarize(results, args) if args.rounds == 1 else (None, True)
-        if args.rounds == 1:
-            print()
-            print(text)
-        else:
-            ok = all(summarize([r for r in results if r["round"] == n], args)[1]
-                     for n in range(1, args.rounds + 1))
+        _print_header(args, started)
+        ok = _run_rounds(args, workdir, pg, rds, cleanup, results)
         exit_code = 0 if ok else 3
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
@@ -606,28 +623,94 @@ def main(argv=None) -> int:
         exit_code = 2
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
-        for stop in reversed(cleanup):
-            try:
-                stop()
-            except Exception as exc:  # keep cleaning up
-                print(f"cleanup: {exc!r}", file=sys.stderr)
-        for what in (lambda: rds and rds.flush(), lambda: pg and pg.drop()):
-            try:
-                what()
-            except Exception as exc:
-                print(f"cleanup: {exc!r}", file=sys.stderr)
+        _clean_up(cleanup, rds, pg)
         if args.keep_logs:
             print(f"gunicorn logs kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     if results:
-        path = args.json or ROOT / "bench" / "results" / f"receiver-{started:%Y%m%dT%H%M%S}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"started": started.isoformat(), "cores": os.cpu_count(), "root": str(ROOT),
-                "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-        path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-        print(f"results: {path}")
+        _write_results(args, started, results)
     return exit_code
+
+
+def _check_code_root() -> None:
+    """The code measured is this checkout's, not an installed copy."""
+    import sync
+
+    if not Path(sync.__file__).resolve().is_relative_to(ROOT):
+        raise BenchError(f"sync is imported from {sync.__file__}, not from {ROOT}")
+
+
+def _print_header(args, started: datetime) -> None:
+    print(f"partnero-sync receiver benchmark, {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+          f"code from {ROOT}")
+    print(f"gunicorn --config python:app.server.gunicorn_config --workers {args.workers} --threads "
+          f"{args.threads} {' '.join(args.gunicorn_arg)}; {args.connections} connections; "
+          f"{args.warmup:g}s warm-up + {args.duration:g}s measured per target"
+          + (f"; env {' '.join(args.env)}" if args.env else ""))
+
+
+def _run_rounds(args, workdir: Path, pg: Postgres, rds: RedisDb, cleanup: list, results: list[dict]) -> bool:
+    """Every round of every target, each result added to ``results`` as it comes, with a summary
+    per round (several rounds) or at the end (one); whether every check held."""
+    for round_no in range(1, args.rounds + 1):
+        for name in args.targets:
+            print(f"  [{round_no}/{args.rounds}] {TARGETS[name][0]}) {name}: {TARGETS[name][2]} ...",
+                  end="", flush=True)
+            r = _measure(name, round_no, args, workdir, pg, rds, cleanup)
+            results.append(r)
+            m = r["measured"]
+            print(f" {m['rps']:.0f} req/s, p99 {m['p99_ms']:.1f} ms, {m['errors']} errors", flush=True)
+        if args.rounds > 1:
+            print()
+            text, ok = summarize([r for r in results if r["round"] == round_no], args)
+            print(f"round {round_no}:\n{text}\n")
+    text, ok = summarize(results, args) if args.rounds == 1 else (None, True)
+    if args.rounds == 1:
+        print()
+        print(text)
+    else:
+        ok = all(summarize([r for r in results if r["round"] == n], args)[1]
+                 for n in range(1, args.rounds + 1))
+    return ok
+
+
+def _measure(name: str, round_no: int, args, workdir: Path, pg: Postgres, rds: RedisDb, cleanup: list) -> dict:
+    """One target's result in round ``round_no``, measured again (up to --retries times) while
+    other programs took more than --quiet-pct of the machine; ``attempts`` says how many runs it took."""
+    for attempt in range(args.retries + 1):
+        r = run_target(name, args, workdir, pg, rds, cleanup)
+        if r["other_load_pct"] <= args.quiet_pct or attempt == args.retries:
+            break
+        print(f" other programs took {r['other_load_pct']:.0f}% of the machine, "
+              f"measuring again ...", end="", flush=True)
+    r["round"] = round_no
+    r["attempts"] = attempt + 1
+    return r
+
+
+def _clean_up(cleanup: list, rds: RedisDb | None, pg: Postgres | None) -> None:
+    """Stop what is still running (last started first), flush Redis, drop the database; a failing
+    step is printed and the others still run."""
+    for stop in reversed(cleanup):
+        try:
+            stop()
+        except Exception as exc:  # keep cleaning up
+            print(f"cleanup: {exc!r}", file=sys.stderr)
+    for what in (lambda: rds and rds.flush(), lambda: pg and pg.drop()):
+        try:
+            what()
+        except Exception as exc:
+            print(f"cleanup: {exc!r}", file=sys.stderr)
+
+
+def _write_results(args, started: datetime, results: list[dict]) -> None:
+    path = args.json or ROOT / "bench" / "results" / f"receiver-{started:%Y%m%dT%H%M%S}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"started": started.isoformat(), "cores": os.cpu_count(), "root": str(ROOT),
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":

@@ -1,1 +1,2 @@
-"""Worker side of partnero-sync: settings, inbox, queue, jobs; later mappings, sinks, ledger."""
+"""partnero-sync's service, in layers that import only downward: cli and local, services, worker,
+partnero, pipeline, salesforce, ops, store, rules, settings, mapping, core."""

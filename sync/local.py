@@ -8,7 +8,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 
 import click
 import redis
@@ -110,61 +109,22 @@ def _interrupt(signum, frame):
 
 
 def _run_in_process(settings: Settings, host: str, port: int) -> None:
-    """Web in the main thread and a worker in another, sharing one in-memory Redis.
-
-    The worker does not take signals (RQ's handlers would call Redis from inside a signal
-    handler, which can deadlock the in-memory stand-in); it stops when the web server does,
-    after the job in hand.
-    """
+    """Web in the main thread and a worker in another (``sync.worker.process.run_in_thread``),
+    sharing one in-memory Redis; the worker stops when the web server does, after the job in hand."""
     import fakeredis
-    from rq.scheduler import RQScheduler
-    from rq.timeouts import TimerDeathPenalty
-    from rq.worker import DequeueStrategy
     from werkzeug.serving import make_server
 
     from app import create_app
-    from sync.worker.process import build_worker
-    from sync.worker.queues import PartneroWorker
-
-    class ThreadWorker(PartneroWorker):
-        # Job time-outs by timer: SIGALRM is for the main thread only.
-        death_penalty_class = TimerDeathPenalty
-
-        def _install_signal_handlers(self) -> None:
-            pass
+    from sync.services import Services
+    from sync.worker.process import run_in_thread
 
     connection = fakeredis.FakeRedis()
     server = make_server(host, port, create_app(settings, redis_connection=connection), threaded=True)
-
-    worker = build_worker(settings, connection, sweep_every=5, worker_class=ThreadWorker)
-    scheduler = RQScheduler([worker.queues[0]], connection=connection)
-    services_housekeeping = worker.housekeeping
-
-    def housekeeping() -> None:
-        # No scheduler process can share an in-memory Redis: move due retries here.
-        scheduler.enqueue_scheduled_jobs()
-        if services_housekeeping is not None:
-            services_housekeeping()
-
-    worker.housekeeping = housekeeping
-
-    def work() -> None:
-        worker.work(with_scheduler=False, logging_level=settings.log_level,
-                    dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
-
-    thread = threading.Thread(target=work, name="worker", daemon=True)
-    thread.start()
+    stop_worker = run_in_thread(Services.build(settings, connection), sweep_every=5)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        # Ask the worker to stop after the job in hand, and wake it if it is waiting for one.
-        worker._stop_requested = True
-        worker.queues[0].enqueue(_wake)
-        thread.join(timeout=60)
-
-
-def _wake() -> None:
-    """An empty job: it wakes a waiting worker so that it notices it should stop."""
+        stop_worker()

@@ -1,4 +1,6 @@
-"""The adapters a process works with, built once from the settings."""
+"""The adapters a process works with, built once from the settings by the process's entry point
+(the CLI's commands, the app factory, ``partnero-sync dev``) and handed to what needs them: the
+worker hands them to every job it runs (``sync.worker.process``)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from sync.store.outbox import Outbox
 from sync.store.warehouse import Warehouse
 from sync.worker import queues
 from sync.worker.queues import JobQueue
+from sync.worker.stopping import INTERRUPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ class Services:
             jobs=jobs,
             mappings=mappings,
             warehouse=warehouse,
-            processor=Processor(engine, inbox, mappings, warehouse, outbox, interruptions=queues.INTERRUPTIONS),
+            processor=Processor(engine, inbox, mappings, warehouse, outbox, interruptions=INTERRUPTIONS),
         )
 
     def flusher(self) -> Flusher | None:
@@ -105,19 +108,3 @@ class Services:
         """Upgrade the fixed tables and create or extend the mapped ones; returns what it did."""
         return schema.migrate(self.inbox.engine, self.warehouse)
 
-
-_current: Services | None = None
-
-
-def install(services: Services) -> None:
-    """Make ``services`` the ones jobs in this process use (the worker calls this at start)."""
-    global _current
-    _current = services
-
-
-def current() -> Services:
-    """The services of this process; built from the environment on first use."""
-    global _current
-    if _current is None:
-        _current = Services.build(Settings.from_env())
-    return _current

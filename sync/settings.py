@@ -14,9 +14,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sync.core.errors import ConfigurationError
-from sync.ops.logs import FORMATS
 
-DEFAULT_DATABASE_URL = "sqlite:///partnero-sync.store.db"
+DEFAULT_DATABASE_URL = "sqlite:///partnero-sync.db"
 #: How long a statement waits for a lock another session holds before it gives up (seconds):
 #: well inside Partnero's five seconds for a delivery's answer, and far inside a job's time-out.
 DEFAULT_LOCK_TIMEOUT = 2.0
@@ -234,7 +233,7 @@ class Settings:
     #: "json" or "text"; None: JSON unless standard output is a terminal.
     log_format: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
-    #: Pending inbox rows older than this are re-enqueued by the sweeper.
+    #: The sweeper wakes a worker for pending rows nobody holds that have waited longer than this.
     sweep_after_seconds: int = 60
     salesforce: SalesforceSettings = field(default_factory=SalesforceSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
@@ -290,6 +289,10 @@ class Settings:
         )
 
 
+#: What LOG_FORMAT may say (``sync.ops.logs`` writes each).
+LOG_FORMATS = ("json", "text")
+
+
 def log_options(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     """LOG_LEVEL and LOG_FORMAT (None: JSON unless standard output is a terminal).
 
@@ -300,8 +303,8 @@ def log_options(environ: Mapping[str, str] | None = None) -> tuple[str, str | No
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigurationError(f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (got {level!r})")
     log_format = env.get("LOG_FORMAT", "").strip().lower() or None
-    if log_format is not None and log_format not in FORMATS:
-        raise ConfigurationError(f"LOG_FORMAT must be {' or '.join(FORMATS)} (got {log_format!r})")
+    if log_format is not None and log_format not in LOG_FORMATS:
+        raise ConfigurationError(f"LOG_FORMAT must be {' or '.join(LOG_FORMATS)} (got {log_format!r})")
     return level, log_format
 
 

@@ -18,7 +18,6 @@ import redis
 import sqlalchemy as sa
 from werkzeug.serving import make_server
 
-from sync import services
 from sync.core.signature import sign
 from sync.ops import metrics
 from sync.settings import Settings, normalize_database_url
@@ -210,9 +209,8 @@ def client(app):
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_services():
+def _no_leftover_metrics():
     yield
-    services._current = None
     # Nothing a test counted may reach the next test's Redis.
     metrics.recorder.clear()
 
@@ -289,11 +287,15 @@ def signed(document: dict | bytes, secret: str = SECRETS[0], header: str = "Sign
     return body, {header: sign(body, secret), "Content-Type": "application/json"}
 
 
+#: The name RQ stores for a wake-up's job: the function ``sync.worker.jobs.drain``.
+DRAIN = "sync.worker.jobs.drain"
+
+
 def wakeups(connection: redis.Redis) -> int:
     """How many wake-ups wait in the deliveries' queue."""
     from rq import Queue
 
-    from sync.worker.queues import DRAIN, QUEUE_NAME
+    from sync.worker.queues import QUEUE_NAME
 
     return sum(1 for job in Queue(QUEUE_NAME, connection=connection).get_jobs() if job.func_name == DRAIN)
 
@@ -303,7 +305,7 @@ def drain_jobs(connection: redis.Redis) -> list:
     from rq import Queue
     from rq.job import Job
 
-    from sync.worker.queues import DRAIN, QUEUE_NAME
+    from sync.worker.queues import QUEUE_NAME
 
     queue = Queue(QUEUE_NAME, connection=connection)
     ids = set(queue.get_job_ids())

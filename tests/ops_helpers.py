@@ -11,6 +11,7 @@ from pathlib import Path
 import redis
 
 from sync.partnero.samples import sample_delivery
+from sync.services import Services
 from sync.settings import DashboardSettings, Settings
 from sync.worker.process import build_worker
 from tests.conftest import MAPPINGS, signed
@@ -55,7 +56,7 @@ def post(client, document: dict | bytes) -> int:
 
 def work(settings: Settings, connection: redis.Redis) -> None:
     """Run every queued job (deliveries, then any Salesforce flush they ask for) and stop."""
-    build_worker(settings, connection).work(burst=True)
+    build_worker(Services.build(settings, connection)).work(burst=True)
 
 
 def friend_customer(customer_id: str = "rf_2217") -> dict:

@@ -324,7 +324,7 @@ def test_a_backfill_runs_on_a_worker_and_shows_its_progress(program, database_ur
     assert json.loads(cli(env, "status", "--json").output)["backfill"]["status"] == "queued"
 
     settings = Settings.from_env(env)
-    build_worker(settings, redis_conn).work(burst=True)
+    build_worker(Services.build(settings, redis_conn)).work(burst=True)
     job = Job.fetch(job_id, connection=redis_conn)
     assert job.get_status() == "finished"
     assert job.get_meta()["progress"].startswith("backfill #1 finished: 15 records, 15 applied")
@@ -343,7 +343,7 @@ def test_a_worker_backfill_hands_over_between_slices(program, database_url, redi
     monkeypatch.setattr(jobs, "BACKFILL_SLICE_SECONDS", 0)  # every page ends its slice
     env = cli_env(database_url, redis_server_url, program)
     assert cli(env, "backfill", "--in-worker", "--entities", "customers").exit_code == 0
-    build_worker(Settings.from_env(env), redis_conn).work(burst=True)
+    build_worker(Services.build(Settings.from_env(env), redis_conn)).work(burst=True)
     queue = Queue(BACKFILL_QUEUE_NAME, connection=redis_conn)
     # customers: 5 objects, one page of 250: a slice of one page, and it is finished.
     assert len(queue.finished_job_registry.get_job_ids()) == 1

@@ -17,9 +17,11 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from rq import Queue
 
-from sync.cli import main, parse_duration
+from sync.cli import main
+from sync.cli.base import parse_duration
 from sync.ops import stats
 from sync.partnero.samples import sample_delivery
+from sync.services import Services
 from sync.store import db
 from sync.store.inbox import FAILED, IGNORED, PENDING, PROCESSED, PRUNED_BODY, Delivery, Inbox, Pruned, webhook_events
 from sync.worker.process import build_worker
@@ -66,7 +68,7 @@ def backdate(settings, ids, age: timedelta) -> None:
 
 def work(settings, redis_conn) -> None:
     """Run a real worker until the queue is empty."""
-    build_worker(settings, redis_conn, worker_class=PartneroWorker).work(burst=True)
+    build_worker(Services.build(settings, redis_conn), worker_class=PartneroWorker).work(burst=True)
 
 
 def failed_registry(redis_conn):
@@ -476,7 +478,7 @@ def test_a_missing_schema_says_to_migrate(tmp_path):
 
 
 def test_database_errors_are_explained_without_their_parameters(database_url):
-    from sync.cli import explain
+    from sync.cli.base import explain
 
     engine = db.engine_for(database_url)
     with pytest.raises(sa.exc.SQLAlchemyError) as missing:

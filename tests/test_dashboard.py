@@ -92,6 +92,7 @@ def test_the_right_credentials_show_our_queue_and_jobs(dashboard_client):
 
 @pytest.mark.usefixtures("whole_drains")
 def test_job_descriptions_carry_no_payload_text(dashboard_client, settings, redis_conn):
+    from sync.services import Services
     from sync.worker.process import build_worker
 
     secret_bits = ["maria.secret@example.com", "<script>alert(1)</script>", "Rossi-Private"]
@@ -100,7 +101,7 @@ def test_job_descriptions_carry_no_payload_text(dashboard_client, settings, redi
         document = sample_delivery("partner.created")
         document["data"].update(id=f"ptn_{n}", email=secret_bits[0], name=secret_bits[1], surname=secret_bits[2])
         ids.append(deliver(dashboard_client, document)["id"])
-    build_worker(settings, redis_conn).work(burst=True)
+    build_worker(Services.build(settings, redis_conn)).work(burst=True)
     [job] = drain_jobs(redis_conn)
     # Once done, a wake-up says which deliveries it applied: event types and inbox rows, no values.
     assert job.description == f"3 deliveries: partner.created x3 (inbox #{min(ids)}..#{max(ids)})"
@@ -114,7 +115,7 @@ def test_job_descriptions_carry_no_payload_text(dashboard_client, settings, redi
 def test_a_job_description_names_only_event_types_that_look_like_one():
     from collections import Counter
 
-    from sync.worker.queues import describe
+    from sync.worker.jobs import describe
 
     odd = Counter({"<script>alert(1)</script>": 2, "partner.created": 1, "maria@example.com": 1})
     assert describe(odd, 5, 9) == "4 deliveries: (unnamed event) x3, partner.created x1 (inbox #5..#9)"

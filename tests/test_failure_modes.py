@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.job import JobStatus
 
 from sync.cli import main
@@ -24,7 +24,7 @@ from sync.settings import SalesforceSettings
 from sync.store import db
 from sync.store.inbox import webhook_events
 from sync.store.outbox import Outbox, crm_commission_changes, crm_outbox
-from sync.worker.queues import CRM_QUEUE_NAME, QUEUE_NAME
+from sync.worker.queues import CRM_QUEUE_NAME, QUEUE_NAME, PartneroWorker
 from tests.conftest import MAPPINGS, REDIS_URL, drain_jobs, held_by_another_transaction, salesforce_env
 from tests.test_processes import BIN, environment, start, stop, wait_for
 from tests.test_salesforce_sync import deliver, outbox_rows, partner, password_login
@@ -195,13 +195,10 @@ def test_a_job_killed_by_its_timeout_leaves_its_deliveries_pending(pg_url, redis
     settings = _settings(pg_url, redis_server_url).with_overrides(database_lock_timeout=30)
     [event_id] = store(settings, sample_delivery("partner.created"))
     services = Services.build(settings, redis_conn)
-    from sync import services as services_module
-
-    services_module.install(services)
     job = Queue(QUEUE_NAME, connection=redis_conn).enqueue("sync.worker.jobs.process_events", [event_id], job_timeout=2)
     # Another transaction holds the partner's row for longer than the job may run.
     with held_by_another_transaction(pg_url, "INSERT INTO partners (partner_id) VALUES ('ptn_8c1e6f0a')"):
-        SimpleWorker([QUEUE_NAME], connection=redis_conn).work(burst=True)
+        PartneroWorker([QUEUE_NAME], connection=redis_conn, context=services).work(burst=True)
     assert job.get_status(refresh=True) == JobStatus.SCHEDULED  # retried later, not failed
     pending = row(settings, event_id)
     assert pending["status"] == "pending" and "interrupted" in pending["last_error"]
@@ -243,7 +240,7 @@ def test_a_worker_killed_mid_job_leaves_its_deliveries_pending_for_the_next_work
     redis_conn.delete("partnero-sync:wake-up")  # the dead worker's wake-up went with it
     from sync.worker.process import build_worker
 
-    build_worker(settings, redis_conn).work(burst=True)
+    build_worker(Services.build(settings, redis_conn)).work(burst=True)
     assert [row(settings, i)["status"] for i in ids] == ["processed"] * 3
 
 
@@ -251,7 +248,6 @@ def test_a_schema_that_lags_the_mappings_leaves_deliveries_pending_until_it_is_m
                                                                                        tmp_path):
     from rq import Retry
 
-    from sync import services as services_module
     from sync.store import schema
     from sync.worker import jobs
     from tests.test_worker import row, store
@@ -264,13 +260,12 @@ def test_a_schema_that_lags_the_mappings_leaves_deliveries_pending_until_it_is_m
     settings = _settings(database_url, REDIS_URL).with_overrides(mappings_dir=mappings)
     [event_id] = store(settings, sample_delivery("partner.created"))
     services = Services.build(settings, redis_conn)  # the worker's new mappings, before any migration
-    services_module.install(services)
-    assert isinstance(jobs.process_events([event_id]), Retry)  # tried again later
+    assert isinstance(jobs.process_events(services, [event_id]), Retry)  # tried again later
     pending = row(settings, event_id)
     assert pending["status"] == "pending" and "brand_new_column" in pending["last_error"]
     try:
         schema.migrate(services.inbox.engine, services.warehouse)
-        assert jobs.process_events([event_id]) == "1 processed, 0 ignored, 0 failed"
+        assert jobs.process_events(services, [event_id]) == "1 processed, 0 ignored, 0 failed"
     finally:
         with services.inbox.engine.begin() as conn:  # leave the shared database as the others expect it
             conn.execute(sa.text("ALTER TABLE partners DROP COLUMN brand_new_column"))
@@ -346,7 +341,7 @@ def test_sigterm_stops_a_flush_between_calls_and_a_fresh_job_carries_on(pg_url, 
     fake.latency = 0
     from sync.worker.process import build_worker
 
-    build_worker(settings, redis_conn).work(burst=True)
+    build_worker(Services.build(settings, redis_conn)).work(burst=True)
     assert len(fake.records("Contact")) == 2000
 
 

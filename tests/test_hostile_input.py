@@ -69,7 +69,7 @@ class Service:
         return [answer["id"] for _, answer in answers]
 
     def work(self) -> None:
-        build_worker(self.settings, self.redis, worker_class=PartneroWorker).work(burst=True)
+        build_worker(Services.build(self.settings, self.redis), worker_class=PartneroWorker).work(burst=True)
 
     @property
     def services(self) -> Services:

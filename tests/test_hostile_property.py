@@ -123,7 +123,7 @@ def test_any_batch_fails_only_its_bad_deliveries_with_bounded_reasons_that_quote
             assert status == 400 and set(answer) == {"error"}, (status, answer)
         for status, answer in answers[:len(batch)]:  # whatever json.dumps writes is a delivery
             assert (status, answer["status"]) == (202, "queued"), (status, answer)
-        build_worker(settings, redis_conn, worker_class=PartneroWorker).work(burst=True)
+        build_worker(Services.build(settings, redis_conn), worker_class=PartneroWorker).work(burst=True)
 
         stored = {answer["id"]: document for (status, answer), (document, _) in zip(answers, batch) if status == 202}
         t = webhook_events

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from sync import services as services_module
 from sync.partnero.samples import sample_delivery
 from sync.services import Services
 from sync.store import db
@@ -36,7 +35,6 @@ def _services(url: str, redis_conn) -> Services:
 
     settings = Settings(webhook_secrets=("s",), database_url=url, redis_url=REDIS_URL, mappings_dir=MAPPINGS)
     services = Services.build(settings, redis_conn)
-    services_module.install(services)
     return services
 
 
@@ -59,9 +57,9 @@ def database_lock_timeout(url: str, value: str | None):
             engine.dispose()
 
 
-def _timed_drain() -> float:
+def _timed_drain(services: Services) -> float:
     started = time.monotonic()
-    jobs.drain()
+    jobs.drain(services)
     return time.monotonic() - started
 
 
@@ -91,16 +89,17 @@ def test_a_delivery_waiting_on_a_row_lock_waits_alone_on_mariadb(mariadb_url, re
 
 
 def _row_lock_case(url: str, redis_conn, server_setting: str | None) -> None:
-    settings = _services(url, redis_conn).settings
+    services = _services(url, redis_conn)
+    settings = services.settings
     [first] = store(settings, sample_delivery("partner.created", id="ptn_locked"))
-    jobs.drain()
+    jobs.drain(services)
     assert row(settings, first)["status"] == "processed"
     locked = store(settings, sample_delivery("partner.updated", id="ptn_locked", email="new@example.com",
                                              updated_at="2026-03-15T10:00:00Z"))
     others = store(settings, *_others(20))
     held = "UPDATE partners SET email = 'dba@example.com' WHERE partner_id = 'ptn_locked'"
     with database_lock_timeout(url, server_setting), held_by_another_transaction(url, held):
-        took = _timed_drain()
+        took = _timed_drain(services)
         assert {row(settings, i)["status"] for i in others} == {"processed"}
         waiting = row(settings, locked[0])
     assert took < WITHIN_SECONDS, took
@@ -111,7 +110,7 @@ def _row_lock_case(url: str, redis_conn, server_setting: str | None) -> None:
     assert {row(settings, i)["attempts"] for i in others} == {1}
     # Its retry falls due once the lock is gone: applied.
     _as_if_later(url)
-    jobs.drain()
+    jobs.drain(services)
     assert row(settings, locked[0])["status"] == "processed"
 
 
@@ -120,12 +119,13 @@ def _row_lock_case(url: str, redis_conn, server_setting: str | None) -> None:
                          ids=["postgresql-no-db-timeout", "postgresql-db-500ms", "mariadb-server-50s"])
 def test_a_locked_table_holds_up_only_the_deliveries_to_it(kind, server_setting, request, tmp_path, redis_conn):
     server_url = empty_database(kind, request, tmp_path)
-    settings = _services(server_url, redis_conn).settings
+    services = _services(server_url, redis_conn)
+    settings = services.settings
     dialect = db.engine_for(server_url).dialect.name
     customers = store(settings, *(sample_delivery("customer.created", key=f"cust_{i}") for i in range(6)))
     others = store(settings, *_others(20))
     with database_lock_timeout(server_url, server_setting), held_by_another_transaction(server_url, TABLE_LOCK[dialect]):
-        took = _timed_drain()
+        took = _timed_drain(services)
         applied = {row(settings, i)["status"] for i in others}
         waiting = [row(settings, i) for i in customers]
     assert took < WITHIN_SECONDS, took
@@ -133,7 +133,7 @@ def test_a_locked_table_holds_up_only_the_deliveries_to_it(kind, server_setting,
     assert {(w["status"], w["attempts"]) for w in waiting} == {(PENDING, 0)}
     assert {w["last_error"][:16] for w in waiting} == {"waited on a lock"}
     _as_if_later(server_url)
-    jobs.drain()
+    jobs.drain(services)
     assert {row(settings, i)["status"] for i in customers} == {"processed"}
 
 
@@ -141,14 +141,15 @@ def test_a_locked_table_holds_up_only_the_deliveries_to_it(kind, server_setting,
 def test_database_blips_take_back_their_attempts_and_never_make_rows_be_claimed_alone(database_url, redis_conn):
     """Three passing database errors in a row (a table gone for a moment: PostgreSQL and SQLite
     both call that passing), then the database is back: the rows are claimed together again."""
-    settings = _services(database_url, redis_conn).settings
+    services = _services(database_url, redis_conn)
+    settings = services.settings
     ids = store(settings, *_others(4))
     engine = db.engine_for(database_url)
     for _ in range(3):
         with engine.begin() as conn:
             conn.execute(sa.text("ALTER TABLE partners RENAME TO partners_away"))
         try:
-            jobs.drain()  # a Retry: the rows are let go of
+            jobs.drain(services)  # a Retry: the rows are let go of
         finally:
             with engine.begin() as conn:
                 conn.execute(sa.text("ALTER TABLE partners_away RENAME TO partners"))
@@ -157,7 +158,7 @@ def test_database_blips_take_back_their_attempts_and_never_make_rows_be_claimed_
     inbox = Inbox(engine)
     assert sorted(e.id for e in inbox.claim()) == sorted(ids)
     inbox.record_errors(ids, "let go of by the test")  # that claim's attempt taken back too
-    jobs.drain()
+    jobs.drain(services)
     assert {(row(settings, i)["status"], row(settings, i)["attempts"]) for i in ids} == {("processed", 1)}
 
 
@@ -212,7 +213,8 @@ def test_a_blip_costs_one_try_not_a_backoff(pg_url, redis_conn, monkeypatch, whe
     at once."""
     empty_tables(pg_url)
     monkeypatch.setattr(jobs, "CLAIM_BATCH", 5)
-    settings = _services(pg_url, redis_conn).settings
+    services = _services(pg_url, redis_conn)
+    settings = services.settings
     ids = store(settings, *_others(12))
     engine, killer = db.engine_for(pg_url), db.make_engine(pg_url)
     writes = []
@@ -228,7 +230,7 @@ def test_a_blip_costs_one_try_not_a_backoff(pg_url, redis_conn, monkeypatch, whe
 
     sa.event.listen(engine, "before_cursor_execute", blip)
     try:
-        outcome = jobs.drain()
+        outcome = jobs.drain(services)
     finally:
         sa.event.remove(engine, "before_cursor_execute", blip)
         killer.dispose()

@@ -26,6 +26,7 @@ from app import create_app
 from sync.core.errors import TransientError
 from sync.ops import metrics
 from sync.partnero.samples import CUSTOMER, sample_delivery
+from sync.services import Services
 from sync.settings import MAX_BODY_BYTES, DashboardSettings
 from sync.store import db
 from sync.store.inbox import webhook_events
@@ -146,7 +147,7 @@ def test_a_known_sequence_reads_back_exactly(live_server, settings, redis_conn):
     assert before[ATTEMPTS] == attempts()
     assert before[f"{LAG}_count"] == {(): 0}
 
-    build_worker(settings, redis_conn).work(burst=True)  # the real job code
+    build_worker(Services.build(settings, redis_conn)).work(burst=True)  # the real job code
 
     after = scrape(live_server)
     assert after[RECEIVED] == before[RECEIVED]
@@ -170,7 +171,7 @@ def test_a_database_outage_is_counted_and_shown(settings, redis_conn):
     body, headers = signed(sample_delivery())
     assert create_app(settings).test_client().post(URL, data=body, headers=headers).status_code == 202
     down = settings.with_overrides(database_url=DEAD_PG_URL)
-    build_worker(down, redis_conn).work(burst=True)  # the wake-up finds the database away: retried later
+    build_worker(Services.build(down, redis_conn)).work(burst=True)  # the wake-up finds the database away: retried later
     down_client = create_app(down).test_client()
     body, headers = signed(sample_delivery(id="ptn_2"))
     assert down_client.post(URL, data=body, headers=headers).status_code == 503

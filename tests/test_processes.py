@@ -205,7 +205,7 @@ def test_dev_runs_the_whole_service_on_defaults(tmp_path, redis_server_url, redi
         )
         assert send.returncode == 0, send.stdout + send.stderr
         assert send.stdout.startswith("202 ")
-        database_url = f"sqlite:///{tmp_path}/partnero-sync.store.db"  # the embedded default
+        database_url = f"sqlite:///{tmp_path}/partnero-sync.db"  # the embedded default
         wait_for(lambda: statuses(database_url) == ["processed"], what="the delivery to be processed")
     finally:
         output = stop(dev)

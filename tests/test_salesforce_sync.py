@@ -265,7 +265,7 @@ def test_the_worker_flushes_after_processing(settings, fake, redis_conn):
     bodies = [json.dumps(d).encode() for d in (partner(), sample_delivery("customer.created"))]
     services.inbox.store_many([Delivery(b, json.loads(b)["event"], PENDING) for b in bodies])
     services.jobs.wake()
-    build_worker(crm, redis_conn, worker_class=PartneroWorker).work(burst=True)
+    build_worker(Services.build(crm, redis_conn), worker_class=PartneroWorker).work(burst=True)
     assert fake.get("Account", "Partnero_Customer_Key__c", "acct_000481") is not None
     queue = Queue(QUEUE_NAME, connection=redis_conn)
     assert queue.failed_job_registry.count == 0

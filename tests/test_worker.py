@@ -15,6 +15,7 @@ from sync.core import backoff
 from sync.core.errors import TransientError
 from sync.partnero.samples import sample_delivery
 from sync.pipeline.processor import Processor
+from sync.services import Services
 from sync.settings import Settings
 from sync.store import db
 from sync.store.inbox import PENDING, Delivery, Inbox, webhook_events
@@ -40,7 +41,7 @@ def row(settings, event_id: int) -> dict:
 
 
 def run_burst(settings, redis_conn, worker_class=PartneroWorker):
-    worker = build_worker(settings, redis_conn, worker_class=worker_class)
+    worker = build_worker(Services.build(settings, redis_conn), worker_class=worker_class)
     worker.work(burst=True)
     return worker
 
@@ -73,10 +74,11 @@ def test_the_paas_worker_processes_deliveries(settings, redis_conn):
 
 def test_running_a_job_twice_changes_nothing(settings, redis_conn):
     [event_id] = store(settings, sample_delivery("partner.updated"))
-    build_worker(settings, redis_conn)  # installs the services jobs use
-    assert jobs.process_events([event_id]) == "1 processed, 0 ignored, 0 failed"
+    services = Services.build(settings, redis_conn)
+    build_worker(services)  # migrates, as the worker does at its start
+    assert jobs.process_events(services, [event_id]) == "1 processed, 0 ignored, 0 failed"
     first = row(settings, event_id)
-    assert jobs.process_events([event_id]) == "0 processed, 0 ignored, 0 failed"
+    assert jobs.process_events(services, [event_id]) == "0 processed, 0 ignored, 0 failed"
     second = row(settings, event_id)
     assert second["status"] == "processed" and second["processed_at"] == first["processed_at"]
 

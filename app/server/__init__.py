@@ -1,1 +1,2 @@
-"""gunicorn's settings and worker class, and the request framing in front of Flask."""
+"""gunicorn's settings and worker class, and the request framing in front of Flask. Imports the
+settings, logs and errors of sync, and ``app`` only to check the configuration at start."""

@@ -3,7 +3,6 @@ and durations."""
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 from datetime import datetime, timedelta, timezone
@@ -14,8 +13,6 @@ from sync.core.errors import ConfigurationError, SyncError, caused_by
 from sync.ops import logs
 from sync.ops.terminal import safe
 from sync.settings import Settings, redact_url
-
-log = logging.getLogger(__name__)
 
 #: Where ``load_settings`` leaves the settings, so an error line can name the database or Redis.
 _SETTINGS = "partnero_sync.settings"
@@ -67,10 +64,10 @@ def main() -> None:
     """partnero-sync: Partnero webhooks into Salesforce and a SQL warehouse.
 
     Configured from the environment: PARTNERO_WEBHOOK_SECRET, DATABASE_URL (default
-    sqlite:///partnero-sync.store.db), REDIS_URL (default redis://localhost:6379/0), MAPPINGS_DIR
+    sqlite:///partnero-sync.db), REDIS_URL (default redis://localhost:6379/0), MAPPINGS_DIR
     (default mappings), LOG_LEVEL (default INFO), SALESFORCE_* for the CRM sync (none set: only
     the warehouse is synced), and PARTNERO_API_KEY (with PARTNERO_API_URL) for the commands that
-    call Partnero's REST API (backfill, reconcile, webhooks). README.md explains each.
+    call Partnero's REST API (backfill, reconcile, webhooks). docs/configuration.md explains each.
 
     Exit status: 0 done; 1 the command failed (the database or Redis could not be reached, the
     schema is missing, or what the command reports); 2 bad arguments or configuration. `status`

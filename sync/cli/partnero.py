@@ -92,6 +92,13 @@ def backfill(entities: tuple[str, ...] | None, since: datetime | None, restart: 
         click.echo(f"backfill #{run.id} queued on a worker (job {job_id}); follow it in the dashboard (/rq) "
                    "or with `partnero-sync status`")
         return
+    _backfill_here(filler, run, salesforce=services.processor.outbox is not None)
+
+
+def _backfill_here(filler, run, salesforce: bool) -> None:
+    """Run the backfill ``run`` in this process, printing its progress and what it did; exit
+    status 1 when interrupted or when some objects could not be applied. ``salesforce``: the
+    mappings write to Salesforce."""
     line = StatusLine(every=10)  # a line every ten seconds in a log
     try:
         run = filler.run(run, on_page=lambda progress: line.show(progress.line()))
@@ -104,7 +111,7 @@ def backfill(entities: tuple[str, ...] | None, since: datetime | None, restart: 
     line.end()
     click.echo(f"backfill #{run.id} finished: {run.records:,} records, {run.applied:,} applied, "
                f"{run.unchanged:,} unchanged, {run.skipped:,} skipped, {run.failed:,} failed")
-    if services.processor.outbox is not None and run.applied:
+    if salesforce and run.applied:
         click.echo("the workers send the Salesforce writes (`partnero-sync status` shows the backlog)")
     if run.failed:
         raise SyncError(f"{run.failed:,} deliveries could not be applied; each is recorded with its reason "
@@ -129,7 +136,7 @@ def reconcile(entities: tuple[str, ...] | None, fix: bool, as_json: bool) -> Non
     it is missing (a refunded one is listed with deleted_at): it is left for a person.
 
     Meant for a schedule as well as by hand, e.g. a daily `partnero-sync reconcile --fix` (see
-    the README). Exit status 0 when nothing drifts (or, with --fix, everything was corrected);
+    docs/operating.md). Exit status 0 when nothing drifts (or, with --fix, everything was corrected);
     1 when something drifts (or could not be corrected, or was left for a person), or Partnero
     or the database could not be reached; 2 when the API key is missing or refused, or --entities
     names a list no mapping file loads.

@@ -51,9 +51,10 @@ def worker(burst: bool, sweep_every: int) -> None:
     on the way to. On SIGTERM (a PaaS stopping the process) it finishes the batch in hand, then
     exits. Exit status 1 when Redis cannot be reached.
     """
+    from sync.services import Services
     from sync.worker.process import run_worker
 
-    run_worker(load_settings(), burst=burst, sweep_every=sweep_every)
+    run_worker(Services.build(load_settings()), burst=burst, sweep_every=sweep_every)
 
 
 @main.command()

@@ -1,1 +1,2 @@
-"""Pure primitives: the envelope of a delivery, signatures, errors, backoff."""
+"""Pure primitives: a delivery's envelope, signatures, the error kinds, retry backoff. No I/O; imports
+nothing else of sync."""

@@ -1,8 +1,8 @@
 """How long to wait before trying again: the one retry policy for deliveries, flushes, records and
 calls to Partnero's API.
 
-Exponential with jitter (up to a fifth more), so retries of many failures spread out. The README's
-"Retries" section states the same numbers.
+Exponential with jitter (up to a fifth more), so retries of many failures spread out. docs/pipeline.md
+(Retries) states the deliveries' schedule.
 """
 
 from __future__ import annotations

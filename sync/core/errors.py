@@ -1,7 +1,12 @@
 """One root error and its three kinds, so each failure is classified once and acted on once.
 
-Adapters (inbox, queue, later the warehouse and the CRM) raise these; ``sync.worker.jobs`` decides what
-a kind means for RQ (retry later, fail once), and start-up stops on a ``ConfigurationError``.
+The adapters that meet a failure (the store, the job queue, the Salesforce and Partnero clients)
+raise these, and what a kind means is decided where the work is scheduled, not in one place:
+``sync.worker.jobs`` for a job (retry later with backoff, or fail), ``sync.pipeline.processor``
+for one delivery that waits on a lock, ``sync.salesforce.schedule`` for a flush and
+``sync.salesforce.flush`` for one record, ``sync.partnero.api`` for its own calls (it waits and
+tries again), ``app.webhooks`` for a delivery being received (503). Start-up stops on a
+``ConfigurationError``.
 """
 
 from __future__ import annotations

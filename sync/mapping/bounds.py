@@ -27,7 +27,7 @@ from jmespath.visitor import Options, TreeInterpreter
 
 from sync.mapping.transforms import ValueProblem
 
-#: The largest delivery the receiver accepts, in bytes (README: at most 1 MiB).
+#: The largest delivery the receiver accepts, in bytes (docs/webhooks.md: at most 1 MiB).
 MAX_INPUT = 1024 * 1024
 #: What an expression may build, at worst, as a multiple of the delivery it reads.
 MAX_GROWTH = 32

@@ -66,7 +66,7 @@ class Reward:
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything one delivery means for the warehouse and the ledger."""
+    """Everything one delivery means for the warehouse, the ledger and the Salesforce outbox."""
 
     mapping: Mapping
     event: str

@@ -488,15 +488,8 @@ class _Checker:
         for transform in transforms:
             if transform.produces != ANY:
                 produced = transform.produces
-        declared = raw.get("type")
+        declared = self.column_type(raw, where, produced, default_type)
         if declared is None:
-            declared = produced if produced != ANY else default_type
-        elif declared not in TYPES:
-            self.problem(raw, "type", _join(where, "type"), f"unknown type {declared!r} (known: {', '.join(TYPES)})")
-            return None
-        elif not compatible(produced, declared):
-            self.problem(raw, "type", _join(where, "type"),
-                         f"type clash: the value is {produced} but the column is declared {declared}")
             return None
         built = Field(str(key), source, expression, constant, tuple(transforms), declared, line)
         unfit = _unfit_literal(built)
@@ -505,6 +498,21 @@ class _Checker:
             self.problem(raw, label, _join(where, label), f"cannot be stored as {declared}: {problem}")
             return None
         return built
+
+    def column_type(self, raw: LineDict, where: str, produced: str, default_type: str) -> str | None:
+        """The type a field's column is declared (else what its value ``produced``, else
+        ``default_type``); None, with the problem noted, when it is unknown or clashes."""
+        declared = raw.get("type")
+        if declared is None:
+            return produced if produced != ANY else default_type
+        if declared not in TYPES:
+            self.problem(raw, "type", _join(where, "type"), f"unknown type {declared!r} (known: {', '.join(TYPES)})")
+            return None
+        if not compatible(produced, declared):
+            self.problem(raw, "type", _join(where, "type"),
+                         f"type clash: the value is {produced} but the column is declared {declared}")
+            return None
+        return declared
 
     def transforms(self, raw: LineDict, where: str) -> list[Transform] | None:
         items = raw.get("transforms", [])
@@ -712,20 +720,27 @@ class _Checker:
             ok = False
         if not ok or fields is None or on_delete is None or references is None:
             return None
+        if not self.sf_names_distinct(raw, where, names["external_id"], fields, references, commission):
+            return None
+        return SalesforceTarget(names["object"], names["external_id"], tuple(fields), tuple(on_delete),
+                                tuple(references), commission, hard_delete)
+
+    def sf_names_distinct(self, raw: LineDict, where: str, external_id: str, fields: list[Field],
+                          references: list[Reference], commission: dict[str, str]) -> bool:
+        """Whether each Salesforce field is written from one place only (never the external id,
+        which is filled from identity); each one that is not is noted as a problem."""
+        ok = True
         taken: dict[str, str] = {}
         for label, name in [*((f"fields.{f.name}", f.name) for f in fields),
                             *((f"references.{r.name}", r.name) for r in references),
                             *((key, raw[key]) for key in COMMISSION_TOTALS if COMMISSION_TOTALS[key] in commission)]:
-            if name in taken or name == names["external_id"]:
+            if name in taken or name == external_id:
                 self.problem(raw, label.split(".")[0], f"{where}.{label}",
                              "duplicate field" + (": the external id is filled from identity"
-                                                  if name == names["external_id"] else f" (also {taken[name]})"))
+                                                  if name == external_id else f" (also {taken[name]})"))
                 ok = False
             taken.setdefault(name, label)
-        if not ok:
-            return None
-        return SalesforceTarget(names["object"], names["external_id"], tuple(fields), tuple(on_delete),
-                                tuple(references), commission, hard_delete)
+        return ok
 
     def sf_fields(self, node: LineDict, key: str, where: str, required: bool) -> list[Field] | None:
         raw = node.get(key)

@@ -21,7 +21,6 @@ from typing import Any
 from sync.core.errors import SyncError
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-FORMATS = ("json", "text")
 #: The fields a delivery's log lines carry, in the order the text format shows them. Never the
 #: record's id: it is a value from the delivery (a customer's key may be an email); the inbox id
 #: finds the delivery, and its record, in /ops.

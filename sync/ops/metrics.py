@@ -18,7 +18,6 @@ import redis
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from sync.pipeline import intake
 from sync.store import inbox
 
 log = logging.getLogger(__name__)
@@ -246,7 +245,7 @@ RECEIVED = Counter(
     "for refused ones, reason (bad_signature, missing_signature, malformed_signature, malformed_json, "
     "too_large, unavailable, error).",
     ("outcome", "reason"),
-    known=((intake.QUEUED, ""), (intake.DUPLICATE, ""), (intake.IGNORED, ""),
+    known=((inbox.QUEUED, ""), (inbox.DUPLICATE, ""), (inbox.IGNORED, ""),
            *((REFUSED, reason) for reason in (BAD_SIGNATURE, MISSING_SIGNATURE, MALFORMED_SIGNATURE,
                                               MALFORMED_JSON, TOO_LARGE, UNAVAILABLE, ERROR))),
 )

@@ -21,6 +21,8 @@ _COLUMNS = (("occurred_at", "Occurred (UTC)"), ("transaction_key", "Transaction"
 
 @dataclass(frozen=True)
 class Statement:
+    """One partner's ledger: its newest entries, and its totals per currency and kind."""
+
     partner_id: str
     #: The newest entries asked for, oldest first.
     entries: list[dict[str, Any]]

@@ -18,10 +18,23 @@ from sync.store.outbox import FAILED as CRM_FAILED
 from sync.store.outbox import PENDING as CRM_PENDING
 from sync.store.outbox import WAITING as CRM_WAITING
 from sync.store.outbox import Outbox
-from sync.worker.queues import QueueCounts
 
 #: A pending delivery older than this means the backlog is stuck (no worker, or one that fails).
 STUCK_AFTER = timedelta(minutes=15)
+
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """What the job queue holds at the moment of asking (``sync.worker.queues.JobQueue.counts``
+    reads it from RQ)."""
+
+    queued: int  # waiting for a worker
+    scheduled: int  # retries waiting for their time
+    failed: int  # jobs in RQ's failed registry
+    started: int  # running now, on a living worker
+    workers: int  # living workers listening on the queue
+
 
 OK = "ok"
 ATTENTION = "attention"
@@ -30,6 +43,8 @@ UNKNOWN = "unknown"
 
 @dataclass
 class Snapshot:
+    """What the service is doing at ``taken_at``: each source's figures, or why it could not be read."""
+
     taken_at: datetime
     #: How long the oldest pending delivery may wait before the backlog counts as stuck.
     stuck_after: timedelta = STUCK_AFTER

@@ -1,3 +1,3 @@
-"""Partnero's REST API: the client (``api``), and what partnero-sync does with it: backfill
-(``backfill``, ``runs``), reconciliation (``reconcile``, ``drift``), both through ``listed`` and
-``resync``; and the webhook subscriptions (``webhooks``)."""
+"""Partnero's REST API: the client (``api``) and what partnero-sync does with it: backfill,
+reconciliation, both through ``resync``; the webhook subscriptions (``webhooks``); and sample
+deliveries (``samples``). Imports sync.pipeline and the layers below it."""

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 from sync.core.errors import ConfigurationError, SyncError
 from sync.ops.progress import duration
+from sync.partnero.api import Page
 from sync.partnero.resync import Resync
 from sync.rules import listed
 from sync.store.runs import FAILED, OVER, STOPPED, Run, Runs
@@ -60,6 +61,15 @@ class Progress:
         if self.total is None or self.rate <= 0:
             return None
         return max(self.total - self.entity_done, 0) / self.rate
+
+    def read(self, page: Page, counts: dict[str, int], elapsed: float) -> None:
+        """One more ``page`` read, ``elapsed`` seconds after this process began: where the run is
+        now, and what became of the page's objects (``counts``)."""
+        self.page, self.last_page, self.total = page.number, page.last_page, page.total
+        self.entity_done += counts["records"]
+        for name in ("records", "applied", "unchanged", "skipped", "failed"):
+            setattr(self, name, getattr(self, name) + counts[name])
+        self.elapsed = elapsed
 
     def line(self) -> str:
         pages = f"page {self.page}" + (f" of {self.last_page}" if self.last_page else "")
@@ -141,12 +151,7 @@ class Backfill:
                         self.runs.advance(run.id, run.entities[index + 1], 1, None, **counts)
                     else:
                         self.runs.advance(run.id, entity, page.number + 1, page.last_page, **counts)
-                    progress.page, progress.last_page, progress.total = page.number, page.last_page, page.total
-                    progress.entity_done += len(page.objects)
-                    progress.records += len(page.objects)
-                    for name in ("applied", "unchanged", "skipped", "failed"):
-                        setattr(progress, name, getattr(progress, name) + counts[name])
-                    progress.elapsed = self.clock() - started
+                    progress.read(page, counts, elapsed=self.clock() - started)
                     if on_page is not None:
                         on_page(progress)
                     if should_stop() and not (page.is_last and index + 1 == len(run.entities)):

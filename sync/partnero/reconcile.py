@@ -25,6 +25,8 @@ from sync.store.inbox import PENDING, Delivery
 
 @dataclass
 class Report:
+    """What a reconciliation found (the drifting records, the objects listed) and, with ``fix``, did."""
+
     drifts: list[Drift] = field(default_factory=list)
     #: Objects listed, per list.
     listed: Counter = field(default_factory=Counter)
@@ -53,6 +55,8 @@ KEPT = "left as it is, also by --fix: a refund is never inferred from absence; c
 
 
 class Reconcile:
+    """Partnero's lists, compared with what is held, page by page, through ``Resync``."""
+
     def __init__(self, services, api, *, page_size: int = 250):
         self.services = services
         self.api = api

@@ -11,7 +11,6 @@ pending for the workers' sweeper.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -24,8 +23,6 @@ from sync.rules import drift, listed
 from sync.rules.drift import Drift
 from sync.store import ledger
 from sync.store.inbox import PENDING, Delivery, Event, utcnow
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,6 +44,8 @@ class Examined:
 
 @dataclass
 class Applied:
+    """What ``Resync.apply`` came to: deliveries processed, and those that failed on their rows."""
+
     processed: int = 0
     failed: int = 0
 

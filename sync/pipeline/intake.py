@@ -21,14 +21,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from sync.core.errors import TransientError
-from sync.store.inbox import PENDING, Delivery, Inbox, Stored
-from sync.worker.queues import JobQueue
+from sync.pipeline.sweeper import Waker
+from sync.store.inbox import DUPLICATE, IGNORED, PENDING, QUEUED, Delivery, Inbox, Stored
 
 log = logging.getLogger(__name__)
-
-QUEUED = "queued"
-DUPLICATE = "duplicate"
-IGNORED = "ignored"
 
 #: How soon after a request arrived its answer is due: Partnero's five seconds, less 1.5 for
 #: the trip to us and back.
@@ -49,7 +45,7 @@ class Intake:
     def __init__(
         self,
         inbox: Inbox,
-        jobs: JobQueue,
+        jobs: Waker,
         *,
         max_batch: int = 500,
         max_batch_bytes: int = 8 * 1024 * 1024,

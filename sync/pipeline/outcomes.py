@@ -1,5 +1,5 @@
-"""What follows a batch of deliveries applied, wherever they were applied (a worker's drain, a
-backfill): each outcome counted in the metrics and logged with the delivery's ids, the Salesforce
+"""What follows a batch of deliveries applied, wherever they were applied (a worker's job, or
+``sync.partnero.resync`` for a backfill or ``reconcile --fix``): each outcome counted in the metrics and logged with the delivery's ids, the Salesforce
 lag observed, and a flush asked for when anything was processed."""
 
 from __future__ import annotations

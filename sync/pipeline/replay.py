@@ -42,6 +42,8 @@ def replay_one(services, event: Event) -> Outcome:
 
 @dataclass
 class ReplayResult:
+    """What ``replay`` came to: how many rows it found, and how each one ended."""
+
     total: int = 0
     processed: int = 0
     ignored: int = 0

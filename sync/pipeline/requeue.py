@@ -9,8 +9,8 @@ from datetime import datetime
 
 from sync.core.errors import TransientError
 from sync.ops.progress import progressbar
+from sync.pipeline.sweeper import Waker
 from sync.store.inbox import ALREADY_PENDING, FAILED, REQUEUED, Event, Inbox
-from sync.worker.queues import JobQueue
 
 
 @dataclass
@@ -29,7 +29,7 @@ class RequeueResult:
         return 0 if self.redis_error is not None else self.requeued
 
 
-def requeue_failed(inbox: Inbox, jobs: JobQueue, since: datetime | None = None, event_type: str | None = None,
+def requeue_failed(inbox: Inbox, jobs: Waker, since: datetime | None = None, event_type: str | None = None,
                    batch: int = 1000, show_progress: bool = True,
                    still_failing: Callable[[Event], str | None] | None = None) -> RequeueResult:
     """Set the matching failed rows back to pending, ``batch`` rows at a time, and wake a worker.
@@ -73,7 +73,7 @@ class Asked:
         return self.found in (REQUEUED, ALREADY_PENDING)
 
 
-def requeue_one(inbox: Inbox, jobs: JobQueue, event_id: int) -> Asked | None:
+def requeue_one(inbox: Inbox, jobs: Waker, event_id: int) -> Asked | None:
     """Hand inbox row ``event_id`` to the workers, who apply it with their mapping files, and wake
     one; None when there is no such row. Only a short statement on the row: it never waits for a
     lock nor applies anything, so a web request answers at once."""

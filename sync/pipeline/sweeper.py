@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Protocol
 
 from sync.store.inbox import Inbox
-from sync.worker.queues import JobQueue
 
 log = logging.getLogger(__name__)
 
 
-def sweep(inbox: Inbox, jobs: JobQueue, older_than: timedelta) -> int:
+class Waker(Protocol):
+    """What the sweeper asks of the job queue (``sync.worker.queues.JobQueue``): wake a worker."""
+
+    def wake(self, *, force: bool = False) -> bool: ...
+
+
+def sweep(inbox: Inbox, jobs: Waker, older_than: timedelta) -> int:
     """Wake a worker if pending rows that nobody holds have waited longer than ``older_than``;
     returns how many such rows there are. The worker claims them like any others."""
     waiting = inbox.claimable(older_than)

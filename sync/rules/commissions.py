@@ -94,26 +94,12 @@ def settle(
         chain = sorted(chains.get(ref, []), key=lambda e: e.seq)
         reward = wanted.get(ref) if wanted is not None else None
         stands = balances(chain)
-        if wanted is None:
-            goal = _reversed(stands)  # a refund of a state not at hand: reverse what stands
-        else:
-            goal = _target(reward, refunded)
-        if refunded and not chain and reward is not None:
-            # Refunded before it was ever booked: book it, then reverse it, so the ledger shows
-            # the commission the refund took back.
-            steps = [(COMMISSION, _target(reward, refunded=False)), (REVERSAL, goal)]
-        else:
-            steps = [(REVERSAL if refunded else ADJUSTMENT if chain else COMMISSION, goal)]
+        steps = _steps(chain, reward, stands, wanted is not None, refunded)
         seq = chain[-1].seq + 1 if chain else 1
         history = list(chain)  # this reward's entries, as they grow
         for kind, step in steps:
             for bucket, amount in _moves(stands, step):
-                if kind == COMMISSION:  # when the reward was earned, as it says (or unknown)
-                    at = reward.occurred_at if reward is not None else None
-                elif kind == REVERSAL:
-                    at = refunded_at or changed_at
-                else:
-                    at = changed_at
+                at = _occurred_at(kind, reward, changed_at, refunded_at)
                 status = _status(bucket, bucket in step, history, reward)
                 by = (refund_event_id or event_id) if kind == REVERSAL else event_id
                 history.append(Entry(transaction_key, ref, seq, kind, bucket, amount, status, at, by))
@@ -121,6 +107,40 @@ def settle(
             stands = step
         added += history[len(chain):]
     return added
+
+
+def _steps(
+    chain: Sequence[Entry],
+    reward: Reward | None,
+    stands: dict[Bucket, Decimal],
+    state_known: bool,
+    refunded: bool,
+) -> list[tuple[str, dict[Bucket, Decimal]]]:
+    """The steps that take one reward from what ``stands`` to its newest state: (entry type,
+    balances after the step). ``chain`` is the reward's entries so far; ``state_known``: the
+    transaction's newest state is at hand (else only a refund moves what stands)."""
+    if not state_known:
+        goal = _reversed(stands)  # a refund of a state not at hand: reverse what stands
+    else:
+        goal = _target(reward, refunded)
+    if refunded and not chain and reward is not None:
+        # Refunded before it was ever booked: book it, then reverse it, so the ledger shows
+        # the commission the refund took back.
+        return [(COMMISSION, _target(reward, refunded=False)), (REVERSAL, goal)]
+    return [(REVERSAL if refunded else ADJUSTMENT if chain else COMMISSION, goal)]
+
+
+def _occurred_at(
+    entry_type: str, reward: Reward | None, changed_at: datetime, refunded_at: datetime | None
+) -> datetime | None:
+    """When an entry of ``entry_type`` happened: a commission when the reward was earned, as it
+    says (or unknown); a reversal when the refund was (else when the state changed); any other
+    entry when the state changed."""
+    if entry_type == COMMISSION:
+        return reward.occurred_at if reward is not None else None
+    if entry_type == REVERSAL:
+        return refunded_at or changed_at
+    return changed_at
 
 
 def balances(entries: Iterable[Entry]) -> dict[Bucket, Decimal]:

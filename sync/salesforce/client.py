@@ -1,4 +1,4 @@
-"""The only code that speaks to Salesforce: simple-salesforce, and what its answers mean for us.
+"""The one module that calls Salesforce (through simple-salesforce), and what its answers mean for us.
 
 Every answer is classified here, once: per record (``Outcome``), a passing failure of the whole
 call (``TransientError``: an outage, a time-out, an API limit, a session to renew), or a refusal of

@@ -18,9 +18,9 @@ from sqlalchemy.engine import Engine
 from sync.core import backoff
 from sync.core.errors import TransientError
 from sync.mapping import MappingSet
-from sync.mapping.spec import Mapping
+from sync.mapping.spec import Mapping, SalesforceTarget
 from sync.ops import metrics
-from sync.salesforce.client import COLLECTION_LIMIT, CallRefused, SalesforceClient
+from sync.salesforce.client import COLLECTION_LIMIT, CallRefused, Outcome, SalesforceClient
 from sync.store import db, ledger
 from sync.store.outbox import (
     FAILED,
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FlushReport:
+    """What one flush (or several, ``add``-ed up) did: calls made, and records by outcome."""
+
     calls: int = 0
     synced: int = 0
     waiting: int = 0
@@ -68,6 +70,8 @@ class FlushReport:
 
 
 class Flusher:
+    """Sends the outbox's due records to one org; ``sync.salesforce.schedule`` decides when."""
+
     def __init__(self, engine: Engine, mappings: MappingSet, client: SalesforceClient, outbox: Outbox | None = None,
                  currency: str | None = None):
         self.engine = engine
@@ -124,30 +128,14 @@ class Flusher:
         """Send one call's worth of ``mapping``'s due records; returns how many were due (0 after a
         refused call, so the flush moves on to the next object)."""
         target = mapping.salesforce
-        signature = target.signature
-        with db.transaction(self.engine) as conn:
-            rows = self.outbox.due(conn, target.object, signature, COLLECTION_LIMIT)
-            totals = {}
-            if rows and target.commission:
-                if not self._program_read:
-                    self._program, self._program_read = ledger.program_currency(conn, self.currency), True
-                totals = ledger.salesforce_totals(conn, [r.external_id for r in rows], self._program)
+        rows, totals = self._due(target)
         if not rows:
             return 0
         # A mapping that opted in deletes tombstoned records; by default they are only updated.
         deletes = [r for r in rows if target.hard_delete and r.tombstoned]
         upserts = [r for r in rows if r not in deletes]
         try:
-            if upserts:
-                metrics.SALESFORCE_CALLS.inc(object=target.object, kind=metrics.UPSERT)
-            answers = dict(zip(
-                [r.id for r in upserts],
-                self.client.upsert(target.object, target.external_id,
-                                   [self._record(mapping, row, totals) for row in upserts]),
-            ))
-            for row in deletes:
-                metrics.SALESFORCE_CALLS.inc(object=target.object, kind=metrics.DELETE)
-                answers[row.id] = self.client.delete(target.object, target.external_id, row.external_id)
+            answers = self._call(mapping, upserts, deletes, totals)
         except TransientError as exc:
             metrics.SALESFORCE_REFUSALS.inc(len(rows), object=target.object, code=UNAVAILABLE)
             with db.transaction(self.engine) as conn:
@@ -160,33 +148,10 @@ class Flusher:
                 raise
             return 0
         report.calls += (1 if upserts else 0) + len(deletes)
-        outcomes = []
-        for row in rows:
-            answer = answers[row.id]
-            if not answer.success:  # whatever then becomes of the record: waits, retries or fails
-                metrics.SALESFORCE_REFUSALS.inc(object=target.object, code=answer.code)
-            if answer.success:
-                outcomes.append(RowOutcome(row, SYNCED, salesforce_id=answer.id))
-                report.synced += 1
-            elif answer.missing_parent:
-                outcomes.append(RowOutcome(row, WAITING, code=answer.code, message=answer.message,
-                                           retry_in=backoff.delay(backoff.RECORD_DELAYS, row.attempts),
-                                           waiting_for=answer.parent))
-                report.waiting += 1
-            elif answer.transient:
-                outcomes.append(RowOutcome(row, PENDING, code=answer.code, message=answer.message,
-                                           retry_in=backoff.delay(backoff.RECORD_DELAYS, row.attempts)))
-                report.retrying += 1
-            else:
-                outcomes.append(RowOutcome(row, FAILED, code=answer.code, message=answer.message))
-                report.failed += 1
-                # Salesforce's message may quote the record's values: it stays on the row
-                # (crm-errors, /ops), and the log names the code and the object only.
-                log.warning("Salesforce refused a record: %s (crm-errors shows why)", answer.code,
-                            extra={"object": row.object})
+        outcomes = [self._outcome(target.object, row, answers[row.id], report) for row in rows]
         synced = [row for row in rows if answers[row.id].success]
         with db.transaction(self.engine) as conn:
-            self.outbox.record(conn, outcomes, signature)
+            self.outbox.record(conn, outcomes, target.signature)
             if synced and target.object in self._parents:
                 self.outbox.wake_children_of(conn, [(row.object, row.external_id) for row in synced])
         now = datetime.now(timezone.utc)
@@ -194,6 +159,60 @@ class Flusher:
                                        for row in synced if row.waiting_since is not None)
         report.by_object[target.object] = report.by_object.get(target.object, 0) + len(rows)
         return len(rows)
+
+    def _due(self, target: SalesforceTarget) -> tuple[list[Pending], dict[str, ledger.Totals]]:
+        """One call's worth of ``target``'s due records, with the commission totals of their
+        partners when the object receives them (else no totals)."""
+        with db.transaction(self.engine) as conn:
+            rows = self.outbox.due(conn, target.object, target.signature, COLLECTION_LIMIT)
+            totals = {}
+            if rows and target.commission:
+                if not self._program_read:
+                    self._program, self._program_read = ledger.program_currency(conn, self.currency), True
+                totals = ledger.salesforce_totals(conn, [r.external_id for r in rows], self._program)
+        return rows, totals
+
+    def _call(self, mapping: Mapping, upserts: list[Pending], deletes: list[Pending],
+              totals: dict[str, ledger.Totals]) -> dict[int, Outcome]:
+        """Upsert ``upserts`` in one call and delete each of ``deletes``; Salesforce's answer per
+        outbox row id."""
+        target = mapping.salesforce
+        if upserts:
+            metrics.SALESFORCE_CALLS.inc(object=target.object, kind=metrics.UPSERT)
+        answers = dict(zip(
+            [r.id for r in upserts],
+            self.client.upsert(target.object, target.external_id,
+                               [self._record(mapping, row, totals) for row in upserts]),
+        ))
+        for row in deletes:
+            metrics.SALESFORCE_CALLS.inc(object=target.object, kind=metrics.DELETE)
+            answers[row.id] = self.client.delete(target.object, target.external_id, row.external_id)
+        return answers
+
+    @staticmethod
+    def _outcome(object_name: str, row: Pending, answer: Outcome, report: FlushReport) -> RowOutcome:
+        """What becomes of ``row`` after Salesforce's ``answer``: synced, waiting for its parent,
+        pending a retry, or failed; counted in ``report``."""
+        if not answer.success:  # whatever then becomes of the record: waits, retries or fails
+            metrics.SALESFORCE_REFUSALS.inc(object=object_name, code=answer.code)
+        if answer.success:
+            report.synced += 1
+            return RowOutcome(row, SYNCED, salesforce_id=answer.id)
+        if answer.missing_parent:
+            report.waiting += 1
+            return RowOutcome(row, WAITING, code=answer.code, message=answer.message,
+                              retry_in=backoff.delay(backoff.RECORD_DELAYS, row.attempts),
+                              waiting_for=answer.parent)
+        if answer.transient:
+            report.retrying += 1
+            return RowOutcome(row, PENDING, code=answer.code, message=answer.message,
+                              retry_in=backoff.delay(backoff.RECORD_DELAYS, row.attempts))
+        report.failed += 1
+        # Salesforce's message may quote the record's values: it stays on the row
+        # (crm-errors, /ops), and the log names the code and the object only.
+        log.warning("Salesforce refused a record: %s (crm-errors shows why)", answer.code,
+                    extra={"object": row.object})
+        return RowOutcome(row, FAILED, code=answer.code, message=answer.message)
 
     def _refused(self, mapping: Mapping, rows: list[Pending], refusal: CallRefused, report: FlushReport) -> None:
         """Record a refusal of the whole call on each of its records, to be tried again after a

@@ -24,13 +24,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Protocol
 
 import redis
 
 from sync.core import backoff
 from sync.core.errors import TransientError
 from sync.salesforce.flush import Flusher, FlushReport
-from sync.worker.queues import JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,17 @@ class FlushOutcome:
     text: str
 
 
+class FlushQueue(Protocol):
+    """What the flush asks of the job queue (``sync.worker.queues.JobQueue``): its Redis, for the
+    flush's marks and lock, and a flush job, now or after ``delay`` seconds."""
+
+    connection: redis.Redis
+
+    def enqueue_flush(self, delay: float | None = None) -> str: ...
+
+
 class FlushCoordinator:
-    def __init__(self, jobs: JobQueue, flusher: Flusher | None):
+    def __init__(self, jobs: FlushQueue, flusher: Flusher | None):
         self.jobs = jobs
         self.redis = jobs.connection
         self.flusher = flusher

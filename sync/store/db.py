@@ -1,5 +1,6 @@
 """The SQL engine (one per process, safe across forks), the shared ``metadata`` of the fixed tables,
-and the statements every dialect needs spelled differently."""
+the statements every dialect needs spelled differently, and what a database error means: passing
+or not (``is_transient``), and in words a person may be shown (``describe_error``)."""
 
 from __future__ import annotations
 

@@ -45,6 +45,11 @@ REQUEUED = "requeued"
 ALREADY_PENDING = "already pending"
 NOT_REQUEUED_PRUNED = "pruned"
 BUSY = "busy"
+#: What the receiver answers for a delivery it was given (``sync.pipeline.intake.Receipt``): stored,
+#: to be applied; stored already (the same bytes: a retry); or ``IGNORED``, stored as such (no
+#: mapping handles its event).
+QUEUED = "queued"
+DUPLICATE = "duplicate"
 
 webhook_events = sa.Table(
     "webhook_events",
@@ -162,6 +167,8 @@ class Stored:
 
 @dataclass(frozen=True)
 class Event:
+    """A stored delivery: an inbox row with its raw body, as the processor applies it."""
+
     id: int
     event_type: str
     body: bytes
@@ -239,6 +246,9 @@ class Backlog:
 
 @dataclass(frozen=True)
 class InboxSummary:
+    """The whole inbox at a glance (``Inbox.summary``): rows per status, the oldest pending and the
+    last processed delivery."""
+
     counts: dict[str, int]
     oldest_pending_at: datetime | None
     last_processed_at: datetime | None

@@ -66,6 +66,7 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def head_revision() -> str:
+    """The newest migration there is: the one ``migrate`` brings the fixed tables to."""
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(_config(None)).get_current_head()

@@ -1,4 +1,14 @@
-"""What RQ runs, and the one place where an error's kind becomes "retry later" or "fail".
+"""What RQ runs, and where an error that reaches a job becomes what RQ does with the job: a passing
+one (``TransientError``, RQ's time-out) has a delivery job or a backfill slice retried later on the
+delivery backoff (RQ's ``Retry``), then failed; anything else fails the job. Each job is handed its
+worker's context (``Context``) as its first argument (``takes_context``).
+
+What becomes of one delivery or one record is decided below, where it is known: the processor
+fails a delivery whose content cannot be applied, on its own row, and lets go of one that waits on
+a lock (``sync.pipeline.processor``); the flush keeps each Salesforce record's outcome, and its
+retry, on its outbox row (``sync.salesforce.flush``); when the next flush runs after Salesforce
+could not be reached, and what a flush job does when it cannot, is ``sync.salesforce.schedule``'s
+decision.
 
 A job is a wake-up: the worker that takes it claims pending inbox rows, oldest first, a batch at
 a time (``Inbox.claim``), applies each batch in one transaction, and goes on while rows are
@@ -24,22 +34,59 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from rq import Retry, get_current_job
 
-from sync import services
 from sync.core import backoff
 from sync.core.errors import SyncError, TransientError, caused_by
+from sync.mapping import MappingSet
 from sync.ops import metrics
 from sync.pipeline import outcomes
-from sync.pipeline.processor import BatchResult
-from sync.store.inbox import CLAIM_BATCH, Event
-from sync.worker import queues
+from sync.pipeline.processor import BatchResult, Processor
+from sync.salesforce.schedule import FlushCoordinator
+from sync.settings import Settings
+from sync.store.inbox import CLAIM_BATCH, Event, Inbox
+from sync.store.warehouse import Warehouse
+from sync.worker.stopping import INTERRUPTIONS, stop_requested
 
 log = logging.getLogger(__name__)
+
+class Queue(Protocol):
+    """What a job asks of the job queue (``sync.worker.queues.JobQueue``)."""
+
+    def wake(self, *, force: bool = False) -> bool: ...
+
+    def woken(self) -> None: ...
+
+    def enqueue_backfill(self, run_id: int, description: str) -> str: ...
+
+    def describe_current_job(self, description: str) -> None: ...
+
+    def report_progress(self, text: str) -> None: ...
+
+
+class Context(Protocol):
+    """What a job needs of the process that runs it. The worker builds it once, at its start
+    (``sync.services.Services`` is the one it builds), and hands it to every job it runs as the
+    job's first argument (``sync.worker.queues.PartneroWorker``): a job never builds its own."""
+
+    settings: Settings
+    inbox: Inbox
+    jobs: Queue
+    mappings: MappingSet
+    warehouse: Warehouse
+    processor: Processor
+
+    @property
+    def flushes(self) -> FlushCoordinator: ...
+
+    def request_flush(self) -> None: ...
+
 
 #: A drain hands over to a fresh wake-up after this long, so the worker's other queue (Salesforce
 #: flushes) gets its turn between two slices.
@@ -72,7 +119,45 @@ class Drained:
     def description(self) -> str:
         if self.first is None:
             return "wake-up: nothing was pending"
-        return queues.describe(self.kinds, self.first, self.last)
+        return describe(self.kinds, self.first, self.last)
+
+
+def describe(kinds: Counter[str], first: int, last: int) -> str:
+    """What the dashboard shows for a wake-up that applied deliveries (``kinds``: how many of each
+    event type, inbox rows ``first`` to ``last``): "partner.created (inbox #5)", or
+    "812 deliveries: partner.created x12, … (inbox #5..#900)"; never payload text.
+
+    rq-dashboard renders descriptions unescaped, so an event type is shown only when it looks like
+    one (mapped event types always do).
+    """
+    named: Counter[str] = Counter()
+    for kind, n in kinds.items():
+        named[kind if _EVENT_TYPE.match(kind) else "(unnamed event)"] += n
+    count = sum(named.values())
+    if count == 1:
+        return f"{next(iter(named))} (inbox #{first})"
+    shown = ", ".join(f"{kind} x{n}" for kind, n in sorted(named.items())[:6])
+    more = ", …" if len(named) > 6 else ""
+    return f"{count} deliveries: {shown}{more} (inbox #{first}..#{last})"
+
+
+_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,48}\.[a-z][a-z0-9_]{0,48}$")
+
+
+#: Our jobs: the worker hands them its context (``takes_context``).
+_GIVEN_CONTEXT: set = set()
+
+
+def _given_context(job):
+    """Mark ``job`` as one the worker runs as ``job(context, *args)`` (``sync.worker.queues.ContextJob``)."""
+    _GIVEN_CONTEXT.add(job)
+    return job
+
+
+def takes_context(func) -> bool:
+    """Whether the worker hands ``func`` its context as its first argument: our jobs, not a
+    function someone else put on our queues, which RQ runs as it is."""
+    return func in _GIVEN_CONTEXT
 
 
 def _withholding(job):
@@ -89,7 +174,7 @@ def _withholding(job):
     def run(*args, **kwargs):
         try:
             return job(*args, **kwargs)
-        except (SyncError, *queues.INTERRUPTIONS) as exc:
+        except (SyncError, *INTERRUPTIONS) as exc:
             exc.__cause__, exc.__suppress_context__ = None, True
             raise
         except Exception as exc:  # noqa: BLE001 - only its type may leave the job
@@ -99,10 +184,10 @@ def _withholding(job):
     return run
 
 
+@_given_context
 @_withholding
-def drain() -> Retry | str:
+def drain(current: Context) -> Retry | str:
     """The job behind a wake-up: claim pending deliveries and apply them while any are pending."""
-    current = services.current()
     current.jobs.woken()  # deliveries stored from now on wake the next worker
     drained = Drained()
     deadline = time.monotonic() + SLICE_SECONDS
@@ -131,29 +216,29 @@ def drain() -> Retry | str:
                 return outcome
             again = True
             drained.add(events, outcome)
-            if queues.stop_requested() or time.monotonic() > deadline:
+            if stop_requested() or time.monotonic() > deadline:
                 current.jobs.wake(force=True)  # a fresh job carries on after the other queue's turn
                 break
-    except (TransientError, *queues.INTERRUPTIONS) as exc:  # while claiming: nothing to note on rows
+    except (TransientError, *INTERRUPTIONS) as exc:  # while claiming: nothing to note on rows
         return _passing(current, [], exc)
     finally:
         current.jobs.describe_current_job(drained.description())
     return drained.summary()
 
 
+@_given_context
 @_withholding
-def process_events(event_ids: list[int]) -> Retry | str:
+def process_events(current: Context, event_ids: list[int]) -> Retry | str:
     """Apply the inbox rows ``event_ids`` (those still pending and not held by another worker)."""
-    current = services.current()
     try:
         events = current.inbox.claim(len(event_ids), ids=event_ids)
-    except (TransientError, *queues.INTERRUPTIONS) as exc:
+    except (TransientError, *INTERRUPTIONS) as exc:
         return _passing(current, [], exc)
     outcome = _apply(current, events)
     return outcome if isinstance(outcome, Retry) else outcome.summary()
 
 
-def _apply(current, events: list[Event], again: bool = False) -> BatchResult | Retry | None:
+def _apply(current: Context, events: list[Event], again: bool = False) -> BatchResult | Retry | None:
     """Apply claimed rows in one transaction; each one's outcome is recorded on its row, then
     counted and logged (``sync.pipeline.outcomes``). On a passing error the rows are let go of, and the
     job is to be retried later; with ``again``, unless the job ran out of time, it may claim
@@ -161,9 +246,9 @@ def _apply(current, events: list[Event], again: bool = False) -> BatchResult | R
     event_ids = [e.id for e in events]
     try:
         result = current.processor.process_batch(events)
-    except (TransientError, *queues.INTERRUPTIONS) as exc:
-        if again and caused_by(exc, queues.INTERRUPTIONS) is None:
-            _let_go(event_ids, str(exc))
+    except (TransientError, *INTERRUPTIONS) as exc:
+        if again and caused_by(exc, INTERRUPTIONS) is None:
+            _let_go(current, event_ids, str(exc))
             log.warning("inbox %s: %s; claiming again at once", _rows(event_ids), exc)
             return None
         return _passing(current, event_ids, exc)
@@ -172,34 +257,34 @@ def _apply(current, events: list[Event], again: bool = False) -> BatchResult | R
     return result
 
 
-def _passing(current, event_ids: list[int], exc: BaseException) -> Retry:
+def _passing(current: Context, event_ids: list[int], exc: BaseException) -> Retry:
     """A passing error, or the job's time-out: the rows stay pending, and the job is retried."""
     # The interruption may be behind ``exc``: the rollback that follows one may fail in turn.
-    interruption = caused_by(exc, queues.INTERRUPTIONS)
+    interruption = caused_by(exc, INTERRUPTIONS)
     if interruption is None:
-        return _retry(event_ids, str(exc))
+        return _retry(current, event_ids, str(exc))
     # Its time-out: the transaction was rolled back, nothing is half-written. A query cut off
     # half-way can leave its connection unusable, though: start again from fresh ones.
     current.inbox.engine.dispose()
-    return _retry(event_ids, f"the job was interrupted ({type(interruption).__name__}: {interruption})",
+    return _retry(current, event_ids, f"the job was interrupted ({type(interruption).__name__}: {interruption})",
                   timed_out=True)
 
 
-def _retry(event_ids: list[int], reason: str, timed_out: bool = False) -> Retry:
+def _retry(current: Context, event_ids: list[int], reason: str, timed_out: bool = False) -> Retry:
     """Leave the rows pending with the reason, and ask RQ to run the job again after a while."""
-    _let_go(event_ids, reason, timed_out)
+    _let_go(current, event_ids, reason, timed_out)
     # Hours of retries: the rows stay pending, and the sweeper brings them back once the cause
     # has passed.
     return _later(f"inbox {_rows(event_ids)}", reason, "the rows stay pending for the sweeper")
 
 
-def _let_go(event_ids: list[int], reason: str, timed_out: bool = False) -> None:
+def _let_go(current: Context, event_ids: list[int], reason: str, timed_out: bool = False) -> None:
     """Leave the rows pending with the reason, to be claimed again; their attempts are taken back
     unless the job ran out of time (``Inbox.record_errors``)."""
     metrics.ATTEMPTS.inc(len(event_ids), outcome=metrics.RETRIED)
     try:
         if event_ids:  # noted on the rows, which are let go of, to be claimed again
-            services.current().inbox.record_errors(event_ids, reason, timed_out=timed_out)
+            current.inbox.record_errors(event_ids, reason, timed_out=timed_out)
     except TransientError:
         pass  # the database is the thing that is away; the caller's log line has the reason
 
@@ -225,10 +310,11 @@ def _rows(event_ids: list[int]) -> str:
     return "#" + ", #".join(str(i) for i in event_ids[:10]) + (" …" if len(event_ids) > 10 else "")
 
 
+@_given_context
 @_withholding
-def flush_crm() -> str:
+def flush_crm(current: Context) -> str:
     """Send the CRM outbox to Salesforce: the RQ job behind every flush (see ``sync.salesforce.schedule``)."""
-    outcome = services.current().flushes.run_job(should_stop=queues.stop_requested)
+    outcome = current.flushes.run_job(should_stop=stop_requested)
     log.info("Salesforce flush: %s", outcome.text)
     return outcome.text
 
@@ -238,15 +324,15 @@ def flush_crm() -> str:
 BACKFILL_SLICE_SECONDS = 20
 
 
+@_given_context
 @_withholding
-def backfill(run_id: int) -> Retry | str:
+def backfill(current: Context, run_id: int) -> Retry | str:
     """The job behind ``partnero-sync backfill --in-worker``: carry backfill ``run_id`` on for a
     slice, then enqueue the next slice; the run's place is in the database (``backfill_runs``)."""
     from sync.partnero.api import PartneroApi
     from sync.partnero.backfill import Backfill
     from sync.store.runs import STOPPED
 
-    current = services.current()
     job = get_current_job()
     filler = Backfill(current, PartneroApi(current.settings.partnero))
     run = filler.runs.get(run_id)
@@ -257,7 +343,7 @@ def backfill(run_id: int) -> Retry | str:
         return f"backfill #{run_id} is being carried on elsewhere (job {run.job_id})"
     deadline = time.monotonic() + BACKFILL_SLICE_SECONDS
     try:
-        run = filler.run(run, should_stop=lambda: queues.stop_requested() or time.monotonic() > deadline,
+        run = filler.run(run, should_stop=lambda: stop_requested() or time.monotonic() > deadline,
                          on_page=lambda progress: current.jobs.report_progress(progress.line()))
     except TransientError as exc:  # Partnero or the database away past the client's retries
         return _later(f"backfill #{run_id}", str(exc), "the run stays stopped where it was, for "

@@ -1,26 +1,47 @@
-"""The worker process: an RQ worker on partnero-sync's queues that also sweeps the inbox."""
+"""The worker process: an RQ worker on partnero-sync's queues that runs every job with the services
+its entry point built (``sync.worker.jobs.Context``), and sweeps the inbox.
+
+The entry points build the services and hand them over: ``partnero-sync worker``
+(``sync.cli.service``) to ``run_worker``, ``partnero-sync dev`` (``sync.local``) to
+``run_in_thread`` when no Redis answers.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
+from typing import Protocol
 
-import redis
 import sqlalchemy as sa
+from rq.scheduler import RQScheduler
+from rq.timeouts import TimerDeathPenalty
 from rq.worker import DequeueStrategy
 
-from sync import services as services_module
-from sync.services import Services
-from sync.settings import Settings, redact_url
+from sync.settings import redact_url
 from sync.store import db
-from sync.worker.queues import PartneroWorker, children_die_with_this_process
+from sync.worker.jobs import Context
+from sync.worker.queues import JobQueue, PartneroWorker, children_die_with_this_process
 
 log = logging.getLogger(__name__)
 
 
-def build_worker(settings: Settings, connection: redis.Redis | None = None, *, sweep_every: int = 60,
+class WorkerServices(Context, Protocol):
+    """What the worker needs of its process's services: what its jobs need, and the queue to
+    listen on, the migration it runs at start and the housekeeping it does every interval
+    (``sync.services.Services`` is the one the entry points build)."""
+
+    @property
+    def jobs(self) -> JobQueue: ...
+
+    def migrate(self) -> list[str]: ...
+
+    def housekeeping(self) -> None: ...
+
+
+def build_worker(services: WorkerServices, *, sweep_every: int = 60,
                  worker_class: type[PartneroWorker] = PartneroWorker) -> PartneroWorker:
-    services = Services.build(settings, connection)
-    services_module.install(services)
+    """A worker on the services' queues that hands them to every job it runs."""
     # A mapping that gained a field gains its column at the next start.
     try:
         for line in services.migrate():
@@ -36,14 +57,16 @@ def build_worker(settings: Settings, connection: redis.Redis | None = None, *, s
         services.jobs.queues,
         connection=services.jobs.connection,
         maintenance_interval=sweep_every,
+        context=services,
     )
     worker.housekeeping = services.housekeeping
     return worker
 
 
-def run_worker(settings: Settings, *, burst: bool = False, sweep_every: int = 60,
-               connection: redis.Redis | None = None, with_scheduler: bool = True) -> bool:
-    worker = build_worker(settings, connection, sweep_every=sweep_every)
+def run_worker(services: WorkerServices, *, burst: bool = False, sweep_every: int = 60,
+               with_scheduler: bool = True) -> bool:
+    settings = services.settings
+    worker = build_worker(services, sweep_every=sweep_every)
     worker.log.info(
         "partnero-sync worker: database %s, redis %s, Salesforce %s",
         redact_url(settings.database_url),
@@ -55,3 +78,47 @@ def run_worker(settings: Settings, *, burst: bool = False, sweep_every: int = 60
     # Round robin between the queues: a long drain of deliveries and Salesforce flushes take turns.
     return worker.work(burst=burst, with_scheduler=with_scheduler and not burst,
                        logging_level=settings.log_level, dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
+
+
+class _ThreadWorker(PartneroWorker):
+    """A worker in a thread of a process that does other things (``partnero-sync dev``)."""
+
+    # Job time-outs by timer: SIGALRM is for the main thread only.
+    death_penalty_class = TimerDeathPenalty
+
+    def _install_signal_handlers(self) -> None:
+        pass
+
+
+def run_in_thread(services: WorkerServices, *, sweep_every: int = 5) -> Callable[[], None]:
+    """Start a worker in a thread of this process, on the services' Redis (an in-memory stand-in:
+    no scheduler process can share it, so due retries are moved by its housekeeping); returns
+    what stops it, after the job in hand.
+
+    The worker does not take signals (RQ's handlers would call Redis from inside a signal
+    handler, which can deadlock the in-memory stand-in).
+    """
+    worker = build_worker(services, sweep_every=sweep_every, worker_class=_ThreadWorker)
+    scheduler = RQScheduler([worker.queues[0]], connection=worker.connection)
+
+    def housekeeping() -> None:
+        scheduler.enqueue_scheduled_jobs()
+        services.housekeeping()
+
+    worker.housekeeping = housekeeping
+    thread = threading.Thread(target=worker.work, name="worker", daemon=True,
+                              kwargs={"with_scheduler": False, "logging_level": services.settings.log_level,
+                                      "dequeue_strategy": DequeueStrategy.ROUND_ROBIN})
+    thread.start()
+
+    def stop() -> None:
+        # Ask the worker to stop after the job in hand, and wake it if it is waiting for one.
+        worker._stop_requested = True
+        worker.queues[0].enqueue(_wake)
+        thread.join(timeout=60)
+
+    return stop
+
+
+def _wake() -> None:
+    """An empty job: it wakes a waiting worker so that it notices it should stop."""

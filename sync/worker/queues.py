@@ -1,31 +1,38 @@
-"""The job queue in RQ: the connection, enqueueing wake-ups and inbox rows, the worker class. (RQ is
-also used directly by `jobs`, `worker` and `local`, see the README's layout.)"""
+"""The job queue in RQ: the connection, enqueueing the jobs (``sync.worker.jobs``), and the worker
+class that runs them, handing each the worker's context.
+
+RQ is imported here, in ``sync.worker.jobs`` (a job's ``Retry`` and its current job),
+``sync.worker.stopping`` (RQ's time-out) and ``sync.worker.process`` (the worker's start); outside
+``sync/worker``, only by ``app.dashboard``, which mounts rq-dashboard.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import inspect
 import logging
 import os
-import re
 import signal
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import redis
 from redis.client import PubSubWorkerThread
 from rq import Queue, get_current_job
 from rq.executions import Execution
-from rq.timeouts import JobTimeoutException
+from rq.job import Job
 from rq.worker import SimpleWorker
 from rq.worker_registration import get_keys as worker_keys
 
 from sync.core.errors import TransientError
+from sync.ops.stats import QueueCounts
+from sync.worker import jobs
+from sync.worker.stopping import request_stop
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +57,10 @@ def connect(url: str) -> redis.Redis:
 WAKE_KEY = "partnero-sync:wake-up"
 #: A wake-up older than this is presumed lost (Redis restarted, say): the next one goes ahead.
 WAKE_TTL = 60
-#: The jobs, named by path (RQ imports them in the worker), so this module need not import them.
-DRAIN = "sync.worker.jobs.drain"
-PROCESS_EVENTS = "sync.worker.jobs.process_events"
-FLUSH_CRM = "sync.worker.jobs.flush_crm"
 #: Salesforce flushes run on a queue of their own, after the deliveries' (see ``sync.salesforce.schedule``).
 CRM_QUEUE_NAME = "partnero-crm"
 FLUSH_JOB_TIMEOUT = 300
 #: Backfills run on a queue of their own too, in slices that take turns with the other queues.
-BACKFILL = "sync.worker.jobs.backfill"
 BACKFILL_QUEUE_NAME = "partnero-backfill"
 BACKFILL_JOB_TIMEOUT = 600
 
@@ -67,18 +69,6 @@ BACKFILL_JOB_TIMEOUT = 600
 ALIVE_KEY = "partnero-sync:alive:"
 ALIVE_EVERY = 2
 ALIVE_TTL = 10
-
-#: What RQ raises inside a job to interrupt it (its time-out): never the fault of the data in hand.
-INTERRUPTIONS: tuple[type[BaseException], ...] = (JobTimeoutException,)
-
-#: Set when the worker is asked to stop (SIGTERM): long jobs (a flush) stop between steps.
-_stopping = threading.Event()
-
-
-def stop_requested() -> bool:
-    """Whether this process's worker was asked to stop, so the job in hand should wrap up."""
-    return _stopping.is_set()
-
 
 class JobQueue:
     """The ``partnero`` queue (wake-ups: workers claim and apply pending deliveries), the
@@ -110,7 +100,7 @@ class JobQueue:
                 # One is on its way, or its mark outlived it: forced, go ahead unless one waits.
                 if not force or self.queue.count:
                     return False
-            self.queue.enqueue(DRAIN, description="wake-up: claim and apply pending deliveries",
+            self.queue.enqueue(jobs.drain, description="wake-up: claim and apply pending deliveries",
                                job_timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL)
         except redis.RedisError as exc:
             raise TransientError(f"could not wake a worker: {exc}") from exc
@@ -123,7 +113,7 @@ class JobQueue:
     def enqueue_rows(self, event_ids: Sequence[int]) -> str:
         """A job for these inbox rows in particular (they are still claimed like any others)."""
         try:
-            job = self.queue.enqueue(PROCESS_EVENTS, list(event_ids), description=f"inbox {_span(event_ids)}",
+            job = self.queue.enqueue(jobs.process_events, list(event_ids), description=f"inbox {_span(event_ids)}",
                                      job_timeout=JOB_TIMEOUT, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL)
         except redis.RedisError as exc:
             raise TransientError(f"could not enqueue {len(event_ids)} deliveries: {exc}") from exc
@@ -146,9 +136,9 @@ class JobQueue:
                    "failure_ttl": FAILURE_TTL}
         try:
             if delay:
-                job = self.crm_queue.enqueue_in(timedelta(seconds=delay), FLUSH_CRM, **options)
+                job = self.crm_queue.enqueue_in(timedelta(seconds=delay), jobs.flush_crm, **options)
             else:
-                job = self.crm_queue.enqueue(FLUSH_CRM, **options)
+                job = self.crm_queue.enqueue(jobs.flush_crm, **options)
         except redis.RedisError as exc:
             raise TransientError(f"could not enqueue a Salesforce flush: {exc}") from exc
         return job.id
@@ -156,7 +146,7 @@ class JobQueue:
     def enqueue_backfill(self, run_id: int, description: str) -> str:
         """Put (the next slice of) backfill ``run_id`` on the backfill queue; returns the job's id."""
         try:
-            job = self.backfill_queue.enqueue(BACKFILL, run_id, description=description,
+            job = self.backfill_queue.enqueue(jobs.backfill, run_id, description=description,
                                               job_timeout=BACKFILL_JOB_TIMEOUT, result_ttl=RESULT_TTL,
                                               failure_ttl=FAILURE_TTL)
         except redis.RedisError as exc:
@@ -213,39 +203,8 @@ def _execution(member: bytes, connection: redis.Redis) -> Execution:
     return Execution(execution_id, job_id, connection)
 
 
-@dataclass(frozen=True)
-class QueueCounts:
-    queued: int  # waiting for a worker
-    scheduled: int  # retries waiting for their time
-    failed: int  # jobs in RQ's failed registry
-    started: int  # running now, on a living worker
-    workers: int  # living workers listening on the queue
-
-
-def describe(kinds: Counter[str], first: int, last: int) -> str:
-    """What the dashboard shows for a wake-up that applied deliveries (``kinds``: how many of each
-    event type, inbox rows ``first`` to ``last``): "partner.created (inbox #5)", or
-    "812 deliveries: partner.created x12, … (inbox #5..#900)"; never payload text.
-
-    rq-dashboard renders descriptions unescaped, so an event type is shown only when it looks like
-    one (mapped event types always do).
-    """
-    named: Counter[str] = Counter()
-    for kind, n in kinds.items():
-        named[kind if _EVENT_TYPE.match(kind) else "(unnamed event)"] += n
-    count = sum(named.values())
-    if count == 1:
-        return f"{next(iter(named))} (inbox #{first})"
-    shown = ", ".join(f"{kind} x{n}" for kind, n in sorted(named.items())[:6])
-    more = ", …" if len(named) > 6 else ""
-    return f"{count} deliveries: {shown}{more} (inbox #{first}..#{last})"
-
-
 def _span(ids: Sequence[int]) -> str:
     return f"#{min(ids)}..#{max(ids)}" if len(ids) > 1 else f"#{ids[0]}" if ids else "(none)"
-
-
-_EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,48}\.[a-z][a-z0-9_]{0,48}$")
 
 
 class _Housekeeping:
@@ -269,8 +228,28 @@ class _Housekeeping:
         return max(1, min(self.worker_ttl - 15, self.maintenance_interval))
 
 
+class ContextJob(Job):
+    """An RQ job run with its worker's context: RQ calls ``job.func(*args, **kwargs)``, and for
+    our jobs (``sync.worker.jobs.takes_context``) this ``func`` is the enqueued function with
+    ``context`` bound first, so it runs as ``func(context, *args, **kwargs)``; any other function
+    runs as RQ runs it. What is stored in Redis (the function's name, its arguments) is RQ's own:
+    the context never leaves the process. The seam is RQ's public one: a worker's ``job_class``, and
+    ``Job.func``, the callable ``Job.perform`` calls; the worker sets ``context`` on each job it is
+    about to run (``PartneroWorker.execute_job``)."""
+
+    context: Any = None
+
+    @property
+    def func(self):
+        func = super().func
+        return functools.partial(func, self.context) if jobs.takes_context(func) else func
+
+
 class PartneroWorker(_Housekeeping, SimpleWorker):
     """RQ's worker that runs jobs in its own process, plus our housekeeping.
+
+    It hands each of our jobs ``context`` (what its process built at its start: the services,
+    ``sync.worker.jobs.Context``) as its first argument (``ContextJob``).
 
     Not forking a work horse per job saves milliseconds a job and keeps the database pool and
     the Salesforce session between jobs (see bench/README.md). On SIGTERM, as a PaaS sends to
@@ -278,10 +257,19 @@ class PartneroWorker(_Housekeeping, SimpleWorker):
     second signal stops it at once.
     """
 
+    job_class = ContextJob
     _alive: threading.Event | None = None
 
+    def __init__(self, queues, *args, context: Any = None, **kwargs):
+        super().__init__(queues, *args, **kwargs)
+        self.context = context
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        job.context = self.context
+        super().execute_job(job, queue)
+
     def handle_warm_shutdown_request(self) -> None:
-        _stopping.set()
+        request_stop()
         super().handle_warm_shutdown_request()
 
     def register_birth(self) -> None:

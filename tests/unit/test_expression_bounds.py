@@ -128,7 +128,8 @@ def test_evaluation_refuses_what_is_past_the_limits_whatever_the_input(tmp_path,
 
 def test_a_record_id_computed_by_a_hostile_expression_is_bounded_too(tmp_path):
     """The web process computes the record id (identity) of every delivery it stores."""
-    from sync.mapping import identify, record_key
+    from sync.mapping import identify
+    from sync.mapping.evaluate import record_key
 
     directory = mappings_with(tmp_path, "data.key")
     path = directory / "partner.yml"

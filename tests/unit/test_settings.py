@@ -6,7 +6,7 @@ from sync.settings import Settings, normalize_database_url, redact_url
 
 def test_defaults():
     settings = Settings.from_env({})
-    assert settings.database_url == "sqlite:///partnero-sync.store.db"
+    assert settings.database_url == "sqlite:///partnero-sync.db"
     assert settings.redis_url == "redis://localhost:6379/0"
     assert str(settings.mappings_dir) == "mappings"
     assert settings.webhook_secrets == ()

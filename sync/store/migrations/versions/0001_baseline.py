@@ -23,6 +23,13 @@ def _id() -> sa.Column:
 
 
 def upgrade() -> None:
+    _create_webhook_events()
+    _create_commission_entries()
+    _create_crm_outbox()
+    _create_crm_commission_changes()
+
+
+def _create_webhook_events() -> None:
     op.create_table(
         "webhook_events",
         _id(),
@@ -37,6 +44,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_webhook_events_status_received", "webhook_events", ["status", "received_at"])
 
+
+def _create_commission_entries() -> None:
     op.create_table(
         "commission_entries",
         _id(),
@@ -54,6 +63,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_commission_entries_partner", "commission_entries", ["partner_id"])
 
+
+def _create_crm_outbox() -> None:
     op.create_table(
         "crm_outbox",
         _id(),
@@ -81,6 +92,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_crm_outbox_due", "crm_outbox", ["status", "next_attempt_at"])
 
+
+def _create_crm_commission_changes() -> None:
     op.create_table(
         "crm_commission_changes",
         _id(),
