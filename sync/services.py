@@ -60,8 +60,8 @@ class Services:
         mappings = mappings or load_mappings(settings.mappings_dir, schema.RESERVED_TABLES)
         engine = db.engine_for(settings.database_url, settings.database_lock_timeout)
         inbox = Inbox(engine, clock)
-        warehouse = Warehouse(mappings)
-        outbox = Outbox() if settings.salesforce.enabled else None
+        warehouse = Warehouse(mappings, clock)
+        outbox = Outbox(clock) if settings.salesforce.enabled else None
         queue = JobQueue(redis_connection or queues.connect(settings.redis_url))
         # The process's metrics go to the Redis its jobs go to.
         metrics.recorder.bind(queue.connection)

@@ -1,13 +1,15 @@
-"""Processing stored deliveries: mapping, warehouse, ledger and inbox in one SQL transaction.
+"""Processing stored deliveries: each batch's plans go to the sinks and the inbox in one SQL transaction.
 
-A batch of deliveries shares the transaction (one commit for many), applied in a few statements
-per table. When the database refuses the batch, or a statement gives up waiting for a lock another
-session holds, the batch is applied again delivery by delivery, each in a savepoint of its own:
-one the database refuses fails alone, and one that waits on a lock waits alone (it is let go of,
-to be tried again after a while, see ``BatchResult.waiting``) while the others are applied.
-Deliveries are applied in the order of the records they touch, so concurrent batches lock rows in
-one global order and cannot deadlock; any order gives the same result, since every write merges
-by version.
+The fast path applies the whole batch in that transaction, without savepoints: a few statements
+per table (``sync.pipeline.sinks``: the warehouse, the ledger, then the Salesforce outbox), and
+one commit for many deliveries. When the database refuses the batch, or a statement gives up
+waiting for a lock another session holds, that transaction is rolled back and the batch is
+applied again, in a new one, delivery by delivery, each in a savepoint of its own: one the
+database refuses fails alone, and one that waits on a lock waits alone (it is let go of, to be
+tried again after a while, see ``BatchResult.waiting``) while the others are applied.
+Deliveries are applied in the order of the records they touch, and the sinks in one order, so
+concurrent batches lock rows in one global order and cannot deadlock; any order of deliveries
+gives the same result, since every write merges by version.
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ from sync.core import backoff, envelope
 from sync.core.envelope import MalformedDelivery
 from sync.core.errors import PermanentError, TransientError
 from sync.mapping import FieldProblem, MappingSet, Plan, entity_label, plan
-from sync.rules.records import RecordState
-from sync.store import ledger
+from sync.pipeline.sinks import Found, Sink, Work, in_lock_order
 from sync.store.db import describe_error, is_transient, waited_on_lock
 from sync.store.inbox import DeliveryStatus, Inbox, StoredDelivery
 from sync.store.outbox import Outbox
@@ -73,7 +74,7 @@ class Processor:
     inbox: Inbox
     mappings: MappingSet
     warehouse: Warehouse
-    #: Where Salesforce writes wait to be sent; None while CRM sync is off.
+    #: Where Salesforce writes wait to be sent; None while CRM sync is off (then no outbox sink).
     outbox: Outbox | None = None
     #: Exceptions that interrupt the work from outside (a job's time-out): never a delivery's fault.
     interruptions: tuple[type[BaseException], ...] = ()
@@ -95,7 +96,33 @@ class Processor:
         plans each object to compare it with what is held): they are not made again.
         """
         result = BatchResult()
-        work: list[tuple[StoredDelivery, Plan]] = []
+        work = self._plan_all(events, planned_by, result)
+        try:
+            try:
+                # The fast way: the whole batch in one transaction, no savepoint, a few statements per table.
+                with self.engine.begin() as conn:
+                    self._apply_all(conn, work)
+                    result.processed = [event.id for event, _ in work]
+                    self._record(conn, result)
+            except Exception as exc:  # noqa: BLE001 - sorted below: passing, or one delivery's fault
+                if self._passing(exc) and not self._locked_out(exc):
+                    raise
+                # Something in the batch was refused, or waited on a lock: go delivery by delivery
+                # to find it. Only DEBUG: the delivery at fault gets its own line.
+                log.debug("batch of %d refused (%s); applying one by one", len(work), _why(exc))
+                result.processed = []
+                with self.engine.begin() as conn:
+                    self._one_by_one(conn, work, result)
+                    self._record(conn, result)
+        except sa.exc.SQLAlchemyError as exc:
+            # A lost connection, a deadlock, a lock timeout: the next try finds the rows as they were.
+            raise TransientError(f"database: {describe_error(exc)}") from exc
+        return result
+
+    def _plan_all(self, events: list[StoredDelivery], planned_by: Mapping[str, Plan] | None,
+                  result: BatchResult) -> list[Work]:
+        """The plans of ``events``, in lock order; the ignored and failed ones go on ``result``."""
+        work: list[Work] = []
         for event in events:
             try:
                 known = planned_by.get(event.fingerprint) if planned_by is not None else None
@@ -116,35 +143,14 @@ class Processor:
             if event.entity_id is None and label is not None:
                 result.entity_ids[event.id] = label
         work.sort(key=lambda item: _lock_order(item[1]))
-
-        try:
-            try:
-                # The fast way: the whole batch in a few statements per table.
-                with self.engine.begin() as conn:
-                    self._apply_all(conn, work)
-                    result.processed = [event.id for event, _ in work]
-                    self._record(conn, result)
-            except Exception as exc:  # noqa: BLE001 - sorted below: passing, or one delivery's fault
-                if self._passing(exc) and not self._locked_out(exc):
-                    raise
-                # Something in the batch was refused, or waited on a lock: go delivery by delivery
-                # to find it. Only DEBUG: the delivery at fault gets its own line.
-                log.debug("batch of %d refused (%s); applying one by one", len(work), _why(exc))
-                result.processed = []
-                with self.engine.begin() as conn:
-                    self._one_by_one(conn, work, result)
-                    self._record(conn, result)
-        except sa.exc.SQLAlchemyError as exc:
-            # A lost connection, a deadlock, a lock timeout: the next try finds the rows as they were.
-            raise TransientError(f"database: {describe_error(exc)}") from exc
-        return result
+        return work
 
     def _locked_out(self, exc: BaseException) -> bool:
         """Whether ``exc`` says a statement gave up waiting for a lock on some rows or tables, so
         the deliveries that do not need them can go on (SQLite locks the whole database)."""
         return waited_on_lock(exc) and self.engine.dialect.name != "sqlite"
 
-    def _one_by_one(self, conn: Connection, work: list[tuple[StoredDelivery, Plan]], result: BatchResult) -> None:
+    def _one_by_one(self, conn: Connection, work: list[Work], result: BatchResult) -> None:
         """Apply ``work`` delivery by delivery, each in a savepoint, onto ``result``.
 
         One that waits on a lock is let go of (``result.waiting``), and so are the others about
@@ -154,7 +160,7 @@ class Processor:
         """
         waits: Counter = Counter()
         locked_records: set[tuple[str, str]] = set()
-        later: list[tuple[StoredDelivery, Plan]] = []
+        later: list[Work] = []
 
         def apply(event: StoredDelivery, planned: Plan) -> None:
             record = _record_of(planned)
@@ -221,55 +227,16 @@ class Processor:
             return None
         return plan(mapping, document, event.fingerprint, event.received_at, salesforce=self.outbox is not None)
 
-    def _apply_all(self, conn: Connection, work: list[tuple[StoredDelivery, Plan]]) -> None:
-        """Warehouse rows, then ledger entries, then outbox rows: the same order in every batch."""
-        changes = [(planned.change, event.id) for event, planned in work if planned.change is not None]
-        states = self.warehouse.apply_many(conn, changes)
-        partners = ledger.settle_many(conn, settlements(work, states))
-        if self.outbox is not None:
-            self.outbox.apply_many(conn, [
-                (planned.crm, planned.mapping.entity, tuple(f.name for f in planned.mapping.salesforce.on_delete),
-                 planned.crm_problem, event.received_at)
-                for event, planned in work
-                if planned.crm is not None
-            ])
-            self.outbox.note_commission_change(conn, partners)
+    @property
+    def sinks(self) -> list[Sink]:
+        """Where plans go, in lock order: the warehouse, the ledger, and the outbox unless CRM sync is off."""
+        return in_lock_order(self.warehouse, self.outbox)
 
-
-def settlements(work: list[tuple[StoredDelivery, Plan]],
-                states: dict[tuple[str, str], RecordState]) -> list[ledger.Settlement]:
-    """What the batch tells the ledger about each transaction it touched.
-
-    The ledger follows the state the warehouse keeps (``states``, merged by version: the same
-    rank, time and fingerprint order, so the two never disagree on which state won). When that
-    state is one of the batch's, its rewards are what should stand; when it is not, the batch
-    held only older news, and only a refund changes what stands.
-    """
-    by_record: dict[tuple[str, str], list[tuple[StoredDelivery, Plan]]] = {}
-    for event, planned in work:
-        if planned.mapping.ledger is not None and planned.change is not None:
-            by_record.setdefault((planned.change.table, planned.change.key), []).append((event, planned))
-    found = []
-    for (table, key), items in sorted(by_record.items()):
-        state = states[(table, key)]
-        winner = next(((e, p) for e, p in items if p.change.version == state.version), None)
-        rewards = winner[1].rewards if winner is not None else None
-        if rewards is None and not state.tombstoned:
-            continue  # older news: what stands already follows the newest state
-        refund = next((e for e, p in items if p.change.deleting
-                       and (p.change.version.at, p.change.version.fingerprint) == state.deleted), None)
-        # The entries name the delivery that moved them: the winning state, else the refund.
-        event_id = winner[0].id if rewards is not None else (refund or items[-1][0]).id
-        found.append(ledger.Settlement(
-            transaction_key=key,
-            rewards=rewards,
-            refunded=state.tombstoned,
-            changed_at=state.version.at if state.version is not None else state.deleted[0],
-            refunded_at=state.deleted[0] if state.deleted is not None else None,
-            event_id=event_id,
-            refund_event_id=refund.id if refund is not None else None,
-        ))
-    return found
+    def _apply_all(self, conn: Connection, work: list[Work]) -> None:
+        """Hand ``work`` to each sink in turn, each given what the ones before it found."""
+        found = Found()
+        for sink in self.sinks:
+            sink.write(conn, work, found)
 
 
 def _record_of(planned: Plan) -> tuple[str, str]:

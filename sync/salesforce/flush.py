@@ -66,7 +66,7 @@ class Flusher:
         self.engine = engine
         self.mappings = mappings
         self.client = client
-        self.outbox = outbox or Outbox()
+        self.outbox = outbox or Outbox(clock)
         #: The program's currency (PARTNERO_CURRENCY); None: the one most used.
         self.currency = currency
         #: What time it is: when records reached Salesforce (their lag).

@@ -1,9 +1,9 @@
 """The CRM outbox: the latest wanted state of each Salesforce record, committed with the warehouse.
 
 A delivery's warehouse rows and its outbox row commit in one transaction, so a crash between the
-two loses nothing. The outbox keeps one row per Salesforce record, merged by the same rules as the
-warehouse (newest state wins, deletes stick), so versions pending at once collapse into one write.
-A flush sends due rows and records each one's outcome.
+two loses nothing. The outbox keeps one row per Salesforce record, merged by the same rules and
+steps as the warehouse (``sync.store.merge``: newest state wins, deletes stick), so versions
+pending at once collapse into one write. A flush sends due rows and records each one's outcome.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 
+from sync.core.clock import Clock, system_clock
 from sync.core.envelope import ExactFloat
 from sync.mapping import RecordChange
 from sync.rules.records import RecordState, bookkeeping, from_bookkeeping, merge
 from sync.store import db
+from sync.store.merge import RecordKey, Target, merge_rows
 from sync.store.sqltypes import FINGERPRINT, KEY, UTCDateTime
 
 class OutboxStatus(StrEnum):
@@ -92,8 +94,19 @@ crm_commission_changes = sa.Table(
 )
 
 
-def now() -> datetime:
-    return datetime.now(timezone.utc)
+@dataclass(frozen=True)
+class OutboxChange:
+    """A change of one Salesforce record, for the outbox."""
+
+    change: RecordChange
+    #: The Partnero entity the record comes from.
+    entity: str
+    #: The fields a delete sets (the mapping's ``on_delete``): they stay once set.
+    tombstone_fields: tuple[str, ...]
+    #: Why the mapping could not compute the record's fields from its delivery (None: it could).
+    problem: str | None
+    #: When its delivery arrived (None: not known).
+    arrived_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -154,86 +167,27 @@ def _wire_change(change: RecordChange) -> RecordChange:
 class Outbox:
     """The ``crm_outbox`` table."""
 
-    def apply_many(self, conn: Connection,
-                   items: list[tuple[RecordChange, str, tuple[str, ...], str | None, datetime | None]]) -> int:
-        """Merge many changes into their outbox rows (locked in a fixed order); returns how many changed.
+    def __init__(self, clock: Clock = system_clock):
+        #: What time it is: stamps changes, sends and refusals.
+        self.clock = clock
 
-        Each item is (change, entity, tombstone fields, problem, arrival of its delivery): a change
-        with a problem is a record the mapping could not compute from its delivery. When it is the
-        newest state, the record is refused (``MAPPING_ERROR``, with the problem as the reason)
-        instead of sent. The arrival dates the record's wait for Salesforce (``waiting_since``).
+    def apply_many(self, conn: Connection, items: list[OutboxChange]) -> int:
+        """Merge many changes into their outbox rows; returns how many rows it wrote.
+
+        The steps are ``sync.store.merge``'s: one INSERT of the missing rows, the rows locked
+        object by object in external id order, one UPDATE. What the outbox adds is
+        ``_OutboxMerger``'s: a record whose newest state is one the mapping could not compute
+        (``OutboxChange.problem``) is refused (``MAPPING_ERROR``, with the problem as the reason)
+        instead of sent; the arrival of its deliveries dates its wait for Salesforce
+        (``waiting_since``); a field the mapping no longer sends goes.
         """
-        t = crm_outbox
-        arrived: dict[tuple[str, str], datetime] = {}
-        for change, _, _, _, at in items:
-            k = (change.table, change.key)
-            if at is not None and (k not in arrived or at < arrived[k]):
-                arrived[k] = at
-        items = [(_wire_change(change), entity, tomb, problem) for change, entity, tomb, problem, _ in items]
-        keys = sorted({(change.table, change.key): entity for change, entity, _, _ in items}.items())
-        db.insert_ignore(conn, t, [
-            {"object": obj, "external_id": key, "entity": entity, "fields": {}, "generation": 0,
-             "status": OutboxStatus.PENDING, "attempts": 0}
-            for (obj, key), entity in keys
-        ])
-        rows = {}
-        for obj in sorted({obj for (obj, _), _ in keys}):
-            wanted = [key for (o, key), _ in keys if o == obj]
-            for chunk in db.chunks(wanted, 500):
-                query = (sa.select(t).where(t.c.object == obj, t.c.external_id.in_(chunk))
-                         .order_by(t.c.external_id).with_for_update())
-                rows.update({(r.object, r.external_id): r for r in conn.execute(query)})
-        before = {k: _state(row) for k, row in rows.items()}
-        after = dict(before)
-        unset = object()
-        problems: dict[tuple[str, str], object] = dict.fromkeys(rows, unset)  # of the change that holds the record
-        for change, _, tomb, problem in items:
-            k = (change.table, change.key)
-            if after[k].version is None or change.version >= after[k].version:
-                problems[k] = problem
-            merged = merge(after[k], change, tomb)
-            # The record says what the mapping names now: a field it no longer sends goes.
-            kept = {name: v for name, v in merged.values.items() if name in change.values or name in tomb}
-            after[k] = replace(merged, values=kept)
-        updates = []
-        for k, state in after.items():
-            row, problem = rows[k], problems[k]
-            was_refused = row.status == OutboxStatus.FAILED and row.error_code == MAPPING_ERROR
-            if problem is unset:  # only older deliveries: at most a tombstone moved
-                if state == before[k]:
-                    continue
-                refusal = row.error_message if was_refused else None
-            elif problem is None:  # a state the mapping computed holds the record
-                if state == before[k] and not was_refused:
-                    continue
-                refusal = None
-            else:  # a state the mapping could not compute holds the record
-                refusal = str(problem)[:2000]
-                if state == before[k] and was_refused and row.error_message == refusal:
-                    continue
-            since = row.waiting_since  # empty once synced: these changes start a new wait
-            if k in arrived and (since is None or arrived[k] < since):
-                since = arrived[k]
-            values = {"b_id": row.id, "fields": state.values, **bookkeeping(state), **_changed(row.generation),
-                      # Every row sets the same columns (one statement); the error stays unless it changes.
-                      "error_code": row.error_code, "error_message": row.error_message, "error_at": row.error_at,
-                      "sent_with": row.sent_with, "waiting_since": since}
-            if refusal is not None:
-                values.update(status=OutboxStatus.FAILED, error_code=MAPPING_ERROR, error_message=refusal,
-                              error_at=now(), sent_with=None)
-            elif was_refused:
-                values.update(error_code=None, error_message=None, error_at=None)
-            updates.append(values)
-        if updates:
-            columns = [c for c in updates[0] if c != "b_id"]
-            conn.execute(
-                t.update().where(t.c.id == sa.bindparam("b_id")).values({c: sa.bindparam(c) for c in columns}),
-                updates,
-            )
-        return len(updates)
+        target = Target(crm_outbox, key=crm_outbox.c.external_id, row_id=crm_outbox.c.id, group=crm_outbox.c.object)
+        merger = _OutboxMerger(items, self.clock())
+        wired = [replace(item, change=_wire_change(item.change)) for item in items]
+        return merge_rows(conn, target, wired, merger).written
 
     def note_commission_change(self, conn: Connection, partner_ids: Iterable[str]) -> None:
-        rows = [{"partner_id": p, "changed_at": now()} for p in sorted(set(partner_ids))]
+        rows = [{"partner_id": p, "changed_at": self.clock()} for p in sorted(set(partner_ids))]
         if rows:
             conn.execute(crm_commission_changes.insert(), rows)
 
@@ -264,7 +218,8 @@ class Outbox:
                 t.update()
                 .where(t.c.object == object_name, t.c.external_id.in_(chunk), _not_refused_by_mapping())
                 # A synced record's waiting_since is empty: this change starts its wait.
-                .values(**_changed(t.c.generation), waiting_since=sa.func.coalesce(t.c.waiting_since, noted))
+                .values(**_changed(t.c.generation, self.clock()),
+                        waiting_since=sa.func.coalesce(t.c.waiting_since, noted))
             )
         for chunk in db.chunks([change_id for change_id, _, _ in read], 500):
             conn.execute(changes.delete().where(changes.c.id.in_(chunk)))
@@ -279,7 +234,7 @@ class Outbox:
         the statuses OR-ed together would walk every synced record to find the few that are due.
         """
         t = crm_outbox
-        at = now()
+        at = self.clock()
         time_come = sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= at)
         wanted = {
             OutboxStatus.PENDING: time_come,
@@ -310,7 +265,7 @@ class Outbox:
         if not outcomes:
             return
         t = crm_outbox
-        at = now()
+        at = self.clock()
         params = []
         for o in sorted(outcomes, key=lambda o: o.row.external_id):
             ok = o.status == OutboxStatus.SYNCED
@@ -416,6 +371,87 @@ class Outbox:
         return records + conn.execute(sa.select(sa.func.count()).select_from(crm_commission_changes)).scalar_one()
 
 
+#: No change of the batch holds the record (it had only older deliveries).
+_NONE_HOLDS = object()
+
+
+class _OutboxMerger:
+    """The outbox's part of the merge (``sync.store.merge.Merger``): refusals by ``MAPPING_ERROR``,
+    ``waiting_since``, and dropping the fields the mapping no longer sends."""
+
+    def __init__(self, items: list[OutboxChange], now: datetime):
+        #: When this batch changes the records.
+        self.now = now
+        self.entities = {self.record(item): item.entity for item in items}
+        self.arrived: dict[RecordKey, datetime] = {}
+        for item in items:
+            k, at = self.record(item), item.arrived_at
+            if at is not None and (k not in self.arrived or at < self.arrived[k]):
+                self.arrived[k] = at
+        #: The problem of the change that holds each record (None: the mapping computed it).
+        self.problems: dict[RecordKey, object] = {}
+
+    def record(self, item: OutboxChange) -> RecordKey:
+        return (item.change.table, item.change.key)
+
+    def new_row(self, record: RecordKey) -> dict[str, Any]:
+        return {"object": record[0], "external_id": record[1], "entity": self.entities[record], "fields": {},
+                "generation": 0, "status": OutboxStatus.PENDING, "attempts": 0}
+
+    def state(self, row: Row) -> RecordState:
+        return _state(row)
+
+    def fold(self, record: RecordKey, state: RecordState, item: OutboxChange) -> RecordState:
+        change, tomb = item.change, item.tombstone_fields
+        if state.version is None or change.version >= state.version:
+            self.problems[record] = item.problem
+        merged = merge(state, change, tomb)
+        # The record says what the mapping names now: a field it no longer sends goes.
+        kept = {name: v for name, v in merged.values.items() if name in change.values or name in tomb}
+        return replace(merged, values=kept)
+
+    def values(self, record: RecordKey, row: Row, before: RecordState, after: RecordState) -> dict[str, Any] | None:
+        refusal = _refusal(row, self.problems.get(record, _NONE_HOLDS), after == before)
+        if refusal is _UNCHANGED:
+            return None
+        since = row.waiting_since  # empty once synced: these changes start a new wait
+        if record in self.arrived and (since is None or self.arrived[record] < since):
+            since = self.arrived[record]
+        values = {"fields": after.values, **bookkeeping(after), **_changed(row.generation, self.now),
+                  # Every row sets the same columns (one statement); the error stays unless it changes.
+                  "error_code": row.error_code, "error_message": row.error_message, "error_at": row.error_at,
+                  "sent_with": row.sent_with, "waiting_since": since}
+        if refusal is not None:
+            values.update(status=OutboxStatus.FAILED, error_code=MAPPING_ERROR, error_message=refusal,
+                          error_at=self.now, sent_with=None)
+        elif _refused_by_mapping(row):
+            values.update(error_code=None, error_message=None, error_at=None)
+        return values
+
+
+#: ``_refusal``'s answer when the row is to be left as it is.
+_UNCHANGED = object()
+
+
+def _refusal(row: Row, problem: object, unchanged: bool) -> Any:
+    """Why the record is refused after the batch (None: it is not), or ``_UNCHANGED``: nothing to write."""
+    was_refused = _refused_by_mapping(row)
+    if problem is _NONE_HOLDS:  # only older deliveries: at most a tombstone moved
+        if unchanged:
+            return _UNCHANGED
+        return row.error_message if was_refused else None
+    if problem is None:  # a state the mapping computed holds the record
+        return _UNCHANGED if unchanged and not was_refused else None
+    refusal = str(problem)[:2000]  # a state the mapping could not compute holds the record
+    if unchanged and was_refused and row.error_message == refusal:
+        return _UNCHANGED
+    return refusal
+
+
+def _refused_by_mapping(row: Row) -> bool:
+    return row.status == OutboxStatus.FAILED and row.error_code == MAPPING_ERROR
+
+
 def _not_refused_by_mapping():
     """Rows other than records refused because the mapping could not compute them: sending
     those again would send a state the mapping never produced."""
@@ -423,9 +459,9 @@ def _not_refused_by_mapping():
     return sa.or_(t.c.status != OutboxStatus.FAILED, t.c.error_code.is_(None), t.c.error_code != MAPPING_ERROR)
 
 
-def _changed(generation) -> dict[str, Any]:
+def _changed(generation, at: datetime) -> dict[str, Any]:
     return {"generation": generation + 1, "status": OutboxStatus.PENDING, "attempts": 0, "next_attempt_at": None,
-            "changed_at": now()}
+            "changed_at": at}
 
 
 def _state(row) -> RecordState:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 
+from sync.core.clock import Clock, system_clock
 from sync.core.errors import ConfigurationError
 from sync.mapping import MappingSet, RecordChange
 from sync.mapping.spec import Mapping
 from sync.rules.records import RecordState, bookkeeping, from_bookkeeping, merge
 from sync.store import db
+from sync.store.merge import RecordKey, Target, merge_rows
 from sync.store.sqltypes import FINGERPRINT, KEY, UTCDateTime, column_type
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,9 @@ class MigrationReport:
 class Warehouse:
     """The mapped tables, built from a ``MappingSet``."""
 
-    def __init__(self, mappings: MappingSet):
+    def __init__(self, mappings: MappingSet, clock: Clock = system_clock):
+        #: What time it is: stamps ``sync_updated_at``.
+        self.clock = clock
         self.metadata = sa.MetaData()
         self.tables: dict[str, Table] = {}
         for mapping in mappings.mappings:
@@ -136,48 +140,23 @@ class Warehouse:
 
     # -- records -----------------------------------------------------------------------------
 
-    def apply_many(
-        self, conn: Connection, items: list[tuple[RecordChange, int | None]]
-    ) -> dict[tuple[str, str], RecordState]:
-        """Merge many changes, a few statements per table; returns each record's new state.
+    def apply_many(self, conn: Connection, items: list[WarehouseChange]) -> dict[tuple[str, str], RecordState]:
+        """Merge many changes, table by table in name order (``sync.store.merge``: one INSERT,
+        locked SELECTs in key order, one UPDATE per table); returns each record's new state, by
+        (table, key).
 
-        Rows are made to exist, then locked (``FOR UPDATE``) in key order, so concurrent batches
-        take turns on shared records without deadlocking, and each merges into what the previous
-        one committed.
+        Rows are locked (``FOR UPDATE``) in key order, so concurrent batches take turns on shared
+        records without deadlocking, and each merges into what the previous one committed.
         """
-        by_table: dict[str, list[tuple[RecordChange, int | None]]] = {}
-        for change, event_id in items:
-            by_table.setdefault(change.table, []).append((change, event_id))
+        by_table: dict[str, list[WarehouseChange]] = {}
+        for item in items:
+            by_table.setdefault(item.change.table, []).append(item)
         states: dict[tuple[str, str], RecordState] = {}
         for name in sorted(by_table):
             mapped = self.tables[name]
-            table = mapped.table
-            key_name = mapped.mapping.warehouse.key
-            key_column = table.c[key_name]
-            keys = sorted({change.key for change, _ in by_table[name]})
-            db.insert_ignore(conn, table, [{key_name: key} for key in keys])
-            rows = {}
-            for chunk in db.chunks(keys, 500):
-                query = sa.select(table).where(key_column.in_(chunk)).order_by(key_column).with_for_update()
-                rows.update({row._mapping[key_name]: row._mapping for row in conn.execute(query)})
-            before = {key: _state(rows[key], mapped.data_columns) for key in keys}
-            after = dict(before)
-            winners = {key: rows[key]["sync_event_id"] for key in keys}
-            for change, event_id in by_table[name]:
-                merged = merge(after[change.key], change, mapped.tombstone_columns)
-                if merged.version != after[change.key].version:
-                    winners[change.key] = event_id
-                after[change.key] = merged
-            now = datetime.now(timezone.utc)
-            updates = [_row_values(after[key], winners[key], now) | {"b_key": key}
-                       for key in keys if after[key] != before[key]]
-            if updates:
-                columns = [c for c in updates[0] if c != "b_key"]
-                statement = table.update().where(key_column == sa.bindparam("b_key")).values(
-                    {c: sa.bindparam(c) for c in columns}
-                )
-                conn.execute(statement, updates)
-            states.update({(name, key): after[key] for key in keys})
+            key_column = mapped.table.c[mapped.mapping.warehouse.key]
+            target = Target(mapped.table, key=key_column, row_id=key_column)
+            states.update(merge_rows(conn, target, by_table[name], _TableMerger(mapped, self.clock())).states)
         return states
 
     def states(self, conn: Connection, table: str, keys: list[str]) -> dict[str, RecordState]:
@@ -202,6 +181,44 @@ class Warehouse:
         key_column = mapped.table.c[mapped.mapping.warehouse.key]
         row = conn.execute(sa.select(mapped.table).where(key_column == key)).one_or_none()
         return dict(row._mapping) if row is not None else None
+
+
+@dataclass(frozen=True)
+class WarehouseChange:
+    """A change of a warehouse record, and the delivery it comes from (its ``sync_event_id`` when it wins)."""
+
+    change: RecordChange
+    event_id: int | None
+
+
+class _TableMerger:
+    """One mapped table's part of the merge (``sync.store.merge.Merger``): the mapped columns, the
+    tombstone columns, and which delivery's state each row holds (``sync_event_id``)."""
+
+    def __init__(self, mapped: Table, now: datetime):
+        self.mapped = mapped
+        self.winners: dict[RecordKey, int | None] = {}
+        self.now = now
+
+    def record(self, item: WarehouseChange) -> RecordKey:
+        return (item.change.table, item.change.key)
+
+    def new_row(self, record: RecordKey) -> dict[str, Any]:
+        return {self.mapped.mapping.warehouse.key: record[1]}
+
+    def state(self, row: Row) -> RecordState:
+        return _state(row._mapping, self.mapped.data_columns)
+
+    def fold(self, record: RecordKey, state: RecordState, item: WarehouseChange) -> RecordState:
+        merged = merge(state, item.change, self.mapped.tombstone_columns)
+        if merged.version != state.version:
+            self.winners[record] = item.event_id
+        return merged
+
+    def values(self, record: RecordKey, row: Row, before: RecordState, after: RecordState) -> dict[str, Any] | None:
+        if after == before:
+            return None
+        return _row_values(after, self.winners.get(record, row._mapping["sync_event_id"]), self.now)
 
 
 def _row_values(state: RecordState, event_id: int | None, now: datetime) -> dict[str, Any]:

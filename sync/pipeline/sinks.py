@@ -1,0 +1,123 @@
+"""Where a batch's plans go: the sinks, each applying them inside the batch's transaction.
+
+A ``Sink`` takes the batch's (delivery, plan) pairs and what the sinks before it found, writes
+its tables on the connection it is given (it never commits), and adds what the sinks after it
+need. ``in_lock_order`` lists the sinks in the order every batch applies them, and so locks
+their tables in: the warehouse, then the ledger, then the Salesforce outbox. One order for
+every batch is why concurrent batches cannot deadlock. Another destination is another sink in
+that list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy.engine import Connection
+
+from sync.mapping import Plan
+from sync.rules.records import RecordState
+from sync.store import ledger
+from sync.store.inbox import StoredDelivery
+from sync.store.outbox import Outbox, OutboxChange
+from sync.store.warehouse import Warehouse, WarehouseChange
+
+#: A delivery of the batch and what its mapping made of it.
+Work = tuple[StoredDelivery, Plan]
+
+
+@dataclass
+class Found:
+    """What the sinks found so far in a batch, for the sinks after them."""
+
+    #: Each warehouse record the batch touched, in its merged state, by (table, key).
+    states: dict[tuple[str, str], RecordState] = field(default_factory=dict)
+    #: The partners whose commission the batch changed.
+    partners: set[str] = field(default_factory=set)
+
+
+class Sink(Protocol):
+    """A destination of plans."""
+
+    def write(self, conn: Connection, work: Sequence[Work], found: Found) -> None:
+        """Apply ``work`` on ``conn`` (the batch's transaction, not committed here), adding to ``found``."""
+
+
+@dataclass(frozen=True)
+class WarehouseSink:
+    """The mapped tables: merges each plan's record change; finds the records' merged states."""
+
+    warehouse: Warehouse
+
+    def write(self, conn: Connection, work: Sequence[Work], found: Found) -> None:
+        changes = [WarehouseChange(planned.change, event.id) for event, planned in work if planned.change is not None]
+        found.states.update(self.warehouse.apply_many(conn, changes))
+
+
+class LedgerSink:
+    """The commission ledger: follows the warehouse's merged states; finds the partners it moved."""
+
+    def write(self, conn: Connection, work: Sequence[Work], found: Found) -> None:
+        found.partners |= ledger.settle_many(conn, settlements(work, found.states))
+
+
+@dataclass(frozen=True)
+class OutboxSink:
+    """The Salesforce outbox: merges each plan's Salesforce record, and notes the partners whose
+    commission changed (their totals go to Salesforce with the next flush)."""
+
+    outbox: Outbox
+
+    def write(self, conn: Connection, work: Sequence[Work], found: Found) -> None:
+        self.outbox.apply_many(conn, [
+            OutboxChange(planned.crm, planned.mapping.entity,
+                         tuple(f.name for f in planned.mapping.salesforce.on_delete),
+                         planned.crm_problem, event.received_at)
+            for event, planned in work
+            if planned.crm is not None
+        ])
+        self.outbox.note_commission_change(conn, found.partners)
+
+
+def in_lock_order(warehouse: Warehouse, outbox: Outbox | None) -> list[Sink]:
+    """The sinks, in the order every batch applies them (no outbox: CRM sync is off)."""
+    sinks: list[Sink] = [WarehouseSink(warehouse), LedgerSink()]
+    if outbox is not None:
+        sinks.append(OutboxSink(outbox))
+    return sinks
+
+
+def settlements(work: Sequence[Work], states: dict[tuple[str, str], RecordState]) -> list[ledger.Settlement]:
+    """What the batch tells the ledger about each transaction it touched.
+
+    The ledger follows the state the warehouse keeps (``states``, merged by version: the same
+    rank, time and fingerprint order, so the two never disagree on which state won). When that
+    state is one of the batch's, its rewards are what should stand; when it is not, the batch
+    held only older news, and only a refund changes what stands.
+    """
+    by_record: dict[tuple[str, str], list[Work]] = {}
+    for event, planned in work:
+        if planned.mapping.ledger is not None and planned.change is not None:
+            by_record.setdefault((planned.change.table, planned.change.key), []).append((event, planned))
+    found = []
+    for (table, key), items in sorted(by_record.items()):
+        state = states[(table, key)]
+        winner = next(((e, p) for e, p in items if p.change.version == state.version), None)
+        rewards = winner[1].rewards if winner is not None else None
+        if rewards is None and not state.tombstoned:
+            continue  # older news: what stands already follows the newest state
+        refund = next((e for e, p in items if p.change.deleting
+                       and (p.change.version.at, p.change.version.fingerprint) == state.deleted), None)
+        # The entries name the delivery that moved them: the winning state, else the refund.
+        event_id = winner[0].id if rewards is not None else (refund or items[-1][0]).id
+        found.append(ledger.Settlement(
+            transaction_key=key,
+            rewards=rewards,
+            refunded=state.tombstoned,
+            changed_at=state.version.at if state.version is not None else state.deleted[0],
+            refunded_at=state.deleted[0] if state.deleted is not None else None,
+            event_id=event_id,
+            refund_event_id=refund.id if refund is not None else None,
+        ))
+    return found
