@@ -140,7 +140,7 @@ class SalesforceClient:
             raise TransientError(f"could not reach Salesforce to log in: {type(exc).__name__}") from exc
 
     def upsert(self, object_name: str, external_id_field: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
-        """Upsert up to 200 records by external id in one call; one outcome per record, in order.
+        """Upsert up to 200 records by external id in one call; one result per record, in order.
 
         ``allOrNone`` is false: one bad record never holds back the others. Raises
         ``TransientError`` when the call as a whole should be tried again later.
@@ -156,7 +156,7 @@ class SalesforceClient:
         answer = self._call("PATCH", f"composite/sobjects/{object_name}/{external_id_field}", body)
         if not isinstance(answer, list) or len(answer) != len(records):
             raise TransientError(f"unexpected answer from Salesforce for {len(records)} {object_name} records")
-        return [_outcome(item) for item in answer]
+        return [_result(item) for item in answer]
 
     def delete(self, object_name: str, external_id_field: str, value: str) -> RecordResult:
         """Delete one record by external id; a record Salesforce does not have counts as deleted."""
@@ -203,7 +203,7 @@ class SalesforceClient:
             raise TransientError(f"could not reach Salesforce: {type(exc).__name__}") from exc
 
 
-def _outcome(item: dict[str, Any]) -> RecordResult:
+def _result(item: dict[str, Any]) -> RecordResult:
     if item.get("success"):
         return RecordResult(True, id=item.get("id"), created=item.get("created"))
     errors = item.get("errors") or [{}]
