@@ -44,14 +44,14 @@ def create_app(settings: Settings | None = None, *, redis_connection: redis.Redi
     # more than that.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.extensions["partnero"] = services
-    app.extensions["partnero.intake"] = Intake(services.inbox, services.jobs)
+    app.extensions["partnero.intake"] = Intake(services.inbox, services.queue)
 
     from app import dashboard, health, metrics, ops, webhooks
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
-    dashboard.mount(app, settings, services.jobs.connection)
+    dashboard.mount(app, settings, services.queue.connection)
     ops.mount(app, settings)
     app.logger.info(
         "partnero-sync web: %d mapped event types; Salesforce %s; dashboard %s",

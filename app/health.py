@@ -5,13 +5,11 @@ the operator's credentials, the full report: the reasons, and how the work is go
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from flask import Blueprint, current_app, jsonify, request
 
 from app import auth
 from sync.core.errors import SyncError
-from sync.ops import stats
+from sync.ops.snapshot import rounded, take
 from sync.store import db
 
 bp = Blueprint("health", __name__)
@@ -44,18 +42,18 @@ def healthz():
         else:
             age = None
             if backlog.oldest_pending_at is not None:
-                age = max(0.0, (datetime.now(timezone.utc) - backlog.oldest_pending_at).total_seconds())
+                age = max(0.0, (services.clock() - backlog.oldest_pending_at).total_seconds())
             body["work"] = {
                 "deliveries_pending": backlog.pending,
                 "deliveries_failed": backlog.failed,
-                "oldest_pending_age_seconds": stats.rounded(age),
+                "oldest_pending_age_seconds": rounded(age),
             }
     return jsonify(body), status
 
 
 def _checks(services) -> dict[str, str]:
     """Each dependency: "ok", or why not."""
-    checks = {"database": services.inbox.ping, "redis": services.jobs.ping}
+    checks = {"database": services.inbox.ping, "redis": services.queue.ping}
     report: dict[str, str] = {}
     for name, check in checks.items():
         try:
@@ -71,14 +69,14 @@ def _checks(services) -> dict[str, str]:
 
 
 def _full(services, report: dict[str, str], healthy: bool) -> dict:
-    """The operator's report: each check's reason, Salesforce's login, the stats snapshot's
+    """The operator's report: each check's reason, Salesforce's login, the snapshot's
     figures and what needs attention."""
     body = {
         "status": "ok" if healthy else "unavailable",
         "checks": report,
         "salesforce": services.settings.salesforce.describe(),
     }
-    snapshot = stats.take(services) if healthy else None
+    snapshot = take(services) if healthy else None
     if snapshot is not None:
         queue = snapshot.queue
         body["work"] = {
@@ -86,7 +84,7 @@ def _full(services, report: dict[str, str], healthy: bool) -> dict:
             "retries_scheduled": queue.scheduled if queue else None,
             "failed_jobs": queue.failed if queue else None,
             "workers": queue.workers if queue else None,
-            "oldest_pending_age_seconds": stats.rounded(snapshot.oldest_pending_age),
+            "oldest_pending_age_seconds": rounded(snapshot.oldest_pending_age),
             "deliveries_failed": snapshot.inbox.counts.get("failed", 0) if snapshot.inbox else None,
             "crm_backlog": snapshot.crm_backlog if snapshot.crm_enabled else None,
             "crm_refused": snapshot.crm_refused if snapshot.crm_enabled else None,

@@ -11,7 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from app import auth
-from sync.ops import metrics, stats
+from sync.ops import metrics
+from sync.ops.snapshot import Snapshot, backfill_attention, take
 from sync.ops.metrics import PREFIX, STORED
 from sync.store import inbox, runs
 from sync.store.inbox import InboxSummary
@@ -37,15 +38,15 @@ QUEUE_STATES = ("queued", "scheduled", "started", "failed")
 
 class Collector:
     """What ``/metrics`` shows, read when scraped: the stored counters from Redis, the gauges from
-    one stats snapshot. What cannot be read is left out, and ``up`` says which dependency is down."""
+    one snapshot. What cannot be read is left out, and ``up`` says which dependency is down."""
 
     def __init__(self, services):
         self.services = services
 
     def collect(self) -> Iterator[Metric]:
-        snapshot = stats.take(self.services)
+        snapshot = take(self.services)
         # Redis down already showed in the snapshot: do not wait on it a second time.
-        stored = None if "redis" in snapshot.unavailable else metrics.read(self.services.jobs.connection)
+        stored = None if "redis" in snapshot.unavailable else metrics.read(self.services.queue.connection)
         up = GaugeMetricFamily(PREFIX + "up", "Whether /metrics could read the dependency (1) or not (0).",
                                labels=("dependency",))
         up.add_metric(["database"], 0 if "database" in snapshot.unavailable else 1)
@@ -57,7 +58,7 @@ class Collector:
                 yield spec.family(stored[spec.key])
 
 
-def _gauges(snapshot: stats.Snapshot) -> Iterator[Metric]:
+def _gauges(snapshot: Snapshot) -> Iterator[Metric]:
     if snapshot.queue is not None:
         yield from _queue_gauges(snapshot.queue)
     if snapshot.inbox is not None:
@@ -85,7 +86,7 @@ def _queue_gauges(queue: QueueCounts) -> Iterator[Metric]:
 def _inbox_gauges(summary: InboxSummary, oldest_pending_age: float | None) -> Iterator[Metric]:
     deliveries = GaugeMetricFamily(PREFIX + "inbox_deliveries", "Stored deliveries by inbox status.",
                                    labels=("status",))
-    for status in inbox.STATUSES:
+    for status in inbox.DeliveryStatus:
         deliveries.add_metric([status], summary.counts.get(status, 0))
     yield deliveries
     yield GaugeMetricFamily(
@@ -121,5 +122,5 @@ def _backfill_gauges(run: runs.Run, taken_at: datetime) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         PREFIX + "backfill_needs_attention",
         "1 when the latest backfill failed, stopped on an error or stopped moving; else 0.",
-        value=1 if stats.backfill_attention(run, taken_at) else 0,
+        value=1 if backfill_attention(run, taken_at) else 0,
     )

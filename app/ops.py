@@ -13,12 +13,13 @@ from werkzeug.exceptions import HTTPException
 
 from app import auth
 from sync.core.errors import TransientError
-from sync.ops import logs, progress, stats
+from sync.ops import logs, progress
+from sync.ops.snapshot import take
 from sync.ops.trace import trace
 from sync.pipeline.replay import PRUNED
 from sync.pipeline.requeue import requeue_one
 from sync.settings import Settings
-from sync.store.inbox import ALREADY_PENDING, BUSY, STATUSES
+from sync.store.inbox import DeliveryStatus, RequeueAnswer
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ops", __name__, url_prefix="/ops")
@@ -56,7 +57,7 @@ def deliveries():
     services = _services()
     status = request.args.get("status", "")
     filters = {
-        "status": status if status in STATUSES else None,
+        "status": status if status in tuple(DeliveryStatus) else None,
         "event_type": request.args.get("event_type", "").strip() or None,
         "entity_id": request.args.get("entity_id", "").strip() or None,
     }
@@ -69,9 +70,9 @@ def deliveries():
         filters=filters,
         before=before,
         older=older,
-        statuses=STATUSES,
+        statuses=DeliveryStatus,
         event_types=sorted(services.mappings.events),
-        snapshot=stats.take(services),
+        snapshot=take(services),
     )
 
 
@@ -98,17 +99,17 @@ def replay(event_id: int):
         abort(403, "Refused: the form's token is missing, wrong or expired. "
                    "Open the delivery's page again and press Replay there.")
     services = _services()
-    event = services.inbox.event(event_id)
-    asked = requeue_one(services.inbox, services.jobs, event_id) if event is not None else None
+    event = services.inbox.delivery(event_id)
+    asked = requeue_one(services.inbox, services.queue, event_id) if event is not None else None
     if asked is None:
         abort(404, f"There is no delivery #{event_id}.")
     log.info("replay from /ops: %s", asked.found,
              extra=logs.delivery_fields(event.id, event.event_type, event.fingerprint))
     if not asked.queued:
-        flash(f"Not replayed: {PRUNED}." if asked.found != BUSY else
+        flash(f"Not replayed: {PRUNED}." if asked.found != RequeueAnswer.BUSY else
               "Not replayed: it is being written right now. Try again in a moment.", "note")
         return redirect(url_for(".delivery", event_id=event_id), 303)
-    if asked.found == ALREADY_PENDING:
+    if asked.found == RequeueAnswer.ALREADY_PENDING:
         message = "Already waiting for a worker, which applies it with its mapping files."
     else:
         message = "Replay queued: a worker applies it again with its mapping files; this page shows the outcome."

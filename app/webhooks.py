@@ -14,7 +14,7 @@ from sync.core.envelope import MalformedDelivery
 from sync.core.errors import TransientError
 from sync.mapping import identify
 from sync.ops import logs, metrics
-from sync.store.inbox import IGNORED, PENDING, Delivery
+from sync.store.inbox import Delivery, DeliveryStatus
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -68,7 +68,7 @@ def _receive():
     delivery = Delivery(
         body=body,
         event_type=event,
-        status=PENDING if mapping is not None else IGNORED,
+        status=DeliveryStatus.PENDING if mapping is not None else DeliveryStatus.IGNORED,
         entity_id=identify(mapping, document) if mapping is not None else None,
     )
     try:

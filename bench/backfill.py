@@ -380,7 +380,7 @@ def measure_naive(env: dict, stand: StandIn, want: dict, sample: int) -> dict:
     from sync.rules import listed
     from sync.services import Services
     from sync.settings import Settings
-    from sync.store.inbox import PENDING, Delivery, Event, utcnow
+    from sync.store.inbox import Delivery, DeliveryStatus, StoredDelivery
 
     fresh(env)
     settings = Settings.from_env(env)
@@ -398,10 +398,10 @@ def measure_naive(env: dict, stand: StandIn, want: dict, sample: int) -> dict:
                 for obj in page.objects[:left]:
                     item = listed.listed(mapping, entity, obj, page.observed_at, "backfill")
                     for event, body in item.bodies():
-                        delivery = Delivery(body, event, PENDING, item.object_id)
+                        delivery = Delivery(body, event, DeliveryStatus.PENDING, item.object_id)
                         stored = services.inbox.store_many([delivery], claimed=True)[delivery.fingerprint]
-                        row = Event(stored.id, event, body, PENDING, 1, utcnow(), delivery.fingerprint,
-                                    delivery.entity_id)
+                        row = StoredDelivery(stored.id, event, body, DeliveryStatus.PENDING, 1, services.clock(),
+                                             delivery.fingerprint, delivery.entity_id)
                         result = services.processor.process_batch([row])
                         if result.failed:
                             raise CheckFailed(f"naive: a delivery failed: {next(iter(result.failed.values()))}")

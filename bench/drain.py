@@ -112,14 +112,14 @@ def burst(total: int, rng: random.Random) -> list[dict]:
 
 def receive(services, documents: list[dict], concurrency: int = 16, progress: bool = True) -> None:
     from sync.pipeline.intake import Intake
-    from sync.store.inbox import PENDING, Delivery
+    from sync.store.inbox import Delivery, DeliveryStatus
 
-    intake = Intake(services.inbox, services.jobs)
+    intake = Intake(services.inbox, services.queue)
     handled = services.mappings.events
 
     def submit(document: dict):
         body = json.dumps(document).encode()
-        status = PENDING if document["event"] in handled else "ignored"
+        status = DeliveryStatus.PENDING if document["event"] in handled else DeliveryStatus.IGNORED
         return intake.submit(Delivery(body, document["event"], status))
 
     done_count = 0

@@ -10,7 +10,7 @@ from sync.core import envelope
 from sync.mapping import plan
 from sync.services import Services
 from sync.settings import Settings
-from sync.store.inbox import PENDING, Delivery
+from sync.store.inbox import Delivery, DeliveryStatus
 from sync.store.outbox import wire
 
 _cache: dict = {}
@@ -30,11 +30,11 @@ def naive_job(body: str) -> None:
     services = _services()
     raw = body.encode()
     document = envelope.parse(raw)
-    stored = services.inbox.store_many([Delivery(raw, document["event"], PENDING)])
+    stored = services.inbox.store_many([Delivery(raw, document["event"], DeliveryStatus.PENDING)])
     events = services.inbox.claim(1, ids=[s.id for s in stored.values()])
     services.processor.process_batch(events)  # the warehouse, as ours does
     mapping = services.mappings.for_event(document["event"])
-    planned = plan(mapping, document, "naive")
+    planned = plan(mapping, document, "naive", services.clock())
     if planned.crm is None:
         return
     record = {k: v for k, v in wire(planned.crm.values).items() if v is not None or not k.endswith("__r")}

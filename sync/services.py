@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import redis
 
+from sync.core.clock import Clock, system_clock
 from sync.core.errors import TransientError
 from sync.mapping import MappingSet, load_mappings
 from sync.ops import metrics
@@ -17,7 +18,7 @@ from sync.pipeline.processor import Processor
 from sync.pipeline.sweeper import sweep
 from sync.salesforce.client import SalesforceClient
 from sync.salesforce.flush import Flusher
-from sync.salesforce.schedule import FlushCoordinator
+from sync.salesforce.schedule import FlushSchedule
 from sync.settings import Settings
 from sync.store import db, schema
 from sync.store.inbox import Inbox
@@ -33,13 +34,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class Services:
     settings: Settings
+    #: What time it is, for every adapter here (``sync.core.clock``).
+    clock: Clock
     inbox: Inbox
-    jobs: JobQueue
+    queue: JobQueue
     mappings: MappingSet
     warehouse: Warehouse
     processor: Processor
     _flusher: Flusher | None = field(default=None, repr=False)
-    _flushes: FlushCoordinator | None = field(default=None, repr=False)
+    _flush_schedule: FlushSchedule | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -47,6 +50,7 @@ class Services:
         settings: Settings,
         redis_connection: redis.Redis | None = None,
         mappings: MappingSet | None = None,
+        clock: Clock = system_clock,
     ) -> Services:
         """Wire the adapters; nothing connects until first used.
 
@@ -55,16 +59,17 @@ class Services:
         """
         mappings = mappings or load_mappings(settings.mappings_dir, schema.RESERVED_TABLES)
         engine = db.engine_for(settings.database_url, settings.database_lock_timeout)
-        inbox = Inbox(engine)
-        warehouse = Warehouse(mappings)
-        outbox = Outbox() if settings.salesforce.enabled else None
-        jobs = JobQueue(redis_connection or queues.connect(settings.redis_url))
+        inbox = Inbox(engine, clock)
+        warehouse = Warehouse(mappings, clock)
+        outbox = Outbox(clock) if settings.salesforce.enabled else None
+        queue = JobQueue(redis_connection or queues.connect(settings.redis_url))
         # The process's metrics go to the Redis its jobs go to.
-        metrics.recorder.bind(jobs.connection)
+        metrics.recorder.bind(queue.connection)
         return cls(
             settings=settings,
+            clock=clock,
             inbox=inbox,
-            jobs=jobs,
+            queue=queue,
             mappings=mappings,
             warehouse=warehouse,
             processor=Processor(engine, inbox, mappings, warehouse, outbox, interruptions=INTERRUPTIONS),
@@ -76,33 +81,33 @@ class Services:
             return None
         if self._flusher is None:
             self._flusher = Flusher(self.inbox.engine, self.mappings, SalesforceClient(self.settings.salesforce),
-                                    currency=self.settings.currency)
+                                    currency=self.settings.currency, clock=self.clock)
         return self._flusher
 
     @property
-    def flushes(self) -> FlushCoordinator:
+    def flush_schedule(self) -> FlushSchedule:
         """When Salesforce flushes run (``sync.salesforce.schedule``); asking is a no-op while CRM sync is off."""
-        if self._flushes is None:
-            self._flushes = FlushCoordinator(self.jobs, self.flusher())
-        return self._flushes
+        if self._flush_schedule is None:
+            self._flush_schedule = FlushSchedule(self.queue, self.flusher(), self.clock)
+        return self._flush_schedule
 
     def request_flush(self) -> None:
         """After deliveries were applied: ask for a Salesforce flush, when CRM sync is on. Redis
         being away is only logged; the worker's housekeeping asks again while anything waits."""
         try:
-            self.flushes.request()
+            self.flush_schedule.request()
         except TransientError as exc:
             log.warning("%s", exc)
 
     def housekeeping(self) -> None:
         """What the worker does every interval: sweep lost deliveries, and make sure a flush is
         coming while Salesforce writes wait (after an outage, the backlog drains by itself)."""
-        sweep(self.inbox, self.jobs, timedelta(seconds=self.settings.sweep_after_seconds))
+        sweep(self.inbox, self.queue, timedelta(seconds=self.settings.sweep_after_seconds))
         if self.settings.salesforce.enabled:
             with self.inbox.engine.connect() as conn:
                 waiting = Outbox().backlog(conn)
             if waiting:
-                self.flushes.request()
+                self.flush_schedule.request()
 
     def migrate(self) -> list[str]:
         """Upgrade the fixed tables and create or extend the mapped ones; returns what it did."""

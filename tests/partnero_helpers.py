@@ -15,7 +15,7 @@ from sync.partnero.api import PartneroApi
 from sync.partnero.backfill import Backfill
 from sync.services import Services
 from sync.settings import Settings
-from sync.store.inbox import PENDING, Delivery
+from sync.store.inbox import Delivery, DeliveryStatus
 from tests.conftest import MAPPINGS, partnero_env, salesforce_env
 
 PARTNERS, CUSTOMERS, TRANSACTIONS = 7, 5, 8
@@ -90,7 +90,7 @@ def make_services(database_url: str, redis_url: str, partnero, salesforce=None, 
 def send(services: Services, documents: list[dict]) -> None:
     """Webhooks, as the worker applies them."""
     bodies = [json.dumps(d).encode() for d in documents]
-    stored = services.inbox.store_many([Delivery(b, json.loads(b)["event"], PENDING) for b in bodies])
+    stored = services.inbox.store_many([Delivery(b, json.loads(b)["event"], DeliveryStatus.PENDING) for b in bodies])
     events = services.inbox.claim(len(stored), ids=[s.id for s in stored.values()])
     result = services.processor.process_batch(events)
     assert not result.failed, result.failed

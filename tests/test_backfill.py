@@ -25,7 +25,7 @@ from sync.services import Services
 from sync.settings import Settings
 from sync.store.inbox import webhook_events
 from sync.store.ledger import commission_entries
-from sync.store.runs import FAILED, FINISHED, STOPPED, Runs
+from sync.store.runs import RunStatus, Runs
 from tests.conftest import RELATIONSHIPS, empty_tables
 from tests.fakes.salesforce import FakeSalesforce
 from tests.partnero_helpers import (
@@ -76,7 +76,7 @@ def test_backfill_then_webhooks_webhooks_then_backfill_and_an_interrupted_backfi
     with FakeSalesforce(relationships=RELATIONSHIPS) as sf:
         sf.define_object("Partnero_Transaction__c")
         services = make_services(database_url, redis_server_url, program, sf)
-        assert backfill(services).status == FINISHED
+        assert backfill(services).status == RunStatus.FINISHED
         send(services, webhooks())
         found.append(state(services, sf))
 
@@ -85,7 +85,7 @@ def test_backfill_then_webhooks_webhooks_then_backfill_and_an_interrupted_backfi
         sf.define_object("Partnero_Transaction__c")
         services = make_services(database_url, redis_server_url, program, sf)
         send(services, webhooks())
-        assert backfill(services).status == FINISHED
+        assert backfill(services).status == RunStatus.FINISHED
         found.append(state(services, sf))
 
     empty_tables(database_url)
@@ -96,10 +96,10 @@ def test_backfill_then_webhooks_webhooks_then_backfill_and_an_interrupted_backfi
         send(services, sent[::2])
         pages = []
         stopped = backfill(services, on_page=lambda p: pages.append(p.page), should_stop=lambda: len(pages) == 4)
-        assert (stopped.status, stopped.entity, stopped.next_page) == (STOPPED, "customers", 2)
+        assert (stopped.status, stopped.entity, stopped.next_page) == (RunStatus.STOPPED, "customers", 2)
         send(services, sent[1::2])
         program.requests.clear()
-        assert backfill(services).status == FINISHED
+        assert backfill(services).status == RunStatus.FINISHED
         # It carried on from its last completed page: no partner was listed again.
         assert [q for _, path, q in program.requests if path.endswith("/partners")] == []
         assert [q["page"] for _, path, q in program.requests if path.endswith("/customers")][0] == "2"
@@ -173,7 +173,7 @@ def test_objects_changing_between_pages_end_in_their_newest_state(program, datab
             changed.append(True)
 
     program.before_page(meanwhile)
-    assert backfill(services).status == FINISHED
+    assert backfill(services).status == RunStatus.FINISHED
     send(services, [delivery("partner.updated", at(15), program.find("partners", "ptn_0")),
                     delivery("partner.created", at(15), partner(99, updated_at=at(15)))])
     with services.inbox.engine.connect() as conn:
@@ -205,7 +205,7 @@ def test_rate_limits_are_waited_out_as_partnero_asks(program, database_url, redi
     waits = []
     program.throttle(2, retry_after=7)
     filler = Backfill(services, PartneroApi(services.settings.partnero, sleep=waits.append), page_size=250)
-    assert filler.run(filler.prepare()).status == FINISHED
+    assert filler.run(filler.prepare()).status == RunStatus.FINISHED
     assert waits == [7.0, 7.0]
 
 
@@ -223,18 +223,18 @@ def test_partnero_away_stops_the_run_where_it_was_and_the_next_run_carries_on(
     with pytest.raises(Exception, match="could not answer"):
         filler.run(run)
     stopped = Runs(services.inbox.engine).get(run.id)
-    assert (stopped.status, stopped.entity, stopped.next_page) == (STOPPED, "customers", 2)
+    assert (stopped.status, stopped.entity, stopped.next_page) == (RunStatus.STOPPED, "customers", 2)
     assert "503" in stopped.last_error
     program.before_page(None)
     program.fail(0)
     again = filler.prepare()
     assert again.id == run.id
-    assert filler.run(again).status == FINISHED
+    assert filler.run(again).status == RunStatus.FINISHED
 
 
 def test_ctrl_c_stops_a_run_where_it_was_without_raising_attention(program, database_url, redis_conn,
                                                                   redis_server_url):
-    from sync.ops import stats
+    from sync.ops.snapshot import backfill_attention
 
     services = make_services(database_url, redis_server_url, program)
 
@@ -244,8 +244,8 @@ def test_ctrl_c_stops_a_run_where_it_was_without_raising_attention(program, data
     with pytest.raises(KeyboardInterrupt):
         backfill(services, should_stop=interrupt)
     run = Runs(services.inbox.engine).latest()
-    assert (run.status, run.entity, run.next_page, run.last_error) == (STOPPED, "partners", 2, None)
-    assert stats.backfill_attention(run, run.heartbeat_at) == []
+    assert (run.status, run.entity, run.next_page, run.last_error) == (RunStatus.STOPPED, "partners", 2, None)
+    assert backfill_attention(run, run.heartbeat_at) == []
 
 
 def test_the_command_loads_everything_and_reports(program, database_url, redis_conn, redis_server_url):
@@ -256,7 +256,7 @@ def test_the_command_loads_everything_and_reports(program, database_url, redis_c
     assert "backfill #1: partners page 1 (7); 7 records read" in result.output  # progress
     status = cli(env, "status", "--json")
     backfill_status = json.loads(status.output)["backfill"]
-    assert (backfill_status["status"], backfill_status["records"]) == (FINISHED, 20)
+    assert (backfill_status["status"], backfill_status["records"]) == (RunStatus.FINISHED, 20)
     again = cli(env, "backfill")
     assert again.exit_code == 0 and "20 unchanged" in again.output
 
@@ -269,7 +269,7 @@ def test_a_refused_api_key_stops_it_at_once_with_a_sentence(program, database_ur
     assert "not-the-key" not in result.output
     assert len(program.requests) == 1
     status = json.loads(cli(env, "status", "--json").output)
-    assert status["backfill"]["status"] == FAILED
+    assert status["backfill"]["status"] == RunStatus.FAILED
     assert any("backfill #" in line and "API key" in line for line in status["attention"])
     text = cli(env, "status")
     assert text.exit_code == 1 and "Backfill" in text.output and "failed at partners page 1" in text.output
@@ -329,7 +329,7 @@ def test_a_backfill_runs_on_a_worker_and_shows_its_progress(program, database_ur
     assert job.get_status() == "finished"
     assert job.get_meta()["progress"].startswith("backfill #1 finished: 15 records, 15 applied")
     status = json.loads(cli(env, "status", "--json").output)["backfill"]
-    assert (status["status"], status["entities"], status["records"]) == (FINISHED, ["partners", "transactions"], 15)
+    assert (status["status"], status["entities"], status["records"]) == (RunStatus.FINISHED, ["partners", "transactions"], 15)
 
 
 def test_a_worker_backfill_hands_over_between_slices(program, database_url, redis_conn, redis_server_url,
@@ -348,14 +348,14 @@ def test_a_worker_backfill_hands_over_between_slices(program, database_url, redi
     # customers: 5 objects, one page of 250: a slice of one page, and it is finished.
     assert len(queue.finished_job_registry.get_job_ids()) == 1
     run = Runs(make_services(database_url, redis_server_url, program).inbox.engine).latest()
-    assert (run.status, run.records) == (FINISHED, 5)
+    assert (run.status, run.records) == (RunStatus.FINISHED, 5)
 
 
 def test_a_deleted_listed_object_without_a_mapping_delete_is_still_applied(program, database_url, redis_conn,
                                                                           redis_server_url):
     services = make_services(database_url, redis_server_url, program)
     program.update("customers", "cus_0", deleted=True, deleted_at=at(12), updated_at=at(12))
-    assert backfill(services).status == FINISHED
+    assert backfill(services).status == RunStatus.FINISHED
     with services.inbox.engine.connect() as conn:
         row = services.warehouse.read(conn, "customers", "cus_0")
     assert row["status"] == "deleted" and row["sync_deleted_version"] is not None
@@ -366,7 +366,7 @@ def test_an_object_the_mappings_cannot_apply_fails_alone_with_its_reason(program
     services = make_services(database_url, redis_server_url, program)
     program.update("transactions", "tx_0", amount="a lot")
     run = backfill(services)
-    assert (run.status, run.failed) == (FINISHED, 1)
+    assert (run.status, run.failed) == (RunStatus.FINISHED, 1)
     failed = services.inbox.rows(status="failed")
     assert len(failed) == 1 and failed[0].entity_id == "tx_0"
     assert "transaction.yml" in failed[0].last_error and "a lot" not in failed[0].last_error

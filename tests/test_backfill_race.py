@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from sync.partnero.api import PartneroApi
 from sync.partnero.backfill import AlreadyRunning, Backfill
-from sync.store.runs import ABANDONED, FINISHED, RUNNING, STOPPED, Run, Runs
+from sync.store.runs import Run, RunStatus, Runs
 from sync.store.sqltypes import UTCDateTime
 from tests.partnero_helpers import make_services
 
@@ -69,7 +69,7 @@ def won_and_refused(outcomes: list):
 def test_two_backfills_started_at_once_start_one_run(program, warehouse_url, redis_conn, redis_server_url):
     winner = won_and_refused(race(warehouse_url, redis_server_url, program))
     runs = Runs(make_services(warehouse_url, redis_server_url, program).inbox.engine)
-    assert winner.status == RUNNING and runs.latest().id == winner.id  # no second run was made
+    assert winner.status == RunStatus.RUNNING and runs.latest().id == winner.id  # no second run was made
 
 
 def test_two_backfills_resuming_the_same_stopped_run_at_once_take_it_up_once(
@@ -77,9 +77,9 @@ def test_two_backfills_resuming_the_same_stopped_run_at_once_take_it_up_once(
     runs = Runs(make_services(warehouse_url, redis_server_url, program).inbox.engine)
     stopped = runs.start(("partners", "customers", "transactions"), SINCE)
     runs.advance(stopped.id, "customers", 2, None, records=9)
-    runs.finish(stopped.id, STOPPED)
+    runs.finish(stopped.id, RunStatus.STOPPED)
     winner = won_and_refused(race(warehouse_url, redis_server_url, program))
-    assert (winner.id, winner.status, winner.entity, winner.next_page) == (stopped.id, RUNNING, "customers", 2)
+    assert (winner.id, winner.status, winner.entity, winner.next_page) == (stopped.id, RunStatus.RUNNING, "customers", 2)
     assert runs.latest().id == stopped.id
 
 
@@ -87,10 +87,10 @@ def test_two_restarts_at_once_abandon_the_old_run_and_start_one(program, warehou
                                                                 redis_server_url):
     runs = Runs(make_services(warehouse_url, redis_server_url, program).inbox.engine)
     old = runs.start(("partners", "customers", "transactions"), SINCE)
-    runs.finish(old.id, STOPPED)
+    runs.finish(old.id, RunStatus.STOPPED)
     winner = won_and_refused(race(warehouse_url, redis_server_url, program, restart=True))
     assert winner.id != old.id and winner.next_page == 1
-    assert runs.get(old.id).status == ABANDONED
+    assert runs.get(old.id).status == RunStatus.ABANDONED
     assert runs.latest().id == winner.id
 
 
@@ -122,15 +122,15 @@ def test_the_migration_keeps_one_unfinished_run_per_backfill(warehouse_url):
     runs = sa.table("backfill_runs", *(sa.column(c) for c in ("entities", "status", "entity", "next_page")),
                     sa.column("since", UTCDateTime()), sa.column("started_at", UTCDateTime()),
                     sa.column("heartbeat_at", UTCDateTime()))
-    rows = [("partners,customers", None, STOPPED), ("partners,customers", None, STOPPED),
-            ("partners,customers", SINCE, STOPPED), ("partners", None, FINISHED), ("partners", None, RUNNING)]
+    rows = [("partners,customers", None, RunStatus.STOPPED), ("partners,customers", None, RunStatus.STOPPED),
+            ("partners,customers", SINCE, RunStatus.STOPPED), ("partners", None, RunStatus.FINISHED), ("partners", None, RunStatus.RUNNING)]
     with engine.begin() as conn:
         conn.execute(runs.insert(), [{"entities": e, "since": s, "status": st, "entity": e.split(",")[0],
                                       "next_page": 2, "started_at": now, "heartbeat_at": now} for e, s, st in rows])
         ids = sorted(conn.execute(sa.text("SELECT id FROM backfill_runs")).scalars())
     schema.migrate(engine)
     found = Runs(engine)
-    assert [found.get(n).status for n in ids] == [ABANDONED, STOPPED, STOPPED, FINISHED, RUNNING]
+    assert [found.get(n).status for n in ids] == [RunStatus.ABANDONED, RunStatus.STOPPED, RunStatus.STOPPED, RunStatus.FINISHED, RunStatus.RUNNING]
     assert "migration" in found.get(ids[0]).last_error
     assert found.unfinished(("partners", "customers"), None).id == ids[1]
     assert found.unfinished(("partners", "customers"), SINCE).id == ids[2]

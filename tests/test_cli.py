@@ -75,9 +75,9 @@ def test_sweep_reports_what_it_found(settings, redis_conn):
 def test_sweep_with_redis_down_says_so(settings):
     env = {"DATABASE_URL": settings.database_url, "REDIS_URL": "redis://127.0.0.1:1/0"}
     from sync.store import db
-    from sync.store.inbox import PENDING, Delivery, Inbox
+    from sync.store.inbox import Delivery, DeliveryStatus, Inbox
 
-    Inbox(db.engine_for(settings.database_url)).store_many([Delivery(b'{"event":"partner.created"}', "partner.created", PENDING)])
+    Inbox(db.engine_for(settings.database_url)).store_many([Delivery(b'{"event":"partner.created"}', "partner.created", DeliveryStatus.PENDING)])
     result = CliRunner().invoke(main, ["sweep", "--older-than", "0"], env=env)
     assert result.exit_code == 1
     assert "could not wake a worker" in result.output

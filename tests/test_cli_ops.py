@@ -19,11 +19,11 @@ from rq import Queue
 
 from sync.cli import main
 from sync.cli.base import parse_duration
-from sync.ops import stats
+from sync.ops.snapshot import STUCK_AFTER
 from sync.partnero.samples import sample_delivery
 from sync.services import Services
 from sync.store import db
-from sync.store.inbox import FAILED, IGNORED, PENDING, PROCESSED, PRUNED_BODY, Delivery, Inbox, Pruned, webhook_events
+from sync.store.inbox import PRUNED_BODY, Delivery, DeliveryStatus, Inbox, Pruned, webhook_events
 from sync.worker.process import build_worker
 from sync.worker.queues import QUEUE_NAME, JobQueue, PartneroWorker
 from tests.conftest import DEAD_PG_URL, DEAD_REDIS_URL, MAPPINGS, ROOT, signed, wakeups
@@ -44,7 +44,7 @@ def store(settings, *bodies: bytes | dict, enqueue_to=None) -> list[int]:
     deliveries = []
     for body in bodies:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        deliveries.append(Delivery(raw, json.loads(raw)["event"], PENDING))
+        deliveries.append(Delivery(raw, json.loads(raw)["event"], DeliveryStatus.PENDING))
     stored = inbox.store_many(deliveries)
     ids = [stored[d.fingerprint].id for d in deliveries]
     if enqueue_to is not None:
@@ -134,7 +134,7 @@ def _table(lines: list[str]) -> list[tuple[int, str, str]]:
 def test_a_failed_delivery_needs_attention(settings, redis_conn):
     [event_id] = store(settings, malformed("partner.created", 1), enqueue_to=redis_conn)
     work(settings, redis_conn)  # the job fails it, for real
-    assert rows(settings, [event_id])[event_id]["status"] == FAILED
+    assert rows(settings, [event_id])[event_id]["status"] == DeliveryStatus.FAILED
     result = run("status", env=env_for(settings))
     assert result.exit_code == 1
     lines = result.output.splitlines()
@@ -173,8 +173,8 @@ def test_status_json_has_the_documented_keys(settings, redis_conn):
     report = json.loads(result.stdout)
     assert set(report) == {"taken_at", "state", "stuck_after_seconds", "inbox", "queue", "salesforce",
                            "ledger", "backfill", "unavailable", "attention"}
-    assert report["state"] == "attention" and report["stuck_after_seconds"] == stats.STUCK_AFTER.total_seconds()
-    assert report["inbox"]["by_status"] == {PENDING: 0, PROCESSED: 0, IGNORED: 0, FAILED: 1}
+    assert report["state"] == "attention" and report["stuck_after_seconds"] == STUCK_AFTER.total_seconds()
+    assert report["inbox"]["by_status"] == {DeliveryStatus.PENDING: 0, DeliveryStatus.PROCESSED: 0, DeliveryStatus.IGNORED: 0, DeliveryStatus.FAILED: 1}
     assert set(report["inbox"]) == {"by_status", "oldest_pending_at", "oldest_pending_age_seconds", "last_processed_at"}
     assert set(report["queue"]) == {"queued", "scheduled", "failed", "started", "workers"}
     assert report["queue"]["failed"] == 0  # the failure is the delivery's, on its row
@@ -233,7 +233,7 @@ def test_a_bad_duration_is_a_usage_error():
 def test_the_stuck_after_default_in_help_is_the_snapshots():
     help_text = " ".join(run("status", "--help", env={}).output.split())
     [default] = re.findall(r"\(default: (\w+)\)", help_text)
-    assert parse_duration(default) == stats.STUCK_AFTER
+    assert parse_duration(default) == STUCK_AFTER
 
 
 # -- requeue-failed -------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def test_requeue_failed_retries_failed_deliveries_after_a_fix(settings, redis_co
     ids = store(settings, *partners, sample_delivery("customer.created"), enqueue_to=redis_conn)
     work(settings.with_overrides(mappings_dir=broken_mappings), redis_conn)
     before = rows(settings, ids)
-    assert [before[i]["status"] for i in ids] == [FAILED, FAILED, FAILED, PROCESSED]
+    assert [before[i]["status"] for i in ids] == [DeliveryStatus.FAILED, DeliveryStatus.FAILED, DeliveryStatus.FAILED, DeliveryStatus.PROCESSED]
     assert "approved: a text is not true or false" in before[ids[0]]["last_error"]
     assert failed_registry(redis_conn).count == 0  # the job did its work; the failures are the rows'
 
@@ -253,14 +253,14 @@ def test_requeue_failed_retries_failed_deliveries_after_a_fix(settings, redis_co
     assert result.exit_code == 0
     assert "requeued 3 failed deliveries, a worker woken" in result.output
     after = rows(settings, ids[:3])
-    assert {r["status"] for r in after.values()} == {PENDING} and {r["attempts"] for r in after.values()} == {0}
+    assert {r["status"] for r in after.values()} == {DeliveryStatus.PENDING} and {r["attempts"] for r in after.values()} == {0}
     assert all("a text is not true or false" in r["last_error"] for r in after.values())  # kept until a retry succeeds
     assert wakeups(redis_conn) == 1
     assert failed_registry(redis_conn).count == 0
 
     work(settings, redis_conn)
     done = rows(settings, ids)
-    assert {r["status"] for r in done.values()} == {PROCESSED}
+    assert {r["status"] for r in done.values()} == {DeliveryStatus.PROCESSED}
     assert {r["last_error"] for r in done.values()} == {None}
     assert run("status", env=env_for(settings)).exit_code == 0
 
@@ -282,7 +282,7 @@ def test_requeue_failed_by_date_and_event_type(settings, redis_conn):
     assert "requeued 1 failed deliveries, a worker woken" in partners.output
     assert wakeups(redis_conn) == 1  # one wake-up waits at a time
     statuses = {i: r["status"] for i, r in rows(settings, [old_partner, old_customer, new_partner, new_customer]).items()}
-    assert statuses == {old_partner: PENDING, old_customer: FAILED, new_partner: PENDING, new_customer: PENDING}
+    assert statuses == {old_partner: DeliveryStatus.PENDING, old_customer: DeliveryStatus.FAILED, new_partner: DeliveryStatus.PENDING, new_customer: DeliveryStatus.PENDING}
 
 
 def test_requeue_failed_dry_run_changes_nothing(settings, redis_conn):
@@ -291,7 +291,7 @@ def test_requeue_failed_dry_run_changes_nothing(settings, redis_conn):
     ids += store(settings, malformed("partner.created", 3), enqueue_to=redis_conn)
     work(settings, redis_conn)
     before = rows(settings, ids)
-    assert [before[i]["status"] for i in ids] == [FAILED] * 3
+    assert [before[i]["status"] for i in ids] == [DeliveryStatus.FAILED] * 3
     result = CliRunner().invoke(main, ["requeue-failed", "--dry-run"], env=env_for(settings))
     assert result.exit_code == 1  # one still cannot be applied
     assert result.stdout.strip() == "would requeue 2 failed deliveries (dry run: nothing changed)"
@@ -310,14 +310,14 @@ def test_requeue_failed_with_redis_down_leaves_them_to_the_sweeper(settings, red
     assert "requeued 2 failed deliveries\n" in result.stdout and "woken" not in result.stdout
     assert "Redis could not take the wake-up (could not wake a worker: " in result.stderr
     assert "the worker's sweeper will wake a worker once Redis answers" in result.stderr
-    assert {r["status"] for r in rows(settings, ids).values()} == {PENDING}
+    assert {r["status"] for r in rows(settings, ids).values()} == {DeliveryStatus.PENDING}
 
     # Redis is back: the sweep the worker runs every minute wakes one.
     swept = run("sweep", "--older-than", "0", env=env_for(settings)).output.strip()
     assert swept == "2 pending deliveries waited with nobody on the way; a worker was woken"
     assert wakeups(redis_conn) == 1
     work(settings, redis_conn)
-    assert {r["status"] for r in rows(settings, ids).values()} == {PROCESSED}  # the cause was fixed: applied
+    assert {r["status"] for r in rows(settings, ids).values()} == {DeliveryStatus.PROCESSED}  # the cause was fixed: applied
 
 
 # -- prune ----------------------------------------------------------------------------------
@@ -333,7 +333,7 @@ def test_prune_drops_only_the_bodies_of_old_finished_deliveries(settings, redis_
     old = [processed, ignored, failed, pending]
     backdate(settings, old, timedelta(days=100))
     before = rows(settings, old + [recent])
-    assert [before[i]["status"] for i in old + [recent]] == [PROCESSED, IGNORED, FAILED, PENDING, PROCESSED]
+    assert [before[i]["status"] for i in old + [recent]] == [DeliveryStatus.PROCESSED, DeliveryStatus.IGNORED, DeliveryStatus.FAILED, DeliveryStatus.PENDING, DeliveryStatus.PROCESSED]
     size = len(before[processed]["body"]) + len(before[ignored]["body"])
 
     dry = run("prune", "--older-than", "90d", "--dry-run", env=env_for(settings))
@@ -377,14 +377,14 @@ def test_replay_skips_pruned_deliveries_and_says_so(settings, redis_conn):
     result = run("replay", env=env_for(settings))
     assert result.exit_code == 0
     assert "replayed 3: 1 processed, 0 ignored, 0 failed, 2 skipped: pruned (their bodies were dropped)" in result.output
-    assert {r["status"] for r in rows(settings, ids).values()} == {PROCESSED}
+    assert {r["status"] for r in rows(settings, ids).values()} == {DeliveryStatus.PROCESSED}
 
 
 def test_several_prunes_at_once_share_the_work(settings):
     ids = store(settings, *(sample_delivery("partner.updated", id=f"ptn_{i}") for i in range(120)))
     inbox = Inbox(db.engine_for(settings.database_url))
     with db.engine_for(settings.database_url).begin() as conn:
-        conn.execute(webhook_events.update().values(status=PROCESSED))
+        conn.execute(webhook_events.update().values(status=DeliveryStatus.PROCESSED))
     backdate(settings, ids, timedelta(days=100))
     expected = inbox.prunable(datetime.now(timezone.utc) - timedelta(days=90))
     assert expected.rows == 120
@@ -490,7 +490,7 @@ def test_database_errors_are_explained_without_their_parameters(database_url):
     with pytest.raises(sa.exc.IntegrityError) as refused:
         with engine.begin() as conn:
             row = {"fingerprint": "value-that-must-not-show".ljust(64, "0"), "event_type": "x", "body": b"{}",
-                   "received_at": datetime.now(timezone.utc), "status": PENDING}
+                   "received_at": datetime.now(timezone.utc), "status": DeliveryStatus.PENDING}
             conn.execute(webhook_events.insert(), [row, row])
     message = explain(refused.value)
     assert message.startswith("database error: ") and "unique constraint" in message.lower()

@@ -142,7 +142,7 @@ def test_an_expired_session_that_cannot_be_renewed_is_reported_in_healthz_and_no
     services = app.extensions["partnero"]
     deliver(services, partner())
     fake.expire_sessions()
-    outcome = services.flushes.run_job()
+    outcome = services.flush_schedule.run_job()
     assert "SALESFORCE_SESSION_ID cannot be renewed" in outcome.text
     health = app.test_client().get("/healthz", headers=AUTH)  # the operator's report
     assert health.status_code == 200  # the web can still serve: Salesforce is not what it serves
@@ -155,7 +155,7 @@ def test_an_expired_session_that_cannot_be_renewed_is_reported_in_healthz_and_no
     due = crm.scheduled_job_registry.get_scheduled_time(held)
     assert due > datetime.now(timezone.utc) + timedelta(minutes=55)
     calls = fake.count("collections")
-    assert services.flushes.request() is False  # the worker's housekeeping asks in vain meanwhile
+    assert services.flush_schedule.request() is False  # the worker's housekeeping asks in vain meanwhile
     assert fake.count("collections") == calls
 
 
@@ -170,7 +170,7 @@ def test_salesforce_back_after_an_outage_gets_the_backlog_within_a_minute_and_is
     delays = []
     for _ in range(8):  # eight failed flushes in a row: each probes once
         before = fake.count("outage")
-        services.flushes.run_job()
+        services.flush_schedule.run_job()
         assert fake.count("outage") == before + 1
         [job_id] = crm.scheduled_job_registry.get_job_ids()
         delays.append((crm.scheduled_job_registry.get_scheduled_time(job_id) - datetime.now(timezone.utc)).total_seconds())
@@ -179,7 +179,7 @@ def test_salesforce_back_after_an_outage_gets_the_backlog_within_a_minute_and_is
     assert all(d >= 39 for d in delays[4:]), delays  # about one probe a minute while it is away
     assert {r["next_attempt_at"] for r in outbox_rows(services).values()} == {None}  # due at the next flush
     fake.outage = None
-    services.flushes.run_job()
+    services.flush_schedule.run_job()
     assert len(fake.records("Contact")) == 30
 
 
@@ -299,7 +299,7 @@ def test_a_flush_worker_killed_with_sigkill_holds_up_the_next_flush_by_seconds(p
     services = Services.build(settings, redis_conn)
     deliver(services, *(partner(id=f"ptn_{i:04d}") for i in range(2000)))  # ten calls of 200
     env = environment(DATABASE_URL=pg_url, REDIS_URL=redis_server_url, LOG_FORMAT="text", **salesforce_env(fake))
-    services.flushes.request()
+    services.flush_schedule.request()
     worker = start(f"{BIN}/partnero-sync worker", env, cwd=tmp_path)
     try:
         wait_for(lambda: fake.count("collections") >= 2, what="the flush to be under way")
@@ -308,7 +308,7 @@ def test_a_flush_worker_killed_with_sigkill_holds_up_the_next_flush_by_seconds(p
     assert redis_conn.exists(schedule.LOCK)  # the dead flush's lock is still there
     killed_at = time.monotonic()
     fake.latency = 0
-    report = services.flushes.run_foreground(wait_seconds=schedule.LOCK_SECONDS + 5)
+    report = services.flush_schedule.run_foreground(wait_seconds=schedule.LOCK_SECONDS + 5)
     assert time.monotonic() - killed_at <= schedule.LOCK_SECONDS + 5
     assert len(fake.records("Contact")) == 2000 and report.synced + fake.count("collections") >= 10
 
@@ -323,7 +323,7 @@ def test_sigterm_stops_a_flush_between_calls_and_a_fresh_job_carries_on(pg_url, 
     services = Services.build(settings, redis_conn)
     deliver(services, *(partner(id=f"ptn_{i:04d}") for i in range(2000)))
     env = environment(DATABASE_URL=pg_url, REDIS_URL=redis_server_url, LOG_FORMAT="text", **salesforce_env(fake))
-    services.flushes.request()
+    services.flush_schedule.request()
     worker = start(f"{BIN}/partnero-sync worker", env, cwd=tmp_path)
     try:
         wait_for(lambda: fake.count("collections") >= 2, what="the flush to be under way")
@@ -352,10 +352,10 @@ def test_crm_flush_takes_the_workers_lock(services, fake, redis_conn):
     from sync.core.errors import TransientError
 
     with pytest.raises(TransientError, match="held the lock"):
-        services.flushes.run_foreground(wait_seconds=1)
+        services.flush_schedule.run_foreground(wait_seconds=1)
     assert fake.count("collections") == 0
     lock.release()
-    assert services.flushes.run_foreground().synced == 1
+    assert services.flush_schedule.run_foreground().synced == 1
 
 
 def test_the_fold_never_deletes_a_change_committed_while_it_ran(pg_url, redis_conn, fake, settings):

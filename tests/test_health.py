@@ -124,7 +124,7 @@ def _post(document: dict) -> dict:
 
 
 def test_a_snapshot_names_a_database_error_that_has_no_message(app, monkeypatch):
-    from sync.ops import stats
+    from sync.ops.snapshot import take
 
     services = app.extensions["partnero"]
 
@@ -132,7 +132,7 @@ def test_a_snapshot_names_a_database_error_that_has_no_message(app, monkeypatch)
         raise RuntimeError()
 
     monkeypatch.setattr(services.inbox, "summary", broken)
-    assert stats.take(services).unavailable["database"] == "RuntimeError"
+    assert take(services).unavailable["database"] == "RuntimeError"
 
 
 def test_healthz_names_a_check_that_fails_without_a_message_to_the_operator_only(settings, redis_conn, monkeypatch):

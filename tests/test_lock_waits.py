@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sync.partnero.samples import sample_delivery
 from sync.services import Services
 from sync.store import db
-from sync.store.inbox import PENDING, Inbox, webhook_events
+from sync.store.inbox import DeliveryStatus, Inbox, webhook_events
 from sync.worker import jobs
 from tests.conftest import MAPPINGS, REDIS_URL, empty_database, empty_tables, held_by_another_transaction, signed
 from tests.test_worker import row, store
@@ -104,7 +104,7 @@ def _row_lock_case(url: str, redis_conn, server_setting: str | None) -> None:
         waiting = row(settings, locked[0])
     assert took < WITHIN_SECONDS, took
     # It waits alone: pending, let go of until its retry, and no suspect (its attempt taken back).
-    assert waiting["status"] == PENDING and waiting["last_error"].startswith("waited on a lock")
+    assert waiting["status"] == DeliveryStatus.PENDING and waiting["last_error"].startswith("waited on a lock")
     assert waiting["attempts"] == 0
     assert waiting["claimed_until"] > datetime.now(timezone.utc) + timedelta(seconds=5)
     assert {row(settings, i)["attempts"] for i in others} == {1}
@@ -130,7 +130,7 @@ def test_a_locked_table_holds_up_only_the_deliveries_to_it(kind, server_setting,
         waiting = [row(settings, i) for i in customers]
     assert took < WITHIN_SECONDS, took
     assert applied == {"processed"}
-    assert {(w["status"], w["attempts"]) for w in waiting} == {(PENDING, 0)}
+    assert {(w["status"], w["attempts"]) for w in waiting} == {(DeliveryStatus.PENDING, 0)}
     assert {w["last_error"][:16] for w in waiting} == {"waited on a lock"}
     _as_if_later(server_url)
     jobs.drain(services)
@@ -153,7 +153,7 @@ def test_database_blips_take_back_their_attempts_and_never_make_rows_be_claimed_
         finally:
             with engine.begin() as conn:
                 conn.execute(sa.text("ALTER TABLE partners_away RENAME TO partners"))
-        assert {(row(settings, i)["status"], row(settings, i)["attempts"]) for i in ids} == {(PENDING, 0)}
+        assert {(row(settings, i)["status"], row(settings, i)["attempts"]) for i in ids} == {(DeliveryStatus.PENDING, 0)}
     # All four are claimed together, not one at a time.
     inbox = Inbox(engine)
     assert sorted(e.id for e in inbox.claim()) == sorted(ids)

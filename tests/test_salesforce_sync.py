@@ -16,7 +16,7 @@ from sync.core.errors import TransientError
 from sync.partnero.samples import CUSTOMER, PARTNER, TRANSACTION, sample_delivery
 from sync.services import Services
 from sync.settings import SalesforceSettings
-from sync.store.inbox import PENDING, Delivery
+from sync.store.inbox import Delivery, DeliveryStatus
 from sync.store.outbox import crm_outbox
 from sync.worker.process import build_worker
 from sync.worker.queues import QUEUE_NAME, PartneroWorker
@@ -36,7 +36,7 @@ def services(settings, fake, redis_conn) -> Services:
 
 def deliver(services: Services, *documents) -> None:
     bodies = [json.dumps(d).encode() for d in documents]
-    stored = services.inbox.store_many([Delivery(b, json.loads(b)["event"], PENDING) for b in bodies])
+    stored = services.inbox.store_many([Delivery(b, json.loads(b)["event"], DeliveryStatus.PENDING) for b in bodies])
     events = services.inbox.claim(len(stored), ids=[s.id for s in stored.values()])
     result = services.processor.process_batch(events)
     assert not result.failed, result.failed
@@ -263,8 +263,8 @@ def test_the_worker_flushes_after_processing(settings, fake, redis_conn):
     crm = settings.with_overrides(salesforce=password_login(fake))
     services = Services.build(crm, redis_conn)
     bodies = [json.dumps(d).encode() for d in (partner(), sample_delivery("customer.created"))]
-    services.inbox.store_many([Delivery(b, json.loads(b)["event"], PENDING) for b in bodies])
-    services.jobs.wake()
+    services.inbox.store_many([Delivery(b, json.loads(b)["event"], DeliveryStatus.PENDING) for b in bodies])
+    services.queue.wake()
     build_worker(Services.build(crm, redis_conn), worker_class=PartneroWorker).work(burst=True)
     assert fake.get("Account", "Partnero_Customer_Key__c", "acct_000481") is not None
     queue = Queue(QUEUE_NAME, connection=redis_conn)
@@ -357,7 +357,7 @@ def commission(fake) -> tuple:
 
 
 def test_the_contact_gets_owed_approved_and_pending_kept_current_as_statuses_move(services, fake):
-    from sync.ops import stats
+    from sync.ops.snapshot import take
 
     # Two sales in USD, one in EUR: USD is the program's currency (the most used); EUR stays out.
     deliver(services, partner(), sale("in_1", "2026-03-14T10:15:31Z", 44.7, "review_period"),
@@ -374,7 +374,7 @@ def test_the_contact_gets_owed_approved_and_pending_kept_current_as_statuses_mov
     services.flusher().flush()
     assert commission(fake) == (0, 0, 0)
     # status says which currency Salesforce gets, and who earns in another.
-    ledger = stats.take(services, with_ledger=True).ledger
+    ledger = take(services, with_ledger=True).ledger
     assert (ledger.currency, ledger.configured, ledger.others) == ("USD", False, {"EUR": 1})
 
 

@@ -75,11 +75,11 @@ def test_a_database_made_before_migrations_is_adopted_and_upgraded(empty_url):
     # Only the tables later migrations add are new.
     assert lines == ["created table backfill_runs",
                      f"fixed tables migrated from {schema.BASELINE} to {schema.head_revision()}"]
-    rows = Inbox(engine).events()
+    rows = Inbox(engine).deliveries()
     (old,) = list(rows)
     assert (old.fingerprint, old.status, old.entity_id) == ("f1", "processed", None)
     Inbox(engine).store_many([Delivery(b'{"event": "partner.updated"}', "partner.updated", "pending", "ptn_1")])
-    assert [e.entity_id for e in Inbox(engine).events()] == [None, "ptn_1"]
+    assert [e.entity_id for e in Inbox(engine).deliveries()] == [None, "ptn_1"]
 
 
 def test_the_reserved_table_names_come_from_the_schema():

@@ -213,7 +213,7 @@ def test_an_event_no_mapping_handles_is_ignored(pipe):
 def test_a_delivery_the_database_refuses_fails_alone(pg_url):
     """A value longer than its column (a reward's status, 64 characters in the ledger) refuses the
     whole fast batch; the rest still lands. (A record id that long is refused before any write.)"""
-    from sync.store.inbox import PENDING, Delivery
+    from sync.store.inbox import Delivery, DeliveryStatus
     from tests.conftest import empty_tables
 
     empty_tables(pg_url)
@@ -222,7 +222,7 @@ def test_a_delivery_the_database_refuses_fails_alone(pg_url):
     documents = [partner("partner.created", "2026-03-14T00:00:00.000000Z"),
                  transaction("transaction.created", "2026-03-14T10:15:31.000000Z", rewards=rewards)]
     bodies = [__import__("json").dumps(d).encode() for d in documents]
-    stored = pipe.inbox.store_many([Delivery(b, d["event"], PENDING) for b, d in zip(bodies, documents)])
+    stored = pipe.inbox.store_many([Delivery(b, d["event"], DeliveryStatus.PENDING) for b, d in zip(bodies, documents)])
     events = pipe.inbox.claim(len(stored), ids=[s.id for s in stored.values()])
     result = pipe.processor.process_batch(events)
     assert len(result.processed) == 1 and len(result.failed) == 1

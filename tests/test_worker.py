@@ -18,7 +18,7 @@ from sync.pipeline.processor import Processor
 from sync.services import Services
 from sync.settings import Settings
 from sync.store import db
-from sync.store.inbox import PENDING, Delivery, Inbox, webhook_events
+from sync.store.inbox import Delivery, DeliveryStatus, Inbox, webhook_events
 from sync.worker import jobs
 from sync.worker.process import build_worker
 from sync.worker.queues import QUEUE_NAME, JobQueue, PartneroWorker
@@ -27,7 +27,7 @@ from tests.conftest import DEAD_PG_URL, MAPPINGS, drain_jobs
 
 def store(settings, *documents, enqueue_to=None) -> list[int]:
     inbox = Inbox(db.engine_for(settings.database_url))
-    deliveries = [Delivery(json.dumps(d).encode(), d["event"], PENDING) for d in documents]
+    deliveries = [Delivery(json.dumps(d).encode(), d["event"], DeliveryStatus.PENDING) for d in documents]
     stored = inbox.store_many(deliveries)
     ids = [stored[d.fingerprint].id for d in deliveries]
     if enqueue_to is not None:

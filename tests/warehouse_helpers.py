@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sync.mapping import load_mappings
 from sync.pipeline.processor import Processor
 from sync.store import db, ledger
-from sync.store.inbox import PENDING, Delivery, Event, Inbox, webhook_events
+from sync.store.inbox import Delivery, DeliveryStatus, Inbox, StoredDelivery, webhook_events
 from sync.store.ledger import commission_entries
 from sync.store.warehouse import Warehouse
 from tests.conftest import MAPPINGS
@@ -29,12 +29,12 @@ class Pipe:
         self.warehouse = Warehouse(self.mappings)
         self.processor = Processor(self.engine, self.inbox, self.mappings, self.warehouse)
 
-    def store(self, document: dict | bytes) -> Event:
+    def store(self, document: dict | bytes) -> StoredDelivery:
         body = document if isinstance(document, bytes) else json.dumps(document).encode()
         event_type = json.loads(body)["event"]
-        stored = self.inbox.store_many([Delivery(body, event_type, PENDING)])
+        stored = self.inbox.store_many([Delivery(body, event_type, DeliveryStatus.PENDING)])
         [outcome] = stored.values()
-        return self.inbox.event(outcome.id)
+        return self.inbox.delivery(outcome.id)
 
     def deliver(self, *documents: dict | bytes) -> list[str]:
         return [self.processor.process(self.store(d)) for d in documents]
@@ -46,7 +46,7 @@ class Pipe:
         while start < len(documents):
             size = sizes[turn % len(sizes)] if sizes else 1
             chunk, start, turn = documents[start:start + size], start + size, turn + 1
-            deliveries = [Delivery(json.dumps(d).encode(), d["event"], PENDING) for d in chunk]
+            deliveries = [Delivery(json.dumps(d).encode(), d["event"], DeliveryStatus.PENDING) for d in chunk]
             stored = self.inbox.store_many(deliveries)
             ids = [stored[d.fingerprint].id for d in deliveries]
             result = self.processor.process_batch(self.inbox.claim(len(ids), ids=ids))

@@ -43,7 +43,7 @@ def requeue_failed(since: datetime | None, event_type: str | None, dry_run: bool
         count, skipped = preview(services.inbox, check, since=utc(since), event_type=event_type)
         click.echo(f"would requeue {count} failed deliveries (dry run: nothing changed)")
     else:
-        result = run_requeue(services.inbox, services.jobs, since=utc(since), event_type=event_type,
+        result = run_requeue(services.inbox, services.queue, since=utc(since), event_type=event_type,
                              still_failing=check)
         click.echo(f"requeued {result.requeued} failed deliveries" + (", a worker woken" if result.enqueued else ""))
         if result.redis_error is not None:
@@ -85,10 +85,10 @@ def prune(older_than: timedelta, dry_run: bool) -> None:
     """
     from sync.ops.progress import progressbar
     from sync.services import Services
-    from sync.store.inbox import Pruned, utcnow
+    from sync.store.inbox import Pruned
 
     services = Services.build(load_settings())
-    before = utcnow() - older_than
+    before = services.clock() - older_than
     when = f"received before {before:%Y-%m-%d %H:%M:%S} UTC"
     due = services.inbox.prunable(before)
     if dry_run:
@@ -237,12 +237,13 @@ def mappings_preview(delivery: Path, directory: Path | None) -> None:
     Use it to see the effect of a mapping change on a real delivery before deploying it. Needs
     no database. Exit status 2 when the mapping files have problems.
     """
+    from sync.core.clock import system_clock
     from sync.mapping import load_mappings
     from sync.ops.preview import render
     from sync.store.schema import RESERVED_TABLES
 
     directory = directory or load_settings().mappings_dir
-    click.echo(render(load_mappings(directory, RESERVED_TABLES), delivery.read_bytes()))
+    click.echo(render(load_mappings(directory, RESERVED_TABLES), delivery.read_bytes(), system_clock()))
 
 
 @main.command()

@@ -88,7 +88,7 @@ def backfill(entities: tuple[str, ...] | None, since: datetime | None, restart: 
                    f"({run.records:,} records done before; --restart starts again)")
     if in_worker:
         filler.runs.queue(run.id)
-        job_id = services.jobs.enqueue_backfill(run.id, f"backfill #{run.id}: {', '.join(run.entities)}")
+        job_id = services.queue.enqueue_backfill(run.id, f"backfill #{run.id}: {', '.join(run.entities)}")
         click.echo(f"backfill #{run.id} queued on a worker (job {job_id}); follow it in the dashboard (/rq) "
                    "or with `partnero-sync status`")
         return

@@ -52,8 +52,8 @@ def crm_retry(object_name: str | None) -> None:
     with services.inbox.engine.begin() as conn:
         count = Outbox().retry_failed(conn, object_name)
         uncomputed = Outbox().refused_by_mapping(conn, object_name)
-    services.flushes.forget_problem()
-    services.flushes.request(force=True)
+    services.flush_schedule.forget_problem()
+    services.flush_schedule.request(force=True)
     click.echo(f"{count} records will be sent again")
     if uncomputed:
         click.echo(f"{uncomputed} records the mapping could not compute (MAPPING_ERROR) are not: fix the "
@@ -73,7 +73,8 @@ def crm_flush() -> None:
     services = Services.build(load_settings())
     if services.flusher() is None:
         raise ConfigurationError("Salesforce sync is off: no SALESFORCE_ variables are set")
-    report = services.flushes.run_foreground(on_progress=lambda r: click.echo(f"  {safe(r.summary())}", err=True))
+    report = services.flush_schedule.run_foreground(
+        on_progress=lambda r: click.echo(f"  {safe(r.summary())}", err=True))
     click.echo(safe(report.summary()))
     if report.org_refusal is not None:
         raise SyncError(report.org_refusal.message)

@@ -77,7 +77,7 @@ def sweep(older_than: int) -> None:
     from sync.services import Services
 
     services = Services.build(load_settings())
-    count = run_sweep(services.inbox, services.jobs, timedelta(seconds=older_than))
+    count = run_sweep(services.inbox, services.queue, timedelta(seconds=older_than))
     click.echo(f"{count} pending deliveries waited with nobody on the way; a worker was woken" if count
                else "nothing to sweep: every pending delivery is on its way")
 
@@ -127,17 +127,17 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
       unavailable: {database, redis: why it could not be read; absent when read},
       attention: [one sentence per thing that needs a person]
     """
-    from sync.ops import stats
+    from sync.ops.snapshot import STUCK_AFTER, Health, take
     from sync.ops.status import render
     from sync.services import Services
 
     services = Services.build(load_settings())
-    snapshot = stats.take(services, stuck_after or stats.STUCK_AFTER, with_ledger=True)
+    snapshot = take(services, stuck_after or STUCK_AFTER, with_ledger=True)
     if as_json:
         click.echo(json.dumps(snapshot.as_dict(), indent=2))
     else:
         click.echo(render(snapshot, services.settings.salesforce.describe()))
-    sys.exit({stats.OK: 0, stats.ATTENTION: 1, stats.UNKNOWN: 2}[snapshot.state])
+    sys.exit({Health.OK: 0, Health.ATTENTION: 1, Health.UNKNOWN: 2}[snapshot.state])
 
 
 @main.command()

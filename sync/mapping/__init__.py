@@ -1,6 +1,6 @@
 """The mapping engine: YAML files in MAPPINGS_DIR, checked once into typed objects, say what each
-delivery becomes. Pure but for reading the files (``loader``) and the clock (``evaluate.version_time``,
-when given no arrival time); imports only sync.core."""
+delivery becomes. Pure but for reading the files (``loader``): the caller tells the time a delivery
+arrived (``plan``, ``evaluate.version_time``); imports only sync.core."""
 
 from sync.mapping.evaluate import (
     FieldProblem,

@@ -212,24 +212,25 @@ def version_time(mapping: Mapping, document: Any, received_at: datetime | None =
 
     A version that cannot be read, or is absurd (before 1971, or more than a day ahead of the
     delivery's own ``created_at``), falls back to the delivery's time, and an absurd delivery time
-    to the time it arrived: one bad timestamp must neither fail a delivery nor pin a record
-    against later updates.
+    to the time it arrived (``received_at``): one bad timestamp must neither fail a delivery nor
+    pin a record against later updates. Without ``received_at`` (not known), a delivery time is
+    only checked against 1971. The caller tells the time: this reads no clock.
     """
-    arrived = received_at or datetime.now(timezone.utc)
     sent = parse_timestamp(document.get("created_at")) or parse_timestamp(document.get("timestamp"))
-    if not _believable(sent, arrived):
+    if not _believable(sent, received_at):
         sent = received_at
     try:
         at = mapping.version.evaluate(document)
     except Exception:  # noqa: BLE001 - an unreadable time is not worth a failed delivery
         at = None
-    if not _believable(at, sent or arrived):
+    if not _believable(at, sent or received_at):
         at = sent
     return at or EPOCH
 
 
-def _believable(at: Any, reference: datetime) -> bool:
-    return isinstance(at, datetime) and EARLIEST <= at and at - reference <= MAX_AHEAD
+def _believable(at: Any, reference: datetime | None) -> bool:
+    """Whether ``at`` is a time after 1971, and not more than a day ahead of ``reference`` (if known)."""
+    return isinstance(at, datetime) and EARLIEST <= at and (reference is None or at - reference <= MAX_AHEAD)
 
 
 #: A currency is an ISO 4217 code: three capital letters (after the mapping's transforms).

@@ -18,7 +18,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from sync.store import inbox
+from sync.store.inbox import DeliveryStatus, ReceiptStatus
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ RECEIVED = Counter(
     "for refused ones, reason (bad_signature, missing_signature, malformed_signature, malformed_json, "
     "too_large, unavailable, error).",
     ("outcome", "reason"),
-    known=((inbox.QUEUED, ""), (inbox.DUPLICATE, ""), (inbox.IGNORED, ""),
+    known=((ReceiptStatus.QUEUED, ""), (ReceiptStatus.DUPLICATE, ""), (ReceiptStatus.IGNORED, ""),
            *((REFUSED, reason) for reason in (BAD_SIGNATURE, MISSING_SIGNATURE, MALFORMED_SIGNATURE,
                                               MALFORMED_JSON, TOO_LARGE, UNAVAILABLE, ERROR))),
 )
@@ -254,7 +254,7 @@ ATTEMPTS = Counter(
     "Deliveries a worker job tried to process, by outcome (processed, ignored, failed, or retried "
     "later after a transient error).",
     ("outcome",),
-    known=((inbox.PROCESSED,), (inbox.IGNORED,), (inbox.FAILED,), (RETRIED,)),
+    known=((DeliveryStatus.PROCESSED,), (DeliveryStatus.IGNORED,), (DeliveryStatus.FAILED,), (RETRIED,)),
 )
 SALESFORCE_CALLS = Counter(
     "salesforce_calls",

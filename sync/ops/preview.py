@@ -14,8 +14,9 @@ from sync.rules.commissions import standing
 from sync.store.inbox import fingerprint
 
 
-def render(mappings: MappingSet, body: bytes) -> str:
-    """A readable account of the writes ``body`` implies, or why it implies none.
+def render(mappings: MappingSet, body: bytes, arrived_at: datetime) -> str:
+    """A readable account of the writes ``body`` implies, were it to arrive at ``arrived_at``, or why
+    it implies none.
 
     Raises ``FieldProblem`` when the delivery would fail, with the reason the worker would give.
     """
@@ -28,7 +29,7 @@ def render(mappings: MappingSet, body: bytes) -> str:
         return f"{event}: no mapping handles this event; it would be stored as ignored"
     if not isinstance(document.get("data"), dict):
         return f'{event}: delivery has no "data" object; it would fail'
-    what = plan(mapping, document, fingerprint(body))
+    what = plan(mapping, document, fingerprint(body), arrived_at)
     lines = [f"{event} -> {mapping.path.name} ({mapping.entity})"]
     change = what.change
     if change is not None:

@@ -1,16 +1,15 @@
-"""``partnero-sync status`` as text: the stats snapshot as an aligned table a person reads."""
+"""``partnero-sync status`` as text: the snapshot as an aligned table a person reads."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 from sync.ops.progress import duration
-from sync.ops.stats import UNKNOWN, Snapshot, backlog
+from sync.ops.snapshot import Health, Snapshot, backlog
 from sync.ops.terminal import safe
-from sync.store.inbox import STATUSES
+from sync.store.inbox import DeliveryStatus
 from sync.store.ledger import Summary
-from sync.store.outbox import FAILED as CRM_FAILED
-from sync.store.outbox import SYNCED as CRM_SYNCED
+from sync.store.outbox import OutboxStatus
 from sync.store.runs import Run
 
 #: How the sources ``Snapshot.unavailable`` names are written for a person.
@@ -25,7 +24,7 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
         rows.append(("Inbox", f"cannot tell: {snapshot.unavailable.get('database', 'not read')}"))
     else:
         rows.append(("Inbox", ""))
-        rows += [(f"  {status}", str(inbox.counts[status])) for status in STATUSES]
+        rows += [(f"  {status}", str(inbox.counts[status])) for status in DeliveryStatus]
         oldest = inbox.oldest_pending_at
         rows.append(("  oldest pending", _ago(oldest, snapshot.taken_at) if oldest else "nothing pending"))
         rows.append(("  last processed", _ago(inbox.last_processed_at, snapshot.taken_at)))
@@ -44,8 +43,8 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
     rows.append(("Salesforce", salesforce))
     if snapshot.crm_enabled and inbox is not None:
         for obj, by_status in sorted(snapshot.crm.items()):
-            rows.append((f"  {obj}", f"backlog {backlog(by_status)}, refused {by_status.get(CRM_FAILED, 0)}, "
-                                     f"synced {by_status.get(CRM_SYNCED, 0)}"))
+            rows.append((f"  {obj}", f"backlog {backlog(by_status)}, refused {by_status.get(OutboxStatus.FAILED, 0)}, "
+                                     f"synced {by_status.get(OutboxStatus.SYNCED, 0)}"))
         rows.append(("  last synced record", _ago(snapshot.crm_last_synced_at, snapshot.taken_at)))
     if snapshot.ledger is not None:
         rows += _ledger(snapshot.ledger)
@@ -58,7 +57,7 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
     if reasons:
         lines.append("Needs attention")
         lines += [f"  - {safe(reason)}" for reason in reasons]
-    if snapshot.state == UNKNOWN:
+    if snapshot.state == Health.UNKNOWN:
         unread = " and ".join(_SOURCES.get(name, name) for name in sorted(snapshot.unavailable))
         lines.append(f"Cannot tell whether all is well: the {unread} could not be read.")
     elif not reasons:

@@ -13,14 +13,14 @@ from sync.core import envelope
 from sync.core.envelope import MalformedDelivery
 from sync.mapping import Mapping, identify
 from sync.store import ledger
-from sync.store.inbox import Event, InboxRow
+from sync.store.inbox import InboxRow, StoredDelivery
 from sync.store.outbox import Outbox
 
 
 @dataclass(frozen=True)
 class Trace:
     row: InboxRow
-    event: Event
+    event: StoredDelivery
     #: The body indented for reading; None when it was pruned.
     payload: str | None
     #: The mapping that handles the event type; None: the delivery is stored for the record only.

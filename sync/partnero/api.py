@@ -46,6 +46,7 @@ from urllib.parse import quote
 import requests
 
 from sync.core import backoff, envelope
+from sync.core.clock import Clock, system_clock
 from sync.core.envelope import MalformedDelivery
 from sync.core.errors import ConfigurationError, PermanentError, SyncError, TransientError
 from sync.rules.listed import ENTITIES
@@ -185,13 +186,15 @@ class PartneroApi:
     """Partnero's REST API for one program (the program of the API key)."""
 
     def __init__(self, settings: PartneroApiSettings, *, session: requests.Session | None = None,
-                 sleep: Callable[[float], None] = time.sleep, timeout: float = 30):
+                 sleep: Callable[[float], None] = time.sleep, timeout: float = 30, clock: Clock = system_clock):
         self._key = settings.require_key()
         self.base_url = settings.api_url.rstrip("/")
         # requests honours REQUESTS_CA_BUNDLE, so a private CA can be trusted; verification stays on.
         self.session = session or requests.Session()
         self.sleep = sleep
         self.timeout = timeout
+        #: What time it is: when a page was observed, and what a Retry-After date means.
+        self.clock = clock
         self._headers = {"Authorization": f"Bearer {self._key}", "Accept": "application/json",
                          "User-Agent": f"partnero-sync/{_version()}"}
         if settings.in_clear:  # settings allow it to this machine only
@@ -267,7 +270,7 @@ class PartneroApi:
         logs and errors without any value."""
         sent_values = _strings(params) | _strings(json)
         for attempt in range(ATTEMPTS):
-            sent = datetime.now(timezone.utc)
+            sent = self.clock()
             try:
                 response = self.session.request(method, self.base_url + path, params=params, json=json,
                                                  headers=self._headers, timeout=self.timeout)
@@ -283,7 +286,7 @@ class PartneroApi:
                 if not isinstance(failure, PartneroUnavailable):
                     raise failure
                 status = str(response.status_code)
-                wait = retry_after(response.headers.get("Retry-After"), datetime.now(timezone.utc))
+                wait = retry_after(response.headers.get("Retry-After"), self.clock())
                 if wait is None:
                     wait = backoff.delay(backoff.API_DELAYS, attempt)
             if attempt + 1 == ATTEMPTS:

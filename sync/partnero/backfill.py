@@ -13,14 +13,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sync.core.errors import ConfigurationError, SyncError
 from sync.ops.progress import duration
 from sync.partnero.api import Page
 from sync.partnero.resync import Resync
 from sync.rules import listed
-from sync.store.runs import FAILED, OVER, STOPPED, Run, Runs
+from sync.store.runs import OVER, Run, RunStatus, Runs
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +84,14 @@ class Progress:
 class Backfill:
     """Runs backfills: ``prepare`` finds the run to start or resume, ``run`` carries it on."""
 
-    def __init__(self, services, api, *, page_size: int = 250, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, services, api, *, page_size: int = 250, timer: Callable[[], float] = time.monotonic):
         self.services = services
         self.api = api
-        self.runs = Runs(services.inbox.engine)
+        self.runs = Runs(services.inbox.engine, services.clock)
         self.resync = Resync(services, source="backfill")
         self.page_size = page_size
-        self.clock = clock
+        #: Seconds, for the rate a run reads at (not the time of day: that is ``runs.clock``).
+        self.timer = timer
 
     def prepare(self, entities: tuple[str, ...] | None = None, since: datetime | None = None, *,
                 restart: bool = False, job_id: str | None = None) -> Run:
@@ -116,7 +117,7 @@ class Backfill:
                 return self.runs.get(unfinished.id)
             now = self.runs.get(unfinished.id)
             if now.status not in OVER:  # carried on by someone else right now
-                raise _running(now)
+                raise _running(now, self.runs.clock())
             # it was finished or abandoned meanwhile: look again
         # Runs of these lists kept starting and finishing under our feet.
         raise AlreadyRunning(f"another backfill of {', '.join(entities)} keeps starting; wait for it, or follow "
@@ -131,7 +132,7 @@ class Backfill:
         database away for longer than the retries, Ctrl-C, a job's time-out) marks it stopped,
         with the error but for Ctrl-C. Either way it can be resumed, and the error is raised.
         """
-        started = self.clock()
+        started = self.timer()
         progress = Progress(run.id, run.entity, run.next_page - 1, run.last_page, None, 0)
         try:
             listed.mappings_for(self.services.mappings, run.entities)  # the mappings may have changed since
@@ -151,21 +152,21 @@ class Backfill:
                         self.runs.advance(run.id, run.entities[index + 1], 1, None, **counts)
                     else:
                         self.runs.advance(run.id, entity, page.number + 1, page.last_page, **counts)
-                    progress.read(page, counts, elapsed=self.clock() - started)
+                    progress.read(page, counts, elapsed=self.timer() - started)
                     if on_page is not None:
                         on_page(progress)
                     if should_stop() and not (page.is_last and index + 1 == len(run.entities)):
-                        self.runs.finish(run.id, STOPPED)
+                        self.runs.finish(run.id, RunStatus.STOPPED)
                         return self.runs.get(run.id)
             self.runs.finish(run.id)
         except ConfigurationError as exc:
-            self._stopped(run.id, FAILED, str(exc))
+            self._stopped(run.id, RunStatus.FAILED, str(exc))
             raise
         except KeyboardInterrupt:  # a person stopped it: nothing to report
-            self._stopped(run.id, STOPPED, None)
+            self._stopped(run.id, RunStatus.STOPPED, None)
             raise
         except BaseException as exc:
-            self._stopped(run.id, STOPPED, str(exc) if isinstance(exc, SyncError) else type(exc).__name__)
+            self._stopped(run.id, RunStatus.STOPPED, str(exc) if isinstance(exc, SyncError) else type(exc).__name__)
             raise
         return self.runs.get(run.id)
 
@@ -180,10 +181,7 @@ class Backfill:
 _TRIES = 5
 
 
-def _running(run: Run) -> AlreadyRunning:
-    return AlreadyRunning(f"backfill #{run.id} is running (it moved {_ago(run)} ago); wait for it, or follow "
+def _running(run: Run, now: datetime) -> AlreadyRunning:
+    ago = duration((now - run.heartbeat_at).total_seconds())
+    return AlreadyRunning(f"backfill #{run.id} is running (it moved {ago} ago); wait for it, or follow "
                           "it with `partnero-sync status`")
-
-
-def _ago(run: Run) -> str:
-    return duration((datetime.now(timezone.utc) - run.heartbeat_at).total_seconds())

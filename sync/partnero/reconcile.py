@@ -14,13 +14,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from sync.ops.terminal import safe
 from sync.partnero.resync import Examined, Resync
 from sync.rules import drift, listed
 from sync.rules.drift import Drift
-from sync.store.inbox import PENDING, Delivery
+from sync.store.inbox import Delivery, DeliveryStatus
 
 
 @dataclass
@@ -38,7 +37,7 @@ class Report:
 
     def counts(self) -> dict[str, int]:
         found = Counter(d.kind for d in self.drifts)
-        return {kind: found[kind] for kind in drift.KINDS if found[kind]}
+        return {kind: found[kind] for kind in drift.DriftKind if found[kind]}
 
     def as_dict(self) -> dict:
         return {"listed": dict(self.listed), "drift": [d.as_dict() for d in self.drifts], "counts": self.counts(),
@@ -84,19 +83,19 @@ class Reconcile:
             with self.services.inbox.engine.connect() as conn:
                 held = self.services.warehouse.live_keys(conn, mapping.warehouse.table)
             for key in sorted(held - seen):
-                observed_at = datetime.now(timezone.utc)
+                observed_at = self.services.clock()
                 obj = self.api.get(entity, key)
                 if obj is not None:  # listed elsewhere meanwhile (the list moved under the pages)
                     self._take(report, self.resync.examine(entity, [obj], observed_at), fix)
                     continue
                 if entity in NEVER_DELETED_BY_ABSENCE:
-                    report.drifts.append(Drift(entity, key, drift.GONE, reason=KEPT))
+                    report.drifts.append(Drift(entity, key, drift.DriftKind.GONE, reason=KEPT))
                     report.left += 1
                     continue
-                report.drifts.append(Drift(entity, key, drift.GONE))
+                report.drifts.append(Drift(entity, key, drift.DriftKind.GONE))
                 item = listed.gone(mapping, entity, key, observed_at, "reconcile")
                 if fix and item is not None:
-                    gone = [Delivery(body, event, PENDING, key) for event, body in item.bodies()]
+                    gone = [Delivery(body, event, DeliveryStatus.PENDING, key) for event, body in item.bodies()]
                     self._apply(report, Examined(entity, deliveries=gone))
         return report
 

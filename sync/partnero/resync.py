@@ -22,7 +22,7 @@ from sync.pipeline import outcomes
 from sync.rules import drift, listed
 from sync.rules.drift import Drift
 from sync.store import ledger
-from sync.store.inbox import PENDING, Delivery, Event, utcnow
+from sync.store.inbox import Delivery, DeliveryStatus, StoredDelivery
 
 
 @dataclass
@@ -75,7 +75,8 @@ class Resync:
                 found.skipped += 1
                 continue
             item = listed.listed(mapping, entity, obj, observed_at, self.source)
-            deliveries = [Delivery(body, event, PENDING, item.object_id) for event, body in item.bodies()]
+            deliveries = [Delivery(body, event, DeliveryStatus.PENDING, item.object_id)
+                          for event, body in item.bodies()]
             try:
                 plans = [plan(mapping, document, d.fingerprint, observed_at, salesforce=salesforce)
                          for (_, document), d in zip(item.documents, deliveries)]
@@ -83,7 +84,7 @@ class Resync:
                 # Stored and applied anyway: the failure is then recorded on its row, for /ops.
                 if item.object_id is not None:
                     found.seen.append(item.object_id)
-                found.drifts.append(Drift(entity, item.object_id or "?", drift.UNREADABLE, reason=str(exc)))
+                found.drifts.append(Drift(entity, item.object_id or "?", drift.DriftKind.UNREADABLE, reason=str(exc)))
                 found.deliveries += deliveries
                 continue
             candidates.append((obj, deliveries, plans))
@@ -115,14 +116,15 @@ class Resync:
             return done
         services = self.services
         stored = services.inbox.store_many(examined.deliveries, claimed=True)
-        now = utcnow()
-        events = [Event(stored[d.fingerprint].id, d.event_type, d.body, PENDING, 1, now, d.fingerprint, d.entity_id)
+        now = services.clock()
+        events = [StoredDelivery(stored[d.fingerprint].id, d.event_type, d.body, DeliveryStatus.PENDING, 1, now,
+                                 d.fingerprint, d.entity_id)
                   for d in unique(examined.deliveries) if stored[d.fingerprint].created]
         # Bytes already stored (by someone else) are left to whoever holds them.
         if not events:
             return done
         result = services.processor.process_batch(events, examined.plans)
-        outcomes.report(events, result, services.request_flush)
+        outcomes.report(events, result, services.request_flush, services.clock())
         done.processed = len(result.processed) + len(result.ignored)
         done.failed = len(result.failed)
         return done

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from sync.core.errors import TransientError
 from sync.pipeline.sweeper import Waker
-from sync.store.inbox import DUPLICATE, IGNORED, PENDING, QUEUED, Delivery, Inbox, Stored
+from sync.store.inbox import Delivery, DeliveryStatus, Inbox, ReceiptStatus, Stored
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ ANSWER_SECONDS = 3.5
 class Receipt:
     """The answer for one delivery: what happened to it, and its inbox row."""
 
-    status: str  # QUEUED, DUPLICATE or IGNORED
+    status: ReceiptStatus
     id: int
 
 
@@ -138,7 +138,7 @@ class Intake:
             answered.add(fp)
 
     def _wake(self, stored: dict[str, Stored]) -> None:
-        new = sum(1 for s in stored.values() if s.created and s.status == PENDING)
+        new = sum(1 for s in stored.values() if s.created and s.status == DeliveryStatus.PENDING)
         if not new:
             return
         try:
@@ -150,6 +150,7 @@ class Intake:
 
 def _receipt(stored: Stored, first: bool) -> Receipt:
     if not (stored.created and first):
-        return Receipt(DUPLICATE, stored.id)
-    return Receipt(QUEUED if stored.status == PENDING else IGNORED, stored.id)
+        return Receipt(ReceiptStatus.DUPLICATE, stored.id)
+    status = ReceiptStatus.QUEUED if stored.status == DeliveryStatus.PENDING else ReceiptStatus.IGNORED
+    return Receipt(status, stored.id)
 

@@ -6,21 +6,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sync.ops import logs, metrics
 from sync.pipeline.processor import BatchResult
-from sync.store.inbox import FAILED, IGNORED, PROCESSED, Event
+from sync.store.inbox import DeliveryStatus, StoredDelivery
 
 log = logging.getLogger(__name__)
 
 
-def report(events: Sequence[Event], result: BatchResult, request_flush: Callable[[], None]) -> None:
-    """Count, log and follow up ``result``, the outcome of applying ``events``."""
+def report(events: Sequence[StoredDelivery], result: BatchResult, request_flush: Callable[[], None],
+           committed_at: datetime) -> None:
+    """Count, log and follow up ``result``, the outcome of applying ``events``, committed at ``committed_at``."""
     by_id = {e.id: e for e in events}
-    committed_at = datetime.now(timezone.utc)
     metrics.LAG.observe((committed_at - by_id[i].received_at).total_seconds() for i in result.processed)
-    for outcome, done in ((PROCESSED, result.processed), (IGNORED, result.ignored), (FAILED, result.failed)):
+    for outcome, done in ((DeliveryStatus.PROCESSED, result.processed), (DeliveryStatus.IGNORED, result.ignored),
+                          (DeliveryStatus.FAILED, result.failed)):
         metrics.ATTEMPTS.inc(len(done), outcome=outcome)
     metrics.ATTEMPTS.inc(len(result.waiting) + len(result.untried), outcome=metrics.RETRIED)
 

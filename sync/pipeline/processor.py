@@ -29,7 +29,7 @@ from sync.core.errors import PermanentError, TransientError
 from sync.mapping import FieldProblem, MappingSet, Plan, entity_label, plan
 from sync.pipeline.sinks import Found, Sink, Work, in_lock_order
 from sync.store.db import describe_error, is_transient, waited_on_lock
-from sync.store.inbox import IGNORED, PROCESSED, Event, Inbox, utcnow
+from sync.store.inbox import DeliveryStatus, Inbox, StoredDelivery
 from sync.store.outbox import Outbox
 from sync.store.warehouse import Warehouse
 
@@ -79,14 +79,14 @@ class Processor:
     #: Exceptions that interrupt the work from outside (a job's time-out): never a delivery's fault.
     interruptions: tuple[type[BaseException], ...] = ()
 
-    def process(self, event: Event) -> str:
+    def process(self, event: StoredDelivery) -> str:
         """Apply one delivery; returns its new status. Raises when it cannot be applied."""
         result = self.process_batch([event])
         if event.id in result.failed:
             raise PermanentError(result.failed[event.id])
-        return IGNORED if event.id in result.ignored else PROCESSED
+        return DeliveryStatus.IGNORED if event.id in result.ignored else DeliveryStatus.PROCESSED
 
-    def process_batch(self, events: list[Event], planned_by: Mapping[str, Plan] | None = None) -> BatchResult:
+    def process_batch(self, events: list[StoredDelivery], planned_by: Mapping[str, Plan] | None = None) -> BatchResult:
         """Apply ``events`` and record each one's outcome on its inbox row.
 
         Applying a delivery again changes nothing: every write merges by version, the ledger adds
@@ -119,7 +119,7 @@ class Processor:
             raise TransientError(f"database: {describe_error(exc)}") from exc
         return result
 
-    def _plan_all(self, events: list[Event], planned_by: Mapping[str, Plan] | None,
+    def _plan_all(self, events: list[StoredDelivery], planned_by: Mapping[str, Plan] | None,
                   result: BatchResult) -> list[Work]:
         """The plans of ``events``, in lock order; the ignored and failed ones go on ``result``."""
         work: list[Work] = []
@@ -162,7 +162,7 @@ class Processor:
         locked_records: set[tuple[str, str]] = set()
         later: list[Work] = []
 
-        def apply(event: Event, planned: Plan) -> None:
+        def apply(event: StoredDelivery, planned: Plan) -> None:
             record = _record_of(planned)
             if record in locked_records or waits[record[0]] >= LOCK_WAITS_PER_TABLE:
                 result.waiting.append(event.id)
@@ -201,13 +201,13 @@ class Processor:
     def _record(self, conn: Connection, result: BatchResult) -> None:
         self.inbox.set_entity_ids(conn, result.entity_ids)
         self.inbox.mark_done(result.processed, conn)
-        self.inbox.mark_done(result.ignored, conn, status=IGNORED)
+        self.inbox.mark_done(result.ignored, conn, status=DeliveryStatus.IGNORED)
         self.inbox.mark_failures(result.failed, conn)
-        retry_at = utcnow() + timedelta(seconds=backoff.delay(backoff.DELIVERY_DELAYS, 0))
+        retry_at = self.inbox.clock() + timedelta(seconds=backoff.delay(backoff.DELIVERY_DELAYS, 0))
         self.inbox.record_errors(result.waiting, WAITED, conn=conn, retry_at=retry_at)
         self.inbox.record_errors(result.untried, UNTRIED, conn=conn)
 
-    def check(self, event: Event) -> str | None:
+    def check(self, event: StoredDelivery) -> str | None:
         """Why the current mappings cannot apply ``event``, found without writing anything
         (its content; what the database would refuse is not known here); None when they can."""
         try:
@@ -218,7 +218,7 @@ class Processor:
             return _unexpected(exc)
         return None
 
-    def _plan(self, event: Event) -> Plan | None:
+    def _plan(self, event: StoredDelivery) -> Plan | None:
         document = envelope.parse(event.body)  # the receiver's parse: what it stored, this reads
         if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
             raise MalformedDelivery('delivery has no "data" object')

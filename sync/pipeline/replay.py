@@ -8,14 +8,14 @@ from datetime import datetime
 
 from sync.core.errors import PermanentError
 from sync.ops.progress import progressbar
-from sync.store.inbox import FAILED, IGNORED, PROCESSED, Event
+from sync.store.inbox import DeliveryStatus, StoredDelivery
 
 #: Why a pruned delivery is not replayed.
 PRUNED = "its body was pruned, so there is nothing left to apply"
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ReplayOutcome:
     """What replaying one delivery came to."""
 
     #: The row's status afterwards: processed, ignored or failed (unchanged when not replayed).
@@ -25,19 +25,19 @@ class Outcome:
     replayed: bool = True
 
 
-def replay_one(services, event: Event) -> Outcome:
+def replay_one(services, event: StoredDelivery) -> ReplayOutcome:
     """Apply one stored delivery again; its inbox row records the outcome. Idempotent.
 
     A pruned delivery is left as it is. Raises ``TransientError`` when the database is away
     (the row is left as it was: nothing passing ever fails a delivery).
     """
     if event.pruned:
-        return Outcome(event.status, PRUNED, replayed=False)
+        return ReplayOutcome(event.status, PRUNED, replayed=False)
     try:
         status = services.processor.process(event)
     except PermanentError as exc:  # the processor has recorded it on the row
-        return Outcome(FAILED, str(exc))
-    return Outcome(status)
+        return ReplayOutcome(DeliveryStatus.FAILED, str(exc))
+    return ReplayOutcome(status)
 
 
 @dataclass
@@ -62,14 +62,14 @@ def replay(services, since: datetime | None = None, event_type: str | None = Non
     result = ReplayResult()
     total = inbox.count(since=since, event_type=event_type)
     with progressbar(total, "replaying", show_progress) as bar:
-        for event in inbox.events(since=since, event_type=event_type):
+        for event in inbox.deliveries(since=since, event_type=event_type):
             result.total += 1
             outcome = replay_one(services, event)
             if not outcome.replayed:
                 result.pruned += 1
-            elif outcome.status == PROCESSED:
+            elif outcome.status == DeliveryStatus.PROCESSED:
                 result.processed += 1
-            elif outcome.status == IGNORED:
+            elif outcome.status == DeliveryStatus.IGNORED:
                 result.ignored += 1
             else:
                 result.failed.append((event.id, outcome.reason or ""))

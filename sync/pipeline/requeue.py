@@ -10,7 +10,7 @@ from datetime import datetime
 from sync.core.errors import TransientError
 from sync.ops.progress import progressbar
 from sync.pipeline.sweeper import Waker
-from sync.store.inbox import ALREADY_PENDING, FAILED, REQUEUED, Event, Inbox
+from sync.store.inbox import DeliveryStatus, Inbox, RequeueAnswer, StoredDelivery
 
 
 @dataclass
@@ -31,7 +31,7 @@ class RequeueResult:
 
 def requeue_failed(inbox: Inbox, jobs: Waker, since: datetime | None = None, event_type: str | None = None,
                    batch: int = 1000, show_progress: bool = True,
-                   still_failing: Callable[[Event], str | None] | None = None) -> RequeueResult:
+                   still_failing: Callable[[StoredDelivery], str | None] | None = None) -> RequeueResult:
     """Set the matching failed rows back to pending, ``batch`` rows at a time, and wake a worker.
 
     The database is the record: a row set back to pending is applied whatever Redis does. When
@@ -41,7 +41,7 @@ def requeue_failed(inbox: Inbox, jobs: Waker, since: datetime | None = None, eve
     the others go on.
     """
     result = RequeueResult()
-    total = inbox.count(since=since, event_type=event_type, status=FAILED)
+    total = inbox.count(since=since, event_type=event_type, status=DeliveryStatus.FAILED)
     with progressbar(total, "requeueing", show_progress) as bar:
         for batch_done in inbox.requeue_failed(since=since, event_type=event_type, batch=batch,
                                                still_failing=still_failing):
@@ -70,7 +70,7 @@ class Asked:
     @property
     def queued(self) -> bool:
         """Whether the delivery now waits for a worker."""
-        return self.found in (REQUEUED, ALREADY_PENDING)
+        return self.found in (RequeueAnswer.REQUEUED, RequeueAnswer.ALREADY_PENDING)
 
 
 def requeue_one(inbox: Inbox, jobs: Waker, event_id: int) -> Asked | None:
@@ -89,12 +89,12 @@ def requeue_one(inbox: Inbox, jobs: Waker, event_id: int) -> Asked | None:
     return asked
 
 
-def dry_run(inbox: Inbox, check: Callable[[Event], str | None], since: datetime | None = None,
+def dry_run(inbox: Inbox, check: Callable[[StoredDelivery], str | None], since: datetime | None = None,
             event_type: str | None = None) -> tuple[int, list[tuple[int, str]]]:
     """What ``requeue_failed`` would do, changing nothing: how many failed rows it would requeue,
     and the ones it would skip, as (inbox id, why)."""
     ready, skipped = 0, []
-    for event in inbox.events(since=since, event_type=event_type, status=FAILED):
+    for event in inbox.deliveries(since=since, event_type=event_type, status=DeliveryStatus.FAILED):
         reason = check(event)
         if reason is None:
             ready += 1

@@ -19,12 +19,12 @@ from sqlalchemy.engine import Connection
 from sync.mapping import Plan
 from sync.rules.records import RecordState
 from sync.store import ledger
-from sync.store.inbox import Event
+from sync.store.inbox import StoredDelivery
 from sync.store.outbox import Outbox, OutboxChange
 from sync.store.warehouse import Warehouse, WarehouseChange
 
 #: A delivery of the batch and what its mapping made of it.
-Work = tuple[Event, Plan]
+Work = tuple[StoredDelivery, Plan]
 
 
 @dataclass

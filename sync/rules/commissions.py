@@ -7,28 +7,38 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 
 from sync.mapping.evaluate import Reward
 
-APPROVED = "approved"
-PENDING = "pending"
-REJECTED = "rejected"
-#: The transaction was refunded: the reward is not owed, whatever its status.
-REVERSED = "reversed"
-STANDINGS = (APPROVED, PENDING, REJECTED, REVERSED)
-#: Partnero's reward statuses. Any other status, or none, counts as pending: never dropped.
-STATUS_STANDING = {"ok": APPROVED, "review_period": PENDING, "rejected": REJECTED}
+class Standing(StrEnum):
+    """How a reward stands in the ledger (``commission_entries.standing``), in the order
+    buckets sort by."""
 
-COMMISSION = "commission"  # a reward booked for the first time
-ADJUSTMENT = "adjustment"  # a newer state of the reward moved it: amount, status, partner or currency
-REVERSAL = "reversal"  # its transaction was refunded
+    APPROVED = "approved"
+    PENDING = "pending"
+    REJECTED = "rejected"
+    #: The transaction was refunded: the reward is not owed, whatever its status.
+    REVERSED = "reversed"
+
+
+#: Partnero's reward statuses. Any other status, or none, counts as pending: never dropped.
+STATUS_STANDING = {"ok": Standing.APPROVED, "review_period": Standing.PENDING, "rejected": Standing.REJECTED}
+
+
+class EntryType(StrEnum):
+    """What a ledger entry does (``commission_entries.entry_type``)."""
+
+    COMMISSION = "commission"  # a reward booked for the first time
+    ADJUSTMENT = "adjustment"  # a newer state of the reward moved it: amount, status, partner or currency
+    REVERSAL = "reversal"  # its transaction was refunded
 
 
 def standing(status: str | None, refunded: bool = False) -> str:
     """How a reward of ``status`` stands: approved, pending, rejected, or reversed by a refund."""
     if refunded:
-        return REVERSED
-    return STATUS_STANDING.get((status or "").strip().lower(), PENDING)
+        return Standing.REVERSED
+    return STATUS_STANDING.get((status or "").strip().lower(), Standing.PENDING)
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,7 @@ class Bucket:
     standing: str
 
     def sort_key(self) -> tuple:
-        return (self.partner_id, self.currency or "", not self.is_currency, STANDINGS.index(self.standing))
+        return (self.partner_id, self.currency or "", not self.is_currency, list(Standing).index(self.standing))
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,7 @@ def settle(
             for bucket, amount in _moves(stands, step):
                 at = _occurred_at(kind, reward, changed_at, refunded_at)
                 status = _status(bucket, bucket in step, history, reward)
-                by = (refund_event_id or event_id) if kind == REVERSAL else event_id
+                by = (refund_event_id or event_id) if kind == EntryType.REVERSAL else event_id
                 history.append(Entry(transaction_key, ref, seq, kind, bucket, amount, status, at, by))
                 seq += 1
             stands = step
@@ -126,8 +136,8 @@ def _steps(
     if refunded and not chain and reward is not None:
         # Refunded before it was ever booked: book it, then reverse it, so the ledger shows
         # the commission the refund took back.
-        return [(COMMISSION, _target(reward, refunded=False)), (REVERSAL, goal)]
-    return [(REVERSAL if refunded else ADJUSTMENT if chain else COMMISSION, goal)]
+        return [(EntryType.COMMISSION, _target(reward, refunded=False)), (EntryType.REVERSAL, goal)]
+    return [(EntryType.REVERSAL if refunded else EntryType.ADJUSTMENT if chain else EntryType.COMMISSION, goal)]
 
 
 def _occurred_at(
@@ -136,9 +146,9 @@ def _occurred_at(
     """When an entry of ``entry_type`` happened: a commission when the reward was earned, as it
     says (or unknown); a reversal when the refund was (else when the state changed); any other
     entry when the state changed."""
-    if entry_type == COMMISSION:
+    if entry_type == EntryType.COMMISSION:
         return reward.occurred_at if reward is not None else None
-    if entry_type == REVERSAL:
+    if entry_type == EntryType.REVERSAL:
         return refunded_at or changed_at
     return changed_at
 
@@ -174,7 +184,7 @@ def _reversed(stands: dict[Bucket, Decimal]) -> dict[Bucket, Decimal]:
     """Everything that stands, moved to reversed (per partner, currency and kind)."""
     moved: dict[Bucket, Decimal] = {}
     for bucket, amount in stands.items():
-        key = Bucket(bucket.partner_id, bucket.currency, bucket.is_currency, REVERSED)
+        key = Bucket(bucket.partner_id, bucket.currency, bucket.is_currency, Standing.REVERSED)
         moved[key] = moved.get(key, Decimal(0)) + amount
     return {bucket: amount for bucket, amount in moved.items() if amount != 0}
 

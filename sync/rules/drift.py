@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from sync.mapping import Plan
@@ -18,15 +19,16 @@ from sync.rules import commissions
 from sync.rules.commissions import Entry
 from sync.rules.records import RecordState, merge
 
-MISSING = "missing here"
-STALE = "stale here"
-ARCHIVED = "archived upstream"
-DELETED = "deleted upstream"
-COMMISSION = "commission moved"
-GONE = "not in Partnero"
-UNREADABLE = "cannot be applied"
-#: Every kind, in the order reports list them.
-KINDS = (MISSING, STALE, ARCHIVED, DELETED, COMMISSION, GONE, UNREADABLE)
+class DriftKind(StrEnum):
+    """How a record differs, in the order reports list the kinds."""
+
+    MISSING = "missing here"
+    STALE = "stale here"
+    ARCHIVED = "archived upstream"
+    DELETED = "deleted upstream"
+    COMMISSION = "commission moved"
+    GONE = "not in Partnero"
+    UNREADABLE = "cannot be applied"
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,9 @@ class Drift:
 
     entity: str
     key: str
-    kind: str
+    kind: DriftKind
     fields: tuple[str, ...] = field(default=())
-    #: Why it cannot be applied (``UNREADABLE``), in the mapping's words.
+    #: Why it cannot be applied (``DriftKind.UNREADABLE``), in the mapping's words.
     reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -64,21 +66,21 @@ def compare(
         return None  # a mapping without a warehouse table: nothing here to compare with
     key = str(changes[0].key)
     if held is None or (held.version is None and held.deleted is None):
-        return Drift(entity, key, MISSING)
+        return Drift(entity, key, DriftKind.MISSING)
     tombstones = tuple(tombstone_columns)
     after = held
     for change in changes:
         after = merge(after, change, tombstones)
     if after.tombstoned and not held.tombstoned:
-        return Drift(entity, key, DELETED)
+        return Drift(entity, key, DriftKind.DELETED)
     differing = tuple(sorted(c for c, v in after.values.items() if v != held.values.get(c)))
     if differing:
-        return Drift(entity, key, ARCHIVED if obj.get("status") == "archived" else STALE, differing)
+        return Drift(entity, key, DriftKind.ARCHIVED if obj.get("status") == "archived" else DriftKind.STALE, differing)
     state = next((p for p in plans if p.change is not None and p.change.version == after.version), None)
     if state is not None and state.rewards is not None:
         at = after.version.at
         refunded_at = after.deleted[0] if after.deleted is not None else None
         moved = commissions.settle(key, list(entries), state.rewards, after.tombstoned, at, refunded_at)
         if moved:
-            return Drift(entity, key, COMMISSION, tuple(sorted({e.reward_ref for e in moved})))
+            return Drift(entity, key, DriftKind.COMMISSION, tuple(sorted({e.reward_ref for e in moved})))
     return None

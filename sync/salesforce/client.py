@@ -1,6 +1,6 @@
 """The one module that calls Salesforce (through simple-salesforce), and what its answers mean for us.
 
-Every answer is classified here, once: per record (``Outcome``), a passing failure of the whole
+Every answer is classified here, once: per record (``RecordResult``), a passing failure of the whole
 call (``TransientError``: an outage, a time-out, an API limit, a session to renew), or a refusal of
 the whole call that a person must fix (``CallRefused``: a field or object the org lacks, no
 access, a session or login that cannot be renewed).
@@ -69,7 +69,7 @@ class CallRefused(PermanentError):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RecordResult:
     """What Salesforce said about one record."""
 
     success: bool
@@ -139,8 +139,8 @@ class SalesforceClient:
         except requests.RequestException as exc:
             raise TransientError(f"could not reach Salesforce to log in: {type(exc).__name__}") from exc
 
-    def upsert(self, object_name: str, external_id_field: str, records: Sequence[dict[str, Any]]) -> list[Outcome]:
-        """Upsert up to 200 records by external id in one call; one outcome per record, in order.
+    def upsert(self, object_name: str, external_id_field: str, records: Sequence[dict[str, Any]]) -> list[RecordResult]:
+        """Upsert up to 200 records by external id in one call; one result per record, in order.
 
         ``allOrNone`` is false: one bad record never holds back the others. Raises
         ``TransientError`` when the call as a whole should be tried again later.
@@ -156,19 +156,19 @@ class SalesforceClient:
         answer = self._call("PATCH", f"composite/sobjects/{object_name}/{external_id_field}", body)
         if not isinstance(answer, list) or len(answer) != len(records):
             raise TransientError(f"unexpected answer from Salesforce for {len(records)} {object_name} records")
-        return [_outcome(item) for item in answer]
+        return [_result(item) for item in answer]
 
-    def delete(self, object_name: str, external_id_field: str, value: str) -> Outcome:
+    def delete(self, object_name: str, external_id_field: str, value: str) -> RecordResult:
         """Delete one record by external id; a record Salesforce does not have counts as deleted."""
         try:
             self._call("DELETE", f"sobjects/{object_name}/{external_id_field}/{quote(value, safe='')}", None)
         except CallRefused as exc:
             if exc.code == "NOT_FOUND":  # already gone
-                return Outcome(True)
+                return RecordResult(True)
             if exc.org_wide:
                 raise
-            return Outcome(False, code=exc.code, message=exc.message)
-        return Outcome(True)
+            return RecordResult(False, code=exc.code, message=exc.message)
+        return RecordResult(True)
 
     def _call(self, method: str, path: str, body: Any) -> Any:
         sf = self.connect()
@@ -203,13 +203,13 @@ class SalesforceClient:
             raise TransientError(f"could not reach Salesforce: {type(exc).__name__}") from exc
 
 
-def _outcome(item: dict[str, Any]) -> Outcome:
+def _result(item: dict[str, Any]) -> RecordResult:
     if item.get("success"):
-        return Outcome(True, id=item.get("id"), created=item.get("created"))
+        return RecordResult(True, id=item.get("id"), created=item.get("created"))
     errors = item.get("errors") or [{}]
     first = errors[0]
     code = first.get("statusCode") or first.get("errorCode") or "UNKNOWN"
-    return Outcome(False, id=item.get("id"), code=code, message=_without_values(first.get("message") or ""))
+    return RecordResult(False, id=item.get("id"), code=code, message=_without_values(first.get("message") or ""))
 
 
 def _first_code(content: Any) -> str:

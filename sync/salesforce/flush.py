@@ -11,29 +11,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from sqlalchemy.engine import Engine
 
 from sync.core import backoff
+from sync.core.clock import Clock, system_clock
 from sync.core.errors import TransientError
 from sync.mapping import MappingSet
 from sync.mapping.spec import Mapping, SalesforceTarget
 from sync.ops import metrics
-from sync.salesforce.client import COLLECTION_LIMIT, CallRefused, Outcome, SalesforceClient
+from sync.salesforce.client import COLLECTION_LIMIT, CallRefused, RecordResult, SalesforceClient
 from sync.store import db, ledger
-from sync.store.outbox import (
-    FAILED,
-    FOLD_BATCH,
-    PENDING,
-    SYNCED,
-    UNAVAILABLE,
-    WAITING,
-    Outbox,
-    Pending,
-    RowOutcome,
-    wire,
-)
+from sync.store.outbox import FOLD_BATCH, UNAVAILABLE, Outbox, OutboxStatus, Pending, RowOutcome, wire
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +62,15 @@ class Flusher:
     """Sends the outbox's due records to one org; ``sync.salesforce.schedule`` decides when."""
 
     def __init__(self, engine: Engine, mappings: MappingSet, client: SalesforceClient, outbox: Outbox | None = None,
-                 currency: str | None = None):
+                 currency: str | None = None, clock: Clock = system_clock):
         self.engine = engine
         self.mappings = mappings
         self.client = client
-        self.outbox = outbox or Outbox()
+        self.outbox = outbox or Outbox(clock)
         #: The program's currency (PARTNERO_CURRENCY); None: the one most used.
         self.currency = currency
+        #: What time it is: when records reached Salesforce (their lag).
+        self.clock = clock
         # The currency the totals are sent in, read at most once per flush (the most used one
         # takes a look at the whole ledger).
         self._program: str | None = None
@@ -154,7 +145,7 @@ class Flusher:
             self.outbox.record(conn, outcomes, target.signature)
             if synced and target.object in self._parents:
                 self.outbox.wake_children_of(conn, [(row.object, row.external_id) for row in synced])
-        now = datetime.now(timezone.utc)
+        now = self.clock()
         metrics.SALESFORCE_LAG.observe((now - row.waiting_since).total_seconds()
                                        for row in synced if row.waiting_since is not None)
         report.by_object[target.object] = report.by_object.get(target.object, 0) + len(rows)
@@ -173,7 +164,7 @@ class Flusher:
         return rows, totals
 
     def _call(self, mapping: Mapping, upserts: list[Pending], deletes: list[Pending],
-              totals: dict[str, ledger.Totals]) -> dict[int, Outcome]:
+              totals: dict[str, ledger.Totals]) -> dict[int, RecordResult]:
         """Upsert ``upserts`` in one call and delete each of ``deletes``; Salesforce's answer per
         outbox row id."""
         target = mapping.salesforce
@@ -190,29 +181,29 @@ class Flusher:
         return answers
 
     @staticmethod
-    def _outcome(object_name: str, row: Pending, answer: Outcome, report: FlushReport) -> RowOutcome:
+    def _outcome(object_name: str, row: Pending, answer: RecordResult, report: FlushReport) -> RowOutcome:
         """What becomes of ``row`` after Salesforce's ``answer``: synced, waiting for its parent,
         pending a retry, or failed; counted in ``report``."""
         if not answer.success:  # whatever then becomes of the record: waits, retries or fails
             metrics.SALESFORCE_REFUSALS.inc(object=object_name, code=answer.code)
         if answer.success:
             report.synced += 1
-            return RowOutcome(row, SYNCED, salesforce_id=answer.id)
+            return RowOutcome(row, OutboxStatus.SYNCED, salesforce_id=answer.id)
         if answer.missing_parent:
             report.waiting += 1
-            return RowOutcome(row, WAITING, code=answer.code, message=answer.message,
+            return RowOutcome(row, OutboxStatus.WAITING, code=answer.code, message=answer.message,
                               retry_in=backoff.delay(backoff.RECORD_DELAYS, row.attempts),
                               waiting_for=answer.parent)
         if answer.transient:
             report.retrying += 1
-            return RowOutcome(row, PENDING, code=answer.code, message=answer.message,
+            return RowOutcome(row, OutboxStatus.PENDING, code=answer.code, message=answer.message,
                               retry_in=backoff.delay(backoff.RECORD_DELAYS, row.attempts))
         report.failed += 1
         # Salesforce's message may quote the record's values: it stays on the row
         # (crm-errors, /ops), and the log names the code and the object only.
         log.warning("Salesforce refused a record: %s (crm-errors shows why)", answer.code,
                     extra={"object": row.object})
-        return RowOutcome(row, FAILED, code=answer.code, message=answer.message)
+        return RowOutcome(row, OutboxStatus.FAILED, code=answer.code, message=answer.message)
 
     def _refused(self, mapping: Mapping, rows: list[Pending], refusal: CallRefused, report: FlushReport) -> None:
         """Record a refusal of the whole call on each of its records, to be tried again after a
@@ -221,8 +212,8 @@ class Flusher:
         reason = refusal.reason(target.object, str(mapping.path))
         wait = backoff.delay(backoff.REFUSAL_DELAYS, min(r.attempts for r in rows))
         with db.transaction(self.engine) as conn:
-            self.outbox.record(conn, [RowOutcome(r, FAILED, code=refusal.code, message=reason, retry_in=wait)
-                                      for r in rows], target.signature)
+            self.outbox.record(conn, [RowOutcome(r, OutboxStatus.FAILED, code=refusal.code, message=reason,
+                                                 retry_in=wait) for r in rows], target.signature)
         metrics.SALESFORCE_REFUSALS.inc(len(rows), object=target.object, code=refusal.code)
         report.refused_calls += 1
         report.failed += len(rows)

@@ -23,12 +23,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Protocol
 
 import redis
 
 from sync.core import backoff
+from sync.core.clock import Clock, system_clock
 from sync.core.errors import TransientError
 from sync.salesforce.flush import Flusher, FlushReport
 
@@ -65,11 +65,16 @@ class FlushQueue(Protocol):
     def enqueue_flush(self, delay: float | None = None) -> str: ...
 
 
-class FlushCoordinator:
-    def __init__(self, jobs: FlushQueue, flusher: Flusher | None):
+class FlushSchedule:
+    """When Salesforce flushes run: asked for (``request``), run one slice at a time under a lock
+    (``run_job``, ``run_foreground``), held back after failures, with the problem kept for ``status``."""
+
+    def __init__(self, jobs: FlushQueue, flusher: Flusher | None, clock: Clock = system_clock):
         self.jobs = jobs
         self.redis = jobs.connection
         self.flusher = flusher
+        #: What time it is: when a problem began (``problem()["since"]``).
+        self.clock = clock
 
     # -- asking ----------------------------------------------------------------------------
 
@@ -173,7 +178,8 @@ class FlushCoordinator:
         refusals = self.redis.incr(REFUSALS)
         self.redis.expire(REFUSALS, 7 * 24 * 3600)
         delay = backoff.delay(backoff.REFUSAL_DELAYS, refusals - 1)
-        problem = {"code": refusal.code, "message": refusal.message, "since": _now()}
+        since = self.clock().isoformat(timespec="seconds")
+        problem = {"code": refusal.code, "message": refusal.message, "since": since}
         self.redis.set(PROBLEM, json.dumps(problem))
         self.request(delay, force=True)
         text = f"{refusal.message}; flushes hold back {delay / 60:.0f} min (crm-retry goes ahead at once)"
@@ -202,7 +208,3 @@ def _release(lock) -> None:
         lock.release()
     except redis.exceptions.LockError:  # it expired: nothing to release
         pass
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

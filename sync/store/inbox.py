@@ -11,22 +11,28 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
+from enum import StrEnum
 from functools import cached_property
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from sync.core.clock import Clock, system_clock
 from sync.store.db import chunks, metadata, transaction
 from sync.store.sqltypes import BODY, KEY, UTCDateTime
 
-PENDING = "pending"
-PROCESSED = "processed"
-IGNORED = "ignored"
-FAILED = "failed"
-STATUSES = (PENDING, PROCESSED, IGNORED, FAILED)
+class DeliveryStatus(StrEnum):
+    """Where an inbox row stands (``webhook_events.status``)."""
+
+    PENDING = "pending"
+    PROCESSED = "processed"
+    IGNORED = "ignored"
+    FAILED = "failed"
+
+
 #: Statuses whose rows are finished with: nothing will process them again unless replayed.
-DONE = (PROCESSED, IGNORED)
+DONE = (DeliveryStatus.PROCESSED, DeliveryStatus.IGNORED)
 #: The body of a delivery whose raw body ``partnero-sync prune`` dropped (its row and fingerprint
 #: stay, so a retry of the same bytes is still recognised). No stored delivery is empty otherwise:
 #: the receiver accepts only JSON objects.
@@ -39,17 +45,27 @@ CLAIM_LEASE = timedelta(minutes=2)
 MAX_CLAIM_LEASE = timedelta(hours=1)
 #: A row whose claims lapsed (or ran out of time) this often is claimed alone (see ``Inbox.claim``).
 ALONE_AFTER = 2
-#: What ``Inbox.requeue`` found: a done or failed row set back to pending; a row already pending;
-#: a pruned one (nothing to apply); one another transaction holds (left as it is).
-REQUEUED = "requeued"
-ALREADY_PENDING = "already pending"
-NOT_REQUEUED_PRUNED = "pruned"
-BUSY = "busy"
-#: What the receiver answers for a delivery it was given (``sync.pipeline.intake.Receipt``): stored,
-#: to be applied; stored already (the same bytes: a retry); or ``IGNORED``, stored as such (no
-#: mapping handles its event).
-QUEUED = "queued"
-DUPLICATE = "duplicate"
+
+
+class RequeueAnswer(StrEnum):
+    """What ``Inbox.requeue`` found: a done or failed row set back to pending; a row already pending;
+    a pruned one (nothing to apply); one another transaction holds (left as it is)."""
+
+    REQUEUED = "requeued"
+    ALREADY_PENDING = "already pending"
+    PRUNED = "pruned"
+    BUSY = "busy"
+
+
+class ReceiptStatus(StrEnum):
+    """What the receiver answers for a delivery it was given (``sync.pipeline.intake.Receipt``): stored,
+    to be applied; stored already (the same bytes: a retry); or stored as ignored (no mapping
+    handles its event)."""
+
+    QUEUED = "queued"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+
 
 webhook_events = sa.Table(
     "webhook_events",
@@ -108,7 +124,8 @@ def _prunable(query, before: datetime):
 def _unheld(now: datetime):
     """The condition of pending rows that no worker holds at ``now`` (see ``Inbox.claim``)."""
     t = webhook_events
-    return sa.and_(t.c.status == PENDING, sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now))
+    held = sa.or_(t.c.claimed_until.is_(None), t.c.claimed_until < now)
+    return sa.and_(t.c.status == DeliveryStatus.PENDING, held)
 
 
 def _claim(query, limit: int):
@@ -138,17 +155,13 @@ def fingerprint(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 @dataclass(frozen=True)
 class Delivery:
     """A verified delivery on its way into the inbox."""
 
     body: bytes
     event_type: str
-    status: str  # PENDING for events we handle, IGNORED for the rest
+    status: DeliveryStatus  # PENDING for events we handle, IGNORED for the rest
     entity_id: str | None = None
 
     @cached_property
@@ -166,7 +179,7 @@ class Stored:
 
 
 @dataclass(frozen=True)
-class Event:
+class StoredDelivery:
     """A stored delivery: an inbox row with its raw body, as the processor applies it."""
 
     id: int
@@ -257,8 +270,10 @@ class InboxSummary:
 class Inbox:
     """The ``webhook_events`` table, behind the few operations the service needs."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, clock: Clock = system_clock):
         self.engine = engine
+        #: What time it is: stamps ``received_at``, ``processed_at`` and claims.
+        self.clock = clock
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -275,7 +290,7 @@ class Inbox:
             unique.setdefault(delivery.fingerprint, delivery)
         # A fixed order of inserts keeps two batches with common fingerprints from deadlocking.
         ordered = sorted(unique.items())
-        now = utcnow()
+        now = self.clock()
         rows = [
             {
                 "fingerprint": fp,
@@ -335,7 +350,7 @@ class Inbox:
 
     # -- processing -----------------------------------------------------------------------
 
-    def claim(self, limit: int = CLAIM_BATCH, ids: Sequence[int] | None = None) -> list[Event]:
+    def claim(self, limit: int = CLAIM_BATCH, ids: Sequence[int] | None = None) -> list[StoredDelivery]:
         """Take up to ``limit`` pending rows nobody holds, oldest first (of ``ids`` only, if given).
 
         A claim counts an attempt on each row and holds it until ``claimed_until``: other workers
@@ -349,7 +364,7 @@ class Inbox:
         never make a row be claimed alone.
         """
         t = webhook_events
-        now = utcnow()
+        now = self.clock()
         query = _claim(sa.select(t.c.id, t.c.attempts).where(_unheld(now)), limit)
         if ids is not None:
             query = query.where(t.c.id.in_(sorted(set(ids))))
@@ -369,24 +384,25 @@ class Inbox:
             rows = []
             for chunk in chunks(chosen, 1000):
                 rows += conn.execute(sa.select(*_EVENT_COLUMNS).where(t.c.id.in_(chunk)).order_by(t.c.id)).all()
-        return [Event(*row) for row in rows]
+        return [StoredDelivery(*row) for row in rows]
 
     def claimable(self, older_than: timedelta = timedelta(0)) -> int:
         """How many pending rows nobody holds were received more than ``older_than`` ago."""
         t = webhook_events
-        now = utcnow()
+        now = self.clock()
         query = sa.select(sa.func.count()).select_from(t).where(_unheld(now), t.c.received_at < now - older_than)
         with self._transaction() as conn:
             return conn.execute(query).scalar_one()
 
-    def mark_done(self, event_ids: Sequence[int], conn: Connection | None = None, status: str = PROCESSED) -> None:
+    def mark_done(self, event_ids: Sequence[int], conn: Connection | None = None,
+                  status: DeliveryStatus = DeliveryStatus.PROCESSED) -> None:
         if not event_ids:
             return
         t = webhook_events
         statement = (
             t.update()
             .where(t.c.id.in_(sorted(event_ids)))
-            .values(status=status, last_error=None, processed_at=utcnow(), claimed_until=None)
+            .values(status=status, last_error=None, processed_at=self.clock(), claimed_until=None)
         )
         if conn is None:
             with self._transaction() as own:
@@ -413,8 +429,8 @@ class Inbox:
             for event_id, reason in sorted(failures.items()):
                 use.execute(
                     t.update()
-                    .where(t.c.id == event_id, t.c.status.in_((PENDING, FAILED)))
-                    .values(status=FAILED, last_error=reason[:2000], claimed_until=None)
+                    .where(t.c.id == event_id, t.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.FAILED)))
+                    .values(status=DeliveryStatus.FAILED, last_error=reason[:2000], claimed_until=None)
                 )
 
     def record_errors(
@@ -438,12 +454,12 @@ class Inbox:
             values["attempts"] = sa.case((t.c.attempts > 0, t.c.attempts - 1), else_=0)
         with (nullcontext(conn) if conn is not None else self._transaction()) as use:
             for chunk in chunks(sorted(event_ids), 1000):
-                use.execute(t.update().where(t.c.id.in_(chunk), t.c.status == PENDING).values(**values))
+                use.execute(t.update().where(t.c.id.in_(chunk), t.c.status == DeliveryStatus.PENDING).values(**values))
 
-    def events(
+    def deliveries(
         self, since: datetime | None = None, event_type: str | None = None, batch: int = 500,
         status: str | None = None,
-    ) -> Iterator[Event]:
+    ) -> Iterator[StoredDelivery]:
         """Stored deliveries, oldest first, optionally from ``since``, of one type, in one status."""
         t = webhook_events
         after_id = 0
@@ -451,20 +467,20 @@ class Inbox:
             query = sa.select(*_EVENT_COLUMNS).where(t.c.id > after_id).order_by(t.c.id).limit(batch)
             query = _matching(query, since, event_type, status)
             with self._transaction() as conn:
-                found = [Event(*row) for row in conn.execute(query)]
+                found = [StoredDelivery(*row) for row in conn.execute(query)]
             yield from found
             if len(found) < batch:
                 return
             after_id = found[-1].id
 
-    def event(self, event_id: int) -> Event | None:
+    def delivery(self, event_id: int) -> StoredDelivery | None:
         """The stored delivery ``event_id``, read without counting an attempt."""
         t = webhook_events
         with self._transaction() as conn:
             row = conn.execute(sa.select(*_EVENT_COLUMNS).where(t.c.id == event_id)).one_or_none()
-        return Event(*row) if row is not None else None
+        return StoredDelivery(*row) if row is not None else None
 
-    def entry(self, event_id: int) -> tuple[InboxRow, Event] | None:
+    def entry(self, event_id: int) -> tuple[InboxRow, StoredDelivery] | None:
         """Inbox row ``event_id`` read once, as its facts and as its stored delivery; None when
         there is no such row."""
         t = webhook_events
@@ -473,7 +489,7 @@ class Inbox:
         if found is None:
             return None
         row = InboxRow(*found[:-1])
-        return row, Event(row.id, row.event_type, found.body, row.status, row.attempts, row.received_at,
+        return row, StoredDelivery(row.id, row.event_type, found.body, row.status, row.attempts, row.received_at,
                           row.fingerprint, row.entity_id)
 
     def rows(
@@ -505,7 +521,7 @@ class Inbox:
 
     def requeue_failed(
         self, since: datetime | None = None, event_type: str | None = None, batch: int = 1000,
-        still_failing: Callable[[Event], str | None] | None = None,
+        still_failing: Callable[[StoredDelivery], str | None] | None = None,
     ) -> Iterator[Requeued]:
         """Set failed rows back to pending, ``batch`` rows a transaction, by id; yields each batch
         once committed.
@@ -518,9 +534,10 @@ class Inbox:
         t = webhook_events
         after_id = 0
         while True:
-            query = _matching(sa.select(*_EVENT_COLUMNS).where(t.c.id > after_id), since, event_type, FAILED)
+            query = _matching(sa.select(*_EVENT_COLUMNS).where(t.c.id > after_id), since, event_type,
+                              DeliveryStatus.FAILED)
             with self._transaction() as conn:
-                events = [Event(*row) for row in conn.execute(_claim(query, batch))]
+                events = [StoredDelivery(*row) for row in conn.execute(_claim(query, batch))]
                 skipped = {}
                 for event in events if still_failing is not None else ():
                     reason = still_failing(event)
@@ -530,8 +547,8 @@ class Inbox:
                 if requeued:
                     conn.execute(
                         t.update()
-                        .where(t.c.id.in_([i for i, _ in requeued]), t.c.status == FAILED)
-                        .values(status=PENDING, attempts=0)
+                        .where(t.c.id.in_([i for i, _ in requeued]), t.c.status == DeliveryStatus.FAILED)
+                        .values(status=DeliveryStatus.PENDING, attempts=0)
                     )
                 self.mark_failures(skipped, conn)
             if not events:
@@ -541,30 +558,30 @@ class Inbox:
 
     def requeue(self, event_id: int) -> str | None:
         """Hand row ``event_id`` back to the workers to apply again (``/ops``'s Replay), noting
-        when that was asked (``replay_asked_at``); returns what it found (``REQUEUED``,
-        ``ALREADY_PENDING``, ``NOT_REQUEUED_PRUNED``, ``BUSY``), None when there is no such row.
+        when that was asked (``replay_asked_at``); returns what it found (a ``RequeueAnswer``), None
+        when there is no such row.
 
         A processed, ignored or failed row goes back to pending, its attempts from 0 (as
         ``requeue_failed``); a pending one stays as it is, whoever holds it. Never waits for a
         lock: a row another transaction holds is skipped (PostgreSQL, MariaDB) and reported
-        ``BUSY``, so the caller answers at once.
+        ``RequeueAnswer.BUSY``, so the caller answers at once.
         """
         t = webhook_events
-        now = utcnow()
+        now = self.clock()
         query = sa.select(t.c.status, (t.c.body == PRUNED_BODY).label("pruned")).where(t.c.id == event_id)
         with self._transaction() as conn:
             found = conn.execute(query.with_for_update(skip_locked=True)).one_or_none()
             if found is None:
                 there = conn.execute(sa.select(t.c.id).where(t.c.id == event_id)).one_or_none()
-                return BUSY if there is not None else None
+                return RequeueAnswer.BUSY if there is not None else None
             if found.pruned:
-                return NOT_REQUEUED_PRUNED
-            if found.status == PENDING:
+                return RequeueAnswer.PRUNED
+            if found.status == DeliveryStatus.PENDING:
                 conn.execute(t.update().where(t.c.id == event_id).values(replay_asked_at=now))
-                return ALREADY_PENDING
+                return RequeueAnswer.ALREADY_PENDING
             conn.execute(t.update().where(t.c.id == event_id, t.c.status == found.status)
-                         .values(status=PENDING, attempts=0, claimed_until=None, replay_asked_at=now))
-        return REQUEUED
+                         .values(status=DeliveryStatus.PENDING, attempts=0, claimed_until=None, replay_asked_at=now))
+        return RequeueAnswer.REQUEUED
 
     def prunable(self, before: datetime) -> Pruned:
         """What ``prune(before)`` would drop now, without dropping it."""
@@ -606,10 +623,12 @@ class Inbox:
         t = webhook_events
         with self._transaction() as conn:
             found = dict(conn.execute(sa.select(t.c.status, sa.func.count()).group_by(t.c.status)).all())
-            oldest = conn.execute(sa.select(sa.func.min(t.c.received_at)).where(t.c.status == PENDING)).scalar()
-            last = conn.execute(sa.select(sa.func.max(t.c.processed_at)).where(t.c.status == PROCESSED)).scalar()
+            oldest = conn.execute(sa.select(sa.func.min(t.c.received_at))
+                                  .where(t.c.status == DeliveryStatus.PENDING)).scalar()
+            last = conn.execute(sa.select(sa.func.max(t.c.processed_at))
+                                .where(t.c.status == DeliveryStatus.PROCESSED)).scalar()
         return InboxSummary(
-            counts={status: found.get(status, 0) for status in STATUSES},
+            counts={status: found.get(status, 0) for status in DeliveryStatus},
             oldest_pending_at=oldest,
             last_processed_at=last,
         )
@@ -623,9 +642,10 @@ class Inbox:
         def count(status: str):
             return sa.select(sa.func.count()).select_from(t).where(t.c.status == status).scalar_subquery()
 
-        oldest = sa.select(sa.func.min(t.c.received_at)).where(t.c.status == PENDING).scalar_subquery()
+        oldest = sa.select(sa.func.min(t.c.received_at)).where(t.c.status == DeliveryStatus.PENDING).scalar_subquery()
         with self._transaction() as conn:
-            pending, failed, oldest_at = conn.execute(sa.select(count(PENDING), count(FAILED), oldest)).one()
+            query = sa.select(count(DeliveryStatus.PENDING), count(DeliveryStatus.FAILED), oldest)
+            pending, failed, oldest_at = conn.execute(query).one()
         return Backlog(pending=pending, failed=failed, oldest_pending_at=oldest_at)
 
     def ping(self) -> None:

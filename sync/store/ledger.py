@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from sync.core.clock import system_clock
 from sync.mapping import Reward
 from sync.rules import commissions
 from sync.rules.commissions import Bucket, Entry
@@ -109,7 +110,7 @@ def settle_many(conn: Connection, settlements: Sequence[Settlement]) -> set[str]
         added += commissions.settle(s.transaction_key, stored.get(s.transaction_key, []), s.rewards, s.refunded,
                                     s.changed_at, s.refunded_at, s.event_id, s.refund_event_id)
     if added:
-        now = datetime.now(timezone.utc)
+        now = system_clock()
         rows = [_row(entry, now) for entry in sorted(added, key=lambda e: (e.transaction_key, e.reward_ref, e.seq))]
         conn.execute(commission_entries.insert(), rows)
     return {entry.bucket.partner_id for entry in added}

@@ -12,11 +12,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from sync.core.clock import Clock, system_clock
 from sync.core.envelope import ExactFloat
 from sync.mapping import RecordChange
 from sync.rules.records import RecordState, bookkeeping, from_bookkeeping, merge
@@ -24,13 +26,17 @@ from sync.store import db
 from sync.store.merge import RecordKey, Target, merge_rows
 from sync.store.sqltypes import FINGERPRINT, KEY, UTCDateTime
 
-PENDING = "pending"  # to be sent
-WAITING = "waiting"  # Salesforce does not have its parent yet: sent again once the parent is
-SYNCED = "synced"
-#: Refused: not sent again until the record or its mapping changes, ``crm-retry``, or (for a
-#: refusal of the whole call) its ``next_attempt_at``.
-FAILED = "failed"
-STATUSES = (PENDING, WAITING, SYNCED, FAILED)
+class OutboxStatus(StrEnum):
+    """Where a Salesforce record of the outbox stands (``crm_outbox.status``)."""
+
+    PENDING = "pending"  # to be sent
+    WAITING = "waiting"  # Salesforce does not have its parent yet: sent again once the parent is
+    SYNCED = "synced"
+    #: Refused: not sent again until the record or its mapping changes, ``crm-retry``, or (for a
+    #: refusal of the whole call) its ``next_attempt_at``.
+    FAILED = "failed"
+
+
 #: The error code of rows whose whole call failed for a passing reason (a time-out, an outage).
 UNAVAILABLE = "UNAVAILABLE"
 #: The error code of records whose latest delivery the mapping could not turn into fields (a
@@ -54,7 +60,7 @@ crm_outbox = sa.Table(
     sa.Column("sync_deleted_version", UTCDateTime()),
     sa.Column("sync_deleted_fingerprint", FINGERPRINT),
     sa.Column("generation", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("status", sa.String(16), nullable=False, server_default=PENDING),
+    sa.Column("status", sa.String(16), nullable=False, server_default=OutboxStatus.PENDING.value),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("next_attempt_at", UTCDateTime()),
     sa.Column("changed_at", UTCDateTime()),
@@ -86,10 +92,6 @@ crm_commission_changes = sa.Table(
     sa.Column("partner_id", KEY, nullable=False),
     sa.Column("changed_at", UTCDateTime(), nullable=False),
 )
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,10 @@ def _wire_change(change: RecordChange) -> RecordChange:
 class Outbox:
     """The ``crm_outbox`` table."""
 
+    def __init__(self, clock: Clock = system_clock):
+        #: What time it is: stamps changes, sends and refusals.
+        self.clock = clock
+
     def apply_many(self, conn: Connection, items: list[OutboxChange]) -> int:
         """Merge many changes into their outbox rows; returns how many rows it wrote.
 
@@ -176,12 +182,12 @@ class Outbox:
         (``waiting_since``); a field the mapping no longer sends goes.
         """
         target = Target(crm_outbox, key=crm_outbox.c.external_id, row_id=crm_outbox.c.id, group=crm_outbox.c.object)
-        merger = _OutboxMerger(items)
+        merger = _OutboxMerger(items, self.clock())
         wired = [replace(item, change=_wire_change(item.change)) for item in items]
         return merge_rows(conn, target, wired, merger).written
 
     def note_commission_change(self, conn: Connection, partner_ids: Iterable[str]) -> None:
-        rows = [{"partner_id": p, "changed_at": now()} for p in sorted(set(partner_ids))]
+        rows = [{"partner_id": p, "changed_at": self.clock()} for p in sorted(set(partner_ids))]
         if rows:
             conn.execute(crm_commission_changes.insert(), rows)
 
@@ -204,7 +210,7 @@ class Outbox:
         # partner's own delivery arrives, the commission total with it.
         db.insert_ignore(conn, t, [
             {"object": object_name, "external_id": p, "entity": entity, "fields": {}, "generation": 0,
-             "status": PENDING, "attempts": 0}
+             "status": OutboxStatus.PENDING, "attempts": 0}
             for p in partners
         ])
         for chunk in db.chunks(partners, 500):
@@ -212,7 +218,8 @@ class Outbox:
                 t.update()
                 .where(t.c.object == object_name, t.c.external_id.in_(chunk), _not_refused_by_mapping())
                 # A synced record's waiting_since is empty: this change starts its wait.
-                .values(**_changed(t.c.generation), waiting_since=sa.func.coalesce(t.c.waiting_since, noted))
+                .values(**_changed(t.c.generation, self.clock()),
+                        waiting_since=sa.func.coalesce(t.c.waiting_since, noted))
             )
         for chunk in db.chunks([change_id for change_id, _, _ in read], 500):
             conn.execute(changes.delete().where(changes.c.id.in_(chunk)))
@@ -227,12 +234,12 @@ class Outbox:
         the statuses OR-ed together would walk every synced record to find the few that are due.
         """
         t = crm_outbox
-        at = now()
+        at = self.clock()
         time_come = sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= at)
         wanted = {
-            PENDING: time_come,
-            WAITING: time_come,
-            FAILED: sa.or_(t.c.next_attempt_at <= at, t.c.sent_with != signature),
+            OutboxStatus.PENDING: time_come,
+            OutboxStatus.WAITING: time_come,
+            OutboxStatus.FAILED: sa.or_(t.c.next_attempt_at <= at, t.c.sent_with != signature),
         }
         rows = []
         for status, condition in wanted.items():
@@ -258,10 +265,10 @@ class Outbox:
         if not outcomes:
             return
         t = crm_outbox
-        at = now()
+        at = self.clock()
         params = []
         for o in sorted(outcomes, key=lambda o: o.row.external_id):
-            ok = o.status == SYNCED
+            ok = o.status == OutboxStatus.SYNCED
             params.append({
                 "b_id": o.row.id, "b_generation": o.row.generation, "status": o.status,
                 "salesforce_id": o.salesforce_id if ok else None,
@@ -272,7 +279,7 @@ class Outbox:
                 "error_code": None if ok else (o.code or "")[:64],
                 "error_message": None if ok else (o.message or "")[:2000],
                 "error_at": None if ok else at,
-                "waiting_for": o.waiting_for if o.status == WAITING else None,
+                "waiting_for": o.waiting_for if o.status == OutboxStatus.WAITING else None,
                 # Synced: nothing is waiting any more. (The row is written only if it did not change.)
                 "waiting_since": None if ok else o.row.waiting_since,
                 **({"sent_with": signature} if signature is not None else {}),
@@ -288,7 +295,8 @@ class Outbox:
     def postpone(self, conn: Connection, rows: Sequence[Pending], reason: str) -> None:
         """A whole call failed for a passing reason (time-out, outage): these rows are due again
         at the next flush (whose own backoff decides when), with the reason shown meanwhile."""
-        self.record(conn, [RowOutcome(r, PENDING, code=UNAVAILABLE, message=reason) for r in rows], signature=None)
+        self.record(conn, [RowOutcome(r, OutboxStatus.PENDING, code=UNAVAILABLE, message=reason) for r in rows],
+                    signature=None)
 
     def wake_children_of(self, conn: Connection, parents: Iterable[tuple[str, str]]) -> int:
         """Records waiting for one of ``parents`` ((object, external id) just synced): try them now."""
@@ -297,7 +305,8 @@ class Outbox:
         woken = 0
         for chunk in db.chunks(keys, 500):
             woken += conn.execute(
-                t.update().where(t.c.status == WAITING, t.c.waiting_for.in_(chunk)).values(next_attempt_at=None)
+                t.update().where(t.c.status == OutboxStatus.WAITING, t.c.waiting_for.in_(chunk))
+                .values(next_attempt_at=None)
             ).rowcount
         return woken
 
@@ -306,15 +315,16 @@ class Outbox:
         mapping could not compute (``MAPPING_ERROR``) stay refused: only a delivery or a replay
         gives them something to send."""
         t = crm_outbox
-        query = t.update().where(t.c.status.in_((FAILED, WAITING)), _not_refused_by_mapping())
+        query = t.update().where(t.c.status.in_((OutboxStatus.FAILED, OutboxStatus.WAITING)), _not_refused_by_mapping())
         if object_name:
             query = query.where(t.c.object == object_name)
-        return conn.execute(query.values(status=PENDING, next_attempt_at=None, attempts=0)).rowcount
+        return conn.execute(query.values(status=OutboxStatus.PENDING, next_attempt_at=None, attempts=0)).rowcount
 
     def refused_by_mapping(self, conn: Connection, object_name: str | None = None) -> int:
         """How many records are refused because the mapping could not compute them."""
         t = crm_outbox
-        query = sa.select(sa.func.count()).select_from(t).where(t.c.status == FAILED, t.c.error_code == MAPPING_ERROR)
+        query = (sa.select(sa.func.count()).select_from(t)
+                 .where(t.c.status == OutboxStatus.FAILED, t.c.error_code == MAPPING_ERROR))
         if object_name:
             query = query.where(t.c.object == object_name)
         return conn.execute(query).scalar_one()
@@ -325,7 +335,7 @@ class Outbox:
         query = sa.select(t.c.object, t.c.status, sa.func.count()).where(t.c.sync_version.is_not(None)) \
             .group_by(t.c.object, t.c.status)
         for obj, status, count in conn.execute(query):
-            found.setdefault(obj, dict.fromkeys(STATUSES, 0))[status] = count
+            found.setdefault(obj, dict.fromkeys(OutboxStatus, 0))[status] = count
         return found
 
     def last_synced_at(self, conn: Connection) -> datetime | None:
@@ -337,7 +347,7 @@ class Outbox:
         rows = conn.execute(
             sa.select(t.c.object, t.c.external_id, t.c.status, t.c.error_code, t.c.error_message, t.c.error_at,
                       t.c.attempts, t.c.next_attempt_at)
-            .where(t.c.status.in_((FAILED, WAITING)))
+            .where(t.c.status.in_((OutboxStatus.FAILED, OutboxStatus.WAITING)))
             .order_by(t.c.error_at.desc())
             .limit(limit)
         ).all()
@@ -356,7 +366,7 @@ class Outbox:
         t = crm_outbox
         records = conn.execute(
             sa.select(sa.func.count()).select_from(t)
-            .where(t.c.status.in_((PENDING, WAITING)), t.c.sync_version.is_not(None))
+            .where(t.c.status.in_((OutboxStatus.PENDING, OutboxStatus.WAITING)), t.c.sync_version.is_not(None))
         ).scalar_one()
         return records + conn.execute(sa.select(sa.func.count()).select_from(crm_commission_changes)).scalar_one()
 
@@ -369,7 +379,9 @@ class _OutboxMerger:
     """The outbox's part of the merge (``sync.store.merge.Merger``): refusals by ``MAPPING_ERROR``,
     ``waiting_since``, and dropping the fields the mapping no longer sends."""
 
-    def __init__(self, items: list[OutboxChange]):
+    def __init__(self, items: list[OutboxChange], now: datetime):
+        #: When this batch changes the records.
+        self.now = now
         self.entities = {self.record(item): item.entity for item in items}
         self.arrived: dict[RecordKey, datetime] = {}
         for item in items:
@@ -384,7 +396,7 @@ class _OutboxMerger:
 
     def new_row(self, record: RecordKey) -> dict[str, Any]:
         return {"object": record[0], "external_id": record[1], "entity": self.entities[record], "fields": {},
-                "generation": 0, "status": PENDING, "attempts": 0}
+                "generation": 0, "status": OutboxStatus.PENDING, "attempts": 0}
 
     def state(self, row: Row) -> RecordState:
         return _state(row)
@@ -405,13 +417,13 @@ class _OutboxMerger:
         since = row.waiting_since  # empty once synced: these changes start a new wait
         if record in self.arrived and (since is None or self.arrived[record] < since):
             since = self.arrived[record]
-        values = {"fields": after.values, **bookkeeping(after), **_changed(row.generation),
+        values = {"fields": after.values, **bookkeeping(after), **_changed(row.generation, self.now),
                   # Every row sets the same columns (one statement); the error stays unless it changes.
                   "error_code": row.error_code, "error_message": row.error_message, "error_at": row.error_at,
                   "sent_with": row.sent_with, "waiting_since": since}
         if refusal is not None:
-            values.update(status=FAILED, error_code=MAPPING_ERROR, error_message=refusal, error_at=now(),
-                          sent_with=None)
+            values.update(status=OutboxStatus.FAILED, error_code=MAPPING_ERROR, error_message=refusal,
+                          error_at=self.now, sent_with=None)
         elif _refused_by_mapping(row):
             values.update(error_code=None, error_message=None, error_at=None)
         return values
@@ -437,19 +449,19 @@ def _refusal(row: Row, problem: object, unchanged: bool) -> Any:
 
 
 def _refused_by_mapping(row: Row) -> bool:
-    return row.status == FAILED and row.error_code == MAPPING_ERROR
+    return row.status == OutboxStatus.FAILED and row.error_code == MAPPING_ERROR
 
 
 def _not_refused_by_mapping():
     """Rows other than records refused because the mapping could not compute them: sending
     those again would send a state the mapping never produced."""
     t = crm_outbox
-    return sa.or_(t.c.status != FAILED, t.c.error_code.is_(None), t.c.error_code != MAPPING_ERROR)
+    return sa.or_(t.c.status != OutboxStatus.FAILED, t.c.error_code.is_(None), t.c.error_code != MAPPING_ERROR)
 
 
-def _changed(generation) -> dict[str, Any]:
-    return {"generation": generation + 1, "status": PENDING, "attempts": 0, "next_attempt_at": None,
-            "changed_at": now()}
+def _changed(generation, at: datetime) -> dict[str, Any]:
+    return {"generation": generation + 1, "status": OutboxStatus.PENDING, "attempts": 0, "next_attempt_at": None,
+            "changed_at": at}
 
 
 def _state(row) -> RecordState:

@@ -15,19 +15,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from sync.core.clock import Clock, system_clock
 from sync.store.db import metadata, transaction
 from sync.store.sqltypes import UTCDateTime
 
-QUEUED = "queued"  # waiting for a worker to take it up (``backfill --in-worker``)
-RUNNING = "running"
-STOPPED = "stopped"  # asked to stop, or its job's time ran out: resumable
-FAILED = "failed"  # stopped by an error a person must see (the API key refused): resumable
-FINISHED = "finished"
-ABANDONED = "abandoned"  # replaced by a new run (``backfill --restart``): never resumed
+class RunStatus(StrEnum):
+    """Where a backfill run stands (``backfill_runs.status``)."""
+
+    QUEUED = "queued"  # waiting for a worker to take it up (``backfill --in-worker``)
+    RUNNING = "running"
+    STOPPED = "stopped"  # asked to stop, or its job's time ran out: resumable
+    FAILED = "failed"  # stopped by an error a person must see (the API key refused): resumable
+    FINISHED = "finished"
+    ABANDONED = "abandoned"  # replaced by a new run (``backfill --restart``): never resumed
+
+
 #: A run marked running that has not recorded progress for this long is taken to have died.
 STALE_AFTER = timedelta(minutes=2)
 
@@ -63,7 +70,7 @@ backfill_runs = sa.Table(
 )
 
 #: Statuses of a run that is over: it is never taken up again.
-OVER = (FINISHED, ABANDONED)
+OVER = (RunStatus.FINISHED, RunStatus.ABANDONED)
 
 
 def scope(entities: tuple[str, ...], since: datetime | None) -> str:
@@ -94,12 +101,11 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return self.status == FINISHED
+        return self.status == RunStatus.FINISHED
 
-    def live(self, now: datetime | None = None) -> bool:
-        """Whether someone is carrying it on right now (it recorded progress lately)."""
-        now = now or datetime.now(timezone.utc)
-        return self.status == RUNNING and now - self.heartbeat_at < STALE_AFTER
+    def live(self, now: datetime) -> bool:
+        """Whether someone is carrying it on at ``now`` (it recorded progress lately)."""
+        return self.status == RunStatus.RUNNING and now - self.heartbeat_at < STALE_AFTER
 
 
 #: The counters a page adds to.
@@ -109,18 +115,20 @@ COUNTERS = ("records", "applied", "unchanged", "skipped", "failed")
 class Runs:
     """Backfill runs, behind the few operations backfills and ``status`` need."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, clock: Clock = system_clock):
         self.engine = engine
+        #: What time it is: stamps starts, heartbeats and ends.
+        self.clock = clock
 
     def start(self, entities: tuple[str, ...], since: datetime | None, job_id: str | None = None) -> Run | None:
         """A new run, running; None when the same lists and ``since`` already have an unfinished
         one (perhaps started by someone else this very moment)."""
-        now = datetime.now(timezone.utc)
+        now = self.clock()
         t = backfill_runs
         try:
             with transaction(self.engine) as conn:
                 run_id = conn.execute(t.insert().values(
-                    entities=",".join(entities), since=since, status=RUNNING, entity=entities[0], next_page=1,
+                    entities=",".join(entities), since=since, status=RunStatus.RUNNING, entity=entities[0], next_page=1,
                     started_at=now, heartbeat_at=now, job_id=job_id, open_scope=scope(entities, since),
                 )).inserted_primary_key[0]
         except sa.exc.IntegrityError:
@@ -149,18 +157,18 @@ class Runs:
         conditional update: False, and nothing changed, when it is over or someone else carries
         it on right now (it is running and moved within ``STALE_AFTER``; a run of ``job_id``
         itself may be taken up again by it)."""
-        return self._claim(run_id, job_id, status=RUNNING, last_error=None, job_id=job_id)
+        return self._claim(run_id, job_id, status=RunStatus.RUNNING, last_error=None, job_id=job_id)
 
     def abandon(self, run_id: int, reason: str, job_id: str | None = None) -> bool:
         """Mark ``run_id`` abandoned (its lists free for a new run), in one conditional update:
         False, and nothing changed, on the same terms as ``take_up``."""
-        return self._claim(run_id, job_id, status=ABANDONED, last_error=reason, open_scope=None)
+        return self._claim(run_id, job_id, status=RunStatus.ABANDONED, last_error=reason, open_scope=None)
 
     def _claim(self, run_id: int, by: str | None, /, **values) -> bool:
         """Set ``values`` on ``run_id`` if it is not over and nobody but ``by`` (a job id) carries it on."""
         t = backfill_runs
-        now = datetime.now(timezone.utc)
-        free = sa.or_(t.c.status != RUNNING, t.c.heartbeat_at <= now - STALE_AFTER)
+        now = self.clock()
+        free = sa.or_(t.c.status != RunStatus.RUNNING, t.c.heartbeat_at <= now - STALE_AFTER)
         if by is not None:
             free = sa.or_(free, t.c.job_id == by)
         with transaction(self.engine) as conn:
@@ -170,7 +178,7 @@ class Runs:
 
     def queue(self, run_id: int) -> None:
         """Mark ``run_id`` waiting for a worker to take it up."""
-        self._update(run_id, status=QUEUED, job_id=None)
+        self._update(run_id, status=RunStatus.QUEUED, job_id=None)
 
     def advance(self, run_id: int, entity: str, next_page: int, last_page: int | None, **counts: int) -> None:
         """Record that the pages before ``next_page`` of ``entity`` are applied, adding ``counts``."""
@@ -178,15 +186,15 @@ class Runs:
         self._update(run_id, entity=entity, next_page=next_page, last_page=last_page,
                      **{name: t.c[name] + counts.get(name, 0) for name in COUNTERS})
 
-    def finish(self, run_id: int, status: str = FINISHED, error: str | None = None) -> None:
-        ended = datetime.now(timezone.utc) if status == FINISHED else None
+    def finish(self, run_id: int, status: str = RunStatus.FINISHED, error: str | None = None) -> None:
+        ended = self.clock() if status == RunStatus.FINISHED else None
         over = {"open_scope": None} if status in OVER else {}
         self._update(run_id, status=status, last_error=error, finished_at=ended, **over)
 
     def _update(self, run_id: int, **values) -> None:
         t = backfill_runs
         with transaction(self.engine) as conn:
-            conn.execute(t.update().where(t.c.id == run_id).values(heartbeat_at=datetime.now(timezone.utc), **values))
+            conn.execute(t.update().where(t.c.id == run_id).values(heartbeat_at=self.clock(), **values))
 
 
 def _run(row) -> Run:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from sync.core.clock import Clock, system_clock
 from sync.core.errors import ConfigurationError
 from sync.mapping import MappingSet, RecordChange
 from sync.mapping.spec import Mapping
@@ -74,7 +75,9 @@ class MigrationReport:
 class Warehouse:
     """The mapped tables, built from a ``MappingSet``."""
 
-    def __init__(self, mappings: MappingSet):
+    def __init__(self, mappings: MappingSet, clock: Clock = system_clock):
+        #: What time it is: stamps ``sync_updated_at``.
+        self.clock = clock
         self.metadata = sa.MetaData()
         self.tables: dict[str, Table] = {}
         for mapping in mappings.mappings:
@@ -153,7 +156,7 @@ class Warehouse:
             mapped = self.tables[name]
             key_column = mapped.table.c[mapped.mapping.warehouse.key]
             target = Target(mapped.table, key=key_column, row_id=key_column)
-            states.update(merge_rows(conn, target, by_table[name], _TableMerger(mapped)).states)
+            states.update(merge_rows(conn, target, by_table[name], _TableMerger(mapped, self.clock())).states)
         return states
 
     def states(self, conn: Connection, table: str, keys: list[str]) -> dict[str, RecordState]:
@@ -192,10 +195,10 @@ class _TableMerger:
     """One mapped table's part of the merge (``sync.store.merge.Merger``): the mapped columns, the
     tombstone columns, and which delivery's state each row holds (``sync_event_id``)."""
 
-    def __init__(self, mapped: Table):
+    def __init__(self, mapped: Table, now: datetime):
         self.mapped = mapped
         self.winners: dict[RecordKey, int | None] = {}
-        self.now = datetime.now(timezone.utc)
+        self.now = now
 
     def record(self, item: WarehouseChange) -> RecordKey:
         return (item.change.table, item.change.key)

@@ -43,14 +43,15 @@ from typing import Protocol
 from rq import Retry, get_current_job
 
 from sync.core import backoff
+from sync.core.clock import Clock
 from sync.core.errors import SyncError, TransientError, caused_by
 from sync.mapping import MappingSet
 from sync.ops import metrics
 from sync.pipeline import outcomes
 from sync.pipeline.processor import BatchResult, Processor
-from sync.salesforce.schedule import FlushCoordinator
+from sync.salesforce.schedule import FlushSchedule
 from sync.settings import Settings
-from sync.store.inbox import CLAIM_BATCH, Event, Inbox
+from sync.store.inbox import CLAIM_BATCH, Inbox, StoredDelivery
 from sync.store.warehouse import Warehouse
 from sync.worker.stopping import INTERRUPTIONS, stop_requested
 
@@ -76,14 +77,15 @@ class Context(Protocol):
     job's first argument (``sync.worker.queues.PartneroWorker``): a job never builds its own."""
 
     settings: Settings
+    clock: Clock
     inbox: Inbox
-    jobs: Queue
+    queue: Queue
     mappings: MappingSet
     warehouse: Warehouse
     processor: Processor
 
     @property
-    def flushes(self) -> FlushCoordinator: ...
+    def flush_schedule(self) -> FlushSchedule: ...
 
     def request_flush(self) -> None: ...
 
@@ -104,7 +106,7 @@ class Drained:
     first: int | None = None
     last: int | None = None
 
-    def add(self, events: list[Event], result: BatchResult) -> None:
+    def add(self, events: list[StoredDelivery], result: BatchResult) -> None:
         self.processed += len(result.processed)
         self.ignored += len(result.ignored)
         self.failed += len(result.failed)
@@ -188,7 +190,7 @@ def _withholding(job):
 @_withholding
 def drain(current: Context) -> Retry | str:
     """The job behind a wake-up: claim pending deliveries and apply them while any are pending."""
-    current.jobs.woken()  # deliveries stored from now on wake the next worker
+    current.queue.woken()  # deliveries stored from now on wake the next worker
     drained = Drained()
     deadline = time.monotonic() + SLICE_SECONDS
     # A passing error is met by claiming again at once, unless the previous try met one too: a
@@ -207,7 +209,7 @@ def drain(current: Context) -> Retry | str:
             if not events:
                 break
             if len(events) == CLAIM_BATCH:
-                current.jobs.wake()  # more are waiting: an idle worker can take a share
+                current.queue.wake()  # more are waiting: an idle worker can take a share
             outcome = _apply(current, events, again=again)
             if outcome is None:
                 again = False
@@ -217,12 +219,12 @@ def drain(current: Context) -> Retry | str:
             again = True
             drained.add(events, outcome)
             if stop_requested() or time.monotonic() > deadline:
-                current.jobs.wake(force=True)  # a fresh job carries on after the other queue's turn
+                current.queue.wake(force=True)  # a fresh job carries on after the other queue's turn
                 break
     except (TransientError, *INTERRUPTIONS) as exc:  # while claiming: nothing to note on rows
         return _passing(current, [], exc)
     finally:
-        current.jobs.describe_current_job(drained.description())
+        current.queue.describe_current_job(drained.description())
     return drained.summary()
 
 
@@ -238,7 +240,7 @@ def process_events(current: Context, event_ids: list[int]) -> Retry | str:
     return outcome if isinstance(outcome, Retry) else outcome.summary()
 
 
-def _apply(current: Context, events: list[Event], again: bool = False) -> BatchResult | Retry | None:
+def _apply(current: Context, events: list[StoredDelivery], again: bool = False) -> BatchResult | Retry | None:
     """Apply claimed rows in one transaction; each one's outcome is recorded on its row, then
     counted and logged (``sync.pipeline.outcomes``). On a passing error the rows are let go of, and the
     job is to be retried later; with ``again``, unless the job ran out of time, it may claim
@@ -252,7 +254,7 @@ def _apply(current: Context, events: list[Event], again: bool = False) -> BatchR
             log.warning("inbox %s: %s; claiming again at once", _rows(event_ids), exc)
             return None
         return _passing(current, event_ids, exc)
-    outcomes.report(events, result, current.request_flush)
+    outcomes.report(events, result, current.request_flush, current.clock())
     # Failed deliveries are recorded on their rows (status, /ops, metrics); the job did its work.
     return result
 
@@ -314,7 +316,7 @@ def _rows(event_ids: list[int]) -> str:
 @_withholding
 def flush_crm(current: Context) -> str:
     """Send the CRM outbox to Salesforce: the RQ job behind every flush (see ``sync.salesforce.schedule``)."""
-    outcome = current.flushes.run_job(should_stop=stop_requested)
+    outcome = current.flush_schedule.run_job(should_stop=stop_requested)
     log.info("Salesforce flush: %s", outcome.text)
     return outcome.text
 
@@ -331,10 +333,10 @@ def backfill(current: Context, run_id: int) -> Retry | str:
     slice, then enqueue the next slice; the run's place is in the database (``backfill_runs``)."""
     from sync.partnero.api import PartneroApi
     from sync.partnero.backfill import Backfill
-    from sync.store.runs import STOPPED
+    from sync.store.runs import RunStatus
 
     job = get_current_job()
-    filler = Backfill(current, PartneroApi(current.settings.partnero))
+    filler = Backfill(current, PartneroApi(current.settings.partnero, clock=current.clock))
     run = filler.runs.get(run_id)
     if run is None or run.done:
         return f"backfill #{run_id}: nothing to do"
@@ -344,13 +346,13 @@ def backfill(current: Context, run_id: int) -> Retry | str:
     deadline = time.monotonic() + BACKFILL_SLICE_SECONDS
     try:
         run = filler.run(run, should_stop=lambda: stop_requested() or time.monotonic() > deadline,
-                         on_page=lambda progress: current.jobs.report_progress(progress.line()))
+                         on_page=lambda progress: current.queue.report_progress(progress.line()))
     except TransientError as exc:  # Partnero or the database away past the client's retries
         return _later(f"backfill #{run_id}", str(exc), "the run stays stopped where it was, for "
                       "`partnero-sync backfill` to carry on")
-    if run.status == STOPPED:  # its slice is over: the next one carries on after the other queues' turn
-        current.jobs.enqueue_backfill(run_id, f"backfill #{run_id}: carried on from {run.entity} page {run.next_page}")
+    if run.status == RunStatus.STOPPED:  # its slice is over: the next one carries on after the other queues' turn
+        current.queue.enqueue_backfill(run_id, f"backfill #{run_id}: carried on from {run.entity} page {run.next_page}")
     summary = (f"backfill #{run_id} {run.status}: {run.records:,} records, {run.applied:,} applied, "
                f"{run.unchanged:,} unchanged, {run.skipped:,} skipped, {run.failed:,} failed")
-    current.jobs.report_progress(summary)
+    current.queue.report_progress(summary)
     return summary

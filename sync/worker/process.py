@@ -54,8 +54,8 @@ def build_worker(services: WorkerServices, *, sweep_every: int = 60,
     worker = worker_class(
         # Deliveries first: a flush waits for them, and hands over often (sync.salesforce.schedule); a
         # backfill works in slices, so the others get their turns between two.
-        services.jobs.queues,
-        connection=services.jobs.connection,
+        services.queue.queues,
+        connection=services.queue.connection,
         maintenance_interval=sweep_every,
         context=services,
     )

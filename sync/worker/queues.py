@@ -30,7 +30,7 @@ from rq.worker import SimpleWorker
 from rq.worker_registration import get_keys as worker_keys
 
 from sync.core.errors import TransientError
-from sync.ops.stats import QueueCounts
+from sync.ops.snapshot import QueueCounts
 from sync.worker import jobs
 from sync.worker.stopping import request_stop
 

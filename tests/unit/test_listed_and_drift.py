@@ -70,7 +70,7 @@ def test_an_object_held_as_listed_does_not_drift_and_a_changed_one_names_its_col
     changed = {**obj, "email": "other@example.com", "updated_at": "2026-04-01T00:00:00.000000Z"}
     _, newer = plans("partners", changed)
     found = drift.compare("partners", changed, newer, held, [], tombstones("partners"))
-    assert (found.kind, found.fields) == (drift.STALE, ("email", "updated_at"))
+    assert (found.kind, found.fields) == (drift.DriftKind.STALE, ("email", "updated_at"))
 
     older = {**obj, "email": "old@example.com", "updated_at": "2026-01-06T00:00:00.000000Z"}
     _, stale = plans("partners", older)
@@ -78,13 +78,13 @@ def test_an_object_held_as_listed_does_not_drift_and_a_changed_one_names_its_col
 
     archived = {**obj, "status": "archived", "updated_at": "2026-04-01T00:00:00.000000Z"}
     _, made = plans("partners", archived)
-    assert drift.compare("partners", archived, made, held, [], tombstones("partners")).kind == drift.ARCHIVED
+    assert drift.compare("partners", archived, made, held, [], tombstones("partners")).kind == drift.DriftKind.ARCHIVED
 
 
 def test_missing_deleted_and_commission_moved():
     obj = copy.deepcopy(TRANSACTION)
     _, made = plans("transactions", obj)
-    assert drift.compare("transactions", obj, made, None, [], tombstones("transactions")).kind == drift.MISSING
+    assert drift.compare("transactions", obj, made, None, [], tombstones("transactions")).kind == drift.DriftKind.MISSING
 
     held = held_after("transactions", obj)
     reward = made[0].rewards
@@ -97,11 +97,11 @@ def test_missing_deleted_and_commission_moved():
     approved["rewards"][0]["status"] = "ok"
     _, moved = plans("transactions", approved, later)
     found = drift.compare("transactions", approved, moved, held, booked, tombstones("transactions"))
-    assert (found.kind, found.fields) == (drift.COMMISSION, ("ptn_8c1e6f0a#1",))
+    assert (found.kind, found.fields) == (drift.DriftKind.COMMISSION, ("ptn_8c1e6f0a#1",))
 
     refunded = {**obj, "deleted_at": "2026-04-01T00:00:00.000000Z"}
     _, refund = plans("transactions", refunded, later)
-    assert drift.compare("transactions", refunded, refund, held, booked, tombstones("transactions")).kind == drift.DELETED
+    assert drift.compare("transactions", refunded, refund, held, booked, tombstones("transactions")).kind == drift.DriftKind.DELETED
 
 
 def test_a_gone_object_becomes_a_delete_of_its_id():

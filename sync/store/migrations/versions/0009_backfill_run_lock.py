@@ -13,7 +13,7 @@ Revises: 0008
 import sqlalchemy as sa
 from alembic import op
 
-from sync.store.runs import ABANDONED, OVER, scope
+from sync.store.runs import OVER, RunStatus, scope
 from sync.store.sqltypes import UTCDateTime
 
 revision = "0009"
@@ -44,7 +44,7 @@ def upgrade() -> None:
         key = scope(tuple(entities.split(",")), since)
         if key in taken:
             conn.execute(_runs.update().where(_runs.c.id == run_id).values(
-                status=ABANDONED, last_error="replaced by a newer run of the same lists (migration 0009)"))
+                status=RunStatus.ABANDONED, last_error="replaced by a newer run of the same lists (migration 0009)"))
         else:
             conn.execute(_runs.update().where(_runs.c.id == run_id).values(open_scope=key))
             taken.add(key)

@@ -7,17 +7,15 @@ One snapshot serves ``partnero-sync status``, the operator's ``/healthz``, ``/me
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sync.core.errors import TransientError
 from sync.ops.progress import duration
 from sync.store import db, ledger, runs
-from sync.store.inbox import FAILED, InboxSummary
-from sync.store.outbox import FAILED as CRM_FAILED
-from sync.store.outbox import PENDING as CRM_PENDING
-from sync.store.outbox import WAITING as CRM_WAITING
-from sync.store.outbox import Outbox
+from sync.store.inbox import DeliveryStatus, InboxSummary
+from sync.store.outbox import Outbox, OutboxStatus
 
 #: A pending delivery older than this means the backlog is stuck (no worker, or one that fails).
 STUCK_AFTER = timedelta(minutes=15)
@@ -36,9 +34,12 @@ class QueueCounts:
     workers: int  # living workers listening on the queue
 
 
-OK = "ok"
-ATTENTION = "attention"
-UNKNOWN = "unknown"
+class Health(StrEnum):
+    """What a snapshot says of the service as a whole (``Snapshot.state``)."""
+
+    OK = "ok"
+    ATTENTION = "attention"
+    UNKNOWN = "unknown"
 
 
 @dataclass
@@ -77,20 +78,20 @@ class Snapshot:
 
     @property
     def crm_refused(self) -> int:
-        return sum(s.get(CRM_FAILED, 0) for s in self.crm.values())
+        return sum(s.get(OutboxStatus.FAILED, 0) for s in self.crm.values())
 
     @property
-    def state(self) -> str:
+    def state(self) -> Health:
         """UNKNOWN when a source could not be read, else ATTENTION when something needs a person, else OK."""
         if self.unavailable:
-            return UNKNOWN
-        return ATTENTION if self.attention() else OK
+            return Health.UNKNOWN
+        return Health.ATTENTION if self.attention() else Health.OK
 
     def attention(self) -> list[str]:
         """What a person should look at, one sentence each; empty when all is well."""
         reasons = []
         if self.inbox is not None:
-            failed = self.inbox.counts.get(FAILED, 0)
+            failed = self.inbox.counts.get(DeliveryStatus.FAILED, 0)
             if failed:
                 reasons.append(f"{failed} deliveries failed: see `partnero-sync status` and /ops, "
                                "then `partnero-sync requeue-failed` after a fix")
@@ -162,15 +163,15 @@ class Snapshot:
 
 def backfill_attention(run: runs.Run | None, now: datetime) -> list[str]:
     """What the latest backfill needs of a person: one that failed, stopped on an error, or died."""
-    if run is None or run.done or run.status == runs.ABANDONED:
+    if run is None or run.done or run.status == runs.RunStatus.ABANDONED:
         return []
     where = f"at {run.entity} page {run.next_page}"
     carry_on = "`partnero-sync backfill` carries it on from there"
-    if run.status == runs.FAILED:
+    if run.status == runs.RunStatus.FAILED:
         return [f"backfill #{run.id} failed {where}: {run.last_error}; once fixed, {carry_on}"]
-    if run.status == runs.STOPPED and run.last_error:
+    if run.status == runs.RunStatus.STOPPED and run.last_error:
         return [f"backfill #{run.id} stopped {where}: {run.last_error}; {carry_on}"]
-    if run.status == runs.RUNNING and not run.live(now):
+    if run.status == runs.RunStatus.RUNNING and not run.live(now):
         return [f"backfill #{run.id} stopped moving {where} {duration((now - run.heartbeat_at).total_seconds())} "
                 f"ago (its process died?); {carry_on}"]
     return []
@@ -178,14 +179,14 @@ def backfill_attention(run: runs.Run | None, now: datetime) -> list[str]:
 
 def backlog(by_status: dict[str, int]) -> int:
     """Salesforce records of one object still to be sent (pending or waiting for a parent)."""
-    return by_status.get(CRM_PENDING, 0) + by_status.get(CRM_WAITING, 0)
+    return by_status.get(OutboxStatus.PENDING, 0) + by_status.get(OutboxStatus.WAITING, 0)
 
 
 def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = False) -> Snapshot:
     """Read everything (the ledger's currencies only ``with_ledger``: ``partnero-sync status``);
     a source that cannot be read is named in ``unavailable``."""
     snapshot = Snapshot(
-        taken_at=datetime.now(timezone.utc),
+        taken_at=services.clock(),
         stuck_after=stuck_after,
         crm_enabled=services.settings.salesforce.enabled,
     )
@@ -199,13 +200,13 @@ def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = Fal
                     snapshot.crm_last_synced_at = outbox.last_synced_at(conn)
                 if with_ledger:
                     snapshot.ledger = ledger.summary(conn, services.settings.currency)
-        snapshot.backfill = runs.Runs(services.inbox.engine).latest()
+        snapshot.backfill = runs.Runs(services.inbox.engine, services.clock).latest()
     except Exception as exc:  # e.g. no schema yet: say so rather than fail the whole report
         snapshot.unavailable["database"] = db.explain(exc) or db.describe_error(exc)
     try:
-        snapshot.queue = services.jobs.counts()
+        snapshot.queue = services.queue.counts()
         if snapshot.crm_enabled:
-            snapshot.crm_problem = services.flushes.problem()
+            snapshot.crm_problem = services.flush_schedule.problem()
     except TransientError as exc:
         snapshot.unavailable["redis"] = str(exc)
     return snapshot
