@@ -102,7 +102,7 @@ class Processor:
                 # The fast way: the whole batch in one transaction, no savepoint, a few statements per table.
                 with self.engine.begin() as conn:
                     self._apply_all(conn, work)
-                    result.processed = [event.id for event, _ in work]
+                    result.processed = [item.delivery.id for item in work]
                     self._record(conn, result)
             except Exception as exc:  # noqa: BLE001 - sorted below: passing, or one delivery's fault
                 if self._passing(exc) and not self._locked_out(exc):
@@ -138,11 +138,11 @@ class Processor:
             if planned is None:
                 result.ignored.append(event.id)
                 continue
-            work.append((event, planned))
+            work.append(Work(event, planned))
             label = entity_label(planned.change.key) if planned.change is not None else None
             if event.entity_id is None and label is not None:
                 result.entity_ids[event.id] = label
-        work.sort(key=lambda item: _lock_order(item[1]))
+        work.sort(key=lambda item: _lock_order(item.plan))
         return work
 
     def _locked_out(self, exc: BaseException) -> bool:
@@ -172,7 +172,7 @@ class Processor:
                 return
             try:
                 with conn.begin_nested():
-                    self._apply_all(conn, [(event, planned)])
+                    self._apply_all(conn, [Work(event, planned)])
             except Exception as exc:  # noqa: BLE001
                 if self._locked_out(exc):
                     waits[record[0]] += 1
@@ -187,7 +187,7 @@ class Processor:
 
         for event, planned in work:
             if waits[_record_of(planned)[0]]:
-                later.append((event, planned))  # its table is locked, maybe whole: the others first
+                later.append(Work(event, planned))  # its table is locked, maybe whole: the others first
             else:
                 apply(event, planned)
         for event, planned in later:
@@ -230,7 +230,7 @@ class Processor:
     @property
     def sinks(self) -> list[Sink]:
         """Where plans go, in lock order: the warehouse, the ledger, and the outbox unless CRM sync is off."""
-        return in_lock_order(self.warehouse, self.outbox)
+        return in_lock_order(self.warehouse, self.outbox, self.inbox.clock)
 
     def _apply_all(self, conn: Connection, work: list[Work]) -> None:
         """Hand ``work`` to each sink in turn, each given what the ones before it found."""

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sqlalchemy.engine import Connection
 
+from sync.core.clock import Clock
 from sync.mapping import Plan
 from sync.rules.records import RecordState
 from sync.store import ledger
@@ -23,8 +24,11 @@ from sync.store.inbox import StoredDelivery
 from sync.store.outbox import Outbox, OutboxChange
 from sync.store.warehouse import Warehouse, WarehouseChange
 
-#: A delivery of the batch and what its mapping made of it.
-Work = tuple[StoredDelivery, Plan]
+class Work(NamedTuple):
+    """A delivery of the batch and what its mapping made of it."""
+
+    delivery: StoredDelivery
+    plan: Plan
 
 
 @dataclass
@@ -51,15 +55,19 @@ class WarehouseSink:
     warehouse: Warehouse
 
     def write(self, conn: Connection, work: Sequence[Work], found: Found) -> None:
-        changes = [WarehouseChange(planned.change, event.id) for event, planned in work if planned.change is not None]
+        changes = [WarehouseChange(item.plan.change, item.delivery.id) for item in work if item.plan.change is not None]
         found.states.update(self.warehouse.apply_many(conn, changes))
 
 
+@dataclass(frozen=True)
 class LedgerSink:
     """The commission ledger: follows the warehouse's merged states; finds the partners it moved."""
 
+    #: What time it is: when the entries are recorded.
+    clock: Clock
+
     def write(self, conn: Connection, work: Sequence[Work], found: Found) -> None:
-        found.partners |= ledger.settle_many(conn, settlements(work, found.states))
+        found.partners |= ledger.settle_many(conn, settlements(work, found.states), self.clock())
 
 
 @dataclass(frozen=True)
@@ -71,18 +79,18 @@ class OutboxSink:
 
     def write(self, conn: Connection, work: Sequence[Work], found: Found) -> None:
         self.outbox.apply_many(conn, [
-            OutboxChange(planned.crm, planned.mapping.entity,
-                         tuple(f.name for f in planned.mapping.salesforce.on_delete),
-                         planned.crm_problem, event.received_at)
-            for event, planned in work
-            if planned.crm is not None
+            OutboxChange(item.plan.crm, item.plan.mapping.entity,
+                         tuple(f.name for f in item.plan.mapping.salesforce.on_delete),
+                         item.plan.crm_problem, item.delivery.received_at)
+            for item in work
+            if item.plan.crm is not None
         ])
         self.outbox.note_commission_change(conn, found.partners)
 
 
-def in_lock_order(warehouse: Warehouse, outbox: Outbox | None) -> list[Sink]:
+def in_lock_order(warehouse: Warehouse, outbox: Outbox | None, clock: Clock) -> list[Sink]:
     """The sinks, in the order every batch applies them (no outbox: CRM sync is off)."""
-    sinks: list[Sink] = [WarehouseSink(warehouse), LedgerSink()]
+    sinks: list[Sink] = [WarehouseSink(warehouse), LedgerSink(clock)]
     if outbox is not None:
         sinks.append(OutboxSink(outbox))
     return sinks
@@ -97,20 +105,22 @@ def settlements(work: Sequence[Work], states: dict[tuple[str, str], RecordState]
     held only older news, and only a refund changes what stands.
     """
     by_record: dict[tuple[str, str], list[Work]] = {}
-    for event, planned in work:
-        if planned.mapping.ledger is not None and planned.change is not None:
-            by_record.setdefault((planned.change.table, planned.change.key), []).append((event, planned))
+    for item in work:
+        change = item.plan.change
+        if item.plan.mapping.ledger is not None and change is not None:
+            by_record.setdefault((change.table, change.key), []).append(item)
     found = []
     for (table, key), items in sorted(by_record.items()):
         state = states[(table, key)]
-        winner = next(((e, p) for e, p in items if p.change.version == state.version), None)
-        rewards = winner[1].rewards if winner is not None else None
+        winner = next((item for item in items if item.plan.change.version == state.version), None)
+        rewards = winner.plan.rewards if winner is not None else None
         if rewards is None and not state.tombstoned:
             continue  # older news: what stands already follows the newest state
-        refund = next((e for e, p in items if p.change.deleting
-                       and (p.change.version.at, p.change.version.fingerprint) == state.deleted), None)
+        refund = next((item.delivery for item in items if item.plan.change.deleting
+                       and (item.plan.change.version.at, item.plan.change.version.fingerprint) == state.deleted),
+                      None)
         # The entries name the delivery that moved them: the winning state, else the refund.
-        event_id = winner[0].id if rewards is not None else (refund or items[-1][0]).id
+        event_id = winner.delivery.id if rewards is not None else (refund or items[-1].delivery).id
         found.append(ledger.Settlement(
             transaction_key=key,
             rewards=rewards,

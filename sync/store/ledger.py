@@ -16,7 +16,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from sync.core.clock import system_clock
 from sync.mapping import Reward
 from sync.rules import commissions
 from sync.rules.commissions import Bucket, Entry
@@ -94,9 +93,9 @@ class Settlement:
     refund_event_id: int | None = None
 
 
-def settle_many(conn: Connection, settlements: Sequence[Settlement]) -> set[str]:
-    """Add the entries that bring each transaction's rewards to their newest state; returns the
-    partners whose commission changed (both sides of a move).
+def settle_many(conn: Connection, settlements: Sequence[Settlement], now: datetime) -> set[str]:
+    """Add the entries that bring each transaction's rewards to their newest state, recorded at
+    ``now``; returns the partners whose commission changed (both sides of a move).
 
     The caller holds the transactions' warehouse rows locked (``Warehouse.apply_many``), so the
     entries read here are every entry committed so far, and no one else appends to these chains
@@ -110,7 +109,6 @@ def settle_many(conn: Connection, settlements: Sequence[Settlement]) -> set[str]
         added += commissions.settle(s.transaction_key, stored.get(s.transaction_key, []), s.rewards, s.refunded,
                                     s.changed_at, s.refunded_at, s.event_id, s.refund_event_id)
     if added:
-        now = system_clock()
         rows = [_row(entry, now) for entry in sorted(added, key=lambda e: (e.transaction_key, e.reward_ref, e.seq))]
         conn.execute(commission_entries.insert(), rows)
     return {entry.bucket.partner_id for entry in added}
