@@ -14,6 +14,8 @@ from sync.core.envelope import MalformedDelivery
 from sync.core.errors import TransientError
 from sync.mapping import identify
 from sync.ops import logs, metrics
+from sync.pipeline.intake import Intake
+from sync.services import Services
 from sync.store.inbox import Delivery, DeliveryStatus
 
 log = logging.getLogger(__name__)
@@ -42,15 +44,22 @@ def receive():
 
 def _receive():
     services = current_app.extensions["partnero"]
-    intake = current_app.extensions["partnero.intake"]
-    limit = services.settings.max_body_bytes
+    return _accept(_read_body(services.settings.max_body_bytes), services, current_app.extensions["partnero.intake"])
+
+
+def _read_body(limit: int) -> bytes:
+    """The request's raw bytes, exactly as signed; too large a body is refused unread, or as soon
+    as it passes the limit (a chunked one is cut one byte past it)."""
     if (request.content_length or 0) > limit:
         raise RequestEntityTooLarge()  # from the header alone: the body is never read
-    # The raw bytes, exactly as signed. A chunked body is cut one byte past the limit.
     body = request.get_data(cache=False)
     if len(body) > limit:
         raise RequestEntityTooLarge()
+    return body
 
+
+def _accept(body: bytes, services: Services, intake: Intake):
+    """Verify ``body``, read its envelope, and store it through ``intake``: the answer to send."""
     verdict = signature.verify(
         body, signature.header_values(request.headers), services.settings.webhook_secrets
     )
