@@ -158,3 +158,34 @@ def test_it_cannot_tell_without_access(fresh):
 def test_help_explains_the_exit_statuses():
     result = CliRunner().invoke(main, ["crm", "check", "--help"])
     assert result.exit_code == 0 and "0 the org fits; 1 it does not" in result.output
+
+
+def test_an_org_that_fits_takes_every_shipped_record_without_refusal(fresh, settings, redis_conn):
+    """What check calls fitting is what the sync needs: a fresh org set up as check asks takes the
+    three entities' records with no refusal."""
+    from sync.partnero.samples import CUSTOMER, TRANSACTION
+    from sync.services import Services
+    from tests.test_salesforce_sync import deliver, partner, password_login
+    from tests.warehouse_helpers import envelope
+
+    assert check(set_up(fresh)).exit_code == 0
+    services = Services.build(settings.with_overrides(salesforce=password_login(fresh)), redis_conn)
+    deliver(services, partner(), envelope("customer.created", "2026-03-14T10:02:54Z", **CUSTOMER),
+            envelope("transaction.created", "2026-03-14T10:15:31Z", **TRANSACTION))
+    report = services.flusher().flush()
+    assert (report.synced, report.failed) == (3, 0), report.summary()
+    sale = fresh.get("Partnero_Transaction__c", "Partnero_Transaction_Key__c", TRANSACTION["key"])
+    assert sale["Partnero_Partner__c"] == fresh.get("Contact", "Partnero_Partner_Id__c", "ptn_8c1e6f0a")["Id"]
+
+
+def test_an_expired_session_is_renewed_between_describes(fresh):
+    from sync.cli.salesforce import _describes
+    from sync.salesforce.client import SalesforceClient
+    from tests.test_salesforce_sync import password_login
+
+    client = SalesforceClient(password_login(set_up(fresh)))
+    assert client.describe("Contact")["name"] == "Contact"
+    fresh.expire_sessions()
+    describes = _describes(client, ["Account", "Nothing__c"])
+    assert describes["Account"]["name"] == "Account" and describes["Nothing__c"] is None
+    assert fresh.count("login") == 2

@@ -60,6 +60,16 @@ Behaviour modelled (switches are thread-safe and may change while clients run):
   (``define_object(..., types={"Amount__c": "double"})``) is one 400 JSON_PARSER_ERROR;
   ``deny(obj)`` makes every call on the object a 403 INSUFFICIENT_ACCESS (``allow(obj)`` undoes
   it); an object the org lacks is a 404 NOT_FOUND.
+* Describe (``GET sobjects/{name}/describe``) lists each field with Salesforce's attributes
+  (type, length, precision, scale, externalId, unique, createable, updateable, nillable,
+  defaultedOnCreate, relationshipName, referenceTo): the standard objects' system and required
+  fields, and what ``add_field(obj, name, kind, ...)`` creates as an admin would in Setup
+  (writes then take the field, read as its type). ``FakeSalesforce(fresh=True)`` is an org as it
+  comes: the standard objects take only their standard fields. ``hide_field(obj, name)`` is
+  field-level security: the field is absent from describe and a write naming it is refused
+  (INVALID_FIELD "No such column"); ``add_field(..., writable=False)`` a field the user can read
+  only (INVALID_FIELD_FOR_INSERT_UPDATE). tests/salesforce_orgs.py sets an org up for the
+  shipped mappings.
 * Required fields (Contact.LastName, Account.Name, ...), optional allowed-field sets, external
   id matching (case-insensitive unless ``case_sensitive_ids``), relationships by external id
   (``"Rel__r": {"Ext__c": "v"}``) resolved to the lookup field, duplicate external ids within a

@@ -65,6 +65,18 @@ def org() -> dict[str, dict]:
             for name, fields in (("Contact", contact), ("Account", account), ("Partnero_Transaction__c", sale))}
 
 
+def contract_of(tmp_path: Path, salesforce: str):
+    """The contract of one mapping file whose ``salesforce:`` section is ``salesforce`` (YAML)."""
+    (tmp_path / "thing.yml").write_text(textwrap.dedent("""
+        entity: thing
+        events: [thing.created]
+        identity: data.id
+        warehouse: {table: things, key: thing_id, columns: {a: data.a}}
+        salesforce:
+    """) + textwrap.indent(textwrap.dedent(salesforce), "  "))
+    return contract(load_mappings(tmp_path, RESERVED_TABLES))
+
+
 @pytest.fixture(scope="module")
 def shipped():
     return contract(load_mappings(SHIPPED, RESERVED_TABLES))
@@ -87,23 +99,17 @@ def test_the_shipped_contract_names_every_object_field_key_and_lookup(shipped):
 
 
 def test_a_users_new_object_and_fields_are_covered_the_same_way(tmp_path):
-    (tmp_path / "payout.yml").write_text(textwrap.dedent("""
-        entity: payout
-        events: [payout.created]
-        identity: data.id
-        warehouse: {table: payouts, key: payout_id, columns: {amount: data.amount}}
-        salesforce:
-          object: Payout__c
-          external_id: Payout_Id__c
-          fields:
-            Paid__c: {from: data.paid, type: boolean}
-            Paid_At__c: {from: data.paid_at, type: datetime}
-            Count__c: {from: data.count, type: integer}
-            Kind__c: {value: manual}
-          references:
-            Program__r: {object: Program__c, external_id: Program_Key__c, from: data.program}
-    """))
-    needs = contract(load_mappings(tmp_path, RESERVED_TABLES))
+    needs = contract_of(tmp_path, """
+        object: Payout__c
+        external_id: Payout_Id__c
+        fields:
+          Paid__c: {from: data.paid, type: boolean}
+          Paid_At__c: {from: data.paid_at, type: datetime}
+          Count__c: {from: data.count, type: integer}
+          Kind__c: {value: manual}
+        references:
+          Program__r: {object: Program__c, external_id: Program_Key__c, from: data.program}
+    """)
     assert [o.name for o in needs.objects] == ["Program__c", "Payout__c"]
     program, payout = needs.objects
     assert not program.written and program.field("Program_Key__c").external_id
@@ -175,19 +181,14 @@ def test_each_misfit_is_named_with_what_to_do(shipped, obj, name, attributes, pr
     ("date", "json", True), ("reference", "json", False),
 ])
 def test_types_that_take_the_mappings_type(tmp_path, kind, mapping_type, fits):
-    (tmp_path / "x.yml").write_text(textwrap.dedent(f"""
-        entity: thing
-        events: [thing.created]
-        identity: data.id
-        warehouse: {{table: things, key: thing_id, columns: {{a: data.a}}}}
-        salesforce:
-          object: Thing__c
-          external_id: Key__c
-          fields:
-            Value__c: {{from: data.value, type: {mapping_type}}}
-    """))
+    needs = contract_of(tmp_path, f"""
+        object: Thing__c
+        external_id: Key__c
+        fields:
+          Value__c: {{from: data.value, type: {mapping_type}}}
+    """)
     describes = {"Thing__c": {"name": "Thing__c", "fields": [*system(), key("Key__c"), field("Value__c", kind)]}}
-    found = findings(contract(load_mappings(tmp_path, RESERVED_TABLES)), describes)
+    found = findings(needs, describes)
     assert (found == []) is fits, found
 
 
@@ -202,25 +203,20 @@ def test_a_required_field_the_mapping_never_fills(shipped):
 def test_a_looked_up_parent_needs_its_key_as_an_external_id_and_nothing_else(tmp_path):
     """A parent no mapping writes (only looked up) must have its key as an External ID; what it
     requires on create is not the mapping's business."""
-    (tmp_path / "x.yml").write_text(textwrap.dedent("""
-        entity: thing
-        events: [thing.created]
-        identity: data.id
-        warehouse: {table: things, key: thing_id, columns: {a: data.a}}
-        salesforce:
-          object: Thing__c
-          external_id: Key__c
-          fields: {Note__c: data.note}
-          references:
-            Program__r: {object: Program__c, external_id: Program_Key__c, from: data.program}
-    """))
+    needs = contract_of(tmp_path, """
+        object: Thing__c
+        external_id: Key__c
+        fields: {Note__c: data.note}
+        references:
+          Program__r: {object: Program__c, external_id: Program_Key__c, from: data.program}
+    """)
     describes = {
         "Thing__c": {"name": "Thing__c", "fields": [*system(), key("Key__c"), field("Note__c"),
                                                     lookup("Program__c", "Program__c")]},
         "Program__c": {"name": "Program__c", "fields": [*system(), field("Program_Key__c", unique=True),
                                                         field("Budget__c", "currency", nillable=False)]},
     }
-    found = findings(contract(load_mappings(tmp_path, RESERVED_TABLES)), describes)
+    found = findings(needs, describes)
     assert [(f.object, f.field, f.problem) for f in found] == [
         ("Program__c", "Program_Key__c", Misfit.NOT_EXTERNAL_ID)]  # once, on the key, not on each lookup
 
