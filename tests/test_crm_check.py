@@ -189,3 +189,9 @@ def test_an_expired_session_is_renewed_between_describes(fresh):
     describes = _describes(client, ["Account", "Nothing__c"])
     assert describes["Account"]["name"] == "Account" and describes["Nothing__c"] is None
     assert fresh.count("login") == 2
+
+
+def test_it_cannot_tell_while_salesforce_is_away(fresh):
+    fresh.outage = "503"
+    result = check(fresh)
+    assert result.exit_code == 2 and "cannot tell whether the org fits" in result.output

@@ -164,7 +164,7 @@ def _field_fix(obj: ObjectNeed, need: FieldNeed) -> str:
     elif need.kind in (FieldKind.TEXT, FieldKind.ANY):
         what = f"Text ({max(need.max_length or 0, 255)})"
     elif need.precision is not None:
-        what = f"Number ({need.precision - need.scale}, {need.scale}) or Currency"
+        what = f"Number (length {need.precision - need.scale}, {need.scale} decimal places) or Currency"
     return f"create {need.name} on {obj.name} as {what}, editable by the integration user"
 
 
