@@ -1,6 +1,9 @@
-"""The Salesforce outbox: ``crm-errors``, ``crm-retry`` and ``crm-flush``."""
+"""The Salesforce outbox: ``crm-errors``, ``crm-retry`` and ``crm-flush``; the org: ``crm check``."""
 
 from __future__ import annotations
+
+import json
+import sys
 
 import click
 
@@ -78,3 +81,80 @@ def crm_flush() -> None:
     click.echo(safe(report.summary()))
     if report.org_refusal is not None:
         raise SyncError(report.org_refusal.message)
+
+
+@main.group("crm")
+def crm() -> None:
+    """Your Salesforce org and the mappings: does the org have what they write?"""
+
+
+@crm.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def crm_check(as_json: bool) -> None:
+    """Compare the org with every mapping's `salesforce:` section, and say what to fix.
+
+    Reads each mapped object's description (its fields as the integration user sees them) and
+    reports, per object and field: an object or field missing (or hidden from the integration
+    user by field-level security), a field the user cannot create or edit, a type that does not
+    take the mapping's `type:`, a text shorter than what the mapping writes, an external id not
+    marked External ID and Unique, a lookup with the wrong target, relationship name or parent
+    key, and a field the org requires that the mapping never fills. It reads no records and
+    prints none.
+
+    Exit status: 0 the org fits; 1 it does not (the table says what to do); 2 cannot tell
+    (Salesforce not configured, the login refused, no access, Salesforce away).
+    """
+    from sync.mapping import load_mappings
+    from sync.salesforce.client import SalesforceClient
+    from sync.salesforce.contract import contract
+    from sync.salesforce.fit import findings
+    from sync.store.schema import RESERVED_TABLES
+
+    settings = load_settings()
+    needs = contract(load_mappings(settings.mappings_dir, RESERVED_TABLES))
+    if not settings.salesforce.enabled:
+        _cannot_tell("Salesforce is not configured: set one group of SALESFORCE_ variables "
+                     "(docs/salesforce.md), then run crm check again", as_json)
+    try:
+        describes = _describes(SalesforceClient(settings.salesforce), [o.name for o in needs.objects])
+    except SyncError as exc:
+        _cannot_tell(f"cannot tell whether the org fits: {exc}", as_json)
+    found = findings(needs, describes)
+    if as_json:
+        click.echo(json.dumps({"fits": not found, "objects": [o.name for o in needs.objects],
+                               "findings": [f.as_json() for f in found]}, indent=2))
+    else:
+        _print_findings(found, [o.name for o in needs.objects])
+    sys.exit(1 if found else 0)
+
+
+def _describes(client, names: list[str]) -> dict:
+    """Each object's describe (None: not in the org); a session that expired is renewed once."""
+    from sync.core.errors import TransientError
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = client.describe(name)
+        except TransientError:
+            out[name] = client.describe(name)  # after a renewed login; a second failure goes up
+    return out
+
+
+def _cannot_tell(sentence: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"fits": None, "cannot_tell": sentence}, indent=2))
+    click.echo(f"partnero-sync: {safe(sentence)}", err=True)
+    sys.exit(2)
+
+
+def _print_findings(found: list, objects: list[str]) -> None:
+    if not found:
+        click.echo(f"the org fits the mappings ({', '.join(objects)})")
+        return
+    rows = [("OBJECT", "FIELD", "PROBLEM", "WHAT TO DO")]
+    rows += [(f.object, f.field or "-", f"{f.problem}: {f.detail}", f"{f.fix} ({f.source})") for f in found]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        click.echo(safe("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3]))
+    click.echo(f"\n{len(found)} problem{'s' if len(found) != 1 else ''}: the org does not fit the mappings yet")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -170,13 +170,30 @@ class SalesforceClient:
             return RecordResult(False, code=exc.code, message=exc.message)
         return RecordResult(True)
 
+    def describe(self, object_name: str) -> dict[str, Any] | None:
+        """The object's sObject Describe (its fields as the integration user sees them); None when
+        the org has no such object or the user cannot see it (Salesforce answers both 404
+        NOT_FOUND). Raises ``CallRefused`` or ``TransientError`` when it cannot tell."""
+        # simple-salesforce's SFType.describe() is this GET, but takes no time-out.
+        path = f"sobjects/{object_name}/describe"
+        try:
+            return self._classified(path, lambda sf: sf.restful(path, method="GET", timeout=TIMEOUT))
+        except CallRefused as exc:
+            if exc.code == "NOT_FOUND":
+                return None
+            raise
+
     def _call(self, method: str, path: str, body: Any) -> Any:
-        sf = self.connect()
         kwargs: dict[str, Any] = {"timeout": TIMEOUT}
         if body is not None:
             kwargs["data"] = json.dumps(body)
+        return self._classified(path, lambda sf: sf.restful(path, method=method, **kwargs))
+
+    def _classified(self, path: str, call: Callable[[Salesforce], Any]) -> Any:
+        """``call`` on the logged-in connection, its failures classified."""
+        sf = self.connect()
         try:
-            return sf.restful(path, method=method, **kwargs)
+            return call(sf)
         except sf_errors.SalesforceExpiredSession as exc:
             # simple-salesforce logs in again by itself where it can; here it could not.
             if not self.settings.renewable:

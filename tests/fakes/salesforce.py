@@ -60,6 +60,16 @@ Behaviour modelled (switches are thread-safe and may change while clients run):
   (``define_object(..., types={"Amount__c": "double"})``) is one 400 JSON_PARSER_ERROR;
   ``deny(obj)`` makes every call on the object a 403 INSUFFICIENT_ACCESS (``allow(obj)`` undoes
   it); an object the org lacks is a 404 NOT_FOUND.
+* Describe (``GET sobjects/{name}/describe``) lists each field with Salesforce's attributes
+  (type, length, precision, scale, externalId, unique, createable, updateable, nillable,
+  defaultedOnCreate, relationshipName, referenceTo): the standard objects' system and required
+  fields, and what ``add_field(obj, name, kind, ...)`` creates as an admin would in Setup
+  (writes then take the field, read as its type). ``FakeSalesforce(fresh=True)`` is an org as it
+  comes: the standard objects take only their standard fields. ``hide_field(obj, name)`` is
+  field-level security: the field is absent from describe and a write naming it is refused
+  (INVALID_FIELD "No such column"); ``add_field(..., writable=False)`` a field the user can read
+  only (INVALID_FIELD_FOR_INSERT_UPDATE). tests/salesforce_orgs.py sets an org up for the
+  shipped mappings.
 * Required fields (Contact.LastName, Account.Name, ...), optional allowed-field sets, external
   id matching (case-insensitive unless ``case_sensitive_ids``), relationships by external id
   (``"Rel__r": {"Ext__c": "v"}``) resolved to the lookup field, duplicate external ids within a
@@ -158,6 +168,81 @@ class ObjectSpec:
     #: ``string``); a value that is not of its field's type refuses the whole call with
     #: JSON_PARSER_ERROR, as Salesforce's deserializer does.
     types: dict[str, str] = field(default_factory=dict)
+    #: What describe says of each field, by lower-case name (``add_field`` and the standard ones).
+    described: dict[str, dict] = field(default_factory=dict)
+    #: Fields the integration user cannot see (field-level security), by lower-case name: absent
+    #: from describe, and a write naming one is refused as Salesforce refuses a field it lacks.
+    hidden: set[str] = field(default_factory=set)
+
+
+# --------------------------------------------------------------------------------------------
+# sObject Describe's field attributes. The names and meanings are Salesforce's Field type of the
+# describe result (REST API Developer Guide, "Get Field and Other Metadata for an Object",
+# developer.salesforce.com/docs/platform/api-rest/guide/dome-sobject-describe, whose example
+# shows Id as {"length": 18, "name": "Id", "type": "id", "updateable": false, ...}; SOAP API
+# Developer Guide, "DescribeSObjectResult" > "Field", for every attribute): type (string,
+# textarea, double, currency, percent, int, date, datetime, boolean, reference, id, email, url,
+# phone, picklist), length (characters of text types, 18 for id and reference, else 0),
+# precision and scale (numbers only, else 0), externalId, unique, createable, updateable,
+# nillable, defaultedOnCreate, relationshipName (a custom lookup's ends in __r) and referenceTo
+# (a list of object names; empty unless a reference). An object the org lacks, or the user
+# cannot see, answers 404 NOT_FOUND (REST API Developer Guide, "Status Codes and Error Responses").
+
+_TEXT_TYPES = ("string", "textarea", "email", "url", "phone", "picklist", "multipicklist", "encryptedstring")
+#: What the REST reader checks a value against (``_of_type``), by describe type.
+_READ_AS = {"double": "double", "currency": "double", "percent": "double", "int": "double",
+            "boolean": "boolean", "date": "date", "datetime": "datetime"}
+
+
+def _described(name: str, kind: str = "string", *, length: int | None = None, precision: int = 0,
+               scale: int = 0, external_id: bool = False, unique: bool = False, createable: bool = True,
+               updateable: bool | None = None, nillable: bool = True, defaulted: bool = False,
+               reference_to: tuple[str, ...] = (), relationship_name: str | None = None) -> dict:
+    """One field as describe lists it."""
+    if length is None:
+        length = (255 if kind in _TEXT_TYPES else 18 if kind in ("id", "reference") else 0)
+    text = kind in _TEXT_TYPES
+    return {"name": name, "label": name.removesuffix("__c").replace("_", " "), "type": kind,
+            "length": length, "byteLength": 3 * length,
+            "precision": precision, "scale": scale, "digits": 0, "externalId": external_id, "unique": unique,
+            "idLookup": kind == "id" or external_id, "createable": createable,
+            "updateable": createable if updateable is None else updateable, "nillable": nillable,
+            "defaultedOnCreate": defaulted, "custom": name.endswith("__c"), "calculated": False,
+            "nameField": name == "Name", "caseSensitive": False, "referenceTo": list(reference_to),
+            "relationshipName": relationship_name, "soapType": f"xsd:{kind}"}
+
+
+def _system_fields() -> list[dict]:
+    """What every object has: its Id, owner and audit fields, none of which the API writes
+    (OwnerId is createable but defaulted to the user creating the record)."""
+    audit = {"createable": False, "updateable": False, "nillable": False, "defaulted": True}
+    return [_described("Id", "id", **audit),
+            _described("OwnerId", "reference", nillable=False, defaulted=True, reference_to=("User",),
+                       relationship_name="Owner"),
+            _described("IsDeleted", "boolean", **audit),
+            *(_described(name, "datetime", **audit) for name in ("CreatedDate", "LastModifiedDate", "SystemModstamp")),
+            *(_described(name, "reference", **audit, reference_to=("User",), relationship_name=name[:-2])
+              for name in ("CreatedById", "LastModifiedById"))]
+
+
+#: The standard objects' own fields that matter to a writer: the required ones (nillable false,
+#: no default: Salesforce's Contact, Account, Lead and Opportunity object references) and the ones
+#: the shipped mappings write, with their lengths from the same references.
+_STANDARD_DESCRIBED = {
+    "Account": [_described("Name", length=255, nillable=False), _described("Phone", "phone", length=40),
+                _described("Website", "url", length=255), _described("Description", "textarea", length=32000)],
+    "Contact": [_described("LastName", length=80, nillable=False), _described("FirstName", length=40),
+                _described("Email", "email", length=80), _described("Phone", "phone", length=40),
+                _described("AccountId", "reference", reference_to=("Account",), relationship_name="Account")],
+    "Lead": [_described("LastName", length=80, nillable=False), _described("Company", length=255, nillable=False),
+             _described("Email", "email", length=80)],
+    "Opportunity": [_described("Name", length=120, nillable=False),
+                    _described("StageName", "picklist", length=255, nillable=False),
+                    _described("CloseDate", "date", nillable=False),
+                    _described("Amount", "currency", precision=18, scale=2)],
+}
+#: A custom object's Name (a Text(80) name field): a create may leave it out.
+_CUSTOM_NAME = _described("Name", length=80)
 
 
 class Call(NamedTuple):
@@ -602,6 +687,7 @@ class FakeSalesforce:
         idle_timeout: float = 15.0,
         max_body: int = 20 * 1024 * 1024,
         max_calls: int = 100_000,
+        fresh: bool = False,
     ):
         self.username = username
         self.password = password
@@ -653,10 +739,13 @@ class FakeSalesforce:
         self.port = 0
         self.ca_bundle = ""
 
+        # ``fresh``: an org as it comes, the standard objects with only their standard fields (a
+        # write naming another is refused); else, as before, they take any field.
         for name, prefix, required in (("Account", "001", ("Name",)), ("Contact", "003", ("LastName",)),
                                        ("Lead", "00Q", ("LastName", "Company")),
                                        ("Opportunity", "006", ("Name", "StageName", "CloseDate"))):
-            self.define_object(name, prefix=prefix, required=required)
+            standard = [f["name"] for f in (*_system_fields(), *_STANDARD_DESCRIBED[name])]
+            self.define_object(name, prefix=prefix, required=required, fields=standard if fresh else None)
         for name, options in (objects or {}).items():
             self.define_object(name, **options)
 
@@ -942,6 +1031,10 @@ class FakeSalesforce:
                               None if fields is None else frozenset(fields) | set(_STANDARD_FIELDS),
                               None if external_ids is None else frozenset(external_ids),
                               case_sensitive_ids, dict(types or {}))
+            for described in (*_system_fields(), *_STANDARD_DESCRIBED.get(name, [_CUSTOM_NAME])):
+                spec.described[described["name"].lower()] = described
+            if spec.fields is not None and name.endswith("__c"):
+                spec.fields = spec.fields | {"Name"}
             self._objects[name] = spec
             self._store.setdefault(name, {})
             self._indexes.setdefault(name, {})
@@ -950,6 +1043,50 @@ class FakeSalesforce:
                           *(spec.external_ids or ()), *spec.types):
                 canon.setdefault(known.lower(), known)
             return spec
+
+    def add_field(self, sobject: str, name: str, kind: str = "string", *, length: int | None = None,
+                  precision: int = 0, scale: int = 0, external_id: bool = False, unique: bool = False,
+                  required: bool = False, reference_to: str | None = None,
+                  writable: bool = True) -> dict:
+        """Create a field as an admin does in Setup: ``kind`` is describe's type; a ``reference``
+        looks up ``reference_to`` through the relationship ``Name__r``; ``writable=False`` leaves
+        it readable only (a formula, or field-level security granting read). Writes then take it
+        (an object that took any field still does), read as its type."""
+        with self._lock:
+            spec = self._require_spec(sobject)
+            relationship = name[:-3] + "__r" if reference_to and name.endswith("__c") else None
+            described = _described(name, kind, length=length, precision=precision, scale=scale,
+                                   external_id=external_id, unique=unique, nillable=not required,
+                                   createable=writable, reference_to=(reference_to,) if reference_to else (),
+                                   relationship_name=relationship)
+            spec.described[name.lower()] = described
+            spec.hidden.discard(name.lower())
+            self._canon[spec.name].setdefault(name.lower(), name)
+            if spec.fields is not None:
+                spec.fields = spec.fields | {name}
+            if external_id and spec.external_ids is not None:
+                spec.external_ids = spec.external_ids | {name}
+            if kind in _READ_AS:
+                spec.types[name] = _READ_AS[kind]
+            if required:
+                spec.required = (*spec.required, name)
+            if relationship:
+                self.relationships[(spec.name, relationship)] = (reference_to, None, name)
+            return copy.deepcopy(described)
+
+    def has_object(self, name: str) -> bool:
+        with self._lock:
+            return self._spec(name) is not None
+
+    def hide_field(self, sobject: str, name: str) -> None:
+        """Field-level security: the integration user cannot see ``name``. Describe leaves it out
+        and a write naming it is refused as one naming a field the object lacks (Salesforce does
+        not tell the two apart: "No such column ... on sobject of type ...")."""
+        with self._lock:
+            self._require_spec(sobject).hidden.add(name.lower())
+
+    def _hidden(self, spec: ObjectSpec, name: str) -> bool:
+        return name.lower() in spec.hidden
 
     def _spec(self, name: str) -> ObjectSpec | None:
         spec = self._objects.get(name)
@@ -1174,10 +1311,10 @@ class FakeSalesforce:
                 changes[lookup] = target_id
                 continue
             name = self._field(spec.name, key, register=spec.fields is None)
-            if spec.fields is not None and name not in spec.fields:
+            if (spec.fields is not None and name not in spec.fields) or self._hidden(spec, name):
                 raise _RecordError("INVALID_FIELD",
                                    f"No such column '{key}' on sobject of type {spec.name}", [key])
-            if name in _STANDARD_FIELDS:
+            if name in _STANDARD_FIELDS or not spec.described.get(name.lower(), {}).get("createable", True):
                 raise _RecordError("INVALID_FIELD_FOR_INSERT_UPDATE",
                                    f"Unable to create/update fields: {name}. Please check the "
                                    f"security settings of this field and verify that it is "
@@ -1535,7 +1672,7 @@ class FakeSalesforce:
         if spec.external_ids is not None and canon not in spec.external_ids and canon != "Id":
             raise _HttpError(404, [{"errorCode": "NOT_FOUND", "message": "Provided external ID field "
                                     f"does not exist or is not accessible: {name}"}])
-        if spec.fields is not None and canon not in spec.fields:
+        if (spec.fields is not None and canon not in spec.fields) or self._hidden(spec, canon):
             raise _HttpError(404, [{"errorCode": "NOT_FOUND", "message": "Provided external ID field "
                                     f"does not exist or is not accessible: {name}"}])
         return canon
@@ -1556,12 +1693,13 @@ class FakeSalesforce:
             if key == "attributes":
                 continue
             if isinstance(value, dict):
-                if self._relationship(spec.name, key) is None:
+                found = self._relationship(spec.name, key)
+                if found is None or self._hidden(spec, found[1]):
                     raise _HttpError(400, [{"message": f"No such column '{key}' on sobject of type "
                                                        f"{spec.name}", "errorCode": "INVALID_FIELD"}])
                 continue
             name = self._field(spec.name, key, register=False)
-            if spec.fields is not None and name not in spec.fields:
+            if (spec.fields is not None and name not in spec.fields) or self._hidden(spec, name):
                 raise _HttpError(400, [{"message": f"No such column '{key}' on sobject of type {spec.name}",
                                         "errorCode": "INVALID_FIELD"}])
             kind = spec.types.get(name)
@@ -1611,13 +1749,22 @@ class FakeSalesforce:
             for spec in self._objects.values()]})
 
     def _h_describe(self, version, segments, query, body) -> _Reply:
+        """The sObject Describe (GET .../sobjects/{name}/describe, REST API Developer Guide): the
+        object's properties and its fields as this user sees them (hidden ones left out)."""
         spec = self._object_from_url(segments[1])
-        names = sorted(spec.fields) if spec.fields is not None else sorted(set(self._canon[spec.name].values()))
-        return _reply(200, {"name": spec.name, "keyPrefix": spec.prefix, "custom": spec.name.endswith("__c"),
-                            "fields": [{"name": name, "nillable": name not in spec.required,
-                                        "externalId": spec.external_ids is not None and name in spec.external_ids,
-                                        "updateable": name not in _STANDARD_FIELDS}
-                                       for name in names]})
+        fields = dict(spec.described)
+        # Fields an object that takes any field has been written: a text, as a guess at least
+        # shaped like Salesforce's.
+        known = spec.fields if spec.fields is not None else self._canon[spec.name].values()
+        for name in known:
+            fields.setdefault(name.lower(), _described(name, "id" if name == "Id" else "string"))
+        custom = spec.name.endswith("__c")
+        return _reply(200, {
+            "name": spec.name, "label": spec.name.removesuffix("__c").replace("_", " "), "keyPrefix": spec.prefix,
+            "custom": custom, "createable": True, "updateable": True, "deletable": True, "queryable": True,
+            "urls": {"sobject": f"/services/data/v{version}/sobjects/{spec.name}",
+                     "describe": f"/services/data/v{version}/sobjects/{spec.name}/describe"},
+            "fields": [copy.deepcopy(f) for key, f in sorted(fields.items()) if key not in spec.hidden]})
 
     def _h_get(self, version, segments, query, body) -> _Reply:
         spec = self._object_from_url(segments[1])
