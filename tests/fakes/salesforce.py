@@ -105,6 +105,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.fakes import tls
+from tests.fakes.salesforce_metadata import METADATA_PATH, MetadataApi
 
 __all__ = ["Call", "FakeSalesforce", "ObjectSpec", "Rejection"]
 
@@ -659,6 +660,8 @@ class FakeSalesforce:
             self.define_object(name, prefix=prefix, required=required)
         for name, options in (objects or {}).items():
             self.define_object(name, **options)
+        #: The Metadata API (tests/fakes/salesforce_metadata.py).
+        self.metadata = MetadataApi(self)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -1177,7 +1180,7 @@ class FakeSalesforce:
             if spec.fields is not None and name not in spec.fields:
                 raise _RecordError("INVALID_FIELD",
                                    f"No such column '{key}' on sobject of type {spec.name}", [key])
-            if name in _STANDARD_FIELDS:
+            if name in _STANDARD_FIELDS or (hooks and self.metadata.access(spec.name, name) == "read"):
                 raise _RecordError("INVALID_FIELD_FOR_INSERT_UPDATE",
                                    f"Unable to create/update fields: {name}. Please check the "
                                    f"security settings of this field and verify that it is "
@@ -1285,11 +1288,16 @@ class FakeSalesforce:
             self._counts[(kind, status)] += 1
 
     def _route(self, method: str, path: str, query: dict, headers, body: bytes) -> _Reply:
+        if METADATA_PATH.match(path):
+            answer = self.metadata.serve(body)
+            return _Reply(answer.status, answer.body, XML_TYPE, kind="metadata", detail=answer.detail)
         soap = _SOAP_PATH.match(path)
         if soap:
             return self._soap_login(method, soap.group(1), body)
         if path.rstrip("/") == "/services/oauth2/token":
             return self._oauth_token(method, headers, body)
+        if path.rstrip("/") == "/services/oauth2/userinfo":
+            return self._userinfo(headers)
         if _DATA_ROOT.match(path):
             return _reply(200, [{"label": "Fake", "url": "/services/data/v59.0", "version": "59.0"}])
         data = _DATA_PATH.match(path)
@@ -1391,6 +1399,18 @@ class FakeSalesforce:
                             "token_type": "Bearer", "issued_at": issued_at,
                             "signature": signature.decode(), "scope": "api"},
                       kind="login", detail=grant.rsplit(":", 1)[-1])
+
+    def _userinfo(self, headers) -> _Reply:
+        """The OpenID Connect UserInfo endpoint (Salesforce Help, "Query for User Information":
+        ``sub`` is the identity URL, ``user_id``, ``organization_id``, ``preferred_username``)."""
+        scheme, _, token = headers.get("Authorization", "").partition(" ")
+        with self._lock:
+            known = scheme.lower() in ("bearer", "oauth") and token.strip() in self._tokens
+        if not known:
+            return _reply(401, _INVALID_SESSION, kind="login", detail="userinfo:INVALID_SESSION_ID")
+        return _reply(200, {"sub": f"{self.instance_url}/id/{self.org_id}/{self.user_id}",
+                            "user_id": self.user_id, "organization_id": self.org_id,
+                            "preferred_username": self.username}, kind="login", detail="userinfo")
 
     def _jwt_problem(self, assertion: str) -> tuple[str, str] | None:
         """None when the assertion is good, else (error, error_description)."""
@@ -1561,7 +1581,7 @@ class FakeSalesforce:
                                                        f"{spec.name}", "errorCode": "INVALID_FIELD"}])
                 continue
             name = self._field(spec.name, key, register=False)
-            if spec.fields is not None and name not in spec.fields:
+            if (spec.fields is not None and name not in spec.fields) or self.metadata.access(spec.name, name) is None:
                 raise _HttpError(400, [{"message": f"No such column '{key}' on sobject of type {spec.name}",
                                         "errorCode": "INVALID_FIELD"}])
             kind = spec.types.get(name)
@@ -1613,11 +1633,11 @@ class FakeSalesforce:
     def _h_describe(self, version, segments, query, body) -> _Reply:
         spec = self._object_from_url(segments[1])
         names = sorted(spec.fields) if spec.fields is not None else sorted(set(self._canon[spec.name].values()))
+        fields = [{"name": name, "nillable": name not in spec.required,
+                   "externalId": spec.external_ids is not None and name in spec.external_ids,
+                   "updateable": name not in _STANDARD_FIELDS} for name in names]
         return _reply(200, {"name": spec.name, "keyPrefix": spec.prefix, "custom": spec.name.endswith("__c"),
-                            "fields": [{"name": name, "nillable": name not in spec.required,
-                                        "externalId": spec.external_ids is not None and name in spec.external_ids,
-                                        "updateable": name not in _STANDARD_FIELDS}
-                                       for name in names]})
+                            "fields": self.metadata.describe(spec.name, fields)})
 
     def _h_get(self, version, segments, query, body) -> _Reply:
         spec = self._object_from_url(segments[1])
