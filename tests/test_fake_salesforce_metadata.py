@@ -13,24 +13,23 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceMalformedRequest
 from zeep.exceptions import Fault
 
-from tests.fakes.salesforce import FakeSalesforce
-
 TRANSACTION = "Partnero_Transaction__c"
 PARTNER_ID = "Contact.Partnero_Partner_Id__c"
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    with FakeSalesforce() as running:
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", running.ca_bundle)
-        yield running
+def fake(fresh_org):
+    return fresh_org
 
 
 @pytest.fixture
 def sf(fake):
+    """A client on a bearer token; its REST and Metadata connections are closed afterwards."""
     client = Salesforce(instance_url=fake.instance_url, session_id=fake.issue_session())
     yield client
     client.session.close()
+    if client._mdapi is not None:  # zeep keeps a requests.Session of its own
+        client._mdapi._client.transport.session.close()
 
 
 def custom_object(md, name=TRANSACTION, **extra):

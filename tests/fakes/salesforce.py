@@ -20,6 +20,9 @@ process), listens on a free loopback port and exposes:
   ``https://login.salesforce.com`` and ``https://test.salesforce.com`` to the fake, so the
   default ``domain="login"``/``"test"`` works unchanged (pass it as ``session=``).
 * ``issue_session()`` -- a valid access token, for ``Salesforce(instance_url=..., session_id=...)``.
+* ``metadata`` -- the Metadata API (``sf.mdapi``): custom objects, fields and permission sets,
+  field-level security from assigned permission sets (tests/fakes/salesforce_metadata.py);
+  ``GET /services/oauth2/userinfo`` names the user (``user_id``) to assign them to.
 
 The pytest pattern (see tests/test_fake_salesforce.py)::
 
@@ -67,7 +70,7 @@ Behaviour modelled (switches are thread-safe and may change while clients run):
 
 Observing: ``calls`` (the newest ``max_calls`` requests as :class:`Call`: method, path, records,
 kind, status, detail; login-host prefixes and query strings are not part of ``path``),
-``count(kind)`` for kinds ``login``, ``upsert``, ``collections``, ``query``, ``limits``, ``get``,
+``count(kind)`` for kinds ``login``, ``metadata``, ``upsert``, ``collections``, ``query``, ``limits``, ``get``,
 ``create``, ``update``, ``delete``, ``describe``, ``outage``, ``rest``; ``records(obj)``,
 ``get(obj, field, value)``, ``get_by_id(id)`` (stored records carry ``Id``, ``CreatedDate``,
 ``LastModifiedDate`` and ``SystemModstamp`` besides their fields); seed data with

@@ -148,7 +148,7 @@ def _field_problem(record: dict) -> MetadataError | None:
     "Can not specify 'length' for a CustomField of type TextArea"; the statusCode of such
     a SaveResult is FIELD_INTEGRITY_EXCEPTION (certinia/apex-mdapi#219)."""
     kind = record.get("type", "")
-    if kind not in _DESCRIBE_TYPE:
+    if kind not in _DESCRIBE_TYPE:  # the code as above; this message is the fake's own
         return MetadataError("FIELD_INTEGRITY_EXCEPTION", f"Invalid type: {kind or '(none)'}", ("type",))
     needed = {"Text": ("length",), "LongTextArea": ("length", "visibleLines"),
               "Checkbox": ("defaultValue",), "Lookup": ("referenceTo", "relationshipName"),
@@ -194,7 +194,8 @@ class MetadataApi:
         try:
             envelope = ET.fromstring(body)
         except ET.ParseError:
-            return _fault("INVALID_REQUEST", "The request body is not XML")  # soapenv:Client-ish
+            # Not recorded from Salesforce: a request the fake cannot read at all.
+            return _fault("INVALID_REQUEST", "The request body is not XML")
         session = envelope.findtext(f".//{{{MD_NS}}}SessionHeader/{{{MD_NS}}}sessionId")
         call = envelope.find(f"{{{SOAP_NS}}}Body/*")
         with self._lock:
@@ -204,7 +205,7 @@ class MetadataApi:
                 return _fault(*_NO_ACCESS)
             operation = _local(call.tag) if call is not None else ""
             handler = self._operations().get(operation)
-            if handler is None:
+            if handler is None:  # not recorded: deploy, retrieve, listMetadata... are not modelled
                 return _fault("INVALID_OPERATION", f"No operation available for request {operation}")
             results, detail = handler(call)
         inner = f"<{operation}Response>{''.join(results)}</{operation}Response>"
@@ -237,9 +238,11 @@ class MetadataApi:
         records = []
         for name in [e.text or "" for e in call.findall(f"{{{MD_NS}}}fullNames")]:
             found = self._components.get(kind, {}).get(name.lower())
-            # A name that does not exist still answers a record, without fullName: "the
-            # operation doesn't throw an exception. Instead, an empty record is returned"
-            # (Salesforce's readMetadata guide, quoted by afawcett's apex-mdapi README).
+            # A name that does not exist still answers a record, without fullName: readMetadata
+            # "doesn't throw an exception. Instead, an empty record is returned" whose FullName
+            # is null (certinia/apex-mdapi's README, quoted at qiita.com/Keiji_otsubo/items/
+            # 5d75e344af2cad9b8624). ReadResult = records* (metadata.wsdl; Salesforce's
+            # "ReadResult" reference page).
             inner = "" if found is None else "".join(_write_value(k, v) for k, v in found.items())
             records.append(f'<records xsi:type="{xml_escape(kind)}">{inner}</records>')
         return [f"<result>{''.join(records)}</result>"], ""
@@ -261,7 +264,7 @@ class MetadataApi:
 
     def _save(self, kind: str, record: dict, mode: str) -> bool:
         """Store one component; returns whether it was created."""
-        if kind not in TYPES:
+        if kind not in TYPES:  # a StatusCode of metadata.wsdl; the message is the fake's own
             raise MetadataError("INVALID_TYPE", f"This fake does not store {kind or '(no type)'}")
         full_name = str(record.get("fullName", ""))
         existing = self._components[kind].get(full_name.lower())
