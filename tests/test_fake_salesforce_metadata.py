@@ -79,6 +79,7 @@ def test_create_object_and_fields_then_read_them_back(fake, sf):
         f"{TRANSACTION}.Amount__c", "Currency", 18, 2)
     obj = md.CustomObject.read([TRANSACTION])
     assert (obj.fullName, obj.nameField.type, obj.sharingModel) == (TRANSACTION, "Text", "ReadWrite")
+    assert [(f.fullName, f.type) for f in obj.fields] == [("Amount__c", "Currency")]
     # A name that does not exist answers a record without fullName, not an error.
     assert md.CustomField.read([f"{TRANSACTION}.Missing__c"]).fullName is None
     assert [c.detail for c in fake.calls if c.kind == "metadata"] == [
@@ -227,7 +228,7 @@ def test_a_created_object_with_a_lookup_takes_writes_by_external_id(sf, fake):
               md.CustomField(fullName=f"{TRANSACTION}.Amount__c", label="Amount", type="Number",
                              precision=18, scale=2),
               md.CustomField(fullName=f"{TRANSACTION}.Partnero_Partner__c", label="Partner", type="Lookup",
-                             referenceTo="Contact", relationshipName="Partnero_Partner",
+                             referenceTo="Contact", relationshipName="Partnero_Transactions",
                              relationshipLabel="Partnero transactions", deleteConstraint="SetNull"),
               text_field(md)]
     md.CustomField.create(fields)
@@ -249,6 +250,29 @@ def test_a_created_object_with_a_lookup_takes_writes_by_external_id(sf, fake):
     with pytest.raises(SalesforceMalformedRequest) as unknown:
         sf.Partnero_Transaction__c.upsert("Partnero_Transaction_Id__c/t3", {"Nope__c": 1})
     assert unknown.value.content[0]["errorCode"] == "INVALID_FIELD"
+
+
+def test_a_child_relationship_name_is_unique_on_the_target(sf):
+    md = sf.mdapi
+    md.CustomObject.create([custom_object(md)])
+
+    def lookup(name):
+        return md.CustomField(fullName=f"{TRANSACTION}.{name}", label=name, type="Lookup", referenceTo="Contact",
+                              relationshipName="Partnero_Transactions", deleteConstraint="SetNull")
+
+    md.CustomField.create([lookup("Partnero_Partner__c")])
+    md.CustomField.upsert([lookup("Partnero_Partner__c")])  # the same field again is no clash
+    result = raw(sf, "createMetadata", [lookup("Partnero_Referrer__c")])[0]
+    assert [(e.statusCode, e.message) for e in result.errors] == [(
+        "FIELD_INTEGRITY_EXCEPTION", "There is already a Child Relationship named Partnero_Transactions on Contact.")]
+
+
+def test_a_hidden_field_is_no_column_in_queries(sf):
+    sf.mdapi.CustomField.create([text_field(sf.mdapi)])
+    with pytest.raises(SalesforceMalformedRequest) as exc:
+        sf.query("SELECT Id FROM Contact WHERE Partnero_Partner_Id__c = 'ptn_1'")
+    assert exc.value.content[0]["errorCode"] == "INVALID_FIELD"
+    assert sf.query("SELECT Id FROM Contact WHERE LastName = 'Doe'")["totalSize"] == 0
 
 
 def test_a_permission_set_naming_a_missing_field_fails(sf, fake):

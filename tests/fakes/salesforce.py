@@ -1784,9 +1784,10 @@ class FakeSalesforce:
         return self._by_id(record.get(self._field(spec.name, found[1], register=False)))
 
     def _check_query_field(self, spec: ObjectSpec, path: str) -> None:
-        if "." in path or spec.fields is None:
+        if "." in path:
             return
-        if self._field(spec.name, path, register=False) not in spec.fields:
+        name = self._field(spec.name, path, register=False)
+        if (spec.fields is not None and name not in spec.fields) or self.metadata.access(spec.name, name) is None:
             raise _HttpError(400, [{"message": f"No such column '{path}' on entity '{spec.name}'. If you "
                                                f"are attempting to use a custom field, be sure to append "
                                                f"the '__c' after the custom field name.",

@@ -38,7 +38,7 @@ XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 METADATA_PATH = re.compile(r"^/services/Soap/m/(\d+\.\d+)(?:/.*)?$")
 TYPES = ("CustomObject", "CustomField", "PermissionSet")
 #: Children that repeat (lists) in the three types (metadata.wsdl: maxOccurs="unbounded").
-_REPEATED = {"fields", "fieldPermissions", "objectPermissions", "referenceTo_list"}
+_REPEATED = {"fields", "fieldPermissions", "objectPermissions"}
 #: Metadata field type -> REST describe ``type`` (SOAP API Developer Guide, "Field" /
 #: fieldType: string, double, boolean, date, datetime, reference, currency, percent, ...).
 _DESCRIBE_TYPE = {"Text": "string", "Number": "double", "Checkbox": "boolean", "Date": "date",
@@ -243,9 +243,17 @@ class MetadataApi:
             # is null (certinia/apex-mdapi's README, quoted at qiita.com/Keiji_otsubo/items/
             # 5d75e344af2cad9b8624). ReadResult = records* (metadata.wsdl; Salesforce's
             # "ReadResult" reference page).
+            if found is not None and kind == "CustomObject":
+                found = {**found, "fields": self._fields_of(found["fullName"])}
             inner = "" if found is None else "".join(_write_value(k, v) for k, v in found.items())
             records.append(f'<records xsi:type="{xml_escape(kind)}">{inner}</records>')
         return [f"<result>{''.join(records)}</result>"], ""
+
+    def _fields_of(self, sobject: str) -> list[dict]:
+        """A CustomObject's ``fields`` as readMetadata gives them: fullName without the object."""
+        prefix = sobject.lower() + "."
+        return [{**record, "fullName": record["fullName"].partition(".")[2]}
+                for key, record in self._components["CustomField"].items() if key.startswith(prefix)]
 
     def _delete_all(self, call: ET.Element) -> tuple[list[str], str]:
         kind = call.findtext(f"{{{MD_NS}}}type", "")
@@ -304,12 +312,29 @@ class MetadataApi:
         problem = _field_problem(record)
         if problem is not None:
             raise problem
-        if record.get("type") == "Lookup" and self._org._spec(str(record.get("referenceTo"))) is None:
-            raise _not_found("CustomObject", str(record.get("referenceTo")))
+        if record.get("type") == "Lookup":
+            self._check_lookup(record)
         if existing is not None and existing.get("type") != record.get("type") and self._has_data(obj, name):
             # Recorded: trailheadapps/coral-cloud#87, a deploy over a field holding data.
             raise MetadataError("FIELD_INTEGRITY_EXCEPTION", "Cannot change type due to existing data",
                                 ("type",))
+
+    def _check_lookup(self, record: dict) -> None:
+        """``relationshipName`` names the child relationship on the target (Account.X__r lists
+        the children), so it is unique per target object."""
+        target = self._org._spec(str(record.get("referenceTo")))
+        if target is None:
+            raise _not_found("CustomObject", str(record.get("referenceTo")))
+        child = str(record.get("relationshipName")).lower()
+        for other in self._components["CustomField"].values():
+            if (other.get("type") == "Lookup" and other["fullName"].lower() != str(record["fullName"]).lower()
+                    and str(other.get("referenceTo")).lower() == target.name.lower()
+                    and str(other.get("relationshipName")).lower() == child):
+                # The message recorded in a public `sf project deploy start` failure table (a
+                # Supplier__c lookup on Account); the statusCode is that of the other definition
+                # errors here.
+                raise MetadataError("FIELD_INTEGRITY_EXCEPTION", "There is already a Child Relationship "
+                                    f"named {record['relationshipName']} on {target.name}.", ("relationshipName",))
 
     def _check_permission_set(self, record: dict, existing: dict | None) -> None:
         for grant in record.get("fieldPermissions", []):
@@ -354,9 +379,8 @@ class MetadataApi:
         spec.types.pop(name, None)
         if describe_type in _JSON_TYPE:
             spec.types[name] = _JSON_TYPE[describe_type]
-        if record["type"] == "Lookup":
-            self._org.relationships[(spec.name, record["relationshipName"] + "__r")] = (
-                record["referenceTo"], "Id", name)
+        if record["type"] == "Lookup":  # the parent is reached as Field__r, from the field's name
+            self._org.relationships[(spec.name, name[:-3] + "__r")] = (record["referenceTo"], "Id", name)
 
     def _store_permission_set(self, record: dict, existing: dict | None) -> None:
         """Upsert semantics of permissions: the ones sent replace theirs, others stay."""
@@ -450,4 +474,4 @@ def _describe_attributes(record: dict, level: str) -> dict:
             "createable": level == "edit", "updateable": level == "edit",
             "nillable": kind != "Checkbox" and not _flag(record.get("required")),
             "referenceTo": [record["referenceTo"]] if lookup else [],
-            "relationshipName": record["relationshipName"] + "__r" if lookup else None}
+            "relationshipName": record["fullName"].partition(".")[2][:-3] + "__r" if lookup else None}
