@@ -80,6 +80,13 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
+def _parse(body: bytes) -> ET.Element | None:
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError:
+        return None
+
+
 def _read_element(element: ET.Element) -> Any:
     """An XML element as text, or as a dict of its children (repeated ones as lists)."""
     children = list(element)
@@ -191,10 +198,8 @@ class MetadataApi:
 
     def serve(self, body: bytes) -> MetadataReply:
         """Answer one SOAP request to the Metadata API endpoint."""
-        try:
-            envelope = ET.fromstring(body)
-        except ET.ParseError:
-            # Not recorded from Salesforce: a request the fake cannot read at all.
+        envelope = _parse(body)
+        if envelope is None:  # not recorded from Salesforce: a request the fake cannot read
             return _fault("INVALID_REQUEST", "The request body is not XML")
         session = envelope.findtext(f".//{{{MD_NS}}}SessionHeader/{{{MD_NS}}}sessionId")
         call = envelope.find(f"{{{SOAP_NS}}}Body/*")
