@@ -13,6 +13,8 @@ from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceMalformedRequest
 from zeep.exceptions import Fault
 
+from tests.fakes.salesforce_metadata import MAX_COMPONENTS
+
 TRANSACTION = "Partnero_Transaction__c"
 PARTNER_ID = "Contact.Partnero_Partner_Id__c"
 
@@ -176,6 +178,18 @@ def test_a_user_without_modify_metadata_gets_the_insufficient_access_fault(sf, f
     fake.metadata.modify_metadata = True
     md.CustomField.upsert([text_field(md)])
     assert fake.metadata.components("CustomField")[PARTNER_ID]["length"] == "64"
+
+
+def test_more_than_ten_components_in_one_call_is_a_fault(sf, fake):
+    md = sf.mdapi
+    fields = [text_field(md, f"Contact.Field_{i}__c") for i in range(MAX_COMPONENTS + 1)]
+    with pytest.raises(Fault) as exc:
+        md.CustomField.create(fields)
+    assert (exc.value.code, exc.value.message) == ("sf:EXCEEDED_ID_LIMIT", "EXCEEDED_ID_LIMIT: record limit "
+                                                   "reached. cannot submit more than 10 records in this operation")
+    assert fake.metadata.components("CustomField") == {}
+    md.CustomField.create(fields[:MAX_COMPONENTS])
+    assert len(fake.metadata.components("CustomField")) == MAX_COMPONENTS
 
 
 def test_an_invalid_session_gets_the_invalid_session_fault(sf, fake):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from xml.sax.saxutils import escape as xml_escape
 
-__all__ = ["METADATA_PATH", "MetadataApi", "MetadataReply"]
+__all__ = ["MAX_COMPONENTS", "METADATA_PATH", "MetadataApi", "MetadataReply"]
 
 MD_NS = "http://soap.sforce.com/2006/04/metadata"
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -55,6 +55,11 @@ _LENGTHED = ("Text", "LongTextArea")
 # forcedotcom/postman-salesforce-apis#56 and forcedotcom/wsc#56 (sf:INVALID_SESSION_ID).
 _NO_ACCESS = ("INSUFFICIENT_ACCESS", "INSUFFICIENT_ACCESS: use of the Metadata API requires a "
               "user with the ModifyAllData or ModifyMetadata permissions")
+# certinia/apex-mdapi#105: "SOAP Fault: EXCEEDED_ID_LIMIT: record limit reached. cannot submit
+# more than 10 records in this operation" (the CRUD calls take at most 10 components).
+MAX_COMPONENTS = 10
+_TOO_MANY = ("EXCEEDED_ID_LIMIT", "EXCEEDED_ID_LIMIT: record limit reached. cannot submit more than "
+             f"{MAX_COMPONENTS} records in this operation")
 _BAD_SESSION = ("INVALID_SESSION_ID", "INVALID_SESSION_ID: Invalid Session ID found in "
                 "SessionHeader: Illegal Session")
 
@@ -212,6 +217,8 @@ class MetadataApi:
             handler = self._operations().get(operation)
             if handler is None:  # not recorded: deploy, retrieve, listMetadata... are not modelled
                 return _fault("INVALID_OPERATION", f"No operation available for request {operation}")
+            if len([c for c in call if _local(c.tag) in ("metadata", "fullNames")]) > MAX_COMPONENTS:
+                return _fault(*_TOO_MANY)
             results, detail = handler(call)
         inner = f"<{operation}Response>{''.join(results)}</{operation}Response>"
         return MetadataReply(200, _envelope(inner), f"{operation}{detail}")
