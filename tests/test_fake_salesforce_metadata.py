@@ -127,6 +127,15 @@ def test_invalid_field_definitions_fail_in_the_save_result(sf, fake, options, co
     assert md.CustomField.read(["Contact.Bad__c"]).fullName is None
 
 
+def test_one_bad_component_does_not_stop_the_others(sf, fake):
+    md = sf.mdapi
+    results = raw(sf, "upsertMetadata", [md.CustomField(fullName="Contact.Bad__c", label="Bad", type="Text"),
+                                         text_field(md)])
+    assert [(r.fullName, r.success, r.created) for r in results] == [
+        ("Contact.Bad__c", False, False), (PARTNER_ID, True, True)]
+    assert list(fake.metadata.components("CustomField")) == [PARTNER_ID]
+
+
 def test_update_of_a_missing_field_and_create_of_an_existing_one(sf):
     md = sf.mdapi
     with pytest.raises(Exception) as missing:

@@ -18,6 +18,15 @@ or ``editable`` for it. Required fields take no field permissions and are always
 Test switches: ``modify_metadata = False`` makes the user one without "Modify Metadata Through
 Metadata API Functions" / "Modify All Data": every call is the INSUFFICIENT_ACCESS fault.
 ``components(type)`` shows what is stored. Shapes and their sources are cited next to each.
+
+Answers: SaveResult (create, update), UpsertResult (upsert: ``created``), DeleteResult, each with
+``errors`` (``statusCode``, ``message``, ``fields``) when ``success`` is false; one component's
+failure does not stop the others (no AllOrNoneHeader, API 34.0 and later). Faults (HTTP 500):
+INVALID_SESSION_ID, INSUFFICIENT_ACCESS, EXCEEDED_ID_LIMIT (more than 10 components).
+Not modelled: deploy/checkDeployStatus, retrieve, listMetadata, renameMetadata, describeMetadata,
+object permissions (recorded in the permission set, not enforced), fields made by
+``define_object`` (readMetadata does not list them). ``FakeSalesforce.reset()`` keeps the
+components but forgets the ``PermissionSet`` and assignment records, and so the grants.
 """
 
 from __future__ import annotations
