@@ -246,6 +246,17 @@ def fake(monkeypatch):
         yield fake
 
 
+@pytest.fixture
+def fresh_org(monkeypatch):
+    """The stand-in as a fresh org: only its standard objects, none of the mappings' custom
+    objects, fields or relationships (what ``crm setup`` starts from); trusted by this process."""
+    from tests.fakes.salesforce import FakeSalesforce
+
+    with FakeSalesforce() as fake:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_bundle)
+        yield fake
+
+
 def salesforce_env(fake) -> dict[str, str]:
     """The variables of a password login to the stand-in, for a worker started as a process."""
     return {"SALESFORCE_USERNAME": fake.username, "SALESFORCE_PASSWORD": fake.password,

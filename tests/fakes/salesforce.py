@@ -20,6 +20,9 @@ process), listens on a free loopback port and exposes:
   ``https://login.salesforce.com`` and ``https://test.salesforce.com`` to the fake, so the
   default ``domain="login"``/``"test"`` works unchanged (pass it as ``session=``).
 * ``issue_session()`` -- a valid access token, for ``Salesforce(instance_url=..., session_id=...)``.
+* ``metadata`` -- the Metadata API (``sf.mdapi``): custom objects, fields and permission sets,
+  field-level security from assigned permission sets (tests/fakes/salesforce_metadata.py);
+  ``GET /services/oauth2/userinfo`` names the user (``user_id``) to assign them to.
 
 The pytest pattern (see tests/test_fake_salesforce.py)::
 
@@ -77,7 +80,7 @@ Behaviour modelled (switches are thread-safe and may change while clients run):
 
 Observing: ``calls`` (the newest ``max_calls`` requests as :class:`Call`: method, path, records,
 kind, status, detail; login-host prefixes and query strings are not part of ``path``),
-``count(kind)`` for kinds ``login``, ``upsert``, ``collections``, ``query``, ``limits``, ``get``,
+``count(kind)`` for kinds ``login``, ``metadata``, ``upsert``, ``collections``, ``query``, ``limits``, ``get``,
 ``create``, ``update``, ``delete``, ``describe``, ``outage``, ``rest``; ``records(obj)``,
 ``get(obj, field, value)``, ``get_by_id(id)`` (stored records carry ``Id``, ``CreatedDate``,
 ``LastModifiedDate`` and ``SystemModstamp`` besides their fields); seed data with
@@ -115,6 +118,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.fakes import tls
+from tests.fakes.salesforce_metadata import METADATA_PATH, MetadataApi
 
 __all__ = ["Call", "FakeSalesforce", "ObjectSpec", "Rejection"]
 
@@ -748,6 +752,8 @@ class FakeSalesforce:
             self.define_object(name, prefix=prefix, required=required, fields=standard if fresh else None)
         for name, options in (objects or {}).items():
             self.define_object(name, **options)
+        #: The Metadata API (tests/fakes/salesforce_metadata.py).
+        self.metadata = MetadataApi(self)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -1314,7 +1320,8 @@ class FakeSalesforce:
             if (spec.fields is not None and name not in spec.fields) or self._hidden(spec, name):
                 raise _RecordError("INVALID_FIELD",
                                    f"No such column '{key}' on sobject of type {spec.name}", [key])
-            if name in _STANDARD_FIELDS or not spec.described.get(name.lower(), {}).get("createable", True):
+            if (name in _STANDARD_FIELDS or not spec.described.get(name.lower(), {}).get("createable", True)
+                    or (hooks and self.metadata.access(spec.name, name) == "read")):
                 raise _RecordError("INVALID_FIELD_FOR_INSERT_UPDATE",
                                    f"Unable to create/update fields: {name}. Please check the "
                                    f"security settings of this field and verify that it is "
@@ -1422,11 +1429,16 @@ class FakeSalesforce:
             self._counts[(kind, status)] += 1
 
     def _route(self, method: str, path: str, query: dict, headers, body: bytes) -> _Reply:
+        if METADATA_PATH.match(path):
+            answer = self.metadata.serve(body)
+            return _Reply(answer.status, answer.body, XML_TYPE, kind="metadata", detail=answer.detail)
         soap = _SOAP_PATH.match(path)
         if soap:
             return self._soap_login(method, soap.group(1), body)
         if path.rstrip("/") == "/services/oauth2/token":
             return self._oauth_token(method, headers, body)
+        if path.rstrip("/") == "/services/oauth2/userinfo":
+            return self._userinfo(headers)
         if _DATA_ROOT.match(path):
             return _reply(200, [{"label": "Fake", "url": "/services/data/v59.0", "version": "59.0"}])
         data = _DATA_PATH.match(path)
@@ -1528,6 +1540,18 @@ class FakeSalesforce:
                             "token_type": "Bearer", "issued_at": issued_at,
                             "signature": signature.decode(), "scope": "api"},
                       kind="login", detail=grant.rsplit(":", 1)[-1])
+
+    def _userinfo(self, headers) -> _Reply:
+        """The OpenID Connect UserInfo endpoint (Salesforce Help, "Query for User Information":
+        ``sub`` is the identity URL, ``user_id``, ``organization_id``, ``preferred_username``)."""
+        scheme, _, token = headers.get("Authorization", "").partition(" ")
+        with self._lock:
+            known = scheme.lower() in ("bearer", "oauth") and token.strip() in self._tokens
+        if not known:
+            return _reply(401, _INVALID_SESSION, kind="login", detail="userinfo:INVALID_SESSION_ID")
+        return _reply(200, {"sub": f"{self.instance_url}/id/{self.org_id}/{self.user_id}",
+                            "user_id": self.user_id, "organization_id": self.org_id,
+                            "preferred_username": self.username}, kind="login", detail="userinfo")
 
     def _jwt_problem(self, assertion: str) -> tuple[str, str] | None:
         """None when the assertion is good, else (error, error_description)."""
@@ -1699,7 +1723,8 @@ class FakeSalesforce:
                                                        f"{spec.name}", "errorCode": "INVALID_FIELD"}])
                 continue
             name = self._field(spec.name, key, register=False)
-            if (spec.fields is not None and name not in spec.fields) or self._hidden(spec, name):
+            if ((spec.fields is not None and name not in spec.fields) or self._hidden(spec, name)
+                    or self.metadata.access(spec.name, name) is None):
                 raise _HttpError(400, [{"message": f"No such column '{key}' on sobject of type {spec.name}",
                                         "errorCode": "INVALID_FIELD"}])
             kind = spec.types.get(name)
@@ -1764,7 +1789,9 @@ class FakeSalesforce:
             "custom": custom, "createable": True, "updateable": True, "deletable": True, "queryable": True,
             "urls": {"sobject": f"/services/data/v{version}/sobjects/{spec.name}",
                      "describe": f"/services/data/v{version}/sobjects/{spec.name}/describe"},
-            "fields": [copy.deepcopy(f) for key, f in sorted(fields.items()) if key not in spec.hidden]})
+            # Fields made through the Metadata API, as this user's permission sets let them be seen.
+            "fields": self.metadata.describe(
+                spec.name, [copy.deepcopy(f) for key, f in sorted(fields.items()) if key not in spec.hidden])})
 
     def _h_get(self, version, segments, query, body) -> _Reply:
         spec = self._object_from_url(segments[1])
@@ -1908,9 +1935,10 @@ class FakeSalesforce:
         return self._by_id(record.get(self._field(spec.name, found[1], register=False)))
 
     def _check_query_field(self, spec: ObjectSpec, path: str) -> None:
-        if "." in path or spec.fields is None:
+        if "." in path:
             return
-        if self._field(spec.name, path, register=False) not in spec.fields:
+        name = self._field(spec.name, path, register=False)
+        if (spec.fields is not None and name not in spec.fields) or self.metadata.access(spec.name, name) is None:
             raise _HttpError(400, [{"message": f"No such column '{path}' on entity '{spec.name}'. If you "
                                                f"are attempting to use a custom field, be sure to append "
                                                f"the '__c' after the custom field name.",
