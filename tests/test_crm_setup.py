@@ -145,3 +145,34 @@ def test_sfdx_without_a_login_writes_everything(tmp_path):
     result = setup(None, "--sfdx", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert len(list(tmp_path.rglob("*.field-meta.xml"))) == 16
+
+
+def test_a_field_the_org_hides_is_granted_not_defined_again(fresh_org, sf):
+    md = sf.mdapi  # a field an earlier deploy made, never granted: absent from the user's describe
+    md.CustomField.create([md.CustomField(fullName="Contact.Partnero_Status__c", label="Status", type="Text",
+                                          length=80)])
+    planned = setup(fresh_org, "--dry-run").output
+    assert "Contact.Partnero_Status__c:" not in planned and "grant edit Contact.Partnero_Status__c" in planned
+    result = setup(fresh_org)
+    assert result.exit_code == 0, result.output
+    assert "CustomField Contact.Partnero_Status__c" not in result.output
+    assert md.CustomField.read(["Contact.Partnero_Status__c"]).length == 80
+
+
+def test_a_hidden_field_of_the_wrong_type_is_reported_not_changed(fresh_org, sf):
+    md = sf.mdapi
+    md.CustomField.create([md.CustomField(fullName="Account.Partnero_Status__c", label="Status", type="Checkbox",
+                                          defaultValue="false")])
+    result = setup(fresh_org)
+    assert result.exit_code == 1, result.output
+    assert "left alone, change it yourself: Account.Partnero_Status__c: wrong type: it is a boolean field" in (
+        result.output)
+    assert md.CustomField.read(["Account.Partnero_Status__c"]).type == "Checkbox"
+
+
+def test_a_user_who_may_not_deploy_can_still_see_the_plan(fresh_org):
+    fresh_org.metadata.modify_metadata = False
+    result = setup(fresh_org, "--dry-run")
+    assert result.exit_code == 0
+    assert "create field Contact.Partnero_Partner_Id__c: Text, length 255, External ID, Unique" in result.output
+    assert "could not read the org's field definitions: INSUFFICIENT_ACCESS" in result.output

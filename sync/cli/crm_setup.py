@@ -39,17 +39,20 @@ def crm_setup(dry_run: bool, sfdx_dir: Path | None) -> None:
     cannot tell or may not deploy (no login, no access, no permission to deploy metadata).
     """
     from sync.mapping import load_mappings
+    from sync.salesforce.contract import contract
     from sync.salesforce.setup import describe_plan, fresh_describes, plan
     from sync.store.schema import RESERVED_TABLES
 
     settings = load_settings()
-    needs = contract_of(settings, load_mappings, RESERVED_TABLES)
+    needs = contract(load_mappings(settings.mappings_dir, RESERVED_TABLES))
     if not settings.salesforce.enabled and sfdx_dir is None:
         _stop("Salesforce is not configured: set one group of SALESFORCE_ variables (docs/salesforce.md), then "
               "run crm setup again")
     client = _client(settings) if settings.salesforce.enabled else None
     describes = _read_org(client, needs) if client is not None else fresh_describes(needs)
     the_plan = plan(needs, describes)
+    if client is not None and the_plan.fields:
+        the_plan = plan(needs, describes, _hidden_fields(client, the_plan, dry_run or sfdx_dir is not None))
     if sfdx_dir is not None:
         _write_sfdx(the_plan, sfdx_dir)
         return
@@ -58,12 +61,6 @@ def crm_setup(dry_run: bool, sfdx_dir: Path | None) -> None:
             click.echo(safe(line))
         return
     sys.exit(_deploy(client, needs, the_plan))
-
-
-def contract_of(settings, load_mappings, reserved):
-    from sync.salesforce.contract import contract
-
-    return contract(load_mappings(settings.mappings_dir, reserved))
 
 
 def _client(settings):
@@ -77,6 +74,32 @@ def _read_org(client, needs) -> dict:
         return _describes(client, [o.name for o in needs.objects])
     except SyncError as exc:
         _stop(f"cannot read the org: {exc}")
+
+
+def _hidden_fields(client, the_plan, reading_only: bool) -> dict:
+    """Of the fields planned, those the org has but hides from the integration user (read through
+    the Metadata API), so that setup grants them instead of defining them again."""
+    from sync.salesforce.client import METADATA_LIMIT
+
+    names = [f.full_name for f in the_plan.fields]
+    hidden: dict = {}
+    try:
+        for start in range(0, len(names), METADATA_LIMIT):
+            hidden.update(client.read_metadata("CustomField", names[start:start + METADATA_LIMIT]))
+    except SyncError as exc:
+        if not reading_only:
+            _refused(exc)
+        click.echo(safe(f"(could not read the org's field definitions: {exc}; a field hidden from this user "
+                        "shows as one to create)"), err=True)
+    return hidden
+
+
+def _refused(exc: SyncError) -> None:
+    from sync.salesforce.client import CallRefused
+
+    if isinstance(exc, CallRefused):
+        _stop(NO_DEPLOY if exc.code == "INSUFFICIENT_ACCESS" else f"Salesforce refused crm setup: {exc}")
+    _stop(f"could not finish crm setup: {exc}")
 
 
 def _stop(sentence: str) -> None:
@@ -97,7 +120,7 @@ def _write_sfdx(the_plan, directory: Path) -> None:
 
 def _deploy(client, needs, the_plan) -> int:
     """Deploy ``the_plan``, assign the permission set, check again; the exit status."""
-    from sync.salesforce.client import METADATA_LIMIT, CallRefused
+    from sync.salesforce.client import METADATA_LIMIT
     from sync.salesforce.fit import findings
     from sync.salesforce.setup import PERMISSION_SET, components, describe_plan
 
@@ -112,10 +135,8 @@ def _deploy(client, needs, the_plan) -> int:
         if the_plan.permission_set is not None and PERMISSION_SET not in refused:
             assigned = client.assign_permission_set(PERMISSION_SET)
             click.echo(f"  {PERMISSION_SET} {'assigned to' if assigned else 'already assigned to'} the logged-in user")
-    except CallRefused as exc:
-        _stop(NO_DEPLOY if exc.code == "INSUFFICIENT_ACCESS" else f"Salesforce refused the deploy: {exc.message}")
     except SyncError as exc:
-        _stop(f"could not finish the deploy: {exc}")
+        _refused(exc)
     for line in describe_plan(the_plan):
         if line.startswith("left alone"):
             click.echo(safe(line))

@@ -20,6 +20,7 @@ import requests
 from simple_salesforce import Salesforce
 from simple_salesforce import exceptions as sf_errors
 from zeep import exceptions as zeep_errors
+from zeep.helpers import serialize_object
 
 from sync.core.errors import ConfigurationError, PermanentError, TransientError
 from sync.settings import SalesforceSettings
@@ -208,19 +209,34 @@ class SalesforceClient:
         permission to modify metadata, an invalid session), ``TransientError`` when it is away."""
         if len(items) > METADATA_LIMIT:
             raise ValueError(f"at most {METADATA_LIMIT} components a call")
-        sf = self.connect()
-        md = sf.mdapi
-        typed = [getattr(md, kind)(**item) for item in items]
+        md = self.connect().mdapi
+        answer = self._metadata("upsertMetadata", [getattr(md, kind)(**item) for item in items])
+        return [_metadata_result(r) for r in answer]
+
+    def read_metadata(self, kind: str, full_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The components of ``kind`` the org has among up to 10 ``full_names`` (readMetadata:
+        a name the org lacks answers a record without fullName), as dicts by full name."""
+        if len(full_names) > METADATA_LIMIT:
+            raise ValueError(f"at most {METADATA_LIMIT} components a call")
+        records = self._metadata("readMetadata", kind, list(full_names))
+        found = [serialize_object(r, dict) for r in (records or [])]
+        return {str(r["fullName"]): r for r in found if r.get("fullName")}
+
+    def _metadata(self, operation: str, *args: Any) -> Any:
+        """One Metadata API CRUD call through simple-salesforce's ``mdapi``, its SOAP fault (the
+        call refused as a whole: no permission to modify metadata, too many components, a bad
+        session) as ``CallRefused``."""
+        md = self.connect().mdapi
         try:
-            # MetadataType.upsert() only raises on a failed component; the service's answer
-            # (UpsertResult per component) is what we report from, so call it as mdapi does.
-            answer = md._service.upsertMetadata(typed, _soapheaders=[md._session_header])
+            # MetadataType.upsert()/read() raise a bare Exception on a failed component and
+            # return nothing; the service's results (UpsertResult, ReadResult) are what we report
+            # from, so call it as they do.
+            return getattr(md._service, operation)(*args, _soapheaders=[md._session_header])
         except zeep_errors.Fault as exc:
             code = str(exc.code or "").rpartition(":")[2] or "ERROR"
             raise CallRefused(code, _bounded(str(exc.message)), org_wide=True) from exc
         except requests.RequestException as exc:
             raise TransientError(f"could not reach Salesforce: {type(exc).__name__}") from exc
-        return [_metadata_result(r) for r in answer]
 
     def assign_permission_set(self, name: str) -> bool:
         """Assign the permission set ``name`` to the logged-in user; False when it already was."""

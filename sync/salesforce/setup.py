@@ -76,13 +76,17 @@ class Plan:
         return not self.objects and not self.fields and self.permission_set is None
 
 
-def plan(contract: Contract, describes: Mapping[str, dict | None]) -> Plan:
-    """The plan for an org whose objects are ``describes`` (None: absent), from ``contract``."""
+def plan(contract: Contract, describes: Mapping[str, dict | None], hidden: Mapping[str, dict] | None = None) -> Plan:
+    """The plan for an org whose objects are ``describes`` (None: absent), from ``contract``.
+
+    ``hidden`` holds custom fields the org has but the integration user cannot see (their
+    Metadata API CustomField by full name, ``Object.Field__c``): they are granted, never created
+    again; one of the wrong type is left and reported."""
     objects: list[NewObject] = []
     fields: list[NewField] = []
     left: list[Finding] = []
-    grant = False
-    for found in findings(contract, describes):
+    grant = bool(hidden)
+    for found in findings(contract, with_hidden(describes, hidden or {})):
         custom_field = found.field is not None and found.field.endswith("__c")
         if found.problem is Misfit.OBJECT_MISSING and found.object.endswith("__c"):
             objects.append(new_object(found.object))
@@ -96,6 +100,32 @@ def plan(contract: Contract, describes: Mapping[str, dict | None]) -> Plan:
     if objects or fields or grant:
         permission_set = _permission_set(contract, describes, {o.name for o in objects})
     return Plan(tuple(objects), tuple(fields), permission_set, tuple(left))
+
+
+#: Metadata API field type -> the sObject Describe's type (SOAP API Developer Guide, fieldType).
+_DESCRIBE_TYPES = {"Text": "string", "Number": "double", "Checkbox": "boolean", "Date": "date",
+                   "DateTime": "datetime", "Lookup": "reference", "MasterDetail": "reference",
+                   "Currency": "currency", "Percent": "percent", "Email": "email", "Phone": "phone",
+                   "Url": "url", "TextArea": "textarea", "LongTextArea": "textarea", "Picklist": "picklist"}
+
+
+def with_hidden(describes: Mapping[str, dict | None], hidden: Mapping[str, dict]) -> dict[str, dict | None]:
+    """``describes`` with each hidden field added as the describe would show it once readable
+    (not yet createable or updateable), so the fit is judged on what the org really has."""
+    out = dict(describes)
+    for full_name, record in hidden.items():
+        obj, _, name = full_name.partition(".")
+        described = out.get(obj)
+        if described is None:
+            continue
+        kind = _DESCRIBE_TYPES.get(str(record.get("type")), str(record.get("type")).lower())
+        reference = record.get("referenceTo")
+        out[obj] = {**described, "fields": [*described.get("fields", []), {
+            "name": name, "type": kind, "length": int(record.get("length") or 0), "createable": False,
+            "updateable": False, "nillable": True, "externalId": bool(record.get("externalId")),
+            "unique": bool(record.get("unique")), "referenceTo": [reference] if reference else [],
+            "relationshipName": name[:-3] + "__r" if reference else None}]}
+    return out
 
 
 def _creatable(obj: str, describes: Mapping[str, dict | None]) -> bool:
