@@ -176,3 +176,13 @@ def test_a_user_who_may_not_deploy_can_still_see_the_plan(fresh_org):
     assert result.exit_code == 0
     assert "create field Contact.Partnero_Partner_Id__c: Text, length 255, External ID, Unique" in result.output
     assert "could not read the org's field definitions: INSUFFICIENT_ACCESS" in result.output
+
+
+def test_the_dry_run_example_in_the_docs_is_what_it_prints(fresh_org):
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "salesforce.md").read_text()
+    block = page.split("### crm setup", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    shown = [line[2:] for line in block.rstrip().splitlines()]
+    assert shown[-1].strip() == "…"  # the rest of the grants
+    assert setup(fresh_org, "--dry-run").output.splitlines()[: len(shown) - 1] == shown[:-1]
