@@ -30,6 +30,16 @@ def payout(tmp_path):
     """)
 
 
+def thing(tmp_path, mapping_type: str):
+    """The contract of one object, Thing__c, keyed by Key__c, with Value__c of ``mapping_type``."""
+    return contract_of(tmp_path, f"""
+        object: Thing__c
+        external_id: Key__c
+        fields:
+          Value__c: {{from: data.value, type: {mapping_type}}}
+    """)
+
+
 def test_a_fresh_org_gets_every_object_field_and_the_permission_set(payout):
     p = plan(payout, fresh_describes(payout))
     assert [o.name for o in p.objects] == ["Program__c", "Payout__c"]
@@ -47,23 +57,13 @@ def test_a_fresh_org_gets_every_object_field_and_the_permission_set(payout):
 
 
 def test_an_org_that_fits_needs_nothing(tmp_path):
-    needs = contract_of(tmp_path, """
-        object: Thing__c
-        external_id: Key__c
-        fields:
-          Value__c: {from: data.value, type: string}
-    """)
+    needs = thing(tmp_path, "string")
     describes = {"Thing__c": {"name": "Thing__c", "fields": [*system(), key("Key__c"), field("Value__c")]}}
     assert plan(needs, describes).empty
 
 
 def test_a_field_the_user_cannot_edit_only_needs_the_permission_set(tmp_path):
-    needs = contract_of(tmp_path, """
-        object: Thing__c
-        external_id: Key__c
-        fields:
-          Value__c: {from: data.value, type: string}
-    """)
+    needs = thing(tmp_path, "string")
     describes = {"Thing__c": {"name": "Thing__c", "fields": [
         *system(), key("Key__c"), field("Value__c", createable=False, updateable=False)]}}
     p = plan(needs, describes)
@@ -71,12 +71,7 @@ def test_a_field_the_user_cannot_edit_only_needs_the_permission_set(tmp_path):
 
 
 def test_a_field_of_the_wrong_type_is_left_and_never_planned(tmp_path):
-    needs = contract_of(tmp_path, """
-        object: Thing__c
-        external_id: Key__c
-        fields:
-          Value__c: {from: data.value, type: decimal}
-    """)
+    needs = thing(tmp_path, "decimal")
     describes = {"Thing__c": {"name": "Thing__c", "fields": [*system(), key("Key__c"), field("Value__c")]}}
     p = plan(needs, describes)
     assert p.empty and [(f.field, f.problem.value) for f in p.left] == [("Value__c", "wrong type")]
