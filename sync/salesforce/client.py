@@ -19,6 +19,8 @@ from urllib.parse import quote
 import requests
 from simple_salesforce import Salesforce
 from simple_salesforce import exceptions as sf_errors
+from zeep import exceptions as zeep_errors
+from zeep.helpers import serialize_object
 
 from sync.core.errors import ConfigurationError, PermanentError, TransientError
 from sync.settings import SalesforceSettings
@@ -95,6 +97,22 @@ class RecordResult:
 
 
 _MISSING_PARENT = re.compile(r"Foreign key external ID: (.+?) not found for field \S+ in entity (\w+)")
+
+
+@dataclass(frozen=True)
+class MetadataResult:
+    """One component's answer to an upsertMetadata call (UpsertResult: fullName, success,
+    created, errors with statusCode and message)."""
+
+    full_name: str
+    success: bool
+    created: bool = False
+    code: str | None = None
+    message: str | None = None
+
+
+#: The Metadata API's CRUD calls take at most this many components (EXCEEDED_ID_LIMIT beyond).
+METADATA_LIMIT = 10
 
 
 class SalesforceClient:
@@ -183,6 +201,59 @@ class SalesforceClient:
                 return None
             raise
 
+    def upsert_metadata(self, kind: str, items: Sequence[dict[str, Any]]) -> list[MetadataResult]:
+        """Upsert up to 10 components of one Metadata API type (``CustomObject``, ``CustomField``,
+        ``PermissionSet``) through simple-salesforce's ``mdapi``; one result per component.
+
+        Raises ``CallRefused`` when Salesforce refuses the call as a whole (its SOAP fault: no
+        permission to modify metadata, an invalid session), ``TransientError`` when it is away."""
+        if len(items) > METADATA_LIMIT:
+            raise ValueError(f"at most {METADATA_LIMIT} components a call")
+        md = self.connect().mdapi
+        answer = self._metadata("upsertMetadata", [getattr(md, kind)(**item) for item in items])
+        return [_metadata_result(r) for r in answer]
+
+    def read_metadata(self, kind: str, full_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The components of ``kind`` the org has among up to 10 ``full_names`` (readMetadata:
+        a name the org lacks answers a record without fullName), as dicts by full name."""
+        if len(full_names) > METADATA_LIMIT:
+            raise ValueError(f"at most {METADATA_LIMIT} components a call")
+        records = self._metadata("readMetadata", kind, list(full_names))
+        found = [serialize_object(r, dict) for r in (records or [])]
+        return {str(r["fullName"]): r for r in found if r.get("fullName")}
+
+    def _metadata(self, operation: str, *args: Any) -> Any:
+        """One Metadata API CRUD call through simple-salesforce's ``mdapi``, its SOAP fault (the
+        call refused as a whole: no permission to modify metadata, too many components, a bad
+        session) as ``CallRefused``."""
+        md = self.connect().mdapi
+        try:
+            # MetadataType.upsert()/read() raise a bare Exception on a failed component and
+            # return nothing; the service's results (UpsertResult, ReadResult) are what we report
+            # from, so call it as they do.
+            return getattr(md._service, operation)(*args, _soapheaders=[md._session_header])
+        except zeep_errors.Fault as exc:
+            code = str(exc.code or "").rpartition(":")[2] or "ERROR"
+            raise CallRefused(code, _bounded(str(exc.message)), org_wide=True) from exc
+        except requests.RequestException as exc:
+            raise TransientError(f"could not reach Salesforce: {type(exc).__name__}") from exc
+
+    def assign_permission_set(self, name: str) -> bool:
+        """Assign the permission set ``name`` to the logged-in user; False when it already was."""
+        user = self._classified("userinfo", lambda sf: sf.oauth2("userinfo"))["user_id"]
+        found = self._classified("query", lambda sf: sf.query(
+            f"SELECT Id FROM PermissionSet WHERE Name = '{_soql(name)}'"))["records"]
+        if not found:
+            raise CallRefused("NOT_FOUND", f"the org has no permission set {name}")
+        assigned = self._classified("query", lambda sf: sf.query(
+            "SELECT Id FROM PermissionSetAssignment WHERE AssigneeId = "
+            f"'{_soql(user)}' AND PermissionSetId = '{_soql(found[0]['Id'])}'"))["totalSize"]
+        if assigned:
+            return False
+        body = {"AssigneeId": user, "PermissionSetId": found[0]["Id"]}
+        self._call("POST", "sobjects/PermissionSetAssignment/", body)
+        return True
+
     def _call(self, method: str, path: str, body: Any) -> Any:
         kwargs: dict[str, Any] = {"timeout": TIMEOUT}
         if body is not None:
@@ -227,6 +298,20 @@ def _result(item: dict[str, Any]) -> RecordResult:
     first = errors[0]
     code = first.get("statusCode") or first.get("errorCode") or "UNKNOWN"
     return RecordResult(False, id=item.get("id"), code=code, message=_without_values(first.get("message") or ""))
+
+
+def _metadata_result(item: Any) -> MetadataResult:
+    errors = item["errors"] or []
+    if item["success"]:
+        return MetadataResult(str(item["fullName"]), True, created=bool(item["created"]))
+    first = errors[0] if errors else {"statusCode": "UNKNOWN", "message": ""}
+    return MetadataResult(str(item["fullName"]), False, code=str(first["statusCode"]),
+                          message=_without_values(str(first["message"] or "")))
+
+
+def _soql(value: str) -> str:
+    """A value inside a SOQL string literal (backslash and quote escaped)."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _first_code(content: Any) -> str:

@@ -135,7 +135,9 @@ def _lookup_findings(finding, need: FieldNeed, described: dict) -> list[Finding]
     if (described.get("relationshipName") or "").lower() != need.relationship_name.lower():
         found.append(finding(Misfit.WRONG_LOOKUP, f"its relationship name is {described.get('relationshipName')}, "
                              f"the mapping uses {need.relationship_name}",
-                             f"name the relationship {need.relationship_name[: -len('__r')]} (the API adds __r)"))
+                             f"look up {need.target} from a field named {need.relationship_name[: -len('__r')]} "
+                             f"(its relationship is the field's name with __r; the child relationship name "
+                             f"on {need.target} is another name, free to choose)"))
     # The parent's key (need.target_external_id) is in the contract as an external id of the
     # parent object, so a key that is missing or not an External ID is told once, on the key.
     return found
@@ -158,7 +160,8 @@ def _unfilled(need: ObjectNeed, described: Any) -> list[Finding]:
 def _field_fix(obj: ObjectNeed, need: FieldNeed) -> str:
     what = _CREATE_AS[need.kind]
     if need.kind is FieldKind.LOOKUP:
-        what = f"Lookup Relationship to {need.target}, relationship name {need.relationship_name[: -len('__r')]}"
+        what = (f"Lookup Relationship to {need.target} (field name {need.relationship_name[: -len('__r')]}; "
+                f"any child relationship name)")
     elif need.external_id:
         what = "Text (255), External ID and Unique"
     elif need.kind in (FieldKind.TEXT, FieldKind.ANY):
