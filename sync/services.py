@@ -117,7 +117,7 @@ class Services:
 
     def check_org(self) -> OrgCheck | None:
         """Check the org against the mappings, when due (``OrgWatch``: at this process's first
-        call, then again while the stored check could not tell); None while CRM sync is off."""
+        call, then again while the stored check does not say it fits); None while CRM sync is off."""
         flusher = self.flusher()
         if flusher is None:
             return None

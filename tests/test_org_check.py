@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -108,6 +108,24 @@ def test_once_the_org_is_set_up_the_next_start_clears_the_misfit(settings, fresh
     client = client_for(settings)
     assert not any("org" in reason for reason in client.get("/healthz", headers=AUTH).get_json()["attention"])
     assert "partnero_sync_salesforce_org_misfits 0.0" in client.get("/metrics", headers=AUTH).get_data(as_text=True)
+
+
+def test_a_misfit_fixed_in_setup_clears_by_itself(settings, fresh, redis_conn):
+    settings = crm(settings, fresh)
+    clock = Clock()
+    services = start_worker(settings, redis_conn, clock=clock)
+    assert latest(settings).verdict is Verdict.MISFIT
+    set_up(fresh)
+    clock.now += RECHECK_AFTER - timedelta(seconds=1)
+    services.housekeeping()
+    assert latest(settings).verdict is Verdict.MISFIT  # not yet
+    clock.now += timedelta(seconds=1)
+    services.housekeeping()
+    assert latest(settings).verdict is Verdict.FITS
+    describes = fresh.count("describe")
+    clock.now += RECHECK_AFTER
+    services.housekeeping()
+    assert fresh.count("describe") == describes  # an org that fits is checked again at the next start
 
 
 def test_a_mapping_change_is_checked_by_the_worker_that_has_it(settings, fresh, redis_conn, tmp_path):

@@ -20,8 +20,8 @@ from sync.store.org_checks import OrgCheck, OrgChecks, Verdict
 
 log = logging.getLogger(__name__)
 
-#: How often at most a worker checks the org again while the stored check could not tell, or was
-#: made with other mappings than its own.
+#: How often at most a worker checks the org again while the stored check found a misfit (an
+#: admin may have fixed it since), could not tell, or was made with other mappings than its own.
 RECHECK_AFTER = timedelta(minutes=5)
 
 
@@ -70,9 +70,9 @@ def signature(mappings: MappingSet) -> str:
 
 class OrgWatch:
     """The worker's check of the org: once when it starts, then (every ``RECHECK_AFTER`` at most)
-    again while the stored check could not tell or was made with other mappings than its own (a
-    worker of another release). It reads describes only: the warehouse and the flush go on
-    whatever it finds."""
+    again while the stored check does not say the org fits its mappings: a misfit (fixed since?),
+    cannot tell, or a check made with other mappings (a worker of another release). It reads
+    describes only: the warehouse and the flush go on whatever it finds."""
 
     def __init__(self, checks: OrgChecks, client: SalesforceClient, mappings: MappingSet, clock: Clock):
         self.checks = checks
@@ -89,7 +89,7 @@ class OrgWatch:
         if self.checked_at is not None:
             last = self.checks.latest()
             current = (last is not None and last.mapping_signature == self.signature
-                       and last.verdict is not Verdict.CANNOT_TELL)
+                       and last.verdict is Verdict.FITS)
             if current or now - self.checked_at < RECHECK_AFTER:
                 return last
         fit = check(self.client, self.mappings)
