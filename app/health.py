@@ -90,6 +90,18 @@ def _full(services, report: dict[str, str], healthy: bool) -> dict:
             "crm_refused": snapshot.crm_refused if snapshot.crm_enabled else None,
         }
         body["attention"] = snapshot.attention()
+        if snapshot.crm_enabled:
+            body["salesforce_org"] = _org(snapshot)
         if snapshot.crm_problem:
             body["salesforce_problem"] = snapshot.crm_problem["message"]
     return body
+
+
+def _org(snapshot) -> dict | None:
+    """The latest check of the org: its verdict, when, and how many problems (the findings are
+    ``partnero-sync crm check``'s and ``status --json``'s)."""
+    check = snapshot.org_check
+    if check is None:
+        return None
+    return {"verdict": check.verdict, "checked_at": check.checked_at.isoformat(), "problems": len(check.findings),
+            "reason": check.reason}

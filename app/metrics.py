@@ -16,6 +16,7 @@ from sync.ops.snapshot import Snapshot, backfill_attention, take
 from sync.ops.metrics import PREFIX, STORED
 from sync.store import inbox, runs
 from sync.store.inbox import InboxSummary
+from sync.store.org_checks import Verdict
 from sync.worker.queues import QueueCounts
 
 bp = Blueprint("metrics", __name__)
@@ -65,6 +66,8 @@ def _gauges(snapshot: Snapshot) -> Iterator[Metric]:
         yield from _inbox_gauges(snapshot.inbox, snapshot.oldest_pending_age)
     if snapshot.crm_enabled and "database" not in snapshot.unavailable:
         yield _crm_outbox_gauge(snapshot.crm)
+        if snapshot.org_check is not None:
+            yield from _org_gauges(snapshot)
     if snapshot.backfill is not None:
         yield from _backfill_gauges(snapshot.backfill, snapshot.taken_at)
 
@@ -107,6 +110,26 @@ def _crm_outbox_gauge(crm: dict[str, dict[str, int]]) -> Metric:
         for status, count in by_status.items():
             records.add_metric([object_name, status], count)
     return records
+
+
+def _org_gauges(snapshot: Snapshot) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        PREFIX + "salesforce_org_misfits",
+        "Problems the latest check of the Salesforce org against the mappings found (0: it fits, or it "
+        "could not tell); `partnero-sync crm check` lists them.",
+        value=snapshot.org_misfits,
+    )
+    yield GaugeMetricFamily(
+        PREFIX + "salesforce_org_check_known",
+        "1 when the latest check of the Salesforce org could tell whether it fits; 0 when it could not "
+        "(no login, no access, Salesforce away).",
+        value=0 if snapshot.org_check.verdict is Verdict.CANNOT_TELL else 1,
+    )
+    yield GaugeMetricFamily(
+        PREFIX + "salesforce_org_checked_timestamp_seconds",
+        "When the latest check of the Salesforce org ran (Unix time).",
+        value=snapshot.org_check.checked_at.timestamp(),
+    )
 
 
 def _backfill_gauges(run: runs.Run, taken_at: datetime) -> Iterator[Metric]:

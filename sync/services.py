@@ -18,10 +18,12 @@ from sync.pipeline.processor import Processor
 from sync.pipeline.sweeper import sweep
 from sync.salesforce.client import SalesforceClient
 from sync.salesforce.flush import Flusher
+from sync.salesforce.org import OrgWatch
 from sync.salesforce.schedule import FlushSchedule
 from sync.settings import Settings
 from sync.store import db, schema
 from sync.store.inbox import Inbox
+from sync.store.org_checks import OrgCheck, OrgChecks
 from sync.store.outbox import Outbox
 from sync.store.warehouse import Warehouse
 from sync.worker import queues
@@ -43,6 +45,7 @@ class Services:
     processor: Processor
     _flusher: Flusher | None = field(default=None, repr=False)
     _flush_schedule: FlushSchedule | None = field(default=None, repr=False)
+    _org_watch: OrgWatch | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -101,13 +104,27 @@ class Services:
 
     def housekeeping(self) -> None:
         """What the worker does every interval: sweep lost deliveries, and make sure a flush is
-        coming while Salesforce writes wait (after an outage, the backlog drains by itself)."""
+        coming while Salesforce writes wait (after an outage, the backlog drains by itself); and
+        check the Salesforce org against the mappings when that is due (``check_org``). The first
+        housekeeping runs as the worker starts, before its first job."""
         sweep(self.inbox, self.queue, timedelta(seconds=self.settings.sweep_after_seconds))
         if self.settings.salesforce.enabled:
             with self.inbox.engine.connect() as conn:
                 waiting = Outbox().backlog(conn)
             if waiting:
                 self.flush_schedule.request()
+            self.check_org()
+
+    def check_org(self) -> OrgCheck | None:
+        """Check the org against the mappings, when due (``OrgWatch``: at this process's first
+        call, then again while the stored check does not say it fits); None while CRM sync is off."""
+        flusher = self.flusher()
+        if flusher is None:
+            return None
+        if self._org_watch is None:
+            self._org_watch = OrgWatch(OrgChecks(self.inbox.engine, self.clock), flusher.client, self.mappings,
+                                       self.clock)
+        return self._org_watch.run()
 
     def migrate(self) -> list[str]:
         """Upgrade the fixed tables and create or extend the mapped ones; returns what it did."""

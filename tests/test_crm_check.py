@@ -179,15 +179,15 @@ def test_an_org_that_fits_takes_every_shipped_record_without_refusal(fresh, sett
 
 
 def test_an_expired_session_is_renewed_between_describes(fresh):
-    from sync.cli.salesforce import _describes
     from sync.salesforce.client import SalesforceClient
+    from sync.salesforce.org import describes
     from tests.test_salesforce_sync import password_login
 
     client = SalesforceClient(password_login(set_up(fresh)))
     assert client.describe("Contact")["name"] == "Contact"
     fresh.expire_sessions()
-    describes = _describes(client, ["Account", "Nothing__c"])
-    assert describes["Account"]["name"] == "Account" and describes["Nothing__c"] is None
+    found = describes(client, ["Account", "Nothing__c"])
+    assert found["Account"]["name"] == "Account" and found["Nothing__c"] is None
     assert fresh.count("login") == 2
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from sync.cli.base import load_settings
-from sync.cli.salesforce import _describes, _print_findings, crm
+from sync.cli.salesforce import crm, print_findings
 from sync.core.errors import SyncError
 from sync.ops.terminal import safe
 
@@ -70,8 +70,10 @@ def _client(settings):
 
 
 def _read_org(client, needs) -> dict:
+    from sync.salesforce.org import describes
+
     try:
-        return _describes(client, [o.name for o in needs.objects])
+        return describes(client, [o.name for o in needs.objects])
     except SyncError as exc:
         _stop(f"cannot read the org: {exc}")
 
@@ -142,7 +144,7 @@ def _deploy(client, needs, the_plan) -> int:
             click.echo(safe(line))
     click.echo("checking the org again:")
     found = findings(needs, _read_org(client, needs))
-    _print_findings(found, [o.name for o in needs.objects])
+    print_findings(found, [o.name for o in needs.objects])
     return 1 if found or refused else 0
 
 

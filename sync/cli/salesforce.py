@@ -105,40 +105,26 @@ def crm_check(as_json: bool) -> None:
     (Salesforce not configured, the login refused, no access, Salesforce away).
     """
     from sync.mapping import load_mappings
+    from sync.salesforce import org
     from sync.salesforce.client import SalesforceClient
-    from sync.salesforce.contract import contract
-    from sync.salesforce.fit import findings
+    from sync.store.org_checks import Verdict
     from sync.store.schema import RESERVED_TABLES
 
     settings = load_settings()
-    needs = contract(load_mappings(settings.mappings_dir, RESERVED_TABLES))
+    mappings = load_mappings(settings.mappings_dir, RESERVED_TABLES)
     if not settings.salesforce.enabled:
         _cannot_tell("Salesforce is not configured: set one group of SALESFORCE_ variables "
                      "(docs/salesforce.md), then run crm check again", as_json)
-    try:
-        describes = _describes(SalesforceClient(settings.salesforce), [o.name for o in needs.objects])
-    except SyncError as exc:
-        _cannot_tell(f"cannot tell whether the org fits: {exc}", as_json)
-    found = findings(needs, describes)
+    fit = org.check(SalesforceClient(settings.salesforce), mappings)
+    if fit.verdict is Verdict.CANNOT_TELL:
+        _cannot_tell(f"cannot tell whether the org fits: {fit.reason}", as_json)
+    found = list(fit.findings)
     if as_json:
-        click.echo(json.dumps({"fits": not found, "objects": [o.name for o in needs.objects],
+        click.echo(json.dumps({"fits": not found, "objects": list(fit.objects),
                                "findings": [f.as_json() for f in found]}, indent=2))
     else:
-        _print_findings(found, [o.name for o in needs.objects])
+        print_findings(found, list(fit.objects))
     sys.exit(1 if found else 0)
-
-
-def _describes(client, names: list[str]) -> dict:
-    """Each object's describe (None: not in the org); a session that expired is renewed once."""
-    from sync.core.errors import TransientError
-
-    out = {}
-    for name in names:
-        try:
-            out[name] = client.describe(name)
-        except TransientError:
-            out[name] = client.describe(name)  # after a renewed login; a second failure goes up
-    return out
 
 
 def _cannot_tell(sentence: str, as_json: bool) -> None:
@@ -148,7 +134,8 @@ def _cannot_tell(sentence: str, as_json: bool) -> None:
     sys.exit(2)
 
 
-def _print_findings(found: list, objects: list[str]) -> None:
+def print_findings(found: list, objects: list[str]) -> None:
+    """The findings as a table (object, field, problem, what to do), or that the org fits."""
     if not found:
         click.echo(f"the org fits the mappings ({', '.join(objects)})")
         return

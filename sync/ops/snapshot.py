@@ -15,11 +15,13 @@ from sync.core.errors import TransientError
 from sync.ops.progress import duration
 from sync.store import db, ledger, runs
 from sync.store.inbox import DeliveryStatus, InboxSummary
+from sync.store.org_checks import OrgCheck, OrgChecks, Verdict
 from sync.store.outbox import Outbox, OutboxStatus
 
 #: A pending delivery older than this means the backlog is stuck (no worker, or one that fails).
 STUCK_AFTER = timedelta(minutes=15)
-
+#: How many of a misfit's findings "needs attention" names (``partnero-sync crm check`` lists all).
+FIRST_FINDINGS = 3
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class Snapshot:
     crm_last_synced_at: datetime | None = None
     #: What stops every Salesforce call, when something does: {"code", "message", "since"}.
     crm_problem: dict | None = None
+    #: The latest check of the org against the mappings (``sync.store.org_checks``), if one ran.
+    org_check: OrgCheck | None = None
     #: The ledger's currencies (read only when asked: it adds up the whole ledger).
     ledger: ledger.Summary | None = None
     #: The latest backfill (``partnero-sync backfill``), if any ran.
@@ -79,6 +83,12 @@ class Snapshot:
     @property
     def crm_refused(self) -> int:
         return sum(s.get(OutboxStatus.FAILED, 0) for s in self.crm.values())
+
+    @property
+    def org_misfits(self) -> int:
+        """How many problems the latest check found in the org (0: it fits, or no check could tell)."""
+        check = self.org_check
+        return len(check.findings) if self.crm_enabled and check and check.verdict is Verdict.MISFIT else 0
 
     @property
     def state(self) -> Health:
@@ -105,6 +115,8 @@ class Snapshot:
                 reasons.append(f"{self.queue.queued} jobs wait and no worker listens on the queue")
         if self.crm_problem:
             reasons.append(f"Salesforce refuses every call: {self.crm_problem['message']}")
+        if self.org_misfits:
+            reasons.append(org_misfit(self.org_check))
         reasons += backfill_attention(self.backfill, self.taken_at)
         if self.crm_refused:
             reasons.append(f"Salesforce refused {self.crm_refused} records: see `partnero-sync crm-errors`")
@@ -128,6 +140,7 @@ class Snapshot:
                 "refused": self.crm_refused,
                 "last_synced_at": _iso(self.crm_last_synced_at),
                 "problem": self.crm_problem,
+                "org_check": _org_check(self.org_check),
             }
         currencies = None
         if self.ledger is not None:
@@ -177,6 +190,22 @@ def backfill_attention(run: runs.Run | None, now: datetime) -> list[str]:
     return []
 
 
+def org_misfit(check: OrgCheck) -> str:
+    """A misfit as one sentence: how many problems, and the first few."""
+    first = "; ".join(f"{f['object']}{'.' + f['field'] if f['field'] else ''}: {f['problem']}"
+                      for f in check.findings[:FIRST_FINDINGS])
+    more = ", …" if len(check.findings) > FIRST_FINDINGS else ""
+    return (f"the Salesforce org does not fit the mappings: {len(check.findings)} problems ({first}{more}); "
+            "`partnero-sync crm check` says what to do")
+
+
+def _org_check(check: OrgCheck | None) -> dict | None:
+    if check is None:
+        return None
+    return {"verdict": check.verdict, "checked_at": _iso(check.checked_at), "reason": check.reason,
+            "findings": list(check.findings)}
+
+
 def backlog(by_status: dict[str, int]) -> int:
     """Salesforce records of one object still to be sent (pending or waiting for a parent)."""
     return by_status.get(OutboxStatus.PENDING, 0) + by_status.get(OutboxStatus.WAITING, 0)
@@ -200,6 +229,8 @@ def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = Fal
                     snapshot.crm_last_synced_at = outbox.last_synced_at(conn)
                 if with_ledger:
                     snapshot.ledger = ledger.summary(conn, services.settings.currency)
+        if snapshot.crm_enabled:
+            snapshot.org_check = OrgChecks(services.inbox.engine, services.clock).latest()
         snapshot.backfill = runs.Runs(services.inbox.engine, services.clock).latest()
     except Exception as exc:  # e.g. no schema yet: say so rather than fail the whole report
         snapshot.unavailable["database"] = db.explain(exc) or db.describe_error(exc)

@@ -9,6 +9,7 @@ from sync.ops.snapshot import Health, Snapshot, backlog
 from sync.ops.terminal import safe
 from sync.store.inbox import DeliveryStatus
 from sync.store.ledger import Summary
+from sync.store.org_checks import Verdict
 from sync.store.outbox import OutboxStatus
 from sync.store.runs import Run
 
@@ -46,6 +47,7 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
             rows.append((f"  {obj}", f"backlog {backlog(by_status)}, refused {by_status.get(OutboxStatus.FAILED, 0)}, "
                                      f"synced {by_status.get(OutboxStatus.SYNCED, 0)}"))
         rows.append(("  last synced record", _ago(snapshot.crm_last_synced_at, snapshot.taken_at)))
+        rows.append(("  org", _org(snapshot)))
     if snapshot.ledger is not None:
         rows += _ledger(snapshot.ledger)
     if snapshot.backfill is not None:
@@ -93,6 +95,19 @@ def _backfill(run: Run, now: datetime) -> list[tuple[str, str]]:
         ("  records", f"{run.records:,} read: {run.applied:,} applied, {run.unchanged:,} unchanged, "
                       f"{run.skipped:,} skipped, {run.failed:,} failed"),
     ]
+
+
+def _org(snapshot: Snapshot) -> str:
+    """The latest check of the org against the mappings, and when it ran."""
+    check = snapshot.org_check
+    if check is None:
+        return "not checked yet (a worker checks when it starts)"
+    when = f"checked {_ago(check.checked_at, snapshot.taken_at)}"
+    if check.verdict is Verdict.CANNOT_TELL:
+        return f"cannot tell: {check.reason}; {when}"
+    if check.verdict is Verdict.MISFIT:
+        return f"does not fit the mappings: {len(check.findings)} problems; {when}"
+    return f"fits the mappings; {when}"
 
 
 def _ago(when: datetime | None, now: datetime) -> str:

@@ -1,4 +1,4 @@
-"""The fixed tables (inbox, ledger, CRM outbox, backfill runs) and their versioned migrations.
+"""The fixed tables (inbox, ledger, CRM outbox, backfill runs, the org's check) and their versioned migrations.
 
 The tables are defined beside the code that uses them; this module gathers them into one
 ``metadata`` and brings a database up to date: Alembic's versioned migrations for the fixed
@@ -21,6 +21,7 @@ from sync.store import (  # noqa: F401
     db,
     inbox,
     ledger,
+    org_checks,  # noqa: F401
     outbox,  # noqa: F401
     runs,  # noqa: F401
 )
