@@ -65,6 +65,20 @@ def org() -> dict[str, dict]:
             for name, fields in (("Contact", contact), ("Account", account), ("Partnero_Transaction__c", sale))}
 
 
+#: A user's own mapping: a new object, fields of each kind, a lookup to another new object.
+PAYOUT = """
+        object: Payout__c
+        external_id: Payout_Id__c
+        fields:
+          Paid__c: {from: data.paid, type: boolean}
+          Paid_At__c: {from: data.paid_at, type: datetime}
+          Count__c: {from: data.count, type: integer}
+          Kind__c: {value: manual}
+        references:
+          Program__r: {object: Program__c, external_id: Program_Key__c, from: data.program}
+    """
+
+
 def contract_of(tmp_path: Path, salesforce: str):
     """The contract of one mapping file whose ``salesforce:`` section is ``salesforce`` (YAML)."""
     (tmp_path / "thing.yml").write_text(textwrap.dedent("""
@@ -99,17 +113,7 @@ def test_the_shipped_contract_names_every_object_field_key_and_lookup(shipped):
 
 
 def test_a_users_new_object_and_fields_are_covered_the_same_way(tmp_path):
-    needs = contract_of(tmp_path, """
-        object: Payout__c
-        external_id: Payout_Id__c
-        fields:
-          Paid__c: {from: data.paid, type: boolean}
-          Paid_At__c: {from: data.paid_at, type: datetime}
-          Count__c: {from: data.count, type: integer}
-          Kind__c: {value: manual}
-        references:
-          Program__r: {object: Program__c, external_id: Program_Key__c, from: data.program}
-    """)
+    needs = contract_of(tmp_path, PAYOUT)
     assert [o.name for o in needs.objects] == ["Program__c", "Payout__c"]
     program, payout = needs.objects
     assert not program.written and program.field("Program_Key__c").external_id

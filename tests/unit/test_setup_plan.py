@@ -10,24 +10,14 @@ import pytest
 
 from sync.salesforce.setup import PERMISSION_SET, components, fresh_describes, plan
 from sync.salesforce.sfdx import MD_NS, package
-from tests.unit.test_org_contract import SHIPPED, contract_of, field, key, system
+from tests.unit.test_org_contract import PAYOUT, SHIPPED, contract_of, field, key, system
 
 NS = {"md": MD_NS}
 
 
 @pytest.fixture
 def payout(tmp_path):
-    return contract_of(tmp_path, """
-        object: Payout__c
-        external_id: Payout_Id__c
-        fields:
-          Paid__c: {from: data.paid, type: boolean}
-          Paid_At__c: {from: data.paid_at, type: datetime}
-          Count__c: {from: data.count, type: integer}
-          Kind__c: {value: manual}
-        references:
-          Program__r: {object: Program__c, external_id: Program_Key__c, from: data.program}
-    """)
+    return contract_of(tmp_path, PAYOUT)
 
 
 def thing(tmp_path, mapping_type: str):
