@@ -66,10 +66,17 @@ def test_a_fresh_org_is_set_up_until_it_fits_and_takes_every_shipped_record(fres
     assert upserts(fresh_org) == 4
     assert check(fresh_org).exit_code == 0
     services = Services.build(settings.with_overrides(salesforce=password_login(fresh_org)), redis_conn)
-    deliver(services, partner(), envelope("customer.created", "2026-03-14T10:02:54Z", **CUSTOMER),
-            envelope("transaction.created", "2026-03-14T10:15:31Z", **TRANSACTION))
+    stream = []  # ten partners, each with a customer and a transaction
+    for i in range(10):
+        pid, cid, tid = f"ptn_{i:08x}", f"acct_{i:06d}", f"in_stream_{i}"
+        rewards = [{**TRANSACTION["rewards"][0], "key": tid, "customer": cid, "partner": pid}]
+        stream += [partner(id=pid, key=f"partner-{i}", email=f"partner{i}@example.com"),
+                   envelope("customer.created", "2026-03-14T10:02:54Z", **{**CUSTOMER, "key": cid, "partner": pid}),
+                   envelope("transaction.created", "2026-03-14T10:15:31Z",
+                            **{**TRANSACTION, "key": tid, "customer": cid, "partner": pid, "rewards": rewards})]
+    deliver(services, *stream)
     report = services.flusher().flush()
-    assert (report.synced, report.failed) == (3, 0), report.summary()
+    assert (report.synced, report.failed) == (30, 0), report.summary()
     again = setup(fresh_org)
     assert again.exit_code == 0, again.output
     assert "nothing to change" in again.output and upserts(fresh_org) == 4
