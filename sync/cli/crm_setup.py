@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from sync.cli.base import load_settings
-from sync.cli.salesforce import crm, print_findings
+from sync.cli.salesforce import crm, print_findings, stop
 from sync.core.errors import SyncError
 from sync.ops.terminal import safe
 
@@ -46,7 +46,7 @@ def crm_setup(dry_run: bool, sfdx_dir: Path | None) -> None:
     settings = load_settings()
     needs = contract(load_mappings(settings.mappings_dir, RESERVED_TABLES))
     if not settings.salesforce.enabled and sfdx_dir is None:
-        _stop("Salesforce is not configured: set one group of SALESFORCE_ variables (docs/salesforce.md), then "
+        stop("Salesforce is not configured: set one group of SALESFORCE_ variables (docs/salesforce.md), then "
               "run crm setup again")
     client = _client(settings) if settings.salesforce.enabled else None
     describes = _read_org(client, needs) if client is not None else fresh_describes(needs)
@@ -75,7 +75,7 @@ def _read_org(client, needs) -> dict:
     try:
         return describes(client, [o.name for o in needs.objects])
     except SyncError as exc:
-        _stop(f"cannot read the org: {exc}")
+        stop(f"cannot read the org: {exc}")
 
 
 def _hidden_fields(client, the_plan, reading_only: bool) -> dict:
@@ -100,13 +100,8 @@ def _refused(exc: SyncError) -> None:
     from sync.salesforce.client import CallRefused
 
     if isinstance(exc, CallRefused):
-        _stop(NO_DEPLOY if exc.code == "INSUFFICIENT_ACCESS" else f"Salesforce refused crm setup: {exc}")
-    _stop(f"could not finish crm setup: {exc}")
-
-
-def _stop(sentence: str) -> None:
-    click.echo(f"partnero-sync: {safe(sentence)}", err=True)
-    sys.exit(2)
+        stop(NO_DEPLOY if exc.code == "INSUFFICIENT_ACCESS" else f"Salesforce refused crm setup: {exc}")
+    stop(f"could not finish crm setup: {exc}")
 
 
 def _write_sfdx(the_plan, directory: Path) -> None:

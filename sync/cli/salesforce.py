@@ -130,6 +130,11 @@ def crm_check(as_json: bool) -> None:
 def _cannot_tell(sentence: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"fits": None, "cannot_tell": sentence}, indent=2))
+    stop(sentence)
+
+
+def stop(sentence: str) -> None:
+    """End a crm command that cannot tell or cannot act: ``sentence`` on stderr, exit status 2."""
     click.echo(f"partnero-sync: {safe(sentence)}", err=True)
     sys.exit(2)
 
