@@ -51,7 +51,8 @@ def check(client: SalesforceClient, mappings: MappingSet) -> OrgFit:
 
 
 def describes(client: SalesforceClient, names: list[str]) -> dict:
-    """Each object's describe (None: not in the org); a session that expired is renewed once."""
+    """Each object's describe (None: not in the org). After a passing error it is asked once more:
+    an expired session is one (the client drops it and logs in again on the next call)."""
     out = {}
     for name in names:
         try:
