@@ -84,7 +84,8 @@ class Services:
             return None
         if self._flusher is None:
             self._flusher = Flusher(self.inbox.engine, self.mappings, SalesforceClient(self.settings.salesforce),
-                                    currency=self.settings.currency, clock=self.clock)
+                                    currency=self.settings.currency, clock=self.clock,
+                                    bulk_threshold=self.settings.bulk_threshold)
         return self._flusher
 
     @property

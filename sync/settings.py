@@ -30,6 +30,8 @@ MAX_BODY_BYTES = 1024 * 1024
 #: the router is the only way to a web process, it connects from addresses not known in
 #: advance, and it sets the header itself (replacing whatever the client sent).
 DEFAULT_FORWARDED_ALLOW_IPS = ("*",)
+#: More records due than this, for one Salesforce object, go in a Bulk API 2.0 job.
+DEFAULT_BULK_THRESHOLD = 2000
 
 
 SALESFORCE_VARIABLES = (
@@ -242,6 +244,9 @@ class Settings:
     partnero: PartneroApiSettings = field(default_factory=PartneroApiSettings)
     #: The peers trusted to say a request's scheme (FORWARDED_ALLOW_IPS): addresses, networks or "*".
     forwarded_allow_ips: tuple[str, ...] = DEFAULT_FORWARDED_ALLOW_IPS
+    #: An object with more records due than this goes to Salesforce in a Bulk API 2.0 job
+    #: (SALESFORCE_BULK_THRESHOLD; 0: never).
+    bulk_threshold: int = DEFAULT_BULK_THRESHOLD
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -264,6 +269,7 @@ class Settings:
             currency=parse_currency(env.get("PARTNERO_CURRENCY", "")),
             partnero=PartneroApiSettings.from_env(env),
             forwarded_allow_ips=forwarded_allow_ips(env),
+            bulk_threshold=parse_bulk_threshold(env.get("SALESFORCE_BULK_THRESHOLD", "")),
         )
 
     def require_webhook_secret(self) -> tuple[str, ...]:
@@ -345,6 +351,17 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     if raw in ("1", "true", "yes", "on"):
         return True
     raise ConfigurationError(f"{name} must be true or false (got {raw!r})")
+
+
+def parse_bulk_threshold(raw: str) -> int:
+    """SALESFORCE_BULK_THRESHOLD: a whole number of records, 0 or more (0: no bulk jobs)."""
+    raw = raw.strip()
+    if not raw:
+        return DEFAULT_BULK_THRESHOLD
+    if not raw.isdigit():
+        raise ConfigurationError(
+            f"SALESFORCE_BULK_THRESHOLD must be a whole number of records (0 turns bulk jobs off), not {raw[:40]!r}")
+    return int(raw)
 
 
 def parse_currency(raw: str) -> str | None:

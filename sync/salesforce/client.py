@@ -19,6 +19,7 @@ from urllib.parse import quote
 import requests
 from simple_salesforce import Salesforce
 from simple_salesforce import exceptions as sf_errors
+from simple_salesforce.util import call_salesforce
 from zeep import exceptions as zeep_errors
 from zeep.helpers import serialize_object
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 #: sObject Collections take at most this many records a call.
 COLLECTION_LIMIT = 200
 TIMEOUT = 30
+#: A Bulk API 2.0 request may carry up to 100 MB of CSV (an upload) or read as much (results).
+BULK_TIMEOUT = 300
 #: Per-record error codes worth trying again by themselves (after a pause).
 TRANSIENT_CODES = frozenset({
     "UNABLE_TO_LOCK_ROW", "REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "API_CURRENTLY_DISABLED",
@@ -289,6 +292,36 @@ class SalesforceClient:
             raise TransientError(f"Salesforce answered {exc.status} to {path}") from exc
         except requests.RequestException as exc:
             raise TransientError(f"could not reach Salesforce: {type(exc).__name__}") from exc
+
+    # -- Bulk API 2.0 (sync.salesforce.bulk speaks it; the answers are classified here) ----------
+
+    def bulk_request(self, method: str, path: str, *, data: Any = None, content_type: str = "application/json",
+                     accept: str = "application/json", stream: bool = False) -> requests.Response:
+        """One Bulk API 2.0 request (``path`` under ``jobs/``) on the logged-in session, its
+        failures classified like every other call's.
+
+        simple-salesforce's ``bulk2`` does not renew an expired session; this does as its REST
+        calls do: log in again and repeat the request once (a file ``data`` is read again from
+        its start). A session that cannot be renewed is the org-wide ``CallRefused``.
+        """
+        def call(sf: Salesforce) -> requests.Response:
+            try:
+                return self._bulk_once(sf, method, path, data, content_type, accept, stream)
+            except sf_errors.SalesforceExpiredSession:
+                if not self.settings.renewable:
+                    raise
+                self._sf = None  # log in again (a refused login is classified by _login), once
+                return self._bulk_once(self.connect(), method, path, data, content_type, accept, stream)
+
+        return self._classified(f"jobs/{path}", call)
+
+    def _bulk_once(self, sf: Salesforce, method: str, path: str, data: Any, content_type: str, accept: str,
+                   stream: bool) -> requests.Response:
+        if hasattr(data, "seek"):
+            data.seek(0)
+        headers = {**sf.headers, "Content-Type": content_type, "Accept": accept}
+        return call_salesforce(f"{sf.bulk2_url}{path}", method, self.session, headers, data=data,
+                               timeout=BULK_TIMEOUT, stream=stream)
 
 
 def _result(item: dict[str, Any]) -> RecordResult:

@@ -20,6 +20,7 @@ from sync.core.errors import TransientError
 from sync.mapping import MappingSet
 from sync.mapping.spec import Mapping, SalesforceTarget
 from sync.ops import metrics
+from sync.salesforce.bulk_flush import BulkFlush
 from sync.salesforce.client import COLLECTION_LIMIT, CallRefused, RecordResult, SalesforceClient
 from sync.store import db, ledger
 from sync.store.outbox import FOLD_BATCH, UNAVAILABLE, Outbox, OutboxStatus, Pending, RowOutcome, wire
@@ -43,6 +44,11 @@ class FlushReport:
     stopped: str | None = None
     #: An org-wide refusal: nothing can be sent until a person acts.
     org_refusal: CallRefused | None = None
+    #: Seconds until a running Bulk API 2.0 job is looked at again (None: none runs); its object
+    #: and the objects after it wait for it.
+    bulk_wait: float | None = None
+    #: The running bulk jobs, as ``BulkJob.as_dict`` (id, object, records, state, since).
+    bulk_jobs: list[dict] = field(default_factory=list)
 
     def add(self, other: FlushReport) -> None:
         for name in ("calls", "synced", "waiting", "failed", "retrying", "refused_calls"):
@@ -51,10 +57,13 @@ class FlushReport:
             self.by_object[obj] = self.by_object.get(obj, 0) + n
         self.stopped = other.stopped or self.stopped
         self.org_refusal = other.org_refusal or self.org_refusal
+        self.bulk_wait, self.bulk_jobs = other.bulk_wait, other.bulk_jobs  # the latest pass says
 
     def summary(self) -> str:
         text = (f"{self.synced} synced, {self.waiting} waiting for a parent, {self.retrying} to retry, "
                 f"{self.failed} refused, in {self.calls} calls")
+        for job in self.bulk_jobs:
+            text += f"; bulk job {job['job_id']} ({job['records']} {job['object']}): {job['state']}"
         return f"{text} ({self.stopped})" if self.stopped else text
 
 
@@ -62,7 +71,7 @@ class Flusher:
     """Sends the outbox's due records to one org; ``sync.salesforce.schedule`` decides when."""
 
     def __init__(self, engine: Engine, mappings: MappingSet, client: SalesforceClient, outbox: Outbox | None = None,
-                 currency: str | None = None, clock: Clock = system_clock):
+                 currency: str | None = None, clock: Clock = system_clock, bulk_threshold: int = 0):
         self.engine = engine
         self.mappings = mappings
         self.client = client
@@ -76,6 +85,8 @@ class Flusher:
         self._program: str | None = None
         self._program_read = False
         self._parents = {r.object for m in mappings.salesforce_objects() for r in m.salesforce.references}
+        #: An object with more than this many records due sends them in a Bulk API 2.0 job (0: never).
+        self.bulk = BulkFlush(self, bulk_threshold)
 
     def flush(self, *, should_stop: Callable[[], bool] = lambda: False,
               on_progress: Callable[[FlushReport], None] | None = None) -> FlushReport:
@@ -88,6 +99,13 @@ class Flusher:
         self._program_read = False
         self._fold_commissions()
         for mapping in self.mappings.salesforce_objects():
+            try:
+                report.bulk_wait = self.bulk.turn(mapping, report)
+            except CallRefused as refusal:  # org-wide (an object's own refusal is on its records)
+                report.org_refusal, report.stopped = refusal, "Salesforce refused every call"
+                return report
+            if report.bulk_wait is not None:  # its job runs: this object and its children wait
+                return report
             while True:
                 if should_stop():
                     report.stopped = "stopped between calls"
@@ -139,23 +157,33 @@ class Flusher:
                 raise
             return 0
         report.calls += (1 if upserts else 0) + len(deletes)
+        self._settle(target, rows, answers, report)
+        return len(rows)
+
+    def _settle(self, target: SalesforceTarget, rows: list[Pending], answers: dict[int, RecordResult],
+                report: FlushReport, bulk_job: str | None = None) -> None:
+        """Record Salesforce's answer (by outbox row id) on each of ``rows`` (those of a
+        Collections call, or read back from ``bulk_job``'s results, which they then leave), and
+        wake the children of the parents that synced."""
         outcomes = [self._outcome(target.object, row, answers[row.id], report) for row in rows]
         synced = [row for row in rows if answers[row.id].success]
         with db.transaction(self.engine) as conn:
             self.outbox.record(conn, outcomes, target.signature)
+            if bulk_job is not None:
+                self.outbox.leave_job(conn, bulk_job, [row.id for row in rows])
             if synced and target.object in self._parents:
                 self.outbox.wake_children_of(conn, [(row.object, row.external_id) for row in synced])
         now = self.clock()
         metrics.SALESFORCE_LAG.observe((now - row.waiting_since).total_seconds()
                                        for row in synced if row.waiting_since is not None)
         report.by_object[target.object] = report.by_object.get(target.object, 0) + len(rows)
-        return len(rows)
 
-    def _due(self, target: SalesforceTarget) -> tuple[list[Pending], dict[str, ledger.Totals]]:
-        """One call's worth of ``target``'s due records, with the commission totals of their
-        partners when the object receives them (else no totals)."""
+    def _due(self, target: SalesforceTarget, limit: int = COLLECTION_LIMIT,
+             after: int = 0) -> tuple[list[Pending], dict[str, ledger.Totals]]:
+        """One call's worth of ``target``'s due records (``limit``, ids after ``after``), with the
+        commission totals of their partners when the object receives them (else no totals)."""
         with db.transaction(self.engine) as conn:
-            rows = self.outbox.due(conn, target.object, target.signature, COLLECTION_LIMIT)
+            rows = self.outbox.due(conn, target.object, target.signature, limit, after)
             totals = {}
             if rows and target.commission:
                 if not self._program_read:
@@ -209,16 +237,25 @@ class Flusher:
         """Record a refusal of the whole call on each of its records, to be tried again after a
         long wait, when the mapping changes, or on ``crm-retry``."""
         target = mapping.salesforce
+        reason = self._record_refusal(mapping, rows, refusal, report)
+        report.refused_calls += 1
+        log.error("Salesforce refused a whole call of %d records: %s", len(rows), reason,
+                  extra={"object": target.object, "count": len(rows)})
+
+    def _record_refusal(self, mapping: Mapping, rows: list[Pending], refusal: CallRefused, report: FlushReport,
+                        bulk_job: str | None = None) -> str:
+        """Record ``refusal`` on each of ``rows`` (which then leave ``bulk_job``); the reason given."""
+        target = mapping.salesforce
         reason = refusal.reason(target.object, str(mapping.path))
         wait = backoff.delay(backoff.REFUSAL_DELAYS, min(r.attempts for r in rows))
         with db.transaction(self.engine) as conn:
             self.outbox.record(conn, [RowOutcome(r, OutboxStatus.FAILED, code=refusal.code, message=reason,
                                                  retry_in=wait) for r in rows], target.signature)
+            if bulk_job is not None:
+                self.outbox.leave_job(conn, bulk_job, [r.id for r in rows])
         metrics.SALESFORCE_REFUSALS.inc(len(rows), object=target.object, code=refusal.code)
-        report.refused_calls += 1
         report.failed += len(rows)
-        log.error("Salesforce refused a whole call of %d records: %s", len(rows), reason,
-                  extra={"object": target.object, "count": len(rows)})
+        return reason
 
     def _record(self, mapping: Mapping, row: Pending, totals: dict[str, ledger.Totals]) -> dict:
         target = mapping.salesforce

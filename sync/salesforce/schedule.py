@@ -13,7 +13,11 @@
   that cannot be renewed) is noted for ``/healthz`` and ``status`` and holds flushes back for an
   hour or more (``crm-retry`` and ``crm-flush`` go ahead at once).
 
-``crm-flush`` runs the same loop in the foreground, under the same lock.
+* **Bulk jobs.** While a Bulk API 2.0 job runs (``sync.salesforce.bulk_flush``), a flush ends
+  after looking at it and asks for the next one when the job is due its next look.
+
+``crm-flush`` runs the same loop in the foreground, under the same lock, and waits for the bulk
+jobs it finds running, showing their state as its progress.
 """
 
 from __future__ import annotations
@@ -134,6 +138,8 @@ class FlushSchedule:
             # Time is up, or the worker is stopping: a fresh job carries on.
             self.request(force=True)
             return FlushOutcome(total, f"{total.summary()}; continued by a fresh job")
+        if total.bulk_wait is not None:
+            return FlushOutcome(total, self._bulk_running(total))
         return FlushOutcome(total, total.summary())
 
     def run_foreground(self, on_progress: Callable[[FlushReport], None] | None = None,
@@ -145,6 +151,12 @@ class FlushSchedule:
                                  "it is sending the outbox: try again later")
         try:
             report = self._flush_locked(lock, lambda: False, on_progress)
+            while report.bulk_wait is not None and report.org_refusal is None:  # wait for its bulk jobs
+                if on_progress is not None:
+                    on_progress(report)
+                _hold(lock, report.bulk_wait)
+                again = self._flush_locked(lock, lambda: False, on_progress)
+                report.add(again)
         finally:
             _release(lock)
         if report.org_refusal is None:
@@ -161,6 +173,11 @@ class FlushSchedule:
             return should_stop()
 
         return self.flusher.flush(should_stop=renewed, on_progress=on_progress)
+
+    def _bulk_running(self, report: FlushReport) -> str:
+        """A bulk job runs: the next flush looks at it when its time comes (``BULK_POLL_DELAYS``)."""
+        self.request(report.bulk_wait, force=True)
+        return f"{report.summary()}; next look in {report.bulk_wait:.0f} s"
 
     # -- failing ---------------------------------------------------------------------------------
 
@@ -201,6 +218,14 @@ class FlushSchedule:
     def forget_problem(self) -> None:
         """After a fix (``crm-retry``): the next flush goes ahead and tells again if it still fails."""
         self.redis.delete(PROBLEM, FAILURES, REFUSALS)
+
+
+def _hold(lock, seconds: float) -> None:
+    """Wait ``seconds`` holding ``lock`` (renewed as it goes)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, LOCK_SECONDS / 3))
+        lock.extend(LOCK_SECONDS, replace_ttl=True)
 
 
 def _release(lock) -> None:

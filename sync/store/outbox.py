@@ -76,10 +76,15 @@ crm_outbox = sa.Table(
     sa.Column("sent_with", sa.String(16)),
     #: When the oldest delivery behind changes Salesforce has not received yet arrived.
     sa.Column("waiting_since", UTCDateTime()),
+    #: The Bulk API 2.0 job the record travels in (``sync.store.bulk_jobs``): not due meanwhile.
+    sa.Column("bulk_job", sa.String(18)),
+    #: The generation the job carries (the row may change while it travels).
+    sa.Column("bulk_generation", sa.BigInteger),
     sa.UniqueConstraint("object", "external_id", name="uq_crm_outbox_record"),
     sa.Index("ix_crm_outbox_due", "status", "next_attempt_at"),
     sa.Index("ix_crm_outbox_waiting_for", "waiting_for"),
     sa.Index("ix_crm_outbox_object_status_id", "object", "status", "id"),
+    sa.Index("ix_crm_outbox_bulk_job", "bulk_job"),
 )
 
 #: Partners whose commission changed, appended by the worker, folded into the outbox by a flush.
@@ -225,14 +230,43 @@ class Outbox:
             conn.execute(changes.delete().where(changes.c.id.in_(chunk)))
         return len(read)
 
-    def due(self, conn: Connection, object_name: str, signature: str, limit: int = 200) -> list[Pending]:
+    def due(self, conn: Connection, object_name: str, signature: str, limit: int = 200, after: int = 0) -> list[Pending]:
         """Rows of ``object_name`` to send now, oldest first: pending or waiting whose time has
         come, and refused ones whose retry time came or whose mapping changed since (``signature``
-        is the object's mapping now).
+        is the object's mapping now); none that travels in a bulk job. ``after``: only rows with
+        a greater id (a bulk job reads page after page).
 
         One short read per status, each along the (object, status, id) index: a single query with
         the statuses OR-ed together would walk every synced record to find the few that are due.
         """
+        t = crm_outbox
+        rows = []
+        for condition in self._due_conditions(object_name, signature):
+            rows += conn.execute(sa.select(t).where(condition, t.c.id > after).order_by(t.c.id).limit(limit)).all()
+        rows = sorted(rows, key=lambda r: r.id)[:limit]
+        return [
+            Pending(r.id, r.object, r.external_id, r.entity, dict(r.fields or {}), r.generation, r.attempts,
+                    r.sync_deleted_version is not None, r.waiting_since)
+            for r in rows
+        ]
+
+    def count_due(self, conn: Connection, object_name: str, signature: str, limit: int,
+                  upserts_only: bool = False) -> int:
+        """How many rows ``due`` would give (``upserts_only``: not tombstoned), counting no further
+        than ``limit`` (a bounded count: whether a bulk job pays)."""
+        t = crm_outbox
+        found = 0
+        for condition in self._due_conditions(object_name, signature):
+            if upserts_only:
+                condition = sa.and_(condition, t.c.sync_deleted_version.is_(None))
+            page = sa.select(t.c.id).where(condition).limit(limit - found).subquery()
+            found += conn.execute(sa.select(sa.func.count()).select_from(page)).scalar_one()
+            if found >= limit:
+                break
+        return found
+
+    def _due_conditions(self, object_name: str, signature: str) -> list:
+        """One condition per status ``due`` reads, each along the (object, status, id) index."""
         t = crm_outbox
         at = self.clock()
         time_come = sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= at)
@@ -241,20 +275,40 @@ class Outbox:
             OutboxStatus.WAITING: time_come,
             OutboxStatus.FAILED: sa.or_(t.c.next_attempt_at <= at, t.c.sent_with != signature),
         }
-        rows = []
-        for status, condition in wanted.items():
-            rows += conn.execute(
-                sa.select(t)
-                .where(t.c.object == object_name, t.c.status == status, t.c.sync_version.is_not(None), condition)
-                .order_by(t.c.id)
-                .limit(limit)
-            ).all()
-        rows = sorted(rows, key=lambda r: r.id)[:limit]
+        return [sa.and_(t.c.object == object_name, t.c.status == status, t.c.sync_version.is_not(None),
+                        t.c.bulk_job.is_(None), condition)
+                for status, condition in wanted.items()]
+
+    # -- bulk jobs: the rows one carries ------------------------------------------------------
+
+    def join_job(self, conn: Connection, job_id: str, rows: Sequence[tuple[int, int]]) -> None:
+        """Mark rows (id, generation sent) as travelling in bulk job ``job_id``: not due until
+        its results are recorded."""
+        statement = (crm_outbox.update().where(crm_outbox.c.id == sa.bindparam("b_id"))
+                     .values(bulk_job=job_id, bulk_generation=sa.bindparam("b_generation")))
+        for chunk in db.chunks(list(rows), 1000):
+            conn.execute(statement, [{"b_id": i, "b_generation": g} for i, g in chunk])
+
+    def in_job(self, conn: Connection, job_id: str, external_ids: Sequence[str] | None = None,
+               limit: int = 1000) -> list[Pending]:
+        """Rows still travelling in ``job_id`` (those of ``external_ids``, or up to ``limit``), as
+        sent: their generation is the one the job carries."""
+        t = crm_outbox
+        query = sa.select(t).where(t.c.bulk_job == job_id).order_by(t.c.id)
+        query = query.where(t.c.external_id.in_(external_ids)) if external_ids is not None else query.limit(limit)
         return [
-            Pending(r.id, r.object, r.external_id, r.entity, dict(r.fields or {}), r.generation, r.attempts,
+            Pending(r.id, r.object, r.external_id, r.entity, {}, r.bulk_generation, r.attempts,
                     r.sync_deleted_version is not None, r.waiting_since)
-            for r in rows
+            for r in conn.execute(query)
         ]
+
+    def leave_job(self, conn: Connection, job_id: str, ids: Sequence[int] | None = None) -> int:
+        """Rows (of ``ids``, or all) no longer travel in ``job_id``: due again by their status."""
+        t = crm_outbox
+        query = t.update().where(t.c.bulk_job == job_id)
+        if ids is not None:
+            query = query.where(t.c.id.in_(list(ids)))
+        return conn.execute(query.values(bulk_job=None, bulk_generation=None)).rowcount
 
     def record(self, conn: Connection, outcomes: Sequence[RowOutcome], signature: str | None) -> None:
         """Record many outcomes of one object's call in one statement, sent with mapping ``signature``.

@@ -1,0 +1,225 @@
+"""A flush's Bulk API 2.0 jobs: when an object has more records due than a threshold, they go in
+an ingest job rather than in Collections calls of 200, and later flushes read the job back.
+
+The lifecycle, each step kept in the database so a worker may die between any two:
+
+1. Enough due (a bounded count): create the job (``Open``); keep it (``crm_bulk_jobs``), then
+   write its CSV page by page from the due rows, marking each row as travelling in it
+   (``crm_outbox.bulk_job``, with the generation sent); upload the CSV, close the job
+   (``UploadComplete``). Rows in a job are not due; while an object's job runs, the flush sends
+   nothing of that object and nothing of the objects after it (children wait for their parents).
+2. Later flushes ask Salesforce how far it got, no sooner than ``backoff.BULK_POLL_DELAYS``
+   after the last look. A job found ``Open`` was left by a flush that died before closing it:
+   it is aborted and its rows are due again (sent in a new job, never the same job twice).
+3. An ended job's results are read back in chunks and recorded exactly as a Collections answer
+   would be (``Flusher._settle``: synced with its id, waiting for its parent, retried, or refused
+   with Salesforce's reason). Rows in neither result were not processed: due again. A job that
+   failed as a whole refuses the rest of its records like a refused call (``Flusher._refused``).
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import islice
+from typing import TYPE_CHECKING
+
+from sync.core import backoff
+from sync.mapping.spec import Mapping
+from sync.salesforce import bulk
+from sync.salesforce.bulk import ENDED, BulkApi, CsvJob, JobState
+from sync.salesforce.client import CallRefused, _without_values
+from sync.store import bulk_jobs, db
+from sync.store.bulk_jobs import BulkJob
+
+if TYPE_CHECKING:
+    from sync.salesforce.flush import Flusher, FlushReport
+
+log = logging.getLogger(__name__)
+
+#: Due rows read (and results recorded) per transaction.
+PAGE = 1000
+#: The code recorded on the records of a job that failed as a whole (Salesforce gives a failed
+#: job an ``errorMessage`` only, no code).
+JOB_FAILED = "BULK_JOB_FAILED"
+#: A job Salesforce no longer knows (jobs are deleted 7 days after they end).
+JOB_MISSING = "Missing"
+
+
+class BulkFlush:
+    """The Bulk API 2.0 part of a ``Flusher``."""
+
+    def __init__(self, flusher: Flusher, threshold: int):
+        self.flusher = flusher
+        self.threshold = threshold
+        self.api = BulkApi(flusher.client)
+        #: The most a job's CSV holds (``bulk.MAX_JOB_BYTES``; tests make it small).
+        self.max_bytes = bulk.MAX_JOB_BYTES
+
+    def turn(self, mapping: Mapping, report: FlushReport) -> float | None:
+        """``mapping``'s turn in a flush: its running jobs looked at, a new job started when more
+        than the threshold is due. Seconds until the next look while a job runs (the flush then
+        stops), None when none does (Collections go on)."""
+        target = mapping.salesforce
+        with db.transaction(self.flusher.engine) as conn:
+            running = bulk_jobs.running(conn, target.object)
+        waits = [wait for job in running if (wait := self._look(mapping, job, report)) is not None]
+        if not waits and self.threshold and self._enough_due(mapping):
+            wait = self._start(mapping, report)
+            waits = [wait] if wait is not None else []
+        if not waits:
+            return None
+        with db.transaction(self.flusher.engine) as conn:
+            report.bulk_jobs = [job.as_dict() for job in bulk_jobs.running(conn)]
+        return min(waits)
+
+    def _enough_due(self, mapping: Mapping) -> bool:
+        target = mapping.salesforce
+        with db.transaction(self.flusher.engine) as conn:
+            due = self.flusher.outbox.count_due(conn, target.object, target.signature, self.threshold + 1,
+                                                upserts_only=target.hard_delete)
+        return due > self.threshold
+
+    # -- starting a job ----------------------------------------------------------------------------
+
+    def _start(self, mapping: Mapping, report: FlushReport) -> float | None:
+        """Create, fill, upload and close a job of ``mapping``'s due records; seconds until its
+        first look (None: nothing went in it)."""
+        target, clock = mapping.salesforce, self.flusher.clock
+        job_id = self.api.create(target.object, target.external_id)
+        report.calls += 1
+        with db.transaction(self.flusher.engine) as conn:
+            bulk_jobs.start(conn, job_id, target.object, 0, clock())
+        data = CsvJob(bulk.columns(target), self.max_bytes)
+        try:
+            self._fill(mapping, job_id, data)
+            if not data.records:  # what was due changed meanwhile
+                self._abort(job_id, report)
+                return None
+            self.api.upload(job_id, data.file)
+            state = self.api.close(job_id)
+            report.calls += 2
+        except CallRefused as refusal:  # the CSV or the job refused: on each of its records
+            self._abort(job_id, report, refusal, mapping)
+            if refusal.org_wide:
+                raise
+            return None
+        finally:
+            data.close()
+        wait = backoff.delay(backoff.BULK_POLL_DELAYS, 0)
+        with db.transaction(self.flusher.engine) as conn:
+            bulk_jobs.seen(conn, job_id, state, clock(), wait=wait, records=data.records)
+        log.info("Salesforce bulk job %s started: %d records", job_id, data.records,
+                 extra={"object": target.object, "count": data.records})
+        return wait
+
+    def _fill(self, mapping: Mapping, job_id: str, data: CsvJob) -> None:
+        """Write the due records into ``data`` page by page, each page's rows marked as
+        travelling in ``job_id`` in the transaction that reads them, until none is left or the
+        CSV is full."""
+        target, flusher = mapping.salesforce, self.flusher
+        after = 0
+        while True:
+            rows, totals = flusher._due(target, PAGE, after)
+            if not rows:
+                return
+            sent, full = [], False
+            for row in rows:
+                if target.hard_delete and row.tombstoned:
+                    continue  # deleted one by one through REST, after the job
+                if not data.add(flusher._record(mapping, row, totals)):
+                    full = True  # the rest goes in the next job
+                    break
+                sent.append((row.id, row.generation))
+            with db.transaction(flusher.engine) as conn:
+                flusher.outbox.join_job(conn, job_id, sent)
+            if full:
+                return
+            after = rows[-1].id
+
+    # -- looking at a running job ------------------------------------------------------------------
+
+    def _look(self, mapping: Mapping, job: BulkJob, report: FlushReport) -> float | None:
+        """Ask Salesforce how far ``job`` got (when its time came); seconds until the next look
+        while it runs, None once it is over and recorded."""
+        clock = self.flusher.clock
+        if job.next_poll_at is not None and job.next_poll_at > clock():
+            return (job.next_poll_at - clock()).total_seconds()
+        try:
+            info = self.api.info(job.job_id)
+        except CallRefused as refusal:
+            if refusal.code != "NOT_FOUND":
+                raise
+            self._release(job.job_id, JOB_MISSING)
+            return None
+        finally:
+            report.calls += 1
+        state = str(info.get("state"))
+        if state == JobState.OPEN:  # its flush died before closing it
+            log.warning("Salesforce bulk job %s was left open: aborted, its records go again", job.job_id,
+                        extra={"object": job.object})
+            self._abort(job.job_id, report)
+            return None
+        if state not in ENDED:
+            wait = backoff.delay(backoff.BULK_POLL_DELAYS, job.polls)
+            with db.transaction(self.flusher.engine) as conn:
+                bulk_jobs.seen(conn, job.job_id, state, clock(), wait=wait)
+            return wait
+        self._read(mapping, job, state, info, report)
+        return None
+
+    def _read(self, mapping: Mapping, job: BulkJob, state: str, info: dict, report: FlushReport) -> None:
+        """Record an ended job's results on its rows; what is in neither result is due again, or,
+        when the job failed as a whole, refused with its error."""
+        target = mapping.salesforce
+        for success, kind in ((True, "successfulResults"), (False, "failedResults")):
+            report.calls += 1
+            results = self.api.results(job.job_id, kind)
+            while chunk := list(islice(results, PAGE)):
+                answers = {r.get(target.external_id): bulk.result(r, success) for r in chunk}
+                with db.transaction(self.flusher.engine) as conn:
+                    rows = self.flusher.outbox.in_job(conn, job.job_id, [k for k in answers if k is not None])
+                if rows:
+                    self.flusher._settle(target, rows, {r.id: answers[r.external_id] for r in rows}, report,
+                                         bulk_job=job.job_id)
+        if state == JobState.FAILED:
+            message = _without_values(str(info.get("errorMessage") or "the job failed"))
+            self._refuse_rest(mapping, job.job_id, CallRefused(JOB_FAILED, message), report)
+            with db.transaction(self.flusher.engine) as conn:
+                bulk_jobs.seen(conn, job.job_id, state, self.flusher.clock(), error=message)
+        self._release(job.job_id, state)
+        log.info("Salesforce bulk job %s ended: %s", job.job_id, state, extra={"object": target.object})
+
+    # -- ending a job ------------------------------------------------------------------------------
+
+    def _abort(self, job_id: str, report: FlushReport, refusal: CallRefused | None = None,
+               mapping: Mapping | None = None) -> None:
+        """Abort an open job; its rows are due again, or refused with ``refusal``."""
+        try:
+            self.api.abort(job_id)
+            report.calls += 1
+        except CallRefused as exc:  # it ended or went meanwhile: nothing of it runs either way
+            log.warning("Salesforce bulk job %s could not be aborted: %s", job_id, exc.code)
+        if refusal is not None and mapping is not None:
+            self._refuse_rest(mapping, job_id, refusal, report)
+        self._release(job_id, JobState.ABORTED)
+
+    def _refuse_rest(self, mapping: Mapping, job_id: str, refusal: CallRefused, report: FlushReport) -> None:
+        """The job's rows still in it are refused as a whole call's would be."""
+        refused = 0
+        while True:
+            with db.transaction(self.flusher.engine) as conn:
+                rows = self.flusher.outbox.in_job(conn, job_id, limit=PAGE)
+            if not rows:
+                break
+            reason = self.flusher._record_refusal(mapping, rows, refusal, report, bulk_job=job_id)
+            refused += len(rows)
+        if refused:
+            report.refused_calls += 1
+            log.error("Salesforce refused a bulk job of %d records: %s", refused, reason,
+                      extra={"object": mapping.salesforce.object, "count": refused})
+
+    def _release(self, job_id: str, state: str) -> None:
+        """The job is over: its rows still in it are due again."""
+        with db.transaction(self.flusher.engine) as conn:
+            self.flusher.outbox.leave_job(conn, job_id)
+            bulk_jobs.finish(conn, job_id, state, self.flusher.clock())
