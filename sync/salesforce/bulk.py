@@ -25,6 +25,7 @@ Developer Guide:
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -45,6 +46,8 @@ SPOOL_BYTES = 8 * 1024 * 1024
 #: The CSV value that sets a field to null (an empty one leaves it as it is).
 NULL = "#N/A"
 CSV_TYPE = "text/csv"
+#: Results are read this many bytes at a time.
+READ_BYTES = 64 * 1024
 
 
 class JobState(StrEnum):
@@ -94,13 +97,25 @@ class BulkApi:
         """The rows of ``successfulResults`` or ``failedResults``, streamed (never held whole)."""
         response = self.client.bulk_request("GET", f"ingest/{job_id}/{kind}", accept=CSV_TYPE, stream=True)
         with response:
-            response.raw.decode_content = True
-            text = io.TextIOWrapper(response.raw, encoding="utf-8-sig", newline="")
-            yield from csv.DictReader(text)
+            yield from csv.DictReader(_lines(response.iter_content(READ_BYTES)))
 
     def _set_state(self, job_id: str, state: JobState) -> str:
         answer = self.client.bulk_request("PATCH", f"ingest/{job_id}", data=json.dumps({"state": state.value}))
         return str(answer.json().get("state") or state.value)
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    """UTF-8 ``chunks`` as lines, each with its line feed (so a quoted value may span lines)."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    pending = ""
+    for chunk in chunks:
+        pending += decoder.decode(chunk)
+        *lines, pending = pending.split("\n")
+        for line in lines:
+            yield line + "\n"
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield pending
 
 
 def columns(target: SalesforceTarget) -> list[str]:
