@@ -115,7 +115,9 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
               oldest_pending_at, oldest_pending_age_seconds, last_processed_at},
       queue: {queued, scheduled, failed, started, workers},
       salesforce (null while CRM sync is off): {by_object: {OBJECT: {pending,
-              waiting, synced, failed}}, backlog, refused, last_synced_at},
+              waiting, synced, failed}}, backlog, refused, last_synced_at,
+              bulk_jobs: [{job_id, object, state, records, since}] (the Bulk
+              API 2.0 jobs running)},
       ledger: {program_currency, program_currency_from ("PARTNERO_CURRENCY"
               or "most used"), by_currency: {CURRENCY: {transactions, partners}},
               other_currencies: {CURRENCY: partners}} (money only),

@@ -15,6 +15,8 @@ from sync.core.errors import TransientError
 from sync.ops.progress import duration
 from sync.store import db, ledger, runs
 from sync.store.inbox import DeliveryStatus, InboxSummary
+from sync.store import bulk_jobs
+from sync.store.bulk_jobs import BulkJob
 from sync.store.org_checks import OrgCheck, OrgChecks, Verdict
 from sync.store.outbox import Outbox, OutboxStatus
 
@@ -61,6 +63,8 @@ class Snapshot:
     crm_problem: dict | None = None
     #: The latest check of the org against the mappings (``sync.store.org_checks``), if one ran.
     org_check: OrgCheck | None = None
+    #: The Bulk API 2.0 jobs running now (``sync.store.bulk_jobs``), oldest first.
+    bulk_jobs: list[BulkJob] = field(default_factory=list)
     #: The ledger's currencies (read only when asked: it adds up the whole ledger).
     ledger: ledger.Summary | None = None
     #: The latest backfill (``partnero-sync backfill``), if any ran.
@@ -141,6 +145,7 @@ class Snapshot:
                 "last_synced_at": _iso(self.crm_last_synced_at),
                 "problem": self.crm_problem,
                 "org_check": _org_check(self.org_check),
+                "bulk_jobs": [job.as_dict() for job in self.bulk_jobs],
             }
         currencies = None
         if self.ledger is not None:
@@ -227,6 +232,7 @@ def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = Fal
                     outbox = Outbox()
                     snapshot.crm = outbox.counts(conn)
                     snapshot.crm_last_synced_at = outbox.last_synced_at(conn)
+                    snapshot.bulk_jobs = bulk_jobs.running(conn)
                 if with_ledger:
                     snapshot.ledger = ledger.summary(conn, services.settings.currency)
         if snapshot.crm_enabled:

@@ -48,6 +48,7 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
                                      f"synced {by_status.get(OutboxStatus.SYNCED, 0)}"))
         rows.append(("  last synced record", _ago(snapshot.crm_last_synced_at, snapshot.taken_at)))
         rows.append(("  org", _org(snapshot)))
+        rows += _bulk_jobs(snapshot)
     if snapshot.ledger is not None:
         rows += _ledger(snapshot.ledger)
     if snapshot.backfill is not None:
@@ -95,6 +96,13 @@ def _backfill(run: Run, now: datetime) -> list[tuple[str, str]]:
         ("  records", f"{run.records:,} read: {run.applied:,} applied, {run.unchanged:,} unchanged, "
                       f"{run.skipped:,} skipped, {run.failed:,} failed"),
     ]
+
+
+def _bulk_jobs(snapshot: Snapshot) -> list[tuple[str, str]]:
+    """The Bulk API 2.0 jobs running now: id, object, records, state, since when."""
+    return [(f"  bulk job {job.job_id}", f"{job.object}, {job.records:,} records, {job.state}, "
+                                          f"since {_ago(job.created_at, snapshot.taken_at)}")
+            for job in snapshot.bulk_jobs]
 
 
 def _org(snapshot: Snapshot) -> str:

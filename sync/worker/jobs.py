@@ -318,7 +318,17 @@ def flush_crm(current: Context) -> str:
     """Send the CRM outbox to Salesforce: the RQ job behind every flush (see ``sync.salesforce.schedule``)."""
     outcome = current.flush_schedule.run_job(should_stop=stop_requested)
     log.info("Salesforce flush: %s", outcome.text)
+    _show_bulk_jobs(current, outcome.report.bulk_jobs)
     return outcome.text
+
+
+def _show_bulk_jobs(current: Context, running: list[dict]) -> None:
+    """The dashboard shows the Bulk API 2.0 jobs a flush left running (ids, objects, counts, states)."""
+    if running:
+        text = "; ".join(f"bulk job {j['job_id']} ({j['records']} {j['object']}): {j['state']} since {j['since']}"
+                         for j in running)
+        current.queue.describe_current_job(f"Salesforce flush; {text}")
+        current.queue.report_progress(text)
 
 
 #: A backfill job hands over to a fresh one after this long, so a worker's deliveries and
