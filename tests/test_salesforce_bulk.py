@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from sync.core import backoff
+from sync.core.errors import TransientError
 from sync.salesforce import bulk, bulk_flush
 from sync.services import Services
 from sync.store import bulk_jobs
@@ -201,12 +202,36 @@ def test_a_job_left_open_by_a_dead_worker_is_aborted_and_its_records_sent_in_a_n
         patched.setattr(bulk.BulkApi, "close", dies)
         first.flusher().flush()
     assert [j["state"] for j in fake.bulk.jobs()] == ["Open"]
+    # Its flush may be uploading still (a long upload outlives the flush lock): left alone a while.
+    later = build(settings, fake, redis_conn)
+    assert later.flusher().flush().bulk_wait > 60 and fake.count("bulk_status") == 0
+    (job,) = kept_jobs(later)
+    with later.inbox.engine.begin() as conn:
+        conn.execute(bulk_jobs.crm_bulk_jobs.update().values(created_at=job.created_at - bulk_flush.OPEN_GRACE))
 
-    build(settings, fake, redis_conn).flush_schedule.run_foreground()
+    later.flush_schedule.run_foreground()
     jobs = fake.bulk.jobs()
     assert [(j["state"], j["processed"]) for j in jobs] == [("Aborted", 0), ("JobComplete", 5)]
     assert fake.count("bulk_abort") == 1
     assert {r["status"] for r in outbox_rows(first).values()} == {"synced"}
+
+
+def test_an_upload_that_cannot_reach_salesforce_leaves_a_job_the_next_flush_aborts_at_once(
+        services, fake, monkeypatch):
+    deliver(services, *partners(5))
+    upload = bulk.BulkApi.upload
+
+    def in_an_outage(self, job_id, data):
+        fake.outage = "503"  # Salesforce goes away between the job's creation and its upload
+        return upload(self, job_id, data)
+
+    with monkeypatch.context() as patched, pytest.raises(TransientError):
+        patched.setattr(bulk.BulkApi, "upload", in_an_outage)
+        services.flusher().flush()
+    fake.outage = None
+    services.flush_schedule.run_foreground()
+    assert [j["state"] for j in fake.bulk.jobs()] == ["Aborted", "JobComplete"]
+    assert {r["status"] for r in outbox_rows(services).values()} == {"synced"}
 
 
 def test_an_expired_session_is_renewed_and_the_bulk_call_repeated(services, fake):

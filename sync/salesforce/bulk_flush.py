@@ -20,10 +20,12 @@ The lifecycle, each step kept in the database so a worker may die between any tw
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from itertools import islice
 from typing import TYPE_CHECKING
 
 from sync.core import backoff
+from sync.core.errors import TransientError
 from sync.mapping.spec import Mapping
 from sync.salesforce import bulk
 from sync.salesforce.bulk import ENDED, BulkApi, CsvJob, JobState
@@ -43,6 +45,9 @@ PAGE = 1000
 JOB_FAILED = "BULK_JOB_FAILED"
 #: A job Salesforce no longer knows (jobs are deleted 7 days after they end).
 JOB_MISSING = "Missing"
+#: A job found Open this soon after its creation may still be uploading (its flush outlived the
+#: flush lock): it is left alone until then. One whose upload failed is aborted at once.
+OPEN_GRACE = timedelta(minutes=5)
 
 
 class BulkFlush:
@@ -103,6 +108,10 @@ class BulkFlush:
             if refusal.org_wide:
                 raise
             return None
+        except TransientError:  # the next flush aborts it at once, and its records go again
+            with db.transaction(self.flusher.engine) as conn:
+                bulk_jobs.seen(conn, job_id, JobState.OPEN, clock(), wait=0)
+            raise
         finally:
             data.close()
         wait = backoff.delay(backoff.BULK_POLL_DELAYS, 0)
@@ -144,6 +153,8 @@ class BulkFlush:
         clock = self.flusher.clock
         if job.next_poll_at is not None and job.next_poll_at > clock():
             return (job.next_poll_at - clock()).total_seconds()
+        if job.state == JobState.OPEN and job.polls == 0 and clock() - job.created_at < OPEN_GRACE:
+            return (job.created_at + OPEN_GRACE - clock()).total_seconds()
         try:
             info = self.api.info(job.job_id)
         except CallRefused as refusal:
