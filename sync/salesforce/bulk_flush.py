@@ -20,6 +20,7 @@ The lifecycle, each step kept in the database so a worker may die between any tw
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from itertools import islice
 from typing import TYPE_CHECKING
@@ -59,12 +60,16 @@ class BulkFlush:
         self.api = BulkApi(flusher.client)
         #: The most a job's CSV holds (``bulk.MAX_JOB_BYTES``; tests make it small).
         self.max_bytes = bulk.MAX_JOB_BYTES
+        self.renew: Callable[[], object] = lambda: None
 
-    def turn(self, mapping: Mapping, report: FlushReport) -> float | None:
+    def turn(self, mapping: Mapping, report: FlushReport, renew: Callable[[], object]) -> float | None:
         """``mapping``'s turn in a flush: its running jobs looked at, a new job started when more
         than the threshold is due. Seconds until the next look while a job runs (the flush then
-        stops), None when none does (Collections go on)."""
+        stops), None when none does (Collections go on). ``renew`` is called page by page, to
+        keep the flush lock (``FlushSchedule``'s ``should_stop``; its answer is not waited for:
+        a job is filled and read to its end, which a recording done twice would not harm)."""
         target = mapping.salesforce
+        self.renew = renew
         with db.transaction(self.flusher.engine) as conn:
             running = bulk_jobs.running(conn, target.object)
         waits = [wait for job in running if (wait := self._look(mapping, job, report)) is not None]
@@ -128,6 +133,7 @@ class BulkFlush:
         target, flusher = mapping.salesforce, self.flusher
         after = 0
         while True:
+            self.renew()
             rows, totals = flusher._due(target, PAGE, after)
             if not rows:
                 return
@@ -186,6 +192,7 @@ class BulkFlush:
             report.calls += 1
             results = self.api.results(job.job_id, kind)
             while chunk := list(islice(results, PAGE)):
+                self.renew()
                 answers = {r.get(target.external_id): bulk.result(r, success) for r in chunk}
                 with db.transaction(self.flusher.engine) as conn:
                     rows = self.flusher.outbox.in_job(conn, job.job_id, [k for k in answers if k is not None])

@@ -100,7 +100,7 @@ class Flusher:
         self._fold_commissions()
         for mapping in self.mappings.salesforce_objects():
             try:
-                report.bulk_wait = self.bulk.turn(mapping, report)
+                report.bulk_wait = self.bulk.turn(mapping, report, should_stop)
             except CallRefused as refusal:  # org-wide (an object's own refusal is on its records)
                 report.org_refusal, report.stopped = refusal, "Salesforce refused every call"
                 return report

@@ -154,9 +154,10 @@ class FlushSchedule:
             while report.bulk_wait is not None and report.org_refusal is None:  # wait for its bulk jobs
                 if on_progress is not None:
                     on_progress(report)
-                _hold(lock, report.bulk_wait)
-                again = self._flush_locked(lock, lambda: False, on_progress)
-                report.add(again)
+                if not _hold(lock, report.bulk_wait):
+                    report.stopped = "a worker's flush took over"
+                    break
+                report.add(self._flush_locked(lock, lambda: False, on_progress))
         finally:
             _release(lock)
         if report.org_refusal is None:
@@ -220,12 +221,16 @@ class FlushSchedule:
         self.redis.delete(PROBLEM, FAILURES, REFUSALS)
 
 
-def _hold(lock, seconds: float) -> None:
-    """Wait ``seconds`` holding ``lock`` (renewed as it goes)."""
+def _hold(lock, seconds: float) -> bool:
+    """Wait ``seconds`` holding ``lock`` (renewed as it goes); False when it was lost meanwhile."""
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
+        try:
+            lock.extend(LOCK_SECONDS, replace_ttl=True)
+        except redis.exceptions.LockError:  # it expired and a worker's flush took over
+            return False
         time.sleep(min(left, LOCK_SECONDS / 3))
-        lock.extend(LOCK_SECONDS, replace_ttl=True)
+    return True
 
 
 def _release(lock) -> None:
