@@ -304,3 +304,19 @@ def test_status_ops_and_the_dashboard_show_a_running_job(settings, fake, redis_c
     fake.bulk.release()
     services.flush_schedule.run_foreground()
     assert json.loads(CliRunner().invoke(main, ["status", "--json"], env=env).stdout)["salesforce"]["bulk_jobs"] == []
+
+
+def test_a_job_refused_at_its_creation_refuses_its_records_and_the_flush_goes_on(services, fake):
+    fake.deny("Contact")
+    deliver(services, *partners(5), *customers(5))
+    report = services.flush_schedule.run_foreground()
+    assert report.org_refusal is None and report.refused_calls == 1
+    rows = outbox_rows(services)
+    contact = rows[("Contact", "p0")]
+    assert (contact["status"], contact["error_code"]) == ("failed", "INSUFFICIENT_ACCESS")
+    assert contact["error_message"].startswith("Contact: the integration user has no access to this object")
+    assert {r["status"] for k, r in rows.items() if k[0] == "Contact"} == {"failed"}
+    # The Accounts went on, in their own job, and wait for their partners.
+    assert [j["object"] for j in fake.bulk.jobs()] == ["Account"]
+    assert {(r["status"], r["waiting_for"]) for k, r in rows.items() if k == ("Account", "c0")} == {
+        ("waiting", "Contact/p0")}

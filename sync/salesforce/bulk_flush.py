@@ -95,8 +95,15 @@ class BulkFlush:
         """Create, fill, upload and close a job of ``mapping``'s due records; seconds until its
         first look (None: nothing went in it)."""
         target, clock = mapping.salesforce, self.flusher.clock
-        job_id = self.api.create(target.object, target.external_id)
-        report.calls += 1
+        try:
+            job_id = self.api.create(target.object, target.external_id)
+        except CallRefused as refusal:  # the object, or its external id, refused: on its records
+            if refusal.org_wide:
+                raise
+            self._refuse_due(mapping, refusal, report)
+            return None
+        finally:
+            report.calls += 1
         with db.transaction(self.flusher.engine) as conn:
             bulk_jobs.start(conn, job_id, target.object, 0, clock())
         data = CsvJob(bulk.columns(target), self.max_bytes)
@@ -127,9 +134,9 @@ class BulkFlush:
         return wait
 
     def _fill(self, mapping: Mapping, job_id: str, data: CsvJob) -> None:
-        """Write the due records into ``data`` page by page, each page's rows marked as
-        travelling in ``job_id`` in the transaction that reads them, until none is left or the
-        CSV is full."""
+        """Write the due records into ``data`` page by page, each page's rows then marked as
+        travelling in ``job_id`` (with the generation written), until none is left or the CSV
+        is full."""
         target, flusher = mapping.salesforce, self.flusher
         after = 0
         while True:
@@ -162,14 +169,25 @@ class BulkFlush:
         if job.state == JobState.OPEN and job.polls == 0 and clock() - job.created_at < OPEN_GRACE:
             return (job.created_at + OPEN_GRACE - clock()).total_seconds()
         try:
-            info = self.api.info(job.job_id)
+            return self._ask(mapping, job, report)
         except CallRefused as refusal:
-            if refusal.code != "NOT_FOUND":
+            if refusal.org_wide:
                 raise
-            self._release(job.job_id, JOB_MISSING)
-            return None
-        finally:
-            report.calls += 1
+            if refusal.code == "NOT_FOUND":  # Salesforce deleted it: its records go again
+                self._release(job.job_id, JOB_MISSING)
+                return None
+            wait = backoff.delay(backoff.BULK_POLL_DELAYS, job.polls)
+            log.warning("Salesforce refused to say how bulk job %s is: %s", job.job_id, refusal.code,
+                        extra={"object": job.object})
+            with db.transaction(self.flusher.engine) as conn:
+                bulk_jobs.seen(conn, job.job_id, job.state, clock(), wait=wait)
+            return wait
+
+    def _ask(self, mapping: Mapping, job: BulkJob, report: FlushReport) -> float | None:
+        """``_look``'s question to Salesforce, and what follows from the job's state."""
+        clock = self.flusher.clock
+        report.calls += 1
+        info = self.api.info(job.job_id)
         state = str(info.get("state"))
         if state == JobState.OPEN:  # its flush died before closing it
             log.warning("Salesforce bulk job %s was left open: aborted, its records go again", job.job_id,
@@ -220,6 +238,17 @@ class BulkFlush:
         if refusal is not None and mapping is not None:
             self._refuse_rest(mapping, job_id, refusal, report)
         self._release(job_id, JobState.ABORTED)
+
+    def _refuse_due(self, mapping: Mapping, refusal: CallRefused, report: FlushReport) -> None:
+        """A job of ``mapping``'s object refused at its creation: on each due record, as a
+        refused Collections call would be."""
+        target, refused, after = mapping.salesforce, 0, 0
+        while rows := self.flusher._due(target, PAGE, after)[0]:
+            reason = self.flusher._record_refusal(mapping, rows, refusal, report)
+            refused, after = refused + len(rows), rows[-1].id
+        report.refused_calls += 1
+        log.error("Salesforce refused a bulk job of %d records: %s", refused, reason,
+                  extra={"object": target.object, "count": refused})
 
     def _refuse_rest(self, mapping: Mapping, job_id: str, refusal: CallRefused, report: FlushReport) -> None:
         """The job's rows still in it are refused as a whole call's would be."""
