@@ -162,7 +162,7 @@ class BulkIngest:
         self._fail_next: list[str] = []
         self._batches_used = 0
         self._stopping = threading.Event()
-        #: Seconds a closed job waits before it is processed (and between batches).
+        #: Seconds a closed job waits in UploadComplete before it is processed.
         self.processing_delay = 0.05
         #: [GUIDE] "Upload Job Data": the base64 size every upload of a job may add up to.
         self.max_upload_base64 = MAX_UPLOAD_BASE64
