@@ -130,14 +130,29 @@ def test_paused_flushes_resume_by_themselves_when_usage_falls(services, fake, re
     assert fake.count("limits") == 1 and fake.count("collections") == 1
     assert "paused" in outcome.text and services.flush_schedule.paused() is not None
 
-    fake.api_remaining = 100  # the rolling 24 hours moved on
+    fake.outage = "503"  # a probe that cannot reach Salesforce: its backoff, and the retry looks again
     redis_conn.delete(schedule.PROBED)
     outcome = services.flush_schedule.run_job()
-    assert fake.count("limits") == 2  # the probe's one call, then the flush
+    assert "could not flush" in outcome.text and not redis_conn.exists(schedule.PROBED)
+    fake.outage = None
+
+    fake.api_remaining = 100  # the rolling 24 hours moved on
+    outcome = services.flush_schedule.run_job()
+    assert fake.count("limits", status=200) == 2  # the probe's one call, then the flush
     assert outcome.report.synced == 2
     assert set(statuses(services).values()) == {"synced"}
     assert services.flush_schedule.paused() is None
     assert take(services).crm_paused is None
+
+
+def test_the_orgs_limit_reached_is_a_pause_not_a_failure(services, fake, redis_conn):
+    fake.api_remaining = 0  # other integrations used it all: Salesforce answers 403 REQUEST_LIMIT_EXCEEDED
+    deliver(services, partner())
+    outcome = services.flush_schedule.run_job()
+    assert "paused at the Salesforce API budget" in outcome.text
+    assert services.flush_schedule.paused()["used"] == 100
+    assert not redis_conn.exists(schedule.FAILURES) and services.flush_schedule.problem() is None
+    assert statuses(services) == {"Contact": "pending"}
 
 
 def test_crm_flush_says_it_is_paused_and_force_goes_ahead(services, fake, settings):

@@ -104,10 +104,11 @@ def _api(snapshot: Snapshot) -> list[tuple[str, str]]:
     (not a failure: the records wait)."""
     usage = snapshot.crm_api_usage
     if usage is None:
-        return [("  API usage", "not read yet (every answer of Salesforce says it)")]
-    read_at = datetime.fromisoformat(usage["read_at"])
-    rows = [("  API usage", f"{usage['used']:,} of {usage['allowance']:,} daily requests, budget {usage['budget']:,} "
-                           f"(SALESFORCE_API_BUDGET); read {_ago(read_at, snapshot.taken_at)}")]
+        rows = [("  API usage", "not read yet (every answer of Salesforce says it)")]
+    else:
+        read_at = datetime.fromisoformat(usage["read_at"])
+        rows = [("  API usage", f"{usage['used']:,} of {usage['allowance']:,} daily requests, budget "
+                               f"{usage['budget']:,} (SALESFORCE_API_BUDGET); read {_ago(read_at, snapshot.taken_at)}")]
     paused = snapshot.crm_paused
     if paused is not None:
         since = datetime.fromisoformat(paused["since"])

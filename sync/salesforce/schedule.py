@@ -243,7 +243,11 @@ class FlushSchedule:
             return None, False
         if not self.redis.set(PROBED, "1", nx=True, ex=_probe_hold(backoff.BUDGET_PROBE_DELAYS[0])):
             return paused, False  # looked lately: the next look is scheduled
-        usage = self.flusher.client.read_limits()
+        try:
+            usage = self.flusher.client.read_limits()
+        except TransientError:
+            self.redis.delete(PROBED)  # no look was had: the retry after the failure's backoff takes one
+            raise
         self._note_usage()
         pause = self._over_budget(usage)
         if pause is None:
@@ -257,7 +261,7 @@ class FlushSchedule:
         delay = backoff.delay(backoff.BUDGET_PROBE_DELAYS, 0)
         since = (self.paused() or {}).get("since")
         state = {**pause, "since": since or self.clock().isoformat(timespec="seconds")}
-        self.redis.set(PAUSED, json.dumps(state))
+        self.redis.set(PAUSED, json.dumps(state), ex=USAGE_TTL)  # each look renews it
         self.redis.set(PROBED, "1", ex=_probe_hold(delay))
         self.request(delay, force=True)
         text = (f"{PAUSED_TEXT}: the org has used {pause['used']:,} of its {pause['allowance']:,} daily API requests, "
