@@ -83,15 +83,17 @@ class Services:
         if not self.settings.salesforce.enabled:
             return None
         if self._flusher is None:
-            self._flusher = Flusher(self.inbox.engine, self.mappings, SalesforceClient(self.settings.salesforce),
-                                    currency=self.settings.currency, clock=self.clock)
+            client = SalesforceClient(self.settings.salesforce, clock=self.clock)
+            self._flusher = Flusher(self.inbox.engine, self.mappings, client, currency=self.settings.currency,
+                                    clock=self.clock)
         return self._flusher
 
     @property
     def flush_schedule(self) -> FlushSchedule:
         """When Salesforce flushes run (``sync.salesforce.schedule``); asking is a no-op while CRM sync is off."""
         if self._flush_schedule is None:
-            self._flush_schedule = FlushSchedule(self.queue, self.flusher(), self.clock)
+            self._flush_schedule = FlushSchedule(self.queue, self.flusher(), self.clock,
+                                                self.settings.salesforce_api_budget)
         return self._flush_schedule
 
     def request_flush(self, *, gather: bool = False, force: bool = False) -> None:

@@ -21,6 +21,9 @@ RECORD_DELAYS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 #: Records of a call Salesforce refused as a whole (a field the org lacks, no access, a session
 #: that cannot be renewed): a person has to act, so a slow probe in case they did.
 REFUSAL_DELAYS = (3600, 2 * 3600, 4 * 3600, 6 * 3600)
+#: Flushes paused at the Salesforce API budget: the next look (one ``GET limits`` call) comes
+#: after this long, again and again until the org's usage has fallen under the budget.
+BUDGET_PROBE_DELAYS = (300,)
 #: A call to Partnero's REST API that met a 5xx, a time-out or a lost connection, waited for in
 #: the calling process: a few seconds in all, then the caller gets the error.
 API_DELAYS = (1, 2, 4, 8)

@@ -48,6 +48,8 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
                                      f"synced {by_status.get(OutboxStatus.SYNCED, 0)}"))
         rows.append(("  last synced record", _ago(snapshot.crm_last_synced_at, snapshot.taken_at)))
         rows.append(("  org", _org(snapshot)))
+    if snapshot.crm_enabled and queue is not None:
+        rows += _api(snapshot)
     if snapshot.ledger is not None:
         rows += _ledger(snapshot.ledger)
     if snapshot.backfill is not None:
@@ -95,6 +97,25 @@ def _backfill(run: Run, now: datetime) -> list[tuple[str, str]]:
         ("  records", f"{run.records:,} read: {run.applied:,} applied, {run.unchanged:,} unchanged, "
                       f"{run.skipped:,} skipped, {run.failed:,} failed"),
     ]
+
+
+def _api(snapshot: Snapshot) -> list[tuple[str, str]]:
+    """The org's API usage against this service's budget, and whether flushes are paused at it
+    (not a failure: the records wait)."""
+    usage = snapshot.crm_api_usage
+    if usage is None:
+        rows = [("  API usage", "not read yet (every answer of Salesforce says it)")]
+    else:
+        read_at = datetime.fromisoformat(usage["read_at"])
+        rows = [("  API usage", f"{usage['used']:,} of {usage['allowance']:,} daily requests, budget "
+                               f"{usage['budget']:,} (SALESFORCE_API_BUDGET); read {_ago(read_at, snapshot.taken_at)}")]
+    paused = snapshot.crm_paused
+    if paused is not None:
+        since = datetime.fromisoformat(paused["since"])
+        rows.append(("  flushes", f"paused at the API budget since {_ago(since, snapshot.taken_at)}: the records "
+                                  "wait, and flushes resume by themselves when usage falls under it "
+                                  "(`partnero-sync crm-flush --force` sends now)"))
+    return rows
 
 
 def _org(snapshot: Snapshot) -> str:

@@ -168,15 +168,13 @@ class Flusher:
         """Upsert ``upserts`` in one call and delete each of ``deletes``; Salesforce's answer per
         outbox row id."""
         target = mapping.salesforce
-        if upserts:
-            metrics.SALESFORCE_CALLS.inc(object=target.object, kind=metrics.UPSERT)
+        # Each call is counted where every answer of the org is seen (``SalesforceClient._watch``).
         answers = dict(zip(
             [r.id for r in upserts],
             self.client.upsert(target.object, target.external_id,
                                [self._record(mapping, row, totals) for row in upserts]),
         ))
         for row in deletes:
-            metrics.SALESFORCE_CALLS.inc(object=target.object, kind=metrics.DELETE)
             answers[row.id] = self.client.delete(target.object, target.external_id, row.external_id)
         return answers
 
