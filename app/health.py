@@ -92,9 +92,20 @@ def _full(services, report: dict[str, str], healthy: bool) -> dict:
         body["attention"] = snapshot.attention()
         if snapshot.crm_enabled:
             body["salesforce_org"] = _org(snapshot)
+            body["salesforce_api"] = _api(snapshot)
         if snapshot.crm_problem:
             body["salesforce_problem"] = snapshot.crm_problem["message"]
     return body
+
+
+def _api(snapshot) -> dict:
+    """The org's API usage against this service's budget (None until read), and whether flushes
+    are paused at it: a state, not a failure (it is not among the reasons for attention)."""
+    usage = snapshot.crm_api_usage or {}
+    paused = snapshot.crm_paused
+    return {"used": usage.get("used"), "allowance": usage.get("allowance"), "budget": usage.get("budget"),
+            "read_at": usage.get("read_at"), "flushes": "paused" if paused else "running",
+            "paused_since": paused["since"] if paused else None}
 
 
 def _org(snapshot) -> dict | None:

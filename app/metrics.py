@@ -68,6 +68,8 @@ def _gauges(snapshot: Snapshot) -> Iterator[Metric]:
         yield _crm_outbox_gauge(snapshot.crm)
         if snapshot.org_check is not None:
             yield from _org_gauges(snapshot)
+    if snapshot.crm_enabled and "redis" not in snapshot.unavailable:
+        yield from _api_gauges(snapshot)
     if snapshot.backfill is not None:
         yield from _backfill_gauges(snapshot.backfill, snapshot.taken_at)
 
@@ -129,6 +131,29 @@ def _org_gauges(snapshot: Snapshot) -> Iterator[Metric]:
         PREFIX + "salesforce_org_checked_timestamp_seconds",
         "When the latest check of the Salesforce org ran (Unix time).",
         value=snapshot.org_check.checked_at.timestamp(),
+    )
+
+
+def _api_gauges(snapshot: Snapshot) -> Iterator[Metric]:
+    usage = snapshot.crm_api_usage
+    if usage is not None:
+        yield GaugeMetricFamily(
+            PREFIX + "salesforce_api_used",
+            "The Salesforce org's API requests in its rolling 24 hours, by every integration, as the latest "
+            "answer's Sforce-Limit-Info header (or GET limits) said.",
+            value=usage["used"],
+        )
+        yield GaugeMetricFamily(PREFIX + "salesforce_api_allowance",
+                                "The Salesforce org's daily API request allowance.", value=usage["allowance"])
+        yield GaugeMetricFamily(
+            PREFIX + "salesforce_api_budget",
+            "The org's API usage at which this service's flushes pause (SALESFORCE_API_BUDGET), in requests.",
+            value=usage["budget"],
+        )
+    yield GaugeMetricFamily(
+        PREFIX + "salesforce_flushes_paused",
+        "1 while Salesforce flushes are paused at the API budget (the records wait); else 0.",
+        value=1 if snapshot.crm_paused else 0,
     )
 
 

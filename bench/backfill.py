@@ -82,13 +82,19 @@ def _stamp(base: datetime, seconds: int) -> str:
     return (base + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def program(total: int, seed: int) -> dict[str, list[dict]]:
-    """What Partnero lists: ``total`` objects, deterministic by ``seed``."""
-    rng = random.Random(seed)
-    base = datetime(2026, 1, 5, 9, tzinfo=timezone.utc)
+def split(total: int) -> tuple[int, int, int]:
+    """``total`` objects as this benchmark's program has them: 10 % partners, 30 % customers, the
+    rest transactions."""
     n_partners = max(1, total // 10)
     n_customers = max(1, total * 3 // 10)
-    n_transactions = total - n_partners - n_customers
+    return n_partners, n_customers, total - n_partners - n_customers
+
+
+def program(counts: tuple[int, int, int], seed: int) -> dict[str, list[dict]]:
+    """What Partnero lists: ``counts`` partners, customers and transactions, deterministic by ``seed``."""
+    rng = random.Random(seed)
+    base = datetime(2026, 1, 5, 9, tzinfo=timezone.utc)
+    n_partners, n_customers, n_transactions = counts
     partners = [{
         "id": f"ptn_{i}", "key": f"ref-{i}", "email": f"Partner{i}@Example.com",
         "name": rng.choice(["Maria", "Zoë", "李", "Ann", "Ola"]), "surname": rng.choice(["Lopez", "Doe", "", None]),
@@ -129,12 +135,12 @@ def expected(objects: dict[str, list[dict]]) -> dict[str, int]:
 
 # -- the Partnero stand-in, in a process of its own -----------------------------------------------
 
-def _serve_standin(total: int, seed: int, api_key: str, conn) -> None:
+def _serve_standin(counts: tuple[int, int, int], seed: int, api_key: str, conn) -> None:
     """The child: build the objects, serve them, say where, and wait to be told to stop."""
     from tests.fakes.partnero import FakePartnero
 
     fake = FakePartnero(api_key=api_key, pagination="length_aware")
-    for entity, objects in program(total, seed).items():
+    for entity, objects in program(counts, seed).items():
         setattr(fake, entity, objects)
     fake.start()
     conn.send((fake.url, Path(fake.ca_bundle).read_text()))
@@ -146,11 +152,11 @@ def _serve_standin(total: int, seed: int, api_key: str, conn) -> None:
 
 
 class StandIn:
-    def __init__(self, total: int, seed: int):
+    def __init__(self, counts: tuple[int, int, int], seed: int):
         self.api_key = "bench_" + os.urandom(16).hex()
         context = multiprocessing.get_context("spawn")
         self.conn, child_conn = context.Pipe()
-        self.process = context.Process(target=_serve_standin, args=(total, seed, self.api_key, child_conn),
+        self.process = context.Process(target=_serve_standin, args=(counts, seed, self.api_key, child_conn),
                                        daemon=True, name="partnero-standin")
 
     def start(self) -> StandIn:
@@ -476,7 +482,7 @@ def _measure_size(args, size: int, fake, work: Path, with_naive: bool) -> tuple[
     """Every measurement of ``size`` objects, on a Partnero stand-in of their own (stopped after):
     the figures, and the naive baseline's when ``with_naive`` (else None)."""
     print(f"{size:,} objects: starting the Partnero stand-in (its own process)", flush=True)
-    stand = StandIn(size, args.seed).start()
+    stand = StandIn(split(size), args.seed).start()
     try:
         bundle = work / f"ca-{size}.pem"  # both stand-ins' CAs: one REQUESTS_CA_BUNDLE trusts both
         bundle.write_text(Path(fake.ca_bundle).read_text() + stand.ca_pem)
@@ -486,7 +492,7 @@ def _measure_size(args, size: int, fake, work: Path, with_naive: bool) -> tuple[
                "DATABASE_URL": DB_URL, "REDIS_URL": REDIS_URL, "MAPPINGS_DIR": str(ROOT / "mappings"),
                "LOG_LEVEL": "WARNING", "PARTNERO_API_KEY": stand.api_key, "PARTNERO_API_URL": stand.url,
                "REQUESTS_CA_BUNDLE": str(bundle)}
-        want = expected(program(size, args.seed))
+        want = expected(program(split(size), args.seed))
         figures: dict = {"expected": want}
         figures["standin"] = ref = standin_rate(stand, str(bundle))
         print(f"  stand-in alone (bare requests loop): {ref['records']:,} records in {ref['seconds']:.1f}s, "

@@ -19,7 +19,7 @@ from sync.pipeline.sweeper import sweep
 from sync.salesforce.client import SalesforceClient
 from sync.salesforce.flush import Flusher
 from sync.salesforce.org import OrgWatch
-from sync.salesforce.schedule import FlushSchedule
+from sync.salesforce.schedule import GATHER_SECONDS, FlushSchedule
 from sync.settings import Settings
 from sync.store import db, schema
 from sync.store.inbox import Inbox
@@ -83,23 +83,26 @@ class Services:
         if not self.settings.salesforce.enabled:
             return None
         if self._flusher is None:
-            self._flusher = Flusher(self.inbox.engine, self.mappings, SalesforceClient(self.settings.salesforce),
-                                    currency=self.settings.currency, clock=self.clock,
-                                    bulk_threshold=self.settings.bulk_threshold)
+            client = SalesforceClient(self.settings.salesforce, clock=self.clock)
+            self._flusher = Flusher(self.inbox.engine, self.mappings, client, currency=self.settings.currency,
+                                    clock=self.clock, bulk_threshold=self.settings.bulk_threshold)
         return self._flusher
 
     @property
     def flush_schedule(self) -> FlushSchedule:
         """When Salesforce flushes run (``sync.salesforce.schedule``); asking is a no-op while CRM sync is off."""
         if self._flush_schedule is None:
-            self._flush_schedule = FlushSchedule(self.queue, self.flusher(), self.clock)
+            self._flush_schedule = FlushSchedule(self.queue, self.flusher(), self.clock,
+                                                self.settings.salesforce_api_budget)
         return self._flush_schedule
 
-    def request_flush(self) -> None:
-        """After deliveries were applied: ask for a Salesforce flush, when CRM sync is on. Redis
-        being away is only logged; the worker's housekeeping asks again while anything waits."""
+    def request_flush(self, *, gather: bool = False, force: bool = False) -> None:
+        """After deliveries were applied: ask for a Salesforce flush, when CRM sync is on; with
+        ``gather`` (batch work) a minute out, so records gather into large jobs; with ``force`` at
+        once even if one waits (a backfill that finished). Redis being away is only logged; the
+        worker's housekeeping asks again while anything waits."""
         try:
-            self.flush_schedule.request()
+            self.flush_schedule.request(GATHER_SECONDS if gather else None, force=force)
         except TransientError as exc:
             log.warning("%s", exc)
 

@@ -131,6 +131,46 @@ class SalesforceSettings:
         return f"on: {self.mode.replace('_', ' ')} login to {where}{who}"
 
 
+#: SALESFORCE_API_BUDGET's default: leave at least a fifth of the org's daily allowance to others.
+DEFAULT_API_BUDGET = "80%"
+
+
+@dataclass(frozen=True)
+class ApiBudget:
+    """How much of the org's daily API allowance this service may use (SALESFORCE_API_BUDGET):
+    a share (``percent``) or a number of calls (``calls``), exactly one of them set."""
+
+    percent: float | None = 80.0
+    calls: int | None = None
+
+    def limit(self, allowance: int) -> int:
+        """The org's usage (calls in its 24 hours) at or past which flushes pause."""
+        if self.calls is not None:
+            return self.calls
+        return int(allowance * (self.percent or 0) / 100)
+
+    def describe(self) -> str:
+        return f"{self.calls:,} calls" if self.calls is not None else f"{self.percent:g}% of the daily allowance"
+
+    @classmethod
+    def parse(cls, raw: str) -> ApiBudget:
+        """``NN%`` (above 0, at most 100) or a whole number of calls (above 0); empty: 80%."""
+        value = raw.strip() or DEFAULT_API_BUDGET
+        try:
+            if value.endswith("%"):
+                percent = float(value[:-1].strip())
+                if 0 < percent <= 100:
+                    return cls(percent=percent)
+            elif value.isdigit() and int(value) > 0:
+                return cls(percent=None, calls=int(value))
+        except ValueError:
+            pass
+        raise ConfigurationError(
+            "SALESFORCE_API_BUDGET must be a share of the org's daily API allowance such as 50% (above 0, "
+            f"at most 100%) or a number of calls such as 40000 (got {raw.strip()!r})"
+        )
+
+
 @dataclass(frozen=True)
 class DashboardSettings:
     """Who may open the RQ dashboard, ``/ops`` and ``/metrics``; ``enabled`` is False when no
@@ -238,6 +278,8 @@ class Settings:
     #: The sweeper wakes a worker for pending rows nobody holds that have waited longer than this.
     sweep_after_seconds: int = 60
     salesforce: SalesforceSettings = field(default_factory=SalesforceSettings)
+    #: The share of the org's daily API allowance the flushes may use (SALESFORCE_API_BUDGET).
+    salesforce_api_budget: ApiBudget = field(default_factory=ApiBudget)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     #: The program's currency: Salesforce gets commission totals in it. None: the one most used.
     currency: str | None = None
@@ -265,6 +307,7 @@ class Settings:
             log_level=level,
             log_format=log_format,
             salesforce=SalesforceSettings.from_env(env),
+            salesforce_api_budget=ApiBudget.parse(env.get("SALESFORCE_API_BUDGET", "")),
             dashboard=DashboardSettings.from_env(env),
             currency=parse_currency(env.get("PARTNERO_CURRENCY", "")),
             partnero=PartneroApiSettings.from_env(env),

@@ -421,3 +421,32 @@ def test_a_list_no_mapping_loads_is_refused_before_anything_is_read(program, dat
     assert result.exit_code == 0, result.output
     assert "finished: 15 records, 15 applied, 0 unchanged, 0 skipped" in result.output
     assert not [path for _, path, _ in program.requests if "customers" in path]
+
+
+def test_a_backfill_gathers_its_records_for_a_minute_then_asks_for_a_flush_at_once_when_it_ends(
+        program, database_url, redis_conn, redis_server_url):
+    """Batch work asks for its flush GATHER_SECONDS out (its records go in large jobs, not a call
+    per page); the finished backfill asks for one now."""
+    from datetime import timedelta
+
+    from rq.registry import ScheduledJobRegistry
+
+    from sync.salesforce.schedule import GATHER_SECONDS
+
+    with FakeSalesforce(relationships=RELATIONSHIPS) as sf:
+        sf.define_object("Partnero_Transaction__c")
+        services = make_services(database_url, redis_server_url, program, sf)
+        crm = services.queue.crm_queue
+        pages = []
+        stopped = backfill(services, on_page=lambda p: pages.append(p.page), should_stop=lambda: len(pages) == 3)
+        assert stopped.status == RunStatus.STOPPED
+        scheduled = ScheduledJobRegistry(queue=crm)
+        # Three pages applied, one flush asked for, a minute out; none now.
+        assert (len(crm), scheduled.count) == (0, 1)
+        at = scheduled.get_scheduled_time(scheduled.get_job_ids()[0])
+        wait = at.replace(tzinfo=timezone.utc) - datetime.now(timezone.utc)
+        assert timedelta(seconds=GATHER_SECONDS - 5) <= wait <= timedelta(seconds=GATHER_SECONDS)
+        assert sf.count("collections") == 0
+
+        assert backfill(services).status == RunStatus.FINISHED
+        assert (len(crm), scheduled.count) == (1, 1)

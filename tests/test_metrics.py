@@ -251,8 +251,8 @@ def test_salesforce_calls_and_refusals_are_counted_by_object_and_code(settings, 
     fake.outage = None
 
     found = parse(app.test_client().get("/metrics").get_data(as_text=True))
-    assert found["partnero_sync_salesforce_calls_total"] == {  # (kind, object)
-        ("upsert", "Account"): 1, ("delete", "Contact"): 1, ("upsert", "Contact"): 2,
+    assert found["partnero_sync_salesforce_calls_total"] == {  # (kind, object): each call once, login too
+        ("login", ""): 1, ("upsert", "Account"): 1, ("delete", "Contact"): 1, ("upsert", "Contact"): 2,
     }
     assert found["partnero_sync_salesforce_refusals_total"] == {  # (code, object)
         ("INVALID_FIELD", "Account"): 1,

@@ -64,11 +64,14 @@ def crm_retry(object_name: str | None) -> None:
 
 
 @main.command("crm-flush")
-def crm_flush() -> None:
+@click.option("--force", is_flag=True, help="Send even while flushes are paused at the API budget.")
+def crm_flush(force: bool) -> None:
     """Send what waits in the CRM outbox to Salesforce now, in this process, with progress.
 
     The workers flush by themselves; use this to watch a flush, or to drain a backlog without a
-    worker. Exit status 2 while Salesforce sync is off or its login is refused; 1 when the
+    worker. While flushes are paused at the API budget (SALESFORCE_API_BUDGET), it says so and
+    sends nothing, with exit status 0 (a pause is not an error: the records wait); `--force` sends
+    anyway. Exit status 2 while Salesforce sync is off or its login is refused; 1 when the
     database or Salesforce cannot be reached.
     """
     from sync.services import Services
@@ -77,10 +80,16 @@ def crm_flush() -> None:
     if services.flusher() is None:
         raise ConfigurationError("Salesforce sync is off: no SALESFORCE_ variables are set")
     report = services.flush_schedule.run_foreground(
-        on_progress=lambda r: click.echo(f"  {safe(r.summary())}", err=True))
+        on_progress=lambda r: click.echo(f"  {safe(r.summary())}", err=True), force=force)
     click.echo(safe(report.summary()))
     if report.org_refusal is not None:
         raise SyncError(report.org_refusal.message)
+    paused = None if force else services.flush_schedule.paused()
+    if paused is not None:
+        click.echo(f"flushes are paused: the org has used {paused['used']:,} of its {paused['allowance']:,} daily "
+                   f"API requests, this service's budget is {paused['budget']:,} (SALESFORCE_API_BUDGET); the "
+                   "records wait and the workers resume by themselves when usage falls; `crm-flush --force` "
+                   "sends them now")
 
 
 @main.group("crm")

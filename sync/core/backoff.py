@@ -24,6 +24,9 @@ REFUSAL_DELAYS = (3600, 2 * 3600, 4 * 3600, 6 * 3600)
 #: A Bulk API 2.0 job Salesforce is processing: how long until a flush asks how far it got
 #: (each look is one API call; a job of 100,000 records takes minutes).
 BULK_POLL_DELAYS = (5, 10, 20, 30, 60)
+#: Flushes paused at the Salesforce API budget: the next look (one ``GET limits`` call) comes
+#: after this long, again and again until the org's usage has fallen under the budget.
+BUDGET_PROBE_DELAYS = (300,)
 #: A call to Partnero's REST API that met a 5xx, a time-out or a lost connection, waited for in
 #: the calling process: a few seconds in all, then the caller gets the error.
 API_DELAYS = (1, 2, 4, 8)

@@ -258,8 +258,9 @@ ATTEMPTS = Counter(
 )
 SALESFORCE_CALLS = Counter(
     "salesforce_calls",
-    "Requests the flush made to Salesforce, by object and kind (upsert: one sObject Collections call "
-    "of up to 200 records; delete), whatever their result.",
+    "Requests made to Salesforce, whatever their result, by object (where the request names one) and kind: "
+    "upsert (one sObject Collections call of up to 200 records), delete, describe, query, limits, create, "
+    "login, userinfo, metadata, bulk_create, bulk_upload, bulk_close, bulk_status, bulk_results, other.",
     ("object", "kind"),
 )
 SALESFORCE_REFUSALS = Counter(

@@ -61,6 +61,11 @@ class Snapshot:
     crm_last_synced_at: datetime | None = None
     #: What stops every Salesforce call, when something does: {"code", "message", "since"}.
     crm_problem: dict | None = None
+    #: The org's API usage as last read: {"used", "allowance", "budget", "read_at"} (budget in calls).
+    crm_api_usage: dict | None = None
+    #: Flushes paused at the API budget (not a failure: the records wait): {"used", "allowance",
+    #: "budget", "since"}.
+    crm_paused: dict | None = None
     #: The latest check of the org against the mappings (``sync.store.org_checks``), if one ran.
     org_check: OrgCheck | None = None
     #: The Bulk API 2.0 jobs running now (``sync.store.bulk_jobs``), oldest first.
@@ -136,17 +141,7 @@ class Snapshot:
                 "oldest_pending_age_seconds": rounded(self.oldest_pending_age),
                 "last_processed_at": _iso(self.inbox.last_processed_at),
             }
-        crm = None
-        if self.crm_enabled:
-            crm = {
-                "by_object": self.crm,
-                "backlog": self.crm_backlog,
-                "refused": self.crm_refused,
-                "last_synced_at": _iso(self.crm_last_synced_at),
-                "problem": self.crm_problem,
-                "org_check": _org_check(self.org_check),
-                "bulk_jobs": [job.as_dict() for job in self.bulk_jobs],
-            }
+        crm = self._crm_dict() if self.crm_enabled else None
         currencies = None
         if self.ledger is not None:
             currencies = {
@@ -176,6 +171,21 @@ class Snapshot:
             "backfill": backfill,
             "unavailable": self.unavailable,
             "attention": self.attention(),
+        }
+
+
+    def _crm_dict(self) -> dict[str, Any]:
+        """The Salesforce section of ``as_dict``."""
+        return {
+            "by_object": self.crm,
+            "backlog": self.crm_backlog,
+            "refused": self.crm_refused,
+            "last_synced_at": _iso(self.crm_last_synced_at),
+            "problem": self.crm_problem,
+            "api_usage": self.crm_api_usage,
+            "paused": self.crm_paused,
+            "org_check": _org_check(self.org_check),
+            "bulk_jobs": [job.as_dict() for job in self.bulk_jobs],
         }
 
 
@@ -244,6 +254,8 @@ def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = Fal
         snapshot.queue = services.queue.counts()
         if snapshot.crm_enabled:
             snapshot.crm_problem = services.flush_schedule.problem()
+            snapshot.crm_api_usage = services.flush_schedule.usage()
+            snapshot.crm_paused = services.flush_schedule.paused()
     except TransientError as exc:
         snapshot.unavailable["redis"] = str(exc)
     return snapshot

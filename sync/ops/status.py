@@ -49,6 +49,8 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
         rows.append(("  last synced record", _ago(snapshot.crm_last_synced_at, snapshot.taken_at)))
         rows.append(("  org", _org(snapshot)))
         rows += _bulk_jobs(snapshot)
+    if snapshot.crm_enabled and queue is not None:
+        rows += _api(snapshot)
     if snapshot.ledger is not None:
         rows += _ledger(snapshot.ledger)
     if snapshot.backfill is not None:
@@ -103,6 +105,25 @@ def _bulk_jobs(snapshot: Snapshot) -> list[tuple[str, str]]:
     return [(f"  bulk job {job.job_id}", f"{job.object}, {job.records:,} records, {job.state}, "
                                           f"since {_ago(job.created_at, snapshot.taken_at)}")
             for job in snapshot.bulk_jobs]
+
+
+def _api(snapshot: Snapshot) -> list[tuple[str, str]]:
+    """The org's API usage against this service's budget, and whether flushes are paused at it
+    (not a failure: the records wait)."""
+    usage = snapshot.crm_api_usage
+    if usage is None:
+        rows = [("  API usage", "not read yet (every answer of Salesforce says it)")]
+    else:
+        read_at = datetime.fromisoformat(usage["read_at"])
+        rows = [("  API usage", f"{usage['used']:,} of {usage['allowance']:,} daily requests, budget "
+                               f"{usage['budget']:,} (SALESFORCE_API_BUDGET); read {_ago(read_at, snapshot.taken_at)}")]
+    paused = snapshot.crm_paused
+    if paused is not None:
+        since = datetime.fromisoformat(paused["since"])
+        rows.append(("  flushes", f"paused at the API budget since {_ago(since, snapshot.taken_at)}: the records "
+                                  "wait, and flushes resume by themselves when usage falls under it "
+                                  "(`partnero-sync crm-flush --force` sends now)"))
+    return rows
 
 
 def _org(snapshot: Snapshot) -> str:

@@ -159,6 +159,7 @@ class Backfill:
                         self.runs.finish(run.id, RunStatus.STOPPED)
                         return self.runs.get(run.id)
             self.runs.finish(run.id)
+            self.services.request_flush(force=True)  # what gathered goes now, not a minute later
         except ConfigurationError as exc:
             self._stopped(run.id, RunStatus.FAILED, str(exc))
             raise

@@ -124,7 +124,8 @@ class Resync:
         if not events:
             return done
         result = services.processor.process_batch(events, examined.plans)
-        outcomes.report(events, result, services.request_flush, services.clock())
+        # Batch work: its records gather for a while, to go to Salesforce in large jobs.
+        outcomes.report(events, result, lambda: services.request_flush(gather=True), services.clock())
         done.processed = len(result.processed) + len(result.ignored)
         done.failed = len(result.failed)
         return done

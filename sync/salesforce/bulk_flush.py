@@ -65,9 +65,11 @@ class BulkFlush:
     def turn(self, mapping: Mapping, report: FlushReport, renew: Callable[[], object]) -> float | None:
         """``mapping``'s turn in a flush: its running jobs looked at, a new job started when more
         than the threshold is due. Seconds until the next look while a job runs (the flush then
-        stops), None when none does (Collections go on). ``renew`` is called page by page, to
-        keep the flush lock (``FlushSchedule``'s ``should_stop``; its answer is not waited for:
-        a job is filled and read to its end, which a recording done twice would not harm)."""
+        stops), None when none does (Collections go on). ``renew`` is the flush's
+        ``should_stop`` (``FlushSchedule``'s renews the lock and holds the API budget): asked
+        before a job is created (a stop then starts none), and page by page to keep the lock,
+        without waiting for its answer (a job is filled and read to its end, which a recording
+        done twice would not harm)."""
         target = mapping.salesforce
         self.renew = renew
         with db.transaction(self.flusher.engine) as conn:
@@ -95,6 +97,8 @@ class BulkFlush:
         """Create, fill, upload and close a job of ``mapping``'s due records; seconds until its
         first look (None: nothing went in it)."""
         target, clock = mapping.salesforce, self.flusher.clock
+        if self._over_budget(report):
+            return None
         try:
             job_id = self.api.create(target.object, target.external_id)
         except CallRefused as refusal:  # the object, or its external id, refused: on its records
@@ -132,6 +136,19 @@ class BulkFlush:
         log.info("Salesforce bulk job %s started: %d records", job_id, data.records,
                  extra={"object": target.object, "count": data.records})
         return wait
+
+    def _over_budget(self, report: FlushReport) -> bool:
+        """Before a large job: the org's API usage read afresh (``GET limits``, one call), so the
+        flush's budget check (``renew``, the schedule's ``should_stop``) judges by it. True when
+        the flush is to stop rather than start the job."""
+        try:
+            self.flusher.client.read_limits()
+        except CallRefused as refusal:  # the user may not read limits: the answers' headers will do
+            if refusal.org_wide:
+                raise
+        finally:
+            report.calls += 1
+        return bool(self.renew())
 
     def _fill(self, mapping: Mapping, job_id: str, data: CsvJob) -> None:
         """Write the due records into ``data`` page by page, each page's rows then marked as

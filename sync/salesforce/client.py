@@ -4,6 +4,12 @@ Every answer is classified here, once: per record (``RecordResult``), a passing 
 call (``TransientError``: an outage, a time-out, an API limit, a session to renew), or a refusal of
 the whole call that a person must fix (``CallRefused``: a field or object the org lacks, no
 access, a session or login that cannot be renewed).
+
+Every answer is also watched here, once (``_watch``, a response hook on the client's
+``requests.Session``, which simple-salesforce uses for every call: login, REST, Collections,
+describe, query, limits, Bulk API 2.0; and on the Metadata API's SOAP transport): each call is
+counted by kind in ``metrics.SALESFORCE_CALLS``, and the org's API usage its
+``Sforce-Limit-Info`` header carries is kept as ``client.usage``.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import requests
 from simple_salesforce import Salesforce
@@ -23,7 +30,9 @@ from simple_salesforce.util import call_salesforce
 from zeep import exceptions as zeep_errors
 from zeep.helpers import serialize_object
 
+from sync.core.clock import Clock, system_clock
 from sync.core.errors import ConfigurationError, PermanentError, TransientError
+from sync.ops import metrics
 from sync.settings import SalesforceSettings
 
 log = logging.getLogger(__name__)
@@ -118,16 +127,99 @@ class MetadataResult:
 METADATA_LIMIT = 10
 
 
+@dataclass(frozen=True)
+class ApiUsage:
+    """The org's API requests in its rolling 24 hours (``used``) against its daily allowance, and
+    when this was read (from an answer's ``Sforce-Limit-Info`` header, or ``GET limits``)."""
+
+    used: int
+    allowance: int
+    read_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"used": self.used, "allowance": self.allowance, "read_at": self.read_at.isoformat(timespec="seconds")}
+
+
+# "api-usage=18/5000", and other fields may follow ("; per-app-api-usage=17/250(appName=...)",
+# "; api-bursts=1/750"): REST API Developer Guide, Limit Info Header. The lookbehind keeps
+# per-app-api-usage from being read as the org's.
+_API_USAGE = re.compile(r"(?<![\w-])api-usage=(\d+)/(\d+)")
+
+
+def parse_limit_info(header: str | None, read_at: datetime) -> ApiUsage | None:
+    """The org's usage in a ``Sforce-Limit-Info`` header; None when it carries none."""
+    found = _API_USAGE.search(header or "")
+    return ApiUsage(int(found.group(1)), int(found.group(2)), read_at) if found else None
+
+
+#: How a call is named in ``metrics.SALESFORCE_CALLS``: (method or "*", path pattern under
+#: /services/data/vXX.X/, kind); the object is the pattern's "object" group, if any.
+_REST_KINDS = tuple((method, re.compile(pattern), kind) for method, pattern, kind in (
+    ("PATCH", r"composite/sobjects/(?P<object>\w+)/\w+", metrics.UPSERT),
+    ("*", r"composite(/.*)?", "composite"),
+    ("DELETE", r"sobjects/(?P<object>\w+)/.+", metrics.DELETE),
+    ("PATCH", r"sobjects/(?P<object>\w+)/\w+/.+", metrics.UPSERT),
+    ("PATCH", r"sobjects/(?P<object>\w+)/\w+", "update"),
+    ("POST", r"sobjects/(?P<object>\w+)", "create"),
+    ("GET", r"sobjects(/(?P<object>\w+)(/describe)?)?", "describe"),
+    ("GET", r"sobjects/(?P<object>\w+)/.+", "get"),
+    ("GET", r"query(All)?(/.*)?", "query"),
+    ("GET", r"limits", "limits"),
+    ("POST", r"jobs/(ingest|query)", "bulk_create"),
+    ("PUT", r"jobs/ingest/[^/]+/batches", "bulk_upload"),
+    ("PATCH", r"jobs/(ingest|query)/[^/]+", "bulk_close"),
+    ("GET", r"jobs/(ingest|query)/[^/]+", "bulk_status"),
+    ("GET", r"jobs/(ingest|query)/[^/]+/\w+", "bulk_results"),
+    ("DELETE", r"jobs/(ingest|query)/[^/]+", "bulk_delete"),
+    ("GET", r"jobs/(ingest|query)", "bulk_list"),
+))
+
+
+def call_kind(method: str, url: str) -> tuple[str, str]:
+    """(object, kind) of one request to Salesforce, for ``metrics.SALESFORCE_CALLS``: the object
+    where the path names one, else ""."""
+    path = unquote(urlsplit(url).path)
+    path = path[path.find("/services/"):] if "/services/" in path else path  # a proxy's prefix dropped
+    if path.startswith(("/services/Soap/u/", "/services/Soap/c/", "/services/oauth2/token")):
+        return "", "login"
+    if path.startswith("/services/oauth2/userinfo"):
+        return "", "userinfo"
+    if path.startswith("/services/Soap/m/"):
+        return "", "metadata"
+    rest = re.match(r"/services/data/v[\d.]+/?(.*?)/?$", path)
+    if rest is None:
+        return "", "other"
+    for allowed, pattern, kind in _REST_KINDS:
+        found = pattern.fullmatch(rest.group(1))
+        if found and allowed in ("*", method.upper()):
+            return (found.groupdict().get("object") or ""), kind
+    return "", "other"
+
+
 class SalesforceClient:
     """A connection to one org, logged in lazily and again when the session expires."""
 
-    def __init__(self, settings: SalesforceSettings, session: requests.Session | None = None):
+    def __init__(self, settings: SalesforceSettings, session: requests.Session | None = None,
+                 clock: Clock = system_clock):
         if not settings.enabled:
             raise ConfigurationError("Salesforce is not configured")
         self.settings = settings
+        self.clock = clock
+        #: The org's API usage, as the latest answer that carried it said; None until one did.
+        self.usage: ApiUsage | None = None
         # requests honours REQUESTS_CA_BUNDLE, so a private CA can be trusted; verification stays on.
         self.session = session or requests.Session()
+        self.session.hooks["response"].append(self._watch)
         self._sf: Salesforce | None = None
+
+    def _watch(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """Every answer of the org (the session's response hook): the call counted by kind, and
+        the org's API usage its ``Sforce-Limit-Info`` header carries kept."""
+        object_name, kind = call_kind(response.request.method or "", response.request.url or "")
+        metrics.SALESFORCE_CALLS.inc(object=object_name, kind=kind)
+        usage = parse_limit_info(response.headers.get("Sforce-Limit-Info"), self.clock())
+        if usage is not None:
+            self.usage = usage
 
     def connect(self) -> Salesforce:
         if self._sf is None:
@@ -204,6 +296,19 @@ class SalesforceClient:
                 return None
             raise
 
+    def read_limits(self) -> ApiUsage:
+        """The org's API usage now, from ``GET limits`` (DailyApiRequests: Max and Remaining); one
+        call. Raises ``CallRefused`` (the user lacks View Setup and Configuration) or
+        ``TransientError``."""
+        answer = self._classified("limits", lambda sf: sf.limits(timeout=TIMEOUT))
+        daily = answer.get("DailyApiRequests") if isinstance(answer, dict) else None
+        try:
+            allowance, remaining = int(daily["Max"]), int(daily["Remaining"])
+        except (TypeError, KeyError, ValueError) as exc:
+            raise TransientError("Salesforce's limits answer has no DailyApiRequests") from exc
+        self.usage = ApiUsage(max(0, allowance - remaining), allowance, self.clock())
+        return self.usage
+
     def upsert_metadata(self, kind: str, items: Sequence[dict[str, Any]]) -> list[MetadataResult]:
         """Upsert up to 10 components of one Metadata API type (``CustomObject``, ``CustomField``,
         ``PermissionSet``) through simple-salesforce's ``mdapi``; one result per component.
@@ -230,6 +335,10 @@ class SalesforceClient:
         call refused as a whole: no permission to modify metadata, too many components, a bad
         session) as ``CallRefused``."""
         md = self.connect().mdapi
+        # simple-salesforce's zeep client has a session of its own (not ours): watch it too.
+        transport = md._client.transport.session.hooks["response"]
+        if self._watch not in transport:
+            transport.append(self._watch)
         try:
             # MetadataType.upsert()/read() raise a bare Exception on a failed component and
             # return nothing; the service's results (UpsertResult, ReadResult) are what we report

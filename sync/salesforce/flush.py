@@ -99,6 +99,9 @@ class Flusher:
         self._program_read = False
         self._fold_commissions()
         for mapping in self.mappings.salesforce_objects():
+            if should_stop():
+                report.stopped = "stopped between calls"
+                return report
             try:
                 report.bulk_wait = self.bulk.turn(mapping, report, should_stop)
             except CallRefused as refusal:  # org-wide (an object's own refusal is on its records)
@@ -196,15 +199,13 @@ class Flusher:
         """Upsert ``upserts`` in one call and delete each of ``deletes``; Salesforce's answer per
         outbox row id."""
         target = mapping.salesforce
-        if upserts:
-            metrics.SALESFORCE_CALLS.inc(object=target.object, kind=metrics.UPSERT)
+        # Each call is counted where every answer of the org is seen (``SalesforceClient._watch``).
         answers = dict(zip(
             [r.id for r in upserts],
             self.client.upsert(target.object, target.external_id,
                                [self._record(mapping, row, totals) for row in upserts]),
         ))
         for row in deletes:
-            metrics.SALESFORCE_CALLS.inc(object=target.object, kind=metrics.DELETE)
             answers[row.id] = self.client.delete(target.object, target.external_id, row.external_id)
         return answers
 

@@ -2,7 +2,8 @@
 
 The real ``simple-salesforce`` library runs its own code path against it: TLS with a verified
 certificate, the SOAP and OAuth 2.0 logins, bearer tokens, the REST resources for upserts by
-external id, sObject Collections, SOQL queries and limits. Records live in memory.
+external id, sObject Collections, SOQL queries and limits, and Bulk API 2.0 ingest (``sf.bulk2``).
+Records live in memory.
 
 Start it as a context manager (or with ``start()``/``stop()``). It serves the test CA's
 certificate for 127.0.0.1/localhost (tests/fakes/tls.py: one CA for every stand-in in the
@@ -23,6 +24,15 @@ process), listens on a free loopback port and exposes:
 * ``metadata`` -- the Metadata API (``sf.mdapi``): custom objects, fields and permission sets,
   field-level security from assigned permission sets (tests/fakes/salesforce_metadata.py);
   ``GET /services/oauth2/userinfo`` names the user (``user_id``) to assign them to.
+* ``bulk`` -- Bulk API 2.0 ingest under ``/services/data/vXX.X/jobs/ingest``
+  (tests/fakes/salesforce_bulk.py, which names where each shape is grounded): create a job
+  (insert, upsert, update, delete, hardDelete), upload CSV, UploadComplete or Aborted, job info,
+  the job list, delete, and the successfulResults, failedResults and unprocessedrecords CSVs. A
+  closed job is processed in a background thread, 10,000 rows to a batch, each row written as the
+  same record in an sObject Collections upsert would be (so ``reject``, required fields,
+  field-level security, relationships by external id and UNABLE_TO_LOCK_ROW draws apply), its
+  error in ``sf__Error``'s ``CODE:message:Field --``. Every bulk request goes through the same REST
+  path as the others: a session, the API allowance and ``Sforce-Limit-Info``, outages, ``fail_rate``.
 
 The pytest pattern (see tests/test_fake_salesforce.py)::
 
@@ -77,20 +87,32 @@ Behaviour modelled (switches are thread-safe and may change while clients run):
   id matching (case-insensitive unless ``case_sensitive_ids``), relationships by external id
   (``"Rel__r": {"Ext__c": "v"}``) resolved to the lookup field, duplicate external ids within a
   collection, ``allOrNone`` roll-back, the 200-record collection limit (EXCEEDED_ID_LIMIT).
+* Bulk API 2.0 switches (``fake.bulk``, thread-safe): ``hold()`` keeps closed jobs in
+  UploadComplete, and stops one InProgress before its next batch, until ``release()`` (a test can
+  kill a worker mid-job); ``processing_delay``
+  seconds before a closed job is processed (0.05); ``fail_next(message)``: the next job processed
+  ends Failed with that errorMessage, every row unprocessed; ``max_upload_base64`` (150 MB, the
+  limit on a job's uploads, base64-encoded); ``daily_batches`` (15,000, DailyBulkApiBatches in
+  ``GET limits``); ``list_page`` (1,000 jobs a page of the job list). Observing:
+  ``fake.bulk.jobs()`` (id, object, operation, state, records, uploads, processed, failed, error),
+  ``fake.bulk.wait(job_id)`` (until a final state), ``fake.bulk.batches_used``.
 
 Observing: ``calls`` (the newest ``max_calls`` requests as :class:`Call`: method, path, records,
 kind, status, detail; login-host prefixes and query strings are not part of ``path``),
 ``count(kind)`` for kinds ``login``, ``metadata``, ``upsert``, ``collections``, ``query``, ``limits``, ``get``,
-``create``, ``update``, ``delete``, ``describe``, ``outage``, ``rest``; ``records(obj)``,
+``create``, ``update``, ``delete``, ``describe``, ``outage``, ``rest``, and for Bulk API 2.0
+``bulk_create``, ``bulk_upload``, ``bulk_close``, ``bulk_abort``, ``bulk_status``, ``bulk_results``,
+``bulk_list``, ``bulk_delete``; ``records(obj)``,
 ``get(obj, field, value)``, ``get_by_id(id)`` (stored records carry ``Id``, ``CreatedDate``,
-``LastModifiedDate`` and ``SystemModstamp`` besides their fields); seed data with
-``add(obj, fields)``; ``connections_accepted``; ``reset()``.
+``LastModifiedDate`` and ``SystemModstamp`` besides their fields, bulk rows' records too); seed
+data with ``add(obj, fields)``; ``connections_accepted``; ``reset()`` (bulk jobs too).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import copy
 import datetime as dt
 import hashlib
@@ -118,6 +140,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.fakes import tls
+from tests.fakes.salesforce_bulk import BulkAnswer, BulkError, BulkIngest
 from tests.fakes.salesforce_metadata import METADATA_PATH, MetadataApi
 
 __all__ = ["Call", "FakeSalesforce", "ObjectSpec", "Rejection"]
@@ -639,7 +662,7 @@ class _Handler(tls.TLSHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
-        if length < 0 or length > fake.max_body:
+        if length < 0 or length > fake._body_limit(self.command, self.path):
             self.close_connection = True
             self._write(_reply(413, [{"errorCode": "REQUEST_TOO_LARGE",
                                       "message": "The request body is too large"}]))
@@ -754,6 +777,8 @@ class FakeSalesforce:
             self.define_object(name, **options)
         #: The Metadata API (tests/fakes/salesforce_metadata.py).
         self.metadata = MetadataApi(self)
+        #: Bulk API 2.0 ingest (tests/fakes/salesforce_bulk.py).
+        self.bulk = BulkIngest(self)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -779,6 +804,7 @@ class FakeSalesforce:
                 return
             self._started = False
             self._stop_event.set()
+            self.bulk.stop()
             self._halt_serving()
             self._server.server_close()
             self._cut_connections()
@@ -1164,6 +1190,7 @@ class FakeSalesforce:
             self._cursors.clear()
             self._api_used = 0
             self._latency, self._fail_rate = 0.0, 0.0
+        self.bulk.reset()
         self.outage = None
 
     def _require_spec(self, sobject: str) -> ObjectSpec:
@@ -1614,7 +1641,7 @@ class FakeSalesforce:
         segments = [unquote(s) for s in rest.split("/")]
         while segments and segments[-1] == "":
             segments.pop()
-        kind, handler, allowed = self._rest_route(method, segments)
+        kind, handler, allowed = self._rest_route(method, segments, body)
         auth = headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
         with self._lock:
@@ -1643,7 +1670,8 @@ class FakeSalesforce:
                 reply = _reply(404, _NOT_FOUND, kind=kind, detail="NOT_FOUND")
         else:
             try:
-                with self._lock:
+                # Bulk ingest keeps its own lock and takes this one a slice of rows at a time.
+                with contextlib.nullcontext() if kind.startswith("bulk_") else self._lock:
                     reply = handler(version, segments, query, body)
             except _HttpError as exc:
                 reply = _reply(exc.status, exc.payload, detail=exc.detail)
@@ -1651,11 +1679,14 @@ class FakeSalesforce:
         reply.headers.update(usage)
         return reply
 
-    def _rest_route(self, method: str, s: list[str]):
+    def _rest_route(self, method: str, s: list[str], body: bytes = b""):
         """(kind, handler or None, allowed methods) for a path under /services/data/vXX.X/."""
         n = len(s)
         table: dict[str, tuple[str, Callable]] = {}
-        if n == 0:
+        if n >= 2 and s[0] == "jobs" and s[1] == "ingest":
+            kind = self.bulk.kind(method, s, body)
+            table = {m: (kind, self._bulk_call(h)) for m, h in self.bulk.route(method, s).items()}
+        elif n == 0:
             table = {"GET": ("rest", self._h_resources)}
         elif s[0] == "limits" and n == 1:
             table = {"GET": ("limits", self._h_limits)}
@@ -1760,12 +1791,52 @@ class FakeSalesforce:
         return _reply(200, {
             "DailyApiRequests": {"Max": self.api_max, "Remaining": remaining},
             "DailyAsyncApexExecutions": {"Max": 250000, "Remaining": 250000},
-            "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000},
-            "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
+            # DailyBulkApiBatches (Bulk API and Bulk API 2.0 ingest batches), DailyBulkV2QueryJobs
+            # and DailyBulkV2QueryFileStorageMB: tests/fakes/salesforce_bulk.py.
+            **self.bulk.limits(),
             "DataStorageMB": {"Max": 5, "Remaining": 5},
             "FileStorageMB": {"Max": 20, "Remaining": 20},
             "SingleEmail": {"Max": 15, "Remaining": 15},
         })
+
+    # ---------------------------------------------------------------- hooks for Bulk API 2.0
+
+    def _bulk_call(self, handler: Callable) -> Callable:
+        """A bulk handler (tests/fakes/salesforce_bulk.py) as a REST handler: its answer or its
+        refusal as this fake's reply."""
+        def call(version, segments, query, body) -> _Reply:
+            try:
+                answer: BulkAnswer = handler(version, segments, query, body)
+            except BulkError as exc:
+                return _reply(exc.status, exc.payload(), detail=exc.code)
+            return _Reply(answer.status, answer.body, answer.content_type, records=answer.records,
+                          detail=answer.detail)
+        return call
+
+    def _body_limit(self, method: str, raw_path: str) -> int:
+        """The largest request body read: ``max_body``, or the bulk upload limit for an upload."""
+        if method == "PUT" and urlsplit(raw_path).path.rstrip("/").endswith("/batches"):
+            return max(self.max_body, self.bulk.upload_read_limit())
+        return self.max_body
+
+    def _bulk_job_id(self, number: int) -> str:
+        """An ingest job's id: key prefix 750, as Salesforce's (Bulk API 2.0 Developer Guide)."""
+        return _with_checksum("750" + "Hs0" + _base62(number, 9))
+
+    def _bulk_external_id(self, spec: ObjectSpec, name: str) -> str | None:
+        """The external id field a bulk upsert names, canonical, or None if the object lacks it."""
+        try:
+            return self._ext_field_from_url(spec, name)
+        except _HttpError:
+            return None
+
+    def _bulk_write(self, spec: ObjectSpec, data: dict, **how: Any) -> tuple[dict | None, tuple | None]:
+        """One bulk CSV row through the record writing: (result, None) or (None, (code, message,
+        fields)). The caller holds the lock."""
+        try:
+            return self._write(spec, data, undo=[], **how), None
+        except _RecordError as exc:
+            return None, (exc.code, exc.message, exc.fields)
 
     def _h_describe_global(self, version, segments, query, body) -> _Reply:
         return _reply(200, {"encoding": "UTF-8", "maxBatchSize": 200, "sobjects": [
