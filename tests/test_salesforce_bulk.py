@@ -320,3 +320,18 @@ def test_a_job_refused_at_its_creation_refuses_its_records_and_the_flush_goes_on
     assert [j["object"] for j in fake.bulk.jobs()] == ["Account"]
     assert {(r["status"], r["waiting_for"]) for k, r in rows.items() if k == ("Account", "c0")} == {
         ("waiting", "Contact/p0")}
+
+
+def test_no_job_is_started_past_the_api_budget(settings, fake, redis_conn):
+    """The org's usage is read afresh before a job is created: at the budget, the flush pauses
+    instead, and the records wait."""
+    from sync.settings import ApiBudget
+
+    services = Services.build(settings.with_overrides(salesforce=password_login(fake), bulk_threshold=THRESHOLD,
+                                                      salesforce_api_budget=ApiBudget(percent=50)), redis_conn)
+    deliver(services, *partners(5))
+    fake.api_max, fake.api_remaining = 100, 51  # others used 49 today: the look at the usage reaches 50
+    report = services.flush_schedule.run_foreground()
+    assert fake.count("limits") == 1 and fake.count("bulk_create") == 0 and fake.count("collections") == 0
+    assert report.stopped and services.flush_schedule.paused() is not None
+    assert {(r["status"], r["bulk_job"]) for r in outbox_rows(services).values()} == {("pending", None)}
