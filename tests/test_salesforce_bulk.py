@@ -335,3 +335,23 @@ def test_no_job_is_started_past_the_api_budget(settings, fake, redis_conn):
     assert fake.count("limits") == 1 and fake.count("bulk_create") == 0 and fake.count("collections") == 0
     assert report.stopped and services.flush_schedule.paused() is not None
     assert {(r["status"], r["bulk_job"]) for r in outbox_rows(services).values()} == {("pending", None)}
+
+
+def test_hard_deletes_stay_one_rest_call_each_beside_a_job(settings, fake, redis_conn, tmp_path):
+    import shutil
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(settings.mappings_dir, mappings)
+    path = mappings / "partner.yml"
+    path.write_text(path.read_text().replace("  commission_total:", "  hard_delete: true\n  commission_total:"))
+    services = Services.build(settings.with_overrides(salesforce=password_login(fake), mappings_dir=mappings,
+                                                      bulk_threshold=THRESHOLD), redis_conn)
+    deliver(services, *partners(2, "gone"))
+    services.flush_schedule.run_foreground()
+    deliver(services, *(envelope("partner.deleted", "2026-04-01T00:00:00Z", id=f"gone{i}") for i in range(2)),
+            *partners(5))
+    services.flush_schedule.run_foreground()
+    assert [j["records"] for j in fake.bulk.jobs()] == [5]  # the upserts, and only them
+    assert fake.count("delete") == 2
+    assert fake.get("Contact", "Partnero_Partner_Id__c", "gone0") is None
+    assert {r["status"] for r in outbox_rows(services).values()} == {"synced"}

@@ -25,7 +25,6 @@ Developer Guide:
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import json
@@ -35,6 +34,9 @@ from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any
 
+import requests
+
+from sync.core.errors import TransientError
 from sync.mapping.spec import SalesforceTarget
 from sync.salesforce.client import RecordResult, SalesforceClient, _without_values
 
@@ -94,28 +96,23 @@ class BulkApi:
         return self.client.bulk_request("GET", f"ingest/{job_id}").json()
 
     def results(self, job_id: str, kind: str) -> Iterator[dict[str, str]]:
-        """The rows of ``successfulResults`` or ``failedResults``, streamed (never held whole)."""
+        """The rows of ``successfulResults`` or ``failedResults``. The answer is first read whole
+        into a spooled temporary file (never held in memory whole, and the connection never
+        waits on the database), then parsed row by row. Raises ``TransientError`` when the
+        answer breaks off."""
         response = self.client.bulk_request("GET", f"ingest/{job_id}/{kind}", accept=CSV_TYPE, stream=True)
-        with response:
-            yield from csv.DictReader(_lines(response.iter_content(READ_BYTES)))
+        with response, tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b") as file:
+            try:
+                for chunk in response.iter_content(READ_BYTES):
+                    file.write(chunk)
+            except requests.RequestException as exc:
+                raise TransientError(f"Salesforce's {kind} of a bulk job broke off: {type(exc).__name__}") from exc
+            file.seek(0)
+            yield from csv.DictReader(io.TextIOWrapper(file, encoding="utf-8-sig", newline=""))
 
     def _set_state(self, job_id: str, state: JobState) -> str:
         answer = self.client.bulk_request("PATCH", f"ingest/{job_id}", data=json.dumps({"state": state.value}))
         return str(answer.json().get("state") or state.value)
-
-
-def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
-    """UTF-8 ``chunks`` as lines, each with its line feed (so a quoted value may span lines)."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    pending = ""
-    for chunk in chunks:
-        pending += decoder.decode(chunk)
-        *lines, pending = pending.split("\n")
-        for line in lines:
-            yield line + "\n"
-    pending += decoder.decode(b"", final=True)
-    if pending:
-        yield pending
 
 
 def columns(target: SalesforceTarget) -> list[str]:
