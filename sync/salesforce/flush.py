@@ -97,7 +97,7 @@ class Flusher:
         """
         report = FlushReport()
         self._program_read = False
-        self._fold_commissions()
+        self._fold_commissions(should_stop)
         for mapping in self.mappings.salesforce_objects():
             if should_stop():
                 report.stopped = "stopped between calls"
@@ -125,13 +125,16 @@ class Flusher:
                     break
         return report
 
-    def _fold_commissions(self) -> None:
+    def _fold_commissions(self, renew: Callable[[], bool]) -> None:
         """Mark every partner whose commission changed as due, a bounded batch per transaction: all
-        of them go out in this flush (a backfill notes tens of thousands at a time)."""
+        of them go out in this flush (a backfill notes tens of thousands at a time). ``renew`` (the
+        flush's ``should_stop``, whose answer waits for the first call) is called batch by batch:
+        folding 100,000 changes takes longer than the flush lock lasts by itself."""
         for mapping in self.mappings.salesforce_objects():
             if mapping.salesforce.commission:
                 folded = FOLD_BATCH
                 while folded == FOLD_BATCH:
+                    renew()
                     with db.transaction(self.engine) as conn:
                         folded = self.outbox.fold_commission_changes(conn, mapping.salesforce.object, mapping.entity,
                                                                      FOLD_BATCH)
