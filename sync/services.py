@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import redis
 
+from sync.core import backoff
 from sync.core.clock import Clock, system_clock
 from sync.core.errors import TransientError
 from sync.mapping import MappingSet, load_mappings
@@ -19,7 +20,7 @@ from sync.pipeline.sweeper import sweep
 from sync.salesforce.client import SalesforceClient
 from sync.salesforce.flush import Flusher
 from sync.salesforce.org import OrgWatch
-from sync.salesforce.schedule import GATHER_SECONDS, FlushSchedule
+from sync.salesforce.schedule import FlushSchedule
 from sync.settings import Settings
 from sync.store import db, schema
 from sync.store.inbox import Inbox
@@ -102,7 +103,7 @@ class Services:
         once even if one waits (a backfill that finished). Redis being away is only logged; the
         worker's housekeeping asks again while anything waits."""
         try:
-            self.flush_schedule.request(GATHER_SECONDS if gather else None, force=force)
+            self.flush_schedule.request(backoff.GATHER_SECONDS if gather else None, force=force)
         except TransientError as exc:
             log.warning("%s", exc)
 

@@ -431,7 +431,7 @@ def test_a_backfill_gathers_its_records_for_a_minute_then_asks_for_a_flush_at_on
 
     from rq.registry import ScheduledJobRegistry
 
-    from sync.salesforce.schedule import GATHER_SECONDS
+    from sync.core.backoff import GATHER_SECONDS
 
     with FakeSalesforce(relationships=RELATIONSHIPS) as sf:
         sf.define_object("Partnero_Transaction__c")

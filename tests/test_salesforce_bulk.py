@@ -4,6 +4,8 @@ every record recorded as a Collections answer would be."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import sqlalchemy as sa
 
@@ -20,8 +22,10 @@ THRESHOLD = 3
 
 @pytest.fixture(autouse=True)
 def quick_polls(monkeypatch):
-    """A job's next look a few hundredths of a second later, not seconds."""
+    """A job's next look a few hundredths of a second later, not seconds, and an object's next job
+    at once (``test_a_flood_gathers_a_minute_between_an_objects_jobs`` puts the gathering back)."""
     monkeypatch.setattr(backoff, "BULK_POLL_DELAYS", (0.02, 0.05))
+    monkeypatch.setattr(backoff, "GATHER_SECONDS", 0)
 
 
 @pytest.fixture
@@ -354,4 +358,24 @@ def test_hard_deletes_stay_one_rest_call_each_beside_a_job(settings, fake, redis
     assert [j["records"] for j in fake.bulk.jobs()] == [5]  # the upserts, and only them
     assert fake.count("delete") == 2
     assert fake.get("Contact", "Partnero_Partner_Id__c", "gone0") is None
+    assert {r["status"] for r in outbox_rows(services).values()} == {"synced"}
+
+
+def test_a_flood_gathers_a_minute_between_an_objects_jobs(services, fake, monkeypatch):
+    """An object's next job starts no sooner than GATHER_SECONDS after its last: meanwhile its
+    records wait (none goes in Collections calls), and so do its children."""
+    monkeypatch.setattr(backoff, "GATHER_SECONDS", 60)
+    deliver(services, *partners(5))
+    services.flush_schedule.run_foreground()
+    assert len(jobs_of(fake, "Contact")) == 1
+    deliver(services, *partners(5, prefix="q"), *customers(5, parent="q"))
+    report = services.flusher().flush()
+    assert 50 < report.bulk_wait <= 60
+    assert len(fake.bulk.jobs()) == 1 and fake.count("collections") == 0
+    assert {r["status"] for k, r in outbox_rows(services).items() if k[1].startswith(("q", "c"))} == {"pending"}
+    (first,) = kept_jobs(services)
+    with services.inbox.engine.begin() as conn:  # a minute on
+        conn.execute(sa.update(bulk_jobs.crm_bulk_jobs).values(created_at=first.created_at - timedelta(seconds=61)))
+    services.flush_schedule.run_foreground()
+    assert [j["object"] for j in fake.bulk.jobs()] == ["Contact", "Contact", "Account"]
     assert {r["status"] for r in outbox_rows(services).values()} == {"synced"}

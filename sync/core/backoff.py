@@ -24,6 +24,10 @@ REFUSAL_DELAYS = (3600, 2 * 3600, 4 * 3600, 6 * 3600)
 #: A Bulk API 2.0 job Salesforce is processing: how long until a flush asks how far it got
 #: (each look is one API call; a job of 100,000 records takes minutes).
 BULK_POLL_DELAYS = (5, 10, 20, 30, 60)
+#: Records that come in a flood (a backfill, ``reconcile --fix``) gather this long before they go:
+#: batch work asks for its flush this far out, and an object's next Bulk API 2.0 job starts no
+#: sooner than this after its last one, so a flood goes in a few large jobs, not many small ones.
+GATHER_SECONDS = 60
 #: Flushes paused at the Salesforce API budget: the next look (one ``GET limits`` call) comes
 #: after this long, again and again until the org's usage has fallen under the budget.
 BUDGET_PROBE_DELAYS = (300,)

@@ -8,6 +8,8 @@ The lifecycle, each step kept in the database so a worker may die between any tw
    (``crm_outbox.bulk_job``, with the generation sent); upload the CSV, close the job
    (``UploadComplete``). Rows in a job are not due; while an object's job runs, the flush sends
    nothing of that object and nothing of the objects after it (children wait for their parents).
+   The object's next job starts no sooner than ``backoff.GATHER_SECONDS`` after this one: while
+   its records gather, the flush stops at the object, as while its job runs.
 2. Later flushes ask Salesforce how far it got, no sooner than ``backoff.BULK_POLL_DELAYS``
    after the last look. A job found ``Open`` was left by a flush that died before closing it:
    it is aborted and its rows are due again (sent in a new job, never the same job twice).
@@ -76,13 +78,24 @@ class BulkFlush:
             running = bulk_jobs.running(conn, target.object)
         waits = [wait for job in running if (wait := self._look(mapping, job, report)) is not None]
         if not waits and self.threshold and self._enough_due(mapping):
-            wait = self._start(mapping, report)
+            wait = self._gathering(target.object) or self._start(mapping, report)
             waits = [wait] if wait is not None else []
         if not waits:
             return None
         with db.transaction(self.flusher.engine) as conn:
             report.bulk_jobs = [job.as_dict() for job in bulk_jobs.running(conn)]
         return min(waits)
+
+    def _gathering(self, object_name: str) -> float | None:
+        """Seconds the object's records still gather before its next job (None: it may start now):
+        a job starts no sooner than ``backoff.GATHER_SECONDS`` after the object's last one, so a
+        flood (a backfill) goes in a few large jobs rather than one per look."""
+        with db.transaction(self.flusher.engine) as conn:
+            last = bulk_jobs.last_started(conn, object_name)
+        if last is None:
+            return None
+        left = (last + timedelta(seconds=backoff.GATHER_SECONDS) - self.flusher.clock()).total_seconds()
+        return left if left > 0 else None
 
     def _enough_due(self, mapping: Mapping) -> bool:
         target = mapping.salesforce
@@ -224,6 +237,8 @@ class BulkFlush:
         when the job failed as a whole, refused with its error."""
         target = mapping.salesforce
         for success, kind in ((True, "successfulResults"), (False, "failedResults")):
+            if not success and info.get("numberRecordsFailed") == 0:
+                continue  # none failed: one call less
             report.calls += 1
             results = self.api.results(job.job_id, kind)
             while chunk := list(islice(results, PAGE)):

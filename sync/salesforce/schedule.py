@@ -3,8 +3,8 @@
 * **Asking.** Anything that changed the outbox calls ``request()``: at most one flush job waits on
   the CRM queue at a time (a Redis key marks it), and a flush asked for while one runs leaves it a
   note to make one more pass. Batch work (a backfill, ``reconcile --fix``) asks for its flush
-  ``GATHER_SECONDS`` out, so its records gather in the outbox and go to Salesforce in large Bulk
-  API jobs rather than a call per 200; a finished backfill asks for one at once.
+  ``backoff.GATHER_SECONDS`` out, so its records gather in the outbox and go to Salesforce in
+  large Bulk API jobs rather than a call per 200; a finished backfill asks for one at once.
 * **Running.** A flush job holds a short Redis lock (``LOCK_SECONDS``), renewed after every call, so
   a flush killed mid-way holds up the next one for seconds. It works for at most
   ``SLICE_SECONDS``, then hands over to a fresh job, so deliveries (whose queue a worker serves
@@ -67,9 +67,6 @@ LOCK_SECONDS = 30
 SLICE_SECONDS = 20
 #: A request older than this is forgotten (its job was lost): the next one goes ahead.
 REQUEST_TTL = 600
-#: How long records applied by batch work (a backfill, ``reconcile --fix``) gather before the
-#: flush that sends them: requests made meanwhile are that flush's.
-GATHER_SECONDS = 60
 #: The stored usage is forgotten after two days without a reading.
 USAGE_TTL = 2 * 24 * 3600
 #: What a flush stopped at the API budget says (``FlushReport.stopped``).

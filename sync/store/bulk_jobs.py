@@ -79,6 +79,12 @@ def running(conn: Connection, object_name: str | None = None) -> list[BulkJob]:
     return [_job(r) for r in conn.execute(query)]
 
 
+def last_started(conn: Connection, object_name: str) -> datetime | None:
+    """When the newest job of ``object_name`` was created (None: never)."""
+    t = crm_bulk_jobs
+    return conn.execute(sa.select(sa.func.max(t.c.created_at)).where(t.c.object == object_name)).scalar()
+
+
 def get(conn: Connection, job_id: str) -> BulkJob | None:
     row = conn.execute(sa.select(crm_bulk_jobs).where(crm_bulk_jobs.c.job_id == job_id)).one_or_none()
     return _job(row) if row is not None else None
