@@ -319,7 +319,8 @@ def measure_on(args, env: dict, fake, want: dict, work: Path, label: str) -> dic
            "SALESFORCE_SECURITY_TOKEN": fake.security_token, "SALESFORCE_DOMAIN": fake.login_domain}
     fake.reset()
     fake.clear_calls()
-    fake.define_object("Partnero_Transaction__c")
+    if not fake.has_object("Partnero_Transaction__c"):
+        fake.define_object("Partnero_Transaction__c")
     fake.latency = args.latency
     fresh(env)
     engine = db.engine_for(DB_URL)
