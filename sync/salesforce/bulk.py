@@ -138,7 +138,7 @@ class CsvJob:
         self._write(self._encoded(header))
 
     def add(self, record: dict[str, Any]) -> bool:
-        """Add one record as the flush builds it for Salesforce (``Flusher._record``); False (and
+        """Add one record as the flush builds it for Salesforce (``Flusher.record_of``); False (and
         nothing added) when it would take the CSV past its limit: it goes in the next job."""
         cells = []
         for name in self.header:

@@ -14,9 +14,9 @@ The lifecycle, each step kept in the database so a worker may die between any tw
    after the last look. A job found ``Open`` was left by a flush that died before closing it:
    it is aborted and its rows are due again (sent in a new job, never the same job twice).
 3. An ended job's results are read back in chunks and recorded exactly as a Collections answer
-   would be (``Flusher._settle``: synced with its id, waiting for its parent, retried, or refused
+   would be (``Sender.settle``: synced with its id, waiting for its parent, retried, or refused
    with Salesforce's reason). Rows in neither result were not processed: due again. A job that
-   failed as a whole refuses the rest of its records like a refused call (``Flusher._refused``).
+   failed as a whole refuses the rest of its records like a refused call (``Sender.record_refusal``).
 """
 
 from __future__ import annotations
@@ -25,19 +25,21 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import Protocol
+
+from sqlalchemy.engine import Engine
 
 from sync.core import backoff
+from sync.core.clock import Clock
 from sync.core.errors import TransientError
-from sync.mapping.spec import Mapping
+from sync.mapping.spec import Mapping, SalesforceTarget
 from sync.salesforce import bulk
 from sync.salesforce.bulk import ENDED, BulkApi, CsvJob, JobState
-from sync.salesforce.client import CallRefused, _without_values
+from sync.salesforce.client import CallRefused, RecordResult, SalesforceClient, _without_values
+from sync.salesforce.report import FlushReport
 from sync.store import bulk_jobs, db
 from sync.store.bulk_jobs import BulkJob
-
-if TYPE_CHECKING:
-    from sync.salesforce.flush import Flusher, FlushReport
+from sync.store.outbox import Outbox, Pending
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +55,31 @@ JOB_MISSING = "Missing"
 OPEN_GRACE = timedelta(minutes=5)
 
 
-class BulkFlush:
-    """The Bulk API 2.0 part of a ``Flusher``."""
+class Sender(Protocol):
+    """What the bulk part asks of the flush it is part of (``sync.salesforce.flush.Flusher``):
+    the due rows as the flush reads them, each record as it sends it, and the one way outcomes
+    and refusals are recorded, for Collections answers and job results alike."""
 
-    def __init__(self, flusher: Flusher, threshold: int):
+    engine: Engine
+    outbox: Outbox
+    client: SalesforceClient
+    clock: Clock
+
+    def due(self, target: SalesforceTarget, limit: int = ..., after: int = 0) -> tuple[list[Pending], dict]: ...
+
+    def record_of(self, mapping: Mapping, row: Pending, totals: dict) -> dict: ...
+
+    def settle(self, target: SalesforceTarget, rows: list[Pending], answers: dict[int, RecordResult],
+               report: FlushReport, bulk_job: str | None = None) -> None: ...
+
+    def record_refusal(self, mapping: Mapping, rows: list[Pending], refusal: CallRefused, report: FlushReport,
+                       bulk_job: str | None = None) -> str: ...
+
+
+class BulkFlush:
+    """The Bulk API 2.0 part of a flush (its ``Sender``)."""
+
+    def __init__(self, flusher: Sender, threshold: int):
         self.flusher = flusher
         self.threshold = threshold
         self.api = BulkApi(flusher.client)
@@ -171,14 +194,14 @@ class BulkFlush:
         after = 0
         while True:
             self.renew()
-            rows, totals = flusher._due(target, PAGE, after)
+            rows, totals = flusher.due(target, PAGE, after)
             if not rows:
                 return
             sent, full = [], False
             for row in rows:
                 if target.hard_delete and row.tombstoned:
                     continue  # deleted one by one through REST, after the job
-                if not data.add(flusher._record(mapping, row, totals)):
+                if not data.add(flusher.record_of(mapping, row, totals)):
                     full = True  # the rest goes in the next job
                     break
                 sent.append((row.id, row.generation))
@@ -247,7 +270,7 @@ class BulkFlush:
                 with db.transaction(self.flusher.engine) as conn:
                     rows = self.flusher.outbox.in_job(conn, job.job_id, [k for k in answers if k is not None])
                 if rows:
-                    self.flusher._settle(target, rows, {r.id: answers[r.external_id] for r in rows}, report,
+                    self.flusher.settle(target, rows, {r.id: answers[r.external_id] for r in rows}, report,
                                          bulk_job=job.job_id)
         if state == JobState.FAILED:
             message = _without_values(str(info.get("errorMessage") or "the job failed"))
@@ -275,8 +298,8 @@ class BulkFlush:
         """A job of ``mapping``'s object refused at its creation: on each due record, as a
         refused Collections call would be."""
         target, refused, after = mapping.salesforce, 0, 0
-        while rows := self.flusher._due(target, PAGE, after)[0]:
-            reason = self.flusher._record_refusal(mapping, rows, refusal, report)
+        while rows := self.flusher.due(target, PAGE, after)[0]:
+            reason = self.flusher.record_refusal(mapping, rows, refusal, report)
             refused, after = refused + len(rows), rows[-1].id
         report.refused_calls += 1
         log.error("Salesforce refused a bulk job of %d records: %s", refused, reason,
@@ -290,7 +313,7 @@ class BulkFlush:
                 rows = self.flusher.outbox.in_job(conn, job_id, limit=PAGE)
             if not rows:
                 break
-            reason = self.flusher._record_refusal(mapping, rows, refusal, report, bulk_job=job_id)
+            reason = self.flusher.record_refusal(mapping, rows, refusal, report, bulk_job=job_id)
             refused += len(rows)
         if refused:
             report.refused_calls += 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
@@ -22,49 +21,11 @@ from sync.mapping.spec import Mapping, SalesforceTarget
 from sync.ops import metrics
 from sync.salesforce.bulk_flush import BulkFlush
 from sync.salesforce.client import COLLECTION_LIMIT, CallRefused, RecordResult, SalesforceClient
+from sync.salesforce.report import FlushReport
 from sync.store import db, ledger
 from sync.store.outbox import FOLD_BATCH, UNAVAILABLE, Outbox, OutboxStatus, Pending, RowOutcome, wire
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FlushReport:
-    """What one flush (or several, ``add``-ed up) did: calls made, and records by outcome."""
-
-    calls: int = 0
-    synced: int = 0
-    waiting: int = 0
-    failed: int = 0
-    retrying: int = 0
-    #: Calls Salesforce refused as a whole (their records are counted in ``failed``).
-    refused_calls: int = 0
-    by_object: dict[str, int] = field(default_factory=dict)
-    #: Why the flush ended before everything due was sent: an org-wide refusal, or a stop.
-    stopped: str | None = None
-    #: An org-wide refusal: nothing can be sent until a person acts.
-    org_refusal: CallRefused | None = None
-    #: Seconds until a running Bulk API 2.0 job is looked at again (None: none runs); its object
-    #: and the objects after it wait for it.
-    bulk_wait: float | None = None
-    #: The running bulk jobs, as ``BulkJob.as_dict`` (id, object, records, state, since).
-    bulk_jobs: list[dict] = field(default_factory=list)
-
-    def add(self, other: FlushReport) -> None:
-        for name in ("calls", "synced", "waiting", "failed", "retrying", "refused_calls"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        for obj, n in other.by_object.items():
-            self.by_object[obj] = self.by_object.get(obj, 0) + n
-        self.stopped = other.stopped or self.stopped
-        self.org_refusal = other.org_refusal or self.org_refusal
-        self.bulk_wait, self.bulk_jobs = other.bulk_wait, other.bulk_jobs  # the latest pass says
-
-    def summary(self) -> str:
-        text = (f"{self.synced} synced, {self.waiting} waiting for a parent, {self.retrying} to retry, "
-                f"{self.failed} refused, in {self.calls} calls")
-        for job in self.bulk_jobs:
-            text += f"; bulk job {job['job_id']} ({job['records']} {job['object']}): {job['state']}"
-        return f"{text} ({self.stopped})" if self.stopped else text
 
 
 class Flusher:
@@ -143,7 +104,7 @@ class Flusher:
         """Send one call's worth of ``mapping``'s due records; returns how many were due (0 after a
         refused call, so the flush moves on to the next object)."""
         target = mapping.salesforce
-        rows, totals = self._due(target)
+        rows, totals = self.due(target)
         if not rows:
             return 0
         # A mapping that opted in deletes tombstoned records; by default they are only updated.
@@ -163,10 +124,10 @@ class Flusher:
                 raise
             return 0
         report.calls += (1 if upserts else 0) + len(deletes)
-        self._settle(target, rows, answers, report)
+        self.settle(target, rows, answers, report)
         return len(rows)
 
-    def _settle(self, target: SalesforceTarget, rows: list[Pending], answers: dict[int, RecordResult],
+    def settle(self, target: SalesforceTarget, rows: list[Pending], answers: dict[int, RecordResult],
                 report: FlushReport, bulk_job: str | None = None) -> None:
         """Record Salesforce's answer (by outbox row id) on each of ``rows`` (those of a
         Collections call, or read back from ``bulk_job``'s results, which they then leave), and
@@ -184,7 +145,7 @@ class Flusher:
                                        for row in synced if row.waiting_since is not None)
         report.by_object[target.object] = report.by_object.get(target.object, 0) + len(rows)
 
-    def _due(self, target: SalesforceTarget, limit: int = COLLECTION_LIMIT,
+    def due(self, target: SalesforceTarget, limit: int = COLLECTION_LIMIT,
              after: int = 0) -> tuple[list[Pending], dict[str, ledger.Totals]]:
         """One call's worth of ``target``'s due records (``limit``, ids after ``after``), with the
         commission totals of their partners when the object receives them (else no totals)."""
@@ -206,7 +167,7 @@ class Flusher:
         answers = dict(zip(
             [r.id for r in upserts],
             self.client.upsert(target.object, target.external_id,
-                               [self._record(mapping, row, totals) for row in upserts]),
+                               [self.record_of(mapping, row, totals) for row in upserts]),
         ))
         for row in deletes:
             answers[row.id] = self.client.delete(target.object, target.external_id, row.external_id)
@@ -241,12 +202,12 @@ class Flusher:
         """Record a refusal of the whole call on each of its records, to be tried again after a
         long wait, when the mapping changes, or on ``crm-retry``."""
         target = mapping.salesforce
-        reason = self._record_refusal(mapping, rows, refusal, report)
+        reason = self.record_refusal(mapping, rows, refusal, report)
         report.refused_calls += 1
         log.error("Salesforce refused a whole call of %d records: %s", len(rows), reason,
                   extra={"object": target.object, "count": len(rows)})
 
-    def _record_refusal(self, mapping: Mapping, rows: list[Pending], refusal: CallRefused, report: FlushReport,
+    def record_refusal(self, mapping: Mapping, rows: list[Pending], refusal: CallRefused, report: FlushReport,
                         bulk_job: str | None = None) -> str:
         """Record ``refusal`` on each of ``rows`` (which then leave ``bulk_job``); the reason given."""
         target = mapping.salesforce
@@ -261,7 +222,7 @@ class Flusher:
         report.failed += len(rows)
         return reason
 
-    def _record(self, mapping: Mapping, row: Pending, totals: dict[str, ledger.Totals]) -> dict:
+    def record_of(self, mapping: Mapping, row: Pending, totals: dict[str, ledger.Totals]) -> dict:
         target = mapping.salesforce
         # Only what the mapping names now: a field it stopped sending (say, one the org lacks) is
         # left out even from records stored before the change.

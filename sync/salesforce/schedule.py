@@ -44,7 +44,8 @@ from sync.core import backoff
 from sync.core.clock import Clock, system_clock
 from sync.core.errors import TransientError
 from sync.salesforce.client import ApiUsage
-from sync.salesforce.flush import Flusher, FlushReport
+from sync.salesforce.flush import Flusher
+from sync.salesforce.report import FlushReport
 from sync.settings import ApiBudget
 
 log = logging.getLogger(__name__)
