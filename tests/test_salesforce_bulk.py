@@ -379,3 +379,11 @@ def test_a_flood_gathers_a_minute_between_an_objects_jobs(services, fake, monkey
     services.flush_schedule.run_foreground()
     assert [j["object"] for j in fake.bulk.jobs()] == ["Contact", "Contact", "Account"]
     assert {r["status"] for r in outbox_rows(services).values()} == {"synced"}
+
+
+def test_a_job_holds_at_most_max_records_the_rest_go_in_the_next(services, fake):
+    services.flusher().bulk.max_records = 4
+    deliver(services, *partners(10))
+    services.flush_schedule.run_foreground()
+    assert [j["records"] for j in fake.bulk.jobs()] == [4, 4] and fake.count("collections") == 1
+    assert {r["status"] for r in outbox_rows(services).values()} == {"synced"}

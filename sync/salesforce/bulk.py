@@ -43,6 +43,10 @@ from sync.salesforce.client import RecordResult, SalesforceClient, _without_valu
 #: Salesforce takes up to 150 MB of base64 a job, and says that is about 100 MB of CSV: a job
 #: holds at most this much (more records go in the next job).
 MAX_JOB_BYTES = 100 * 1000 * 1000
+#: Our own cap on a job's records, below Salesforce's: a flush fills a job within one step (about
+#: 7,500 records/s measured in bench/crm.py), and this keeps that step far inside a flush job's
+#: time limit (``FLUSH_JOB_TIMEOUT``, 300 s) even on a slow database. More go in the next job.
+MAX_JOB_RECORDS = 150_000
 #: A job's CSV stays in memory up to this size, then on disk.
 SPOOL_BYTES = 8 * 1024 * 1024
 #: The CSV value that sets a field to null (an empty one leaves it as it is).
@@ -125,11 +129,13 @@ def columns(target: SalesforceTarget) -> list[str]:
 
 
 class CsvJob:
-    """A job's CSV, written record by record into a spooled temporary file, up to ``limit`` bytes."""
+    """A job's CSV, written record by record into a spooled temporary file, up to ``limit`` bytes
+    and ``max_records`` records."""
 
-    def __init__(self, header: list[str], limit: int | None = None):
+    def __init__(self, header: list[str], limit: int | None = None, max_records: int = MAX_JOB_RECORDS):
         self.header = header
         self.limit = MAX_JOB_BYTES if limit is None else limit
+        self.max_records = max_records
         self.file = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b")
         self.records = 0
         self.size = 0
@@ -139,7 +145,9 @@ class CsvJob:
 
     def add(self, record: dict[str, Any]) -> bool:
         """Add one record as the flush builds it for Salesforce (``Flusher.record_of``); False (and
-        nothing added) when it would take the CSV past its limit: it goes in the next job."""
+        nothing added) when it would take the CSV past its limits: it goes in the next job."""
+        if self.records >= self.max_records:
+            return False
         cells = []
         for name in self.header:
             rel, dot, ext = name.partition(".")

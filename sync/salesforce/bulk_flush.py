@@ -85,6 +85,8 @@ class BulkFlush:
         self.api = BulkApi(flusher.client)
         #: The most a job's CSV holds (``bulk.MAX_JOB_BYTES``; tests make it small).
         self.max_bytes = bulk.MAX_JOB_BYTES
+        #: The most records a job holds (``bulk.MAX_JOB_RECORDS``).
+        self.max_records = bulk.MAX_JOB_RECORDS
         self.renew: Callable[[], object] = lambda: None
 
     def turn(self, mapping: Mapping, report: FlushReport, renew: Callable[[], object]) -> float | None:
@@ -146,7 +148,7 @@ class BulkFlush:
             report.calls += 1
         with db.transaction(self.flusher.engine) as conn:
             bulk_jobs.start(conn, job_id, target.object, 0, clock())
-        data = CsvJob(bulk.columns(target), self.max_bytes)
+        data = CsvJob(bulk.columns(target), self.max_bytes, self.max_records)
         try:
             self._fill(mapping, job_id, data)
             if not data.records:  # what was due changed meanwhile
