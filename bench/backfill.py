@@ -63,7 +63,16 @@ if str(ROOT) not in sys.path:
 import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from bench.common import BIN, PG_ADMIN, PeakRss, drop_database, fresh_database, start_workers, stop_workers  # noqa: E402
+from bench.common import (  # noqa: E402
+    BIN,
+    PG_ADMIN,
+    PeakRss,
+    drop_database,
+    fresh_database,
+    salesforce_env,
+    start_workers,
+    stop_workers,
+)
 from sync.rules.listed import ENTITIES  # noqa: E402
 
 DB_NAME = "partnero_backfill"
@@ -315,8 +324,7 @@ def measure_on(args, env: dict, fake, want: dict, work: Path, label: str) -> dic
     from bench.drain import wait_for_workers
     from sync.store import db
 
-    env = {**env, "SALESFORCE_USERNAME": fake.username, "SALESFORCE_PASSWORD": fake.password,
-           "SALESFORCE_SECURITY_TOKEN": fake.security_token, "SALESFORCE_DOMAIN": fake.login_domain}
+    env = {**env, **salesforce_env(fake)}
     fake.reset()
     fake.clear_calls()
     if not fake.has_object("Partnero_Transaction__c"):

@@ -16,6 +16,12 @@ PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 BIN = Path(sys.executable).parent
 
 
+def salesforce_env(fake) -> dict[str, str]:
+    """The variables of a password login to a Salesforce stand-in (tests/fakes/salesforce.py)."""
+    return {"SALESFORCE_USERNAME": fake.username, "SALESFORCE_PASSWORD": fake.password,
+            "SALESFORCE_SECURITY_TOKEN": fake.security_token, "SALESFORCE_DOMAIN": fake.login_domain}
+
+
 def fresh_database(name: str) -> str:
     """Drop and create the database ``name``; returns its URL."""
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")

@@ -58,7 +58,7 @@ if str(ROOT) not in sys.path:
 import redis  # noqa: E402
 
 from bench import backfill as bf  # noqa: E402
-from bench.common import BIN, drop_database  # noqa: E402
+from bench.common import BIN, drop_database, salesforce_env, start_workers, stop_workers  # noqa: E402
 
 #: The API calls the org counts, by the stand-in's kind of call.
 KINDS = ("collections", "upsert", "delete", "describe", "query", "limits", "bulk_create", "bulk_upload",
@@ -75,11 +75,6 @@ def salesforce_org(api_max: int):
     fake = FakeSalesforce(relationships=RELATIONSHIPS, max_calls=1000, api_max=api_max)
     set_up(fake)
     return fake.start()
-
-
-def org_env(fake, **extra: str) -> dict:
-    return {"SALESFORCE_USERNAME": fake.username, "SALESFORCE_PASSWORD": fake.password,
-            "SALESFORCE_SECURITY_TOKEN": fake.security_token, "SALESFORCE_DOMAIN": fake.login_domain, **extra}
 
 
 def api_used(fake) -> int:
@@ -176,7 +171,6 @@ def measure_budget(args, program: Program) -> dict:
     """A Collections-only backfill against an org whose allowance others use too: the flush pauses at
     SALESFORCE_API_BUDGET, the records wait, the others' calls age out, the flush resumes by itself."""
     from bench.drain import check_salesforce, wait_for_workers
-    from bench.common import start_workers, stop_workers
     from sync.store import db
 
     allowance, others = args.budget_allowance, args.budget_others
@@ -185,7 +179,7 @@ def measure_budget(args, program: Program) -> dict:
     fake = salesforce_org(api_max=allowance)
     fake.latency = args.latency
     fake.api_remaining = allowance - others
-    env = {**program.env(fake), **org_env(fake), "SALESFORCE_BULK_THRESHOLD": "0",
+    env = {**program.env(fake), **salesforce_env(fake), "SALESFORCE_BULK_THRESHOLD": "0",
            "SALESFORCE_API_BUDGET": str(budget)}
     print(f"  org: {allowance:,} calls a day, {others:,} used by other integrations; SALESFORCE_API_BUDGET={budget:,} "
           f"(this service may use about {ours:,})", flush=True)

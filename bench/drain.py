@@ -53,7 +53,15 @@ import redis  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from rq.suspension import resume, suspend  # noqa: E402
 
-from bench.common import BIN, PeakRss, drop_database, fresh_database, start_workers, stop_workers  # noqa: E402
+from bench.common import (  # noqa: E402
+    BIN,
+    PeakRss,
+    drop_database,
+    fresh_database,
+    salesforce_env,
+    start_workers,
+    stop_workers,
+)
 from bench.loadgen import percentile  # noqa: E402
 from bench.receiver import free_port  # noqa: E402
 
@@ -472,9 +480,7 @@ def main() -> None:
         fake.latency = args.latency
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SALESFORCE_", "DATABASE_URL"))},
                "REDIS_URL": REDIS_URL, "MAPPINGS_DIR": str(ROOT / "mappings"), "LOG_LEVEL": "WARNING",
-               "REQUESTS_CA_BUNDLE": fake.ca_bundle, "SALESFORCE_USERNAME": fake.username,
-               "SALESFORCE_PASSWORD": fake.password, "SALESFORCE_SECURITY_TOKEN": fake.security_token,
-               "SALESFORCE_DOMAIN": fake.login_domain}
+               "REQUESTS_CA_BUNDLE": fake.ca_bundle, **salesforce_env(fake)}
         os.environ["REQUESTS_CA_BUNDLE"] = fake.ca_bundle
         if not args.skip_drain:
             ours, blipped, naive = _run_drains(args, fake, env)

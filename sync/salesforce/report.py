@@ -44,5 +44,11 @@ class FlushReport:
         text = (f"{self.synced} synced, {self.waiting} waiting for a parent, {self.retrying} to retry, "
                 f"{self.failed} refused, in {self.calls} calls")
         for job in self.bulk_jobs:
-            text += f"; bulk job {job['job_id']} ({job['records']} {job['object']}): {job['state']}"
+            text += f"; {bulk_job_line(job)}"
         return f"{text} ({self.stopped})" if self.stopped else text
+
+
+def bulk_job_line(job: dict) -> str:
+    """A running Bulk API 2.0 job (``BulkJob.as_dict``) as the log and the dashboard name it: its
+    id, records, object and state."""
+    return f"bulk job {job['job_id']} ({job['records']} {job['object']}): {job['state']}"

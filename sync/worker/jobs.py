@@ -49,6 +49,7 @@ from sync.mapping import MappingSet
 from sync.ops import metrics
 from sync.pipeline import outcomes
 from sync.pipeline.processor import BatchResult, Processor
+from sync.salesforce.report import bulk_job_line
 from sync.salesforce.schedule import FlushSchedule
 from sync.settings import Settings
 from sync.store.inbox import CLAIM_BATCH, Inbox, StoredDelivery
@@ -325,8 +326,7 @@ def flush_crm(current: Context) -> str:
 def _show_bulk_jobs(current: Context, running: list[dict]) -> None:
     """The dashboard shows the Bulk API 2.0 jobs a flush left running (ids, objects, counts, states)."""
     if running:
-        text = "; ".join(f"bulk job {j['job_id']} ({j['records']} {j['object']}): {j['state']} since {j['since']}"
-                         for j in running)
+        text = "; ".join(f"{bulk_job_line(j)} since {j['since']}" for j in running)
         current.queue.describe_current_job(f"Salesforce flush; {text}")
         current.queue.report_progress(text)
 
