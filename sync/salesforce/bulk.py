@@ -38,7 +38,7 @@ import requests
 
 from sync.core.errors import TransientError
 from sync.mapping.spec import SalesforceTarget
-from sync.salesforce.client import RecordResult, SalesforceClient, _without_values
+from sync.salesforce.client import RecordResult, SalesforceClient, without_values
 
 #: Salesforce takes up to 150 MB of base64 a job, and says that is about 100 MB of CSV: a job
 #: holds at most this much (more records go in the next job).
@@ -200,7 +200,7 @@ def error(text: str) -> tuple[str, str]:
     if not message and not re.fullmatch(r"[A-Z_]+", code):
         code, message = "UNKNOWN", code  # not grounded: an error with no code in front
     message = _ERROR_FIELDS.sub("", message).strip()
-    return code or "UNKNOWN", _without_values(message)
+    return code or "UNKNOWN", without_values(message)
 
 
 def result(row: dict[str, str], success: bool) -> RecordResult:

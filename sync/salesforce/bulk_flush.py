@@ -35,7 +35,7 @@ from sync.core.errors import TransientError
 from sync.mapping.spec import Mapping, SalesforceTarget
 from sync.salesforce import bulk
 from sync.salesforce.bulk import ENDED, BulkApi, CsvJob, JobState
-from sync.salesforce.client import CallRefused, RecordResult, SalesforceClient, _without_values
+from sync.salesforce.client import CallRefused, RecordResult, SalesforceClient, without_values
 from sync.salesforce.report import FlushReport
 from sync.store import bulk_jobs, db
 from sync.store.bulk_jobs import BulkJob
@@ -275,7 +275,7 @@ class BulkFlush:
                     self.flusher.settle(target, rows, {r.id: answers[r.external_id] for r in rows}, report,
                                          bulk_job=job.job_id)
         if state == JobState.FAILED:
-            message = _without_values(str(info.get("errorMessage") or "the job failed"))
+            message = without_values(str(info.get("errorMessage") or "the job failed"))
             self._refuse_rest(mapping, job.job_id, CallRefused(JOB_FAILED, message), report)
             with db.transaction(self.flusher.engine) as conn:
                 bulk_jobs.seen(conn, job.job_id, state, self.flusher.clock(), error=message)

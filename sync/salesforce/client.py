@@ -439,7 +439,7 @@ def _result(item: dict[str, Any]) -> RecordResult:
     errors = item.get("errors") or [{}]
     first = errors[0]
     code = first.get("statusCode") or first.get("errorCode") or "UNKNOWN"
-    return RecordResult(False, id=item.get("id"), code=code, message=_without_values(first.get("message") or ""))
+    return RecordResult(False, id=item.get("id"), code=code, message=without_values(first.get("message") or ""))
 
 
 def _metadata_result(item: Any) -> MetadataResult:
@@ -448,7 +448,7 @@ def _metadata_result(item: Any) -> MetadataResult:
         return MetadataResult(str(item["fullName"]), True, created=bool(item["created"]))
     first = errors[0] if errors else {"statusCode": "UNKNOWN", "message": ""}
     return MetadataResult(str(item["fullName"]), False, code=str(first["statusCode"]),
-                          message=_without_values(str(first["message"] or "")))
+                          message=without_values(str(first["message"] or "")))
 
 
 def _soql(value: str) -> str:
@@ -464,8 +464,8 @@ def _first_code(content: Any) -> str:
 
 def _first_message(content: Any) -> str:
     if isinstance(content, list) and content and isinstance(content[0], dict):
-        return _without_values(str(content[0].get("message", "")))
-    return _without_values(str(content))
+        return without_values(str(content[0].get("message", "")))
+    return without_values(str(content))
 
 
 #: Where Salesforce's messages echo a record's value: the value is replaced by "…".
@@ -479,7 +479,7 @@ _ECHOED_VALUES = (
 )
 
 
-def _without_values(message: str) -> str:
+def without_values(message: str) -> str:
     """Salesforce's message, bounded, with any record value it quotes replaced by "…"."""
     for pattern in _ECHOED_VALUES:
         message = pattern.sub(lambda m: m.group(1) + "…" + (m.group(3) if m.lastindex >= 3 else ""), message)
