@@ -32,6 +32,15 @@ MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_FORWARDED_ALLOW_IPS = ("*",)
 #: More records due than this, for one Salesforce object, go in a Bulk API 2.0 job.
 DEFAULT_BULK_THRESHOLD = 2000
+#: The program of a deployment that names none (PARTNERO_PROGRAMS unset), and of every row stored
+#: before programs existed.
+DEFAULT_PROGRAM = "default"
+#: A program's name: lower-case letters, digits and dashes (not first or last), at most 40 characters.
+PROGRAM_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
+#: What each program may set for itself, as PARTNERO_<NAME>_<what>.
+PROGRAM_VARIABLES = tuple("WEBHOOK_SECRET API_KEY CURRENCY MAPPINGS_DIR".split())
+_SECRET, _KEY, _CURRENCY, _MAPPINGS = PROGRAM_VARIABLES
+_PROGRAM_VARIABLE = re.compile(r"PARTNERO_([A-Z0-9_]+?)_(" + "|".join(PROGRAM_VARIABLES) + ")")
 
 
 SALESFORCE_VARIABLES = (
@@ -262,6 +271,113 @@ def is_local_host(url: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Program:
+    """One Partnero program this deployment serves: its name, the secrets its webhooks are signed
+    with, its API key, its currency and its mappings."""
+
+    name: str
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    partnero: PartneroApiSettings = field(default_factory=PartneroApiSettings)
+    #: Salesforce gets this program's commission totals in it. None: the one most used.
+    currency: str | None = None
+    mappings_dir: Path = Path(DEFAULT_MAPPINGS_DIR)
+    #: Whether PARTNERO_PROGRAMS named it (else it is the one program of a deployment that names none).
+    named: bool = False
+
+    def variable(self, what: str) -> str:
+        """The variable that sets ``what`` (WEBHOOK_SECRET, API_KEY, CURRENCY, MAPPINGS_DIR) for it."""
+        if not self.named:
+            return "MAPPINGS_DIR" if what == _MAPPINGS else f"PARTNERO_{what}"
+        return program_variable(self.name, what)
+
+    def require_webhook_secret(self) -> tuple[str, ...]:
+        """Its secrets; the web process cannot verify its deliveries without one."""
+        if not self.webhook_secrets:
+            raise ConfigurationError(
+                f"{self.variable('WEBHOOK_SECRET')} is not set: it must hold the signing secret of program "
+                f"{self.name}'s webhook (several may be given, separated by commas, while rotating)"
+            )
+        return self.webhook_secrets
+
+    def require_api_key(self) -> str:
+        """Its API key; the commands that call Partnero for it cannot work without one."""
+        if not self.partnero.api_key:
+            raise ConfigurationError(
+                f"{self.variable('API_KEY')} is not set: create an API key in Partnero (program {self.name}'s "
+                "Integration -> API page; one key belongs to one program) and set it"
+            )
+        return self.partnero.api_key
+
+
+def program_variable(name: str, what: str) -> str:
+    """PARTNERO_<NAME>_<what>: the name upper-cased, its dashes as underscores."""
+    return f"PARTNERO_{name.upper().replace('-', '_')}_{what}"
+
+
+def parse_programs(env: Mapping[str, str], api_url: str, mappings_dir: Path) -> tuple[Program, ...] | None:
+    """The programs PARTNERO_PROGRAMS names, each with its own variables; None when it is unset
+    (then the deployment serves one program, ``default``, from the unprefixed variables).
+
+    Program ``default`` may be listed: it then reads PARTNERO_DEFAULT_*, else the unprefixed
+    variables. A per-program variable for a program not listed, or an unprefixed one left over
+    while ``default`` is not listed, stops start-up: a secret set under the wrong name would
+    otherwise make every delivery a 401.
+    """
+    raw = env.get("PARTNERO_PROGRAMS", "")
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    if raw.strip() and not names:
+        raise ConfigurationError("PARTNERO_PROGRAMS holds only commas: name the programs, such as affiliate,friends")
+    _check_stray_variables(env, names)
+    if not names:
+        return None
+    for name in names:
+        if not PROGRAM_NAME.fullmatch(name):
+            raise ConfigurationError(
+                "PARTNERO_PROGRAMS names programs in lower-case letters, digits and dashes (not first or last), "
+                f"at most 40 characters each, such as affiliate,friends (got {name[:50]!r})")
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigurationError(f"PARTNERO_PROGRAMS names {', '.join(twice)} more than once")
+    return tuple(_program(env, name, api_url, mappings_dir) for name in names)
+
+
+def _program(env: Mapping[str, str], name: str, api_url: str, mappings_dir: Path) -> Program:
+    def value(what: str) -> str:
+        own = env.get(program_variable(name, what), "")
+        if name == DEFAULT_PROGRAM and not own.strip():
+            return env.get("MAPPINGS_DIR" if what == _MAPPINGS else f"PARTNERO_{what}", "")
+        return own
+
+    return Program(
+        name=name,
+        webhook_secrets=parse_secrets(value(_SECRET), program_variable(name, _SECRET)),
+        partnero=PartneroApiSettings(api_key=value(_KEY).strip() or None, api_url=api_url),
+        currency=parse_currency(value(_CURRENCY), program_variable(name, _CURRENCY)),
+        mappings_dir=Path(value(_MAPPINGS).strip()) if value(_MAPPINGS).strip() else mappings_dir,
+        named=True,
+    )
+
+
+def _check_stray_variables(env: Mapping[str, str], names: list[str]) -> None:
+    """Refuse per-program variables of programs PARTNERO_PROGRAMS does not name, and (while it
+    names programs but not ``default``) the unprefixed ones only ``default`` reads."""
+    listed = {program_variable(n, "X")[:-2] for n in names}
+    for variable in sorted(env):
+        found = _PROGRAM_VARIABLE.fullmatch(variable)
+        if found and env[variable].strip() and f"PARTNERO_{found.group(1)}" not in listed:
+            given = f"PARTNERO_PROGRAMS names {', '.join(names)}" if names else "PARTNERO_PROGRAMS is not set"
+            raise ConfigurationError(
+                f"{variable} is set but {given}: add the program to PARTNERO_PROGRAMS, or rename the "
+                "variable for the program it belongs to")
+    if names and DEFAULT_PROGRAM not in names:
+        for what in PROGRAM_VARIABLES[:3]:  # MAPPINGS_DIR is every program's default
+            if env.get(f"PARTNERO_{what}", "").strip():
+                raise ConfigurationError(
+                    f"PARTNERO_{what} is set but PARTNERO_PROGRAMS ({', '.join(names)}) does not name the default "
+                    f"program: set it per program as PARTNERO_<NAME>_{what}, or add default to PARTNERO_PROGRAMS")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the processes need to know, read once at start."""
 
@@ -289,6 +405,25 @@ class Settings:
     #: An object with more records due than this goes to Salesforce in a Bulk API 2.0 job
     #: (SALESFORCE_BULK_THRESHOLD; 0: never).
     bulk_threshold: int = DEFAULT_BULK_THRESHOLD
+    #: The programs PARTNERO_PROGRAMS names; None: one program, ``default``, made of
+    #: ``webhook_secrets``, ``partnero``, ``currency`` and ``mappings_dir`` (see ``programs``).
+    program_list: tuple[Program, ...] | None = None
+
+    @property
+    def programs(self) -> tuple[Program, ...]:
+        """Every program this deployment serves, in PARTNERO_PROGRAMS' order."""
+        if self.program_list is not None:
+            return self.program_list
+        return (Program(DEFAULT_PROGRAM, self.webhook_secrets, self.partnero, self.currency, self.mappings_dir),)
+
+    def program(self, name: str) -> Program | None:
+        """The program called ``name``; None when this deployment serves none by that name."""
+        return next((p for p in self.programs if p.name == name), None)
+
+    @property
+    def named_programs(self) -> bool:
+        """Whether PARTNERO_PROGRAMS names the programs (else there is one, ``default``)."""
+        return self.program_list is not None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -296,6 +431,8 @@ class Settings:
         env = os.environ if environ is None else environ
         secrets = parse_secrets(env.get("PARTNERO_WEBHOOK_SECRET", ""))
         level, log_format = log_options(env)
+        partnero = PartneroApiSettings.from_env(env)
+        mappings_dir = Path(env.get("MAPPINGS_DIR", "").strip() or DEFAULT_MAPPINGS_DIR)
         return cls(
             webhook_secrets=secrets,
             database_url=normalize_database_url(
@@ -303,26 +440,22 @@ class Settings:
             ),
             database_lock_timeout=parse_lock_timeout(env.get("DATABASE_LOCK_TIMEOUT", "")),
             redis_url=_redis_url(env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL),
-            mappings_dir=Path(env.get("MAPPINGS_DIR", "").strip() or DEFAULT_MAPPINGS_DIR),
+            mappings_dir=mappings_dir,
             log_level=level,
             log_format=log_format,
             salesforce=SalesforceSettings.from_env(env),
             salesforce_api_budget=ApiBudget.parse(env.get("SALESFORCE_API_BUDGET", "")),
             dashboard=DashboardSettings.from_env(env),
             currency=parse_currency(env.get("PARTNERO_CURRENCY", "")),
-            partnero=PartneroApiSettings.from_env(env),
+            partnero=partnero,
             forwarded_allow_ips=forwarded_allow_ips(env),
             bulk_threshold=parse_bulk_threshold(env.get("SALESFORCE_BULK_THRESHOLD", "")),
+            program_list=parse_programs(env, partnero.api_url, mappings_dir),
         )
 
     def require_webhook_secret(self) -> tuple[str, ...]:
-        """The configured secrets; the web process cannot verify anything without one."""
-        if not self.webhook_secrets:
-            raise ConfigurationError(
-                "PARTNERO_WEBHOOK_SECRET is not set: it must hold the webhook signing secret "
-                "(several may be given, separated by commas, while rotating)"
-            )
-        return self.webhook_secrets
+        """Every program's secrets; the web process cannot verify a program's deliveries without one."""
+        return tuple(secret for program in self.programs for secret in program.require_webhook_secret())
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)
@@ -334,7 +467,8 @@ class Settings:
             f"redis_url={redact_url(self.redis_url)!r}, mappings_dir={str(self.mappings_dir)!r}, "
             f"salesforce={self.salesforce.describe()!r}, "
             f"dashboard={'on' if self.dashboard.enabled else 'off'}, "
-            f"partnero_api={self.partnero.api_url!r} ({'key set' if self.partnero.enabled else 'no key'}))"
+            f"partnero_api={self.partnero.api_url!r} ({'key set' if self.partnero.enabled else 'no key'}), "
+            f"programs={[p.name for p in self.programs]!r})"
         )
 
 
@@ -407,21 +541,21 @@ def parse_bulk_threshold(raw: str) -> int:
     return int(raw)
 
 
-def parse_currency(raw: str) -> str | None:
-    """PARTNERO_CURRENCY: a currency code as the ledger keeps it (upper case); None when unset."""
+def parse_currency(raw: str, variable: str = "PARTNERO_CURRENCY") -> str | None:
+    """A program's currency (``variable``): a currency code as the ledger keeps it (upper case); None when unset."""
     code = raw.strip().upper()
     if not code:
         return None
     if not re.fullmatch(r"[A-Z0-9_]{1,16}", code):
         raise ConfigurationError(
-            f"PARTNERO_CURRENCY must be a currency code such as USD or EUR, as Partnero sends it in "
+            f"{variable} must be a currency code such as USD or EUR, as Partnero sends it in "
             f"amount_units (got {raw.strip()!r})"
         )
     return code
 
 
-def parse_secrets(raw: str) -> tuple[str, ...]:
-    """Comma-separated secrets, blanks dropped; order kept (the first is the current one).
+def parse_secrets(raw: str, variable: str = "PARTNERO_WEBHOOK_SECRET") -> tuple[str, ...]:
+    """Comma-separated secrets (of ``variable``), blanks dropped; order kept (the first is the current one).
 
     A value made only of blanks and commas is a mistake (a template left unfilled, a stray
     comma), not "no secret": it raises ``ConfigurationError``.
@@ -429,7 +563,7 @@ def parse_secrets(raw: str) -> tuple[str, ...]:
     secrets = tuple(s.strip() for s in raw.split(",") if s.strip())
     if raw and not secrets:
         raise ConfigurationError(
-            "PARTNERO_WEBHOOK_SECRET holds only blanks and commas: set it to the webhook signing "
+            f"{variable} holds only blanks and commas: set it to the webhook signing "
             "secret (several may be given, separated by commas, while rotating)"
         )
     return secrets

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from sync.settings import PROGRAM_VARIABLES
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
@@ -28,6 +30,9 @@ READ_BY_LIBRARIES = {"PORT", "WEB_CONCURRENCY", "REQUESTS_CA_BUNDLE"}
 #: Names spelled like our variables that are not variables: the code an outbox row records when its
 #: mapping cannot compute it.
 NOT_VARIABLES = {"MAPPING_ERROR"}
+#: A program's own variable, as the configuration table names it (PARTNERO_<NAME>_API_KEY) and as
+#: a page spells it for one program (PARTNERO_FRIENDS_EU_API_KEY).
+PER_PROGRAM = re.compile(r"\bPARTNERO_(?:<NAME>|[A-Z0-9_]+?)_(WEBHOOK_SECRET|API_KEY|CURRENCY|MAPPINGS_DIR)\b")
 #: Folders of the repository: a name in code that starts with one is a path that must exist.
 REPO_PATH = re.compile(r"(?<![\w./-])((?:app|sync|tests|bench|mappings|docs|\.ci)/[\w./-]*)")
 MODULE = re.compile(r"(?<![\w.-])((?:app|sync)(?:\.\w+)+)")
@@ -274,19 +279,31 @@ def test_every_path_and_module_a_page_names_exists(page):
 def _configuration_table() -> set[str]:
     text = _read(_page("docs/configuration.md"))
     rows = [line.split("|")[1] for line in text.splitlines() if line.startswith("| `")]
-    return {name for row in rows for name in VARIABLE.findall(row)}
+    per_program = {f"PARTNERO_<NAME>_{m.group(1)}" for row in rows for m in PER_PROGRAM.finditer(row)
+                   if "<NAME>" in m.group(0)}
+    return {name for row in rows for name in VARIABLE.findall(row)} | per_program
+
+
+def _as_named(name: str) -> str:
+    """``name``, or the configuration table's form of it when it is one program's own variable."""
+    found = PER_PROGRAM.fullmatch(name)
+    if found and name not in ("PARTNERO_WEBHOOK_SECRET", "PARTNERO_API_KEY", "PARTNERO_CURRENCY"):
+        return f"PARTNERO_<NAME>_{found.group(1)}"
+    return name
 
 
 def test_the_configuration_table_names_every_variable_and_only_those():
     read = set(re.findall(r'"([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)"', (ROOT / "sync" / "settings.py").read_text()))
     table = _configuration_table()
     assert read <= table, read - table
-    assert table <= read | READ_BY_LIBRARIES, table - read - READ_BY_LIBRARIES
+    per_program = {name for name in table if "<NAME>" in name}
+    assert per_program == {f"PARTNERO_<NAME>_{what}" for what in PROGRAM_VARIABLES}
+    assert table - per_program <= read | READ_BY_LIBRARIES, table - per_program - read - READ_BY_LIBRARIES
 
 
 @pytest.mark.parametrize("page", PAGES, ids=_name)
 def test_every_variable_a_page_names_is_in_the_configuration_table(page):
-    named = {name for text in code(page) for name in OURS.findall(text)} - NOT_VARIABLES
+    named = {_as_named(name) for text in code(page) for name in OURS.findall(text)} - NOT_VARIABLES
     assert named <= _configuration_table(), named - _configuration_table()
 
 
