@@ -14,6 +14,7 @@ KEYS = {"Contact": "Partnero_Partner_Id__c", "Account": "Partnero_Customer_Key__
 def set_up_contact(fake: FakeSalesforce) -> None:
     fake.add_field("Contact", KEYS["Contact"], external_id=True, unique=True)
     fake.add_field("Contact", "Partnero_Status__c", length=40)
+    fake.add_field("Contact", "Partnero_Program__c", length=40)
     for total in ("Total", "Approved", "Pending"):
         fake.add_field("Contact", f"Partnero_Commission_{total}__c", "currency", precision=18, scale=2)
 
@@ -22,6 +23,7 @@ def set_up_account(fake: FakeSalesforce) -> None:
     fake.add_field("Account", KEYS["Account"], external_id=True, unique=True)
     fake.add_field("Account", "Partnero_Email__c", "email", length=80)
     fake.add_field("Account", "Partnero_Status__c", length=40)
+    fake.add_field("Account", "Partnero_Program__c", length=40)
     fake.add_field("Account", "Partnero_Partner__c", "reference", reference_to="Contact")
 
 
@@ -34,6 +36,7 @@ def set_up_transaction(fake: FakeSalesforce) -> None:
     fake.add_field(name, "Currency__c", length=3)
     fake.add_field(name, "Action__c", length=40)
     fake.add_field(name, "Status__c", "picklist", length=255)
+    fake.add_field(name, "Partnero_Program__c", length=40)
     fake.add_field(name, "Partnero_Customer__c", "reference", reference_to="Account")
     fake.add_field(name, "Partnero_Partner__c", "reference", reference_to="Contact")
 

@@ -10,10 +10,11 @@ from sync.mapping.evaluate import (
     entity_label,
     identify,
     plan,
+    salesforce_key,
 )
-from sync.mapping.spec import Mapping, MappingError, MappingSet, load_mappings
+from sync.mapping.spec import DEFAULT_PROGRAM, Mapping, MappingError, MappingSet, load_mappings
 
 __all__ = [
-    "FieldProblem", "Mapping", "MappingError", "MappingSet", "Plan", "RecordChange", "Reward",
-    "entity_label", "identify", "load_mappings", "plan",
+    "DEFAULT_PROGRAM", "FieldProblem", "Mapping", "MappingError", "MappingSet", "Plan", "RecordChange", "Reward",
+    "entity_label", "identify", "load_mappings", "plan", "salesforce_key",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from functools import partial
@@ -15,8 +15,8 @@ import jmespath.exceptions
 from sync.core.envelope import ExactFloat, parse_timestamp
 from sync.core.errors import PermanentError
 from sync.mapping.bounds import search
-from sync.mapping.spec import Field, Mapping
-from sync.mapping.transforms import COERCE, ValueProblem, kind
+from sync.mapping.spec import DEFAULT_PROGRAM, Field, Mapping
+from sync.mapping.transforms import COERCE, MAX_ENTITY_ID, ValueProblem, id_problem, kind
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 #: A delivery's rank: what a delete says about the record's fields counts only until a real
@@ -79,13 +79,9 @@ class Plan:
     #: Why the Salesforce record cannot be computed from this delivery (then ``crm`` holds only
     #: the fields that could be): the record is refused, the warehouse and ledger are not.
     crm_problem: str | None = None
-
-
-#: The longest record id: the key columns (warehouse, inbox, ledger, outbox) are VARCHAR(255).
-MAX_ENTITY_ID = 255
-#: What a record id may not contain: control characters, and halves of UTF-16 pairs (no
-#: database can store those).
-_UNSTORABLE_ID = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+    #: The record's identity (its id by the mapping's ``identity``), as text. ``crm.key`` is what
+    #: the Salesforce record's external id holds: this identity through ``salesforce.key``.
+    key: str = field(default="", kw_only=True)
 
 
 def entity_label(key: Any) -> str | None:
@@ -99,13 +95,19 @@ def entity_label(key: Any) -> str | None:
     return text
 
 
-def record_key(mapping: Mapping, document: Any) -> str:
-    """The id of the record ``document`` is about, by ``mapping``'s identity, as text.
+def record_key(mapping: Mapping, document: Any, program: str = DEFAULT_PROGRAM) -> str:
+    """The id of the record ``document`` is about, by ``mapping``'s identity, as text; the
+    identity sees ``program`` as a top-level name (see ``with_program``).
 
     A record id is a text that is not blank, or a whole number; anything else (a list, an
     object, true/false, a number with a fraction, a text longer than 255 characters or holding
     control characters) raises ``FieldProblem`` saying which, never quoting it.
     """
+    return _record_key(mapping, with_program(document, program))
+
+
+def _record_key(mapping: Mapping, document: Any) -> str:
+    """``record_key`` of a document that already holds its ``program``."""
     key = _value(mapping, mapping.identity, document, "identity", raw=True)
     where = f"{mapping.path.name}: identity: {mapping.identity.source}"
     if key is None or (isinstance(key, str) and not key.strip()):
@@ -117,42 +119,43 @@ def id_text(value: Any, where: str, what: str) -> str:
     """``value`` (not None) as the text of an id (``what``: "a record id", "a partner id"…):
     a text that is not blank, of at most 255 characters, without control characters, or a whole
     number (as its digits). Anything else raises ``FieldProblem`` (``where`` and the kind of
-    problem, never the value)."""
-    if isinstance(value, str) and not value.strip():
-        raise FieldProblem(f"{where} is an empty text: {what} is a text or a whole number")
-    if isinstance(value, float):
-        raise FieldProblem(f"{where} is a number with a decimal point: {what} is a text or a whole number")
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise FieldProblem(f"{where} is {kind(value)}: {what} is a text or a whole number")
-    text = value if isinstance(value, str) else str(value)
-    if len(text) > MAX_ENTITY_ID:
-        raise FieldProblem(f"{where} is longer than {MAX_ENTITY_ID} characters: too long for {what}")
-    if _UNSTORABLE_ID.search(text):
-        raise FieldProblem(f"{where} holds control characters or broken Unicode: not {what}")
-    return text
+    problem, never the value; the rule is ``transforms.id_problem``)."""
+    problem = id_problem(value, what)
+    if problem is not None:
+        raise FieldProblem(f"{where} {problem}")
+    return value if isinstance(value, str) else str(value)
 
 
-def identify(mapping: Mapping, document: Any) -> str | None:
+def identify(mapping: Mapping, document: Any, program: str = DEFAULT_PROGRAM) -> str | None:
     """The id of the record ``document`` is about (``record_key``), as the inbox names it; None
     when it is not a usable id (the worker then fails the delivery with the reason). Never raises."""
     try:
-        return entity_label(record_key(mapping, document))
+        return entity_label(record_key(mapping, document, program))
     except Exception:  # noqa: BLE001 - a label, not a verdict: the worker judges the delivery
         return None
 
 
+def with_program(document: Any, program: str) -> Any:
+    """``document`` with ``program`` set as a top-level name, as every expression reads it: ours
+    wins over a ``program`` the delivery itself carries. A document that is not an object is
+    given back as it is."""
+    return {**document, "program": program} if isinstance(document, dict) else document
+
+
 def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str, received_at: datetime | None = None,
-         *, salesforce: bool = True) -> Plan:
-    """What ``document`` means for the warehouse, the ledger and (with ``salesforce``) the CRM.
+         *, salesforce: bool = True, program: str = DEFAULT_PROGRAM) -> Plan:
+    """What ``document`` means for the warehouse, the ledger and (with ``salesforce``) the CRM,
+    when it is a delivery of ``program``: every expression sees ``program`` as a top-level name.
 
     Raises ``FieldProblem`` when the delivery cannot be applied: its record id, or a warehouse
     or ledger value, does not fit the mapping. A Salesforce field that cannot be computed does
     not fail it: the CRM record is refused (``Plan.crm_problem``), the rest goes ahead. Without
     ``salesforce`` (CRM sync off), the ``salesforce:`` section is not evaluated at all.
     """
+    document = with_program(document, program)
     event = document["event"]
     deleting = event in mapping.deletes
-    key = record_key(mapping, document)
+    key = _record_key(mapping, document)
     at = version_time(mapping, document, received_at)
     version = Version(RANK_DELETE if deleting else RANK_STATE, at, fingerprint)
 
@@ -174,20 +177,63 @@ def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str, received_
 
     crm, crm_problem = None, None
     if salesforce and mapping.salesforce is not None:
-        target = mapping.salesforce
-        problems: list[str] = []
-        values = _fields(mapping, target.fields, document, "salesforce.fields", problems)
-        for reference in target.references:
-            parents = _fields(mapping, (reference.value,), document, "salesforce.references", problems)
-            if reference.name in parents:
-                parent = parents[reference.name]
-                values[reference.name] = None if parent in (None, "") else {reference.external_id: parent}
-        tombstone = _fields(mapping, target.on_delete, document, "salesforce.on_delete", problems) if deleting else {}
-        crm = RecordChange(target.object, target.external_id, key, deleting, values, tombstone, version)
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            crm_problem = f"{problems[0]}{more}"
-    return Plan(mapping, event, change, rewards, reverses, crm, crm_problem)
+        crm, crm_problem = _crm(mapping, document, key, deleting, version)
+    return Plan(mapping, event, change, rewards, reverses, crm, crm_problem, key=key)
+
+
+def _crm(mapping: Mapping, document: dict[str, Any], key: str, deleting: bool,
+         version: Version) -> tuple[RecordChange, str | None]:
+    """What the Salesforce record of ``key`` should say, and why it cannot be computed (None: it
+    can). Its external id holds ``key`` through the section's ``key``; a reference's value goes
+    through its parent's. When the external id itself cannot be computed, the record is refused
+    under its identity."""
+    target = mapping.salesforce
+    program = document["program"]
+    problems: list[str] = []
+    values = _fields(mapping, target.fields, document, "salesforce.fields", problems)
+    for reference in target.references:
+        parents = _fields(mapping, (reference.value,), document, "salesforce.references", problems)
+        if reference.name not in parents:
+            continue
+        parent = parents[reference.name]
+        if parent in (None, ""):
+            values[reference.name] = None
+            continue
+        try:
+            parent = _keyed(mapping, f"salesforce.references.{reference.name}", reference.key, parent, program)
+        except FieldProblem as exc:
+            problems.append(str(exc))
+            continue
+        values[reference.name] = {reference.external_id: parent}
+    tombstone = _fields(mapping, target.on_delete, document, "salesforce.on_delete", problems) if deleting else {}
+    try:
+        external = salesforce_key(mapping, key, program)
+    except FieldProblem as exc:
+        problems.insert(0, str(exc))
+        external = key
+    crm = RecordChange(target.object, target.external_id, external, deleting, values, tombstone, version)
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return crm, f"{problems[0]}{more}" if problems else None
+
+
+def salesforce_key(mapping: Mapping, identity: str, program: str = DEFAULT_PROGRAM) -> str:
+    """What the external id of the Salesforce record of ``identity`` (a record of ``program``)
+    holds: the identity through ``mapping``'s ``salesforce.key``, else the identity itself.
+    Raises ``FieldProblem`` when the key gives no usable id."""
+    return _keyed(mapping, "salesforce.key", mapping.salesforce.key, identity, program)
+
+
+def _keyed(mapping: Mapping, where: str, key: Field | None, identity: Any, program: str) -> Any:
+    """``identity`` through the expression ``key`` (None: as it is), which reads ``program`` and
+    ``id`` (the identity as text); its result must be an id (``id_text``), else ``FieldProblem``."""
+    if key is None:
+        return identity
+    scope = {"program": program, "id": identity if isinstance(identity, str) else str(identity)}
+    value = _value(mapping, key, scope, where, raw=True)
+    said = f"{mapping.path.name}: {where}: {key.source}"
+    if value is None:
+        raise FieldProblem(f"{said} gives nothing: an external id is a text or a whole number")
+    return id_text(value, said, "an external id")
 
 
 def _fields(mapping: Mapping, fields: Iterable[Field], document: Any, where: str,
@@ -242,7 +288,8 @@ MAX_UNIT = 16
 
 def _rewards(mapping: Mapping, document: Any, transaction_key: str) -> tuple[Reward, ...]:
     """The rewards the delivery lists (none listed: none). Each reward's fields are read from the
-    reward, which also sees its transaction (the delivery's ``data``) as ``transaction``.
+    reward, which also sees its transaction (the delivery's ``data``) as ``transaction``, and the
+    delivery's ``program``.
 
     A reward's values are held to what they are (``FieldProblem`` otherwise, naming the field,
     the reward and the kind of problem): its partner is an id as a record id is (``id_text``),
@@ -282,8 +329,10 @@ def _rewards(mapping: Mapping, document: Any, transaction_key: str) -> tuple[Rew
 
 
 def _reward(mapping: Mapping, item: Any, document: Any, number: int) -> dict[str, Any]:
-    """One reward's values, each held to what it is (see ``_rewards``)."""
-    scope = {**item, "transaction": document.get("data")} if isinstance(item, dict) else item
+    """One reward's values, each held to what it is (see ``_rewards``). The reward's expressions
+    see its transaction as ``transaction`` and the delivery's ``program``, as top-level names."""
+    scope = ({**item, "transaction": document.get("data"), "program": document.get("program")}
+             if isinstance(item, dict) else item)
     fields = mapping.ledger.fields
     values = {}
     for name, f in fields.items():

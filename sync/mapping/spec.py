@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from sync.mapping.transforms import (
     Transform,
     ValueProblem,
     compatible,
+    id_problem,
     literal_type,
 )
 
@@ -36,6 +37,15 @@ EVENT = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 SYSTEM_TABLE_PREFIXES = ("sqlite_", "pg_")
 #: Prefix of the bookkeeping columns partnero-sync adds to every warehouse table.
 SYSTEM_PREFIX = "sync_"
+#: The column partnero-sync fills with the program's name on every warehouse table.
+PROGRAM_COLUMN = "program"
+#: The program a deployment without PARTNERO_PROGRAMS has, and the one a caller that names none means.
+DEFAULT_PROGRAM = "default"
+#: A program's name: lower-case letters, digits and dashes, at most 40 characters.
+PROGRAM_NAME = re.compile(r"^[a-z0-9-]{1,40}$")
+#: What a ``salesforce.key`` is tried on when the files are checked: the default program and one
+#: with a dash, each with two ids (two records must not share an external id).
+KEY_SAMPLES = ((DEFAULT_PROGRAM, "x"), (DEFAULT_PROGRAM, "y"), ("a-b", "x"), ("a-b", "y"))
 DEFAULT_VERSION = "data.updated_at || created_at || timestamp"
 #: Partnero's REST lists a mapping may load from (backfill, reconcile), parents first (a customer
 #: names its partner, a transaction both).
@@ -128,6 +138,14 @@ class Field:
         return COERCE[self.type](self.raw(document))
 
 
+def _described(f: Field | None) -> list | None:
+    """What ``f`` computes, as plain values (None for no field): equal for fields that compute
+    the same, whichever file and line they are written on."""
+    if f is None:
+        return None
+    return [f.name, f.source, repr(f.constant), f.type, [[t.name, repr(t.argument)] for t in f.transforms]]
+
+
 def _field_path(node: dict) -> tuple[str, ...] | None:
     """The keys of a JMESPath tree that only picks fields (``a.b.c``); None when it does more."""
     if node.get("type") == "field":
@@ -170,6 +188,9 @@ class Reference:
     object: str
     external_id: str
     value: Field
+    #: The ``salesforce.key`` of the mapping that writes the parent (the one whose object and
+    #: external id this reference names), applied to the value; None: the value as it is.
+    key: Field | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +205,9 @@ class SalesforceTarget:
     commission: dict[str, str]
     #: Whether a delete also deletes the Salesforce record (off: it is only updated).
     hard_delete: bool
+    #: What the external id holds: an expression over ``program`` and ``id`` (the record's
+    #: identity, as text); None: the identity itself.
+    key: Field | None = None
 
     @cached_property
     def named(self) -> frozenset[str]:
@@ -195,14 +219,16 @@ class SalesforceTarget:
         """A short digest of what this section sends: it changes when the mapping does, so
         records Salesforce refused under the old one are tried again."""
 
-        def field(f: Field) -> list:
-            return [f.name, f.source, repr(f.constant), f.type, [[t.name, repr(t.argument)] for t in f.transforms]]
+        field, key = _described, _described
 
         described = [
             self.object, self.external_id, [field(f) for f in self.fields], [field(f) for f in self.on_delete],
-            [[r.name, r.object, r.external_id, field(r.value)] for r in self.references],
+            [[r.name, r.object, r.external_id, field(r.value), *([key(r.key)] if r.key else [])]
+             for r in self.references],
             sorted(self.commission.items()), self.hard_delete,
         ]
+        if self.key is not None:  # without one, the digest stays what it was before keys existed
+            described.append(key(self.key))
         return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -281,9 +307,33 @@ def load_mappings(directory: Path, reserved_tables: Collection[str] = ()) -> Map
     reserved = frozenset(reserved_tables)
     mappings = [m for m in (_load_one(path, problems, reserved) for path in paths) if m is not None]
     _check_across(mappings, problems)
+    mappings = [_through_parent_keys(m, mappings, problems) for m in mappings]
     if problems:
         raise MappingError(problems)
     return MappingSet(tuple(mappings))
+
+
+def _through_parent_keys(mapping: Mapping, mappings: list[Mapping], problems: list[Problem]) -> Mapping:
+    """``mapping`` with each reference given the ``salesforce.key`` of the mapping that writes its
+    parent (the one whose object and external id it names), so that it finds the parent by what
+    the parent's external id holds. A reference to an object no mapping writes keeps its value; one
+    whose parent is written by several mappings with different keys is a problem (which one?)."""
+    target = mapping.salesforce
+    if target is None or not target.references:
+        return mapping
+    resolved = []
+    for reference in target.references:
+        writers = [m for m in mappings if m.salesforce is not None
+                   and m.salesforce.object.lower() == reference.object.lower()
+                   and m.salesforce.external_id.lower() == reference.external_id.lower()]
+        keys = {json.dumps(_described(m.salesforce.key)) for m in writers}
+        if len(keys) > 1:
+            names = " and ".join(m.path.name for m in writers)
+            problems.append(Problem(mapping.path, reference.value.line, f"salesforce.references.{reference.name}",
+                                    f"{reference.object}.{reference.external_id} is written by {names} with "
+                                    "different keys: which one this reference goes through is ambiguous"))
+        resolved.append(replace(reference, key=writers[0].salesforce.key if writers else None))
+    return replace(mapping, salesforce=replace(target, references=tuple(resolved)))
 
 
 def _load_one(path: Path, problems: list[Problem], reserved: frozenset[str]) -> Mapping | None:
@@ -581,8 +631,8 @@ class _Checker:
                 self.problem(raw, name, column_where, "a column name is lower-case letters, digits and _")
                 ok = False
                 continue
-            if name.startswith(SYSTEM_PREFIX):
-                self.problem(raw, name, column_where, f"names starting with {SYSTEM_PREFIX} are kept for partnero-sync")
+            if name.startswith(SYSTEM_PREFIX) or name == PROGRAM_COLUMN:
+                self.problem(raw, name, column_where, _taken(name))
                 ok = False
                 continue
             built = self.field(raw, name, column_where)
@@ -616,8 +666,8 @@ class _Checker:
         if key is not None and not (isinstance(key, str) and IDENTIFIER.match(key)):
             self.problem(raw, "key", "warehouse.key", "a column name is lower-case letters, digits and _")
             key = None
-        elif key is not None and key.startswith(SYSTEM_PREFIX):
-            self.problem(raw, "key", "warehouse.key", f"names starting with {SYSTEM_PREFIX} are kept for partnero-sync")
+        elif key is not None and (key.startswith(SYSTEM_PREFIX) or key == PROGRAM_COLUMN):
+            self.problem(raw, "key", "warehouse.key", _taken(key))
             key = None
         columns = self.columns(raw, "columns", "warehouse.columns", required=True)
         on_delete = self.columns(raw, "on_delete", "warehouse.on_delete", required=False)
@@ -689,7 +739,7 @@ class _Checker:
             self.problems.append(Problem(self.path, getattr(raw, "line", 1), where, "must be a mapping"))
             return None
         self.duplicates(raw, where)
-        self.unknown_keys(raw, {"object", "external_id", "fields", "on_delete", "references",
+        self.unknown_keys(raw, {"object", "external_id", "key", "fields", "on_delete", "references",
                                 *COMMISSION_TOTALS, "hard_delete"}, where)
         ok = True
         names = {}
@@ -718,12 +768,37 @@ class _Checker:
         if not isinstance(hard_delete, bool):
             self.problem(raw, "hard_delete", f"{where}.hard_delete", "must be true or false")
             ok = False
-        if not ok or fields is None or on_delete is None or references is None:
+        key = self.key(raw, f"{where}.key") if "key" in raw else None
+        if not ok or fields is None or on_delete is None or references is None or key is False:
             return None
         if not self.sf_names_distinct(raw, where, names["external_id"], fields, references, commission):
             return None
         return SalesforceTarget(names["object"], names["external_id"], tuple(fields), tuple(on_delete),
-                                tuple(references), commission, hard_delete)
+                                tuple(references), commission, hard_delete, key or None)
+
+    def key(self, raw: LineDict, where: str) -> Field | bool:
+        """The section's ``key``: an expression over ``program`` and ``id`` that gives, for every
+        sample of ``KEY_SAMPLES``, an id (``transforms.id_problem``), a different one for each
+        (two records never share an external id); False, with the problem noted, otherwise."""
+        built = self.field(raw, "key", where, default_type="string")
+        if built is None:
+            return False
+        given: dict[Any, str] = {}
+        for program, identity in KEY_SAMPLES:
+            sample = f"program {program!r} and id {identity!r}"
+            try:
+                value = built.raw({"program": program, "id": identity})
+            except Exception as exc:  # noqa: BLE001 - whatever it trips on is a problem, not a traceback
+                self.problem(raw, "key", where, f"cannot be computed for {sample} ({_why(exc)})")
+                return False
+            problem = "gives nothing" if value is None else id_problem(value, "an external id")
+            if problem is None and value in given:
+                problem = f"gives what it gives for {given[value]}: two records would share one external id"
+            if problem is not None:
+                self.problem(raw, "key", where, f"for {sample} it {problem}")
+                return False
+            given[value] = sample
+        return built
 
     def sf_names_distinct(self, raw: LineDict, where: str, external_id: str, fields: list[Field],
                           references: list[Reference], commission: dict[str, str]) -> bool:
@@ -803,6 +878,13 @@ class _Checker:
             elif ok:
                 built.append(Reference(name, obj, ext, value))
         return built if ok else None
+
+
+def _taken(column: str) -> str:
+    """Why a warehouse column may not be named ``column``: partnero-sync fills it on every table."""
+    if column == PROGRAM_COLUMN:
+        return f"{PROGRAM_COLUMN} is kept for partnero-sync: it fills the program's name on every table"
+    return f"names starting with {SYSTEM_PREFIX} are kept for partnero-sync"
 
 
 def _join(where: str, key: Any) -> str:

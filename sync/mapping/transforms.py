@@ -182,6 +182,32 @@ COERCE: dict[str, Callable[[Any], Any]] = {
 }
 
 
+#: The longest record id: the key columns (warehouse, inbox, ledger, outbox) are VARCHAR(255).
+MAX_ENTITY_ID = 255
+#: What a record id may not contain: control characters, and halves of UTF-16 pairs (no
+#: database can store those).
+_UNSTORABLE_ID = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def id_problem(value: Any, what: str) -> str | None:
+    """Why ``value`` (not None) is not the text of an id (``what``: "a record id", "a partner
+    id"…), as the end of a sentence naming the field; None when it is one: a text that is not
+    blank, of at most 255 characters, without control characters, or a whole number. Never
+    quotes the value."""
+    if isinstance(value, str) and not value.strip():
+        return f"is an empty text: {what} is a text or a whole number"
+    if isinstance(value, float):
+        return f"is a number with a decimal point: {what} is a text or a whole number"
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return f"is {kind(value)}: {what} is a text or a whole number"
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_ENTITY_ID:
+        return f"is longer than {MAX_ENTITY_ID} characters: too long for {what}"
+    if _UNSTORABLE_ID.search(text):
+        return f"holds control characters or broken Unicode: not {what}"
+    return None
+
+
 def kind(value: Any) -> str:
     """What sort of value ``value`` is, for error messages: they never quote a delivery's values."""
     if value is None:

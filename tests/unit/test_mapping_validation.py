@@ -207,7 +207,7 @@ def test_the_commission_fields_of_a_salesforce_section_are_checked(tmp_path):
     path = tmp_path / "partner.yml"
     assert f"{path}:17: salesforce.commission_approved: a Salesforce field name (it receives the approved commission)" in found
     assert f"{path}:19: salesforce.commission_paid: unknown key (expected one of: commission_approved, " \
-           "commission_pending, commission_total, external_id, fields, hard_delete, object, on_delete, references)" in found
+           "commission_pending, commission_total, external_id, fields, hard_delete, key, object, on_delete, references)" in found
     fixed = salesforce.replace("'not a field'", "Approved__c").replace("  commission_paid: Paid__c\n", "")
     assert f"{path}:18: salesforce.commission_pending: duplicate field (also fields.Email)" in problems(
         write(tmp_path, GOOD + fixed))

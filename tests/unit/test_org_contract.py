@@ -54,13 +54,16 @@ def org() -> dict[str, dict]:
     """Describes of an org set up for the shipped mappings."""
     contact = [*system(), field("LastName", length=80, nillable=False), field("FirstName", length=40),
                field("Email", "email", length=80), key("Partnero_Partner_Id__c"), field("Partnero_Status__c"),
-               money("Partnero_Commission_Total__c"), money("Partnero_Commission_Approved__c"),
+               field("Partnero_Program__c", length=40), money("Partnero_Commission_Total__c"),
+               money("Partnero_Commission_Approved__c"),
                money("Partnero_Commission_Pending__c")]
     account = [*system(), field("Name", nillable=False), key("Partnero_Customer_Key__c"), field("Partnero_Email__c", "email"),
-               field("Partnero_Status__c"), lookup("Partnero_Partner__c", "Contact")]
+               field("Partnero_Status__c"), field("Partnero_Program__c", length=40),
+               lookup("Partnero_Partner__c", "Contact")]
     sale = [*system(), field("Name", length=80, defaultedOnCreate=True), key("Partnero_Transaction_Key__c"),
             money("Amount__c"), field("Currency__c", length=3), field("Action__c"), field("Status__c", "picklist"),
-            lookup("Partnero_Customer__c", "Account"), lookup("Partnero_Partner__c", "Contact")]
+            field("Partnero_Program__c", length=40), lookup("Partnero_Customer__c", "Account"),
+            lookup("Partnero_Partner__c", "Contact")]
     return {name: {"name": name, "custom": name.endswith("__c"), "fields": fields}
             for name, fields in (("Contact", contact), ("Account", account), ("Partnero_Transaction__c", sale))}
 

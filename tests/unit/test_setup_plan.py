@@ -102,7 +102,7 @@ def test_the_shipped_mappings_package_holds_every_file(tmp_path):
 
     needs = contract(load_mappings(SHIPPED, RESERVED_TABLES))
     files = package(plan(needs, fresh_describes(needs)))
-    assert len([f for f in files if f.endswith(".field-meta.xml")]) == 16
+    assert len([f for f in files if f.endswith(".field-meta.xml")]) == 19
     assert "force-app/main/default/objects/Contact/Contact.object-meta.xml" not in files  # standard: fields only
     for text in files.values():
         if text.startswith("<?xml"):
