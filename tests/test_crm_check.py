@@ -25,12 +25,14 @@ NO_SALESFORCE = dict.fromkeys(
 CUSTOM = {
     ("Contact", "Partnero_Partner_Id__c"), ("Contact", "Partnero_Status__c"),
     ("Contact", "Partnero_Commission_Total__c"), ("Contact", "Partnero_Commission_Approved__c"),
-    ("Contact", "Partnero_Commission_Pending__c"), ("Account", "Partnero_Customer_Key__c"),
+    ("Contact", "Partnero_Commission_Pending__c"), ("Contact", "Partnero_Program__c"),
+    ("Account", "Partnero_Customer_Key__c"), ("Account", "Partnero_Program__c"),
     ("Account", "Partnero_Email__c"), ("Account", "Partnero_Status__c"), ("Account", "Partnero_Partner__c"),
     ("Partnero_Transaction__c", None), ("Partnero_Transaction__c", "Partnero_Transaction_Key__c"),
     ("Partnero_Transaction__c", "Amount__c"), ("Partnero_Transaction__c", "Currency__c"),
     ("Partnero_Transaction__c", "Action__c"), ("Partnero_Transaction__c", "Status__c"),
     ("Partnero_Transaction__c", "Partnero_Customer__c"), ("Partnero_Transaction__c", "Partnero_Partner__c"),
+    ("Partnero_Transaction__c", "Partnero_Program__c"),
 }
 
 
@@ -59,7 +61,7 @@ def test_a_fresh_org_does_not_fit_and_every_missing_piece_is_named(fresh):
     for obj, name in CUSTOM:
         assert any(line.startswith(obj) and (name or "-") in line.split() for line in result.output.splitlines()), (
             obj, name, result.output)
-    assert "object missing" in result.output and "17 problems" in result.output
+    assert "object missing" in result.output and "20 problems" in result.output
     found = json.loads(check(fresh, "--json").output)
     assert found["fits"] is False and {(f["object"], f["field"]) for f in found["findings"]} == CUSTOM
     assert {f["problem"] for f in found["findings"]} == {"object missing", "field missing"}
@@ -91,7 +93,7 @@ def test_a_conflicting_field_type_is_reported_and_what_to_do(fresh):
     assert result.exit_code == 1
     line = next(line for line in result.output.splitlines() if "Amount__c" in line)
     assert "wrong type: it is a string field; the mapping sends a decimal number" in line
-    assert "use a Number or Currency field" in line and "transaction.yml:48" in line
+    assert "use a Number or Currency field" in line and "transaction.yml:51" in line
 
 
 def test_a_field_hidden_from_the_integration_user_is_reported_and_refused_in_writes(fresh):

@@ -45,7 +45,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(fresh_org):
     assert ("create field Partnero_Transaction__c.Partnero_Partner__c: Lookup, lookup to Contact, child relationship "
             "name Partnero_Transaction_Partnero_Partner") in lines
     assert any(line.startswith("upsert permission set Partnero_Sync: Read, Create, Edit on Contact, Account, "
-                               "Partnero_Transaction__c; Edit on 16 fields") for line in lines)
+                               "Partnero_Transaction__c; Edit on 19 fields") for line in lines)
     assert upserts(fresh_org) == 0 and not fresh_org.metadata.components("CustomField")
 
 
@@ -151,7 +151,7 @@ def test_sfdx_writes_the_plan_as_a_source_package_and_changes_nothing(fresh_org,
 def test_sfdx_without_a_login_writes_everything(tmp_path):
     result = setup(None, "--sfdx", str(tmp_path))
     assert result.exit_code == 0, result.output
-    assert len(list(tmp_path.rglob("*.field-meta.xml"))) == 16
+    assert len(list(tmp_path.rglob("*.field-meta.xml"))) == 19
 
 
 def test_a_field_the_org_hides_is_granted_not_defined_again(fresh_org, sf):

@@ -32,7 +32,7 @@ from tests.warehouse_helpers import envelope
 
 #: An org with every field the shipped partner mapping sends but Partnero_Status__c.
 CONTACT_FIELDS = ["LastName", "FirstName", "Email", "Partnero_Partner_Id__c", "Partnero_Commission_Total__c",
-                  "Partnero_Commission_Approved__c", "Partnero_Commission_Pending__c"]
+                  "Partnero_Commission_Approved__c", "Partnero_Commission_Pending__c", "Partnero_Program__c"]
 
 
 

@@ -86,6 +86,44 @@ def test_preview_says_how_each_reward_stands(tmp_path):
             "(not money: points or credits)") in result.output
 
 
+def test_preview_shows_what_another_programs_delivery_would_write(tmp_path):
+    delivery = tmp_path / "sale.json"
+    delivery.write_text(json.dumps(sample_delivery("transaction.created")))
+    default = run("mappings", "preview", str(delivery), env={"MAPPINGS_DIR": str(MAPPINGS)})
+    result = run("mappings", "preview", "--program", "affiliate", str(delivery), env={"MAPPINGS_DIR": str(MAPPINGS)})
+    assert result.exit_code == 0, result.output
+    assert "transaction.created -> transaction.yml (transaction), program affiliate" in result.output
+    # The warehouse keeps the identity; Salesforce gets the program's external ids, its lookups too.
+    assert "warehouse transactions: upsert transaction_key = 'in_1OxY3b2eZvKYlo2C0aQ1'" in result.output
+    assert ("salesforce Partnero_Transaction__c: upsert Partnero_Transaction_Key__c = "
+            "'affiliate:in_1OxY3b2eZvKYlo2C0aQ1'") in result.output
+    assert "Partnero_Program__c = 'affiliate'" in result.output
+    assert 'Partnero_Partner__r = {"Partnero_Partner_Id__c": "affiliate:ptn_8c1e6f0a"}' in result.output
+    assert "program default" in default.output and "Partnero_Program__c = 'default'" in default.output
+    assert ("salesforce Partnero_Transaction__c: upsert Partnero_Transaction_Key__c = 'in_1OxY3b2eZvKYlo2C0aQ1'"
+            in default.output)
+
+
+def test_preview_refuses_a_name_that_is_no_programs(tmp_path):
+    delivery = tmp_path / "partner.json"
+    delivery.write_text(json.dumps(sample_delivery("partner.created")))
+    result = run("mappings", "preview", "--program", "Affiliate", str(delivery), env={"MAPPINGS_DIR": str(MAPPINGS)})
+    assert result.exit_code == 2
+    assert "a program's name is lower-case letters, digits and dashes, at most 40 characters" in result.output
+
+
+def test_check_refuses_a_key_that_gives_no_external_id(mappings_dir):
+    path = mappings_dir / "partner.yml"
+    text = path.read_text()
+    assert "  key: \"program == 'default' && id || join(':', [program, id])\"\n" in text
+    path.write_text(text.replace("&& id || join(':', [program, id])", "&& id", 1))
+    line = next(n for n, l in enumerate(path.read_text().splitlines(), 1) if l.startswith('  key: "'))
+    result = run("mappings", "check", env={"MAPPINGS_DIR": str(mappings_dir)})
+    assert result.exit_code == 1
+    assert (f"{path}:{line}: salesforce.key: for program 'a-b' and id 'x' it is true/false: an external id is a "
+            "text or a whole number") in result.output
+
+
 def test_a_new_field_adds_its_column_and_keeps_the_data(warehouse_url, mappings_dir):
     pipe = Pipe(warehouse_url)
     pipe.deliver(sample_delivery("partner.created"))

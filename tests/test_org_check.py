@@ -74,23 +74,23 @@ def test_a_worker_started_against_a_fresh_org_records_the_misfit_before_a_call_i
     env = {**env_for(settings), **salesforce_env(fresh)}
     result = run("status", env=env)
     assert result.exit_code == 1
-    assert "the Salesforce org does not fit the mappings: 17 problems (Contact.Partnero_Partner_Id__c: field " \
+    assert "the Salesforce org does not fit the mappings: 20 problems (Contact.Partnero_Partner_Id__c: field " \
            "missing;" in result.output
-    assert "does not fit the mappings: 17 problems; checked" in result.output
+    assert "does not fit the mappings: 20 problems; checked" in result.output
     status = json.loads(run("status", "--json", env=env).output)
     assert status["salesforce"]["org_check"]["verdict"] == "does not fit"
-    assert len(status["salesforce"]["org_check"]["findings"]) == 17
-    assert any("does not fit the mappings: 17 problems" in reason for reason in status["attention"])
+    assert len(status["salesforce"]["org_check"]["findings"]) == 20
+    assert any("does not fit the mappings: 20 problems" in reason for reason in status["attention"])
 
     client = client_for(settings)
     health = client.get("/healthz", headers=AUTH).get_json()
-    assert health["salesforce_org"]["verdict"] == "does not fit" and health["salesforce_org"]["problems"] == 17
+    assert health["salesforce_org"]["verdict"] == "does not fit" and health["salesforce_org"]["problems"] == 20
     assert any("does not fit the mappings" in reason for reason in health["attention"])
     metrics = client.get("/metrics", headers=AUTH).get_data(as_text=True)
-    assert "partnero_sync_salesforce_org_misfits 17.0" in metrics
+    assert "partnero_sync_salesforce_org_misfits 20.0" in metrics
     assert "partnero_sync_salesforce_org_check_known 1.0" in metrics
     page = client.get("/ops/", headers=AUTH).get_data(as_text=True)
-    assert 'id="crm-org"' in page and "17 problems" in page and "does not fit the mappings" in page
+    assert 'id="crm-org"' in page and "20 problems" in page and "does not fit the mappings" in page
 
 
 def test_once_the_org_is_set_up_the_next_start_clears_the_misfit(settings, fresh, redis_conn, client_for):

@@ -200,6 +200,15 @@ def mappings() -> None:
     """
 
 
+def _program_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--program``'s value, when it is a program's name (else a usage error, exit status 2)."""
+    from sync.mapping.spec import PROGRAM_NAME
+
+    if not PROGRAM_NAME.match(value):
+        raise click.BadParameter("a program's name is lower-case letters, digits and dashes, at most 40 characters")
+    return value
+
+
 @mappings.command("check")
 @click.option("--dir", "directory", type=click.Path(path_type=Path),
               help="The mapping directory (default: MAPPINGS_DIR, else ./mappings).")
@@ -231,10 +240,13 @@ def mappings_check(directory: Path | None) -> None:
 @click.argument("delivery", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dir", "directory", type=click.Path(path_type=Path),
               help="The mapping directory (default: MAPPINGS_DIR, else ./mappings).")
-def mappings_preview(delivery: Path, directory: Path | None) -> None:
+@click.option("--program", default="default", show_default=True, callback=_program_name,
+              help="The program the delivery would come from: expressions see it as program.")
+def mappings_preview(delivery: Path, directory: Path | None, program: str) -> None:
     """Print what DELIVERY (a saved delivery, JSON) would write to each target. Writes nothing.
 
-    Use it to see the effect of a mapping change on a real delivery before deploying it. Needs
+    Use it to see the effect of a mapping change on a real delivery before deploying it, and with
+    --program what another program's delivery would write (its Salesforce external ids). Needs
     no database. Exit status 2 when the mapping files have problems.
     """
     from sync.core.clock import system_clock
@@ -243,7 +255,8 @@ def mappings_preview(delivery: Path, directory: Path | None) -> None:
     from sync.store.schema import RESERVED_TABLES
 
     directory = directory or load_settings().mappings_dir
-    click.echo(render(load_mappings(directory, RESERVED_TABLES), delivery.read_bytes(), system_clock()))
+    loaded = load_mappings(directory, RESERVED_TABLES)
+    click.echo(render(loaded, delivery.read_bytes(), system_clock(), program))
 
 
 @main.command()

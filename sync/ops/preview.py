@@ -8,15 +8,16 @@ from decimal import Decimal
 from typing import Any
 
 from sync.core.envelope import MalformedDelivery, read_event
-from sync.mapping import MappingSet, plan
+from sync.mapping import DEFAULT_PROGRAM, MappingSet, plan
 from sync.ops.terminal import safe
 from sync.rules.commissions import standing
 from sync.store.inbox import fingerprint
 
 
-def render(mappings: MappingSet, body: bytes, arrived_at: datetime) -> str:
-    """A readable account of the writes ``body`` implies, were it to arrive at ``arrived_at``, or why
-    it implies none.
+def render(mappings: MappingSet, body: bytes, arrived_at: datetime, program: str = DEFAULT_PROGRAM) -> str:
+    """A readable account of the writes ``body`` implies, were it to arrive at ``arrived_at`` as a
+    delivery of ``program``, or why it implies none. The Salesforce record is named by what its
+    external id would hold (the mapping's ``salesforce.key``).
 
     Raises ``FieldProblem`` when the delivery would fail, with the reason the worker would give.
     """
@@ -29,8 +30,8 @@ def render(mappings: MappingSet, body: bytes, arrived_at: datetime) -> str:
         return f"{event}: no mapping handles this event; it would be stored as ignored"
     if not isinstance(document.get("data"), dict):
         return f'{event}: delivery has no "data" object; it would fail'
-    what = plan(mapping, document, fingerprint(body), arrived_at)
-    lines = [f"{event} -> {mapping.path.name} ({mapping.entity})"]
+    what = plan(mapping, document, fingerprint(body), arrived_at, program=program)
+    lines = [f"{event} -> {mapping.path.name} ({mapping.entity}), program {program}"]
     change = what.change
     if change is not None:
         action = "tombstone" if change.deleting else "upsert"
