@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from sync.core.errors import ConfigurationError
+from sync.mapping.spec import DEFAULT_PROGRAM  # its one home is the mapping engine, below settings
 
 DEFAULT_DATABASE_URL = "sqlite:///partnero-sync.db"
 #: How long a statement waits for a lock another session holds before it gives up (seconds):
@@ -32,9 +33,6 @@ MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_FORWARDED_ALLOW_IPS = ("*",)
 #: More records due than this, for one Salesforce object, go in a Bulk API 2.0 job.
 DEFAULT_BULK_THRESHOLD = 2000
-#: The program of a deployment that names none (PARTNERO_PROGRAMS unset), and of every row stored
-#: before programs existed.
-DEFAULT_PROGRAM = "default"
 #: A program's name: lower-case letters, digits and dashes (not first or last), at most 40 characters.
 PROGRAM_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
 #: What each program may set for itself, as PARTNERO_<NAME>_<what>.

@@ -104,12 +104,42 @@ def test_preview_shows_what_another_programs_delivery_would_write(tmp_path):
             in default.output)
 
 
+#: A deployment of two programs, friends with mappings of its own (``unset``: the variables only
+#: the program default reads, which the test process may have).
+def programs_env(friends_dir: Path) -> dict:
+    unset = dict.fromkeys(("PARTNERO_WEBHOOK_SECRET", "PARTNERO_API_KEY", "PARTNERO_CURRENCY"))
+    return {**unset, "PARTNERO_PROGRAMS": "affiliate,friends", "MAPPINGS_DIR": str(MAPPINGS),
+            "PARTNERO_FRIENDS_MAPPINGS_DIR": str(friends_dir)}
+
+
+def test_check_checks_every_programs_mappings(mappings_dir):
+    path = mappings_dir / "partner.yml"
+    path.write_text(path.read_text().replace("type: boolean", "type: flag", 1))
+    result = run("mappings", "check", env=programs_env(mappings_dir))
+    assert result.exit_code == 1
+    assert f"{path}:26: warehouse.columns.approved.type: unknown type 'flag'" in result.output
+    assert f"{MAPPINGS / 'partner.yml'}: partner: 6 events -> table partners" in result.output  # affiliate's
+    assert "mappings OK" not in result.output
+
+
+def test_preview_reads_the_programs_own_mappings(tmp_path, mappings_dir):
+    path = mappings_dir / "partner.yml"
+    path.write_text(path.read_text().replace("    Partnero_Program__c: program ", "    Brand__c: program ", 1))
+    delivery = tmp_path / "partner.json"
+    delivery.write_text(json.dumps(sample_delivery("partner.created")))
+    friends = run("mappings", "preview", "--program", "friends", str(delivery), env=programs_env(mappings_dir))
+    assert friends.exit_code == 0, friends.output
+    assert "Brand__c = 'friends'" in friends.output and "Partnero_Program__c" not in friends.output
+    affiliate = run("mappings", "preview", "--program", "affiliate", str(delivery), env=programs_env(mappings_dir))
+    assert "Partnero_Program__c = 'affiliate'" in affiliate.output and "Brand__c" not in affiliate.output
+
+
 def test_preview_refuses_a_name_that_is_no_programs(tmp_path):
     delivery = tmp_path / "partner.json"
     delivery.write_text(json.dumps(sample_delivery("partner.created")))
     result = run("mappings", "preview", "--program", "Affiliate", str(delivery), env={"MAPPINGS_DIR": str(MAPPINGS)})
     assert result.exit_code == 2
-    assert "a program's name is lower-case letters, digits and dashes, at most 40 characters" in result.output
+    assert "a program's name is lower-case letters, digits and dashes (not first or last)" in result.output
 
 
 def test_check_refuses_a_key_that_gives_no_external_id(mappings_dir):

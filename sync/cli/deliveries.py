@@ -202,59 +202,70 @@ def mappings() -> None:
 
 def _program_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """``--program``'s value, when it is a program's name (else a usage error, exit status 2)."""
-    from sync.mapping.spec import PROGRAM_NAME
+    from sync.settings import PROGRAM_NAME
 
-    if not PROGRAM_NAME.match(value):
-        raise click.BadParameter("a program's name is lower-case letters, digits and dashes, at most 40 characters")
+    if not PROGRAM_NAME.fullmatch(value):
+        raise click.BadParameter("a program's name is lower-case letters, digits and dashes (not first or last), "
+                                 "at most 40 characters")
     return value
 
 
 @mappings.command("check")
 @click.option("--dir", "directory", type=click.Path(path_type=Path),
-              help="The mapping directory (default: MAPPINGS_DIR, else ./mappings).")
+              help="The mapping directory (default: each program's, else MAPPINGS_DIR, else ./mappings).")
 def mappings_check(directory: Path | None) -> None:
     """Load and check every mapping file; list every problem with file, line and field.
 
-    The web and the worker run the same check at start and refuse to start on a problem; run
-    it before deploying a changed file. Exit status 1 when there are problems.
+    Without --dir, checks the mapping directory of every program (PARTNERO_<NAME>_MAPPINGS_DIR,
+    else MAPPINGS_DIR). The web and the worker run the same check at start and refuse to start on
+    a problem; run it before deploying a changed file. Exit status 1 when there are problems.
     """
     from sync.mapping import MappingError, load_mappings
     from sync.store.schema import RESERVED_TABLES
 
-    directory = directory or load_settings().mappings_dir
-    try:
-        loaded = load_mappings(directory, RESERVED_TABLES)
-    except MappingError as exc:
-        click.echo(str(exc), err=True)
+    directories = [directory] if directory else list(dict.fromkeys(p.mappings_dir for p in load_settings().programs))
+    failed = False
+    for each in directories:
+        try:
+            loaded = load_mappings(each, RESERVED_TABLES)
+        except MappingError as exc:
+            click.echo(str(exc), err=True)
+            failed = True
+            continue
+        for mapping in loaded.mappings:
+            target = mapping.warehouse
+            click.echo(
+                f"{mapping.path}: {mapping.entity}: {len(mapping.events)} events -> table {target.table} "
+                f"({len(target.column_types())} columns)" + (", ledger" if mapping.ledger else "")
+            )
+    if failed:
         sys.exit(1)
-    for mapping in loaded.mappings:
-        target = mapping.warehouse
-        click.echo(
-            f"{mapping.path}: {mapping.entity}: {len(mapping.events)} events -> table {target.table} "
-            f"({len(target.column_types())} columns)" + (", ledger" if mapping.ledger else "")
-        )
     click.echo("mappings OK")
 
 
 @mappings.command("preview")
 @click.argument("delivery", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dir", "directory", type=click.Path(path_type=Path),
-              help="The mapping directory (default: MAPPINGS_DIR, else ./mappings).")
+              help="The mapping directory (default: the program's, else MAPPINGS_DIR, else ./mappings).")
 @click.option("--program", default="default", show_default=True, callback=_program_name,
               help="The program the delivery would come from: expressions see it as program.")
 def mappings_preview(delivery: Path, directory: Path | None, program: str) -> None:
     """Print what DELIVERY (a saved delivery, JSON) would write to each target. Writes nothing.
 
     Use it to see the effect of a mapping change on a real delivery before deploying it, and with
-    --program what another program's delivery would write (its Salesforce external ids). Needs
-    no database. Exit status 2 when the mapping files have problems.
+    --program what a delivery of that program would write (its Salesforce external ids), through
+    its mappings (PARTNERO_<NAME>_MAPPINGS_DIR) when this deployment serves it. Needs no
+    database. Exit status 2 when the mapping files have problems.
     """
     from sync.core.clock import system_clock
     from sync.mapping import load_mappings
     from sync.ops.preview import render
     from sync.store.schema import RESERVED_TABLES
 
-    directory = directory or load_settings().mappings_dir
+    if directory is None:
+        settings = load_settings()
+        served = settings.program(program)
+        directory = served.mappings_dir if served is not None else settings.mappings_dir
     loaded = load_mappings(directory, RESERVED_TABLES)
     click.echo(render(loaded, delivery.read_bytes(), system_clock(), program))
 

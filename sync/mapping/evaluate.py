@@ -97,13 +97,13 @@ def entity_label(key: Any) -> str | None:
 
 def record_key(mapping: Mapping, document: Any, program: str = DEFAULT_PROGRAM) -> str:
     """The id of the record ``document`` is about, by ``mapping``'s identity, as text; the
-    identity sees ``program`` as a top-level name (see ``with_program``).
+    identity sees ``program`` as a top-level name (see ``_with_program``).
 
     A record id is a text that is not blank, or a whole number; anything else (a list, an
     object, true/false, a number with a fraction, a text longer than 255 characters or holding
     control characters) raises ``FieldProblem`` saying which, never quoting it.
     """
-    return _record_key(mapping, with_program(document, program))
+    return _record_key(mapping, _with_program(document, program))
 
 
 def _record_key(mapping: Mapping, document: Any) -> str:
@@ -135,7 +135,7 @@ def identify(mapping: Mapping, document: Any, program: str = DEFAULT_PROGRAM) ->
         return None
 
 
-def with_program(document: Any, program: str) -> Any:
+def _with_program(document: Any, program: str) -> Any:
     """``document`` with ``program`` set as a top-level name, as every expression reads it: ours
     wins over a ``program`` the delivery itself carries. A document that is not an object is
     given back as it is."""
@@ -152,7 +152,7 @@ def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str, received_
     not fail it: the CRM record is refused (``Plan.crm_problem``), the rest goes ahead. Without
     ``salesforce`` (CRM sync off), the ``salesforce:`` section is not evaluated at all.
     """
-    document = with_program(document, program)
+    document = _with_program(document, program)
     event = document["event"]
     deleting = event in mapping.deletes
     key = _record_key(mapping, document)

@@ -39,12 +39,12 @@ SYSTEM_TABLE_PREFIXES = ("sqlite_", "pg_")
 SYSTEM_PREFIX = "sync_"
 #: The column partnero-sync fills with the program's name on every warehouse table.
 PROGRAM_COLUMN = "program"
-#: The program a deployment without PARTNERO_PROGRAMS has, and the one a caller that names none means.
+#: The program of a deployment that names none (PARTNERO_PROGRAMS unset), of every row stored
+#: before programs existed, and the one a caller that names none means. Settings and the store
+#: take it from here: the mapping engine is below them.
 DEFAULT_PROGRAM = "default"
-#: A program's name: lower-case letters, digits and dashes, at most 40 characters.
-PROGRAM_NAME = re.compile(r"^[a-z0-9-]{1,40}$")
 #: What a ``salesforce.key`` is tried on when the files are checked: the default program and one
-#: with a dash, each with two ids (two records must not share an external id).
+#: with a dash, each with two ids (two records of one program must not share an external id).
 KEY_SAMPLES = ((DEFAULT_PROGRAM, "x"), (DEFAULT_PROGRAM, "y"), ("a-b", "x"), ("a-b", "y"))
 DEFAULT_VERSION = "data.updated_at || created_at || timestamp"
 #: Partnero's REST lists a mapping may load from (backfill, reconcile), parents first (a customer
@@ -778,12 +778,13 @@ class _Checker:
 
     def key(self, raw: LineDict, where: str) -> Field | bool:
         """The section's ``key``: an expression over ``program`` and ``id`` that gives, for every
-        sample of ``KEY_SAMPLES``, an id (``transforms.id_problem``), a different one for each
-        (two records never share an external id); False, with the problem noted, otherwise."""
+        sample of ``KEY_SAMPLES``, an id (``transforms.id_problem``), and different ones for two
+        ids of one program (two records would share a Salesforce record; one id of two programs
+        may: the mapping's choice); False, with the problem noted, otherwise."""
         built = self.field(raw, "key", where, default_type="string")
         if built is None:
             return False
-        given: dict[Any, str] = {}
+        given: dict[tuple[str, Any], str] = {}
         for program, identity in KEY_SAMPLES:
             sample = f"program {program!r} and id {identity!r}"
             try:
@@ -792,12 +793,12 @@ class _Checker:
                 self.problem(raw, "key", where, f"cannot be computed for {sample} ({_why(exc)})")
                 return False
             problem = "gives nothing" if value is None else id_problem(value, "an external id")
-            if problem is None and value in given:
-                problem = f"gives what it gives for {given[value]}: two records would share one external id"
+            if problem is None and (program, value) in given:
+                problem = f"gives what it gives for {given[program, value]}: two records would share one external id"
             if problem is not None:
                 self.problem(raw, "key", where, f"for {sample} it {problem}")
                 return False
-            given[value] = sample
+            given[program, value] = sample
         return built
 
     def sf_names_distinct(self, raw: LineDict, where: str, external_id: str, fields: list[Field],

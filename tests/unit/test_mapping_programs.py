@@ -189,6 +189,12 @@ def test_a_key_that_gives_no_usable_external_id_is_a_problem(tmp_path, key, expe
                for p in found), found
 
 
+def test_a_key_may_make_one_record_of_one_id_in_every_program(tmp_path):
+    mapping = load_mappings(write(tmp_path, PARTNER + SALESFORCE + "  key: id\n")).mappings[0]
+    keys = {plan(mapping, delivery(), "f" * 64, ARRIVED, program=p).crm.key for p in ("default", "affiliate")}
+    assert keys == {"p1"}
+
+
 def test_the_signature_covers_the_key(tmp_path):
     plain = load_mappings(write(tmp_path, PARTNER + SALESFORCE)).mappings[0].salesforce.signature
     keyed = load_mappings(write(tmp_path, PARTNER + SALESFORCE + "  key: \"join(':', [program, id])\"\n"))
