@@ -1,7 +1,9 @@
 """The inbox: every genuine delivery, stored once, with what became of it.
 
-A row is written before Partnero gets its 2xx; the fingerprint (sha256 of the raw body) is UNIQUE,
-so the same bytes delivered again find the row already there.
+A row is written before Partnero gets its 2xx; the fingerprint (sha256 of the raw body, with the
+program's name in front for a program other than ``default``) is UNIQUE, so the same bytes
+delivered to the same program again find the row already there, while the same bytes sent to two
+programs are two deliveries.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from sync.core.clock import Clock, system_clock
 from sync.store.db import chunks, metadata, transaction
-from sync.store.sqltypes import BODY, KEY, UTCDateTime
+from sync.store.sqltypes import BODY, DEFAULT_PROGRAM, KEY, PROGRAM, UTCDateTime
 
 class DeliveryStatus(StrEnum):
     """Where an inbox row stands (``webhook_events.status``)."""
@@ -85,9 +87,12 @@ webhook_events = sa.Table(
     sa.Column("claimed_until", UTCDateTime()),
     #: When an operator last asked, from ``/ops``, for the row to be applied again (``Inbox.requeue``).
     sa.Column("replay_asked_at", UTCDateTime()),
+    #: The Partnero program that sent it (``sync.settings``): "default" without PARTNERO_PROGRAMS.
+    sa.Column("program", PROGRAM, nullable=False, server_default=DEFAULT_PROGRAM),
     sa.Index("ix_webhook_events_status_received", "status", "received_at"),
     sa.Index("ix_webhook_events_entity", "entity_id"),
     sa.Index("ix_webhook_events_status_id", "status", "id"),
+    sa.Index("ix_webhook_events_program_status_id", "program", "status", "id"),
 )
 
 
@@ -100,12 +105,17 @@ _EVENT_COLUMNS = (
     webhook_events.c.received_at,
     webhook_events.c.fingerprint,
     webhook_events.c.entity_id,
+    webhook_events.c.program,
 )
 
 
-def _matching(query, since: datetime | None = None, event_type: str | None = None, status: str | None = None):
-    """``query`` narrowed to rows received from ``since`` on, of ``event_type``, in ``status``."""
+def _matching(query, since: datetime | None = None, event_type: str | None = None, status: str | None = None,
+              program: str | None = None):
+    """``query`` narrowed to rows received from ``since`` on, of ``event_type``, in ``status``, of
+    ``program`` (None: of every program)."""
     t = webhook_events
+    if program is not None:
+        query = query.where(t.c.program == program)
     if since is not None:
         query = query.where(t.c.received_at >= since)
     if event_type is not None:
@@ -136,23 +146,31 @@ def _claim(query, limit: int):
 
 #: The inbox insert on PostgreSQL: an array per column that differs between rows, a value for
 #: those ``store_many`` gives every row alike; rows in the order given (sorted by fingerprint).
-_PER_ROW = ("fingerprint", "event_type", "body", "status", "entity_id")
+_PER_ROW = ("fingerprint", "event_type", "body", "status", "entity_id", "program")
 _ALIKE = ("received_at", "attempts", "claimed_until")
 _UNNEST_INSERT = sa.text(
     "INSERT INTO webhook_events (fingerprint, event_type, body, received_at, status, attempts, entity_id,"
-    " claimed_until)"
-    " SELECT u.fingerprint, u.event_type, u.body, :received_at, u.status, :attempts, u.entity_id, :claimed_until"
+    " claimed_until, program)"
+    " SELECT u.fingerprint, u.event_type, u.body, :received_at, u.status, :attempts, u.entity_id, :claimed_until,"
+    " u.program"
     " FROM unnest(CAST(:fingerprint AS varchar[]), CAST(:event_type AS varchar[]), CAST(:body AS bytea[]),"
-    " CAST(:status AS varchar[]), CAST(:entity_id AS varchar[]))"
-    " WITH ORDINALITY AS u(fingerprint, event_type, body, status, entity_id, n)"
+    " CAST(:status AS varchar[]), CAST(:entity_id AS varchar[]), CAST(:program AS varchar[]))"
+    " WITH ORDINALITY AS u(fingerprint, event_type, body, status, entity_id, program, n)"
     " ORDER BY u.n"
     " ON CONFLICT (fingerprint) DO NOTHING"
     " RETURNING fingerprint, id, status"
 ).bindparams(sa.bindparam("received_at", type_=UTCDateTime()), sa.bindparam("claimed_until", type_=UTCDateTime()))
 
 
-def fingerprint(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
+def fingerprint(body: bytes, program: str = DEFAULT_PROGRAM) -> str:
+    """What makes a delivery the same delivery: its bytes, sent to its program.
+
+    The program ``default``'s is sha256 of the body alone, as it was before programs, so the rows
+    of a deployment that upgrades stay valid; another program's has the program's name in front.
+    """
+    if program == DEFAULT_PROGRAM:
+        return hashlib.sha256(body).hexdigest()
+    return hashlib.sha256(b"program:" + program.encode() + b"\n" + body).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -163,10 +181,12 @@ class Delivery:
     event_type: str
     status: DeliveryStatus  # PENDING for events we handle, IGNORED for the rest
     entity_id: str | None = None
+    #: The program whose webhook it came to.
+    program: str = DEFAULT_PROGRAM
 
     @cached_property
     def fingerprint(self) -> str:
-        return fingerprint(self.body)
+        return fingerprint(self.body, self.program)
 
 
 @dataclass(frozen=True)
@@ -190,6 +210,7 @@ class StoredDelivery:
     received_at: datetime
     fingerprint: str
     entity_id: str | None = None
+    program: str = DEFAULT_PROGRAM
 
     @property
     def pruned(self) -> bool:
@@ -232,6 +253,7 @@ class InboxRow:
     processed_at: datetime | None
     #: When a replay was last asked from ``/ops`` (None: never).
     replay_asked_at: datetime | None = None
+    program: str = DEFAULT_PROGRAM
 
 
 _ROW_COLUMNS = (
@@ -245,6 +267,7 @@ _ROW_COLUMNS = (
     webhook_events.c.last_error,
     webhook_events.c.processed_at,
     webhook_events.c.replay_asked_at,
+    webhook_events.c.program,
 )
 
 
@@ -301,6 +324,7 @@ class Inbox:
                 "attempts": 1 if claimed else 0,
                 "entity_id": d.entity_id,
                 "claimed_until": now + CLAIM_LEASE if claimed else None,
+                "program": d.program,
             }
             for fp, d in ordered
         ]
