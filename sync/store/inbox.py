@@ -410,11 +410,13 @@ class Inbox:
                 rows += conn.execute(sa.select(*_EVENT_COLUMNS).where(t.c.id.in_(chunk)).order_by(t.c.id)).all()
         return [StoredDelivery(*row) for row in rows]
 
-    def claimable(self, older_than: timedelta = timedelta(0)) -> int:
-        """How many pending rows nobody holds were received more than ``older_than`` ago."""
+    def claimable(self, older_than: timedelta = timedelta(0), program: str | None = None) -> int:
+        """How many pending rows nobody holds were received more than ``older_than`` ago (of
+        ``program``; None: of every program)."""
         t = webhook_events
         now = self.clock()
-        query = sa.select(sa.func.count()).select_from(t).where(_unheld(now), t.c.received_at < now - older_than)
+        query = _matching(sa.select(sa.func.count()).select_from(t).where(_unheld(now), t.c.received_at < now - older_than),
+                          program=program)
         with self._transaction() as conn:
             return conn.execute(query).scalar_one()
 
@@ -482,14 +484,15 @@ class Inbox:
 
     def deliveries(
         self, since: datetime | None = None, event_type: str | None = None, batch: int = 500,
-        status: str | None = None,
+        status: str | None = None, program: str | None = None,
     ) -> Iterator[StoredDelivery]:
-        """Stored deliveries, oldest first, optionally from ``since``, of one type, in one status."""
+        """Stored deliveries, oldest first, optionally from ``since``, of one type, in one status,
+        of one program."""
         t = webhook_events
         after_id = 0
         while True:
             query = sa.select(*_EVENT_COLUMNS).where(t.c.id > after_id).order_by(t.c.id).limit(batch)
-            query = _matching(query, since, event_type, status)
+            query = _matching(query, since, event_type, status, program)
             with self._transaction() as conn:
                 found = [StoredDelivery(*row) for row in conn.execute(query)]
             yield from found
@@ -514,7 +517,7 @@ class Inbox:
             return None
         row = InboxRow(*found[:-1])
         return row, StoredDelivery(row.id, row.event_type, found.body, row.status, row.attempts, row.received_at,
-                          row.fingerprint, row.entity_id)
+                                   row.fingerprint, row.entity_id, row.program)
 
     def rows(
         self,
@@ -523,12 +526,16 @@ class Inbox:
         entity_id: str | None = None,
         before: int | None = None,
         limit: int = 50,
+        program: str | None = None,
     ) -> list[InboxRow]:
-        """Up to ``limit`` rows, newest first, matching every filter given; ``before`` pages on
-        (only rows with a smaller id), so a page stays put while new deliveries arrive."""
+        """Up to ``limit`` rows, newest first, matching every filter given (``program``: of one
+        program); ``before`` pages on (only rows with a smaller id), so a page stays put while new
+        deliveries arrive."""
         t = webhook_events
         query = sa.select(*_ROW_COLUMNS).order_by(t.c.id.desc()).limit(limit)
-        for column, value in ((t.c.status, status), (t.c.event_type, event_type), (t.c.entity_id, entity_id)):
+        filters = ((t.c.status, status), (t.c.event_type, event_type), (t.c.entity_id, entity_id),
+                   (t.c.program, program))
+        for column, value in filters:
             if value is not None:
                 query = query.where(column == value)
         if before is not None:
@@ -536,16 +543,18 @@ class Inbox:
         with self._transaction() as conn:
             return [InboxRow(*row) for row in conn.execute(query)]
 
-    def count(self, since: datetime | None = None, event_type: str | None = None, status: str | None = None) -> int:
-        """How many rows match: received from ``since`` on, of one event type, in one status."""
+    def count(self, since: datetime | None = None, event_type: str | None = None, status: str | None = None,
+              program: str | None = None) -> int:
+        """How many rows match: received from ``since`` on, of one event type, in one status, of
+        one program."""
         t = webhook_events
-        query = _matching(sa.select(sa.func.count()).select_from(t), since, event_type, status)
+        query = _matching(sa.select(sa.func.count()).select_from(t), since, event_type, status, program)
         with self._transaction() as conn:
             return conn.execute(query).scalar_one()
 
     def requeue_failed(
         self, since: datetime | None = None, event_type: str | None = None, batch: int = 1000,
-        still_failing: Callable[[StoredDelivery], str | None] | None = None,
+        still_failing: Callable[[StoredDelivery], str | None] | None = None, program: str | None = None,
     ) -> Iterator[Requeued]:
         """Set failed rows back to pending, ``batch`` rows a transaction, by id; yields each batch
         once committed.
@@ -559,7 +568,7 @@ class Inbox:
         after_id = 0
         while True:
             query = _matching(sa.select(*_EVENT_COLUMNS).where(t.c.id > after_id), since, event_type,
-                              DeliveryStatus.FAILED)
+                              DeliveryStatus.FAILED, program)
             with self._transaction() as conn:
                 events = [StoredDelivery(*row) for row in conn.execute(_claim(query, batch))]
                 skipped = {}
@@ -642,31 +651,34 @@ class Inbox:
             yield Pruned(rows=len(found), bytes=sum(size or 0 for _, size in found))
             after_id = found[-1][0]
 
-    def summary(self) -> InboxSummary:
-        """Counts by status, the oldest pending delivery and the last one processed, in one transaction."""
+    def summary(self, program: str | None = None) -> InboxSummary:
+        """Counts by status, the oldest pending delivery and the last one processed, in one
+        transaction (of ``program``; None: of every program)."""
         t = webhook_events
         with self._transaction() as conn:
-            found = dict(conn.execute(sa.select(t.c.status, sa.func.count()).group_by(t.c.status)).all())
-            oldest = conn.execute(sa.select(sa.func.min(t.c.received_at))
-                                  .where(t.c.status == DeliveryStatus.PENDING)).scalar()
-            last = conn.execute(sa.select(sa.func.max(t.c.processed_at))
-                                .where(t.c.status == DeliveryStatus.PROCESSED)).scalar()
+            found = dict(conn.execute(_matching(sa.select(t.c.status, sa.func.count()), program=program)
+                                      .group_by(t.c.status)).all())
+            oldest = conn.execute(_matching(sa.select(sa.func.min(t.c.received_at)), status=DeliveryStatus.PENDING,
+                                            program=program)).scalar()
+            last = conn.execute(_matching(sa.select(sa.func.max(t.c.processed_at)), status=DeliveryStatus.PROCESSED,
+                                          program=program)).scalar()
         return InboxSummary(
             counts={status: found.get(status, 0) for status in DeliveryStatus},
             oldest_pending_at=oldest,
             last_processed_at=last,
         )
 
-    def backlog(self) -> Backlog:
-        """How many deliveries are pending and failed, and the oldest pending one: cheap enough to
-        answer anyone who asks (``/healthz``), as every read is a range of an index on the
-        status. ``summary`` reads the whole table."""
+    def backlog(self, program: str | None = None) -> Backlog:
+        """How many deliveries are pending and failed, and the oldest pending one (of ``program``;
+        None: of every program): cheap enough to answer anyone who asks (``/healthz``), as every
+        read is a range of an index on the status (and program). ``summary`` reads the whole table."""
         t = webhook_events
 
         def count(status: str):
-            return sa.select(sa.func.count()).select_from(t).where(t.c.status == status).scalar_subquery()
+            return _matching(sa.select(sa.func.count()).select_from(t), status=status, program=program).scalar_subquery()
 
-        oldest = sa.select(sa.func.min(t.c.received_at)).where(t.c.status == DeliveryStatus.PENDING).scalar_subquery()
+        oldest = _matching(sa.select(sa.func.min(t.c.received_at)), status=DeliveryStatus.PENDING,
+                           program=program).scalar_subquery()
         with self._transaction() as conn:
             query = sa.select(count(DeliveryStatus.PENDING), count(DeliveryStatus.FAILED), oldest)
             pending, failed, oldest_at = conn.execute(query).one()
