@@ -13,8 +13,9 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from sync.settings import DEFAULT_PROGRAM
 from sync.store.db import metadata
-from sync.store.sqltypes import DEFAULT_PROGRAM, PROGRAM, UTCDateTime
+from sync.store.sqltypes import PROGRAM, UTCDateTime
 
 crm_bulk_jobs = sa.Table(
     "crm_bulk_jobs",

@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sync.core.clock import Clock, system_clock
+from sync.settings import DEFAULT_PROGRAM
 from sync.store.db import chunks, metadata, transaction
-from sync.store.sqltypes import BODY, DEFAULT_PROGRAM, KEY, PROGRAM, UTCDateTime
+from sync.store.sqltypes import BODY, KEY, PROGRAM, UTCDateTime
 
 class DeliveryStatus(StrEnum):
     """Where an inbox row stands (``webhook_events.status``)."""
@@ -87,7 +88,7 @@ webhook_events = sa.Table(
     sa.Column("claimed_until", UTCDateTime()),
     #: When an operator last asked, from ``/ops``, for the row to be applied again (``Inbox.requeue``).
     sa.Column("replay_asked_at", UTCDateTime()),
-    #: The Partnero program that sent it (``sync.settings``): "default" without PARTNERO_PROGRAMS.
+    #: The Partnero program it was sent to: "default" without PARTNERO_PROGRAMS (``sync.settings``).
     sa.Column("program", PROGRAM, nullable=False, server_default=DEFAULT_PROGRAM),
     sa.Index("ix_webhook_events_status_received", "status", "received_at"),
     sa.Index("ix_webhook_events_entity", "entity_id"),

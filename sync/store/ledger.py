@@ -22,8 +22,9 @@ from sqlalchemy.engine import Connection
 from sync.mapping import Reward
 from sync.rules import commissions
 from sync.rules.commissions import Bucket, Entry
+from sync.settings import DEFAULT_PROGRAM
 from sync.store import db
-from sync.store.sqltypes import DEFAULT_PROGRAM, KEY, PROGRAM, Money, UTCDateTime
+from sync.store.sqltypes import KEY, PROGRAM, Money, UTCDateTime
 
 commission_entries = sa.Table(
     "commission_entries",

@@ -26,9 +26,10 @@ from sync.core.clock import Clock, system_clock
 from sync.core.envelope import ExactFloat
 from sync.mapping import RecordChange
 from sync.rules.records import RecordState, bookkeeping, from_bookkeeping, merge
+from sync.settings import DEFAULT_PROGRAM
 from sync.store import db
 from sync.store.merge import RecordKey, Target, merge_rows
-from sync.store.sqltypes import DEFAULT_PROGRAM, FINGERPRINT, KEY, PROGRAM, UTCDateTime
+from sync.store.sqltypes import FINGERPRINT, KEY, PROGRAM, UTCDateTime
 
 class OutboxStatus(StrEnum):
     """Where a Salesforce record of the outbox stands (``crm_outbox.status``)."""

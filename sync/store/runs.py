@@ -22,8 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from sync.core.clock import Clock, system_clock
+from sync.settings import DEFAULT_PROGRAM
 from sync.store.db import metadata, transaction
-from sync.store.sqltypes import DEFAULT_PROGRAM, PROGRAM, UTCDateTime
+from sync.store.sqltypes import PROGRAM, UTCDateTime
 
 class RunStatus(StrEnum):
     """Where a backfill run stands (``backfill_runs.status``)."""

@@ -25,9 +25,10 @@ from sync.core.errors import ConfigurationError
 from sync.mapping import MappingSet, RecordChange
 from sync.mapping.spec import Mapping
 from sync.rules.records import RecordState, bookkeeping, from_bookkeeping, merge
+from sync.settings import DEFAULT_PROGRAM
 from sync.store import db
 from sync.store.merge import RecordKey, Target, merge_rows
-from sync.store.sqltypes import DEFAULT_PROGRAM, FINGERPRINT, KEY, PROGRAM, UTCDateTime, column_type
+from sync.store.sqltypes import FINGERPRINT, KEY, PROGRAM, UTCDateTime, column_type
 
 log = logging.getLogger(__name__)
 
