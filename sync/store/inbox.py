@@ -416,8 +416,8 @@ class Inbox:
         ``program``; None: of every program)."""
         t = webhook_events
         now = self.clock()
-        query = _matching(sa.select(sa.func.count()).select_from(t).where(_unheld(now), t.c.received_at < now - older_than),
-                          program=program)
+        query = sa.select(sa.func.count()).select_from(t).where(_unheld(now), t.c.received_at < now - older_than)
+        query = _matching(query, program=program)
         with self._transaction() as conn:
             return conn.execute(query).scalar_one()
 
@@ -676,7 +676,8 @@ class Inbox:
         t = webhook_events
 
         def count(status: str):
-            return _matching(sa.select(sa.func.count()).select_from(t), status=status, program=program).scalar_subquery()
+            query = _matching(sa.select(sa.func.count()).select_from(t), status=status, program=program)
+            return query.scalar_subquery()
 
         oldest = _matching(sa.select(sa.func.min(t.c.received_at)), status=DeliveryStatus.PENDING,
                            program=program).scalar_subquery()

@@ -119,7 +119,8 @@ def settle_many(conn: Connection, settlements: Sequence[Settlement], now: dateti
         added += commissions.settle(s.transaction_key, stored.get(s.transaction_key, []), s.rewards, s.refunded,
                                     s.changed_at, s.refunded_at, s.event_id, s.refund_event_id)
     if added:
-        rows = [_row(entry, now, program) for entry in sorted(added, key=lambda e: (e.transaction_key, e.reward_ref, e.seq))]
+        ordered = sorted(added, key=lambda e: (e.transaction_key, e.reward_ref, e.seq))
+        rows = [_row(entry, now, program) for entry in ordered]
         conn.execute(commission_entries.insert(), rows)
     return {entry.bucket.partner_id for entry in added}
 

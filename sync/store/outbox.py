@@ -300,8 +300,8 @@ class Outbox:
             OutboxStatus.WAITING: time_come,
             OutboxStatus.FAILED: sa.or_(t.c.next_attempt_at <= at, t.c.sent_with != signature),
         }
-        return [sa.and_(t.c.program == program, t.c.object == object_name, t.c.status == status, t.c.sync_version.is_not(None),
-                        t.c.bulk_job.is_(None), condition)
+        return [sa.and_(t.c.program == program, t.c.object == object_name, t.c.status == status,
+                        t.c.sync_version.is_not(None), t.c.bulk_job.is_(None), condition)
                 for status, condition in wanted.items()]
 
     # -- bulk jobs: the rows one carries ------------------------------------------------------
