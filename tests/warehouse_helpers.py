@@ -62,7 +62,7 @@ class Pipe:
             found = [dict(r._mapping) for r in conn.execute(sa.select(t))]
         return sorted(
             ({k: v for k, v in r.items() if k not in VOLATILE} for r in found),
-            key=lambda r: str(r[t.primary_key.columns[0].name]),
+            key=lambda r: tuple(str(r[c.name]) for c in t.primary_key.columns),
         )
 
     def ledger(self, with_times: bool = True) -> list[tuple]:

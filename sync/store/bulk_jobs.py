@@ -1,8 +1,8 @@
 """The ``crm_bulk_jobs`` table: each Bulk API 2.0 ingest job a flush started, from its creation
 until its results are recorded on its outbox rows (``crm_outbox.bulk_job`` names the job a row
 travels in). A job whose row is not done belongs to the flushes: the one that started it, or the
-next one, after a worker died. It holds Salesforce's job id, the object, counts and states, never
-a record's data.
+next one, after a worker died. It holds Salesforce's job id, the program and object, counts and
+states, never a record's data. A job carries the records of one program (a flush is of one).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from sync.settings import DEFAULT_PROGRAM
 from sync.store.db import metadata
-from sync.store.sqltypes import UTCDateTime
+from sync.store.sqltypes import PROGRAM, UTCDateTime
 
 crm_bulk_jobs = sa.Table(
     "crm_bulk_jobs",
@@ -38,6 +39,8 @@ crm_bulk_jobs = sa.Table(
     sa.Column("done_at", UTCDateTime()),
     #: Why the job failed as a whole (Salesforce's errorMessage, values removed).
     sa.Column("error", sa.Text),
+    #: The Partnero program whose records it carries.
+    sa.Column("program", PROGRAM, nullable=False, server_default=DEFAULT_PROGRAM),
     sa.UniqueConstraint("job_id", name="uq_crm_bulk_jobs_job_id"),
     sa.Index("ix_crm_bulk_jobs_done_at", "done_at"),
 )
@@ -57,6 +60,7 @@ class BulkJob:
     next_poll_at: datetime | None
     done_at: datetime | None
     error: str | None
+    program: str = DEFAULT_PROGRAM
 
     def as_dict(self) -> dict:
         """What ``status``, ``/ops`` and the dashboard show of it."""
@@ -64,25 +68,30 @@ class BulkJob:
                 "since": self.created_at.isoformat(timespec="seconds")}
 
 
-def start(conn: Connection, job_id: str, object_name: str, records: int, at: datetime) -> None:
-    """Keep a job just created at Salesforce (state Open)."""
+def start(conn: Connection, job_id: str, object_name: str, records: int, at: datetime, *,
+          program: str = DEFAULT_PROGRAM) -> None:
+    """Keep a job of ``program``'s records just created at Salesforce (state Open)."""
     conn.execute(crm_bulk_jobs.insert().values(job_id=job_id, object=object_name, state="Open", records=records,
-                                               created_at=at, updated_at=at, polls=0))
+                                               created_at=at, updated_at=at, polls=0, program=program))
 
 
-def running(conn: Connection, object_name: str | None = None) -> list[BulkJob]:
-    """The jobs whose results are not recorded yet, oldest first (of one object, or all)."""
+def running(conn: Connection, object_name: str | None = None, *, program: str | None = None) -> list[BulkJob]:
+    """The jobs whose results are not recorded yet, oldest first (of one object, or all; of one
+    program, or all)."""
     t = crm_bulk_jobs
     query = sa.select(t).where(t.c.done_at.is_(None)).order_by(t.c.id)
     if object_name is not None:
         query = query.where(t.c.object == object_name)
+    if program is not None:
+        query = query.where(t.c.program == program)
     return [_job(r) for r in conn.execute(query)]
 
 
-def last_started(conn: Connection, object_name: str) -> datetime | None:
-    """When the newest job of ``object_name`` was created (None: never)."""
+def last_started(conn: Connection, object_name: str, *, program: str = DEFAULT_PROGRAM) -> datetime | None:
+    """When the newest job of ``program``'s ``object_name`` was created (None: never)."""
     t = crm_bulk_jobs
-    return conn.execute(sa.select(sa.func.max(t.c.created_at)).where(t.c.object == object_name)).scalar()
+    query = sa.select(sa.func.max(t.c.created_at)).where(t.c.program == program, t.c.object == object_name)
+    return conn.execute(query).scalar()
 
 
 def get(conn: Connection, job_id: str) -> BulkJob | None:
@@ -113,4 +122,4 @@ def finish(conn: Connection, job_id: str, state: str, at: datetime) -> None:
 
 def _job(row) -> BulkJob:
     return BulkJob(row.job_id, row.object, row.state, row.records, row.created_at, row.updated_at, row.polls,
-                   row.next_poll_at, row.done_at, row.error)
+                   row.next_poll_at, row.done_at, row.error, row.program)

@@ -1,7 +1,9 @@
 """The inbox: every genuine delivery, stored once, with what became of it.
 
-A row is written before Partnero gets its 2xx; the fingerprint (sha256 of the raw body) is UNIQUE,
-so the same bytes delivered again find the row already there.
+A row is written before Partnero gets its 2xx; the fingerprint (sha256 of the raw body, with the
+program's name in front for a program other than ``default``) is UNIQUE, so the same bytes
+delivered to the same program again find the row already there, while the same bytes sent to two
+programs are two deliveries.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sync.core.clock import Clock, system_clock
+from sync.settings import DEFAULT_PROGRAM
 from sync.store.db import chunks, metadata, transaction
-from sync.store.sqltypes import BODY, KEY, UTCDateTime
+from sync.store.sqltypes import BODY, KEY, PROGRAM, UTCDateTime
 
 class DeliveryStatus(StrEnum):
     """Where an inbox row stands (``webhook_events.status``)."""
@@ -85,9 +88,12 @@ webhook_events = sa.Table(
     sa.Column("claimed_until", UTCDateTime()),
     #: When an operator last asked, from ``/ops``, for the row to be applied again (``Inbox.requeue``).
     sa.Column("replay_asked_at", UTCDateTime()),
+    #: The Partnero program it was sent to: "default" without PARTNERO_PROGRAMS (``sync.settings``).
+    sa.Column("program", PROGRAM, nullable=False, server_default=DEFAULT_PROGRAM),
     sa.Index("ix_webhook_events_status_received", "status", "received_at"),
     sa.Index("ix_webhook_events_entity", "entity_id"),
     sa.Index("ix_webhook_events_status_id", "status", "id"),
+    sa.Index("ix_webhook_events_program_status_id", "program", "status", "id"),
 )
 
 
@@ -100,12 +106,17 @@ _EVENT_COLUMNS = (
     webhook_events.c.received_at,
     webhook_events.c.fingerprint,
     webhook_events.c.entity_id,
+    webhook_events.c.program,
 )
 
 
-def _matching(query, since: datetime | None = None, event_type: str | None = None, status: str | None = None):
-    """``query`` narrowed to rows received from ``since`` on, of ``event_type``, in ``status``."""
+def _matching(query, since: datetime | None = None, event_type: str | None = None, status: str | None = None,
+              program: str | None = None):
+    """``query`` narrowed to rows received from ``since`` on, of ``event_type``, in ``status``, of
+    ``program`` (None: of every program)."""
     t = webhook_events
+    if program is not None:
+        query = query.where(t.c.program == program)
     if since is not None:
         query = query.where(t.c.received_at >= since)
     if event_type is not None:
@@ -136,23 +147,31 @@ def _claim(query, limit: int):
 
 #: The inbox insert on PostgreSQL: an array per column that differs between rows, a value for
 #: those ``store_many`` gives every row alike; rows in the order given (sorted by fingerprint).
-_PER_ROW = ("fingerprint", "event_type", "body", "status", "entity_id")
+_PER_ROW = ("fingerprint", "event_type", "body", "status", "entity_id", "program")
 _ALIKE = ("received_at", "attempts", "claimed_until")
 _UNNEST_INSERT = sa.text(
     "INSERT INTO webhook_events (fingerprint, event_type, body, received_at, status, attempts, entity_id,"
-    " claimed_until)"
-    " SELECT u.fingerprint, u.event_type, u.body, :received_at, u.status, :attempts, u.entity_id, :claimed_until"
+    " claimed_until, program)"
+    " SELECT u.fingerprint, u.event_type, u.body, :received_at, u.status, :attempts, u.entity_id, :claimed_until,"
+    " u.program"
     " FROM unnest(CAST(:fingerprint AS varchar[]), CAST(:event_type AS varchar[]), CAST(:body AS bytea[]),"
-    " CAST(:status AS varchar[]), CAST(:entity_id AS varchar[]))"
-    " WITH ORDINALITY AS u(fingerprint, event_type, body, status, entity_id, n)"
+    " CAST(:status AS varchar[]), CAST(:entity_id AS varchar[]), CAST(:program AS varchar[]))"
+    " WITH ORDINALITY AS u(fingerprint, event_type, body, status, entity_id, program, n)"
     " ORDER BY u.n"
     " ON CONFLICT (fingerprint) DO NOTHING"
     " RETURNING fingerprint, id, status"
 ).bindparams(sa.bindparam("received_at", type_=UTCDateTime()), sa.bindparam("claimed_until", type_=UTCDateTime()))
 
 
-def fingerprint(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
+def fingerprint(body: bytes, program: str = DEFAULT_PROGRAM) -> str:
+    """What makes a delivery the same delivery: its bytes, sent to its program.
+
+    The program ``default``'s is sha256 of the body alone, as it was before programs, so the rows
+    of a deployment that upgrades stay valid; another program's has the program's name in front.
+    """
+    if program == DEFAULT_PROGRAM:
+        return hashlib.sha256(body).hexdigest()
+    return hashlib.sha256(b"program:" + program.encode() + b"\n" + body).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -163,10 +182,12 @@ class Delivery:
     event_type: str
     status: DeliveryStatus  # PENDING for events we handle, IGNORED for the rest
     entity_id: str | None = None
+    #: The program whose webhook it came to.
+    program: str = DEFAULT_PROGRAM
 
     @cached_property
     def fingerprint(self) -> str:
-        return fingerprint(self.body)
+        return fingerprint(self.body, self.program)
 
 
 @dataclass(frozen=True)
@@ -190,6 +211,7 @@ class StoredDelivery:
     received_at: datetime
     fingerprint: str
     entity_id: str | None = None
+    program: str = DEFAULT_PROGRAM
 
     @property
     def pruned(self) -> bool:
@@ -232,6 +254,7 @@ class InboxRow:
     processed_at: datetime | None
     #: When a replay was last asked from ``/ops`` (None: never).
     replay_asked_at: datetime | None = None
+    program: str = DEFAULT_PROGRAM
 
 
 _ROW_COLUMNS = (
@@ -245,6 +268,7 @@ _ROW_COLUMNS = (
     webhook_events.c.last_error,
     webhook_events.c.processed_at,
     webhook_events.c.replay_asked_at,
+    webhook_events.c.program,
 )
 
 
@@ -301,6 +325,7 @@ class Inbox:
                 "attempts": 1 if claimed else 0,
                 "entity_id": d.entity_id,
                 "claimed_until": now + CLAIM_LEASE if claimed else None,
+                "program": d.program,
             }
             for fp, d in ordered
         ]
@@ -386,11 +411,13 @@ class Inbox:
                 rows += conn.execute(sa.select(*_EVENT_COLUMNS).where(t.c.id.in_(chunk)).order_by(t.c.id)).all()
         return [StoredDelivery(*row) for row in rows]
 
-    def claimable(self, older_than: timedelta = timedelta(0)) -> int:
-        """How many pending rows nobody holds were received more than ``older_than`` ago."""
+    def claimable(self, older_than: timedelta = timedelta(0), program: str | None = None) -> int:
+        """How many pending rows nobody holds were received more than ``older_than`` ago (of
+        ``program``; None: of every program)."""
         t = webhook_events
         now = self.clock()
         query = sa.select(sa.func.count()).select_from(t).where(_unheld(now), t.c.received_at < now - older_than)
+        query = _matching(query, program=program)
         with self._transaction() as conn:
             return conn.execute(query).scalar_one()
 
@@ -458,14 +485,15 @@ class Inbox:
 
     def deliveries(
         self, since: datetime | None = None, event_type: str | None = None, batch: int = 500,
-        status: str | None = None,
+        status: str | None = None, program: str | None = None,
     ) -> Iterator[StoredDelivery]:
-        """Stored deliveries, oldest first, optionally from ``since``, of one type, in one status."""
+        """Stored deliveries, oldest first, optionally from ``since``, of one type, in one status,
+        of one program."""
         t = webhook_events
         after_id = 0
         while True:
             query = sa.select(*_EVENT_COLUMNS).where(t.c.id > after_id).order_by(t.c.id).limit(batch)
-            query = _matching(query, since, event_type, status)
+            query = _matching(query, since, event_type, status, program)
             with self._transaction() as conn:
                 found = [StoredDelivery(*row) for row in conn.execute(query)]
             yield from found
@@ -490,7 +518,7 @@ class Inbox:
             return None
         row = InboxRow(*found[:-1])
         return row, StoredDelivery(row.id, row.event_type, found.body, row.status, row.attempts, row.received_at,
-                          row.fingerprint, row.entity_id)
+                                   row.fingerprint, row.entity_id, row.program)
 
     def rows(
         self,
@@ -499,12 +527,16 @@ class Inbox:
         entity_id: str | None = None,
         before: int | None = None,
         limit: int = 50,
+        program: str | None = None,
     ) -> list[InboxRow]:
-        """Up to ``limit`` rows, newest first, matching every filter given; ``before`` pages on
-        (only rows with a smaller id), so a page stays put while new deliveries arrive."""
+        """Up to ``limit`` rows, newest first, matching every filter given (``program``: of one
+        program); ``before`` pages on (only rows with a smaller id), so a page stays put while new
+        deliveries arrive."""
         t = webhook_events
         query = sa.select(*_ROW_COLUMNS).order_by(t.c.id.desc()).limit(limit)
-        for column, value in ((t.c.status, status), (t.c.event_type, event_type), (t.c.entity_id, entity_id)):
+        filters = ((t.c.status, status), (t.c.event_type, event_type), (t.c.entity_id, entity_id),
+                   (t.c.program, program))
+        for column, value in filters:
             if value is not None:
                 query = query.where(column == value)
         if before is not None:
@@ -512,16 +544,18 @@ class Inbox:
         with self._transaction() as conn:
             return [InboxRow(*row) for row in conn.execute(query)]
 
-    def count(self, since: datetime | None = None, event_type: str | None = None, status: str | None = None) -> int:
-        """How many rows match: received from ``since`` on, of one event type, in one status."""
+    def count(self, since: datetime | None = None, event_type: str | None = None, status: str | None = None,
+              program: str | None = None) -> int:
+        """How many rows match: received from ``since`` on, of one event type, in one status, of
+        one program."""
         t = webhook_events
-        query = _matching(sa.select(sa.func.count()).select_from(t), since, event_type, status)
+        query = _matching(sa.select(sa.func.count()).select_from(t), since, event_type, status, program)
         with self._transaction() as conn:
             return conn.execute(query).scalar_one()
 
     def requeue_failed(
         self, since: datetime | None = None, event_type: str | None = None, batch: int = 1000,
-        still_failing: Callable[[StoredDelivery], str | None] | None = None,
+        still_failing: Callable[[StoredDelivery], str | None] | None = None, program: str | None = None,
     ) -> Iterator[Requeued]:
         """Set failed rows back to pending, ``batch`` rows a transaction, by id; yields each batch
         once committed.
@@ -535,7 +569,7 @@ class Inbox:
         after_id = 0
         while True:
             query = _matching(sa.select(*_EVENT_COLUMNS).where(t.c.id > after_id), since, event_type,
-                              DeliveryStatus.FAILED)
+                              DeliveryStatus.FAILED, program)
             with self._transaction() as conn:
                 events = [StoredDelivery(*row) for row in conn.execute(_claim(query, batch))]
                 skipped = {}
@@ -618,31 +652,35 @@ class Inbox:
             yield Pruned(rows=len(found), bytes=sum(size or 0 for _, size in found))
             after_id = found[-1][0]
 
-    def summary(self) -> InboxSummary:
-        """Counts by status, the oldest pending delivery and the last one processed, in one transaction."""
+    def summary(self, program: str | None = None) -> InboxSummary:
+        """Counts by status, the oldest pending delivery and the last one processed, in one
+        transaction (of ``program``; None: of every program)."""
         t = webhook_events
         with self._transaction() as conn:
-            found = dict(conn.execute(sa.select(t.c.status, sa.func.count()).group_by(t.c.status)).all())
-            oldest = conn.execute(sa.select(sa.func.min(t.c.received_at))
-                                  .where(t.c.status == DeliveryStatus.PENDING)).scalar()
-            last = conn.execute(sa.select(sa.func.max(t.c.processed_at))
-                                .where(t.c.status == DeliveryStatus.PROCESSED)).scalar()
+            found = dict(conn.execute(_matching(sa.select(t.c.status, sa.func.count()), program=program)
+                                      .group_by(t.c.status)).all())
+            oldest = conn.execute(_matching(sa.select(sa.func.min(t.c.received_at)), status=DeliveryStatus.PENDING,
+                                            program=program)).scalar()
+            last = conn.execute(_matching(sa.select(sa.func.max(t.c.processed_at)), status=DeliveryStatus.PROCESSED,
+                                          program=program)).scalar()
         return InboxSummary(
             counts={status: found.get(status, 0) for status in DeliveryStatus},
             oldest_pending_at=oldest,
             last_processed_at=last,
         )
 
-    def backlog(self) -> Backlog:
-        """How many deliveries are pending and failed, and the oldest pending one: cheap enough to
-        answer anyone who asks (``/healthz``), as every read is a range of an index on the
-        status. ``summary`` reads the whole table."""
+    def backlog(self, program: str | None = None) -> Backlog:
+        """How many deliveries are pending and failed, and the oldest pending one (of ``program``;
+        None: of every program): cheap enough to answer anyone who asks (``/healthz``), as every
+        read is a range of an index on the status (and program). ``summary`` reads the whole table."""
         t = webhook_events
 
         def count(status: str):
-            return sa.select(sa.func.count()).select_from(t).where(t.c.status == status).scalar_subquery()
+            query = _matching(sa.select(sa.func.count()).select_from(t), status=status, program=program)
+            return query.scalar_subquery()
 
-        oldest = sa.select(sa.func.min(t.c.received_at)).where(t.c.status == DeliveryStatus.PENDING).scalar_subquery()
+        oldest = _matching(sa.select(sa.func.min(t.c.received_at)), status=DeliveryStatus.PENDING,
+                           program=program).scalar_subquery()
         with self._transaction() as conn:
             query = sa.select(count(DeliveryStatus.PENDING), count(DeliveryStatus.FAILED), oldest)
             pending, failed, oldest_at = conn.execute(query).one()

@@ -40,6 +40,10 @@ class Target:
     row_id: sa.Column
     #: The column that holds a record's group; None: the table is one group.
     group: sa.Column | None = None
+    #: Conditions every row of the batch meets (its program: ``table.c.program == "affiliate"``),
+    #: applied to the locking SELECT and to the UPDATE, so a table keyed by (program, key) merges
+    #: and locks only that program's rows.
+    scope: tuple[sa.ColumnElement, ...] = ()
 
 
 class Merger(Protocol[Item]):
@@ -86,7 +90,7 @@ def merge_rows(conn: Connection, target: Target, items: Sequence[Item], merger: 
             updates.append(values | {_ROW: rows[record]._mapping[target.row_id.name]})
     if updates:
         columns = [c for c in updates[0] if c != _ROW]
-        statement = target.table.update().where(target.row_id == sa.bindparam(_ROW)).values(
+        statement = target.table.update().where(*target.scope, target.row_id == sa.bindparam(_ROW)).values(
             {c: sa.bindparam(c) for c in columns}
         )
         conn.execute(statement, updates)
@@ -100,7 +104,7 @@ def _lock(conn: Connection, target: Target, records: list[RecordKey]) -> dict[Re
         keys = [key for g, key in records if g == group]
         in_group = [target.group == group] if target.group is not None else []
         for chunk in db.chunks(keys, 500):
-            query = (sa.select(target.table).where(*in_group, target.key.in_(chunk))
+            query = (sa.select(target.table).where(*target.scope, *in_group, target.key.in_(chunk))
                      .order_by(target.key).with_for_update())
             rows.update({(group, row._mapping[target.key.name]): row for row in conn.execute(query)})
     return rows

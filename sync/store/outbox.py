@@ -4,11 +4,15 @@ A delivery's warehouse rows and its outbox row commit in one transaction, so a c
 two loses nothing. The outbox keeps one row per Salesforce record, merged by the same rules and
 steps as the warehouse (``sync.store.merge``: newest state wins, deletes stick), so versions
 pending at once collapse into one write. A flush sends due rows and records each one's outcome.
+
+A record is of one program: a row is (program, object, external id), and every write and every
+read a flush makes is of one program. ``entity_id`` is the Partnero id of the record, which is
+also its external id unless the mapping's ``key`` makes that another value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -22,9 +26,10 @@ from sync.core.clock import Clock, system_clock
 from sync.core.envelope import ExactFloat
 from sync.mapping import RecordChange
 from sync.rules.records import RecordState, bookkeeping, from_bookkeeping, merge
+from sync.settings import DEFAULT_PROGRAM
 from sync.store import db
 from sync.store.merge import RecordKey, Target, merge_rows
-from sync.store.sqltypes import FINGERPRINT, KEY, UTCDateTime
+from sync.store.sqltypes import FINGERPRINT, KEY, PROGRAM, UTCDateTime
 
 class OutboxStatus(StrEnum):
     """Where a Salesforce record of the outbox stands (``crm_outbox.status``)."""
@@ -80,10 +85,15 @@ crm_outbox = sa.Table(
     sa.Column("bulk_job", sa.String(18)),
     #: The generation the job carries (the row may change while it travels).
     sa.Column("bulk_generation", sa.BigInteger),
-    sa.UniqueConstraint("object", "external_id", name="uq_crm_outbox_record"),
+    #: The Partnero program the record is of.
+    sa.Column("program", PROGRAM, nullable=False, server_default=DEFAULT_PROGRAM),
+    #: The Partnero id of the record (the external id may be a value the mapping's ``key`` makes of it).
+    sa.Column("entity_id", KEY, nullable=False),
+    sa.UniqueConstraint("program", "object", "external_id", name="uq_crm_outbox_program_record"),
     sa.Index("ix_crm_outbox_due", "status", "next_attempt_at"),
     sa.Index("ix_crm_outbox_waiting_for", "waiting_for"),
-    sa.Index("ix_crm_outbox_object_status_id", "object", "status", "id"),
+    sa.Index("ix_crm_outbox_program_object_status_id", "program", "object", "status", "id"),
+    sa.Index("ix_crm_outbox_program_entity", "program", "object", "entity_id"),
     sa.Index("ix_crm_outbox_bulk_job", "bulk_job"),
 )
 
@@ -96,6 +106,7 @@ crm_commission_changes = sa.Table(
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
     sa.Column("partner_id", KEY, nullable=False),
     sa.Column("changed_at", UTCDateTime(), nullable=False),
+    sa.Column("program", PROGRAM, nullable=False, server_default=DEFAULT_PROGRAM),
 )
 
 
@@ -112,6 +123,8 @@ class OutboxChange:
     problem: str | None
     #: When its delivery arrived (None: not known).
     arrived_at: datetime | None
+    #: The Partnero id of the record (None: the change's key, the external id, is that id).
+    entity_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,9 @@ class Pending:
     tombstoned: bool
     #: When the oldest delivery behind its unsent changes arrived (None: not known).
     waiting_since: datetime | None = None
+    program: str = DEFAULT_PROGRAM
+    #: The Partnero id of the record (None: not read).
+    entity_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,8 +192,9 @@ class Outbox:
         #: What time it is: stamps changes, sends and refusals.
         self.clock = clock
 
-    def apply_many(self, conn: Connection, items: list[OutboxChange]) -> int:
-        """Merge many changes into their outbox rows; returns how many rows it wrote.
+    def apply_many(self, conn: Connection, items: list[OutboxChange], *, program: str = DEFAULT_PROGRAM) -> int:
+        """Merge many changes of ``program``'s records into their outbox rows; returns how many
+        rows it wrote.
 
         The steps are ``sync.store.merge``'s: one INSERT of the missing rows, the rows locked
         object by object in external id order, one UPDATE. What the outbox adds is
@@ -186,27 +203,33 @@ class Outbox:
         instead of sent; the arrival of its deliveries dates its wait for Salesforce
         (``waiting_since``); a field the mapping no longer sends goes.
         """
-        target = Target(crm_outbox, key=crm_outbox.c.external_id, row_id=crm_outbox.c.id, group=crm_outbox.c.object)
-        merger = _OutboxMerger(items, self.clock())
+        t = crm_outbox
+        target = Target(t, key=t.c.external_id, row_id=t.c.id, group=t.c.object, scope=(t.c.program == program,))
+        merger = _OutboxMerger(items, self.clock(), program)
         wired = [replace(item, change=_wire_change(item.change)) for item in items]
         return merge_rows(conn, target, wired, merger).written
 
-    def note_commission_change(self, conn: Connection, partner_ids: Iterable[str]) -> None:
-        rows = [{"partner_id": p, "changed_at": self.clock()} for p in sorted(set(partner_ids))]
+    def note_commission_change(self, conn: Connection, partner_ids: Iterable[str], *,
+                               program: str = DEFAULT_PROGRAM) -> None:
+        """Note that the commission of ``program``'s ``partner_ids`` changed (a flush folds it in)."""
+        rows = [{"partner_id": p, "changed_at": self.clock(), "program": program} for p in sorted(set(partner_ids))]
         if rows:
             conn.execute(crm_commission_changes.insert(), rows)
 
     def fold_commission_changes(self, conn: Connection, object_name: str, entity: str,
-                                limit: int = FOLD_BATCH) -> int:
-        """Mark the outbox rows of partners whose commission changed as due, for up to ``limit``
-        noted changes; returns how many changes it folded (``limit``: there may be more).
+                                limit: int = FOLD_BATCH, *, program: str = DEFAULT_PROGRAM,
+                                external_id_of: Callable[[str], str] = lambda partner: partner) -> int:
+        """Mark ``program``'s outbox rows of partners whose commission changed as due, for up to
+        ``limit`` noted changes; returns how many changes it folded (``limit``: there may be more).
 
-        Deletes exactly the changes it read: one committed meanwhile (even with a lower id, ids
-        being handed out before commits) stays for the next fold.
+        A row is found by its Partnero id (``entity_id``); a partner without one gets a row whose
+        external id is ``external_id_of(partner)`` (the mapping's ``key``). Deletes exactly the
+        changes it read: one committed meanwhile (even with a lower id, ids being handed out
+        before commits) stays for the next fold.
         """
         t, changes = crm_outbox, crm_commission_changes
         read = conn.execute(sa.select(changes.c.id, changes.c.partner_id, changes.c.changed_at)
-                            .order_by(changes.c.id).limit(limit)).all()
+                            .where(changes.c.program == program).order_by(changes.c.id).limit(limit)).all()
         if not read:
             return 0
         partners = sorted({partner for _, partner, _ in read})
@@ -214,14 +237,15 @@ class Outbox:
         # A partner Salesforce has not heard of yet gets a row with no state: it goes out once the
         # partner's own delivery arrives, the commission total with it.
         db.insert_ignore(conn, t, [
-            {"object": object_name, "external_id": p, "entity": entity, "fields": {}, "generation": 0,
-             "status": OutboxStatus.PENDING, "attempts": 0}
+            {"program": program, "object": object_name, "external_id": external_id_of(p), "entity_id": p,
+             "entity": entity, "fields": {}, "generation": 0, "status": OutboxStatus.PENDING, "attempts": 0}
             for p in partners
         ])
         for chunk in db.chunks(partners, 500):
             conn.execute(
                 t.update()
-                .where(t.c.object == object_name, t.c.external_id.in_(chunk), _not_refused_by_mapping())
+                .where(t.c.program == program, t.c.object == object_name, t.c.entity_id.in_(chunk),
+                       _not_refused_by_mapping())
                 # A synced record's waiting_since is empty: this change starts its wait.
                 .values(**_changed(t.c.generation, self.clock()),
                         waiting_since=sa.func.coalesce(t.c.waiting_since, noted))
@@ -230,33 +254,34 @@ class Outbox:
             conn.execute(changes.delete().where(changes.c.id.in_(chunk)))
         return len(read)
 
-    def due(self, conn: Connection, object_name: str, signature: str, limit: int = 200, after: int = 0) -> list[Pending]:
-        """Rows of ``object_name`` to send now, oldest first: pending or waiting whose time has
+    def due(self, conn: Connection, object_name: str, signature: str, limit: int = 200, after: int = 0, *,
+            program: str = DEFAULT_PROGRAM) -> list[Pending]:
+        """Rows of ``program``'s ``object_name`` to send now, oldest first: pending or waiting whose time has
         come, and refused ones whose retry time came or whose mapping changed since (``signature``
         is the object's mapping now); none that travels in a bulk job. ``after``: only rows with
         a greater id (a bulk job reads page after page).
 
-        One short read per status, each along the (object, status, id) index: a single query with
+        One short read per status, each along the (program, object, status, id) index: a single query with
         the statuses OR-ed together would walk every synced record to find the few that are due.
         """
         t = crm_outbox
         rows = []
-        for condition in self._due_conditions(object_name, signature):
+        for condition in self._due_conditions(object_name, signature, program):
             rows += conn.execute(sa.select(t).where(condition, t.c.id > after).order_by(t.c.id).limit(limit)).all()
         rows = sorted(rows, key=lambda r: r.id)[:limit]
         return [
             Pending(r.id, r.object, r.external_id, r.entity, dict(r.fields or {}), r.generation, r.attempts,
-                    r.sync_deleted_version is not None, r.waiting_since)
+                    r.sync_deleted_version is not None, r.waiting_since, r.program, r.entity_id)
             for r in rows
         ]
 
     def count_due(self, conn: Connection, object_name: str, signature: str, limit: int,
-                  upserts_only: bool = False) -> int:
+                  upserts_only: bool = False, *, program: str = DEFAULT_PROGRAM) -> int:
         """How many rows ``due`` would give (``upserts_only``: not tombstoned), counting no further
         than ``limit`` (a bounded count: whether a bulk job pays)."""
         t = crm_outbox
         found = 0
-        for condition in self._due_conditions(object_name, signature):
+        for condition in self._due_conditions(object_name, signature, program):
             if upserts_only:
                 condition = sa.and_(condition, t.c.sync_deleted_version.is_(None))
             page = sa.select(t.c.id).where(condition).limit(limit - found).subquery()
@@ -265,8 +290,8 @@ class Outbox:
                 break
         return found
 
-    def _due_conditions(self, object_name: str, signature: str) -> list:
-        """One condition per status ``due`` reads, each along the (object, status, id) index."""
+    def _due_conditions(self, object_name: str, signature: str, program: str = DEFAULT_PROGRAM) -> list:
+        """One condition per status ``due`` reads, each along the (program, object, status, id) index."""
         t = crm_outbox
         at = self.clock()
         time_come = sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= at)
@@ -275,8 +300,8 @@ class Outbox:
             OutboxStatus.WAITING: time_come,
             OutboxStatus.FAILED: sa.or_(t.c.next_attempt_at <= at, t.c.sent_with != signature),
         }
-        return [sa.and_(t.c.object == object_name, t.c.status == status, t.c.sync_version.is_not(None),
-                        t.c.bulk_job.is_(None), condition)
+        return [sa.and_(t.c.program == program, t.c.object == object_name, t.c.status == status,
+                        t.c.sync_version.is_not(None), t.c.bulk_job.is_(None), condition)
                 for status, condition in wanted.items()]
 
     # -- bulk jobs: the rows one carries ------------------------------------------------------
@@ -298,7 +323,7 @@ class Outbox:
         query = query.where(t.c.external_id.in_(external_ids)) if external_ids is not None else query.limit(limit)
         return [
             Pending(r.id, r.object, r.external_id, r.entity, {}, r.bulk_generation, r.attempts,
-                    r.sync_deleted_version is not None, r.waiting_since)
+                    r.sync_deleted_version is not None, r.waiting_since, r.program, r.entity_id)
             for r in conn.execute(query)
         ]
 
@@ -352,77 +377,89 @@ class Outbox:
         self.record(conn, [RowOutcome(r, OutboxStatus.PENDING, code=UNAVAILABLE, message=reason) for r in rows],
                     signature=None)
 
-    def wake_children_of(self, conn: Connection, parents: Iterable[tuple[str, str]]) -> int:
-        """Records waiting for one of ``parents`` ((object, external id) just synced): try them now."""
+    def wake_children_of(self, conn: Connection, parents: Iterable[tuple[str, str]], *,
+                         program: str = DEFAULT_PROGRAM) -> int:
+        """``program``'s records waiting for one of ``parents`` ((object, external id) just synced):
+        try them now."""
         keys = sorted({f"{obj}/{external_id}" for obj, external_id in parents})
         t = crm_outbox
         woken = 0
         for chunk in db.chunks(keys, 500):
             woken += conn.execute(
-                t.update().where(t.c.status == OutboxStatus.WAITING, t.c.waiting_for.in_(chunk))
+                t.update().where(t.c.program == program, t.c.status == OutboxStatus.WAITING, t.c.waiting_for.in_(chunk))
                 .values(next_attempt_at=None)
             ).rowcount
         return woken
 
-    def retry_failed(self, conn: Connection, object_name: str | None = None) -> int:
-        """Make failed (and waiting) rows due again: ``partnero-sync crm-retry``. Records the
-        mapping could not compute (``MAPPING_ERROR``) stay refused: only a delivery or a replay
-        gives them something to send."""
+    def retry_failed(self, conn: Connection, object_name: str | None = None, *, program: str | None = None) -> int:
+        """Make failed (and waiting) rows (of ``program``; None: of every program) due again:
+        ``partnero-sync crm-retry``. Records the mapping could not compute (``MAPPING_ERROR``) stay
+        refused: only a delivery or a replay gives them something to send."""
         t = crm_outbox
-        query = t.update().where(t.c.status.in_((OutboxStatus.FAILED, OutboxStatus.WAITING)), _not_refused_by_mapping())
+        query = t.update().where(t.c.status.in_((OutboxStatus.FAILED, OutboxStatus.WAITING)), _not_refused_by_mapping(),
+                                 *_of(program))
         if object_name:
             query = query.where(t.c.object == object_name)
         return conn.execute(query.values(status=OutboxStatus.PENDING, next_attempt_at=None, attempts=0)).rowcount
 
-    def refused_by_mapping(self, conn: Connection, object_name: str | None = None) -> int:
-        """How many records are refused because the mapping could not compute them."""
+    def refused_by_mapping(self, conn: Connection, object_name: str | None = None, *,
+                           program: str | None = None) -> int:
+        """How many records (of ``program``; None: of every program) are refused because the
+        mapping could not compute them."""
         t = crm_outbox
         query = (sa.select(sa.func.count()).select_from(t)
-                 .where(t.c.status == OutboxStatus.FAILED, t.c.error_code == MAPPING_ERROR))
+                 .where(t.c.status == OutboxStatus.FAILED, t.c.error_code == MAPPING_ERROR, *_of(program)))
         if object_name:
             query = query.where(t.c.object == object_name)
         return conn.execute(query).scalar_one()
 
-    def counts(self, conn: Connection) -> dict[str, dict[str, int]]:
+    def counts(self, conn: Connection, *, program: str | None = None) -> dict[str, dict[str, int]]:
+        """Records per object and status (of ``program``; None: of every program, added up)."""
         t = crm_outbox
         found: dict[str, dict[str, int]] = {}
-        query = sa.select(t.c.object, t.c.status, sa.func.count()).where(t.c.sync_version.is_not(None)) \
+        query = sa.select(t.c.object, t.c.status, sa.func.count()).where(t.c.sync_version.is_not(None), *_of(program)) \
             .group_by(t.c.object, t.c.status)
         for obj, status, count in conn.execute(query):
             found.setdefault(obj, dict.fromkeys(OutboxStatus, 0))[status] = count
         return found
 
-    def last_synced_at(self, conn: Connection) -> datetime | None:
-        """When Salesforce last accepted a record."""
-        return conn.execute(sa.select(sa.func.max(crm_outbox.c.synced_at))).scalar()
+    def last_synced_at(self, conn: Connection, *, program: str | None = None) -> datetime | None:
+        """When Salesforce last accepted a record (of ``program``; None: of any program)."""
+        return conn.execute(sa.select(sa.func.max(crm_outbox.c.synced_at)).where(*_of(program))).scalar()
 
-    def errors(self, conn: Connection, limit: int = 100) -> list[dict[str, Any]]:
+    def errors(self, conn: Connection, limit: int = 100, *, program: str | None = None) -> list[dict[str, Any]]:
+        """The records refused or waiting (of ``program``; None: of every program), newest error
+        first, each with its program."""
         t = crm_outbox
         rows = conn.execute(
             sa.select(t.c.object, t.c.external_id, t.c.status, t.c.error_code, t.c.error_message, t.c.error_at,
-                      t.c.attempts, t.c.next_attempt_at)
-            .where(t.c.status.in_((OutboxStatus.FAILED, OutboxStatus.WAITING)))
+                      t.c.attempts, t.c.next_attempt_at, t.c.program)
+            .where(t.c.status.in_((OutboxStatus.FAILED, OutboxStatus.WAITING)), *_of(program))
             .order_by(t.c.error_at.desc())
             .limit(limit)
         ).all()
         return [dict(r._mapping) for r in rows]
 
-    def read(self, conn: Connection, object_name: str, external_id: str) -> dict[str, Any] | None:
-        """The outbox row of one Salesforce record: what it should say and what became of it."""
+    def read(self, conn: Connection, object_name: str, external_id: str, *,
+             program: str = DEFAULT_PROGRAM) -> dict[str, Any] | None:
+        """The outbox row of one Salesforce record of ``program``: what it should say and what became of it."""
         t = crm_outbox
         row = conn.execute(
-            sa.select(t).where(t.c.object == object_name, t.c.external_id == external_id)
+            sa.select(t).where(t.c.program == program, t.c.object == object_name, t.c.external_id == external_id)
         ).one_or_none()
         return dict(row._mapping) if row is not None else None
 
-    def backlog(self, conn: Connection) -> int:
-        """Records waiting to be sent, and partners whose commission changed and is still to be sent."""
-        t = crm_outbox
+    def backlog(self, conn: Connection, *, program: str | None = None) -> int:
+        """Records waiting to be sent, and partners whose commission changed and is still to be
+        sent (of ``program``; None: of every program)."""
+        t, changes = crm_outbox, crm_commission_changes
         records = conn.execute(
             sa.select(sa.func.count()).select_from(t)
-            .where(t.c.status.in_((OutboxStatus.PENDING, OutboxStatus.WAITING)), t.c.sync_version.is_not(None))
+            .where(t.c.status.in_((OutboxStatus.PENDING, OutboxStatus.WAITING)), t.c.sync_version.is_not(None),
+                   *_of(program))
         ).scalar_one()
-        return records + conn.execute(sa.select(sa.func.count()).select_from(crm_commission_changes)).scalar_one()
+        noted = sa.select(sa.func.count()).select_from(changes).where(*_of(program, changes))
+        return records + conn.execute(noted).scalar_one()
 
 
 #: No change of the batch holds the record (it had only older deliveries).
@@ -433,10 +470,12 @@ class _OutboxMerger:
     """The outbox's part of the merge (``sync.store.merge.Merger``): refusals by ``MAPPING_ERROR``,
     ``waiting_since``, and dropping the fields the mapping no longer sends."""
 
-    def __init__(self, items: list[OutboxChange], now: datetime):
+    def __init__(self, items: list[OutboxChange], now: datetime, program: str):
         #: When this batch changes the records.
         self.now = now
+        self.program = program
         self.entities = {self.record(item): item.entity for item in items}
+        self.entity_ids = {self.record(item): item.entity_id or item.change.key for item in items}
         self.arrived: dict[RecordKey, datetime] = {}
         for item in items:
             k, at = self.record(item), item.arrived_at
@@ -449,7 +488,8 @@ class _OutboxMerger:
         return (item.change.table, item.change.key)
 
     def new_row(self, record: RecordKey) -> dict[str, Any]:
-        return {"object": record[0], "external_id": record[1], "entity": self.entities[record], "fields": {},
+        return {"program": self.program, "object": record[0], "external_id": record[1],
+                "entity_id": self.entity_ids[record], "entity": self.entities[record], "fields": {},
                 "generation": 0, "status": OutboxStatus.PENDING, "attempts": 0}
 
     def state(self, row: Row) -> RecordState:
@@ -504,6 +544,11 @@ def _refusal(row: Row, problem: object, unchanged: bool) -> Any:
 
 def _refused_by_mapping(row: Row) -> bool:
     return row.status == OutboxStatus.FAILED and row.error_code == MAPPING_ERROR
+
+
+def _of(program: str | None, table: sa.Table = crm_outbox) -> list[sa.ColumnElement]:
+    """The condition of ``table``'s rows of ``program`` (none: None means every program)."""
+    return [table.c.program == program] if program is not None else []
 
 
 def _not_refused_by_mapping():

@@ -5,7 +5,8 @@ applied, so one that was interrupted (stopped, killed, its worker restarted) car
 last completed page. A live run renews ``heartbeat_at`` as it goes; a run that still says
 "running" but has not moved for ``STALE_AFTER`` died, and may be taken up again.
 
-At most one run of the same lists and ``since`` is unfinished: its ``open_scope`` (which lists,
+Each run is of one Partnero program (its API key reads that program's lists). At most one run of
+the same program, lists and ``since`` is unfinished: its ``open_scope`` (which program and lists,
 from when) is UNIQUE, and cleared when it finishes or is abandoned, so of two backfills started at
 the same moment only one can start a run. A run is taken up (resumed) by a conditional update that
 only succeeds while nobody else carries it on, so only one of two can resume it either.
@@ -21,8 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from sync.core.clock import Clock, system_clock
+from sync.settings import DEFAULT_PROGRAM
 from sync.store.db import metadata, transaction
-from sync.store.sqltypes import UTCDateTime
+from sync.store.sqltypes import PROGRAM, UTCDateTime
 
 class RunStatus(StrEnum):
     """Where a backfill run stands (``backfill_runs.status``)."""
@@ -63,9 +65,11 @@ backfill_runs = sa.Table(
     sa.Column("last_error", sa.Text),
     #: The RQ job carrying it on, when a worker runs it.
     sa.Column("job_id", sa.String(64)),
-    #: ``scope(entities, since)`` while the run is unfinished, None once finished or abandoned:
-    #: UNIQUE, so two unfinished runs of the same lists and ``since`` cannot both exist.
-    sa.Column("open_scope", sa.String(160)),
+    #: ``scope(entities, since, program)`` while the run is unfinished, None once finished or
+    #: abandoned: UNIQUE, so two unfinished runs of the same program, lists and ``since`` cannot both exist.
+    sa.Column("open_scope", sa.String(200)),
+    #: The Partnero program whose lists it reads.
+    sa.Column("program", PROGRAM, nullable=False, server_default=DEFAULT_PROGRAM),
     sa.Index("ux_backfill_runs_open_scope", "open_scope", unique=True),
 )
 
@@ -73,10 +77,13 @@ backfill_runs = sa.Table(
 OVER = (RunStatus.FINISHED, RunStatus.ABANDONED)
 
 
-def scope(entities: tuple[str, ...], since: datetime | None) -> str:
-    """What makes two runs the same backfill: the lists, and ``since`` (UTC) or ``all``."""
+def scope(entities: tuple[str, ...], since: datetime | None, program: str = DEFAULT_PROGRAM) -> str:
+    """What makes two runs the same backfill: the program, the lists, and ``since`` (UTC) or
+    ``all``. The program ``default``'s has no prefix, as before programs, so a run left
+    unfinished by an older release is still found."""
     when = since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if since is not None else "all"
-    return f"{','.join(entities)}@{when}"
+    prefix = "" if program == DEFAULT_PROGRAM else f"{program}:"
+    return f"{prefix}{','.join(entities)}@{when}"
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ class Run:
     finished_at: datetime | None
     last_error: str | None
     job_id: str | None
+    program: str = DEFAULT_PROGRAM
 
     @property
     def done(self) -> bool:
@@ -120,16 +128,18 @@ class Runs:
         #: What time it is: stamps starts, heartbeats and ends.
         self.clock = clock
 
-    def start(self, entities: tuple[str, ...], since: datetime | None, job_id: str | None = None) -> Run | None:
-        """A new run, running; None when the same lists and ``since`` already have an unfinished
-        one (perhaps started by someone else this very moment)."""
+    def start(self, entities: tuple[str, ...], since: datetime | None, job_id: str | None = None, *,
+              program: str = DEFAULT_PROGRAM) -> Run | None:
+        """A new run of ``program``, running; None when the same program, lists and ``since``
+        already have an unfinished one (perhaps started by someone else this very moment)."""
         now = self.clock()
         t = backfill_runs
         try:
             with transaction(self.engine) as conn:
                 run_id = conn.execute(t.insert().values(
                     entities=",".join(entities), since=since, status=RunStatus.RUNNING, entity=entities[0], next_page=1,
-                    started_at=now, heartbeat_at=now, job_id=job_id, open_scope=scope(entities, since),
+                    started_at=now, heartbeat_at=now, job_id=job_id, open_scope=scope(entities, since, program),
+                    program=program,
                 )).inserted_primary_key[0]
         except sa.exc.IntegrityError:
             return None
@@ -138,12 +148,14 @@ class Runs:
     def get(self, run_id: int) -> Run | None:
         return self._newest(backfill_runs.c.id == run_id)
 
-    def latest(self) -> Run | None:
-        return self._newest()
+    def latest(self, program: str | None = None) -> Run | None:
+        """The newest run (of ``program``; None: of any program)."""
+        return self._newest(*([backfill_runs.c.program == program] if program is not None else []))
 
-    def unfinished(self, entities: tuple[str, ...], since: datetime | None) -> Run | None:
-        """The run of the same lists and ``since`` that is not over: the one to resume."""
-        return self._newest(backfill_runs.c.open_scope == scope(entities, since))
+    def unfinished(self, entities: tuple[str, ...], since: datetime | None, *,
+                   program: str = DEFAULT_PROGRAM) -> Run | None:
+        """The run of the same program, lists and ``since`` that is not over: the one to resume."""
+        return self._newest(backfill_runs.c.open_scope == scope(entities, since, program))
 
     def _newest(self, *conditions) -> Run | None:
         """The newest run that meets ``conditions``."""

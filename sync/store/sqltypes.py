@@ -83,3 +83,5 @@ KEY = sa.String(255).with_variant(sa.dialects.mysql.VARCHAR(255, collation="utf8
 #: Raw bodies up to the 1 MiB limit (MySQL's plain BLOB stops at 64 KiB).
 BODY = sa.LargeBinary().with_variant(sa.dialects.mysql.LONGBLOB(), "mysql", "mariadb")
 FINGERPRINT = sa.String(64)
+#: A Partnero program's name (``sync.settings.PROGRAM_NAME``: at most 40 characters).
+PROGRAM = sa.String(40)

@@ -1,11 +1,20 @@
-"""The warehouse tables the mappings describe: creating, extending, and writing records."""
+"""The warehouse tables the mappings describe: creating, extending, and writing records.
+
+A record's identity is its program and its id: every mapped table has a ``program`` column, and
+its primary key is (program, the mapping's key). Partner ``p1`` of one program and ``p1`` of
+another are two rows, never merged; every write and read is of one program. Programs with mappings
+of their own (their own MAPPINGS_DIR) share the tables their mappings name: such a table has the
+columns of all of them.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,11 +25,15 @@ from sync.core.errors import ConfigurationError
 from sync.mapping import MappingSet, RecordChange
 from sync.mapping.spec import Mapping
 from sync.rules.records import RecordState, bookkeeping, from_bookkeeping, merge
+from sync.settings import DEFAULT_PROGRAM
 from sync.store import db
 from sync.store.merge import RecordKey, Target, merge_rows
-from sync.store.sqltypes import FINGERPRINT, KEY, UTCDateTime, column_type
+from sync.store.sqltypes import FINGERPRINT, KEY, PROGRAM, UTCDateTime, column_type
 
 log = logging.getLogger(__name__)
+
+#: The column of every mapped table that holds a record's program (a mapping may not name one so).
+PROGRAM_COLUMN = "program"
 
 #: Bookkeeping columns on every mapped table (the prefix is reserved in mapping files).
 SYSTEM_COLUMNS = (
@@ -48,12 +61,19 @@ def _system_columns() -> list[sa.Column]:
 
 @dataclass
 class Table:
-    """One mapped table: its SQLAlchemy object and the mapping behind it."""
+    """One mapped table: its SQLAlchemy object and the mappings behind it (one per program that
+    has its own mappings; ``mapping`` is the first)."""
 
     mapping: Mapping
     table: sa.Table
     tombstone_columns: tuple[str, ...]
     data_columns: tuple[str, ...]
+    mappings: tuple[Mapping, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """The key column: a record is (program, key)."""
+        return self.mapping.warehouse.key
 
 
 @dataclass
@@ -61,9 +81,11 @@ class MigrationReport:
     created_tables: list[str] = field(default_factory=list)
     added_columns: list[str] = field(default_factory=list)  # "table.column"
     unmapped_columns: list[str] = field(default_factory=list)  # kept, never dropped
+    rekeyed_tables: list[str] = field(default_factory=list)  # "table (program, key)"
 
     def lines(self) -> list[str]:
         lines = [f"created table {t}" for t in self.created_tables]
+        lines += [f"re-keyed table {t}: its rows are the program {DEFAULT_PROGRAM}'s" for t in self.rekeyed_tables]
         lines += [f"added column {c}" for c in self.added_columns]
         lines += [
             f"column {c} is no longer in any mapping: kept with its data (drop it by hand if unwanted)"
@@ -73,33 +95,29 @@ class MigrationReport:
 
 
 class Warehouse:
-    """The mapped tables, built from a ``MappingSet``."""
+    """The mapped tables, built from a ``MappingSet``, or several (one per program with mappings
+    of its own)."""
 
-    def __init__(self, mappings: MappingSet, clock: Clock = system_clock):
+    def __init__(self, mappings: MappingSet | Iterable[MappingSet], clock: Clock = system_clock):
+        """Raises ``ConfigurationError`` when mappings of a shared table disagree: two key
+        columns, or one column with two types (naming both files), or name a column ``program``."""
         #: What time it is: stamps ``sync_updated_at``.
         self.clock = clock
         self.metadata = sa.MetaData()
         self.tables: dict[str, Table] = {}
-        for mapping in mappings.mappings:
-            if mapping.warehouse is None:
-                continue
-            target = mapping.warehouse
-            types = target.column_types()
-            columns = [sa.Column(target.key, KEY, primary_key=True)]
-            columns += [sa.Column(name, column_type(kind)) for name, kind in types.items()]
-            table = sa.Table(target.table, self.metadata, *columns, *_system_columns())
-            self.tables[target.table] = Table(
-                mapping,
-                table,
-                tombstone_columns=tuple(f.name for f in target.on_delete),
-                data_columns=tuple(types),
-            )
+        sets = [mappings] if isinstance(mappings, MappingSet) else list(mappings)
+        for name, found in _by_table(sets).items():
+            self.tables[name] = _table(self.metadata, name, found)
 
     # -- schema ------------------------------------------------------------------------------
 
     def migrate(self, conn: Connection) -> MigrationReport:
         """Create missing tables and add missing columns, on ``conn`` (the caller commits);
         never drops or retypes anything. ``sync.store.schema.migrate`` runs it under its lock.
+
+        A table made before programs (keyed by the mapping's key alone) gains the ``program``
+        column, its rows the program ``default``'s, and is keyed by (program, key): PostgreSQL and
+        MariaDB alter it in place, SQLite copies it (every column, unmapped ones too, with its data).
 
         Raises ``ConfigurationError`` when a mapped column exists with another type.
         """
@@ -113,6 +131,10 @@ class Warehouse:
                 mapped.table.create(conn)
                 report.created_tables.append(name)
                 continue
+            if inspector.get_pk_constraint(name)["constrained_columns"] != [PROGRAM_COLUMN, mapped.key]:
+                _rekey(conn, inspector, mapped)
+                report.rekeyed_tables.append(f"{name} ({PROGRAM_COLUMN}, {mapped.key})")
+                inspector = sa.inspect(conn)
             found = {c["name"]: c for c in inspector.get_columns(name)}
             for column in mapped.table.columns:
                 if column.name not in found:
@@ -140,10 +162,12 @@ class Warehouse:
 
     # -- records -----------------------------------------------------------------------------
 
-    def apply_many(self, conn: Connection, items: list[WarehouseChange]) -> dict[tuple[str, str], RecordState]:
-        """Merge many changes, table by table in name order (``sync.store.merge``: one INSERT,
-        locked SELECTs in key order, one UPDATE per table); returns each record's new state, by
-        (table, key).
+    def apply_many(self, conn: Connection, items: list[WarehouseChange], *,
+                   program: str = DEFAULT_PROGRAM) -> dict[tuple[str, str], RecordState]:
+        """Merge many changes of ``program``'s records, table by table in name order
+        (``sync.store.merge``: one INSERT, locked SELECTs in key order, one UPDATE per table);
+        returns each record's new state, by (table, key). Rows of other programs are neither
+        read, locked nor written.
 
         Rows are locked (``FOR UPDATE``) in key order, so concurrent batches take turns on shared
         records without deadlocking, and each merges into what the previous one committed.
@@ -154,32 +178,35 @@ class Warehouse:
         states: dict[tuple[str, str], RecordState] = {}
         for name in sorted(by_table):
             mapped = self.tables[name]
-            key_column = mapped.table.c[mapped.mapping.warehouse.key]
-            target = Target(mapped.table, key=key_column, row_id=key_column)
-            states.update(merge_rows(conn, target, by_table[name], _TableMerger(mapped, self.clock())).states)
+            key_column = mapped.table.c[mapped.key]
+            target = Target(mapped.table, key=key_column, row_id=key_column, scope=(_of(mapped, program),))
+            merger = _TableMerger(mapped, self.clock(), program)
+            states.update(merge_rows(conn, target, by_table[name], merger).states)
         return states
 
-    def states(self, conn: Connection, table: str, keys: list[str]) -> dict[str, RecordState]:
-        """The stored state of each of ``keys`` that has a row in ``table`` (read, not locked)."""
+    def states(self, conn: Connection, table: str, keys: list[str], *,
+               program: str = DEFAULT_PROGRAM) -> dict[str, RecordState]:
+        """The stored state of each of ``keys`` that has a row of ``program`` in ``table`` (read, not locked)."""
         mapped = self.tables[table]
-        key_column = mapped.table.c[mapped.mapping.warehouse.key]
+        key_column = mapped.table.c[mapped.key]
         found = {}
         for chunk in db.chunks(sorted(set(keys)), 500):
-            for row in conn.execute(sa.select(mapped.table).where(key_column.in_(chunk))):
+            for row in conn.execute(sa.select(mapped.table).where(_of(mapped, program), key_column.in_(chunk))):
                 found[row._mapping[key_column.name]] = _state(row._mapping, mapped.data_columns)
         return found
 
-    def live_keys(self, conn: Connection, table: str) -> set[str]:
-        """The keys of ``table``'s records that are not deleted (no tombstone)."""
+    def live_keys(self, conn: Connection, table: str, *, program: str = DEFAULT_PROGRAM) -> set[str]:
+        """The keys of ``program``'s records in ``table`` that are not deleted (no tombstone)."""
         mapped = self.tables[table]
-        key_column = mapped.table.c[mapped.mapping.warehouse.key]
-        query = sa.select(key_column).where(mapped.table.c.sync_deleted_version.is_(None))
+        query = sa.select(mapped.table.c[mapped.key]).where(_of(mapped, program),
+                                                             mapped.table.c.sync_deleted_version.is_(None))
         return set(conn.execute(query).scalars())
 
-    def read(self, conn: Connection, table: str, key: str) -> dict[str, Any] | None:
+    def read(self, conn: Connection, table: str, key: str, *, program: str = DEFAULT_PROGRAM) -> dict[str, Any] | None:
+        """The row of ``program``'s record ``key`` in ``table`` (None: there is none)."""
         mapped = self.tables[table]
-        key_column = mapped.table.c[mapped.mapping.warehouse.key]
-        row = conn.execute(sa.select(mapped.table).where(key_column == key)).one_or_none()
+        query = sa.select(mapped.table).where(_of(mapped, program), mapped.table.c[mapped.key] == key)
+        row = conn.execute(query).one_or_none()
         return dict(row._mapping) if row is not None else None
 
 
@@ -195,16 +222,17 @@ class _TableMerger:
     """One mapped table's part of the merge (``sync.store.merge.Merger``): the mapped columns, the
     tombstone columns, and which delivery's state each row holds (``sync_event_id``)."""
 
-    def __init__(self, mapped: Table, now: datetime):
+    def __init__(self, mapped: Table, now: datetime, program: str):
         self.mapped = mapped
         self.winners: dict[RecordKey, int | None] = {}
         self.now = now
+        self.program = program
 
     def record(self, item: WarehouseChange) -> RecordKey:
         return (item.change.table, item.change.key)
 
     def new_row(self, record: RecordKey) -> dict[str, Any]:
-        return {self.mapped.mapping.warehouse.key: record[1]}
+        return {PROGRAM_COLUMN: self.program, self.mapped.key: record[1]}
 
     def state(self, row: Row) -> RecordState:
         return _state(row._mapping, self.mapped.data_columns)
@@ -219,6 +247,93 @@ class _TableMerger:
         if after == before:
             return None
         return _row_values(after, self.winners.get(record, row._mapping["sync_event_id"]), self.now)
+
+
+def _of(mapped: Table, program: str) -> sa.ColumnElement:
+    """The condition of ``mapped``'s rows of ``program``."""
+    return mapped.table.c[PROGRAM_COLUMN] == program
+
+
+def _by_table(sets: list[MappingSet]) -> dict[str, list[Mapping]]:
+    """The mappings with a warehouse target, by the table they name, each once."""
+    found: dict[str, list[Mapping]] = {}
+    for mappings in sets:
+        for mapping in mappings.mappings:
+            if mapping.warehouse is None:
+                continue
+            same = found.setdefault(mapping.warehouse.table, [])
+            if not any(m is mapping for m in same):
+                same.append(mapping)
+    return found
+
+
+def _table(metadata: sa.MetaData, name: str, mappings: list[Mapping]) -> Table:
+    """Table ``name`` as ``mappings`` (one or more files) describe it: the union of their columns."""
+    first = mappings[0]
+    key = first.warehouse.key
+    types: dict[str, tuple[str, Path]] = {}
+    tombstones: list[str] = []
+    for mapping in mappings:
+        target = mapping.warehouse
+        if target.key != key:
+            raise ConfigurationError(f"table {name} has two key columns: {key} in {first.path} and "
+                                     f"{target.key} in {mapping.path}; mappings of one table must share their key")
+        for column, kind in {key: "string", **target.column_types()}.items():
+            if column == PROGRAM_COLUMN:
+                raise ConfigurationError(f"{mapping.path}: the warehouse column {PROGRAM_COLUMN} of table {name} is "
+                                         "partnero-sync's (it holds each record's program): name the column otherwise")
+            seen = types.setdefault(column, (kind, mapping.path))
+            if type(column_type(seen[0])) is not type(column_type(kind)):
+                raise ConfigurationError(f"table {name}: column {column} is {seen[0]} in {seen[1]} but {kind} in "
+                                         f"{mapping.path}; give it one type, or name one of them otherwise")
+        tombstones += [f.name for f in target.on_delete if f.name not in tombstones]
+    data = [column for column in types if column != key]
+    columns = [sa.Column(PROGRAM_COLUMN, PROGRAM, nullable=False, server_default=DEFAULT_PROGRAM),
+               sa.Column(key, KEY, nullable=False)]
+    columns += [sa.Column(column, column_type(types[column][0])) for column in data]
+    table = sa.Table(name, metadata, *columns, *_system_columns(), sa.PrimaryKeyConstraint(PROGRAM_COLUMN, key))
+    return Table(first, table, tombstone_columns=tuple(tombstones), data_columns=tuple(data),
+                 mappings=tuple(mappings))
+
+
+def _rekey(conn: Connection, inspector, mapped: Table) -> None:
+    """Give a table made before programs its ``program`` column (existing rows: the program
+    ``default``'s) and the primary key (program, key), keeping every column and row."""
+    name, key = mapped.table.name, mapped.key
+    if conn.dialect.name == "sqlite":  # SQLite cannot change a primary key: the table is copied
+        _copy_rekeyed(conn, inspector, name, key)
+        return
+    q = conn.dialect.identifier_preparer.quote
+    found = {c["name"] for c in inspector.get_columns(name)}
+    steps = []
+    if PROGRAM_COLUMN not in found:
+        kind = PROGRAM.compile(dialect=conn.dialect)
+        steps.append(f"ADD COLUMN {q(PROGRAM_COLUMN)} {kind} DEFAULT '{DEFAULT_PROGRAM}' NOT NULL")
+    pk = inspector.get_pk_constraint(name)
+    if pk["constrained_columns"]:
+        steps.append("DROP PRIMARY KEY" if conn.dialect.name in ("mysql", "mariadb")
+                     else f"DROP CONSTRAINT {q(pk['name'])}")
+    steps.append(f"ADD PRIMARY KEY ({q(PROGRAM_COLUMN)}, {q(key)})")
+    conn.execute(sa.text(f"ALTER TABLE {q(name)} " + ", ".join(steps)))
+
+
+def _copy_rekeyed(conn: Connection, inspector, name: str, key: str) -> None:
+    """SQLite's re-keying: a copy with the program column and the new key, the rows moved, the
+    old table dropped and the copy renamed."""
+    q = conn.dialect.identifier_preparer.quote
+    reflected = inspector.get_columns(name)
+    columns = [sa.Column(c["name"], c["type"], nullable=c["nullable"] and c["name"] != key,
+                         server_default=sa.text(c["default"]) if c.get("default") is not None else None)
+               for c in reflected]
+    names = [c["name"] for c in reflected]
+    if PROGRAM_COLUMN not in names:
+        columns.append(sa.Column(PROGRAM_COLUMN, PROGRAM, nullable=False, server_default=DEFAULT_PROGRAM))
+    copy = sa.Table(f"{name}__programs", sa.MetaData(), *columns, sa.PrimaryKeyConstraint(PROGRAM_COLUMN, key))
+    copy.create(conn)
+    listed = ", ".join(q(n) for n in names)
+    conn.execute(sa.text(f"INSERT INTO {q(copy.name)} ({listed}) SELECT {listed} FROM {q(name)}"))
+    conn.execute(sa.text(f"DROP TABLE {q(name)}"))
+    conn.execute(sa.text(f"ALTER TABLE {q(copy.name)} RENAME TO {q(name)}"))
 
 
 def _row_values(state: RecordState, event_id: int | None, now: datetime) -> dict[str, Any]:
