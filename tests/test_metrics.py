@@ -84,20 +84,22 @@ def post_chunked(base: str, body: bytes, headers: dict[str, str]) -> int:
     return status
 
 
-def received(**counts: int) -> dict[tuple[str, str], float]:
-    """The received counter as it should read: every known series, 0 unless given
-    (``queued=4``, ``refused_too_large=2``)."""
-    expected = {("queued", ""): 0.0, ("duplicate", ""): 0.0, ("ignored", ""): 0.0}
-    expected.update({("refused", reason): 0.0 for reason in REASONS})
+def received(program: str = "default", **counts: int) -> dict[tuple[str, str, str], float]:
+    """The received counter as it should read, of the one ``program``: every known series, 0
+    unless given (``queued=4``, ``refused_too_large=2``); labels outcome, program, reason."""
+    expected = {("queued", program, ""): 0.0, ("duplicate", program, ""): 0.0, ("ignored", program, ""): 0.0}
+    expected.update({("refused", program, reason): 0.0 for reason in REASONS})
     for name, value in counts.items():
         outcome, _, reason = name.partition("_")
-        assert (outcome, reason) in expected, name
-        expected[outcome, reason] = float(value)
+        assert (outcome, program, reason) in expected, name
+        expected[outcome, program, reason] = float(value)
     return expected
 
 
-def attempts(processed=0, ignored=0, failed=0, retried=0) -> dict[tuple[str], float]:
-    return {("processed",): processed, ("ignored",): ignored, ("failed",): failed, ("retried",): retried}
+def attempts(processed=0, ignored=0, failed=0, retried=0, program: str = "default") -> dict[tuple[str, str], float]:
+    """The attempts counter of the one ``program``; labels outcome, program."""
+    return {("processed", program): processed, ("ignored", program): ignored, ("failed", program): failed,
+            ("retried", program): retried}
 
 
 def queue(queued=0, scheduled=0, started=0, failed=0) -> dict[tuple[str], float]:

@@ -11,13 +11,14 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from sync.settings import DEFAULT_PROGRAM
 from sync.store.inbox import DeliveryStatus, ReceiptStatus
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ ERROR = "error"
 #: The ``outcome`` of a processing attempt that hit a transient error (the others are the inbox's
 #: statuses processed, ignored and failed).
 RETRIED = "retried"
+#: The label that says which program a series counts (the receiver's and the workers' counters).
+PROGRAM = "program"
 UPSERT = "upsert"
 DELETE = "delete"
 
@@ -191,8 +194,14 @@ class Counter:
             field = ",".join(f"{name}={_label(labels.get(name, ''))}" for name in self.labels)
             recorder.add([(self.key, field, amount)])
 
-    def family(self, stored: dict[str, str]) -> CounterMetricFamily:
-        values = dict.fromkeys(self.known, 0.0)
+    def family(self, stored: dict[str, str], programs: Sequence[str] = (DEFAULT_PROGRAM,)) -> CounterMetricFamily:
+        """The family to export: what is stored, and the known series (of each of ``programs``,
+        for a family with a ``program`` label) at 0 until counted."""
+        known = self.known
+        if PROGRAM in self.labels:
+            at = self.labels.index(PROGRAM)
+            known = tuple((*k[:at], p, *k[at:]) for p in programs for k in self.known)
+        values = dict.fromkeys(known, 0.0)
         for field, value in stored.items():
             pairs = [pair.partition("=") for pair in field.split(",")] if field else []
             if [name for name, _, _ in pairs] == list(self.labels):  # else a layout of the past
@@ -243,8 +252,8 @@ RECEIVED = Counter(
     "deliveries_received",
     "Webhook deliveries the receiver answered, by outcome (queued, duplicate, ignored, refused); "
     "for refused ones, reason (bad_signature, missing_signature, malformed_signature, malformed_json, "
-    "too_large, unavailable, error).",
-    ("outcome", "reason"),
+    "too_large, unavailable, error); by program (the URL's).",
+    ("program", "outcome", "reason"),
     known=((ReceiptStatus.QUEUED, ""), (ReceiptStatus.DUPLICATE, ""), (ReceiptStatus.IGNORED, ""),
            *((REFUSED, reason) for reason in (BAD_SIGNATURE, MISSING_SIGNATURE, MALFORMED_SIGNATURE,
                                               MALFORMED_JSON, TOO_LARGE, UNAVAILABLE, ERROR))),
@@ -252,8 +261,8 @@ RECEIVED = Counter(
 ATTEMPTS = Counter(
     "delivery_attempts",
     "Deliveries a worker job tried to process, by outcome (processed, ignored, failed, or retried "
-    "later after a transient error).",
-    ("outcome",),
+    "later after a transient error), by program.",
+    ("program", "outcome"),
     known=((DeliveryStatus.PROCESSED,), (DeliveryStatus.IGNORED,), (DeliveryStatus.FAILED,), (RETRIED,)),
 )
 SALESFORCE_CALLS = Counter(

@@ -246,48 +246,48 @@ def _apply(current: Context, events: list[StoredDelivery], again: bool = False) 
     counted and logged (``sync.pipeline.outcomes``). On a passing error the rows are let go of, and the
     job is to be retried later; with ``again``, unless the job ran out of time, it may claim
     again at once instead: then None."""
-    event_ids = [e.id for e in events]
     try:
         result = current.processor.process_batch(events)
     except (TransientError, *INTERRUPTIONS) as exc:
         if again and caused_by(exc, INTERRUPTIONS) is None:
-            _let_go(current, event_ids, str(exc))
-            log.warning("inbox %s: %s; claiming again at once", _rows(event_ids), exc)
+            _let_go(current, events, str(exc))
+            log.warning("inbox %s: %s; claiming again at once", _rows([e.id for e in events]), exc)
             return None
-        return _passing(current, event_ids, exc)
+        return _passing(current, events, exc)
     outcomes.report(events, result, current.request_flush, current.clock())
     # Failed deliveries are recorded on their rows (status, /ops, metrics); the job did its work.
     return result
 
 
-def _passing(current: Context, event_ids: list[int], exc: BaseException) -> Retry:
+def _passing(current: Context, events: list[StoredDelivery], exc: BaseException) -> Retry:
     """A passing error, or the job's time-out: the rows stay pending, and the job is retried."""
     # The interruption may be behind ``exc``: the rollback that follows one may fail in turn.
     interruption = caused_by(exc, INTERRUPTIONS)
     if interruption is None:
-        return _retry(current, event_ids, str(exc))
+        return _retry(current, events, str(exc))
     # Its time-out: the transaction was rolled back, nothing is half-written. A query cut off
     # half-way can leave its connection unusable, though: start again from fresh ones.
     current.inbox.engine.dispose()
-    return _retry(current, event_ids, f"the job was interrupted ({type(interruption).__name__}: {interruption})",
+    return _retry(current, events, f"the job was interrupted ({type(interruption).__name__}: {interruption})",
                   timed_out=True)
 
 
-def _retry(current: Context, event_ids: list[int], reason: str, timed_out: bool = False) -> Retry:
+def _retry(current: Context, events: list[StoredDelivery], reason: str, timed_out: bool = False) -> Retry:
     """Leave the rows pending with the reason, and ask RQ to run the job again after a while."""
-    _let_go(current, event_ids, reason, timed_out)
+    _let_go(current, events, reason, timed_out)
     # Hours of retries: the rows stay pending, and the sweeper brings them back once the cause
     # has passed.
-    return _later(f"inbox {_rows(event_ids)}", reason, "the rows stay pending for the sweeper")
+    return _later(f"inbox {_rows([e.id for e in events])}", reason, "the rows stay pending for the sweeper")
 
 
-def _let_go(current: Context, event_ids: list[int], reason: str, timed_out: bool = False) -> None:
+def _let_go(current: Context, events: list[StoredDelivery], reason: str, timed_out: bool = False) -> None:
     """Leave the rows pending with the reason, to be claimed again; their attempts are taken back
     unless the job ran out of time (``Inbox.record_errors``)."""
-    metrics.ATTEMPTS.inc(len(event_ids), outcome=metrics.RETRIED)
+    for program, count in sorted(Counter(e.program for e in events).items()):
+        metrics.ATTEMPTS.inc(count, outcome=metrics.RETRIED, program=program)
     try:
-        if event_ids:  # noted on the rows, which are let go of, to be claimed again
-            current.inbox.record_errors(event_ids, reason, timed_out=timed_out)
+        if events:  # noted on the rows, which are let go of, to be claimed again
+            current.inbox.record_errors([e.id for e in events], reason, timed_out=timed_out)
     except TransientError:
         pass  # the database is the thing that is away; the caller's log line has the reason
 
