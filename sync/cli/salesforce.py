@@ -102,6 +102,8 @@ def crm() -> None:
 def crm_check(as_json: bool) -> None:
     """Compare the org with every mapping's `salesforce:` section, and say what to fix.
 
+    Every program's mappings count (PARTNERO_<NAME>_MAPPINGS_DIR): the org serves them all.
+
     Reads each mapped object's description (its fields as the integration user sees them) and
     reports, per object and field: an object or field missing (or hidden from the integration
     user by field-level security), a field the user cannot create or edit, a type that does not
@@ -113,14 +115,12 @@ def crm_check(as_json: bool) -> None:
     Exit status: 0 the org fits; 1 it does not (the table says what to do); 2 cannot tell
     (Salesforce not configured, the login refused, no access, Salesforce away).
     """
-    from sync.mapping import load_mappings
     from sync.salesforce import org
     from sync.salesforce.client import SalesforceClient
     from sync.store.org_checks import Verdict
-    from sync.store.schema import RESERVED_TABLES
 
     settings = load_settings()
-    mappings = load_mappings(settings.mappings_dir, RESERVED_TABLES)
+    mappings = every_program_mappings(settings)
     if not settings.salesforce.enabled:
         _cannot_tell("Salesforce is not configured: set one group of SALESFORCE_ variables "
                      "(docs/salesforce.md), then run crm check again", as_json)
@@ -134,6 +134,16 @@ def crm_check(as_json: bool) -> None:
     else:
         print_findings(found, list(fit.objects))
     sys.exit(1 if found else 0)
+
+
+def every_program_mappings(settings) -> list:
+    """Each program's mappings, loaded once per mapping directory (programs may share one): the
+    org must fit them all. A bad file raises ``MappingError``."""
+    from sync.mapping import load_mappings
+    from sync.store.schema import RESERVED_TABLES
+
+    return [load_mappings(directory, RESERVED_TABLES)
+            for directory in dict.fromkeys(p.mappings_dir for p in settings.programs)]
 
 
 def _cannot_tell(sentence: str, as_json: bool) -> None:
