@@ -14,37 +14,44 @@ from sync.ops.terminal import safe
 
 @main.command("crm-errors")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="List at most this many.")
-def crm_errors(limit: int) -> None:
+@click.option("--program", metavar="NAME", help="Only records of this Partnero program (default: all).")
+def crm_errors(limit: int, program: str | None) -> None:
     """List the records Salesforce refused (failed) or that wait for their parent (waiting),
-    newest first, with Salesforce's error code and message.
+    newest first, with Salesforce's error code and message, and (when PARTNERO_PROGRAMS names
+    programs) each record's program.
 
     Use it when `status` reports refused records: fix the cause in Salesforce or in a mapping,
-    then run `crm-retry`. Exit status 1 when the database cannot be reached.
+    then run `crm-retry`. Exit status 2 for a program that is not configured; 1 when the
+    database cannot be reached.
     """
     from sync.services import Services
     from sync.store.outbox import Outbox
 
     services = Services.build(load_settings())
+    _served(services.settings, program)
     with services.inbox.engine.connect() as conn:
-        errors = Outbox().errors(conn, limit)
+        errors = Outbox().errors(conn, limit, program=program)
     if not errors:
         click.echo("no Salesforce errors")
         return
+    named = services.settings.named_programs
     for e in errors:
         when = e["error_at"].strftime("%Y-%m-%d %H:%M:%S") if e["error_at"] else "-"
-        click.echo(f"{when}  {e['status']:<7}  {safe(e['object'])} {safe(e['external_id'])}: {safe(e['error_code'])}: "
-                   f"{safe(e['error_message'])}")
+        of = f"{safe(e['program'])}  " if named else ""
+        click.echo(f"{when}  {e['status']:<7}  {of}{safe(e['object'])} {safe(e['external_id'])}: "
+                   f"{safe(e['error_code'])}: {safe(e['error_message'])}")
 
 
 @main.command("crm-retry")
 @click.option("--object", "object_name", metavar="SOBJECT", help="Only records of this Salesforce object.")
-def crm_retry(object_name: str | None) -> None:
+@click.option("--program", metavar="NAME", help="Only records of this Partnero program (default: all).")
+def crm_retry(object_name: str | None, program: str | None) -> None:
     """Send refused and waiting records again (after fixing the cause in Salesforce or a mapping).
 
     Makes them due now and asks the workers for a flush. Records refused because the mapping
     could not compute a field (MAPPING_ERROR in `crm-errors`) are not sent: after fixing the
-    mapping, `replay` their deliveries. Exit status 2 while Salesforce sync is off; 1 when the
-    database or Redis cannot be reached.
+    mapping, `replay` their deliveries. Exit status 2 while Salesforce sync is off, or for a
+    program that is not configured; 1 when the database or Redis cannot be reached.
     """
     from sync.services import Services
     from sync.store.outbox import Outbox
@@ -52,15 +59,23 @@ def crm_retry(object_name: str | None) -> None:
     services = Services.build(load_settings())
     if not services.settings.salesforce.enabled:
         raise ConfigurationError("Salesforce sync is off: no SALESFORCE_ variables are set")
+    _served(services.settings, program)
     with services.inbox.engine.begin() as conn:
-        count = Outbox().retry_failed(conn, object_name)
-        uncomputed = Outbox().refused_by_mapping(conn, object_name)
+        count = Outbox().retry_failed(conn, object_name, program=program)
+        uncomputed = Outbox().refused_by_mapping(conn, object_name, program=program)
     services.flush_schedule.forget_problem()
     services.flush_schedule.request(force=True)
     click.echo(f"{count} records will be sent again")
     if uncomputed:
         click.echo(f"{uncomputed} records the mapping could not compute (MAPPING_ERROR) are not: fix the "
                    "mapping, then `partnero-sync replay` their deliveries")
+
+
+def _served(settings, program: str | None) -> None:
+    """Stop with a configuration error unless ``program`` (None: every program) is served here."""
+    if program is not None and settings.program(program) is None:
+        raise ConfigurationError(f"no program {safe(program)!r} is configured here (its programs: "
+                                 f"{', '.join(p.name for p in settings.programs)})")
 
 
 @main.command("crm-flush")
