@@ -110,12 +110,20 @@ class Services:
         return self.mappings_by_program.get(program)
 
     def flusher(self) -> Flusher | None:
-        """The Salesforce flush, or None while CRM sync is off."""
+        """The Salesforce flush of every program (each with its own mappings and currency), or
+        None while CRM sync is off."""
         if not self.settings.salesforce.enabled:
             return None
         if self._flusher is None:
             client = SalesforceClient(self.settings.salesforce, clock=self.clock)
-            self._flusher = Flusher(self.inbox.engine, self.mappings, client, currency=self.settings.currency,
+            # A program with a MAPPINGS_DIR of its own has its own set; the others share this process's.
+            loaded, by_program = {self.settings.mappings_dir: self.mappings}, {}
+            for program in self.settings.programs:
+                if program.mappings_dir not in loaded:
+                    loaded[program.mappings_dir] = load_mappings(program.mappings_dir, schema.RESERVED_TABLES)
+                by_program[program.name] = loaded[program.mappings_dir]
+            self._flusher = Flusher(self.inbox.engine, by_program, client,
+                                    currency={p.name: p.currency for p in self.settings.programs},
                                     clock=self.clock, bulk_threshold=self.settings.bulk_threshold)
         return self._flusher
 
@@ -151,14 +159,15 @@ class Services:
             self.check_org()
 
     def check_org(self) -> OrgCheck | None:
-        """Check the org against the mappings, when due (``OrgWatch``: at this process's first
-        call, then again while the stored check does not say it fits); None while CRM sync is off."""
+        """Check the org against every program's mappings, when due (``OrgWatch``: at this
+        process's first call, then again while the stored check does not say it fits); None while
+        CRM sync is off."""
         flusher = self.flusher()
         if flusher is None:
             return None
         if self._org_watch is None:
-            self._org_watch = OrgWatch(OrgChecks(self.inbox.engine, self.clock), flusher.client, self.mappings,
-                                       self.clock)
+            self._org_watch = OrgWatch(OrgChecks(self.inbox.engine, self.clock), flusher.client,
+                                       flusher.mappings.values(), self.clock)
         return self._org_watch.run()
 
     def migrate(self) -> list[str]:

@@ -230,7 +230,7 @@ def test_without_credentials_metrics_are_open(client, redis_conn):
 
 
 
-def test_salesforce_calls_and_refusals_are_counted_by_object_and_code(settings, fake, redis_conn, tmp_path):
+def test_salesforce_calls_and_refusals_are_counted_by_program_object_and_code(settings, fake, redis_conn, tmp_path):
     mappings = tmp_path / "mappings"
     shutil.copytree(settings.mappings_dir, mappings)
     path = mappings / "partner.yml"
@@ -256,18 +256,18 @@ def test_salesforce_calls_and_refusals_are_counted_by_object_and_code(settings, 
     assert found["partnero_sync_salesforce_calls_total"] == {  # (kind, object): each call once, login too
         ("login", ""): 1, ("upsert", "Account"): 1, ("delete", "Contact"): 1, ("upsert", "Contact"): 2,
     }
-    assert found["partnero_sync_salesforce_refusals_total"] == {  # (code, object)
-        ("INVALID_FIELD", "Account"): 1,
-        ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Contact"): 1,
-        ("UNAVAILABLE", "Contact"): 1,
+    assert found["partnero_sync_salesforce_refusals_total"] == {  # (code, object, program)
+        ("INVALID_FIELD", "Account", "default"): 1,
+        ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Contact", "default"): 1,
+        ("UNAVAILABLE", "Contact", "default"): 1,
     }
     assert found["partnero_sync_crm_outbox_records"] == {
         ("Account", "pending"): 0, ("Account", "waiting"): 1, ("Account", "synced"): 0, ("Account", "failed"): 0,
         ("Contact", "pending"): 1, ("Contact", "waiting"): 0, ("Contact", "synced"): 2, ("Contact", "failed"): 1,
     }
     # Two records reached Salesforce (and a third was deleted there): their arrival-to-sync lag.
-    assert found["partnero_sync_salesforce_lag_seconds_count"] == {(): 3}
-    assert 0 < found["partnero_sync_salesforce_lag_seconds_sum"][()] < 60
+    assert found["partnero_sync_salesforce_lag_seconds_count"] == {("default",): 3}
+    assert 0 < found["partnero_sync_salesforce_lag_seconds_sum"][("default",)] < 60
 
 
 def test_every_web_process_reports_the_same_totals(pg_url, redis_server_url, redis_conn):
@@ -376,9 +376,12 @@ def test_a_forked_child_pushes_its_own_counts_and_not_its_parents(redis_conn):
 def test_label_values_never_carry_arbitrary_text(redis_conn):
     recorder = metrics.recorder
     recorder.bind(redis_conn)
-    metrics.SALESFORCE_REFUSALS.inc(object="Contact", code="BAD, CODE=\"x\"\n")
-    metrics.SALESFORCE_REFUSALS.inc(object="Contact", code=None)
+    metrics.SALESFORCE_REFUSALS.inc(program="default", object="Contact", code="BAD, CODE=\"x\"\n")
+    metrics.SALESFORCE_REFUSALS.inc(program="default", object="Contact", code=None)
+    metrics.SALESFORCE_LAG.observe([1.0], program="a,b=c")
     assert recorder.push()
-    assert redis_conn.hgetall(metrics.SALESFORCE_REFUSALS.key) == {b"object=Contact,code=other": b"2"}
+    assert redis_conn.hgetall(metrics.SALESFORCE_REFUSALS.key) == {b"program=default,object=Contact,code=other": b"2"}
+    assert set(redis_conn.hgetall(metrics.SALESFORCE_LAG.key)) == {b"program=other,le=1.0", b"program=other,count",
+                                                                   b"program=other,sum"}
     with pytest.raises(TypeError):
         metrics.SALESFORCE_CALLS.inc(obj="Contact")

@@ -214,17 +214,24 @@ class Counter:
 
 @dataclass(frozen=True)
 class Histogram:
-    """A histogram kept in Redis: one hash with a field per bucket (not cumulative), sum, count."""
+    """A histogram kept in Redis: one hash with a field per bucket (not cumulative), sum, count;
+    with ``labels``, each field starts with its series' label values (``program=default,le=1``)."""
 
     name: str
     help: str
     buckets: tuple[float, ...]
+    labels: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
         return f"{KEY_PREFIX}{self.name}"
 
-    def observe(self, values: Iterable[float]) -> None:
+    def observe(self, values: Iterable[float], **labels: str) -> None:
+        """Add ``values`` to the series of ``labels`` (a label not given is empty)."""
+        unknown = set(labels) - set(self.labels)
+        if unknown:
+            raise TypeError(f"{self.name} has no label {sorted(unknown)}")
+        series = "".join(f"{name}={_label(labels.get(name, ''))}," for name in self.labels)
         fields: dict[str, int] = {}
         total, count = 0.0, 0
         for value in values:
@@ -235,17 +242,37 @@ class Histogram:
             total += value
             count += 1
         if count:
-            recorder.add([*((self.key, f"le={le}", n) for le, n in fields.items()),
-                          (self.key, "count", count), (self.key, "sum", total)])
+            recorder.add([*((self.key, f"{series}le={le}", n) for le, n in fields.items()),
+                          (self.key, f"{series}count", count), (self.key, f"{series}sum", total)])
 
-    def family(self, stored: dict[str, str]) -> HistogramMetricFamily:
+    def family(self, stored: dict[str, str], programs: Iterable[str] = (DEFAULT_PROGRAM,)) -> HistogramMetricFamily:
+        """The family to export: each stored series (a field of a past layout, with other labels,
+        is left out); with a ``program`` label, each of ``programs`` from the start (empty until
+        observed)."""
+        by_series: dict[tuple[str, ...], dict[str, str]] = {}
+        if self.labels == ("program",):
+            by_series.update({(program,): {} for program in programs})
+        for name, value in stored.items():
+            *pairs, last = name.split(",")
+            named = [pair.partition("=") for pair in pairs]
+            if [label for label, _, _ in named] == list(self.labels):
+                by_series.setdefault(tuple(v for _, _, v in named), {})[last] = value
+        if not self.labels:
+            return HistogramMetricFamily(PREFIX + self.name, self.help, buckets=self._buckets(by_series.get((), {})),
+                                         sum_value=float(by_series.get((), {}).get("sum", 0)))
+        family = HistogramMetricFamily(PREFIX + self.name, self.help, labels=self.labels)
+        for values, series in sorted(by_series.items()):
+            family.add_metric(list(values), self._buckets(series), float(series.get("sum", 0)))
+        return family
+
+    def _buckets(self, series: dict[str, str]) -> list[tuple[str, int]]:
+        """One series' cumulative buckets, from its stored (not cumulative) ones."""
         cumulative, buckets = 0, []
         for bound in (*self.buckets, math.inf):
             le = floatToGoString(bound)
-            cumulative += int(stored.get(f"le={le}", 0))
+            cumulative += int(series.get(f"le={le}", 0))
             buckets.append((le, cumulative))
-        return HistogramMetricFamily(PREFIX + self.name, self.help, buckets=buckets,
-                                     sum_value=float(stored.get("sum", 0)))
+        return buckets
 
 
 RECEIVED = Counter(
@@ -274,8 +301,8 @@ SALESFORCE_CALLS = Counter(
 )
 SALESFORCE_REFUSALS = Counter(
     "salesforce_refusals",
-    "Records Salesforce did not accept, by object and error code (UNAVAILABLE: the whole call failed).",
-    ("object", "code"),
+    "Records Salesforce did not accept, by program, object and error code (UNAVAILABLE: the whole call failed).",
+    ("program", "object", "code"),
 )
 LAG = Histogram(
     "delivery_lag_seconds",
@@ -285,8 +312,9 @@ LAG = Histogram(
 SALESFORCE_LAG = Histogram(
     "salesforce_lag_seconds",
     "Seconds from the arrival of the oldest delivery behind a Salesforce record's unsent changes to "
-    "Salesforce accepting the record.",
+    "Salesforce accepting the record, by program.",
     (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 14400),
+    ("program",),
 )
 STORED = (RECEIVED, ATTEMPTS, SALESFORCE_CALLS, SALESFORCE_REFUSALS, LAG, SALESFORCE_LAG)
 
