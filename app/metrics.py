@@ -13,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from app import auth
 from sync.ops import metrics
 from sync.ops.snapshot import Snapshot, backfill_attention, take
-from sync.ops.metrics import PREFIX, STORED, Counter
+from sync.ops.metrics import PREFIX, STORED
 from sync.store import inbox, runs
 from sync.store.inbox import InboxSummary
 from sync.store.org_checks import Verdict
@@ -57,7 +57,7 @@ class Collector:
         if stored is not None:
             programs = [program.name for program in self.services.settings.programs]
             for spec in STORED:
-                yield spec.family(stored[spec.key], programs) if isinstance(spec, Counter) else spec.family(stored[spec.key])
+                yield spec.family(stored[spec.key], programs)
 
 
 def _gauges(snapshot: Snapshot) -> Iterator[Metric]:

@@ -116,13 +116,7 @@ class Services:
             return None
         if self._flusher is None:
             client = SalesforceClient(self.settings.salesforce, clock=self.clock)
-            # A program with a MAPPINGS_DIR of its own has its own set; the others share this process's.
-            loaded, by_program = {self.settings.mappings_dir: self.mappings}, {}
-            for program in self.settings.programs:
-                if program.mappings_dir not in loaded:
-                    loaded[program.mappings_dir] = load_mappings(program.mappings_dir, schema.RESERVED_TABLES)
-                by_program[program.name] = loaded[program.mappings_dir]
-            self._flusher = Flusher(self.inbox.engine, by_program, client,
+            self._flusher = Flusher(self.inbox.engine, self.mappings_by_program, client,
                                     currency={p.name: p.currency for p in self.settings.programs},
                                     clock=self.clock, bulk_threshold=self.settings.bulk_threshold)
         return self._flusher

@@ -147,7 +147,7 @@ def test_a_known_sequence_reads_back_exactly(live_server, settings, redis_conn):
     assert before["partnero_sync_queue_workers"] == {(): 0}
     assert before["partnero_sync_oldest_pending_age_seconds"][()] >= 1000
     assert before[ATTEMPTS] == attempts()
-    assert before[f"{LAG}_count"] == {(): 0}
+    assert before[f"{LAG}_count"] == {("default",): 0}
 
     build_worker(Services.build(settings, redis_conn)).work(burst=True)  # the real job code
 
@@ -160,9 +160,10 @@ def test_a_known_sequence_reads_back_exactly(live_server, settings, redis_conn):
     assert after["partnero_sync_queue_workers"] == {(): 0}
     # Each processed delivery waited a little over 1000 s: all three in the bucket up to 1800 s.
     buckets = after[f"{LAG}_bucket"]
-    assert [buckets[(le,)] for le in ("0.1", "1.0", "60.0", "600.0", "1800.0", "3600.0", "+Inf")] == [0, 0, 0, 0, 3, 3, 3]
-    assert after[f"{LAG}_count"] == {(): 3}
-    assert 3000 <= after[f"{LAG}_sum"][()] < 3 * 1800
+    assert [buckets[(le, "default")] for le in ("0.1", "1.0", "60.0", "600.0", "1800.0", "3600.0", "+Inf")] == [
+        0, 0, 0, 0, 3, 3, 3]
+    assert after[f"{LAG}_count"] == {("default",): 3}
+    assert 3000 <= after[f"{LAG}_sum"][("default",)] < 3 * 1800
     assert "partnero_sync_crm_outbox_records" not in after  # Salesforce is off
     assert "partnero_sync_salesforce_calls_total" not in after  # a family without samples
     assert "# TYPE partnero_sync_salesforce_refusals_total counter" in _text(live_server)

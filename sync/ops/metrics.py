@@ -306,8 +306,9 @@ SALESFORCE_REFUSALS = Counter(
 )
 LAG = Histogram(
     "delivery_lag_seconds",
-    "Seconds from a delivery's arrival at the receiver to the commit of its warehouse write.",
+    "Seconds from a delivery's arrival at the receiver to the commit of its warehouse write, by program.",
     (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+    ("program",),
 )
 SALESFORCE_LAG = Histogram(
     "salesforce_lag_seconds",

@@ -20,7 +20,9 @@ def report(events: Sequence[StoredDelivery], result: BatchResult, request_flush:
            committed_at: datetime) -> None:
     """Count, log and follow up ``result``, the outcome of applying ``events``, committed at ``committed_at``."""
     by_id = {e.id: e for e in events}
-    metrics.LAG.observe((committed_at - by_id[i].received_at).total_seconds() for i in result.processed)
+    for program in sorted({by_id[i].program for i in result.processed}):
+        metrics.LAG.observe(((committed_at - by_id[i].received_at).total_seconds()
+                             for i in result.processed if by_id[i].program == program), program=program)
     for outcome, done in ((DeliveryStatus.PROCESSED, result.processed), (DeliveryStatus.IGNORED, result.ignored),
                           (DeliveryStatus.FAILED, result.failed), (metrics.RETRIED, result.waiting + result.untried)):
         for program, count in sorted(Counter(by_id[i].program for i in done).items()):
