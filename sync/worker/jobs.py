@@ -340,29 +340,50 @@ BACKFILL_SLICE_SECONDS = 20
 @_withholding
 def backfill(current: Context, run_id: int) -> Retry | str:
     """The job behind ``partnero-sync backfill --in-worker``: carry backfill ``run_id`` on for a
-    slice, then enqueue the next slice; the run's place is in the database (``backfill_runs``)."""
-    from sync.partnero.api import PartneroApi
-    from sync.partnero.backfill import Backfill
-    from sync.store.runs import RunStatus
+    slice, then enqueue the next slice; the run's place is in the database (``backfill_runs``).
+    The run is of one program: its lists are read with that program's key, and applied with its
+    mappings as its deliveries."""
+    from sync.partnero.backfill import name
+    from sync.store.runs import Runs, RunStatus
 
     job = get_current_job()
-    filler = Backfill(current, PartneroApi(current.settings.partnero, clock=current.clock))
-    run = filler.runs.get(run_id)
+    run = Runs(current.inbox.engine, current.clock).get(run_id)
     if run is None or run.done:
-        return f"backfill #{run_id}: nothing to do"
+        return f"{name(run_id)}: nothing to do"
+    filler = _backfill_of(current, run)
+    called = filler.name(run_id)
     if not filler.runs.take_up(run_id, job.id if job else None):  # one conditional write: one taker
         run = filler.runs.get(run_id)
-        return f"backfill #{run_id} is being carried on elsewhere (job {run.job_id})"
+        return f"{called} is being carried on elsewhere (job {run.job_id})"
     deadline = time.monotonic() + BACKFILL_SLICE_SECONDS
     try:
         run = filler.run(run, should_stop=lambda: stop_requested() or time.monotonic() > deadline,
                          on_page=lambda progress: current.queue.report_progress(progress.line()))
     except TransientError as exc:  # Partnero or the database away past the client's retries
-        return _later(f"backfill #{run_id}", str(exc), "the run stays stopped where it was, for "
+        return _later(called, str(exc), "the run stays stopped where it was, for "
                       "`partnero-sync backfill` to carry on")
     if run.status == RunStatus.STOPPED:  # its slice is over: the next one carries on after the other queues' turn
-        current.queue.enqueue_backfill(run_id, f"backfill #{run_id}: carried on from {run.entity} page {run.next_page}")
-    summary = (f"backfill #{run_id} {run.status}: {run.records:,} records, {run.applied:,} applied, "
+        current.queue.enqueue_backfill(run_id, f"{called}: carried on from {run.entity} page {run.next_page}")
+    summary = (f"{called} {run.status}: {run.records:,} records, {run.applied:,} applied, "
                f"{run.unchanged:,} unchanged, {run.skipped:,} skipped, {run.failed:,} failed")
     current.queue.report_progress(summary)
     return summary
+
+
+def _backfill_of(current: Context, run):
+    """The ``Backfill`` of ``run``'s program: its key, its mappings. A program no longer served, or
+    without a key, fails the run with a sentence naming it (``ConfigurationError``), for a person."""
+    from sync.core.errors import ConfigurationError
+    from sync.partnero.api import PartneroApi
+    from sync.partnero.backfill import Backfill, name
+    from sync.partnero.programs import mappings_of
+    from sync.store.runs import Runs, RunStatus
+
+    try:
+        program = current.settings.program(run.program)
+        mappings = mappings_of(current, run.program)  # UnknownProgram when it is not served
+        return Backfill(current, PartneroApi.of(program, clock=current.clock), program=run.program, mappings=mappings)
+    except ConfigurationError as exc:
+        Runs(current.inbox.engine, current.clock).finish(run.id, RunStatus.FAILED, str(exc))
+        log.error("%s of program %s: %s", name(run.id), run.program, exc)
+        raise
