@@ -48,6 +48,11 @@ def load_program_mappings(settings: Settings) -> dict[str, MappingSet]:
     return found
 
 
+def distinct_mappings(by_program: Mapping[str, MappingSet]) -> list[MappingSet]:
+    """Each set once (programs that share a MAPPINGS_DIR share a set), in the programs' order."""
+    return list({id(m): m for m in by_program.values()}.values())
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -85,7 +90,7 @@ class Services:
             by_program = {program.name: mappings for program in settings.programs}
         else:
             by_program = dict(mappings)
-        sets = list({id(m): m for m in by_program.values()}.values())
+        sets = distinct_mappings(by_program)
         engine = db.engine_for(settings.database_url, settings.database_lock_timeout)
         inbox = Inbox(engine, clock, programs=list(by_program))
         warehouse = Warehouse(sets if len(sets) > 1 else sets[0], clock)

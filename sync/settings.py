@@ -268,6 +268,10 @@ def is_local_host(url: str) -> bool:
         return False
 
 
+class UnknownProgram(ConfigurationError):
+    """A program this deployment does not serve was asked for by name."""
+
+
 @dataclass(frozen=True)
 class Program:
     """One Partnero program this deployment serves: its name, the secrets its webhooks are signed
@@ -417,6 +421,16 @@ class Settings:
     def program(self, name: str) -> Program | None:
         """The program called ``name``; None when this deployment serves none by that name."""
         return next((p for p in self.programs if p.name == name), None)
+
+    def require_program(self, name: str) -> Program:
+        """The program called ``name``, for a command asked for it by name (``--program``);
+        ``UnknownProgram`` naming the programs served when there is none."""
+        program = self.program(name)
+        if program is None:
+            served = ", ".join(p.name for p in self.programs)
+            where = "PARTNERO_PROGRAMS names" if self.named_programs else "this deployment serves one program,"
+            raise UnknownProgram(f"there is no program {name[:50]!r}: {where} {served}")
+        return program
 
     @property
     def named_programs(self) -> bool:

@@ -14,18 +14,15 @@ from click.testing import CliRunner
 
 from sync.cli import main
 from sync.core import backoff
-from sync.mapping import plan
 from sync.ops import metrics
 from sync.partnero.samples import CUSTOMER, PARTNER, TRANSACTION
-from sync.pipeline.sinks import Work, settlements
 from sync.salesforce import org
 from sync.services import Services
 from sync.settings import Program
-from sync.store import bulk_jobs, ledger
+from sync.store import bulk_jobs
 from sync.store.inbox import Delivery, DeliveryStatus
 from sync.store.org_checks import Verdict
-from sync.store.outbox import Outbox, OutboxChange, crm_outbox
-from sync.store.warehouse import WarehouseChange
+from sync.store.outbox import crm_outbox
 from tests.conftest import salesforce_env
 from tests.salesforce_orgs import set_up
 from tests.test_salesforce_sync import password_login
@@ -52,26 +49,14 @@ def services(settings, fake, redis_conn) -> Services:
 
 
 def deliver(services: Services, program: str, *documents) -> None:
-    """Store ``documents`` as deliveries of ``program`` and apply them as the processor applies a
-    program's batch: planned with the program's mappings, written with the program (warehouse,
-    ledger, outbox with each record's Partnero id, the partners whose commission moved)."""
+    """Store ``documents`` as deliveries of ``program`` and apply them through the processor, as a
+    worker does (each program's part of a batch with its own mappings, written as its)."""
     bodies = [json.dumps(d).encode() for d in documents]
     stored = services.inbox.store_many([Delivery(b, json.loads(b)["event"], DeliveryStatus.PENDING, program=program)
                                         for b in bodies])
     claimed = services.inbox.claim(len(stored), ids=[s.id for s in stored.values()])
-    mappings = services.flusher().mappings[program]
-    work = [Work(d, plan(mappings.for_event(d.event_type), json.loads(d.body), d.fingerprint, d.received_at,
-                         program=program)) for d in claimed]
-    outbox = Outbox(services.clock)
-    with services.inbox.engine.begin() as conn:
-        states = services.warehouse.apply_many(conn, [WarehouseChange(w.plan.change, w.delivery.id) for w in work],
-                                               program=program)
-        partners = ledger.settle_many(conn, settlements(work, states), services.clock(), program=program)
-        outbox.apply_many(conn, [
-            OutboxChange(w.plan.crm, w.plan.mapping.entity, tuple(f.name for f in w.plan.mapping.salesforce.on_delete),
-                         w.plan.crm_problem, w.delivery.received_at, entity_id=w.plan.key)
-            for w in work if w.plan.crm is not None], program=program)
-        outbox.note_commission_change(conn, partners, program=program)
+    result = services.processor.process_batch(claimed)
+    assert not result.failed, result.failed
 
 
 def partner(pid: str = "p1", **changes) -> dict:
@@ -213,7 +198,7 @@ def test_a_refused_call_of_one_program_leaves_the_others_synced(settings, fake, 
     assert rows[(FRIENDS, "Contact", "friends:p1")]["status"] == "pending"
     assert rows[("default", "Account", "c1")]["status"] == "failed"
     unknown = CliRunner().invoke(main, ["crm-retry", "--program", "nobody"], env=env)
-    assert unknown.exit_code == 2 and "no program 'nobody' is configured" in unknown.output
+    assert unknown.exit_code == 2 and "there is no program 'nobody': PARTNERO_PROGRAMS names default, friends" in unknown.output
 
 
 def _program_env(settings, tmp_path: Path) -> dict[str, str]:

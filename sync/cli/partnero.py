@@ -46,7 +46,8 @@ def _program_option(what: str):
 def _chosen(settings: Settings, name: str | None) -> tuple[Program, ...]:
     """The programs to act on (``sync.partnero.programs.choose``), telling on standard error
     which are skipped for want of an API key."""
-    from sync.partnero.programs import UnknownProgram, choose
+    from sync.partnero.programs import choose
+    from sync.settings import UnknownProgram
 
     try:
         chosen = choose(settings, name)

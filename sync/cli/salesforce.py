@@ -73,9 +73,8 @@ def crm_retry(object_name: str | None, program: str | None) -> None:
 
 def _served(settings, program: str | None) -> None:
     """Stop with a configuration error unless ``program`` (None: every program) is served here."""
-    if program is not None and settings.program(program) is None:
-        raise ConfigurationError(f"no program {safe(program)!r} is configured here (its programs: "
-                                 f"{', '.join(p.name for p in settings.programs)})")
+    if program is not None:
+        settings.require_program(program)
 
 
 @main.command("crm-flush")
@@ -154,11 +153,9 @@ def crm_check(as_json: bool) -> None:
 def every_program_mappings(settings) -> list:
     """Each program's mappings, loaded once per mapping directory (programs may share one): the
     org must fit them all. A bad file raises ``MappingError``."""
-    from sync.mapping import load_mappings
-    from sync.store.schema import RESERVED_TABLES
+    from sync.services import distinct_mappings, load_program_mappings
 
-    return [load_mappings(directory, RESERVED_TABLES)
-            for directory in dict.fromkeys(p.mappings_dir for p in settings.programs)]
+    return distinct_mappings(load_program_mappings(settings))
 
 
 def _cannot_tell(sentence: str, as_json: bool) -> None:

@@ -10,13 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from sync.core.errors import ConfigurationError
-from sync.mapping import MappingSet, load_mappings
-from sync.settings import Program, Settings
-from sync.store.schema import RESERVED_TABLES
-
-
-class UnknownProgram(ConfigurationError):
-    """A program this deployment does not serve was asked for by name."""
+from sync.mapping import MappingSet
+from sync.settings import Program, Settings, UnknownProgram
 
 
 @dataclass(frozen=True)
@@ -36,11 +31,7 @@ def choose(settings: Settings, name: str | None = None) -> Chosen:
     naming its variable when it has no key), or, with no name, every program with an API key
     (``ConfigurationError`` when none has one)."""
     if name is not None:
-        program = settings.program(name)
-        if program is None:
-            served = ", ".join(p.name for p in settings.programs)
-            where = "PARTNERO_PROGRAMS names" if settings.named_programs else "this deployment serves one program,"
-            raise UnknownProgram(f"there is no program {name!r}: {where} {served}")
+        program = settings.require_program(name)
         program.require_api_key()
         return Chosen((program,))
     keyed = tuple(p for p in settings.programs if p.partnero.enabled)
@@ -54,25 +45,13 @@ def choose(settings: Settings, name: str | None = None) -> Chosen:
 
 
 def mappings_of(services, program: str) -> MappingSet:
-    """The mappings ``program``'s deliveries go through; ``UnknownProgram`` when the deployment
-    does not serve it (any more: a backfill run of a program since taken out of PARTNERO_PROGRAMS).
-
-    The process's ``Services.mappings_for`` when it has one (each program's mappings, loaded
-    once at its start); else the set the process loaded from MAPPINGS_DIR, when it is the
-    program's, or the program's own directory's, loaded and checked here."""
-    mappings_for = getattr(services, "mappings_for", None)
-    if mappings_for is not None:
-        found = mappings_for(program)
-        if found is None:
-            raise _not_served(services.settings, program)
-        return found
-    settings: Settings = services.settings
-    served = settings.program(program)
-    if served is None:
-        raise _not_served(settings, program)
-    if served.mappings_dir == settings.mappings_dir:
-        return services.mappings
-    return load_mappings(served.mappings_dir, RESERVED_TABLES)
+    """The mappings ``program``'s deliveries go through (``Services.mappings_for``: each program's,
+    loaded once at the process's start); ``UnknownProgram`` when the deployment does not serve it
+    (any more: a backfill run of a program since taken out of PARTNERO_PROGRAMS)."""
+    found = services.mappings_for(program)
+    if found is None:
+        raise _not_served(services.settings, program)
+    return found
 
 
 def _not_served(settings: Settings, program: str) -> UnknownProgram:

@@ -48,7 +48,7 @@ WAITED = "waited on a lock another database session holds; tried again later"
 UNTRIED = "not tried: its batch waited on locks another database session holds; tried again later"
 
 
-class UnknownProgram(PermanentError):
+class ProgramNotServed(PermanentError):
     """A stored delivery of a program this deployment no longer serves: it fails, saying so."""
 
 
@@ -165,7 +165,7 @@ class Processor:
             try:
                 known = planned_by.get(event.fingerprint) if planned_by is not None else None
                 planned = known if known is not None else self._plan(event)
-            except (MalformedDelivery, FieldProblem, UnknownProgram) as exc:
+            except (MalformedDelivery, FieldProblem, ProgramNotServed) as exc:
                 result.failed[event.id] = str(exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - whatever a delivery's content trips, it fails alone
@@ -250,7 +250,7 @@ class Processor:
         (its content; what the database would refuse is not known here); None when they can."""
         try:
             self._plan(event)
-        except (MalformedDelivery, FieldProblem, UnknownProgram) as exc:
+        except (MalformedDelivery, FieldProblem, ProgramNotServed) as exc:
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - as process_batch judges it
             return _unexpected(exc)
@@ -262,7 +262,7 @@ class Processor:
             raise MalformedDelivery('delivery has no "data" object')
         mappings = self.mappings_for(event.program)
         if mappings is None:
-            raise UnknownProgram(
+            raise ProgramNotServed(
                 f"its program, {event.program}, is not one this deployment serves (PARTNERO_PROGRAMS): "
                 "name it there again and requeue the delivery")
         mapping = mappings.for_event(event.event_type)
