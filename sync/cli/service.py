@@ -98,7 +98,9 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
     (waiting jobs, scheduled retries, running and failed jobs, workers); with Salesforce on, the
     CRM backlog and refused records by object and the last record synced; the ledger's program
     currency (the one Salesforce gets commission totals in) and the partners earning in other
-    currencies; the latest backfill; and what needs a person. Use it by hand, or from a monitor by its exit status:
+    currencies; the latest backfill; and what needs a person. With several programs
+    (PARTNERO_PROGRAMS), a line per program, and each program's trouble under its name
+    ("friends: 3 deliveries failed"). Use it by hand, or from a monitor by its exit status:
 
     \b
     0  healthy
@@ -118,14 +120,19 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
               waiting, synced, failed}}, backlog, refused, last_synced_at,
               bulk_jobs: [{job_id, object, state, records, since}] (the Bulk
               API 2.0 jobs running)},
-      ledger: {program_currency, program_currency_from ("PARTNERO_CURRENCY"
-              or "most used"), by_currency: {CURRENCY: {transactions, partners}},
+      ledger (null with several programs: see programs): {program_currency,
+              program_currency_from ("PARTNERO_CURRENCY" or "most used"),
+              by_currency: {CURRENCY: {transactions, partners}},
               other_currencies: {CURRENCY: partners}} (money only),
       backfill (null when none ran): {id, status ("queued", "running",
               "stopped", "failed", "finished", "abandoned"), entities, since,
               entity, next_page, last_page, records, applied, unchanged, skipped,
               failed, started_at, heartbeat_at, finished_at, last_error, job_id,
-              live},
+              program, live} (the latest of any program),
+      programs: {PROGRAM: {inbox, salesforce, ledger, backfill, attention}}:
+              each program's own figures, keyed as above (salesforce without
+              problem, api_usage, paused and org_check, which are every
+              program's), in PARTNERO_PROGRAMS' order; one program: "default",
       unavailable: {database, redis: why it could not be read; absent when read},
       attention: [one sentence per thing that needs a person]
     """
