@@ -104,13 +104,9 @@ def _program(figures: ProgramFigures) -> str:
 
 
 def _currency(program: str, summary: Summary) -> str:
-    """A program's currency, what chose it, and how many partners earn in others."""
-    if summary.currency is None:
-        said = "currency: none yet (no money commission)"
-    elif summary.configured:
-        said = f"currency {summary.currency} ({program_variable(program, 'CURRENCY')})"
-    else:
-        said = f"currency {summary.currency} (the most used; set {program_variable(program, 'CURRENCY')} to choose)"
+    """A program's currency, what chose it, and how many partners earn in others (every program
+    is named when there are several: its variable is PARTNERO_<NAME>_CURRENCY)."""
+    said = f"currency {summary.describe(program_variable(program, 'CURRENCY'))}"
     others = sum(summary.others.values())
     return said + (f", {others} partner{'s' if others != 1 else ''} earning in others" if others else "")
 
