@@ -68,6 +68,8 @@ class Figures:
     #: The ledger's currencies (read only when asked: it adds up the whole ledger). Of one
     #: program only: amounts are never added across programs.
     ledger: ledger.Summary | None = None
+    #: The variable that sets the currency of that program (``Program.variable("CURRENCY")``).
+    currency_variable: str = "PARTNERO_CURRENCY"
     #: The latest backfill (``partnero-sync backfill``), if any ran.
     backfill: runs.Run | None = None
 
@@ -325,8 +327,8 @@ def _read_database(snapshot: Snapshot, services, with_ledger: bool) -> None:
         _read(figures, services, program.name, program if with_ledger else None)
         snapshot.programs[program.name] = figures
     if one is not None:
-        snapshot.programs[one.name] = ProgramFigures(
-            name=one.name, **{f.name: getattr(snapshot, f.name) for f in fields(Figures)})
+        snapshot.programs[one.name] = ProgramFigures(name=one.name, **{f.name: getattr(snapshot, f.name)
+                                                                       for f in fields(Figures)})
     if snapshot.crm_enabled:
         snapshot.org_check = OrgChecks(services.inbox.engine, services.clock).latest()
 
@@ -345,6 +347,7 @@ def _read(figures: Figures, services, program: str | None, ledger_of: Program | 
                 figures.bulk_jobs = bulk_jobs.running(conn, program=program)
             if ledger_of is not None:
                 figures.ledger = ledger.summary(conn, ledger_of.currency, program=ledger_of.name)
+                figures.currency_variable = ledger_of.variable("CURRENCY")
     figures.backfill = runs.Runs(engine, services.clock).latest(program)
 
 

@@ -8,7 +8,6 @@ from datetime import datetime
 from sync.ops.progress import duration
 from sync.ops.snapshot import Health, ProgramFigures, Snapshot, backlog
 from sync.ops.terminal import safe
-from sync.settings import program_variable
 from sync.store.inbox import DeliveryStatus
 from sync.store.ledger import Summary
 from sync.store.org_checks import Verdict
@@ -54,7 +53,7 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
     if snapshot.crm_enabled and queue is not None:
         rows += _api(snapshot)
     if snapshot.ledger is not None:
-        rows += _ledger(snapshot.ledger)
+        rows += _ledger(snapshot.ledger, snapshot.currency_variable)
     if snapshot.backfill is not None:
         rows += _backfill(snapshot.backfill, snapshot.taken_at, snapshot.several)
     if snapshot.several and inbox is not None:
@@ -75,15 +74,16 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
     return "\n".join(lines)
 
 
-def _ledger(summary: Summary) -> list[tuple[str, str]]:
-    """The ledger's currencies: the one Salesforce gets totals in, and partners earning in others."""
+def _ledger(summary: Summary, variable: str) -> list[tuple[str, str]]:
+    """The ledger's currencies: the one Salesforce gets totals in (``variable`` sets it), and
+    partners earning in others."""
     if summary.currency is None:
-        return [("Ledger", ""), ("  program currency", summary.describe())]
+        return [("Ledger", ""), ("  program currency", summary.describe(variable))]
     others = ", ".join(f"{currency or 'no currency'}: {partners} partner{'s' if partners != 1 else ''}"
                        for currency, partners in sorted(summary.others.items(), key=lambda i: i[0] or ""))
     return [
         ("Ledger", ""),
-        ("  program currency", summary.describe()),
+        ("  program currency", summary.describe(variable)),
         ("  other currencies", f"{others} (left out of Salesforce; see `partnero-sync ledger PARTNER_ID`)"
                                if others else "none"),
     ]
@@ -99,14 +99,14 @@ def _program(figures: ProgramFigures) -> str:
     if figures.crm_enabled:
         parts.append(f"Salesforce backlog {figures.crm_backlog}, refused {figures.crm_refused}")
     if figures.ledger is not None:
-        parts.append(_currency(figures.name, figures.ledger))
+        parts.append(_currency(figures))
     return "; ".join(parts)
 
 
-def _currency(program: str, summary: Summary) -> str:
-    """A program's currency, what chose it, and how many partners earn in others (every program
-    is named when there are several: its variable is PARTNERO_<NAME>_CURRENCY)."""
-    said = f"currency {summary.describe(program_variable(program, 'CURRENCY'))}"
+def _currency(figures: ProgramFigures) -> str:
+    """A program's currency, what chose it, and how many partners earn in others."""
+    summary = figures.ledger
+    said = f"currency {summary.describe(figures.currency_variable)}"
     others = sum(summary.others.values())
     return said + (f", {others} partner{'s' if others != 1 else ''} earning in others" if others else "")
 
