@@ -292,3 +292,28 @@ def test_requeue_failed_takes_a_program(settings, fake, redis_conn):
     assert inbox.count(status=DeliveryStatus.FAILED, program=FRIENDS) == len(seeded.failed)  # left alone
     assert "requeued 3 failed deliveries, a worker woken" in run(env, "requeue-failed").output
     assert inbox.count(status=DeliveryStatus.FAILED) == 0
+
+
+def test_one_named_program_is_shown_as_one_program(settings, fake, redis_conn):
+    """PARTNERO_PROGRAMS naming one program: no line per program and no name before the trouble,
+    as without PARTNERO_PROGRAMS, but the currency's variable is the program's."""
+    engine = db.engine_for(settings.database_url)
+    reward = Reward("p1#1", "p1", Decimal("10"), "USD", "ok", AT)
+    with engine.begin() as conn:
+        ledger.settle_many(conn, [ledger.Settlement("t1", (reward,), False, AT, None, None)], AT, program=AFFILIATE)
+    inbox = Inbox(engine)
+    stored = inbox.store_many([Delivery(b'{"event": "partner.created"}', "partner.created", DeliveryStatus.PENDING,
+                                        program=AFFILIATE)])
+    inbox.claim()
+    inbox.mark_failures({s.id: "partner.yml: identity: data.id is empty in this delivery" for s in stored.values()})
+    env = cli_env(settings, fake) | {"PARTNERO_PROGRAMS": AFFILIATE, "PARTNERO_FRIENDS_CURRENCY": "",
+                                     "PARTNERO_AFFILIATE_CURRENCY": "USD"}
+    result = run(env, "status")
+    assert result.exit_code == 1
+    assert "Programs" not in result.output.splitlines()
+    assert re.search(r"^  program currency +USD \(PARTNERO_AFFILIATE_CURRENCY\)$", result.output, re.M)
+    assert re.search(r"^  - 1 deliveries failed: see `partnero-sync status` and /ops, ", result.output, re.M)
+    report = json.loads(run(env, "status", "--json").output)
+    assert list(report["programs"]) == [AFFILIATE]
+    assert report["programs"][AFFILIATE]["ledger"] == report["ledger"]
+    assert report["ledger"]["program_currency"] == "USD"
