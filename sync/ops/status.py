@@ -61,17 +61,19 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
         rows += [(f"  {name}", _program(figures)) for name, figures in snapshot.programs.items()]
     rows = [(safe(label), safe(value)) for label, value in rows]  # object names, currencies, errors: from outside
     width = max(len(label) for label, _ in rows) + 2
-    lines = [f"{label:<{width}}{value}".rstrip() for label, value in rows]
+    return "\n".join([f"{label:<{width}}{value}".rstrip() for label, value in rows] + _verdict(snapshot))
+
+
+def _verdict(snapshot: Snapshot) -> list[str]:
+    """What needs attention, one line each, and whether all is well or cannot be told."""
     reasons = snapshot.attention()
-    if reasons:
-        lines.append("Needs attention")
-        lines += [f"  - {safe(reason)}" for reason in reasons]
+    lines = ["Needs attention"] + [f"  - {safe(reason)}" for reason in reasons] if reasons else []
     if snapshot.state == Health.UNKNOWN:
         unread = " and ".join(_SOURCES.get(name, name) for name in sorted(snapshot.unavailable))
         lines.append(f"Cannot tell whether all is well: the {unread} could not be read.")
     elif not reasons:
         lines.append("All well: nothing needs attention.")
-    return "\n".join(lines)
+    return lines
 
 
 def _ledger(summary: Summary, variable: str) -> list[tuple[str, str]]:
