@@ -8,23 +8,23 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from app import auth
-from sync.mapping import MappingSet, load_mappings
+from sync.mapping import MappingSet
 from sync.ops import logs
 from sync.pipeline.intake import Intake
-from sync.services import Services
+from sync.services import Services, load_program_mappings
 from sync.settings import Settings
-from sync.store.schema import RESERVED_TABLES
 
 
-def check_configuration(settings: Settings | None = None) -> tuple[Settings, MappingSet]:
-    """The settings (default: the environment) and mapping files the web process runs on.
+def check_configuration(settings: Settings | None = None) -> tuple[Settings, dict[str, MappingSet]]:
+    """The settings (default: the environment) and each program's mappings the web process runs on.
 
-    Raises ``ConfigurationError`` when they cannot work (no webhook secret, a mapping file with
-    problems). Connects to nothing; gunicorn's master runs it before starting any worker.
+    Raises ``ConfigurationError`` when they cannot work (a program without its webhook secret, a
+    mapping file with problems). Connects to nothing; gunicorn's master runs it before starting
+    any worker.
     """
     settings = settings or Settings.from_env()
     settings.require_webhook_secret()
-    return settings, load_mappings(settings.mappings_dir, RESERVED_TABLES)
+    return settings, load_program_mappings(settings)
 
 
 def create_app(settings: Settings | None = None, *, redis_connection: redis.Redis | None = None) -> Flask:
@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None, *, redis_connection: redis.Redi
     services = Services.build(settings, redis_connection, mappings)
 
     app = Flask(__name__)
-    app.secret_key = auth.secret_key(settings.dashboard, settings.webhook_secrets)
+    app.secret_key = auth.secret_key(settings.dashboard, settings.require_webhook_secret())
     # Werkzeug answers 413 from Content-Length alone, and stops a chunked body one byte past
     # the limit, so the receiver can tell "exactly the limit" from "too large" without reading
     # more than that.
@@ -54,8 +54,8 @@ def create_app(settings: Settings | None = None, *, redis_connection: redis.Redi
     dashboard.mount(app, settings, services.queue.connection)
     ops.mount(app, settings)
     app.logger.info(
-        "partnero-sync web: %d mapped event types; Salesforce %s; dashboard %s",
-        len(services.mappings.events), settings.salesforce.describe(),
+        "partnero-sync web: programs %s; %d mapped event types; Salesforce %s; dashboard %s",
+        ", ".join(services.mappings_by_program), len(services.mappings.events), settings.salesforce.describe(),
         f"at {dashboard.PREFIX} and /ops" if settings.dashboard.enabled
         else "off (set RQ_DASHBOARD_USERNAME and RQ_DASHBOARD_PASSWORD to serve /rq and /ops)",
     )

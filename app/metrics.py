@@ -53,8 +53,9 @@ class Collector:
         yield up
         yield from _gauges(snapshot)
         if stored is not None:
+            programs = [program.name for program in self.services.settings.programs]
             for spec in STORED:
-                yield spec.family(stored[spec.key])
+                yield spec.family(stored[spec.key], programs)
 
 
 def _gauges(snapshot: Snapshot) -> Iterator[Metric]:

@@ -5,8 +5,10 @@ worker hands them to every job it runs (``sync.worker.process``)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 import redis
 
@@ -21,7 +23,7 @@ from sync.salesforce.client import SalesforceClient
 from sync.salesforce.flush import Flusher
 from sync.salesforce.org import OrgWatch
 from sync.salesforce.schedule import FlushSchedule
-from sync.settings import Settings
+from sync.settings import DEFAULT_PROGRAM, Settings
 from sync.store import db, schema
 from sync.store.inbox import Inbox
 from sync.store.org_checks import OrgCheck, OrgChecks
@@ -34,6 +36,18 @@ from sync.worker.stopping import INTERRUPTIONS
 log = logging.getLogger(__name__)
 
 
+def load_program_mappings(settings: Settings) -> dict[str, MappingSet]:
+    """Each program's mappings, by name, loaded and checked once per directory (programs that
+    share a MAPPINGS_DIR share one set). A bad file raises ``MappingError`` listing every problem."""
+    loaded: dict[Path, MappingSet] = {}
+    found = {}
+    for program in settings.programs:
+        if program.mappings_dir not in loaded:
+            loaded[program.mappings_dir] = load_mappings(program.mappings_dir, schema.RESERVED_TABLES)
+        found[program.name] = loaded[program.mappings_dir]
+    return found
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -41,9 +55,12 @@ class Services:
     clock: Clock
     inbox: Inbox
     queue: JobQueue
+    #: The first program's mappings (the only program's, without PARTNERO_PROGRAMS).
     mappings: MappingSet
     warehouse: Warehouse
     processor: Processor
+    #: Each program's mappings, by name, in PARTNERO_PROGRAMS' order.
+    mappings_by_program: dict[str, MappingSet] = field(default_factory=dict)
     _flusher: Flusher | None = field(default=None, repr=False)
     _flush_schedule: FlushSchedule | None = field(default=None, repr=False)
     _org_watch: OrgWatch | None = field(default=None, repr=False)
@@ -53,18 +70,25 @@ class Services:
         cls,
         settings: Settings,
         redis_connection: redis.Redis | None = None,
-        mappings: MappingSet | None = None,
+        mappings: MappingSet | Mapping[str, MappingSet] | None = None,
         clock: Clock = system_clock,
     ) -> Services:
         """Wire the adapters; nothing connects until first used.
 
-        Loads and checks the mapping files unless ``mappings`` is given: a bad file raises
-        ``MappingError`` listing every problem, and the process must not start.
+        Loads and checks each program's mapping files unless ``mappings`` is given (then every
+        program has those: by name, or one set for all): a bad file raises ``MappingError``
+        listing every problem, and the process must not start.
         """
-        mappings = mappings or load_mappings(settings.mappings_dir, schema.RESERVED_TABLES)
+        if mappings is None:
+            by_program = load_program_mappings(settings)
+        elif isinstance(mappings, MappingSet):
+            by_program = {program.name: mappings for program in settings.programs}
+        else:
+            by_program = dict(mappings)
+        sets = list({id(m): m for m in by_program.values()}.values())
         engine = db.engine_for(settings.database_url, settings.database_lock_timeout)
-        inbox = Inbox(engine, clock)
-        warehouse = Warehouse(mappings, clock)
+        inbox = Inbox(engine, clock, programs=list(by_program))
+        warehouse = Warehouse(sets if len(sets) > 1 else sets[0], clock)
         outbox = Outbox(clock) if settings.salesforce.enabled else None
         queue = JobQueue(redis_connection or queues.connect(settings.redis_url))
         # The process's metrics go to the Redis its jobs go to.
@@ -74,18 +98,26 @@ class Services:
             clock=clock,
             inbox=inbox,
             queue=queue,
-            mappings=mappings,
+            mappings=sets[0],
             warehouse=warehouse,
-            processor=Processor(engine, inbox, mappings, warehouse, outbox, interruptions=INTERRUPTIONS),
+            processor=Processor(engine, inbox, by_program.get(DEFAULT_PROGRAM, sets[0]), warehouse, outbox,
+                                interruptions=INTERRUPTIONS, programs=by_program),
+            mappings_by_program=by_program,
         )
 
+    def mappings_for(self, program: str) -> MappingSet | None:
+        """The mappings of ``program``; None when this deployment does not serve it."""
+        return self.mappings_by_program.get(program)
+
     def flusher(self) -> Flusher | None:
-        """The Salesforce flush, or None while CRM sync is off."""
+        """The Salesforce flush of every program (each with its own mappings and currency), or
+        None while CRM sync is off."""
         if not self.settings.salesforce.enabled:
             return None
         if self._flusher is None:
             client = SalesforceClient(self.settings.salesforce, clock=self.clock)
-            self._flusher = Flusher(self.inbox.engine, self.mappings, client, currency=self.settings.currency,
+            self._flusher = Flusher(self.inbox.engine, self.mappings_by_program, client,
+                                    currency={p.name: p.currency for p in self.settings.programs},
                                     clock=self.clock, bulk_threshold=self.settings.bulk_threshold)
         return self._flusher
 
@@ -121,14 +153,15 @@ class Services:
             self.check_org()
 
     def check_org(self) -> OrgCheck | None:
-        """Check the org against the mappings, when due (``OrgWatch``: at this process's first
-        call, then again while the stored check does not say it fits); None while CRM sync is off."""
+        """Check the org against every program's mappings, when due (``OrgWatch``: at this
+        process's first call, then again while the stored check does not say it fits); None while
+        CRM sync is off."""
         flusher = self.flusher()
         if flusher is None:
             return None
         if self._org_watch is None:
-            self._org_watch = OrgWatch(OrgChecks(self.inbox.engine, self.clock), flusher.client, self.mappings,
-                                       self.clock)
+            self._org_watch = OrgWatch(OrgChecks(self.inbox.engine, self.clock), flusher.client,
+                                       flusher.mappings.values(), self.clock)
         return self._org_watch.run()
 
     def migrate(self) -> list[str]:

@@ -33,8 +33,8 @@ def race(url: str, redis_url: str, partnero, **options) -> list:
         filler = Backfill(services, PartneroApi(services.settings.partnero))
         looked = filler.runs.unfinished
 
-        def unfinished(*args, _looked=looked):
-            found = _looked(*args)
+        def unfinished(*args, _looked=looked, **kwargs):
+            found = _looked(*args, **kwargs)
             if not getattr(threading.current_thread(), "passed", False):
                 threading.current_thread().passed = True  # only the first look waits for the other
                 barrier.wait()

@@ -84,20 +84,22 @@ def post_chunked(base: str, body: bytes, headers: dict[str, str]) -> int:
     return status
 
 
-def received(**counts: int) -> dict[tuple[str, str], float]:
-    """The received counter as it should read: every known series, 0 unless given
-    (``queued=4``, ``refused_too_large=2``)."""
-    expected = {("queued", ""): 0.0, ("duplicate", ""): 0.0, ("ignored", ""): 0.0}
-    expected.update({("refused", reason): 0.0 for reason in REASONS})
+def received(program: str = "default", **counts: int) -> dict[tuple[str, str, str], float]:
+    """The received counter as it should read, of the one ``program``: every known series, 0
+    unless given (``queued=4``, ``refused_too_large=2``); labels outcome, program, reason."""
+    expected = {("queued", program, ""): 0.0, ("duplicate", program, ""): 0.0, ("ignored", program, ""): 0.0}
+    expected.update({("refused", program, reason): 0.0 for reason in REASONS})
     for name, value in counts.items():
         outcome, _, reason = name.partition("_")
-        assert (outcome, reason) in expected, name
-        expected[outcome, reason] = float(value)
+        assert (outcome, program, reason) in expected, name
+        expected[outcome, program, reason] = float(value)
     return expected
 
 
-def attempts(processed=0, ignored=0, failed=0, retried=0) -> dict[tuple[str], float]:
-    return {("processed",): processed, ("ignored",): ignored, ("failed",): failed, ("retried",): retried}
+def attempts(processed=0, ignored=0, failed=0, retried=0, program: str = "default") -> dict[tuple[str, str], float]:
+    """The attempts counter of the one ``program``; labels outcome, program."""
+    return {("processed", program): processed, ("ignored", program): ignored, ("failed", program): failed,
+            ("retried", program): retried}
 
 
 def queue(queued=0, scheduled=0, started=0, failed=0) -> dict[tuple[str], float]:
@@ -147,7 +149,7 @@ def test_a_known_sequence_reads_back_exactly(live_server, settings, redis_conn):
     assert before["partnero_sync_queue_workers"] == {(): 0}
     assert before["partnero_sync_oldest_pending_age_seconds"][("default",)] >= 1000
     assert before[ATTEMPTS] == attempts()
-    assert before[f"{LAG}_count"] == {(): 0}
+    assert before[f"{LAG}_count"] == {("default",): 0}
 
     build_worker(Services.build(settings, redis_conn)).work(burst=True)  # the real job code
 
@@ -160,9 +162,10 @@ def test_a_known_sequence_reads_back_exactly(live_server, settings, redis_conn):
     assert after["partnero_sync_queue_workers"] == {(): 0}
     # Each processed delivery waited a little over 1000 s: all three in the bucket up to 1800 s.
     buckets = after[f"{LAG}_bucket"]
-    assert [buckets[(le,)] for le in ("0.1", "1.0", "60.0", "600.0", "1800.0", "3600.0", "+Inf")] == [0, 0, 0, 0, 3, 3, 3]
-    assert after[f"{LAG}_count"] == {(): 3}
-    assert 3000 <= after[f"{LAG}_sum"][()] < 3 * 1800
+    assert [buckets[(le, "default")] for le in ("0.1", "1.0", "60.0", "600.0", "1800.0", "3600.0", "+Inf")] == [
+        0, 0, 0, 0, 3, 3, 3]
+    assert after[f"{LAG}_count"] == {("default",): 3}
+    assert 3000 <= after[f"{LAG}_sum"][("default",)] < 3 * 1800
     assert "partnero_sync_crm_outbox_records" not in after  # Salesforce is off
     assert "partnero_sync_salesforce_calls_total" not in after  # a family without samples
     assert "# TYPE partnero_sync_salesforce_refusals_total counter" in _text(live_server)
@@ -230,7 +233,7 @@ def test_without_credentials_metrics_are_open(client, redis_conn):
 
 
 
-def test_salesforce_calls_and_refusals_are_counted_by_object_and_code(settings, fake, redis_conn, tmp_path):
+def test_salesforce_calls_and_refusals_are_counted_by_program_object_and_code(settings, fake, redis_conn, tmp_path):
     mappings = tmp_path / "mappings"
     shutil.copytree(settings.mappings_dir, mappings)
     path = mappings / "partner.yml"
@@ -256,10 +259,10 @@ def test_salesforce_calls_and_refusals_are_counted_by_object_and_code(settings, 
     assert found["partnero_sync_salesforce_calls_total"] == {  # (kind, object): each call once, login too
         ("login", ""): 1, ("upsert", "Account"): 1, ("delete", "Contact"): 1, ("upsert", "Contact"): 2,
     }
-    assert found["partnero_sync_salesforce_refusals_total"] == {  # (code, object)
-        ("INVALID_FIELD", "Account"): 1,
-        ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Contact"): 1,
-        ("UNAVAILABLE", "Contact"): 1,
+    assert found["partnero_sync_salesforce_refusals_total"] == {  # (code, object, program)
+        ("INVALID_FIELD", "Account", "default"): 1,
+        ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Contact", "default"): 1,
+        ("UNAVAILABLE", "Contact", "default"): 1,
     }
     assert found["partnero_sync_crm_outbox_records"] == {  # (object, program, status)
         ("Account", "default", "pending"): 0, ("Account", "default", "waiting"): 1,
@@ -268,8 +271,8 @@ def test_salesforce_calls_and_refusals_are_counted_by_object_and_code(settings, 
         ("Contact", "default", "synced"): 2, ("Contact", "default", "failed"): 1,
     }
     # Two records reached Salesforce (and a third was deleted there): their arrival-to-sync lag.
-    assert found["partnero_sync_salesforce_lag_seconds_count"] == {(): 3}
-    assert 0 < found["partnero_sync_salesforce_lag_seconds_sum"][()] < 60
+    assert found["partnero_sync_salesforce_lag_seconds_count"] == {("default",): 3}
+    assert 0 < found["partnero_sync_salesforce_lag_seconds_sum"][("default",)] < 60
 
 
 def test_every_web_process_reports_the_same_totals(pg_url, redis_server_url, redis_conn):
@@ -378,9 +381,12 @@ def test_a_forked_child_pushes_its_own_counts_and_not_its_parents(redis_conn):
 def test_label_values_never_carry_arbitrary_text(redis_conn):
     recorder = metrics.recorder
     recorder.bind(redis_conn)
-    metrics.SALESFORCE_REFUSALS.inc(object="Contact", code="BAD, CODE=\"x\"\n")
-    metrics.SALESFORCE_REFUSALS.inc(object="Contact", code=None)
+    metrics.SALESFORCE_REFUSALS.inc(program="default", object="Contact", code="BAD, CODE=\"x\"\n")
+    metrics.SALESFORCE_REFUSALS.inc(program="default", object="Contact", code=None)
+    metrics.SALESFORCE_LAG.observe([1.0], program="a,b=c")
     assert recorder.push()
-    assert redis_conn.hgetall(metrics.SALESFORCE_REFUSALS.key) == {b"object=Contact,code=other": b"2"}
+    assert redis_conn.hgetall(metrics.SALESFORCE_REFUSALS.key) == {b"program=default,object=Contact,code=other": b"2"}
+    assert set(redis_conn.hgetall(metrics.SALESFORCE_LAG.key)) == {b"program=other,le=1.0", b"program=other,count",
+                                                                   b"program=other,sum"}
     with pytest.raises(TypeError):
         metrics.SALESFORCE_CALLS.inc(obj="Contact")

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from sync.cli import main
 from sync.mapping import load_mappings
-from sync.partnero.webhooks import check_url, plan, render, same_url
+from sync.partnero.webhooks import check_url, plan, receiver_url, render, same_url
+from sync.settings import Program
 from tests.conftest import MAPPINGS, partnero_env
 
 URL = "https://sync.example.com/webhooks/partnero"
@@ -137,8 +138,19 @@ def test_the_plan_finds_the_subscription_for_a_url():
     assert plan(hooks, URL) == (hooks[1], ("c",))
     assert plan(hooks[:1], URL) == (None, ())
     assert same_url(URL, URL + "/") and not same_url(URL, URL.replace("https", "http"))
-    assert check_url(URL) == []
-    assert any("path" in w for w in check_url("https://sync.example.com/"))
-    with pytest.raises(ValueError):
-        check_url("ftp://sync.example.com/webhooks/partnero")
+    assert check_url(URL) == [] and check_url("https://sync.example.com") == []
+    for bad in ("ftp://sync.example.com/webhooks/partnero", "https://sync.example.com/?a=1", "https:///x"):
+        with pytest.raises(ValueError):
+            check_url(bad)
     assert render([]).startswith("no webhooks")
+
+
+def test_each_program_has_its_own_receiver_under_the_public_url():
+    default, affiliate = Program("default"), Program("affiliate", named=True)
+    for given in ("https://sync.example.com", "https://sync.example.com/", URL, URL + "/", URL + "/friends"):
+        assert receiver_url(given, default) == URL
+        assert receiver_url(given, affiliate) == URL + "/affiliate"
+    # A path in front (an app served under a prefix) is kept.
+    assert receiver_url("https://example.com/sync", affiliate) == "https://example.com/sync/webhooks/partnero/affiliate"
+    prefixed = "https://example.com/sync/webhooks/partnero"
+    assert receiver_url(prefixed, default) == prefixed

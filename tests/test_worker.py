@@ -190,10 +190,10 @@ def test_an_unexpected_error_while_applying_fails_that_delivery_alone(settings, 
 
     real_settle_many = ledger.settle_many
 
-    def broken(conn, settlements, now):
+    def broken(conn, settlements, now, **program):
         if any(s.transaction_key == "tx_boom" for s in settlements):
             raise KeyError("a bug tripped by this delivery")
-        return real_settle_many(conn, settlements, now)
+        return real_settle_many(conn, settlements, now, **program)
 
     monkeypatch.setattr(ledger, "settle_many", broken)
     boom, fine = store(settings, sample_delivery("transaction.created", key="tx_boom"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from sync.cli.base import load_settings
-from sync.cli.salesforce import crm, print_findings, stop
+from sync.cli.salesforce import crm, every_program_mappings, print_findings, stop
 from sync.core.errors import SyncError
 from sync.ops.terminal import safe
 
@@ -26,7 +26,7 @@ NO_DEPLOY = ("the Salesforce user may not deploy metadata (it needs the Modify M
 def crm_setup(dry_run: bool, sfdx_dir: Path | None) -> None:
     """Create in the org what the mappings need and it lacks, then check it again.
 
-    The plan comes from the mappings' `salesforce:` sections held against the org: the custom
+    The plan comes from the mappings' `salesforce:` sections (every program's) held against the org: the custom
     objects and fields it lacks (types, lengths, External ID and Unique flags, lookups from the
     mappings) and the permission set Partnero_Sync (Read, Create, Edit on each object, Edit on
     each custom field), assigned to the logged-in user. A field that exists is never changed: one
@@ -38,13 +38,11 @@ def crm_setup(dry_run: bool, sfdx_dir: Path | None) -> None:
     Exit status: 0 the org fits; 1 it does not (a component refused, or a conflict left); 2
     cannot tell or may not deploy (no login, no access, no permission to deploy metadata).
     """
-    from sync.mapping import load_mappings
     from sync.salesforce.contract import contract
     from sync.salesforce.setup import describe_plan, fresh_describes, plan
-    from sync.store.schema import RESERVED_TABLES
 
     settings = load_settings()
-    needs = contract(load_mappings(settings.mappings_dir, RESERVED_TABLES))
+    needs = contract(every_program_mappings(settings))
     if not settings.salesforce.enabled and sfdx_dir is None:
         stop("Salesforce is not configured: set one group of SALESFORCE_ variables (docs/salesforce.md), then "
               "run crm setup again")

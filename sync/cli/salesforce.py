@@ -14,37 +14,44 @@ from sync.ops.terminal import safe
 
 @main.command("crm-errors")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="List at most this many.")
-def crm_errors(limit: int) -> None:
+@click.option("--program", metavar="NAME", help="Only records of this Partnero program (default: all).")
+def crm_errors(limit: int, program: str | None) -> None:
     """List the records Salesforce refused (failed) or that wait for their parent (waiting),
-    newest first, with Salesforce's error code and message.
+    newest first, with Salesforce's error code and message, and (when PARTNERO_PROGRAMS names
+    programs) each record's program.
 
     Use it when `status` reports refused records: fix the cause in Salesforce or in a mapping,
-    then run `crm-retry`. Exit status 1 when the database cannot be reached.
+    then run `crm-retry`. Exit status 2 for a program that is not configured; 1 when the
+    database cannot be reached.
     """
     from sync.services import Services
     from sync.store.outbox import Outbox
 
     services = Services.build(load_settings())
+    _served(services.settings, program)
     with services.inbox.engine.connect() as conn:
-        errors = Outbox().errors(conn, limit)
+        errors = Outbox().errors(conn, limit, program=program)
     if not errors:
         click.echo("no Salesforce errors")
         return
+    named = services.settings.named_programs
     for e in errors:
         when = e["error_at"].strftime("%Y-%m-%d %H:%M:%S") if e["error_at"] else "-"
-        click.echo(f"{when}  {e['status']:<7}  {safe(e['object'])} {safe(e['external_id'])}: {safe(e['error_code'])}: "
-                   f"{safe(e['error_message'])}")
+        of = f"{safe(e['program'])}  " if named else ""
+        click.echo(f"{when}  {e['status']:<7}  {of}{safe(e['object'])} {safe(e['external_id'])}: "
+                   f"{safe(e['error_code'])}: {safe(e['error_message'])}")
 
 
 @main.command("crm-retry")
 @click.option("--object", "object_name", metavar="SOBJECT", help="Only records of this Salesforce object.")
-def crm_retry(object_name: str | None) -> None:
+@click.option("--program", metavar="NAME", help="Only records of this Partnero program (default: all).")
+def crm_retry(object_name: str | None, program: str | None) -> None:
     """Send refused and waiting records again (after fixing the cause in Salesforce or a mapping).
 
     Makes them due now and asks the workers for a flush. Records refused because the mapping
     could not compute a field (MAPPING_ERROR in `crm-errors`) are not sent: after fixing the
-    mapping, `replay` their deliveries. Exit status 2 while Salesforce sync is off; 1 when the
-    database or Redis cannot be reached.
+    mapping, `replay` their deliveries. Exit status 2 while Salesforce sync is off, or for a
+    program that is not configured; 1 when the database or Redis cannot be reached.
     """
     from sync.services import Services
     from sync.store.outbox import Outbox
@@ -52,15 +59,23 @@ def crm_retry(object_name: str | None) -> None:
     services = Services.build(load_settings())
     if not services.settings.salesforce.enabled:
         raise ConfigurationError("Salesforce sync is off: no SALESFORCE_ variables are set")
+    _served(services.settings, program)
     with services.inbox.engine.begin() as conn:
-        count = Outbox().retry_failed(conn, object_name)
-        uncomputed = Outbox().refused_by_mapping(conn, object_name)
+        count = Outbox().retry_failed(conn, object_name, program=program)
+        uncomputed = Outbox().refused_by_mapping(conn, object_name, program=program)
     services.flush_schedule.forget_problem()
     services.flush_schedule.request(force=True)
     click.echo(f"{count} records will be sent again")
     if uncomputed:
         click.echo(f"{uncomputed} records the mapping could not compute (MAPPING_ERROR) are not: fix the "
                    "mapping, then `partnero-sync replay` their deliveries")
+
+
+def _served(settings, program: str | None) -> None:
+    """Stop with a configuration error unless ``program`` (None: every program) is served here."""
+    if program is not None and settings.program(program) is None:
+        raise ConfigurationError(f"no program {safe(program)!r} is configured here (its programs: "
+                                 f"{', '.join(p.name for p in settings.programs)})")
 
 
 @main.command("crm-flush")
@@ -102,6 +117,8 @@ def crm() -> None:
 def crm_check(as_json: bool) -> None:
     """Compare the org with every mapping's `salesforce:` section, and say what to fix.
 
+    Every program's mappings count (PARTNERO_<NAME>_MAPPINGS_DIR): the org serves them all.
+
     Reads each mapped object's description (its fields as the integration user sees them) and
     reports, per object and field: an object or field missing (or hidden from the integration
     user by field-level security), a field the user cannot create or edit, a type that does not
@@ -113,14 +130,12 @@ def crm_check(as_json: bool) -> None:
     Exit status: 0 the org fits; 1 it does not (the table says what to do); 2 cannot tell
     (Salesforce not configured, the login refused, no access, Salesforce away).
     """
-    from sync.mapping import load_mappings
     from sync.salesforce import org
     from sync.salesforce.client import SalesforceClient
     from sync.store.org_checks import Verdict
-    from sync.store.schema import RESERVED_TABLES
 
     settings = load_settings()
-    mappings = load_mappings(settings.mappings_dir, RESERVED_TABLES)
+    mappings = every_program_mappings(settings)
     if not settings.salesforce.enabled:
         _cannot_tell("Salesforce is not configured: set one group of SALESFORCE_ variables "
                      "(docs/salesforce.md), then run crm check again", as_json)
@@ -134,6 +149,16 @@ def crm_check(as_json: bool) -> None:
     else:
         print_findings(found, list(fit.objects))
     sys.exit(1 if found else 0)
+
+
+def every_program_mappings(settings) -> list:
+    """Each program's mappings, loaded once per mapping directory (programs may share one): the
+    org must fit them all. A bad file raises ``MappingError``."""
+    from sync.mapping import load_mappings
+    from sync.store.schema import RESERVED_TABLES
+
+    return [load_mappings(directory, RESERVED_TABLES)
+            for directory in dict.fromkeys(p.mappings_dir for p in settings.programs)]
 
 
 def _cannot_tell(sentence: str, as_json: bool) -> None:

@@ -24,7 +24,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: The fields a delivery's log lines carry, in the order the text format shows them. Never the
 #: record's id: it is a value from the delivery (a customer's key may be an email); the inbox id
 #: finds the delivery, and its record, in /ops.
-DELIVERY_FIELDS = ("inbox_id", "event_type", "fingerprint")
+DELIVERY_FIELDS = ("inbox_id", "event_type", "fingerprint", "program")
 #: Other structured fields our lines may carry.
 EXTRA_FIELDS = ("job_id", "object", "count", "outcome", "reason")
 _ALL_FIELDS = DELIVERY_FIELDS + EXTRA_FIELDS
@@ -32,9 +32,10 @@ _ALL_FIELDS = DELIVERY_FIELDS + EXTRA_FIELDS
 MAX_MESSAGE = 4000
 
 
-def delivery_fields(inbox_id: int | None, event_type: str | None, fingerprint: str | None = None) -> dict[str, Any]:
-    """The ``extra=`` of a log line about one delivery."""
-    return {"inbox_id": inbox_id, "event_type": event_type, "fingerprint": fingerprint}
+def delivery_fields(inbox_id: int | None, event_type: str | None, fingerprint: str | None = None,
+                    program: str | None = None) -> dict[str, Any]:
+    """The ``extra=`` of a log line about one delivery (of ``program``)."""
+    return {"inbox_id": inbox_id, "event_type": event_type, "fingerprint": fingerprint, "program": program}
 
 
 class JsonFormatter(logging.Formatter):

@@ -11,13 +11,14 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from sync.settings import DEFAULT_PROGRAM
 from sync.store.inbox import DeliveryStatus, ReceiptStatus
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ ERROR = "error"
 #: The ``outcome`` of a processing attempt that hit a transient error (the others are the inbox's
 #: statuses processed, ignored and failed).
 RETRIED = "retried"
+#: The label that says which program a series counts (the receiver's and the workers' counters).
+PROGRAM = "program"
 UPSERT = "upsert"
 DELETE = "delete"
 
@@ -191,8 +194,14 @@ class Counter:
             field = ",".join(f"{name}={_label(labels.get(name, ''))}" for name in self.labels)
             recorder.add([(self.key, field, amount)])
 
-    def family(self, stored: dict[str, str]) -> CounterMetricFamily:
-        values = dict.fromkeys(self.known, 0.0)
+    def family(self, stored: dict[str, str], programs: Sequence[str] = (DEFAULT_PROGRAM,)) -> CounterMetricFamily:
+        """The family to export: what is stored, and the known series (of each of ``programs``,
+        for a family with a ``program`` label) at 0 until counted."""
+        known = self.known
+        if PROGRAM in self.labels:
+            at = self.labels.index(PROGRAM)
+            known = tuple((*k[:at], p, *k[at:]) for p in programs for k in self.known)
+        values = dict.fromkeys(known, 0.0)
         for field, value in stored.items():
             pairs = [pair.partition("=") for pair in field.split(",")] if field else []
             if [name for name, _, _ in pairs] == list(self.labels):  # else a layout of the past
@@ -205,17 +214,24 @@ class Counter:
 
 @dataclass(frozen=True)
 class Histogram:
-    """A histogram kept in Redis: one hash with a field per bucket (not cumulative), sum, count."""
+    """A histogram kept in Redis: one hash with a field per bucket (not cumulative), sum, count;
+    with ``labels``, each field starts with its series' label values (``program=default,le=1``)."""
 
     name: str
     help: str
     buckets: tuple[float, ...]
+    labels: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
         return f"{KEY_PREFIX}{self.name}"
 
-    def observe(self, values: Iterable[float]) -> None:
+    def observe(self, values: Iterable[float], **labels: str) -> None:
+        """Add ``values`` to the series of ``labels`` (a label not given is empty)."""
+        unknown = set(labels) - set(self.labels)
+        if unknown:
+            raise TypeError(f"{self.name} has no label {sorted(unknown)}")
+        series = "".join(f"{name}={_label(labels.get(name, ''))}," for name in self.labels)
         fields: dict[str, int] = {}
         total, count = 0.0, 0
         for value in values:
@@ -226,25 +242,45 @@ class Histogram:
             total += value
             count += 1
         if count:
-            recorder.add([*((self.key, f"le={le}", n) for le, n in fields.items()),
-                          (self.key, "count", count), (self.key, "sum", total)])
+            recorder.add([*((self.key, f"{series}le={le}", n) for le, n in fields.items()),
+                          (self.key, f"{series}count", count), (self.key, f"{series}sum", total)])
 
-    def family(self, stored: dict[str, str]) -> HistogramMetricFamily:
+    def family(self, stored: dict[str, str], programs: Iterable[str] = (DEFAULT_PROGRAM,)) -> HistogramMetricFamily:
+        """The family to export: each stored series (a field of a past layout, with other labels,
+        is left out); with a ``program`` label, each of ``programs`` from the start (empty until
+        observed)."""
+        by_series: dict[tuple[str, ...], dict[str, str]] = {}
+        if self.labels == ("program",):
+            by_series.update({(program,): {} for program in programs})
+        for name, value in stored.items():
+            *pairs, last = name.split(",")
+            named = [pair.partition("=") for pair in pairs]
+            if [label for label, _, _ in named] == list(self.labels):
+                by_series.setdefault(tuple(v for _, _, v in named), {})[last] = value
+        if not self.labels:
+            return HistogramMetricFamily(PREFIX + self.name, self.help, buckets=self._buckets(by_series.get((), {})),
+                                         sum_value=float(by_series.get((), {}).get("sum", 0)))
+        family = HistogramMetricFamily(PREFIX + self.name, self.help, labels=self.labels)
+        for values, series in sorted(by_series.items()):
+            family.add_metric(list(values), self._buckets(series), float(series.get("sum", 0)))
+        return family
+
+    def _buckets(self, series: dict[str, str]) -> list[tuple[str, int]]:
+        """One series' cumulative buckets, from its stored (not cumulative) ones."""
         cumulative, buckets = 0, []
         for bound in (*self.buckets, math.inf):
             le = floatToGoString(bound)
-            cumulative += int(stored.get(f"le={le}", 0))
+            cumulative += int(series.get(f"le={le}", 0))
             buckets.append((le, cumulative))
-        return HistogramMetricFamily(PREFIX + self.name, self.help, buckets=buckets,
-                                     sum_value=float(stored.get("sum", 0)))
+        return buckets
 
 
 RECEIVED = Counter(
     "deliveries_received",
     "Webhook deliveries the receiver answered, by outcome (queued, duplicate, ignored, refused); "
     "for refused ones, reason (bad_signature, missing_signature, malformed_signature, malformed_json, "
-    "too_large, unavailable, error).",
-    ("outcome", "reason"),
+    "too_large, unavailable, error); by program (the URL's).",
+    ("program", "outcome", "reason"),
     known=((ReceiptStatus.QUEUED, ""), (ReceiptStatus.DUPLICATE, ""), (ReceiptStatus.IGNORED, ""),
            *((REFUSED, reason) for reason in (BAD_SIGNATURE, MISSING_SIGNATURE, MALFORMED_SIGNATURE,
                                               MALFORMED_JSON, TOO_LARGE, UNAVAILABLE, ERROR))),
@@ -252,8 +288,8 @@ RECEIVED = Counter(
 ATTEMPTS = Counter(
     "delivery_attempts",
     "Deliveries a worker job tried to process, by outcome (processed, ignored, failed, or retried "
-    "later after a transient error).",
-    ("outcome",),
+    "later after a transient error), by program.",
+    ("program", "outcome"),
     known=((DeliveryStatus.PROCESSED,), (DeliveryStatus.IGNORED,), (DeliveryStatus.FAILED,), (RETRIED,)),
 )
 SALESFORCE_CALLS = Counter(
@@ -265,19 +301,21 @@ SALESFORCE_CALLS = Counter(
 )
 SALESFORCE_REFUSALS = Counter(
     "salesforce_refusals",
-    "Records Salesforce did not accept, by object and error code (UNAVAILABLE: the whole call failed).",
-    ("object", "code"),
+    "Records Salesforce did not accept, by program, object and error code (UNAVAILABLE: the whole call failed).",
+    ("program", "object", "code"),
 )
 LAG = Histogram(
     "delivery_lag_seconds",
-    "Seconds from a delivery's arrival at the receiver to the commit of its warehouse write.",
+    "Seconds from a delivery's arrival at the receiver to the commit of its warehouse write, by program.",
     (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+    ("program",),
 )
 SALESFORCE_LAG = Histogram(
     "salesforce_lag_seconds",
     "Seconds from the arrival of the oldest delivery behind a Salesforce record's unsent changes to "
-    "Salesforce accepting the record.",
+    "Salesforce accepting the record, by program.",
     (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 14400),
+    ("program",),
 )
 STORED = (RECEIVED, ATTEMPTS, SALESFORCE_CALLS, SALESFORCE_REFUSALS, LAG, SALESFORCE_LAG)
 

@@ -50,7 +50,7 @@ from sync.core.clock import Clock, system_clock
 from sync.core.envelope import MalformedDelivery
 from sync.core.errors import ConfigurationError, PermanentError, SyncError, TransientError
 from sync.rules.listed import ENTITIES
-from sync.settings import PartneroApiSettings, redact_url
+from sync.settings import DEFAULT_PROGRAM, PartneroApiSettings, Program, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,14 @@ class PartneroApi:
     """Partnero's REST API for one program (the program of the API key)."""
 
     def __init__(self, settings: PartneroApiSettings, *, session: requests.Session | None = None,
-                 sleep: Callable[[float], None] = time.sleep, timeout: float = 30, clock: Clock = system_clock):
+                 sleep: Callable[[float], None] = time.sleep, timeout: float = 30, clock: Clock = system_clock,
+                 program: str = DEFAULT_PROGRAM, key_variable: str = "PARTNERO_API_KEY", named: bool = False):
         self._key = settings.require_key()
+        #: The program whose key this is, and the variable that sets it: a refused key names both.
+        self.program = program
+        self.key_variable = key_variable
+        #: Whether PARTNERO_PROGRAMS named the program (else it is the deployment's one program).
+        self.named = named
         self.base_url = settings.api_url.rstrip("/")
         # requests honours REQUESTS_CA_BUNDLE, so a private CA can be trusted; verification stays on.
         self.session = session or requests.Session()
@@ -201,8 +207,16 @@ class PartneroApi:
             log.warning("PARTNERO_API_URL is plain http (%s): the API key travels unencrypted; use https "
                         "anywhere but a local stand-in", redact_url(self.base_url))
 
+    @classmethod
+    def of(cls, program: Program, **options: Any) -> PartneroApi:
+        """The API of ``program``, with its own key; ``ConfigurationError`` naming its variable
+        (PARTNERO_<NAME>_API_KEY, or PARTNERO_API_KEY) when it has none."""
+        program.require_api_key()
+        return cls(program.partnero, program=program.name, key_variable=program.variable("API_KEY"),
+                   named=program.named, **options)
+
     def __repr__(self) -> str:  # never show the key
-        return f"PartneroApi({self.base_url!r})"
+        return f"PartneroApi({self.base_url!r}, program={self.program!r})"
 
     # -- records -------------------------------------------------------------------------------
 
@@ -282,7 +296,7 @@ class PartneroApi:
                     return None, sent
                 if 200 <= response.status_code < 300:
                     return _json(response, what), sent
-                failure = _classify(response, what, sent_values | {self._key})
+                failure = _classify(response, what, sent_values | {self._key}, self._whose_key())
                 if not isinstance(failure, PartneroUnavailable):
                     raise failure
                 status = str(response.status_code)
@@ -291,20 +305,27 @@ class PartneroApi:
                     wait = backoff.delay(backoff.API_DELAYS, attempt)
             if attempt + 1 == ATTEMPTS:
                 raise failure
-            log.warning("Partnero answered %s to %s: trying again in %.1f s (attempt %d of %d)",
-                        status, what, wait, attempt + 2, ATTEMPTS)
+            log.warning("Partnero answered %s to %s%s: trying again in %.1f s (attempt %d of %d)",
+                        status, what, f" (program {self.program})" if self.named else "", wait, attempt + 2, ATTEMPTS)
             self.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _whose_key(self) -> str:
+        """The key's variable and program, as a refusal names them."""
+        whose = f"program {self.program}" if self.named else "this program"
+        return f"{self.key_variable}, an API key of {whose}"
 
-def _classify(response: requests.Response, what: str, sent: set[str]) -> SyncError:
-    """What an answer that is not 2xx means: the one place Partnero's statuses are read."""
+
+def _classify(response: requests.Response, what: str, sent: set[str],
+              whose: str = "PARTNERO_API_KEY, an API key of this program") -> SyncError:
+    """What an answer that is not 2xx means: the one place Partnero's statuses are read. ``whose``
+    names the key's variable and its program, for a refused key."""
     status = response.status_code
     if status in (401, 403):
         reason = "not allowed for this key" if status == 403 else "not a valid key"
         return ApiKeyRefused(
-            f"Partnero refused the API key ({status}: {reason}): check PARTNERO_API_KEY, an API key of "
-            "this program (Integration -> API in Partnero; one key belongs to one program)"
+            f"Partnero refused the API key ({status}: {reason}): check {whose} "
+            "(Integration -> API in Partnero; one key belongs to one program)"
         )
     if status == 429:
         return PartneroUnavailable(f"Partnero's rate limit was reached ({what}, 429)")

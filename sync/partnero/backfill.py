@@ -2,7 +2,9 @@
 
 Each page of a list (partners, then customers, then transactions: parents first) is compared
 with what is held and what differs is applied (``sync.partnero.resync``); then the run records
-its place (``sync.store.runs``). Safe beside live webhooks and safe to repeat: an object never
+its place (``sync.store.runs``). A run is of one program (``backfill_runs.program``): it reads
+that program's lists with its key, applies them as its deliveries, and is only ever resumed by a
+backfill of the same program. Safe beside live webhooks and safe to repeat: an object never
 overwrites a newer state, and an object held as listed is not stored again. Interrupted (stopped,
 killed, out of time), a run carries on from its last completed page.
 """
@@ -16,10 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sync.core.errors import ConfigurationError, SyncError
+from sync.mapping import MappingSet
 from sync.ops.progress import duration
 from sync.partnero.api import Page
 from sync.partnero.resync import Resync
 from sync.rules import listed
+from sync.settings import DEFAULT_PROGRAM
 from sync.store.runs import OVER, Run, RunStatus, Runs
 
 log = logging.getLogger(__name__)
@@ -27,6 +31,12 @@ log = logging.getLogger(__name__)
 
 class AlreadyRunning(SyncError):
     """Another process is carrying the same backfill on right now."""
+
+
+def name(run_id: int, program: str | None = None) -> str:
+    """How a run is called in what a person reads: ``backfill #3``, or ``backfill #3 of program
+    affiliate`` (``program``: given when the deployment names its programs)."""
+    return f"backfill #{run_id}" + (f" of program {program}" if program else "")
 
 
 @dataclass
@@ -50,6 +60,8 @@ class Progress:
     skipped: int = 0
     #: Deliveries that could not be applied (each recorded on its inbox row, with the reason).
     failed: int = 0
+    #: The program, when the deployment names its programs (None: its one program, unnamed).
+    program: str | None = None
 
     @property
     def rate(self) -> float:
@@ -76,22 +88,29 @@ class Progress:
         of = f" of {self.total:,}" if self.total is not None else ""
         left = self.seconds_left
         eta = f", about {duration(left)} left" if left is not None else ""
-        return (f"backfill #{self.run_id}: {self.entity} {pages} ({self.entity_done:,}{of}{eta}); "
+        return (f"{name(self.run_id, self.program)}: {self.entity} {pages} ({self.entity_done:,}{of}{eta}); "
                 f"{self.records:,} records read, {self.rate:,.0f}/s: {self.applied:,} applied, "
                 f"{self.unchanged:,} unchanged, {self.skipped:,} skipped, {self.failed:,} failed")
 
 
 class Backfill:
-    """Runs backfills: ``prepare`` finds the run to start or resume, ``run`` carries it on."""
+    """Runs one program's backfills: ``prepare`` finds the run to start or resume, ``run`` carries it on."""
 
-    def __init__(self, services, api, *, page_size: int = 250, timer: Callable[[], float] = time.monotonic):
+    def __init__(self, services, api, *, page_size: int = 250, timer: Callable[[], float] = time.monotonic,
+                 program: str = DEFAULT_PROGRAM, mappings: MappingSet | None = None):
+        """``api`` reads ``program``'s lists (its key); ``mappings`` are the program's (None: the process's)."""
         self.services = services
         self.api = api
+        self.program = program
         self.runs = Runs(services.inbox.engine, services.clock)
-        self.resync = Resync(services, source="backfill")
+        self.resync = Resync(services, source="backfill", program=program, mappings=mappings)
         self.page_size = page_size
         #: Seconds, for the rate a run reads at (not the time of day: that is ``runs.clock``).
         self.timer = timer
+
+    def name(self, run_id: int) -> str:
+        """The run as a person reads it: named with its program when the deployment names programs."""
+        return name(run_id, self.program if self.services.settings.named_programs else None)
 
     def prepare(self, entities: tuple[str, ...] | None = None, since: datetime | None = None, *,
                 restart: bool = False, job_id: str | None = None) -> Run:
@@ -103,11 +122,11 @@ class Backfill:
         Taking a run up and starting one are each a single conditional write (``Runs.take_up``,
         the unique ``open_scope`` of ``Runs.start``): of two backfills prepared at the same moment,
         one gets the run and the other is refused."""
-        entities = tuple(listed.mappings_for(self.services.mappings, entities))
+        entities = tuple(listed.mappings_for(self.resync.mappings, entities))
         for _ in range(_TRIES):
-            unfinished = self.runs.unfinished(entities, since)
+            unfinished = self.runs.unfinished(entities, since, program=self.program)
             if unfinished is None:
-                started = self.runs.start(entities, since, job_id)
+                started = self.runs.start(entities, since, job_id, program=self.program)
                 if started is not None:
                     return started
                 continue  # another backfill started it just now: look at it
@@ -117,10 +136,11 @@ class Backfill:
                 return self.runs.get(unfinished.id)
             now = self.runs.get(unfinished.id)
             if now.status not in OVER:  # carried on by someone else right now
-                raise _running(now, self.runs.clock())
+                raise _running(self.name(now.id), now, self.runs.clock())
             # it was finished or abandoned meanwhile: look again
         # Runs of these lists kept starting and finishing under our feet.
-        raise AlreadyRunning(f"another backfill of {', '.join(entities)} keeps starting; wait for it, or follow "
+        of = f" of program {self.program}" if self.services.settings.named_programs else ""
+        raise AlreadyRunning(f"another backfill{of} of {', '.join(entities)} keeps starting; wait for it, or follow "
                              "it with `partnero-sync status`")
 
     def run(self, run: Run, *, should_stop: Callable[[], bool] = lambda: False,
@@ -132,10 +152,13 @@ class Backfill:
         database away for longer than the retries, Ctrl-C, a job's time-out) marks it stopped,
         with the error but for Ctrl-C. Either way it can be resumed, and the error is raised.
         """
+        if run.program != self.program:
+            raise ValueError(f"{name(run.id)} is program {run.program}'s, not {self.program}'s")
         started = self.timer()
-        progress = Progress(run.id, run.entity, run.next_page - 1, run.last_page, None, 0)
+        progress = Progress(run.id, run.entity, run.next_page - 1, run.last_page, None, 0,
+                            program=self.program if self.services.settings.named_programs else None)
         try:
-            listed.mappings_for(self.services.mappings, run.entities)  # the mappings may have changed since
+            listed.mappings_for(self.resync.mappings, run.entities)  # the mappings may have changed since
             for index in range(run.entities.index(run.entity), len(run.entities)):
                 entity = run.entities[index]
                 first = run.next_page if entity == run.entity else 1
@@ -175,14 +198,14 @@ class Backfill:
         try:
             self.runs.finish(run_id, status, error)
         except SyncError as exc:  # the database is what is away: the run shows as running, then stale
-            log.warning("backfill #%s: could not record that it stopped: %s", run_id, exc)
+            log.warning("%s: could not record that it stopped: %s", self.name(run_id), exc)
 
 
 #: How often ``prepare`` looks again when the run it found changed under it.
 _TRIES = 5
 
 
-def _running(run: Run, now: datetime) -> AlreadyRunning:
+def _running(called: str, run: Run, now: datetime) -> AlreadyRunning:
     ago = duration((now - run.heartbeat_at).total_seconds())
-    return AlreadyRunning(f"backfill #{run.id} is running (it moved {ago} ago); wait for it, or follow "
+    return AlreadyRunning(f"{called} is running (it moved {ago} ago); wait for it, or follow "
                           "it with `partnero-sync status`")

@@ -7,6 +7,8 @@ here that the lists no longer show is looked up on its own (``GET /{list}/{id}``
 answers 404 it is gone, and the fix deletes it here too, but for a transaction, which is left for
 a person (``NEVER_DELETED_BY_ABSENCE``); when Partnero still has it, it is compared like any
 listed object.
+
+A reconciliation is of one program: its lists (read with its key) against its records only.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sync.mapping import MappingSet
 from sync.ops.terminal import safe
 from sync.partnero.resync import Examined, Resync
 from sync.rules import drift, listed
 from sync.rules.drift import Drift
+from sync.settings import DEFAULT_PROGRAM
 from sync.store.inbox import Delivery, DeliveryStatus
 
 
@@ -34,14 +38,16 @@ class Report:
     failed: int = 0
     #: Drifting records ``fix`` leaves for a person (``NEVER_DELETED_BY_ABSENCE``).
     left: int = 0
+    #: The program whose lists and records were compared.
+    program: str = DEFAULT_PROGRAM
 
     def counts(self) -> dict[str, int]:
         found = Counter(d.kind for d in self.drifts)
         return {kind: found[kind] for kind in drift.DriftKind if found[kind]}
 
     def as_dict(self) -> dict:
-        return {"listed": dict(self.listed), "drift": [d.as_dict() for d in self.drifts], "counts": self.counts(),
-                "fixed": self.fixed, "failed": self.failed, "left": self.left}
+        return {"program": self.program, "listed": dict(self.listed), "drift": [d.as_dict() for d in self.drifts],
+                "counts": self.counts(), "fixed": self.fixed, "failed": self.failed, "left": self.left}
 
 
 #: Lists whose records are never deleted here because Partnero no longer lists them: a refunded
@@ -54,12 +60,15 @@ KEPT = "left as it is, also by --fix: a refund is never inferred from absence; c
 
 
 class Reconcile:
-    """Partnero's lists, compared with what is held, page by page, through ``Resync``."""
+    """One program's lists, compared with what is held of it, page by page, through ``Resync``."""
 
-    def __init__(self, services, api, *, page_size: int = 250):
+    def __init__(self, services, api, *, page_size: int = 250, program: str = DEFAULT_PROGRAM,
+                 mappings: MappingSet | None = None):
+        """``api`` reads ``program``'s lists (its key); ``mappings`` are the program's (None: the process's)."""
         self.services = services
         self.api = api
-        self.resync = Resync(services, source="reconcile")
+        self.program = program
+        self.resync = Resync(services, source="reconcile", program=program, mappings=mappings)
         self.page_size = page_size
 
     def run(self, entities: tuple[str, ...] | None = None, *, fix: bool = False,
@@ -68,8 +77,8 @@ class Reconcile:
         what is held; with ``fix``, apply the corrections. ``on_page(list, page, last page)`` is
         told of each page read. ``ConfigurationError``, before anything is read, when no mapping
         loads one of the lists."""
-        report = Report()
-        for entity, mapping in listed.mappings_for(self.services.mappings, entities).items():
+        report = Report(program=self.program)
+        for entity, mapping in listed.mappings_for(self.resync.mappings, entities).items():
             if mapping.warehouse is None:
                 continue
             seen: set[str] = set()
@@ -81,7 +90,7 @@ class Reconcile:
                 if on_page is not None:
                     on_page(entity, page.number, page.last_page)
             with self.services.inbox.engine.connect() as conn:
-                held = self.services.warehouse.live_keys(conn, mapping.warehouse.table)
+                held = self.services.warehouse.live_keys(conn, mapping.warehouse.table, program=self.program)
             for key in sorted(held - seen):
                 observed_at = self.services.clock()
                 obj = self.api.get(entity, key)
@@ -95,7 +104,8 @@ class Reconcile:
                 report.drifts.append(Drift(entity, key, drift.DriftKind.GONE))
                 item = listed.gone(mapping, entity, key, observed_at, "reconcile")
                 if fix and item is not None:
-                    gone = [Delivery(body, event, DeliveryStatus.PENDING, key) for event, body in item.bodies()]
+                    gone = [Delivery(body, event, DeliveryStatus.PENDING, key, self.program)
+                            for event, body in item.bodies()]
                     self._apply(report, Examined(entity, deliveries=gone))
         return report
 

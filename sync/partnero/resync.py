@@ -7,6 +7,10 @@ in one transaction; each failure recorded on its own row, with its reason). An o
 already held as listed, or older than what is held, is left alone: nothing is stored for it, so a
 second run changes nothing. Rows this process could not apply (it was killed meanwhile) stay
 pending for the workers' sweeper.
+
+A ``Resync`` is of one program (the one whose API key listed the objects): it plans them with
+that program's mappings, compares them with that program's records only, and stores them as that
+program's deliveries, which the processor applies as that program's.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from datetime import datetime
 from typing import Any
 
 from sync.core.envelope import MalformedDelivery
-from sync.mapping import FieldProblem, Plan, plan
+from sync.mapping import FieldProblem, MappingSet, Plan, plan
 from sync.pipeline import outcomes
 from sync.rules import drift, listed
 from sync.rules.drift import Drift
+from sync.settings import DEFAULT_PROGRAM
 from sync.store import ledger
 from sync.store.inbox import Delivery, DeliveryStatus, StoredDelivery
 
@@ -51,12 +56,17 @@ class Applied:
 
 
 class Resync:
-    """Compares listed objects with the warehouse and the ledger, and applies those that differ."""
+    """Compares one program's listed objects with what is held of that program, and applies those
+    that differ as that program's deliveries."""
 
-    def __init__(self, services, source: str):
+    def __init__(self, services, source: str, *, program: str = DEFAULT_PROGRAM, mappings: MappingSet | None = None):
         self.services = services
         #: Written into each delivery ("backfill", "reconcile"), for whoever reads it later.
         self.source = source
+        #: The program whose API listed the objects: what they are compared with, and whose deliveries they become.
+        self.program = program
+        #: The program's mappings (None: the process's, ``services.mappings``).
+        self.mappings: MappingSet = mappings if mappings is not None else services.mappings
 
     def examine(self, entity: str, objects: Sequence[dict[str, Any]], observed_at: datetime,
                 since: datetime | None = None) -> Examined:
@@ -64,7 +74,7 @@ class Resync:
         what is held; objects changed before ``since`` are skipped. ``ConfigurationError`` when no
         mapping loads the list."""
         found = Examined(entity)
-        mapping = listed.mappings_for(self.services.mappings, (entity,))[entity]
+        mapping = listed.mappings_for(self.mappings, (entity,))[entity]
         salesforce = self.services.processor.outbox is not None
         candidates = []
         for obj in objects:
@@ -75,11 +85,11 @@ class Resync:
                 found.skipped += 1
                 continue
             item = listed.listed(mapping, entity, obj, observed_at, self.source)
-            deliveries = [Delivery(body, event, DeliveryStatus.PENDING, item.object_id)
+            deliveries = [Delivery(body, event, DeliveryStatus.PENDING, item.object_id, self.program)
                           for event, body in item.bodies()]
             try:
-                plans = [plan(mapping, document, d.fingerprint, observed_at, salesforce=salesforce)
-                         for (_, document), d in zip(item.documents, deliveries)]
+                plans = [plan(mapping, document, d.fingerprint, observed_at, salesforce=salesforce,
+                              program=self.program) for (_, document), d in zip(item.documents, deliveries)]
             except (MalformedDelivery, FieldProblem) as exc:
                 # Stored and applied anyway: the failure is then recorded on its row, for /ops.
                 if item.object_id is not None:
@@ -92,8 +102,8 @@ class Resync:
         table = mapping.warehouse.table if mapping.warehouse is not None else None
         keys = sorted({str(p.change.key) for _, _, plans in candidates for p in plans if p.change is not None})
         with self.services.inbox.engine.connect() as conn:
-            held = self.services.warehouse.states(conn, table, keys) if table is not None else {}
-            chains = ledger.chains(conn, keys) if mapping.ledger is not None else {}
+            held = self.services.warehouse.states(conn, table, keys, program=self.program) if table is not None else {}
+            chains = ledger.chains(conn, keys, program=self.program) if mapping.ledger is not None else {}
         tombstones = self.services.warehouse.tables[table].tombstone_columns if table is not None else ()
         for obj, deliveries, plans in candidates:
             key = str(plans[0].change.key) if plans[0].change is not None else deliveries[0].entity_id
@@ -109,7 +119,7 @@ class Resync:
         return found
 
     def apply(self, examined: Examined) -> Applied:
-        """Store the deliveries ``examined`` found, claimed, and apply them now. Raises
+        """Store the deliveries ``examined`` found (all of the program's), claimed, and apply them now. Raises
         ``TransientError`` when the database is away (what was stored waits for the workers)."""
         done = Applied()
         if not examined.deliveries:
@@ -118,7 +128,7 @@ class Resync:
         stored = services.inbox.store_many(examined.deliveries, claimed=True)
         now = services.clock()
         events = [StoredDelivery(stored[d.fingerprint].id, d.event_type, d.body, DeliveryStatus.PENDING, 1, now,
-                                 d.fingerprint, d.entity_id)
+                                 d.fingerprint, d.entity_id, d.program)
                   for d in unique(examined.deliveries) if stored[d.fingerprint].created]
         # Bytes already stored (by someone else) are left to whoever holds them.
         if not events:

@@ -1,8 +1,13 @@
 """Webhook subscriptions: which one to create or update for our receiver, and how to show them.
 
 The decisions are plain functions of values; ``register`` and ``delete`` make the calls through a
-``PartneroApi``. A subscription's ``signature`` (its signing secret) is never part of what is
-shown, only returned by ``register`` for the operator who asked.
+``PartneroApi`` (one program's: subscriptions, like everything in Partnero, belong to a program).
+A subscription's ``signature`` (its signing secret) is never part of what is shown, only returned
+by ``register`` for the operator who asked.
+
+Each program's deliveries come to a URL of their own, which is how the receiver tells whose they
+are: ``/webhooks/partnero/<name>`` for a program PARTNERO_PROGRAMS names, ``/webhooks/partnero``
+for the one program (``default``) of a deployment that names none (``receiver_url``).
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ from urllib.parse import urlsplit
 from sync.core.errors import SyncError
 from sync.ops.terminal import safe
 from sync.partnero.api import PartneroApi, PartneroRefused
+from sync.settings import Program
 
-#: Where the receiver takes deliveries (app/webhooks.py).
+#: Where the receiver takes deliveries (app/webhooks.py): a named program's at RECEIVER_PATH/<name>.
 RECEIVER_PATH = "/webhooks/partnero"
+#: The receiver's path, and a program's name after it, at the end of a URL given for it.
+_RECEIVER_AT_END = re.compile(re.escape(RECEIVER_PATH) + r"(/[^/]*)?/*$")
 DEFAULT_NAME = "partnero-sync"
 #: What ``list --json`` shows of a subscription.
 SHOWN = ("key", "name", "url", "is_active", "events")
@@ -39,18 +47,28 @@ class Registration:
 
 
 def check_url(url: str) -> list[str]:
-    """Warnings about a receiver URL; ``ValueError`` when it is not an http(s) URL with a host."""
+    """Warnings about the web process's public URL; ``ValueError`` when it is not an http(s) URL
+    with a host, or it has a query or a fragment."""
     parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("the URL must look like https://your-app.example.com/webhooks/partnero")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError("the URL must look like https://your-app.example.com (the web process's public URL)")
     warnings = []
     if parts.scheme != "https":
         warnings.append("the URL is not https: deliveries, and the partner and customer data in them, would "
                         "travel unencrypted")
-    if parts.path.rstrip("/") != RECEIVER_PATH:
-        warnings.append(f"the receiver takes deliveries at {RECEIVER_PATH}, and this URL's path is "
-                        f"{parts.path or '/'}")
     return warnings
+
+
+def receiver_url(url: str, program: Program) -> str:
+    """Where ``program``'s deliveries are to be sent, given the web process's public URL ``url``
+    (a path in front is kept, for an app served under a prefix). A ``url`` that already ends in
+    the receiver's path (with a program's name after it, or not) is taken as the receiver of the
+    public URL before it, so ``https://app.example.com/webhooks/partnero`` and
+    ``https://app.example.com`` give the same."""
+    parts = urlsplit(url.strip())
+    prefix = _RECEIVER_AT_END.sub("", parts.path).rstrip("/")
+    own = f"/{program.name}" if program.named else ""
+    return f"{parts.scheme}://{parts.netloc}{prefix}{RECEIVER_PATH}{own}"
 
 
 def same_url(a: str, b: str) -> bool:
@@ -104,14 +122,19 @@ def register(api: PartneroApi, url: str, events: Sequence[str], name: str | None
                         secret if isinstance(secret, str) and secret else None, others, refused)
 
 
+class NoSuchWebhook(SyncError):
+    """The program has no subscription with the key asked for."""
+
+
 def delete(api: PartneroApi, key: str) -> None:
-    """Delete a subscription; a clear ``SyncError`` when the program has none with that key."""
+    """Delete a subscription; ``NoSuchWebhook`` when the program has none with that key."""
     try:
         api.delete_webhook(key)
     except PartneroRefused as exc:
         if exc.status == 404:
-            raise SyncError(f"Partnero has no webhook with key {key!r} in this program "
-                            "(`partnero-sync webhooks list` shows them)") from exc
+            whose = f"program {api.program}" if api.named else "this program"
+            raise NoSuchWebhook(f"Partnero has no webhook with key {key!r} in {whose} "
+                                "(`partnero-sync webhooks list` shows them)") from exc
         raise
 
 
@@ -123,7 +146,7 @@ def shown(hook: dict) -> dict[str, Any]:
 def render(hooks: Sequence[dict]) -> str:
     """A table of subscriptions: key, name, URL, active, events."""
     if not hooks:
-        return "no webhooks: `partnero-sync webhooks register --url https://…/webhooks/partnero` subscribes one"
+        return "no webhooks: `partnero-sync webhooks register --url https://your-app.example.com` subscribes one"
     rows = [("KEY", "NAME", "URL", "ACTIVE", "EVENTS")]
     for hook in hooks:
         events = hook.get("events")

@@ -5,6 +5,7 @@ lag observed, and a flush asked for when anything was processed."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -19,15 +20,17 @@ def report(events: Sequence[StoredDelivery], result: BatchResult, request_flush:
            committed_at: datetime) -> None:
     """Count, log and follow up ``result``, the outcome of applying ``events``, committed at ``committed_at``."""
     by_id = {e.id: e for e in events}
-    metrics.LAG.observe((committed_at - by_id[i].received_at).total_seconds() for i in result.processed)
+    for program in sorted({by_id[i].program for i in result.processed}):
+        metrics.LAG.observe(((committed_at - by_id[i].received_at).total_seconds()
+                             for i in result.processed if by_id[i].program == program), program=program)
     for outcome, done in ((DeliveryStatus.PROCESSED, result.processed), (DeliveryStatus.IGNORED, result.ignored),
-                          (DeliveryStatus.FAILED, result.failed)):
-        metrics.ATTEMPTS.inc(len(done), outcome=outcome)
-    metrics.ATTEMPTS.inc(len(result.waiting) + len(result.untried), outcome=metrics.RETRIED)
+                          (DeliveryStatus.FAILED, result.failed), (metrics.RETRIED, result.waiting + result.untried)):
+        for program, count in sorted(Counter(by_id[i].program for i in done).items()):
+            metrics.ATTEMPTS.inc(count, outcome=outcome, program=program)
 
     def fields(event_id: int) -> dict:
         e = by_id[event_id]
-        return logs.delivery_fields(e.id, e.event_type, e.fingerprint)
+        return logs.delivery_fields(e.id, e.event_type, e.fingerprint, e.program)
 
     for event_id in result.processed:
         log.info("delivery processed", extra=fields(event_id))

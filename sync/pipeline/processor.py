@@ -28,6 +28,7 @@ from sync.core.envelope import MalformedDelivery
 from sync.core.errors import PermanentError, TransientError
 from sync.mapping import FieldProblem, MappingSet, Plan, entity_label, plan
 from sync.pipeline.sinks import Found, Sink, Work, in_lock_order
+from sync.settings import DEFAULT_PROGRAM
 from sync.store.db import describe_error, is_transient, waited_on_lock
 from sync.store.inbox import DeliveryStatus, Inbox, StoredDelivery
 from sync.store.outbox import Outbox
@@ -47,6 +48,10 @@ WAITED = "waited on a lock another database session holds; tried again later"
 UNTRIED = "not tried: its batch waited on locks another database session holds; tried again later"
 
 
+class UnknownProgram(PermanentError):
+    """A stored delivery of a program this deployment no longer serves: it fails, saying so."""
+
+
 @dataclass
 class BatchResult:
     processed: list[int] = field(default_factory=list)
@@ -61,6 +66,15 @@ class BatchResult:
     #: go of for the next claim.
     untried: list[int] = field(default_factory=list)
 
+    def add(self, other: BatchResult) -> None:
+        """Take in ``other``'s outcomes (another program's part of the batch)."""
+        self.processed += other.processed
+        self.ignored += other.ignored
+        self.failed.update(other.failed)
+        self.entity_ids.update(other.entity_ids)
+        self.waiting += other.waiting
+        self.untried += other.untried
+
     def summary(self) -> str:
         text = f"{len(self.processed)} processed, {len(self.ignored)} ignored, {len(self.failed)} failed"
         if self.waiting or self.untried:
@@ -72,12 +86,21 @@ class BatchResult:
 class Processor:
     engine: Engine
     inbox: Inbox
+    #: The mappings of program ``default`` (of every delivery, when ``programs`` is not given).
     mappings: MappingSet
     warehouse: Warehouse
     #: Where Salesforce writes wait to be sent; None while CRM sync is off (then no outbox sink).
     outbox: Outbox | None = None
     #: Exceptions that interrupt the work from outside (a job's time-out): never a delivery's fault.
     interruptions: tuple[type[BaseException], ...] = ()
+    #: Each program's mappings, by name (None: one program, ``default``, with ``mappings``).
+    programs: Mapping[str, MappingSet] | None = None
+
+    def mappings_for(self, program: str) -> MappingSet | None:
+        """The mappings of ``program``; None when this deployment does not serve it."""
+        if self.programs is None:
+            return self.mappings if program == DEFAULT_PROGRAM else None
+        return self.programs.get(program)
 
     def process(self, event: StoredDelivery) -> str:
         """Apply one delivery; returns its new status. Raises when it cannot be applied."""
@@ -90,34 +113,49 @@ class Processor:
         """Apply ``events`` and record each one's outcome on its inbox row.
 
         Applying a delivery again changes nothing: every write merges by version, the ledger adds
-        only what its newest state lacks, and its constraint refuses a second booking. Raises
-        ``TransientError`` when the database is away (then nothing of the batch is committed).
+        only what its newest state lacks, and its constraint refuses a second booking. Each
+        program's deliveries are applied in a transaction of their own, programs in name order.
+        Raises ``TransientError`` when the database is away: the program being applied is rolled
+        back and stays pending with the programs after it (the programs committed before are done,
+        and only the housekeeping's next flush request follows them).
         ``planned_by`` holds plans already made of some of the bodies, by fingerprint (a backfill
         plans each object to compare it with what is held): they are not made again.
         """
         result = BatchResult()
-        work = self._plan_all(events, planned_by, result)
+        by_program: dict[str, list[StoredDelivery]] = {}
+        for event in events:
+            by_program.setdefault(event.program, []).append(event)
         try:
-            try:
-                # The fast way: the whole batch in one transaction, no savepoint, a few statements per table.
-                with self.engine.begin() as conn:
-                    self._apply_all(conn, work)
-                    result.processed = [item.delivery.id for item in work]
-                    self._record(conn, result)
-            except Exception as exc:  # noqa: BLE001 - sorted below: passing, or one delivery's fault
-                if self._passing(exc) and not self._locked_out(exc):
-                    raise
-                # Something in the batch was refused, or waited on a lock: go delivery by delivery
-                # to find it. Only DEBUG: the delivery at fault gets its own line.
-                log.debug("batch of %d refused (%s); applying one by one", len(work), _why(exc))
-                result.processed = []
-                with self.engine.begin() as conn:
-                    self._one_by_one(conn, work, result)
-                    self._record(conn, result)
+            for program, own in sorted(by_program.items()):
+                self._apply_program(program, own, planned_by, result)
         except sa.exc.SQLAlchemyError as exc:
             # A lost connection, a deadlock, a lock timeout: the next try finds the rows as they were.
             raise TransientError(f"database: {describe_error(exc)}") from exc
         return result
+
+    def _apply_program(self, program: str, events: list[StoredDelivery], planned_by: Mapping[str, Plan] | None,
+                       result: BatchResult) -> None:
+        """Apply one program's deliveries of a batch in a transaction of their own (a program's
+        records are never another's, so neither are its locks or its failures), onto ``result``."""
+        mine = BatchResult()
+        work = self._plan_all(events, planned_by, mine)
+        try:
+            # The fast way: the whole batch in one transaction, no savepoint, a few statements per table.
+            with self.engine.begin() as conn:
+                self._apply_all(conn, work, program)
+                mine.processed = [item.delivery.id for item in work]
+                self._record(conn, mine)
+        except Exception as exc:  # noqa: BLE001 - sorted below: passing, or one delivery's fault
+            if self._passing(exc) and not self._locked_out(exc):
+                raise
+            # Something in the batch was refused, or waited on a lock: go delivery by delivery
+            # to find it. Only DEBUG: the delivery at fault gets its own line.
+            log.debug("batch of %d refused (%s); applying one by one", len(work), _why(exc))
+            mine.processed = []
+            with self.engine.begin() as conn:
+                self._one_by_one(conn, work, mine, program)
+                self._record(conn, mine)
+        result.add(mine)
 
     def _plan_all(self, events: list[StoredDelivery], planned_by: Mapping[str, Plan] | None,
                   result: BatchResult) -> list[Work]:
@@ -127,7 +165,7 @@ class Processor:
             try:
                 known = planned_by.get(event.fingerprint) if planned_by is not None else None
                 planned = known if known is not None else self._plan(event)
-            except (MalformedDelivery, FieldProblem) as exc:
+            except (MalformedDelivery, FieldProblem, UnknownProgram) as exc:
                 result.failed[event.id] = str(exc)
                 continue
             except Exception as exc:  # noqa: BLE001 - whatever a delivery's content trips, it fails alone
@@ -150,7 +188,7 @@ class Processor:
         the deliveries that do not need them can go on (SQLite locks the whole database)."""
         return waited_on_lock(exc) and self.engine.dialect.name != "sqlite"
 
-    def _one_by_one(self, conn: Connection, work: list[Work], result: BatchResult) -> None:
+    def _one_by_one(self, conn: Connection, work: list[Work], result: BatchResult, program: str) -> None:
         """Apply ``work`` delivery by delivery, each in a savepoint, onto ``result``.
 
         One that waits on a lock is let go of (``result.waiting``), and so are the others about
@@ -172,7 +210,7 @@ class Processor:
                 return
             try:
                 with conn.begin_nested():
-                    self._apply_all(conn, [Work(event, planned)])
+                    self._apply_all(conn, [Work(event, planned)], program)
             except Exception as exc:  # noqa: BLE001
                 if self._locked_out(exc):
                     waits[record[0]] += 1
@@ -212,7 +250,7 @@ class Processor:
         (its content; what the database would refuse is not known here); None when they can."""
         try:
             self._plan(event)
-        except (MalformedDelivery, FieldProblem) as exc:
+        except (MalformedDelivery, FieldProblem, UnknownProgram) as exc:
             return str(exc)
         except Exception as exc:  # noqa: BLE001 - as process_batch judges it
             return _unexpected(exc)
@@ -222,19 +260,25 @@ class Processor:
         document = envelope.parse(event.body)  # the receiver's parse: what it stored, this reads
         if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
             raise MalformedDelivery('delivery has no "data" object')
-        mapping = self.mappings.for_event(event.event_type)
+        mappings = self.mappings_for(event.program)
+        if mappings is None:
+            raise UnknownProgram(
+                f"its program, {event.program}, is not one this deployment serves (PARTNERO_PROGRAMS): "
+                "name it there again and requeue the delivery")
+        mapping = mappings.for_event(event.event_type)
         if mapping is None:
             return None
-        return plan(mapping, document, event.fingerprint, event.received_at, salesforce=self.outbox is not None)
+        return plan(mapping, document, event.fingerprint, event.received_at, salesforce=self.outbox is not None,
+                    program=event.program)
 
     @property
     def sinks(self) -> list[Sink]:
         """Where plans go, in lock order: the warehouse, the ledger, and the outbox unless CRM sync is off."""
         return in_lock_order(self.warehouse, self.outbox, self.inbox.clock)
 
-    def _apply_all(self, conn: Connection, work: list[Work]) -> None:
-        """Hand ``work`` to each sink in turn, each given what the ones before it found."""
-        found = Found()
+    def _apply_all(self, conn: Connection, work: list[Work], program: str) -> None:
+        """Hand ``work`` (all of ``program``) to each sink in turn, each given what the ones before it found."""
+        found = Found(program)
         for sink in self.sinks:
             sink.write(conn, work, found)
 

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from sync.core.clock import Clock
 from sync.mapping import Plan
 from sync.rules.records import RecordState
+from sync.settings import DEFAULT_PROGRAM
 from sync.store import ledger
 from sync.store.inbox import StoredDelivery
 from sync.store.outbox import Outbox, OutboxChange
@@ -33,8 +34,10 @@ class Work(NamedTuple):
 
 @dataclass
 class Found:
-    """What the sinks found so far in a batch, for the sinks after them."""
+    """What the sinks found so far in a batch (every delivery of it of one program), for the sinks after them."""
 
+    #: The program the batch's deliveries belong to: every row the sinks write is its.
+    program: str = DEFAULT_PROGRAM
     #: Each warehouse record the batch touched, in its merged state, by (table, key).
     states: dict[tuple[str, str], RecordState] = field(default_factory=dict)
     #: The partners whose commission the batch changed.
@@ -56,7 +59,7 @@ class WarehouseSink:
 
     def write(self, conn: Connection, work: Sequence[Work], found: Found) -> None:
         changes = [WarehouseChange(item.plan.change, item.delivery.id) for item in work if item.plan.change is not None]
-        found.states.update(self.warehouse.apply_many(conn, changes))
+        found.states.update(self.warehouse.apply_many(conn, changes, program=found.program))
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ class LedgerSink:
     clock: Clock
 
     def write(self, conn: Connection, work: Sequence[Work], found: Found) -> None:
-        found.partners |= ledger.settle_many(conn, settlements(work, found.states), self.clock())
+        found.partners |= ledger.settle_many(conn, settlements(work, found.states), self.clock(),
+                                             program=found.program)
 
 
 @dataclass(frozen=True)
@@ -81,11 +85,11 @@ class OutboxSink:
         self.outbox.apply_many(conn, [
             OutboxChange(item.plan.crm, item.plan.mapping.entity,
                          tuple(f.name for f in item.plan.mapping.salesforce.on_delete),
-                         item.plan.crm_problem, item.delivery.received_at)
+                         item.plan.crm_problem, item.delivery.received_at, entity_id=item.plan.key)
             for item in work
             if item.plan.crm is not None
-        ])
-        self.outbox.note_commission_change(conn, found.partners)
+        ], program=found.program)
+        self.outbox.note_commission_change(conn, found.partners, program=found.program)
 
 
 def in_lock_order(warehouse: Warehouse, outbox: Outbox | None, clock: Clock) -> list[Sink]:

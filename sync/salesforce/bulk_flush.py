@@ -6,8 +6,10 @@ The lifecycle, each step kept in the database so a worker may die between any tw
 1. Enough due (a bounded count): create the job (``Open``); keep it (``crm_bulk_jobs``), then
    write its CSV page by page from the due rows, marking each row as travelling in it
    (``crm_outbox.bulk_job``, with the generation sent); upload the CSV, close the job
-   (``UploadComplete``). Rows in a job are not due; while an object's job runs, the flush sends
-   nothing of that object and nothing of the objects after it (children wait for their parents).
+   (``UploadComplete``). A job is of one program and one object: its program's rows only. Rows in
+   a job are not due; while a program's job of an object runs, the flush sends nothing of that
+   program's object and nothing of its objects after it (children wait for their parents); the
+   other programs go on.
    The object's next job starts no sooner than ``backoff.GATHER_SECONDS`` after this one: while
    its records gather, the flush stops at the object, as while its job runs.
 2. Later flushes ask Salesforce how far it got, no sooner than ``backoff.BULK_POLL_DELAYS``
@@ -32,6 +34,7 @@ from sqlalchemy.engine import Engine
 from sync.core import backoff
 from sync.core.clock import Clock
 from sync.core.errors import TransientError
+from sync.mapping import DEFAULT_PROGRAM
 from sync.mapping.spec import Mapping, SalesforceTarget
 from sync.salesforce import bulk
 from sync.salesforce.bulk import ENDED, BulkApi, CsvJob, JobState
@@ -65,7 +68,8 @@ class Sender(Protocol):
     client: SalesforceClient
     clock: Clock
 
-    def due(self, target: SalesforceTarget, limit: int = ..., after: int = 0) -> tuple[list[Pending], dict]: ...
+    def due(self, target: SalesforceTarget, limit: int = ..., after: int = 0, *,
+            program: str = ...) -> tuple[list[Pending], dict]: ...
 
     def record_of(self, mapping: Mapping, row: Pending, totals: dict) -> dict: ...
 
@@ -89,10 +93,11 @@ class BulkFlush:
         self.max_records = bulk.MAX_JOB_RECORDS
         self.renew: Callable[[], object] = lambda: None
 
-    def turn(self, mapping: Mapping, report: FlushReport, renew: Callable[[], object]) -> float | None:
-        """``mapping``'s turn in a flush: its running jobs looked at, a new job started when more
-        than the threshold is due. Seconds until the next look while a job runs (the flush then
-        stops), None when none does (Collections go on). ``renew`` is the flush's
+    def turn(self, mapping: Mapping, report: FlushReport, renew: Callable[[], object], *,
+             program: str = DEFAULT_PROGRAM) -> float | None:
+        """``program``'s turn at ``mapping``'s object in a flush: its running jobs looked at, a new
+        job started when more than the threshold is due. Seconds until the next look while a job
+        runs (the program's flush then waits), None when none does (Collections go on). ``renew`` is the flush's
         ``should_stop`` (``FlushSchedule``'s renews the lock and holds the API budget): asked
         before a job is created (a stop then starts none), and page by page to keep the lock,
         without waiting for its answer (a job is filled and read to its end, which a recording
@@ -100,40 +105,41 @@ class BulkFlush:
         target = mapping.salesforce
         self.renew = renew
         with db.transaction(self.flusher.engine) as conn:
-            running = bulk_jobs.running(conn, target.object)
+            running = bulk_jobs.running(conn, target.object, program=program)
         waits = [wait for job in running if (wait := self._look(mapping, job, report)) is not None]
-        if not waits and self.threshold and self._enough_due(mapping):
-            wait = self._gathering(target.object) or self._start(mapping, report)
+        if not waits and self.threshold and self._enough_due(mapping, program):
+            wait = self._gathering(target.object, program) or self._start(mapping, program, report)
             waits = [wait] if wait is not None else []
         if not waits:
             return None
         with db.transaction(self.flusher.engine) as conn:
-            report.bulk_jobs = [job.as_dict() for job in bulk_jobs.running(conn)]
+            report.bulk_jobs = [{**job.as_dict(), "program": job.program} for job in bulk_jobs.running(conn)]
         return min(waits)
 
-    def _gathering(self, object_name: str) -> float | None:
-        """Seconds the object's records still gather before its next job (None: it may start now):
-        a job starts no sooner than ``backoff.GATHER_SECONDS`` after the object's last one, so a
-        flood (a backfill) goes in a few large jobs rather than one per look."""
+    def _gathering(self, object_name: str, program: str) -> float | None:
+        """Seconds ``program``'s records of the object still gather before its next job (None: it
+        may start now): a job starts no sooner than ``backoff.GATHER_SECONDS`` after the program's
+        last one of the object, so a flood (a backfill) goes in a few large jobs rather than one
+        per look."""
         with db.transaction(self.flusher.engine) as conn:
-            last = bulk_jobs.last_started(conn, object_name)
+            last = bulk_jobs.last_started(conn, object_name, program=program)
         if last is None:
             return None
         left = (last + timedelta(seconds=backoff.GATHER_SECONDS) - self.flusher.clock()).total_seconds()
         return left if left > 0 else None
 
-    def _enough_due(self, mapping: Mapping) -> bool:
+    def _enough_due(self, mapping: Mapping, program: str) -> bool:
         target = mapping.salesforce
         with db.transaction(self.flusher.engine) as conn:
             due = self.flusher.outbox.count_due(conn, target.object, target.signature, self.threshold + 1,
-                                                upserts_only=target.hard_delete)
+                                                upserts_only=target.hard_delete, program=program)
         return due > self.threshold
 
     # -- starting a job ----------------------------------------------------------------------------
 
-    def _start(self, mapping: Mapping, report: FlushReport) -> float | None:
-        """Create, fill, upload and close a job of ``mapping``'s due records; seconds until its
-        first look (None: nothing went in it)."""
+    def _start(self, mapping: Mapping, program: str, report: FlushReport) -> float | None:
+        """Create, fill, upload and close a job of ``program``'s due records of ``mapping``;
+        seconds until its first look (None: nothing went in it)."""
         target, clock = mapping.salesforce, self.flusher.clock
         if self._over_budget(report):
             return None
@@ -142,15 +148,15 @@ class BulkFlush:
         except CallRefused as refusal:  # the object, or its external id, refused: on its records
             if refusal.org_wide:
                 raise
-            self._refuse_due(mapping, refusal, report)
+            self._refuse_due(mapping, program, refusal, report)
             return None
         finally:
             report.calls += 1
         with db.transaction(self.flusher.engine) as conn:
-            bulk_jobs.start(conn, job_id, target.object, 0, clock())
+            bulk_jobs.start(conn, job_id, target.object, 0, clock(), program=program)
         data = CsvJob(bulk.columns(target), self.max_bytes, self.max_records)
         try:
-            self._fill(mapping, job_id, data)
+            self._fill(mapping, program, job_id, data)
             if not data.records:  # what was due changed meanwhile
                 self._abort(job_id, report)
                 return None
@@ -172,7 +178,7 @@ class BulkFlush:
         with db.transaction(self.flusher.engine) as conn:
             bulk_jobs.seen(conn, job_id, state, clock(), wait=wait, records=data.records)
         log.info("Salesforce bulk job %s started: %d records", job_id, data.records,
-                 extra={"object": target.object, "count": data.records})
+                 extra={"object": target.object, "count": data.records, "program": program})
         return wait
 
     def _over_budget(self, report: FlushReport) -> bool:
@@ -188,15 +194,15 @@ class BulkFlush:
             report.calls += 1
         return bool(self.renew())
 
-    def _fill(self, mapping: Mapping, job_id: str, data: CsvJob) -> None:
-        """Write the due records into ``data`` page by page, each page's rows then marked as
+    def _fill(self, mapping: Mapping, program: str, job_id: str, data: CsvJob) -> None:
+        """Write ``program``'s due records into ``data`` page by page, each page's rows then marked as
         travelling in ``job_id`` (with the generation written), until none is left or the CSV
         is full."""
         target, flusher = mapping.salesforce, self.flusher
         after = 0
         while True:
             self.renew()
-            rows, totals = flusher.due(target, PAGE, after)
+            rows, totals = flusher.due(target, PAGE, after, program=program)
             if not rows:
                 return
             sent, full = [], False
@@ -233,7 +239,7 @@ class BulkFlush:
                 return None
             wait = backoff.delay(backoff.BULK_POLL_DELAYS, job.polls)
             log.warning("Salesforce refused to say how bulk job %s is: %s", job.job_id, refusal.code,
-                        extra={"object": job.object})
+                        extra={"object": job.object, "program": job.program})
             with db.transaction(self.flusher.engine) as conn:
                 bulk_jobs.seen(conn, job.job_id, job.state, clock(), wait=wait)
             return wait
@@ -246,7 +252,7 @@ class BulkFlush:
         state = str(info.get("state"))
         if state == JobState.OPEN:  # its flush died before closing it
             log.warning("Salesforce bulk job %s was left open: aborted, its records go again", job.job_id,
-                        extra={"object": job.object})
+                        extra={"object": job.object, "program": job.program})
             self._abort(job.job_id, report)
             return None
         if state not in ENDED:
@@ -280,7 +286,8 @@ class BulkFlush:
             with db.transaction(self.flusher.engine) as conn:
                 bulk_jobs.seen(conn, job.job_id, state, self.flusher.clock(), error=message)
         self._release(job.job_id, state)
-        log.info("Salesforce bulk job %s ended: %s", job.job_id, state, extra={"object": target.object})
+        log.info("Salesforce bulk job %s ended: %s", job.job_id, state,
+                 extra={"object": target.object, "program": job.program})
 
     # -- ending a job ------------------------------------------------------------------------------
 
@@ -296,31 +303,31 @@ class BulkFlush:
             self._refuse_rest(mapping, job_id, refusal, report)
         self._release(job_id, JobState.ABORTED)
 
-    def _refuse_due(self, mapping: Mapping, refusal: CallRefused, report: FlushReport) -> None:
-        """A job of ``mapping``'s object refused at its creation: on each due record, as a
-        refused Collections call would be."""
+    def _refuse_due(self, mapping: Mapping, program: str, refusal: CallRefused, report: FlushReport) -> None:
+        """A job of ``program``'s records of ``mapping``'s object refused at its creation: on each
+        of them due, as a refused Collections call would be."""
         target, refused, after = mapping.salesforce, 0, 0
-        while rows := self.flusher.due(target, PAGE, after)[0]:
+        while rows := self.flusher.due(target, PAGE, after, program=program)[0]:
             reason = self.flusher.record_refusal(mapping, rows, refusal, report)
             refused, after = refused + len(rows), rows[-1].id
         report.refused_calls += 1
         log.error("Salesforce refused a bulk job of %d records: %s", refused, reason,
-                  extra={"object": target.object, "count": refused})
+                  extra={"object": target.object, "count": refused, "program": program})
 
     def _refuse_rest(self, mapping: Mapping, job_id: str, refusal: CallRefused, report: FlushReport) -> None:
         """The job's rows still in it are refused as a whole call's would be."""
-        refused = 0
+        refused, program = 0, DEFAULT_PROGRAM
         while True:
             with db.transaction(self.flusher.engine) as conn:
                 rows = self.flusher.outbox.in_job(conn, job_id, limit=PAGE)
             if not rows:
                 break
             reason = self.flusher.record_refusal(mapping, rows, refusal, report, bulk_job=job_id)
-            refused += len(rows)
+            refused, program = refused + len(rows), rows[0].program
         if refused:
             report.refused_calls += 1
             log.error("Salesforce refused a bulk job of %d records: %s", refused, reason,
-                      extra={"object": mapping.salesforce.object, "count": refused})
+                      extra={"object": mapping.salesforce.object, "count": refused, "program": program})
 
     def _release(self, job_id: str, state: str) -> None:
         """The job is over: its rows still in it are due again."""

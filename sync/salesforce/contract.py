@@ -4,10 +4,11 @@ external ids, lookups. Pure: ``crm check`` compares it with the org, ``crm setup
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sync.mapping.spec import Field, MappingSet, SalesforceTarget
+from sync.mapping.spec import Field, Mapping, MappingSet, SalesforceTarget
 
 #: What a decimal of the mappings holds (NUMERIC(18, 6), sync/mapping/transforms.py), as a
 #: Salesforce Number's precision and scale.
@@ -82,24 +83,58 @@ class Contract:
         return next((o for o in self.objects if o.name.lower() == name.lower()), None)
 
 
-def contract(mappings: MappingSet) -> Contract:
-    """The contract the mappings' ``salesforce:`` sections make with the org."""
+def contract(mappings: MappingSet | Iterable[MappingSet]) -> Contract:
+    """The contract the mappings' ``salesforce:`` sections make with the org: of one set, or of
+    every program's sets together (the org serves them all, so it must fit their union)."""
     needs: dict[str, dict[str, FieldNeed]] = {}
     written: dict[str, str] = {}
-    for mapping in mappings.salesforce_objects():
+    for mapping in written_by(mappings):
         target = mapping.salesforce
-        written[target.object] = _where(mapping.path)
+        written.setdefault(target.object, _where(mapping.path))
         for need in _needs_of(target, mapping.path):
             _add(needs.setdefault(target.object, {}), need)
         for reference in target.references:
             parent = needs.setdefault(reference.object, {})
             _add(parent, FieldNeed(reference.external_id, FieldKind.TEXT, _where(mapping.path, reference.value.line),
                                    external_id=True))
-    ordered = [m.salesforce.object for m in mappings.salesforce_objects()]
+    ordered = salesforce_order(mappings)
     names = [*(n for n in needs if n not in ordered), *ordered]
     return Contract(tuple(ObjectNeed(name, tuple(needs[name].values()), name in written,
                                      written.get(name, _parent_source(needs[name])))
                           for name in names))
+
+
+def mapping_sets(mappings: MappingSet | Iterable[MappingSet]) -> list[MappingSet]:
+    """One set, or several (each program's), as a list without repeats: programs that share a
+    mapping directory share one set."""
+    sets = [mappings] if isinstance(mappings, MappingSet) else list(mappings)
+    return list({id(s): s for s in sets}.values())
+
+
+def written_by(mappings: MappingSet | Iterable[MappingSet]) -> list[Mapping]:
+    """Every mapping with a Salesforce section, of one set or of several, each set's parents first."""
+    return [m for s in mapping_sets(mappings) for m in s.salesforce_objects()]
+
+
+def salesforce_order(mappings: MappingSet | Iterable[MappingSet]) -> list[str]:
+    """The Salesforce objects the mappings write, parents before the children that look them up,
+    across every set given: a flush sends them in this order, whichever program's they are."""
+    parents: dict[str, dict[str, None]] = {}  # each object's parents, in the order its mappings name them
+    for mapping in written_by(mappings):
+        named = dict.fromkeys(r.object for r in mapping.salesforce.references)
+        parents.setdefault(mapping.salesforce.object, {}).update(named)
+    ordered: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name not in parents or name in ordered or name in path:
+            return
+        for parent in parents[name]:
+            visit(parent, (*path, name))
+        ordered.append(name)
+
+    for name in sorted(parents):
+        visit(name, ())
+    return ordered
 
 
 def _needs_of(target: SalesforceTarget, path: Path) -> list[FieldNeed]:

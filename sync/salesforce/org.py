@@ -8,13 +8,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from sync.core.clock import Clock
 from sync.core.errors import SyncError, TransientError
 from sync.mapping import MappingSet
 from sync.salesforce.client import SalesforceClient
-from sync.salesforce.contract import contract
+from sync.salesforce.contract import contract, written_by
 from sync.salesforce.fit import Finding, findings
 from sync.store.org_checks import OrgCheck, OrgChecks, Verdict
 
@@ -37,9 +38,10 @@ class OrgFit:
     reason: str | None = None
 
 
-def check(client: SalesforceClient, mappings: MappingSet) -> OrgFit:
-    """Read each mapped object's describe and hold it against the mappings' contract; a call that
-    fails (no login, no access, Salesforce away) is CANNOT_TELL, never an error."""
+def check(client: SalesforceClient, mappings: MappingSet | Iterable[MappingSet]) -> OrgFit:
+    """Read each mapped object's describe and hold it against the mappings' contract (of one set,
+    or of every program's together); a call that fails (no login, no access, Salesforce away) is
+    CANNOT_TELL, never an error."""
     needs = contract(mappings)
     objects = tuple(o.name for o in needs.objects)
     try:
@@ -62,10 +64,11 @@ def describes(client: SalesforceClient, names: list[str]) -> dict:
     return out
 
 
-def signature(mappings: MappingSet) -> str:
-    """A digest of the mappings' Salesforce sections: it changes when what the org must have may
-    have (``SalesforceTarget.signature`` of each), so the worker checks the org again."""
-    parts = sorted(f"{m.salesforce.object}:{m.salesforce.signature}" for m in mappings.salesforce_objects())
+def signature(mappings: MappingSet | Iterable[MappingSet]) -> str:
+    """A digest of the mappings' Salesforce sections (of one set, or of every program's): it
+    changes when what the org must have may have (``SalesforceTarget.signature`` of each), so the
+    worker checks the org again. Programs sharing a section count it once."""
+    parts = sorted({f"{m.salesforce.object}:{m.salesforce.signature}" for m in written_by(mappings)})
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
@@ -75,10 +78,12 @@ class OrgWatch:
     cannot tell, or a check made with other mappings (a worker of another release). It reads
     describes only: the warehouse and the flush go on whatever it finds."""
 
-    def __init__(self, checks: OrgChecks, client: SalesforceClient, mappings: MappingSet, clock: Clock):
+    def __init__(self, checks: OrgChecks, client: SalesforceClient, mappings: MappingSet | Iterable[MappingSet],
+                 clock: Clock):
         self.checks = checks
         self.client = client
-        self.mappings = mappings
+        #: Every program's mappings: the org must fit them all.
+        self.mappings = mappings if isinstance(mappings, MappingSet) else tuple(mappings)
         self.clock = clock
         self.signature = signature(mappings)
         #: When this process last checked (None: not yet).

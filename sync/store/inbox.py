@@ -294,10 +294,13 @@ class InboxSummary:
 class Inbox:
     """The ``webhook_events`` table, behind the few operations the service needs."""
 
-    def __init__(self, engine: Engine, clock: Clock = system_clock):
+    def __init__(self, engine: Engine, clock: Clock = system_clock, programs: Sequence[str] | None = None):
         self.engine = engine
         #: What time it is: stamps ``received_at``, ``processed_at`` and claims.
         self.clock = clock
+        #: The programs whose rows are claimed, each its share (None: every row, oldest first).
+        #: A program's rows wait, pending, while the deployment does not serve it.
+        self.programs = tuple(programs) if programs is not None else None
 
     # -- intake ---------------------------------------------------------------------------
 
@@ -390,11 +393,8 @@ class Inbox:
         """
         t = webhook_events
         now = self.clock()
-        query = _claim(sa.select(t.c.id, t.c.attempts).where(_unheld(now)), limit)
-        if ids is not None:
-            query = query.where(t.c.id.in_(sorted(set(ids))))
         with self._transaction() as conn:
-            candidates = conn.execute(query).all()
+            candidates = self._candidates(conn, now, limit, ids)
             if not candidates:
                 return []
             if candidates[0].attempts >= ALONE_AFTER:
@@ -411,13 +411,29 @@ class Inbox:
                 rows += conn.execute(sa.select(*_EVENT_COLUMNS).where(t.c.id.in_(chunk)).order_by(t.c.id)).all()
         return [StoredDelivery(*row) for row in rows]
 
+    def _candidates(self, conn: Connection, now: datetime, limit: int, ids: Sequence[int] | None) -> list:
+        """Rows a claim may take, locked, in the order it takes them: oldest first; with several
+        programs, the oldest of each in turn, so a flood of one program's deliveries delays none of
+        the others' beyond its share of a claim."""
+        t = webhook_events
+        query = _claim(sa.select(t.c.id, t.c.attempts).where(_unheld(now)), limit)
+        if ids is not None:
+            query = query.where(t.c.id.in_(sorted(set(ids))))
+        if self.programs is None:
+            return conn.execute(query).all()
+        each = [conn.execute(query.where(t.c.program == program)).all() for program in self.programs]
+        turns = itertools.chain.from_iterable(itertools.zip_longest(*each))
+        return [row for row in turns if row is not None][:limit]
+
     def claimable(self, older_than: timedelta = timedelta(0), program: str | None = None) -> int:
         """How many pending rows nobody holds were received more than ``older_than`` ago (of
-        ``program``; None: of every program)."""
+        ``program``; None: of every program a claim takes)."""
         t = webhook_events
         now = self.clock()
         query = sa.select(sa.func.count()).select_from(t).where(_unheld(now), t.c.received_at < now - older_than)
         query = _matching(query, program=program)
+        if program is None and self.programs is not None:
+            query = query.where(t.c.program.in_(self.programs))
         with self._transaction() as conn:
             return conn.execute(query).scalar_one()
 

@@ -246,48 +246,48 @@ def _apply(current: Context, events: list[StoredDelivery], again: bool = False) 
     counted and logged (``sync.pipeline.outcomes``). On a passing error the rows are let go of, and the
     job is to be retried later; with ``again``, unless the job ran out of time, it may claim
     again at once instead: then None."""
-    event_ids = [e.id for e in events]
     try:
         result = current.processor.process_batch(events)
     except (TransientError, *INTERRUPTIONS) as exc:
         if again and caused_by(exc, INTERRUPTIONS) is None:
-            _let_go(current, event_ids, str(exc))
-            log.warning("inbox %s: %s; claiming again at once", _rows(event_ids), exc)
+            _let_go(current, events, str(exc))
+            log.warning("inbox %s: %s; claiming again at once", _rows([e.id for e in events]), exc)
             return None
-        return _passing(current, event_ids, exc)
+        return _passing(current, events, exc)
     outcomes.report(events, result, current.request_flush, current.clock())
     # Failed deliveries are recorded on their rows (status, /ops, metrics); the job did its work.
     return result
 
 
-def _passing(current: Context, event_ids: list[int], exc: BaseException) -> Retry:
+def _passing(current: Context, events: list[StoredDelivery], exc: BaseException) -> Retry:
     """A passing error, or the job's time-out: the rows stay pending, and the job is retried."""
     # The interruption may be behind ``exc``: the rollback that follows one may fail in turn.
     interruption = caused_by(exc, INTERRUPTIONS)
     if interruption is None:
-        return _retry(current, event_ids, str(exc))
+        return _retry(current, events, str(exc))
     # Its time-out: the transaction was rolled back, nothing is half-written. A query cut off
     # half-way can leave its connection unusable, though: start again from fresh ones.
     current.inbox.engine.dispose()
-    return _retry(current, event_ids, f"the job was interrupted ({type(interruption).__name__}: {interruption})",
+    return _retry(current, events, f"the job was interrupted ({type(interruption).__name__}: {interruption})",
                   timed_out=True)
 
 
-def _retry(current: Context, event_ids: list[int], reason: str, timed_out: bool = False) -> Retry:
+def _retry(current: Context, events: list[StoredDelivery], reason: str, timed_out: bool = False) -> Retry:
     """Leave the rows pending with the reason, and ask RQ to run the job again after a while."""
-    _let_go(current, event_ids, reason, timed_out)
+    _let_go(current, events, reason, timed_out)
     # Hours of retries: the rows stay pending, and the sweeper brings them back once the cause
     # has passed.
-    return _later(f"inbox {_rows(event_ids)}", reason, "the rows stay pending for the sweeper")
+    return _later(f"inbox {_rows([e.id for e in events])}", reason, "the rows stay pending for the sweeper")
 
 
-def _let_go(current: Context, event_ids: list[int], reason: str, timed_out: bool = False) -> None:
+def _let_go(current: Context, events: list[StoredDelivery], reason: str, timed_out: bool = False) -> None:
     """Leave the rows pending with the reason, to be claimed again; their attempts are taken back
     unless the job ran out of time (``Inbox.record_errors``)."""
-    metrics.ATTEMPTS.inc(len(event_ids), outcome=metrics.RETRIED)
+    for program, count in sorted(Counter(e.program for e in events).items()):
+        metrics.ATTEMPTS.inc(count, outcome=metrics.RETRIED, program=program)
     try:
-        if event_ids:  # noted on the rows, which are let go of, to be claimed again
-            current.inbox.record_errors(event_ids, reason, timed_out=timed_out)
+        if events:  # noted on the rows, which are let go of, to be claimed again
+            current.inbox.record_errors([e.id for e in events], reason, timed_out=timed_out)
     except TransientError:
         pass  # the database is the thing that is away; the caller's log line has the reason
 
@@ -340,29 +340,50 @@ BACKFILL_SLICE_SECONDS = 20
 @_withholding
 def backfill(current: Context, run_id: int) -> Retry | str:
     """The job behind ``partnero-sync backfill --in-worker``: carry backfill ``run_id`` on for a
-    slice, then enqueue the next slice; the run's place is in the database (``backfill_runs``)."""
-    from sync.partnero.api import PartneroApi
-    from sync.partnero.backfill import Backfill
-    from sync.store.runs import RunStatus
+    slice, then enqueue the next slice; the run's place is in the database (``backfill_runs``).
+    The run is of one program: its lists are read with that program's key, and applied with its
+    mappings as its deliveries."""
+    from sync.partnero.backfill import name
+    from sync.store.runs import Runs, RunStatus
 
     job = get_current_job()
-    filler = Backfill(current, PartneroApi(current.settings.partnero, clock=current.clock))
-    run = filler.runs.get(run_id)
+    run = Runs(current.inbox.engine, current.clock).get(run_id)
     if run is None or run.done:
-        return f"backfill #{run_id}: nothing to do"
+        return f"{name(run_id)}: nothing to do"
+    filler = _backfill_of(current, run)
+    called = filler.name(run_id)
     if not filler.runs.take_up(run_id, job.id if job else None):  # one conditional write: one taker
         run = filler.runs.get(run_id)
-        return f"backfill #{run_id} is being carried on elsewhere (job {run.job_id})"
+        return f"{called} is being carried on elsewhere (job {run.job_id})"
     deadline = time.monotonic() + BACKFILL_SLICE_SECONDS
     try:
         run = filler.run(run, should_stop=lambda: stop_requested() or time.monotonic() > deadline,
                          on_page=lambda progress: current.queue.report_progress(progress.line()))
     except TransientError as exc:  # Partnero or the database away past the client's retries
-        return _later(f"backfill #{run_id}", str(exc), "the run stays stopped where it was, for "
+        return _later(called, str(exc), "the run stays stopped where it was, for "
                       "`partnero-sync backfill` to carry on")
     if run.status == RunStatus.STOPPED:  # its slice is over: the next one carries on after the other queues' turn
-        current.queue.enqueue_backfill(run_id, f"backfill #{run_id}: carried on from {run.entity} page {run.next_page}")
-    summary = (f"backfill #{run_id} {run.status}: {run.records:,} records, {run.applied:,} applied, "
+        current.queue.enqueue_backfill(run_id, f"{called}: carried on from {run.entity} page {run.next_page}")
+    summary = (f"{called} {run.status}: {run.records:,} records, {run.applied:,} applied, "
                f"{run.unchanged:,} unchanged, {run.skipped:,} skipped, {run.failed:,} failed")
     current.queue.report_progress(summary)
     return summary
+
+
+def _backfill_of(current: Context, run):
+    """The ``Backfill`` of ``run``'s program: its key, its mappings. A program no longer served, or
+    without a key, fails the run with a sentence naming it (``ConfigurationError``), for a person."""
+    from sync.core.errors import ConfigurationError
+    from sync.partnero.api import PartneroApi
+    from sync.partnero.backfill import Backfill, name
+    from sync.partnero.programs import mappings_of
+    from sync.store.runs import Runs, RunStatus
+
+    try:
+        program = current.settings.program(run.program)
+        mappings = mappings_of(current, run.program)  # UnknownProgram when it is not served
+        return Backfill(current, PartneroApi.of(program, clock=current.clock), program=run.program, mappings=mappings)
+    except ConfigurationError as exc:
+        Runs(current.inbox.engine, current.clock).finish(run.id, RunStatus.FAILED, str(exc))
+        log.error("%s of program %s: %s", name(run.id), run.program, exc)
+        raise

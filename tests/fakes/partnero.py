@@ -11,9 +11,17 @@ Records live in memory.
 
 Exposes ``url`` (``https://127.0.0.1:PORT/v1``), ``api_key``, ``ca_bundle``; the lists
 ``partners``, ``customers``, ``transactions`` (in order; ``add``, ``update``, ``remove``; a partner
-is found by ``id``, the others by ``key``) and ``webhooks``; ``requests``, the log of
-``(method, path, query)`` (query a dict of the last value of each parameter), and
+is found by ``id``, the others by ``key``) and ``webhooks``; ``requests``, the log of every
+``(method, path, query)`` the server got (query a dict of the last value of each parameter), and
 ``last_headers``.
+
+Programs, as Partnero has them: one API key reads one program's data. The stand-in itself is a
+first program (its ``api_key`` and lists above); ``fake.program()`` adds another, served by the
+same server, with its own ``api_key``, lists, webhooks and ``requests`` (those made with its
+key). ``revoke()`` on either makes its key a 401 from then on, the others unaffected.
+
+    other = fake.program()                        # a FakeProgram: add, find, update, remove
+    other.add("partners", {"id": "ptn_1"})        # the same id as the first program's: no clash
 
 Modelled:
 
@@ -33,7 +41,8 @@ Modelled:
   required (422 naming the fields otherwise; an event not in ``events`` is refused as
   ``events.N``, as Laravel names an element of a list); a new webhook gets a fresh ``key`` and ``signature``
   and answers 201. ``signature_on_update = False`` leaves ``signature`` out of the PUT's answer.
-* 401 ``{"message": "Unauthenticated."}`` without the right bearer token.
+* 401 ``{"message": "Unauthenticated."}`` without the bearer token of a program, or with a revoked one;
+  a program's key reads and writes that program's lists and webhooks only.
 * ``throttle(n, retry_after=1)``: the next n requests answer 429 with ``Retry-After`` and
   ``X-RateLimit-*``; ``fail(n, status=503)``: the next n answer that status; ``latency`` seconds
   before every answer.
@@ -53,7 +62,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from tests.fakes import tls
 
-__all__ = ["FakePartnero", "ENTITIES", "EVENTS"]
+__all__ = ["FakePartnero", "FakeProgram", "ENTITIES", "EVENTS"]
 
 ENTITIES = ("partners", "customers", "transactions")
 #: The id field of each list.
@@ -115,66 +124,24 @@ class _Handler(tls.TLSHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
 
 
-class FakePartnero:
-    """Partnero's REST API for one program, in memory, behind TLS on 127.0.0.1 (see the module doc)."""
+class FakeProgram:
+    """One Partnero program's data, as one API key reads it: its lists and its webhooks."""
 
-    def __init__(self, *, api_key: str | None = None, pagination: str = "simple", page_cap: int | None = None):
-        if pagination not in ("simple", "length_aware"):
-            raise ValueError("pagination is 'simple' or 'length_aware'")
+    def __init__(self, api_key: str | None = None, lock: threading.RLock | None = None):
         self.api_key = api_key or f"test_{_token(40)}"
-        self.pagination = pagination
-        #: The most objects a list page holds, whatever ``limit`` asks (None: as asked).
-        self.page_cap = page_cap
         self.partners: list[dict] = []
         self.customers: list[dict] = []
         self.transactions: list[dict] = []
         self.webhooks: list[dict] = []
+        #: The requests made with this program's key (the first program's: every request the server got).
         self.requests: list[tuple[str, str, dict[str, str]]] = []
-        #: The headers of the latest request.
-        self.last_headers: dict[str, str] = {}
-        self.latency = 0.0
-        self.signature_on_update = True
-        #: The event types a webhook may subscribe to; others are refused one by one (422).
-        self.events: set[str] = set(EVENTS)
-        self._hook: Callable[[str, int], None] | None = None
-        self._throttled = 0
-        self._retry_after = "1"
-        self._failing: list[int] = []
-        self._lock = threading.RLock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self.ca_bundle = tls.ca_bundle()
-        self.port = 0
+        #: Whether its key was revoked: every request with it is then a 401.
+        self.revoked = False
+        self._lock = lock or threading.RLock()
 
-    # -- life --------------------------------------------------------------------------------
-
-    def start(self) -> FakePartnero:
-        if self._server is None:
-            self._server = _Server(self, tls.server_context())
-            self.port = self._server.server_address[1]
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                            name="fake-partnero", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
-            self._server = self._thread = None
-
-    def __enter__(self) -> FakePartnero:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}/v1"
-
-    # -- records -----------------------------------------------------------------------------
+    def revoke(self) -> None:
+        """Revoke the program's API key, as a person does in Partnero: a 401 from now on."""
+        self.revoked = True
 
     def _list(self, entity: str) -> list[dict]:
         if entity not in (*ENTITIES, "webhooks"):
@@ -208,6 +175,74 @@ class FakePartnero:
                 raise KeyError(key)
             self._list(entity).remove(found)
 
+
+class FakePartnero(FakeProgram):
+    """Partnero's REST API, in memory, behind TLS on 127.0.0.1: a first program (this object's
+    lists) and any others ``program()`` adds, each read with its own key (see the module doc)."""
+
+    def __init__(self, *, api_key: str | None = None, pagination: str = "simple", page_cap: int | None = None):
+        if pagination not in ("simple", "length_aware"):
+            raise ValueError("pagination is 'simple' or 'length_aware'")
+        super().__init__(api_key, threading.RLock())
+        self.pagination = pagination
+        #: The most objects a list page holds, whatever ``limit`` asks (None: as asked).
+        self.page_cap = page_cap
+        #: Every program served, by API key; this object is the first.
+        self.programs: dict[str, FakeProgram] = {self.api_key: self}
+        #: The headers of the latest request.
+        self.last_headers: dict[str, str] = {}
+        self.latency = 0.0
+        self.signature_on_update = True
+        #: The event types a webhook may subscribe to; others are refused one by one (422).
+        self.events: set[str] = set(EVENTS)
+        self._hook: Callable[[str, int], None] | None = None
+        self._throttled = 0
+        self._retry_after = "1"
+        self._failing: list[int] = []
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.ca_bundle = tls.ca_bundle()
+        self.port = 0
+
+    # -- life --------------------------------------------------------------------------------
+
+    def start(self) -> FakePartnero:
+        if self._server is None:
+            self._server = _Server(self, tls.server_context())
+            self.port = self._server.server_address[1]
+            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                            name="fake-partnero", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=5)
+            self._server = self._thread = None
+
+    def __enter__(self) -> FakePartnero:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/v1"
+
+    # -- programs ----------------------------------------------------------------------------
+
+    def program(self, api_key: str | None = None) -> FakeProgram:
+        """Another program, served by the same server and read with its own key (a new one unless given)."""
+        other = FakeProgram(api_key, self._lock)
+        with self._lock:
+            if other.api_key in self.programs:
+                raise ValueError("that API key is already another program's")
+            self.programs[other.api_key] = other
+        return other
+
     # -- switches ----------------------------------------------------------------------------
 
     def throttle(self, n: int, retry_after: int | str = 1) -> None:
@@ -236,17 +271,23 @@ class FakePartnero:
         if self.latency:
             time.sleep(self.latency)
         try:
-            self._gate(headers)
-            return self._route(method, [unquote(s) for s in parts.path.split("/")[1:]], query, body)
+            program = self._gate(headers)
+            with self._lock:
+                if program is not self:
+                    program.requests.append((method, parts.path, query))
+            return self._route(program, method, [unquote(s) for s in parts.path.split("/")[1:]], query, body)
         except _Answer as answer:
             return answer.status, answer.body, answer.headers
 
-    def _gate(self, headers) -> None:
+    def _gate(self, headers) -> FakeProgram:
+        """The program the request's key reads; a 401 without a key of a program, or a revoked one."""
         with self._lock:
             if self._failing:
                 status = self._failing.pop(0)
                 raise _Answer(status, {"message": "Server Error" if status == 500 else "Service Unavailable"})
-        if headers.get("Authorization", "") != f"Bearer {self.api_key}":
+        scheme, _, token = headers.get("Authorization", "").partition(" ")
+        program = self.programs.get(token) if scheme == "Bearer" else None
+        if program is None or program.revoked:
             raise _Answer(401, {"message": "Unauthenticated."})
         with self._lock:
             if self._throttled > 0:
@@ -254,8 +295,10 @@ class FakePartnero:
                 raise _Answer(429, {"message": "Too Many Attempts."},
                               {"Retry-After": self._retry_after, "X-RateLimit-Limit": "120",
                                "X-RateLimit-Remaining": "0"})
+        return program
 
-    def _route(self, method: str, segments: list[str], query: dict, body: bytes) -> tuple[int, Any, dict]:
+    def _route(self, program: FakeProgram, method: str, segments: list[str], query: dict,
+               body: bytes) -> tuple[int, Any, dict]:
         if len(segments) < 2 or segments[0] != "v1" or segments[1] not in (*ENTITIES, "webhooks"):
             raise _Answer(404, {"message": "Not Found.", "status": 0})
         entity, rest = segments[1], segments[2:]
@@ -263,12 +306,12 @@ class FakePartnero:
             raise _Answer(404, {"message": "Not Found.", "status": 0})
         if not rest:
             if method == "GET":
-                return 200, self._page(entity, query), {}
+                return 200, self._page(program, entity, query), {}
             if method == "POST" and entity == "webhooks":
-                return 201, {"data": self._create_webhook(self._document(body)), "status": 1}, {}
+                return 201, {"data": self._create_webhook(program, self._document(body)), "status": 1}, {}
             raise _Answer(405, {"message": f"The {method} method is not supported for this route."})
         key = rest[0]
-        found = self.find(entity, key)
+        found = program.find(entity, key)
         if found is None:
             raise _Answer(404, {"message": "Not Found.", "status": 0})
         if method == "GET":
@@ -276,11 +319,11 @@ class FakePartnero:
         if entity == "webhooks" and method == "PUT":
             return 200, {"data": self._update_webhook(found, self._document(body)), "status": 1}, {}
         if entity == "webhooks" and method == "DELETE":
-            self.remove("webhooks", key)
+            program.remove("webhooks", key)
             return 200, {"status": 1}, {}
         raise _Answer(405, {"message": f"The {method} method is not supported for this route."})
 
-    def _page(self, entity: str, query: dict) -> dict:
+    def _page(self, program: FakeProgram, entity: str, query: dict) -> dict:
         low, high, default = _LIMITS.get(entity, _DEFAULT_LIMITS)
         limit = self._whole(query, "limit", default)
         number = self._whole(query, "page", 1)
@@ -295,7 +338,7 @@ class FakePartnero:
             self._hook(entity, number)
         start = (number - 1) * limit
         with self._lock:  # only the page is copied: a list may hold 100,000 objects (bench/backfill.py)
-            listed = self._list(entity)
+            listed = program._list(entity)
             cut = [dict(o) for o in listed[start:start + limit]]
             total = len(listed)
         path = f"{self.url}/{entity}"
@@ -352,14 +395,14 @@ class FakePartnero:
                         errors[f"events.{n}"] = f"The selected events.{n} is invalid."
         return errors
 
-    def _create_webhook(self, document: dict) -> dict:
+    def _create_webhook(self, program: FakeProgram, document: dict) -> dict:
         errors = self._check_webhook(document, partial=False)
         if errors:
             raise _invalid(errors)
         webhook = {"key": document.get("key") or _token(12), "name": document["name"], "url": document["url"],
                    "is_active": bool(document.get("is_active", True)), "signature": _token(16),
                    "events": list(document["events"])}
-        return dict(self.add("webhooks", webhook))
+        return dict(program.add("webhooks", webhook))
 
     def _update_webhook(self, webhook: dict, document: dict) -> dict:
         errors = self._check_webhook(document, partial=True)
