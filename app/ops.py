@@ -76,7 +76,7 @@ def deliveries():
         before=before,
         older=older,
         statuses=DeliveryStatus,
-        event_types=sorted(services.mappings.events),
+        event_types=sorted({event for mappings in services.mappings_by_program.values() for event in mappings.events}),
         programs=programs if len(programs) > 1 else [],
         snapshot=snapshot,
         figures=snapshot.programs.get(filters["program"], snapshot),

@@ -317,3 +317,20 @@ def test_one_named_program_is_shown_as_one_program(settings, fake, redis_conn):
     assert list(report["programs"]) == [AFFILIATE]
     assert report["programs"][AFFILIATE]["ledger"] == report["ledger"]
     assert report["ledger"]["program_currency"] == "USD"
+
+
+def test_deliveries_of_a_program_no_longer_served_are_told(settings, fake, redis_conn):
+    """Rows of a program PARTNERO_PROGRAMS no longer names stay pending (no worker claims them):
+    status says so, and their story in /ops says why no mapping applies them."""
+    seed(settings)
+    inbox = Inbox(db.engine_for(settings.database_url))
+    stored = inbox.store_many([Delivery(json.dumps(sample_delivery("partner.created", id="p7")).encode(),
+                                        "partner.created", DeliveryStatus.PENDING, "p7", "retired")])
+    [event_id] = [s.id for s in stored.values()]
+    report = json.loads(run(cli_env(settings, fake), "status", "--json").output)
+    assert report["inbox"]["by_status"]["pending"] == 1 and "retired" not in report["programs"]
+    assert ("1 deliveries of programs this deployment no longer serves wait: name the programs in "
+            "PARTNERO_PROGRAMS again to apply them") in report["attention"]
+    page = _get(create_app(settings).test_client(), f"/ops/deliveries/{event_id}")
+    assert page.text("program") == "retired"
+    assert "this deployment no longer serves program retired" in page.html

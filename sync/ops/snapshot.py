@@ -193,7 +193,20 @@ class Snapshot(Figures):
         if not self.several:
             return self.inbox_attention() + self.shared_attention() + self.record_attention()
         reasons = [f"{name}: {reason}" for name, figures in self.programs.items() for reason in figures.attention()]
+        unserved = self.unserved_pending
+        if unserved:
+            reasons.append(f"{unserved} deliveries of programs this deployment no longer serves wait: name the "
+                           "programs in PARTNERO_PROGRAMS again to apply them")
         return reasons + self.shared_attention()
+
+    @property
+    def unserved_pending(self) -> int:
+        """Pending deliveries of programs the deployment no longer serves (no worker applies
+        them): every program's pending ones less those of the programs served."""
+        if self.inbox is None or any(figures.inbox is None for figures in self.programs.values()):
+            return 0
+        served = sum(figures.inbox.counts.get(DeliveryStatus.PENDING, 0) for figures in self.programs.values())
+        return max(0, self.inbox.counts.get(DeliveryStatus.PENDING, 0) - served)
 
     def shared_attention(self) -> list[str]:
         """What is every program's: the job queue, Salesforce refusing every call, the org's fit."""

@@ -24,6 +24,8 @@ class Trace:
     event: StoredDelivery
     #: The body indented for reading; None when it was pruned.
     payload: str | None
+    #: Whether this deployment still serves the delivery's program (else no mapping applies it).
+    served: bool
     #: The mapping that handles the event type; None: the delivery is stored for the record only.
     mapping: Mapping | None
     #: The record it is about (of the delivery's program): the warehouse key, the ledger's transaction key.
@@ -63,7 +65,8 @@ def trace(services, event_id: int) -> Trace | None:
         return None
     row, event = found
     program = row.program
-    mapping = services.mappings.for_event(row.event_type)
+    mappings = services.mappings_for(program)  # None: a program this deployment no longer serves
+    mapping = mappings.for_event(row.event_type) if mappings is not None else None
     key = row.entity_id
     if key is None and mapping is not None and not event.pruned:
         key = _identify(mapping, event.body)
@@ -83,6 +86,7 @@ def trace(services, event_id: int) -> Trace | None:
         row=row,
         event=event,
         payload=None if event.pruned else readable_json(event.body),
+        served=mappings is not None,
         mapping=mapping,
         record_key=printable(key) if key is not None else None,
         warehouse=warehouse_row,
