@@ -1,7 +1,8 @@
 """``/healthz``: can this process serve? Anyone may ask: the answer names the dependencies' state,
 whether Salesforce sync is on, and three index-backed figures of the inbox (pending, failed, the
-oldest pending one's age), and nothing else (no person, user or error text). With
-the operator's credentials, the full report: the reasons, and how the work is going."""
+oldest pending one's age), and nothing else (no person, user or error text, nor which programs
+exist). With the operator's credentials, the full report: the reasons, and how the work is going,
+each program's too when there are several."""
 
 from __future__ import annotations
 
@@ -89,6 +90,8 @@ def _full(services, report: dict[str, str], healthy: bool) -> dict:
             "crm_backlog": snapshot.crm_backlog if snapshot.crm_enabled else None,
             "crm_refused": snapshot.crm_refused if snapshot.crm_enabled else None,
         }
+        if snapshot.several:
+            body["programs"] = {name: _program_work(figures) for name, figures in snapshot.programs.items()}
         body["attention"] = snapshot.attention()
         if snapshot.crm_enabled:
             body["salesforce_org"] = _org(snapshot)
@@ -96,6 +99,17 @@ def _full(services, report: dict[str, str], healthy: bool) -> dict:
         if snapshot.crm_problem:
             body["salesforce_problem"] = snapshot.crm_problem["message"]
     return body
+
+
+def _program_work(figures) -> dict:
+    """One program's figures in the operator's report (deployments of several programs only)."""
+    return {
+        "deliveries_pending": figures.inbox.counts.get("pending", 0) if figures.inbox else None,
+        "deliveries_failed": figures.inbox.counts.get("failed", 0) if figures.inbox else None,
+        "oldest_pending_age_seconds": rounded(figures.oldest_pending_age),
+        "crm_backlog": figures.crm_backlog if figures.crm_enabled else None,
+        "crm_refused": figures.crm_refused if figures.crm_enabled else None,
+    }
 
 
 def _api(snapshot) -> dict:

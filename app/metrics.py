@@ -4,7 +4,6 @@ every web process on every host answers with the same numbers."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
 
 from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -12,10 +11,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from app import auth
 from sync.ops import metrics
-from sync.ops.snapshot import Snapshot, backfill_attention, take
 from sync.ops.metrics import PREFIX, STORED
+from sync.ops.snapshot import ProgramFigures, Snapshot, backfill_attention, take
 from sync.store import inbox, runs
-from sync.store.inbox import InboxSummary
 from sync.store.org_checks import Verdict
 from sync.worker.queues import QueueCounts
 
@@ -61,18 +59,22 @@ class Collector:
 
 
 def _gauges(snapshot: Snapshot) -> Iterator[Metric]:
+    """The snapshot's gauges: the queue and the Salesforce org are every program's; the inbox, the
+    outbox and the latest backfill have a ``program`` label, a series per program."""
     if snapshot.queue is not None:
         yield from _queue_gauges(snapshot.queue)
+    programs = list(snapshot.programs.values())
     if snapshot.inbox is not None:
-        yield from _inbox_gauges(snapshot.inbox, snapshot.oldest_pending_age)
+        yield from _inbox_gauges(programs)
     if snapshot.crm_enabled and "database" not in snapshot.unavailable:
-        yield _crm_outbox_gauge(snapshot.crm)
+        yield _crm_outbox_gauge(programs)
         if snapshot.org_check is not None:
             yield from _org_gauges(snapshot)
     if snapshot.crm_enabled and "redis" not in snapshot.unavailable:
         yield from _api_gauges(snapshot)
-    if snapshot.backfill is not None:
-        yield from _backfill_gauges(snapshot.backfill, snapshot.taken_at)
+    ran = [figures for figures in programs if figures.backfill is not None]
+    if ran:
+        yield from _backfill_gauges(ran)
 
 
 def _queue_gauges(queue: QueueCounts) -> Iterator[Metric]:
@@ -89,29 +91,33 @@ def _queue_gauges(queue: QueueCounts) -> Iterator[Metric]:
                             value=queue.workers)
 
 
-def _inbox_gauges(summary: InboxSummary, oldest_pending_age: float | None) -> Iterator[Metric]:
-    deliveries = GaugeMetricFamily(PREFIX + "inbox_deliveries", "Stored deliveries by inbox status.",
-                                   labels=("status",))
-    for status in inbox.DeliveryStatus:
-        deliveries.add_metric([status], summary.counts.get(status, 0))
-    yield deliveries
-    yield GaugeMetricFamily(
+def _inbox_gauges(programs: list[ProgramFigures]) -> Iterator[Metric]:
+    deliveries = GaugeMetricFamily(PREFIX + "inbox_deliveries", "Stored deliveries by program and inbox status.",
+                                   labels=("program", "status"))
+    oldest = GaugeMetricFamily(
         PREFIX + "oldest_pending_age_seconds",
-        "Seconds since the oldest delivery still pending arrived (0 when none is pending).",
-        value=oldest_pending_age or 0.0,
+        "Seconds since the program's oldest delivery still pending arrived (0 when none is pending).",
+        labels=("program",),
     )
+    for figures in programs:
+        for status in inbox.DeliveryStatus:
+            deliveries.add_metric([figures.name, status], figures.inbox.counts.get(status, 0))
+        oldest.add_metric([figures.name], figures.oldest_pending_age or 0.0)
+    yield deliveries
+    yield oldest
 
 
-def _crm_outbox_gauge(crm: dict[str, dict[str, int]]) -> Metric:
+def _crm_outbox_gauge(programs: list[ProgramFigures]) -> Metric:
     records = GaugeMetricFamily(
         PREFIX + "crm_outbox_records",
-        "Salesforce records in the outbox by object and status (pending and waiting: the backlog; "
-        "synced; failed: refused for good).",
-        labels=("object", "status"),
+        "Salesforce records in the outbox by program, object and status (pending and waiting: the "
+        "backlog; synced; failed: refused for good).",
+        labels=("program", "object", "status"),
     )
-    for object_name, by_status in sorted(crm.items()):
-        for status, count in by_status.items():
-            records.add_metric([object_name, status], count)
+    for figures in programs:
+        for object_name, by_status in sorted(figures.crm.items()):
+            for status, count in by_status.items():
+                records.add_metric([figures.name, object_name, status], count)
     return records
 
 
@@ -158,18 +164,23 @@ def _api_gauges(snapshot: Snapshot) -> Iterator[Metric]:
     )
 
 
-def _backfill_gauges(run: runs.Run, taken_at: datetime) -> Iterator[Metric]:
+def _backfill_gauges(programs: list[ProgramFigures]) -> Iterator[Metric]:
+    """Each program's latest backfill (the programs where one ran)."""
     records = GaugeMetricFamily(
         PREFIX + "backfill_records",
-        "The latest backfill's objects: read, applied (they differed from what was held), unchanged, "
-        "skipped (before --since), failed (deliveries that could not be applied).",
-        labels=("outcome",),
+        "The program's latest backfill's objects: read, applied (they differed from what was held), "
+        "unchanged, skipped (before --since), failed (deliveries that could not be applied).",
+        labels=("program", "outcome"),
     )
-    for counter in runs.COUNTERS:
-        records.add_metric(["read" if counter == "records" else counter], getattr(run, counter))
-    yield records
-    yield GaugeMetricFamily(
+    attention = GaugeMetricFamily(
         PREFIX + "backfill_needs_attention",
-        "1 when the latest backfill failed, stopped on an error or stopped moving; else 0.",
-        value=1 if backfill_attention(run, taken_at) else 0,
+        "1 when the program's latest backfill failed, stopped on an error or stopped moving; else 0.",
+        labels=("program",),
     )
+    for figures in programs:
+        run = figures.backfill
+        for counter in runs.COUNTERS:
+            records.add_metric([figures.name, "read" if counter == "records" else counter], getattr(run, counter))
+        attention.add_metric([figures.name], 1 if backfill_attention(run, figures.taken_at) else 0)
+    yield records
+    yield attention

@@ -53,17 +53,22 @@ def guard():
 
 @bp.get("/", strict_slashes=False)
 def deliveries():
-    """Recent deliveries, newest first, filtered by status, event type and record."""
+    """Recent deliveries, newest first, filtered by status, event type, record and program (a
+    program this deployment does not serve is no filter: the value is ignored)."""
     services = _services()
     status = request.args.get("status", "")
+    programs = [program.name for program in services.settings.programs]
+    program = request.args.get("program", "")
     filters = {
         "status": status if status in tuple(DeliveryStatus) else None,
         "event_type": request.args.get("event_type", "").strip() or None,
         "entity_id": request.args.get("entity_id", "").strip() or None,
+        "program": program if program in programs else None,
     }
     before = request.args.get("before", type=int)
     rows = services.inbox.rows(**filters, before=before, limit=PAGE_SIZE + 1)
     older = rows[PAGE_SIZE - 1].id if len(rows) > PAGE_SIZE else None
+    snapshot = take(services)
     return render_template(
         "ops/deliveries.html",
         rows=rows[:PAGE_SIZE],
@@ -71,18 +76,22 @@ def deliveries():
         before=before,
         older=older,
         statuses=DeliveryStatus,
-        event_types=sorted(services.mappings.events),
-        snapshot=take(services),
+        event_types=sorted({event for mappings in services.mappings_by_program.values() for event in mappings.events}),
+        programs=programs if len(programs) > 1 else [],
+        snapshot=snapshot,
+        figures=snapshot.programs.get(filters["program"], snapshot),
     )
 
 
 @bp.get("/deliveries/<int:event_id>")
 def delivery(event_id: int):
     """One delivery and what it became."""
-    found = trace(_services(), event_id)
+    services = _services()
+    found = trace(services, event_id)
     if found is None:
         abort(404, f"There is no delivery #{event_id}.")
-    return render_template("ops/delivery.html", t=found, token=_tokens().dumps(event_id))
+    return render_template("ops/delivery.html", t=found, token=_tokens().dumps(event_id),
+                           several=len(services.settings.programs) > 1)
 
 
 @bp.post("/deliveries/<int:event_id>/replay")

@@ -278,8 +278,8 @@ def test_a_refused_api_key_stops_it_at_once_with_a_sentence(program, database_ur
 
     web = create_app(Settings.from_env(env | {"PARTNERO_WEBHOOK_SECRET": "whsec_test"}))
     scraped = web.test_client().get("/metrics").get_data(as_text=True)
-    assert "partnero_sync_backfill_needs_attention 1.0" in scraped
-    assert 'partnero_sync_backfill_records{outcome="read"} 0.0' in scraped
+    assert 'partnero_sync_backfill_needs_attention{program="default"} 1.0' in scraped
+    assert 'partnero_sync_backfill_records{outcome="read",program="default"} 0.0' in scraped
 
 
 def test_a_second_backfill_of_the_same_lists_is_refused_while_the_first_is_live(

@@ -172,7 +172,12 @@ def test_status_json_has_the_documented_keys(settings, redis_conn):
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert set(report) == {"taken_at", "state", "stuck_after_seconds", "inbox", "queue", "salesforce",
-                           "ledger", "backfill", "unavailable", "attention"}
+                           "ledger", "backfill", "programs", "unavailable", "attention"}
+    # One program, named default: its figures are the whole inbox's, and its trouble unprefixed.
+    assert list(report["programs"]) == ["default"]
+    assert set(report["programs"]["default"]) == {"inbox", "salesforce", "ledger", "backfill", "attention"}
+    assert report["programs"]["default"]["inbox"] == report["inbox"]
+    assert report["programs"]["default"]["ledger"] == report["ledger"]
     assert report["state"] == "attention" and report["stuck_after_seconds"] == STUCK_AFTER.total_seconds()
     assert report["inbox"]["by_status"] == {DeliveryStatus.PENDING: 0, DeliveryStatus.PROCESSED: 0, DeliveryStatus.IGNORED: 0, DeliveryStatus.FAILED: 1}
     assert set(report["inbox"]) == {"by_status", "oldest_pending_at", "oldest_pending_age_seconds", "last_processed_at"}
@@ -186,7 +191,7 @@ def test_status_json_has_the_documented_keys(settings, redis_conn):
     # Every key is documented in --help.
     documented = run("status", "--help", env={}).output
     for key in [*report, *report["inbox"], *report["queue"], "by_object", "backlog", "refused", "last_synced_at",
-                *report["ledger"], "transactions", "partners"]:
+                *report["ledger"], "transactions", "partners", *report["programs"]["default"]]:
         assert re.search(rf"\b{key}\b", documented), key
 
 

@@ -128,7 +128,7 @@ def test_a_snapshot_names_a_database_error_that_has_no_message(app, monkeypatch)
 
     services = app.extensions["partnero"]
 
-    def broken():
+    def broken(program=None):
         raise RuntimeError()
 
     monkeypatch.setattr(services.inbox, "summary", broken)

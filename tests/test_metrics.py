@@ -106,8 +106,10 @@ def queue(queued=0, scheduled=0, started=0, failed=0) -> dict[tuple[str], float]
     return {("queued",): queued, ("scheduled",): scheduled, ("started",): started, ("failed",): failed}
 
 
-def inbox(pending=0, processed=0, ignored=0, failed=0) -> dict[tuple[str], float]:
-    return {("pending",): pending, ("processed",): processed, ("ignored",): ignored, ("failed",): failed}
+def inbox(pending=0, processed=0, ignored=0, failed=0, program="default") -> dict[tuple[str, str], float]:
+    """The inbox_deliveries series of one program: (program, status) -> count."""
+    return {(program, "pending"): pending, (program, "processed"): processed, (program, "ignored"): ignored,
+            (program, "failed"): failed}
 
 
 def age_rows(database_url: str, seconds: int) -> None:
@@ -145,7 +147,7 @@ def test_a_known_sequence_reads_back_exactly(live_server, settings, redis_conn):
     assert before["partnero_sync_inbox_deliveries"] == inbox(pending=4, ignored=1)
     assert before["partnero_sync_queue_jobs"] == queue(queued=1)  # one wake-up for all four
     assert before["partnero_sync_queue_workers"] == {(): 0}
-    assert before["partnero_sync_oldest_pending_age_seconds"][()] >= 1000
+    assert before["partnero_sync_oldest_pending_age_seconds"][("default",)] >= 1000
     assert before[ATTEMPTS] == attempts()
     assert before[f"{LAG}_count"] == {("default",): 0}
 
@@ -155,7 +157,7 @@ def test_a_known_sequence_reads_back_exactly(live_server, settings, redis_conn):
     assert after[RECEIVED] == before[RECEIVED]
     assert after[ATTEMPTS] == attempts(processed=3, failed=1)
     assert after["partnero_sync_inbox_deliveries"] == inbox(processed=3, ignored=1, failed=1)
-    assert after["partnero_sync_oldest_pending_age_seconds"] == {(): 0}
+    assert after["partnero_sync_oldest_pending_age_seconds"] == {("default",): 0}
     assert after["partnero_sync_queue_jobs"] == queue()  # the failed delivery's job did its work
     assert after["partnero_sync_queue_workers"] == {(): 0}
     # Each processed delivery waited a little over 1000 s: all three in the bucket up to 1800 s.
@@ -262,9 +264,11 @@ def test_salesforce_calls_and_refusals_are_counted_by_program_object_and_code(se
         ("FIELD_CUSTOM_VALIDATION_EXCEPTION", "Contact", "default"): 1,
         ("UNAVAILABLE", "Contact", "default"): 1,
     }
-    assert found["partnero_sync_crm_outbox_records"] == {
-        ("Account", "pending"): 0, ("Account", "waiting"): 1, ("Account", "synced"): 0, ("Account", "failed"): 0,
-        ("Contact", "pending"): 1, ("Contact", "waiting"): 0, ("Contact", "synced"): 2, ("Contact", "failed"): 1,
+    assert found["partnero_sync_crm_outbox_records"] == {  # (object, program, status)
+        ("Account", "default", "pending"): 0, ("Account", "default", "waiting"): 1,
+        ("Account", "default", "synced"): 0, ("Account", "default", "failed"): 0,
+        ("Contact", "default", "pending"): 1, ("Contact", "default", "waiting"): 0,
+        ("Contact", "default", "synced"): 2, ("Contact", "default", "failed"): 1,
     }
     # Two records reached Salesforce (and a third was deleted there): their arrival-to-sync lag.
     assert found["partnero_sync_salesforce_lag_seconds_count"] == {("default",): 3}

@@ -1,10 +1,11 @@
 """/ops in a real browser: Debian's Chromium, headless, driven by Selenium through chromedriver,
 against the app on a real HTTP server. An operator finds a failed delivery and replays it: the
-page shows it queued, then, once a worker applied it, its outcome; the pages fit a desktop and a
-phone."""
+page shows it queued, then, once a worker applied it, its outcome; an operator narrows the list to
+one program; the pages fit a desktop and a phone."""
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from pathlib import Path
@@ -19,7 +20,10 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from app import create_app
 from sync.partnero.samples import sample_delivery
-from tests.conftest import _unavailable, migrate
+from sync.settings import Program
+from sync.store import db
+from sync.store.inbox import Delivery, DeliveryStatus, Inbox
+from tests.conftest import SECRETS, _unavailable, migrate
 from tests.ops_helpers import AUTH, fix_customer_identity, friend_customer, ops_settings, post, unparseable_amount, work
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -67,7 +71,26 @@ def database_url(tmp_path) -> str:
 
 @pytest.fixture
 def settings(settings, tmp_path):
-    return ops_settings(settings, tmp_path)
+    """Two programs: ``default`` (what the receiver's /webhooks/partnero stores) and ``friends``."""
+    settings = ops_settings(settings, tmp_path)
+    programs = (Program("default", SECRETS, mappings_dir=settings.mappings_dir, named=True),
+                Program("friends", ("whsec_friends",), mappings_dir=settings.mappings_dir, named=True))
+    return settings.with_overrides(program_list=programs)
+
+
+@pytest.fixture
+def friends(settings) -> list[int]:
+    """Two deliveries of the program ``friends``, stored through the inbox (one failed), with the
+    record ids of the default program's: newest first."""
+    inbox = Inbox(db.engine_for(settings.database_url))
+    documents = [sample_delivery("partner.created"), sample_delivery("customer.created")]
+    stored = inbox.store_many([Delivery(json.dumps(d).encode(), d["event"], DeliveryStatus.PENDING, program="friends")
+                               for d in documents])
+    ids = sorted(s.id for s in stored.values())
+    inbox.claim()
+    inbox.mark_done(ids[:1])
+    inbox.mark_failures({ids[1]: "customer.yml: identity: data.key is empty in this delivery"})
+    return ids[::-1]
 
 
 @pytest.fixture
@@ -176,6 +199,37 @@ def test_an_operator_finds_the_failed_delivery_and_replays_it(page, seeded, sett
 
     page.open("/ops?status=failed")
     assert page.row_ids() == [seeded["comma"]]
+
+
+def test_an_operator_narrows_the_list_to_one_program(page, seeded, friends, tmp_path):
+    page.size(*DESKTOP)
+    page.open("/ops")
+    assert page.row_ids() == sorted([*seeded.values(), *friends], reverse=True)
+    assert page.text("#count-failed .value") == "3"  # every program's
+    assert page.text(f"#delivery-{friends[0]} .c-program") == "friends"
+    assert page.text(f"#delivery-{seeded['comma']} .c-program") == "default"
+
+    program = Select(page.driver.find_element(By.NAME, "program"))
+    assert [option.text for option in program.options] == ["any", "default", "friends"]
+    program.select_by_value("friends")
+    page.follow("form.filters button[type=submit]")
+    assert "program=friends" in page.driver.current_url
+    assert page.row_ids() == friends
+    assert page.text("#count-failed .value") == "1" and page.text("#count-processed .value") == "1"
+    page.screenshot(tmp_path / "program-desktop.png", DESKTOP)
+
+    # With the status too: the failed tile keeps the program.
+    page.follow("#count-failed")
+    assert "program=friends" in page.driver.current_url and "status=failed" in page.driver.current_url
+    assert page.row_ids() == [friends[0]]
+    page.follow(f"#delivery-{friends[0]} .c-id a")
+    assert page.text("#program") == "friends"
+    assert page.text("#last-error") == "customer.yml: identity: data.key is empty in this delivery"
+
+    page.open("/ops?program=default&status=failed")
+    assert page.row_ids() == [seeded["friend"], seeded["comma"]]
+    page.open("/ops?program=nobody")  # no such program: no filter
+    assert len(page.row_ids()) == len(seeded) + len(friends)
 
 
 def test_the_pages_fit_a_phone(page, seeded, tmp_path):

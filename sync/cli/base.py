@@ -110,3 +110,15 @@ DATE = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:
 def utc(when: datetime | None) -> datetime | None:
     """A date given on the command line, read as UTC."""
     return when.replace(tzinfo=timezone.utc) if when else None
+
+
+def served_program(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--program``'s value: a program this deployment serves (those PARTNERO_PROGRAMS names;
+    without it, ``default``); None when the option is not given. Another name is a usage error
+    (exit status 2) that lists the programs served."""
+    if value is None:
+        return None
+    names = [program.name for program in load_settings().programs]
+    if value not in names:
+        raise click.BadParameter(f"this deployment serves no program {value!r} (it serves {', '.join(names)})")
+    return value

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from sync.cli.base import DATE, DURATION, load_settings, main, utc
+from sync.cli.base import DATE, DURATION, load_settings, main, served_program, utc
 from sync.core.errors import SyncError
 from sync.ops.terminal import safe
 from sync.settings import redact_url
@@ -19,14 +19,16 @@ from sync.settings import redact_url
 @main.command("requeue-failed")
 @click.option("--since", type=DATE, help="Only deliveries received from this date (UTC) on.")
 @click.option("--event", "event_type", metavar="TYPE", help="Only deliveries of this event type.")
+@click.option("--program", metavar="NAME", callback=served_program,
+              help="Only deliveries of this program (default: every program's).")
 @click.option("--dry-run", is_flag=True, help="Only say what would be retried and skipped; change nothing.")
-def requeue_failed(since: datetime | None, event_type: str | None, dry_run: bool) -> None:
+def requeue_failed(since: datetime | None, event_type: str | None, program: str | None, dry_run: bool) -> None:
     """Retry failed deliveries, after fixing what failed them (a mapping, the warehouse, a bug).
 
-    Sets the matching failed deliveries back to pending, 1,000 at a time, and wakes a worker to
-    apply them. Their attempts count afresh, and their last error stays until a retry succeeds.
-    A delivery the current mapping files still cannot apply is skipped and listed with the
-    reason (its last error is updated), and the others go on.
+    Sets the matching failed deliveries (of one program with --program) back to pending, 1,000
+    at a time, and wakes a worker to apply them. Their attempts count afresh, and their last
+    error stays until a retry succeeds. A delivery the current mapping files still cannot apply
+    is skipped and listed with the reason (its last error is updated), and the others go on.
 
     If Redis cannot take the wake-up, the deliveries are set back to pending all the same: the
     worker's sweeper wakes one once Redis answers. It says so, since nothing more is needed.
@@ -39,13 +41,15 @@ def requeue_failed(since: datetime | None, event_type: str | None, dry_run: bool
 
     services = Services.build(load_settings())
     check = services.processor.check
+    of = f" of program {program}" if program else ""
     if dry_run:
-        count, skipped = preview(services.inbox, check, since=utc(since), event_type=event_type)
-        click.echo(f"would requeue {count} failed deliveries (dry run: nothing changed)")
+        count, skipped = preview(services.inbox, check, since=utc(since), event_type=event_type, program=program)
+        click.echo(f"would requeue {count} failed deliveries{of} (dry run: nothing changed)")
     else:
         result = run_requeue(services.inbox, services.queue, since=utc(since), event_type=event_type,
-                             still_failing=check)
-        click.echo(f"requeued {result.requeued} failed deliveries" + (", a worker woken" if result.enqueued else ""))
+                             still_failing=check, program=program)
+        woken = ", a worker woken" if result.enqueued else ""
+        click.echo(f"requeued {result.requeued} failed deliveries{of}{woken}")
         if result.redis_error is not None:
             click.echo(
                 f"Redis could not take the wake-up ({safe(result.redis_error)}): the deliveries are pending, and the "
@@ -115,7 +119,9 @@ def _size(size: int) -> str:
               help="Print the entries and totals as JSON (amounts as exact decimal text).")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=0),
               help="Show the newest this many entries (0: all). The totals always count every entry.")
-def ledger_command(partner_id: str, as_json: bool, limit: int) -> None:
+@click.option("--program", metavar="NAME", callback=served_program,
+              help="Only the partner's statement in this program (default: in each program that has one).")
+def ledger_command(partner_id: str, as_json: bool, limit: int, program: str | None) -> None:
     """Show one partner's commission: their ledger entries and totals per currency.
 
     What to check before paying a partner. Each entry is a reward booked (commission), moved by a
@@ -126,18 +132,28 @@ def ledger_command(partner_id: str, as_json: bool, limit: int) -> None:
     points or credits (not money) are listed apart. Salesforce gets the totals of the program
     currency (PARTNERO_CURRENCY, else the one most used).
 
-    Exit status 0; 1 when the ledger has no entry for PARTNER_ID, or the database cannot be
-    reached.
+    With several programs (PARTNERO_PROGRAMS), a partner id is a partner of one program: each
+    program holding entries for PARTNER_ID gets a statement of its own, in its own currency, and
+    nothing is added across programs; --program shows one. --json then prints
+    {"partner_id", "programs": {PROGRAM: statement}}, or one statement with --program.
+
+    Exit status 0; 1 when the ledger has no entry for PARTNER_ID (in that program), or the
+    database cannot be reached; 2 when --program names a program this deployment does not serve.
     """
     from sync.ops import statement
     from sync.services import Services
 
     settings = load_settings()
     services = Services.build(settings)
-    found = statement.take(services.inbox.engine, partner_id, settings.currency, limit or None)
-    if found is None:
-        raise SyncError(f"no ledger entries for partner {partner_id!r}")
-    click.echo(json.dumps(found.as_dict(), indent=2) if as_json else statement.render(found))
+    programs = [settings.program(program)] if program else list(settings.programs)
+    found = statement.take_each(services.inbox.engine, partner_id, programs, limit or None)
+    if not found:
+        raise SyncError(f"no ledger entries for partner {partner_id!r}" + (f" in program {program}" if program else ""))
+    several = len(settings.programs) > 1
+    if as_json:
+        click.echo(json.dumps(statement.as_json(found, by_program=several and not program), indent=2))
+    else:
+        click.echo(statement.render_each(found, several))
 
 
 @main.command("send-test")

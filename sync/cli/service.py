@@ -82,8 +82,39 @@ def sweep(older_than: int) -> None:
                else "nothing to sweep: every pending delivery is on its way")
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON instead of a table (its keys are listed above).")
+#: ``status --help``'s list of the keys ``--json`` prints (every key is documented: tests/test_cli_ops.py).
+STATUS_JSON_KEYS = """\b
+--json prints these keys (times in ISO 8601, UTC; null when not known):
+  taken_at, state ("ok", "attention" or "unknown": the exit status),
+  stuck_after_seconds,
+  inbox: {by_status: {pending, processed, ignored, failed},
+          oldest_pending_at, oldest_pending_age_seconds, last_processed_at},
+  queue: {queued, scheduled, failed, started, workers},
+  salesforce (null while CRM sync is off): {by_object: {OBJECT: {pending,
+          waiting, synced, failed}}, backlog, refused, last_synced_at,
+          bulk_jobs: [{job_id, object, state, records, since}] (the Bulk
+          API 2.0 jobs running)},
+  ledger (null with several programs: see programs): {program_currency,
+          program_currency_from ("PARTNERO_CURRENCY" or "most used"),
+          by_currency: {CURRENCY: {transactions, partners}},
+          other_currencies: {CURRENCY: partners}} (money only),
+  backfill (null when none ran): {id, status ("queued", "running",
+          "stopped", "failed", "finished", "abandoned"), entities, since,
+          entity, next_page, last_page, records, applied, unchanged, skipped,
+          failed, started_at, heartbeat_at, finished_at, last_error, job_id,
+          program, live} (the latest of any program),
+  programs: {PROGRAM: {inbox, salesforce, ledger, backfill, attention}}:
+          each program's own figures, keyed as above (salesforce without
+          problem, api_usage, paused and org_check, which are every
+          program's), in PARTNERO_PROGRAMS' order; one program: "default",
+  unavailable: {database, redis: why it could not be read; absent when read},
+  attention: [one sentence per thing that needs a person]
+"""
+
+
+@main.command(epilog=STATUS_JSON_KEYS)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the snapshot as JSON instead of a table (its keys are listed below).")
 @click.option(
     "--stuck-after",
     type=DURATION,
@@ -98,7 +129,9 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
     (waiting jobs, scheduled retries, running and failed jobs, workers); with Salesforce on, the
     CRM backlog and refused records by object and the last record synced; the ledger's program
     currency (the one Salesforce gets commission totals in) and the partners earning in other
-    currencies; the latest backfill; and what needs a person. Use it by hand, or from a monitor by its exit status:
+    currencies; the latest backfill; and what needs a person. With several programs
+    (PARTNERO_PROGRAMS), a line per program, and each program's trouble under its name
+    ("friends: 3 deliveries failed"). Use it by hand, or from a monitor by its exit status:
 
     \b
     0  healthy
@@ -106,28 +139,6 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
        records Salesforce refused, jobs waiting with no worker
     2  cannot tell: the database or Redis could not be read (or the
        configuration is wrong)
-
-    \b
-    --json prints these keys (times in ISO 8601, UTC; null when not known):
-      taken_at, state ("ok", "attention" or "unknown": the exit status),
-      stuck_after_seconds,
-      inbox: {by_status: {pending, processed, ignored, failed},
-              oldest_pending_at, oldest_pending_age_seconds, last_processed_at},
-      queue: {queued, scheduled, failed, started, workers},
-      salesforce (null while CRM sync is off): {by_object: {OBJECT: {pending,
-              waiting, synced, failed}}, backlog, refused, last_synced_at,
-              bulk_jobs: [{job_id, object, state, records, since}] (the Bulk
-              API 2.0 jobs running)},
-      ledger: {program_currency, program_currency_from ("PARTNERO_CURRENCY"
-              or "most used"), by_currency: {CURRENCY: {transactions, partners}},
-              other_currencies: {CURRENCY: partners}} (money only),
-      backfill (null when none ran): {id, status ("queued", "running",
-              "stopped", "failed", "finished", "abandoned"), entities, since,
-              entity, next_page, last_page, records, applied, unchanged, skipped,
-              failed, started_at, heartbeat_at, finished_at, last_error, job_id,
-              live},
-      unavailable: {database, redis: why it could not be read; absent when read},
-      attention: [one sentence per thing that needs a person]
     """
     from sync.ops.snapshot import STUCK_AFTER, Health, take
     from sync.ops.status import render

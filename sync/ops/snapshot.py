@@ -2,21 +2,23 @@
 
 One snapshot serves ``partnero-sync status``, the operator's ``/healthz``, ``/metrics`` and
 ``/ops``, so they never disagree. Each source is read on its own: with Redis down, the inbox still reports.
+The figures come added up over every program and, for each program, apart: one program's trouble
+is shown under its name.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from sync.core.errors import TransientError
 from sync.ops.progress import duration
-from sync.store import db, ledger, runs
-from sync.store.inbox import DeliveryStatus, InboxSummary
-from sync.store import bulk_jobs
+from sync.settings import Program
+from sync.store import bulk_jobs, db, ledger, runs
 from sync.store.bulk_jobs import BulkJob
+from sync.store.inbox import DeliveryStatus, InboxSummary
 from sync.store.org_checks import OrgCheck, OrgChecks, Verdict
 from sync.store.outbox import Outbox, OutboxStatus
 
@@ -46,36 +48,30 @@ class Health(StrEnum):
     UNKNOWN = "unknown"
 
 
-@dataclass
-class Snapshot:
-    """What the service is doing at ``taken_at``: each source's figures, or why it could not be read."""
+@dataclass(kw_only=True)
+class Figures:
+    """What the service holds of one scope at ``taken_at``: every program's rows added up (the
+    ``Snapshot`` itself), or one program's (``ProgramFigures``). The deliveries, the Salesforce
+    records, the ledger's currencies and the latest backfill, each read the same way for both,
+    and the reasons for attention they give."""
 
     taken_at: datetime
     #: How long the oldest pending delivery may wait before the backlog counts as stuck.
     stuck_after: timedelta = STUCK_AFTER
     inbox: InboxSummary | None = None
-    queue: QueueCounts | None = None
     crm_enabled: bool = False
     #: Salesforce records by object and outbox status (pending, waiting, synced, failed).
     crm: dict[str, dict[str, int]] = field(default_factory=dict)
     crm_last_synced_at: datetime | None = None
-    #: What stops every Salesforce call, when something does: {"code", "message", "since"}.
-    crm_problem: dict | None = None
-    #: The org's API usage as last read: {"used", "allowance", "budget", "read_at"} (budget in calls).
-    crm_api_usage: dict | None = None
-    #: Flushes paused at the API budget (not a failure: the records wait): {"used", "allowance",
-    #: "budget", "since"}.
-    crm_paused: dict | None = None
-    #: The latest check of the org against the mappings (``sync.store.org_checks``), if one ran.
-    org_check: OrgCheck | None = None
     #: The Bulk API 2.0 jobs running now (``sync.store.bulk_jobs``), oldest first.
     bulk_jobs: list[BulkJob] = field(default_factory=list)
-    #: The ledger's currencies (read only when asked: it adds up the whole ledger).
+    #: The ledger's currencies (read only when asked: it adds up the whole ledger). Of one
+    #: program only: amounts are never added across programs.
     ledger: ledger.Summary | None = None
+    #: The variable that sets the currency of that program (``Program.variable("CURRENCY")``).
+    currency_variable: str = "PARTNERO_CURRENCY"
     #: The latest backfill (``partnero-sync backfill``), if any ran.
     backfill: runs.Run | None = None
-    #: What could not be read, and why: {"database": "...", "redis": "..."}.
-    unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
     def oldest_pending_age(self) -> float | None:
@@ -93,6 +89,90 @@ class Snapshot:
     def crm_refused(self) -> int:
         return sum(s.get(OutboxStatus.FAILED, 0) for s in self.crm.values())
 
+    def inbox_attention(self, program: str | None = None) -> list[str]:
+        """Failed deliveries and a stuck backlog, one sentence each; the commands they point to
+        narrowed to ``program`` when one is named."""
+        if self.inbox is None:
+            return []
+        reasons = []
+        failed = self.inbox.counts.get(DeliveryStatus.FAILED, 0)
+        if failed:
+            ops, requeue = ("/ops", "`partnero-sync requeue-failed`") if program is None else \
+                (f"/ops?program={program}", f"`partnero-sync requeue-failed --program {program}`")
+            reasons.append(f"{failed} deliveries failed: see `partnero-sync status` and {ops}, "
+                           f"then {requeue} after a fix")
+        age = self.oldest_pending_age
+        if age is not None and age > self.stuck_after.total_seconds():
+            reasons.append(f"the oldest pending delivery has waited {duration(age)}: is a worker running?")
+        return reasons
+
+    def record_attention(self) -> list[str]:
+        """The latest backfill's trouble, and records Salesforce refused."""
+        reasons = backfill_attention(self.backfill, self.taken_at)
+        if self.crm_refused:
+            reasons.append(f"Salesforce refused {self.crm_refused} records: see `partnero-sync crm-errors`")
+        return reasons
+
+    def scope_dict(self) -> dict[str, Any]:
+        """The inbox, Salesforce records, ledger and backfill parts of ``as_dict``."""
+        inbox = None
+        if self.inbox is not None:
+            inbox = {
+                "by_status": self.inbox.counts,
+                "oldest_pending_at": _iso(self.inbox.oldest_pending_at),
+                "oldest_pending_age_seconds": rounded(self.oldest_pending_age),
+                "last_processed_at": _iso(self.inbox.last_processed_at),
+            }
+        crm = None
+        if self.crm_enabled:
+            crm = {"by_object": self.crm, "backlog": self.crm_backlog, "refused": self.crm_refused,
+                   "last_synced_at": _iso(self.crm_last_synced_at),
+                   "bulk_jobs": [job.as_dict() for job in self.bulk_jobs]}
+        return {"inbox": inbox, "salesforce": crm, "ledger": _ledger_dict(self.ledger),
+                "backfill": _backfill_dict(self.backfill, self.taken_at)}
+
+
+@dataclass(kw_only=True)
+class ProgramFigures(Figures):
+    """One program's part of a snapshot: its deliveries, Salesforce records, ledger and latest
+    backfill, so one program's trouble is shown under its name."""
+
+    name: str
+
+    def attention(self) -> list[str]:
+        """What a person should look at in this program, one sentence each."""
+        return self.inbox_attention(self.name) + self.record_attention()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.scope_dict(), "attention": self.attention()}
+
+
+@dataclass(kw_only=True)
+class Snapshot(Figures):
+    """What the service is doing at ``taken_at``: each source's figures, every program's added up
+    (the ledger's only when there is one program), each program's in ``programs``, or why a
+    source could not be read."""
+
+    #: Each program's figures, in PARTNERO_PROGRAMS' order (one program: the figures above).
+    programs: dict[str, ProgramFigures] = field(default_factory=dict)
+    queue: QueueCounts | None = None
+    #: What stops every Salesforce call, when something does: {"code", "message", "since"}.
+    crm_problem: dict | None = None
+    #: The org's API usage as last read: {"used", "allowance", "budget", "read_at"} (budget in calls).
+    crm_api_usage: dict | None = None
+    #: Flushes paused at the API budget (not a failure: the records wait): {"used", "allowance",
+    #: "budget", "since"}.
+    crm_paused: dict | None = None
+    #: The latest check of the org against the mappings (``sync.store.org_checks``), if one ran.
+    org_check: OrgCheck | None = None
+    #: What could not be read, and why: {"database": "...", "redis": "..."}.
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def several(self) -> bool:
+        """Whether the deployment serves more than one program (then trouble is told per program)."""
+        return len(self.programs) > 1
+
     @property
     def org_misfits(self) -> int:
         """How many problems the latest check found in the org (0: it fits, or no check could tell)."""
@@ -107,16 +187,30 @@ class Snapshot:
         return Health.ATTENTION if self.attention() else Health.OK
 
     def attention(self) -> list[str]:
-        """What a person should look at, one sentence each; empty when all is well."""
+        """What a person should look at, one sentence each; empty when all is well. With several
+        programs, each program's trouble comes under its name ("friends: 3 deliveries failed"),
+        then what is everybody's (the queue, the Salesforce org)."""
+        if not self.several:
+            return self.inbox_attention() + self.shared_attention() + self.record_attention()
+        reasons = [f"{name}: {reason}" for name, figures in self.programs.items() for reason in figures.attention()]
+        unserved = self.unserved_pending
+        if unserved:
+            reasons.append(f"{unserved} deliveries of programs this deployment no longer serves wait: name the "
+                           "programs in PARTNERO_PROGRAMS again to apply them")
+        return reasons + self.shared_attention()
+
+    @property
+    def unserved_pending(self) -> int:
+        """Pending deliveries of programs the deployment no longer serves (no worker applies
+        them): every program's pending ones less those of the programs served."""
+        if self.inbox is None or any(figures.inbox is None for figures in self.programs.values()):
+            return 0
+        served = sum(figures.inbox.counts.get(DeliveryStatus.PENDING, 0) for figures in self.programs.values())
+        return max(0, self.inbox.counts.get(DeliveryStatus.PENDING, 0) - served)
+
+    def shared_attention(self) -> list[str]:
+        """What is every program's: the job queue, Salesforce refusing every call, the org's fit."""
         reasons = []
-        if self.inbox is not None:
-            failed = self.inbox.counts.get(DeliveryStatus.FAILED, 0)
-            if failed:
-                reasons.append(f"{failed} deliveries failed: see `partnero-sync status` and /ops, "
-                               "then `partnero-sync requeue-failed` after a fix")
-            age = self.oldest_pending_age
-            if age is not None and age > self.stuck_after.total_seconds():
-                reasons.append(f"the oldest pending delivery has waited {duration(age)}: is a worker running?")
         if self.queue is not None:
             if self.queue.failed:
                 reasons.append(f"{self.queue.failed} jobs are in RQ's failed registry")
@@ -126,67 +220,49 @@ class Snapshot:
             reasons.append(f"Salesforce refuses every call: {self.crm_problem['message']}")
         if self.org_misfits:
             reasons.append(org_misfit(self.org_check))
-        reasons += backfill_attention(self.backfill, self.taken_at)
-        if self.crm_refused:
-            reasons.append(f"Salesforce refused {self.crm_refused} records: see `partnero-sync crm-errors`")
         return reasons
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form, for ``status --json``."""
-        inbox = None
-        if self.inbox is not None:
-            inbox = {
-                "by_status": self.inbox.counts,
-                "oldest_pending_at": _iso(self.inbox.oldest_pending_at),
-                "oldest_pending_age_seconds": rounded(self.oldest_pending_age),
-                "last_processed_at": _iso(self.inbox.last_processed_at),
-            }
-        crm = self._crm_dict() if self.crm_enabled else None
-        currencies = None
-        if self.ledger is not None:
-            currencies = {
-                "program_currency": self.ledger.currency,
-                "program_currency_from": self.ledger.chosen_by,
-                "by_currency": {currency or "": {"transactions": transactions, "partners": partners}
-                                for currency, (transactions, partners) in sorted(self.ledger.use.items(),
-                                                                                 key=lambda i: i[0] or "")},
-                "other_currencies": {currency or "": partners for currency, partners in sorted(
-                    self.ledger.others.items(), key=lambda i: i[0] or "")},
-            }
-        backfill = None
-        if self.backfill is not None:
-            run = self.backfill
-            backfill = {name: _iso(value) if isinstance(value, datetime) else value
-                        for name, value in asdict(run).items()}
-            backfill["entities"] = list(run.entities)
-            backfill["live"] = run.live(self.taken_at)
+        scope = self.scope_dict()
+        if scope["salesforce"] is not None:
+            scope["salesforce"] |= {"problem": self.crm_problem, "api_usage": self.crm_api_usage,
+                                    "paused": self.crm_paused, "org_check": _org_check(self.org_check)}
         return {
             "taken_at": _iso(self.taken_at),
             "state": self.state,
             "stuck_after_seconds": self.stuck_after.total_seconds(),
-            "inbox": inbox,
+            **scope,
             "queue": asdict(self.queue) if self.queue is not None else None,
-            "salesforce": crm,
-            "ledger": currencies,
-            "backfill": backfill,
+            "programs": {name: figures.as_dict() for name, figures in self.programs.items()},
             "unavailable": self.unavailable,
             "attention": self.attention(),
         }
 
 
-    def _crm_dict(self) -> dict[str, Any]:
-        """The Salesforce section of ``as_dict``."""
-        return {
-            "by_object": self.crm,
-            "backlog": self.crm_backlog,
-            "refused": self.crm_refused,
-            "last_synced_at": _iso(self.crm_last_synced_at),
-            "problem": self.crm_problem,
-            "api_usage": self.crm_api_usage,
-            "paused": self.crm_paused,
-            "org_check": _org_check(self.org_check),
-            "bulk_jobs": [job.as_dict() for job in self.bulk_jobs],
-        }
+def _ledger_dict(summary: ledger.Summary | None) -> dict[str, Any] | None:
+    """The ledger's currencies, for ``as_dict``."""
+    if summary is None:
+        return None
+    return {
+        "program_currency": summary.currency,
+        "program_currency_from": summary.chosen_by,
+        "by_currency": {currency or "": {"transactions": transactions, "partners": partners}
+                        for currency, (transactions, partners) in sorted(summary.use.items(),
+                                                                         key=lambda i: i[0] or "")},
+        "other_currencies": {currency or "": partners for currency, partners in sorted(
+            summary.others.items(), key=lambda i: i[0] or "")},
+    }
+
+
+def _backfill_dict(run: runs.Run | None, now: datetime) -> dict[str, Any] | None:
+    """A backfill run, for ``as_dict``."""
+    if run is None:
+        return None
+    found = {name: _iso(value) if isinstance(value, datetime) else value for name, value in asdict(run).items()}
+    found["entities"] = list(run.entities)
+    found["live"] = run.live(now)
+    return found
 
 
 def backfill_attention(run: runs.Run | None, now: datetime) -> list[str]:
@@ -235,19 +311,7 @@ def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = Fal
         crm_enabled=services.settings.salesforce.enabled,
     )
     try:
-        snapshot.inbox = services.inbox.summary()
-        if snapshot.crm_enabled or with_ledger:
-            with services.inbox.engine.connect() as conn:
-                if snapshot.crm_enabled:
-                    outbox = Outbox()
-                    snapshot.crm = outbox.counts(conn)
-                    snapshot.crm_last_synced_at = outbox.last_synced_at(conn)
-                    snapshot.bulk_jobs = bulk_jobs.running(conn)
-                if with_ledger:
-                    snapshot.ledger = ledger.summary(conn, services.settings.currency)
-        if snapshot.crm_enabled:
-            snapshot.org_check = OrgChecks(services.inbox.engine, services.clock).latest()
-        snapshot.backfill = runs.Runs(services.inbox.engine, services.clock).latest()
+        _read_database(snapshot, services, with_ledger)
     except Exception as exc:  # e.g. no schema yet: say so rather than fail the whole report
         snapshot.unavailable["database"] = db.explain(exc) or db.describe_error(exc)
     try:
@@ -259,6 +323,45 @@ def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = Fal
     except TransientError as exc:
         snapshot.unavailable["redis"] = str(exc)
     return snapshot
+
+
+def _read_database(snapshot: Snapshot, services, with_ledger: bool) -> None:
+    """The database's part of the snapshot: every program's figures added up, and each program's.
+
+    With one program, its figures are the ones added up (read once), and the ledger's currencies
+    are its own; with several, each program's are read apart, and only those hold a ledger (a
+    program's money is never added to another's)."""
+    programs = services.settings.programs
+    one = programs[0] if len(programs) == 1 else None
+    _read(snapshot, services, None, one if with_ledger else None)
+    for program in programs if one is None else ():
+        figures = ProgramFigures(name=program.name, taken_at=snapshot.taken_at, stuck_after=snapshot.stuck_after,
+                                 crm_enabled=snapshot.crm_enabled)
+        _read(figures, services, program.name, program if with_ledger else None)
+        snapshot.programs[program.name] = figures
+    if one is not None:
+        snapshot.programs[one.name] = ProgramFigures(name=one.name, **{f.name: getattr(snapshot, f.name)
+                                                                       for f in fields(Figures)})
+    if snapshot.crm_enabled:
+        snapshot.org_check = OrgChecks(services.inbox.engine, services.clock).latest()
+
+
+def _read(figures: Figures, services, program: str | None, ledger_of: Program | None) -> None:
+    """Fill ``figures`` with the rows of ``program`` (None: of every program), and with the
+    ledger's currencies of ``ledger_of`` (None: none read)."""
+    engine = services.inbox.engine
+    figures.inbox = services.inbox.summary(program=program)
+    if figures.crm_enabled or ledger_of is not None:
+        with engine.connect() as conn:
+            if figures.crm_enabled:
+                outbox = Outbox()
+                figures.crm = outbox.counts(conn, program=program)
+                figures.crm_last_synced_at = outbox.last_synced_at(conn, program=program)
+                figures.bulk_jobs = bulk_jobs.running(conn, program=program)
+            if ledger_of is not None:
+                figures.ledger = ledger.summary(conn, ledger_of.currency, program=ledger_of.name)
+                figures.currency_variable = ledger_of.variable("CURRENCY")
+    figures.backfill = runs.Runs(engine, services.clock).latest(program)
 
 
 def _iso(value: datetime | None) -> str | None:

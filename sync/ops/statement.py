@@ -1,8 +1,10 @@
 """``partnero-sync ledger PARTNER_ID``: one partner's entries and totals per currency, as a table a
-person reads before paying, or as JSON."""
+person reads before paying, or as JSON. A statement is of one program: a partner of several
+programs has a statement in each, and their amounts are never added together."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -11,6 +13,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from sync.ops.terminal import safe
+from sync.settings import Program
 from sync.store import ledger
 
 #: The entry columns shown, with their headings.
@@ -21,9 +24,10 @@ _COLUMNS = (("occurred_at", "Occurred (UTC)"), ("transaction_key", "Transaction"
 
 @dataclass(frozen=True)
 class Statement:
-    """One partner's ledger: its newest entries, and its totals per currency and kind."""
+    """One partner's ledger in one program: its newest entries, and its totals per currency and kind."""
 
     partner_id: str
+    program: str
     #: The newest entries asked for, oldest first.
     entries: list[dict[str, Any]]
     #: How many entries the partner has in all (the totals count every one).
@@ -31,6 +35,8 @@ class Statement:
     totals: list[ledger.Totals]
     #: Where Salesforce's totals come from.
     currencies: ledger.Summary
+    #: The variable that sets the program's currency.
+    currency_variable: str = "PARTNERO_CURRENCY"
 
     def in_salesforce(self, totals: ledger.Totals) -> bool:
         return totals.is_currency and totals.currency == self.currencies.currency
@@ -38,6 +44,7 @@ class Statement:
     def as_dict(self) -> dict[str, Any]:
         return {
             "partner_id": self.partner_id,
+            "program": self.program,
             "program_currency": self.currencies.currency,
             "program_currency_from": self.currencies.chosen_by,
             "entry_count": self.count,
@@ -51,18 +58,43 @@ class Statement:
         }
 
 
-def take(engine: Engine, partner_id: str, configured_currency: str | None, limit: int | None) -> Statement | None:
-    """The statement of ``partner_id``; None when the ledger has no entry for that partner."""
+def take(engine: Engine, partner_id: str, program: Program, limit: int | None) -> Statement | None:
+    """The statement of ``partner_id`` in ``program``; None when the program's ledger has no entry
+    for that partner."""
     with engine.connect() as conn:
-        entries, count = ledger.partner_entries(conn, partner_id, limit)
+        entries, count = ledger.partner_entries(conn, partner_id, limit, program=program.name)
         if not count:
             return None
-        return Statement(partner_id, entries, count, ledger.totals(conn, [partner_id]),
-                         ledger.summary(conn, configured_currency))
+        return Statement(partner_id, program.name, entries, count,
+                         ledger.totals(conn, [partner_id], program=program.name),
+                         ledger.summary(conn, program.currency, program=program.name), program.variable("CURRENCY"))
 
 
-def render(statement: Statement) -> str:
-    lines = [f"Commission ledger of partner {safe(statement.partner_id)}: {statement.count} entries"
+def take_each(engine: Engine, partner_id: str, programs: Sequence[Program], limit: int | None) -> list[Statement]:
+    """The statement of ``partner_id`` in each of ``programs`` that holds entries for it, in their order."""
+    found = (take(engine, partner_id, program, limit) for program in programs)
+    return [statement for statement in found if statement is not None]
+
+
+def render_each(statements: Sequence[Statement], several: bool) -> str:
+    """The statements one after the other, each naming its program when the deployment serves
+    ``several``; never one total across them."""
+    return "\n\n".join(render(statement, several) for statement in statements)
+
+
+def as_json(statements: Sequence[Statement], by_program: bool) -> dict[str, Any]:
+    """One statement as its ``as_dict``; or, ``by_program`` (several programs, none chosen), every
+    statement under its program: {"partner_id", "programs": {PROGRAM: statement}}."""
+    if not by_program:
+        return statements[0].as_dict()
+    return {"partner_id": statements[0].partner_id,
+            "programs": {statement.program: statement.as_dict() for statement in statements}}
+
+
+def render(statement: Statement, several: bool = False) -> str:
+    """One statement as tables; its program named when the deployment serves ``several``."""
+    where = f" in program {safe(statement.program)}" if several else ""
+    lines = [f"Commission ledger of partner {safe(statement.partner_id)}{where}: {statement.count} entries"
              + (f", the newest {len(statement.entries)} shown" if len(statement.entries) < statement.count else "")]
     rows = [[heading for _, heading in _COLUMNS]]
     for entry in statement.entries:
@@ -79,7 +111,7 @@ def render(statement: Statement) -> str:
             note = "not in Salesforce: not the program currency"
         rows.append([label, *(_amount(getattr(t, name)) for name in ledger.TOTALS), note])
     lines += [""] + _table(rows, right={1, 2, 3, 4, 5})
-    lines += ["", f"Program currency: {safe(statement.currencies.describe())}.",
+    lines += ["", f"Program currency: {safe(statement.currencies.describe(statement.currency_variable))}.",
               "Owed is approved + pending; currencies are never added together."]
     return "\n".join(line.rstrip() for line in lines)
 

@@ -1,11 +1,12 @@
-"""``partnero-sync status`` as text: the snapshot as an aligned table a person reads."""
+"""``partnero-sync status`` as text: the snapshot as an aligned table a person reads, with a line
+per program when the deployment serves several."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 from sync.ops.progress import duration
-from sync.ops.snapshot import Health, Snapshot, backlog
+from sync.ops.snapshot import Health, ProgramFigures, Snapshot, backlog
 from sync.ops.terminal import safe
 from sync.store.inbox import DeliveryStatus
 from sync.store.ledger import Summary
@@ -52,48 +53,78 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
     if snapshot.crm_enabled and queue is not None:
         rows += _api(snapshot)
     if snapshot.ledger is not None:
-        rows += _ledger(snapshot.ledger)
+        rows += _ledger(snapshot.ledger, snapshot.currency_variable)
     if snapshot.backfill is not None:
-        rows += _backfill(snapshot.backfill, snapshot.taken_at)
+        rows += _backfill(snapshot.backfill, snapshot.taken_at, snapshot.several)
+    if snapshot.several and inbox is not None:
+        rows.append(("Programs", ""))
+        rows += [(f"  {name}", _program(figures)) for name, figures in snapshot.programs.items()]
     rows = [(safe(label), safe(value)) for label, value in rows]  # object names, currencies, errors: from outside
     width = max(len(label) for label, _ in rows) + 2
-    lines = [f"{label:<{width}}{value}".rstrip() for label, value in rows]
+    return "\n".join([f"{label:<{width}}{value}".rstrip() for label, value in rows] + _verdict(snapshot))
+
+
+def _verdict(snapshot: Snapshot) -> list[str]:
+    """What needs attention, one line each, and whether all is well or cannot be told."""
     reasons = snapshot.attention()
-    if reasons:
-        lines.append("Needs attention")
-        lines += [f"  - {safe(reason)}" for reason in reasons]
+    lines = ["Needs attention"] + [f"  - {safe(reason)}" for reason in reasons] if reasons else []
     if snapshot.state == Health.UNKNOWN:
         unread = " and ".join(_SOURCES.get(name, name) for name in sorted(snapshot.unavailable))
         lines.append(f"Cannot tell whether all is well: the {unread} could not be read.")
     elif not reasons:
         lines.append("All well: nothing needs attention.")
-    return "\n".join(lines)
+    return lines
 
 
-def _ledger(summary: Summary) -> list[tuple[str, str]]:
-    """The ledger's currencies: the one Salesforce gets totals in, and partners earning in others."""
+def _ledger(summary: Summary, variable: str) -> list[tuple[str, str]]:
+    """The ledger's currencies: the one Salesforce gets totals in (``variable`` sets it), and
+    partners earning in others."""
     if summary.currency is None:
-        return [("Ledger", ""), ("  program currency", summary.describe())]
+        return [("Ledger", ""), ("  program currency", summary.describe(variable))]
     others = ", ".join(f"{currency or 'no currency'}: {partners} partner{'s' if partners != 1 else ''}"
                        for currency, partners in sorted(summary.others.items(), key=lambda i: i[0] or ""))
     return [
         ("Ledger", ""),
-        ("  program currency", summary.describe()),
+        ("  program currency", summary.describe(variable)),
         ("  other currencies", f"{others} (left out of Salesforce; see `partnero-sync ledger PARTNER_ID`)"
                                if others else "none"),
     ]
 
 
-def _backfill(run: Run, now: datetime) -> list[tuple[str, str]]:
-    """The latest backfill: where it is (or how it ended), and what it did."""
+def _program(figures: ProgramFigures) -> str:
+    """One program on one line: its deliveries by status and oldest pending one, its Salesforce
+    backlog and refusals, its currency."""
+    inbox = figures.inbox
+    parts = [", ".join(f"{status} {inbox.counts[status]}" for status in DeliveryStatus)]
+    age = figures.oldest_pending_age
+    parts.append(f"oldest pending {duration(age)} old" if age is not None else "nothing pending")
+    if figures.crm_enabled:
+        parts.append(f"Salesforce backlog {figures.crm_backlog}, refused {figures.crm_refused}")
+    if figures.ledger is not None:
+        parts.append(_currency(figures))
+    return "; ".join(parts)
+
+
+def _currency(figures: ProgramFigures) -> str:
+    """A program's currency, what chose it, and how many partners earn in others."""
+    summary = figures.ledger
+    said = f"currency {summary.describe(figures.currency_variable)}"
+    others = sum(summary.others.values())
+    return said + (f", {others} partner{'s' if others != 1 else ''} earning in others" if others else "")
+
+
+def _backfill(run: Run, now: datetime, several: bool = False) -> list[tuple[str, str]]:
+    """The latest backfill: where it is (or how it ended), and what it did; of which program,
+    when there are several."""
     since = f", since {run.since:%Y-%m-%d}" if run.since else ""
+    of = f" of program {run.program}" if several else ""
     if run.done:
         state = f"finished {_ago(run.finished_at, now)}"
     else:
         pages = f" of {run.last_page}" if run.last_page else ""
         state = f"{run.status} at {run.entity} page {run.next_page}{pages}, last moved {_ago(run.heartbeat_at, now)}"
     return [
-        ("Backfill", f"#{run.id} ({', '.join(run.entities)}{since})"),
+        ("Backfill", f"#{run.id}{of} ({', '.join(run.entities)}{since})"),
         ("  state", state),
         ("  records", f"{run.records:,} read: {run.applied:,} applied, {run.unchanged:,} unchanged, "
                       f"{run.skipped:,} skipped, {run.failed:,} failed"),
@@ -101,8 +132,10 @@ def _backfill(run: Run, now: datetime) -> list[tuple[str, str]]:
 
 
 def _bulk_jobs(snapshot: Snapshot) -> list[tuple[str, str]]:
-    """The Bulk API 2.0 jobs running now: id, object, records, state, since when."""
-    return [(f"  bulk job {job.job_id}", f"{job.object}, {job.records:,} records, {job.state}, "
+    """The Bulk API 2.0 jobs running now: id, object (and program, when there are several),
+    records, state, since when."""
+    return [(f"  bulk job {job.job_id}", f"{job.object}{' of ' + job.program if snapshot.several else ''}, "
+                                          f"{job.records:,} records, {job.state}, "
                                           f"since {_ago(job.created_at, snapshot.taken_at)}")
             for job in snapshot.bulk_jobs]
 

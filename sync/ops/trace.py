@@ -1,5 +1,6 @@
 """What one delivery became, read for ``/ops``: its inbox row and body, the warehouse row of its
-record, the ledger of its transaction and its Salesforce record."""
+record, the ledger of its transaction and its Salesforce record, all of the delivery's program (a
+record's identity is its program and its id)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from sync.core import envelope
 from sync.core.envelope import MalformedDelivery
-from sync.mapping import Mapping, identify
+from sync.mapping import FieldProblem, Mapping, identify, salesforce_key
 from sync.store import ledger
 from sync.store.inbox import InboxRow, StoredDelivery
 from sync.store.outbox import Outbox
@@ -23,9 +24,11 @@ class Trace:
     event: StoredDelivery
     #: The body indented for reading; None when it was pruned.
     payload: str | None
+    #: Whether this deployment still serves the delivery's program (else no mapping applies it).
+    served: bool
     #: The mapping that handles the event type; None: the delivery is stored for the record only.
     mapping: Mapping | None
-    #: The record it is about: the warehouse key, the ledger's transaction key, the external id.
+    #: The record it is about (of the delivery's program): the warehouse key, the ledger's transaction key.
     record_key: str | None
     #: The mapped table's row for the record (None: no row, or the mapping has no table).
     warehouse: dict[str, Any] | None
@@ -34,6 +37,9 @@ class Trace:
     crm_enabled: bool
     #: The record's outbox row (None: CRM sync is off, no Salesforce target, or nothing yet).
     crm: dict[str, Any] | None
+    #: The value of the record's Salesforce external id (the mapping's ``salesforce.key`` of the
+    #: program and id; None: no Salesforce target, or the key gives none).
+    crm_key: str | None = None
 
     @property
     def winner(self) -> int | None:
@@ -58,32 +64,48 @@ def trace(services, event_id: int) -> Trace | None:
     if found is None:
         return None
     row, event = found
-    mapping = services.mappings.for_event(row.event_type)
+    program = row.program
+    mappings = services.mappings_for(program)  # None: a program this deployment no longer serves
+    mapping = mappings.for_event(row.event_type) if mappings is not None else None
     key = row.entity_id
     if key is None and mapping is not None and not event.pruned:
         key = _identify(mapping, event.body)
     crm_enabled = services.settings.salesforce.enabled
+    crm_key = _crm_key(mapping, key, program)
     warehouse_row = crm = None
     entries = [] if mapping is not None and mapping.ledger is not None else None
     if mapping is not None and key is not None:
         with inbox.engine.connect() as conn:
             if mapping.warehouse is not None:
-                warehouse_row = services.warehouse.read(conn, mapping.warehouse.table, key)
+                warehouse_row = services.warehouse.read(conn, mapping.warehouse.table, key, program=program)
             if entries is not None:
-                entries = ledger.entries(conn, key)
-            if crm_enabled and mapping.salesforce is not None:
-                crm = Outbox().read(conn, mapping.salesforce.object, key)
+                entries = ledger.entries(conn, key, program=program)
+            if crm_enabled and crm_key is not None:
+                crm = Outbox().read(conn, mapping.salesforce.object, crm_key, program=program)
     return Trace(
         row=row,
         event=event,
         payload=None if event.pruned else readable_json(event.body),
+        served=mappings is not None,
         mapping=mapping,
         record_key=printable(key) if key is not None else None,
         warehouse=warehouse_row,
         ledger=entries,
         crm_enabled=crm_enabled,
         crm=crm,
+        crm_key=printable(crm_key) if crm_key is not None else None,
     )
+
+
+def _crm_key(mapping: Mapping | None, key: str | None, program: str) -> str | None:
+    """The external id of ``program``'s record ``key`` in Salesforce, by ``mapping``'s
+    ``salesforce.key``; None without a Salesforce target, or when the key gives no id."""
+    if mapping is None or mapping.salesforce is None or key is None:
+        return None
+    try:
+        return salesforce_key(mapping, key, program)
+    except FieldProblem:
+        return None
 
 
 def _identify(mapping: Mapping, body: bytes) -> str | None:

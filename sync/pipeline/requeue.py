@@ -31,8 +31,10 @@ class RequeueResult:
 
 def requeue_failed(inbox: Inbox, jobs: Waker, since: datetime | None = None, event_type: str | None = None,
                    batch: int = 1000, show_progress: bool = True,
-                   still_failing: Callable[[StoredDelivery], str | None] | None = None) -> RequeueResult:
-    """Set the matching failed rows back to pending, ``batch`` rows at a time, and wake a worker.
+                   still_failing: Callable[[StoredDelivery], str | None] | None = None,
+                   program: str | None = None) -> RequeueResult:
+    """Set the matching failed rows (of ``program``; None: of every program) back to pending,
+    ``batch`` rows at a time, and wake a worker.
 
     The database is the record: a row set back to pending is applied whatever Redis does. When
     Redis cannot take the wake-up, the worker's sweeper wakes one once Redis answers, and
@@ -41,10 +43,10 @@ def requeue_failed(inbox: Inbox, jobs: Waker, since: datetime | None = None, eve
     the others go on.
     """
     result = RequeueResult()
-    total = inbox.count(since=since, event_type=event_type, status=DeliveryStatus.FAILED)
+    total = inbox.count(since=since, event_type=event_type, status=DeliveryStatus.FAILED, program=program)
     with progressbar(total, "requeueing", show_progress) as bar:
         for batch_done in inbox.requeue_failed(since=since, event_type=event_type, batch=batch,
-                                               still_failing=still_failing):
+                                               still_failing=still_failing, program=program):
             rows = batch_done.rows
             result.requeued += len(rows)
             result.skipped += batch_done.skipped
@@ -90,11 +92,12 @@ def requeue_one(inbox: Inbox, jobs: Waker, event_id: int) -> Asked | None:
 
 
 def dry_run(inbox: Inbox, check: Callable[[StoredDelivery], str | None], since: datetime | None = None,
-            event_type: str | None = None) -> tuple[int, list[tuple[int, str]]]:
-    """What ``requeue_failed`` would do, changing nothing: how many failed rows it would requeue,
-    and the ones it would skip, as (inbox id, why)."""
+            event_type: str | None = None, program: str | None = None) -> tuple[int, list[tuple[int, str]]]:
+    """What ``requeue_failed`` would do, changing nothing: how many failed rows (of ``program``;
+    None: of every program) it would requeue, and the ones it would skip, as (inbox id, why)."""
     ready, skipped = 0, []
-    for event in inbox.deliveries(since=since, event_type=event_type, status=DeliveryStatus.FAILED):
+    for event in inbox.deliveries(since=since, event_type=event_type, status=DeliveryStatus.FAILED,
+                                  program=program):
         reason = check(event)
         if reason is None:
             ready += 1

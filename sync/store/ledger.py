@@ -202,13 +202,14 @@ class Summary:
             return None
         return "PARTNERO_CURRENCY" if self.configured else "most used"
 
-    def describe(self) -> str:
-        """The program's currency, and what chose it, for a person."""
+    def describe(self, variable: str = "PARTNERO_CURRENCY") -> str:
+        """The program's currency, and what chose it, for a person; ``variable`` is the one that
+        sets it (``Program.variable("CURRENCY")``: PARTNERO_<NAME>_CURRENCY for a named program)."""
         if self.currency is None:
             return "none yet (no money commission)"
         if self.configured:
-            return f"{self.currency} (PARTNERO_CURRENCY)"
-        return f"{self.currency} (the most used; set PARTNERO_CURRENCY to choose)"
+            return f"{self.currency} ({variable})"
+        return f"{self.currency} (the most used; set {variable} to choose)"
 
 
 def summary(conn: Connection, configured: str | None, *, program: str = DEFAULT_PROGRAM) -> Summary:
