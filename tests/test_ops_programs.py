@@ -270,7 +270,7 @@ def test_ledger_shows_each_programs_statement_apart(settings, fake, redis_conn):
     assert missing.exit_code == 1 and "no ledger entries for partner 'p2' in program affiliate" in missing.stderr
     unknown = CliRunner().invoke(main, ["ledger", "p1", "--program", "nobody"], env=env)
     assert unknown.exit_code == 2
-    assert "this deployment serves no program 'nobody' (it serves affiliate, friends)" in unknown.output
+    assert "there is no program 'nobody': PARTNERO_PROGRAMS names affiliate, friends" in unknown.output
 
 
 def test_requeue_failed_takes_a_program(settings, fake, redis_conn):

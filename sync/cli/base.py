@@ -12,7 +12,7 @@ import click
 from sync.core.errors import ConfigurationError, SyncError, caused_by
 from sync.ops import logs
 from sync.ops.terminal import safe
-from sync.settings import Settings, redact_url
+from sync.settings import Settings, UnknownProgram, redact_url
 
 #: Where ``load_settings`` leaves the settings, so an error line can name the database or Redis.
 _SETTINGS = "partnero_sync.settings"
@@ -118,7 +118,7 @@ def served_program(ctx: click.Context, param: click.Parameter, value: str | None
     (exit status 2) that lists the programs served."""
     if value is None:
         return None
-    names = [program.name for program in load_settings().programs]
-    if value not in names:
-        raise click.BadParameter(f"this deployment serves no program {value!r} (it serves {', '.join(names)})")
-    return value
+    try:
+        return load_settings().require_program(value).name
+    except UnknownProgram as exc:
+        raise click.BadParameter(str(exc)) from None

@@ -7,14 +7,15 @@ import sys
 
 import click
 
-from sync.cli.base import load_settings, main
+from sync.cli.base import load_settings, main, served_program
 from sync.core.errors import ConfigurationError, SyncError
 from sync.ops.terminal import safe
 
 
 @main.command("crm-errors")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="List at most this many.")
-@click.option("--program", metavar="NAME", help="Only records of this Partnero program (default: all).")
+@click.option("--program", metavar="NAME", callback=served_program,
+              help="Only records of this Partnero program (default: all).")
 def crm_errors(limit: int, program: str | None) -> None:
     """List the records Salesforce refused (failed) or that wait for their parent (waiting),
     newest first, with Salesforce's error code and message, and (when PARTNERO_PROGRAMS names
@@ -28,7 +29,6 @@ def crm_errors(limit: int, program: str | None) -> None:
     from sync.store.outbox import Outbox
 
     services = Services.build(load_settings())
-    _served(services.settings, program)
     with services.inbox.engine.connect() as conn:
         errors = Outbox().errors(conn, limit, program=program)
     if not errors:
@@ -44,7 +44,8 @@ def crm_errors(limit: int, program: str | None) -> None:
 
 @main.command("crm-retry")
 @click.option("--object", "object_name", metavar="SOBJECT", help="Only records of this Salesforce object.")
-@click.option("--program", metavar="NAME", help="Only records of this Partnero program (default: all).")
+@click.option("--program", metavar="NAME", callback=served_program,
+              help="Only records of this Partnero program (default: all).")
 def crm_retry(object_name: str | None, program: str | None) -> None:
     """Send refused and waiting records again (after fixing the cause in Salesforce or a mapping).
 
@@ -59,7 +60,6 @@ def crm_retry(object_name: str | None, program: str | None) -> None:
     services = Services.build(load_settings())
     if not services.settings.salesforce.enabled:
         raise ConfigurationError("Salesforce sync is off: no SALESFORCE_ variables are set")
-    _served(services.settings, program)
     with services.inbox.engine.begin() as conn:
         count = Outbox().retry_failed(conn, object_name, program=program)
         uncomputed = Outbox().refused_by_mapping(conn, object_name, program=program)
@@ -69,12 +69,6 @@ def crm_retry(object_name: str | None, program: str | None) -> None:
     if uncomputed:
         click.echo(f"{uncomputed} records the mapping could not compute (MAPPING_ERROR) are not: fix the "
                    "mapping, then `partnero-sync replay` their deliveries")
-
-
-def _served(settings, program: str | None) -> None:
-    """Stop with a configuration error unless ``program`` (None: every program) is served here."""
-    if program is not None:
-        settings.require_program(program)
 
 
 @main.command("crm-flush")
