@@ -4,6 +4,7 @@ and the live freshness of a steady stream.
     .venv/bin/python bench/drain.py                                   # 10,000, burst, 2 workers, 50 ms a call
     .venv/bin/python bench/drain.py --arrival one-by-one --deliveries 100000
     .venv/bin/python bench/drain.py --freshness 60 --skip-drain        # only the live measurement
+    .venv/bin/python bench/drain.py --programs 3 --blips 0            # one program against three
     .venv/bin/python bench/drain.py --help
 
 1. Receive: Partnero-shaped deliveries (partners, customers, sales, refunds, Partnero's retries,
@@ -22,7 +23,10 @@ and the live freshness of a steady stream.
    N times (``pg_terminate_backend``: the worker meets a lost connection, a passing error), early in
    the drain, a few tenths of a second apart, so the same oldest rows are likely hit more than once.
    Prints its rate as a ratio of the clean run's, measured just before in the same run.
-5. Freshness (``--freshness SECONDS``): the web process (the Procfile's gunicorn) and the workers
+5. Programs (``--programs N``): the same backlog drained again, spread over N Partnero programs
+   (``PARTNERO_PROGRAMS``; a partner's records, customers, sales and refunds are one program's),
+   and its rate printed as a ratio of the one-program run's, measured just before in the same run.
+6. Freshness (``--freshness SECONDS``): the web process (the Procfile's gunicorn) and the workers
    run; a sender posts signed deliveries at ``--rate`` per second (each a new partner); for each,
    the time from its 202 to its row in the warehouse (``processed_at``) and to its record in
    Salesforce (``synced_at``), p50 and p99.
@@ -118,22 +122,41 @@ def burst(total: int, rng: random.Random) -> list[dict]:
     return [d for _, d in sorted(keyed, key=lambda x: x[0])]
 
 
-def receive(services, documents: list[dict], concurrency: int = 16, progress: bool = True) -> None:
+def spread(documents: list[dict], count: int) -> tuple[list[str], list[str]]:
+    """The programs' names, and each document's program: a partner's, so that a program holds its
+    partners' customers, sales and refunds (a record and its parents are always one program's)."""
+    names = [f"program-{i + 1}" for i in range(count)]
+    partner_of_sale = {d["data"]["key"]: d["data"]["partner"] for d in documents if d["event"] == "transaction.created"}
+
+    def partner(document: dict) -> str:
+        data = document["data"]
+        if document["event"].startswith("partner."):
+            return data["id"]
+        return data.get("partner") or partner_of_sale[data["key"]]
+
+    return names, [names[int(partner(d).removeprefix("ptn_")) % count] for d in documents]
+
+
+def receive(services, documents: list[dict], concurrency: int = 16, progress: bool = True,
+            programs: list[str] | None = None) -> None:
+    """``documents`` through the receiver's intake, each of its program (``programs``, one per
+    document; None: all of program default)."""
     from sync.pipeline.intake import Intake
     from sync.store.inbox import Delivery, DeliveryStatus
 
     intake = Intake(services.inbox, services.queue)
     handled = services.mappings.events
 
-    def submit(document: dict):
+    def submit(item: tuple[str, dict]):
+        program, document = item
         body = json.dumps(document).encode()
         status = DeliveryStatus.PENDING if document["event"] in handled else DeliveryStatus.IGNORED
-        return intake.submit(Delivery(body, document["event"], status))
+        return intake.submit(Delivery(body, document["event"], status, program=program))
 
     done_count = 0
     started = time.monotonic()
     with ThreadPoolExecutor(concurrency) as pool:
-        for receipt in pool.map(submit, documents):
+        for receipt in pool.map(submit, zip(programs or ["default"] * len(documents), documents)):
             assert receipt.status in ("queued", "duplicate"), receipt
             done_count += 1
             if progress and done_count % 10_000 == 0:
@@ -201,13 +224,17 @@ class Blips(threading.Thread):
         self.join(timeout=5)
 
 
-def run_ours(args, documents, fake, env, blips: int = 0) -> dict:
+def run_ours(args, documents, fake, env, blips: int = 0, programs: tuple[list[str], list[str]] | None = None) -> dict:
+    """Drain ``documents`` (of program default, or spread over ``programs``: their names, each
+    document's program); returns the figures."""
     from sync.services import Services
     from sync.settings import Settings
     from sync.store import db
 
     url = fresh_database(DB_NAME)
     env = {**env, "DATABASE_URL": f"{url}?application_name={WORKER_APP_NAME}"}
+    if programs is not None:
+        env["PARTNERO_PROGRAMS"] = ",".join(programs[0])
     redis.Redis.from_url(REDIS_URL).flushdb()
     settings = Settings.from_env({**env, "DATABASE_URL": url})
     services = Services.build(settings)
@@ -217,7 +244,7 @@ def run_ours(args, documents, fake, env, blips: int = 0) -> dict:
     suspend(connection)
     workers = start_workers(env, args.workers)
     wait_for_workers(connection, args.workers)
-    _receive_backlog(services, documents, args.arrival)
+    _receive_backlog(services, documents, args.arrival, programs[1] if programs is not None else None)
 
     calls_before = fake.count("collections") + fake.count("upsert")
     sampler = PeakRss([w.pid for w in workers])
@@ -247,11 +274,11 @@ def run_ours(args, documents, fake, env, blips: int = 0) -> dict:
             "warehouse_seconds": warehouse_done, "blips": injector.at if injector is not None else []}
 
 
-def _receive_backlog(services, documents: list[dict], arrival: str) -> None:
-    """The backlog through the receiver's intake, as it arrived (``--arrival``); prints how long
-    it took and how many were stored."""
+def _receive_backlog(services, documents: list[dict], arrival: str, programs: list[str] | None) -> None:
+    """The backlog through the receiver's intake, as it arrived (``--arrival``), each delivery of
+    its program; prints how long it took and how many were stored."""
     started = time.monotonic()
-    receive(services, documents, concurrency=1 if arrival == "one-by-one" else 16)
+    receive(services, documents, concurrency=1 if arrival == "one-by-one" else 16, programs=programs)
     received = time.monotonic() - started
     print(f"  received {len(documents)} deliveries in {received:.1f}s "
           f"({services.inbox.count()} stored, {len(documents) - services.inbox.count()} duplicates)")
@@ -475,7 +502,7 @@ def main() -> None:
     fake = FakeSalesforce(relationships=RELATIONSHIPS, max_calls=1000)
     fake.define_object("Partnero_Transaction__c")
     fake.start()
-    ours = naive = live = blipped = None
+    ours = naive = live = blipped = spread_out = None
     try:
         fake.latency = args.latency
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SALESFORCE_", "DATABASE_URL"))},
@@ -483,7 +510,7 @@ def main() -> None:
                "REQUESTS_CA_BUNDLE": fake.ca_bundle, **salesforce_env(fake)}
         os.environ["REQUESTS_CA_BUNDLE"] = fake.ca_bundle
         if not args.skip_drain:
-            ours, blipped, naive = _run_drains(args, fake, env)
+            ours, blipped, naive, spread_out = _run_drains(args, fake, env)
         if args.freshness:
             print(f"freshness: {args.rate:.0f} deliveries/s for {args.freshness:.0f} s through the web process")
             live = run_freshness(args, fake, env)
@@ -497,6 +524,8 @@ def main() -> None:
         _print_drains(ours, naive)
     if blipped is not None:
         _print_blipped(blipped, ours)
+    if spread_out is not None:
+        _print_spread(spread_out, ours, args.programs)
     if live is not None:
         _print_freshness(live)
 
@@ -517,13 +546,16 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-drain", action="store_true", help="only the freshness measurement")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="give up on a drain after this many seconds (default 1800)")
+    parser.add_argument("--programs", type=int, default=1, metavar="N",
+                        help="also drain the backlog spread over N Partnero programs (each partner's records one "
+                             "program's), and compare with one program (default 1: skip)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated backlog (same seed, same deliveries)")
     return parser.parse_args()
 
 
-def _run_drains(args, fake, env) -> tuple[dict, dict | None, dict]:
-    """The backlog drained ours, ours again with blips (unless --blips 0), and the naive way; the
-    Salesforce stand-in emptied after each."""
+def _run_drains(args, fake, env) -> tuple[dict, dict | None, dict, dict | None]:
+    """The backlog drained ours, ours again with blips (unless --blips 0), ours again spread over
+    programs (with --programs above 1), and the naive way; the Salesforce stand-in emptied after each."""
     documents = burst(args.deliveries, random.Random(args.seed))
     print(f"backlog of {len(documents)} deliveries arrived {args.arrival}, {args.workers} workers, "
           f"Salesforce stand-in at {args.latency * 1000:.0f} ms per call")
@@ -535,10 +567,15 @@ def _run_drains(args, fake, env) -> tuple[dict, dict | None, dict]:
         print(f"ours again, with {args.blips} transient database errors:")
         blipped = run_ours(args, documents, fake, env, blips=args.blips)
         _empty(fake)
+    spread_out = None
+    if args.programs > 1:
+        print(f"ours again, the same backlog spread over {args.programs} programs:")
+        spread_out = run_ours(args, documents, fake, env, programs=spread(documents, args.programs))
+        _empty(fake)
     print(f"naive (sample of {args.naive_sample}):")
     naive = run_naive(args, documents, fake, env)
     _empty(fake)
-    return ours, blipped, naive
+    return ours, blipped, naive, spread_out
 
 
 def _empty(fake) -> None:
@@ -565,6 +602,14 @@ def _print_blipped(blipped: dict, ours: dict) -> None:
           f"({blipped['seconds']:.1f} s; warehouse done after {blipped['warehouse_seconds']:.1f} s), "
           f"x{ratio:.2f} of the clean run's {ours['rate']:.0f}/s")
     print(f"goal: within 10 % of the clean run: {'met' if ratio >= 0.9 else 'NOT met'}")
+
+
+def _print_spread(spread_out: dict, ours: dict, programs: int) -> None:
+    ratio = spread_out["rate"] / ours["rate"]
+    print(f"spread over {programs} programs: {spread_out['rate']:.0f} deliveries/s ({spread_out['seconds']:.1f} s; "
+          f"warehouse done after {spread_out['warehouse_seconds']:.1f} s; {spread_out['calls']} Salesforce calls), "
+          f"x{ratio:.2f} of one program's {ours['rate']:.0f}/s")
+    print(f"goal: within 10 % of one program: {'met' if ratio >= 0.9 else 'NOT met'}")
 
 
 def _print_freshness(live: dict) -> None:
