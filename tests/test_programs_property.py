@@ -10,8 +10,8 @@ stand-in. Program ``brand-x`` has mappings of its own that cannot apply to its t
 identity reads a field Partnero does not send): those fail, and only those.
 
 Then each program's history runs alone, in the same order, in a deployment that serves only that
-program. Per program, the inbox's outcomes, the warehouse rows, the commission totals and the
-Salesforce records must be the same in both runs.
+program. Per program, the inbox's outcomes, the warehouse rows, the commission totals (those that
+are not all zero) and the Salesforce records must be the same in both runs.
 """
 
 from __future__ import annotations
@@ -137,7 +137,10 @@ def held(services: Services, fake, program: str) -> dict:
             table = services.warehouse.tables[name].table
             rows = conn.execute(sa.select(table).where(table.c.program == program).order_by(table.c[key]))
             found[name] = [{k: v for k, v in r._mapping.items() if k not in RUN_COLUMNS} for r in rows]
-        found["totals"] = ledger.totals(conn, program=program)
+        # What stands; a chain that moved and came back (booked in one drain, moved in the next)
+        # leaves a row of zeros that a single drain of the same deliveries never wrote.
+        found["totals"] = [t for t in ledger.totals(conn, program=program)
+                           if any((t.approved, t.pending, t.rejected, t.reversed))]
     for name in SALESFORCE_OBJECTS:
         records = [{k: v for k, v in r.items() if k not in RUN_FIELDS} for r in fake.records(name)
                    if r.get("Partnero_Program__c") == program]
@@ -151,7 +154,7 @@ def test_each_program_gets_what_it_would_alone(tmp_path, redis_conn, redis_serve
     for url in (together_url, alone_url):
         migrate(url)
 
-    @settings(max_examples=12, deadline=None,
+    @settings(max_examples=25, deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(deployments())
     def check(case):
