@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
+from werkzeug.serving import make_server
 
 from app import create_app
+from sync.cli import main
 from sync.ops import metrics
 from sync.partnero.samples import sample_delivery
 from sync.services import Services
@@ -159,3 +163,21 @@ def test_a_flood_of_one_programs_deliveries_delays_the_others_by_a_share_of_a_cl
     # Oldest first within each program; a program with nothing pending leaves its share to the others.
     assert [d.id for d in claimed if d.program == "affiliate"] == sorted(d.id for d in claimed if d.program == "affiliate")
     assert {d.program for d in inbox.claim(10)} == {"affiliate"}
+
+
+def test_send_test_signs_with_the_programs_secret_and_posts_to_its_url(redis_conn, redis_server_url, database_url):
+    settings = programs_settings(database_url, redis_server_url)
+    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {"PARTNERO_PROGRAMS": "affiliate,friends", "PARTNERO_AFFILIATE_WEBHOOK_SECRET": AFFILIATE[0],
+           "PARTNERO_FRIENDS_WEBHOOK_SECRET": FRIENDS[0], "DATABASE_URL": database_url}
+    try:
+        base = f"http://127.0.0.1:{server.server_port}/webhooks/partnero"
+        sent = CliRunner().invoke(main, ["send-test", "--program", "friends", "--url", f"{base}/friends"], env=env)
+        assert sent.exit_code == 0 and sent.output.startswith('202 {"id":1,"status":"queued"}'), sent.output
+        # Another program's URL with this program's secret: the receiver's refusal, shown.
+        wrong = CliRunner().invoke(main, ["send-test", "--program", "friends", "--url", f"{base}/affiliate"], env=env)
+        assert wrong.exit_code == 1 and "401" in wrong.output
+    finally:
+        server.shutdown()
+    assert [row["program"] for row in inbox_rows(database_url)] == ["friends"]

@@ -67,7 +67,9 @@ def main() -> None:
     sqlite:///partnero-sync.db), REDIS_URL (default redis://localhost:6379/0), MAPPINGS_DIR
     (default mappings), LOG_LEVEL (default INFO), SALESFORCE_* for the CRM sync (none set: only
     the warehouse is synced), and PARTNERO_API_KEY (with PARTNERO_API_URL) for the commands that
-    call Partnero's REST API (backfill, reconcile, webhooks). docs/configuration.md explains each.
+    call Partnero's REST API (backfill, reconcile, webhooks). Several Partnero programs:
+    PARTNERO_PROGRAMS=affiliate,friends, then PARTNERO_<NAME>_WEBHOOK_SECRET, _API_KEY, _CURRENCY
+    and _MAPPINGS_DIR per program. docs/configuration.md explains each.
 
     Exit status: 0 done; 1 the command failed (the database or Redis could not be reached, the
     schema is missing, or what the command reports); 2 bad arguments or configuration. `status`

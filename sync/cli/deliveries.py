@@ -159,9 +159,9 @@ def ledger_command(partner_id: str, as_json: bool, limit: int, program: str | No
 @main.command("send-test")
 @click.option(
     "--url",
-    default="http://127.0.0.1:5000/webhooks/partnero",
-    show_default=True,
-    help="The receiver to post to.",
+    default=None,
+    help="The receiver to post to. [default: http://127.0.0.1:5000/webhooks/partnero, and "
+         "/webhooks/partnero/NAME for a program PARTNERO_PROGRAMS names]",
 )
 @click.option(
     "--event", default="partner.created", show_default=True, help="Event type of the sample delivery."
@@ -172,18 +172,25 @@ def ledger_command(partner_id: str, as_json: bool, limit: int, program: str | No
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Send this saved delivery (JSON) instead of a generated sample.",
 )
-def send_test(url: str, event: str, path: Path | None) -> None:
-    """Sign a delivery with PARTNERO_WEBHOOK_SECRET and POST it, as Partnero would.
+@click.option("--program", metavar="NAME", callback=served_program,
+              help="Sign with this program's secret and post to its URL (default: the first program).")
+def send_test(url: str | None, event: str, path: Path | None, program: str | None) -> None:
+    """Sign a delivery with the program's secret (PARTNERO_WEBHOOK_SECRET, or
+    PARTNERO_<NAME>_WEBHOOK_SECRET for a program PARTNERO_PROGRAMS names) and POST it, as
+    Partnero would.
 
     Use it to check a deployment end to end, or to feed a saved delivery in again. Prints the
     receiver's answer. Exit status 1 when the receiver cannot be reached or does not answer
-    2xx; 2 when PARTNERO_WEBHOOK_SECRET is not set.
+    2xx; 2 when the program's secret is not set.
     """
     from sync.core.signature import sign
     from sync.partnero.samples import sample_delivery
 
     settings = load_settings()
-    secret = settings.require_webhook_secret()[0]
+    chosen = settings.require_program(program) if program else settings.programs[0]
+    secret = chosen.require_webhook_secret()[0]
+    if url is None:
+        url = "http://127.0.0.1:5000/webhooks/partnero" + (f"/{chosen.name}" if chosen.named else "")
     body = path.read_bytes() if path else json.dumps(sample_delivery(event)).encode()
     status, answer = _post(url, body, {"Signature": sign(body, secret)})
     click.echo(f"{status} {safe(answer.rstrip())}")  # the answer's closing line break is not part of it

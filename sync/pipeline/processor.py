@@ -14,6 +14,7 @@ gives the same result, since every write merges by version.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -66,15 +67,6 @@ class BatchResult:
     #: go of for the next claim.
     untried: list[int] = field(default_factory=list)
 
-    def add(self, other: BatchResult) -> None:
-        """Take in ``other``'s outcomes (another program's part of the batch)."""
-        self.processed += other.processed
-        self.ignored += other.ignored
-        self.failed.update(other.failed)
-        self.entity_ids.update(other.entity_ids)
-        self.waiting += other.waiting
-        self.untried += other.untried
-
     def summary(self) -> str:
         text = f"{len(self.processed)} processed, {len(self.ignored)} ignored, {len(self.failed)} failed"
         if self.waiting or self.untried:
@@ -113,49 +105,36 @@ class Processor:
         """Apply ``events`` and record each one's outcome on its inbox row.
 
         Applying a delivery again changes nothing: every write merges by version, the ledger adds
-        only what its newest state lacks, and its constraint refuses a second booking. Each
-        program's deliveries are applied in a transaction of their own, programs in name order.
-        Raises ``TransientError`` when the database is away: the program being applied is rolled
-        back and stays pending with the programs after it (the programs committed before are done,
-        and only the housekeeping's next flush request follows them).
+        only what its newest state lacks, and its constraint refuses a second booking. The
+        deliveries of several programs go to the sinks program by program (``_apply_all``), each
+        program's writes its own. Raises ``TransientError`` when the database is away (then nothing
+        of the batch is committed).
         ``planned_by`` holds plans already made of some of the bodies, by fingerprint (a backfill
         plans each object to compare it with what is held): they are not made again.
         """
         result = BatchResult()
-        by_program: dict[str, list[StoredDelivery]] = {}
-        for event in events:
-            by_program.setdefault(event.program, []).append(event)
+        work = self._plan_all(events, planned_by, result)
         try:
-            for program, own in sorted(by_program.items()):
-                self._apply_program(program, own, planned_by, result)
+            try:
+                # The fast way: the whole batch in one transaction, no savepoint, a few statements per table.
+                with self.engine.begin() as conn:
+                    self._apply_all(conn, work)
+                    result.processed = [item.delivery.id for item in work]
+                    self._record(conn, result)
+            except Exception as exc:  # noqa: BLE001 - sorted below: passing, or one delivery's fault
+                if self._passing(exc) and not self._locked_out(exc):
+                    raise
+                # Something in the batch was refused, or waited on a lock: go delivery by delivery
+                # to find it. Only DEBUG: the delivery at fault gets its own line.
+                log.debug("batch of %d refused (%s); applying one by one", len(work), _why(exc))
+                result.processed = []
+                with self.engine.begin() as conn:
+                    self._one_by_one(conn, work, result)
+                    self._record(conn, result)
         except sa.exc.SQLAlchemyError as exc:
             # A lost connection, a deadlock, a lock timeout: the next try finds the rows as they were.
             raise TransientError(f"database: {describe_error(exc)}") from exc
         return result
-
-    def _apply_program(self, program: str, events: list[StoredDelivery], planned_by: Mapping[str, Plan] | None,
-                       result: BatchResult) -> None:
-        """Apply one program's deliveries of a batch in a transaction of their own (a program's
-        records are never another's, so neither are its locks or its failures), onto ``result``."""
-        mine = BatchResult()
-        work = self._plan_all(events, planned_by, mine)
-        try:
-            # The fast way: the whole batch in one transaction, no savepoint, a few statements per table.
-            with self.engine.begin() as conn:
-                self._apply_all(conn, work, program)
-                mine.processed = [item.delivery.id for item in work]
-                self._record(conn, mine)
-        except Exception as exc:  # noqa: BLE001 - sorted below: passing, or one delivery's fault
-            if self._passing(exc) and not self._locked_out(exc):
-                raise
-            # Something in the batch was refused, or waited on a lock: go delivery by delivery
-            # to find it. Only DEBUG: the delivery at fault gets its own line.
-            log.debug("batch of %d refused (%s); applying one by one", len(work), _why(exc))
-            mine.processed = []
-            with self.engine.begin() as conn:
-                self._one_by_one(conn, work, mine, program)
-                self._record(conn, mine)
-        result.add(mine)
 
     def _plan_all(self, events: list[StoredDelivery], planned_by: Mapping[str, Plan] | None,
                   result: BatchResult) -> list[Work]:
@@ -180,7 +159,7 @@ class Processor:
             label = entity_label(planned.change.key) if planned.change is not None else None
             if event.entity_id is None and label is not None:
                 result.entity_ids[event.id] = label
-        work.sort(key=lambda item: _lock_order(item.plan))
+        work.sort(key=_lock_order)
         return work
 
     def _locked_out(self, exc: BaseException) -> bool:
@@ -188,7 +167,7 @@ class Processor:
         the deliveries that do not need them can go on (SQLite locks the whole database)."""
         return waited_on_lock(exc) and self.engine.dialect.name != "sqlite"
 
-    def _one_by_one(self, conn: Connection, work: list[Work], result: BatchResult, program: str) -> None:
+    def _one_by_one(self, conn: Connection, work: list[Work], result: BatchResult) -> None:
         """Apply ``work`` delivery by delivery, each in a savepoint, onto ``result``.
 
         One that waits on a lock is let go of (``result.waiting``), and so are the others about
@@ -197,11 +176,11 @@ class Processor:
         ``LOCK_WAITS_PER_BATCH`` waits in all, whatever is left is let go of untried.
         """
         waits: Counter = Counter()
-        locked_records: set[tuple[str, str]] = set()
+        locked_records: set[tuple[str, str, str]] = set()
         later: list[Work] = []
 
         def apply(event: StoredDelivery, planned: Plan) -> None:
-            record = _record_of(planned)
+            record = _record_of(Work(event, planned))
             if record in locked_records or waits[record[0]] >= LOCK_WAITS_PER_TABLE:
                 result.waiting.append(event.id)
                 return
@@ -210,7 +189,7 @@ class Processor:
                 return
             try:
                 with conn.begin_nested():
-                    self._apply_all(conn, [Work(event, planned)], program)
+                    self._apply_all(conn, [Work(event, planned)])
             except Exception as exc:  # noqa: BLE001
                 if self._locked_out(exc):
                     waits[record[0]] += 1
@@ -223,11 +202,11 @@ class Processor:
             else:
                 result.processed.append(event.id)
 
-        for event, planned in work:
-            if waits[_record_of(planned)[0]]:
-                later.append(Work(event, planned))  # its table is locked, maybe whole: the others first
+        for item in work:
+            if waits[_record_of(item)[0]]:
+                later.append(item)  # its table is locked, maybe whole: the others first
             else:
-                apply(event, planned)
+                apply(*item)
         for event, planned in later:
             apply(event, planned)
 
@@ -276,22 +255,27 @@ class Processor:
         """Where plans go, in lock order: the warehouse, the ledger, and the outbox unless CRM sync is off."""
         return in_lock_order(self.warehouse, self.outbox, self.inbox.clock)
 
-    def _apply_all(self, conn: Connection, work: list[Work], program: str) -> None:
-        """Hand ``work`` (all of ``program``) to each sink in turn, each given what the ones before it found."""
-        found = Found(program)
-        for sink in self.sinks:
-            sink.write(conn, work, found)
+    def _apply_all(self, conn: Connection, work: list[Work]) -> None:
+        """Hand ``work`` (in lock order: program by program) to each sink in turn, one program at
+        a time, each sink given what the ones before it found of that program."""
+        for program, own in itertools.groupby(work, key=lambda item: item.delivery.program):
+            mine = list(own)
+            found = Found(program)
+            for sink in self.sinks:
+                sink.write(conn, mine, found)
 
 
-def _record_of(planned: Plan) -> tuple[str, str]:
-    """The warehouse table and key of the record a plan changes ("", "" when none)."""
-    change = planned.change
-    return (change.table, change.key) if change is not None else ("", "")
+def _record_of(item: Work) -> tuple[str, str, str]:
+    """The warehouse table, key and program of the record a delivery changes ("", "" when none)."""
+    change = item.plan.change
+    return (change.table, change.key, item.delivery.program) if change is not None else ("", "", item.delivery.program)
 
 
-def _lock_order(planned: Plan) -> tuple:
-    change = planned.change
-    return (change.table, change.key, change.version) if change is not None else ("", "", None)
+def _lock_order(item: Work) -> tuple:
+    """Program by program (the sinks take each program's records in turn), then the sinks' order."""
+    change = item.plan.change
+    return (item.delivery.program, *((change.table, change.key, change.version) if change is not None
+                                     else ("", "", None)))
 
 
 def _why(exc: BaseException) -> str:
