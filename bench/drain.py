@@ -498,9 +498,13 @@ def main() -> None:
     args = _parse_args()
 
     from tests.fakes.salesforce import FakeSalesforce
+    from tests.salesforce_orgs import set_up
 
     fake = FakeSalesforce(relationships=RELATIONSHIPS, max_calls=1000)
-    fake.define_object("Partnero_Transaction__c")
+    # The org as an admin sets it up for the mappings: typed fields, so a Bulk API 2.0 job's CSV
+    # cells are read back as the numbers and dates a Collections call sends (above
+    # SALESFORCE_BULK_THRESHOLD records an object goes in a job).
+    set_up(fake)
     fake.start()
     ours = naive = live = blipped = spread_out = None
     try:
@@ -579,9 +583,8 @@ def _run_drains(args, fake, env) -> tuple[dict, dict | None, dict, dict | None]:
 
 
 def _empty(fake) -> None:
-    """The Salesforce stand-in as it started: no records, the transaction object defined."""
+    """The Salesforce stand-in as it started: no records (its objects and fields stay)."""
     fake.reset()
-    fake.define_object("Partnero_Transaction__c")
 
 
 def _print_drains(ours: dict, naive: dict) -> None:
