@@ -90,10 +90,13 @@ def merge_rows(conn: Connection, target: Target, items: Sequence[Item], merger: 
             updates.append(values | {_ROW: rows[record]._mapping[target.row_id.name]})
     if updates:
         columns = [c for c in updates[0] if c != _ROW]
-        statement = target.table.update().where(*target.scope, target.row_id == sa.bindparam(_ROW)).values(
-            {c: sa.bindparam(c) for c in columns}
-        )
-        conn.execute(statement, updates)
+        # A row id that is the whole primary key finds the row by itself. The scope is left out then:
+        # PostgreSQL plans a prepared UPDATE once for every row, and with the program in it that
+        # plan may walk an index by program (every row of it) instead of the primary key.
+        alone = list(target.table.primary_key.columns) == [target.row_id]
+        statement = target.table.update().where(*(() if alone else target.scope),
+                                                target.row_id == sa.bindparam(_ROW))
+        conn.execute(statement.values({c: sa.bindparam(c) for c in columns}), updates)
     return Merged(after, len(updates))
 
 
