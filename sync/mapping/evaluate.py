@@ -223,17 +223,31 @@ def salesforce_key(mapping: Mapping, identity: str, program: str = DEFAULT_PROGR
     return _keyed(mapping, "salesforce.key", mapping.salesforce.key, identity, program)
 
 
+#: External ids computed lately, by (key, program, identity): a key reads only those two, and a
+#: partner's is asked for by every sale that refers to it. Emptied when full; a key that gives no
+#: usable id is never kept (its error is raised each time).
+_KEYS: dict[tuple[Field, str, str], str] = {}
+_KEYS_KEPT = 10_000
+
+
 def _keyed(mapping: Mapping, where: str, key: Field | None, identity: Any, program: str) -> Any:
     """``identity`` through the expression ``key`` (None: as it is), which reads ``program`` and
     ``id`` (the identity as text); its result must be an id (``id_text``), else ``FieldProblem``."""
     if key is None:
         return identity
-    scope = {"program": program, "id": identity if isinstance(identity, str) else str(identity)}
-    value = _value(mapping, key, scope, where, raw=True)
+    text = identity if isinstance(identity, str) else str(identity)
+    known = _KEYS.get((key, program, text))
+    if known is not None:
+        return known
+    value = _value(mapping, key, {"program": program, "id": text}, where, raw=True)
     said = f"{mapping.path.name}: {where}: {key.source}"
     if value is None:
         raise FieldProblem(f"{said} gives nothing: an external id is a text or a whole number")
-    return id_text(value, said, "an external id")
+    found = id_text(value, said, "an external id")
+    if len(_KEYS) >= _KEYS_KEPT:
+        _KEYS.clear()
+    _KEYS[(key, program, text)] = found
+    return found
 
 
 def _fields(mapping: Mapping, fields: Iterable[Field], document: Any, where: str,
