@@ -4,7 +4,7 @@ and the live freshness of a steady stream.
     .venv/bin/python bench/drain.py                                   # 10,000, burst, 2 workers, 50 ms a call
     .venv/bin/python bench/drain.py --arrival one-by-one --deliveries 100000
     .venv/bin/python bench/drain.py --freshness 60 --skip-drain        # only the live measurement
-    .venv/bin/python bench/drain.py --programs 3 --blips 0            # one program against three
+    .venv/bin/python bench/drain.py --programs 3 --blips 0 --bulk-threshold 0   # one program against three
     .venv/bin/python bench/drain.py --help
 
 1. Receive: Partnero-shaped deliveries (partners, customers, sales, refunds, Partnero's retries,
@@ -512,6 +512,8 @@ def main() -> None:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("SALESFORCE_", "DATABASE_URL"))},
                "REDIS_URL": REDIS_URL, "MAPPINGS_DIR": str(ROOT / "mappings"), "LOG_LEVEL": "WARNING",
                "REQUESTS_CA_BUNDLE": fake.ca_bundle, **salesforce_env(fake)}
+        if args.bulk_threshold is not None:
+            env["SALESFORCE_BULK_THRESHOLD"] = str(args.bulk_threshold)
         os.environ["REQUESTS_CA_BUNDLE"] = fake.ca_bundle
         if not args.skip_drain:
             ours, blipped, naive, spread_out = _run_drains(args, fake, env)
@@ -550,6 +552,9 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-drain", action="store_true", help="only the freshness measurement")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="give up on a drain after this many seconds (default 1800)")
+    parser.add_argument("--bulk-threshold", type=int, default=None, metavar="N",
+                        help="the workers' SALESFORCE_BULK_THRESHOLD (0: Collections calls only, so that no "
+                             "Bulk API 2.0 job's minute of gathering weighs on a comparison; default: the service's)")
     parser.add_argument("--programs", type=int, default=1, metavar="N",
                         help="also drain the backlog spread over N Partnero programs (each partner's records one "
                              "program's), and compare with one program (default 1: skip)")
