@@ -71,3 +71,14 @@ def test_every_metric_the_rules_name_exists():
     named = set(re.findall(r"\bpartnero_sync_\w+", "\n".join(_expressions())))
     assert {"partnero_sync_inbox_deliveries", "partnero_sync_up"} <= named  # the extraction works
     assert unknown_metrics(text) == []
+
+
+def test_annotations_name_only_labels_that_carry_no_value():
+    """Summaries and descriptions show the program, object, error code, dependency and the count:
+    labels that hold names we chose, programs' and Salesforce's names and codes, never a value."""
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    shown = {name for group in groups for rule in group["rules"] for text in rule["annotations"].values()
+             for name in re.findall(r"\{\{(.*?)\}\}", text)}
+    labels = {re.sub(r"\s+", " ", name).strip() for name in shown}
+    assert labels and labels <= {"$labels.program", "$labels.object", "$labels.code", "$labels.dependency",
+                                 "$value", "$value | humanizeDuration"}, labels
