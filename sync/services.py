@@ -64,8 +64,6 @@ class Services:
     mappings: MappingSet
     warehouse: Warehouse
     processor: Processor
-    #: Each program's mappings, by name, in PARTNERO_PROGRAMS' order.
-    mappings_by_program: dict[str, MappingSet] = field(default_factory=dict)
     _flusher: Flusher | None = field(default=None, repr=False)
     _flush_schedule: FlushSchedule | None = field(default=None, repr=False)
     _org_watch: OrgWatch | None = field(default=None, repr=False)
@@ -107,12 +105,16 @@ class Services:
             warehouse=warehouse,
             processor=Processor(engine, inbox, by_program.get(DEFAULT_PROGRAM, sets[0]), warehouse, outbox,
                                 interruptions=INTERRUPTIONS, programs=by_program),
-            mappings_by_program=by_program,
         )
+
+    @property
+    def mappings_by_program(self) -> Mapping[str, MappingSet]:
+        """Each program's mappings, by name, in PARTNERO_PROGRAMS' order: the processor's (one home)."""
+        return self.processor.programs
 
     def mappings_for(self, program: str) -> MappingSet | None:
         """The mappings of ``program``; None when this deployment does not serve it."""
-        return self.mappings_by_program.get(program)
+        return self.processor.mappings_for(program)
 
     def flusher(self) -> Flusher | None:
         """The Salesforce flush of every program (each with its own mappings and currency), or
