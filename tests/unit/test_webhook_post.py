@@ -1,0 +1,61 @@
+"""sync.notify.webhook against the HTTPS catcher: each kind of answer, classified, and never a URL
+or a body in an error."""
+
+import pytest
+
+from sync.notify import webhook
+from tests.fakes.catcher import Catcher
+
+
+@pytest.fixture
+def catcher(monkeypatch):
+    with Catcher() as running:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", running.ca_bundle)
+        yield running
+
+
+def test_a_message_taken(catcher):
+    assert webhook.post(catcher.url("ops"), webhook.body("hello")) == 200
+    assert catcher.messages("ops") == [{"text": "hello"}]
+
+
+@pytest.mark.parametrize("status, kind", [(503, webhook.WebhookFailed), (500, webhook.WebhookFailed),
+                                          (429, webhook.WebhookFailed), (404, webhook.WebhookRefused),
+                                          (410, webhook.WebhookRefused), (400, webhook.WebhookRefused)])
+def test_each_answer_classified_without_the_url(catcher, status, kind):
+    catcher.fail(1, status=status, retry_after=7 if status == 429 else None)
+    url = catcher.url("secret-token-in-the-path")
+    with pytest.raises(kind) as raised:
+        webhook.post(url, webhook.body("the body text"))
+    assert str(raised.value) == f"HTTP {status}"
+    assert raised.value.status == status
+    if status == 429:
+        assert raised.value.retry_after == 7
+    assert catcher.messages() == []
+
+
+def test_no_connection_and_time_out(catcher):
+    port = catcher.port
+    catcher.__exit__()
+    with pytest.raises(webhook.WebhookFailed, match="^could not connect$"):
+        webhook.post(f"https://127.0.0.1:{port}/hook/x", {"text": "x"})
+
+
+def test_a_slow_endpoint_times_out(catcher):
+    catcher.slow(1.0)
+    with pytest.raises(webhook.WebhookFailed, match="^timed out$"):
+        webhook.post(catcher.url(), {"text": "x"}, timeout=(1, 0.2))
+
+
+def test_an_untrusted_certificate_fails_without_naming_the_host(monkeypatch, catcher):
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    with pytest.raises(webhook.WebhookFailed) as raised:  # requests' SSLError is a ConnectionError
+        webhook.post(catcher.url(), {"text": "x"})
+    assert "127.0.0.1" not in str(raised.value)
+
+
+def test_formats():
+    assert webhook.body("t") == {"text": "t"}
+    card = webhook.body("t", format="teams", title="T")
+    assert card["@type"] == "MessageCard" and card["title"] == "T" and card["text"] == "t"
+    assert webhook.body("t", format="json", title="T", facts={"count": 3}) == {"count": 3, "title": "T", "text": "t"}
