@@ -103,7 +103,8 @@ def _sample(program: str, at: datetime, figures: ProgramFigures, totals: dict[st
     return Sample(
         program=program, at=at, **counts,
         **({f"{c}_total": totals[c] for c in COUNTS} if totals is not None else {}),
-        oldest_pending_age=_seconds(figures.oldest_pending_age),
+        # Nothing pending is an age of 0 (a gap would say "not known").
+        oldest_pending_age=_seconds(figures.oldest_pending_age or 0) if figures.inbox is not None else None,
         crm_backlog=figures.crm_backlog if crm else None,
         crm_lag=(_seconds((now - waiting_since).total_seconds()) if waiting_since else 0) if crm else None,
         crm_refused=figures.crm_refused if crm else None,
@@ -119,10 +120,10 @@ def points(samples: Sequence[Sample], start: datetime, end: datetime, step: time
         minute = minutes.setdefault(sample.at, dict.fromkeys(COUNTS + GAUGES))
         for name in COUNTS + GAUGES:
             minute[name] = _combine(name in _AGES, minute[name], getattr(sample, name))
-    count = int((end - start) / step)
+    count = (end - start) // step
     buckets: list[dict[str, int | None]] = [dict.fromkeys(COUNTS + GAUGES) for _ in range(count)]
     for at, minute in minutes.items():
-        i = int((at - start) / step)
+        i = (at - start) // step  # floor: a minute just before the window is not in its first step
         if 0 <= i < count:
             for name in COUNTS + GAUGES:
                 buckets[i][name] = _combine(name in GAUGES, buckets[i][name], minute[name])
