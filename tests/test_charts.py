@@ -109,7 +109,8 @@ def test_the_time_axis_is_labelled_in_utc_at_round_times():
     day = Series(DAY, start, END, [Point(start + i * DAY.step, received=1) for i in range(288)])
     root = drawn(day)["chart-deliveries"]
     assert [t.text for t in root.iterfind(f".//{SVG}text[@class='x-label']")] == ["18:00", "00:00", "06:00", "12:00"]
-    assert root.get("aria-label") == "Deliveries received, processed and failed per 5 minutes, last 24 hours"
+    assert root.get("aria-label") == ("Deliveries received, processed and failed per minute (5-minute average), "
+                                      "last 24 hours")
 
 
 def test_alerts_are_marked_at_their_time_with_their_label():
@@ -162,9 +163,10 @@ def test_points_add_up_programs_and_steps_and_keep_gaps():
     ]
     found = points(samples, start, END, DAY.step)
     assert len(found) == 288 and found[0].at == start and found[-1].at == END - DAY.step
-    assert found[2] == Point(start + 2 * DAY.step, received=8, processed=3, failed=1, oldest_pending_age=300,
+    # Each minute's programs added up (received 7, then 1; backlog 7, then 9), then the step's
+    # counts averaged over its minutes that have them, its gauges at their highest.
+    assert found[2] == Point(start + 2 * DAY.step, received=4, processed=1.5, failed=0.5, oldest_pending_age=300,
                              crm_backlog=9, crm_lag=60, crm_refused=1)
-    # Each minute's programs added up (backlog 7, then 9), then the step's highest.
     assert all(p == Point(p.at) for i, p in enumerate(found) if i != 2)
     assert charts_module.Series(DAY, start, END, found).empty is False
     assert charts_module.Series(DAY, start, END, points([], start, END, DAY.step)).empty is True

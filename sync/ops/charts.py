@@ -12,8 +12,8 @@ from html import escape
 from sync.ops.progress import duration
 
 #: The drawing's own units; the page scales it to its width.
-WIDTH, HEIGHT = 400, 190
-TOP, BOTTOM, LEFT, RIGHT = 30, 22, 46, 12
+WIDTH, HEIGHT = 360, 190
+TOP, BOTTOM, LEFT, RIGHT = 32, 22, 46, 12
 #: Room for a second axis on the right (the Salesforce chart's lag).
 RIGHT_AXIS = 46
 #: A mark's label is cut to this many characters (the whole label is its tooltip).
@@ -33,9 +33,9 @@ class Window:
 
     @property
     def per(self) -> str:
-        """The counts' unit: per minute, or per step of several."""
+        """How the counts are given: per minute, averaged over a step of several."""
         minutes = int(self.step.total_seconds() // 60)
-        return "per minute" if minutes == 1 else f"per {minutes} minutes"
+        return "per minute" if minutes == 1 else f"per minute ({minutes}-minute average)"
 
 
 WINDOWS = {
@@ -47,12 +47,13 @@ DEFAULT_WINDOW = "24h"
 
 @dataclass(frozen=True)
 class Point:
-    """One step of a series: counts over the step, gauges at their highest in it (None: no sample)."""
+    """One step of a series: counts per minute (over a step of several minutes, their average),
+    gauges at their highest in it (None: no sample)."""
 
     at: datetime  # the step's start
-    received: int | None = None
-    processed: int | None = None
-    failed: int | None = None
+    received: float | None = None
+    processed: float | None = None
+    failed: float | None = None
     oldest_pending_age: int | None = None
     crm_backlog: int | None = None
     crm_lag: int | None = None
@@ -106,7 +107,7 @@ def charts(series: Series, marks: Sequence[tuple[datetime, str]] = (), crm: bool
     """The four charts of ``series`` (the two of Salesforce only when ``crm``), each with ``marks``
     (alerts' times and labels) drawn as vertical lines."""
     per = series.window.per
-    count = Axis(f"deliveries {per}", _whole, _count_top)
+    count = Axis("deliveries per minute", _whole, _count_top)
     records = Axis("records", _whole, _count_top)
     age = Axis("age", duration, _age_top)
     specs = [
@@ -146,7 +147,7 @@ def svg(id_: str, title: str, series: Series, axes: Sequence[Axis], lines: Seque
     parts += plot.marks(marks)
     if series.empty:
         parts.append(f'<text class="none" x="{plot.left + plot.width / 2:.1f}" y="{TOP + plot.height / 2:.1f}" '
-                     'text-anchor="middle" font-size="11" fill="#6b7280">no samples yet</text>')
+                     'text-anchor="middle" font-size="12" fill="#6b7280">no samples yet</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -174,7 +175,7 @@ class _Plot:
     def frame(self) -> list[str]:
         """The plot's box, the value axes' labels and grid, the time axis' labels (UTC)."""
         bottom, right = TOP + self.height, self.left + self.width
-        parts = [f'<g class="grid" stroke="#e5e7eb" stroke-width="1" font-size="9" fill="#4b5563">']
+        parts = [f'<g class="grid" stroke="#e5e7eb" stroke-width="1" font-size="10" fill="#4b5563">']
         for i, axis in enumerate(self.axes):
             x, anchor = (self.left - 4, "end") if i == 0 else (right + 4, "start")
             for share in (0, 0.5, 1):
@@ -216,16 +217,16 @@ class _Plot:
                          f'{escape(label)}</title>'
                          f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + self.height}" stroke-width="1" '
                          f'stroke-dasharray="3,2"/>'
-                         f'<text x="{x + 2:.1f}" y="{TOP + 9}" font-size="8" stroke="none">{escape(short)}</text></g>')
+                         f'<text x="{x + 2:.1f}" y="{TOP + 10}" font-size="9" stroke="none">{escape(short)}</text></g>')
         return parts
 
 
 def _legend(lines: Sequence[Line]) -> list[str]:
     """The lines' names along the top right, each beside its colour."""
-    parts, x = ['<g class="legend" font-size="9" fill="#111827">'], WIDTH - RIGHT
+    parts, x = ['<g class="legend" font-size="10" fill="#111827">'], WIDTH - RIGHT
     for line in reversed(lines):
-        x -= 6 * len(line.label) + 16
-        parts.append(f'<g class="key" data-field="{line.field}"><rect x="{x}" y="{TOP - 24}" width="10" height="3" '
+        x -= round(5.8 * len(line.label)) + 18
+        parts.append(f'<g class="key" data-field="{line.field}"><rect x="{x}" y="{TOP - 25}" width="10" height="3" '
                      f'fill="{line.colour}"/><text x="{x + 13}" y="{TOP - 20}">{escape(line.label)}</text></g>')
     return parts + ["</g>"]
 

@@ -113,8 +113,9 @@ def _sample(program: str, at: datetime, figures: ProgramFigures, totals: dict[st
 
 def points(samples: Sequence[Sample], start: datetime, end: datetime, step: timedelta) -> list[Point]:
     """``samples`` as one point per ``step`` from ``start`` to ``end``: each minute's programs
-    added up (ages: the oldest), then each step's minutes (counts added up, gauges at their
-    highest); None where no sample has the value."""
+    added up (ages: the oldest), then each step's minutes: counts as their average per minute
+    over the minutes that have them (a step half sampled does not dip), gauges at their highest;
+    None where no sample has the value."""
     minutes: dict[datetime, dict[str, int | None]] = {}
     for sample in samples:
         minute = minutes.setdefault(sample.at, dict.fromkeys(COUNTS + GAUGES))
@@ -122,12 +123,25 @@ def points(samples: Sequence[Sample], start: datetime, end: datetime, step: time
             minute[name] = _combine(name in _AGES, minute[name], getattr(sample, name))
     count = (end - start) // step
     buckets: list[dict[str, int | None]] = [dict.fromkeys(COUNTS + GAUGES) for _ in range(count)]
+    counted: list[dict[str, int]] = [dict.fromkeys(COUNTS, 0) for _ in range(count)]
     for at, minute in minutes.items():
         i = (at - start) // step  # floor: a minute just before the window is not in its first step
         if 0 <= i < count:
             for name in COUNTS + GAUGES:
                 buckets[i][name] = _combine(name in GAUGES, buckets[i][name], minute[name])
-    return [Point(start + i * step, **bucket) for i, bucket in enumerate(buckets)]
+            for name in COUNTS:
+                counted[i][name] += minute[name] is not None
+    return [Point(start + i * step, **_per_minute(bucket, counted[i])) for i, bucket in enumerate(buckets)]
+
+
+def _per_minute(bucket: dict[str, int | None], minutes: dict[str, int]) -> dict[str, float | None]:
+    """A step's counts as their average per minute (whole numbers stay whole)."""
+    averaged = dict(bucket)
+    for name in COUNTS:
+        if bucket[name] is not None and minutes[name] > 1:
+            total, n = bucket[name], minutes[name]
+            averaged[name] = total // n if total % n == 0 else round(total / n, 1)
+    return averaged
 
 
 #: Gauges that are ages: over programs, the oldest is the one shown (not their sum).
