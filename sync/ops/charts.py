@@ -13,11 +13,13 @@ from sync.ops.progress import duration
 
 #: The drawing's own units; the page scales it to its width.
 WIDTH, HEIGHT = 360, 190
-TOP, BOTTOM, LEFT, RIGHT = 32, 22, 46, 12
+TOP, BOTTOM, LEFT, RIGHT = 34, 22, 46, 12
 #: Room for a second axis on the right (the Salesforce chart's lag).
 RIGHT_AXIS = 46
 #: A mark's label is cut to this many characters (the whole label is its tooltip).
 MARK_LABEL = 24
+#: Mark labels take turns on this many rows, so marks close together stay readable.
+MARK_ROWS = 3
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ class _Plot:
     def frame(self) -> list[str]:
         """The plot's box, the value axes' labels and grid, the time axis' labels (UTC)."""
         bottom, right = TOP + self.height, self.left + self.width
-        parts = [f'<g class="grid" stroke="#e5e7eb" stroke-width="1" font-size="10" fill="#4b5563">']
+        parts = [f'<g class="grid" stroke="#e5e7eb" stroke-width="1" font-size="11" fill="#4b5563">']
         for i, axis in enumerate(self.axes):
             x, anchor = (self.left - 4, "end") if i == 0 else (right + 4, "start")
             for share in (0, 0.5, 1):
@@ -189,9 +191,9 @@ class _Plot:
         for at in _ticks(self.series.start, self.series.end, self.series.window.tick):
             x = self.x(at)
             parts.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{bottom}"/>')
-            parts.append(f'<text class="x-label" x="{x:.1f}" y="{bottom + 13}" text-anchor="middle" stroke="none">'
+            parts.append(f'<text class="x-label" x="{x:.1f}" y="{bottom + 14}" text-anchor="middle" stroke="none">'
                          f'{at.strftime("%H:%M")}</text>')
-        parts.append(f'<text x="{right}" y="{bottom + 13}" text-anchor="end" stroke="none">UTC</text>')
+        parts.append(f'<text x="{right}" y="{bottom + 14}" text-anchor="end" stroke="none">UTC</text>')
         return parts + ["</g>"]
 
     def line(self, line: Line) -> list[str]:
@@ -209,23 +211,23 @@ class _Plot:
     def marks(self, marks: Sequence[tuple[datetime, str]]) -> list[str]:
         """Each mark inside the window as a dashed vertical line, labelled, its tooltip the whole label."""
         parts = []
-        for at, label in sorted(marks):
-            if not self.series.start <= at <= self.series.end:
-                continue
+        inside = [(at, label) for at, label in sorted(marks) if self.series.start <= at <= self.series.end]
+        for i, (at, label) in enumerate(inside):
             x, short = self.x(at), label if len(label) <= MARK_LABEL else label[:MARK_LABEL - 1] + "…"
+            row = TOP + 11 + 11 * (i % MARK_ROWS)  # marks close together label on different rows
             parts.append(f'<g class="mark" stroke="#b45309" fill="#b45309"><title>{escape(_time(at))} UTC: '
                          f'{escape(label)}</title>'
                          f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + self.height}" stroke-width="1" '
                          f'stroke-dasharray="3,2"/>'
-                         f'<text x="{x + 2:.1f}" y="{TOP + 10}" font-size="9" stroke="none">{escape(short)}</text></g>')
+                         f'<text x="{x + 2:.1f}" y="{row}" font-size="10" stroke="none">{escape(short)}</text></g>')
         return parts
 
 
 def _legend(lines: Sequence[Line]) -> list[str]:
     """The lines' names along the top right, each beside its colour."""
-    parts, x = ['<g class="legend" font-size="10" fill="#111827">'], WIDTH - RIGHT
+    parts, x = ['<g class="legend" font-size="11" fill="#111827">'], WIDTH - RIGHT
     for line in reversed(lines):
-        x -= round(5.8 * len(line.label)) + 18
+        x -= round(6.2 * len(line.label)) + 18
         parts.append(f'<g class="key" data-field="{line.field}"><rect x="{x}" y="{TOP - 25}" width="10" height="3" '
                      f'fill="{line.colour}"/><text x="{x + 13}" y="{TOP - 20}">{escape(line.label)}</text></g>')
     return parts + ["</g>"]
