@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from app import create_app
 from sync.core.clock import system_clock
 from sync.ops.history import History
 from sync.ops.snapshot import take
