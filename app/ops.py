@@ -92,7 +92,7 @@ def _charts(services, program: str | None, window: str, crm: bool) -> dict:
     ``program`` (None: every program) and the charts drawn from it, alerts marked."""
     shown = WINDOWS.get(window) or WINDOWS[DEFAULT_WINDOW]
     series = History(services.inbox.engine, services.clock).series(program, shown)
-    return {"window": shown, "windows": WINDOWS.values(), "series": series,
+    return {"window": shown, "windows": WINDOWS.values(), "default_window": DEFAULT_WINDOW, "series": series,
             "charts": charts(series, alert_marks(services, series.start), crm=crm)}
 
 

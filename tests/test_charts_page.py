@@ -4,17 +4,21 @@ with Salesforce as the local HTTPS stand-in."""
 
 from __future__ import annotations
 
+import json
 import re
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta
 
 import pytest
 
+from app.ops import PAGE_SIZE
 from sync.core.clock import system_clock
 from sync.ops.history import History
 from sync.ops.snapshot import take
 from sync.partnero.samples import sample_delivery
 from sync.services import Services
+from sync.store import db
+from sync.store.inbox import Delivery, DeliveryStatus, Inbox
 from tests.ops_helpers import AUTH, Page, ops_settings, post, unparseable_amount, work
 from tests.test_salesforce_sync import password_login
 
@@ -95,3 +99,15 @@ def test_the_deliveries_page_draws_the_minutes_the_sampler_wrote(settings, clien
     # The filters' form keeps a window other than the default.
     page, _ = get(client, "/ops?window=1h")
     assert page.inputs["window"] == "1h"
+
+
+def test_paging_back_keeps_the_window(settings, client):
+    inbox = Inbox(db.engine_for(settings.database_url))
+    inbox.store_many([Delivery(json.dumps(sample_delivery("partner.created", id=f"p{i}")).encode(), "partner.created",
+                               DeliveryStatus.PENDING) for i in range(PAGE_SIZE + 1)])
+    page, _ = get(client, "/ops?window=1h")
+    (older,) = [link for link in page.links if "before=" in link]
+    assert "window=1h" in older
+    page, _ = get(client, "/ops")
+    (older,) = [link for link in page.links if "before=" in link]
+    assert "window" not in older

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from sync.store.db import metadata, transaction
+from sync.store.db import insert_ignore, metadata, transaction
 from sync.store.sqltypes import PROGRAM, UTCDateTime
 
 #: How long a sample is kept: the longest chart (24 hours) and an hour to spare. Older rows go as
@@ -77,7 +77,8 @@ class HistoryStore:
         with transaction(self.engine) as conn:
             for sample in samples:
                 conn.execute(t.delete().where(t.c.program == sample.program, t.c.at == sample.at))
-            conn.execute(t.insert(), [{name: getattr(s, name) for name in _COLUMNS} for s in samples])
+            # Should a second writer slip in between (one process samples: it should not), its row stands.
+            insert_ignore(conn, t, [{name: getattr(s, name) for name in _COLUMNS} for s in samples])
             conn.execute(t.delete().where(t.c.at < max(s.at for s in samples) - self.keep))
 
     def at(self, at: datetime) -> dict[str, Sample]:
