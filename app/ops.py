@@ -1,6 +1,6 @@
 """``/ops``: the deliveries page. What arrived, what each delivery became in the warehouse, the
-ledger and Salesforce, and a button that hands one back to the workers to apply again. Behind the
-dashboard's credentials."""
+ledger and Salesforce, charts of the last day or hour, and a button that hands one back to the
+workers to apply again. Behind the dashboard's credentials."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from werkzeug.exceptions import HTTPException
 from app import auth
 from sync.core.errors import TransientError
 from sync.ops import logs, progress
+from sync.ops.charts import DEFAULT_WINDOW, WINDOWS, charts
+from sync.ops.history import History
 from sync.ops.snapshot import take
 from sync.ops.trace import trace
 from sync.pipeline.replay import PRUNED
@@ -54,7 +56,8 @@ def guard():
 @bp.get("/", strict_slashes=False)
 def deliveries():
     """Recent deliveries, newest first, filtered by status, event type, record and program (a
-    program this deployment does not serve is no filter: the value is ignored)."""
+    program this deployment does not serve is no filter: the value is ignored), under the charts
+    of the program (or of all) over the window the ``window`` parameter names (24h or 1h)."""
     services = _services()
     status = request.args.get("status", "")
     programs = [program.name for program in services.settings.programs]
@@ -80,7 +83,23 @@ def deliveries():
         programs=programs if len(programs) > 1 else [],
         snapshot=snapshot,
         figures=snapshot.programs.get(filters["program"], snapshot),
+        **_charts(services, filters["program"], request.args.get("window", ""), snapshot.crm_enabled),
     )
+
+
+def _charts(services, program: str | None, window: str, crm: bool) -> dict:
+    """The template's charts: the window shown (an unknown one is the default), its series of
+    ``program`` (None: every program) and the charts drawn from it, alerts marked."""
+    shown = WINDOWS.get(window) or WINDOWS[DEFAULT_WINDOW]
+    series = History(services.inbox.engine, services.clock).series(program, shown)
+    return {"window": shown, "windows": WINDOWS.values(), "default_window": DEFAULT_WINDOW, "series": series,
+            "charts": charts(series, alert_marks(services, series.start), crm=crm)}
+
+
+def alert_marks(services, since: datetime) -> list[tuple[datetime, str]]:
+    """The alerts to mark on the charts, as (time, label) from ``since`` on: none yet, as no
+    history of alerts is kept in this release."""
+    return []
 
 
 @bp.get("/deliveries/<int:event_id>")

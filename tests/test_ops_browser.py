@@ -1,13 +1,15 @@
 """/ops in a real browser: Debian's Chromium, headless, driven by Selenium through chromedriver,
 against the app on a real HTTP server. An operator finds a failed delivery and replays it: the
 page shows it queued, then, once a worker applied it, its outcome; an operator narrows the list to
-one program; the pages fit a desktop and a phone."""
+one program; the charts show the history, switch windows and keep the program; the pages fit a
+desktop and a phone."""
 
 from __future__ import annotations
 
 import json
 import os
 import struct
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,9 +21,11 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from app import create_app
+from sync.core.clock import system_clock
 from sync.partnero.samples import sample_delivery
 from sync.settings import Program
 from sync.store import db
+from sync.store.history import HistoryStore, Sample
 from sync.store.inbox import Delivery, DeliveryStatus, Inbox
 from tests.conftest import SECRETS, _unavailable, migrate
 from tests.ops_helpers import AUTH, fix_customer_identity, friend_customer, ops_settings, post, unparseable_amount, work
@@ -254,3 +258,67 @@ def test_the_pages_fit_a_phone(page, seeded, tmp_path):
     label = page.driver.execute_script("return getComputedStyle(arguments[0], '::before').content", cell)
     assert label == '"Amount"'
     assert cell.text == "44.7 USD"
+
+
+def history(settings, end: datetime) -> None:
+    """Two hours of samples before ``end``, of both programs: the default program receives 4 a
+    minute, friends 1; no sample at all 50 to 40 minutes before ``end`` (a gap)."""
+    samples = [Sample(program, end - timedelta(minutes=m), received=received, processed=received, failed=0,
+                      oldest_pending_age=m, crm_backlog=None, crm_lag=None, crm_refused=None)
+               for m in range(120) if not 40 <= m <= 50 for program, received in (("default", 4), ("friends", 1))]
+    HistoryStore(db.engine_for(settings.database_url)).write(samples)
+
+
+def test_the_charts_show_the_history_and_switch_windows(page, seeded, settings, tmp_path):
+    page.size(*DESKTOP)
+    page.open("/ops")
+    assert page.text("#no-samples").startswith("No samples yet")
+    history(settings, system_clock().replace(second=0, microsecond=0))
+
+    page.open("/ops")
+    charts = page.driver.find_elements(By.CSS_SELECTOR, "#charts svg.chart")
+    assert [chart.get_attribute("id") for chart in charts] == ["chart-deliveries", "chart-oldest-pending"]
+    for chart in charts:
+        assert chart.is_displayed() and chart.rect["width"] > 300 and chart.rect["height"] > 100
+    deliveries = charts[0]
+    assert deliveries.get_attribute("aria-label") == \
+        "Deliveries received, processed and failed per minute (5-minute average), last 24 hours"
+    assert page.text("#charts-heading") == "Last 24 hours"
+    # Every program added up: 5 a minute, in every step of 5 minutes (a step half sampled too).
+    described = page.driver.execute_script("return document.getElementById('chart-deliveries-desc').textContent")
+    assert described.startswith("received: latest 5, highest 5;"), described
+    page.screenshot(tmp_path / "charts-desktop.png", DESKTOP)
+
+    page.follow("#window-1h")
+    assert "window=1h" in page.driver.current_url
+    assert page.text("#charts-heading") == "Last hour"
+    assert page.driver.find_element(By.ID, "chart-deliveries").get_attribute("aria-label").endswith(
+        "per minute, last hour")
+    # The gap: the received line is two runs, not one drawn across the missing minutes.
+    paths = page.driver.find_elements(By.CSS_SELECTOR, "#chart-deliveries g.line[data-field=received] path")
+    assert len(paths) == 2
+
+    # The program filter keeps the window, and the charts become that program's.
+    program = Select(page.driver.find_element(By.NAME, "program"))
+    program.select_by_value("friends")
+    page.follow("form.filters button[type=submit]")
+    assert "window=1h" in page.driver.current_url and "program=friends" in page.driver.current_url
+    assert page.text("#charts-heading") == "Last hour: program friends"
+    described = page.driver.execute_script("return document.getElementById('chart-deliveries-desc').textContent")
+    assert described.startswith("received: latest 1, highest 1;"), described
+    page.follow("#window-24h")
+    assert "program=friends" in page.driver.current_url and "window=24h" in page.driver.current_url
+
+
+def test_the_charts_fit_a_phone(page, seeded, settings, tmp_path):
+    history(settings, system_clock().replace(second=0, microsecond=0))
+    page.size(375, 812, mobile=True)
+    for window in ("24h", "1h"):
+        page.open(f"/ops?window={window}")
+        scroll_width, inner_width = page.horizontal_overflow()
+        assert inner_width == 375, f"{window}: the page was zoomed out to fit ({inner_width}px)"
+        assert scroll_width <= inner_width, f"{window}: {scroll_width}px wide on a {inner_width}px phone"
+        for chart in page.driver.find_elements(By.CSS_SELECTOR, "#charts svg.chart"):
+            assert chart.is_displayed() and chart.rect["width"] > 250
+            assert chart.rect["x"] >= 0 and chart.rect["x"] + chart.rect["width"] <= 375
+        page.screenshot(tmp_path / f"charts-{window}-phone.png", (375, 812))

@@ -201,15 +201,22 @@ class Counter:
         if PROGRAM in self.labels:
             at = self.labels.index(PROGRAM)
             known = tuple((*k[:at], p, *k[at:]) for p in programs for k in self.known)
-        values = dict.fromkeys(known, 0.0)
-        for field, value in stored.items():
-            pairs = [pair.partition("=") for pair in field.split(",")] if field else []
-            if [name for name, _, _ in pairs] == list(self.labels):  # else a layout of the past
-                values[tuple(v for _, _, v in pairs)] = float(value)
+        values = dict.fromkeys(known, 0.0) | self.series(stored)
         family = CounterMetricFamily(PREFIX + self.name, self.help, labels=self.labels)
         for labels, value in sorted(values.items()):
             family.add_metric(labels, value)
         return family
+
+
+    def series(self, stored: dict[str, str]) -> dict[tuple[str, ...], float]:
+        """The stored value of each series, by its label values (a field of a past layout, with
+        other labels, is left out)."""
+        values = {}
+        for field, value in stored.items():
+            pairs = [pair.partition("=") for pair in field.split(",")] if field else []
+            if [name for name, _, _ in pairs] == list(self.labels):
+                values[tuple(v for _, _, v in pairs)] = float(value)
+        return values
 
 
 @dataclass(frozen=True)

@@ -423,6 +423,16 @@ class Outbox:
             found.setdefault(obj, dict.fromkeys(OutboxStatus, 0))[status] = count
         return found
 
+    def oldest_waits(self, conn: Connection) -> dict[str, datetime]:
+        """Since when the oldest record still to be sent (pending or waiting for a parent) has
+        waited for Salesforce (``waiting_since``), by program; a program with none is left out."""
+        t = crm_outbox
+        query = (sa.select(t.c.program, sa.func.min(t.c.waiting_since))
+                 .where(t.c.status.in_((OutboxStatus.PENDING, OutboxStatus.WAITING)), t.c.sync_version.is_not(None),
+                        t.c.waiting_since.is_not(None))
+                 .group_by(t.c.program))
+        return {program: since for program, since in conn.execute(query) if since is not None}
+
     def last_synced_at(self, conn: Connection, *, program: str | None = None) -> datetime | None:
         """When Salesforce last accepted a record (of ``program``; None: of any program)."""
         return conn.execute(sa.select(sa.func.max(crm_outbox.c.synced_at)).where(*_of(program))).scalar()

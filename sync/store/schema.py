@@ -1,4 +1,4 @@
-"""The fixed tables (inbox, ledger, CRM outbox and its bulk jobs, backfill runs, the org's check) and their versioned migrations.
+"""The fixed tables (inbox, ledger, CRM outbox and its bulk jobs, backfill runs, the org's check, /ops's history) and their versioned migrations.
 
 The tables are defined beside the code that uses them; this module gathers them into one
 ``metadata`` and brings a database up to date: Alembic's versioned migrations for the fixed
@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sync.store import (  # noqa: F401
     bulk_jobs,  # noqa: F401
     db,
+    history,  # noqa: F401
     inbox,
     ledger,
     org_checks,  # noqa: F401
