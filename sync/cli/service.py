@@ -108,6 +108,10 @@ STATUS_JSON_KEYS = """\b
           problem, api_usage, paused and org_check, which are every
           program's), in PARTNERO_PROGRAMS' order; one program: "default",
   unavailable: {database, redis: why it could not be read; absent when read},
+  alerts: {enabled, format (ALERT_WEBHOOK_FORMAT; null when off), open,
+          open_keys, failing (messages owed whose sending failed),
+          failing_since, attempts, next_try_at, last_error, last_what,
+          last_at, last_outcome} (the operator's alerts),
   attention: [one sentence per thing that needs a person]
 """
 
