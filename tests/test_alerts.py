@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -98,10 +99,11 @@ def texts(catcher: Catcher) -> list[str]:
 def _stored(s: Setup, status: str, at: datetime) -> None:
     """A delivery in the inbox, arrived ``at``, left in ``status``."""
     inbox = Inbox(s.services.inbox.engine, Clock(at))
-    inbox.store_many([Delivery(f'{{"event": "partner.created", "n": "{status}"}}'.encode(), "partner.created",
+    inbox.store_many([Delivery(f'{{"event": "partner.created", "n": "{uuid.uuid4()}"}}'.encode(), "partner.created",
                                DeliveryStatus.PENDING, "p1")])
     with s.services.inbox.engine.begin() as conn:
-        conn.execute(sa.text("UPDATE webhook_events SET status = :status"), {"status": status})
+        conn.execute(sa.text("UPDATE webhook_events SET status = :status WHERE status = 'pending'"),
+                     {"status": status})
 
 
 def _failed_deliveries(s: Setup):
@@ -240,11 +242,12 @@ def test_a_reminder_after_the_quiet_interval_while_it_stands(setup, catcher):
     setup.clock.advance(hours=5, minutes=59)
     monitor.tick()
     assert len(texts(catcher)) == 1
+    _stored(setup, "failed", START)  # one more failed since: the reminder tells the count as it is now
     setup.clock.advance(minutes=2)
     monitor.tick()
     monitor.tick()
     sent = texts(catcher)
-    assert len(sent) == 2 and sent[1].startswith("[partnero-sync] Still needs attention: 1 deliveries failed")
+    assert len(sent) == 2 and sent[1].startswith("[partnero-sync] Still needs attention: 2 deliveries failed")
 
 
 # -- one sender ---------------------------------------------------------------------------------

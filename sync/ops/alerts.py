@@ -51,7 +51,7 @@ def reconcile(store: AlertStore, snapshot: Snapshot, remind_after: timedelta) ->
             if source(alert.kind) not in snapshot.unavailable:
                 store.resolve(alert, now)
         elif alert.owed is Owed.NONE and alert.last_sent_at and now - alert.last_sent_at >= remind_after:
-            store.remind(alert)
+            store.remind(alert, dict(concerns[key].facts))
 
 
 def describe(kind: str, program: str | None, facts: Mapping[str, Any]) -> str:

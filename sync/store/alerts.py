@@ -104,8 +104,9 @@ class AlertSummary:
 
 
 def _alert(row) -> Alert:
-    return Alert(row.id, row.condition_key, row.kind, row.program, json.loads(row.facts), row.raised_at, row.resolved_at,
-                 Owed(row.owed), row.attempts, row.next_try_at, row.last_error, row.failing_since, row.last_sent_at)
+    return Alert(row.id, row.condition_key, row.kind, row.program, json.loads(row.facts), row.raised_at,
+                 row.resolved_at, Owed(row.owed), row.attempts, row.next_try_at, row.last_error, row.failing_since,
+                 row.last_sent_at)
 
 
 class AlertStore:
@@ -134,11 +135,12 @@ class AlertStore:
             conn.execute(alerts.update().where(alerts.c.id == alert.id)
                          .values(resolved_at=now, owed=owed, attempts=0, failing_since=None, last_error=None))
 
-    def remind(self, alert: Alert) -> None:
-        """The condition stands and was quiet long enough: it owes a reminder."""
+    def remind(self, alert: Alert, facts: dict[str, Any]) -> None:
+        """The condition stands and was quiet long enough: it owes a reminder, told with ``facts``
+        as they are now."""
         with transaction(self.engine) as conn:
             conn.execute(alerts.update().where(alerts.c.id == alert.id, alerts.c.owed == Owed.NONE)
-                         .values(owed=Owed.REMIND))
+                         .values(owed=Owed.REMIND, facts=json.dumps(facts)))
 
     def due(self, now: datetime) -> list[Alert]:
         """Alerts owed a message whose time has come, oldest first."""
@@ -177,8 +179,8 @@ class AlertStore:
         t = alert_sender
         until = now + timedelta(seconds=seconds)
         with transaction(self.engine) as conn:
-            taken = conn.execute(t.update().where(t.c.name == SENDER, sa.or_(
-                t.c.holder == holder, t.c.holder.is_(None), t.c.expires_at < now)).values(holder=holder, expires_at=until))
+            free = sa.or_(t.c.holder == holder, t.c.holder.is_(None), t.c.expires_at < now)
+            taken = conn.execute(t.update().where(t.c.name == SENDER, free).values(holder=holder, expires_at=until))
             if taken.rowcount == 1:
                 return True
             if conn.execute(sa.select(t.c.name).where(t.c.name == SENDER)).first() is not None:
@@ -201,8 +203,8 @@ class AlertStore:
         """The open alerts, the failing sends and the last message sent."""
         t = alerts
         with self.engine.connect() as conn:
-            open_keys = tuple(conn.execute(sa.select(t.c.condition_key).where(t.c.resolved_at.is_(None)).order_by(t.c.id))
-                              .scalars())
+            open_keys = tuple(conn.execute(sa.select(t.c.condition_key).where(t.c.resolved_at.is_(None))
+                                           .order_by(t.c.id)).scalars())
             failing = conn.execute(sa.select(t).where(t.c.owed != Owed.NONE, t.c.attempts > 0)
                                    .order_by(t.c.failing_since, t.c.id)).all()
             last = conn.execute(sa.select(alert_sender).where(alert_sender.c.name == SENDER)).first()
