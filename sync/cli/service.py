@@ -133,7 +133,8 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
     (waiting jobs, scheduled retries, running and failed jobs, workers); with Salesforce on, the
     CRM backlog and refused records by object and the last record synced; the ledger's program
     currency (the one Salesforce gets commission totals in) and the partners earning in other
-    currencies; the latest backfill; and what needs a person. With several programs
+    currencies; the latest backfill; the alerts (on or off, those open, the last sent and its
+    outcome, a failing endpoint); and what needs a person. With several programs
     (PARTNERO_PROGRAMS), a line per program, and each program's trouble under its name
     ("friends: 3 deliveries failed"). Use it by hand, or from a monitor by its exit status:
 
