@@ -500,4 +500,4 @@ def test_settings_check_the_alert_variables():
 
 
 def test_unused_table_names_are_the_schemas():
-    assert {"alerts", "alert_sender"} <= set(db.metadata.tables) and alerts.c.condition_key is not None
+    assert {"operator_alerts", "operator_alert_sender"} <= set(db.metadata.tables) and alerts.c.condition_key is not None

@@ -113,7 +113,7 @@ class Figures:
     """What the service holds of one scope at ``taken_at``: every program's rows added up (the
     ``Snapshot`` itself), or one program's (``ProgramFigures``). The deliveries, the Salesforce
     records, the ledger's currencies and the latest backfill, each read the same way for both,
-    and the reasons for attention they give."""
+    and what needs a person in them (``Concern``)."""
 
     taken_at: datetime
     #: How long the oldest pending delivery may wait before the backlog counts as stuck.
@@ -182,14 +182,6 @@ class Figures:
                         "object": obj, "records": by_status[OutboxStatus.FAILED],
                         "codes": dict(sorted(self.crm_refusal_codes.get(obj, {}).items()))}, part=obj))
         return concerns
-
-    def inbox_attention(self, program: str | None = None) -> list[str]:
-        """Failed deliveries and a stuck backlog, one sentence each (see ``inbox_concerns``)."""
-        return sentences(self.inbox_concerns(program))
-
-    def record_attention(self) -> list[str]:
-        """The latest backfill's trouble, and records Salesforce refused, one sentence each."""
-        return sentences(self.record_concerns())
 
     def scope_dict(self) -> dict[str, Any]:
         """The inbox, Salesforce records, ledger and backfill parts of ``as_dict``."""
@@ -329,10 +321,6 @@ class Snapshot(Figures):
                 "problems": self.org_misfits,
                 "objects": sorted({str(f["object"]) for f in self.org_check.findings if f.get("object")})}))
         return concerns
-
-    def shared_attention(self) -> list[str]:
-        """What is every program's, one sentence each (see ``shared_concerns``)."""
-        return sentences(self.shared_concerns())
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form, for ``status --json``."""

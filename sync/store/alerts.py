@@ -1,5 +1,6 @@
-"""The operator's alerts as stored: each occurrence of a condition and the message it is owed, and
-the one row that says which process sends them (a lease) and what was sent last.
+"""The operator's alerts as stored: each occurrence of a condition and the message it is owed
+(``operator_alerts``), and the one row that says which process sends them, a lease, and what was
+sent last (``operator_alert_sender``).
 
 Only counts, kinds, codes, Salesforce object names and times are stored here (``Concern.facts``),
 never a payload's value or a webhook's URL; an error is how the endpoint answered ("HTTP 503").
@@ -30,7 +31,7 @@ class Owed(StrEnum):
 
 
 alerts = sa.Table(
-    "alerts",
+    "operator_alerts",
     metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
     #: The condition (``Concern.key``): one open row per key at a time.
@@ -48,12 +49,12 @@ alerts = sa.Table(
     sa.Column("last_error", sa.String(120)),
     sa.Column("failing_since", UTCDateTime()),
     sa.Column("last_sent_at", UTCDateTime()),
-    sa.Index("ix_alerts_resolved_key", "resolved_at", "condition_key"),
+    sa.Index("ix_operator_alerts_resolved_key", "resolved_at", "condition_key"),
 )
 
 #: One row (``SENDER``): which process sends the alerts until when, and the last message sent.
 alert_sender = sa.Table(
-    "alert_sender",
+    "operator_alert_sender",
     metadata,
     sa.Column("name", sa.String(16), primary_key=True),
     sa.Column("holder", sa.String(120)),

@@ -1,5 +1,5 @@
-"""The operator's alerts: each occurrence of a condition and the message it is owed (``alerts``),
-and which process sends them and what was sent last (``alert_sender``).
+"""The operator's alerts: each occurrence of a condition and the message it is owed (``operator_alerts``),
+and which process sends them and what was sent last (``operator_alert_sender``).
 
 Revision ID: 0014
 Revises: 0013
@@ -18,7 +18,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
-        "alerts",
+        "operator_alerts",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
         sa.Column("condition_key", sa.String(200), nullable=False),
         sa.Column("kind", sa.String(40), nullable=False),
@@ -33,9 +33,9 @@ def upgrade() -> None:
         sa.Column("failing_since", UTCDateTime()),
         sa.Column("last_sent_at", UTCDateTime()),
     )
-    op.create_index("ix_alerts_resolved_key", "alerts", ["resolved_at", "condition_key"])
+    op.create_index("ix_operator_alerts_resolved_key", "operator_alerts", ["resolved_at", "condition_key"])
     op.create_table(
-        "alert_sender",
+        "operator_alert_sender",
         sa.Column("name", sa.String(16), primary_key=True),
         sa.Column("holder", sa.String(120)),
         sa.Column("expires_at", UTCDateTime()),
@@ -46,6 +46,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("alert_sender")
-    op.drop_index("ix_alerts_resolved_key", "alerts")
-    op.drop_table("alerts")
+    op.drop_table("operator_alert_sender")
+    op.drop_index("ix_operator_alerts_resolved_key", "operator_alerts")
+    op.drop_table("operator_alerts")
