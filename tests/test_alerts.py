@@ -499,5 +499,14 @@ def test_settings_check_the_alert_variables():
     assert "secret-token" not in repr(found)
 
 
-def test_unused_table_names_are_the_schemas():
+def test_the_alert_tables_are_in_the_schema():
     assert {"operator_alerts", "operator_alert_sender"} <= set(db.metadata.tables) and alerts.c.condition_key is not None
+
+
+def test_with_alerts_off_and_no_task_a_tick_reads_nothing(sqlite_url, redis_server_url, redis_conn):
+    services = Services.build(alert_settings(sqlite_url, redis_server_url, None), redis_conn, clock=Clock())
+    assert not Monitor(services).tick()
+    seen = []
+    assert Monitor(services, tasks=[seen.append]).tick() and len(seen) == 1  # the tasks still run
+    with services.inbox.engine.connect() as conn:
+        assert conn.execute(sa.select(alerts)).all() == []

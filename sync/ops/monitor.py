@@ -53,6 +53,8 @@ class Monitor:
     def tick(self) -> bool:
         """One round; True when this process held the lease and did it. Any failure is logged,
         never raised: the thread goes on."""
+        if not self.services.settings.alerts_enabled and not self.tasks:
+            return False  # nothing to do: no snapshot taken, no lease held
         try:
             if not self.hold():
                 return False
