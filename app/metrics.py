@@ -14,6 +14,7 @@ from sync.ops import metrics
 from sync.ops.metrics import PREFIX, STORED
 from sync.ops.snapshot import ProgramFigures, Snapshot, backfill_attention, take
 from sync.store import inbox, runs
+from sync.store.alerts import AlertSummary
 from sync.store.org_checks import Verdict
 from sync.worker.queues import QueueCounts
 
@@ -75,6 +76,16 @@ def _gauges(snapshot: Snapshot) -> Iterator[Metric]:
     ran = [figures for figures in programs if figures.backfill is not None]
     if ran:
         yield from _backfill_gauges(ran)
+    if snapshot.alerts is not None:
+        yield from _alert_gauges(snapshot.alerts)
+
+
+def _alert_gauges(found: AlertSummary) -> Iterator[Metric]:
+    """The operator's alerts (sync.ops.alerts): those open, and the messages an endpoint failed to take."""
+    yield GaugeMetricFamily(PREFIX + "alerts_open", "Conditions alerted and not yet resolved.", value=found.open)
+    yield GaugeMetricFamily(PREFIX + "alerts_failing",
+                            "Alert messages owed whose sending to ALERT_WEBHOOK_URL failed (0: it takes them).",
+                            value=found.failing)
 
 
 def _queue_gauges(queue: QueueCounts) -> Iterator[Metric]:

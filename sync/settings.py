@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +34,13 @@ MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_FORWARDED_ALLOW_IPS = ("*",)
 #: More records due than this, for one Salesforce object, go in a Bulk API 2.0 job.
 DEFAULT_BULK_THRESHOLD = 2000
+#: What a webhook's body may look like (ALERT_WEBHOOK_FORMAT; ``sync.notify.webhook.body`` builds
+#: each): ``slack`` is ``{"text": ...}``, which Slack's, Mattermost's and Microsoft Teams' incoming
+#: webhooks all take; ``teams`` a Teams MessageCard with a title; ``json`` the text beside the
+#: message's facts, for any other endpoint.
+ALERT_FORMATS = ("slack", "teams", "json")
+DEFAULT_ALERT_FORMAT = "slack"
+DEFAULT_ALERT_REMIND_AFTER = timedelta(hours=6)
 #: A program's name: lower-case letters, digits and dashes (not first or last), at most 40 characters.
 PROGRAM_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
 #: What each program may set for itself, as PARTNERO_<NAME>_<what>.
@@ -410,6 +418,19 @@ class Settings:
     #: The programs PARTNERO_PROGRAMS names; None: one program, ``default``, made of
     #: ``webhook_secrets``, ``partnero``, ``currency`` and ``mappings_dir`` (see ``programs``).
     program_list: tuple[Program, ...] | None = None
+    # -- the operator's alerts (sync.ops.alerts) --
+    #: Where alerts go (ALERT_WEBHOOK_URL, a secret: its token is in it); None: alerts are off.
+    alert_webhook_url: str | None = field(default=None, repr=False)
+    #: The alert's body (ALERT_WEBHOOK_FORMAT): slack, teams or json.
+    alert_webhook_format: str = DEFAULT_ALERT_FORMAT
+    #: A condition that stands is told again after this long without a message (ALERT_REMIND_AFTER).
+    alert_remind_after: timedelta = DEFAULT_ALERT_REMIND_AFTER
+    #: Where the web process is reached from outside (PUBLIC_URL): alerts link to its /ops. None: no link.
+    public_url: str | None = None
+
+    @property
+    def alerts_enabled(self) -> bool:
+        return bool(self.alert_webhook_url)
 
     @property
     def programs(self) -> tuple[Program, ...]:
@@ -463,6 +484,7 @@ class Settings:
             forwarded_allow_ips=forwarded_allow_ips(env),
             bulk_threshold=parse_bulk_threshold(env.get("SALESFORCE_BULK_THRESHOLD", "")),
             program_list=parse_programs(env, partnero.api_url, mappings_dir),
+            **alert_settings(env),
         )
 
     def require_webhook_secret(self) -> tuple[str, ...]:
@@ -480,7 +502,8 @@ class Settings:
             f"salesforce={self.salesforce.describe()!r}, "
             f"dashboard={'on' if self.dashboard.enabled else 'off'}, "
             f"partnero_api={self.partnero.api_url!r} ({'key set' if self.partnero.enabled else 'no key'}), "
-            f"programs={[p.name for p in self.programs]!r})"
+            f"programs={[p.name for p in self.programs]!r}, "
+            f"alerts={self.alert_webhook_format + ' webhook set' if self.alerts_enabled else 'off'})"
         )
 
 
@@ -531,6 +554,42 @@ def forwarded_allow_ips(environ: Mapping[str, str] | None = None) -> tuple[str, 
             "networks, or leave it unset to trust any peer"
         )
     return peers
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """A span of time written as a whole number and a unit: 45s, 30m, 12h, 90d, 2w."""
+    found = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text.lower())
+    if found is None:
+        raise ValueError(f"{text!r} is not a duration like 30m, 12h, 90d or 2w (units: s, m, h, d, w)")
+    return timedelta(seconds=int(found[1]) * _UNITS[found[2]])
+
+
+def alert_settings(env: Mapping[str, str]) -> dict[str, object]:
+    """ALERT_WEBHOOK_URL, ALERT_WEBHOOK_FORMAT, ALERT_REMIND_AFTER and PUBLIC_URL, checked (a
+    mistake stops start-up with a sentence naming the variable, never showing the URL)."""
+    url = env.get("ALERT_WEBHOOK_URL", "").strip() or None
+    if url is not None and urlsplit(url).scheme not in ("http", "https"):
+        raise ConfigurationError("ALERT_WEBHOOK_URL must be an http(s) URL (its value is not shown: it is a secret)")
+    format_ = env.get("ALERT_WEBHOOK_FORMAT", "").strip().lower() or DEFAULT_ALERT_FORMAT
+    if format_ not in ALERT_FORMATS:
+        raise ConfigurationError(f"ALERT_WEBHOOK_FORMAT must be one of {', '.join(ALERT_FORMATS)} "
+                                 f"(got {format_[:20]!r})")
+    raw = env.get("ALERT_REMIND_AFTER", "").strip()
+    try:
+        remind_after = parse_duration(raw) if raw else DEFAULT_ALERT_REMIND_AFTER
+    except ValueError as exc:
+        raise ConfigurationError(f"ALERT_REMIND_AFTER: {exc}") from None
+    if remind_after.total_seconds() <= 0:
+        raise ConfigurationError("ALERT_REMIND_AFTER must be longer than 0, e.g. 6h")
+    public = env.get("PUBLIC_URL", "").strip().rstrip("/") or None
+    if public is not None and (urlsplit(public).scheme not in ("http", "https") or not urlsplit(public).netloc):
+        raise ConfigurationError(f"PUBLIC_URL must be the http(s) address the service is reached at, such as "
+                                 f"https://sync.example.com (got {redact_url(public)[:80]!r})")
+    return {"alert_webhook_url": url, "alert_webhook_format": format_, "alert_remind_after": remind_after,
+            "public_url": public}
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -172,7 +172,7 @@ def test_status_json_has_the_documented_keys(settings, redis_conn):
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert set(report) == {"taken_at", "state", "stuck_after_seconds", "inbox", "queue", "salesforce",
-                           "ledger", "backfill", "programs", "unavailable", "attention"}
+                           "ledger", "backfill", "programs", "unavailable", "attention", "alerts"}
     # One program, named default: its figures are the whole inbox's, and its trouble unprefixed.
     assert list(report["programs"]) == ["default"]
     assert set(report["programs"]["default"]) == {"inbox", "salesforce", "ledger", "backfill", "attention"}

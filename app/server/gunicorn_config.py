@@ -9,7 +9,8 @@ Behind a TLS-terminating router the scheme a browser used arrives as ``X-Forward
 gunicorn believes it from the peers FORWARDED_ALLOW_IPS names (``sync.settings``; default any,
 as a PaaS's router is the only way in), and the app then sees ``https`` where the browser did.
 gunicorn's control socket (for ``gunicornc``) is off: by default every instance on a machine
-would share one path, and one stopping would delete another's socket.
+would share one path, and one stopping would delete another's socket. Each web worker runs the
+monitor (``sync.ops.monitor``), started by the ``post_worker_init`` hook.
 """
 
 import logging.config
@@ -72,3 +73,22 @@ def on_starting(server) -> None:
     except ConfigurationError as exc:
         server.log.error("configuration error: %s", exc)
         sys.exit(2)
+
+
+# -- the monitor (sync.ops.monitor): the operator's alerts, one thread per web worker --
+
+
+def post_worker_init(worker) -> None:
+    """Start this web worker's monitor (gunicorn's hook, not ``create_app``: the tests build apps
+    by the hundred); one process of all of them sends, whichever holds the lease."""
+    from sync.ops import monitor
+
+    services = worker.app.wsgi().extensions["partnero"]  # the loaded app (gunicorn keeps it)
+    worker.partnero_monitor = monitor.start(services)
+
+
+def worker_exit(server, worker) -> None:
+    """Stop the monitor and give its lease up, so another process sends without waiting for it to expire."""
+    watching = getattr(worker, "partnero_monitor", None)
+    if watching is not None:
+        watching.stop(timeout=5)

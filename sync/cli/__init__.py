@@ -2,7 +2,7 @@
 module per concern, each adding its own to the group. At the top of the layers: it may import any of
 them, and ``sync.local``."""
 
-from sync.cli import crm_setup, deliveries, partnero, salesforce, service  # noqa: F401 - each adds its commands
+from sync.cli import alerts, crm_setup, deliveries, partnero, salesforce, service  # noqa: F401 - each adds its commands
 from sync.cli.base import main
 
 __all__ = ["main"]

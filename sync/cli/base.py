@@ -12,7 +12,7 @@ import click
 from sync.core.errors import ConfigurationError, SyncError, caused_by
 from sync.ops import logs
 from sync.ops.terminal import safe
-from sync.settings import Settings, UnknownProgram, redact_url
+from sync.settings import Settings, UnknownProgram, parse_duration, redact_url
 
 #: Where ``load_settings`` leaves the settings, so an error line can name the database or Redis.
 _SETTINGS = "partnero_sync.settings"
@@ -82,17 +82,6 @@ def load_settings() -> Settings:
     logs.configure(settings.log_level, settings.log_format)
     click.get_current_context().meta[_SETTINGS] = settings
     return settings
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> timedelta:
-    """A span of time written as a whole number and a unit: 45s, 30m, 12h, 90d, 2w."""
-    found = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text.lower())
-    if found is None:
-        raise ValueError(f"{text!r} is not a duration like 30m, 12h, 90d or 2w (units: s, m, h, d, w)")
-    return timedelta(seconds=int(found[1]) * _UNITS[found[2]])
 
 
 class _Duration(click.ParamType):

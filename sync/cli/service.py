@@ -108,6 +108,10 @@ STATUS_JSON_KEYS = """\b
           problem, api_usage, paused and org_check, which are every
           program's), in PARTNERO_PROGRAMS' order; one program: "default",
   unavailable: {database, redis: why it could not be read; absent when read},
+  alerts: {enabled, format (ALERT_WEBHOOK_FORMAT; null when off), open,
+          open_keys, failing (messages owed whose sending failed),
+          failing_since, attempts, next_try_at, last_error, last_what,
+          last_at, last_outcome} (the operator's alerts),
   attention: [one sentence per thing that needs a person]
 """
 
@@ -129,7 +133,8 @@ def status(as_json: bool, stuck_after: timedelta | None) -> None:
     (waiting jobs, scheduled retries, running and failed jobs, workers); with Salesforce on, the
     CRM backlog and refused records by object and the last record synced; the ledger's program
     currency (the one Salesforce gets commission totals in) and the partners earning in other
-    currencies; the latest backfill; and what needs a person. With several programs
+    currencies; the latest backfill; the alerts (on or off, those open, the last sent and its
+    outcome, a failing endpoint); and what needs a person. With several programs
     (PARTNERO_PROGRAMS), a line per program, and each program's trouble under its name
     ("friends: 3 deliveries failed"). Use it by hand, or from a monitor by its exit status:
 

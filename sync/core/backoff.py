@@ -1,5 +1,5 @@
 """How long to wait before trying again: the one retry policy for deliveries, flushes, records and
-calls to Partnero's API.
+calls to Partnero's API and the operator's alerts.
 
 Exponential with jitter (up to a fifth more), so retries of many failures spread out. docs/pipeline.md
 (Retries) states the deliveries' schedule.
@@ -37,6 +37,10 @@ API_DELAYS = (1, 2, 4, 8)
 #: The longest ``Retry-After`` a 429 from Partnero is obeyed for (Laravel's limiter counts per
 #: minute, so a minute is what it asks at most); a longer one waits this long.
 API_RETRY_AFTER_CAP = 90
+
+#: An operator's alert the endpoint could not take (5xx, 429, a time-out): tried again soon, then
+#: every half hour; one it refused (a 4xx: the URL or the endpoint needs a person) waits the last.
+ALERT_DELAYS = (30, 60, 120, 300, 600, 1800)
 
 
 def delay(schedule: tuple[int, ...], attempt: int) -> float:

@@ -8,7 +8,8 @@ is shown under its name.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -17,6 +18,7 @@ from sync.core.errors import TransientError
 from sync.ops.progress import duration
 from sync.settings import Program
 from sync.store import bulk_jobs, db, ledger, runs
+from sync.store.alerts import AlertStore, AlertSummary
 from sync.store.bulk_jobs import BulkJob
 from sync.store.inbox import DeliveryStatus, InboxSummary
 from sync.store.org_checks import OrgCheck, OrgChecks, Verdict
@@ -26,6 +28,64 @@ from sync.store.outbox import Outbox, OutboxStatus
 STUCK_AFTER = timedelta(minutes=15)
 #: How many of a misfit's findings "needs attention" names (``partnero-sync crm check`` lists all).
 FIRST_FINDINGS = 3
+
+
+#: The code of a whole-call refusal that is a session which cannot be renewed (what
+#: ``sync.salesforce.client`` says when SALESFORCE_SESSION_ID expired and no login is configured).
+SESSION_CANNOT_RENEW = "INVALID_SESSION_ID"
+
+
+class Kind(StrEnum):
+    """What sort of thing needs a person (``Concern.kind``): short, stable names, the alerts' too."""
+
+    DELIVERIES_FAILED = "deliveries_failed"
+    BACKLOG_STUCK = "backlog_stuck"
+    CRM_REFUSED = "crm_refused"
+    CRM_CALLS_REFUSED = "crm_calls_refused"
+    CRM_SESSION = "crm_session"
+    NO_WORKER = "no_worker"
+    JOBS_FAILED = "jobs_failed"
+    BACKFILL = "backfill_stopped"
+    API_BUDGET = "api_budget"
+    ORG_MISFIT = "org_misfit"
+    UNSERVED = "unserved_deliveries"
+
+
+#: Kinds that are told (alerted) but are not a failure: flushes paused at the API budget resume by
+#: themselves, the records wait; the snapshot's state stays OK and ``attention`` leaves them out.
+NOT_FAILURES = frozenset({Kind.API_BUDGET})
+
+
+@dataclass(frozen=True)
+class Concern:
+    """One thing that needs a person, as data: ``key`` names the condition (the same while it
+    stands), ``sentence`` is what ``attention`` says of it (it may quote an error), and ``facts``
+    hold only counts, kinds, codes, Salesforce object names, durations and times: never an error's
+    text or a payload's value, so they may leave the database (``sync.ops.alerts``)."""
+
+    kind: Kind
+    #: The program it is of; None: every program's (the queue, the Salesforce org).
+    program: str | None
+    key: str
+    sentence: str
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _concern(kind: Kind, program: str | None, sentence: str, facts: Mapping[str, Any],
+             part: str | None = None) -> Concern:
+    """A concern keyed by its kind, program and ``part`` (a Salesforce object, a code, a run)."""
+    key = "/".join(str(p) for p in (kind.value, program, part) if p is not None)
+    return Concern(kind, program, key, sentence, dict(facts))
+
+
+def sentences(concerns: list[Concern]) -> list[str]:
+    """What ``attention`` says of ``concerns``: each sentence once (a program's refusals are one
+    sentence over its objects), in order, leaving out what is not a failure."""
+    said: dict[str, None] = {}
+    for concern in concerns:
+        if concern.kind not in NOT_FAILURES:
+            said.setdefault(concern.sentence)
+    return list(said)
 
 
 @dataclass(frozen=True)
@@ -53,7 +113,7 @@ class Figures:
     """What the service holds of one scope at ``taken_at``: every program's rows added up (the
     ``Snapshot`` itself), or one program's (``ProgramFigures``). The deliveries, the Salesforce
     records, the ledger's currencies and the latest backfill, each read the same way for both,
-    and the reasons for attention they give."""
+    and what needs a person in them (``Concern``)."""
 
     taken_at: datetime
     #: How long the oldest pending delivery may wait before the backlog counts as stuck.
@@ -63,6 +123,8 @@ class Figures:
     #: Salesforce records by object and outbox status (pending, waiting, synced, failed).
     crm: dict[str, dict[str, int]] = field(default_factory=dict)
     crm_last_synced_at: datetime | None = None
+    #: The refused Salesforce records' error codes, counted by object: {object: {code: records}}.
+    crm_refusal_codes: dict[str, dict[str, int]] = field(default_factory=dict)
     #: The Bulk API 2.0 jobs running now (``sync.store.bulk_jobs``), oldest first.
     bulk_jobs: list[BulkJob] = field(default_factory=list)
     #: The ledger's currencies (read only when asked: it adds up the whole ledger). Of one
@@ -89,29 +151,37 @@ class Figures:
     def crm_refused(self) -> int:
         return sum(s.get(OutboxStatus.FAILED, 0) for s in self.crm.values())
 
-    def inbox_attention(self, program: str | None = None) -> list[str]:
-        """Failed deliveries and a stuck backlog, one sentence each; the commands they point to
-        narrowed to ``program`` when one is named."""
+    def inbox_concerns(self, program: str | None = None, name: str | None = None) -> list[Concern]:
+        """Failed deliveries and a stuck backlog of program ``name``; the commands their sentences
+        point to narrowed to ``program`` when one is named."""
         if self.inbox is None:
             return []
-        reasons = []
+        concerns = []
         failed = self.inbox.counts.get(DeliveryStatus.FAILED, 0)
         if failed:
             ops, requeue = ("/ops", "`partnero-sync requeue-failed`") if program is None else \
                 (f"/ops?program={program}", f"`partnero-sync requeue-failed --program {program}`")
-            reasons.append(f"{failed} deliveries failed: see `partnero-sync status` and {ops}, "
-                           f"then {requeue} after a fix")
+            concerns.append(_concern(Kind.DELIVERIES_FAILED, name, f"{failed} deliveries failed: see "
+                                    f"`partnero-sync status` and {ops}, then {requeue} after a fix",
+                                    {"deliveries": failed}))
         age = self.oldest_pending_age
         if age is not None and age > self.stuck_after.total_seconds():
-            reasons.append(f"the oldest pending delivery has waited {duration(age)}: is a worker running?")
-        return reasons
+            concerns.append(_concern(Kind.BACKLOG_STUCK, name, f"the oldest pending delivery has waited "
+                                    f"{duration(age)}: is a worker running?", {"waited_seconds": round(age)}))
+        return concerns
 
-    def record_attention(self) -> list[str]:
-        """The latest backfill's trouble, and records Salesforce refused."""
-        reasons = backfill_attention(self.backfill, self.taken_at)
+    def record_concerns(self, name: str | None = None) -> list[Concern]:
+        """The latest backfill's trouble, and records Salesforce refused (a concern per object,
+        each saying the program's sentence, with the refusal codes counted) of program ``name``."""
+        concerns = backfill_concerns(self.backfill, self.taken_at, name)
         if self.crm_refused:
-            reasons.append(f"Salesforce refused {self.crm_refused} records: see `partnero-sync crm-errors`")
-        return reasons
+            sentence = f"Salesforce refused {self.crm_refused} records: see `partnero-sync crm-errors`"
+            for obj, by_status in sorted(self.crm.items()):
+                if by_status.get(OutboxStatus.FAILED, 0):
+                    concerns.append(_concern(Kind.CRM_REFUSED, name, sentence, {
+                        "object": obj, "records": by_status[OutboxStatus.FAILED],
+                        "codes": dict(sorted(self.crm_refusal_codes.get(obj, {}).items()))}, part=obj))
+        return concerns
 
     def scope_dict(self) -> dict[str, Any]:
         """The inbox, Salesforce records, ledger and backfill parts of ``as_dict``."""
@@ -139,9 +209,13 @@ class ProgramFigures(Figures):
 
     name: str
 
+    def concerns(self) -> list[Concern]:
+        """What a person should look at in this program."""
+        return self.inbox_concerns(self.name, self.name) + self.record_concerns(self.name)
+
     def attention(self) -> list[str]:
         """What a person should look at in this program, one sentence each."""
-        return self.inbox_attention(self.name) + self.record_attention()
+        return sentences(self.concerns())
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.scope_dict(), "attention": self.attention()}
@@ -167,6 +241,10 @@ class Snapshot(Figures):
     org_check: OrgCheck | None = None
     #: What could not be read, and why: {"database": "...", "redis": "..."}.
     unavailable: dict[str, str] = field(default_factory=dict)
+    #: ALERT_WEBHOOK_FORMAT when alerts are on (ALERT_WEBHOOK_URL set); None: off.
+    alerts_format: str | None = None
+    #: The open alerts, a failing endpoint and the last message sent (``sync.store.alerts``).
+    alerts: AlertSummary | None = None
 
     @property
     def several(self) -> bool:
@@ -186,18 +264,26 @@ class Snapshot(Figures):
             return Health.UNKNOWN
         return Health.ATTENTION if self.attention() else Health.OK
 
-    def attention(self) -> list[str]:
-        """What a person should look at, one sentence each; empty when all is well. With several
-        programs, each program's trouble comes under its name ("friends: 3 deliveries failed"),
-        then what is everybody's (the queue, the Salesforce org)."""
+    def concerns(self) -> list[Concern]:
+        """Everything that needs a person, as data (``Concern``), in the order ``attention`` says
+        it. With several programs, each program's sentences come under its name ("friends: 3
+        deliveries failed"), then what is everybody's (the queue, the Salesforce org)."""
         if not self.several:
-            return self.inbox_attention() + self.shared_attention() + self.record_attention()
-        reasons = [f"{name}: {reason}" for name, figures in self.programs.items() for reason in figures.attention()]
+            name = next(iter(self.programs), None)
+            return (self.inbox_concerns(None, name) + self.shared_concerns()
+                    + self.record_concerns(name))
+        concerns = [replace(concern, sentence=f"{name}: {concern.sentence}")
+                    for name, figures in self.programs.items() for concern in figures.concerns()]
         unserved = self.unserved_pending
         if unserved:
-            reasons.append(f"{unserved} deliveries of programs this deployment no longer serves wait: name the "
-                           "programs in PARTNERO_PROGRAMS again to apply them")
-        return reasons + self.shared_attention()
+            concerns.append(_concern(Kind.UNSERVED, None, f"{unserved} deliveries of programs this deployment no "
+                                    "longer serves wait: name the programs in PARTNERO_PROGRAMS again to apply them",
+                                    {"deliveries": unserved}))
+        return concerns + self.shared_concerns()
+
+    def attention(self) -> list[str]:
+        """What a person should look at, one sentence each; empty when all is well."""
+        return sentences(self.concerns())
 
     @property
     def unserved_pending(self) -> int:
@@ -208,19 +294,33 @@ class Snapshot(Figures):
         served = sum(figures.inbox.counts.get(DeliveryStatus.PENDING, 0) for figures in self.programs.values())
         return max(0, self.inbox.counts.get(DeliveryStatus.PENDING, 0) - served)
 
-    def shared_attention(self) -> list[str]:
-        """What is every program's: the job queue, Salesforce refusing every call, the org's fit."""
-        reasons = []
+    def shared_concerns(self) -> list[Concern]:
+        """What is every program's: the job queue, Salesforce refusing every call, flushes paused
+        at the API budget, the org's fit."""
+        concerns = []
         if self.queue is not None:
             if self.queue.failed:
-                reasons.append(f"{self.queue.failed} jobs are in RQ's failed registry")
+                concerns.append(_concern(Kind.JOBS_FAILED, None, f"{self.queue.failed} jobs are in RQ's failed "
+                                        "registry", {"jobs": self.queue.failed}))
             if (self.queue.queued or self.queue.scheduled) and not self.queue.workers:
-                reasons.append(f"{self.queue.queued} jobs wait and no worker listens on the queue")
+                concerns.append(_concern(Kind.NO_WORKER, None, f"{self.queue.queued} jobs wait and no worker "
+                                        "listens on the queue", {"jobs": self.queue.queued,
+                                                                 "retries": self.queue.scheduled}))
         if self.crm_problem:
-            reasons.append(f"Salesforce refuses every call: {self.crm_problem['message']}")
+            code = str(self.crm_problem.get("code") or "unknown")
+            kind = Kind.CRM_SESSION if code == SESSION_CANNOT_RENEW else Kind.CRM_CALLS_REFUSED
+            concerns.append(_concern(kind, None, f"Salesforce refuses every call: {self.crm_problem['message']}",
+                                    {"code": code, "since": self.crm_problem.get("since")}, part=code))
+        if self.crm_enabled and self.crm_paused:
+            paused = self.crm_paused
+            concerns.append(_concern(Kind.API_BUDGET, None, "Salesforce flushes are paused at the API budget: "
+                                    "the records wait", {key: paused.get(key) for key in
+                                                         ("used", "allowance", "budget", "since")}))
         if self.org_misfits:
-            reasons.append(org_misfit(self.org_check))
-        return reasons
+            concerns.append(_concern(Kind.ORG_MISFIT, None, org_misfit(self.org_check), {
+                "problems": self.org_misfits,
+                "objects": sorted({str(f["object"]) for f in self.org_check.findings if f.get("object")})}))
+        return concerns
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form, for ``status --json``."""
@@ -237,7 +337,17 @@ class Snapshot(Figures):
             "programs": {name: figures.as_dict() for name, figures in self.programs.items()},
             "unavailable": self.unavailable,
             "attention": self.attention(),
+            "alerts": self.alerts_dict(),
         }
+
+    def alerts_dict(self) -> dict[str, Any]:
+        """The alerts' part of ``as_dict``: on or off, open, failing, the last message sent."""
+        found: dict[str, Any] = {"enabled": self.alerts_format is not None, "format": self.alerts_format}
+        if self.alerts is not None:
+            found |= {name: _iso(value) if isinstance(value, datetime) else value
+                      for name, value in asdict(self.alerts).items()}
+            found["open_keys"] = list(self.alerts.open_keys)
+        return found
 
 
 def _ledger_dict(summary: ledger.Summary | None) -> dict[str, Any] | None:
@@ -265,20 +375,31 @@ def _backfill_dict(run: runs.Run | None, now: datetime) -> dict[str, Any] | None
     return found
 
 
-def backfill_attention(run: runs.Run | None, now: datetime) -> list[str]:
-    """What the latest backfill needs of a person: one that failed, stopped on an error, or died."""
+def backfill_concerns(run: runs.Run | None, now: datetime, name: str | None = None) -> list[Concern]:
+    """What the latest backfill (of program ``name``) needs of a person: one that failed,
+    stopped on an error, or died."""
     if run is None or run.done or run.status == runs.RunStatus.ABANDONED:
         return []
     where = f"at {run.entity} page {run.next_page}"
     carry_on = "`partnero-sync backfill` carries it on from there"
+    facts = {"run": run.id, "entity": run.entity, "page": run.next_page}
     if run.status == runs.RunStatus.FAILED:
-        return [f"backfill #{run.id} failed {where}: {run.last_error}; once fixed, {carry_on}"]
-    if run.status == runs.RunStatus.STOPPED and run.last_error:
-        return [f"backfill #{run.id} stopped {where}: {run.last_error}; {carry_on}"]
-    if run.status == runs.RunStatus.RUNNING and not run.live(now):
-        return [f"backfill #{run.id} stopped moving {where} {duration((now - run.heartbeat_at).total_seconds())} "
-                f"ago (its process died?); {carry_on}"]
-    return []
+        sentence, facts["state"] = f"backfill #{run.id} failed {where}: {run.last_error}; once fixed, {carry_on}", \
+            "failed"
+    elif run.status == runs.RunStatus.STOPPED and run.last_error:
+        sentence, facts["state"] = f"backfill #{run.id} stopped {where}: {run.last_error}; {carry_on}", "stopped"
+    elif run.status == runs.RunStatus.RUNNING and not run.live(now):
+        quiet = (now - run.heartbeat_at).total_seconds()
+        sentence = f"backfill #{run.id} stopped moving {where} {duration(quiet)} ago (its process died?); {carry_on}"
+        facts["state"] = "died"
+    else:
+        return []
+    return [_concern(Kind.BACKFILL, name, sentence, facts, part=str(run.id))]
+
+
+def backfill_attention(run: runs.Run | None, now: datetime) -> list[str]:
+    """What the latest backfill needs of a person, one sentence each (see ``backfill_concerns``)."""
+    return sentences(backfill_concerns(run, now))
 
 
 def org_misfit(check: OrgCheck) -> str:
@@ -309,9 +430,11 @@ def take(services, stuck_after: timedelta = STUCK_AFTER, with_ledger: bool = Fal
         taken_at=services.clock(),
         stuck_after=stuck_after,
         crm_enabled=services.settings.salesforce.enabled,
+        alerts_format=services.settings.alert_webhook_format if services.settings.alerts_enabled else None,
     )
     try:
         _read_database(snapshot, services, with_ledger)
+        snapshot.alerts = AlertStore(services.inbox.engine).summary()
     except Exception as exc:  # e.g. no schema yet: say so rather than fail the whole report
         snapshot.unavailable["database"] = db.explain(exc) or db.describe_error(exc)
     try:
@@ -357,6 +480,7 @@ def _read(figures: Figures, services, program: str | None, ledger_of: Program | 
                 outbox = Outbox()
                 figures.crm = outbox.counts(conn, program=program)
                 figures.crm_last_synced_at = outbox.last_synced_at(conn, program=program)
+                figures.crm_refusal_codes = outbox.refusal_codes(conn, program=program)
                 figures.bulk_jobs = bulk_jobs.running(conn, program=program)
             if ledger_of is not None:
                 figures.ledger = ledger.summary(conn, ledger_of.currency, program=ledger_of.name)

@@ -59,6 +59,7 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
     if snapshot.several and inbox is not None:
         rows.append(("Programs", ""))
         rows += [(f"  {name}", _program(figures)) for name, figures in snapshot.programs.items()]
+    rows += _alerts(snapshot)
     rows = [(safe(label), safe(value)) for label, value in rows]  # object names, currencies, errors: from outside
     width = max(len(label) for label, _ in rows) + 2
     return "\n".join([f"{label:<{width}}{value}".rstrip() for label, value in rows] + _verdict(snapshot))
@@ -74,6 +75,25 @@ def _verdict(snapshot: Snapshot) -> list[str]:
     elif not reasons:
         lines.append("All well: nothing needs attention.")
     return lines
+
+
+def _alerts(snapshot: Snapshot) -> list[tuple[str, str]]:
+    """The operator's alerts: on or off, the open ones, the last message sent, a failing endpoint."""
+    if snapshot.alerts_format is None:
+        return [("Alerts", "off (ALERT_WEBHOOK_URL is not set)")]
+    rows = [("Alerts", f"on ({snapshot.alerts_format})")]
+    found = snapshot.alerts
+    if found is None:
+        return rows + [("  open", "cannot tell: the database could not be read")]
+    rows.append(("  open", f"{found.open} ({', '.join(found.open_keys)})" if found.open else "none"))
+    last = f"{found.last_what}, {found.last_outcome}, {_ago(found.last_at, snapshot.taken_at)}" if found.last_at \
+        else "none yet"
+    rows.append(("  last sent", last))
+    if found.failing:
+        rows.append(("  failing", f"since {_ago(found.failing_since, snapshot.taken_at)}: {found.last_error}; "
+                                  f"{found.attempts} attempts, {found.failing} messages owed"))
+        rows.append(("  next try", f"{found.next_try_at:%Y-%m-%d %H:%M:%S} UTC" if found.next_try_at else "now"))
+    return rows
 
 
 def _ledger(summary: Summary, variable: str) -> list[tuple[str, str]]:

@@ -433,6 +433,16 @@ class Outbox:
                  .group_by(t.c.program))
         return {program: since for program, since in conn.execute(query) if since is not None}
 
+    def refusal_codes(self, conn: Connection, *, program: str | None = None) -> dict[str, dict[str, int]]:
+        """Refused records per object and error code (of ``program``; None: of every program)."""
+        t = crm_outbox
+        found: dict[str, dict[str, int]] = {}
+        query = sa.select(t.c.object, t.c.error_code, sa.func.count()) \
+            .where(t.c.status == OutboxStatus.FAILED, *_of(program)).group_by(t.c.object, t.c.error_code)
+        for obj, code, count in conn.execute(query):
+            found.setdefault(obj, {})[code or "unknown"] = count
+        return found
+
     def last_synced_at(self, conn: Connection, *, program: str | None = None) -> datetime | None:
         """When Salesforce last accepted a record (of ``program``; None: of any program)."""
         return conn.execute(sa.select(sa.func.max(crm_outbox.c.synced_at)).where(*_of(program))).scalar()

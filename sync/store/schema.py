@@ -1,4 +1,4 @@
-"""The fixed tables (inbox, ledger, CRM outbox and its bulk jobs, backfill runs, the org's check, /ops's history) and their versioned migrations.
+"""The fixed tables (inbox, ledger, CRM outbox and its bulk jobs, backfill runs, the org's check, the alerts, /ops's history) and their versioned migrations.
 
 The tables are defined beside the code that uses them; this module gathers them into one
 ``metadata`` and brings a database up to date: Alembic's versioned migrations for the fixed
@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 # Imported for their tables: each module defines its own on db.metadata.
 from sync.store import (  # noqa: F401
+    alerts,  # noqa: F401
     bulk_jobs,  # noqa: F401
     db,
     history,  # noqa: F401

@@ -1,5 +1,6 @@
 """The worker process: an RQ worker on partnero-sync's queues that runs every job with the services
-its entry point built (``sync.worker.jobs.Context``), and sweeps the inbox.
+its entry point built (``sync.worker.jobs.Context``), sweeps the inbox, and runs the monitor
+(``sync.ops.monitor``: the alerts) in a thread beside it.
 
 The entry points build the services and hand them over: ``partnero-sync worker``
 (``sync.cli.service``) to ``run_worker``, ``partnero-sync dev`` (``sync.local``) to
@@ -18,6 +19,7 @@ from rq.scheduler import RQScheduler
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import DequeueStrategy
 
+from sync.ops import monitor
 from sync.settings import redact_url
 from sync.store import db
 from sync.worker.jobs import Context
@@ -75,9 +77,15 @@ def run_worker(services: WorkerServices, *, burst: bool = False, sweep_every: in
     )
     if with_scheduler and not burst:
         children_die_with_this_process()  # RQ's scheduler runs in a child: it must not outlive us
-    # Round robin between the queues: a long drain of deliveries and Salesforce flushes take turns.
-    return worker.work(burst=burst, with_scheduler=with_scheduler and not burst,
-                       logging_level=settings.log_level, dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
+    # A burst worker (one-off work) is gone in moments: the long-running ones watch and alert.
+    watching = None if burst else monitor.start(services)
+    try:
+        # Round robin between the queues: a long drain of deliveries and Salesforce flushes take turns.
+        return worker.work(burst=burst, with_scheduler=with_scheduler and not burst,
+                           logging_level=settings.log_level, dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
+    finally:
+        if watching is not None:
+            watching.stop()
 
 
 class _ThreadWorker(PartneroWorker):
@@ -110,12 +118,14 @@ def run_in_thread(services: WorkerServices, *, sweep_every: int = 5) -> Callable
                               kwargs={"with_scheduler": False, "logging_level": services.settings.log_level,
                                       "dequeue_strategy": DequeueStrategy.ROUND_ROBIN})
     thread.start()
+    watching = monitor.start(services)
 
     def stop() -> None:
         # Ask the worker to stop after the job in hand, and wake it if it is waiting for one.
         worker._stop_requested = True
         worker.queues[0].enqueue(_wake)
         thread.join(timeout=60)
+        watching.stop()
 
     return stop
 

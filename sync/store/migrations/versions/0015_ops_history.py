@@ -11,7 +11,7 @@ from alembic import op
 from sync.store.sqltypes import PROGRAM, UTCDateTime
 
 revision = "0015"
-down_revision = "0013"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
