@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from sync.core.errors import ConfigurationError
 from sync.mapping.spec import DEFAULT_PROGRAM  # its one home is the mapping engine, below settings
+from sync.mapping.spec import WEBHOOK_URL_SUFFIX  # what a mapping's notify url may name
 
 DEFAULT_DATABASE_URL = "sqlite:///partnero-sync.db"
 #: How long a statement waits for a lock another session holds before it gives up (seconds):
@@ -410,6 +411,9 @@ class Settings:
     #: The programs PARTNERO_PROGRAMS names; None: one program, ``default``, made of
     #: ``webhook_secrets``, ``partnero``, ``currency`` and ``mappings_dir`` (see ``programs``).
     program_list: tuple[Program, ...] | None = None
+    #: Every variable whose name ends in _WEBHOOK_URL that is set, by name: the URLs the mappings'
+    #: ``notify`` entries name. Secrets: never in repr, logs or errors.
+    webhook_urls: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
 
     @property
     def programs(self) -> tuple[Program, ...]:
@@ -463,6 +467,7 @@ class Settings:
             forwarded_allow_ips=forwarded_allow_ips(env),
             bulk_threshold=parse_bulk_threshold(env.get("SALESFORCE_BULK_THRESHOLD", "")),
             program_list=parse_programs(env, partnero.api_url, mappings_dir),
+            webhook_urls=webhook_urls(env),
         )
 
     def require_webhook_secret(self) -> tuple[str, ...]:
@@ -482,6 +487,12 @@ class Settings:
             f"partnero_api={self.partnero.api_url!r} ({'key set' if self.partnero.enabled else 'no key'}), "
             f"programs={[p.name for p in self.programs]!r})"
         )
+
+
+def webhook_urls(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables named ``<NAME>_WEBHOOK_URL`` that are set (not blank), by name."""
+    return {name: value.strip() for name, value in env.items()
+            if name.endswith(WEBHOOK_URL_SUFFIX) and value.strip()}
 
 
 #: What LOG_FORMAT may say (``sync.ops.logs`` writes each).

@@ -73,7 +73,8 @@ def test_a_database_made_before_migrations_is_adopted_and_upgraded(empty_url):
 
     lines = schema.migrate(engine)
     # Only the tables later migrations add are new.
-    assert lines == ["created table backfill_runs", "created table crm_bulk_jobs", "created table org_checks",
+    assert lines == ["created table backfill_runs", "created table crm_bulk_jobs",
+                     "created table notifications", "created table org_checks",
                      f"fixed tables migrated from {schema.BASELINE} to {schema.head_revision()}"]
     rows = Inbox(engine).deliveries()
     (old,) = list(rows)
@@ -84,7 +85,7 @@ def test_a_database_made_before_migrations_is_adopted_and_upgraded(empty_url):
 
 def test_the_reserved_table_names_come_from_the_schema():
     assert {"webhook_events", "commission_entries", "crm_outbox", "crm_commission_changes", "backfill_runs",
-            "org_checks", "crm_bulk_jobs", schema.VERSION_TABLE, "partner_commissions"} == schema.RESERVED_TABLES
+            "org_checks", "crm_bulk_jobs", "notifications", schema.VERSION_TABLE, "partner_commissions"} == schema.RESERVED_TABLES
 
 
 def test_two_migrations_at_once_take_turns(empty_server_url):
@@ -136,7 +137,8 @@ def test_the_ledger_migration_keeps_old_entries_meaningful(empty_url):
              "currency": "USD", "reward_status": s, "recorded_at": at, "event_id": 7} for t, k, r, p, a, s in rows])
         conn.commit()
 
-    assert schema.migrate(engine) == ["created table backfill_runs", "created table crm_bulk_jobs", "created table org_checks",
+    assert schema.migrate(engine) == ["created table backfill_runs", "created table crm_bulk_jobs",
+                     "created table notifications", "created table org_checks",
                                       f"fixed tables migrated from 0005 to {schema.head_revision()}"]
     migrate(empty_url)  # and the mapped tables, to deliver into
     pipe = Pipe(empty_url)

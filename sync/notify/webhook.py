@@ -14,12 +14,14 @@ from typing import Any
 import requests
 
 from sync.core.errors import PermanentError, TransientError
+from sync.mapping.spec import DEFAULT_MESSAGE_FORMAT, MESSAGE_FORMATS
 
-#: What a webhook's body may look like (ALERT_WEBHOOK_FORMAT): ``slack`` is ``{"text": ...}``, which
-#: Slack's, Mattermost's and Microsoft Teams' incoming webhooks all take; ``teams`` a Teams
-#: MessageCard with a title; ``json`` the text beside the message's facts, for any other endpoint.
-FORMATS = ("slack", "teams", "json")
-DEFAULT_FORMAT = "slack"
+#: What a webhook's body may look like (ALERT_WEBHOOK_FORMAT, a mapping's notify entry): ``slack`` is
+#: ``{"text": ...}``, which Slack's, Mattermost's and Microsoft Teams' incoming webhooks all take;
+#: ``teams`` a Teams MessageCard with a title; ``json`` the text beside the message's facts, for any
+#: other endpoint. Their one home is the mapping engine (below the settings, which check them too).
+FORMATS = MESSAGE_FORMATS
+DEFAULT_FORMAT = DEFAULT_MESSAGE_FORMAT
 #: Seconds to connect, then to read the answer: a slow endpoint costs a sender this at most.
 TIMEOUT = (5, 10)
 #: The longest ``Retry-After`` obeyed (an endpoint asking for more is asked again after this).

@@ -1,4 +1,5 @@
-"""The fixed tables (inbox, ledger, CRM outbox and its bulk jobs, backfill runs, the org's check) and their versioned migrations.
+"""The fixed tables (inbox, ledger, CRM outbox and its bulk jobs, backfill runs, the org's check, the
+mappings' notifications) and their versioned migrations.
 
 The tables are defined beside the code that uses them; this module gathers them into one
 ``metadata`` and brings a database up to date: Alembic's versioned migrations for the fixed
@@ -22,6 +23,7 @@ from sync.store import (  # noqa: F401
     db,
     inbox,
     ledger,
+    notifications,  # noqa: F401
     org_checks,  # noqa: F401
     outbox,  # noqa: F401
     runs,  # noqa: F401
