@@ -942,14 +942,14 @@ class _Checker:
             self.problems.append(Problem(self.path, getattr(entry, "line", 1), where,
                                          "must be a mapping with name, url and message"))
             return None
-        self.duplicates(entry, where)
-        self.unknown_keys(entry, NOTIFY_KEYS, where)
         name = self.required(entry, "name", where)
         if name is not None and not (isinstance(name, str) and NOTIFY_NAME.match(name)):
             self.problem(entry, "name", f"{where}.name", "a name is lower-case letters, digits, _ and - "
                                                          "(such as big-sale)")
             name = None
         where = f"notify.{name}" if name is not None else where
+        self.duplicates(entry, where)
+        self.unknown_keys(entry, NOTIFY_KEYS, where)
         on = self.notify_events(entry, f"{where}.on", events)
         when = self.expression(entry, "when", f"{where}.when", entry["when"]) if "when" in entry else None
         url = self.url_variable(entry, where)
