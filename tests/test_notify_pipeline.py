@@ -207,3 +207,14 @@ def test_once_the_backoff_is_spent_the_message_is_failed_with_its_reason(databas
     assert catcher.messages() == []
     with engine.connect() as conn:
         assert notifications.summary(conn).counts == {"pending": 0, "sent": 0, "failed": 1}
+
+
+def test_each_post_is_counted_by_outcome(notify_settings, notify_client, redis_conn, catcher):
+    from tests.test_metrics import parse
+
+    catcher.fail(1, status=503)
+    post(notify_client, sale(1234.56))
+    work(notify_settings, redis_conn)  # big-sale: 503, to retry; ops-copy: its variable unset, failed
+    counted = parse(notify_client.get("/metrics", headers=AUTH).get_data(as_text=True))
+    assert counted["partnero_sync_notifications_total"] == {
+        ("failed", "default"): 1.0, ("retried", "default"): 1.0, ("sent", "default"): 0.0}
