@@ -243,3 +243,14 @@ def test_the_shipped_example_loads_and_matches_the_json_schema(tmp_path):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(yaml.safe_load(text.replace("url: SALES_WEBHOOK_URL", "url: https://x.test/")
                                            .replace("\n    on:", "\n    'on':")), schema)
+
+
+def test_the_settings_read_every_webhook_url_variable_and_never_show_one():
+    from sync.settings import Settings
+
+    secret = "https://hooks.example.test/services/T000/B000/zq9token"
+    settings = Settings.from_env({"SALES_WEBHOOK_URL": f" {secret} ", "BLANK_WEBHOOK_URL": " ", "WEBHOOK_URL": secret,
+                                  "SALES_WEBHOOK_URLS": secret})
+    assert settings.webhook_urls == {"SALES_WEBHOOK_URL": secret}
+    assert "zq9token" not in repr(settings) and "zq9token" not in str(settings)
+    hash(settings)  # still hashable (frozen): the URLs are left out of its hash
