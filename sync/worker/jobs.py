@@ -277,6 +277,9 @@ def ask_for_notifications(queue: Queue, delay: float | None = None) -> None:
 #: A send job that leaves rows to retry sooner than this asks for the next one itself; later
 #: ones are the housekeeping's to ask for.
 RETRY_HORIZON = 3600
+#: A send job hands over to a fresh one after this long (well within its time-out, however slow
+#: the endpoints are), so a long backlog never runs into the time-out half-way through a claim.
+NOTIFY_SLICE_SECONDS = 60
 
 
 @_given_context
@@ -289,10 +292,12 @@ def send_notifications(current: Context) -> str:
 
     current.queue.notifications_taken()  # rows written from now on ask for the next job
     engine = current.inbox.engine
-    done = Notifier(engine, current.settings.webhook_urls, current.clock).send_due(should_stop=stop_requested)
+    deadline = time.monotonic() + NOTIFY_SLICE_SECONDS
+    done = Notifier(engine, current.settings.webhook_urls, current.clock).send_due(
+        should_stop=lambda: stop_requested() or time.monotonic() > deadline)
     with engine.connect() as conn:
         due = notifications.next_due(conn)
-    if due is not None:
+    if due is not None:  # rows left due (a slice ended) or to retry: the next job is asked for
         wait = max((due - current.clock()).total_seconds(), 0)
         if wait < RETRY_HORIZON:
             ask_for_notifications(current.queue, max(wait, 1))
