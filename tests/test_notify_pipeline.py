@@ -218,3 +218,15 @@ def test_each_post_is_counted_by_outcome(notify_settings, notify_client, redis_c
     counted = parse(notify_client.get("/metrics", headers=AUTH).get_data(as_text=True))
     assert counted["partnero_sync_notifications_total"] == {
         ("failed", "default"): 1.0, ("retried", "default"): 1.0, ("sent", "default"): 0.0}
+
+
+def test_replaying_history_announces_nothing(settings, tmp_path, redis_conn, catcher):
+    """A notify entry added after deliveries were processed: `replay` (to fill a new column, say)
+    applies them again and sends none of their messages."""
+    inbox_id = post(create_app(settings).test_client(), sale(1234.56))  # the shipped mappings: no notify
+    work(settings, redis_conn)
+    notifying = settings.with_overrides(mappings_dir=notify_mappings(tmp_path / "mappings"),
+                                        webhook_urls={"SALES_WEBHOOK_URL": catcher.url("sales")})
+    assert replay(Services.build(notifying, redis_conn), show_progress=False).processed == 1
+    assert status_of(settings.database_url, inbox_id) == "processed"
+    assert rows(settings.database_url) == []

@@ -137,7 +137,8 @@ class Processor:
             # A lost connection, a deadlock, a lock timeout: the next try finds the rows as they were.
             raise TransientError(f"database: {describe_error(exc)}") from exc
         processed = set(result.processed)
-        result.notifying = any(item.plan.notices for item in work if item.delivery.id in processed)
+        result.notifying = any(item.plan.notices for item in work if item.delivery.id in processed
+                               and item.delivery.status != DeliveryStatus.PROCESSED)  # as NotificationSink writes
         return result
 
     def _plan_all(self, events: list[StoredDelivery], planned_by: Mapping[str, Plan] | None,

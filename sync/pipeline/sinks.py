@@ -22,7 +22,7 @@ from sync.mapping import Plan
 from sync.rules.records import RecordState
 from sync.settings import DEFAULT_PROGRAM
 from sync.store import ledger, notifications
-from sync.store.inbox import StoredDelivery
+from sync.store.inbox import DeliveryStatus, StoredDelivery
 from sync.store.outbox import Outbox, OutboxChange
 from sync.store.warehouse import Warehouse, WarehouseChange
 
@@ -96,7 +96,11 @@ class OutboxSink:
 @dataclass(frozen=True)
 class NotificationSink:
     """The messages the mappings' ``notify`` entries send: a row per delivery and entry, written
-    only if absent (a delivery applied again sends nothing again), posted after the commit."""
+    only if absent (a delivery applied again sends nothing again), posted after the commit.
+
+    A delivery that was already processed, applied again as it is by ``partnero-sync replay``,
+    writes none: replaying history to fill a new column must not announce every old sale (a
+    ``notify`` entry added since applies to deliveries from then on)."""
 
     #: What time it is: when the rows are written, and first due.
     clock: Clock
@@ -105,7 +109,7 @@ class NotificationSink:
         notifications.add(conn, [
             notifications.NewNotification(item.delivery.id, notice.name, notice.url_variable, notice.format,
                                           notice.text, notice.problem)
-            for item in work for notice in item.plan.notices
+            for item in work if item.delivery.status != DeliveryStatus.PROCESSED for notice in item.plan.notices
         ], self.clock(), program=found.program)
 
 
