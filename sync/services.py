@@ -16,6 +16,7 @@ from sync.core import backoff
 from sync.core.clock import Clock, system_clock
 from sync.core.errors import TransientError
 from sync.mapping import MappingSet, load_mappings
+from sync.mapping.spec import Problem, unset_urls
 from sync.ops import metrics
 from sync.pipeline.processor import Processor
 from sync.pipeline.sweeper import sweep
@@ -25,11 +26,13 @@ from sync.salesforce.org import OrgWatch
 from sync.salesforce.schedule import FlushSchedule
 from sync.settings import DEFAULT_PROGRAM, Settings
 from sync.store import db, schema
+from sync.store import notifications
 from sync.store.inbox import Inbox
 from sync.store.org_checks import OrgCheck, OrgChecks
 from sync.store.outbox import Outbox
 from sync.store.warehouse import Warehouse
 from sync.worker import queues
+from sync.worker.jobs import ask_for_notifications
 from sync.worker.queues import JobQueue
 from sync.worker.stopping import INTERRUPTIONS
 
@@ -147,17 +150,33 @@ class Services:
             log.warning("%s", exc)
 
     def housekeeping(self) -> None:
-        """What the worker does every interval: sweep lost deliveries, and make sure a flush is
-        coming while Salesforce writes wait (after an outage, the backlog drains by itself); and
+        """What the worker does every interval: sweep lost deliveries, make sure a job posts the
+        notifications that are due (``notify_due``), and make sure a flush is coming while
+        Salesforce writes wait (after an outage, the backlog drains by itself); and
         check the Salesforce org against the mappings when that is due (``check_org``). The first
         housekeeping runs as the worker starts, before its first job."""
         sweep(self.inbox, self.queue, timedelta(seconds=self.settings.sweep_after_seconds))
+        self.notify_due()
         if self.settings.salesforce.enabled:
             with self.inbox.engine.connect() as conn:
                 waiting = Outbox().backlog(conn)
             if waiting:
                 self.flush_schedule.request()
             self.check_org()
+
+    def notify_due(self) -> None:
+        """Make sure a job posts the mappings' notifications while any is due (one whose job was
+        lost, or whose retry no job asked for)."""
+        with self.inbox.engine.connect() as conn:
+            due = notifications.next_due(conn)
+        if due is not None and due <= self.clock():
+            ask_for_notifications(self.queue)
+
+    def unset_webhook_urls(self) -> list[Problem]:
+        """The mappings' ``notify`` entries whose URL variable is not set, naming file, entry and
+        variable: their messages fail (with that reason) rather than being sent."""
+        return [p for mappings in distinct_mappings(self.mappings_by_program)
+                for p in unset_urls(mappings, self.settings.webhook_urls)]
 
     def check_org(self) -> OrgCheck | None:
         """Check the org against every program's mappings, when due (``OrgWatch``: at this

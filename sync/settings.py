@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from sync.core.errors import ConfigurationError
 from sync.mapping.spec import DEFAULT_PROGRAM  # its one home is the mapping engine, below settings
+from sync.mapping.spec import WEBHOOK_URL_SUFFIX  # what a mapping's notify url may name
+from sync.mapping.spec import DEFAULT_MESSAGE_FORMAT, MESSAGE_FORMATS  # the webhooks' body formats
 
 DEFAULT_DATABASE_URL = "sqlite:///partnero-sync.db"
 #: How long a statement waits for a lock another session holds before it gives up (seconds):
@@ -34,12 +36,10 @@ MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_FORWARDED_ALLOW_IPS = ("*",)
 #: More records due than this, for one Salesforce object, go in a Bulk API 2.0 job.
 DEFAULT_BULK_THRESHOLD = 2000
-#: What a webhook's body may look like (ALERT_WEBHOOK_FORMAT; ``sync.notify.webhook.body`` builds
-#: each): ``slack`` is ``{"text": ...}``, which Slack's, Mattermost's and Microsoft Teams' incoming
-#: webhooks all take; ``teams`` a Teams MessageCard with a title; ``json`` the text beside the
-#: message's facts, for any other endpoint.
-ALERT_FORMATS = ("slack", "teams", "json")
-DEFAULT_ALERT_FORMAT = "slack"
+#: What ALERT_WEBHOOK_FORMAT may say: the webhooks' body formats (``sync.notify.webhook.body``
+#: builds each), whose one home is the mapping engine, as a notify entry's ``format`` says them too.
+ALERT_FORMATS = MESSAGE_FORMATS
+DEFAULT_ALERT_FORMAT = DEFAULT_MESSAGE_FORMAT
 DEFAULT_ALERT_REMIND_AFTER = timedelta(hours=6)
 #: A program's name: lower-case letters, digits and dashes (not first or last), at most 40 characters.
 PROGRAM_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?")
@@ -431,6 +431,9 @@ class Settings:
     @property
     def alerts_enabled(self) -> bool:
         return bool(self.alert_webhook_url)
+    #: Every variable whose name ends in _WEBHOOK_URL that is set, by name: the URLs the mappings'
+    #: ``notify`` entries name. Secrets: never in repr, logs or errors.
+    webhook_urls: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
 
     @property
     def programs(self) -> tuple[Program, ...]:
@@ -485,6 +488,7 @@ class Settings:
             bulk_threshold=parse_bulk_threshold(env.get("SALESFORCE_BULK_THRESHOLD", "")),
             program_list=parse_programs(env, partnero.api_url, mappings_dir),
             **alert_settings(env),
+            webhook_urls=webhook_urls(env),
         )
 
     def require_webhook_secret(self) -> tuple[str, ...]:
@@ -505,6 +509,12 @@ class Settings:
             f"programs={[p.name for p in self.programs]!r}, "
             f"alerts={self.alert_webhook_format + ' webhook set' if self.alerts_enabled else 'off'})"
         )
+
+
+def webhook_urls(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables named ``<NAME>_WEBHOOK_URL`` that are set (not blank), by name."""
+    return {name: value.strip() for name, value in env.items()
+            if name.endswith(WEBHOOK_URL_SUFFIX) and value.strip()}
 
 
 #: What LOG_FORMAT may say (``sync.ops.logs`` writes each).

@@ -413,3 +413,10 @@ def test_every_page_is_linked_from_the_readme():
     linked = {(README.parent / target.partition("#")[0]).resolve() for target in _links(README)}
     assert not [_name(page) for page in PAGES[1:] if page.resolve() not in linked]
 
+
+
+def test_the_configuration_table_names_the_webhook_url_variables():
+    """Settings read every variable ending in _WEBHOOK_URL (a notify entry's url): the table says so."""
+    from sync.mapping.spec import WEBHOOK_URL_SUFFIX
+
+    assert f"| `<NAME>{WEBHOOK_URL_SUFFIX}` |" in _read(_page("docs/configuration.md"))

@@ -73,7 +73,8 @@ def test_a_database_made_before_migrations_is_adopted_and_upgraded(empty_url):
 
     lines = schema.migrate(engine)
     # Only the tables later migrations add are new.
-    assert lines == ["created table backfill_runs", "created table crm_bulk_jobs", "created table operator_alert_sender",
+    assert lines == ["created table backfill_runs", "created table crm_bulk_jobs", "created table notifications",
+                     "created table operator_alert_sender",
                      "created table operator_alerts", "created table ops_history", "created table org_checks",
                      f"fixed tables migrated from {schema.BASELINE} to {schema.head_revision()}"]
     rows = Inbox(engine).deliveries()
@@ -86,7 +87,7 @@ def test_a_database_made_before_migrations_is_adopted_and_upgraded(empty_url):
 def test_the_reserved_table_names_come_from_the_schema():
     assert {"webhook_events", "commission_entries", "crm_outbox", "crm_commission_changes", "backfill_runs",
             "org_checks", "crm_bulk_jobs", "operator_alerts", "operator_alert_sender", "ops_history",
-            schema.VERSION_TABLE, "partner_commissions"} == schema.RESERVED_TABLES
+            "notifications", schema.VERSION_TABLE, "partner_commissions"} == schema.RESERVED_TABLES
 
 
 def test_two_migrations_at_once_take_turns(empty_server_url):
@@ -139,7 +140,8 @@ def test_the_ledger_migration_keeps_old_entries_meaningful(empty_url):
         conn.commit()
 
     assert schema.migrate(engine) == ["created table backfill_runs", "created table crm_bulk_jobs",
-                                      "created table operator_alert_sender", "created table operator_alerts",
+                                      "created table notifications", "created table operator_alert_sender",
+                                      "created table operator_alerts",
                                       "created table ops_history", "created table org_checks",
                                       f"fixed tables migrated from 0005 to {schema.head_revision()}"]
     migrate(empty_url)  # and the mapped tables, to deliver into

@@ -241,16 +241,23 @@ def mappings_check(directory: Path | None) -> None:
 
     Without --dir, checks the mapping directory of every program (PARTNERO_<NAME>_MAPPINGS_DIR,
     else MAPPINGS_DIR). The web and the worker run the same check at start and refuse to start on
-    a problem; run it before deploying a changed file. Exit status 1 when there are problems.
+    a problem; run it before deploying a changed file. A notify entry whose URL variable
+    (<NAME>_WEBHOOK_URL) is not set is a problem here too (a worker starts, logs it, and fails
+    each such message with that reason). Exit status 1 when there are problems.
     """
     from sync.mapping import MappingError, load_mappings
+    from sync.mapping.spec import unset_urls
     from sync.store.schema import RESERVED_TABLES
 
-    directories = [directory] if directory else list(dict.fromkeys(p.mappings_dir for p in load_settings().programs))
+    settings = load_settings()
+    directories = [directory] if directory else list(dict.fromkeys(p.mappings_dir for p in settings.programs))
     failed = False
     for each in directories:
         try:
             loaded = load_mappings(each, RESERVED_TABLES)
+            unset = unset_urls(loaded, settings.webhook_urls)
+            if unset:  # the worker would start, and fail each such message with this reason
+                raise MappingError(unset)
         except MappingError as exc:
             click.echo(str(exc), err=True)
             failed = True
@@ -260,6 +267,7 @@ def mappings_check(directory: Path | None) -> None:
             click.echo(
                 f"{mapping.path}: {mapping.entity}: {len(mapping.events)} events -> table {target.table} "
                 f"({len(target.column_types())} columns)" + (", ledger" if mapping.ledger else "")
+                + (f", notify {', '.join(n.name for n in mapping.notify)}" if mapping.notify else "")
             )
     if failed:
         sys.exit(1)

@@ -4,6 +4,7 @@ arrived (``plan``, ``evaluate.version_time``); imports only sync.core."""
 
 from sync.mapping.evaluate import (
     FieldProblem,
+    Notice,
     Plan,
     RecordChange,
     Reward,
@@ -15,6 +16,6 @@ from sync.mapping.evaluate import (
 from sync.mapping.spec import DEFAULT_PROGRAM, Mapping, MappingError, MappingSet, load_mappings
 
 __all__ = [
-    "DEFAULT_PROGRAM", "FieldProblem", "Mapping", "MappingError", "MappingSet", "Plan", "RecordChange", "Reward",
+    "DEFAULT_PROGRAM", "FieldProblem", "Mapping", "Notice", "MappingError", "MappingSet", "Plan", "RecordChange", "Reward",
     "entity_label", "identify", "load_mappings", "plan", "salesforce_key",
 ]

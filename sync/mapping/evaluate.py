@@ -15,7 +15,7 @@ import jmespath.exceptions
 from sync.core.envelope import ExactFloat, parse_timestamp
 from sync.core.errors import PermanentError
 from sync.mapping.bounds import search
-from sync.mapping.spec import DEFAULT_PROGRAM, Field, Mapping
+from sync.mapping.spec import DEFAULT_PROGRAM, Field, Mapping, Notification
 from sync.mapping.transforms import COERCE, MAX_ENTITY_ID, ValueProblem, id_problem, kind
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -65,6 +65,19 @@ class Reward:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """A message a delivery sends (a ``notify`` entry whose condition holds): the entry's name, the
+    variable that holds the URL, the body's format and the text; or why the text cannot be made
+    (``problem``: the notification fails with it, the delivery does not)."""
+
+    name: str
+    url_variable: str
+    format: str
+    text: str
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything one delivery means for the warehouse, the ledger and the Salesforce outbox."""
 
@@ -82,6 +95,8 @@ class Plan:
     #: The record's identity (its id by the mapping's ``identity``), as text. ``crm.key`` is what
     #: the Salesforce record's external id holds: this identity through ``salesforce.key``.
     key: str = field(default="", kw_only=True)
+    #: The messages the delivery sends, by the mapping's ``notify`` entries whose condition holds.
+    notices: tuple[Notice, ...] = field(default=(), kw_only=True)
 
 
 def entity_label(key: Any) -> str | None:
@@ -143,14 +158,16 @@ def _with_program(document: Any, program: str) -> Any:
 
 
 def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str, received_at: datetime | None = None,
-         *, salesforce: bool = True, program: str = DEFAULT_PROGRAM) -> Plan:
+         *, salesforce: bool = True, program: str = DEFAULT_PROGRAM, notify: bool = True) -> Plan:
     """What ``document`` means for the warehouse, the ledger and (with ``salesforce``) the CRM,
-    when it is a delivery of ``program``: every expression sees ``program`` as a top-level name.
+    and (with ``notify``) the messages it sends, when it is a delivery of ``program``: every
+    expression sees ``program`` as a top-level name.
 
     Raises ``FieldProblem`` when the delivery cannot be applied: its record id, or a warehouse
     or ledger value, does not fit the mapping. A Salesforce field that cannot be computed does
     not fail it: the CRM record is refused (``Plan.crm_problem``), the rest goes ahead. Without
-    ``salesforce`` (CRM sync off), the ``salesforce:`` section is not evaluated at all.
+    ``salesforce`` (CRM sync off), the ``salesforce:`` section is not evaluated at all. A
+    notification that cannot be made does not fail it either (``Notice.problem``).
     """
     document = _with_program(document, program)
     event = document["event"]
@@ -178,7 +195,44 @@ def plan(mapping: Mapping, document: dict[str, Any], fingerprint: str, received_
     crm, crm_problem = None, None
     if salesforce and mapping.salesforce is not None:
         crm, crm_problem = _crm(mapping, document, key, deleting, version)
-    return Plan(mapping, event, change, rewards, reverses, crm, crm_problem, key=key)
+    notices = notices_of(mapping, document) if notify else ()
+    return Plan(mapping, event, change, rewards, reverses, crm, crm_problem, key=key, notices=notices)
+
+
+def notices_of(mapping: Mapping, document: dict[str, Any]) -> tuple[Notice, ...]:
+    """The messages ``document`` (holding its ``program``) sends: each ``notify`` entry of its
+    event whose condition holds, its fields evaluated within the bounds of every expression."""
+    found = (_notice(mapping, entry, document) for entry in mapping.notify if document["event"] in entry.events)
+    return tuple(notice for notice in found if notice is not None)
+
+
+def _notice(mapping: Mapping, entry: Notification, document: dict[str, Any]) -> Notice | None:
+    """``entry``'s message for ``document``; None when its condition is false. What cannot be
+    computed is the notification's problem, named by file and field, never quoting a value."""
+    where = f"notify.{entry.name}"
+    failed = partial(Notice, entry.name, entry.url_variable, entry.format, "")
+    if entry.when is not None:
+        try:
+            holds = truthy(_guarded(mapping, f"{where}.when", partial(search, entry.when), document))
+        except FieldProblem as exc:
+            return failed(str(exc))
+        if not holds:
+            return None
+    problems: list[str] = []
+    values = _fields(mapping, entry.fields, document, f"{where}.fields", problems)
+    if problems:
+        return failed(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    try:
+        text = entry.message.render(values)
+    except ValueError as exc:
+        return failed(f"{mapping.path.name}: {where}.message: {exc}")
+    return Notice(entry.name, entry.url_variable, entry.format, text)
+
+
+def truthy(value: Any) -> bool:
+    """JMESPath's truth: false for null, false, an empty text, list or object; true for the rest
+    (0 included)."""
+    return not (value is None or value is False or (isinstance(value, str | list | dict) and not value))
 
 
 def _crm(mapping: Mapping, document: dict[str, Any], key: str, deleting: bool,

@@ -73,6 +73,8 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
+        if isinstance(key_node, yaml.ScalarNode) and key_node.value == "on" and key_node.style is None:
+            key = "on"  # YAML 1.1 reads a plain on as true; as a key it is a name (a notify entry's)
         if not isinstance(key, str):
             written = f" {key_node.value!r}" if isinstance(key_node, yaml.ScalarNode) and len(key_node.value) <= 40 else ""
             raise YamlProblem(line, f"key{written} is not text (YAML reads it as {kind(key)}): put it in quotes")

@@ -16,7 +16,7 @@ import jmespath.exceptions
 from jmespath.parser import ParsedResult
 
 from sync.core.errors import ConfigurationError
-from sync.mapping import bounds
+from sync.mapping import bounds, message
 from sync.mapping.loader import LineDict, YamlProblem, load_yaml
 from sync.mapping.transforms import (
     ANY,
@@ -66,6 +66,18 @@ LEDGER_FIELDS = ("partner", "amount", "currency", "status", "occurred_at")
 LEDGER_OPTIONAL = ("key", "is_currency")
 LEDGER_TYPES = {"partner": "string", "amount": "decimal", "currency": "string", "status": "string",
                 "occurred_at": "datetime", "key": "string", "is_currency": "boolean"}
+#: The bodies a message may be posted as (a ``notify`` entry's ``format``): their one home, below
+#: ``sync.notify.webhook`` and the settings, which take them from here. ``slack`` is ``{"text": ...}``.
+MESSAGE_FORMATS = ("slack", "teams", "json")
+DEFAULT_MESSAGE_FORMAT = "slack"
+#: A ``notify`` entry's ``url`` names an environment variable ending in this (``SALES_WEBHOOK_URL``),
+#: never the URL itself: a webhook's URL is a secret, and the settings read every such variable.
+WEBHOOK_URL_SUFFIX = "_WEBHOOK_URL"
+URL_VARIABLE = re.compile(r"^[A-Z][A-Z0-9_]{0,80}" + WEBHOOK_URL_SUFFIX + "$")
+NOTIFY_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+NOTIFY_KEYS = {"name", "on", "when", "url", "format", "fields", "message"}
+#: ``notify`` entries of one file.
+MAX_NOTIFICATIONS = 20
 #: The commission totals a Salesforce section may name a field for, by their mapping key.
 COMMISSION_TOTALS = {"commission_total": "owed", "commission_approved": "approved", "commission_pending": "pending"}
 
@@ -233,6 +245,22 @@ class SalesforceTarget:
 
 
 @dataclass(frozen=True)
+class Notification:
+    """A ``notify`` entry: on which events, under which condition, which message goes to the webhook
+    whose URL the variable ``url_variable`` holds."""
+
+    name: str  # unique in its file: it names the notification in /ops and deduplicates it per delivery
+    events: frozenset[str]
+    when: ParsedResult | None  # sent when it is truthy (JMESPath's truth); None: always
+    when_source: str | None
+    url_variable: str
+    format: str
+    fields: tuple[Field, ...]
+    message: message.Template
+    line: int
+
+
+@dataclass(frozen=True)
 class Mapping:
     path: Path
     entity: str
@@ -246,6 +274,8 @@ class Mapping:
     #: The Partnero list (``PARTNERO_LISTS``) backfill and reconcile load this mapping's records
     #: from: the file's ``list``, else the one its events are about; None: none.
     partnero_list: str | None = None
+    #: The messages its deliveries send (``notify``), in the file's order.
+    notify: tuple[Notification, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -378,7 +408,8 @@ def _check_across(mappings: list[Mapping], problems: list[Problem]) -> None:
 class _Checker:
     """Walks one file's YAML, building typed objects and noting every problem on the way."""
 
-    TOP = {"entity", "list", "events", "deletes", "identity", "version", "warehouse", "ledger", "salesforce"}
+    TOP = {"entity", "list", "events", "deletes", "identity", "version", "warehouse", "ledger", "salesforce",
+           "notify"}
 
     def __init__(self, path: Path, problems: list[Problem], reserved: frozenset[str] = frozenset()):
         self.path = path
@@ -414,12 +445,13 @@ class _Checker:
             self.problem(raw, "warehouse", "warehouse", "missing: nothing to write, add a warehouse section")
         ledger = self.ledger(raw["ledger"], events, deletes) if "ledger" in raw else None
         salesforce = self.salesforce(raw["salesforce"]) if "salesforce" in raw else None
-        if None in (entity, identity, version) or ("warehouse" in raw and warehouse is None):
+        notify = self.notify(raw["notify"], events) if "notify" in raw else []
+        if None in (entity, identity, version, notify) or ("warehouse" in raw and warehouse is None):
             return None
         if ("ledger" in raw and ledger is None) or ("salesforce" in raw and salesforce is None):
             return None
         return Mapping(self.path, entity, frozenset(events), frozenset(deletes), identity, version, warehouse,
-                       ledger, salesforce, partnero_list)
+                       ledger, salesforce, partnero_list, tuple(notify))
 
     # -- pieces ------------------------------------------------------------------------------
 
@@ -879,6 +911,135 @@ class _Checker:
             elif ok:
                 built.append(Reference(name, obj, ext, value))
         return built if ok else None
+
+
+    # -- notify -----------------------------------------------------------------------------
+
+    def notify(self, raw: Any, events: set[str]) -> list[Notification] | None:
+        """The file's ``notify`` entries; None (problems noted) when any is wrong. Names are unique."""
+        if not isinstance(raw, list) or len(raw) > MAX_NOTIFICATIONS:
+            self.problems.append(Problem(self.path, getattr(raw, "line", 1), "notify",
+                                         f"must be a list of at most {MAX_NOTIFICATIONS} entries (- name: …)"))
+            return None
+        built, first, ok = [], {}, True
+        for position, entry in enumerate(raw):
+            made = self.notification(entry, position + 1, events)
+            if made is None:
+                ok = False
+                continue
+            if made.name in first:
+                self.problems.append(Problem(self.path, made.line, f"notify.{made.name}.name",
+                                             f"duplicate name (entry {first[made.name]} has it too): a name "
+                                             "tells a delivery's notifications apart"))
+                ok = False
+            first.setdefault(made.name, position + 1)
+            built.append(made)
+        return built if ok else None
+
+    def notification(self, entry: Any, position: int, events: set[str]) -> Notification | None:
+        where = f"notify[{position}]"
+        if not isinstance(entry, LineDict):
+            self.problems.append(Problem(self.path, getattr(entry, "line", 1), where,
+                                         "must be a mapping with name, url and message"))
+            return None
+        name = self.required(entry, "name", where)
+        if name is not None and not (isinstance(name, str) and NOTIFY_NAME.match(name)):
+            self.problem(entry, "name", f"{where}.name", "a name is lower-case letters, digits, _ and - "
+                                                         "(such as big-sale)")
+            name = None
+        where = f"notify.{name}" if name is not None else where
+        self.duplicates(entry, where)
+        self.unknown_keys(entry, NOTIFY_KEYS, where)
+        on = self.notify_events(entry, f"{where}.on", events)
+        when = self.expression(entry, "when", f"{where}.when", entry["when"]) if "when" in entry else None
+        url = self.url_variable(entry, where)
+        form = entry.get("format", DEFAULT_MESSAGE_FORMAT)
+        if form not in MESSAGE_FORMATS:
+            self.problem(entry, "format", f"{where}.format", f"must be one of {', '.join(MESSAGE_FORMATS)}")
+        fields = self.notify_fields(entry, f"{where}.fields")
+        template = self.template(entry, where, fields)
+        if None in (name, on, url, fields, template) or form not in MESSAGE_FORMATS or ("when" in entry and when is None):
+            return None
+        return Notification(name, frozenset(on), when, entry.get("when"), url, form, tuple(fields.values()),
+                            template, entry.line_of("name"))
+
+    def notify_events(self, entry: LineDict, where: str, events: set[str]) -> set[str] | None:
+        """The events an entry is sent on: its ``on``, among the file's events; else all of them."""
+        if "on" not in entry:
+            return set(events)
+        listed = entry["on"]
+        if not isinstance(listed, list) or not listed or not all(isinstance(e, str) for e in listed):
+            self.problem(entry, "on", where, "must be a list of event types, among the file's events")
+            return None
+        strangers = sorted(set(listed) - events)
+        if strangers:
+            self.problem(entry, "on", where, f"{', '.join(strangers)} not among this file's events "
+                                             f"({', '.join(sorted(events))})")
+            return None
+        return set(listed)
+
+    def url_variable(self, entry: LineDict, where: str) -> str | None:
+        """The name of the variable that holds the webhook's URL (never the URL: it is not quoted)."""
+        named = self.required(entry, "url", where)
+        if named is None:
+            return None
+        if not (isinstance(named, str) and URL_VARIABLE.match(named)):
+            self.problem(entry, "url", f"{where}.url", f"the name of an environment variable ending in "
+                                                       f"{WEBHOOK_URL_SUFFIX}, such as SALES{WEBHOOK_URL_SUFFIX}, "
+                                                       "which holds the URL (a URL is a secret: never in the file)")
+            return None
+        return named
+
+    def notify_fields(self, entry: LineDict, where: str) -> dict[str, Field] | None:
+        """The fields a message shows: name: expression, or {from|value, type, transforms}, as columns."""
+        raw = entry.get("fields", LineDict())
+        if not isinstance(raw, LineDict) or len(raw) > MAX_COLUMNS:
+            self.problem(entry, "fields", where, f"must be a mapping of at most {MAX_COLUMNS} name: expression")
+            return None
+        self.duplicates(raw, where)
+        fields, ok = {}, True
+        for name in raw:
+            if not isinstance(name, str) or not message.NAME.fullmatch(name):
+                self.problem(raw, name, _join(where, name), "a field name is lower-case letters, digits and _")
+                ok = False
+                continue
+            built = self.field(raw, name, _join(where, name))
+            ok &= built is not None
+            if built is not None:
+                fields[name] = built
+        return fields if ok else None
+
+    def template(self, entry: LineDict, where: str, fields: dict[str, Field] | None) -> message.Template | None:
+        """The entry's ``message``: only names of its fields, each with a safe format spec; a spec
+        only a number takes (``,.2f``) only on an integer or decimal field."""
+        if self.required(entry, "message", where) is None:
+            return None
+        template, problem = message.parse(entry["message"])
+        if problem is not None:
+            self.problem(entry, "message", f"{where}.message", problem)
+            return None
+        if fields is None:
+            return template
+        for name in template.names:
+            if name not in fields:
+                known = ", ".join(fields) or "none: add fields"
+                self.problem(entry, "message", f"{where}.message", f"{{{name}}}: unknown field (fields: {known})")
+                return None
+            spec = template.numeric(name)
+            if spec is not None and fields[name].type not in message.NUMBER_FIELDS:
+                self.problem(entry, "message", f"{where}.message",
+                             f"{{{name}:{spec}}} formats a number, but {name} is {fields[name].type}: "
+                             f"give it type: decimal (or integer)")
+                return None
+        return template
+
+
+def unset_urls(mappings: MappingSet, available: Collection[str]) -> list[Problem]:
+    """The ``notify`` entries whose URL variable is not among ``available`` (the variables set),
+    each as a problem naming file, entry and variable: their messages would fail, not be sent."""
+    return [Problem(m.path, n.line, f"notify.{n.name}.url",
+                    f"{n.url_variable} is not set: this entry's messages would fail (set it to the webhook's URL)")
+            for m in mappings.mappings for n in m.notify if n.url_variable not in available]
 
 
 def _taken(column: str) -> str:

@@ -14,10 +14,14 @@ from typing import Any
 import requests
 
 from sync.core.errors import PermanentError, TransientError
-# What a body may look like: one list, which start-up checks ALERT_WEBHOOK_FORMAT against.
-from sync.settings import ALERT_FORMATS as FORMATS  # noqa: F401
-from sync.settings import DEFAULT_ALERT_FORMAT as DEFAULT_FORMAT
+from sync.mapping.spec import DEFAULT_MESSAGE_FORMAT, MESSAGE_FORMATS
 
+#: What a webhook's body may look like (ALERT_WEBHOOK_FORMAT, a mapping's notify entry): ``slack`` is
+#: ``{"text": ...}``, which Slack's, Mattermost's and Microsoft Teams' incoming webhooks all take;
+#: ``teams`` a Teams MessageCard with a title; ``json`` the text beside the message's facts, for any
+#: other endpoint. Their one home is the mapping engine (below the settings, which check them too).
+FORMATS = MESSAGE_FORMATS
+DEFAULT_FORMAT = DEFAULT_MESSAGE_FORMAT
 #: Seconds to connect, then to read the answer: a slow endpoint costs a sender this at most.
 TIMEOUT = (5, 10)
 #: The longest ``Retry-After`` obeyed (an endpoint asking for more is asked again after this).

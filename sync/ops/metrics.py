@@ -20,6 +20,7 @@ from prometheus_client.utils import floatToGoString
 
 from sync.settings import DEFAULT_PROGRAM
 from sync.store.inbox import DeliveryStatus, ReceiptStatus
+from sync.store.notifications import NotificationStatus
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,14 @@ SALESFORCE_LAG = Histogram(
     (0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 14400),
     ("program",),
 )
-STORED = (RECEIVED, ATTEMPTS, SALESFORCE_CALLS, SALESFORCE_REFUSALS, LAG, SALESFORCE_LAG)
+NOTIFICATIONS = Counter(
+    "notifications",
+    "Posts of the mappings' notifications (notify), by outcome (sent; retried: the endpoint did not take it, "
+    "tried again later; failed: for good), by program.",
+    ("program", "outcome"),
+    known=((NotificationStatus.SENT,), (RETRIED,), (NotificationStatus.FAILED,)),
+)
+STORED = (RECEIVED, ATTEMPTS, SALESFORCE_CALLS, SALESFORCE_REFUSALS, LAG, SALESFORCE_LAG, NOTIFICATIONS)
 
 def read(connection: redis.Redis) -> dict[str, dict[str, str]] | None:
     """Every stored family's hash, in one round trip (after pushing this process's buffer);

@@ -60,7 +60,27 @@ def render(mappings: MappingSet, body: bytes, arrived_at: datetime, program: str
             lines.append(f"salesforce {crm.table}: upsert {crm.key_column} = {crm.key!r}")
             for name, value in {**crm.values, **crm.tombstone}.items():
                 lines.append(f"  {name} = {_show(value)}")
+    lines += _notices(mapping, event, what.notices)
     return "\n".join(lines)
+
+
+def _notices(mapping, event: str, notices) -> list[str]:
+    """What each ``notify`` entry of ``event`` would do: the message it would send (to which
+    variable's URL), why it would fail, or that its condition is false."""
+    lines = []
+    sent = {notice.name: notice for notice in notices}
+    for entry in mapping.notify:
+        if event not in entry.events:
+            continue
+        notice = sent.get(entry.name)
+        head = f"notify {entry.name} -> {entry.url_variable} ({entry.format})"
+        if notice is None:
+            lines.append(f"{head}: not sent, its condition is false: {safe(entry.when_source or '')}")
+        elif notice.problem is not None:
+            lines.append(f"{head}: would fail, the rest is written: {safe(notice.problem)}")
+        else:
+            lines.append(f"{head}: {safe(notice.text)}")
+    return lines
 
 
 def _show(value: Any) -> str:

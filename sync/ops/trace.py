@@ -1,6 +1,6 @@
 """What one delivery became, read for ``/ops``: its inbox row and body, the warehouse row of its
-record, the ledger of its transaction and its Salesforce record, all of the delivery's program (a
-record's identity is its program and its id)."""
+record, the ledger of its transaction, its Salesforce record and the notifications it sent, all of
+the delivery's program (a record's identity is its program and its id)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from sync.core import envelope
 from sync.core.envelope import MalformedDelivery
 from sync.mapping import FieldProblem, Mapping, identify, salesforce_key
-from sync.store import ledger
+from sync.store import ledger, notifications
 from sync.store.inbox import InboxRow, StoredDelivery
 from sync.store.outbox import Outbox
 
@@ -40,6 +40,9 @@ class Trace:
     #: The value of the record's Salesforce external id (the mapping's ``salesforce.key`` of the
     #: program and id; None: no Salesforce target, or the key gives none).
     crm_key: str | None = None
+    #: The messages its mapping's ``notify`` entries sent (or are sending), in the mapping's order:
+    #: name, status, attempts, sent at, last error, text.
+    notifications: tuple[dict[str, Any], ...] = ()
 
     @property
     def winner(self) -> int | None:
@@ -82,6 +85,8 @@ def trace(services, event_id: int) -> Trace | None:
                 entries = ledger.entries(conn, key, program=program)
             if crm_enabled and crm_key is not None:
                 crm = Outbox().read(conn, mapping.salesforce.object, crm_key, program=program)
+    with inbox.engine.connect() as conn:
+        sent = tuple(notifications.of_delivery(conn, row.id))
     return Trace(
         row=row,
         event=event,
@@ -94,6 +99,7 @@ def trace(services, event_id: int) -> Trace | None:
         crm_enabled=crm_enabled,
         crm=crm,
         crm_key=printable(crm_key) if crm_key is not None else None,
+        notifications=sent,
     )
 
 

@@ -88,8 +88,11 @@ class Resync:
             deliveries = [Delivery(body, event, DeliveryStatus.PENDING, item.object_id, self.program)
                           for event, body in item.bodies()]
             try:
+                # notify=False: what a list brings in is history, not news; the mappings'
+                # notifications are for deliveries as they happen.
                 plans = [plan(mapping, document, d.fingerprint, observed_at, salesforce=salesforce,
-                              program=self.program) for (_, document), d in zip(item.documents, deliveries)]
+                              program=self.program, notify=False)
+                         for (_, document), d in zip(item.documents, deliveries)]
             except (MalformedDelivery, FieldProblem) as exc:
                 # Stored and applied anyway: the failure is then recorded on its row, for /ops.
                 if item.object_id is not None:

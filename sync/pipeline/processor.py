@@ -66,6 +66,8 @@ class BatchResult:
     #: Deliveries not tried because the batch had waited on locks long enough: still pending, let
     #: go of for the next claim.
     untried: list[int] = field(default_factory=list)
+    #: Whether a processed delivery sends messages (``notify``): a worker then posts what is due.
+    notifying: bool = False
 
     def summary(self) -> str:
         text = f"{len(self.processed)} processed, {len(self.ignored)} ignored, {len(self.failed)} failed"
@@ -134,6 +136,9 @@ class Processor:
         except sa.exc.SQLAlchemyError as exc:
             # A lost connection, a deadlock, a lock timeout: the next try finds the rows as they were.
             raise TransientError(f"database: {describe_error(exc)}") from exc
+        processed = set(result.processed)
+        result.notifying = any(item.plan.notices for item in work if item.delivery.id in processed
+                               and item.delivery.status != DeliveryStatus.PROCESSED)  # as NotificationSink writes
         return result
 
     def _plan_all(self, events: list[StoredDelivery], planned_by: Mapping[str, Plan] | None,
@@ -252,7 +257,8 @@ class Processor:
 
     @property
     def sinks(self) -> list[Sink]:
-        """Where plans go, in lock order: the warehouse, the ledger, and the outbox unless CRM sync is off."""
+        """Where plans go, in lock order: the warehouse, the ledger, the outbox unless CRM sync is
+        off, and the notifications."""
         return in_lock_order(self.warehouse, self.outbox, self.inbox.clock)
 
     def _apply_all(self, conn: Connection, work: list[Work]) -> None:

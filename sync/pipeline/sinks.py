@@ -3,7 +3,8 @@
 A ``Sink`` takes the batch's (delivery, plan) pairs and what the sinks before it found, writes
 its tables on the connection it is given (it never commits), and adds what the sinks after it
 need. ``in_lock_order`` lists the sinks in the order every batch applies them, and so locks
-their tables in: the warehouse, then the ledger, then the Salesforce outbox. One order for
+their tables in: the warehouse, then the ledger, then the Salesforce outbox, then the mappings'
+notifications. One order for
 every batch is why concurrent batches cannot deadlock. Another destination is another sink in
 that list.
 """
@@ -20,8 +21,8 @@ from sync.core.clock import Clock
 from sync.mapping import Plan
 from sync.rules.records import RecordState
 from sync.settings import DEFAULT_PROGRAM
-from sync.store import ledger
-from sync.store.inbox import StoredDelivery
+from sync.store import ledger, notifications
+from sync.store.inbox import DeliveryStatus, StoredDelivery
 from sync.store.outbox import Outbox, OutboxChange
 from sync.store.warehouse import Warehouse, WarehouseChange
 
@@ -92,11 +93,32 @@ class OutboxSink:
         self.outbox.note_commission_change(conn, found.partners, program=found.program)
 
 
+@dataclass(frozen=True)
+class NotificationSink:
+    """The messages the mappings' ``notify`` entries send: a row per delivery and entry, written
+    only if absent (a delivery applied again sends nothing again), posted after the commit.
+
+    A delivery that was already processed, applied again as it is by ``partnero-sync replay``,
+    writes none: replaying history to fill a new column must not announce every old sale (a
+    ``notify`` entry added since applies to deliveries from then on)."""
+
+    #: What time it is: when the rows are written, and first due.
+    clock: Clock
+
+    def write(self, conn: Connection, work: Sequence[Work], found: Found) -> None:
+        notifications.add(conn, [
+            notifications.NewNotification(item.delivery.id, notice.name, notice.url_variable, notice.format,
+                                          notice.text, notice.problem)
+            for item in work if item.delivery.status != DeliveryStatus.PROCESSED for notice in item.plan.notices
+        ], self.clock(), program=found.program)
+
+
 def in_lock_order(warehouse: Warehouse, outbox: Outbox | None, clock: Clock) -> list[Sink]:
     """The sinks, in the order every batch applies them (no outbox: CRM sync is off)."""
     sinks: list[Sink] = [WarehouseSink(warehouse), LedgerSink(clock)]
     if outbox is not None:
         sinks.append(OutboxSink(outbox))
+    sinks.append(NotificationSink(clock))
     return sinks
 
 

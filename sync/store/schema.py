@@ -1,4 +1,5 @@
-"""The fixed tables (inbox, ledger, CRM outbox and its bulk jobs, backfill runs, the org's check, the alerts, /ops's history) and their versioned migrations.
+"""The fixed tables (inbox, ledger, CRM outbox and its bulk jobs, backfill runs, the org's check, the
+alerts, /ops's history, the mappings' notifications) and their versioned migrations.
 
 The tables are defined beside the code that uses them; this module gathers them into one
 ``metadata`` and brings a database up to date: Alembic's versioned migrations for the fixed
@@ -24,6 +25,7 @@ from sync.store import (  # noqa: F401
     history,  # noqa: F401
     inbox,
     ledger,
+    notifications,  # noqa: F401
     org_checks,  # noqa: F401
     outbox,  # noqa: F401
     runs,  # noqa: F401

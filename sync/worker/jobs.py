@@ -67,6 +67,10 @@ class Queue(Protocol):
 
     def enqueue_backfill(self, run_id: int, description: str) -> str: ...
 
+    def enqueue_notifications(self, delay: float | None = None) -> bool: ...
+
+    def notifications_taken(self) -> None: ...
+
     def describe_current_job(self, description: str) -> None: ...
 
     def report_progress(self, text: str) -> None: ...
@@ -255,8 +259,50 @@ def _apply(current: Context, events: list[StoredDelivery], again: bool = False) 
             return None
         return _passing(current, events, exc)
     outcomes.report(events, result, current.request_flush, current.clock())
+    if result.notifying:  # committed: their messages may go now
+        ask_for_notifications(current.queue)
     # Failed deliveries are recorded on their rows (status, /ops, metrics); the job did its work.
     return result
+
+
+def ask_for_notifications(queue: Queue, delay: float | None = None) -> None:
+    """Make sure a send job comes (now, or in ``delay`` seconds); Redis away is only logged: the
+    rows wait in the database, and the worker's housekeeping asks again while any is due."""
+    try:
+        queue.enqueue_notifications(delay)
+    except TransientError as exc:
+        log.warning("%s", exc)
+
+
+#: A send job that leaves rows to retry sooner than this asks for the next one itself; later
+#: ones are the housekeeping's to ask for.
+RETRY_HORIZON = 3600
+#: A send job hands over to a fresh one after this long (well within its time-out, however slow
+#: the endpoints are), so a long backlog never runs into the time-out half-way through a claim.
+NOTIFY_SLICE_SECONDS = 60
+
+
+@_given_context
+@_withholding
+def send_notifications(current: Context) -> str:
+    """Post the mappings' due notifications (``sync.pipeline.notifier``); each outcome is on its
+    row. Never fails a delivery: they were committed before any of this."""
+    from sync.pipeline.notifier import Notifier
+    from sync.store import notifications
+
+    current.queue.notifications_taken()  # rows written from now on ask for the next job
+    engine = current.inbox.engine
+    deadline = time.monotonic() + NOTIFY_SLICE_SECONDS
+    done = Notifier(engine, current.settings.webhook_urls, current.clock).send_due(
+        should_stop=lambda: stop_requested() or time.monotonic() > deadline)
+    with engine.connect() as conn:
+        due = notifications.next_due(conn)
+    if due is not None:  # rows left due (a slice ended) or to retry: the next job is asked for
+        wait = max((due - current.clock()).total_seconds(), 0)
+        if wait < RETRY_HORIZON:
+            ask_for_notifications(current.queue, max(wait, 1))
+    current.queue.describe_current_job(done.summary())
+    return done.summary()
 
 
 def _passing(current: Context, events: list[StoredDelivery], exc: BaseException) -> Retry:

@@ -40,6 +40,8 @@ class WorkerServices(Context, Protocol):
 
     def housekeeping(self) -> None: ...
 
+    def unset_webhook_urls(self) -> list: ...
+
 
 def build_worker(services: WorkerServices, *, sweep_every: int = 60,
                  worker_class: type[PartneroWorker] = PartneroWorker) -> PartneroWorker:
@@ -53,6 +55,8 @@ def build_worker(services: WorkerServices, *, sweep_every: int = 60,
             raise
         # Jobs retry until the database is back; the release step or next start migrates.
         log.warning("could not check the schema, the database is unavailable: %s", type(exc).__name__)
+    for problem in services.unset_webhook_urls():  # not a reason to stop every delivery: each such message fails
+        log.error("notify: %s", problem)
     worker = worker_class(
         # Deliveries first: a flush waits for them, and hands over often (sync.salesforce.schedule); a
         # backfill works in slices, so the others get their turns between two.

@@ -63,6 +63,12 @@ FLUSH_JOB_TIMEOUT = 300
 #: Backfills run on a queue of their own too, in slices that take turns with the other queues.
 BACKFILL_QUEUE_NAME = "partnero-backfill"
 BACKFILL_JOB_TIMEOUT = 600
+#: The mappings' notifications are posted on a queue of their own, so a slow endpoint never
+#: holds up a delivery's wake-up; at most one send job waits now, and one later (a retry's time).
+NOTIFY_QUEUE_NAME = "partnero-notify"
+NOTIFY_JOB_TIMEOUT = 600
+NOTIFY_KEY = "partnero-sync:notify"
+NOTIFY_LATER_KEY = "partnero-sync:notify-later"
 
 #: Each worker process says it is alive under this key (and its name) every ``ALIVE_EVERY``
 #: seconds, for ``ALIVE_TTL``: RQ's own record of a worker outlives a killed one by minutes.
@@ -72,18 +78,20 @@ ALIVE_TTL = 10
 
 class JobQueue:
     """The ``partnero`` queue (wake-ups: workers claim and apply pending deliveries), the
-    ``partnero-crm`` queue (Salesforce flushes) and the ``partnero-backfill`` queue."""
+    ``partnero-crm`` queue (Salesforce flushes), the ``partnero-notify`` queue (the mappings'
+    notifications posted) and the ``partnero-backfill`` queue."""
 
     def __init__(self, connection: redis.Redis, name: str = QUEUE_NAME):
         self.connection = connection
         self.queue = Queue(name, connection=connection)
         self.crm_queue = Queue(CRM_QUEUE_NAME, connection=connection)
         self.backfill_queue = Queue(BACKFILL_QUEUE_NAME, connection=connection)
+        self.notify_queue = Queue(NOTIFY_QUEUE_NAME, connection=connection)
 
     @property
     def queues(self) -> list[Queue]:
-        """What a worker listens to: deliveries first, then Salesforce flushes, then backfills."""
-        return [self.queue, self.crm_queue, self.backfill_queue]
+        """What a worker listens to: deliveries first, then Salesforce flushes, notifications, backfills."""
+        return [self.queue, self.crm_queue, self.notify_queue, self.backfill_queue]
 
     def wake(self, *, force: bool = False) -> bool:
         """Make sure a worker is on its way to claim pending deliveries; True when this call
@@ -152,6 +160,29 @@ class JobQueue:
         except redis.RedisError as exc:
             raise TransientError(f"could not enqueue backfill #{run_id}: {exc}") from exc
         return job.id
+
+    def enqueue_notifications(self, delay: float | None = None) -> bool:
+        """Make sure a job that posts the due notifications is on its way, now or in ``delay``
+        seconds; True when this call enqueued it. Its arguments are none: the rows are in the
+        database. Raises ``TransientError`` when Redis cannot take it (the housekeeping asks again)."""
+        mark, hold = (NOTIFY_KEY, WAKE_TTL) if not delay else (NOTIFY_LATER_KEY, int(delay) + WAKE_TTL)
+        options = {"description": "notifications: post the due ones", "job_timeout": NOTIFY_JOB_TIMEOUT,
+                   "result_ttl": RESULT_TTL, "failure_ttl": FAILURE_TTL, "meta": {"mark": mark}}
+        try:
+            if not self.connection.set(mark, "1", nx=True, ex=hold):
+                return False
+            if delay:
+                self.notify_queue.enqueue_in(timedelta(seconds=delay), jobs.send_notifications, **options)
+            else:
+                self.notify_queue.enqueue(jobs.send_notifications, **options)
+        except redis.RedisError as exc:
+            raise TransientError(f"could not enqueue the notifications' job: {exc}") from exc
+        return True
+
+    def notifications_taken(self) -> None:
+        """A send job started: notifications written from now on need another (its own mark goes)."""
+        job = get_current_job()
+        self.connection.delete(job.meta.get("mark", NOTIFY_KEY) if job is not None else NOTIFY_KEY)
 
     @staticmethod
     def report_progress(text: str) -> None:
