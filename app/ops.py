@@ -21,6 +21,7 @@ from sync.ops.trace import trace
 from sync.pipeline.replay import PRUNED
 from sync.pipeline.requeue import requeue_one
 from sync.settings import Settings
+from sync.store.alerts import AlertStore
 from sync.store.inbox import DeliveryStatus, RequeueAnswer
 
 log = logging.getLogger(__name__)
@@ -93,13 +94,20 @@ def _charts(services, program: str | None, window: str, crm: bool) -> dict:
     shown = WINDOWS.get(window) or WINDOWS[DEFAULT_WINDOW]
     series = History(services.inbox.engine, services.clock).series(program, shown)
     return {"window": shown, "windows": WINDOWS.values(), "default_window": DEFAULT_WINDOW, "series": series,
-            "charts": charts(series, alert_marks(services, series.start), crm=crm)}
+            "charts": charts(series, alert_marks(services, series.start, program), crm=crm)}
 
 
-def alert_marks(services, since: datetime) -> list[tuple[datetime, str]]:
-    """The alerts to mark on the charts, as (time, label) from ``since`` on: none yet, as no
-    history of alerts is kept in this release."""
-    return []
+def alert_marks(services, since: datetime, program: str | None = None) -> list[tuple[datetime, str]]:
+    """The alerts to mark on the charts, as (time, label) from ``since`` on: each raised and each
+    resolved, of ``program`` (and every program's, such as the queue's) or of all."""
+    marks = []
+    for alert in AlertStore(services.inbox.engine).since(since):
+        if program is not None and alert.program not in (None, program):
+            continue
+        marks += [(alert.raised_at, alert.kind)] if alert.raised_at >= since else []
+        if alert.resolved_at is not None and alert.resolved_at >= since:
+            marks.append((alert.resolved_at, f"{alert.kind} resolved"))
+    return sorted(marks)
 
 
 @bp.get("/deliveries/<int:event_id>")

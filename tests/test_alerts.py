@@ -6,6 +6,7 @@ status, /ops and /metrics show. The endpoint is the HTTPS catcher (tests/fakes/c
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from sync.ops import alerts as ops_alerts
+from sync.ops import monitor as ops_monitor
 from sync.ops.monitor import Monitor
 from sync.ops.snapshot import take
 from sync.ops.status import render
@@ -24,8 +26,11 @@ from sync.salesforce import schedule
 from sync.services import Services
 from sync.settings import SalesforceSettings, Settings
 from sync.store import db
+from sync.store import notifications
 from sync.store.alerts import AlertStore, alert_sender, alerts
+from sync.store.history import HistoryStore
 from sync.store.inbox import Delivery, DeliveryStatus, Inbox
+from sync.store.notifications import NewNotification
 from sync.store.org_checks import OrgChecks, Verdict
 from sync.store.outbox import crm_outbox
 from sync.store.runs import Runs, RunStatus
@@ -165,6 +170,16 @@ def _failed_jobs(s: Setup):
     return lambda: s.services.queue.connection.delete(registry.key)
 
 
+def _failed_notification(s: Setup):
+    engine = s.services.inbox.engine
+    with engine.begin() as conn:
+        notifications.add(conn, [NewNotification(1, "big-sale", "SALES_WEBHOOK_URL", "slack", f"sale {MARKER}")],
+                          START - timedelta(hours=2))
+    (row,) = notifications.claim(engine, START)
+    notifications.not_sent(engine, row.id, f"HTTP 404 {MARKER}", None)  # failed for good
+    return lambda: _delete(engine, "notifications")
+
+
 def _delete(engine, table: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text(f"DELETE FROM {table}"))
@@ -184,6 +199,8 @@ CONDITIONS = {
     "backfill_stopped/default/1": (_stopped_backfill, "backfill #1 failed at partners page 1 (program default)"),
     "no_worker": (_no_worker, "1 jobs wait and no worker listens"),
     "jobs_failed": (_failed_jobs, "1 jobs are in RQ's failed registry"),
+    "notifications_failed/default": (_failed_notification,
+                                     "1 of the mappings' notifications failed (program default)"),
 }
 
 
@@ -383,6 +400,34 @@ def test_the_monitor_thread_ticks_and_stops(setup, catcher):
     with setup.services.inbox.engine.connect() as conn:
         assert conn.execute(sa.select(alert_sender.c.holder)).scalar() is None
     assert len(catcher.messages("alerts")) == 1
+
+
+def test_a_failed_notification_stands_a_day_then_clears_by_itself(setup, catcher):
+    _failed_notification(setup)  # written two hours before START
+    monitor = setup.monitor()
+    monitor.tick()
+    assert "1 of the mappings' notifications failed" in render(take(setup.services), "on")
+    setup.clock.advance(hours=21, minutes=59)
+    monitor.tick()
+    assert AlertStore(setup.services.inbox.engine).summary().open_keys == ("notifications_failed/default",)
+    setup.clock.advance(minutes=2)  # a day after it was written: no longer a concern, though still failed
+    monitor.tick()
+    assert [text.split(":")[0] for text in texts(catcher)] == [
+        "[partnero-sync] Needs attention", "[partnero-sync] Still needs attention", "[partnero-sync] Resolved"]
+    assert re.search(r"^Notifications +pending 0, sent 0, failed 1$", render(take(setup.services), "on"), re.M)
+
+
+def test_every_processs_monitor_samples_the_charts_history(setup, catcher):
+    """``monitor.start`` (what every worker and web process runs) writes the minute's samples."""
+    watching = ops_monitor.start(setup.services)  # its first tick at once
+    try:
+        minute = START.replace(second=0)
+        deadline = time.monotonic() + 10
+        while not HistoryStore(setup.services.inbox.engine).at(minute) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        watching.stop()
+    assert list(HistoryStore(setup.services.inbox.engine).at(minute)) == ["default"]
 
 
 # -- no value of a delivery ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from sync.ops.snapshot import take
 from sync.partnero.samples import sample_delivery
 from sync.services import Services
 from sync.store import db
+from sync.store.alerts import AlertStore
 from sync.store.inbox import Delivery, DeliveryStatus, Inbox
 from tests.ops_helpers import AUTH, Page, ops_settings, post, unparseable_amount, work
 from tests.test_salesforce_sync import password_login
@@ -111,3 +112,33 @@ def test_paging_back_keeps_the_window(settings, client):
     page, _ = get(client, "/ops")
     (older,) = [link for link in page.links if "before=" in link]
     assert "window" not in older
+
+
+def test_each_alert_raised_and_resolved_is_marked_on_the_charts_of_its_program(settings, client, redis_conn):
+    """The charts mark the alerts' times (sync.store.alerts), of the program shown and every
+    program's; an alert of another program is not marked on this one's charts."""
+    now = system_clock().replace(second=0, microsecond=0)
+    services = Services.build(settings, redis_conn, clock=Clock(now))
+    History(services.inbox.engine, services.clock, redis_conn).record(take(services))
+    store = AlertStore(services.inbox.engine)
+    store.raise_alert("deliveries_failed/default", "deliveries_failed", "default", {"deliveries": 1},
+                      now - timedelta(minutes=20))
+    store.raise_alert("no_worker", "no_worker", None, {"jobs": 1}, now - timedelta(minutes=10))
+    store.raise_alert("deliveries_failed/other", "deliveries_failed", "other", {"deliveries": 1},
+                      now - timedelta(minutes=5))
+    (first, *_) = store.open_alerts()
+    store.resolve(first, now - timedelta(minutes=2))
+
+    def marks(path):
+        _, charts = get(client, path)
+        found = {chart: [m.find(f"{SVG}title").text for m in root.iter(f"{SVG}g") if m.get("class") == "mark"]
+                 for chart, root in charts.items()}
+        (each, *rest) = found.values()
+        assert all(other == each for other in rest)  # every chart marks the same times
+        return each
+
+    said = marks("/ops?window=1h&program=default")
+    assert [text.split(" UTC: ")[1] for text in said] == ["deliveries_failed", "no_worker", "deliveries_failed resolved"]
+    assert said[0].startswith(f"{now - timedelta(minutes=20):%Y-%m-%d %H:%M} UTC")
+    assert [text.split(" UTC: ")[1] for text in marks("/ops?window=1h")] == [
+        "deliveries_failed", "no_worker", "deliveries_failed", "deliveries_failed resolved"]

@@ -172,10 +172,12 @@ def test_status_json_has_the_documented_keys(settings, redis_conn):
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert set(report) == {"taken_at", "state", "stuck_after_seconds", "inbox", "queue", "salesforce",
-                           "ledger", "backfill", "programs", "unavailable", "attention", "alerts"}
+                           "ledger", "backfill", "notifications", "programs", "unavailable", "attention", "alerts"}
     # One program, named default: its figures are the whole inbox's, and its trouble unprefixed.
     assert list(report["programs"]) == ["default"]
-    assert set(report["programs"]["default"]) == {"inbox", "salesforce", "ledger", "backfill", "attention"}
+    assert set(report["programs"]["default"]) == {"inbox", "salesforce", "ledger", "backfill", "notifications",
+                                                  "attention"}
+    assert report["notifications"] == {"pending": 0, "sent": 0, "failed": 0, "failed_recently": 0}
     assert report["programs"]["default"]["inbox"] == report["inbox"]
     assert report["programs"]["default"]["ledger"] == report["ledger"]
     assert report["state"] == "attention" and report["stuck_after_seconds"] == STUCK_AFTER.total_seconds()

@@ -103,7 +103,11 @@ STATUS_JSON_KEYS = """\b
           entity, next_page, last_page, records, applied, unchanged, skipped,
           failed, started_at, heartbeat_at, finished_at, last_error, job_id,
           program, live} (the latest of any program),
-  programs: {PROGRAM: {inbox, salesforce, ledger, backfill, attention}}:
+  notifications: {pending, sent, failed, failed_recently}: the mappings'
+          notify messages by status; failed_recently: failed ones written
+          in the last 24 hours (a concern while any),
+  programs: {PROGRAM: {inbox, salesforce, ledger, backfill, notifications,
+          attention}}:
           each program's own figures, keyed as above (salesforce without
           problem, api_usage, paused and org_check, which are every
           program's), in PARTNERO_PROGRAMS' order; one program: "default",

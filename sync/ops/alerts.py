@@ -74,6 +74,7 @@ def describe(kind: str, program: str | None, facts: Mapping[str, Any]) -> str:
         Kind.ORG_MISFIT: lambda: f"the Salesforce org does not fit the mappings: {facts.get('problems')} problems"
                                  + (f" ({', '.join(facts.get('objects') or [])})" if facts.get("objects") else ""),
         Kind.UNSERVED: lambda: f"{facts.get('deliveries')} deliveries of programs no longer served wait",
+        Kind.NOTIFICATIONS_FAILED: lambda: f"{facts.get('notifications')} of the mappings' notifications failed{of}",
     }.get(kind)
     return said() if said else f"{kind}{of}"
 

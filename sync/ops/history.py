@@ -31,7 +31,7 @@ _COUNTED = {
 
 
 class History:
-    """Samples written once a minute by the one process that sends alerts, read by ``/ops``."""
+    """Samples written every minute by the monitor holding the sender's lease (``sync.ops.monitor``), read by ``/ops``."""
 
     def __init__(self, engine: Engine, clock: Clock, connection: redis.Redis | None = None,
                  store: HistoryStore | None = None):

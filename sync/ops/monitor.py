@@ -14,6 +14,7 @@ from typing import Any
 
 from sync.notify import webhook
 from sync.ops import alerts
+from sync.ops.history import History
 from sync.ops.snapshot import Snapshot, take
 from sync.store.alerts import AlertStore
 
@@ -64,7 +65,7 @@ class Monitor:
             return False
         self._run("alerts", self.alerts, snapshot)
         for task in self.tasks:
-            self._run(getattr(task, "__name__", "task"), task, snapshot)
+            self._run(getattr(task, "__name__", type(task).__name__), task, snapshot)
         return True
 
     def alerts(self, snapshot: Snapshot) -> None:
@@ -105,8 +106,10 @@ class Monitor:
 
 
 def start(services: Any, tasks: list[Task] | None = None) -> Monitor:
-    """A monitor for this process, started (every worker and web process runs one)."""
+    """A monitor for this process, started (every worker and web process runs one): the alerts,
+    the minute's samples of /ops's charts (``sync.ops.history``), then ``tasks``."""
     settings = services.settings
     said = f"on ({settings.alert_webhook_format})" if settings.alerts_enabled else "off (ALERT_WEBHOOK_URL unset)"
     log.info("monitor: started; alerts %s", said)
-    return Monitor(services, tasks=tasks).start()
+    history = History(services.inbox.engine, services.clock, services.queue.connection)
+    return Monitor(services, tasks=[history, *(tasks or [])]).start()

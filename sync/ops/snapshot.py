@@ -17,7 +17,7 @@ from typing import Any
 from sync.core.errors import TransientError
 from sync.ops.progress import duration
 from sync.settings import Program
-from sync.store import bulk_jobs, db, ledger, runs
+from sync.store import bulk_jobs, db, ledger, notifications, runs
 from sync.store.alerts import AlertStore, AlertSummary
 from sync.store.bulk_jobs import BulkJob
 from sync.store.inbox import DeliveryStatus, InboxSummary
@@ -26,6 +26,9 @@ from sync.store.outbox import Outbox, OutboxStatus
 
 #: A pending delivery older than this means the backlog is stuck (no worker, or one that fails).
 STUCK_AFTER = timedelta(minutes=15)
+#: A notification that failed is a concern this long after it was written (it is not sent again;
+#: the concern clears by itself once the failures are older).
+NOTIFICATIONS_RECENT = timedelta(hours=24)
 #: How many of a misfit's findings "needs attention" names (``partnero-sync crm check`` lists all).
 FIRST_FINDINGS = 3
 
@@ -49,6 +52,7 @@ class Kind(StrEnum):
     API_BUDGET = "api_budget"
     ORG_MISFIT = "org_misfit"
     UNSERVED = "unserved_deliveries"
+    NOTIFICATIONS_FAILED = "notifications_failed"
 
 
 #: Kinds that are told (alerted) but are not a failure: flushes paused at the API budget resume by
@@ -134,6 +138,8 @@ class Figures:
     currency_variable: str = "PARTNERO_CURRENCY"
     #: The latest backfill (``partnero-sync backfill``), if any ran.
     backfill: runs.Run | None = None
+    #: The mappings' notifications (``notify``) by status, and those that failed lately.
+    notifications: notifications.Summary | None = None
 
     @property
     def oldest_pending_age(self) -> float | None:
@@ -171,9 +177,15 @@ class Figures:
         return concerns
 
     def record_concerns(self, name: str | None = None) -> list[Concern]:
-        """The latest backfill's trouble, and records Salesforce refused (a concern per object,
-        each saying the program's sentence, with the refusal codes counted) of program ``name``."""
+        """The latest backfill's trouble, records Salesforce refused (a concern per object, each
+        saying the program's sentence, with the refusal codes counted) and notifications that
+        failed lately, of program ``name``."""
         concerns = backfill_concerns(self.backfill, self.taken_at, name)
+        failed = self.notifications.failed_recently if self.notifications is not None else 0
+        if failed:
+            concerns.append(_concern(Kind.NOTIFICATIONS_FAILED, name, f"{failed} of the mappings' notifications "
+                                     f"failed in the last {duration(NOTIFICATIONS_RECENT.total_seconds())}: each "
+                                     "delivery's page in /ops says why", {"notifications": failed}))
         if self.crm_refused:
             sentence = f"Salesforce refused {self.crm_refused} records: see `partnero-sync crm-errors`"
             for obj, by_status in sorted(self.crm.items()):
@@ -198,8 +210,10 @@ class Figures:
             crm = {"by_object": self.crm, "backlog": self.crm_backlog, "refused": self.crm_refused,
                    "last_synced_at": _iso(self.crm_last_synced_at),
                    "bulk_jobs": [job.as_dict() for job in self.bulk_jobs]}
+        told = self.notifications
         return {"inbox": inbox, "salesforce": crm, "ledger": _ledger_dict(self.ledger),
-                "backfill": _backfill_dict(self.backfill, self.taken_at)}
+                "backfill": _backfill_dict(self.backfill, self.taken_at),
+                "notifications": None if told is None else {**told.counts, "failed_recently": told.failed_recently}}
 
 
 @dataclass(kw_only=True)
@@ -474,17 +488,17 @@ def _read(figures: Figures, services, program: str | None, ledger_of: Program | 
     ledger's currencies of ``ledger_of`` (None: none read)."""
     engine = services.inbox.engine
     figures.inbox = services.inbox.summary(program=program)
-    if figures.crm_enabled or ledger_of is not None:
-        with engine.connect() as conn:
-            if figures.crm_enabled:
-                outbox = Outbox()
-                figures.crm = outbox.counts(conn, program=program)
-                figures.crm_last_synced_at = outbox.last_synced_at(conn, program=program)
-                figures.crm_refusal_codes = outbox.refusal_codes(conn, program=program)
-                figures.bulk_jobs = bulk_jobs.running(conn, program=program)
-            if ledger_of is not None:
-                figures.ledger = ledger.summary(conn, ledger_of.currency, program=ledger_of.name)
-                figures.currency_variable = ledger_of.variable("CURRENCY")
+    with engine.connect() as conn:
+        figures.notifications = notifications.summary(conn, program, recent=figures.taken_at - NOTIFICATIONS_RECENT)
+        if figures.crm_enabled:
+            outbox = Outbox()
+            figures.crm = outbox.counts(conn, program=program)
+            figures.crm_last_synced_at = outbox.last_synced_at(conn, program=program)
+            figures.crm_refusal_codes = outbox.refusal_codes(conn, program=program)
+            figures.bulk_jobs = bulk_jobs.running(conn, program=program)
+        if ledger_of is not None:
+            figures.ledger = ledger.summary(conn, ledger_of.currency, program=ledger_of.name)
+            figures.currency_variable = ledger_of.variable("CURRENCY")
     figures.backfill = runs.Runs(engine, services.clock).latest(program)
 
 

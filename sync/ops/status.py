@@ -56,6 +56,7 @@ def render(snapshot: Snapshot, salesforce: str) -> str:
         rows += _ledger(snapshot.ledger, snapshot.currency_variable)
     if snapshot.backfill is not None:
         rows += _backfill(snapshot.backfill, snapshot.taken_at, snapshot.several)
+    rows += _notifications(snapshot)
     if snapshot.several and inbox is not None:
         rows.append(("Programs", ""))
         rows += [(f"  {name}", _program(figures)) for name, figures in snapshot.programs.items()]
@@ -75,6 +76,16 @@ def _verdict(snapshot: Snapshot) -> list[str]:
     elif not reasons:
         lines.append("All well: nothing needs attention.")
     return lines
+
+
+def _notifications(snapshot: Snapshot) -> list[tuple[str, str]]:
+    """The mappings' notifications (``notify``) by status, when any were written."""
+    told = snapshot.notifications
+    if told is None or not any(told.counts.values()):
+        return []
+    waiting = told.oldest_age(snapshot.taken_at)
+    oldest = f", the oldest unsent written {duration(waiting)} ago" if told.oldest_unsent_at else ""
+    return [("Notifications", ", ".join(f"{status} {count}" for status, count in told.counts.items()) + oldest)]
 
 
 def _alerts(snapshot: Snapshot) -> list[tuple[str, str]]:

@@ -200,6 +200,13 @@ class AlertStore:
             conn.execute(t.update().where(t.c.name == SENDER, t.c.holder == holder).values(holder=None,
                                                                                           expires_at=None))
 
+    def since(self, when: datetime) -> list[Alert]:
+        """The alerts raised or resolved at ``when`` or later, oldest first (the charts mark them)."""
+        t = alerts
+        with self.engine.connect() as conn:
+            return [_alert(r) for r in conn.execute(sa.select(t).where(
+                sa.or_(t.c.raised_at >= when, t.c.resolved_at >= when)).order_by(t.c.raised_at, t.c.id))]
+
     def summary(self) -> AlertSummary:
         """The open alerts, the failing sends and the last message sent."""
         t = alerts

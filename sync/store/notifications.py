@@ -154,15 +154,18 @@ class Summary:
 
     counts: dict[str, int]
     oldest_unsent_at: datetime | None
+    #: Failed rows written since the ``recent`` time ``summary`` was asked about (0: not asked).
+    failed_recently: int = 0
 
     def oldest_age(self, now: datetime) -> float:
         """Seconds the oldest pending row has waited at ``now`` (0 when none waits)."""
         return max(0.0, (now - self.oldest_unsent_at).total_seconds()) if self.oldest_unsent_at else 0.0
 
 
-def summary(conn: Connection, program: str | None = None) -> Summary:
-    """How many rows there are by status (every status named, 0 when none), and when the oldest
-    pending one was written; of ``program``, or (None) of every program."""
+def summary(conn: Connection, program: str | None = None, recent: datetime | None = None) -> Summary:
+    """How many rows there are by status (every status named, 0 when none), when the oldest
+    pending one was written, and (given ``recent``) how many failed ones were written since then;
+    of ``program``, or (None) of every program."""
     t = notifications
     where = [t.c.program == program] if program is not None else []
     counts = {status.value: 0 for status in NotificationStatus}
@@ -170,4 +173,8 @@ def summary(conn: Connection, program: str | None = None) -> Summary:
         counts[status] = count
     oldest = conn.execute(sa.select(sa.func.min(t.c.created_at))
                           .where(t.c.status == NotificationStatus.PENDING, *where)).scalar()
-    return Summary(counts, oldest)
+    failed = 0
+    if recent is not None and counts[NotificationStatus.FAILED]:
+        failed = conn.execute(sa.select(sa.func.count()).where(
+            t.c.status == NotificationStatus.FAILED, t.c.created_at >= recent, *where)).scalar()
+    return Summary(counts, oldest, failed)
