@@ -30,7 +30,7 @@ from sync.store import notifications
 from sync.store.alerts import AlertStore, alert_sender, alerts
 from sync.store.history import HistoryStore
 from sync.store.inbox import Delivery, DeliveryStatus, Inbox
-from sync.store.notifications import NewNotification
+from sync.mapping import Notice
 from sync.store.org_checks import OrgChecks, Verdict
 from sync.store.outbox import crm_outbox
 from sync.store.runs import Runs, RunStatus
@@ -173,7 +173,7 @@ def _failed_jobs(s: Setup):
 def _failed_notification(s: Setup):
     engine = s.services.inbox.engine
     with engine.begin() as conn:
-        notifications.add(conn, [NewNotification(1, "big-sale", "SALES_WEBHOOK_URL", "slack", f"sale {MARKER}")],
+        notifications.add(conn, [(1, Notice("big-sale", "SALES_WEBHOOK_URL", "slack", f"sale {MARKER}"))],
                           START - timedelta(hours=2))
     (row,) = notifications.claim(engine, START)
     notifications.not_sent(engine, row.id, f"HTTP 404 {MARKER}", None)  # failed for good

@@ -8,17 +8,18 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 
 from sync.store import db, notifications
-from sync.store.notifications import NewNotification, NotificationStatus
+from sync.mapping import Notice
+from sync.store.notifications import NotificationStatus
 from tests.conftest import held_by_another_transaction
 
 AT = datetime(2026, 3, 14, 10, 15, tzinfo=timezone.utc)
 
 
-def rows(*inbox_ids: int, name: str = "big-sale") -> list[NewNotification]:
-    return [NewNotification(i, name, "SALES_WEBHOOK_URL", "slack", f"new sale #{i}") for i in inbox_ids]
+def rows(*inbox_ids: int, name: str = "big-sale") -> list[tuple[int, Notice]]:
+    return [(i, Notice(name, "SALES_WEBHOOK_URL", "slack", f"new sale #{i}")) for i in inbox_ids]
 
 
-def add(engine, new: list[NewNotification], program: str = "default", at: datetime = AT) -> None:
+def add(engine, new: list[tuple[int, Notice]], program: str = "default", at: datetime = AT) -> None:
     with engine.begin() as conn:
         notifications.add(conn, new, at, program=program)
 
@@ -56,8 +57,8 @@ def test_a_row_already_sent_stays_sent_when_its_delivery_is_applied_again(wareho
 
 def test_a_message_that_could_not_be_made_is_failed_with_its_reason(warehouse_url):
     engine = db.engine_for(warehouse_url)
-    add(engine, [NewNotification(1, "big-sale", "SALES_WEBHOOK_URL", "slack", "",
-                                 "transaction.yml: notify.big-sale.fields.amount: a text is not a number")])
+    add(engine, [(1, Notice("big-sale", "SALES_WEBHOOK_URL", "slack", "",
+                            "transaction.yml: notify.big-sale.fields.amount: a text is not a number"))])
     [row] = all_rows(engine)
     assert (row["status"], row["last_error"], row["next_try_at"]) == (
         "failed", "transaction.yml: notify.big-sale.fields.amount: a text is not a number", None)

@@ -9,6 +9,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+
+from sync.mapping import Notice
 import sqlalchemy as sa
 from rq import Queue
 
@@ -164,7 +166,7 @@ def test_an_endpoint_that_fails_is_tried_again_on_the_delivery_backoff(database_
     engine = db.engine_for(database_url)
     at = datetime(2026, 3, 14, 10, 15, tzinfo=timezone.utc)
     with engine.begin() as conn:
-        notifications.add(conn, [notifications.NewNotification(7, "big-sale", "SALES_WEBHOOK_URL", "teams", "hi")], at)
+        notifications.add(conn, [(7, Notice("big-sale", "SALES_WEBHOOK_URL", "teams", "hi"))], at)
     clock = Clock(at)
     notifier = Notifier(engine, {"SALES_WEBHOOK_URL": catcher.url("sales")}, clock)
     catcher.fail(1, status=503)
@@ -194,7 +196,7 @@ def test_once_the_backoff_is_spent_the_message_is_failed_with_its_reason(databas
     engine = db.engine_for(database_url)
     at = datetime(2026, 3, 14, 10, 15, tzinfo=timezone.utc)
     with engine.begin() as conn:
-        notifications.add(conn, [notifications.NewNotification(7, "big-sale", "SALES_WEBHOOK_URL", "slack", "hi")], at)
+        notifications.add(conn, [(7, Notice("big-sale", "SALES_WEBHOOK_URL", "slack", "hi"))], at)
     clock = Clock(at)
     notifier = Notifier(engine, {"SALES_WEBHOOK_URL": catcher.url("sales")}, clock)
     catcher.fail(MAX_ATTEMPTS, status=404)

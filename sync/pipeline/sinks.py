@@ -107,8 +107,7 @@ class NotificationSink:
 
     def write(self, conn: Connection, work: Sequence[Work], found: Found) -> None:
         notifications.add(conn, [
-            notifications.NewNotification(item.delivery.id, notice.name, notice.url_variable, notice.format,
-                                          notice.text, notice.problem)
+            (item.delivery.id, notice)
             for item in work if item.delivery.status != DeliveryStatus.PROCESSED for notice in item.plan.notices
         ], self.clock(), program=found.program)
 

@@ -13,6 +13,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from sync.mapping import Notice
 from sync.settings import DEFAULT_PROGRAM
 from sync.store.db import insert_ignore, metadata, transaction
 from sync.store.sqltypes import PROGRAM, UTCDateTime
@@ -59,18 +60,6 @@ CLAIM_BATCH = 10
 
 
 @dataclass(frozen=True)
-class NewNotification:
-    """A row the sink writes: a delivery's message, or (``problem``) why it could not be made."""
-
-    inbox_id: int
-    name: str
-    url_variable: str
-    format: str
-    text: str
-    problem: str | None = None
-
-
-@dataclass(frozen=True)
 class Claimed:
     id: int
     program: str
@@ -83,15 +72,17 @@ class Claimed:
     attempts: int
 
 
-def add(conn: Connection, rows: Sequence[NewNotification], at: datetime, *, program: str = DEFAULT_PROGRAM) -> None:
-    """Write ``rows`` of ``program`` on ``conn`` (the batch's transaction), each only if its delivery
-    has none of that name yet. One that could not be made is ``failed`` with its problem."""
+def add(conn: Connection, rows: Sequence[tuple[int, Notice]], at: datetime, *,
+        program: str = DEFAULT_PROGRAM) -> None:
+    """Write ``rows`` of ``program`` on ``conn`` (the batch's transaction): each a delivery's id and
+    a notice its mapping gives (``sync.mapping.Notice``), written only if the delivery has none of
+    that name yet. One that could not be made is ``failed`` with its problem."""
     insert_ignore(conn, notifications, [
-        {"program": program, "inbox_id": row.inbox_id, "name": row.name, "url_variable": row.url_variable,
+        {"program": program, "inbox_id": inbox_id, "name": row.name, "url_variable": row.url_variable,
          "format": row.format, "text": row.text, "attempts": 0, "created_at": at,
          "status": NotificationStatus.FAILED if row.problem else NotificationStatus.PENDING,
          "next_try_at": None if row.problem else at, "last_error": row.problem}
-        for row in rows])
+        for inbox_id, row in rows])
 
 
 def _due(now: datetime):
