@@ -3,6 +3,7 @@ every web process on every host answers with the same numbers."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, current_app, request
@@ -78,6 +79,19 @@ def _gauges(snapshot: Snapshot) -> Iterator[Metric]:
         yield from _backfill_gauges(ran)
     if snapshot.alerts is not None:
         yield from _alert_gauges(snapshot.alerts)
+    yield _attention_gauge(snapshot)
+
+
+def _attention_gauge(snapshot: Snapshot) -> Metric:
+    """What needs a person, as the alerts see it (``Snapshot.concerns``): how many conditions of
+    each kind stand, by program ("" for every program's, such as the queue's); absent when none."""
+    standing = Counter((concern.kind.value, concern.program or "") for concern in snapshot.concerns())
+    gauge = GaugeMetricFamily(PREFIX + "needs_attention", "Conditions that need a person, by kind and program "
+                              "(the operator's alerts' conditions; absent when none stands).",
+                              labels=["kind", "program"])
+    for (kind, program), count in sorted(standing.items()):
+        gauge.add_metric([kind, program], count)
+    return gauge
 
 
 def _alert_gauges(found: AlertSummary) -> Iterator[Metric]:

@@ -526,6 +526,24 @@ def test_ops_and_metrics_show_a_failing_endpoint(setup, catcher, redis_conn):
     assert "partnero_sync_alerts_open 1.0" in scraped and "partnero_sync_alerts_failing 1.0" in scraped
 
 
+def test_metrics_count_each_condition_that_stands_by_kind_and_program(setup, redis_conn):
+    """partnero_sync_needs_attention: the alerts' conditions, for Prometheus's rules
+    (deploy/prometheus/alerts.yml), the session that cannot be renewed among them."""
+    from app import create_app
+    from tests.ops_helpers import AUTH, OPS
+
+    client = create_app(setup.settings.with_overrides(dashboard=OPS), redis_connection=redis_conn).test_client()
+    assert "partnero_sync_needs_attention{" not in client.get("/metrics", headers=AUTH).get_data(as_text=True)
+    _failed_deliveries(setup)
+    _refused_records(setup)
+    _problem("INVALID_SESSION_ID")(setup)
+    scraped = client.get("/metrics", headers=AUTH).get_data(as_text=True)
+    found = sorted(line for line in scraped.splitlines() if line.startswith("partnero_sync_needs_attention{"))
+    assert found == ['partnero_sync_needs_attention{kind="crm_refused",program="default"} 1.0',
+                     'partnero_sync_needs_attention{kind="crm_session",program=""} 1.0',
+                     'partnero_sync_needs_attention{kind="deliveries_failed",program="default"} 1.0']
+
+
 def test_settings_check_the_alert_variables():
     from sync.core.errors import ConfigurationError
 
