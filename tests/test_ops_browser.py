@@ -25,6 +25,7 @@ from sync.core.clock import system_clock
 from sync.partnero.samples import sample_delivery
 from sync.settings import Program
 from sync.store import db
+from sync.store.alerts import AlertStore
 from sync.store.history import HistoryStore, Sample
 from sync.store.inbox import Delivery, DeliveryStatus, Inbox
 from tests.conftest import SECRETS, _unavailable, migrate
@@ -269,11 +270,21 @@ def history(settings, end: datetime) -> None:
     HistoryStore(db.engine_for(settings.database_url)).write(samples)
 
 
+def alerted(settings, now: datetime) -> None:
+    """An alert of the default program raised 30 minutes before ``now`` and resolved 10 after."""
+    store = AlertStore(db.engine_for(settings.database_url))
+    store.raise_alert("deliveries_failed/default", "deliveries_failed", "default", {"deliveries": 1},
+                      now - timedelta(minutes=30))
+    (alert,) = store.open_alerts()
+    store.resolve(alert, now - timedelta(minutes=20))
+
+
 def test_the_charts_show_the_history_and_switch_windows(page, seeded, settings, tmp_path):
     page.size(*DESKTOP)
     page.open("/ops")
     assert page.text("#no-samples").startswith("No samples yet")
     history(settings, system_clock().replace(second=0, microsecond=0))
+    alerted(settings, system_clock())
 
     page.open("/ops")
     charts = page.driver.find_elements(By.CSS_SELECTOR, "#charts svg.chart")
@@ -292,6 +303,12 @@ def test_the_charts_show_the_history_and_switch_windows(page, seeded, settings, 
     page.follow("#window-1h")
     assert "window=1h" in page.driver.current_url
     assert page.text("#charts-heading") == "Last hour"
+    # Each alert's time is marked on every chart, labelled.
+    marks = page.driver.find_elements(By.CSS_SELECTOR, "#chart-deliveries g.mark")
+    titles = [page.driver.execute_script("return arguments[0].querySelector('title').textContent", mark)
+              for mark in marks]
+    assert [title.split(" UTC: ")[1] for title in titles] == ["deliveries_failed", "deliveries_failed resolved"]
+    assert all(mark.find_element(By.TAG_NAME, "text").is_displayed() for mark in marks)
     assert page.driver.find_element(By.ID, "chart-deliveries").get_attribute("aria-label").endswith(
         "per minute, last hour")
     # The gap: the received line is two runs, not one drawn across the missing minutes.
@@ -312,6 +329,7 @@ def test_the_charts_show_the_history_and_switch_windows(page, seeded, settings, 
 
 def test_the_charts_fit_a_phone(page, seeded, settings, tmp_path):
     history(settings, system_clock().replace(second=0, microsecond=0))
+    alerted(settings, system_clock())
     page.size(375, 812, mobile=True)
     for window in ("24h", "1h"):
         page.open(f"/ops?window={window}")
@@ -321,4 +339,7 @@ def test_the_charts_fit_a_phone(page, seeded, settings, tmp_path):
         for chart in page.driver.find_elements(By.CSS_SELECTOR, "#charts svg.chart"):
             assert chart.is_displayed() and chart.rect["width"] > 250
             assert chart.rect["x"] >= 0 and chart.rect["x"] + chart.rect["width"] <= 375
+            for label in chart.find_elements(By.CSS_SELECTOR, "g.mark text"):  # the alerts' marks, on the phone too
+                assert label.is_displayed() and 0 <= label.rect["x"] <= 375
+        assert len(page.driver.find_elements(By.CSS_SELECTOR, "#chart-deliveries g.mark")) == 2
         page.screenshot(tmp_path / f"charts-{window}-phone.png", (375, 812))
