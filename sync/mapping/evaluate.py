@@ -15,6 +15,7 @@ import jmespath.exceptions
 from sync.core.envelope import ExactFloat, parse_timestamp
 from sync.core.errors import PermanentError
 from sync.mapping.bounds import search
+from sync.mapping.message import ESCAPES
 from sync.mapping.spec import DEFAULT_PROGRAM, Field, Mapping, Notification
 from sync.mapping.transforms import COERCE, MAX_ENTITY_ID, ValueProblem, id_problem, kind
 
@@ -223,7 +224,7 @@ def _notice(mapping: Mapping, entry: Notification, document: dict[str, Any]) -> 
     if problems:
         return failed(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     try:
-        text = entry.message.render(values)
+        text = entry.message.render(values, ESCAPES.get(entry.format, str))
     except ValueError as exc:
         return failed(f"{mapping.path.name}: {where}.message: {exc}")
     return Notice(entry.name, entry.url_variable, entry.format, text)

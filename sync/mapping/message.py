@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -49,16 +50,27 @@ class Template:
         """A format spec of ``name`` that only a number takes (``,.2f``); None when it has none."""
         return next((p.spec for p in self.parts if p.name == name and needs_number(p.spec)), None)
 
-    def render(self, values: dict[str, Any]) -> str:
-        """The message with each field's value in place (cut at ``MAX_MESSAGE`` characters).
-        Raises ``ValueError`` naming the field (never its value) when a value does not take its spec."""
+    def render(self, values: dict[str, Any], escape: Callable[[str], str] = str) -> str:
+        """The message with each field's value in place, passed through ``escape`` (the template's
+        own text is not), cut at ``MAX_MESSAGE`` characters. Raises ``ValueError`` naming the field
+        (never its value) when a value does not take its spec."""
         out = []
         for part in self.parts:
             out.append(part.literal)
             if part.name is not None:
-                out.append(shown(part.name, values.get(part.name), part.spec))
+                out.append(escape(shown(part.name, values.get(part.name), part.spec)))
         text = "".join(out)
         return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def slack_escaped(value: str) -> str:
+    """A value as Slack's message text must carry it: ``&``, ``<`` and ``>`` escaped, so a value
+    (a partner's name) can never become a link or a mention such as ``<!channel>``."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+#: How a value is escaped in each body format whose text is markup (the others take it as it is).
+ESCAPES: dict[str, Callable[[str], str]] = {"slack": slack_escaped}
 
 
 def needs_number(spec: str) -> bool:

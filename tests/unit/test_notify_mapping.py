@@ -159,6 +159,19 @@ def test_the_message_is_rendered_when_the_condition_holds(tmp_path):
     assert notice == Notice("big-sale", "SALES_WEBHOOK_URL", "slack", "new sale by partner ptn_8c1e6f0a: 1,234.56 USD")
 
 
+@pytest.mark.parametrize("fmt, shown", [
+    ("slack", "new sale by partner &lt;!channel&gt; &amp; &lt;https://x.test|click&gt;: 1,234.56 USD"),
+    ("teams", "new sale by partner <!channel> & <https://x.test|click>: 1,234.56 USD"),
+    ("json", "new sale by partner <!channel> & <https://x.test|click>: 1,234.56 USD"),
+])
+def test_a_value_is_escaped_where_the_body_is_markup(tmp_path, fmt, shown):
+    """In Slack's text a value can never become a mention or a link: &, < and > escaped, as
+    Slack asks; the template's own text is left as written."""
+    text = FILE.replace("    url: SALES_WEBHOOK_URL\n", f"    url: SALES_WEBHOOK_URL\n    format: {fmt}\n")
+    [notice] = notices(tmp_path, delivery(partner="<!channel> & <https://x.test|click>"), text)
+    assert notice.text == shown
+
+
 def test_no_message_when_the_condition_is_false_or_the_event_is_not_its(tmp_path):
     assert notices(tmp_path, delivery(amount=999)) == ()
     assert notices(tmp_path, delivery(amount=None)) == ()
