@@ -87,9 +87,7 @@ class Resync:
             item = listed.listed(mapping, entity, obj, observed_at, self.source)
             deliveries = [Delivery(body, event, DeliveryStatus.PENDING, item.object_id, self.program)
                           for event, body in item.bodies()]
-            try:
-                # notify=False: what a list brings in is history, not news; the mappings'
-                # notifications are for deliveries as they happen.
+            try:  # notify=False: what a list brings in is history, not news
                 plans = [plan(mapping, document, d.fingerprint, observed_at, salesforce=salesforce,
                               program=self.program, notify=False)
                          for (_, document), d in zip(item.documents, deliveries)]
