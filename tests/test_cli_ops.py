@@ -345,8 +345,8 @@ def test_prune_drops_only_the_bodies_of_old_finished_deliveries(settings, redis_
 
     dry = run("prune", "--older-than", "90d", "--dry-run", env=env_for(settings))
     assert dry.exit_code == 0
-    assert re.fullmatch(rf"would prune 2 deliveries \({size} bytes\) received before \S+ \S+ UTC \(dry run: nothing changed\)\n",
-                        dry.output)
+    assert re.fullmatch(rf"would prune 2 deliveries \({size} bytes\) received before \S+ \S+ UTC and the texts of 0 "
+                        r"notifications \(dry run: nothing changed\)\n", dry.output)
     assert rows(settings, old + [recent]) == before
 
     result = run("prune", "--older-than", "90d", env=env_for(settings))
@@ -363,6 +363,25 @@ def test_prune_drops_only_the_bodies_of_old_finished_deliveries(settings, redis_
     again = run("prune", "--older-than", "90d", env=env_for(settings))
     assert "pruned 0 deliveries (0 bytes)" in again.output
     assert rows(settings, old + [recent]) == after
+
+
+def test_prune_drops_the_texts_of_old_notifications_too(settings):
+    """The mappings' messages carry values: prune drops the texts of those sent longer ago,
+    keeping each row (so its delivery still never sends it twice)."""
+    from sync.mapping import Notice
+    from sync.store import notifications
+
+    engine = db.engine_for(settings.database_url)
+    old = datetime.now(timezone.utc) - timedelta(days=100)
+    with engine.begin() as conn:
+        notifications.add(conn, [(7, Notice("big-sale", "SALES_WEBHOOK_URL", "slack", "new sale by ptn_1"))], old)
+    [claimed] = notifications.claim(engine, old)
+    notifications.sent(engine, claimed.id, old)
+    assert "and the texts of 1 notifications (dry run" in run("prune", "--older-than", "90d", "--dry-run",
+                                                               env=env_for(settings)).output
+    assert "and the texts of 1 notifications" in run("prune", "--older-than", "90d", env=env_for(settings)).output
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(notifications.notifications.c.text)).scalars().all() == [""]
 
 
 def test_a_pruned_delivery_sent_again_is_still_a_duplicate(client, settings, redis_conn):

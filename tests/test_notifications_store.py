@@ -121,3 +121,24 @@ def test_the_summary_is_by_program(warehouse_url):
     assert friends.oldest_unsent_at == AT + timedelta(minutes=1)
     assert (empty.counts, empty.oldest_unsent_at, empty.oldest_age(AT)) == ({"pending": 0, "sent": 0, "failed": 0},
                                                                            None, 0.0)
+
+
+def test_prune_drops_the_texts_of_old_messages_done_with_and_keeps_their_rows(warehouse_url):
+    engine = db.engine_for(warehouse_url)
+    add(engine, rows(1, 2, 3, 4), at=AT - timedelta(days=100))
+    add(engine, rows(5), at=AT)  # recent
+    for claimed in notifications.claim(engine, AT):
+        if claimed.inbox_id == 1:
+            notifications.sent(engine, claimed.id, AT)
+        elif claimed.inbox_id == 2:
+            notifications.not_sent(engine, claimed.id, "HTTP 404", None)  # failed for good
+        else:  # 3, 4 and 5 wait for another try: still to be sent
+            notifications.not_sent(engine, claimed.id, "HTTP 503", AT + timedelta(minutes=5))
+    before = AT - timedelta(days=90)
+    assert notifications.prunable_texts(engine, before) == 2
+    assert notifications.prune_texts(engine, before, batch=1) == 2  # in batches, to the end
+    texts = {r["inbox_id"]: r["text"] for r in all_rows(engine)}
+    assert texts == {1: "", 2: "", 3: "new sale #3", 4: "new sale #4", 5: "new sale #5"}
+    assert notifications.prune_texts(engine, before) == 0
+    add(engine, rows(1, 2))  # their deliveries applied again: still never sent twice
+    assert len(all_rows(engine)) == 5

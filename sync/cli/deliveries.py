@@ -81,7 +81,8 @@ def prune(older_than: timedelta, dry_run: bool) -> None:
     """Drop the raw bodies of old deliveries that are done with, to keep the database small.
 
     Only processed and ignored deliveries received longer ago than --older-than lose their
-    body; pending and failed ones keep it. Each row stays, with its status and fingerprint, so
+    body; pending and failed ones keep it. So do the texts of the mappings' notifications sent
+    or failed longer ago (each row stays, so its delivery still never sends it twice). Each row stays, with its status and fingerprint, so
     Partnero sending the same delivery again is still answered "duplicate"; `replay` skips
     pruned deliveries (and says how many). Works 1,000 rows a transaction; running it again, or
     several at once (a scheduler that overlaps), is harmless. Meant for a daily scheduler, e.g.
@@ -89,21 +90,26 @@ def prune(older_than: timedelta, dry_run: bool) -> None:
     """
     from sync.ops.progress import progressbar
     from sync.services import Services
+    from sync.store import notifications
     from sync.store.inbox import Pruned
 
     services = Services.build(load_settings())
+    engine = services.inbox.engine
     before = services.clock() - older_than
     when = f"received before {before:%Y-%m-%d %H:%M:%S} UTC"
     due = services.inbox.prunable(before)
     if dry_run:
-        click.echo(f"would prune {due.rows} deliveries ({_size(due.bytes)}) {when} (dry run: nothing changed)")
+        texts = notifications.prunable_texts(engine, before)
+        click.echo(f"would prune {due.rows} deliveries ({_size(due.bytes)}) {when} and the texts of {texts} "
+                   "notifications (dry run: nothing changed)")
         return
     total = Pruned()
     with progressbar(due.rows, "pruning") as bar:
         for batch in services.inbox.prune(before):
             total += batch
             bar.update(batch.rows)
-    click.echo(f"pruned {total.rows} deliveries ({_size(total.bytes)}) {when}")
+    texts = notifications.prune_texts(engine, before)
+    click.echo(f"pruned {total.rows} deliveries ({_size(total.bytes)}) {when} and the texts of {texts} notifications")
 
 
 def _size(size: int) -> str:

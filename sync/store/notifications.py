@@ -169,3 +169,36 @@ def summary(conn: Connection, program: str | None = None, recent: datetime | Non
         failed = conn.execute(sa.select(sa.func.count()).where(
             t.c.status == NotificationStatus.FAILED, t.c.created_at >= recent, *where)).scalar()
     return Summary(counts, oldest, failed)
+
+
+#: What a pruned notification's text becomes (``prune_texts``): its row stays, so its delivery
+#: still never sends it twice.
+PRUNED_TEXT = ""
+_DONE = (NotificationStatus.SENT, NotificationStatus.FAILED)
+
+
+def _prunable(before: datetime):
+    t = notifications
+    return sa.and_(t.c.status.in_(_DONE), t.c.created_at < before, t.c.text != PRUNED_TEXT)
+
+
+def prunable_texts(engine: Engine, before: datetime) -> int:
+    """How many texts ``prune_texts(before)`` would drop now."""
+    with transaction(engine) as conn:
+        return conn.execute(sa.select(sa.func.count()).where(_prunable(before))).scalar()
+
+
+def prune_texts(engine: Engine, before: datetime, batch: int = 1000) -> int:
+    """Drop the texts (they carry the values the mapping chose to show) of the notifications
+    sent or failed that were written before ``before``, ``batch`` rows a transaction; how many.
+    Pending ones keep theirs: they are still to be sent. Running it again finds nothing to do."""
+    t = notifications
+    done = 0
+    while True:
+        with transaction(engine) as conn:
+            ids = conn.execute(sa.select(t.c.id).where(_prunable(before)).order_by(t.c.id).limit(batch)).scalars().all()
+            if ids:
+                conn.execute(t.update().where(t.c.id.in_(ids), _prunable(before)).values(text=PRUNED_TEXT))
+        done += len(ids)
+        if len(ids) < batch:
+            return done
