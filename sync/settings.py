@@ -427,13 +427,14 @@ class Settings:
     alert_remind_after: timedelta = DEFAULT_ALERT_REMIND_AFTER
     #: Where the web process is reached from outside (PUBLIC_URL): alerts link to its /ops. None: no link.
     public_url: str | None = None
-
-    @property
-    def alerts_enabled(self) -> bool:
-        return bool(self.alert_webhook_url)
     #: Every variable whose name ends in _WEBHOOK_URL that is set, by name: the URLs the mappings'
     #: ``notify`` entries name. Secrets: never in repr, logs or errors.
     webhook_urls: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
+
+    @property
+    def alerts_enabled(self) -> bool:
+        """Whether ALERT_WEBHOOK_URL is set (else no alert is sent, and ``status`` says so)."""
+        return bool(self.alert_webhook_url)
 
     @property
     def programs(self) -> tuple[Program, ...]:
