@@ -28,7 +28,7 @@ from sync.core import backoff, envelope
 from sync.core.envelope import MalformedDelivery
 from sync.core.errors import PermanentError, TransientError
 from sync.mapping import FieldProblem, MappingSet, Plan, entity_label, plan
-from sync.pipeline.sinks import Found, Sink, Work, in_lock_order
+from sync.pipeline.sinks import Found, Sink, Work, in_lock_order, notices_written
 from sync.settings import DEFAULT_PROGRAM
 from sync.store.db import describe_error, is_transient, waited_on_lock
 from sync.store.inbox import DeliveryStatus, Inbox, StoredDelivery
@@ -137,8 +137,7 @@ class Processor:
             # A lost connection, a deadlock, a lock timeout: the next try finds the rows as they were.
             raise TransientError(f"database: {describe_error(exc)}") from exc
         processed = set(result.processed)
-        result.notifying = any(item.plan.notices for item in work if item.delivery.id in processed
-                               and item.delivery.status != DeliveryStatus.PROCESSED)  # as NotificationSink writes
+        result.notifying = any(notices_written(item) for item in work if item.delivery.id in processed)
         return result
 
     def _plan_all(self, events: list[StoredDelivery], planned_by: Mapping[str, Plan] | None,
@@ -264,10 +263,11 @@ class Processor:
     def _apply_all(self, conn: Connection, work: list[Work]) -> None:
         """Hand ``work`` (in lock order: program by program) to each sink in turn, one program at
         a time, each sink given what the ones before it found of that program."""
+        sinks = self.sinks
         for program, own in itertools.groupby(work, key=lambda item: item.delivery.program):
             mine = list(own)
             found = Found(program)
-            for sink in self.sinks:
+            for sink in sinks:
                 sink.write(conn, mine, found)
 
 

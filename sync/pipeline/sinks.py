@@ -4,8 +4,7 @@ A ``Sink`` takes the batch's (delivery, plan) pairs and what the sinks before it
 its tables on the connection it is given (it never commits), and adds what the sinks after it
 need. ``in_lock_order`` lists the sinks in the order every batch applies them, and so locks
 their tables in: the warehouse, then the ledger, then the Salesforce outbox, then the mappings'
-notifications. One order for
-every batch is why concurrent batches cannot deadlock. Another destination is another sink in
+notifications. One order for every batch is why concurrent batches cannot deadlock. Another destination is another sink in
 that list.
 """
 
@@ -18,7 +17,7 @@ from typing import NamedTuple, Protocol
 from sqlalchemy.engine import Connection
 
 from sync.core.clock import Clock
-from sync.mapping import Plan
+from sync.mapping import Notice, Plan
 from sync.rules.records import RecordState
 from sync.settings import DEFAULT_PROGRAM
 from sync.store import ledger, notifications
@@ -106,10 +105,14 @@ class NotificationSink:
     clock: Clock
 
     def write(self, conn: Connection, work: Sequence[Work], found: Found) -> None:
-        notifications.add(conn, [
-            (item.delivery.id, notice)
-            for item in work if item.delivery.status != DeliveryStatus.PROCESSED for notice in item.plan.notices
-        ], self.clock(), program=found.program)
+        notifications.add(conn, [(item.delivery.id, notice) for item in work for notice in notices_written(item)],
+                          self.clock(), program=found.program)
+
+
+def notices_written(item: Work) -> tuple[Notice, ...]:
+    """The messages ``NotificationSink`` writes for one delivery: its plan's, unless the delivery
+    was already processed (``partnero-sync replay`` applying it again sends nothing)."""
+    return () if item.delivery.status == DeliveryStatus.PROCESSED else item.plan.notices
 
 
 def in_lock_order(warehouse: Warehouse, outbox: Outbox | None, clock: Clock) -> list[Sink]:
