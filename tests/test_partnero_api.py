@@ -21,7 +21,6 @@ from sync.partnero.api import (
     PartneroUnavailable,
     _classify,
     parse_page,
-    retry_after,
 )
 from sync.settings import PartneroApiSettings
 from tests.fakes.partnero import FakePartnero
@@ -130,6 +129,10 @@ def test_a_long_retry_after_is_capped(partnero_api, waits):
 
 def test_retry_after_reads_seconds_and_http_dates():
     now = datetime(2026, 3, 14, 10, 0, 0, tzinfo=timezone.utc)
+
+    def retry_after(value, now):
+        return backoff.retry_after(value, now, backoff.API_RETRY_AFTER_CAP)
+
     assert retry_after("7", now) == 7.0
     assert retry_after("Sat, 14 Mar 2026 10:00:20 GMT", now) == 20.0
     assert retry_after("Sat, 14 Mar 2026 09:59:00 GMT", now) == 0.0  # already past

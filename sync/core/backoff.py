@@ -8,6 +8,8 @@ Exponential with jitter (up to a fifth more), so retries of many failures spread
 from __future__ import annotations
 
 import random
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 
 #: A batch of deliveries that hit a passing error (the database or Redis away): about four hours
 #: of retries; after that its rows stay pending and the sweeper brings them back (never failed).
@@ -41,6 +43,30 @@ API_RETRY_AFTER_CAP = 90
 #: An operator's alert the endpoint could not take (5xx, 429, a time-out): tried again soon, then
 #: every half hour; one it refused (a 4xx: the URL or the endpoint needs a person) waits the last.
 ALERT_DELAYS = (30, 60, 120, 300, 600, 1800)
+
+
+#: The longest ``Retry-After`` an incoming webhook (an alert, a notification) is obeyed for; an
+#: endpoint asking for more is asked again after this.
+WEBHOOK_RETRY_AFTER_CAP = 3600
+
+
+def retry_after(value: str | None, now: datetime, cap: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (seconds or an HTTP date, as of ``now``), at most
+    ``cap``; None when absent or unreadable."""
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        seconds = float(text)
+    else:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - now).total_seconds()
+    return min(max(seconds, 0.0), float(cap))
 
 
 def delay(schedule: tuple[int, ...], attempt: int) -> float:

@@ -13,6 +13,8 @@ from typing import Any
 
 import requests
 
+from sync.core import backoff
+from sync.core.clock import system_clock
 from sync.core.errors import PermanentError, TransientError
 from sync.mapping.spec import DEFAULT_MESSAGE_FORMAT, MESSAGE_FORMATS
 
@@ -24,8 +26,6 @@ FORMATS = MESSAGE_FORMATS
 DEFAULT_FORMAT = DEFAULT_MESSAGE_FORMAT
 #: Seconds to connect, then to read the answer: a slow endpoint costs a sender this at most.
 TIMEOUT = (5, 10)
-#: The longest ``Retry-After`` obeyed (an endpoint asking for more is asked again after this).
-RETRY_AFTER_CAP = 3600
 
 
 class WebhookFailed(TransientError):
@@ -84,18 +84,10 @@ def classify(status: int, retry_after: str | None = None) -> int:
     if 200 <= status < 300:
         return status
     if status == 429 or status >= 500 or status == 408:
-        return _raise(WebhookFailed(f"HTTP {status}", status=status, retry_after=_seconds(retry_after)))
+        asked = backoff.retry_after(retry_after, system_clock(), backoff.WEBHOOK_RETRY_AFTER_CAP)
+        return _raise(WebhookFailed(f"HTTP {status}", status=status, retry_after=asked))
     return _raise(WebhookRefused(f"HTTP {status}", status=status))
 
 
 def _raise(error: Exception) -> int:
     raise error
-
-
-def _seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` in seconds (a delay; an HTTP date is not obeyed: None), capped."""
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return None if seconds is None or seconds < 0 else min(seconds, RETRY_AFTER_CAP)

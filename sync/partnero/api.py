@@ -38,8 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -152,25 +151,6 @@ def _count(value: Any) -> int | None:
     if isinstance(value, str) and value.isdigit():  # a paginator built from the raw query string
         value = int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (seconds or an HTTP date), capped; None when absent
-    or unreadable."""
-    if not value or not value.strip():
-        return None
-    text = value.strip()
-    if text.isdigit():
-        seconds = float(text)
-    else:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - now).total_seconds()
-    return min(max(seconds, 0.0), float(backoff.API_RETRY_AFTER_CAP))
 
 
 def _version() -> str:
@@ -300,7 +280,8 @@ class PartneroApi:
                 if not isinstance(failure, PartneroUnavailable):
                     raise failure
                 status = str(response.status_code)
-                wait = retry_after(response.headers.get("Retry-After"), self.clock())
+                wait = backoff.retry_after(response.headers.get("Retry-After"), self.clock(),
+                                           backoff.API_RETRY_AFTER_CAP)
                 if wait is None:
                     wait = backoff.delay(backoff.API_DELAYS, attempt)
             if attempt + 1 == ATTEMPTS:

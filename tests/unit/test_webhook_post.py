@@ -1,8 +1,12 @@
 """sync.notify.webhook against the HTTPS catcher: each kind of answer, classified, and never a URL
 or a body in an error."""
 
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
 import pytest
 
+from sync.core import backoff
 from sync.notify import webhook
 from tests.fakes.catcher import Catcher
 
@@ -59,3 +63,17 @@ def test_formats():
     card = webhook.body("t", format="teams", title="T")
     assert card["@type"] == "MessageCard" and card["title"] == "T" and card["text"] == "t"
     assert webhook.body("t", format="json", title="T", facts={"count": 3}) == {"count": 3, "title": "T", "text": "t"}
+
+
+def test_a_retry_after_date_is_obeyed_as_partneros_is(catcher):
+    """One reading of Retry-After for every HTTP client (sync.core.backoff.retry_after): seconds
+    or an HTTP date, capped."""
+    when = datetime.now(timezone.utc) + timedelta(seconds=120)
+    catcher.fail(1, status=429, retry_after=format_datetime(when, usegmt=True))
+    with pytest.raises(webhook.WebhookFailed) as raised:
+        webhook.post(catcher.url(), {"text": "x"})
+    assert 100 < raised.value.retry_after <= 120
+    catcher.fail(1, status=503, retry_after=99999)
+    with pytest.raises(webhook.WebhookFailed) as raised:
+        webhook.post(catcher.url(), {"text": "x"})
+    assert raised.value.retry_after == backoff.WEBHOOK_RETRY_AFTER_CAP
