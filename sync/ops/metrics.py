@@ -208,16 +208,22 @@ class Counter:
             family.add_metric(labels, value)
         return family
 
-
     def series(self, stored: dict[str, str]) -> dict[tuple[str, ...], float]:
         """The stored value of each series, by its label values (a field of a past layout, with
         other labels, is left out)."""
         values = {}
         for field, value in stored.items():
-            pairs = [pair.partition("=") for pair in field.split(",")] if field else []
-            if [name for name, _, _ in pairs] == list(self.labels):
-                values[tuple(v for _, _, v in pairs)] = float(value)
+            labels = _label_values(field.split(",") if field else [], self.labels)
+            if labels is not None:
+                values[labels] = float(value)
         return values
+
+
+def _label_values(pairs: list[str], labels: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The values of a stored field's ``name=value`` pairs when they name exactly ``labels``, in
+    order; None for a field of a past layout (other labels)."""
+    split = [pair.partition("=") for pair in pairs]
+    return tuple(value for _, _, value in split) if [name for name, _, _ in split] == list(labels) else None
 
 
 @dataclass(frozen=True)
@@ -258,13 +264,13 @@ class Histogram:
         is left out); with a ``program`` label, each of ``programs`` from the start (empty until
         observed)."""
         by_series: dict[tuple[str, ...], dict[str, str]] = {}
-        if self.labels == ("program",):
+        if self.labels == (PROGRAM,):
             by_series.update({(program,): {} for program in programs})
         for name, value in stored.items():
             *pairs, last = name.split(",")
-            named = [pair.partition("=") for pair in pairs]
-            if [label for label, _, _ in named] == list(self.labels):
-                by_series.setdefault(tuple(v for _, _, v in named), {})[last] = value
+            labels = _label_values(pairs, self.labels)
+            if labels is not None:
+                by_series.setdefault(labels, {})[last] = value
         if not self.labels:
             return HistogramMetricFamily(PREFIX + self.name, self.help, buckets=self._buckets(by_series.get((), {})),
                                          sum_value=float(by_series.get((), {}).get("sum", 0)))
