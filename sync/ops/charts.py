@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from html import escape
 
@@ -62,6 +62,10 @@ class Point:
     crm_refused: int | None = None
 
 
+#: The values a point may hold (every field but its time).
+VALUES = tuple(f.name for f in fields(Point) if f.name != "at")
+
+
 @dataclass(frozen=True)
 class Series:
     """What the charts draw: one point per step of ``window`` from ``start`` (included) to ``end``."""
@@ -74,7 +78,7 @@ class Series:
     @property
     def empty(self) -> bool:
         """Whether no step holds any sample."""
-        return all(_values(p) == [None] * 7 for p in self.points)
+        return all(getattr(p, name) is None for p in self.points for name in VALUES)
 
 
 @dataclass(frozen=True)
@@ -295,8 +299,3 @@ def _time(at: datetime) -> str:
 
 def _field(series: Series, field: str) -> list[int | None]:
     return [getattr(p, field) for p in series.points]
-
-
-def _values(point: Point) -> list[int | None]:
-    return [point.received, point.processed, point.failed, point.oldest_pending_age, point.crm_backlog,
-            point.crm_lag, point.crm_refused]
