@@ -77,15 +77,14 @@ def trace(services, event_id: int) -> Trace | None:
     crm_key = _crm_key(mapping, key, program)
     warehouse_row = crm = None
     entries = [] if mapping is not None and mapping.ledger is not None else None
-    if mapping is not None and key is not None:
-        with inbox.engine.connect() as conn:
+    with inbox.engine.connect() as conn:
+        if mapping is not None and key is not None:
             if mapping.warehouse is not None:
                 warehouse_row = services.warehouse.read(conn, mapping.warehouse.table, key, program=program)
             if entries is not None:
                 entries = ledger.entries(conn, key, program=program)
             if crm_enabled and crm_key is not None:
                 crm = Outbox().read(conn, mapping.salesforce.object, crm_key, program=program)
-    with inbox.engine.connect() as conn:
         sent = tuple(notifications.of_delivery(conn, row.id))
     return Trace(
         row=row,
