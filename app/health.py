@@ -85,10 +85,7 @@ def _full(services, report: dict[str, str], healthy: bool) -> dict:
             "retries_scheduled": queue.scheduled if queue else None,
             "failed_jobs": queue.failed if queue else None,
             "workers": queue.workers if queue else None,
-            "oldest_pending_age_seconds": rounded(snapshot.oldest_pending_age),
-            "deliveries_failed": snapshot.inbox.counts.get("failed", 0) if snapshot.inbox else None,
-            "crm_backlog": snapshot.crm_backlog if snapshot.crm_enabled else None,
-            "crm_refused": snapshot.crm_refused if snapshot.crm_enabled else None,
+            **_figures(snapshot),
         }
         if snapshot.several:
             body["programs"] = {name: _program_work(figures) for name, figures in snapshot.programs.items()}
@@ -103,10 +100,15 @@ def _full(services, report: dict[str, str], healthy: bool) -> dict:
 
 def _program_work(figures) -> dict:
     """One program's figures in the operator's report (deployments of several programs only)."""
+    return {"deliveries_pending": figures.inbox.counts.get("pending", 0) if figures.inbox else None,
+            **_figures(figures)}
+
+
+def _figures(figures) -> dict:
+    """The inbox's and the outbox's figures of the report, of every program (the snapshot) or of one."""
     return {
-        "deliveries_pending": figures.inbox.counts.get("pending", 0) if figures.inbox else None,
-        "deliveries_failed": figures.inbox.counts.get("failed", 0) if figures.inbox else None,
         "oldest_pending_age_seconds": rounded(figures.oldest_pending_age),
+        "deliveries_failed": figures.inbox.counts.get("failed", 0) if figures.inbox else None,
         "crm_backlog": figures.crm_backlog if figures.crm_enabled else None,
         "crm_refused": figures.crm_refused if figures.crm_enabled else None,
     }
