@@ -5,7 +5,7 @@ lag observed, and a flush asked for when anything was processed."""
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -20,9 +20,11 @@ def report(events: Sequence[StoredDelivery], result: BatchResult, request_flush:
            committed_at: datetime) -> None:
     """Count, log and follow up ``result``, the outcome of applying ``events``, committed at ``committed_at``."""
     by_id = {e.id: e for e in events}
-    for program in sorted({by_id[i].program for i in result.processed}):
-        metrics.LAG.observe(((committed_at - by_id[i].received_at).total_seconds()
-                             for i in result.processed if by_id[i].program == program), program=program)
+    lags: dict[str, list[float]] = defaultdict(list)
+    for i in result.processed:
+        lags[by_id[i].program].append((committed_at - by_id[i].received_at).total_seconds())
+    for program, seconds in sorted(lags.items()):
+        metrics.LAG.observe(seconds, program=program)
     for outcome, done in ((DeliveryStatus.PROCESSED, result.processed), (DeliveryStatus.IGNORED, result.ignored),
                           (DeliveryStatus.FAILED, result.failed), (metrics.RETRIED, result.waiting + result.untried)):
         for program, count in sorted(Counter(by_id[i].program for i in done).items()):
