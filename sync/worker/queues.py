@@ -76,6 +76,13 @@ ALIVE_KEY = "partnero-sync:alive:"
 ALIVE_EVERY = 2
 ALIVE_TTL = 10
 
+def _now_or_later(queue: Queue, func: Callable, delay: float | None, options: dict) -> Job:
+    """``func`` enqueued on ``queue`` now, or (``delay`` seconds) scheduled for then."""
+    if delay:
+        return queue.enqueue_in(timedelta(seconds=delay), func, **options)
+    return queue.enqueue(func, **options)
+
+
 class JobQueue:
     """The ``partnero`` queue (wake-ups: workers claim and apply pending deliveries), the
     ``partnero-crm`` queue (Salesforce flushes), the ``partnero-notify`` queue (the mappings'
@@ -143,10 +150,7 @@ class JobQueue:
         options = {"description": "Salesforce flush", "job_timeout": FLUSH_JOB_TIMEOUT, "result_ttl": RESULT_TTL,
                    "failure_ttl": FAILURE_TTL}
         try:
-            if delay:
-                job = self.crm_queue.enqueue_in(timedelta(seconds=delay), jobs.flush_crm, **options)
-            else:
-                job = self.crm_queue.enqueue(jobs.flush_crm, **options)
+            job = _now_or_later(self.crm_queue, jobs.flush_crm, delay, options)
         except redis.RedisError as exc:
             raise TransientError(f"could not enqueue a Salesforce flush: {exc}") from exc
         return job.id
@@ -171,10 +175,7 @@ class JobQueue:
         try:
             if not self.connection.set(mark, "1", nx=True, ex=hold):
                 return False
-            if delay:
-                self.notify_queue.enqueue_in(timedelta(seconds=delay), jobs.send_notifications, **options)
-            else:
-                self.notify_queue.enqueue(jobs.send_notifications, **options)
+            _now_or_later(self.notify_queue, jobs.send_notifications, delay, options)
         except redis.RedisError as exc:
             raise TransientError(f"could not enqueue the notifications' job: {exc}") from exc
         return True
