@@ -655,19 +655,24 @@ class _Checker:
         if len(raw) > MAX_COLUMNS:
             self.problem(node, key, where, f"more than {MAX_COLUMNS} columns")
             return None
-        fields = []
-        ok = True
+        return self.named_fields(raw, where, "column", taken=True)
+
+    def named_fields(self, raw: LineDict, where: str, what: str, taken: bool = False) -> list[Field] | None:
+        """Each ``name: expression`` (or field spec) of ``raw``, in order; None (problems noted) when
+        any is wrong. A name is an identifier; with ``taken``, not one partnero-sync fills itself
+        (a warehouse column). ``what`` is what a problem calls a name ("column", "field")."""
+        fields, ok = [], True
         for name in raw:
-            column_where = _join(where, name)
-            if not isinstance(name, str) or not IDENTIFIER.match(name):
-                self.problem(raw, name, column_where, "a column name is lower-case letters, digits and _")
+            at = _join(where, name)
+            if not isinstance(name, str) or not IDENTIFIER.fullmatch(name):  # fullmatch: no "name\n"
+                self.problem(raw, name, at, f"a {what} name is lower-case letters, digits and _")
                 ok = False
                 continue
-            if name.startswith(SYSTEM_PREFIX) or name == PROGRAM_COLUMN:
-                self.problem(raw, name, column_where, _taken(name))
+            if taken and (name.startswith(SYSTEM_PREFIX) or name == PROGRAM_COLUMN):
+                self.problem(raw, name, at, _taken(name))
                 ok = False
                 continue
-            built = self.field(raw, name, column_where)
+            built = self.field(raw, name, at)
             if built is None:
                 ok = False
             else:
@@ -912,7 +917,6 @@ class _Checker:
                 built.append(Reference(name, obj, ext, value))
         return built if ok else None
 
-
     # -- notify -----------------------------------------------------------------------------
 
     def notify(self, raw: Any, events: set[str]) -> list[Notification] | None:
@@ -997,17 +1001,8 @@ class _Checker:
             self.problem(entry, "fields", where, f"must be a mapping of at most {MAX_COLUMNS} name: expression")
             return None
         self.duplicates(raw, where)
-        fields, ok = {}, True
-        for name in raw:
-            if not isinstance(name, str) or not message.NAME.fullmatch(name):
-                self.problem(raw, name, _join(where, name), "a field name is lower-case letters, digits and _")
-                ok = False
-                continue
-            built = self.field(raw, name, _join(where, name))
-            ok &= built is not None
-            if built is not None:
-                fields[name] = built
-        return fields if ok else None
+        fields = self.named_fields(raw, where, "field")
+        return {field.name: field for field in fields} if fields is not None else None
 
     def template(self, entry: LineDict, where: str, fields: dict[str, Field] | None) -> message.Template | None:
         """The entry's ``message``: only names of its fields, each with a safe format spec; a spec
