@@ -9,6 +9,7 @@ a key: one without a key is skipped, and said so, unless it was asked for by nam
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from sync.core.errors import ConfigurationError
 from sync.mapping import MappingSet
 from sync.settings import Program, Settings, UnknownProgram

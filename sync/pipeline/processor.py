@@ -272,7 +272,7 @@ class Processor:
 
 
 def _record_of(item: Work) -> tuple[str, str, str]:
-    """The warehouse table, key and program of the record a delivery changes ("", "" when none)."""
+    """The warehouse table, key and program of the record a delivery changes (table and key "" when none)."""
     change = item.plan.change
     return (change.table, change.key, item.delivery.program) if change is not None else ("", "", item.delivery.program)
 
