@@ -115,11 +115,4 @@ class Catcher:
                 status = 400
             self.posted.append(Posted(hook, body, dict(handler.headers), status, raw))
             self._lock.notify_all()
-        text = _SLACK_TEXT.get(status, "error").encode()
-        handler.send_response(status)
-        for name, value in headers.items():
-            handler.send_header(name, value)
-        handler.send_header("Content-Type", "text/plain; charset=utf-8")
-        handler.send_header("Content-Length", str(len(text)))
-        handler.end_headers()
-        handler.wfile.write(text)
+        handler.answer(status, _SLACK_TEXT.get(status, "error").encode(), "text/plain; charset=utf-8", headers)

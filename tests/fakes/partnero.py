@@ -112,14 +112,7 @@ class _Handler(tls.TLSHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         status, payload, headers = self.server.fake._serve(self.command, self.path, self.headers, body)
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.answer(status, json.dumps(payload).encode(), "application/json", headers)
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
 

@@ -676,16 +676,7 @@ class _Handler(tls.TLSHandler):
         self._write(outcome)
 
     def _write(self, reply: _Reply) -> None:
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        if reply.status not in (204, 304):
-            self.send_header("Content-Type", reply.content_type)
-            self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        if reply.status not in (204, 304) and self.command != "HEAD":
-            self.wfile.write(reply.body)
-        self.wfile.flush()
+        self.answer(reply.status, reply.body, reply.content_type, reply.headers)
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import socketserver
 import ssl
 import tempfile
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -76,6 +77,20 @@ class TLSHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args) -> None:  # noqa: A002 - stdlib signature
         pass
+
+    def answer(self, status: int, body: bytes, content_type: str, headers: Mapping[str, str] | None = None) -> None:
+        """Send one answer: ``status``, ``headers``, and ``body`` as ``content_type`` (no body for a
+        204 or 304, nor to a HEAD)."""
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if status not in (204, 304):
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if status not in (204, 304) and self.command != "HEAD":
+            self.wfile.write(body)
+        self.wfile.flush()
 
 
 def _material() -> tuple[Path, Path, Path]:
