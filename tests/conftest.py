@@ -277,6 +277,17 @@ def partnero_api(monkeypatch):
 
 
 @pytest.fixture
+def catcher(monkeypatch):
+    """The HTTPS stand-in for an incoming webhook (``tests/fakes/catcher.py``: Slack's, Teams', any
+    JSON endpoint), trusted by this process through the test CA every stand-in shares."""
+    from tests.fakes.catcher import Catcher
+
+    with Catcher() as running:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", running.ca_bundle)
+        yield running
+
+
+@pytest.fixture
 def program(partnero_api):
     """The stand-in listing the program of ``tests.partnero_helpers`` (``upstream()``)."""
     from tests.partnero_helpers import upstream

@@ -58,13 +58,6 @@ class Clock:
 
 
 @pytest.fixture
-def catcher(monkeypatch):
-    with Catcher() as running:
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", running.ca_bundle)
-        yield running
-
-
-@pytest.fixture
 def sqlite_url(tmp_path) -> str:
     url = f"sqlite:///{tmp_path / 'alerts.db'}"
     migrate(url)

@@ -25,7 +25,6 @@ from sync.pipeline.replay import replay
 from sync.pipeline.requeue import requeue_one
 from sync.services import Services
 from tests.conftest import MAPPINGS, signed
-from tests.fakes.catcher import Catcher
 from tests.ops_helpers import AUTH, OPS, post, work
 
 #: In the partner's id: it is in the message (the mapping chose to show it), and nowhere else.
@@ -47,13 +46,6 @@ def notify_mappings(directory: Path, extra: str = OPS_COPY) -> Path:
     start = text.index(EXAMPLE)
     path.write_text(text[:start] + "\n".join(line[2:] for line in text[start:].splitlines()) + extra)
     return directory
-
-
-@pytest.fixture
-def catcher(monkeypatch):
-    with Catcher() as running:
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", running.ca_bundle)
-        yield running
 
 
 @pytest.fixture

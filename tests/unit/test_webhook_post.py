@@ -8,14 +8,6 @@ import pytest
 
 from sync.core import backoff
 from sync.notify import webhook
-from tests.fakes.catcher import Catcher
-
-
-@pytest.fixture
-def catcher(monkeypatch):
-    with Catcher() as running:
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", running.ca_bundle)
-        yield running
 
 
 def test_a_message_taken(catcher):
