@@ -104,7 +104,8 @@ def alert_marks(services, since: datetime, program: str | None = None) -> list[t
     for alert in AlertStore(services.inbox.engine).since(since):
         if program is not None and alert.program not in (None, program):
             continue
-        marks += [(alert.raised_at, alert.kind)] if alert.raised_at >= since else []
+        if alert.raised_at >= since:
+            marks.append((alert.raised_at, alert.kind))
         if alert.resolved_at is not None and alert.resolved_at >= since:
             marks.append((alert.resolved_at, f"{alert.kind} resolved"))
     return sorted(marks)
